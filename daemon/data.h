@@ -1,0 +1,66 @@
+/* Datasets: labelled examples held in memory as float32 features and int32
+ * labels, loaded from MNIST-family IDX files or from HDF5, and the resolution
+ * of dataset paths from job files under the daemon's data roots. */
+#ifndef TD_DATA_H
+#define TD_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+typedef struct td_dataset {
+  uint32_t n;               /* examples */
+  uint32_t dim;             /* features per example, flattened */
+  uint32_t ndim, shape[4];  /* per-example shape, e.g. {28, 28}; dim is its product */
+  float *x;                 /* (n, dim) row-major, owned; uint8 pixels scaled to [0, 1] */
+  int32_t *y;               /* (n) integer labels, each >= 0, owned */
+  int32_t max_label;        /* largest label present */
+} td_dataset;
+
+/* Frees what a loader allocated and zeroes *ds; safe on a zeroed dataset. */
+void td_dataset_free(td_dataset *ds);
+
+/* Resolves `rel` (a dataset path from a job file) under the data roots and
+ * writes the canonical path (realpath) of the file to out[outlen].
+ *
+ * A relative path is looked up in each root in order: the first root in which
+ * it exists wins. When `alt_gz` is nonzero the name with ".gz" appended (or
+ * removed, if it ends in ".gz") is tried too, after the exact name in the same
+ * root. An absolute path, or one with "..", is allowed only if it stays inside
+ * a root, both as written and once canonicalized (so symlinks count);
+ * otherwise TD_EPERM "dataset path 'x' escapes the data roots (/a, /b)". The
+ * written form is checked before the file system is consulted, so a refused
+ * path says nothing about what exists outside the roots. Not found anywhere:
+ * TD_ENOTFOUND naming the path and every root searched. */
+int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, int alt_gz,
+                    char *out, size_t outlen, td_error *err);
+
+/* Loads an MNIST-family IDX pair: images are unsigned bytes with magic
+ * 0x00000803 (more generally 0x000008DD with 2 <= DD <= 5 dimensions, the first
+ * being the example count), labels unsigned bytes with magic 0x00000801. Either
+ * file may be gzipped. Validates the magic numbers, that every dimension is
+ * nonzero and the data at most 2^31 bytes, the exact payload length
+ * ("truncated: expected N bytes of pixel data, found M", or trailing data),
+ * and equal example counts. `limit` > 0 keeps only the first `limit` examples.
+ * On failure *ds is left zeroed and err names the file and the problem. */
+int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit,
+                td_dataset *ds, td_error *err);
+
+/* Loads an HDF5 file: dataset `features` of shape (N, ...) (1 to 4 dimensions
+ * per example) and type uint8 (scaled by 1/255), float32 or float64, and dataset
+ * `labels` of shape (N) or (N, 1) and any integer type, with no negative value.
+ * Dataset names may be paths ("train/images"). `limit` > 0 reads only the
+ * first `limit` examples. HDF5's own error printing is silenced for the call;
+ * every failure names the file and the dataset. On failure *ds is left
+ * zeroed. */
+int td_hdf5_load(const char *path, const char *features, const char *labels, uint32_t limit,
+                 td_dataset *ds, td_error *err);
+
+/* Copies the examples idx[0..count) into dst (count, dim) and, when labels is
+ * not NULL, their labels into labels (count). Every idx[k] must be < ds->n.
+ * Allocates nothing. */
+void td_dataset_gather(const td_dataset *ds, const uint32_t *idx, size_t count, float *dst,
+                       int32_t *labels);
+
+#endif

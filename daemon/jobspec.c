@@ -1,0 +1,126 @@
+/* Job specs: one table of bounds and required parts, applied generically to
+ * the message tree by pbjson_validate. */
+#include "jobspec.h"
+
+#include "pbjson.h"
+
+#define REQ(msg, field) {"traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, NULL}
+#define ONEOF(msg) {"traind.v1." msg, NULL, PBJSON_RULE_ONEOF_REQUIRED, 0, NULL}
+#define MIN(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_MIN, v, NULL}
+#define MAX(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_MAX, v, NULL}
+#define GT(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_GT, v, NULL}
+#define LT(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_LT, v, NULL}
+
+/* Every bound a JobSpec must satisfy that the type system does not express.
+ * Cross-field checks (shapes against data, schedule lengths) happen at
+ * compile time, where the facts are known. */
+static const pbjson_rule job_rules[] = {
+    REQ("JobSpec", "model"),
+    REQ("JobSpec", "optimizer"),
+    REQ("JobSpec", "dataset"),
+    REQ("JobSpec", "training"),
+
+    REQ("Model", "input_shape"),
+    GT("Model", "input_shape", 0),
+    REQ("Model", "layers"),
+    REQ("Model", "loss"),
+    ONEOF("Layer"),
+    REQ("Dense", "features"),
+    MAX("Dense", "features", 1 << 20),
+    MIN("Dropout", "rate", 0),
+    LT("Dropout", "rate", 1),
+
+    REQ("Optimizer", "chain"),
+    ONEOF("Transform"),
+    REQ("Sgd", "learning_rate"),
+    MIN("Sgd", "momentum", 0),
+    REQ("Adam", "learning_rate"),
+    MIN("Adam", "b1", 0),
+    LT("Adam", "b1", 1),
+    MIN("Adam", "b2", 0),
+    LT("Adam", "b2", 1),
+    MIN("Adam", "eps", 0),
+    MIN("Adam", "eps_root", 0),
+    REQ("AdamW", "learning_rate"),
+    MIN("AdamW", "b1", 0),
+    LT("AdamW", "b1", 1),
+    MIN("AdamW", "b2", 0),
+    LT("AdamW", "b2", 1),
+    MIN("AdamW", "eps", 0),
+    MIN("AdamW", "eps_root", 0),
+    MIN("AdamW", "weight_decay", 0),
+    MIN("ScaleByAdam", "b1", 0),
+    LT("ScaleByAdam", "b1", 1),
+    MIN("ScaleByAdam", "b2", 0),
+    LT("ScaleByAdam", "b2", 1),
+    MIN("ScaleByAdam", "eps", 0),
+    MIN("ScaleByAdam", "eps_root", 0),
+    GT("ClipByGlobalNorm", "max_norm", 0),
+    MIN("AddDecayedWeights", "weight_decay", 0),
+    REQ("ScaleBySchedule", "schedule"),
+
+    ONEOF("Schedule"),
+    REQ("WarmupCosineDecay", "decay_steps"),
+    GT("WarmupCosineDecay", "exponent", 0),
+    REQ("ExponentialDecay", "transition_steps"),
+    GT("ExponentialDecay", "decay_rate", 0),
+    MIN("Boundary", "scale", 0),
+    REQ("CosineDecay", "decay_steps"),
+    MIN("CosineDecay", "alpha", 0),
+    MAX("CosineDecay", "alpha", 1),
+    GT("CosineDecay", "exponent", 0),
+
+    ONEOF("Dataset"),
+    REQ("IdxDataset", "dir"),
+    REQ("Hdf5Dataset", "train_file"),
+
+    REQ("Training", "epochs"),
+    MAX("Training", "epochs", 1000000),
+    REQ("Training", "batch_size"),
+    MAX("Training", "batch_size", 1 << 20),
+    MAX("Devices", "count", 4096),
+};
+
+int td_jobspec_validate(const Traind__V1__JobSpec *spec, td_error *err) {
+  return pbjson_validate(&spec->base, job_rules,
+                         sizeof job_rules / sizeof job_rules[0], err);
+}
+
+static int finish(ProtobufCMessage *m, int rc, Traind__V1__JobSpec **out,
+                  td_error *err) {
+  *out = NULL;
+  if (rc)
+    return rc;
+  Traind__V1__JobSpec *spec = (Traind__V1__JobSpec *)m;
+  rc = td_jobspec_validate(spec, err);
+  if (rc) {
+    td_jobspec_free(spec);
+    return rc;
+  }
+  *out = spec;
+  return TD_OK;
+}
+
+int td_jobspec_load(const char *path, Traind__V1__JobSpec **out, td_error *err) {
+  ProtobufCMessage *m = NULL;
+  /* Parse errors already start with the path; validation errors get it. */
+  int rc = pbjson_parse_file(&traind__v1__job_spec__descriptor, path, &m, err);
+  if (rc)
+    return finish(m, rc, out, err);
+  rc = finish(m, rc, out, err);
+  if (rc)
+    td_error_prefix(err, "%s", path);
+  return rc;
+}
+
+int td_jobspec_parse(const char *text, size_t len, Traind__V1__JobSpec **out,
+                     td_error *err) {
+  ProtobufCMessage *m = NULL;
+  int rc = pbjson_parse(&traind__v1__job_spec__descriptor, text, len, &m, err);
+  return finish(m, rc, out, err);
+}
+
+void td_jobspec_free(Traind__V1__JobSpec *spec) {
+  if (spec)
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+}

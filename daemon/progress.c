@@ -1,0 +1,77 @@
+#include "progress.h"
+
+#include <math.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_sec(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void td_format_duration(double sec, char *buf, size_t len) {
+  if (!(sec >= 0) || sec > 1e7) {
+    snprintf(buf, len, "--:--");
+    return;
+  }
+  long s = lround(sec);
+  if (s >= 3600)
+    snprintf(buf, len, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+  else
+    snprintf(buf, len, "%ld:%02ld", s / 60, s % 60);
+}
+
+void td_progress_init(td_progress *p, FILE *out) {
+  memset(p, 0, sizeof *p);
+  p->out = out;
+  p->tty = isatty(fileno(out));
+  p->start = now_sec();
+}
+
+static void on_step(void *user, const td_trainer *t, const td_step_point *sp) {
+  td_progress *p = user;
+  if (!p->tty)
+    return;
+  double now = now_sec();
+  if (now - p->last_draw < 0.1 && sp->step_in_epoch != t->steps_per_epoch)
+    return;
+  p->last_draw = now;
+  enum { WIDTH = 24 };
+  double frac = (double)sp->step / (double)t->total_steps;
+  int fill = (int)(frac * WIDTH);
+  char bar[WIDTH + 1];
+  for (int i = 0; i < WIDTH; i++)
+    bar[i] = i < fill ? '#' : '.';
+  bar[WIDTH] = '\0';
+  char eta[32];
+  double elapsed = now - p->start;
+  td_format_duration(frac > 0 ? elapsed * (1.0 - frac) / frac : -1, eta, sizeof eta);
+  fprintf(p->out,
+          "\r\033[Kepoch %u/%u [%s] %3.0f%%  step %u/%u  loss %.4f  lr %.2e  "
+          "%.0f ex/s  ETA %s",
+          sp->epoch, t->epochs, bar, frac * 100.0, sp->step_in_epoch,
+          t->steps_per_epoch, sp->loss, sp->lr, sp->examples_per_sec, eta);
+  fflush(p->out);
+  p->drawn = 1;
+}
+
+static void on_epoch(void *user, const td_trainer *t, const td_epoch_point *ep) {
+  td_progress *p = user;
+  if (p->drawn)
+    fputs("\r\033[K", p->out);
+  p->drawn = 0;
+  fprintf(p->out, "epoch %u/%u  train loss %.4f acc %.2f%%", ep->epoch,
+          t->epochs, ep->train_loss, ep->train_accuracy * 100.0);
+  if (ep->evaluated)
+    fprintf(p->out, "  test loss %.4f acc %.2f%%", ep->test_loss,
+            ep->test_accuracy * 100.0);
+  fprintf(p->out, "  %.2f s  %.0f ex/s\n", ep->epoch_sec, ep->examples_per_sec);
+  fflush(p->out);
+}
+
+td_train_hooks td_progress_hooks(td_progress *p) {
+  td_train_hooks h = {.user = p, .on_step = on_step, .on_epoch = on_epoch};
+  return h;
+}

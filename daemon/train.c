@@ -1,0 +1,336 @@
+/* The training loop. */
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_sec(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Resolves one dataset file under the data roots. */
+static int resolve(const td_trainer_opts *o, const char *dir, const char *name,
+                   char *out, size_t outlen, td_error *err) {
+  char rel[4096];
+  int n = dir && *dir ? snprintf(rel, sizeof rel, "%s/%s", dir, name)
+                      : snprintf(rel, sizeof rel, "%s", name);
+  if (n < 0 || (size_t)n >= sizeof rel)
+    return td_errorf(err, TD_EINVAL, "dataset path '%s' is too long", name);
+  return td_data_resolve(o->data_roots, o->n_data_roots, rel, 1, out, outlen, err);
+}
+
+static const char *or_default(const char *s, const char *dflt) {
+  return s && *s ? s : dflt;
+}
+
+static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
+  const Traind__V1__Dataset *d = t->spec->dataset;
+  char a[4096], b[4096];
+  int rc;
+  if (o->n_data_roots == 0)
+    return td_errorf(err, TD_EINVAL,
+                     "no data roots: pass --data-dir DIR or set TRAIND_DATA_DIR");
+  if (d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
+    const Traind__V1__IdxDataset *x = d->idx;
+    if ((rc = resolve(o, x->dir, or_default(x->train_images, "train-images-idx3-ubyte.gz"), a, sizeof a, err)) ||
+        (rc = resolve(o, x->dir, or_default(x->train_labels, "train-labels-idx1-ubyte.gz"), b, sizeof b, err)) ||
+        (rc = td_idx_load(a, b, d->train_limit, &t->train, err)))
+      return rc;
+    if ((rc = resolve(o, x->dir, or_default(x->test_images, "t10k-images-idx3-ubyte.gz"), a, sizeof a, err)) ||
+        (rc = resolve(o, x->dir, or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz"), b, sizeof b, err)) ||
+        (rc = td_idx_load(a, b, d->test_limit, &t->test, err)))
+      return rc;
+    t->has_test = 1;
+    return TD_OK;
+  }
+  const Traind__V1__Hdf5Dataset *h = d->hdf5;
+  const char *feat = or_default(h->features, "features");
+  const char *lab = or_default(h->labels, "labels");
+  if ((rc = resolve(o, NULL, h->train_file, a, sizeof a, err)) ||
+      (rc = td_hdf5_load(a, feat, lab, d->train_limit, &t->train, err)))
+    return rc;
+  if (h->test_file && *h->test_file) {
+    if ((rc = resolve(o, NULL, h->test_file, a, sizeof a, err)) ||
+        (rc = td_hdf5_load(a, feat, lab, d->test_limit, &t->test, err)))
+      return rc;
+    t->has_test = 1;
+  }
+  return TD_OK;
+}
+
+static int check_data(const td_trainer *t, const td_dataset *ds,
+                      const char *which, td_error *err) {
+  const td_plan *p = t->plan;
+  if (ds->dim != p->in_dim)
+    return td_errorf(err, TD_EINVAL,
+                     "model.input_shape: gives %u features per example, but the "
+                     "%s set's examples have %u",
+                     p->in_dim, which, ds->dim);
+  if (ds->max_label >= (int32_t)p->out_dim)
+    return td_errorf(err, TD_EINVAL,
+                     "dataset: the %s set has label %d, out of range for a "
+                     "model with %u outputs (labels must be 0..%u)",
+                     which, ds->max_label, p->out_dim, p->out_dim - 1);
+  return TD_OK;
+}
+
+/* Options that later parts of the service honour; refused here rather than
+ * silently ignored. */
+static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err) {
+  if (s->devices) {
+    const char *kind = or_default(s->devices->kind, "cpu");
+    if (strcmp(kind, "cpu") != 0 && strcmp(kind, "gpu") != 0)
+      return td_errorf(err, TD_EINVAL,
+                       "devices.kind: '%s' is not a device kind (use cpu or gpu)",
+                       kind);
+    if (strcmp(kind, "gpu") == 0)
+      return td_errorf(err, TD_EUNSUPPORTED,
+                       "devices.kind: this build of traind has no GPU backend");
+    if (s->devices->count > 1)
+      return td_errorf(err, TD_EUNSUPPORTED,
+                       "devices.count: this build of traind trains a job on "
+                       "one device; remove devices.count or set it to 1");
+  }
+  if (s->checkpoint)
+    return td_errorf(err, TD_EUNSUPPORTED,
+                     "checkpoint: this build of traind does not write "
+                     "checkpoints; remove the checkpoint section");
+  return TD_OK;
+}
+
+int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
+                    const td_trainer_opts *o, td_error *err) {
+  memset(t, 0, sizeof *t);
+  t->spec = spec;
+  int rc = check_unsupported(spec, err);
+  if (rc)
+    return rc;
+  const Traind__V1__Training *tr = spec->training;
+  t->batch = tr->batch_size;
+  t->epochs = tr->epochs;
+  t->eval_every = tr->eval_every_epochs ? tr->eval_every_epochs : 1;
+  t->log_every = tr->log_every_steps ? tr->log_every_steps : 1;
+
+  if (o->cache) {
+    t->cache = o->cache;
+  } else {
+    td_plan_cache_init(&t->own_cache);
+    t->cache = &t->own_cache;
+  }
+  rc = td_plan_cache_get(t->cache, spec->model, spec->optimizer, t->batch,
+                         "cpu:0", &t->plan, &t->plan_hit, err);
+  if (rc)
+    goto fail;
+  t->compile_ms = t->plan->compile_ms;
+
+  double t0 = now_sec();
+  rc = load_data(t, o, err);
+  t->load_sec = now_sec() - t0;
+  if (rc)
+    goto fail;
+  if ((rc = check_data(t, &t->train, "training", err)) ||
+      (t->has_test && (rc = check_data(t, &t->test, "test", err))))
+    goto fail;
+  if (t->train.n < t->batch) {
+    rc = td_errorf(err, TD_EINVAL,
+                   "training.batch_size: %u is larger than the training set "
+                   "(%u examples)",
+                   t->batch, t->train.n);
+    goto fail;
+  }
+  t->steps_per_epoch = t->train.n / t->batch;
+  t->total_steps = (int64_t)t->steps_per_epoch * t->epochs;
+  if (tr->max_steps && tr->max_steps < t->total_steps)
+    t->total_steps = tr->max_steps;
+
+  if ((rc = td_cpu_backend_create(&t->be, o->threads, err)))
+    goto fail;
+  if ((rc = td_state_init(&t->st, t->plan, t->be, err)))
+    goto fail;
+  t->order = malloc((size_t)t->train.n * sizeof *t->order);
+  t->iota = malloc((size_t)t->batch * sizeof *t->iota);
+  if (!t->order || !t->iota) {
+    rc = td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+    goto fail;
+  }
+  for (uint32_t i = 0; i < t->batch; i++)
+    t->iota[i] = i;
+
+  td_key keys[3];
+  td_prng_split(td_prng_key(tr->seed), keys, 3);
+  t->init_key = keys[0];
+  t->shuffle_key = keys[1];
+  t->dropout_key = keys[2];
+  if ((rc = td_state_init_params(&t->st, t->init_key, err)))
+    goto fail;
+  return TD_OK;
+
+fail:
+  td_trainer_free(t);
+  return rc;
+}
+
+void td_trainer_free(td_trainer *t) {
+  td_state_free(&t->st);
+  td_backend_destroy(t->be);
+  t->be = NULL;
+  if (t->plan)
+    td_plan_cache_release(t->cache, t->plan);
+  t->plan = NULL;
+  if (t->cache == &t->own_cache)
+    td_plan_cache_free(&t->own_cache);
+  t->cache = NULL;
+  td_dataset_free(&t->train);
+  td_dataset_free(&t->test);
+  free(t->order);
+  free(t->iota);
+  t->order = t->iota = NULL;
+}
+
+int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
+                        float *accuracy, td_error *err) {
+  const td_plan *p = t->plan;
+  td_backend *be = t->be;
+  float *a = t->st.arena;
+  double loss_sum = 0.0, correct = 0.0;
+  for (uint32_t start = 0; start < ds->n; start += t->batch) {
+    uint32_t rows = ds->n - start < t->batch ? ds->n - start : t->batch;
+    /* Rows start..start+rows: the dataset pointer is offset instead of the
+     * indices, so the one iota buffer serves every batch. */
+    int rc = be->ops->gather(be, ds->x + (size_t)start * ds->dim, ds->y + start,
+                             ds->dim, t->iota, rows, a + p->in_off,
+                             (int32_t *)(a + p->labels_off));
+    if (rc)
+      return td_errorf(err, rc, "evaluate: gather failed");
+    if ((rc = td_state_forward(&t->st, (int)rows, 0, t->dropout_key, err)) ||
+        (rc = td_state_loss(&t->st, (int)rows, 0, err)))
+      return rc;
+    float sc[2];
+    if ((rc = be->ops->download(be, sc, a + p->scalars_off + TD_SC_LOSS_SUM,
+                                sizeof sc)))
+      return td_errorf(err, rc, "evaluate: reading the loss failed");
+    loss_sum += sc[0];
+    correct += sc[1];
+  }
+  double denom = ds->n ? (double)ds->n : 1.0;
+  if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
+    *loss = (float)(loss_sum / (denom * p->out_dim));
+  else
+    *loss = (float)(loss_sum / denom);
+  *accuracy = (float)(correct / denom);
+  return TD_OK;
+}
+
+int td_trainer_step(td_trainer *t, const uint32_t *order, td_step_point *out,
+                    float *correct, td_error *err) {
+  const td_plan *p = t->plan;
+  td_backend *be = t->be;
+  const td_backend_ops *ops = be->ops;
+  td_state *st = &t->st;
+  float *a = st->arena, *sc = a + p->scalars_off;
+  int rc;
+
+  if ((rc = ops->gather(be, t->train.x, t->train.y, t->train.dim, order,
+                        t->batch, a + p->in_off,
+                        (int32_t *)(a + p->labels_off))))
+    return td_errorf(err, rc, "step: gather failed");
+  td_key dkey = td_prng_fold_in(t->dropout_key, (uint32_t)st->step);
+  if ((rc = td_state_forward(st, (int)t->batch, 1, dkey, err)) ||
+      (rc = td_state_loss(st, (int)t->batch, 1, err)) ||
+      (rc = td_state_backward(st, err)))
+    return rc;
+  if ((rc = ops->sumsq(be, p->n_params, st->grads, sc + TD_SC_GRAD_SUMSQ)))
+    return td_errorf(err, rc, "step: gradient norm failed");
+  float host[3];
+  if ((rc = ops->download(be, host, sc, sizeof host)))
+    return td_errorf(err, rc, "step: reading metrics failed");
+
+  float loss = host[TD_SC_LOSS_SUM] / (float)t->batch;
+  if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
+    loss /= (float)p->out_dim;
+  if (!isfinite(loss) || !isfinite(host[TD_SC_GRAD_SUMSQ]))
+    return td_errorf(err, TD_ENUMERIC,
+                     "step %lld: the %s is %s; lower the learning rate or add "
+                     "clip_by_global_norm to the optimizer chain",
+                     (long long)st->step + 1,
+                     isfinite(loss) ? "gradient norm" : "loss",
+                     isnan(isfinite(loss) ? host[TD_SC_GRAD_SUMSQ] : loss) ? "NaN" : "infinite");
+
+  td_optim_step os = {.count = st->step, .grad_sumsq = host[TD_SC_GRAD_SUMSQ]};
+  if ((rc = td_optim_apply(&p->optim, be, &os, p->n_params, st->params,
+                           st->grads, st->opt_state, sc + TD_SC_SCRATCH, err)))
+    return rc;
+  out->loss = loss;
+  out->grad_norm = sqrtf(host[TD_SC_GRAD_SUMSQ]);
+  out->lr = (float)td_optim_lr(&p->optim, st->step);
+  st->step++;
+  out->step = st->step;
+  *correct = host[TD_SC_CORRECT];
+  return TD_OK;
+}
+
+int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
+                   td_epoch_point *last, td_error *err) {
+  static const td_train_hooks none = {0};
+  if (!hooks)
+    hooks = &none;
+  td_epoch_point ep = {0};
+  for (uint32_t epoch = 1; epoch <= t->epochs && t->st.step < t->total_steps; epoch++) {
+    int prc = td_prng_permutation(td_prng_fold_in(t->shuffle_key, epoch - 1),
+                                  t->order, t->train.n);
+    if (prc)
+      return td_errorf(err, prc, "epoch %u: shuffling failed", epoch);
+    double e0 = now_sec(), loss_sum = 0.0, correct_sum = 0.0;
+    uint32_t steps = 0;
+    for (uint32_t s = 0; s < t->steps_per_epoch && t->st.step < t->total_steps; s++) {
+      if (hooks->should_stop && hooks->should_stop(hooks->user))
+        return td_errorf(err, TD_ECANCELLED, "cancelled at step %lld",
+                         (long long)t->st.step);
+      double s0 = now_sec();
+      td_step_point sp = {0};
+      float correct = 0.0f;
+      int rc = td_trainer_step(t, t->order + (size_t)s * t->batch, &sp, &correct, err);
+      if (rc) {
+        if (rc != TD_ENUMERIC)
+          td_error_prefix(err, "epoch %u, step %lld", epoch, (long long)t->st.step + 1);
+        return rc;
+      }
+      double s1 = now_sec();
+      steps++;
+      loss_sum += sp.loss;
+      correct_sum += correct;
+      sp.epoch = epoch;
+      sp.step_in_epoch = s + 1;
+      sp.step_ms = (s1 - s0) * 1e3;
+      sp.examples_per_sec = (double)steps * t->batch / (s1 - e0);
+      if (hooks->on_step && (sp.step % t->log_every == 0 || s + 1 == t->steps_per_epoch))
+        hooks->on_step(hooks->user, t, &sp);
+    }
+    double e1 = now_sec();
+    memset(&ep, 0, sizeof ep);
+    ep.epoch = epoch;
+    ep.step = t->st.step;
+    ep.epoch_sec = e1 - e0;
+    ep.examples_per_sec = (double)steps * t->batch / (e1 - e0);
+    ep.train_loss = steps ? (float)(loss_sum / steps) : 0.0f;
+    ep.train_accuracy = steps ? (float)(correct_sum / ((double)steps * t->batch)) : 0.0f;
+    int final = epoch == t->epochs || t->st.step >= t->total_steps;
+    if (t->has_test && (epoch % t->eval_every == 0 || final)) {
+      int rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err);
+      if (rc)
+        return rc;
+      ep.evaluated = 1;
+      ep.eval_sec = now_sec() - e1;
+    }
+    if (hooks->on_epoch)
+      hooks->on_epoch(hooks->user, t, &ep);
+  }
+  if (last)
+    *last = ep;
+  return TD_OK;
+}

@@ -1,0 +1,94 @@
+/* The training loop: what `traind run` drives and the daemon's job workers
+ * reuse. A trainer owns one job's data, backend, plan reference and state;
+ * td_trainer_run runs epochs of compiled steps and reports through hooks. */
+#ifndef TD_TRAIN_H
+#define TD_TRAIN_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "data.h"
+#include "error.h"
+#include "plan.h"
+#include "prng.h"
+#include "traind/v1/job.pb-c.h"
+
+/* One step's metrics. */
+typedef struct td_step_point {
+  int64_t step; /* 1-based: updates applied including this one */
+  uint32_t epoch; /* 1-based */
+  uint32_t step_in_epoch; /* 1-based */
+  float loss;      /* mean over the batch, before the update */
+  float grad_norm; /* global norm of the raw gradients */
+  float lr;        /* learning rate used by this update */
+  double step_ms;
+  double examples_per_sec; /* over the epoch so far */
+} td_step_point;
+
+/* One epoch's metrics. Train figures average over the epoch's batches,
+ * each measured before its update; test figures cover the whole test set. */
+typedef struct td_epoch_point {
+  uint32_t epoch;
+  int64_t step;
+  float train_loss, train_accuracy;
+  int evaluated; /* test figures are present */
+  float test_loss, test_accuracy;
+  double epoch_sec; /* training steps only */
+  double eval_sec;
+  double examples_per_sec;
+} td_epoch_point;
+
+typedef struct td_trainer td_trainer;
+
+typedef struct td_train_hooks {
+  void *user;
+  void (*on_step)(void *user, const td_trainer *t, const td_step_point *p);
+  void (*on_epoch)(void *user, const td_trainer *t, const td_epoch_point *p);
+  /* Polled between steps; nonzero stops the run with TD_ECANCELLED. */
+  int (*should_stop)(void *user);
+} td_train_hooks;
+
+typedef struct td_trainer_opts {
+  const char *const *data_roots;
+  size_t n_data_roots;
+  int threads;          /* CPU threads for the backend; <= 0: all */
+  td_plan_cache *cache; /* shared compile cache; NULL: a private one */
+} td_trainer_opts;
+
+struct td_trainer {
+  const Traind__V1__JobSpec *spec; /* borrowed; outlives the trainer */
+  td_dataset train, test;
+  int has_test;
+  td_backend *be;
+  td_plan_cache *cache;
+  td_plan_cache own_cache;
+  const td_plan *plan;
+  int plan_hit;
+  td_state st;
+  td_key init_key, shuffle_key, dropout_key;
+  uint32_t *order;  /* (train.n) this epoch's example order */
+  uint32_t *iota;   /* (batch) 0..batch-1, offsets for evaluation */
+  uint32_t batch, steps_per_epoch, epochs, eval_every, log_every;
+  int64_t total_steps;
+  /* Data-loading and compile times, for reports. */
+  double load_sec, compile_ms;
+};
+
+int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
+                    const td_trainer_opts *o, td_error *err);
+void td_trainer_free(td_trainer *t);
+
+/* Evaluates the current parameters on ds: mean loss and accuracy. */
+int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
+                        float *accuracy, td_error *err);
+
+/* Runs the job to its end (or until hooks->should_stop). The last epoch
+ * point is copied to *last when last is not NULL. */
+int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
+                   td_epoch_point *last, td_error *err);
+
+/* One training step on the examples order[0..batch). */
+int td_trainer_step(td_trainer *t, const uint32_t *order, td_step_point *out,
+                    float *correct, td_error *err);
+
+#endif

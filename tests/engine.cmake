@@ -1,0 +1,21 @@
+# The engine: gradients, optimizers, training runs.
+td_test(test_grad SOURCES test_grad.c)
+td_test(test_optim SOURCES test_optim.c)
+td_test(test_train SOURCES test_train.c)
+
+# Real MNIST through the `traind run` binary.
+function(td_mnist_test name job min_acc)
+  cmake_parse_arguments(M "" "EPOCHS" "LABELS" ${ARGN})
+  add_test(NAME ${name}
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/mnist_accuracy.py
+            $<TARGET_FILE:traind> ${CMAKE_SOURCE_DIR}/config/jobs/${job} ${min_acc} ${M_EPOCHS})
+  set_tests_properties(${name} PROPERTIES LABELS "${M_LABELS}" TIMEOUT 1200
+    SKIP_RETURN_CODE 77)
+endfunction()
+
+# One epoch of each shipped job (quick; also run under the sanitizers).
+td_mnist_test(mnist_mlp_1epoch mnist_mlp.yaml 0.95 EPOCHS 1 LABELS "mnist")
+td_mnist_test(mnist_adamw_cosine_1epoch mnist_mlp_adamw_cosine.yaml 0.90 EPOCHS 1 LABELS "mnist")
+# The reference program exactly as shipped: 10 epochs, >= 97%.
+td_mnist_test(mnist_mlp_10epochs mnist_mlp.yaml 0.97 LABELS "mnist;long")
+td_mnist_test(mnist_adamw_cosine_10epochs mnist_mlp_adamw_cosine.yaml 0.97 LABELS "mnist;long")

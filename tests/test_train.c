@@ -1,0 +1,205 @@
+/* The training loop on a small synthetic IDX dataset written to a temporary
+ * data root: reproducibility from the seed, learning, the compile cache,
+ * NaN detection and cancellation. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "jobspec.h"
+#include "prng.h"
+#include "train.h"
+
+enum { NTRAIN = 1024, NTEST = 256, ROWS = 4, COLS = 5, CLASSES = 3, MAXSTEPS = 512 };
+
+static void put_be32(FILE *f, uint32_t v) {
+  unsigned char b[4] = {v >> 24, v >> 16, v >> 8, v};
+  fwrite(b, 1, 4, f);
+}
+
+/* Images whose class is the brightest of three pixel groups. */
+static void write_set(const char *dir, const char *img, const char *lab,
+                      uint32_t n, uint32_t seed) {
+  char path[512];
+  uint32_t *bits = malloc(sizeof(uint32_t) * n * (ROWS * COLS + 1));
+  td_prng_bits(td_prng_key(seed), bits, (size_t)n * (ROWS * COLS + 1));
+  snprintf(path, sizeof path, "%s/%s", dir, img);
+  FILE *fi = fopen(path, "wb");
+  snprintf(path, sizeof path, "%s/%s", dir, lab);
+  FILE *fl = fopen(path, "wb");
+  put_be32(fi, 0x803);
+  put_be32(fi, n);
+  put_be32(fi, ROWS);
+  put_be32(fi, COLS);
+  put_be32(fl, 0x801);
+  put_be32(fl, n);
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t *b = bits + (size_t)i * (ROWS * COLS + 1);
+    unsigned char px[ROWS * COLS];
+    int label = (int)(b[ROWS * COLS] % CLASSES);
+    for (int k = 0; k < ROWS * COLS; k++)
+      px[k] = (unsigned char)(b[k] % 128);
+    for (int k = label * 6; k < label * 6 + 6; k++)
+      px[k] = (unsigned char)(px[k] + 100);
+    fwrite(px, 1, sizeof px, fi);
+    unsigned char l = (unsigned char)label;
+    fwrite(&l, 1, 1, fl);
+  }
+  fclose(fi);
+  fclose(fl);
+  free(bits);
+}
+
+static const char *job_fmt =
+    "name: synthetic\n"
+    "model:\n"
+    "  input_shape: [4, 5]\n"
+    "  layers:\n"
+    "    - dense: {features: 16, kernel_init: HE_NORMAL}\n"
+    "    - relu: {}\n"
+    "    - dropout: {rate: 0.1}\n"
+    "    - dense: {features: 3, kernel_init: HE_NORMAL}\n"
+    "  loss: SOFTMAX_CROSS_ENTROPY\n"
+    "optimizer:\n"
+    "  chain: [{clip_by_global_norm: {max_norm: 1.0}}, {adamw: {learning_rate: {constant: %s}}}]\n"
+    "dataset: {idx: {dir: syn, train_images: train-img, train_labels: train-lab,\n"
+    "                test_images: test-img, test_labels: test-lab}}\n"
+    "training: {epochs: %u, batch_size: %u, seed: %u}\n";
+
+typedef struct record {
+  float loss[MAXSTEPS];
+  int n;
+  int stop_after; /* cancel once this many steps ran (0: never) */
+} record;
+
+static void on_step(void *user, const td_trainer *t, const td_step_point *p) {
+  (void)t;
+  record *r = user;
+  if (r->n < MAXSTEPS)
+    r->loss[r->n++] = p->loss;
+}
+
+static int stop(void *user) {
+  record *r = user;
+  return r->stop_after && r->n >= r->stop_after;
+}
+
+static const char *roots[1];
+static size_t last_n_params; /* of the last run's plan */
+
+static int run(const char *lr, unsigned epochs, unsigned batch, unsigned seed,
+               td_plan_cache *cache, record *rec, float **params_out,
+               td_epoch_point *last, td_error *err, int *hit) {
+  char doc[2048];
+  snprintf(doc, sizeof doc, job_fmt, lr, epochs, batch, seed);
+  Traind__V1__JobSpec *spec = NULL;
+  int rc = td_jobspec_parse(doc, strlen(doc), &spec, err);
+  if (rc)
+    return rc;
+  td_trainer t;
+  td_trainer_opts o = {.data_roots = roots, .n_data_roots = 1, .threads = 1, .cache = cache};
+  rc = td_trainer_init(&t, spec, &o, err);
+  if (!rc) {
+    if (hit)
+      *hit = t.plan_hit;
+    td_train_hooks h = {.user = rec, .on_step = on_step, .should_stop = stop};
+    rc = td_trainer_run(&t, &h, last, err);
+    if (params_out) {
+      last_n_params = t.plan->n_params;
+      *params_out = malloc(sizeof(float) * t.plan->n_params);
+      memcpy(*params_out, t.st.params, sizeof(float) * t.plan->n_params);
+    }
+    td_trainer_free(&t);
+  }
+  td_jobspec_free(spec);
+  return rc;
+}
+
+int main(void) {
+  char root[] = "/tmp/traind-train-XXXXXX";
+  CHECK(mkdtemp(root) != NULL, "mkdtemp");
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s/syn", root);
+  mkdir(dir, 0755);
+  write_set(dir, "train-img", "train-lab", NTRAIN, 1);
+  write_set(dir, "test-img", "test-lab", NTEST, 2);
+  roots[0] = root;
+
+  td_plan_cache cache;
+  td_plan_cache_init(&cache);
+  td_error err = {0};
+  record a = {0}, b = {0}, c = {0};
+  float *pa = NULL, *pb = NULL, *pc = NULL;
+  td_epoch_point la, lb, lc;
+  int hit = -1;
+
+  /* Learns: the classes are separable, so 5 epochs get well above chance. */
+  int rc = run("0.01", 5, 32, 7, &cache, &a, &pa, &la, &err, &hit);
+  CHECK(rc == 0, "run a: %s", err.msg);
+  CHECK(hit == 0, "the first compile is a cache miss");
+  CHECK(a.n == 5 * (NTRAIN / 32), "ran %d steps", a.n);
+  CHECK(la.evaluated && la.test_accuracy > 0.9f, "test accuracy %.3f", la.test_accuracy);
+  CHECK(a.loss[a.n - 1] < a.loss[0], "loss fell from %.4f to %.4f", a.loss[0], a.loss[a.n - 1]);
+
+  /* Same seed: bitwise the same losses and parameters, and a cache hit. */
+  rc = run("0.01", 5, 32, 7, &cache, &b, &pb, &lb, &err, &hit);
+  CHECK(rc == 0, "run b: %s", err.msg);
+  CHECK(hit == 1, "the same model, optimizer and batch hit the compile cache");
+  CHECK(a.n == b.n && memcmp(a.loss, b.loss, sizeof(float) * a.n) == 0,
+        "same seed gives the same loss sequence");
+  CHECK(pa && pb && memcmp(pa, pb, sizeof(float) * last_n_params) == 0 &&
+            la.test_loss == lb.test_loss,
+        "same seed gives the same parameters");
+
+  /* Another seed: other losses. */
+  rc = run("0.01", 5, 32, 8, &cache, &c, &pc, &lc, &err, &hit);
+  CHECK(rc == 0, "run c: %s", err.msg);
+  int differ = 0;
+  for (int i = 0; i < a.n && i < c.n; i++)
+    differ += a.loss[i] != c.loss[i];
+  CHECK(differ > a.n / 2, "another seed changes the losses (%d of %d differ)", differ, a.n);
+  CHECK(cache.hits == 2 && cache.misses == 1, "cache hits %llu misses %llu",
+        (unsigned long long)cache.hits, (unsigned long long)cache.misses);
+
+  /* Another batch size is another plan. */
+  record d = {0};
+  rc = run("0.01", 1, 64, 7, &cache, &d, NULL, NULL, &err, &hit);
+  CHECK(rc == 0 && hit == 0, "batch 64 compiles a new plan (rc %d, hit %d)", rc, hit);
+
+  /* A diverging run stops with an error naming the step. */
+  record e = {0};
+  rc = run("1e38", 2, 32, 7, &cache, &e, NULL, NULL, &err, &hit);
+  CHECK(rc == TD_ENUMERIC, "a huge learning rate fails with ENUMERIC (rc %d: %s)", rc, err.msg);
+  CHECK_STR_CONTAINS(err.msg, "step ");
+  CHECK(strstr(err.msg, "NaN") || strstr(err.msg, "infinite"), "message: %s", err.msg);
+
+  /* Cancellation stops at a step boundary. */
+  record f = {.stop_after = 5};
+  rc = run("0.01", 3, 32, 7, &cache, &f, NULL, NULL, &err, &hit);
+  CHECK(rc == TD_ECANCELLED && f.n == 5, "cancel after 5 steps: rc %d, ran %d", rc, f.n);
+
+  /* A model that does not fit the data is refused with the field path. */
+  char doc[2048];
+  snprintf(doc, sizeof doc, job_fmt, "0.01", 1u, 32u, 1u);
+  char *shape = strstr(doc, "[4, 5]");
+  memcpy(shape, "[4, 6]", 6);
+  Traind__V1__JobSpec *spec = NULL;
+  CHECK(td_jobspec_parse(doc, strlen(doc), &spec, &err) == 0, "%s", err.msg);
+  td_trainer t;
+  td_trainer_opts o = {.data_roots = roots, .n_data_roots = 1, .threads = 1};
+  rc = td_trainer_init(&t, spec, &o, &err);
+  CHECK(rc == TD_EINVAL, "input shape mismatch refused (rc %d)", rc);
+  CHECK_STR_CONTAINS(err.msg, "model.input_shape");
+  td_jobspec_free(spec);
+
+  free(pa);
+  free(pb);
+  free(pc);
+  td_plan_cache_free(&cache);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+  CHECK(system(cmd) == 0, "cleanup");
+  return td_check_exit();
+}
