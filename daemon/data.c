@@ -86,7 +86,8 @@ static int path_inside(const char *path, const char *root) {
 }
 
 /* Each root as written (made absolute, lexically) and canonical ("" when the
- * root does not exist). */
+ * root does not exist: then it holds nothing, but an absolute path under it is
+ * reported as not found rather than as an escape). */
 typedef struct root_forms {
   char lexical[PATH_MAX];
   char canonical[PATH_MAX];
@@ -123,8 +124,8 @@ static int try_candidate(const char *path, const char *rel, const root_forms *r,
   struct stat st;
   if (stat(path, &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) return 1;
-    return td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO, "dataset path '%s': cannot access '%s': %s",
-                     rel, path, strerror(errno));
+    return td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
+                     "dataset path '%s': cannot access '%s': %s", rel, path, strerror(errno));
   }
   char *canon = realpath(path, NULL);
   if (!canon)
@@ -144,8 +145,8 @@ static int try_candidate(const char *path, const char *rel, const root_forms *r,
   return rc;
 }
 
-int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, int alt_gz,
-                    char *out, size_t outlen, td_error *err) {
+int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, int alt_gz, char *out,
+                    size_t outlen, td_error *err) {
   if (!rel || !rel[0]) return td_errorf(err, TD_EINVAL, "dataset path is empty");
   if (nroots == 0)
     return td_errorf(err, TD_EINVAL,
@@ -153,7 +154,8 @@ int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, in
                      "(start traind with --data-dir DIR)",
                      rel);
   size_t rlen = strlen(rel);
-  if (rlen + 4 >= PATH_MAX) return td_errorf(err, TD_EINVAL, "dataset path '%.64s...' is too long", rel);
+  if (rlen + 4 >= PATH_MAX)
+    return td_errorf(err, TD_EINVAL, "dataset path '%.64s...' is too long", rel);
 
   /* The names to try: as written, then with ".gz" added or removed. */
   char names[2][PATH_MAX];
@@ -177,7 +179,6 @@ int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, in
     char *canon = roots[i] && roots[i][0] ? realpath(roots[i], NULL) : NULL;
     if (canon && strlen(canon) < sizeof r[i].canonical) strcpy(r[i].canonical, canon);
     free(canon);
-    if (!r[i].canonical[0]) r[i].lexical[0] = '\0'; /* a missing root holds nothing */
   }
   char rootlist[640];
   format_roots(roots, r, nroots, rootlist, sizeof rootlist);
@@ -250,7 +251,8 @@ static int idx_read(idx_file *f, void *buf, uint64_t len, uint64_t *got, td_erro
     if (n < 0) {
       int zerr;
       const char *msg = gzerror(f->f, &zerr);
-      if (zerr == Z_ERRNO) return td_errorf(err, TD_EIO, "'%s': read failed: %s", f->path, strerror(errno));
+      if (zerr == Z_ERRNO)
+        return td_errorf(err, TD_EIO, "'%s': read failed: %s", f->path, strerror(errno));
       if (zerr == Z_BUF_ERROR) break; /* the gzip stream ends early: reported as truncation */
       return td_errorf(err, TD_EDATA, "'%s': corrupt gzip data: %s", f->path, msg);
     }
@@ -286,8 +288,8 @@ static int idx_open(idx_file *f, const char *path, int labels, td_error *err) {
   const uint32_t nd = b[3];
   if (b[0] || b[1] || b[2] != 0x08 || (labels ? nd != 1 : (nd < 2 || nd > 5)))
     return td_errorf(err, TD_EDATA,
-                     "'%s': not an IDX %s file: magic number 0x%08" PRIx32
-                     ", expected 0x%08" PRIx32 " (unsigned bytes, %s)",
+                     "'%s': not an IDX %s file: magic number 0x%08" PRIx32 ", expected 0x%08" PRIx32
+                     " (unsigned bytes, %s)",
                      path, what, magic, expect, labels ? "1 dimension" : "3 dimensions");
   f->ndims = nd;
   rc = idx_read(f, b, 4 * (uint64_t)nd, &got, err);
@@ -299,7 +301,8 @@ static int idx_open(idx_file *f, const char *path, int labels, td_error *err) {
   for (uint32_t i = 0; i < nd; i++) {
     f->dims[i] = be32(b + 4 * i);
     if (f->dims[i] == 0)
-      return td_errorf(err, TD_EDATA, "'%s': dimension %" PRIu32 " of the IDX header is 0", path, i);
+      return td_errorf(err, TD_EDATA, "'%s': dimension %" PRIu32 " of the IDX header is 0", path,
+                       i);
     total *= f->dims[i];
     if (total > MAX_VALUES)
       return td_errorf(err, TD_EDATA,
@@ -324,7 +327,8 @@ static int idx_payload(idx_file *f, unsigned char *buf, uint64_t len, const char
   int rc = idx_read(f, buf, len, &got, err);
   if (rc) return rc;
   if (got < len)
-    return td_errorf(err, TD_EDATA, "'%s': truncated: expected %" PRIu64 " bytes of %s data, found %" PRIu64,
+    return td_errorf(err, TD_EDATA,
+                     "'%s': truncated: expected %" PRIu64 " bytes of %s data, found %" PRIu64,
                      f->path, len, what, got);
   uint64_t extra = 0;
   unsigned char tail[4096];
@@ -341,8 +345,8 @@ static int idx_payload(idx_file *f, unsigned char *buf, uint64_t len, const char
   return 0;
 }
 
-int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit,
-                td_dataset *ds, td_error *err) {
+int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
+                td_error *err) {
   memset(ds, 0, sizeof *ds);
   idx_file im, lb;
   unsigned char *pix = NULL, *lab = NULL;
@@ -397,7 +401,8 @@ done_im:
 
 /* ---- HDF5 --------------------------------------------------------------- */
 
-/* Appends HDF5's most specific error description, when there is one. */
+/* Keeps the description of the innermost entry of HDF5's error stack, the
+ * most specific one. */
 static herr_t h5_walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
   char *buf = data;
   if (e->desc && e->desc[0]) snprintf(buf, 256, "%s", e->desc);
@@ -434,7 +439,8 @@ static void h5_list_top(hid_t fid, char *buf, size_t len) {
   size_t used = 0;
   for (hsize_t i = 0; i < gi.nlinks && i < 16; i++) {
     char name[128];
-    if (H5Lget_name_by_idx(fid, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name, H5P_DEFAULT) < 0)
+    if (H5Lget_name_by_idx(fid, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
+                           H5P_DEFAULT) < 0)
       break;
     int w = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", name);
     if (w < 0 || (size_t)w >= len - used) break;
@@ -457,8 +463,8 @@ static void h5_dset_close(h5_dset *d) {
   d->id = d->space = d->type = H5I_INVALID_HID;
 }
 
-static int h5_dset_open(hid_t fid, const char *path, const char *name, const char *role,
-                        h5_dset *d, td_error *err) {
+static int h5_dset_open(hid_t fid, const char *path, const char *name, const char *role, h5_dset *d,
+                        td_error *err) {
   d->id = d->space = d->type = H5I_INVALID_HID;
   d->id = H5Dopen2(fid, name, H5P_DEFAULT);
   if (d->id < 0) {
@@ -470,7 +476,8 @@ static int h5_dset_open(hid_t fid, const char *path, const char *name, const cha
   d->space = H5Dget_space(d->id);
   d->type = H5Dget_type(d->id);
   d->rank = d->space >= 0 ? H5Sget_simple_extent_ndims(d->space) : -1;
-  if (d->type < 0 || d->rank < 0 || (d->rank > 0 && H5Sget_simple_extent_dims(d->space, d->dims, NULL) < 0))
+  if (d->type < 0 || d->rank < 0 ||
+      (d->rank > 0 && H5Sget_simple_extent_dims(d->space, d->dims, NULL) < 0))
     return td_errorf(err, TD_EDATA, "'%s': cannot read the shape of dataset '%s'", path, name);
   return 0;
 }
@@ -500,15 +507,15 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   if (stat(path, &st) != 0)
     return td_errorf(err, errno == ENOENT ? TD_ENOTFOUND : TD_EIO, "cannot open HDF5 file '%s': %s",
                      path, strerror(errno));
-  if (S_ISDIR(st.st_mode)) return td_errorf(err, TD_EDATA, "'%s' is a directory, not an HDF5 file", path);
+  if (S_ISDIR(st.st_mode))
+    return td_errorf(err, TD_EDATA, "'%s' is a directory, not an HDF5 file", path);
   if (access(path, R_OK) != 0)
     return td_errorf(err, TD_EPERM, "cannot read HDF5 file '%s': %s", path, strerror(errno));
   if (H5Fis_hdf5(path) <= 0) return td_errorf(err, TD_EDATA, "'%s' is not an HDF5 file", path);
 
   char detail[256], shape[128], tname[64];
   hid_t fid = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (fid < 0)
-    return td_errorf(err, TD_EIO, "H5Fopen failed on '%s': %s", path, h5_detail(detail));
+  if (fid < 0) return td_errorf(err, TD_EIO, "H5Fopen failed on '%s': %s", path, h5_detail(detail));
   h5_dset fx = {.id = H5I_INVALID_HID, .space = H5I_INVALID_HID, .type = H5I_INVALID_HID};
   h5_dset fy = fx;
   hid_t memx = H5I_INVALID_HID, memy = H5I_INVALID_HID;
@@ -530,7 +537,8 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   }
   uint64_t dim = 1; /* saturates just above MAX_VALUES, so it cannot overflow */
   for (int i = 1; i < fx.rank; i++)
-    dim = fx.dims[i] > MAX_VALUES || dim * fx.dims[i] > MAX_VALUES ? MAX_VALUES + 1 : dim * fx.dims[i];
+    dim = fx.dims[i] > MAX_VALUES || dim * fx.dims[i] > MAX_VALUES ? MAX_VALUES + 1
+                                                                   : dim * fx.dims[i];
   const uint64_t n = fx.dims[0];
   if (n == 0 || dim == 0) {
     rc = td_errorf(err, TD_EDATA, "'%s': features '%s' have shape %s and hold no values", path,
@@ -564,8 +572,9 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   const int is_u8 = cx == H5T_INTEGER && sx == 1 && H5Tget_sign(fx.type) == H5T_SGN_NONE;
   if (!is_u8 && !(cx == H5T_FLOAT && (sx == 4 || sx == 8))) {
     h5_type_name(fx.type, tname, sizeof tname);
-    rc = td_errorf(err, TD_EDATA, "'%s': features '%s' have type %s; expected uint8, float32 or float64",
-                   path, features, tname);
+    rc = td_errorf(err, TD_EDATA,
+                   "'%s': features '%s' have type %s; expected uint8, float32 or float64", path,
+                   features, tname);
     goto done;
   }
   if (H5Tget_class(fy.type) != H5T_INTEGER) {

@@ -10,12 +10,12 @@
 #include "error.h"
 
 typedef struct td_dataset {
-  uint32_t n;               /* examples */
-  uint32_t dim;             /* features per example, flattened */
-  uint32_t ndim, shape[4];  /* per-example shape, e.g. {28, 28}; dim is its product */
-  float *x;                 /* (n, dim) row-major, owned; uint8 pixels scaled to [0, 1] */
-  int32_t *y;               /* (n) integer labels, each >= 0, owned */
-  int32_t max_label;        /* largest label present */
+  uint32_t n;              /* examples */
+  uint32_t dim;            /* features per example, flattened */
+  uint32_t ndim, shape[4]; /* per-example shape, e.g. {28, 28}; dim is its product */
+  float *x;                /* (n, dim) row-major, owned; uint8 pixels scaled to [0, 1] */
+  int32_t *y;              /* (n) integer labels, each >= 0, owned */
+  int32_t max_label;       /* largest label present */
 } td_dataset;
 
 /* Frees what a loader allocated and zeroes *ds; safe on a zeroed dataset. */
@@ -33,8 +33,8 @@ void td_dataset_free(td_dataset *ds);
  * written form is checked before the file system is consulted, so a refused
  * path says nothing about what exists outside the roots. Not found anywhere:
  * TD_ENOTFOUND naming the path and every root searched. */
-int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, int alt_gz,
-                    char *out, size_t outlen, td_error *err);
+int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, int alt_gz, char *out,
+                    size_t outlen, td_error *err);
 
 /* Loads an MNIST-family IDX pair: images are unsigned bytes with magic
  * 0x00000803 (more generally 0x000008DD with 2 <= DD <= 5 dimensions, the first
@@ -44,8 +44,8 @@ int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, in
  * ("truncated: expected N bytes of pixel data, found M", or trailing data),
  * and equal example counts. `limit` > 0 keeps only the first `limit` examples.
  * On failure *ds is left zeroed and err names the file and the problem. */
-int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit,
-                td_dataset *ds, td_error *err);
+int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
+                td_error *err);
 
 /* Loads an HDF5 file: dataset `features` of shape (N, ...) (1 to 4 dimensions
  * per example) and type uint8 (scaled by 1/255), float32 or float64, and dataset

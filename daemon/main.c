@@ -1,11 +1,12 @@
 /* traind: the training daemon's command line.
  *
  *   traind run JOBFILE [--config FILE] [--data-dir DIR]... [--cpu-devices N]
- *                      [--threads N] [--json]
+ *                      [--threads N] [--json] [--metrics FILE]
  *
  * `run` trains one job in the foreground without a server. Exit status:
  * 0 success, 1 the job failed while training, 2 bad usage or a bad job or
  * config (nothing ran), 3 data missing or unreadable, 130 interrupted. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,6 +44,7 @@ static void usage(FILE *f) {
         "  --cpu-devices N    CPU devices to offer (default 1)\n"
         "  --threads N        compute threads (default: one per core)\n"
         "  --json             print a JSON summary on stdout when done\n"
+        "  --metrics FILE     write every step and epoch point as JSON lines\n"
         "  --version          print the version\n",
         f);
 }
@@ -69,6 +71,7 @@ typedef struct run_report {
   td_progress progress;
   double *epoch_sec;
   size_t n_epochs;
+  FILE *metrics; /* JSON lines, or NULL */
 } run_report;
 
 static void report_epoch(void *user, const td_trainer *t, const td_epoch_point *ep) {
@@ -77,12 +80,29 @@ static void report_epoch(void *user, const td_trainer *t, const td_epoch_point *
   inner.on_epoch(&r->progress, t, ep);
   if (r->n_epochs < t->epochs)
     r->epoch_sec[r->n_epochs++] = ep->epoch_sec;
+  if (r->metrics) {
+    fprintf(r->metrics,
+            "{\"epoch\":%u,\"step\":%lld,\"train_loss\":%.9g,"
+            "\"train_accuracy\":%.9g,\"epoch_sec\":%.6f",
+            ep->epoch, (long long)ep->step, ep->train_loss, ep->train_accuracy,
+            ep->epoch_sec);
+    if (ep->evaluated)
+      fprintf(r->metrics, ",\"test_loss\":%.9g,\"test_accuracy\":%.9g",
+              ep->test_loss, ep->test_accuracy);
+    fputs("}\n", r->metrics);
+  }
 }
 
 static void report_step(void *user, const td_trainer *t, const td_step_point *sp) {
   run_report *r = user;
   td_train_hooks inner = td_progress_hooks(&r->progress);
   inner.on_step(&r->progress, t, sp);
+  if (r->metrics)
+    fprintf(r->metrics,
+            "{\"step\":%lld,\"epoch\":%u,\"loss\":%.9g,\"grad_norm\":%.9g,"
+            "\"learning_rate\":%.9g,\"step_ms\":%.4f}\n",
+            (long long)sp->step, sp->epoch, sp->loss, sp->grad_norm, sp->lr,
+            sp->step_ms);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -129,9 +149,10 @@ static int cmd_run(int argc, char **argv) {
       {"cpu-devices", required_argument, 0, 'n'},
       {"threads", required_argument, 0, 't'},
       {"json", no_argument, 0, 'j'},
+      {"metrics", required_argument, 0, 'm'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  const char *config_path = NULL;
+  const char *config_path = NULL, *metrics_path = NULL;
   char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
   size_t n_dirs = 0;
   long cpu_devices = 0, threads = 0;
@@ -162,6 +183,9 @@ static int cmd_run(int argc, char **argv) {
     }
     case 'j':
       json = 1;
+      break;
+    case 'm':
+      metrics_path = optarg;
       break;
     case 'h':
       usage(stdout);
@@ -225,6 +249,11 @@ static int cmd_run(int argc, char **argv) {
             spec->name ? spec->name : "", t.plan->n_params, t.steps_per_epoch,
             t.epochs, t.compile_ms, t.load_sec);
     report.epoch_sec = calloc(t.epochs ? t.epochs : 1, sizeof *report.epoch_sec);
+    if (metrics_path && !(report.metrics = fopen(metrics_path, "w")))
+      rc = td_errorf(&err, TD_EINVAL, "--metrics %s: cannot create the file (%s)",
+                     metrics_path, strerror(errno));
+  }
+  if (!rc) {
     td_progress_init(&report.progress, stderr);
     td_train_hooks hooks = {.user = &report,
                             .on_step = report_step,
@@ -246,6 +275,10 @@ static int cmd_run(int argc, char **argv) {
   if (have_trainer)
     td_trainer_free(&t);
   free(report.epoch_sec);
+  if (report.metrics && fclose(report.metrics) != 0 && !rc) {
+    fprintf(stderr, "traind: --metrics %s: write failed\n", metrics_path);
+    rc = TD_EIO;
+  }
   td_jobspec_free(spec);
   td_config_free(cfg);
   free(env_copy);

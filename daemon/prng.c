@@ -15,7 +15,9 @@
 
 #include "error.h"
 
-static inline uint32_t rotl32(uint32_t x, unsigned d) { return (x << d) | (x >> (32 - d)); }
+static inline uint32_t rotl32(uint32_t x, unsigned d) {
+  return (x << d) | (x >> (32 - d));
+}
 
 void td_threefry2x32(td_key key, uint32_t x[2]) {
   /* Threefish rotation constants for two words, used four at a time. */
@@ -125,7 +127,7 @@ static float cephes_logf(float v) {
   float yc = fmaf(fmaf(p[6], x, p[7]), x, p[8]);
   float y = fmaf(fmaf(ya, x3, yb), x3, yc);
   y = fmaf(y, x3, e * ln2_lo);
-  float r = fmaf(-0.5f, x2, x);
+  float r = x - 0.5f * x2; /* 0.5 * x2 is exact, so fusing would not change it */
   r = r + y;
   return fmaf(e, ln2_hi, r);
 }
@@ -153,7 +155,7 @@ static float xla_log1pf(float t) {
   }
   const float t2 = t * t;
   const float r = (t * t2) * (n / d);
-  return t + fmaf(-0.5f, t2, r);
+  return t + (r - 0.5f * t2);
 }
 
 float td_erfinvf(float x) {

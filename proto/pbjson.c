@@ -319,12 +319,27 @@ static int dec_to_u64(const decnum *d, uint64_t *mag) {
   return 0;
 }
 
+/* %g output uses an exponent as soon as the exponent reaches the precision,
+ * which turns 10 into "1e+01". Below 10^limit, where the type still holds
+ * every integer exactly (10^16 for double, 10^7 for float), the value is
+ * written out in full instead, as Python's repr does. */
+static void widen_g(char *out, size_t cap, double d, int p, int limit) {
+  const char *e = strchr(out, 'e');
+  if (!e)
+    return;
+  int x = atoi(e + 1);
+  if (x >= p && x < limit)
+    snprintf(out, cap, "%.*g", x + 1, d);
+}
+
 /* The shortest %g text of d that reads back as the same double. */
 static void fmt_double(char *out, size_t cap, double d) {
   for (int p = 1; p <= 17; p++) {
     snprintf(out, cap, "%.*g", p, d);
-    if (strtod(out, NULL) == d)
+    if (strtod(out, NULL) == d) {
+      widen_g(out, cap, d, p, 16);
       return;
+    }
   }
 }
 
@@ -332,8 +347,10 @@ static void fmt_double(char *out, size_t cap, double d) {
 static void fmt_float(char *out, size_t cap, float f) {
   for (int p = 1; p <= 9; p++) {
     snprintf(out, cap, "%.*g", p, (double)f);
-    if (strtof(out, NULL) == f)
+    if (strtof(out, NULL) == f) {
+      widen_g(out, cap, f, p, 7);
       return;
+    }
   }
 }
 
@@ -967,8 +984,12 @@ static int parse_repeated(pctx *c, const yaml_node_t *n, ProtobufCMessage *m,
 
 /* Converts the value of one field; the path already names the field. */
 static int parse_field(pctx *c, const yaml_node_t *n, ProtobufCMessage *m, const ProtobufCFieldDescriptor *fd) {
-  if (is_map_field(fd))
+  /* An empty map is accepted so that PBJSON_EMIT_DEFAULTS output reads back. */
+  if (is_map_field(fd)) {
+    if (is_null(n) || (n->type == YAML_MAPPING_NODE && n->data.mapping.pairs.top == n->data.mapping.pairs.start))
+      return 0;
     return perr(c, n, "map fields are not supported");
+  }
   if (fd->label == PROTOBUF_C_LABEL_REPEATED)
     return parse_repeated(c, n, m, fd);
   if (is_null(n))

@@ -19,3 +19,9 @@ td_mnist_test(mnist_adamw_cosine_1epoch mnist_mlp_adamw_cosine.yaml 0.90 EPOCHS 
 # The reference program exactly as shipped: 10 epochs, >= 97%.
 td_mnist_test(mnist_mlp_10epochs mnist_mlp.yaml 0.97 LABELS "mnist;long")
 td_mnist_test(mnist_adamw_cosine_10epochs mnist_mlp_adamw_cosine.yaml 0.97 LABELS "mnist;long")
+
+# Same seed -> bitwise the same losses through the binary; another seed differs.
+add_test(NAME mnist_determinism
+  COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/determinism.py
+          $<TARGET_FILE:traind> ${CMAKE_SOURCE_DIR}/config/jobs/mnist_mlp.yaml)
+set_tests_properties(mnist_determinism PROPERTIES LABELS "mnist" TIMEOUT 600 SKIP_RETURN_CODE 77)

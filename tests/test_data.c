@@ -39,7 +39,8 @@ static size_t put_be32(unsigned char *p, uint32_t v) {
 }
 
 /* Images: n examples of rows x cols, pixel (i, j) = (7 i + 3 j) mod 256. */
-static size_t idx_images(unsigned char *buf, uint32_t magic, uint32_t n, uint32_t rows, uint32_t cols) {
+static size_t idx_images(unsigned char *buf, uint32_t magic, uint32_t n, uint32_t rows,
+                         uint32_t cols) {
   size_t o = put_be32(buf, magic);
   o += put_be32(buf + o, n);
   o += put_be32(buf + o, rows);
@@ -57,21 +58,23 @@ static size_t idx_labels(unsigned char *buf, uint32_t magic, uint32_t n) {
   return o;
 }
 
-#define EXPECT_FAIL(call, want_code, ...)                                                    \
-  do {                                                                                       \
-    td_error e_ = {0};                                                                       \
-    td_dataset d_ = {0};                                                                     \
-    (void)d_;                                                                                \
-    int rc_ = (call);                                                                        \
+#define EXPECT_FAIL(call, want_code, ...)                                                     \
+  do {                                                                                        \
+    td_error e_ = {0};                                                                        \
+    td_dataset d_ = {0};                                                                      \
+    (void)d_;                                                                                 \
+    int rc_ = (call);                                                                         \
     CHECK(rc_ == (want_code), "%s returned %d (%s), want %d", #call, rc_, e_.msg, want_code); \
-    const char *needles_[] = {__VA_ARGS__};                                                  \
-    for (size_t k_ = 0; k_ < sizeof needles_ / sizeof *needles_; k_++)                       \
-      CHECK_STR_CONTAINS(e_.msg, needles_[k_]);                                              \
+    const char *needles_[] = {__VA_ARGS__};                                                   \
+    for (size_t k_ = 0; k_ < sizeof needles_ / sizeof *needles_; k_++)                        \
+      CHECK_STR_CONTAINS(e_.msg, needles_[k_]);                                               \
+    td_dataset_free(&d_);                                                                     \
   } while (0)
 
 static void check_small(const td_dataset *ds, uint32_t n, const char *what) {
   CHECK(ds->n == n && ds->dim == 12 && ds->ndim == 2 && ds->shape[0] == 3 && ds->shape[1] == 4,
-        "%s: n %u dim %u ndim %u shape %ux%u", what, ds->n, ds->dim, ds->ndim, ds->shape[0], ds->shape[1]);
+        "%s: n %u dim %u ndim %u shape %ux%u", what, ds->n, ds->dim, ds->ndim, ds->shape[0],
+        ds->shape[1]);
   int ok = ds->x && ds->y;
   for (uint32_t i = 0; ok && i < ds->n; i++) {
     for (uint32_t j = 0; j < 12; j++)
@@ -105,15 +108,18 @@ static void test_idx(void) {
   check_small(&ds, 2, "limit");
   CHECK(ds.max_label == 1, "max_label over the kept examples %d", ds.max_label);
   td_dataset_free(&ds);
-  CHECK(td_idx_load(at("img"), at("lab"), 99, &ds, &err) == 0 && ds.n == 5, "limit 99: %s", err.msg);
+  CHECK(td_idx_load(at("img"), at("lab"), 99, &ds, &err) == 0 && ds.n == 5, "limit 99: %s",
+        err.msg);
   td_dataset_free(&ds);
 
   /* Bad magic: labels given as images, images given as labels, text. */
-  EXPECT_FAIL(td_idx_load(at("lab"), at("lab"), 0, &d_, &e_), TD_EDATA, "/lab'", "not an IDX image file",
-              "0x00000801");
-  EXPECT_FAIL(td_idx_load(at("img"), at("img"), 0, &d_, &e_), TD_EDATA, "/img'", "not an IDX label file");
+  EXPECT_FAIL(td_idx_load(at("lab"), at("lab"), 0, &d_, &e_), TD_EDATA, "/lab'",
+              "not an IDX image file", "0x00000801");
+  EXPECT_FAIL(td_idx_load(at("img"), at("img"), 0, &d_, &e_), TD_EDATA, "/img'",
+              "not an IDX label file");
   write_file(at("text"), "hello, world\n", 13);
-  EXPECT_FAIL(td_idx_load(at("text"), at("lab"), 0, &d_, &e_), TD_EDATA, "text'", "not an IDX image file");
+  EXPECT_FAIL(td_idx_load(at("text"), at("lab"), 0, &d_, &e_), TD_EDATA, "text'",
+              "not an IDX image file");
   write_file(at("short"), "\0\0", 2);
   EXPECT_FAIL(td_idx_load(at("short"), at("lab"), 0, &d_, &e_), TD_EDATA, "short'", "only 2 bytes");
   /* A signed-int IDX (type 0x0C) is not accepted as pixels. */
@@ -136,7 +142,8 @@ static void test_idx(void) {
   EXPECT_FAIL(td_idx_load(at("hdr"), at("lab"), 0, &d_, &e_), TD_EDATA, "hdr'", "header");
   memcpy(img + ni, "\1\2\3\4\5\6\7\10", 8);
   write_file(at("trail"), img, ni + 8);
-  EXPECT_FAIL(td_idx_load(at("trail"), at("lab"), 0, &d_, &e_), TD_EDATA, "trail'", "8 bytes of trailing data");
+  EXPECT_FAIL(td_idx_load(at("trail"), at("lab"), 0, &d_, &e_), TD_EDATA, "trail'",
+              "8 bytes of trailing data");
 
   /* A gzip stream cut in half. */
   FILE *f = fopen(at("img.gz"), "rb");
@@ -153,11 +160,13 @@ static void test_idx(void) {
   /* Counts that differ, zero and absurd dimensions, missing files. */
   size_t nl4 = idx_labels(lab, 0x801, 4);
   write_file(at("lab4"), lab, nl4);
-  EXPECT_FAIL(td_idx_load(at("img"), at("lab4"), 0, &d_, &e_), TD_EDATA, "holds 5 images", "holds 4 labels");
+  EXPECT_FAIL(td_idx_load(at("img"), at("lab4"), 0, &d_, &e_), TD_EDATA, "holds 5 images",
+              "holds 4 labels");
   unsigned char hdr[16];
   put_be32(hdr, 0x803), put_be32(hdr + 4, 5), put_be32(hdr + 8, 0), put_be32(hdr + 12, 4);
   write_file(at("zero"), hdr, 16);
-  EXPECT_FAIL(td_idx_load(at("zero"), at("lab"), 0, &d_, &e_), TD_EDATA, "zero'", "dimension 1", "is 0");
+  EXPECT_FAIL(td_idx_load(at("zero"), at("lab"), 0, &d_, &e_), TD_EDATA, "zero'", "dimension 1",
+              "is 0");
   put_be32(hdr + 4, 60000), put_be32(hdr + 8, 60000), put_be32(hdr + 12, 60000);
   write_file(at("huge"), hdr, 16);
   EXPECT_FAIL(td_idx_load(at("huge"), at("lab"), 0, &d_, &e_), TD_EDATA, "huge'", "2^31");
@@ -173,19 +182,25 @@ static hid_t h5_file(const char *path, int create) {
                 : H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
 }
 
-static void h5_put(const char *path, int create, const char *name, hid_t type, int rank,
-                   const hsize_t *dims, const void *data) {
+/* Writes `data` (in the native type mtype) as dataset `name` of file type ftype. */
+static void h5_put_as(const char *path, int create, const char *name, hid_t ftype, hid_t mtype,
+                      int rank, const hsize_t *dims, const void *data) {
   hid_t f = h5_file(path, create);
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
   hid_t s = H5Screate_simple(rank, dims, NULL);
-  hid_t d = H5Dcreate2(f, name, type, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-  CHECK(f >= 0 && d >= 0 && H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
+  hid_t d = H5Dcreate2(f, name, ftype, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+  CHECK(f >= 0 && d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
         "writing %s:%s", path, name);
   H5Dclose(d);
   H5Sclose(s);
   H5Pclose(lcpl);
   H5Fclose(f);
+}
+
+static void h5_put(const char *path, int create, const char *name, hid_t type, int rank,
+                   const hsize_t *dims, const void *data) {
+  h5_put_as(path, create, name, type, type, rank, dims, data);
 }
 
 /* Runs `call` with stderr redirected to a file and returns how many bytes it
@@ -235,7 +250,7 @@ static void test_hdf5(void) {
   h5_put(at("f32.h5"), 1, "x", H5T_NATIVE_FLOAT, 2, d_f32, f32);
   h5_put(at("f32.h5"), 0, "y", H5T_NATIVE_UINT8, 2, d_n1, labu8);
   h5_put(at("f64.h5"), 1, "train/x", H5T_NATIVE_DOUBLE, 4, d_f64, f64);
-  h5_put(at("f64.h5"), 0, "train/y", H5T_STD_I16BE, 1, d_n, lab16);
+  h5_put_as(at("f64.h5"), 0, "train/y", H5T_STD_I16BE, H5T_NATIVE_INT16, 1, d_n, lab16);
 
   td_dataset ds = {0};
   td_error err = {0};
@@ -271,7 +286,8 @@ static void test_hdf5(void) {
   /* Failures, each naming the file and the dataset. */
   EXPECT_FAIL(td_hdf5_load(at("none.h5"), "x", "y", 0, &d_, &e_), TD_ENOTFOUND, "none.h5'");
   write_file(at("text.h5"), "not hdf5 at all\n", 16);
-  EXPECT_FAIL(td_hdf5_load(at("text.h5"), "x", "y", 0, &d_, &e_), TD_EDATA, "text.h5' is not an HDF5 file");
+  EXPECT_FAIL(td_hdf5_load(at("text.h5"), "x", "y", 0, &d_, &e_), TD_EDATA,
+              "text.h5' is not an HDF5 file");
   EXPECT_FAIL(td_hdf5_load(at("u8.h5"), "nope", "labels", 0, &d_, &e_), TD_ENOTFOUND, "u8.h5'",
               "no dataset 'nope'", "features, labels");
   EXPECT_FAIL(td_hdf5_load(at("u8.h5"), "features", "train/nope", 0, &d_, &e_), TD_ENOTFOUND,
@@ -310,20 +326,24 @@ static void test_hdf5(void) {
   EXPECT_FAIL(td_hdf5_load(at("bad.h5"), "nanx", "y", 0, &d_, &e_), TD_EDATA,
               "non-finite value (nan) in example 4");
   /* Labels read with a limit stop before the bad one. */
-  CHECK(td_hdf5_load(at("bad.h5"), "wide", "negy", 3, &ds, &err) == 0 && ds.n == 3, "limit before a bad label: %s",
-        err.msg);
+  CHECK(td_hdf5_load(at("bad.h5"), "wide", "negy", 3, &ds, &err) == 0 && ds.n == 3,
+        "limit before a bad label: %s", err.msg);
   td_dataset_free(&ds);
 
   /* HDF5 prints nothing of its own. */
   long printed = stderr_bytes_during(missing_dataset_quietly);
-  CHECK(quiet_rc == TD_ENOTFOUND && printed == 0, "rc %d, %ld bytes on stderr (%s)", quiet_rc, printed,
-        quiet_err.msg);
+  CHECK(quiet_rc == TD_ENOTFOUND && printed == 0, "rc %d, %ld bytes on stderr (%s)", quiet_rc,
+        printed, quiet_err.msg);
 }
 
 /* ---- path resolution ---- */
 
-static void mkdirs(const char *rel) { CHECK(mkdir(at(rel), 0755) == 0, "mkdir %s: %s", rel, strerror(errno)); }
-static void touch(const char *rel) { write_file(at(rel), "x", 1); }
+static void mkdirs(const char *rel) {
+  CHECK(mkdir(at(rel), 0755) == 0, "mkdir %s: %s", rel, strerror(errno));
+}
+static void touch(const char *rel) {
+  write_file(at(rel), "x", 1);
+}
 
 static void expect_resolved(const char *const *roots, size_t n, const char *rel, int alt_gz,
                             const char *want_rel) {
@@ -351,36 +371,47 @@ static void test_resolve(void) {
   CHECK(symlink(at("r2/mnist/a.idx"), at("r1/inlink")) == 0, "symlink");
   CHECK(symlink("../r2/mnist", at("r1/reldir")) == 0, "symlink");
 
-  const char *roots[3] = {at("r1"), at("r2"), at("gone")};
-  char out[4096];
-  char r1[512], r2[512];
-  snprintf(r1, sizeof r1, "%s", roots[0]);
-  snprintf(r2, sizeof r2, "%s", roots[1]);
+  char r1[512], r2[512], gone[512], out[4096];
+  snprintf(r1, sizeof r1, "%s", at("r1"));
+  snprintf(r2, sizeof r2, "%s", at("r2"));
+  snprintf(gone, sizeof gone, "%s", at("gone"));
+  const char *roots[3] = {r1, r2, gone};
 
-  expect_resolved(roots, 2, "mnist/a.idx", 0, "r2/mnist/a.idx");   /* second root */
-  expect_resolved(roots, 2, "both", 0, "r1/both");                 /* first root wins */
-  expect_resolved(roots, 2, "d", 1, "r2/d.gz");                    /* ".gz" added */
-  expect_resolved(roots, 2, "e.gz", 1, "r1/e");                    /* ".gz" removed */
+  expect_resolved(roots, 2, "mnist/a.idx", 0, "r2/mnist/a.idx"); /* second root */
+  expect_resolved(roots, 2, "both", 0, "r1/both");               /* first root wins */
+  expect_resolved(roots, 2, "d", 1, "r2/d.gz");                  /* ".gz" added */
+  expect_resolved(roots, 2, "e.gz", 1, "r1/e");                  /* ".gz" removed */
   expect_resolved(roots, 2, "./mnist//a.idx", 0, "r2/mnist/a.idx");
-  expect_resolved(roots, 2, "inlink", 0, "r2/mnist/a.idx");        /* symlink within the roots */
+  expect_resolved(roots, 2, "inlink", 0, "r2/mnist/a.idx"); /* symlink within the roots */
   expect_resolved(roots, 2, "reldir/a.idx", 0, "r2/mnist/a.idx");
-  expect_resolved(roots, 2, "../r2/mnist/a.idx", 0, "r2/mnist/a.idx"); /* ".." that stays inside */
+  expect_resolved(roots, 2, "../r2/mnist/a.idx", 0, "r2/mnist/a.idx");  /* ".." that stays inside */
   expect_resolved(roots, 2, at("r2/mnist/a.idx"), 0, "r2/mnist/a.idx"); /* absolute, inside */
-  expect_resolved(roots, 3, "mnist/a.idx", 1, "r2/mnist/a.idx");   /* a missing root is skipped */
+  expect_resolved(roots, 3, "mnist/a.idx", 1, "r2/mnist/a.idx"); /* a missing root is skipped */
 
-  EXPECT_FAIL(td_data_resolve(roots, 2, "d", 0, out, sizeof out, &e_), TD_ENOTFOUND, "'d' not found", r1, r2);
+  EXPECT_FAIL(td_data_resolve(roots, 2, "d", 0, out, sizeof out, &e_), TD_ENOTFOUND,
+              "'d' not found", r1, r2);
   EXPECT_FAIL(td_data_resolve(roots, 3, "mnist/x.idx", 1, out, sizeof out, &e_), TD_ENOTFOUND,
-              "'mnist/x.idx' (or 'mnist/x.idx.gz') not found", r1, r2, "gone (missing)", "--data-dir");
+              "'mnist/x.idx' (or 'mnist/x.idx.gz') not found", r1, r2, "gone (missing)",
+              "--data-dir");
   EXPECT_FAIL(td_data_resolve(roots, 2, "../outside/secret", 0, out, sizeof out, &e_), TD_EPERM,
               "dataset path '../outside/secret' escapes the data roots", r1, r2);
-  EXPECT_FAIL(td_data_resolve(roots, 2, "mnist/../../../outside/nothing-here", 0, out, sizeof out, &e_),
-              TD_EPERM, "escapes");
-  EXPECT_FAIL(td_data_resolve(roots, 2, at("outside/secret"), 0, out, sizeof out, &e_), TD_EPERM, "escapes");
-  EXPECT_FAIL(td_data_resolve(roots, 2, "/etc/passwd", 0, out, sizeof out, &e_), TD_EPERM, "'/etc/passwd' escapes");
-  EXPECT_FAIL(td_data_resolve(roots, 2, "/no/such/file", 0, out, sizeof out, &e_), TD_EPERM, "escapes");
-  EXPECT_FAIL(td_data_resolve(roots, 2, "escape", 0, out, sizeof out, &e_), TD_EPERM, "'escape' escapes",
-              "outside/secret");
-  EXPECT_FAIL(td_data_resolve(roots, 2, "outdir/secret", 0, out, sizeof out, &e_), TD_EPERM, "escapes");
+  EXPECT_FAIL(
+      td_data_resolve(roots, 2, "mnist/../../../outside/nothing-here", 0, out, sizeof out, &e_),
+      TD_EPERM, "escapes");
+  EXPECT_FAIL(td_data_resolve(roots, 2, at("outside/secret"), 0, out, sizeof out, &e_), TD_EPERM,
+              "escapes");
+  EXPECT_FAIL(td_data_resolve(roots, 2, "/etc/passwd", 0, out, sizeof out, &e_), TD_EPERM,
+              "'/etc/passwd' escapes");
+  EXPECT_FAIL(td_data_resolve(roots, 2, "/no/such/file", 0, out, sizeof out, &e_), TD_EPERM,
+              "escapes");
+  EXPECT_FAIL(td_data_resolve(roots, 2, "escape", 0, out, sizeof out, &e_), TD_EPERM,
+              "'escape' escapes", "outside/secret");
+  EXPECT_FAIL(td_data_resolve(roots, 2, "outdir/secret", 0, out, sizeof out, &e_), TD_EPERM,
+              "escapes");
+  char under_gone[600];
+  snprintf(under_gone, sizeof under_gone, "%s/mnist/a.idx", gone);
+  EXPECT_FAIL(td_data_resolve(roots, 3, under_gone, 0, out, sizeof out, &e_), TD_ENOTFOUND,
+              "gone (missing)");
   EXPECT_FAIL(td_data_resolve(roots, 0, "x", 0, out, sizeof out, &e_), TD_EINVAL, "--data-dir");
   EXPECT_FAIL(td_data_resolve(roots, 2, "", 0, out, sizeof out, &e_), TD_EINVAL, "empty");
   EXPECT_FAIL(td_data_resolve(roots, 2, "both", 0, out, 4, &e_), TD_EINVAL, "too long");
@@ -390,7 +421,8 @@ static void test_resolve(void) {
   CHECK(getcwd(cwd, sizeof cwd) != NULL && chdir(tmp) == 0, "chdir");
   const char *rel_roots[1] = {"r2"};
   expect_resolved(rel_roots, 1, "mnist/a.idx", 0, "r2/mnist/a.idx");
-  EXPECT_FAIL(td_data_resolve(rel_roots, 1, "../r1/both", 0, out, sizeof out, &e_), TD_EPERM, "escapes");
+  EXPECT_FAIL(td_data_resolve(rel_roots, 1, "../r1/both", 0, out, sizeof out, &e_), TD_EPERM,
+              "escapes");
   CHECK(chdir(cwd) == 0, "chdir back");
 }
 
@@ -440,11 +472,14 @@ static void check_mnist(const char *root, const char *images, const char *labels
   unsigned h[10] = {0};
   int labels_ok = 1;
   for (uint32_t i = 0; i < ds->n; i++) {
-    if (ds->y[i] < 0 || ds->y[i] > 9) labels_ok = 0;
-    else h[ds->y[i]]++;
+    if (ds->y[i] < 0 || ds->y[i] > 9)
+      labels_ok = 0;
+    else
+      h[ds->y[i]]++;
   }
   CHECK(labels_ok, "labels outside 0..9");
-  CHECK(memcmp(h, hist, sizeof h) == 0, "%s label histogram %u %u %u ... %u", labels, h[0], h[1], h[2], h[9]);
+  CHECK(memcmp(h, hist, sizeof h) == 0, "%s label histogram %u %u %u ... %u", labels, h[0], h[1],
+        h[2], h[9]);
   /* Every pixel is exactly v / 255 for an integer v; their sum is known. */
   uint64_t sum = 0;
   int exact = 1;
@@ -471,13 +506,14 @@ static void test_mnist(void) {
       printf("SKIP: real MNIST checks (set TRAIND_DATA_DIR to the directory holding mnist/)\n");
     return;
   }
-  static const unsigned train_hist[10] = {5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949};
+  static const unsigned train_hist[10] = {5923, 6742, 5958, 6131, 5842,
+                                          5421, 5918, 6265, 5851, 5949};
   static const unsigned test_hist[10] = {980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009};
   td_dataset tr = {0}, te = {0};
-  check_mnist(root, "mnist/train-images-idx3-ubyte", "mnist/train-labels-idx1-ubyte", 60000, train_hist,
-              1567298545ull, &tr);
-  check_mnist(root, "mnist/t10k-images-idx3-ubyte", "mnist/t10k-labels-idx1-ubyte", 10000, test_hist,
-              264923200ull, &te);
+  check_mnist(root, "mnist/train-images-idx3-ubyte", "mnist/train-labels-idx1-ubyte", 60000,
+              train_hist, 1567298545ull, &tr);
+  check_mnist(root, "mnist/t10k-images-idx3-ubyte", "mnist/t10k-labels-idx1-ubyte", 10000,
+              test_hist, 264923200ull, &te);
   if (tr.n == 60000) {
     /* Spot values: the first training image is a 5 whose row 14 starts
      * 0 0 0 81 240 253 at column 10; the last is an 8. */
@@ -486,7 +522,8 @@ static void test_mnist(void) {
     CHECK(row[2] == 0.0f && row[3] == 81.0f / 255.0f && row[4] == 240.0f / 255.0f &&
               row[5] == 253.0f / 255.0f,
           "train[0] row 14: %g %g %g", row[3], row[4], row[5]);
-    CHECK(tr.x[59999 * 784 + 184] == 38.0f / 255.0f, "train[59999] pixel 184 = %g", tr.x[59999 * 784 + 184]);
+    CHECK(tr.x[59999 * 784 + 184] == 38.0f / 255.0f, "train[59999] pixel 184 = %g",
+          tr.x[59999 * 784 + 184]);
   }
   if (te.n == 10000) {
     CHECK(te.y[0] == 7 && te.y[9999] == 6, "test labels %d ... %d", te.y[0], te.y[9999]);

@@ -22,7 +22,7 @@ static uint64_t fnv1a(const void *data, size_t len) {
   return h;
 }
 
-#define CHECK_KEY(key, a, b)                                                              \
+#define CHECK_KEY(key, a, b)                                                                    \
   CHECK((key).k[0] == (a) && (key).k[1] == (b), "%s = (0x%08x, 0x%08x), want (0x%08x, 0x%08x)", \
         #key, (key).k[0], (key).k[1], (uint32_t)(a), (uint32_t)(b))
 
@@ -59,8 +59,10 @@ static void test_keys(void) {
   CHECK_KEY(s[1], 0x375f238fu, 0xcddb151du);
   CHECK_KEY(s[2], 0xf71f4ea9u, 0xa20e4081u);
   td_prng_split(td_prng_key(42), s, 5);
-  static const uint32_t want42[5][2] = {{0x6d3e048fu, 0x1022172du}, {0x03d7b32du, 0xadd083f4u},
-                                        {0x92fb20eau, 0x0f38d913u}, {0xbad56946u, 0x354ba891u},
+  static const uint32_t want42[5][2] = {{0x6d3e048fu, 0x1022172du},
+                                        {0x03d7b32du, 0xadd083f4u},
+                                        {0x92fb20eau, 0x0f38d913u},
+                                        {0xbad56946u, 0x354ba891u},
                                         {0xb013aee3u, 0xc34eddf6u}};
   for (int i = 0; i < 5; i++) CHECK_KEY(s[i], want42[i][0], want42[i][1]);
 
@@ -84,9 +86,11 @@ static void test_bits(void) {
                                      0x735d7315u};
   uint32_t b[8];
   td_prng_bits(td_prng_key(0), b, 8);
-  for (int i = 0; i < 8; i++) CHECK(b[i] == want0[i], "bits(0)[%d] = 0x%08x, want 0x%08x", i, b[i], want0[i]);
+  for (int i = 0; i < 8; i++)
+    CHECK(b[i] == want0[i], "bits(0)[%d] = 0x%08x, want 0x%08x", i, b[i], want0[i]);
   td_prng_bits(td_prng_key(42), b, 5);
-  for (int i = 0; i < 5; i++) CHECK(b[i] == want42[i], "bits(42)[%d] = 0x%08x, want 0x%08x", i, b[i], want42[i]);
+  for (int i = 0; i < 5; i++)
+    CHECK(b[i] == want42[i], "bits(42)[%d] = 0x%08x, want 0x%08x", i, b[i], want42[i]);
 }
 
 static void test_uniform(void) {
@@ -96,9 +100,11 @@ static void test_uniform(void) {
                                      0x3f4e19c0u, 0x3e81a674u, 0x3f6de886u};
   float u[8];
   td_prng_uniform(td_prng_key(0), u, 8, 0.0f, 1.0f);
-  for (int i = 0; i < 8; i++) CHECK(fbits(u[i]) == want0[i], "uniform(0)[%d] = %.9g (0x%08x)", i, u[i], fbits(u[i]));
+  for (int i = 0; i < 8; i++)
+    CHECK(fbits(u[i]) == want0[i], "uniform(0)[%d] = %.9g (0x%08x)", i, u[i], fbits(u[i]));
   td_prng_uniform(td_prng_key(42), u, 6, -2.0f, 3.0f);
-  for (int i = 0; i < 6; i++) CHECK(fbits(u[i]) == want42[i], "uniform(42, -2, 3)[%d] = %.9g (0x%08x)", i, u[i], fbits(u[i]));
+  for (int i = 0; i < 6; i++)
+    CHECK(fbits(u[i]) == want42[i], "uniform(42, -2, 3)[%d] = %.9g (0x%08x)", i, u[i], fbits(u[i]));
 
   /* A longer draw with an inexact scale, compared through a hash of its bits. */
   enum { N = 1000 };
@@ -109,6 +115,13 @@ static void test_uniform(void) {
   int in_range = 1;
   for (int i = 0; i < N; i++) in_range &= v[i] >= -1.5f && v[i] < 0.25f;
   CHECK(in_range, "uniform values outside [-1.5, 0.25)");
+
+  /* JAX clamps below at lo: with hi <= lo every value is lo. */
+  td_prng_uniform(td_prng_key(1), u, 5, 3.0f, -2.0f);
+  CHECK(u[0] == 3.0f && u[1] == 3.0f && u[2] == 3.0f && u[3] == 3.0f && u[4] == 3.0f,
+        "uniform(3, -2) = %g %g %g %g %g", u[0], u[1], u[2], u[3], u[4]);
+  td_prng_uniform(td_prng_key(1), u, 2, 2.0f, 2.0f);
+  CHECK(u[0] == 2.0f && u[1] == 2.0f, "uniform(2, 2) = %g %g", u[0], u[1]);
 }
 
 static void test_normal(void) {
@@ -118,9 +131,11 @@ static void test_normal(void) {
                                      0x3e1d3b24u, 0xbdfe04ebu, 0x3e5e211au};
   float z[8];
   td_prng_normal(td_prng_key(0), z, 8);
-  for (int i = 0; i < 8; i++) CHECK(fbits(z[i]) == want0[i], "normal(0)[%d] = %.9g (0x%08x)", i, z[i], fbits(z[i]));
+  for (int i = 0; i < 8; i++)
+    CHECK(fbits(z[i]) == want0[i], "normal(0)[%d] = %.9g (0x%08x)", i, z[i], fbits(z[i]));
   td_prng_normal(td_prng_key(42), z, 6);
-  for (int i = 0; i < 6; i++) CHECK(fbits(z[i]) == want42[i], "normal(42)[%d] = %.9g (0x%08x)", i, z[i], fbits(z[i]));
+  for (int i = 0; i < 6; i++)
+    CHECK(fbits(z[i]) == want42[i], "normal(42)[%d] = %.9g (0x%08x)", i, z[i], fbits(z[i]));
 
   /* 100000 draws cover every branch of erfinv and log1p; JAX's bits hash to
    * this value, and the largest |z| is -4.9415946 at index 49205. */
@@ -169,28 +184,31 @@ static void test_erfinv(void) {
   CHECK(isinf(td_erfinvf(-1.0f)) && td_erfinvf(-1.0f) < 0, "erfinv(-1) = %g", td_erfinvf(-1.0f));
   CHECK(isnan(td_erfinvf(1.5f)), "erfinv(1.5) = %g", td_erfinvf(1.5f));
 
-  /* Against the double-precision reference: relative error within 8 float32
-   * ulp (Giles reports a few ulp) everywhere on a grid over (-1, 1). */
-  double worst = 0;
-  float worst_x = 0;
-  for (int i = -9999; i <= 9999; i++) {
-    float x = (float)i / 10000.0f;
+  /* Against the double-precision reference on a grid over (-1, 1): within
+   * 6e-7 relative (about 5 float32 ulp) for |x| < 0.99; closer to +-1 the
+   * float32 rounding of x^2 inside log1p(-x^2), which XLA's formula shares,
+   * limits it to about 6e-6. */
+  double worst_in = 0, worst_out = 0;
+  float at_in = 0, at_out = 0;
+  for (int i = -99999; i <= 99999; i++) {
+    float x = (float)i / 100000.0f;
     double want = erfinv_ref(x), got = td_erfinvf(x);
     double rel = x == 0 ? fabs(got) : fabs(got - want) / fabs(want);
-    if (rel > worst) {
-      worst = rel;
-      worst_x = x;
-    }
+    if (fabsf(x) < 0.99f && rel > worst_in) worst_in = rel, at_in = x;
+    if (fabsf(x) >= 0.99f && rel > worst_out) worst_out = rel, at_out = x;
   }
-  CHECK(worst < 8 * 1.19e-7, "erfinv worst relative error %.3g at x = %.9g", worst, worst_x);
+  CHECK(worst_in < 6e-7, "erfinv worst relative error %.3g at x = %.9g", worst_in, at_in);
+  CHECK(worst_out < 1e-5, "erfinv worst relative error %.3g at x = %.9g", worst_out, at_out);
 }
 
 static int is_permutation(const uint32_t *p, size_t n) {
   unsigned char *seen = calloc(n ? n : 1, 1);
   int ok = seen != NULL;
   for (size_t i = 0; ok && i < n; i++) {
-    if (p[i] >= n || seen[p[i]]) ok = 0;
-    else seen[p[i]] = 1;
+    if (p[i] >= n || seen[p[i]])
+      ok = 0;
+    else
+      seen[p[i]] = 1;
   }
   free(seen);
   return ok;
@@ -200,8 +218,8 @@ static void test_permutation(void) {
   uint32_t p10[10];
   static const uint32_t want10[10] = {0, 1, 8, 5, 6, 4, 3, 2, 7, 9};
   CHECK(td_prng_permutation(td_prng_key(0), p10, 10) == 0, "permutation(10) failed");
-  CHECK(memcmp(p10, want10, sizeof p10) == 0, "permutation(0, 10) differs from JAX: %u %u %u %u ...",
-        p10[0], p10[1], p10[2], p10[3]);
+  CHECK(memcmp(p10, want10, sizeof p10) == 0,
+        "permutation(0, 10) differs from JAX: %u %u %u %u ...", p10[0], p10[1], p10[2], p10[3]);
 
   /* n = 1626 is the smallest size JAX sorts twice. */
   static uint32_t p[60000], q[60000];
@@ -211,10 +229,12 @@ static void test_permutation(void) {
 
   CHECK(td_prng_permutation(td_prng_key(7), p, 60000) == 0, "permutation(60000) failed");
   static const uint32_t first7[8] = {10952, 14640, 31430, 33190, 36436, 9910, 4768, 34042};
-  CHECK(memcmp(p, first7, sizeof first7) == 0, "permutation(7, 60000) starts %u %u %u", p[0], p[1], p[2]);
+  CHECK(memcmp(p, first7, sizeof first7) == 0, "permutation(7, 60000) starts %u %u %u", p[0], p[1],
+        p[2]);
   uint64_t wsum = 0;
   for (uint64_t i = 0; i < 60000; i++) wsum += i * p[i];
-  CHECK(wsum == 54012440062392ull, "permutation(7, 60000) weighted sum %llu", (unsigned long long)wsum);
+  CHECK(wsum == 54012440062392ull, "permutation(7, 60000) weighted sum %llu",
+        (unsigned long long)wsum);
   CHECK(is_permutation(p, 60000), "permutation(7, 60000) is not a permutation");
 
   /* Deterministic per key, different across keys. */
