@@ -44,8 +44,10 @@ static wkt_kind wkt_of(const ProtobufCMessageDescriptor *d) {
     return WKT_NONE;
   const char *n = d->name + np;
   if (strcmp(n, "Timestamp") == 0 || strcmp(n, "Duration") == 0) {
-    const ProtobufCFieldDescriptor *s = protobuf_c_message_descriptor_get_field_by_name(d, "seconds");
-    const ProtobufCFieldDescriptor *ns = protobuf_c_message_descriptor_get_field_by_name(d, "nanos");
+    const ProtobufCFieldDescriptor *s =
+        protobuf_c_message_descriptor_get_field_by_name(d, "seconds");
+    const ProtobufCFieldDescriptor *ns =
+        protobuf_c_message_descriptor_get_field_by_name(d, "nanos");
     if (!s || !ns || s->type != PROTOBUF_C_TYPE_INT64 || ns->type != PROTOBUF_C_TYPE_INT32)
       return WKT_NONE;
     return n[0] == 'T' ? WKT_TIMESTAMP : WKT_DURATION;
@@ -90,44 +92,12 @@ static size_t elem_size(ProtobufCType t) {
   return 0;
 }
 
+/* The proto name of a field type, indexed by ProtobufCType. */
 static const char *type_name(ProtobufCType t) {
-  switch (t) {
-  case PROTOBUF_C_TYPE_INT32:
-    return "int32";
-  case PROTOBUF_C_TYPE_SINT32:
-    return "sint32";
-  case PROTOBUF_C_TYPE_SFIXED32:
-    return "sfixed32";
-  case PROTOBUF_C_TYPE_INT64:
-    return "int64";
-  case PROTOBUF_C_TYPE_SINT64:
-    return "sint64";
-  case PROTOBUF_C_TYPE_SFIXED64:
-    return "sfixed64";
-  case PROTOBUF_C_TYPE_UINT32:
-    return "uint32";
-  case PROTOBUF_C_TYPE_FIXED32:
-    return "fixed32";
-  case PROTOBUF_C_TYPE_UINT64:
-    return "uint64";
-  case PROTOBUF_C_TYPE_FIXED64:
-    return "fixed64";
-  case PROTOBUF_C_TYPE_FLOAT:
-    return "float";
-  case PROTOBUF_C_TYPE_DOUBLE:
-    return "double";
-  case PROTOBUF_C_TYPE_BOOL:
-    return "bool";
-  case PROTOBUF_C_TYPE_ENUM:
-    return "enum";
-  case PROTOBUF_C_TYPE_STRING:
-    return "string";
-  case PROTOBUF_C_TYPE_BYTES:
-    return "bytes";
-  case PROTOBUF_C_TYPE_MESSAGE:
-    return "message";
-  }
-  return "?";
+  static const char *const names[] = {
+      "int32",   "sint32", "sfixed32", "int64", "sint64", "sfixed64", "uint32", "fixed32", "uint64",
+      "fixed64", "float",  "double",   "bool",  "enum",   "string",   "bytes",  "message"};
+  return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
 /* A repeated message field is a map when its entry type is the nested
@@ -138,8 +108,8 @@ static bool is_map_field(const ProtobufCFieldDescriptor *fd) {
   const ProtobufCMessageDescriptor *e = fd->descriptor;
   size_t n = strlen(e->short_name);
   return e->n_fields == 2 && n > 5 && strcmp(e->short_name + n - 5, "Entry") == 0 &&
-         e->fields[0].id == 1 && strcmp(e->fields[0].name, "key") == 0 &&
-         e->fields[1].id == 2 && strcmp(e->fields[1].name, "value") == 0;
+         e->fields[0].id == 1 && strcmp(e->fields[0].name, "key") == 0 && e->fields[1].id == 2 &&
+         strcmp(e->fields[1].name, "value") == 0;
 }
 
 static bool oneof_selected(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *fd) {
@@ -658,7 +628,8 @@ static void path_pop(pctx *c, size_t old) {
   c->path[old] = '\0';
 }
 
-static int perr(pctx *c, const yaml_node_t *n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int perr(pctx *c, const yaml_node_t *n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int perr(pctx *c, const yaml_node_t *n, const char *fmt, ...) {
   char what[TD_ERRMSG_MAX];
   va_list ap;
@@ -677,20 +648,26 @@ static int poom(pctx *c) {
 
 static const char *sc_text(const yaml_node_t *n) { return (const char *)n->data.scalar.value; }
 static size_t sc_len(const yaml_node_t *n) { return n->data.scalar.length; }
-static bool sc_plain(const yaml_node_t *n) { return n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE; }
+static bool sc_plain(const yaml_node_t *n) {
+  return n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
 
 static bool sc_is(const yaml_node_t *n, const char *s) {
-  return n->type == YAML_SCALAR_NODE && sc_len(n) == strlen(s) && memcmp(sc_text(n), s, sc_len(n)) == 0;
+  return n->type == YAML_SCALAR_NODE && sc_len(n) == strlen(s) &&
+         memcmp(sc_text(n), s, sc_len(n)) == 0;
 }
 
 /* YAML's null: an unquoted ~, null, Null, NULL or nothing at all. */
 static bool is_null(const yaml_node_t *n) {
   if (n->type != YAML_SCALAR_NODE || !sc_plain(n))
     return false;
-  return sc_len(n) == 0 || sc_is(n, "~") || sc_is(n, "null") || sc_is(n, "Null") || sc_is(n, "NULL");
+  return sc_len(n) == 0 || sc_is(n, "~") || sc_is(n, "null") || sc_is(n, "Null") ||
+         sc_is(n, "NULL");
 }
 
-/* A short description of a node for "got ..." in messages. */
+/* A short description of a node for "got ..." in messages: scalars are
+ * quoted and cut after about 32 bytes, so GOT_CAP always suffices. */
+#define GOT_CAP 160
 static const char *describe(const yaml_node_t *n, char *out, size_t cap) {
   if (n->type == YAML_MAPPING_NODE)
     return "a mapping";
@@ -702,7 +679,7 @@ static const char *describe(const yaml_node_t *n, char *out, size_t cap) {
   const unsigned char *s = n->data.scalar.value;
   out[o++] = '"';
   for (size_t i = 0; i < len && o + 8 < cap; i++) {
-    if (i == 40) {
+    if (i >= 32 && (s[i] & 0xC0) != 0x80) { /* cut at a character boundary */
       memcpy(out + o, "...", 3);
       o += 3;
       break;
@@ -726,7 +703,7 @@ static const char *describe(const yaml_node_t *n, char *out, size_t cap) {
 static int parse_message(pctx *c, const yaml_node_t *n, ProtobufCMessage *m);
 
 static int parse_integer(pctx *c, const yaml_node_t *n, ProtobufCType t, void *dst) {
-  char got[80];
+  char got[GOT_CAP];
   const char *tn = type_name(t);
   decnum d;
   uint64_t mag = 0;
@@ -764,7 +741,7 @@ static int parse_integer(pctx *c, const yaml_node_t *n, ProtobufCType t, void *d
 }
 
 static int parse_floating(pctx *c, const yaml_node_t *n, ProtobufCType t, void *dst) {
-  char got[80];
+  char got[GOT_CAP];
   bool is_float = t == PROTOBUF_C_TYPE_FLOAT;
   double v;
   decnum d;
@@ -779,7 +756,6 @@ static int parse_floating(pctx *c, const yaml_node_t *n, ProtobufCType t, void *
   } else if (!dec_parse(sc_text(n), sc_len(n), &d)) {
     return perr(c, n, "expected a number, got %s", GOT(n));
   } else if (is_float) {
-    errno = 0;
     float f = strtof(sc_text(n), NULL);
     if (isinf(f))
       return perr(c, n, "%s is out of range for float (magnitude at most 3.4028235e+38)", GOT(n));
@@ -800,8 +776,8 @@ static int parse_floating(pctx *c, const yaml_node_t *n, ProtobufCType t, void *
 
 /* Lists an enum's value names into out, suggesting the closest to the bad
  * name first when one is close. */
-static void enum_choices(const ProtobufCEnumDescriptor *ed, const char *bad, size_t badlen, char *out,
-                         size_t cap) {
+static void enum_choices(const ProtobufCEnumDescriptor *ed, const char *bad, size_t badlen,
+                         char *out, size_t cap) {
   size_t o = 0, best = SIZE_MAX;
   const char *near = NULL;
   for (unsigned i = 0; i < ed->n_values; i++) {
@@ -821,7 +797,7 @@ static void enum_choices(const ProtobufCEnumDescriptor *ed, const char *bad, siz
 }
 
 static int parse_enum(pctx *c, const yaml_node_t *n, const ProtobufCEnumDescriptor *ed, int *dst) {
-  char got[80];
+  char got[GOT_CAP];
   decnum d;
   uint64_t mag;
   if (n->type != YAML_SCALAR_NODE)
@@ -853,10 +829,13 @@ static int parse_message_value(pctx *c, const yaml_node_t *n, const ProtobufCMes
  * type (the struct member for a singular field, an array slot for a repeated
  * one). What it allocates is reachable from dst at once, so freeing the
  * enclosing message on a later failure releases it. */
-static int parse_single(pctx *c, const yaml_node_t *n, const ProtobufCFieldDescriptor *fd, void *dst) {
-  char got[80];
+static int parse_single(pctx *c, const yaml_node_t *n, const ProtobufCFieldDescriptor *fd,
+                        void *dst) {
+  char got[GOT_CAP];
   if (++c->nodes > PBJSON_MAX_NODES)
-    return perr(c, n, "the document expands to more than %d values (YAML aliases count once per use); refusing it",
+    return perr(c, n,
+                "the document expands to more than %d values (YAML aliases count once per use); "
+                "refusing it",
                 PBJSON_MAX_NODES);
   switch (fd->type) {
   case PROTOBUF_C_TYPE_INT32:
@@ -878,8 +857,8 @@ static int parse_single(pctx *c, const yaml_node_t *n, const ProtobufCFieldDescr
       *(protobuf_c_boolean *)dst = sc_is(n, "true");
       return 0;
     }
-    return perr(c, n, "expected true or false, got %s%s", n->type == YAML_SCALAR_NODE && !sc_plain(n) ? "the quoted string " : "",
-                GOT(n));
+    return perr(c, n, "expected true or false, got %s%s",
+                n->type == YAML_SCALAR_NODE && !sc_plain(n) ? "the quoted string " : "", GOT(n));
   case PROTOBUF_C_TYPE_ENUM:
     return parse_enum(c, n, fd->descriptor, dst);
   case PROTOBUF_C_TYPE_STRING: {
@@ -914,7 +893,7 @@ static int parse_single(pctx *c, const yaml_node_t *n, const ProtobufCFieldDescr
 
 static int parse_message_value(pctx *c, const yaml_node_t *n, const ProtobufCMessageDescriptor *md,
                                ProtobufCMessage **slot) {
-  char got[80];
+  char got[GOT_CAP];
   ProtobufCMessage *sub = malloc(md->sizeof_message);
   if (!sub)
     return poom(c);
@@ -929,7 +908,8 @@ static int parse_message_value(pctx *c, const yaml_node_t *n, const ProtobufCMes
     int32_t nanos = 0;
     time_fields(md, &fs, &fns);
     if (n->type != YAML_SCALAR_NODE)
-      return perr(c, n, "expected a %s string, got %s", k == WKT_TIMESTAMP ? "timestamp" : "duration", GOT(n));
+      return perr(c, n, "expected a %s string, got %s",
+                  k == WKT_TIMESTAMP ? "timestamp" : "duration", GOT(n));
     if (k == WKT_TIMESTAMP && !parse_timestamp(sc_text(n), sc_len(n), &secs, &nanos))
       return perr(c, n,
                   "expected an RFC 3339 timestamp between years 0001 and 9999 such as "
@@ -949,7 +929,7 @@ static int parse_message_value(pctx *c, const yaml_node_t *n, const ProtobufCMes
 
 static int parse_repeated(pctx *c, const yaml_node_t *n, ProtobufCMessage *m,
                           const ProtobufCFieldDescriptor *fd) {
-  char got[80];
+  char got[GOT_CAP];
   if (is_null(n))
     return 0;
   if (n->type != YAML_SEQUENCE_NODE)
@@ -983,10 +963,12 @@ static int parse_repeated(pctx *c, const yaml_node_t *n, ProtobufCMessage *m,
 }
 
 /* Converts the value of one field; the path already names the field. */
-static int parse_field(pctx *c, const yaml_node_t *n, ProtobufCMessage *m, const ProtobufCFieldDescriptor *fd) {
+static int parse_field(pctx *c, const yaml_node_t *n, ProtobufCMessage *m,
+                       const ProtobufCFieldDescriptor *fd) {
   /* An empty map is accepted so that PBJSON_EMIT_DEFAULTS output reads back. */
   if (is_map_field(fd)) {
-    if (is_null(n) || (n->type == YAML_MAPPING_NODE && n->data.mapping.pairs.top == n->data.mapping.pairs.start))
+    if (is_null(n) ||
+        (n->type == YAML_MAPPING_NODE && n->data.mapping.pairs.top == n->data.mapping.pairs.start))
       return 0;
     return perr(c, n, "map fields are not supported");
   }
@@ -1003,8 +985,8 @@ static int parse_field(pctx *c, const yaml_node_t *n, ProtobufCMessage *m, const
 }
 
 /* A field by proto name or JSON name. */
-static const ProtobufCFieldDescriptor *find_field(const ProtobufCMessageDescriptor *d, const char *key,
-                                                  size_t len) {
+static const ProtobufCFieldDescriptor *find_field(const ProtobufCMessageDescriptor *d,
+                                                  const char *key, size_t len) {
   if (strlen(key) == len) {
     const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(d, key);
     if (fd)
@@ -1040,7 +1022,7 @@ static const char *suggest_field(const ProtobufCMessageDescriptor *d, const char
 }
 
 static int parse_message(pctx *c, const yaml_node_t *n, ProtobufCMessage *m) {
-  char got[80];
+  char got[GOT_CAP];
   const ProtobufCMessageDescriptor *d = m->descriptor;
   if (n->type != YAML_MAPPING_NODE)
     return perr(c, n, "expected a mapping for %s, got %s", d->name, GOT(n));
@@ -1051,7 +1033,8 @@ static int parse_message(pctx *c, const yaml_node_t *n, ProtobufCMessage *m) {
   if (!seen)
     return poom(c);
   int rc = 0;
-  for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top && rc == 0; p++) {
+  for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top && rc == 0;
+       p++) {
     const yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
     const yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
     if (k->type != YAML_SCALAR_NODE || is_null(k)) {
@@ -1062,6 +1045,12 @@ static int parse_message(pctx *c, const yaml_node_t *n, ProtobufCMessage *m) {
     size_t klen = sc_len(k);
     const ProtobufCFieldDescriptor *fd = find_field(d, key, klen);
     size_t old = path_push_field(c, key, klen);
+    if (!fd && sc_is(k, "<<")) {
+      rc = perr(c, k,
+                "YAML merge keys (<<) are not supported; repeat the fields or use an alias for the "
+                "whole value");
+      break;
+    }
     if (!fd) {
       char buf[80];
       const char *near = suggest_field(d, key, klen, buf, sizeof buf);
@@ -1137,9 +1126,9 @@ static char *json_fix_surrogates(const char *t, size_t len, size_t *outlen, bool
   bool in = false;
   for (i = 0; i < len; i++) {
     unsigned hi, lo;
-    if (in && t[i] == '\\' && i + 12 <= len && t[i + 1] == 'u' && t[i + 6] == '\\' && t[i + 7] == 'u' &&
-        hex4(t + i + 2, &hi) && hex4(t + i + 8, &lo) && hi >= 0xD800 && hi <= 0xDBFF && lo >= 0xDC00 &&
-        lo <= 0xDFFF) {
+    if (in && t[i] == '\\' && i + 12 <= len && t[i + 1] == 'u' && t[i + 6] == '\\' &&
+        t[i + 7] == 'u' && hex4(t + i + 2, &hi) && hex4(t + i + 8, &lo) && hi >= 0xD800 &&
+        hi <= 0xDBFF && lo >= 0xDC00 && lo <= 0xDFFF) {
       if (!out) {
         out = malloc(len + 1);
         if (!out) {
@@ -1230,7 +1219,8 @@ int pbjson_parse(const ProtobufCMessageDescriptor *desc, const char *text, size_
   }
   yaml_node_t *root = yaml_document_get_root_node(&doc);
   if (!root) {
-    rc = td_errorf(err, TD_EINVAL, "line 1: the document is empty; expected a mapping of %s fields", desc->name);
+    rc = td_errorf(err, TD_EINVAL, "line 1: the document is empty; expected a mapping of %s fields",
+                   desc->name);
     goto done_doc;
   }
   /* Exactly one document: a second one is refused, not ignored. */
@@ -1240,7 +1230,8 @@ int pbjson_parse(const ProtobufCMessageDescriptor *desc, const char *text, size_
   }
   yaml_node_t *root2 = yaml_document_get_root_node(&extra);
   if (root2)
-    rc = td_errorf(err, TD_EINVAL, "line %zu: a second YAML document starts here; a file holds exactly one",
+    rc = td_errorf(err, TD_EINVAL,
+                   "line %zu: a second YAML document starts here; a file holds exactly one",
                    extra.start_mark.line + 1);
   yaml_document_delete(&extra);
   if (rc)
@@ -1248,8 +1239,9 @@ int pbjson_parse(const ProtobufCMessageDescriptor *desc, const char *text, size_
 
   pctx c = {.doc = &doc, .err = err};
   if (root->type != YAML_MAPPING_NODE) {
-    char got[80];
-    rc = perr(&c, root, "the top level must be a mapping of %s fields, got %s", desc->name, GOT(root));
+    char got[GOT_CAP];
+    rc = perr(&c, root, "the top level must be a mapping of %s fields, got %s", desc->name,
+              GOT(root));
     goto done_doc;
   }
   ProtobufCMessage *m = malloc(desc->sizeof_message);
@@ -1271,8 +1263,8 @@ done_parser:
   return rc;
 }
 
-int pbjson_parse_file(const ProtobufCMessageDescriptor *desc, const char *path, ProtobufCMessage **out,
-                      td_error *err) {
+int pbjson_parse_file(const ProtobufCMessageDescriptor *desc, const char *path,
+                      ProtobufCMessage **out, td_error *err) {
   if (out)
     *out = NULL;
   if (!path)
@@ -1280,15 +1272,13 @@ int pbjson_parse_file(const ProtobufCMessageDescriptor *desc, const char *path, 
   FILE *f = fopen(path, "rb");
   if (!f)
     return td_errorf(err, errno == ENOENT ? TD_ENOTFOUND : TD_EIO, "%s: %s", path, strerror(errno));
-  /* Read at most one byte past the limit, so that size is known without
-   * trusting stat (pipes and /proc files report no size). */
+  /* Read at most one byte past the limit, so that the size is known without
+   * trusting stat (pipes and /proc files report none). */
   size_t cap = 1 << 16, len = 0;
   char *buf = malloc(cap);
   int rc = 0;
-  while (buf) {
+  while (buf && len <= PBJSON_MAX_BYTES) {
     if (len == cap) {
-      if (cap > PBJSON_MAX_BYTES)
-        break;
       char *nb = realloc(buf, cap * 2);
       if (!nb) {
         free(buf);
@@ -1298,7 +1288,10 @@ int pbjson_parse_file(const ProtobufCMessageDescriptor *desc, const char *path, 
       buf = nb;
       cap *= 2;
     }
-    size_t got = fread(buf + len, 1, cap - len, f);
+    size_t want = cap - len;
+    if (want > PBJSON_MAX_BYTES + 1 - len)
+      want = PBJSON_MAX_BYTES + 1 - len;
+    size_t got = fread(buf + len, 1, want, f);
     len += got;
     if (got == 0)
       break;
@@ -1322,7 +1315,8 @@ int pbjson_parse_file(const ProtobufCMessageDescriptor *desc, const char *path, 
 
 /* ================================================================ emitting */
 
-/* A growing output buffer; `failed` latches the first allocation failure. */
+/* A growing output buffer; `failed` latches the first failure (no memory,
+ * or a value that has no JSON form). */
 typedef struct {
   char *p;
   size_t len, cap;
@@ -1467,6 +1461,10 @@ static void emit_float_text(ebuf *b, double v, bool is_float) {
     eb_puts(b, "\"NaN\"");
   } else if (isinf(v)) {
     eb_puts(b, v > 0 ? "\"Infinity\"" : "\"-Infinity\"");
+  } else if (v == 0 && signbit(v)) {
+    /* "-0" is valid JSON, but some readers (Python's json) take it for the
+     * integer 0 and lose the sign. */
+    eb_puts(b, "-0.0");
   } else {
     if (is_float)
       fmt_float(num, sizeof num, (float)v);
@@ -1479,7 +1477,8 @@ static void emit_float_text(ebuf *b, double v, bool is_float) {
 static void emit_message_value(ebuf *b, const ProtobufCMessage *m, unsigned flags, int level);
 
 /* One element of fd's type stored at p. */
-static void emit_scalar(ebuf *b, const ProtobufCFieldDescriptor *fd, const void *p, unsigned flags, int level) {
+static void emit_scalar(ebuf *b, const ProtobufCFieldDescriptor *fd, const void *p, unsigned flags,
+                        int level) {
   char num[48];
   switch (fd->type) {
   case PROTOBUF_C_TYPE_INT32:
@@ -1541,8 +1540,8 @@ static void emit_scalar(ebuf *b, const ProtobufCFieldDescriptor *fd, const void 
 }
 
 /* A map field as a JSON object keyed by the entries' keys. */
-static void emit_map(ebuf *b, const ProtobufCFieldDescriptor *fd, const ProtobufCMessage *const *entries,
-                     size_t n, unsigned flags, int level) {
+static void emit_map(ebuf *b, const ProtobufCFieldDescriptor *fd,
+                     const ProtobufCMessage *const *entries, size_t n, unsigned flags, int level) {
   const ProtobufCMessageDescriptor *ed = fd->descriptor;
   const ProtobufCFieldDescriptor *kf = &ed->fields[0], *vf = &ed->fields[1];
   eb_putc(b, '{');
@@ -1694,7 +1693,8 @@ static void vpath_pop(vctx *c, size_t old) {
 }
 
 /* Reports a failed rule at the current path. */
-static int vfail(vctx *c, const pbjson_rule *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int vfail(vctx *c, const pbjson_rule *r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int vfail(vctx *c, const pbjson_rule *r, const char *fmt, ...) {
   char what[TD_ERRMSG_MAX];
   va_list ap;
@@ -1707,15 +1707,35 @@ static int vfail(vctx *c, const pbjson_rule *r, const char *fmt, ...) {
   return td_errorf(c->err, TD_EINVAL, "%s%s%s", what, sep, hint);
 }
 
-/* Checks one value at p (of type t) against a numeric rule; *bad_type when
- * the value is not numeric. */
-static int check_bound(vctx *c, const pbjson_rule *r, ProtobufCType t, const void *p, bool *bad_type) {
+/* Whether a bound can apply to fd: a numeric, bool or enum field, or a
+ * wrapper of one. */
+static bool numeric_field(const ProtobufCFieldDescriptor *fd) {
+  ProtobufCType t = fd->type;
+  if (t == PROTOBUF_C_TYPE_MESSAGE) {
+    const ProtobufCMessageDescriptor *d = fd->descriptor;
+    if (wkt_of(d) != WKT_WRAPPER)
+      return false;
+    t = d->fields[0].type;
+  }
+  return t != PROTOBUF_C_TYPE_STRING && t != PROTOBUF_C_TYPE_BYTES && t != PROTOBUF_C_TYPE_MESSAGE;
+}
+
+/* Checks one element of a numeric_field (stored at p) against a bound,
+ * seeing through wrappers; an absent wrapper is not checked. */
+static int check_bound(vctx *c, const pbjson_rule *r, const ProtobufCFieldDescriptor *fd,
+                       const void *p) {
+  ProtobufCType t = fd->type;
+  if (t == PROTOBUF_C_TYPE_MESSAGE) {
+    const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
+    if (!sub)
+      return 0;
+    t = sub->descriptor->fields[0].type;
+    p = PB_CAT(sub, sub->descriptor->fields[0].offset);
+  }
   double v;
   char text[48], bound[40];
-  if (!num_read(t, p, &v, text, sizeof text)) {
-    *bad_type = true;
+  if (!num_read(t, p, &v, text, sizeof text))
     return 0;
-  }
   bool ok;
   const char *op;
   switch (r->kind) {
@@ -1738,25 +1758,9 @@ static int check_bound(vctx *c, const pbjson_rule *r, ProtobufCType t, const voi
   return vfail(c, r, "must be %s %s (got %s)", op, bound, text);
 }
 
-/* Applies a numeric rule to one element of fd (at p), seeing through
- * wrappers; an absent wrapper is not checked. */
-static int check_element(vctx *c, const pbjson_rule *r, const ProtobufCFieldDescriptor *fd, const void *p,
-                         bool *bad_type) {
-  if (fd->type != PROTOBUF_C_TYPE_MESSAGE)
-    return check_bound(c, r, fd->type, p, bad_type);
-  const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
-  if (!sub)
-    return 0;
-  const ProtobufCMessageDescriptor *d = sub->descriptor;
-  if (wkt_of(d) != WKT_WRAPPER) {
-    *bad_type = true;
-    return 0;
-  }
-  return check_bound(c, r, d->fields[0].type, PB_CAT(sub, d->fields[0].offset), bad_type);
-}
-
 /* The members of the oneof whose case lives at `qoff`, as "a, b, c". */
-static void oneof_members(const ProtobufCMessageDescriptor *d, unsigned qoff, char *out, size_t cap) {
+static void oneof_members(const ProtobufCMessageDescriptor *d, unsigned qoff, char *out,
+                          size_t cap) {
   size_t o = 0;
   out[0] = '\0';
   for (unsigned i = 0; i < d->n_fields && o < cap; i++) {
@@ -1780,12 +1784,14 @@ static int apply_rule(vctx *c, const pbjson_rule *r, const ProtobufCMessage *m) 
   if (r->field) {
     fd = protobuf_c_message_descriptor_get_field_by_name(d, r->field);
     if (!fd)
-      return td_errorf(c->err, TD_EINVAL, "validation rule for %s names no field '%s'", d->name, r->field);
+      return td_errorf(c->err, TD_EINVAL, "validation rule for %s names no field '%s'", d->name,
+                       r->field);
   }
   if (r->kind == PBJSON_RULE_ONEOF_REQUIRED) {
     if (fd) {
       if (!(fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
-        return td_errorf(c->err, TD_EINVAL, "validation rule for %s: '%s' is not in a oneof", d->name, r->field);
+        return td_errorf(c->err, TD_EINVAL, "validation rule for %s: '%s' is not in a oneof",
+                         d->name, r->field);
       return check_oneof(c, r, m, fd->quantifier_offset);
     }
     for (unsigned i = 0; i < d->n_fields; i++) {
@@ -1794,7 +1800,8 @@ static int apply_rule(vctx *c, const pbjson_rule *r, const ProtobufCMessage *m) 
         continue;
       bool first = true; /* check each oneof once, at its first member */
       for (unsigned j = 0; j < i; j++)
-        if ((d->fields[j].flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && d->fields[j].quantifier_offset == f->quantifier_offset)
+        if ((d->fields[j].flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            d->fields[j].quantifier_offset == f->quantifier_offset)
           first = false;
       int rc = first ? check_oneof(c, r, m, f->quantifier_offset) : 0;
       if (rc)
@@ -1804,39 +1811,39 @@ static int apply_rule(vctx *c, const pbjson_rule *r, const ProtobufCMessage *m) 
   }
   if (!fd)
     return td_errorf(c->err, TD_EINVAL, "validation rule for %s has no field", d->name);
+  if (r->kind != PBJSON_RULE_REQUIRED && (r->kind < PBJSON_RULE_MIN || r->kind > PBJSON_RULE_LT))
+    return td_errorf(c->err, TD_EINVAL, "validation rule for %s.%s has unknown kind %d", d->name,
+                     fd->name, r->kind);
+  if (r->kind != PBJSON_RULE_REQUIRED && !numeric_field(fd))
+    return td_errorf(c->err, TD_EINVAL, "validation rule for %s.%s: a bound needs a numeric field",
+                     d->name, fd->name);
   size_t old = vpath_field(c, fd->name);
   int rc = 0;
-  bool bad_type = false;
   if (r->kind == PBJSON_RULE_REQUIRED) {
-    bool set = fd->label == PROTOBUF_C_LABEL_REPEATED ? *(const size_t *)PB_CAT(m, fd->quantifier_offset) > 0
-                                                       : field_present(m, fd);
+    bool set = fd->label == PROTOBUF_C_LABEL_REPEATED
+                   ? *(const size_t *)PB_CAT(m, fd->quantifier_offset) > 0
+                   : field_present(m, fd);
     if (!set)
       rc = vfail(c, r, "required");
-  } else if (r->kind < PBJSON_RULE_MIN || r->kind > PBJSON_RULE_LT) {
-    rc = td_errorf(c->err, TD_EINVAL, "validation rule for %s.%s has unknown kind %d", d->name, fd->name, r->kind);
   } else if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
     size_t n = *(const size_t *)PB_CAT(m, fd->quantifier_offset), esz = elem_size(fd->type);
     const char *arr = *(const char *const *)PB_CAT(m, fd->offset);
-    for (size_t i = 0; i < n && rc == 0 && !bad_type; i++) {
+    for (size_t i = 0; i < n && rc == 0; i++) {
       size_t o2 = vpath_push(c, "[%zu]", i);
-      rc = check_element(c, r, fd, arr + i * esz, &bad_type);
+      rc = check_bound(c, r, fd, arr + i * esz);
       if (rc == 0)
         vpath_pop(c, o2);
     }
   } else if (field_present(m, fd)) {
-    rc = check_element(c, r, fd, PB_CAT(m, fd->offset), &bad_type);
-  } else if (fd->type == PROTOBUF_C_TYPE_STRING || fd->type == PROTOBUF_C_TYPE_BYTES) {
-    bad_type = true;
+    rc = check_bound(c, r, fd, PB_CAT(m, fd->offset));
   }
-  if (bad_type)
-    rc = td_errorf(c->err, TD_EINVAL, "validation rule for %s.%s: a bound needs a numeric field", d->name,
-                   fd->name);
   if (rc == 0)
     vpath_pop(c, old);
   return rc;
 }
 
-static int validate_message(vctx *c, const ProtobufCMessage *m, const pbjson_rule *rules, size_t nrules) {
+static int validate_message(vctx *c, const ProtobufCMessage *m, const pbjson_rule *rules,
+                            size_t nrules) {
   const ProtobufCMessageDescriptor *d = m->descriptor;
   for (size_t i = 0; i < nrules; i++) {
     if (rules[i].message && strcmp(rules[i].message, d->name) == 0) {
@@ -1851,7 +1858,8 @@ static int validate_message(vctx *c, const ProtobufCMessage *m, const pbjson_rul
       continue;
     if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
       size_t n = *(const size_t *)PB_CAT(m, fd->quantifier_offset);
-      const ProtobufCMessage *const *arr = *(const ProtobufCMessage *const *const *)PB_CAT(m, fd->offset);
+      const ProtobufCMessage *const *arr =
+          *(const ProtobufCMessage *const *const *)PB_CAT(m, fd->offset);
       for (size_t k = 0; k < n; k++) {
         if (!arr[k])
           continue;
@@ -1864,7 +1872,8 @@ static int validate_message(vctx *c, const ProtobufCMessage *m, const pbjson_rul
       }
     } else if (field_present(m, fd)) {
       size_t old = vpath_field(c, fd->name);
-      int rc = validate_message(c, *(const ProtobufCMessage *const *)PB_CAT(m, fd->offset), rules, nrules);
+      int rc = validate_message(c, *(const ProtobufCMessage *const *)PB_CAT(m, fd->offset), rules,
+                                nrules);
       if (rc)
         return rc;
       vpath_pop(c, old);
@@ -1873,7 +1882,8 @@ static int validate_message(vctx *c, const ProtobufCMessage *m, const pbjson_rul
   return 0;
 }
 
-int pbjson_validate(const ProtobufCMessage *m, const pbjson_rule *rules, size_t nrules, td_error *err) {
+int pbjson_validate(const ProtobufCMessage *m, const pbjson_rule *rules, size_t nrules,
+                    td_error *err) {
   if (!m || (!rules && nrules))
     return td_errorf(err, TD_EINVAL, "pbjson_validate: missing argument");
   vctx c = {.err = err};

@@ -24,9 +24,10 @@
 /* Parses text (YAML or JSON; JSON is parsed as YAML flow) as the proto3 JSON
  * mapping of `desc`. The top level must be a mapping, and the text must hold
  * exactly one document. Field keys may be the lowerCamelCase JSON name or the
- * proto field name; unknown and repeated keys are errors, and so is a map
- * field (no traind message has one). null (~, null, or nothing) leaves a field
- * unset.
+ * proto field name; unknown and repeated keys are errors, and so is a
+ * non-empty map field (no traind message has one). null (~, null, or nothing)
+ * leaves a field unset. JSON text that writes characters beyond U+FFFF as
+ * surrogate-pair escapes ("\ud83d\ude00", as json.dumps does) is accepted.
  *
  * On success returns 0 and *out is a new message owned by the caller, freed
  * with protobuf_c_message_free_unpacked(*out, NULL). On failure returns
@@ -43,9 +44,12 @@ int pbjson_parse_file(const ProtobufCMessageDescriptor *desc, const char *path,
 
 /* Flags for pbjson_emit. */
 enum {
-  PBJSON_INDENT = 1u << 0,        /* pretty print, two spaces per level */
-  PBJSON_PROTO_NAMES = 1u << 1,   /* proto field names instead of lowerCamelCase */
-  PBJSON_EMIT_DEFAULTS = 1u << 2, /* also zero scalars, [] and null for unset messages */
+  PBJSON_INDENT = 1u << 0,      /* pretty print, two spaces per level */
+  PBJSON_PROTO_NAMES = 1u << 1, /* proto field names instead of lowerCamelCase */
+  /* Also fields left at their defaults: zero scalars, "", [] and {} for
+   * repeated and map fields, null for unset messages (as Go's protojson
+   * EmitUnpopulated); unset oneofs stay out. */
+  PBJSON_EMIT_DEFAULTS = 1u << 2,
 };
 
 /* The proto3 JSON text of m, NUL-terminated and without a trailing newline,

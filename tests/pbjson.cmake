@@ -8,7 +8,7 @@
 # generate, so their C code is generated here next to the test proto's.
 set(PBJSON_GEN ${CMAKE_CURRENT_BINARY_DIR}/pbjson_proto)
 set(PBJSON_GEN_SRCS)
-foreach(p pbjson_test google/protobuf/timestamp google/protobuf/duration)
+foreach(p pbjson_test)
   if(p STREQUAL "pbjson_test")
     set(src ${CMAKE_CURRENT_SOURCE_DIR}/proto/${p}.proto)
   else()

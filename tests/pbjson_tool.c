@@ -19,14 +19,10 @@
 #include "traind/v1/job.pb-c.h"
 
 static const ProtobufCMessageDescriptor *const known[] = {
-    &pbjson__test__everything__descriptor,
-    &pbjson__test__scalars__descriptor,
-    &pbjson__test__repeats__descriptor,
-    &pbjson__test__wrappers__descriptor,
-    &pbjson__test__node__descriptor,
-    &traind__v1__job_spec__descriptor,
-    &google__protobuf__timestamp__descriptor,
-    &google__protobuf__duration__descriptor,
+    &pbjson__test__everything__descriptor,    &pbjson__test__scalars__descriptor,
+    &pbjson__test__repeats__descriptor,       &pbjson__test__wrappers__descriptor,
+    &pbjson__test__node__descriptor,          &traind__v1__job_spec__descriptor,
+    &google__protobuf__timestamp__descriptor, &google__protobuf__duration__descriptor,
 };
 
 /* Reads all of stdin into a malloc'd buffer (NUL-terminated). */

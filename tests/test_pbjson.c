@@ -30,25 +30,28 @@ typedef Pbjson__Test__Scalars Scalars;
 /* ------------------------------------------------------------- helpers */
 
 /* Parses text that must be accepted; NULL (and a failed check) otherwise. */
-static ProtobufCMessage *parse_ok_at(int line, const ProtobufCMessageDescriptor *d, const char *text) {
+static ProtobufCMessage *parse_ok_at(int line, const ProtobufCMessageDescriptor *d,
+                                     const char *text) {
   td_error err = {0};
   ProtobufCMessage *m = NULL;
   int rc = pbjson_parse(d, text, strlen(text), &m, &err);
-  CHECK(rc == 0 && m != NULL, "line %d: parse failed (%d): %s\n--- input:\n%s", line, rc, err.msg, text);
+  CHECK(rc == 0 && m != NULL, "line %d: parse failed (%d): %s\n--- input:\n%s", line, rc, err.msg,
+        text);
   return rc == 0 ? m : NULL;
 }
 #define PARSE_OK(d, text) parse_ok_at(__LINE__, (d), (text))
 
 /* Parses text that must be refused with TD_EINVAL and a message containing
  * `want`. */
-static void parse_fails_at(int line, const ProtobufCMessageDescriptor *d, const char *text, size_t len,
-                           const char *want) {
+static void parse_fails_at(int line, const ProtobufCMessageDescriptor *d, const char *text,
+                           size_t len, const char *want) {
   td_error err = {0};
   ProtobufCMessage *m = (ProtobufCMessage *)1;
   int rc = pbjson_parse(d, text, len, &m, &err);
   CHECK(rc == TD_EINVAL, "line %d: parse returned %d, want TD_EINVAL; input:\n%s", line, rc, text);
   CHECK(m == NULL, "line %d: *out not cleared on failure", line);
-  CHECK(strstr(err.msg, want) != NULL, "line %d: error \"%s\" does not contain \"%s\"", line, err.msg, want);
+  CHECK(strstr(err.msg, want) != NULL, "line %d: error \"%s\" does not contain \"%s\"", line,
+        err.msg, want);
   if (rc == 0 && m)
     protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -71,12 +74,15 @@ static packed pack(const ProtobufCMessage *m) {
   return b;
 }
 
-static bool packed_eq(packed a, packed b) { return a.p && b.p && a.n == b.n && memcmp(a.p, b.p, a.n) == 0; }
+static bool packed_eq(packed a, packed b) {
+  return a.p && b.p && a.n == b.n && memcmp(a.p, b.p, a.n) == 0;
+}
 
 /* Whether the string emitted for m with `flags` is exactly `want`. */
 static void emits_at(int line, const ProtobufCMessage *m, unsigned flags, const char *want) {
   char *got = pbjson_emit(m, flags);
-  CHECK(got && strcmp(got, want) == 0, "line %d: emitted\n%s\nwant\n%s", line, got ? got : "(null)", want);
+  CHECK(got && strcmp(got, want) == 0, "line %d: emitted\n%s\nwant\n%s", line, got ? got : "(null)",
+        want);
   free(got);
 }
 #define EMITS(m, flags, want) emits_at(__LINE__, (const ProtobufCMessage *)(m), (flags), (want))
@@ -93,10 +99,11 @@ static void round_trips_at(int line, const ProtobufCMessage *m) {
     td_error err = {0};
     ProtobufCMessage *back = NULL;
     int rc = pbjson_parse(m->descriptor, text, strlen(text), &back, &err);
-    CHECK(rc == 0, "line %d: emitted text (flags %u) does not parse: %s\n%s", line, flags, err.msg, text);
+    CHECK(rc == 0, "line %d: emitted text (flags %u) does not parse: %s\n%s", line, flags, err.msg,
+          text);
     packed got = pack(back);
-    CHECK(rc != 0 || packed_eq(want, got), "line %d: round trip with flags %u changed the message:\n%s", line,
-          flags, text);
+    CHECK(rc != 0 || packed_eq(want, got),
+          "line %d: round trip with flags %u changed the message:\n%s", line, flags, text);
     free(got.p);
     if (back)
       protobuf_c_message_free_unpacked(back, NULL);
@@ -160,29 +167,35 @@ static void test_scalars(void) {
   msg_free(s);
 
   /* Integral values in other spellings. */
-  s = (Scalars *)PARSE_OK(SCALARS, "{i32: 1.0, u32: 2.50e2, i64: -0, u64: 1E2, sf32: 00012, s32: +5}");
+  s = (Scalars *)PARSE_OK(SCALARS,
+                          "{i32: 1.0, u32: 2.50e2, i64: -0, u64: 1E2, sf32: 00012, s32: +5}");
   if (s) {
-    CHECK(s->i32 == 1 && s->u32 == 250 && s->i64 == 0 && s->u64 == 100 && s->sf32 == 12 && s->s32 == 5,
-          "%d %u %lld %llu %d %d", s->i32, s->u32, (long long)s->i64, (unsigned long long)s->u64, s->sf32,
-          s->s32);
+    CHECK(s->i32 == 1 && s->u32 == 250 && s->i64 == 0 && s->u64 == 100 && s->sf32 == 12 &&
+              s->s32 == 5,
+          "%d %u %lld %llu %d %d", s->i32, s->u32, (long long)s->i64, (unsigned long long)s->u64,
+          s->sf32, s->s32);
   }
   msg_free(s);
 }
 
 static void test_integer_errors(void) {
-  PARSE_FAILS(SCALARS, "i32: 2147483648", "line 1: i32: \"2147483648\" is out of range for int32 [-2147483648, 2147483647]");
+  PARSE_FAILS(SCALARS, "i32: 2147483648",
+              "line 1: i32: \"2147483648\" is out of range for int32 [-2147483648, 2147483647]");
   PARSE_FAILS(SCALARS, "i32: -2147483649", "out of range for int32");
   PARSE_FAILS(SCALARS, "s32: 1e10", "out of range for sint32");
   PARSE_FAILS(SCALARS, "u32: -1", "u32: \"-1\" is out of range for uint32 [0, 4294967295]");
   PARSE_FAILS(SCALARS, "u32: 4294967296", "out of range for uint32");
   PARSE_FAILS(SCALARS, "f32: -3", "out of range for fixed32");
-  PARSE_FAILS(SCALARS, "i64: 9223372036854775808", "out of range for int64 [-9223372036854775808, 9223372036854775807]");
+  PARSE_FAILS(SCALARS, "i64: 9223372036854775808",
+              "out of range for int64 [-9223372036854775808, 9223372036854775807]");
   PARSE_FAILS(SCALARS, "sf64: '-9223372036854775809'", "out of range for sfixed64");
-  PARSE_FAILS(SCALARS, "u64: 18446744073709551616", "out of range for uint64 [0, 18446744073709551615]");
+  PARSE_FAILS(SCALARS, "u64: 18446744073709551616",
+              "out of range for uint64 [0, 18446744073709551615]");
   PARSE_FAILS(SCALARS, "f64: -1", "out of range for fixed64");
   PARSE_FAILS(SCALARS, "u64: 1e20", "out of range for uint64");
   PARSE_FAILS(SCALARS, "u64: 1e1000000000", "out of range for uint64");
-  PARSE_FAILS(SCALARS, "i32: 1.5", "i32: expected an integer (int32), got \"1.5\", which has a fractional part");
+  PARSE_FAILS(SCALARS, "i32: 1.5",
+              "i32: expected an integer (int32), got \"1.5\", which has a fractional part");
   PARSE_FAILS(SCALARS, "i64: '2.25e1'", "fractional part");
   PARSE_FAILS(SCALARS, "i32: 1e-1", "fractional part");
   PARSE_FAILS(SCALARS, "i32: 1e-1000000000", "fractional part");
@@ -224,13 +237,15 @@ static void test_bool_string_bytes(void) {
   if (s) {
     CHECK(s->flag == 0, "flag %d", s->flag);
     CHECK(strcmp(s->str, "123") == 0, "str %s", s->str);
-    CHECK(s->raw.len == 2 && s->raw.data[0] == 0xFB && s->raw.data[1] == 0xFF, "raw %zu", s->raw.len);
+    CHECK(s->raw.len == 2 && s->raw.data[0] == 0xFB && s->raw.data[1] == 0xFF, "raw %zu",
+          s->raw.len);
   }
   msg_free(s);
   s = (Scalars *)PARSE_OK(SCALARS, "str: \"caf\\u00e9 \\t\\\"q\\\"\"\nraw: +/8=\n");
   if (s) {
     CHECK(strcmp(s->str, "caf\xc3\xa9 \t\"q\"") == 0, "str %s", s->str);
-    CHECK(s->raw.len == 2 && s->raw.data[0] == 0xFB && s->raw.data[1] == 0xFF, "raw %zu", s->raw.len);
+    CHECK(s->raw.len == 2 && s->raw.data[0] == 0xFB && s->raw.data[1] == 0xFF, "raw %zu",
+          s->raw.len);
   }
   msg_free(s);
   s = (Scalars *)PARSE_OK(SCALARS, "raw: AAECAwQFBgcICQ\nstr: ''\n");
@@ -241,7 +256,8 @@ static void test_bool_string_bytes(void) {
     CHECK(s->str[0] == '\0', "str %s", s->str);
   }
   msg_free(s);
-  for (const char *const *w = (const char *const[]){"yes", "no", "on", "off", "True", "FALSE", "1", "y", NULL};
+  for (const char *const *w =
+           (const char *const[]){"yes", "no", "on", "off", "True", "FALSE", "1", "y", NULL};
        *w; w++) {
     char doc[64];
     snprintf(doc, sizeof doc, "flag: %s", *w);
@@ -258,8 +274,9 @@ static void test_bool_string_bytes(void) {
 }
 
 static void test_enums(void) {
-  Everything *e = (Everything *)PARSE_OK(EVERYTHING, "scalars: {color: INFRARED}\n"
-                                                     "repeats: {color: [RED, 2, -1, 7, '1', COLOR_UNSPECIFIED]}\n");
+  Everything *e = (Everything *)PARSE_OK(
+      EVERYTHING, "scalars: {color: INFRARED}\n"
+                  "repeats: {color: [RED, 2, -1, 7, '1', COLOR_UNSPECIFIED]}\n");
   if (e && e->scalars && e->repeats) {
     CHECK(e->scalars->color == PBJSON__TEST__COLOR__INFRARED, "color %d", e->scalars->color);
     int want[] = {1, 2, -1, 7, 1, 0};
@@ -268,26 +285,35 @@ static void test_enums(void) {
       CHECK((int)e->repeats->color[i] == want[i], "color[%zu] = %d", i, e->repeats->color[i]);
     /* Unknown numbers are kept (open enums) and written as numbers. */
     char *json = pbjson_emit(&e->repeats->base, 0);
-    CHECK(json && strcmp(json, "{\"color\":[\"RED\",\"GREEN\",\"INFRARED\",7,\"RED\",\"COLOR_UNSPECIFIED\"]}") == 0,
+    CHECK(json &&
+              strcmp(
+                  json,
+                  "{\"color\":[\"RED\",\"GREEN\",\"INFRARED\",7,\"RED\",\"COLOR_UNSPECIFIED\"]}") ==
+                  0,
           "%s", json ? json : "(null)");
     free(json);
   }
   msg_free(e);
   PARSE_FAILS(EVERYTHING, "scalars:\n  color: GREN\n",
-              "line 2: scalars.color: unknown pbjson.test.Color value \"GREN\"; did you mean 'GREEN'? valid values: "
+              "line 2: scalars.color: unknown pbjson.test.Color value \"GREN\"; did you mean "
+              "'GREEN'? valid values: "
               "INFRARED, COLOR_UNSPECIFIED, RED, GREEN");
   PARSE_FAILS(EVERYTHING, "scalars: {color: red}", "did you mean 'RED'?");
-  PARSE_FAILS(EVERYTHING, "scalars: {color: PURPLE}", "unknown pbjson.test.Color value \"PURPLE\"; valid values:");
+  PARSE_FAILS(EVERYTHING, "scalars: {color: PURPLE}",
+              "unknown pbjson.test.Color value \"PURPLE\"; valid values:");
   PARSE_FAILS(EVERYTHING, "scalars: {color: 2147483648}", "unknown pbjson.test.Color value");
   PARSE_FAILS(EVERYTHING, "scalars: {color: 1.5}", "unknown pbjson.test.Color value");
-  PARSE_FAILS(EVERYTHING, "scalars: {color: [RED]}", "expected a pbjson.test.Color name, got a list");
+  PARSE_FAILS(EVERYTHING, "scalars: {color: [RED]}",
+              "expected a pbjson.test.Color name, got a list");
 }
 
 /* ----------------------------------------------------------------- keys */
 
 static void test_keys(void) {
-  Everything *a = (Everything *)PARSE_OK(EVERYTHING, "multiWordFieldName2x: x\ntimeLimit: 2s\nscalar_list: [{u64: 1}]\n");
-  Everything *b = (Everything *)PARSE_OK(EVERYTHING, "multi_word_field_name_2x: x\ntime_limit: 2s\nscalarList: [{u64: 1}]\n");
+  Everything *a = (Everything *)PARSE_OK(
+      EVERYTHING, "multiWordFieldName2x: x\ntimeLimit: 2s\nscalar_list: [{u64: 1}]\n");
+  Everything *b = (Everything *)PARSE_OK(
+      EVERYTHING, "multi_word_field_name_2x: x\ntime_limit: 2s\nscalarList: [{u64: 1}]\n");
   if (a && b) {
     CHECK(strcmp(a->multi_word_field_name_2x, "x") == 0, "%s", a->multi_word_field_name_2x);
     packed pa = pack(&a->base), pb = pack(&b->base);
@@ -300,11 +326,13 @@ static void test_keys(void) {
   msg_free(b);
 
   PARSE_FAILS(EVERYTHING, "scalars:\n  i32: 1\n  flagg: true\n",
-              "line 3: scalars.flagg: unknown field \"flagg\" in pbjson.test.Scalars; did you mean 'flag'?");
+              "line 3: scalars.flagg: unknown field \"flagg\" in pbjson.test.Scalars; did you mean "
+              "'flag'?");
   PARSE_FAILS(EVERYTHING, "creatd_at: '1970-01-01T00:00:00Z'", "did you mean 'created_at'?");
   PARSE_FAILS(EVERYTHING, "createdat: '1970-01-01T00:00:00Z'", "did you mean 'createdAt'?");
   PARSE_FAILS(EVERYTHING, "TimeLimit: 1s", "did you mean 'timeLimit'?");
-  PARSE_FAILS(EVERYTHING, "bogus: 1", "line 1: bogus: unknown field \"bogus\" in pbjson.test.Everything");
+  PARSE_FAILS(EVERYTHING, "bogus: 1",
+              "line 1: bogus: unknown field \"bogus\" in pbjson.test.Everything");
   {
     td_error err = {0};
     ProtobufCMessage *m = NULL;
@@ -317,15 +345,20 @@ static void test_keys(void) {
               "line 2: time_limit: field given twice (first as 'timeLimit' on line 1)");
   PARSE_FAILS(EVERYTHING, "{scalars: {}, scalars: ~}", "scalars: field given twice");
   PARSE_FAILS(EVERYTHING, "? [a]\n: 1\n", "keys must be field names, got a list");
+  PARSE_FAILS(EVERYTHING, "base: &b {i32: 1}\nscalars:\n  <<: *b\n", "line 1: base: unknown field");
+  PARSE_FAILS(EVERYTHING, "scalar_list:\n  - &b {i32: 1}\n  - <<: *b\n    u32: 2\n",
+              "line 3: scalar_list[1].<<: YAML merge keys (<<) are not supported");
   PARSE_FAILS(EVERYTHING, "labels: {a: 1}", "line 1: labels: map fields are not supported");
-  PARSE_FAILS(EVERYTHING, "labels: [{key: a, value: 1}]", "line 1: labels: map fields are not supported");
+  PARSE_FAILS(EVERYTHING, "labels: [{key: a, value: 1}]",
+              "line 1: labels: map fields are not supported");
   msg_free(PARSE_OK(EVERYTHING, "labels: {}\nscalars: {}"));
 }
 
 static void test_oneof(void) {
   PARSE_FAILS(EVERYTHING, "choice_int: 1\nchoiceStr: x\n",
               "line 2: 'choice_int' and 'choice_str' are both set; set only one");
-  PARSE_FAILS(EVERYTHING, "tree: {}\nchoice_msg: {}\nchoice_wrapped: 0\n", "'choice_msg' and 'choice_wrapped' are both set");
+  PARSE_FAILS(EVERYTHING, "tree: {}\nchoice_msg: {}\nchoice_wrapped: 0\n",
+              "'choice_msg' and 'choice_wrapped' are both set");
   /* A zero value still selects the member, and is written out. */
   Everything *e = (Everything *)PARSE_OK(EVERYTHING, "choiceInt: 0");
   if (e) {
@@ -345,7 +378,8 @@ static void test_oneof(void) {
   msg_free(e);
   e = (Everything *)PARSE_OK(EVERYTHING, "choice_msg: {i32: 3}");
   if (e) {
-    CHECK(e->choice_case == PBJSON__TEST__EVERYTHING__CHOICE_CHOICE_MSG && e->choice_msg && e->choice_msg->i32 == 3,
+    CHECK(e->choice_case == PBJSON__TEST__EVERYTHING__CHOICE_CHOICE_MSG && e->choice_msg &&
+              e->choice_msg->i32 == 3,
           "case %d", e->choice_case);
   }
   msg_free(e);
@@ -378,8 +412,10 @@ static void test_wrappers(void) {
     CHECK(w->flag && w->flag->value == 0, "flag");
     CHECK(w->str && w->str->value[0] == '\0', "str");
     CHECK(w->raw && w->raw->value.len == 0, "raw");
-    EMITS(w, 0, "{\"dbl\":0,\"flt\":0.5,\"i64\":\"0\",\"u64\":\"18446744073709551615\",\"i32\":-3,\"flag\":false,"
-                "\"str\":\"\",\"raw\":\"\"}");
+    EMITS(w, 0,
+          "{\"dbl\":0,\"flt\":0.5,\"i64\":\"0\",\"u64\":\"18446744073709551615\",\"i32\":-3,"
+          "\"flag\":false,"
+          "\"str\":\"\",\"raw\":\"\"}");
     /* Present-but-zero wrappers still encode (an empty submessage). */
     packed p = pack(&w->base);
     CHECK(p.n > 0 && p.p[0] == (1 << 3 | 2) && p.p[1] == 0, "dbl wrapper not encoded");
@@ -388,68 +424,85 @@ static void test_wrappers(void) {
   msg_free(e);
   e = (Everything *)PARSE_OK(EVERYTHING, "wrappers: {dbl: null, flag: ~, u32: }");
   if (e && e->wrappers) {
-    CHECK(!e->wrappers->dbl && !e->wrappers->flag && !e->wrappers->u32, "null wrappers must be absent");
+    CHECK(!e->wrappers->dbl && !e->wrappers->flag && !e->wrappers->u32,
+          "null wrappers must be absent");
     EMITS(e, 0, "{\"wrappers\":{}}");
     EMITS(e->wrappers, PBJSON_EMIT_DEFAULTS,
-          "{\"dbl\":null,\"flt\":null,\"i64\":null,\"u64\":null,\"i32\":null,\"u32\":null,\"flag\":null,"
+          "{\"dbl\":null,\"flt\":null,\"i64\":null,\"u64\":null,\"i32\":null,\"u32\":null,\"flag\":"
+          "null,"
           "\"str\":null,\"raw\":null}");
   }
   msg_free(e);
   e = (Everything *)PARSE_OK(EVERYTHING, "double_list: [1.5, 0, NaN]\nchoice_wrapped: 0\n");
   if (e) {
-    CHECK(e->n_double_list == 3 && e->double_list[1]->value == 0 && isnan(e->double_list[2]->value), "double_list");
+    CHECK(e->n_double_list == 3 && e->double_list[1]->value == 0 && isnan(e->double_list[2]->value),
+          "double_list");
     CHECK(e->choice_case == PBJSON__TEST__EVERYTHING__CHOICE_CHOICE_WRAPPED && e->choice_wrapped &&
               e->choice_wrapped->value == 0,
           "choice_wrapped");
     EMITS(e, 0, "{\"doubleList\":[1.5,0,\"NaN\"],\"choiceWrapped\":0}");
   }
   msg_free(e);
-  PARSE_FAILS(EVERYTHING, "wrappers:\n  u32: -1\n", "line 2: wrappers.u32: \"-1\" is out of range for uint32");
-  PARSE_FAILS(EVERYTHING, "wrappers: {i32: {value: 1}}", "wrappers.i32: expected an integer (int32), got a mapping");
+  PARSE_FAILS(EVERYTHING, "wrappers:\n  u32: -1\n",
+              "line 2: wrappers.u32: \"-1\" is out of range for uint32");
+  PARSE_FAILS(EVERYTHING, "wrappers: {i32: {value: 1}}",
+              "wrappers.i32: expected an integer (int32), got a mapping");
   PARSE_FAILS(EVERYTHING, "wrappers: {flag: yes}", "wrappers.flag: expected true or false");
-  PARSE_FAILS(EVERYTHING, "double_list: [1, null]", "double_list[1]: null is not allowed as a list element");
+  PARSE_FAILS(EVERYTHING, "double_list: [1, null]",
+              "double_list[1]: null is not allowed as a list element");
 }
 
 /* ----------------------------------------------------------------- time */
 
 static void test_timestamp_duration(void) {
-  Everything *e = (Everything *)PARSE_OK(EVERYTHING, "createdAt: 1972-01-01T10:00:20.021Z\n"
-                                                     "timeLimit: 1.5s\n"
-                                                     "stamps: ['1970-01-01T00:00:00Z', '1970-01-01T01:00:00+01:00',\n"
-                                                     "         '0001-01-01T00:00:00Z', '9999-12-31T23:59:59.999999999Z',\n"
-                                                     "         '2000-02-29t12:30:00.5-08:30', '1969-12-31T23:59:59.000001Z']\n"
-                                                     "durations: [-0.25s, 0s, 315576000000s, -315576000000.999999999s, 0.000000001s]\n");
+  Everything *e = (Everything *)PARSE_OK(
+      EVERYTHING,
+      "createdAt: 1972-01-01T10:00:20.021Z\n"
+      "timeLimit: 1.5s\n"
+      "stamps: ['1970-01-01T00:00:00Z', '1970-01-01T01:00:00+01:00',\n"
+      "         '0001-01-01T00:00:00Z', '9999-12-31T23:59:59.999999999Z',\n"
+      "         '2000-02-29t12:30:00.5-08:30', '1969-12-31T23:59:59.000001Z']\n"
+      "durations: [-0.25s, 0s, 315576000000s, -315576000000.999999999s, 0.000000001s]\n");
   if (e && e->created_at && e->time_limit && e->n_stamps == 6 && e->n_durations == 5) {
-    CHECK(e->created_at->seconds == 63108020 && e->created_at->nanos == 21000000, "created_at %lld %d",
-          (long long)e->created_at->seconds, e->created_at->nanos);
+    CHECK(e->created_at->seconds == 63108020 && e->created_at->nanos == 21000000,
+          "created_at %lld %d", (long long)e->created_at->seconds, e->created_at->nanos);
     CHECK(e->time_limit->seconds == 1 && e->time_limit->nanos == 500000000, "time_limit");
-    struct tm tm = {.tm_year = 2000 - 1900, .tm_mon = 1, .tm_mday = 29, .tm_hour = 12, .tm_min = 30};
-    int64_t want[6] = {0, 0, -62135596800, 253402300799, (int64_t)timegm(&tm) + 8 * 3600 + 30 * 60, -1};
+    struct tm tm = {
+        .tm_year = 2000 - 1900, .tm_mon = 1, .tm_mday = 29, .tm_hour = 12, .tm_min = 30};
+    int64_t want[6] = {0, 0, -62135596800, 253402300799, (int64_t)timegm(&tm) + 8 * 3600 + 30 * 60,
+                       -1};
     int32_t want_ns[6] = {0, 0, 0, 999999999, 500000000, 1000};
     for (int i = 0; i < 6; i++)
-      CHECK(e->stamps[i]->seconds == want[i] && e->stamps[i]->nanos == want_ns[i], "stamps[%d] = %lld.%09d", i,
-            (long long)e->stamps[i]->seconds, e->stamps[i]->nanos);
+      CHECK(e->stamps[i]->seconds == want[i] && e->stamps[i]->nanos == want_ns[i],
+            "stamps[%d] = %lld.%09d", i, (long long)e->stamps[i]->seconds, e->stamps[i]->nanos);
     int64_t dsec[5] = {0, 0, 315576000000, -315576000000, 0};
     int32_t dns[5] = {-250000000, 0, 0, -999999999, 1};
     for (int i = 0; i < 5; i++)
-      CHECK(e->durations[i]->seconds == dsec[i] && e->durations[i]->nanos == dns[i], "durations[%d]", i);
+      CHECK(e->durations[i]->seconds == dsec[i] && e->durations[i]->nanos == dns[i],
+            "durations[%d]", i);
     EMITS(e, 0,
-          "{\"createdAt\":\"1972-01-01T10:00:20.021Z\",\"timeLimit\":\"1.500s\",\"stamps\":[\"1970-01-01T00:00:00Z\","
+          "{\"createdAt\":\"1972-01-01T10:00:20.021Z\",\"timeLimit\":\"1.500s\",\"stamps\":[\"1970-"
+          "01-01T00:00:00Z\","
           "\"1970-01-01T00:00:00Z\",\"0001-01-01T00:00:00Z\",\"9999-12-31T23:59:59.999999999Z\","
-          "\"2000-02-29T21:00:00.500Z\",\"1969-12-31T23:59:59.000001Z\"],\"durations\":[\"-0.250s\",\"0s\","
+          "\"2000-02-29T21:00:00.500Z\",\"1969-12-31T23:59:59.000001Z\"],\"durations\":[\"-0."
+          "250s\",\"0s\","
           "\"315576000000s\",\"-315576000000.999999999s\",\"0.000000001s\"]}");
     ROUND_TRIPS(e);
   } else {
     CHECK(0, "timestamps and durations not parsed");
   }
   msg_free(e);
-  PARSE_FAILS(EVERYTHING, "createdAt: 2021-02-29T00:00:00Z", "line 1: created_at: expected an RFC 3339 timestamp");
-  PARSE_FAILS(EVERYTHING, "created_at: '1972-01-01 10:00:20Z'", "created_at: expected an RFC 3339 timestamp");
+  PARSE_FAILS(EVERYTHING, "createdAt: 2021-02-29T00:00:00Z",
+              "line 1: created_at: expected an RFC 3339 timestamp");
+  PARSE_FAILS(EVERYTHING, "created_at: '1972-01-01 10:00:20Z'",
+              "created_at: expected an RFC 3339 timestamp");
   PARSE_FAILS(EVERYTHING, "created_at: '1972-01-01T10:00:20'", "expected an RFC 3339 timestamp");
   PARSE_FAILS(EVERYTHING, "created_at: '1972-01-01T24:00:00Z'", "expected an RFC 3339 timestamp");
-  PARSE_FAILS(EVERYTHING, "created_at: '1972-01-01T10:00:20.1234567891Z'", "expected an RFC 3339 timestamp");
+  PARSE_FAILS(EVERYTHING, "created_at: '1972-01-01T10:00:20.1234567891Z'",
+              "expected an RFC 3339 timestamp");
   PARSE_FAILS(EVERYTHING, "created_at: '0000-12-31T23:59:59Z'", "expected an RFC 3339 timestamp");
-  PARSE_FAILS(EVERYTHING, "created_at: '0001-01-01T00:00:00+00:01'", "expected an RFC 3339 timestamp");
+  PARSE_FAILS(EVERYTHING, "created_at: '0001-01-01T00:00:00+00:01'",
+              "expected an RFC 3339 timestamp");
   PARSE_FAILS(EVERYTHING, "created_at: 12", "expected an RFC 3339 timestamp");
   PARSE_FAILS(EVERYTHING, "created_at: {seconds: 1}", "expected a timestamp string, got a mapping");
   PARSE_FAILS(EVERYTHING, "time_limit: 1.5", "time_limit: expected a duration in seconds");
@@ -469,8 +522,8 @@ static void test_timestamp_duration(void) {
     struct tm tm;
     gmtime_r(&t, &tm);
     char want[64], doc[96];
-    snprintf(want, sizeof want, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec);
+    snprintf(want, sizeof want, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
     ts.seconds = secs;
     char *got = pbjson_emit(&ts.base, 0);
     if (!got || strcmp(got, want) != 0) {
@@ -481,8 +534,8 @@ static void test_timestamp_duration(void) {
     snprintf(doc, sizeof doc, "created_at: %s", want);
     td_error err = {0};
     Everything *back = NULL;
-    if (pbjson_parse(EVERYTHING, doc, strlen(doc), (ProtobufCMessage **)&back, &err) != 0 || !back->created_at ||
-        back->created_at->seconds != secs) {
+    if (pbjson_parse(EVERYTHING, doc, strlen(doc), (ProtobufCMessage **)&back, &err) != 0 ||
+        !back->created_at || back->created_at->seconds != secs) {
       bad++;
       CHECK(0, "%s parsed wrong: %s", doc, err.msg);
     }
@@ -504,23 +557,25 @@ static void test_timestamp_duration(void) {
 /* ------------------------------------------------------ nesting and null */
 
 static void test_nested_and_null(void) {
-  Everything *e = (Everything *)PARSE_OK(EVERYTHING, "tree:\n"
-                                                     "  name: root\n"
-                                                     "  children:\n"
-                                                     "    - name: a\n"
-                                                     "      children: [{name: a1}, {name: a2, child: {name: a2x}}]\n"
-                                                     "    - {}\n"
-                                                     "    - name: c\n"
-                                                     "scalar_list:\n"
-                                                     "  - {i32: 1}\n"
-                                                     "  - {i32: 2, str: two}\n");
+  Everything *e = (Everything *)PARSE_OK(
+      EVERYTHING, "tree:\n"
+                  "  name: root\n"
+                  "  children:\n"
+                  "    - name: a\n"
+                  "      children: [{name: a1}, {name: a2, child: {name: a2x}}]\n"
+                  "    - {}\n"
+                  "    - name: c\n"
+                  "scalar_list:\n"
+                  "  - {i32: 1}\n"
+                  "  - {i32: 2, str: two}\n");
   if (e && e->tree && e->tree->n_children == 3 && e->n_scalar_list == 2) {
     Pbjson__Test__Node *a = e->tree->children[0];
     CHECK(strcmp(e->tree->name, "root") == 0, "root");
     CHECK(a->n_children == 2 && strcmp(a->children[1]->name, "a2") == 0 && a->children[1]->child &&
               strcmp(a->children[1]->child->name, "a2x") == 0,
           "nested children");
-    CHECK(e->tree->children[1]->name[0] == '\0' && e->tree->children[1]->n_children == 0, "empty child");
+    CHECK(e->tree->children[1]->name[0] == '\0' && e->tree->children[1]->n_children == 0,
+          "empty child");
     CHECK(strcmp(e->tree->children[2]->name, "c") == 0, "c");
     CHECK(e->scalar_list[1]->i32 == 2 && strcmp(e->scalar_list[1]->str, "two") == 0, "scalar_list");
   } else {
@@ -529,10 +584,12 @@ static void test_nested_and_null(void) {
   msg_free(e);
   PARSE_FAILS(EVERYTHING, "tree:\n  children:\n    - name: a\n    - name: [b]\n",
               "line 4: tree.children[1].name: expected a string, got a list");
-  PARSE_FAILS(EVERYTHING, "scalar_list: [{i32: 1}, ~]", "scalar_list[1]: null is not allowed as a list element");
+  PARSE_FAILS(EVERYTHING, "scalar_list: [{i32: 1}, ~]",
+              "scalar_list[1]: null is not allowed as a list element");
   PARSE_FAILS(EVERYTHING, "scalar_list: {i32: 1}", "scalar_list: expected a list, got a mapping");
   PARSE_FAILS(EVERYTHING, "repeats: {u32: 5}", "repeats.u32: expected a list, got \"5\"");
-  PARSE_FAILS(EVERYTHING, "repeats: {u32: [1, 2, -3]}", "repeats.u32[2]: \"-3\" is out of range for uint32");
+  PARSE_FAILS(EVERYTHING, "repeats: {u32: [1, 2, -3]}",
+              "repeats.u32[2]: \"-3\" is out of range for uint32");
   PARSE_FAILS(EVERYTHING, "tree: [a]", "tree: expected a mapping for pbjson.test.Node, got a list");
   PARSE_FAILS(EVERYTHING, "tree: 5", "expected a mapping for pbjson.test.Node, got \"5\"");
 
@@ -545,8 +602,10 @@ static void test_nested_and_null(void) {
                                          "multi_word_field_name_2x:\n"
                                          "created_at: null\n");
   if (e) {
-    CHECK(!e->scalars && !e->repeats && !e->wrappers && !e->created_at && e->n_stamps == 0, "nulls set fields");
-    CHECK(e->tree && e->tree->name[0] == '\0' && e->tree->n_children == 0 && !e->tree->child, "tree");
+    CHECK(!e->scalars && !e->repeats && !e->wrappers && !e->created_at && e->n_stamps == 0,
+          "nulls set fields");
+    CHECK(e->tree && e->tree->name[0] == '\0' && e->tree->n_children == 0 && !e->tree->child,
+          "tree");
     CHECK(e->multi_word_field_name_2x[0] == '\0', "string");
     EMITS(e, 0, "{\"tree\":{}}");
   }
@@ -558,8 +617,11 @@ static void test_nested_and_null(void) {
   msg_free(e);
   e = (Everything *)PARSE_OK(EVERYTHING, "repeats: {str: [a, '', \"~\"], raw: [AA==, '']}");
   if (e && e->repeats) {
-    CHECK(e->repeats->n_str == 3 && e->repeats->str[1][0] == '\0' && strcmp(e->repeats->str[2], "~") == 0, "str");
-    CHECK(e->repeats->n_raw == 2 && e->repeats->raw[0].len == 1 && e->repeats->raw[1].len == 0, "raw");
+    CHECK(e->repeats->n_str == 3 && e->repeats->str[1][0] == '\0' &&
+              strcmp(e->repeats->str[2], "~") == 0,
+          "str");
+    CHECK(e->repeats->n_raw == 2 && e->repeats->raw[0].len == 1 && e->repeats->raw[1].len == 0,
+          "raw");
   }
   msg_free(e);
 }
@@ -676,7 +738,8 @@ static void test_json_and_yaml(void) {
   Traind__V1__JobSpec *j = (Traind__V1__JobSpec *)PARSE_OK(JOBSPEC, job_json);
   if (y && j) {
     packed py = pack(&y->base), pj = pack(&j->base);
-    CHECK(packed_eq(py, pj), "YAML and JSON forms of the job differ (%zu vs %zu bytes)", py.n, pj.n);
+    CHECK(packed_eq(py, pj), "YAML and JSON forms of the job differ (%zu vs %zu bytes)", py.n,
+          pj.n);
     free(py.p);
     free(pj.p);
     /* Spot checks that the fields landed where they belong. */
@@ -684,25 +747,35 @@ static void test_json_and_yaml(void) {
     if (y->model && y->model->n_layers == 4) {
       Traind__V1__Layer *l0 = y->model->layers[0], *l3 = y->model->layers[3];
       CHECK(l0->kind_case == TRAIND__V1__LAYER__KIND_DENSE && l0->dense->features == 128 &&
-                l0->dense->kernel_init == TRAIND__V1__INITIALIZER__HE_NORMAL && !l0->dense->use_bias,
+                l0->dense->kernel_init == TRAIND__V1__INITIALIZER__HE_NORMAL &&
+                !l0->dense->use_bias,
             "layer 0");
-      CHECK(l3->dense && l3->dense->use_bias && l3->dense->use_bias->value == 0, "use_bias false kept");
+      CHECK(l3->dense && l3->dense->use_bias && l3->dense->use_bias->value == 0,
+            "use_bias false kept");
       CHECK(y->model->layers[2]->dropout->rate == 0.1, "dropout");
     }
-    Traind__V1__Transform *t1 = y->optimizer && y->optimizer->n_chain == 2 ? y->optimizer->chain[1] : NULL;
-    CHECK(t1 && t1->adamw && t1->adamw->weight_decay && t1->adamw->weight_decay->value == 0 && !t1->adamw->b1 &&
-              t1->adamw->b2->value == 0.98,
+    Traind__V1__Transform *t1 =
+        y->optimizer && y->optimizer->n_chain == 2 ? y->optimizer->chain[1] : NULL;
+    CHECK(t1 && t1->adamw && t1->adamw->weight_decay && t1->adamw->weight_decay->value == 0 &&
+              !t1->adamw->b1 && t1->adamw->b2->value == 0.98,
           "adamw");
-    CHECK(t1 && t1->adamw && t1->adamw->learning_rate->warmup_cosine_decay->peak_value == 1e-3, "schedule");
+    CHECK(t1 && t1->adamw && t1->adamw->learning_rate->warmup_cosine_decay->peak_value == 1e-3,
+          "schedule");
     CHECK(y->training && y->training->seed == 42 && y->priority == -1, "training");
     /* The default output is what grpcurl/protojson print. */
     EMITS(y, 0,
-          "{\"name\":\"mnist-mlp\",\"model\":{\"inputShape\":[28,28],\"layers\":[{\"name\":\"hidden\",\"dense\":"
-          "{\"features\":128,\"kernelInit\":\"HE_NORMAL\"}},{\"relu\":{}},{\"dropout\":{\"rate\":0.1}},{\"dense\":"
-          "{\"features\":10,\"useBias\":false}}],\"loss\":\"SOFTMAX_CROSS_ENTROPY\"},\"optimizer\":{\"chain\":"
-          "[{\"clipByGlobalNorm\":{\"maxNorm\":1}},{\"adamw\":{\"learningRate\":{\"warmupCosineDecay\":"
-          "{\"peakValue\":0.001,\"warmupSteps\":100,\"decaySteps\":1000}},\"b2\":0.98,\"weightDecay\":0}}]},"
-          "\"dataset\":{\"idx\":{\"dir\":\"mnist\"},\"trainLimit\":1000},\"training\":{\"epochs\":2,\"batchSize\":64,"
+          "{\"name\":\"mnist-mlp\",\"model\":{\"inputShape\":[28,28],\"layers\":[{\"name\":"
+          "\"hidden\",\"dense\":"
+          "{\"features\":128,\"kernelInit\":\"HE_NORMAL\"}},{\"relu\":{}},{\"dropout\":{\"rate\":0."
+          "1}},{\"dense\":"
+          "{\"features\":10,\"useBias\":false}}],\"loss\":\"SOFTMAX_CROSS_ENTROPY\"},\"optimizer\":"
+          "{\"chain\":"
+          "[{\"clipByGlobalNorm\":{\"maxNorm\":1}},{\"adamw\":{\"learningRate\":{"
+          "\"warmupCosineDecay\":"
+          "{\"peakValue\":0.001,\"warmupSteps\":100,\"decaySteps\":1000}},\"b2\":0.98,"
+          "\"weightDecay\":0}}]},"
+          "\"dataset\":{\"idx\":{\"dir\":\"mnist\"},\"trainLimit\":1000},\"training\":{\"epochs\":"
+          "2,\"batchSize\":64,"
           "\"seed\":\"42\"},\"checkpoint\":{\"everySteps\":500},\"priority\":-1}");
     ROUND_TRIPS(y);
   }
@@ -711,9 +784,11 @@ static void test_json_and_yaml(void) {
 
   /* Compact JSON with no spaces, tabs, and a non-BMP character written as a
    * UTF-16 surrogate pair (as json.dumps does by default). */
-  Scalars *s = (Scalars *)PARSE_OK(SCALARS, "{\"str\":\"x\\ud83d\\ude00y\\\\ud83d\",\t\"i64\":\"5\",\"color\":1}");
+  Scalars *s = (Scalars *)PARSE_OK(
+      SCALARS, "{\"str\":\"x\\ud83d\\ude00y\\\\ud83d\",\t\"i64\":\"5\",\"color\":1}");
   if (s)
-    CHECK(strcmp(s->str, "x\xF0\x9F\x98\x80y\\ud83d") == 0 && s->i64 == 5 && s->color == 1, "str %s", s->str);
+    CHECK(strcmp(s->str, "x\xF0\x9F\x98\x80y\\ud83d") == 0 && s->i64 == 5 && s->color == 1,
+          "str %s", s->str);
   msg_free(s);
 }
 
@@ -722,12 +797,16 @@ static void test_hostile_input(void) {
               "line 3, column 10: found character that cannot start any token");
   /* JSON with a missing comma. */
   PARSE_FAILS(EVERYTHING, "{\n  \"scalars\": {\"i32\": 1}\n  \"tree\": {}\n}",
-              "line 3, column 3: did not find expected ',' or '}' (while parsing a flow mapping that starts on line 1)");
+              "line 3, column 3: did not find expected ',' or '}' (while parsing a flow mapping "
+              "that starts on line 1)");
   PARSE_FAILS(EVERYTHING, "a: *nope", "found undefined alias");
-  PARSE_FAILS(EVERYTHING, "scalars: {}\n---\nscalars: {}\n", "line 2: a second YAML document starts here");
+  PARSE_FAILS(EVERYTHING, "scalars: {}\n---\nscalars: {}\n",
+              "line 2: a second YAML document starts here");
   PARSE_FAILS(EVERYTHING, "", "the document is empty");
   PARSE_FAILS(EVERYTHING, "# only a comment\n", "the document is empty");
-  PARSE_FAILS(EVERYTHING, "[1, 2]", "line 1: the top level must be a mapping of pbjson.test.Everything fields, got a list");
+  PARSE_FAILS(
+      EVERYTHING, "[1, 2]",
+      "line 1: the top level must be a mapping of pbjson.test.Everything fields, got a list");
   PARSE_FAILS(EVERYTHING, "just text", "the top level must be a mapping");
   PARSE_FAILS(EVERYTHING, "scalars:\n  str: \"\xff\"\n", "line 2, column 9: invalid");
 
@@ -780,8 +859,8 @@ static void test_hostile_input(void) {
   /* At the limit it is read. */
   e = NULL;
   td_error err = {0};
-  CHECK(pbjson_parse(JOBSPEC, doc, big - 1, (ProtobufCMessage **)&e, &err) == 0, "4 MiB document refused: %s",
-        err.msg);
+  CHECK(pbjson_parse(JOBSPEC, doc, big - 1, (ProtobufCMessage **)&e, &err) == 0,
+        "4 MiB document refused: %s", err.msg);
   msg_free(e);
   free(doc);
 }
@@ -793,27 +872,33 @@ static void test_emit_format(void) {
   EMITS(&s, 0, "{}");
   EMITS(&s, PBJSON_INDENT, "{}");
   EMITS(&s, PBJSON_EMIT_DEFAULTS,
-        "{\"i32\":0,\"s32\":0,\"sf32\":0,\"u32\":0,\"f32\":0,\"i64\":\"0\",\"s64\":\"0\",\"sf64\":\"0\",\"u64\":\"0\","
-        "\"f64\":\"0\",\"flt\":0,\"dbl\":0,\"flag\":false,\"str\":\"\",\"raw\":\"\",\"color\":\"COLOR_UNSPECIFIED\"}");
+        "{\"i32\":0,\"s32\":0,\"sf32\":0,\"u32\":0,\"f32\":0,\"i64\":\"0\",\"s64\":\"0\",\"sf64\":"
+        "\"0\",\"u64\":\"0\","
+        "\"f64\":\"0\",\"flt\":0,\"dbl\":0,\"flag\":false,\"str\":\"\",\"raw\":\"\",\"color\":"
+        "\"COLOR_UNSPECIFIED\"}");
   s.i32 = -5;
   s.u64 = 18446744073709551615u;
   s.flt = 0.1f;
   s.dbl = 1.0 / 3.0;
-  s.str = "q\"\\/\n\r\t\b\f\x01\x1f\x7f \xc3\xa9\xc2\x85\xe2\x80\xa8\xef\xbb\xbf\xf0\x9f\x98\x80 \xff\xc3";
+  s.str = "q\"\\/\n\r\t\b\f\x01\x1f\x7f \xc3\xa9\xc2\x85\xe2\x80\xa8\xef\xbb\xbf\xf0\x9f\x98\x80 "
+          "\xff\xc3";
   uint8_t raw[] = {0, 1, 2, 0xfe, 0xff};
   s.raw.data = raw;
   s.raw.len = sizeof raw;
   s.color = 7;
   EMITS(&s, 0,
         "{\"i32\":-5,\"u64\":\"18446744073709551615\",\"flt\":0.1,\"dbl\":0.3333333333333333,"
-        "\"str\":\"q\\\"\\\\/\\n\\r\\t\\b\\f\\u0001\\u001f\\u007f \xc3\xa9\\u0085\\u2028\\ufeff\xf0\x9f\x98\x80 "
+        "\"str\":\"q\\\"\\\\/\\n\\r\\t\\b\\f\\u0001\\u001f\\u007f "
+        "\xc3\xa9\\u0085\\u2028\\ufeff\xf0\x9f\x98\x80 "
         "\xef\xbf\xbd\xef\xbf\xbd\",\"raw\":\"AAEC/v8=\",\"color\":7}");
   s.str = "";
   s.raw.len = 0;
   s.color = 1;
   s.flt = 1e21f;
   s.dbl = -0.0;
-  EMITS(&s, 0, "{\"i32\":-5,\"u64\":\"18446744073709551615\",\"flt\":1e+21,\"dbl\":-0,\"color\":\"RED\"}");
+  EMITS(
+      &s, 0,
+      "{\"i32\":-5,\"u64\":\"18446744073709551615\",\"flt\":1e+21,\"dbl\":-0.0,\"color\":\"RED\"}");
   s.flt = INFINITY;
   s.dbl = NAN;
   s.u64 = 0;
@@ -828,35 +913,46 @@ static void test_emit_format(void) {
                                                      "scalar_list: [{}, {i32: 1}]\n"
                                                      "tree: {}\n");
   if (e) {
-    EMITS(e, 0, "{\"repeats\":{\"u32\":[1,2]},\"scalarList\":[{},{\"i32\":1}],\"tree\":{},"
-                "\"multiWordFieldName2x\":\"x\"}");
-    EMITS(e, PBJSON_PROTO_NAMES, "{\"repeats\":{\"u32\":[1,2]},\"scalar_list\":[{},{\"i32\":1}],\"tree\":{},"
-                                 "\"multi_word_field_name_2x\":\"x\"}");
-    EMITS(e, PBJSON_INDENT, "{\n"
-                            "  \"repeats\": {\n"
-                            "    \"u32\": [\n"
-                            "      1,\n"
-                            "      2\n"
-                            "    ]\n"
-                            "  },\n"
-                            "  \"scalarList\": [\n"
-                            "    {},\n"
-                            "    {\n"
-                            "      \"i32\": 1\n"
-                            "    }\n"
-                            "  ],\n"
-                            "  \"tree\": {},\n"
-                            "  \"multiWordFieldName2x\": \"x\"\n"
-                            "}");
+    EMITS(e, 0,
+          "{\"repeats\":{\"u32\":[1,2]},\"scalarList\":[{},{\"i32\":1}],\"tree\":{},"
+          "\"multiWordFieldName2x\":\"x\"}");
+    EMITS(e, PBJSON_PROTO_NAMES,
+          "{\"repeats\":{\"u32\":[1,2]},\"scalar_list\":[{},{\"i32\":1}],\"tree\":{},"
+          "\"multi_word_field_name_2x\":\"x\"}");
+    EMITS(e, PBJSON_INDENT,
+          "{\n"
+          "  \"repeats\": {\n"
+          "    \"u32\": [\n"
+          "      1,\n"
+          "      2\n"
+          "    ]\n"
+          "  },\n"
+          "  \"scalarList\": [\n"
+          "    {},\n"
+          "    {\n"
+          "      \"i32\": 1\n"
+          "    }\n"
+          "  ],\n"
+          "  \"tree\": {},\n"
+          "  \"multiWordFieldName2x\": \"x\"\n"
+          "}");
     EMITS(e, PBJSON_EMIT_DEFAULTS | PBJSON_PROTO_NAMES,
-          "{\"scalars\":null,\"repeats\":{\"i32\":[],\"s32\":[],\"sf32\":[],\"u32\":[1,2],\"f32\":[],\"i64\":[],"
-          "\"s64\":[],\"sf64\":[],\"u64\":[],\"f64\":[],\"flt\":[],\"dbl\":[],\"flag\":[],\"str\":[],\"raw\":[],"
-          "\"color\":[]},\"wrappers\":null,\"created_at\":null,\"time_limit\":null,\"stamps\":[],\"durations\":[],"
-          "\"double_list\":[],\"scalar_list\":[{\"i32\":0,\"s32\":0,\"sf32\":0,\"u32\":0,\"f32\":0,\"i64\":\"0\","
-          "\"s64\":\"0\",\"sf64\":\"0\",\"u64\":\"0\",\"f64\":\"0\",\"flt\":0,\"dbl\":0,\"flag\":false,\"str\":\"\","
-          "\"raw\":\"\",\"color\":\"COLOR_UNSPECIFIED\"},{\"i32\":1,\"s32\":0,\"sf32\":0,\"u32\":0,\"f32\":0,"
-          "\"i64\":\"0\",\"s64\":\"0\",\"sf64\":\"0\",\"u64\":\"0\",\"f64\":\"0\",\"flt\":0,\"dbl\":0,\"flag\":false,"
-          "\"str\":\"\",\"raw\":\"\",\"color\":\"COLOR_UNSPECIFIED\"}],\"tree\":{\"name\":\"\",\"children\":[],"
+          "{\"scalars\":null,\"repeats\":{\"i32\":[],\"s32\":[],\"sf32\":[],\"u32\":[1,2],\"f32\":["
+          "],\"i64\":[],"
+          "\"s64\":[],\"sf64\":[],\"u64\":[],\"f64\":[],\"flt\":[],\"dbl\":[],\"flag\":[],\"str\":["
+          "],\"raw\":[],"
+          "\"color\":[]},\"wrappers\":null,\"created_at\":null,\"time_limit\":null,\"stamps\":[],"
+          "\"durations\":[],"
+          "\"double_list\":[],\"scalar_list\":[{\"i32\":0,\"s32\":0,\"sf32\":0,\"u32\":0,\"f32\":0,"
+          "\"i64\":\"0\","
+          "\"s64\":\"0\",\"sf64\":\"0\",\"u64\":\"0\",\"f64\":\"0\",\"flt\":0,\"dbl\":0,\"flag\":"
+          "false,\"str\":\"\","
+          "\"raw\":\"\",\"color\":\"COLOR_UNSPECIFIED\"},{\"i32\":1,\"s32\":0,\"sf32\":0,\"u32\":0,"
+          "\"f32\":0,"
+          "\"i64\":\"0\",\"s64\":\"0\",\"sf64\":\"0\",\"u64\":\"0\",\"f64\":\"0\",\"flt\":0,"
+          "\"dbl\":0,\"flag\":false,"
+          "\"str\":\"\",\"raw\":\"\",\"color\":\"COLOR_UNSPECIFIED\"}],\"tree\":{\"name\":\"\","
+          "\"children\":[],"
           "\"child\":null},\"labels\":{},\"multi_word_field_name_2x\":\"x\"}");
     ROUND_TRIPS(e);
   }
@@ -894,10 +990,12 @@ static void test_emit_format(void) {
     if (!json || pbjson_parse(SCALARS, json, strlen(json), (ProtobufCMessage **)&back, &err) != 0 ||
         memcmp(&back->dbl, &d, sizeof d) != 0 || memcmp(&back->flt, &f, sizeof f) != 0) {
       bad++;
-      CHECK(0, "float round trip failed for %a / %a: %s %s", d, (double)f, json ? json : "(null)", err.msg);
+      CHECK(0, "float round trip failed for %a / %a: %s %s", d, (double)f, json ? json : "(null)",
+            err.msg);
     }
     /* and no longer than %.17g / %.9g need */
-    if (json && strlen(json) > strlen("{\"flt\":-1.23456789e-38,\"dbl\":-1.2345678901234567e-308}")) {
+    if (json &&
+        strlen(json) > strlen("{\"flt\":-1.23456789e-38,\"dbl\":-1.2345678901234567e-308}")) {
       bad++;
       CHECK(0, "float text too long: %s", json);
     }
@@ -909,8 +1007,9 @@ static void test_emit_format(void) {
 
 /* A random UTF-8 string with the awkward characters over-represented. */
 static char *random_string(void) {
-  static const uint32_t awkward[] = {1, 9, 10, 13, 0x1f, '"', '\\', '/', 0x7f, 0x85, 0xa0, 0x2028, 0x2029,
-                                     0xfeff, 0xfffd, 0xfffe, 0xffff, 0x10000, 0x1f600, 0x10ffff, ':', '#', '\''};
+  static const uint32_t awkward[] = {
+      1,      9,      10,     13,     0x1f,   '"',     '\\',    '/',      0x7f, 0x85, 0xa0, 0x2028,
+      0x2029, 0xfeff, 0xfffd, 0xfffe, 0xffff, 0x10000, 0x1f600, 0x10ffff, ':',  '#',  '\''};
   size_t n = rng() % 12;
   char *s = malloc(n * 4 + 1), *p = s;
   for (size_t i = 0; i < n; i++) {
@@ -983,6 +1082,55 @@ static Scalars *random_scalars(void) {
   return s;
 }
 
+/* Repeated fields of every type, k elements each, with the values of k
+ * random Scalars (whose strings and bytes change owner). */
+static Pbjson__Test__Repeats *random_repeats(size_t k) {
+  Pbjson__Test__Repeats *r = malloc(sizeof *r);
+  pbjson__test__repeats__init(r);
+  r->n_i32 = r->n_s32 = r->n_sf32 = r->n_u32 = r->n_f32 = k;
+  r->n_i64 = r->n_s64 = r->n_sf64 = r->n_u64 = r->n_f64 = k;
+  r->n_flt = r->n_dbl = r->n_flag = r->n_str = r->n_raw = r->n_color = k;
+  r->i32 = malloc(k * sizeof *r->i32);
+  r->s32 = malloc(k * sizeof *r->s32);
+  r->sf32 = malloc(k * sizeof *r->sf32);
+  r->u32 = malloc(k * sizeof *r->u32);
+  r->f32 = malloc(k * sizeof *r->f32);
+  r->i64 = malloc(k * sizeof *r->i64);
+  r->s64 = malloc(k * sizeof *r->s64);
+  r->sf64 = malloc(k * sizeof *r->sf64);
+  r->u64 = malloc(k * sizeof *r->u64);
+  r->f64 = malloc(k * sizeof *r->f64);
+  r->flt = malloc(k * sizeof *r->flt);
+  r->dbl = malloc(k * sizeof *r->dbl);
+  r->flag = malloc(k * sizeof *r->flag);
+  r->str = malloc(k * sizeof *r->str);
+  r->raw = malloc(k * sizeof *r->raw);
+  r->color = malloc(k * sizeof *r->color);
+  for (size_t i = 0; i < k; i++) {
+    Scalars *t = random_scalars();
+    r->i32[i] = t->i32;
+    r->s32[i] = t->s32;
+    r->sf32[i] = t->sf32;
+    r->u32[i] = t->u32;
+    r->f32[i] = t->f32;
+    r->i64[i] = t->i64;
+    r->s64[i] = t->s64;
+    r->sf64[i] = t->sf64;
+    r->u64[i] = t->u64;
+    r->f64[i] = t->f64;
+    r->flt[i] = t->flt;
+    r->dbl[i] = t->dbl;
+    r->flag[i] = t->flag;
+    r->str[i] = t->str;
+    r->raw[i] = t->raw;
+    r->color[i] = t->color;
+    t->str = NULL;
+    t->raw.data = NULL;
+    protobuf_c_message_free_unpacked(&t->base, NULL);
+  }
+  return r;
+}
+
 static void test_random_round_trips(void) {
   for (int iter = 0; iter < 300; iter++) {
     Everything *e = malloc(sizeof *e);
@@ -993,27 +1141,7 @@ static void test_random_round_trips(void) {
     e->scalar_list = n ? malloc(n * sizeof *e->scalar_list) : NULL;
     for (size_t i = 0; i < n; i++)
       e->scalar_list[i] = random_scalars();
-    /* Repeated fields of every type, from another random Scalars. */
-    Pbjson__Test__Repeats *r = malloc(sizeof *r);
-    pbjson__test__repeats__init(r);
-    e->repeats = r;
-    size_t k = 1 + rng() % 3;
-#define FILL(f, field)                                                                                         \
-  r->n_##f = k;                                                                                                \
-  r->f = malloc(k * sizeof *r->f);                                                                             \
-  for (size_t i = 0; i < k; i++) {                                                                             \
-    Scalars *t = random_scalars();                                                                             \
-    r->f[i] = t->field;                                                                                        \
-    if (&t->field == (void *)&t->str)                                                                          \
-      t->str = NULL;                                                                                           \
-    if (&t->field == (void *)&t->raw)                                                                          \
-      t->raw.data = NULL;                                                                                      \
-    protobuf_c_message_free_unpacked(&t->base, NULL);                                                          \
-  }
-    FILL(i32, i32) FILL(s32, s32) FILL(sf32, sf32) FILL(u32, u32) FILL(f32, f32) FILL(i64, i64) FILL(s64, s64)
-    FILL(sf64, sf64) FILL(u64, u64) FILL(f64, f64) FILL(flt, flt) FILL(dbl, dbl) FILL(flag, flag) FILL(str, str)
-    FILL(raw, raw) FILL(color, color)
-#undef FILL
+    e->repeats = random_repeats(1 + rng() % 3);
     if (rng() % 2) {
       e->created_at = malloc(sizeof *e->created_at);
       google__protobuf__timestamp__init(e->created_at);
@@ -1076,21 +1204,23 @@ static const pbjson_rule job_rules[] = {
 
 /* Parses doc as a JobSpec, validates it against job_rules, and checks the
  * outcome: success when want is NULL, else exactly that message. */
-static void validates_at(int line, const char *doc, const char *want) {
+static void validates_at(int line, int index, const char *doc, const char *want) {
   Traind__V1__JobSpec *j = (Traind__V1__JobSpec *)parse_ok_at(line, JOBSPEC, doc);
   if (!j)
     return;
   td_error err = {0};
   int rc = pbjson_validate(&j->base, job_rules, NRULES, &err);
   if (want) {
-    CHECK(rc == TD_EINVAL, "line %d: validate returned %d, want TD_EINVAL", line, rc);
-    CHECK(strcmp(err.msg, want) == 0, "line %d: validate said \"%s\", want \"%s\"", line, err.msg, want);
+    CHECK(rc == TD_EINVAL, "line %d case %d: validate returned %d, want TD_EINVAL", line, index,
+          rc);
+    CHECK(strcmp(err.msg, want) == 0, "line %d case %d: validate said \"%s\", want \"%s\"", line,
+          index, err.msg, want);
   } else {
-    CHECK(rc == 0, "line %d: validate refused a good job: %s", line, err.msg);
+    CHECK(rc == 0, "line %d case %d: validate refused a good job: %s", line, index, err.msg);
   }
   msg_free(j);
 }
-#define VALIDATES(doc, want) validates_at(__LINE__, (doc), (want))
+#define VALIDATES(doc, want) validates_at(__LINE__, -1, (doc), (want))
 
 /* base with the first occurrence of `from` replaced by `to` (malloc'd). */
 static char *replaced(const char *base, const char *from, const char *to) {
@@ -1113,25 +1243,36 @@ static void test_validate(void) {
   } cases[] = {
       {"        weight_decay: 0\n", "        weight_decay: -0.1\n",
        "optimizer.chain[1].adamw.weight_decay: must be >= 0 (got -0.1)"},
-      {"    - relu: {}\n", "    - name: act\n", "model.layers[1]: set one of: dense, relu, gelu, tanh, sigmoid, dropout"},
+      {"    - relu: {}\n", "    - name: act\n",
+       "model.layers[1]: set one of: dense, relu, gelu, tanh, sigmoid, dropout"},
       {"batch_size: 64", "batch_size: 0", "training.batch_size: required"},
-      {"training: {epochs: 2, batch_size: 64, seed: 42}\n", "", "training: required; say how long to train"},
-      {"  input_shape: [28, 28]\n", "  input_shape: [28, 0, 3]\n", "model.input_shape[1]: must be >= 1 (got 0)"},
+      {"training: {epochs: 2, batch_size: 64, seed: 42}\n", "",
+       "training: required; say how long to train"},
+      {"  input_shape: [28, 28]\n", "  input_shape: [28, 0, 3]\n",
+       "model.input_shape[1]: must be >= 1 (got 0)"},
       {"{rate: 0.1}", "{rate: 1}", "model.layers[2].dropout.rate: must be < 1 (got 1)"},
-      {"{rate: 0.1}", "{rate: -Infinity}", "model.layers[2].dropout.rate: must be >= 0 (got -Infinity)"},
+      {"{rate: 0.1}", "{rate: -Infinity}",
+       "model.layers[2].dropout.rate: must be >= 0 (got -Infinity)"},
       {"{rate: 0.1}", "{rate: NaN}", "model.layers[2].dropout.rate: must be < 1 (got NaN)"},
       {"        b2: 0.98\n", "        b2: 1\n",
        "optimizer.chain[1].adamw.b2: must be < 1 (got 1); b2 is a decay rate in [0, 1)"},
-      {"        b2: 0.98\n", "        b1: 1.5\n", "optimizer.chain[1].adamw.b1: must be < 1 (got 1.5)"},
-      {"{max_norm: 1.0}", "{max_norm: -2}", "optimizer.chain[0].clip_by_global_norm.max_norm: must be > 0 (got -2)"},
+      {"        b2: 0.98\n", "        b1: 1.5\n",
+       "optimizer.chain[1].adamw.b1: must be < 1 (got 1.5)"},
+      {"{max_norm: 1.0}", "{max_norm: -2}",
+       "optimizer.chain[0].clip_by_global_norm.max_norm: must be > 0 (got -2)"},
       {"    - clip_by_global_norm: {max_norm: 1.0}\n", "    - {}\n",
-       "optimizer.chain[0]: set one of: sgd, adam, adamw, clip_by_global_norm, add_decayed_weights, "
+       "optimizer.chain[0]: set one of: sgd, adam, adamw, clip_by_global_norm, "
+       "add_decayed_weights, "
        "scale_by_schedule, scale, scale_by_adam"},
-      {"          warmup_cosine_decay:\n            init_value: 0.0\n            peak_value: 1e-3\n            "
+      {"          warmup_cosine_decay:\n            init_value: 0.0\n            peak_value: "
+       "1e-3\n            "
        "warmup_steps: 100\n            decay_steps: 1000\n",
-       "          constant: 0\n", "optimizer.chain[1].adamw.learning_rate.constant: must be > 0 (got 0)"},
-      {"            decay_steps: 1000\n", "            decay_steps: 1000\n            exponent: 11\n",
-       "optimizer.chain[1].adamw.learning_rate.warmup_cosine_decay.exponent: must be <= 10 (got 11)"},
+       "          constant: 0\n",
+       "optimizer.chain[1].adamw.learning_rate.constant: must be > 0 (got 0)"},
+      {"            decay_steps: 1000\n",
+       "            decay_steps: 1000\n            exponent: 11\n",
+       "optimizer.chain[1].adamw.learning_rate.warmup_cosine_decay.exponent: must be <= 10 (got "
+       "11)"},
       {"epochs: 2", "epochs: 1001", "training.epochs: must be <= 1000 (got 1001)"},
       {"priority: -1", "priority: -101", "priority: must be >= -100 (got -101)"},
       {"dense: {features: 128, kernel_init: HE_NORMAL}", "dense: {kernel_init: HE_NORMAL}",
@@ -1139,7 +1280,7 @@ static void test_validate(void) {
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char *doc = job_with(cases[i].from, cases[i].to);
-    validates_at(__LINE__ * 1000 + (int)i, doc, cases[i].want);
+    validates_at(__LINE__, (int)i, doc, cases[i].want);
     free(doc);
   }
   /* Numeric rules skip unset values: zero plain scalars, absent wrappers. */
@@ -1174,16 +1315,29 @@ static void test_validate(void) {
               strstr(err.msg, "names no field 'weightdecay'") != NULL,
           "%s", err.msg);
     pbjson_rule bad2[] = {{"traind.v1.JobSpec", "name", PBJSON_RULE_MIN, 0, NULL}};
-    CHECK(pbjson_validate(&j->base, bad2, 1, &err) == TD_EINVAL && strstr(err.msg, "numeric") != NULL, "%s",
-          err.msg);
+    CHECK(pbjson_validate(&j->base, bad2, 1, &err) == TD_EINVAL &&
+              strstr(err.msg, "numeric") != NULL,
+          "%s", err.msg);
     pbjson_rule bad3[] = {{"traind.v1.Layer", "name", PBJSON_RULE_ONEOF_REQUIRED, 0, NULL}};
-    CHECK(pbjson_validate(&j->base, bad3, 1, &err) == TD_EINVAL && strstr(err.msg, "not in a oneof") != NULL, "%s",
-          err.msg);
+    CHECK(pbjson_validate(&j->base, bad3, 1, &err) == TD_EINVAL &&
+              strstr(err.msg, "not in a oneof") != NULL,
+          "%s", err.msg);
+    pbjson_rule bad4[] = {
+        {"traind.v1.JobSpec", "devices", PBJSON_RULE_MAX, 1, NULL}}; /* devices unset */
+    CHECK(pbjson_validate(&j->base, bad4, 1, &err) == TD_EINVAL &&
+              strstr(err.msg, "numeric") != NULL,
+          "%s", err.msg);
+    pbjson_rule bad5[] = {{"traind.v1.JobSpec", "priority", 99, 0, NULL}};
+    CHECK(pbjson_validate(&j->base, bad5, 1, &err) == TD_EINVAL &&
+              strstr(err.msg, "unknown kind 99") != NULL,
+          "%s", err.msg);
     pbjson_rule unused[] = {{"traind.v1.Sgd", "momentum", PBJSON_RULE_MIN, 0, NULL}};
-    CHECK(pbjson_validate(&j->base, unused, 1, &err) == 0, "rule for an absent message failed: %s", err.msg);
+    CHECK(pbjson_validate(&j->base, unused, 1, &err) == 0, "rule for an absent message failed: %s",
+          err.msg);
     pbjson_rule root_oneof[] = {{"traind.v1.Transform", NULL, PBJSON_RULE_ONEOF_REQUIRED, 0, NULL}};
     Traind__V1__Transform t = TRAIND__V1__TRANSFORM__INIT;
-    CHECK(pbjson_validate(&t.base, root_oneof, 1, &err) == TD_EINVAL && strncmp(err.msg, "set one of: sgd,", 16) == 0,
+    CHECK(pbjson_validate(&t.base, root_oneof, 1, &err) == TD_EINVAL &&
+              strncmp(err.msg, "set one of: sgd,", 16) == 0,
           "%s", err.msg);
   }
   msg_free(j);
@@ -1215,20 +1369,25 @@ static void test_parse_file(void) {
   fclose(f);
   m = NULL;
   char want[400];
-  snprintf(want, sizeof want, "%s: line 3: training.epochs: expected an integer (uint32), got \"many\"", path);
-  CHECK(pbjson_parse_file(JOBSPEC, path, &m, &err) == TD_EINVAL && strcmp(err.msg, want) == 0 && !m, "%s", err.msg);
+  snprintf(want, sizeof want,
+           "%s: line 3: training.epochs: expected an integer (uint32), got \"many\"", path);
+  CHECK(pbjson_parse_file(JOBSPEC, path, &m, &err) == TD_EINVAL && strcmp(err.msg, want) == 0 && !m,
+        "%s", err.msg);
 
   f = fopen(path, "w");
   for (size_t i = 0; i < PBJSON_MAX_BYTES / 64 + 1; i++)
     fprintf(f, "%-63s\n", "# padding");
   fclose(f);
-  CHECK(pbjson_parse_file(JOBSPEC, path, &m, &err) == TD_EINVAL && strstr(err.msg, path) == err.msg &&
+  CHECK(pbjson_parse_file(JOBSPEC, path, &m, &err) == TD_EINVAL &&
+            strstr(err.msg, path) == err.msg &&
             strstr(err.msg, "larger than 4194304 bytes (4 MiB)") != NULL,
         "%s", err.msg);
   unlink(path);
-  CHECK(pbjson_parse_file(JOBSPEC, path, &m, &err) == TD_ENOTFOUND && strstr(err.msg, path) == err.msg, "%s",
-        err.msg);
-  CHECK(pbjson_parse_file(JOBSPEC, dir, &m, &err) == TD_EIO && strstr(err.msg, dir) == err.msg, "%s", err.msg);
+  CHECK(pbjson_parse_file(JOBSPEC, path, &m, &err) == TD_ENOTFOUND &&
+            strstr(err.msg, path) == err.msg,
+        "%s", err.msg);
+  CHECK(pbjson_parse_file(JOBSPEC, dir, &m, &err) == TD_EIO && strstr(err.msg, dir) == err.msg,
+        "%s", err.msg);
   rmdir(dir);
 }
 
