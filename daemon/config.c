@@ -10,6 +10,7 @@
 
 /* Bounds of every numeric option; names and types come from the message. */
 static const pbjson_rule config_rules[] = {
+    {NULL, NULL, PBJSON_RULE_STRICT, 0, NULL},
     ROW("cpu_devices", PBJSON_RULE_MAX, 1024),
     ROW("threads", PBJSON_RULE_MAX, 4096),
     ROW("max_concurrent_jobs", PBJSON_RULE_MAX, 4096),

@@ -5,6 +5,8 @@
 #include "pbjson.h"
 
 #define REQ(msg, field) {"traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, NULL}
+/* A required number: zero is the unset value, so "required" reads as a bound. */
+#define POS(msg, field) {"traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, "must be > 0"}
 #define ONEOF(msg) {"traind.v1." msg, NULL, PBJSON_RULE_ONEOF_REQUIRED, 0, NULL}
 #define MIN(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_MIN, v, NULL}
 #define MAX(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_MAX, v, NULL}
@@ -15,6 +17,9 @@
  * Cross-field checks (shapes against data, schedule lengths) happen at
  * compile time, where the facts are known. */
 static const pbjson_rule job_rules[] = {
+    /* Every enum a declared value, every float finite. */
+    {NULL, NULL, PBJSON_RULE_STRICT, 0, NULL},
+
     REQ("JobSpec", "model"),
     REQ("JobSpec", "optimizer"),
     REQ("JobSpec", "dataset"),
@@ -25,7 +30,7 @@ static const pbjson_rule job_rules[] = {
     REQ("Model", "layers"),
     REQ("Model", "loss"),
     ONEOF("Layer"),
-    REQ("Dense", "features"),
+    POS("Dense", "features"),
     MAX("Dense", "features", 1 << 20),
     MIN("Dropout", "rate", 0),
     LT("Dropout", "rate", 1),
@@ -55,17 +60,18 @@ static const pbjson_rule job_rules[] = {
     LT("ScaleByAdam", "b2", 1),
     MIN("ScaleByAdam", "eps", 0),
     MIN("ScaleByAdam", "eps_root", 0),
+    POS("ClipByGlobalNorm", "max_norm"),
     GT("ClipByGlobalNorm", "max_norm", 0),
     MIN("AddDecayedWeights", "weight_decay", 0),
     REQ("ScaleBySchedule", "schedule"),
 
     ONEOF("Schedule"),
-    REQ("WarmupCosineDecay", "decay_steps"),
+    POS("WarmupCosineDecay", "decay_steps"),
     GT("WarmupCosineDecay", "exponent", 0),
-    REQ("ExponentialDecay", "transition_steps"),
+    POS("ExponentialDecay", "transition_steps"),
     GT("ExponentialDecay", "decay_rate", 0),
     MIN("Boundary", "scale", 0),
-    REQ("CosineDecay", "decay_steps"),
+    POS("CosineDecay", "decay_steps"),
     MIN("CosineDecay", "alpha", 0),
     MAX("CosineDecay", "alpha", 1),
     GT("CosineDecay", "exponent", 0),
@@ -74,9 +80,9 @@ static const pbjson_rule job_rules[] = {
     REQ("IdxDataset", "dir"),
     REQ("Hdf5Dataset", "train_file"),
 
-    REQ("Training", "epochs"),
+    POS("Training", "epochs"),
     MAX("Training", "epochs", 1000000),
-    REQ("Training", "batch_size"),
+    POS("Training", "batch_size"),
     MAX("Training", "batch_size", 1 << 20),
     MAX("Devices", "count", 4096),
 };

@@ -1,9 +1,12 @@
 /* traind: the training daemon's command line.
  *
- *   traind run JOBFILE [--config FILE] [--data-dir DIR]... [--cpu-devices N]
- *                      [--threads N] [--json] [--metrics FILE]
+ *   traind [serve] [--listen ADDR]... [--state-dir DIR] [common options]
+ *   traind run JOBFILE [--json] [--metrics FILE] [common options]
+ *   common: --config FILE, --data-dir DIR (repeatable), --cpu-devices N,
+ *           --threads N
  *
- * `run` trains one job in the foreground without a server. Exit status:
+ * `serve` runs the daemon (server.c). `run` trains one job in the
+ * foreground without a server. Exit status of `run`:
  * 0 success, 1 the job failed while training, 2 bad usage or a bad job or
  * config (nothing ran), 3 data missing or unreadable, 130 interrupted. */
 #include <errno.h>
@@ -16,6 +19,7 @@
 #include "config.h"
 #include "jobspec.h"
 #include "progress.h"
+#include "server.h"
 #include "train.h"
 
 enum { EXIT_FAILED = 1, EXIT_BAD_INPUT = 2, EXIT_DATA = 3, EXIT_INTERRUPTED = 130 };
@@ -33,19 +37,28 @@ static int should_stop(void *user) {
 }
 
 static void usage(FILE *f) {
-  fputs("usage: traind run JOBFILE [options]\n"
+  fputs("usage: traind [serve] [options]      run the daemon\n"
+        "       traind run JOBFILE [options]   train one job in the foreground\n"
+        "       traind --version\n"
         "\n"
-        "Trains the job in JOBFILE (YAML or JSON JobSpec) in the foreground.\n"
-        "\n"
-        "options:\n"
-        "  --config FILE      daemon config file (YAML)\n"
+        "options (both):\n"
+        "  --config FILE      daemon config file (YAML; see config/traind.yaml)\n"
         "  --data-dir DIR     a data root for dataset paths (repeatable;\n"
         "                     default: $TRAIND_DATA_DIR, then the config)\n"
         "  --cpu-devices N    CPU devices to offer (default 1)\n"
         "  --threads N        compute threads (default: one per core)\n"
+        "serve:\n"
+        "  --listen ADDR      unix:/path or host:port (repeatable;\n"
+        "                     default unix:/run/traind/traind.sock)\n"
+        "  --state-dir DIR    job records (default /var/lib/traind)\n"
+        "  --max-concurrent-jobs N\n"
+        "  --log-level LEVEL  error, warn, info or debug\n"
+        "run:\n"
         "  --json             print a JSON summary on stdout when done\n"
         "  --metrics FILE     write every step and epoch point as JSON lines\n"
-        "  --version          print the version\n",
+        "\n"
+        "The daemon stops gracefully on SIGTERM or SIGINT and reloads its\n"
+        "configuration on SIGHUP.\n",
         f);
 }
 
@@ -142,94 +155,197 @@ static void print_summary(const td_trainer *t, const run_report *r,
   printf("}\n");
 }
 
-static int cmd_run(int argc, char **argv) {
+/* Command-line settings shared by `run` and `serve`; they override the
+ * config file. */
+typedef struct flags {
+  const char *config_path;
+  char **data_dirs, **listen;
+  size_t n_data_dirs, n_listen;
+  const char *state_dir, *log_level;
+  long cpu_devices, threads, max_jobs;
+  int json;
+  const char *metrics_path;
+  char *env_copy; /* TRAIND_DATA_DIR, split in place */
+} flags;
+
+static void flags_free(flags *f) {
+  free(f->data_dirs);
+  free(f->listen);
+  free(f->env_copy);
+}
+
+enum { OPT_CONFIG = 256, OPT_DATA_DIR, OPT_CPU_DEVICES, OPT_THREADS, OPT_JSON,
+       OPT_METRICS, OPT_LISTEN, OPT_STATE_DIR, OPT_MAX_JOBS, OPT_LOG_LEVEL };
+
+static int parse_count(const char *name, const char *arg, long *out) {
+  char *end = NULL;
+  long v = strtol(arg, &end, 10);
+  if (!*arg || *end || v < 1 || v > 4096) {
+    fprintf(stderr, "traind: --%s takes a whole number from 1 to 4096, got '%s'\n",
+            name, arg);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Parses argv (argv[0] is the command name). serve: whether the daemon's
+ * flags are allowed. Returns 0, 1 for --help (printed), -1 for bad usage. */
+static int parse_flags(int argc, char **argv, int serve, flags *f) {
   static const struct option opts[] = {
-      {"config", required_argument, 0, 'c'},
-      {"data-dir", required_argument, 0, 'd'},
-      {"cpu-devices", required_argument, 0, 'n'},
-      {"threads", required_argument, 0, 't'},
-      {"json", no_argument, 0, 'j'},
-      {"metrics", required_argument, 0, 'm'},
+      {"config", required_argument, 0, OPT_CONFIG},
+      {"data-dir", required_argument, 0, OPT_DATA_DIR},
+      {"cpu-devices", required_argument, 0, OPT_CPU_DEVICES},
+      {"threads", required_argument, 0, OPT_THREADS},
+      {"json", no_argument, 0, OPT_JSON},
+      {"metrics", required_argument, 0, OPT_METRICS},
+      {"listen", required_argument, 0, OPT_LISTEN},
+      {"state-dir", required_argument, 0, OPT_STATE_DIR},
+      {"max-concurrent-jobs", required_argument, 0, OPT_MAX_JOBS},
+      {"log-level", required_argument, 0, OPT_LOG_LEVEL},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  const char *config_path = NULL, *metrics_path = NULL;
-  char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
-  size_t n_dirs = 0;
-  long cpu_devices = 0, threads = 0;
-  int json = 0, c;
-  if (!dirs)
-    return EXIT_FAILED;
+  memset(f, 0, sizeof *f);
+  f->data_dirs = calloc((size_t)argc + 64, sizeof *f->data_dirs);
+  f->listen = calloc((size_t)argc + 1, sizeof *f->listen);
+  if (!f->data_dirs || !f->listen)
+    return -1;
   optind = 1;
+  int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    char *end = NULL;
-    switch (c) {
-    case 'c':
-      config_path = optarg;
-      break;
-    case 'd':
-      dirs[n_dirs++] = optarg;
-      break;
-    case 'n':
-    case 't': {
-      long v = strtol(optarg, &end, 10);
-      if (!*optarg || *end || v < 1 || v > 4096) {
-        fprintf(stderr, "traind: --%s takes a whole number from 1 to 4096, got '%s'\n",
-                c == 'n' ? "cpu-devices" : "threads", optarg);
-        free(dirs);
-        return EXIT_BAD_INPUT;
-      }
-      *(c == 'n' ? &cpu_devices : &threads) = v;
-      break;
+    int daemon_only = c == OPT_LISTEN || c == OPT_STATE_DIR || c == OPT_MAX_JOBS ||
+                      c == OPT_LOG_LEVEL;
+    int run_only = c == OPT_JSON || c == OPT_METRICS;
+    if ((daemon_only && !serve) || (run_only && serve)) {
+      fprintf(stderr, "traind: %s does not take --%s (see traind --help)\n",
+              argv[0], argv[optind - 1] + 2);
+      return -1;
     }
-    case 'j':
-      json = 1;
+    switch (c) {
+    case OPT_CONFIG:
+      f->config_path = optarg;
       break;
-    case 'm':
-      metrics_path = optarg;
+    case OPT_DATA_DIR:
+      f->data_dirs[f->n_data_dirs++] = optarg;
+      break;
+    case OPT_CPU_DEVICES:
+      if (parse_count("cpu-devices", optarg, &f->cpu_devices))
+        return -1;
+      break;
+    case OPT_THREADS:
+      if (parse_count("threads", optarg, &f->threads))
+        return -1;
+      break;
+    case OPT_MAX_JOBS:
+      if (parse_count("max-concurrent-jobs", optarg, &f->max_jobs))
+        return -1;
+      break;
+    case OPT_JSON:
+      f->json = 1;
+      break;
+    case OPT_METRICS:
+      f->metrics_path = optarg;
+      break;
+    case OPT_LISTEN:
+      f->listen[f->n_listen++] = optarg;
+      break;
+    case OPT_STATE_DIR:
+      f->state_dir = optarg;
+      break;
+    case OPT_LOG_LEVEL:
+      f->log_level = optarg;
       break;
     case 'h':
       usage(stdout);
-      free(dirs);
-      return 0;
+      return 1;
     default:
       usage(stderr);
-      free(dirs);
-      return EXIT_BAD_INPUT;
+      return -1;
     }
   }
+  /* Data roots: flags, else TRAIND_DATA_DIR (colon-separated), else the
+   * config file. */
+  const char *env = getenv("TRAIND_DATA_DIR");
+  if (f->n_data_dirs == 0 && env && *env && (f->env_copy = strdup(env))) {
+    for (char *save = NULL, *tok = strtok_r(f->env_copy, ":", &save);
+         tok && f->n_data_dirs < (size_t)argc + 63; tok = strtok_r(NULL, ":", &save))
+      f->data_dirs[f->n_data_dirs++] = tok;
+  }
+  return 0;
+}
+
+/* The config file with the flags applied; also the daemon's reload. */
+static int build_config(void *arg, Traind__V1__DaemonConfig **out, td_error *err) {
+  const flags *f = arg;
+  Traind__V1__DaemonConfig *cfg = NULL;
+  int rc = td_config_load(f->config_path, &cfg, err);
+  if (!rc && f->n_data_dirs)
+    rc = td_config_set_list(&cfg->data_dirs, &cfg->n_data_dirs, f->data_dirs,
+                            f->n_data_dirs, err);
+  if (!rc && f->n_listen)
+    rc = td_config_set_list(&cfg->listen, &cfg->n_listen, f->listen, f->n_listen, err);
+  if (!rc && f->state_dir)
+    rc = td_config_set_string(&cfg->state_dir, f->state_dir, err);
+  if (!rc && f->log_level)
+    rc = td_config_set_string(&cfg->log_level, f->log_level, err);
+  if (!rc) {
+    if (f->cpu_devices)
+      cfg->cpu_devices = (uint32_t)f->cpu_devices;
+    if (f->threads)
+      cfg->threads = (uint32_t)f->threads;
+    if (f->max_jobs)
+      cfg->max_concurrent_jobs = (uint32_t)f->max_jobs;
+    if (f->cpu_devices && !f->max_jobs && !f->config_path)
+      cfg->max_concurrent_jobs = 0; /* re-derived from cpu_devices */
+    rc = td_config_finish(cfg, err);
+  }
+  if (rc) {
+    td_config_free(cfg);
+    return rc;
+  }
+  *out = cfg;
+  return TD_OK;
+}
+
+static int cmd_serve(int argc, char **argv) {
+  flags f;
+  int p = parse_flags(argc, argv, 1, &f);
+  if (p || optind != argc) {
+    if (!p)
+      fprintf(stderr, "traind: serve takes no arguments, only options (see traind --help)\n");
+    flags_free(&f);
+    return p > 0 ? 0 : EXIT_BAD_INPUT;
+  }
+  td_server_opts o = {.load_config = build_config, .load_config_arg = &f};
+  int rc = td_server_main(&o);
+  flags_free(&f);
+  return rc;
+}
+
+static int cmd_run(int argc, char **argv) {
+  flags f;
+  int p = parse_flags(argc, argv, 0, &f);
+  if (p) {
+    flags_free(&f);
+    return p > 0 ? 0 : EXIT_BAD_INPUT;
+  }
   if (optind != argc - 1) {
-    fprintf(stderr, "traind: run takes exactly one JOBFILE (see traind run --help)\n");
-    free(dirs);
+    fprintf(stderr, "traind: run takes exactly one JOBFILE (see traind --help)\n");
+    flags_free(&f);
     return EXIT_BAD_INPUT;
   }
   const char *job_path = argv[optind];
+  const char *metrics_path = f.metrics_path;
+  int json = f.json;
 
   td_error err = {0};
   Traind__V1__DaemonConfig *cfg = NULL;
   Traind__V1__JobSpec *spec = NULL;
-  int rc = td_config_load(config_path, &cfg, &err);
-  /* Data roots: flags, else TRAIND_DATA_DIR (colon-separated), else the
-   * config file. */
-  char *env_copy = NULL;
-  if (!rc && n_dirs == 0) {
-    const char *env = getenv("TRAIND_DATA_DIR");
-    if (env && *env && (env_copy = strdup(env))) {
-      for (char *save = NULL, *tok = strtok_r(env_copy, ":", &save); tok;
-           tok = strtok_r(NULL, ":", &save))
-        if ((size_t)n_dirs < (size_t)argc)
-          dirs[n_dirs++] = tok;
-    }
-  }
-  if (!rc && n_dirs)
-    rc = td_config_set_list(&cfg->data_dirs, &cfg->n_data_dirs, dirs, n_dirs, &err);
-  if (!rc && cpu_devices)
-    cfg->cpu_devices = (uint32_t)cpu_devices;
-  if (!rc && threads)
-    cfg->threads = (uint32_t)threads;
-  if (!rc)
-    rc = td_config_finish(cfg, &err);
+  int rc = build_config(&f, &cfg, &err);
   if (!rc)
     rc = td_jobspec_load(job_path, &spec, &err);
+  /* A missing or unreadable job or config file is bad input, not data. */
+  int bad_input = rc != TD_OK;
 
   td_trainer t;
   int have_trainer = 0;
@@ -281,16 +397,13 @@ static int cmd_run(int argc, char **argv) {
   }
   td_jobspec_free(spec);
   td_config_free(cfg);
-  free(env_copy);
-  free(dirs);
-  return rc ? exit_for(rc) : 0;
+  flags_free(&f);
+  return rc ? (bad_input ? EXIT_BAD_INPUT : exit_for(rc)) : 0;
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) {
-    usage(stderr);
-    return EXIT_BAD_INPUT;
-  }
+  if (argc < 2)
+    return cmd_serve(argc, argv);
   if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
     printf("traind %s\n", TRAIND_VERSION);
     return 0;
@@ -302,6 +415,10 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "run") == 0)
     return cmd_run(argc - 1, argv + 1);
+  if (strcmp(argv[1], "serve") == 0)
+    return cmd_serve(argc - 1, argv + 1);
+  if (argv[1][0] == '-')
+    return cmd_serve(argc, argv); /* `traind --listen ...` is serve */
   fprintf(stderr, "traind: unknown command '%s' (see traind --help)\n", argv[1]);
   return EXIT_BAD_INPUT;
 }

@@ -142,6 +142,10 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m,
                            "model.layers[%zu].name: '%s' may use only letters, "
                            "digits, '_', '-' and '.'",
                            i, l->name);
+        if (strlen(l->name) > TD_VIEW_NAME_MAX - 4)
+          return td_errorf(err, TD_EINVAL,
+                           "model.layers[%zu].name: longer than %d characters",
+                           i, TD_VIEW_NAME_MAX - 4);
         snprintf(group, sizeof group, "%.*s", TD_VIEW_NAME_MAX - 4, l->name);
       } else {
         snprintf(group, sizeof group, "layer%d", dense_count);

@@ -13,6 +13,8 @@ static double now_sec(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err);
+
 /* Resolves one dataset file under the data roots. */
 static int resolve(const td_trainer_opts *o, const char *dir, const char *name,
                    char *out, size_t outlen, td_error *err) {
@@ -20,7 +22,8 @@ static int resolve(const td_trainer_opts *o, const char *dir, const char *name,
   int n = dir && *dir ? snprintf(rel, sizeof rel, "%s/%s", dir, name)
                       : snprintf(rel, sizeof rel, "%s", name);
   if (n < 0 || (size_t)n >= sizeof rel)
-    return td_errorf(err, TD_EINVAL, "dataset path '%s' is too long", name);
+    return td_errorf(err, TD_EINVAL, "dataset path '%.64s%s/%s' is too long",
+                     dir ? dir : "", dir && strlen(dir) > 64 ? "..." : "", name);
   return td_data_resolve(o->data_roots, o->n_data_roots, rel, 1, out, outlen, err);
 }
 
@@ -28,39 +31,79 @@ static const char *or_default(const char *s, const char *dflt) {
   return s && *s ? s : dflt;
 }
 
-static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
-  const Traind__V1__Dataset *d = t->spec->dataset;
-  char a[4096], b[4096];
+/* The resolved files of a dataset: train images/labels and test
+ * images/labels for IDX; train and test file for HDF5 (test may be empty). */
+typedef struct data_files {
+  char train[2][4096], test[2][4096];
+  int has_test;
+} data_files;
+
+static int resolve_data(const Traind__V1__Dataset *d, const td_trainer_opts *o,
+                        data_files *f, td_error *err) {
   int rc;
+  memset(f, 0, sizeof *f);
   if (o->n_data_roots == 0)
     return td_errorf(err, TD_EINVAL,
                      "no data roots: pass --data-dir DIR or set TRAIND_DATA_DIR");
   if (d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
     const Traind__V1__IdxDataset *x = d->idx;
-    if ((rc = resolve(o, x->dir, or_default(x->train_images, "train-images-idx3-ubyte.gz"), a, sizeof a, err)) ||
-        (rc = resolve(o, x->dir, or_default(x->train_labels, "train-labels-idx1-ubyte.gz"), b, sizeof b, err)) ||
-        (rc = td_idx_load(a, b, d->train_limit, &t->train, err)))
+    if ((rc = resolve(o, x->dir, or_default(x->train_images, "train-images-idx3-ubyte.gz"), f->train[0], sizeof f->train[0], err)) ||
+        (rc = resolve(o, x->dir, or_default(x->train_labels, "train-labels-idx1-ubyte.gz"), f->train[1], sizeof f->train[1], err)) ||
+        (rc = resolve(o, x->dir, or_default(x->test_images, "t10k-images-idx3-ubyte.gz"), f->test[0], sizeof f->test[0], err)) ||
+        (rc = resolve(o, x->dir, or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz"), f->test[1], sizeof f->test[1], err)))
       return rc;
-    if ((rc = resolve(o, x->dir, or_default(x->test_images, "t10k-images-idx3-ubyte.gz"), a, sizeof a, err)) ||
-        (rc = resolve(o, x->dir, or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz"), b, sizeof b, err)) ||
-        (rc = td_idx_load(a, b, d->test_limit, &t->test, err)))
-      return rc;
-    t->has_test = 1;
+    f->has_test = 1;
     return TD_OK;
   }
   const Traind__V1__Hdf5Dataset *h = d->hdf5;
-  const char *feat = or_default(h->features, "features");
-  const char *lab = or_default(h->labels, "labels");
-  if ((rc = resolve(o, NULL, h->train_file, a, sizeof a, err)) ||
-      (rc = td_hdf5_load(a, feat, lab, d->train_limit, &t->train, err)))
+  if ((rc = resolve(o, NULL, h->train_file, f->train[0], sizeof f->train[0], err)))
     return rc;
   if (h->test_file && *h->test_file) {
-    if ((rc = resolve(o, NULL, h->test_file, a, sizeof a, err)) ||
-        (rc = td_hdf5_load(a, feat, lab, d->test_limit, &t->test, err)))
+    if ((rc = resolve(o, NULL, h->test_file, f->test[0], sizeof f->test[0], err)))
       return rc;
-    t->has_test = 1;
+    f->has_test = 1;
   }
   return TD_OK;
+}
+
+static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
+  const Traind__V1__Dataset *d = t->spec->dataset;
+  data_files *f = malloc(sizeof *f);
+  if (!f)
+    return td_errorf(err, TD_ENOMEM, "out of memory");
+  int rc = resolve_data(d, o, f, err);
+  if (!rc && d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
+    if (!(rc = td_idx_load(f->train[0], f->train[1], d->train_limit, &t->train, err)))
+      rc = td_idx_load(f->test[0], f->test[1], d->test_limit, &t->test, err);
+  } else if (!rc) {
+    const char *feat = or_default(d->hdf5->features, "features");
+    const char *lab = or_default(d->hdf5->labels, "labels");
+    if (!(rc = td_hdf5_load(f->train[0], feat, lab, d->train_limit, &t->train, err)) &&
+        f->has_test)
+      rc = td_hdf5_load(f->test[0], feat, lab, d->test_limit, &t->test, err);
+  }
+  t->has_test = !rc && f->has_test;
+  free(f);
+  return rc;
+}
+
+int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
+                     td_error *err) {
+  int rc = check_unsupported(spec, err);
+  if (rc)
+    return rc;
+  td_plan *p = NULL;
+  rc = td_plan_compile(spec->model, spec->optimizer, spec->training->batch_size,
+                       "cpu:0", &p, err);
+  td_plan_free(p);
+  if (rc)
+    return rc;
+  data_files *f = malloc(sizeof *f);
+  if (!f)
+    return td_errorf(err, TD_ENOMEM, "out of memory");
+  rc = resolve_data(spec->dataset, o, f, err);
+  free(f);
+  return rc;
 }
 
 static int check_data(const td_trainer *t, const td_dataset *ds,

@@ -76,6 +76,12 @@ struct td_trainer {
 
 int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
                     const td_trainer_opts *o, td_error *err);
+/* The checks td_trainer_init makes before loading any data: options this
+ * build does not support, the model and optimizer compile, and every
+ * dataset file resolves under the data roots. For refusing a job at
+ * submission. */
+int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
+                     td_error *err);
 void td_trainer_free(td_trainer *t);
 
 /* Evaluates the current parameters on ds: mean loss and accuracy. */

@@ -99,9 +99,11 @@ typedef struct td_backend_ops {
                     const int32_t *labels, float grad_scale, float *dy,
                     float *out);
 
-  /* Inverted dropout with a counter-based mask: element i is kept when
-   * threefry2x32(key, (0, i)) gives bits whose top 24 form a uniform u
-   * with u < 1 - rate. mask (n) receives 0 or 1 / (1 - rate). */
+  /* Inverted dropout with a counter-based mask: element i is kept exactly
+   * when jax.random.bernoulli(key, 1 - rate, (n,))[i] is true, that is when
+   * jax.random.uniform(key, (n,))[i] < 1 - rate (threefry2x32 of the
+   * counter (hi32(i), lo32(i)), words xor'ed, 23 bits as a mantissa).
+   * mask (n) receives 0 or 1 / (1 - rate). */
   int (*dropout_fwd)(td_backend *be, size_t n, float rate, uint32_t key0,
                      uint32_t key1, const float *x, float *mask, float *y);
   /* dx = dy * mask; dx may equal dy. */

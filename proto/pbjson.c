@@ -1056,8 +1056,15 @@ static int parse_message(pctx *c, const yaml_node_t *n, ProtobufCMessage *m) {
       const char *near = suggest_field(d, key, klen, buf, sizeof buf);
       if (near)
         rc = perr(c, k, "unknown field %s in %s; did you mean '%s'?", GOT(k), d->name, near);
-      else
-        rc = perr(c, k, "unknown field %s in %s", GOT(k), d->name);
+      else {
+        char names[TD_ERRMSG_MAX / 2];
+        size_t o = 0;
+        names[0] = '\0';
+        for (unsigned f = 0; f < d->n_fields && o < sizeof names; f++)
+          o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", f ? ", " : "",
+                                d->fields[f].name);
+        rc = perr(c, k, "unknown field %s in %s (its fields: %s)", GOT(k), d->name, names);
+      }
       break;
     }
     path_pop(c, old);
@@ -1842,10 +1849,79 @@ static int apply_rule(vctx *c, const pbjson_rule *r, const ProtobufCMessage *m) 
   return rc;
 }
 
+/* One element of a field for PBJSON_RULE_STRICT (wrappers seen through). */
+static int check_strict_elem(vctx *c, const pbjson_rule *r, const ProtobufCFieldDescriptor *fd,
+                             const void *p) {
+  ProtobufCType t = fd->type;
+  if (t == PROTOBUF_C_TYPE_MESSAGE) {
+    const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
+    if (!sub || wkt_of(sub->descriptor) != WKT_WRAPPER)
+      return 0;
+    t = sub->descriptor->fields[0].type;
+    p = PB_CAT(sub, sub->descriptor->fields[0].offset);
+  }
+  if (t == PROTOBUF_C_TYPE_ENUM) {
+    int v = *(const int *)p;
+    if (!protobuf_c_enum_descriptor_get_value(fd->descriptor, v)) {
+      const ProtobufCEnumDescriptor *ed = fd->descriptor;
+      char names[TD_ERRMSG_MAX / 2];
+      size_t o = 0;
+      names[0] = '\0';
+      for (unsigned i = 0; i < ed->n_values && o < sizeof names; i++)
+        o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "",
+                              ed->values[i].name);
+      return vfail(c, r, "%d is not a value of %s (use one of: %s)", v, ed->name, names);
+    }
+  } else if (t == PROTOBUF_C_TYPE_DOUBLE || t == PROTOBUF_C_TYPE_FLOAT) {
+    double v = t == PROTOBUF_C_TYPE_DOUBLE ? *(const double *)p : *(const float *)p;
+    if (!isfinite(v))
+      return vfail(c, r, "must be a finite number (got %s)",
+                   isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
+  }
+  return 0;
+}
+
+static int check_strict(vctx *c, const pbjson_rule *r, const ProtobufCMessage *m) {
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *fd = &d->fields[i];
+    ProtobufCType t = fd->type;
+    if (t != PROTOBUF_C_TYPE_ENUM && t != PROTOBUF_C_TYPE_DOUBLE &&
+        t != PROTOBUF_C_TYPE_FLOAT && t != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    size_t old = vpath_field(c, fd->name);
+    int rc = 0;
+    if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(const size_t *)PB_CAT(m, fd->quantifier_offset), esz = elem_size(t);
+      const char *arr = *(const char *const *)PB_CAT(m, fd->offset);
+      for (size_t k = 0; k < n && rc == 0; k++) {
+        size_t o2 = vpath_push(c, "[%zu]", k);
+        rc = check_strict_elem(c, r, fd, arr + k * esz);
+        if (rc == 0)
+          vpath_pop(c, o2);
+      }
+    } else if (field_present(m, fd) || t == PROTOBUF_C_TYPE_ENUM) {
+      rc = check_strict_elem(c, r, fd, PB_CAT(m, fd->offset));
+    }
+    if (rc)
+      return rc;
+    vpath_pop(c, old);
+  }
+  return 0;
+}
+
 static int validate_message(vctx *c, const ProtobufCMessage *m, const pbjson_rule *rules,
                             size_t nrules) {
   const ProtobufCMessageDescriptor *d = m->descriptor;
   for (size_t i = 0; i < nrules; i++) {
+    if (rules[i].kind == PBJSON_RULE_STRICT) {
+      int rc = (!rules[i].message || strcmp(rules[i].message, d->name) == 0)
+                   ? check_strict(c, &rules[i], m)
+                   : 0;
+      if (rc)
+        return rc;
+      continue;
+    }
     if (rules[i].message && strcmp(rules[i].message, d->name) == 0) {
       int rc = apply_rule(c, &rules[i], m);
       if (rc)

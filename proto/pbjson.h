@@ -68,6 +68,7 @@ enum {
   PBJSON_RULE_LT,             /* value < bound */
   PBJSON_RULE_REQUIRED,       /* field is set (see pbjson_validate) */
   PBJSON_RULE_ONEOF_REQUIRED, /* a member of a oneof is set */
+  PBJSON_RULE_STRICT,         /* enums hold declared values, floats are finite */
 };
 
 /* One row of a validation table: in every message whose full name is
@@ -83,6 +84,11 @@ typedef struct pbjson_rule {
   double bound;
   const char *hint;
 } pbjson_rule;
+
+/* PBJSON_RULE_STRICT applies to every field of the matching messages (a row
+ * with message NULL matches every message): each enum value must be one the
+ * enum declares (proto3 parsers keep unknown numbers) and each float or
+ * double, wrapped or not, must be finite. */
 
 /* Walks m and its submessages depth first (at each message: the matching rows
  * in table order, then the submessages in field order) and stops at the first

@@ -209,7 +209,36 @@ static void check_case(const char *label, const char *model_yaml, int B,
   td_jobspec_free(spec);
 }
 
+/* The dropout mask is jax.random.bernoulli(key, 1 - rate, (n,)): the
+ * uniform draws (checked bit for bit against JAX in test_prng) below the
+ * keep probability. */
+static void check_dropout_mask(void) {
+  enum { N = 10007 };
+  td_error err = {0};
+  td_backend *be = NULL;
+  CHECK(td_cpu_backend_create(&be, 1, &err) == 0, "%s", err.msg);
+  static float x[N], mask[N], y[N], u[N];
+  td_key key = td_prng_fold_in(td_prng_key(11), 5);
+  for (int i = 0; i < N; i++)
+    x[i] = (float)i;
+  const float rate = 0.3f;
+  be->ops->dropout_fwd(be, N, rate, key.k[0], key.k[1], x, mask, y);
+  td_prng_uniform(key, u, N, 0.0f, 1.0f);
+  int mismatch = 0, kept = 0;
+  for (int i = 0; i < N; i++) {
+    int keep = u[i] < 1.0f - rate;
+    kept += keep;
+    mismatch += keep != (mask[i] != 0.0f);
+    mismatch += y[i] != x[i] * mask[i];
+    mismatch += keep && mask[i] != 1.0f / (1.0f - rate);
+  }
+  CHECK(mismatch == 0, "dropout mask differs from bernoulli(uniform) in %d places", mismatch);
+  CHECK(fabs((double)kept / N - 0.7) < 0.02, "kept fraction %.4f", (double)kept / N);
+  td_backend_destroy(be);
+}
+
 int main(void) {
+  check_dropout_mask();
   check_case("relu mlp + softmax xent",
              "model: {input_shape: [5], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
              "{dense: {features: 7, kernel_init: HE_NORMAL}}, {relu: {}},"

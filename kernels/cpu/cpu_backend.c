@@ -243,10 +243,14 @@ static int cpu_dropout_fwd(td_backend *be, size_t n, float rate, uint32_t key0,
   td_key key = {{key0, key1}};
   float keep = 1.0f - rate, scale = 1.0f / keep;
   for (size_t i = 0; i < n; i++) {
-    uint32_t ctr[2] = {0, (uint32_t)i};
+    uint32_t ctr[2] = {(uint32_t)((uint64_t)i >> 32), (uint32_t)i};
     td_threefry2x32(key, ctr);
-    float u = (float)(ctr[0] >> 8) * (1.0f / 16777216.0f);
-    mask[i] = u < keep ? scale : 0.0f;
+    /* jax.random.uniform's float: 23 bits of the two words' xor as the
+     * mantissa of a number in [1, 2), minus 1. */
+    uint32_t bits = ((ctr[0] ^ ctr[1]) >> 9) | 0x3f800000u;
+    float u;
+    memcpy(&u, &bits, sizeof u);
+    mask[i] = u - 1.0f < keep ? scale : 0.0f;
     y[i] = x[i] * mask[i];
   }
   return TD_OK;

@@ -1,0 +1,29 @@
+/* Structured logs: one logfmt line per record on stderr,
+ *   time=2026-11-24T20:30:00.123Z level=info msg="job started" job=j-1a2b
+ * Safe from any thread (each record is written with one fwrite). */
+#ifndef TD_LOG_H
+#define TD_LOG_H
+
+typedef enum td_log_level {
+  TD_LOG_ERROR = 0,
+  TD_LOG_WARN,
+  TD_LOG_INFO,
+  TD_LOG_DEBUG,
+} td_log_level;
+
+/* "error", "warn", "info", "debug"; returns -1 for anything else. */
+int td_log_parse_level(const char *name);
+void td_log_set_level(td_log_level level);
+int td_log_enabled(td_log_level level);
+
+/* msg is the human message; fmt/... append key=value pairs (already in
+ * logfmt form, e.g. "job=%s step=%lld"), or fmt may be NULL. */
+void td_log(td_log_level level, const char *msg, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define td_log_error(msg, ...) td_log(TD_LOG_ERROR, msg, __VA_ARGS__)
+#define td_log_warn(msg, ...) td_log(TD_LOG_WARN, msg, __VA_ARGS__)
+#define td_log_info(msg, ...) td_log(TD_LOG_INFO, msg, __VA_ARGS__)
+#define td_log_debug(msg, ...) td_log(TD_LOG_DEBUG, msg, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,980 @@
+/* The daemon's gRPC server on the gRPC C core API (see rpc.h).
+ *
+ * Every completion-queue tag points at an rpc_tag inside a call object (or
+ * at the server's shutdown tag). The rpc thread only moves {tag, ok} pairs
+ * from the completion queue into the server's inbox; the loop thread drains
+ * the inbox and runs each tag's `done`, so all call state, and every
+ * grpc_call_start_batch, belongs to the loop thread.
+ *
+ * A call object lives until its reference count drops to zero: one
+ * reference per batch in flight plus one held by whoever must still answer
+ * the call (the dispatcher until the handler runs, then the application
+ * until td_rpc_reply, td_rpc_fail or td_rpc_finish). */
+#include "rpc.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* Requests kept armed in gRPC so that calls arriving together need not wait
+ * for the loop to re-arm. */
+#define RPC_ARMED 8
+#define RPC_DEFAULT_MAX_REQUEST (4u << 20)
+#define RPC_DEFAULT_UNIX_MODE 0660
+
+typedef struct rpc_tag rpc_tag;
+struct rpc_tag {
+  void (*done)(rpc_tag *t, int ok);
+  td_rpc_call *call; /* NULL for the server's shutdown tag */
+};
+
+/* One completion handed from the rpc thread to the loop. A NULL tag says
+ * the completion queue is shut down and the rpc thread has returned. */
+typedef struct rpc_event {
+  rpc_tag *tag;
+  int ok;
+} rpc_event;
+
+/* A stream message waiting for the write in flight to complete. */
+typedef struct rpc_msg {
+  grpc_byte_buffer *bb;
+  struct rpc_msg *next;
+} rpc_msg;
+
+struct td_rpc_call {
+  td_rpc_server *srv;
+  td_rpc_call *prev, *next; /* the server's list of live calls */
+  const td_rpc_method *method;
+
+  /* Filled in by grpc_server_request_call. */
+  grpc_call *call;
+  grpc_call_details details;
+  grpc_metadata_array request_md;
+
+  char *peer; /* gpr_malloc'd by grpc_call_get_peer */
+  grpc_byte_buffer *request_bb;
+  ProtobufCMessage *request; /* unpacked with method->request */
+  grpc_byte_buffer *reply_bb;
+  grpc_slice status_details;
+  int has_status_details;
+
+  /* One tag per kind of batch; gRPC allows one op of each type at once. */
+  rpc_tag t_new, t_recv, t_send, t_close, t_status, t_cancel;
+  int refs;
+  int close_cancelled; /* RECV_CLOSE_ON_SERVER's out argument */
+  int md_sent, close_armed;
+  int answered;  /* the application has replied, failed or finished */
+  int cancelled; /* the client is gone (cancel, deadline, shutdown) */
+  int cancel_notified;
+  void (*cancel_cb)(void *arg, td_rpc_call *c);
+  void *cancel_arg;
+
+  /* Streams: the write in flight, the writes waiting behind it, and a
+   * finish that waits for them. */
+  grpc_byte_buffer *sending;
+  rpc_msg *queue_head, *queue_tail;
+  int finish_pending;
+  int finish_status;
+  char *finish_message;
+};
+
+struct td_rpc_server {
+  uv_loop_t *loop;
+  grpc_server *server;
+  grpc_completion_queue *cq;
+  int grpc_inited;
+
+  td_rpc_method *methods; /* one block: the rows, then their paths */
+  size_t n_methods;
+  char **listen; /* copies of the addresses, one block */
+  int *ports;
+  size_t n_listen;
+
+  /* rpc thread → loop */
+  uv_thread_t thread;
+  int thread_started;
+  uv_async_t async;
+  int async_inited;
+  uv_mutex_t mu;
+  int mu_inited;
+  rpc_event *inbox; /* guarded by mu */
+  size_t n_inbox, cap_inbox;
+  rpc_event *work; /* the loop's drained copy */
+  size_t cap_work;
+
+  td_rpc_call *calls; /* every call object, armed requests included */
+  size_t n_calls, n_armed;
+
+  rpc_tag t_shutdown;
+  int shutting_down, shutdown_tag_in, cq_shut;
+  void (*done)(void *arg);
+  void *done_arg;
+};
+
+/* ---- small helpers */
+
+static grpc_byte_buffer *pack_message(const ProtobufCMessage *m) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  grpc_slice s = grpc_slice_malloc(n);
+  protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+  grpc_slice_unref(s);
+  return bb;
+}
+
+static ProtobufCMessage *unpack_message(const ProtobufCMessageDescriptor *d,
+                                        grpc_byte_buffer *bb) {
+  grpc_byte_buffer_reader r;
+  if (!grpc_byte_buffer_reader_init(&r, bb))
+    return NULL;
+  grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+  grpc_byte_buffer_reader_destroy(&r);
+  ProtobufCMessage *m = protobuf_c_message_unpack(
+      d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+  grpc_slice_unref(s);
+  return m;
+}
+
+/* Called by the rpc thread (and by the loop for batches that gRPC refused
+ * to start): queues a completion for the loop and wakes it. */
+static void post_event(td_rpc_server *s, rpc_tag *tag, int ok) {
+  uv_mutex_lock(&s->mu);
+  if (s->n_inbox == s->cap_inbox) {
+    size_t cap = s->cap_inbox ? 2 * s->cap_inbox : 64;
+    rpc_event *p = realloc(s->inbox, cap * sizeof *p);
+    if (!p) {
+      /* A lost completion would leak a call and hang shutdown. */
+      fprintf(stderr, "traind: rpc: out of memory queueing a completion\n");
+      abort();
+    }
+    s->inbox = p;
+    s->cap_inbox = cap;
+  }
+  s->inbox[s->n_inbox++] = (rpc_event){tag, ok};
+  uv_mutex_unlock(&s->mu);
+  uv_async_send(&s->async);
+}
+
+static void rpc_thread_main(void *arg) {
+  td_rpc_server *s = arg;
+#ifdef __linux__
+  pthread_setname_np(pthread_self(), "td-rpc");
+#endif
+  for (;;) {
+    grpc_event ev = grpc_completion_queue_next(
+        s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+      post_event(s, NULL, 0);
+      return;
+    }
+    if (ev.type == GRPC_OP_COMPLETE)
+      post_event(s, ev.tag, ev.success);
+  }
+}
+
+static const char *call_method_name(const td_rpc_call *c) {
+  return c->method ? c->method->path : "(unknown method)";
+}
+
+/* ---- call lifetime */
+
+static void maybe_finish_shutdown(td_rpc_server *s) {
+  if (s->shutting_down && s->shutdown_tag_in && !s->calls && !s->cq_shut) {
+    s->cq_shut = 1;
+    grpc_completion_queue_shutdown(s->cq);
+  }
+}
+
+static void drop_queue(td_rpc_call *c) {
+  while (c->queue_head) {
+    rpc_msg *m = c->queue_head;
+    c->queue_head = m->next;
+    grpc_byte_buffer_destroy(m->bb);
+    free(m);
+  }
+  c->queue_tail = NULL;
+}
+
+static void call_release(td_rpc_call *c) {
+  td_rpc_server *s = c->srv;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->calls = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  s->n_calls--;
+
+  if (c->request)
+    protobuf_c_message_free_unpacked(c->request, NULL);
+  if (c->request_bb)
+    grpc_byte_buffer_destroy(c->request_bb);
+  if (c->reply_bb)
+    grpc_byte_buffer_destroy(c->reply_bb);
+  if (c->sending)
+    grpc_byte_buffer_destroy(c->sending);
+  drop_queue(c);
+  if (c->has_status_details)
+    grpc_slice_unref(c->status_details);
+  free(c->finish_message);
+  if (c->peer)
+    gpr_free(c->peer);
+  grpc_call_details_destroy(&c->details);
+  grpc_metadata_array_destroy(&c->request_md);
+  if (c->call)
+    grpc_call_unref(c->call);
+  free(c);
+  maybe_finish_shutdown(s);
+}
+
+static void call_unref(td_rpc_call *c) {
+  if (--c->refs == 0)
+    call_release(c);
+}
+
+/* Starts a batch that holds a reference until its tag completes. A batch
+ * gRPC refuses completes as failed on the next loop turn, so that every
+ * path through the state machine stays the same. */
+static void start_batch(td_rpc_call *c, const grpc_op *ops, size_t n,
+                        rpc_tag *tag) {
+  c->refs++;
+  grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
+  if (e != GRPC_CALL_OK) {
+    fprintf(stderr, "traind: rpc: grpc_call_start_batch on %s failed: %s\n",
+            call_method_name(c), grpc_call_error_to_string(e));
+    post_event(c->srv, tag, 0);
+  }
+}
+
+/* The last batch of a call: initial metadata unless already sent, the reply
+ * message if any, the status, and RECV_CLOSE_ON_SERVER unless a stream
+ * already has it in flight. */
+static void send_final(td_rpc_call *c, int status, const char *message,
+                       grpc_byte_buffer *reply) {
+  grpc_op ops[4];
+  size_t n = 0;
+  memset(ops, 0, sizeof ops);
+  if (!c->md_sent) {
+    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[n].data.send_initial_metadata.count = 0;
+    n++;
+    c->md_sent = 1;
+  }
+  if (reply) {
+    c->reply_bb = reply;
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n].data.send_message.send_message = reply;
+    n++;
+  }
+  if (c->has_status_details)
+    grpc_slice_unref(c->status_details);
+  c->status_details = grpc_slice_from_copied_string(message ? message : "");
+  c->has_status_details = 1;
+  ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+  ops[n].data.send_status_from_server.trailing_metadata_count = 0;
+  ops[n].data.send_status_from_server.status = (grpc_status_code)status;
+  ops[n].data.send_status_from_server.status_details = &c->status_details;
+  n++;
+  if (!c->close_armed) {
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n].data.recv_close_on_server.cancelled = &c->close_cancelled;
+    n++;
+    c->close_armed = 1;
+  }
+  start_batch(c, ops, n, &c->t_status);
+}
+
+/* Answers a call that never reaches a handler, in place of the app. */
+static void answer_early(td_rpc_call *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void answer_early(td_rpc_call *c, int status, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  c->answered = 1;
+  if (!c->cancelled)
+    send_final(c, status, msg, NULL);
+  call_unref(c);
+}
+
+static void notify_cancel(td_rpc_call *c) {
+  if (c->answered || c->cancel_notified || !c->cancel_cb)
+    return;
+  c->cancel_notified = 1;
+  c->cancel_cb(c->cancel_arg, c);
+}
+
+/* ---- completions */
+
+static void on_status_done(rpc_tag *t, int ok) {
+  (void)ok;
+  call_unref(t->call);
+}
+
+static void on_close_done(rpc_tag *t, int ok) {
+  td_rpc_call *c = t->call;
+  if (!ok || c->close_cancelled) {
+    c->cancelled = 1;
+    drop_queue(c);
+    notify_cancel(c);
+  }
+  call_unref(c);
+}
+
+static void on_cancel_deferred(rpc_tag *t, int ok) {
+  (void)ok;
+  notify_cancel(t->call);
+  call_unref(t->call);
+}
+
+static void start_send(td_rpc_call *c, grpc_byte_buffer *bb) {
+  grpc_op op;
+  memset(&op, 0, sizeof op);
+  op.op = GRPC_OP_SEND_MESSAGE;
+  op.data.send_message.send_message = bb;
+  c->sending = bb;
+  start_batch(c, &op, 1, &c->t_send);
+}
+
+static void on_send_done(rpc_tag *t, int ok) {
+  td_rpc_call *c = t->call;
+  grpc_byte_buffer_destroy(c->sending);
+  c->sending = NULL;
+  if (!ok) {
+    c->cancelled = 1;
+    drop_queue(c);
+  }
+  if (!c->cancelled && c->queue_head) {
+    rpc_msg *m = c->queue_head;
+    c->queue_head = m->next;
+    if (!c->queue_head)
+      c->queue_tail = NULL;
+    start_send(c, m->bb);
+    free(m);
+  } else if (c->finish_pending) {
+    c->finish_pending = 0;
+    if (!c->cancelled)
+      send_final(c, c->finish_status, c->finish_message, NULL);
+  }
+  call_unref(c);
+}
+
+static void on_recv_done(rpc_tag *t, int ok) {
+  td_rpc_call *c = t->call;
+  const td_rpc_method *m = c->method;
+  if (!ok) {
+    /* The call broke before its request arrived; nobody will answer. */
+    c->cancelled = 1;
+    c->answered = 1;
+    call_unref(c); /* the dispatcher's reference */
+    call_unref(c); /* this batch's */
+    return;
+  }
+  if (m->kind == TD_RPC_SERVER_STREAM) {
+    /* Its completion is how a stream learns that the client went away. */
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+    c->close_armed = 1;
+    start_batch(c, &op, 1, &c->t_close);
+  }
+  if (!c->request_bb) {
+    answer_early(c, TD_GRPC_INVALID_ARGUMENT,
+                 "%s: the client sent no request message", m->path);
+  } else {
+    c->request = unpack_message(m->request, c->request_bb);
+    grpc_byte_buffer_destroy(c->request_bb);
+    c->request_bb = NULL;
+    if (!c->request)
+      answer_early(c, TD_GRPC_INVALID_ARGUMENT, "request is not a valid %s",
+                   m->request->name);
+    else
+      m->handler(m->ctx, c, c->request);
+  }
+  call_unref(c);
+}
+
+static const td_rpc_method *find_method(const td_rpc_server *s,
+                                        grpc_slice path) {
+  for (size_t i = 0; i < s->n_methods; i++)
+    if (grpc_slice_str_cmp(path, s->methods[i].path) == 0)
+      return &s->methods[i];
+  return NULL;
+}
+
+static void arm_request(td_rpc_server *s);
+
+static void on_new_call(rpc_tag *t, int ok) {
+  td_rpc_call *c = t->call;
+  td_rpc_server *s = c->srv;
+  s->n_armed--;
+  if (!ok) {
+    /* The server is shutting down; this request slot is no longer armed. */
+    call_unref(c);
+    return;
+  }
+  if (!s->shutting_down)
+    arm_request(s);
+
+  c->peer = grpc_call_get_peer(c->call);
+  c->method = find_method(s, c->details.method);
+  if (!c->method) {
+    char *path = grpc_slice_to_c_string(c->details.method);
+    answer_early(c, TD_GRPC_UNIMPLEMENTED, "unknown method %s", path);
+    gpr_free(path);
+    return;
+  }
+  grpc_op ops[2];
+  size_t n = 0;
+  memset(ops, 0, sizeof ops);
+  if (c->method->kind == TD_RPC_SERVER_STREAM) {
+    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[n].data.send_initial_metadata.count = 0;
+    n++;
+    c->md_sent = 1;
+  }
+  ops[n].op = GRPC_OP_RECV_MESSAGE;
+  ops[n].data.recv_message.recv_message = &c->request_bb;
+  n++;
+  start_batch(c, ops, n, &c->t_recv);
+}
+
+static void arm_request(td_rpc_server *s) {
+  td_rpc_call *c = calloc(1, sizeof *c);
+  if (!c) {
+    fprintf(stderr, "traind: rpc: out of memory arming a request\n");
+    return;
+  }
+  c->srv = s;
+  c->refs = 1;
+  grpc_call_details_init(&c->details);
+  grpc_metadata_array_init(&c->request_md);
+  rpc_tag *tags[] = {&c->t_new, &c->t_recv, &c->t_send,
+                     &c->t_close, &c->t_status, &c->t_cancel};
+  for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
+    tags[i]->call = c;
+  c->t_new.done = on_new_call;
+  c->t_recv.done = on_recv_done;
+  c->t_send.done = on_send_done;
+  c->t_close.done = on_close_done;
+  c->t_status.done = on_status_done;
+  c->t_cancel.done = on_cancel_deferred;
+
+  c->next = s->calls;
+  if (s->calls)
+    s->calls->prev = c;
+  s->calls = c;
+  s->n_calls++;
+  s->n_armed++;
+  grpc_call_error e = grpc_server_request_call(
+      s->server, &c->call, &c->details, &c->request_md, s->cq, s->cq,
+      &c->t_new);
+  if (e != GRPC_CALL_OK) {
+    fprintf(stderr, "traind: rpc: grpc_server_request_call failed: %s\n",
+            grpc_call_error_to_string(e));
+    s->n_armed--;
+    call_unref(c);
+  }
+}
+
+static void on_server_shutdown(rpc_tag *t, int ok) {
+  (void)ok;
+  td_rpc_server *s = (td_rpc_server *)((char *)t - offsetof(td_rpc_server, t_shutdown));
+  s->shutdown_tag_in = 1;
+  maybe_finish_shutdown(s);
+}
+
+static void on_async_closed(uv_handle_t *h) {
+  td_rpc_server *s = h->data;
+  s->async_inited = 0;
+  if (s->done)
+    s->done(s->done_arg); /* may free s */
+}
+
+/* The rpc thread has returned: nothing of gRPC's is left but the server
+ * and the queue themselves. */
+static void finish_teardown(td_rpc_server *s) {
+  uv_thread_join(&s->thread);
+  s->thread_started = 0;
+  grpc_server_destroy(s->server);
+  s->server = NULL;
+  grpc_completion_queue_destroy(s->cq);
+  s->cq = NULL;
+  uv_close((uv_handle_t *)&s->async, on_async_closed);
+}
+
+static void on_async(uv_async_t *h) {
+  td_rpc_server *s = h->data;
+  for (;;) {
+    uv_mutex_lock(&s->mu);
+    rpc_event *batch = s->inbox;
+    size_t n = s->n_inbox, cap = s->cap_inbox;
+    s->inbox = s->work;
+    s->cap_inbox = s->cap_work;
+    s->n_inbox = 0;
+    s->work = batch;
+    s->cap_work = cap;
+    uv_mutex_unlock(&s->mu);
+    if (n == 0)
+      return;
+    for (size_t i = 0; i < n; i++) {
+      if (!batch[i].tag) {
+        /* The rpc thread's last word; nothing can follow it. */
+        finish_teardown(s);
+        return;
+      }
+      batch[i].tag->done(batch[i].tag, batch[i].ok);
+    }
+  }
+}
+
+/* ---- listening addresses */
+
+/* The file path of a "unix:" address, or NULL for other schemes. */
+static const char *unix_path_of(const char *addr) {
+  if (strncmp(addr, "unix://", 7) == 0)
+    return addr + 7;
+  if (strncmp(addr, "unix:", 5) == 0)
+    return addr + 5;
+  return NULL;
+}
+
+static int make_parents(const char *addr, const char *path, td_error *err) {
+  char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash || slash == dir)
+    return TD_OK;
+  *slash = '\0';
+  for (char *p = dir + 1;; p++) {
+    if (*p != '/' && *p != '\0')
+      continue;
+    char saved = *p;
+    *p = '\0';
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+      return td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
+                       "cannot listen on %s: mkdir %s: %s", addr, dir,
+                       strerror(errno));
+    *p = saved;
+    if (saved == '\0')
+      return TD_OK;
+  }
+}
+
+/* Makes room for a unix socket: its directory exists, and a socket file
+ * left by a process that is gone is removed. One that answers is not. */
+static int prepare_unix(const char *addr, const char *path, td_error *err) {
+  struct sockaddr_un sa;
+  if (!*path || strlen(path) >= sizeof sa.sun_path)
+    return td_errorf(err, TD_EINVAL,
+                     "cannot listen on %s: a socket path must have 1 to %zu bytes",
+                     addr, sizeof sa.sun_path - 1);
+  int rc = make_parents(addr, path, err);
+  if (rc)
+    return rc;
+  struct stat st;
+  if (lstat(path, &st) != 0) {
+    if (errno == ENOENT)
+      return TD_OK;
+    return td_errorf(err, TD_EIO, "cannot listen on %s: %s", addr,
+                     strerror(errno));
+  }
+  if (!S_ISSOCK(st.st_mode))
+    return td_errorf(err, TD_EINVAL,
+                     "cannot listen on %s: %s exists and is not a socket", addr,
+                     path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return td_errorf(err, TD_EIO, "cannot listen on %s: socket: %s", addr,
+                     strerror(errno));
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  int e = errno;
+  close(fd);
+  if (rc == 0)
+    return td_errorf(err, TD_EIO,
+                     "cannot listen on %s: another process is listening on it "
+                     "(is traind already running?)",
+                     addr);
+  if (e != ECONNREFUSED)
+    return td_errorf(err, e == EACCES ? TD_EPERM : TD_EIO,
+                     "cannot listen on %s: probing the existing socket: %s",
+                     addr, strerror(e));
+  if (unlink(path) != 0)
+    return td_errorf(err, TD_EIO,
+                     "cannot listen on %s: removing the stale socket: %s", addr,
+                     strerror(errno));
+  return TD_OK;
+}
+
+/* gRPC reports a failed bind only in its log; binding the address once
+ * more here recovers the reason (for example "Address already in use"). */
+static void describe_tcp_failure(const char *addr, char *out, size_t n) {
+  char host[256];
+  snprintf(out, n, "gRPC could not bind it");
+  const char *colon = strrchr(addr, ':');
+  if (!colon || (size_t)(colon - addr) >= sizeof host)
+    return;
+  memcpy(host, addr, (size_t)(colon - addr));
+  host[colon - addr] = '\0';
+  char *h = host;
+  if (h[0] == '[') {
+    h++;
+    char *close_bracket = strchr(h, ']');
+    if (close_bracket)
+      *close_bracket = '\0';
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int rc = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res);
+  if (rc != 0) {
+    snprintf(out, n, "%s", gai_strerror(rc));
+    return;
+  }
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC,
+                  res->ai_protocol);
+  if (fd >= 0) {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0)
+      snprintf(out, n, "%s", strerror(errno));
+    close(fd);
+  }
+  freeaddrinfo(res);
+}
+
+static int add_listener(td_rpc_server *s, size_t i, int unix_mode,
+                        td_error *err) {
+  const char *addr = s->listen[i];
+  const char *path = unix_path_of(addr);
+  if (path) {
+    int rc = prepare_unix(addr, path, err);
+    if (rc)
+      return rc;
+  }
+  grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
+  int port = grpc_server_add_http2_port(s->server, addr, cr);
+  grpc_server_credentials_release(cr);
+  if (port == 0) {
+    char why[256];
+    if (path)
+      snprintf(why, sizeof why, "gRPC could not bind the socket");
+    else
+      describe_tcp_failure(addr, why, sizeof why);
+    return td_errorf(err, TD_EIO, "cannot listen on %s: %s", addr, why);
+  }
+  if (path) {
+    if (chmod(path, (mode_t)unix_mode) != 0)
+      return td_errorf(err, TD_EIO, "cannot listen on %s: chmod %o: %s", addr,
+                       (unsigned)unix_mode, strerror(errno));
+    s->ports[i] = 0;
+  } else if (strncmp(addr, "unix-abstract:", 14) == 0) {
+    s->ports[i] = 0;
+  } else {
+    s->ports[i] = port;
+  }
+  return TD_OK;
+}
+
+/* ---- the server */
+
+static int copy_opts(td_rpc_server *s, const td_rpc_server_opts *o,
+                     td_error *err) {
+  size_t bytes = o->n_methods * sizeof(td_rpc_method);
+  for (size_t i = 0; i < o->n_methods; i++)
+    bytes += strlen(o->methods[i].path) + 1;
+  s->methods = malloc(bytes ? bytes : 1);
+  size_t lbytes = o->n_listen * sizeof(char *);
+  for (size_t i = 0; i < o->n_listen; i++)
+    lbytes += strlen(o->listen[i]) + 1;
+  s->listen = malloc(lbytes);
+  s->ports = calloc(o->n_listen, sizeof(int));
+  if (!s->methods || !s->listen || !s->ports)
+    return td_errorf(err, TD_ENOMEM, "out of memory starting the rpc server");
+
+  char *p = (char *)(s->methods + o->n_methods);
+  for (size_t i = 0; i < o->n_methods; i++) {
+    s->methods[i] = o->methods[i];
+    size_t len = strlen(o->methods[i].path) + 1;
+    memcpy(p, o->methods[i].path, len);
+    s->methods[i].path = p;
+    p += len;
+  }
+  s->n_methods = o->n_methods;
+  p = (char *)(s->listen + o->n_listen);
+  for (size_t i = 0; i < o->n_listen; i++) {
+    size_t len = strlen(o->listen[i]) + 1;
+    memcpy(p, o->listen[i], len);
+    s->listen[i] = p;
+    p += len;
+  }
+  s->n_listen = o->n_listen;
+  return TD_OK;
+}
+
+static int check_opts(const td_rpc_server_opts *o, td_error *err) {
+  if (!o || o->n_listen == 0 || !o->listen)
+    return td_errorf(err, TD_EINVAL, "the rpc server needs a listen address");
+  for (size_t i = 0; i < o->n_listen; i++)
+    if (!o->listen[i] || !*o->listen[i])
+      return td_errorf(err, TD_EINVAL, "listen address %zu is empty", i);
+  if (o->n_methods && !o->methods)
+    return td_errorf(err, TD_EINVAL, "the method table is missing");
+  for (size_t i = 0; i < o->n_methods; i++) {
+    const td_rpc_method *m = &o->methods[i];
+    if (!m->path || m->path[0] != '/' || !m->handler || !m->request ||
+        (m->kind != TD_RPC_UNARY && m->kind != TD_RPC_SERVER_STREAM))
+      return td_errorf(err, TD_EINVAL,
+                       "method row %zu needs a \"/pkg.Service/Method\" path, a "
+                       "kind, a request descriptor and a handler",
+                       i);
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(o->methods[j].path, m->path) == 0)
+        return td_errorf(err, TD_EINVAL, "method %s is listed twice", m->path);
+  }
+  return TD_OK;
+}
+
+/* Undoes a start that failed before the rpc thread existed: the shutdown
+ * tag is collected here, on the calling thread. */
+static void abort_start(td_rpc_server *s) {
+  if (s->server) {
+    grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
+    for (;;) {
+      grpc_event ev = grpc_completion_queue_next(
+          s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+      if (ev.type == GRPC_OP_COMPLETE && ev.tag == &s->t_shutdown)
+        break;
+    }
+    grpc_completion_queue_shutdown(s->cq);
+    while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+                                      NULL)
+               .type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_server_destroy(s->server);
+    s->server = NULL;
+  }
+  if (s->cq) {
+    grpc_completion_queue_destroy(s->cq);
+    s->cq = NULL;
+  }
+  td_rpc_server_free(s);
+}
+
+int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
+                        const td_rpc_server_opts *opts, td_error *err) {
+  *out = NULL;
+  int rc = check_opts(opts, err);
+  if (rc)
+    return rc;
+  td_rpc_server *s = calloc(1, sizeof *s);
+  if (!s)
+    return td_errorf(err, TD_ENOMEM, "out of memory starting the rpc server");
+  s->loop = loop;
+  s->t_shutdown.done = on_server_shutdown;
+  rc = copy_opts(s, opts, err);
+  if (rc) {
+    td_rpc_server_free(s);
+    return rc;
+  }
+  grpc_init();
+  s->grpc_inited = 1;
+
+  size_t max = opts->max_request_bytes ? opts->max_request_bytes
+                                       : RPC_DEFAULT_MAX_REQUEST;
+  grpc_arg args[2];
+  memset(args, 0, sizeof args);
+  args[0].type = GRPC_ARG_INTEGER;
+  args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+  args[0].value.integer = max > INT_MAX ? INT_MAX : (int)max;
+  /* Without this a second daemon could bind the same TCP port and share
+   * its connections. */
+  args[1].type = GRPC_ARG_INTEGER;
+  args[1].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
+  args[1].value.integer = 0;
+  grpc_channel_args chargs = {2, args};
+  s->server = grpc_server_create(&chargs, NULL);
+  s->cq = grpc_completion_queue_create_for_next(NULL);
+  grpc_server_register_completion_queue(s->server, s->cq, NULL);
+
+  int mode = opts->unix_mode ? opts->unix_mode : RPC_DEFAULT_UNIX_MODE;
+  for (size_t i = 0; i < s->n_listen; i++) {
+    rc = add_listener(s, i, mode, err);
+    if (rc) {
+      abort_start(s);
+      return rc;
+    }
+  }
+
+  uv_mutex_init(&s->mu);
+  s->mu_inited = 1;
+  uv_async_init(loop, &s->async, on_async);
+  s->async.data = s;
+  s->async_inited = 1;
+  grpc_server_start(s->server);
+  if (uv_thread_create(&s->thread, rpc_thread_main, s) != 0) {
+    /* Without the thread nothing completes; fail loudly and early. */
+    fprintf(stderr, "traind: rpc: cannot create the rpc thread\n");
+    abort();
+  }
+  s->thread_started = 1;
+  for (int i = 0; i < RPC_ARMED; i++)
+    arm_request(s);
+  *out = s;
+  return TD_OK;
+}
+
+int td_rpc_server_port(const td_rpc_server *s, size_t i) {
+  return s && i < s->n_listen ? s->ports[i] : 0;
+}
+
+size_t td_rpc_server_calls(const td_rpc_server *s) {
+  return s ? s->n_calls - s->n_armed : 0;
+}
+
+void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg),
+                            void *arg) {
+  if (s->shutting_down)
+    return;
+  s->shutting_down = 1;
+  s->done = done;
+  s->done_arg = arg;
+  grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
+  grpc_server_cancel_all_calls(s->server);
+}
+
+void td_rpc_server_free(td_rpc_server *s) {
+  if (!s)
+    return;
+  if (s->mu_inited)
+    uv_mutex_destroy(&s->mu);
+  free(s->inbox);
+  free(s->work);
+  free(s->methods);
+  free(s->listen);
+  free(s->ports);
+  if (s->grpc_inited)
+    grpc_shutdown();
+  free(s);
+}
+
+/* ---- answering calls */
+
+void td_rpc_reply(td_rpc_call *c, const ProtobufCMessage *response) {
+  if (c->method->kind == TD_RPC_SERVER_STREAM) {
+    td_rpc_send(c, response);
+    td_rpc_finish(c, TD_GRPC_OK, NULL);
+    return;
+  }
+  if (c->answered)
+    return;
+  c->answered = 1;
+  send_final(c, TD_GRPC_OK, NULL, pack_message(response));
+  call_unref(c);
+}
+
+void td_rpc_fail(td_rpc_call *c, int grpc_status, const char *message) {
+  if (c->method->kind == TD_RPC_SERVER_STREAM) {
+    td_rpc_finish(c, grpc_status, message);
+    return;
+  }
+  if (c->answered)
+    return;
+  c->answered = 1;
+  send_final(c, grpc_status, message, NULL);
+  call_unref(c);
+}
+
+int td_rpc_send(td_rpc_call *c, const ProtobufCMessage *message) {
+  if (c->method->kind != TD_RPC_SERVER_STREAM)
+    return TD_EINVAL;
+  if (c->answered || c->cancelled)
+    return TD_ECANCELLED;
+  grpc_byte_buffer *bb = pack_message(message);
+  if (!c->sending) {
+    start_send(c, bb);
+    return TD_OK;
+  }
+  rpc_msg *m = malloc(sizeof *m);
+  if (!m) {
+    grpc_byte_buffer_destroy(bb);
+    return TD_ENOMEM;
+  }
+  m->bb = bb;
+  m->next = NULL;
+  if (c->queue_tail)
+    c->queue_tail->next = m;
+  else
+    c->queue_head = m;
+  c->queue_tail = m;
+  return TD_OK;
+}
+
+void td_rpc_finish(td_rpc_call *c, int grpc_status, const char *message) {
+  if (c->method->kind != TD_RPC_SERVER_STREAM) {
+    td_rpc_fail(c, grpc_status, message);
+    return;
+  }
+  if (c->answered)
+    return;
+  c->answered = 1;
+  if (!c->cancelled) {
+    if (c->sending) {
+      /* The status goes out when the last queued message has. */
+      free(c->finish_message);
+      c->finish_message = message ? strdup(message) : NULL;
+      c->finish_status = grpc_status;
+      c->finish_pending = 1;
+    } else {
+      send_final(c, grpc_status, message, NULL);
+    }
+  }
+  call_unref(c);
+}
+
+void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
+                      void *arg) {
+  c->cancel_cb = cb;
+  c->cancel_arg = arg;
+  if (cb && c->cancelled && !c->answered && !c->cancel_notified) {
+    /* Already gone: tell the caller on the next loop turn, not from
+     * inside this call. */
+    c->refs++;
+    post_event(c->srv, &c->t_cancel, 1);
+  }
+}
+
+int td_rpc_is_cancelled(const td_rpc_call *c) { return c->cancelled; }
+
+const char *td_rpc_peer(const td_rpc_call *c) {
+  return c->peer ? c->peer : "unknown";
+}
+
+const td_rpc_method *td_rpc_method_of(const td_rpc_call *c) {
+  return c->method;
+}

@@ -1,0 +1,123 @@
+/* The daemon's gRPC server, on the gRPC C core API. Every gRPC call of the
+ * daemon lives behind this interface (the C core API has no compatibility
+ * promise).
+ *
+ * Threads: one thread blocks in grpc_completion_queue_next and hands each
+ * completion to the libuv loop (a locked queue plus uv_async_send, drained
+ * whole). Handlers, replies, sends and the cancel callback all run on the
+ * loop thread; no function here may be called from another thread.
+ *
+ * Methods come from a table of rows {path, kind, request descriptor,
+ * handler}. Unknown methods are answered UNIMPLEMENTED, requests that do not
+ * unpack INVALID_ARGUMENT, requests over the size limit RESOURCE_EXHAUSTED,
+ * all without reaching a handler. */
+#ifndef TD_RPC_H
+#define TD_RPC_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "error.h"
+
+/* grpc_status_code values, so that callers need not include gRPC. */
+enum {
+  TD_GRPC_OK = 0,
+  TD_GRPC_CANCELLED = 1,
+  TD_GRPC_UNKNOWN = 2,
+  TD_GRPC_INVALID_ARGUMENT = 3,
+  TD_GRPC_DEADLINE_EXCEEDED = 4,
+  TD_GRPC_NOT_FOUND = 5,
+  TD_GRPC_ALREADY_EXISTS = 6,
+  TD_GRPC_PERMISSION_DENIED = 7,
+  TD_GRPC_RESOURCE_EXHAUSTED = 8,
+  TD_GRPC_FAILED_PRECONDITION = 9,
+  TD_GRPC_ABORTED = 10,
+  TD_GRPC_OUT_OF_RANGE = 11,
+  TD_GRPC_UNIMPLEMENTED = 12,
+  TD_GRPC_INTERNAL = 13,
+  TD_GRPC_UNAVAILABLE = 14,
+};
+
+typedef struct td_rpc_server td_rpc_server;
+typedef struct td_rpc_call td_rpc_call;
+
+typedef enum td_rpc_kind {
+  TD_RPC_UNARY = 0,
+  TD_RPC_SERVER_STREAM,
+} td_rpc_kind;
+
+/* Runs on the loop thread with the unpacked request (owned by the call,
+ * valid until the call is answered). A unary handler answers exactly once,
+ * now or later, with td_rpc_reply or td_rpc_fail. A streaming handler sends
+ * any number of messages with td_rpc_send and ends with td_rpc_finish. */
+typedef void (*td_rpc_handler)(void *ctx, td_rpc_call *call,
+                               const ProtobufCMessage *request);
+
+typedef struct td_rpc_method {
+  const char *path; /* "/traind.v1.Trainer/SubmitJob" */
+  td_rpc_kind kind;
+  const ProtobufCMessageDescriptor *request;
+  td_rpc_handler handler;
+  void *ctx; /* passed to the handler */
+} td_rpc_method;
+
+typedef struct td_rpc_server_opts {
+  const char *const *listen; /* "unix:/run/traind/traind.sock", "127.0.0.1:0" */
+  size_t n_listen;
+  const td_rpc_method *methods; /* copied */
+  size_t n_methods;
+  size_t max_request_bytes; /* 0: 4 MiB */
+  int unix_mode;            /* socket file mode; 0: 0660 */
+} td_rpc_server_opts;
+
+/* Binds every address and starts serving on `loop`. A unix socket's
+ * directory is created (0755) when missing, a stale socket file is
+ * replaced, and the socket gets unix_mode. Any address that cannot be bound
+ * fails the whole start with a message naming it. */
+int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
+                        const td_rpc_server_opts *opts, td_error *err);
+/* The TCP port bound for listen address i (0 for unix sockets); resolves
+ * "host:0" to the port the system chose. */
+int td_rpc_server_port(const td_rpc_server *s, size_t i);
+/* The number of calls accepted and not yet released (answered calls whose
+ * last batch is still in flight count too); for tests and daemon info. */
+size_t td_rpc_server_calls(const td_rpc_server *s);
+/* Stops accepting calls, cancels the calls in flight (streams see their
+ * cancel callback), and calls done(arg) on the loop once everything gRPC
+ * owned is released. A unary call still waiting for its handler's answer
+ * holds the shutdown until it is answered (the answer then goes nowhere).
+ * td_rpc_server_free after that, from done itself if convenient. */
+void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg), void *arg);
+void td_rpc_server_free(td_rpc_server *s);
+
+/* Answers a unary call with OK and `response` (packed immediately; the
+ * caller keeps ownership of it). On a stream it sends `response` and
+ * finishes with OK. The call must not be used afterwards. */
+void td_rpc_reply(td_rpc_call *c, const ProtobufCMessage *response);
+/* Answers a unary call or ends a stream with a status and a one-line
+ * message. The call must not be used afterwards. */
+void td_rpc_fail(td_rpc_call *c, int grpc_status, const char *message);
+
+/* Streams: queues a message (packed immediately). Returns TD_OK, or
+ * TD_ECANCELLED when the client is gone or the stream is finished
+ * (TD_EINVAL on a unary call). At most one write is in flight; later ones
+ * wait in order. */
+int td_rpc_send(td_rpc_call *c, const ProtobufCMessage *message);
+/* Ends a stream after its queued messages. The call must not be used
+ * afterwards. */
+void td_rpc_finish(td_rpc_call *c, int grpc_status, const char *message);
+/* Called on the loop when a stream's client cancels, its deadline passes or
+ * the server shuts down, at most once and never after td_rpc_finish. The
+ * callback must stop sending and call td_rpc_finish (once). Registering on
+ * a stream that is already cancelled calls cb on the next loop turn. Unary
+ * calls never call it: their cancellation shows only when answered. */
+void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
+                      void *arg);
+int td_rpc_is_cancelled(const td_rpc_call *c);
+/* The client's address ("unix:", "ipv4:127.0.0.1:5555") for logs. */
+const char *td_rpc_peer(const td_rpc_call *c);
+/* The method row the call came in on. */
+const td_rpc_method *td_rpc_method_of(const td_rpc_call *c);
+
+#endif

@@ -1,0 +1,1117 @@
+/* The daemon's state and the traind.v1.Trainer service.
+ *
+ * Ownership: everything in td_server belongs to the loop thread. A worker
+ * thread reads its job's spec (immutable while the job runs), writes its
+ * job's metric series (td_metrics is made for one writer and loop-thread
+ * readers), polls job->stop, and reports through post_event(). */
+#include "server.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "config.h"
+#include "health.h"
+#include "jobs.h"
+#include "jobspec.h"
+#include "log.h"
+#include "plan.h"
+#include "rpc.h"
+#include "train.h"
+#include "traind/v1/trainer.pb-c.h"
+
+#define TRAINER_SERVICE "traind.v1.Trainer"
+#define FLUSH_MS 50
+#define WATCH_BATCH 1000     /* step points per streamed message */
+#define LIST_DEFAULT 100
+#define LIST_MAX 1000
+#define METRICS_DEFAULT 1000
+#define METRICS_MAX 10000
+
+/* A worker's report to the loop. */
+typedef enum { EV_STARTED, EV_DONE } event_kind;
+
+typedef struct event {
+  struct event *next;
+  event_kind kind;
+  td_job *job;
+  int rc;
+  char msg[TD_ERRMSG_MAX];
+  int64_t total_steps;
+  uint32_t total_epochs, steps_per_epoch;
+  double compile_ms;
+  int cache_hit;
+} event;
+
+/* A WatchMetrics stream. */
+typedef struct td_watch {
+  struct td_watch *next;
+  td_rpc_call *call;
+  td_job *job;
+  int64_t since_step;  /* step points sent up to here */
+  int64_t since_epoch; /* epoch points sent up to this step */
+} td_watch;
+
+typedef struct td_server {
+  uv_loop_t loop;
+  const td_server_opts *opts;
+  Traind__V1__DaemonConfig *cfg;
+  td_rpc_server *rpc;
+  td_health *health;
+  td_plan_cache cache;
+  int64_t started_ns;
+
+  td_job **jobs; /* creation order */
+  size_t n_jobs, cap_jobs;
+  uint64_t next_seq;
+  int n_devices;
+  td_job **device_owner; /* (n_devices) */
+  int running;
+
+  uv_async_t wake;
+  pthread_mutex_t ev_mu;
+  event *ev_head, *ev_tail;
+
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t flush;
+  int draining, rpc_down;
+  char **listen_shown; /* listen addresses with bound ports filled in */
+  size_t n_listen_shown;
+} td_server;
+
+typedef struct worker_ctx {
+  td_server *srv;
+  td_job *job;
+  char **roots;
+  size_t n_roots;
+  int threads;
+} worker_ctx;
+
+static int64_t wall_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void save_job(td_server *s, td_job *j) {
+  td_error err = {0};
+  if (td_job_save(j, s->cfg->state_dir, &err))
+    td_log_error("cannot save job record", "job=%s err=\"%s\"", j->id, err.msg);
+}
+
+static td_job *find_job(td_server *s, const char *id) {
+  for (size_t i = 0; i < s->n_jobs; i++)
+    if (strcmp(s->jobs[i]->id, id) == 0)
+      return s->jobs[i];
+  return NULL;
+}
+
+static void fail_not_found(td_rpc_call *call, const char *id) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "no job with id '%s'; list jobs with trainctl list",
+           id ? id : "");
+  td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
+}
+
+/* ---------------------------------------------------------- workers */
+
+static void post_event(td_server *s, event *e) {
+  pthread_mutex_lock(&s->ev_mu);
+  if (s->ev_tail)
+    s->ev_tail->next = e;
+  else
+    s->ev_head = e;
+  s->ev_tail = e;
+  pthread_mutex_unlock(&s->ev_mu);
+  uv_async_send(&s->wake);
+}
+
+static void w_step(void *user, const td_trainer *t, const td_step_point *p) {
+  (void)t;
+  worker_ctx *w = user;
+  td_metrics_add_step(&w->job->metrics, p);
+}
+
+static void w_epoch(void *user, const td_trainer *t, const td_epoch_point *p) {
+  (void)t;
+  worker_ctx *w = user;
+  td_metrics_add_epoch(&w->job->metrics, p);
+}
+
+static int w_stop(void *user) {
+  worker_ctx *w = user;
+  return atomic_load(&w->job->stop) != TD_STOP_NONE;
+}
+
+static void *worker_main(void *arg) {
+  worker_ctx *w = arg;
+  td_job *j = w->job;
+  td_error err = {0};
+  td_trainer t;
+  td_trainer_opts o = {.data_roots = (const char *const *)w->roots,
+                       .n_data_roots = w->n_roots,
+                       .threads = w->threads,
+                       .cache = &w->srv->cache};
+  event *done = calloc(1, sizeof *done);
+  int rc = td_trainer_init(&t, j->spec, &o, &err);
+  if (!rc) {
+    event *st = calloc(1, sizeof *st);
+    if (st) {
+      st->kind = EV_STARTED;
+      st->job = j;
+      st->total_steps = t.total_steps;
+      st->total_epochs = t.epochs;
+      st->steps_per_epoch = t.steps_per_epoch;
+      st->compile_ms = t.compile_ms;
+      st->cache_hit = t.plan_hit;
+      post_event(w->srv, st);
+    }
+    td_train_hooks h = {.user = w, .on_step = w_step, .on_epoch = w_epoch,
+                        .should_stop = w_stop};
+    rc = td_trainer_run(&t, &h, NULL, &err);
+    td_trainer_free(&t);
+  }
+  td_metrics_flush(&j->metrics);
+  for (size_t i = 0; i < w->n_roots; i++)
+    free(w->roots[i]);
+  free(w->roots);
+  td_server *srv = w->srv;
+  free(w);
+  if (!done) {
+    /* Without memory for the report the loop cannot learn the outcome. */
+    td_log_error("out of memory reporting a finished job", "job=%s", j->id);
+    abort();
+  }
+  done->kind = EV_DONE;
+  done->job = j;
+  done->rc = rc;
+  snprintf(done->msg, sizeof done->msg, "%s", rc ? err.msg : "");
+  post_event(srv, done);
+  return NULL;
+}
+
+static int free_devices(td_server *s) {
+  int n = 0;
+  for (int i = 0; i < s->n_devices; i++)
+    n += s->device_owner[i] == NULL;
+  return n;
+}
+
+static int job_device_count(const td_job *j) {
+  return j->spec->devices && j->spec->devices->count ? (int)j->spec->devices->count : 1;
+}
+
+static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
+                       int code, const char *msg);
+
+static void start_job(td_server *s, td_job *j) {
+  int need = job_device_count(j);
+  j->n_devices = 0;
+  for (int i = 0; i < s->n_devices && j->n_devices < need; i++)
+    if (!s->device_owner[i]) {
+      s->device_owner[i] = j;
+      j->devices[j->n_devices++] = i;
+    }
+  uint32_t per_device = s->cfg->threads / (uint32_t)s->n_devices;
+  j->threads = (per_device ? per_device : 1) * (uint32_t)need;
+  j->state = TRAIND__V1__JOB_STATE__RUNNING;
+  j->started_ns = wall_ns();
+  atomic_store(&j->stop, TD_STOP_NONE);
+  s->running++;
+  save_job(s, j);
+
+  worker_ctx *w = calloc(1, sizeof *w);
+  int ok = w != NULL;
+  if (ok) {
+    w->srv = s;
+    w->job = j;
+    w->threads = (int)j->threads;
+    w->n_roots = s->cfg->n_data_dirs;
+    w->roots = calloc(w->n_roots ? w->n_roots : 1, sizeof *w->roots);
+    ok = w->roots != NULL;
+    for (size_t i = 0; ok && i < w->n_roots; i++)
+      ok = (w->roots[i] = strdup(s->cfg->data_dirs[i])) != NULL;
+  }
+  if (ok)
+    ok = pthread_create(&j->thread, NULL, worker_main, w) == 0;
+  if (!ok) {
+    if (w) {
+      for (size_t i = 0; w->roots && i < w->n_roots; i++)
+        free(w->roots[i]);
+      free(w->roots);
+      free(w);
+    }
+    finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_RESOURCE_EXHAUSTED,
+               "the daemon could not start a worker thread");
+    return;
+  }
+  j->has_thread = 1;
+  td_log_info("job started", "job=%s name=\"%s\" devices=%d threads=%u", j->id,
+              j->name, j->n_devices, j->threads);
+}
+
+/* Starts queued jobs while devices and the concurrency limit allow, in
+ * order of priority, then submission. */
+static void schedule(td_server *s) {
+  while (!s->draining && s->running < (int)s->cfg->max_concurrent_jobs) {
+    td_job *best = NULL;
+    for (size_t i = 0; i < s->n_jobs; i++) {
+      td_job *j = s->jobs[i];
+      if (j->state != TRAIND__V1__JOB_STATE__QUEUED)
+        continue;
+      if (!best || j->spec->priority > best->spec->priority ||
+          (j->spec->priority == best->spec->priority && j->seq < best->seq))
+        best = j;
+    }
+    if (!best || job_device_count(best) > free_devices(s))
+      return;
+    start_job(s, best);
+  }
+}
+
+/* ------------------------------------------------------- job messages */
+
+static void flush_watch(td_server *s, td_watch *w);
+static void drop_watch(td_server *s, td_watch *w);
+static void maybe_finish_shutdown(td_server *s);
+
+static void reply_job(td_rpc_call *call, td_job *j) {
+  td_job_msg m;
+  td_job_msg_fill(&m, j);
+  td_rpc_reply(call, &m.job.base);
+}
+
+static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
+                       int code, const char *msg) {
+  j->state = state;
+  j->finished_ns = wall_ns();
+  j->error_code = code;
+  snprintf(j->error, sizeof j->error, "%s", msg ? msg : "");
+  for (int i = 0; i < j->n_devices; i++)
+    if (s->device_owner[j->devices[i]] == j)
+      s->device_owner[j->devices[i]] = NULL;
+  j->n_devices = 0;
+  save_job(s, j);
+  if (state == TRAIND__V1__JOB_STATE__SUCCEEDED) {
+    td_metrics_latest l;
+    td_metrics_latest_get(&j->metrics, &l);
+    td_log_info("job succeeded", "job=%s steps=%lld test_accuracy=%.4f", j->id,
+                (long long)l.step, l.test_accuracy);
+  } else {
+    td_log_info("job ended", "job=%s state=%s err=\"%s\"", j->id,
+                td_job_state_name(state), j->error);
+  }
+  for (size_t i = 0; i < j->n_cancel_calls; i++)
+    reply_job(j->cancel_calls[i], j);
+  free(j->cancel_calls);
+  j->cancel_calls = NULL;
+  j->n_cancel_calls = 0;
+  /* Final flush: watchers get the rest of the points and the end. */
+  td_watch *w = j->watchers;
+  while (w) {
+    td_watch *next = w->next;
+    flush_watch(s, w);
+    w = next;
+  }
+}
+
+static void on_event(td_server *s, event *e) {
+  td_job *j = e->job;
+  if (e->kind == EV_STARTED) {
+    j->total_steps = e->total_steps;
+    j->total_epochs = e->total_epochs;
+    j->steps_per_epoch = e->steps_per_epoch;
+    j->compile_ms = e->compile_ms;
+    j->cache_hit = e->cache_hit;
+    save_job(s, j);
+    return;
+  }
+  pthread_join(j->thread, NULL);
+  j->has_thread = 0;
+  s->running--;
+  int stop = atomic_load(&j->stop);
+  if (e->rc == TD_OK) {
+    finish_job(s, j, TRAIND__V1__JOB_STATE__SUCCEEDED, 0, NULL);
+  } else if (e->rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN &&
+             j->n_cancel_calls == 0) {
+    /* Interrupted by the daemon's stop: queued again for the next start. */
+    for (int i = 0; i < j->n_devices; i++)
+      s->device_owner[j->devices[i]] = NULL;
+    j->n_devices = 0;
+    j->state = TRAIND__V1__JOB_STATE__QUEUED;
+    j->started_ns = 0;
+    save_job(s, j);
+    td_log_info("job interrupted by shutdown; queued for the next start", "job=%s", j->id);
+    td_watch *w = j->watchers;
+    while (w) {
+      td_watch *next = w->next;
+      flush_watch(s, w);
+      td_rpc_finish(w->call, TD_GRPC_UNAVAILABLE,
+                    "the daemon is shutting down; the job will run again when it restarts");
+      drop_watch(s, w);
+      w = next;
+    }
+  } else if (e->rc == TD_ECANCELLED) {
+    finish_job(s, j, TRAIND__V1__JOB_STATE__CANCELLED, TD_GRPC_CANCELLED, e->msg);
+  } else {
+    finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, td_grpc_status(e->rc), e->msg);
+  }
+  schedule(s);
+  maybe_finish_shutdown(s);
+}
+
+static void on_wake(uv_async_t *h) {
+  td_server *s = h->data;
+  pthread_mutex_lock(&s->ev_mu);
+  event *e = s->ev_head;
+  s->ev_head = s->ev_tail = NULL;
+  pthread_mutex_unlock(&s->ev_mu);
+  while (e) {
+    event *next = e->next;
+    on_event(s, e);
+    free(e);
+    e = next;
+  }
+}
+
+/* ----------------------------------------------------------- metrics */
+
+/* A metrics page: StepPoint and EpochPoint messages in arrays owned by
+ * the page, ready to be pointed at from a response. */
+typedef struct page {
+  size_t n_steps, n_epochs;
+  Traind__V1__StepPoint *steps;
+  Traind__V1__StepPoint **step_ptrs;
+  Traind__V1__EpochPoint *epochs;
+  Traind__V1__EpochPoint **epoch_ptrs;
+  Google__Protobuf__Timestamp *times; /* n_steps + n_epochs */
+  td_step_rec *srec;
+  td_epoch_rec *erec;
+  int more;
+  int64_t oldest;
+} page;
+
+static void page_free(page *p) {
+  free(p->steps);
+  free(p->step_ptrs);
+  free(p->epochs);
+  free(p->epoch_ptrs);
+  free(p->times);
+  free(p->srec);
+  free(p->erec);
+  memset(p, 0, sizeof *p);
+}
+
+static int page_read(page *p, td_job *j, int64_t since_step,
+                     int64_t since_epoch, size_t max_steps) {
+  memset(p, 0, sizeof *p);
+  size_t max_epochs = 4096;
+  p->srec = malloc(max_steps * sizeof *p->srec);
+  p->erec = malloc(max_epochs * sizeof *p->erec);
+  if (!p->srec || !p->erec)
+    return -1;
+  p->n_steps = td_metrics_read_steps(&j->metrics, since_step, p->srec, max_steps,
+                                     &p->more, &p->oldest);
+  int64_t last = p->n_steps ? p->srec[p->n_steps - 1].p.step : since_step;
+  /* Epoch points up to the last step sent, so the two series stay in step. */
+  size_t ne = td_metrics_read_epochs(&j->metrics, since_epoch, p->erec, max_epochs);
+  while (ne && p->erec[ne - 1].p.step > last && p->more)
+    ne--;
+  p->n_epochs = ne;
+  size_t nt = p->n_steps + p->n_epochs;
+  p->steps = calloc(p->n_steps + 1, sizeof *p->steps);
+  p->step_ptrs = calloc(p->n_steps + 1, sizeof *p->step_ptrs);
+  p->epochs = calloc(p->n_epochs + 1, sizeof *p->epochs);
+  p->epoch_ptrs = calloc(p->n_epochs + 1, sizeof *p->epoch_ptrs);
+  p->times = calloc(nt + 1, sizeof *p->times);
+  if (!p->steps || !p->step_ptrs || !p->epochs || !p->epoch_ptrs || !p->times)
+    return -1;
+  for (size_t i = 0; i < p->n_steps; i++) {
+    const td_step_rec *r = &p->srec[i];
+    Traind__V1__StepPoint *m = &p->steps[i];
+    traind__v1__step_point__init(m);
+    m->step = r->p.step;
+    m->epoch = r->p.epoch;
+    m->loss = r->p.loss;
+    m->grad_norm = r->p.grad_norm;
+    m->learning_rate = r->p.lr;
+    m->examples_per_sec = r->p.examples_per_sec;
+    m->step_ms = r->p.step_ms;
+    td_timestamp_set(&p->times[i], r->time_ns);
+    m->time = &p->times[i];
+    p->step_ptrs[i] = m;
+  }
+  for (size_t i = 0; i < p->n_epochs; i++) {
+    const td_epoch_rec *r = &p->erec[i];
+    Traind__V1__EpochPoint *m = &p->epochs[i];
+    traind__v1__epoch_point__init(m);
+    m->epoch = r->p.epoch;
+    m->step = r->p.step;
+    m->train_loss = r->p.train_loss;
+    m->train_accuracy = r->p.train_accuracy;
+    m->evaluated = r->p.evaluated;
+    m->test_loss = r->p.test_loss;
+    m->test_accuracy = r->p.test_accuracy;
+    m->epoch_sec = r->p.epoch_sec;
+    m->examples_per_sec = r->p.examples_per_sec;
+    td_timestamp_set(&p->times[p->n_steps + i], r->time_ns);
+    m->time = &p->times[p->n_steps + i];
+    p->epoch_ptrs[i] = m;
+  }
+  return 0;
+}
+
+static void drop_watch(td_server *s, td_watch *w) {
+  (void)s;
+  td_watch **pp = &w->job->watchers;
+  while (*pp && *pp != w)
+    pp = &(*pp)->next;
+  if (*pp)
+    *pp = w->next;
+  free(w);
+}
+
+/* Sends what the job has past the watcher's position; at the job's end
+ * also the final record, then ends the stream. */
+static void flush_watch(td_server *s, td_watch *w) {
+  td_job *j = w->job;
+  int final = td_job_is_final(j);
+  for (int round = 0; round < 64; round++) {
+    page p;
+    if (page_read(&p, j, w->since_step, w->since_epoch, WATCH_BATCH) != 0) {
+      page_free(&p);
+      td_rpc_finish(w->call, TD_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+      drop_watch(s, w);
+      return;
+    }
+    if (p.n_steps == 0 && p.n_epochs == 0 && !final) {
+      page_free(&p);
+      return;
+    }
+    Traind__V1__WatchMetricsResponse r = TRAIND__V1__WATCH_METRICS_RESPONSE__INIT;
+    r.n_steps = p.n_steps;
+    r.steps = p.step_ptrs;
+    r.n_epochs = p.n_epochs;
+    r.epochs = p.epoch_ptrs;
+    td_job_msg jm;
+    td_job_msg_fill(&jm, j);
+    r.job = &jm.job;
+    int rc = td_rpc_send(w->call, &r.base);
+    if (p.n_steps)
+      w->since_step = p.steps[p.n_steps - 1].step;
+    if (p.n_epochs)
+      w->since_epoch = p.epochs[p.n_epochs - 1].step;
+    int more = p.more;
+    page_free(&p);
+    if (rc != TD_OK)
+      return; /* the cancel callback ends it */
+    if (!more) {
+      if (final) {
+        td_rpc_finish(w->call, TD_GRPC_OK, NULL);
+        drop_watch(s, w);
+      }
+      return;
+    }
+  }
+}
+
+static void on_flush_timer(uv_timer_t *t) {
+  td_server *s = t->data;
+  for (size_t i = 0; i < s->n_jobs; i++) {
+    td_watch *w = s->jobs[i]->watchers;
+    while (w) {
+      td_watch *next = w->next;
+      flush_watch(s, w);
+      w = next;
+    }
+  }
+}
+
+static void on_watch_cancel(void *arg, td_rpc_call *call) {
+  td_watch *w = arg;
+  td_rpc_finish(call, TD_GRPC_CANCELLED, "cancelled");
+  drop_watch(NULL, w);
+}
+
+/* ---------------------------------------------------------- handlers */
+
+static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__SubmitJobRequest *req = (const void *)req_;
+  if (s->draining) {
+    td_rpc_fail(call, TD_GRPC_UNAVAILABLE,
+                "the daemon is shutting down and accepts no jobs; submit again after it restarts");
+    return;
+  }
+  if (!req->spec) {
+    td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, "spec: required (the JobSpec to run)");
+    return;
+  }
+  td_error err = {0};
+  int rc = td_jobspec_validate(req->spec, &err);
+  int need = req->spec->devices && req->spec->devices->count ? (int)req->spec->devices->count : 1;
+  if (!rc && need > s->n_devices) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "devices.count: the job asks for %d devices but the daemon has %d; "
+             "ask for at most %d",
+             need, s->n_devices, s->n_devices);
+    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
+    return;
+  }
+  if (!rc) {
+    td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
+                         .n_data_roots = s->cfg->n_data_dirs};
+    rc = td_trainer_check(req->spec, &o, &err);
+  }
+  if (rc) {
+    td_rpc_fail(call, td_grpc_status(rc), err.msg);
+    return;
+  }
+  /* The request belongs to the call: keep a copy of the spec. */
+  size_t n = traind__v1__job_spec__get_packed_size(req->spec);
+  uint8_t *buf = malloc(n ? n : 1);
+  Traind__V1__JobSpec *spec = NULL;
+  if (buf) {
+    traind__v1__job_spec__pack(req->spec, buf);
+    spec = traind__v1__job_spec__unpack(NULL, n, buf);
+    free(buf);
+  }
+  const char *name = req->name && *req->name ? req->name : req->spec->name;
+  td_job *j = spec ? td_job_new(spec, name, s->cfg->metrics_retention, s->next_seq++) : NULL;
+  if (!j && spec)
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+  if (j && s->n_jobs == s->cap_jobs) {
+    size_t cap = s->cap_jobs ? s->cap_jobs * 2 : 64;
+    td_job **nj = realloc(s->jobs, cap * sizeof *nj);
+    if (nj) {
+      s->jobs = nj;
+      s->cap_jobs = cap;
+    } else {
+      td_job_free(j);
+      j = NULL;
+    }
+  }
+  if (!j) {
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  if (td_job_save(j, s->cfg->state_dir, &err)) {
+    td_log_error("cannot save job record", "job=%s err=\"%s\"", j->id, err.msg);
+    td_job_free(j);
+    td_rpc_fail(call, TD_GRPC_INTERNAL, "the daemon cannot write its state directory");
+    return;
+  }
+  s->jobs[s->n_jobs++] = j;
+  td_log_info("job queued", "job=%s name=\"%s\" peer=%s", j->id, j->name, td_rpc_peer(call));
+  schedule(s);
+  td_job_msg m;
+  td_job_msg_fill(&m, j);
+  Traind__V1__SubmitJobResponse resp = TRAIND__V1__SUBMIT_JOB_RESPONSE__INIT;
+  resp.job = &m.job;
+  td_rpc_reply(call, &resp.base);
+}
+
+static void h_get(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__GetJobRequest *req = (const void *)req_;
+  td_job *j = find_job(s, req->id);
+  if (!j) {
+    fail_not_found(call, req->id);
+    return;
+  }
+  reply_job(call, j);
+}
+
+static int state_wanted(const Traind__V1__ListJobsRequest *req, Traind__V1__JobState st) {
+  if (req->n_states == 0)
+    return 1;
+  for (size_t i = 0; i < req->n_states; i++)
+    if (req->states[i] == st)
+      return 1;
+  return 0;
+}
+
+static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__ListJobsRequest *req = (const void *)req_;
+  size_t limit = req->page_size ? req->page_size : LIST_DEFAULT;
+  if (limit > LIST_MAX)
+    limit = LIST_MAX;
+  /* Newest first; a page token is the id of the last job of the previous
+   * page, and the next page starts after it. */
+  size_t start = s->n_jobs;
+  if (req->page_token && *req->page_token) {
+    size_t i = 0;
+    while (i < s->n_jobs && strcmp(s->jobs[i]->id, req->page_token) != 0)
+      i++;
+    if (i == s->n_jobs) {
+      td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT,
+                  "page_token: not a token from a previous ListJobs reply");
+      return;
+    }
+    start = i;
+  }
+  td_job_msg *msgs = calloc(limit, sizeof *msgs);
+  Traind__V1__Job **ptrs = calloc(limit, sizeof *ptrs);
+  if (!msgs || !ptrs) {
+    free(msgs);
+    free(ptrs);
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  size_t n = 0, i = start;
+  while (i > 0 && n < limit) {
+    td_job *j = s->jobs[--i];
+    if (!state_wanted(req, j->state))
+      continue;
+    td_job_msg_fill(&msgs[n], j);
+    ptrs[n] = &msgs[n].job;
+    n++;
+  }
+  /* A next page exists when an older matching job remains. */
+  int more = 0;
+  for (size_t k = i; k > 0 && !more; k--)
+    more = state_wanted(req, s->jobs[k - 1]->state);
+  Traind__V1__ListJobsResponse resp = TRAIND__V1__LIST_JOBS_RESPONSE__INIT;
+  resp.n_jobs = n;
+  resp.jobs = ptrs;
+  if (more && n)
+    resp.next_page_token = msgs[n - 1].job.id;
+  td_rpc_reply(call, &resp.base);
+  free(msgs);
+  free(ptrs);
+}
+
+static void h_cancel(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__CancelJobRequest *req = (const void *)req_;
+  td_job *j = find_job(s, req->id);
+  if (!j) {
+    fail_not_found(call, req->id);
+    return;
+  }
+  if (td_job_is_final(j)) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "job %s already ended (%s); nothing to cancel", j->id,
+             td_job_state_name(j->state));
+    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
+    return;
+  }
+  if (j->state == TRAIND__V1__JOB_STATE__QUEUED) {
+    finish_job(s, j, TRAIND__V1__JOB_STATE__CANCELLED, TD_GRPC_CANCELLED,
+               "cancelled while queued");
+    reply_job(call, j);
+    return;
+  }
+  /* Running: the worker stops at its next step boundary; the reply waits
+   * for that, so it carries the final state. */
+  td_rpc_call **nc = realloc(j->cancel_calls, (j->n_cancel_calls + 1) * sizeof *nc);
+  if (!nc) {
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  j->cancel_calls = nc;
+  j->cancel_calls[j->n_cancel_calls++] = call;
+  int expected = TD_STOP_NONE;
+  atomic_compare_exchange_strong(&j->stop, &expected, TD_STOP_CANCEL);
+  td_log_info("job cancel requested", "job=%s peer=%s", j->id, td_rpc_peer(call));
+}
+
+static void h_metrics(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__GetMetricsRequest *req = (const void *)req_;
+  td_job *j = find_job(s, req->id);
+  if (!j) {
+    fail_not_found(call, req->id);
+    return;
+  }
+  size_t max = req->max_points ? req->max_points : METRICS_DEFAULT;
+  if (max > METRICS_MAX)
+    max = METRICS_MAX;
+  page p;
+  if (page_read(&p, j, req->since_step, req->since_step, max) != 0) {
+    page_free(&p);
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  Traind__V1__GetMetricsResponse r = TRAIND__V1__GET_METRICS_RESPONSE__INIT;
+  r.n_steps = p.n_steps;
+  r.steps = p.step_ptrs;
+  r.n_epochs = p.n_epochs;
+  r.epochs = p.epoch_ptrs;
+  r.last_step = p.n_steps ? p.steps[p.n_steps - 1].step : req->since_step;
+  r.more = p.more;
+  r.oldest_step = p.oldest;
+  r.state = j->state;
+  td_rpc_reply(call, &r.base);
+  page_free(&p);
+}
+
+static void h_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__WatchMetricsRequest *req = (const void *)req_;
+  td_job *j = find_job(s, req->id);
+  if (!j) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "no job with id '%s'; list jobs with trainctl list", req->id);
+    td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
+    return;
+  }
+  td_watch *w = calloc(1, sizeof *w);
+  if (!w) {
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  w->call = call;
+  w->job = j;
+  w->since_step = req->since_step;
+  w->since_epoch = req->since_step;
+  w->next = j->watchers;
+  j->watchers = w;
+  td_rpc_on_cancel(call, on_watch_cancel, w);
+  flush_watch(s, w);
+}
+
+static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  (void)req_;
+  td_server *s = ctx;
+  size_t n = (size_t)s->n_devices;
+  Traind__V1__Device *d = calloc(n, sizeof *d);
+  Traind__V1__Device **ptrs = calloc(n, sizeof *ptrs);
+  char(*ids)[32] = calloc(n, sizeof *ids);
+  char(*desc)[128] = calloc(n, sizeof *desc);
+  if (!d || !ptrs || !ids || !desc) {
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+  } else {
+    uint32_t per = s->cfg->threads / (uint32_t)s->n_devices;
+    for (size_t i = 0; i < n; i++) {
+      traind__v1__device__init(&d[i]);
+      snprintf(ids[i], sizeof ids[i], "cpu:%zu", i);
+      snprintf(desc[i], sizeof desc[i], "CPU replica %zu (%u compute threads)", i,
+               per ? per : 1);
+      d[i].id = ids[i];
+      d[i].kind = "cpu";
+      d[i].description = desc[i];
+      d[i].threads = per ? per : 1;
+      d[i].job_id = s->device_owner[i] ? s->device_owner[i]->id : "";
+      ptrs[i] = &d[i];
+    }
+    Traind__V1__ListDevicesResponse r = TRAIND__V1__LIST_DEVICES_RESPONSE__INIT;
+    r.n_devices = n;
+    r.devices = ptrs;
+    td_rpc_reply(call, &r.base);
+  }
+  free(d);
+  free(ptrs);
+  free(ids);
+  free(desc);
+}
+
+static void h_info(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  (void)req_;
+  td_server *s = ctx;
+  Traind__V1__DaemonInfo r = TRAIND__V1__DAEMON_INFO__INIT;
+  Google__Protobuf__Timestamp started;
+  td_timestamp_set(&started, s->started_ns);
+  r.version = TRAIND_VERSION;
+  r.started = &started;
+  r.uptime_sec = (double)(wall_ns() - s->started_ns) / 1e9;
+  pthread_mutex_lock(&s->cache.mu);
+  r.compile_cache_entries = s->cache.n_entries;
+  r.compile_cache_hits = s->cache.hits;
+  r.compile_cache_misses = s->cache.misses;
+  pthread_mutex_unlock(&s->cache.mu);
+  r.n_listen = s->n_listen_shown;
+  r.listen = s->listen_shown;
+  r.n_data_dirs = s->cfg->n_data_dirs;
+  r.data_dirs = s->cfg->data_dirs;
+  r.max_concurrent_jobs = s->cfg->max_concurrent_jobs;
+  for (size_t i = 0; i < s->n_jobs; i++) {
+    r.jobs_queued += s->jobs[i]->state == TRAIND__V1__JOB_STATE__QUEUED;
+    r.jobs_running += s->jobs[i]->state == TRAIND__V1__JOB_STATE__RUNNING;
+  }
+  r.jobs_total = (uint32_t)s->n_jobs;
+  td_rpc_reply(call, &r.base);
+}
+
+#define TRAINER(rpc, kind, req, fn)                                          \
+  {"/" TRAINER_SERVICE "/" rpc, kind, &traind__v1__##req##__descriptor, fn, NULL}
+
+static const td_rpc_method trainer_methods[] = {
+    TRAINER("SubmitJob", TD_RPC_UNARY, submit_job_request, h_submit),
+    TRAINER("GetJob", TD_RPC_UNARY, get_job_request, h_get),
+    TRAINER("ListJobs", TD_RPC_UNARY, list_jobs_request, h_list),
+    TRAINER("CancelJob", TD_RPC_UNARY, cancel_job_request, h_cancel),
+    TRAINER("GetMetrics", TD_RPC_UNARY, get_metrics_request, h_metrics),
+    TRAINER("WatchMetrics", TD_RPC_SERVER_STREAM, watch_metrics_request, h_watch),
+    TRAINER("ListDevices", TD_RPC_UNARY, list_devices_request, h_devices),
+    TRAINER("GetDaemonInfo", TD_RPC_UNARY, get_daemon_info_request, h_info),
+};
+#define N_TRAINER (sizeof trainer_methods / sizeof trainer_methods[0])
+
+/* ------------------------------------------------------- lifecycle */
+
+static void on_closed(uv_handle_t *h) { (void)h; }
+
+static void on_rpc_down(void *arg) {
+  td_server *s = arg;
+  s->rpc_down = 1;
+  uv_close((uv_handle_t *)&s->sig_term, on_closed);
+  uv_close((uv_handle_t *)&s->sig_int, on_closed);
+  uv_close((uv_handle_t *)&s->sig_hup, on_closed);
+  uv_close((uv_handle_t *)&s->flush, on_closed);
+  uv_close((uv_handle_t *)&s->wake, on_closed);
+}
+
+static void maybe_finish_shutdown(td_server *s) {
+  if (s->draining != 1 || s->running > 0)
+    return;
+  /* Streams end first, then the server. */
+  for (size_t i = 0; i < s->n_jobs; i++) {
+    td_watch *w = s->jobs[i]->watchers;
+    while (w) {
+      td_watch *next = w->next;
+      td_rpc_finish(w->call, TD_GRPC_UNAVAILABLE, "the daemon is shutting down");
+      drop_watch(s, w);
+      w = next;
+    }
+  }
+  td_health_free(s->health);
+  s->health = NULL;
+  td_log_info("stopping the rpc server", NULL);
+  s->draining = 2;
+  td_rpc_server_shutdown(s->rpc, on_rpc_down, s); /* freed after the loop */
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum) {
+  td_server *s = h->data;
+  if (s->draining)
+    return;
+  td_log_info("draining: no new jobs; running jobs stop at their next step",
+              "signal=%s running=%d", signum == SIGTERM ? "SIGTERM" : "SIGINT", s->running);
+  s->draining = 1;
+  td_health_set(s->health, "", TD_HEALTH_NOT_SERVING);
+  td_health_set(s->health, TRAINER_SERVICE, TD_HEALTH_NOT_SERVING);
+  for (size_t i = 0; i < s->n_jobs; i++)
+    if (s->jobs[i]->state == TRAIND__V1__JOB_STATE__RUNNING) {
+      int expected = TD_STOP_NONE;
+      atomic_compare_exchange_strong(&s->jobs[i]->stop, &expected, TD_STOP_SHUTDOWN);
+    }
+  maybe_finish_shutdown(s);
+}
+
+static void on_hup(uv_signal_t *h, int signum) {
+  (void)signum;
+  td_server *s = h->data;
+  Traind__V1__DaemonConfig *fresh = NULL;
+  td_error err = {0};
+  if (s->opts->load_config(s->opts->load_config_arg, &fresh, &err)) {
+    td_log_error("reload failed; keeping the current configuration", "err=\"%s\"", err.msg);
+    return;
+  }
+  Traind__V1__DaemonConfig *old = s->cfg;
+  /* These need a restart: keep the running values. */
+  if (fresh->cpu_devices != old->cpu_devices || fresh->threads != old->threads ||
+      strcmp(fresh->state_dir, old->state_dir) != 0 || fresh->n_listen != old->n_listen)
+    td_log_warn("listen, state_dir, cpu_devices and threads change only at restart", NULL);
+  fresh->cpu_devices = old->cpu_devices;
+  fresh->threads = old->threads;
+  char *keep_state = fresh->state_dir;
+  fresh->state_dir = old->state_dir;
+  old->state_dir = keep_state;
+  int level = td_log_parse_level(fresh->log_level);
+  if (level >= 0)
+    td_log_set_level((td_log_level)level);
+  s->cfg = fresh;
+  td_config_free(old);
+  td_log_info("configuration reloaded", "max_concurrent_jobs=%u data_dirs=%zu log_level=%s",
+              fresh->max_concurrent_jobs, fresh->n_data_dirs, fresh->log_level);
+  schedule(s);
+}
+
+static int add_job_sorted(td_server *s, td_job *j) {
+  if (s->n_jobs == s->cap_jobs) {
+    size_t cap = s->cap_jobs ? s->cap_jobs * 2 : 64;
+    td_job **nj = realloc(s->jobs, cap * sizeof *nj);
+    if (!nj)
+      return -1;
+    s->jobs = nj;
+    s->cap_jobs = cap;
+  }
+  size_t i = s->n_jobs;
+  while (i > 0 && s->jobs[i - 1]->created_ns > j->created_ns) {
+    s->jobs[i] = s->jobs[i - 1];
+    i--;
+  }
+  s->jobs[i] = j;
+  s->n_jobs++;
+  return 0;
+}
+
+static void warn_record(const char *path, const char *why) {
+  td_log_warn("skipping a job record", "file=%s problem=\"%s\"", path, why);
+}
+
+static int load_jobs(td_server *s, td_error *err) {
+  td_job **loaded = NULL;
+  size_t n = 0;
+  int rc = td_job_load_all(s->cfg->state_dir, s->cfg->metrics_retention, &loaded,
+                           &n, warn_record, err);
+  if (rc)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    if (add_job_sorted(s, loaded[i]) != 0) {
+      for (size_t k = i; k < n; k++)
+        td_job_free(loaded[k]);
+      free(loaded);
+      return td_errorf(err, TD_ENOMEM, "out of memory loading job records");
+    }
+  free(loaded);
+  /* Submission order follows creation; unfinished jobs run again. */
+  for (size_t i = 0; i < s->n_jobs; i++) {
+    td_job *j = s->jobs[i];
+    j->seq = s->next_seq++;
+    if (j->state == TRAIND__V1__JOB_STATE__RUNNING ||
+        j->state == TRAIND__V1__JOB_STATE__QUEUED) {
+      if (j->state == TRAIND__V1__JOB_STATE__RUNNING)
+        td_log_info("job was running when the daemon stopped; queued again", "job=%s", j->id);
+      j->state = TRAIND__V1__JOB_STATE__QUEUED;
+      j->started_ns = 0;
+      td_metrics_latest zero = {0};
+      td_metrics_latest_set(&j->metrics, &zero);
+      save_job(s, j);
+    }
+  }
+  td_log_info("job records loaded", "jobs=%zu state_dir=%s", s->n_jobs, s->cfg->state_dir);
+  return TD_OK;
+}
+
+static void free_server(td_server *s) {
+  for (size_t i = 0; i < s->n_jobs; i++)
+    td_job_free(s->jobs[i]);
+  free(s->jobs);
+  free(s->device_owner);
+  for (size_t i = 0; i < s->n_listen_shown; i++)
+    free(s->listen_shown[i]);
+  free(s->listen_shown);
+  event *e = s->ev_head;
+  while (e) {
+    event *next = e->next;
+    free(e);
+    e = next;
+  }
+  pthread_mutex_destroy(&s->ev_mu);
+  td_plan_cache_free(&s->cache);
+  td_config_free(s->cfg);
+}
+
+/* The listen addresses as bound ("127.0.0.1:0" becomes the chosen port). */
+static int show_listen(td_server *s) {
+  s->listen_shown = calloc(s->cfg->n_listen, sizeof *s->listen_shown);
+  if (!s->listen_shown)
+    return -1;
+  for (size_t i = 0; i < s->cfg->n_listen; i++) {
+    const char *a = s->cfg->listen[i];
+    int port = td_rpc_server_port(s->rpc, i);
+    const char *colon = strrchr(a, ':');
+    char buf[512];
+    if (port > 0 && colon && strncmp(a, "unix:", 5) != 0)
+      snprintf(buf, sizeof buf, "%.*s:%d", (int)(colon - a), a, port);
+    else
+      snprintf(buf, sizeof buf, "%s", a);
+    if (!(s->listen_shown[i] = strdup(buf)))
+      return -1;
+    s->n_listen_shown = i + 1;
+  }
+  return 0;
+}
+
+int td_server_main(const td_server_opts *opts) {
+  td_server *s = calloc(1, sizeof *s);
+  if (!s)
+    return 1;
+  s->opts = opts;
+  td_error err = {0};
+  if (opts->load_config(opts->load_config_arg, &s->cfg, &err)) {
+    fprintf(stderr, "traind: %s\n", err.msg);
+    free(s);
+    return 2;
+  }
+  int level = td_log_parse_level(s->cfg->log_level);
+  td_log_set_level(level >= 0 ? (td_log_level)level : TD_LOG_INFO);
+  s->started_ns = wall_ns();
+  s->n_devices = (int)s->cfg->cpu_devices;
+  s->device_owner = calloc((size_t)s->n_devices, sizeof *s->device_owner);
+  pthread_mutex_init(&s->ev_mu, NULL);
+  td_plan_cache_init(&s->cache);
+  int exit_code = 0;
+  if (!s->device_owner || load_jobs(s, &err)) {
+    fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
+    free_server(s);
+    free(s);
+    return 1;
+  }
+
+  uv_loop_init(&s->loop);
+  uv_async_init(&s->loop, &s->wake, on_wake);
+  s->wake.data = s;
+  uv_timer_init(&s->loop, &s->flush);
+  s->flush.data = s;
+  uv_timer_start(&s->flush, on_flush_timer, FLUSH_MS, FLUSH_MS);
+  uv_signal_init(&s->loop, &s->sig_term);
+  uv_signal_init(&s->loop, &s->sig_int);
+  uv_signal_init(&s->loop, &s->sig_hup);
+  s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+  uv_signal_start(&s->sig_term, on_stop_signal, SIGTERM);
+  uv_signal_start(&s->sig_int, on_stop_signal, SIGINT);
+  uv_signal_start(&s->sig_hup, on_hup, SIGHUP);
+
+  s->health = td_health_new();
+  td_rpc_method methods[N_TRAINER + 2];
+  for (size_t i = 0; i < N_TRAINER; i++) {
+    methods[i] = trainer_methods[i];
+    methods[i].ctx = s;
+  }
+  td_health_methods(s->health, methods + N_TRAINER);
+  td_rpc_server_opts ro = {.listen = (const char *const *)s->cfg->listen,
+                           .n_listen = s->cfg->n_listen,
+                           .methods = methods,
+                           .n_methods = N_TRAINER + 2};
+  if (!s->health || td_rpc_server_start(&s->rpc, &s->loop, &ro, &err) || show_listen(s)) {
+    fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
+    exit_code = 1;
+    s->draining = 1;
+    td_health_free(s->health);
+    s->health = NULL;
+    s->draining = 2;
+    if (s->rpc) {
+      td_rpc_server_shutdown(s->rpc, on_rpc_down, s);
+    } else {
+      on_rpc_down(s);
+    }
+  } else {
+    for (size_t i = 0; i < s->n_listen_shown; i++)
+      td_log_info("listening", "addr=%s", s->listen_shown[i]);
+    td_log_info("traind ready", "version=%s cpu_devices=%d threads=%u data_dirs=%zu",
+                TRAIND_VERSION, s->n_devices, s->cfg->threads, s->cfg->n_data_dirs);
+    td_health_set(s->health, "", TD_HEALTH_SERVING);
+    td_health_set(s->health, TRAINER_SERVICE, TD_HEALTH_SERVING);
+    schedule(s);
+  }
+  uv_run(&s->loop, UV_RUN_DEFAULT);
+  /* Every handle is closed; workers have all reported. */
+  if (s->rpc)
+    td_rpc_server_free(s->rpc);
+  int rc = uv_loop_close(&s->loop);
+  if (rc)
+    td_log_warn("event loop closed with open handles", "err=\"%s\"", uv_strerror(rc));
+  if (!exit_code)
+    td_log_info("traind stopped", NULL);
+  free_server(s);
+  free(s);
+  return exit_code;
+}
