@@ -1,1 +1,1305 @@
-int main(void) { return 1; }
+/* trainctl: the command-line client of traind.
+ *
+ *   trainctl submit FILE [--follow] [--name NAME]
+ *   trainctl get JOB | list [--state S]... [--limit N] | cancel JOB
+ *   trainctl metrics JOB [--follow] [--since STEP]
+ *   trainctl devices | health [--service NAME] | info | version [--client]
+ *
+ * Global flags go anywhere on the line: --addr, --timeout, -o/--output.
+ * Every call goes through client/rpc_client.h; everything shown to a person
+ * is formatted by client/view.c. Exit status: see usage_exit_codes below. */
+#include <errno.h>
+#include <langinfo.h>
+#include <locale.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "pbjson.h"
+#include "rpc_client.h"
+#include "traind/v1/job.pb-c.h"
+#include "traind/v1/trainer.pb-c.h"
+#include "view.h"
+
+enum {
+  EXIT_OK = 0,
+  EXIT_JOB_FAILED = 1, /* also: health is not SERVING */
+  EXIT_USAGE = 2,
+  EXIT_UNREACHABLE = 3,
+  EXIT_NOT_FOUND = 4,
+  EXIT_JOB_CANCELLED = 5,
+  EXIT_RPC = 6,
+  EXIT_INTERRUPTED = 130,
+};
+
+/* gRPC status codes, by number (grpc_status_code), so that this file does
+ * not need gRPC's headers. */
+enum {
+  GRPC_OK = 0,
+  GRPC_CANCELLED = 1,
+  GRPC_INVALID_ARGUMENT = 3,
+  GRPC_DEADLINE_EXCEEDED = 4,
+  GRPC_NOT_FOUND = 5,
+  GRPC_PERMISSION_DENIED = 7,
+  GRPC_RESOURCE_EXHAUSTED = 8,
+  GRPC_FAILED_PRECONDITION = 9,
+  GRPC_OUT_OF_RANGE = 11,
+  GRPC_UNIMPLEMENTED = 12,
+  GRPC_UNAVAILABLE = 14,
+};
+
+#define DEFAULT_ADDR "unix:/run/traind/traind.sock"
+#define DEFAULT_TIMEOUT 10.0
+#define METHOD(rpc) "/traind.v1.Trainer/" rpc
+#define HEALTH_CHECK "/grpc.health.v1.Health/Check"
+#define MAX_STATES 16
+
+/* Output formats, as a bit set so that commands can list what they allow. */
+enum { OUT_TABLE = 1, OUT_JSON = 2, OUT_YAML = 4, OUT_CSV = 8 };
+
+/* Flags, by id; a command accepts the global ones plus those in its mask. */
+enum {
+  FL_ADDR,
+  FL_TIMEOUT,
+  FL_OUTPUT,
+  FL_HELP,
+  FL_FOLLOW,
+  FL_NAME,
+  FL_STATE,
+  FL_LIMIT,
+  FL_SINCE,
+  FL_SERVICE,
+  FL_CLIENT,
+  FL_COUNT
+};
+#define GLOBAL_FLAGS ((1u << FL_ADDR) | (1u << FL_TIMEOUT) | (1u << FL_OUTPUT) | (1u << FL_HELP))
+
+typedef struct flag_def {
+  const char *name; /* long name, without "--" */
+  char short_name;  /* 0 when none */
+  const char *arg;  /* metavariable, NULL for a switch */
+  const char *help;
+} flag_def;
+
+static const flag_def flag_defs[FL_COUNT] = {
+    [FL_ADDR] = {"addr", 0, "ADDR",
+                 "traind's address: unix:/path/to/sock or host:port (default: "
+                 "$TRAIND_ADDR, else " DEFAULT_ADDR ")"},
+    [FL_TIMEOUT] = {"timeout", 0, "SECONDS",
+                    "deadline of each call (default 10; 0 means none); --follow streams "
+                    "have none unless this is given. Accepts 2.5, 30s, 500ms, 2m"},
+    [FL_OUTPUT] = {"output", 'o', "FORMAT",
+                   "output format: table (default), json, yaml; csv for metrics and devices"},
+    [FL_HELP] = {"help", 'h', NULL, "show help for the command"},
+    [FL_FOLLOW] = {"follow", 'f', NULL, "then follow the job's metrics until it ends"},
+    [FL_NAME] = {"name", 0, "NAME", "the job's name (overrides the file's name)"},
+    [FL_STATE] = {"state", 0, "STATE",
+                  "only jobs in this state: queued, running, succeeded, failed, cancelled "
+                  "(repeatable, or comma-separated)"},
+    [FL_LIMIT] = {"limit", 0, "N", "show at most N jobs, newest first (default: all)"},
+    [FL_SINCE] = {"since", 0, "STEP", "only points after this step (default 0: all)"},
+    [FL_SERVICE] = {"service", 0, "NAME",
+                    "the service to check (default \"\": the daemon as a whole)"},
+    [FL_CLIENT] = {"client", 0, NULL, "print only trainctl's version; do not contact traind"},
+};
+
+typedef struct ctl ctl;
+
+typedef struct command {
+  const char *name;
+  int (*run)(ctl *c);
+  const char *synopsis; /* after "trainctl NAME" */
+  int min_args, max_args;
+  unsigned flags;   /* FL_* bits beyond the global ones */
+  unsigned outputs; /* OUT_* bits */
+  const char *summary;
+  const char *help; /* paragraphs after the usage line */
+} command;
+
+/* Everything one invocation knows: the command line, then the connection. */
+struct ctl {
+  const command *cmd;
+  const char *args[2];
+  int nargs;
+  char addr[1024];
+  double timeout;
+  int timeout_given;
+  int output;
+  int follow, client_only;
+  const char *name, *service;
+  int states[MAX_STATES];
+  size_t n_states;
+  uint32_t limit;
+  int64_t since;
+  int utf8;
+  td_rpc_client *rpc;
+};
+
+/* ------------------------------------------------------------ errors */
+
+/* Prints the one error line: "trainctl: <what happened>; <what to do>". */
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...) {
+  char msg[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  /* One line, whatever the daemon or a file put in the message. */
+  for (char *p = msg; *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f)
+      *p = ((*p == '\n' || *p == '\r' || *p == '\t') ? ' ' : '?');
+  fflush(stdout);
+  fprintf(stderr, "trainctl: %s\n", msg);
+  return code;
+}
+
+static int usage_error(const ctl *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(const ctl *c, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  /* A message that already says what to do gets the help pointer in
+   * parentheses, so that the line keeps one "; ". */
+  const char *name = c->cmd ? c->cmd->name : "", *sep = c->cmd ? " " : "";
+  if (strstr(msg, "; "))
+    return fail(EXIT_USAGE, "%s (see 'trainctl %s%s--help')", msg, name, sep);
+  return fail(EXIT_USAGE, "%s; see 'trainctl %s%s--help'", msg, name, sep);
+}
+
+/* The exit status for a failed call's gRPC status code. */
+static int exit_for_status(int code) {
+  switch (code) {
+  case GRPC_INVALID_ARGUMENT:
+  case GRPC_OUT_OF_RANGE:
+  case GRPC_PERMISSION_DENIED:    /* a dataset path outside the data roots */
+  case GRPC_FAILED_PRECONDITION:  /* more devices than the daemon has, ... */
+    return EXIT_USAGE;
+  case GRPC_UNAVAILABLE:
+  case GRPC_DEADLINE_EXCEEDED:
+    return EXIT_UNREACHABLE;
+  case GRPC_NOT_FOUND:
+    return EXIT_NOT_FOUND;
+  default:
+    return EXIT_RPC;
+  }
+}
+
+static int is_cmd(const ctl *c, const char *name) { return strcmp(c->cmd->name, name) == 0; }
+
+/* Reports a failed call (`what`: "get job j-1") with a hint that fits the
+ * status and the command, and returns the exit status. */
+static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
+  const char *msg = st->message[0] ? st->message : td_view_grpc_code_name(st->code);
+  const char *hint;
+  switch (st->code) {
+  case GRPC_UNAVAILABLE:
+    /* The client library names the address itself when it never connected. */
+    if (strncmp(msg, "cannot reach traind", 19) == 0)
+      return fail(EXIT_UNREACHABLE, "%s; is the daemon running? set --addr or TRAIND_ADDR", msg);
+    return fail(EXIT_UNREACHABLE,
+                "cannot reach traind at %s: %s; is the daemon running? set --addr or TRAIND_ADDR",
+                c->addr, msg);
+  case GRPC_DEADLINE_EXCEEDED:
+    return fail(EXIT_UNREACHABLE,
+                "%s: traind at %s did not answer within %g s (%s); check that it is running "
+                "and reachable, or raise --timeout",
+                what, c->addr, c->timeout, msg);
+  case GRPC_INVALID_ARGUMENT:
+  case GRPC_OUT_OF_RANGE:
+    hint = is_cmd(c, "submit") ? "fix the job file and submit it again"
+                               : "check the command's arguments";
+    break;
+  case GRPC_NOT_FOUND:
+    hint = is_cmd(c, "submit")  ? "check the dataset paths (trainctl info lists the data dirs)"
+           : is_cmd(c, "health") ? "check --service"
+                                 : "'trainctl list' shows the jobs there are";
+    break;
+  case GRPC_PERMISSION_DENIED:
+    hint = is_cmd(c, "submit") ? "dataset paths must lie under the daemon's data dirs "
+                                 "(trainctl info lists them)"
+                               : "check the daemon's configuration";
+    break;
+  case GRPC_FAILED_PRECONDITION:
+    hint = is_cmd(c, "submit")   ? "the daemon cannot run the job as written; "
+                                   "'trainctl devices' shows what it has"
+           : is_cmd(c, "cancel") ? "the job has already ended; 'trainctl get' shows how"
+                                 : "'trainctl get' shows the job's state";
+    break;
+  case GRPC_RESOURCE_EXHAUSTED:
+    hint = "the daemon is at a limit; retry later or send less";
+    break;
+  case GRPC_UNIMPLEMENTED:
+    hint = "the daemon does not offer this call; compare 'trainctl version' with the daemon's";
+    break;
+  default:
+    hint = "the daemon's log has the details";
+    break;
+  }
+  /* The daemon's messages usually say what to do already ("...; list jobs
+   * with trainctl list"); then they stand as they are. */
+  if (strstr(msg, "; "))
+    return fail(exit_for_status(st->code), "%s: %s", what, msg);
+  return fail(exit_for_status(st->code), "%s: %s (%s); %s", what, msg,
+              td_view_grpc_code_name(st->code), hint);
+}
+
+/* ------------------------------------------------------------ calls */
+
+static int open_rpc(ctl *c) {
+  if (c->rpc)
+    return 0;
+  if (!(c->rpc = td_rpc_client_open(c->addr)))
+    return fail(EXIT_USAGE,
+                "cannot use '%s' as traind's address; give --addr as unix:/path/to/sock or "
+                "host:port",
+                c->addr);
+  return 0;
+}
+
+/* A unary call with the --timeout deadline. Returns 0 with *resp set, or the
+ * exit status after reporting the failure. */
+static int unary(ctl *c, const char *method, const ProtobufCMessage *req,
+                 const ProtobufCMessageDescriptor *rd, ProtobufCMessage **resp,
+                 const char *what) {
+  td_rpc_status st;
+  memset(&st, 0, sizeof st);
+  *resp = NULL;
+  int rc = open_rpc(c);
+  if (rc)
+    return rc;
+  if (td_rpc_call_unary(c->rpc, method, req, rd, resp, c->timeout, &st) != GRPC_OK ||
+      !*resp) {
+    if (*resp) {
+      protobuf_c_message_free_unpacked(*resp, NULL);
+      *resp = NULL;
+    }
+    if (st.code == GRPC_OK)
+      st.code = 13; /* INTERNAL: OK without a reply */
+    return rpc_fail(c, what, &st);
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------ output */
+
+static int print_message(const ctl *c, const ProtobufCMessage *m, int stream_item) {
+  char *json = pbjson_emit(m, PBJSON_INDENT);
+  if (!json)
+    return fail(EXIT_RPC,
+                "cannot print the %s as JSON (a timestamp out of range, or out of memory); "
+                "try -o table",
+                m->descriptor->short_name);
+  if (c->output == OUT_YAML) {
+    char *yaml = td_view_json_to_yaml(json);
+    free(json);
+    if (!yaml)
+      return fail(EXIT_RPC, "cannot print the %s as YAML (out of memory); try -o json",
+                  m->descriptor->short_name);
+    if (stream_item)
+      fputs("---\n", stdout);
+    fputs(yaml, stdout);
+    free(yaml);
+  } else {
+    puts(json);
+    free(json);
+  }
+  if (stream_item)
+    fflush(stdout);
+  return 0;
+}
+
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double mono_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int term_cols(void) {
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+    return ws.ws_col;
+  const char *env = getenv("COLUMNS");
+  int n = env ? atoi(env) : 0;
+  return n > 0 ? n : 80;
+}
+
+/* ------------------------------------------------------------ following */
+
+/* What an interrupted follow writes: the cursor shown again, a line break
+ * after the live block, and one line saying the job goes on. Prepared
+ * before the stream starts, since a signal handler may only write(). */
+static char interrupt_out[64], interrupt_err[512];
+static size_t interrupt_out_len, interrupt_err_len;
+
+static void on_interrupt(int sig) {
+  (void)sig;
+  if (interrupt_out_len && write(STDOUT_FILENO, interrupt_out, interrupt_out_len) < 0)
+    interrupt_out_len = 0;
+  if (interrupt_err_len && write(STDERR_FILENO, interrupt_err, interrupt_err_len) < 0)
+    interrupt_err_len = 0;
+  _exit(EXIT_INTERRUPTED);
+}
+
+typedef struct follow_ctx {
+  ctl *c;
+  td_follow view;
+  int messages;
+  int csv_header_done;
+  int state;          /* the job's last reported state */
+  int rc;             /* a failure inside the callback */
+  int64_t last_step;  /* of the last step point, to resume after */
+} follow_ctx;
+
+static int on_watch(void *arg, const ProtobufCMessage *msg) {
+  follow_ctx *fc = arg;
+  const Traind__V1__WatchMetricsResponse *m = (const Traind__V1__WatchMetricsResponse *)msg;
+  fc->messages++;
+  if (m->job)
+    fc->state = m->job->state;
+  if (m->n_steps)
+    fc->last_step = m->steps[m->n_steps - 1]->step;
+  switch (fc->c->output) {
+  case OUT_TABLE:
+    fc->view.cols = term_cols();
+    td_follow_feed(&fc->view, m, mono_now());
+    break;
+  case OUT_CSV:
+    td_view_metrics_csv(stdout, m->steps, m->n_steps, m->epochs, m->n_epochs,
+                        !fc->csv_header_done);
+    fc->csv_header_done = 1;
+    fflush(stdout);
+    break;
+  default:
+    if ((fc->rc = print_message(fc->c, msg, 1)))
+      return 1;
+    break;
+  }
+  return ferror(stdout) ? (fc->rc = fail(EXIT_RPC, "cannot write the output; check stdout")) : 0;
+}
+
+/* Streams WatchMetrics for job `id` after `since`, shows it in the chosen
+ * format, and returns the exit status for how the job ended. */
+static int follow(ctl *c, const char *id, int64_t since) {
+  Traind__V1__WatchMetricsRequest req = TRAIND__V1__WATCH_METRICS_REQUEST__INIT;
+  req.id = (char *)id;
+  req.since_step = since;
+  follow_ctx fc;
+  memset(&fc, 0, sizeof fc);
+  fc.c = c;
+  fc.last_step = since;
+  int tty = c->output == OUT_TABLE && isatty(STDOUT_FILENO);
+  td_follow_init(&fc.view, stdout, tty, c->utf8, term_cols());
+  int rc = open_rpc(c);
+  if (rc)
+    return rc;
+
+  /* ^C stops following; the job itself goes on. */
+  char clean[256];
+  td_view_sanitize(id, clean, sizeof clean);
+  interrupt_out_len = 0;
+  if (tty) {
+    memcpy(interrupt_out, "\n\033[?25h", 8);
+    interrupt_out_len = 7;
+  }
+  int n = snprintf(interrupt_err, sizeof interrupt_err,
+                   "trainctl: stopped following job %s; it goes on running "
+                   "('trainctl cancel %s' stops it)\n",
+                   clean, clean);
+  interrupt_err_len = n > 0 && (size_t)n < sizeof interrupt_err ? (size_t)n : 0;
+  struct sigaction sa, old_int, old_term;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_interrupt;
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+
+  td_rpc_status st;
+  memset(&st, 0, sizeof st);
+  int code = td_rpc_call_stream(c->rpc, METHOD("WatchMetrics"), &req.base,
+                                &traind__v1__watch_metrics_response__descriptor, on_watch, &fc,
+                                c->timeout_given ? c->timeout : 0, &st);
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  interrupt_out_len = interrupt_err_len = 0;
+
+  if (fc.rc) {
+    td_follow_clear(&fc.view);
+    return fc.rc;
+  }
+  char what[300], state[32];
+  snprintf(what, sizeof what, "follow job %s", clean);
+  td_view_state_name(fc.state, state, sizeof state);
+  if (code != GRPC_OK) {
+    td_follow_clear(&fc.view);
+    if (code == GRPC_DEADLINE_EXCEEDED && fc.messages > 0)
+      return fail(EXIT_RPC,
+                  "stopped following job %s after --timeout %g s while it was %s; "
+                  "'trainctl metrics %s --follow --since %lld' goes on from here",
+                  clean, c->timeout, state, clean, (long long)fc.last_step);
+    return rpc_fail(c, what, &st);
+  }
+  if (c->output == OUT_TABLE)
+    td_follow_finish(&fc.view);
+  fflush(stdout);
+  switch (fc.state) {
+  case TRAIND__V1__JOB_STATE__SUCCEEDED:
+    return EXIT_OK;
+  case TRAIND__V1__JOB_STATE__FAILED:
+    return EXIT_JOB_FAILED;
+  case TRAIND__V1__JOB_STATE__CANCELLED:
+    return EXIT_JOB_CANCELLED;
+  default:
+    return fail(EXIT_RPC,
+                "the daemon ended the stream of job %s while it was %s; "
+                "'trainctl metrics %s --follow --since %lld' goes on from here",
+                clean, state, clean, (long long)fc.last_step);
+  }
+}
+
+/* ------------------------------------------------------------ commands */
+
+/* Reads a job file ("-": standard input) as a JobSpec. Bad files are
+ * reported here, with the parser's line and field path, before any call. */
+static int read_job_file(const char *path, Traind__V1__JobSpec **spec) {
+  td_error err;
+  ProtobufCMessage *m = NULL;
+  int rc;
+  memset(&err, 0, sizeof err);
+  if (strcmp(path, "-") == 0) {
+    size_t cap = PBJSON_MAX_BYTES + 1, len = 0;
+    char *text = malloc(cap);
+    if (!text)
+      return fail(EXIT_RPC, "out of memory reading standard input; free some memory");
+    size_t got;
+    while (len < cap && (got = fread(text + len, 1, cap - len, stdin)) > 0)
+      len += got;
+    if (ferror(stdin)) {
+      free(text);
+      return fail(EXIT_USAGE, "cannot read the job from standard input: %s; check the pipe",
+                  strerror(errno));
+    }
+    if (len > PBJSON_MAX_BYTES) {
+      free(text);
+      return fail(EXIT_USAGE, "<stdin>: the job is larger than %zu bytes; shorten it",
+                  PBJSON_MAX_BYTES);
+    }
+    rc = pbjson_parse(&traind__v1__job_spec__descriptor, text, len, &m, &err);
+    free(text);
+    if (rc)
+      td_error_prefix(&err, "<stdin>");
+  } else {
+    rc = pbjson_parse_file(&traind__v1__job_spec__descriptor, path, &m, &err);
+  }
+  if (rc) {
+    const char *hint = rc == TD_ENOTFOUND ? "check the path"
+                       : rc == TD_EIO     ? "check that the file is readable"
+                       : rc == TD_ENOMEM  ? "free some memory"
+                                          : "fix the job file";
+    return fail(EXIT_USAGE, "%s; %s", err.msg, hint);
+  }
+  *spec = (Traind__V1__JobSpec *)m;
+  return 0;
+}
+
+static int cmd_submit(ctl *c) {
+  const char *path = c->args[0];
+  Traind__V1__JobSpec *spec = NULL;
+  int rc = read_job_file(path, &spec);
+  if (rc)
+    return rc;
+  Traind__V1__SubmitJobRequest req = TRAIND__V1__SUBMIT_JOB_REQUEST__INIT;
+  req.spec = spec;
+  if (c->name)
+    req.name = (char *)c->name;
+  Traind__V1__SubmitJobResponse *resp = NULL;
+  char what[1100];
+  snprintf(what, sizeof what, "submit %s", path);
+  rc = unary(c, METHOD("SubmitJob"), &req.base, &traind__v1__submit_job_response__descriptor,
+             (ProtobufCMessage **)&resp, what);
+  protobuf_c_message_free_unpacked(&spec->base, NULL);
+  if (rc)
+    return rc;
+  if (!resp->job || !resp->job->id || !*resp->job->id) {
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return fail(EXIT_RPC, "the daemon accepted %s but sent no job id; "
+                "'trainctl list' shows whether the job exists", path);
+  }
+  char id[256];
+  td_view_sanitize(resp->job->id, id, sizeof id);
+  if (c->output == OUT_TABLE) {
+    if (c->follow && isatty(STDOUT_FILENO)) {
+      char name[256];
+      td_view_sanitize(resp->job->name, name, sizeof name);
+      printf("job %s%s%s%s submitted\n", id, *name ? " (" : "", name, *name ? ")" : "");
+    } else {
+      printf("%s\n", id);
+    }
+    fflush(stdout);
+  } else {
+    rc = print_message(c, &resp->base, c->follow);
+  }
+  if (!rc && c->follow)
+    rc = follow(c, resp->job->id, 0);
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  return rc;
+}
+
+static int cmd_get(ctl *c) {
+  Traind__V1__GetJobRequest req = TRAIND__V1__GET_JOB_REQUEST__INIT;
+  req.id = (char *)c->args[0];
+  Traind__V1__Job *job = NULL;
+  char what[300];
+  snprintf(what, sizeof what, "get job %s", c->args[0]);
+  int rc = unary(c, METHOD("GetJob"), &req.base, &traind__v1__job__descriptor,
+                 (ProtobufCMessage **)&job, what);
+  if (rc)
+    return rc;
+  if (c->output == OUT_TABLE)
+    td_view_job_detail(stdout, job, wall_now(), c->utf8);
+  else
+    rc = print_message(c, &job->base, 0);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  return rc;
+}
+
+/* The most a page may hold, as the daemon caps it. */
+#define LIST_PAGE_MAX 1000u
+
+static int cmd_list(ctl *c) {
+  Traind__V1__ListJobsResponse **pages = NULL;
+  size_t n_pages = 0, n_jobs = 0;
+  char token[1024] = "";
+  int rc = 0;
+  for (;;) {
+    Traind__V1__ListJobsRequest req = TRAIND__V1__LIST_JOBS_REQUEST__INIT;
+    req.n_states = c->n_states;
+    req.states = (Traind__V1__JobState *)c->states;
+    uint32_t want = c->limit ? c->limit - (uint32_t)n_jobs : LIST_PAGE_MAX;
+    req.page_size = want < LIST_PAGE_MAX ? want : LIST_PAGE_MAX;
+    req.page_token = token;
+    Traind__V1__ListJobsResponse *page = NULL;
+    if ((rc = unary(c, METHOD("ListJobs"), &req.base, &traind__v1__list_jobs_response__descriptor,
+                    (ProtobufCMessage **)&page, "list jobs")))
+      break;
+    Traind__V1__ListJobsResponse **grown = realloc(pages, (n_pages + 1) * sizeof *grown);
+    if (!grown) {
+      protobuf_c_message_free_unpacked(&page->base, NULL);
+      rc = fail(EXIT_RPC, "out of memory after %zu jobs; use --limit", n_jobs);
+      break;
+    }
+    pages = grown;
+    pages[n_pages++] = page;
+    n_jobs += page->n_jobs;
+    const char *next = page->next_page_token ? page->next_page_token : "";
+    /* A page that is empty or hands back the token it was given ends the
+     * listing, so that a confused daemon cannot keep us here. */
+    if (!*next || page->n_jobs == 0 || strcmp(next, token) == 0 ||
+        (c->limit && n_jobs >= c->limit))
+      break;
+    if (strlen(next) >= sizeof token) {
+      rc = fail(EXIT_RPC, "the daemon sent a page token of %zu bytes; use --limit",
+                strlen(next));
+      break;
+    }
+    snprintf(token, sizeof token, "%s", next);
+  }
+
+  Traind__V1__Job **jobs = rc ? NULL : calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
+  if (!rc && !jobs)
+    rc = fail(EXIT_RPC, "out of memory after %zu jobs; use --limit", n_jobs);
+  if (!rc) {
+    size_t k = 0;
+    for (size_t p = 0; p < n_pages; p++)
+      for (size_t i = 0; i < pages[p]->n_jobs && (!c->limit || k < c->limit); i++)
+        jobs[k++] = pages[p]->jobs[i];
+    n_jobs = k;
+    if (c->output == OUT_TABLE) {
+      td_table t;
+      if (n_jobs == 0)
+        fputs("no jobs\n", stderr);
+      else if (td_view_jobs_table(&t, jobs, n_jobs, wall_now()) == 0)
+        td_table_print(&t, stdout);
+      else
+        rc = fail(EXIT_RPC, "out of memory formatting %zu jobs; use --limit", n_jobs);
+      if (n_jobs)
+        td_table_free(&t);
+    } else {
+      /* One ListJobsResponse holding every page's jobs; the token is there
+       * only when --limit stopped the listing early. */
+      Traind__V1__ListJobsResponse all = TRAIND__V1__LIST_JOBS_RESPONSE__INIT;
+      all.n_jobs = n_jobs;
+      all.jobs = jobs;
+      if (c->limit && n_pages && pages[n_pages - 1]->next_page_token)
+        all.next_page_token = pages[n_pages - 1]->next_page_token;
+      rc = print_message(c, &all.base, 0);
+    }
+  }
+  free(jobs);
+  for (size_t p = 0; p < n_pages; p++)
+    protobuf_c_message_free_unpacked(&pages[p]->base, NULL);
+  free(pages);
+  return rc;
+}
+
+static int cmd_cancel(ctl *c) {
+  Traind__V1__CancelJobRequest req = TRAIND__V1__CANCEL_JOB_REQUEST__INIT;
+  req.id = (char *)c->args[0];
+  Traind__V1__Job *job = NULL;
+  char what[300];
+  snprintf(what, sizeof what, "cancel job %s", c->args[0]);
+  int rc = unary(c, METHOD("CancelJob"), &req.base, &traind__v1__job__descriptor,
+                 (ProtobufCMessage **)&job, what);
+  if (rc)
+    return rc;
+  if (c->output == OUT_TABLE) {
+    char id[256], state[32];
+    td_view_sanitize(job->id && *job->id ? job->id : c->args[0], id, sizeof id);
+    td_view_state_name(job->state, state, sizeof state);
+    if (job->state == TRAIND__V1__JOB_STATE__RUNNING)
+      printf("job %s is being cancelled; it stops at its next step\n", id);
+    else
+      printf("job %s %s\n", id, state);
+  } else {
+    rc = print_message(c, &job->base, 0);
+  }
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  return rc;
+}
+
+/* Step points per GetMetrics page, the most the daemon allows. */
+#define METRICS_PAGE_MAX 10000u
+
+static int cmd_metrics(ctl *c) {
+  const char *id = c->args[0];
+  if (c->follow)
+    return follow(c, id, c->since);
+
+  Traind__V1__GetMetricsResponse **pages = NULL;
+  size_t n_pages = 0, n_steps = 0, n_epochs = 0;
+  int64_t since = c->since;
+  char what[300];
+  snprintf(what, sizeof what, "get metrics of job %s", id);
+  int rc = 0;
+  for (;;) {
+    Traind__V1__GetMetricsRequest req = TRAIND__V1__GET_METRICS_REQUEST__INIT;
+    req.id = (char *)id;
+    req.since_step = since;
+    req.max_points = METRICS_PAGE_MAX;
+    Traind__V1__GetMetricsResponse *page = NULL;
+    if ((rc = unary(c, METHOD("GetMetrics"), &req.base,
+                    &traind__v1__get_metrics_response__descriptor, (ProtobufCMessage **)&page,
+                    what)))
+      break;
+    Traind__V1__GetMetricsResponse **grown = realloc(pages, (n_pages + 1) * sizeof *grown);
+    if (!grown) {
+      protobuf_c_message_free_unpacked(&page->base, NULL);
+      rc = fail(EXIT_RPC, "out of memory after %zu points; use --since", n_steps);
+      break;
+    }
+    pages = grown;
+    pages[n_pages++] = page;
+    n_steps += page->n_steps;
+    n_epochs += page->n_epochs;
+    /* Only a page that moved forward may be followed by another. */
+    if (!page->more || page->last_step <= since)
+      break;
+    since = page->last_step;
+  }
+
+  Traind__V1__StepPoint **steps = NULL;
+  Traind__V1__EpochPoint **epochs = NULL;
+  if (!rc) {
+    steps = calloc(n_steps ? n_steps : 1, sizeof *steps);
+    epochs = calloc(n_epochs ? n_epochs : 1, sizeof *epochs);
+    if (!steps || !epochs)
+      rc = fail(EXIT_RPC, "out of memory after %zu points; use --since", n_steps);
+  }
+  if (!rc) {
+    /* Pages follow each other; a point repeated across pages counts once. */
+    size_t ks = 0, ke = 0;
+    for (size_t p = 0; p < n_pages; p++) {
+      for (size_t i = 0; i < pages[p]->n_steps; i++)
+        if (ks == 0 || pages[p]->steps[i]->step > steps[ks - 1]->step)
+          steps[ks++] = pages[p]->steps[i];
+      for (size_t i = 0; i < pages[p]->n_epochs; i++)
+        if (ke == 0 || pages[p]->epochs[i]->epoch > epochs[ke - 1]->epoch)
+          epochs[ke++] = pages[p]->epochs[i];
+    }
+    n_steps = ks;
+    n_epochs = ke;
+    const Traind__V1__GetMetricsResponse *first = pages[0], *last = pages[n_pages - 1];
+    if (c->output == OUT_TABLE) {
+      td_table t;
+      if (n_steps == 0 && n_epochs == 0) {
+        char state[32];
+        td_view_state_name(last->state, state, sizeof state);
+        fprintf(stderr, "no metric points after step %lld (job is %s)\n",
+                (long long)c->since, state);
+      } else if (td_view_metrics_table(&t, steps, n_steps, epochs, n_epochs) == 0) {
+        td_table_print(&t, stdout);
+        td_table_free(&t);
+      } else {
+        td_table_free(&t);
+        rc = fail(EXIT_RPC, "out of memory formatting %zu points; use --since", n_steps);
+      }
+    } else if (c->output == OUT_CSV) {
+      td_view_metrics_csv(stdout, steps, n_steps, epochs, n_epochs, 1);
+    } else {
+      /* One GetMetricsResponse holding every page's points. */
+      Traind__V1__GetMetricsResponse all = TRAIND__V1__GET_METRICS_RESPONSE__INIT;
+      all.n_steps = n_steps;
+      all.steps = steps;
+      all.n_epochs = n_epochs;
+      all.epochs = epochs;
+      all.last_step = last->last_step;
+      all.more = last->more;
+      all.oldest_step = first->oldest_step;
+      all.state = last->state;
+      rc = print_message(c, &all.base, 0);
+    }
+  }
+  free(steps);
+  free(epochs);
+  for (size_t p = 0; p < n_pages; p++)
+    protobuf_c_message_free_unpacked(&pages[p]->base, NULL);
+  free(pages);
+  return rc;
+}
+
+static int cmd_devices(ctl *c) {
+  Traind__V1__ListDevicesRequest req = TRAIND__V1__LIST_DEVICES_REQUEST__INIT;
+  Traind__V1__ListDevicesResponse *resp = NULL;
+  int rc = unary(c, METHOD("ListDevices"), &req.base,
+                 &traind__v1__list_devices_response__descriptor, (ProtobufCMessage **)&resp,
+                 "list devices");
+  if (rc)
+    return rc;
+  if (c->output == OUT_TABLE || c->output == OUT_CSV) {
+    td_table t;
+    if (td_view_devices_table(&t, resp) == 0) {
+      if (c->output == OUT_CSV)
+        td_table_print_csv(&t, stdout);
+      else
+        td_table_print(&t, stdout);
+    } else {
+      rc = fail(EXIT_RPC, "out of memory formatting the devices; free some memory");
+    }
+    td_table_free(&t);
+  } else {
+    rc = print_message(c, &resp->base, 0);
+  }
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  return rc;
+}
+
+static int cmd_health(ctl *c) {
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  req.service = (char *)(c->service ? c->service : "");
+  Grpc__Health__V1__HealthCheckResponse *resp = NULL;
+  int rc = unary(c, HEALTH_CHECK, &req.base, &grpc__health__v1__health_check_response__descriptor,
+                 (ProtobufCMessage **)&resp, "health check");
+  if (rc)
+    return rc;
+  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+      &grpc__health__v1__health_check_response__serving_status__descriptor, resp->status);
+  if (c->output == OUT_TABLE) {
+    if (v)
+      printf("%s\n", v->name);
+    else
+      printf("UNKNOWN(%d)\n", (int)resp->status);
+  } else {
+    rc = print_message(c, &resp->base, 0);
+  }
+  int serving = resp->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  return rc ? rc : serving ? EXIT_OK : EXIT_JOB_FAILED;
+}
+
+static int cmd_info(ctl *c) {
+  Traind__V1__GetDaemonInfoRequest req = TRAIND__V1__GET_DAEMON_INFO_REQUEST__INIT;
+  Traind__V1__DaemonInfo *info = NULL;
+  int rc = unary(c, METHOD("GetDaemonInfo"), &req.base, &traind__v1__daemon_info__descriptor,
+                 (ProtobufCMessage **)&info, "get daemon info");
+  if (rc)
+    return rc;
+  if (c->output == OUT_TABLE)
+    td_view_daemon_info(stdout, info, wall_now());
+  else
+    rc = print_message(c, &info->base, 0);
+  protobuf_c_message_free_unpacked(&info->base, NULL);
+  return rc;
+}
+
+/* A JSON string literal of s (for the few fields trainctl writes itself). */
+static void json_string(FILE *out, const char *s) {
+  fputc('"', out);
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      fprintf(out, "\\%c", ch);
+    else if (ch < 0x20)
+      fprintf(out, "\\u%04x", ch);
+    else
+      fputc(ch, out);
+  }
+  fputc('"', out);
+}
+
+static int cmd_version(ctl *c) {
+  Traind__V1__DaemonInfo *info = NULL;
+  int rc = 0;
+  if (!c->client_only) {
+    /* Print the client's version even when the daemon cannot be reached. */
+    Traind__V1__GetDaemonInfoRequest req = TRAIND__V1__GET_DAEMON_INFO_REQUEST__INIT;
+    if (c->output == OUT_TABLE) {
+      printf("trainctl %s\n", TRAIND_VERSION);
+      fflush(stdout);
+    }
+    rc = unary(c, METHOD("GetDaemonInfo"), &req.base, &traind__v1__daemon_info__descriptor,
+               (ProtobufCMessage **)&info, "get the daemon's version");
+    if (rc)
+      return rc;
+  }
+  char server[256] = "";
+  if (info)
+    td_view_sanitize(info->version, server, sizeof server);
+  switch (c->output) {
+  case OUT_JSON:
+    printf("{\n  \"client\": ");
+    json_string(stdout, TRAIND_VERSION);
+    if (info) {
+      printf(",\n  \"server\": ");
+      json_string(stdout, server);
+    }
+    printf("\n}\n");
+    break;
+  case OUT_YAML:
+    printf("client: '%s'\n", TRAIND_VERSION);
+    if (info) {
+      /* Single-quoted YAML: a quote is written twice. */
+      fputs("server: '", stdout);
+      for (const char *p = server; *p; p++) {
+        if (*p == '\'')
+          putchar('\'');
+        putchar(*p);
+      }
+      fputs("'\n", stdout);
+    }
+    break;
+  default:
+    if (c->client_only)
+      printf("trainctl %s\n", TRAIND_VERSION);
+    else
+      printf("traind %s at %s\n", server, c->addr);
+    break;
+  }
+  if (info)
+    protobuf_c_message_free_unpacked(&info->base, NULL);
+  return rc;
+}
+
+static const command commands[] = {
+    {"submit", cmd_submit, "FILE [--follow] [--name NAME]", 1, 1,
+     (1u << FL_FOLLOW) | (1u << FL_NAME), OUT_TABLE | OUT_JSON | OUT_YAML,
+     "submit a job file; print the new job's id",
+     "Submits the job in FILE, a YAML or JSON JobSpec ('-' reads standard input),\n"
+     "and prints the new job's id (with -o json, the SubmitJobResponse). A file\n"
+     "that does not parse is reported with its line and field, and nothing is\n"
+     "sent. With --follow, then shows the job's progress until it ends, and exits\n"
+     "0 if it SUCCEEDED, 1 if it FAILED, 5 if it was CANCELLED.\n"},
+    {"get", cmd_get, "JOB", 1, 1, 0, OUT_TABLE | OUT_JSON | OUT_YAML,
+     "show one job: state, progress, metrics, error",
+     "Shows one job: its state and progress, its latest metrics, why it failed\n"
+     "(if it did), its times and devices, and a summary of its spec. -o json\n"
+     "prints the Job message, spec included.\n"},
+    {"list", cmd_list, "[--state STATE]... [--limit N]", 0, 0,
+     (1u << FL_STATE) | (1u << FL_LIMIT), OUT_TABLE | OUT_JSON | OUT_YAML,
+     "list jobs, newest first",
+     "Lists jobs, newest first, reading every page the daemon has. -o json prints\n"
+     "one ListJobsResponse holding them all.\n"},
+    {"cancel", cmd_cancel, "JOB", 1, 1, 0, OUT_TABLE | OUT_JSON | OUT_YAML,
+     "cancel a queued or running job",
+     "Cancels a queued or running job; a running job stops at its next step.\n"
+     "Cancelling a job that has ended fails (exit 6).\n"},
+    {"metrics", cmd_metrics, "JOB [--follow] [--since STEP]", 1, 1,
+     (1u << FL_FOLLOW) | (1u << FL_SINCE), OUT_TABLE | OUT_JSON | OUT_YAML | OUT_CSV,
+     "show a job's step and epoch metrics",
+     "Shows a job's metric points: one row per recorded step, and after each\n"
+     "epoch a line with its train and test figures. -o csv writes one header and\n"
+     "a row per point (kind is step or epoch); -o json one GetMetricsResponse\n"
+     "holding every page. With --follow, streams new points until the job ends\n"
+     "and exits as 'submit --follow' does.\n"},
+    {"devices", cmd_devices, "", 0, 0, 0, OUT_TABLE | OUT_JSON | OUT_YAML | OUT_CSV,
+     "list the daemon's devices and the jobs holding them",
+     "Lists the devices the daemon can run jobs on and the job holding each.\n"},
+    {"health", cmd_health, "[--service NAME]", 0, 0, 1u << FL_SERVICE,
+     OUT_TABLE | OUT_JSON | OUT_YAML, "check the daemon's health (grpc.health.v1)",
+     "Asks the daemon's standard gRPC health service and prints SERVING,\n"
+     "NOT_SERVING or UNKNOWN. Exits 0 only when SERVING (1 otherwise).\n"},
+    {"info", cmd_info, "", 0, 0, 0, OUT_TABLE | OUT_JSON | OUT_YAML,
+     "show the daemon's version, uptime, data dirs, compile cache",
+     "Shows the daemon's version and uptime, its addresses and data dirs, its\n"
+     "job counts and its compile cache.\n"},
+    {"version", cmd_version, "[--client]", 0, 0, 1u << FL_CLIENT,
+     OUT_TABLE | OUT_JSON | OUT_YAML, "print trainctl's and the daemon's versions",
+     "Prints trainctl's version and the daemon's (from GetDaemonInfo).\n"},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+/* ------------------------------------------------------------ help */
+
+static const char usage_exit_codes[] =
+    "exit status:\n"
+    "  0  success (with --follow: the job SUCCEEDED)\n"
+    "  1  the followed job FAILED (health: the daemon is not SERVING)\n"
+    "  2  bad usage or bad input: unknown flag, unreadable or invalid job file,\n"
+    "     INVALID_ARGUMENT, OUT_OF_RANGE, PERMISSION_DENIED or\n"
+        "     FAILED_PRECONDITION from the daemon\n"
+    "  3  the daemon cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED)\n"
+    "  4  not found (NOT_FOUND): no such job\n"
+    "  5  the followed job was CANCELLED\n"
+    "  6  any other error from the daemon\n"
+    "  130  interrupted while following (the job goes on)\n";
+
+/* One flag's help line, its text wrapped to 79 columns under itself. */
+static void print_flag(FILE *out, int id) {
+  enum { INDENT = 25, WIDTH = 79 };
+  const flag_def *d = &flag_defs[id];
+  char left[64];
+  snprintf(left, sizeof left, "%c%c%s--%s%s%s", d->short_name ? '-' : ' ',
+           d->short_name ? d->short_name : ' ', d->short_name ? ", " : "  ", d->name,
+           d->arg ? " " : "", d->arg ? d->arg : "");
+  fprintf(out, "  %-*s", INDENT - 3, left);
+  int col = INDENT - 1;
+  for (const char *w = d->help; *w;) {
+    size_t n = strcspn(w, " ");
+    if (col + 1 + (int)n > WIDTH && col > INDENT - 1) {
+      fprintf(out, "\n%*s", INDENT - 1, "");
+      col = INDENT - 1;
+    }
+    fprintf(out, " %.*s", (int)n, w);
+    col += 1 + (int)n;
+    w += n;
+    while (*w == ' ')
+      w++;
+  }
+  fputc('\n', out);
+}
+
+static void outputs_text(unsigned outputs, char *buf, size_t cap) {
+  static const char *const names[] = {"table", "json", "yaml", "csv"};
+  size_t len = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < 4; i++)
+    if (outputs & (1u << i)) {
+      int n = snprintf(buf + len, cap - len, "%s%s", len ? ", " : "", names[i]);
+      if (n > 0 && (size_t)n < cap - len)
+        len += (size_t)n;
+    }
+}
+
+static void command_help(FILE *out, const command *cmd) {
+  char formats[64];
+  outputs_text(cmd->outputs, formats, sizeof formats);
+  fprintf(out, "usage: trainctl %s%s%s [global flags]\n\n%s", cmd->name,
+          *cmd->synopsis ? " " : "", cmd->synopsis, cmd->help);
+  int any = 0;
+  for (int i = 0; i < FL_COUNT; i++)
+    if (cmd->flags & (1u << i)) {
+      if (!any++)
+        fputs("\nflags:\n", out);
+      print_flag(out, i);
+    }
+  fputs("\nglobal flags:\n", out);
+  for (int i = 0; i < FL_COUNT; i++)
+    if (GLOBAL_FLAGS & (1u << i))
+      print_flag(out, i);
+  fprintf(out, "\noutput formats: %s\n\n%s", formats, usage_exit_codes);
+}
+
+static void main_help(FILE *out) {
+  fputs("usage: trainctl COMMAND [ARGS] [flags]\n"
+        "\n"
+        "The command-line client of traind, the training daemon.\n"
+        "\n"
+        "commands:\n",
+        out);
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
+  fputs("  help      show help for a command\n\nglobal flags (anywhere on the line):\n", out);
+  for (int i = 0; i < FL_COUNT; i++)
+    if (GLOBAL_FLAGS & (1u << i))
+      print_flag(out, i);
+  fputs("\nenvironment:\n"
+        "  TRAIND_ADDR            the daemon's address when --addr is not given\n"
+        "\n'trainctl COMMAND --help' describes each command.\n\n",
+        out);
+  fputs(usage_exit_codes, out);
+}
+
+/* ------------------------------------------------------------ parsing */
+
+static const command *find_command(const char *name) {
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    if (strcmp(commands[i].name, name) == 0)
+      return &commands[i];
+  return NULL;
+}
+
+/* "10", "2.5", "30s", "500ms", "2m" as seconds; -1 when malformed. */
+static double parse_seconds(const char *s) {
+  char *end = NULL;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || errno || !isfinite(v) || v < 0)
+    return -1;
+  if (strcmp(end, "") == 0 || strcmp(end, "s") == 0)
+    return v;
+  if (strcmp(end, "ms") == 0)
+    return v / 1e3;
+  if (strcmp(end, "m") == 0)
+    return v * 60;
+  return -1;
+}
+
+static int parse_uint(const char *s, uint64_t max, uint64_t *out) {
+  char *end = NULL;
+  if (!*s || *s == '-' || *s == '+')
+    return -1;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || *end || v > max)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+/* Applies one flag and its value (NULL for a switch). */
+static int apply_flag(ctl *c, int id, const char *flag, const char *val) {
+  uint64_t u;
+  switch (id) {
+  case FL_ADDR:
+    if (!*val)
+      return usage_error(c, "--addr is empty; give unix:/path/to/sock or host:port");
+    /* A bare socket path is taken as a unix: address. */
+    snprintf(c->addr, sizeof c->addr, "%s%s", val[0] == '/' ? "unix:" : "", val);
+    return 0;
+  case FL_TIMEOUT: {
+    double t = parse_seconds(val);
+    if (t < 0)
+      return usage_error(c, "--timeout takes seconds (like 10, 2.5, 30s, 500ms), got '%s'", val);
+    c->timeout = t;
+    c->timeout_given = 1;
+    return 0;
+  }
+  case FL_OUTPUT:
+    if (strcmp(val, "table") == 0)
+      c->output = OUT_TABLE;
+    else if (strcmp(val, "json") == 0)
+      c->output = OUT_JSON;
+    else if (strcmp(val, "yaml") == 0)
+      c->output = OUT_YAML;
+    else if (strcmp(val, "csv") == 0)
+      c->output = OUT_CSV;
+    else
+      return usage_error(c, "unknown output format '%s'; use table, json, yaml or csv", val);
+    return 0;
+  case FL_FOLLOW:
+    c->follow = 1;
+    return 0;
+  case FL_CLIENT:
+    c->client_only = 1;
+    return 0;
+  case FL_NAME:
+    c->name = val;
+    return 0;
+  case FL_SERVICE:
+    c->service = val;
+    return 0;
+  case FL_STATE: {
+    char buf[256];
+    if (strlen(val) >= sizeof buf)
+      return usage_error(c, "--state value is too long");
+    snprintf(buf, sizeof buf, "%s", val);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+      int s = td_view_parse_state(tok);
+      if (s < 0)
+        return usage_error(c,
+                           "unknown job state '%s'; use queued, running, succeeded, failed "
+                           "or cancelled",
+                           tok);
+      if (c->n_states == MAX_STATES)
+        return usage_error(c, "too many --state values");
+      c->states[c->n_states++] = s;
+    }
+    return 0;
+  }
+  case FL_LIMIT:
+    if (parse_uint(val, 1000000, &u) || u == 0)
+      return usage_error(c, "--limit takes a whole number from 1 to 1000000, got '%s'", val);
+    c->limit = (uint32_t)u;
+    return 0;
+  case FL_SINCE:
+    if (parse_uint(val, INT64_MAX, &u))
+      return usage_error(c, "--since takes a step number (0 or more), got '%s'", val);
+    c->since = (int64_t)u;
+    return 0;
+  default:
+    return usage_error(c, "flag %s is not handled", flag);
+  }
+}
+
+/* Parses argv into c. Returns -1 when help was printed (exit 0), 0 when a
+ * command is ready to run, or an exit status after an error. */
+static int parse_args(ctl *c, int argc, char **argv) {
+  int only_args = 0, help = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *tok = argv[i];
+    if (only_args || tok[0] != '-' || strcmp(tok, "-") == 0) {
+      if (!c->cmd) {
+        if (strcmp(tok, "help") == 0) {
+          help = 1;
+          continue;
+        }
+        if (!(c->cmd = find_command(tok)))
+          return usage_error(c, "unknown command '%s'", tok);
+        continue;
+      }
+      if (c->nargs == c->cmd->max_args)
+        return usage_error(c, "unexpected argument '%s'", tok);
+      c->args[c->nargs++] = tok;
+      continue;
+    }
+    if (strcmp(tok, "--") == 0) {
+      only_args = 1;
+      continue;
+    }
+    /* A flag: --name, --name=value, -x, -xVALUE. */
+    char name[64];
+    const char *val = NULL;
+    int id = -1;
+    unsigned allowed = GLOBAL_FLAGS | (c->cmd ? c->cmd->flags : 0);
+    if (tok[1] == '-') {
+      const char *eq = strchr(tok + 2, '=');
+      size_t n = eq ? (size_t)(eq - tok - 2) : strlen(tok + 2);
+      snprintf(name, sizeof name, "%.*s", (int)(n < 60 ? n : 60), tok + 2);
+      for (int k = 0; k < FL_COUNT; k++)
+        if (strcmp(flag_defs[k].name, name) == 0)
+          id = k;
+      if (eq)
+        val = eq + 1;
+    } else {
+      snprintf(name, sizeof name, "%c", tok[1]);
+      for (int k = 0; k < FL_COUNT; k++)
+        if (flag_defs[k].short_name == tok[1])
+          id = k;
+      if (tok[2])
+        val = tok + 2;
+    }
+    if (id == FL_HELP && !val) {
+      help = 1;
+      break;
+    }
+    if (id < 0 || !(allowed & (1u << id))) {
+      if (id >= 0 && !c->cmd)
+        return usage_error(c, "flag %s goes after the command", tok);
+      return usage_error(c, "unknown flag '%s'%s%s", tok, c->cmd ? " for " : "",
+                         c->cmd ? c->cmd->name : "");
+    }
+    const flag_def *d = &flag_defs[id];
+    if (!d->arg && val)
+      return usage_error(c, "flag --%s takes no value", d->name);
+    if (d->arg && !val) {
+      if (i + 1 >= argc)
+        return usage_error(c, "flag --%s needs a value (%s)", d->name, d->arg);
+      val = argv[++i];
+    }
+    int rc = apply_flag(c, id, tok, val);
+    if (rc)
+      return rc;
+  }
+
+  if (help || !c->cmd) {
+    if (!help && !c->cmd)
+      return usage_error(c, "no command given");
+    if (c->cmd)
+      command_help(stdout, c->cmd);
+    else
+      main_help(stdout);
+    return -1;
+  }
+  if (c->nargs < c->cmd->min_args)
+    return usage_error(c, "%s needs %s", c->cmd->name, c->cmd->synopsis);
+  if (!(c->cmd->outputs & (unsigned)c->output)) {
+    char formats[64];
+    outputs_text(c->cmd->outputs, formats, sizeof formats);
+    return usage_error(c, "%s does not print that format; use one of: %s", c->cmd->name,
+                       formats);
+  }
+  return 0;
+}
+
+/* The `help COMMAND` form. */
+static int help_command(int argc, char **argv) {
+  for (int i = 2; i < argc; i++)
+    if (argv[i][0] != '-') {
+      const command *cmd = find_command(argv[i]);
+      if (!cmd)
+        return fail(EXIT_USAGE, "unknown command '%s'; see 'trainctl --help'", argv[i]);
+      command_help(stdout, cmd);
+      return EXIT_OK;
+    }
+  main_help(stdout);
+  return EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+  ctl c;
+  memset(&c, 0, sizeof c);
+  c.output = OUT_TABLE;
+  c.timeout = DEFAULT_TIMEOUT;
+  const char *env = getenv("TRAIND_ADDR");
+  snprintf(c.addr, sizeof c.addr, "%s%s",
+           env && env[0] == '/' ? "unix:" : "", env && *env ? env : DEFAULT_ADDR);
+
+  if (argc >= 2 && strcmp(argv[1], "help") == 0)
+    return help_command(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "--version") == 0) {
+    printf("trainctl %s\n", TRAIND_VERSION);
+    return EXIT_OK;
+  }
+  int rc = parse_args(&c, argc, argv);
+  if (rc)
+    return rc < 0 ? EXIT_OK : rc;
+
+  /* Unicode blocks for bars and curves only where the terminal takes UTF-8;
+   * only LC_CTYPE is set, so numbers keep their '.'. */
+  setlocale(LC_CTYPE, "");
+  c.utf8 = strcmp(nl_langinfo(CODESET), "UTF-8") == 0;
+
+  rc = c.cmd->run(&c);
+  if (c.rpc)
+    td_rpc_client_close(c.rpc);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "trainctl: cannot write the output: %s; check stdout\n", strerror(errno));
+    return rc ? rc : EXIT_RPC;
+  }
+  return rc;
+}

@@ -68,9 +68,38 @@ void td_view_local_time(const Google__Protobuf__Timestamp *ts, char *buf, size_t
 
 void td_view_utc_time(const Google__Protobuf__Timestamp *ts, char *buf, size_t cap) {
   struct tm tm;
+  char frac[16] = "";
   time_t t = ts ? (time_t)ts->seconds : 0;
-  if (!ts || !gmtime_r(&t, &tm) || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+  if (!ts || ts->nanos < 0 || ts->nanos > 999999999 || !gmtime_r(&t, &tm) ||
+      strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
     snprintf(buf, cap, "%s", "");
+    return;
+  }
+  /* As the proto3 JSON mapping writes it: 0, 3, 6 or 9 fractional digits. */
+  if (ts->nanos % 1000000 == 0 && ts->nanos)
+    snprintf(frac, sizeof frac, ".%03d", (int)(ts->nanos / 1000000));
+  else if (ts->nanos % 1000 == 0 && ts->nanos)
+    snprintf(frac, sizeof frac, ".%06d", (int)(ts->nanos / 1000));
+  else if (ts->nanos)
+    snprintf(frac, sizeof frac, ".%09d", (int)ts->nanos);
+  size_t len = strlen(buf);
+  snprintf(buf + len, cap - len, "%sZ", frac);
+}
+
+void td_view_float(float v, char *buf, size_t cap) {
+  for (int p = 6; p <= 9; p++) {
+    snprintf(buf, cap, "%.*g", p, (double)v);
+    if (!isfinite(v) || strtof(buf, NULL) == v)
+      return;
+  }
+}
+
+void td_view_double(double v, char *buf, size_t cap) {
+  for (int p = 15; p <= 17; p++) {
+    snprintf(buf, cap, "%.*g", p, v);
+    if (!isfinite(v) || strtod(buf, NULL) == v)
+      return;
+  }
 }
 
 const char *td_view_state_name(int state, char *buf, size_t cap) {
@@ -380,7 +409,7 @@ static int has_test(const Traind__V1__LatestMetrics *m) {
 int td_view_jobs_table(td_table *t, Traind__V1__Job *const *jobs, size_t n, double now) {
   static const char *const header[] = {"ID",   "NAME",     "STATE", "PROGRESS",
                                        "LOSS", "TEST ACC", "AGE"};
-  if (td_table_init(t, 7, header, "lllrrrr"))
+  if (td_table_init(t, 7, header, "llllrrr"))
     return -1;
   for (size_t i = 0; i < n; i++) {
     const Traind__V1__Job *j = jobs[i];
@@ -676,23 +705,30 @@ int td_view_metrics_table(td_table *t, Traind__V1__StepPoint *const *steps, size
 }
 
 static void csv_step(void *arg, const Traind__V1__StepPoint *s) {
-  char time[64];
+  char time[64], loss[32], gn[32], lr[32], rate[32], ms[32];
   td_view_utc_time(s->time, time, sizeof time);
-  fprintf(arg, "step,%" PRId64 ",%" PRIu32 ",%.9g,%.9g,%.9g,%.10g,%.10g,,,,,,%s\n", s->step,
-          s->epoch, s->loss, s->grad_norm, s->learning_rate, s->examples_per_sec, s->step_ms,
-          time);
+  td_view_float(s->loss, loss, sizeof loss);
+  td_view_float(s->grad_norm, gn, sizeof gn);
+  td_view_float(s->learning_rate, lr, sizeof lr);
+  td_view_double(s->examples_per_sec, rate, sizeof rate);
+  td_view_double(s->step_ms, ms, sizeof ms);
+  fprintf(arg, "step,%" PRId64 ",%" PRIu32 ",%s,%s,%s,%s,%s,,,,,,%s\n", s->step, s->epoch, loss,
+          gn, lr, rate, ms, time);
 }
 
 static void csv_epoch(void *arg, const Traind__V1__EpochPoint *e) {
-  char time[64];
+  char time[64], rate[32], tl[32], ta[32], vl[32] = "", va[32] = "", sec[32];
   td_view_utc_time(e->time, time, sizeof time);
-  fprintf(arg, "epoch,%" PRId64 ",%" PRIu32 ",,,,%.10g,,%.9g,%.9g,", e->step, e->epoch,
-          e->examples_per_sec, e->train_loss, e->train_accuracy);
-  if (e->evaluated)
-    fprintf(arg, "%.9g,%.9g,", e->test_loss, e->test_accuracy);
-  else
-    fputs(",,", arg);
-  fprintf(arg, "%.10g,%s\n", e->epoch_sec, time);
+  td_view_double(e->examples_per_sec, rate, sizeof rate);
+  td_view_float(e->train_loss, tl, sizeof tl);
+  td_view_float(e->train_accuracy, ta, sizeof ta);
+  if (e->evaluated) {
+    td_view_float(e->test_loss, vl, sizeof vl);
+    td_view_float(e->test_accuracy, va, sizeof va);
+  }
+  td_view_double(e->epoch_sec, sec, sizeof sec);
+  fprintf(arg, "epoch,%" PRId64 ",%" PRIu32 ",,,,%s,,%s,%s,%s,%s,%s,%s\n", e->step, e->epoch,
+          rate, tl, ta, vl, va, sec, time);
 }
 
 void td_view_metrics_csv(FILE *out, Traind__V1__StepPoint *const *steps, size_t n_steps,
@@ -959,22 +995,43 @@ int td_follow_render(const td_follow *f, char *buf, size_t cap) {
     appendf(buf, cap, &len, "job %s%s %s, waiting for the first step", f->id, name, state);
     return 1;
   }
-  /* A bar that leaves about 75 columns for the figures. */
-  int bar_w = f->cols - 78;
-  bar_w = bar_w < 10 ? 10 : bar_w > 30 ? 30 : bar_w;
+  /* The figures, in the order shown; on a narrow terminal the least
+   * important go first (keep[] ranks them), and the bar shrinks to 10. */
   double frac = f->total_steps > 0 ? (double)f->step / (double)f->total_steps : 0.0;
-  char bar[128], rate[32], eta[32];
-  td_view_bar(frac, bar_w, f->utf8, bar, sizeof bar);
+  char fig[5][64], rate[32], eta[32];
+  static const int keep[5] = {4, 1, 2, 0, 3}; /* step, epoch, loss, ex/s, ETA */
   td_view_count(f->examples_per_sec, rate, sizeof rate);
   double r = step_rate(f);
   td_view_duration(r > 0 && f->total_steps > 0 ? (double)(f->total_steps - f->step) / r : -1,
                    eta, sizeof eta);
-  const char *edge = f->utf8 ? "\u2502" : "|";
-  appendf(buf, cap, &len, "%s%s%s %5.1f%%  step %" PRId64 "/%" PRId64, edge, bar, edge,
-          frac * 100.0, f->step, f->total_steps);
+  snprintf(fig[0], sizeof fig[0], "step %" PRId64 "/%" PRId64, f->step, f->total_steps);
+  fig[1][0] = '\0';
   if (f->total_epochs)
-    appendf(buf, cap, &len, "  epoch %" PRIu32 "/%" PRIu32, f->epoch, f->total_epochs);
-  appendf(buf, cap, &len, "  loss %.4f  %s ex/s  ETA %s", f->loss, rate, eta);
+    snprintf(fig[1], sizeof fig[1], "epoch %" PRIu32 "/%" PRIu32, f->epoch, f->total_epochs);
+  snprintf(fig[2], sizeof fig[2], "loss %.4f", f->loss);
+  snprintf(fig[3], sizeof fig[3], "%s ex/s", rate);
+  snprintf(fig[4], sizeof fig[4], "ETA %s", eta);
+  int budget = f->cols - 1, shown[5], figs_w = 0;
+  for (int i = 0; i < 5; i++) {
+    shown[i] = fig[i][0] != '\0';
+    figs_w += shown[i] ? 2 + (int)strlen(fig[i]) : 0;
+  }
+  /* The bar, its two edges, a space and "100.0%" take bar_w + 9 columns. */
+  for (int drop = 0; drop < 5 && 10 + 9 + figs_w > budget; drop++)
+    for (int i = 0; i < 5; i++)
+      if (keep[i] == drop && shown[i]) {
+        shown[i] = 0;
+        figs_w -= 2 + (int)strlen(fig[i]);
+      }
+  int bar_w = budget - 9 - figs_w;
+  bar_w = bar_w < 10 ? 10 : bar_w > 30 ? 30 : bar_w;
+  char bar[128];
+  td_view_bar(frac, bar_w, f->utf8, bar, sizeof bar);
+  const char *edge = f->utf8 ? "\u2502" : "|";
+  appendf(buf, cap, &len, "%s%s%s %5.1f%%", edge, bar, edge, frac * 100.0);
+  for (int i = 0; i < 5; i++)
+    if (shown[i])
+      appendf(buf, cap, &len, "  %s", fig[i]);
   if (f->nbuckets == 0)
     return 1;
 
@@ -989,9 +1046,15 @@ int td_follow_render(const td_follow *f, char *buf, size_t cap) {
       lo = curve[i] < lo ? curve[i] : lo;
       hi = curve[i] > hi ? curve[i] : hi;
     }
+  /* A loss falls by orders of magnitude, so the curve is drawn on a log
+   * scale whenever every value is positive. */
+  int log_scale = lo > 0 && lo < hi;
+  if (log_scale)
+    for (size_t i = first; i < n; i++)
+      curve[i] = logf(curve[i]);
   char spark[3 * TD_FOLLOW_BUCKETS + 1];
   td_view_sparkline(curve + first, n - first, f->utf8, spark, sizeof spark);
-  appendf(buf, cap, &len, "\nloss %s", spark);
+  appendf(buf, cap, &len, "\nloss%s %s", log_scale ? " (log)" : "", spark);
   if (lo <= hi)
     appendf(buf, cap, &len, "  min %.4f  max %.4f", lo, hi);
   return 2;
@@ -1009,18 +1072,25 @@ static void erase_block(td_follow *f) {
 }
 
 void td_follow_clear(td_follow *f) {
-  if (!f->tty || f->lines == 0)
+  if (!f->tty)
     return;
   erase_block(f);
-  fputs("\033[?25h", f->out); /* the cursor is hidden while a block is shown */
+  if (f->cursor_hidden) {
+    fputs("\033[?25h", f->out);
+    f->cursor_hidden = 0;
+  }
   fflush(f->out);
 }
 
 static void follow_draw(td_follow *f) {
   char text[2048];
   int n = td_follow_render(f, text, sizeof text);
-  if (f->lines == 0)
+  /* The cursor would blink across the bar; it is hidden while the block is
+   * on screen. */
+  if (!f->cursor_hidden) {
     fputs("\033[?25l", f->out);
+    f->cursor_hidden = 1;
+  }
   erase_block(f);
   char *line = text;
   for (int i = 0; i < n; i++) {
@@ -1049,7 +1119,7 @@ void td_follow_feed(td_follow *f, const Traind__V1__WatchMetricsResponse *m, dou
         continue;
       char line[512];
       td_view_epoch_line(e, f->total_epochs, line, sizeof line);
-      td_follow_clear(f);
+      erase_block(f);
       fprintf(f->out, "%s\n", line);
       f->epochs_printed = e->epoch;
       if (e->evaluated) {

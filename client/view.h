@@ -1,8 +1,8 @@
 /* What trainctl shows a person: aligned tables and CSV, key: value records,
  * YAML conversion of proto3 JSON, and the live view of a job that is being
  * followed. Everything here writes to a FILE* or a caller's buffer and takes
- * the current time as an argument, so that the output is a pure function of
- * its inputs and can be tested without a daemon or a terminal. */
+ * the current time as an argument (local times also read the TZ), so that
+ * the output can be tested without a daemon or a terminal. */
 #ifndef TD_VIEW_H
 #define TD_VIEW_H
 
@@ -20,20 +20,24 @@ void td_view_duration(double sec, char *buf, size_t cap);
 void td_view_age(double sec, char *buf, size_t cap);
 /* A count with a k/M suffix once it is large: "950", "45.1k", "1.25M". */
 void td_view_count(double v, char *buf, size_t cap);
-/* Unix seconds as local "YYYY-MM-DD HH:MM:SS"; "-" for 0 or NULL. */
+/* Local time as "YYYY-MM-DD HH:MM:SS"; "-" for NULL or the zero time. */
 void td_view_local_time(const Google__Protobuf__Timestamp *ts, char *buf, size_t cap);
-/* Unix seconds as RFC 3339 UTC ("2024-05-01T12:00:00Z"); "" for NULL. */
+/* RFC 3339 UTC as the proto3 JSON mapping writes it ("2024-05-01T12:00:00Z",
+ * "2024-05-01T12:00:00.500Z"); "" for NULL. */
 void td_view_utc_time(const Google__Protobuf__Timestamp *ts, char *buf, size_t cap);
+/* The shortest text that reads back as exactly v ("0.1", not "0.100000001"). */
+void td_view_float(float v, char *buf, size_t cap);
+void td_view_double(double v, char *buf, size_t cap);
 /* Seconds since the epoch, with nanoseconds; 0 for NULL. */
 double td_view_ts_seconds(const Google__Protobuf__Timestamp *ts);
 
-/* The name of a job state ("RUNNING"); "UNKNOWN(7)" style for values the
- * client does not know. The buffer form is thread-free and never fails. */
+/* The name of a job state ("RUNNING") written into buf, which is returned;
+ * "UNKNOWN(7)" for values the client does not know. */
 const char *td_view_state_name(int state, char *buf, size_t cap);
 /* Parses a state name, case-insensitively ("running", "RUNNING",
  * "canceled" too). Returns the enum value, or -1. */
 int td_view_parse_state(const char *s);
-/* The gRPC status code's name ("NOT_FOUND"); "CODE_<n>" for others. */
+/* The gRPC status code's name ("NOT_FOUND"); "UNKNOWN_CODE" for others. */
 const char *td_view_grpc_code_name(int code);
 
 /* "2/10 epochs". */
@@ -50,7 +54,7 @@ size_t td_view_width(const char *s);
  * eighths when utf8, '#' and '.' otherwise. buf needs 3 * width + 1 bytes. */
 void td_view_bar(double frac, int width, int utf8, char *buf, size_t cap);
 /* One character per value, scaled between the smallest and largest finite
- * value (▁ to █, or " _.-=+*#" without UTF-8); NaN and Inf show as '!'. A
+ * value (▁ to █, or "_.-:=+*#" without UTF-8); NaN and Inf show as '!'. A
  * flat series is drawn at mid height. buf needs 3 * n + 1 bytes. */
 void td_view_sparkline(const float *v, size_t n, int utf8, char *buf, size_t cap);
 
@@ -126,7 +130,8 @@ char *td_view_json_to_yaml(const char *json);
 /* Loss history for the live curve: at most TD_FOLLOW_BUCKETS buckets, each
  * the mean loss over `span` consecutive step points. When the buckets fill,
  * neighbours merge pairwise and the span doubles, so the curve always covers
- * the whole run seen so far. */
+ * the whole run seen so far. It is drawn on a log scale when every value is
+ * positive (a loss falls by orders of magnitude). */
 #define TD_FOLLOW_BUCKETS 60
 
 typedef struct td_follow {
@@ -135,6 +140,7 @@ typedef struct td_follow {
   double min_interval; /* seconds between redraws on a terminal (0.1) */
   double last_draw;    /* `now` of the last redraw; < 0 before the first */
   int lines;           /* lines of the live block on screen (0: none) */
+  int cursor_hidden;
 
   /* The job as last reported. */
   char id[128], name[128];
@@ -167,7 +173,8 @@ void td_follow_init(td_follow *f, FILE *out, int tty, int utf8, int cols);
  * (seconds): prints new epoch lines and, on a terminal, redraws the live
  * block when min_interval has passed since the last redraw. */
 void td_follow_feed(td_follow *f, const Traind__V1__WatchMetricsResponse *m, double now);
-/* Removes the live block (if any) without printing anything else. */
+/* Removes the live block (if any) and shows the cursor again, without
+ * printing anything else. */
 void td_follow_clear(td_follow *f);
 /* Removes the live block and prints the final line: the state, the time the
  * job ran, and for SUCCEEDED the final test accuracy; for FAILED and

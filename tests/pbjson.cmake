@@ -4,24 +4,17 @@
 #   pbjson_interop  the same mapping checked against Google's implementation
 #                   (Debian's python3-protobuf, json_format) through pbjson_tool
 #
-# The test proto imports Timestamp and Duration, which td_proto does not
-# generate, so their C code is generated here next to the test proto's.
+# The test proto imports Timestamp and Duration, whose C code td_proto
+# already holds.
 set(PBJSON_GEN ${CMAKE_CURRENT_BINARY_DIR}/pbjson_proto)
-set(PBJSON_GEN_SRCS)
-foreach(p pbjson_test)
-  if(p STREQUAL "pbjson_test")
-    set(src ${CMAKE_CURRENT_SOURCE_DIR}/proto/${p}.proto)
-  else()
-    set(src /usr/include/${p}.proto)
-  endif()
-  add_custom_command(
-    OUTPUT ${PBJSON_GEN}/${p}.pb-c.c ${PBJSON_GEN}/${p}.pb-c.h
-    COMMAND ${CMAKE_COMMAND} -E make_directory ${PBJSON_GEN}
-    COMMAND ${PROTOC_C} -I${CMAKE_CURRENT_SOURCE_DIR}/proto -I/usr/include --c_out=${PBJSON_GEN} ${src}
-    DEPENDS ${src}
-    COMMENT "protoc-c ${p}.proto (pbjson tests)")
-  list(APPEND PBJSON_GEN_SRCS ${PBJSON_GEN}/${p}.pb-c.c)
-endforeach()
+set(PBJSON_GEN_SRCS ${PBJSON_GEN}/pbjson_test.pb-c.c)
+add_custom_command(
+  OUTPUT ${PBJSON_GEN}/pbjson_test.pb-c.c ${PBJSON_GEN}/pbjson_test.pb-c.h
+  COMMAND ${CMAKE_COMMAND} -E make_directory ${PBJSON_GEN}
+  COMMAND ${PROTOC_C} -I${CMAKE_CURRENT_SOURCE_DIR}/proto -I/usr/include --c_out=${PBJSON_GEN}
+          ${CMAKE_CURRENT_SOURCE_DIR}/proto/pbjson_test.proto
+  DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/proto/pbjson_test.proto
+  COMMENT "protoc-c pbjson_test.proto (pbjson tests)")
 set_source_files_properties(${PBJSON_GEN_SRCS} PROPERTIES COMPILE_OPTIONS "-Wno-error;-w")
 
 add_library(pbjson_test_proto STATIC ${PBJSON_GEN_SRCS})

@@ -1,0 +1,369 @@
+#!/usr/bin/python3
+"""The daemon's job queue, devices and paging, through its gRPC API.
+
+usage: daemon_scheduler.py TRAIND TRAINCTL SOURCE_DIR [CASE...]
+
+Each case starts a real traind on a temporary unix socket with a synthetic
+HDF5 dataset (the reference program's model on random data, so MNIST is not
+needed) and drives it with Python grpcio stubs generated from proto/:
+
+  cancel_queued_and_running  CancelJob on a queued job (immediate) and on a
+                             running one (stops within a second; the reply
+                             carries CANCELLED; the device is freed)
+  one_device_in_turn         --cpu-devices 1: the second job is QUEUED while
+                             the first RUNS and starts after it finished
+  priority_first             with the device busy, a later higher-priority
+                             job starts before earlier lower-priority ones
+  two_devices_together       --cpu-devices 2: two jobs RUN at once;
+                             ListDevices and Job.devices agree on who holds
+                             which device; a freed device goes to the next job
+  sighup_reload              max_concurrent_jobs changed in the config file
+                             and SIGHUP: GetDaemonInfo shows it and a queued
+                             job starts; a broken config is refused and the
+                             old one kept
+  list_jobs_paging           ListJobs page_size / page_token (newest first,
+                             each job once) and the state filter
+  get_metrics_paging         GetMetrics since_step / max_points / more over a
+                             finished and a running job; the 10000-point cap
+
+Every daemon is stopped with SIGTERM and must exit 0 with no sanitizer
+report. Prints one line per case, then "N passed, N failed".
+"""
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import traind_harness as th  # noqa: E402
+from traind_harness import check  # noqa: E402
+
+args = th.parse_args(__doc__.splitlines()[1])
+suite = th.Suite(args)
+pb = suite.pb
+S = pb.JobState
+
+# The synthetic set has 2048 examples: 16 steps of 128 per epoch, about
+# 1.5 ms a step on one core. LONG runs for minutes; tests cancel it.
+STEPS_PER_EPOCH = 16
+LONG = 20000
+
+
+def spec(epochs, **kw):
+    return th.synthetic_spec(suite.source_dir, epochs=epochs, **kw)
+
+
+def daemon(**kw):
+    th.make_synthetic(suite.tmp)
+    return suite.daemon(data_dirs=[suite.tmp], **kw)
+
+
+def ts(t):
+    return t.seconds + t.nanos / 1e9
+
+
+def devices_of(d):
+    r = d.stub.ListDevices(pb.ListDevicesRequest(), timeout=10)
+    return {dev.id: dev.job_id for dev in r.devices}
+
+
+def cancel(d, job_id):
+    return d.stub.CancelJob(pb.CancelJobRequest(id=job_id), timeout=10)
+
+
+@suite.case
+def cancel_queued_and_running(s):
+    d = daemon(cpu_devices=1)
+    a = s.submit(d, spec(LONG), name="long")
+    b = s.submit(d, spec(1), name="waiting")
+    check(b.state == S.QUEUED, "second job is %s, expected QUEUED", S.Name(b.state))
+    s.wait_state(d, a.id, S.RUNNING)
+    # The queued one: answered at once, never started.
+    r = cancel(d, b.id)
+    check(r.state == S.CANCELLED, "CancelJob on a queued job returned %s", S.Name(r.state))
+    check(not r.HasField("started") or ts(r.started) == 0,
+          "a job cancelled while queued has a start time")
+    check(r.error_code == 1, "error_code %d, expected 1 (CANCELLED)", r.error_code)
+    check(s.state(d, b.id) == S.CANCELLED, "GetJob disagrees with CancelJob's reply")
+    # The running one: let it make progress first.
+    th.wait_for(lambda: s.get(d, a.id).progress.step > 50, 30, "the long job to take steps")
+    check(s.state(d, a.id) == S.RUNNING, "the long job is not RUNNING")
+    t0 = time.monotonic()
+    r = cancel(d, a.id)
+    took = time.monotonic() - t0
+    check(r.state == S.CANCELLED, "CancelJob on a running job returned %s", S.Name(r.state))
+    check(took < 1.0, "the running job took %.2f s to stop (limit 1 s)", took)
+    check(r.error_code == 1 and r.error, "a cancelled job has error_code %d error %r",
+          r.error_code, r.error)
+    check(r.HasField("finished") and ts(r.finished) >= ts(r.started),
+          "a cancelled job has no finish time after its start")
+    check(0 < r.progress.step < LONG * STEPS_PER_EPOCH,
+          "cancelled job's progress %d", r.progress.step)
+    check(not r.devices, "a cancelled job still holds %s", list(r.devices))
+    # It stays stopped: no step after the reply.
+    time.sleep(0.2)
+    j = s.get(d, a.id)
+    check(j.state == S.CANCELLED and j.progress.step == r.progress.step,
+          "the job moved after its cancel: %s step %d -> %d", S.Name(j.state),
+          r.progress.step, j.progress.step)
+    m = d.stub.GetMetrics(pb.GetMetricsRequest(id=a.id, since_step=r.progress.step - 1),
+                          timeout=10)
+    check(m.state == S.CANCELLED and [p.step for p in m.steps] == [r.progress.step],
+          "metrics after the cancel: state %s steps %s", S.Name(m.state),
+          [p.step for p in m.steps])
+    check(devices_of(d) == {"cpu:0": ""}, "device not freed: %s", devices_of(d))
+    info = d.stub.GetDaemonInfo(pb.GetDaemonInfoRequest(), timeout=10)
+    check(info.jobs_running == 0 and info.jobs_queued == 0 and info.jobs_total == 2,
+          "daemon info: running %d queued %d total %d", info.jobs_running,
+          info.jobs_queued, info.jobs_total)
+
+
+@suite.case
+def one_device_in_turn(s):
+    d = daemon(cpu_devices=1)
+    a = s.submit(d, spec(150), name="first")   # about 4 s
+    b = s.submit(d, spec(3), name="second")
+    s.wait_state(d, a.id, S.RUNNING)
+    saw = 0
+    while s.state(d, a.id) == S.RUNNING:
+        jb = s.get(d, b.id)
+        # Sampled only while a was seen running both before and after.
+        if s.state(d, a.id) == S.RUNNING:
+            check(jb.state == S.QUEUED, "second job is %s while the first RUNS",
+                  S.Name(jb.state))
+            devs = devices_of(d)
+            check(devs == {"cpu:0": a.id}, "devices while the first runs: %s", devs)
+            saw += 1
+        time.sleep(0.05)
+    check(saw >= 5, "the first job ran too briefly to observe (%d samples)", saw)
+    ja = s.wait_state(d, a.id, S.SUCCEEDED, 60)
+    jb = s.wait_state(d, b.id, S.SUCCEEDED, 60)
+    check(ts(jb.started) >= ts(ja.finished),
+          "second started at %.6f, before the first finished at %.6f",
+          ts(jb.started), ts(ja.finished))
+    check(ja.progress.step == 150 * STEPS_PER_EPOCH and jb.progress.step == 3 * STEPS_PER_EPOCH,
+          "steps %d and %d", ja.progress.step, jb.progress.step)
+
+
+@suite.case
+def priority_first(s):
+    d = daemon(cpu_devices=1)
+    blocker = s.submit(d, spec(LONG), name="blocker")
+    s.wait_state(d, blocker.id, S.RUNNING)
+    low1 = s.submit(d, spec(2), name="low1")
+    low2 = s.submit(d, spec(2), name="low2")
+    high = s.submit(d, spec(2, priority=5), name="high")
+    low3 = s.submit(d, spec(2, priority=-1), name="low3")
+    for j in (low1, low2, high, low3):
+        check(s.state(d, j.id) == S.QUEUED, "%s is not QUEUED behind the blocker", j.name)
+    cancel(d, blocker.id)
+    done = [s.wait_state(d, j.id, S.SUCCEEDED, 60) for j in (high, low1, low2, low3)]
+    order = sorted(done, key=lambda j: ts(j.started))
+    names = [j.name for j in order]
+    check(names == ["high", "low1", "low2", "low3"],
+          "start order %s, expected high, low1, low2, low3 (priority, then submission)",
+          names)
+    for prev, nxt in zip(order, order[1:]):
+        check(ts(nxt.started) >= ts(prev.finished), "%s started before %s finished",
+              nxt.name, prev.name)
+
+
+@suite.case
+def two_devices_together(s):
+    d = daemon(cpu_devices=2)
+    a = s.submit(d, spec(LONG), name="a")
+    b = s.submit(d, spec(LONG), name="b")
+    c = s.submit(d, spec(LONG), name="c")
+    ja = s.wait_state(d, a.id, S.RUNNING)
+    jb = s.wait_state(d, b.id, S.RUNNING)
+    check(s.state(d, c.id) == S.QUEUED, "third job is not QUEUED with both devices busy")
+    # Both advance at the same time.
+    step_a, step_b = s.get(d, a.id).progress.step, s.get(d, b.id).progress.step
+    time.sleep(0.5)
+    ja, jb = s.get(d, a.id), s.get(d, b.id)
+    check(ja.state == S.RUNNING and jb.state == S.RUNNING, "both jobs should be RUNNING")
+    check(ja.progress.step > step_a and jb.progress.step > step_b,
+          "both jobs should take steps: a %d -> %d, b %d -> %d", step_a,
+          ja.progress.step, step_b, jb.progress.step)
+    devs = devices_of(d)
+    check(sorted(devs) == ["cpu:0", "cpu:1"], "devices %s", devs)
+    check(sorted(devs.values()) == sorted([a.id, b.id]), "device holders %s", devs)
+    check(len(ja.devices) == 1 and len(jb.devices) == 1 and ja.devices[0] != jb.devices[0],
+          "job devices a %s b %s", list(ja.devices), list(jb.devices))
+    check(devs[ja.devices[0]] == a.id and devs[jb.devices[0]] == b.id,
+          "ListDevices %s disagrees with Job.devices a %s b %s", devs, list(ja.devices),
+          list(jb.devices))
+    info = d.stub.GetDaemonInfo(pb.GetDaemonInfoRequest(), timeout=10)
+    check(info.jobs_running == 2 and info.jobs_queued == 1 and info.max_concurrent_jobs == 2,
+          "info running %d queued %d max %d", info.jobs_running, info.jobs_queued,
+          info.max_concurrent_jobs)
+    # Freeing a's device lets c start on it.
+    freed = ja.devices[0]
+    cancel(d, a.id)
+    jc = s.wait_state(d, c.id, S.RUNNING, 10)
+    check(list(jc.devices) == [freed], "c got %s, expected the freed %s", list(jc.devices),
+          freed)
+    devs = devices_of(d)
+    check(devs == {freed: c.id, jb.devices[0]: b.id}, "devices after the swap: %s", devs)
+    cancel(d, b.id)
+    cancel(d, c.id)
+    check(devices_of(d) == {"cpu:0": "", "cpu:1": ""}, "devices not freed")
+
+
+@suite.case
+def sighup_reload(s):
+    cfg = os.path.join(s.tmp, "traind.yaml")
+    with open(cfg, "w") as f:
+        f.write("cpu_devices: 2\nmax_concurrent_jobs: 1\nlog_level: info\n")
+    d = daemon(cpu_devices=None, config=cfg)
+    info = d.stub.GetDaemonInfo(pb.GetDaemonInfoRequest(), timeout=10)
+    check(info.max_concurrent_jobs == 1, "max_concurrent_jobs %d at start, expected 1",
+          info.max_concurrent_jobs)
+    check(len(devices_of(d)) == 2, "cpu_devices from the config file not applied")
+    a = s.submit(d, spec(LONG), name="a")
+    b = s.submit(d, spec(LONG), name="b")
+    s.wait_state(d, a.id, S.RUNNING)
+    time.sleep(0.3)
+    check(s.state(d, b.id) == S.QUEUED, "second job runs despite max_concurrent_jobs 1")
+    # A broken file is refused; the daemon keeps its configuration.
+    with open(cfg, "w") as f:
+        f.write("cpu_devices: 2\nmax_concurrent_jobs: 1\nno_such_key: 3\n")
+    d.signal(signal.SIGHUP)
+    th.wait_for(lambda: "reload failed" in d.log(), 10, "the failed reload to be logged")
+    check(d.alive(), "the daemon died on a bad config reload")
+    info = d.stub.GetDaemonInfo(pb.GetDaemonInfoRequest(), timeout=10)
+    check(info.max_concurrent_jobs == 1, "a refused reload changed max_concurrent_jobs")
+    with open(cfg, "w") as f:
+        f.write("cpu_devices: 2\nmax_concurrent_jobs: 2\nlog_level: info\n")
+    d.signal(signal.SIGHUP)
+    th.wait_for(lambda: d.stub.GetDaemonInfo(pb.GetDaemonInfoRequest(), timeout=10)
+                .max_concurrent_jobs == 2, 10, "GetDaemonInfo to show max_concurrent_jobs 2")
+    s.wait_state(d, b.id, S.RUNNING, 10, "the queued job to start after the reload")
+    check(s.state(d, a.id) == S.RUNNING, "the first job stopped on reload")
+    check(len(devices_of(d)) == 2, "device count changed on reload")
+
+
+@suite.case
+def list_jobs_paging(s):
+    d = daemon(cpu_devices=1)
+    jobs = [s.submit(d, spec(LONG), name="j0")]
+    s.wait_state(d, jobs[0].id, S.RUNNING)
+    for i in range(1, 7):
+        jobs.append(s.submit(d, spec(1), name="j%d" % i))
+    for j in (jobs[2], jobs[4]):
+        cancel(d, j.id)
+    ids = [j.id for j in jobs]
+    newest_first = ids[::-1]
+    want_state = {j.id: S.QUEUED for j in jobs}
+    want_state[ids[0]] = S.RUNNING
+    want_state[ids[2]] = want_state[ids[4]] = S.CANCELLED
+
+    def pages(states=(), size=0):
+        got, token, sizes = [], "", []
+        for _ in range(100):
+            r = d.stub.ListJobs(pb.ListJobsRequest(states=states, page_size=size,
+                                                   page_token=token), timeout=10)
+            got += [j.id for j in r.jobs]
+            sizes.append(len(r.jobs))
+            for j in r.jobs:
+                check(j.state == want_state[j.id], "job %s listed as %s, expected %s",
+                      j.name, S.Name(j.state), S.Name(want_state[j.id]))
+            token = r.next_page_token
+            if not token:
+                return got, sizes
+        raise th.TestFailure("ListJobs paging does not end")
+
+    got, sizes = pages()
+    check(got == newest_first and sizes == [7], "one page: %s (sizes %s)", got, sizes)
+    got, sizes = pages(size=2)
+    check(got == newest_first, "paged by 2: %s, expected %s", got, newest_first)
+    check(sizes == [2, 2, 2, 1], "page sizes %s, expected [2, 2, 2, 1]", sizes)
+    got, sizes = pages(size=7)
+    check(got == newest_first and sizes == [7], "page of exactly 7: sizes %s", sizes)
+    queued = [i for i in newest_first if want_state[i] == S.QUEUED]
+    got, sizes = pages(states=[S.QUEUED])
+    check(got == queued, "QUEUED filter: %s, expected %s", got, queued)
+    got, sizes = pages(states=[S.QUEUED], size=1)
+    check(got == queued and sizes == [1] * len(queued), "QUEUED filter by 1: %s %s", got,
+          sizes)
+    two = [i for i in newest_first if want_state[i] in (S.CANCELLED, S.RUNNING)]
+    got, sizes = pages(states=[S.CANCELLED, S.RUNNING], size=2)
+    check(got == two and sizes == [2, 1], "CANCELLED+RUNNING by 2: %s %s", got, sizes)
+    got, sizes = pages(states=[S.FAILED])
+    check(got == [] and sizes == [0], "FAILED filter: %s", got)
+    for j in jobs:
+        if want_state[j.id] in (S.QUEUED, S.RUNNING):
+            cancel(d, j.id)
+
+
+@suite.case
+def get_metrics_paging(s):
+    d = daemon(cpu_devices=1)
+    epochs = 10
+    total = epochs * STEPS_PER_EPOCH
+    j = s.submit(d, spec(epochs))
+    s.wait_state(d, j.id, S.SUCCEEDED, 60)
+
+    def page(since, n):
+        return d.stub.GetMetrics(pb.GetMetricsRequest(id=j.id, since_step=since,
+                                                      max_points=n), timeout=10)
+
+    steps, epoch_pts, since, mores = [], [], 0, []
+    for _ in range(20):
+        r = page(since, 50)
+        check(r.state == S.SUCCEEDED, "GetMetrics state %s", S.Name(r.state))
+        check(len(r.steps) <= 50, "page of %d step points, asked for 50", len(r.steps))
+        got = [p.step for p in r.steps]
+        check(not got or r.last_step == got[-1], "last_step %d, last point %s",
+              r.last_step, got[-1:])
+        for e in r.epochs:
+            check(e.step <= r.last_step, "epoch point at step %d past the page's end %d",
+                  e.step, r.last_step)
+        steps += got
+        epoch_pts += [(e.epoch, e.step) for e in r.epochs]
+        mores.append(r.more)
+        since = r.last_step
+        if not r.more:
+            break
+    check(steps == list(range(1, total + 1)), "step points %s..%s (%d), expected 1..%d once",
+          steps[:3], steps[-3:], len(steps), total)
+    check(mores == [True, True, True, False], "more flags %s, expected [T, T, T, F]", mores)
+    want_epochs = [(e, e * STEPS_PER_EPOCH) for e in range(1, epochs + 1)]
+    check(epoch_pts == want_epochs, "epoch points %s, expected %s", epoch_pts, want_epochs)
+    r = page(total, 50)
+    check(not r.steps and not r.epochs and not r.more and r.last_step == total,
+          "past the end: %d steps %d epochs more %s last %d", len(r.steps), len(r.epochs),
+          r.more, r.last_step)
+    r = page(0, 0)
+    check(len(r.steps) == total and not r.more and r.oldest_step <= 1,
+          "default page: %d points more %s oldest %d", len(r.steps), r.more, r.oldest_step)
+    r = page(37, 3)
+    check([p.step for p in r.steps] == [38, 39, 40] and r.more,
+          "since 37, 3 points: %s", [p.step for p in r.steps])
+    # The cap (10000 per page), and paging a running job.
+    big = s.submit(d, th.synthetic_spec(s.source_dir, epochs=LONG, training={
+        "epochs": LONG, "batch_size": 16, "seed": 0}))
+    th.wait_for(lambda: s.get(d, big.id).progress.step > 10500, 120,
+                "the running job to pass 10500 steps")
+    r = d.stub.GetMetrics(pb.GetMetricsRequest(id=big.id, max_points=20000), timeout=10)
+    check(len(r.steps) == 10000 and r.more and r.state == S.RUNNING,
+          "max_points 20000 gave %d points (more %s, %s); the cap is 10000", len(r.steps),
+          r.more, S.Name(r.state))
+    check([p.step for p in r.steps] == list(range(1, 10001)), "capped page is not 1..10000")
+    since, seen = 10000, 0
+    while True:
+        r = d.stub.GetMetrics(pb.GetMetricsRequest(id=big.id, since_step=since,
+                                                   max_points=1000), timeout=10)
+        got = [p.step for p in r.steps]
+        check(got == list(range(since + 1, since + 1 + len(got))),
+              "running job page after %d is not contiguous", since)
+        seen += len(got)
+        since = r.last_step
+        if not r.more:
+            break
+    check(seen > 0, "no points past 10000 on a running job")
+    cancel(d, big.id)
+
+
+if __name__ == "__main__":
+    sys.exit(suite.run())
