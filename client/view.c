@@ -87,6 +87,8 @@ void td_view_utc_time(const Google__Protobuf__Timestamp *ts, char *buf, size_t c
 }
 
 void td_view_float(float v, char *buf, size_t cap) {
+  if (!buf || !cap)
+    return;
   for (int p = 6; p <= 9; p++) {
     snprintf(buf, cap, "%.*g", p, (double)v);
     if (!isfinite(v) || strtof(buf, NULL) == v)
@@ -95,6 +97,8 @@ void td_view_float(float v, char *buf, size_t cap) {
 }
 
 void td_view_double(double v, char *buf, size_t cap) {
+  if (!buf || !cap)
+    return;
   for (int p = 15; p <= 17; p++) {
     snprintf(buf, cap, "%.*g", p, v);
     if (!isfinite(v) || strtod(buf, NULL) == v)

@@ -97,7 +97,6 @@ struct td_rpc_call {
 };
 
 struct td_rpc_server {
-  uv_loop_t *loop;
   grpc_server *server;
   grpc_completion_queue *cq;
   int grpc_inited;
@@ -795,7 +794,6 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
   td_rpc_server *s = calloc(1, sizeof *s);
   if (!s)
     return td_errorf(err, TD_ENOMEM, "out of memory starting the rpc server");
-  s->loop = loop;
   s->t_shutdown.done = on_server_shutdown;
   rc = copy_opts(s, opts, err);
   if (rc) {

@@ -613,6 +613,7 @@ static void test_streams(fixture *fx, const char *target) {
   stream_thread(&r);
   CHECK(r.code == TD_GRPC_CANCELLED, "client cancel: %d %s", r.code, r.st.message);
   CHECK(r.got == 5 && r.in_order, "5 messages before the cancel (%d)", r.got);
+  CHECK(r.elapsed < 2, "cancelled stream returned after %.2f s", r.elapsed);
   CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, 5),
         "server saw the cancel");
   CHECK(wait_no_calls(fx, 5), "cancelled stream released (%zu calls left)",
@@ -874,10 +875,10 @@ static void test_addresses(fixture *fx) {
 typedef struct {
   const char *target;
   int code;
-} later_run_t;
+} later_run;
 
 static void later_thread(void *arg) {
-  later_run_t *lr = arg;
+  later_run *lr = arg;
   td_rpc_client *c = td_rpc_client_open(lr->target);
   Traind__V1__GetJobRequest req = TRAIND__V1__GET_JOB_REQUEST__INIT;
   req.id = "pending";
@@ -934,7 +935,7 @@ static void test_stale_and_shutdown(void) {
   CHECK(wait_atomic_at_least(&r.messages, 3, 5), "stream running");
   CHECK(wait_atomic_at_least(&w.n, 1, 5), "watch running");
 
-  later_run_t lr = {fx.unix_addr, -1};
+  later_run lr = {fx.unix_addr, -1};
   uv_thread_create(&tl, later_thread, &lr);
   CHECK(wait_atomic_at_least(&fx.later_started, 1, 5), "late call pending");
 
@@ -946,6 +947,9 @@ static void test_stale_and_shutdown(void) {
             w.statuses[1] == TD_HEALTH_NOT_SERVING,
         "watch heard the shutdown (%d messages)", atomic_load(&w.n));
   CHECK(w.code == TD_GRPC_UNAVAILABLE, "watch ended %d %s", w.code, w.st.message);
+  /* A server's own UNAVAILABLE is passed on as is, not as unreachable. */
+  CHECK(strcmp(w.st.message, "the server is shutting down") == 0,
+        "watch end message \"%s\"", w.st.message);
 
   int cancels = atomic_load(&fx.stream_cancels);
   fixture_stop(&fx);

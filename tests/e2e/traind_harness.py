@@ -222,13 +222,16 @@ def write_job(path, spec):
 class Daemon:
     """A real traind process.
 
-    listen: "unix", "tcp" or "both" (a socket in the state dir's parent and
-    127.0.0.1:0). extra: more flags. The state directory is kept across
+    listen: "unix", "tcp" or "both" (a socket in the work directory and
+    127.0.0.1:0); client: "tcp" to make the stubs use TCP when both are
+    open. extra: more flags. The state directory is kept across
     restart() so a test can stop and start the daemon on the same records."""
 
     def __init__(self, binary, workdir, data_dirs=(), listen="unix", cpu_devices=1,
-                 threads=None, extra=(), config=None, env=None, state_dir=None, stubs=None):
+                 threads=None, extra=(), config=None, env=None, state_dir=None, stubs=None,
+                 client=None):
         self.binary = binary
+        self.client = client
         self.stubs = stubs
         self.workdir = workdir
         self.state_dir = state_dir or os.path.join(workdir, "state")
@@ -247,9 +250,12 @@ class Daemon:
         self._stub = None
         self._health = None
 
-    # The target a client should use: the unix socket when there is one.
+    # The target the stubs use: the unix socket when there is one, unless
+    # client="tcp" was asked for.
     @property
     def addr(self):
+        if self.client == "tcp":
+            return self.tcp_addr
         return self.unix_addr or self.tcp_addr
 
     def argv(self):
@@ -366,12 +372,14 @@ class Daemon:
         self._channels = []
         self._stub = self._health = None
 
-    def stop(self, timeout=STOP_TIMEOUT):
+    def stop(self, timeout=STOP_TIMEOUT, close_channels=True):
         """SIGTERM; the daemon must exit 0 within `timeout` with no sanitizer
-        report. Returns the seconds it took."""
+        report. Returns the seconds it took. With close_channels=False the
+        clients' channels stay open, so that open calls see the daemon go."""
         if self.proc is None:
             return 0.0
-        self._close_channels()
+        if close_channels:
+            self._close_channels()
         t0 = time.monotonic()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -384,6 +392,7 @@ class Daemon:
             raise TestFailure("traind did not exit within %.0f s of SIGTERM:\n%s"
                               % (timeout, tail(self.log())))
         took = time.monotonic() - t0
+        self._close_channels()
         self._finish()
         text = self.log()
         check(rc == 0, "traind exited %d after SIGTERM (expected 0):\n%s", rc, tail(text))
@@ -462,9 +471,14 @@ class Suite:
         self.passed = self.failed = 0
         self.tmp = None
 
-    def case(self, fn):
-        self.cases.append(fn)
-        return fn
+    def case(self, fn=None, long=False):
+        """Registers a case. A long case runs only when named on the command
+        line."""
+        def add(f):
+            f.long = long
+            self.cases.append(f)
+            return f
+        return add(fn) if fn else add
 
     def daemon(self, data_dirs=None, **kw):
         """A started daemon in the case's temporary directory."""
@@ -513,7 +527,7 @@ class Suite:
             print("0 passed, 1 failed")
             return 1
         for fn in self.cases:
-            if only and fn.__name__ not in only:
+            if (only and fn.__name__ not in only) or (not only and fn.long):
                 continue
             self.tmp = tempfile.mkdtemp(prefix="td-", dir="/tmp")
             t0 = time.monotonic()

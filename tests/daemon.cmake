@@ -1,0 +1,34 @@
+# The daemon end to end: a real traind on a temporary unix socket and/or
+# 127.0.0.1:0 with a temporary state directory, driven by trainctl and by
+# Python grpcio with stubs generated from proto/ (tests/e2e/daemon_*.py,
+# helpers in tests/e2e/traind_harness.py). Each script runs its cases and
+# ends with "N passed, N failed"; it fails when any daemon does not exit 0
+# on SIGTERM or leaves a sanitizer report on its stderr.
+#
+#   daemon_scheduler           queue, cancel, priority, devices, SIGHUP, paging
+#                              (synthetic HDF5 data: no MNIST needed)
+#   daemon_bad_input           bad RPCs get the right status; the daemon serves on
+#   daemon_interop             Python grpcio: submit, WatchMetrics, health, info
+#   daemon_restart             records across SIGTERM, SIGKILL and restarts
+#   daemon_trainctl            the CLI: --follow over unix and TCP, -o json,
+#                              exit codes, errors, TRAIND_ADDR
+#   daemon_reference_10epochs  the reference program as shipped through
+#                              `trainctl submit --follow`: >= 97% (long)
+#
+# MNIST comes from $TRAIND_DATA_DIR; without it the MNIST tests are skipped
+# (exit 77), or fail when CI=true.
+function(td_daemon_test name script labels timeout)
+  add_test(NAME ${name}
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/${script}
+            $<TARGET_FILE:traind> $<TARGET_FILE:trainctl> ${CMAKE_SOURCE_DIR} ${ARGN})
+  set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT ${timeout}
+    SKIP_RETURN_CODE 77)
+endfunction()
+
+td_daemon_test(daemon_scheduler daemon_scheduler.py "daemon" 600)
+td_daemon_test(daemon_bad_input daemon_bad_input.py "daemon" 600)
+td_daemon_test(daemon_interop daemon_interop.py "daemon;mnist" 600)
+td_daemon_test(daemon_restart daemon_restart.py "daemon;mnist" 600)
+td_daemon_test(daemon_trainctl daemon_trainctl.py "daemon;mnist" 600)
+td_daemon_test(daemon_reference_10epochs daemon_trainctl.py "daemon;mnist;long" 1200
+               reference_10_epochs)

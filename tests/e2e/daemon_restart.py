@@ -1,0 +1,258 @@
+#!/usr/bin/python3
+"""Job records across daemon restarts, on real MNIST.
+
+usage: daemon_restart.py TRAIND TRAINCTL SOURCE_DIR [CASE...]
+
+A real traind on a temporary unix socket and state directory, driven with
+Python grpcio (stubs generated from proto/), stopped and started again on
+the same state directory:
+
+  finished_jobs_survive      a SUCCEEDED, a FAILED (NaN loss) and a
+                             CANCELLED job are listed after a restart in the
+                             same order, each record equal to what GetJob
+                             said before (state, final metrics, progress,
+                             times, error)
+  sigterm_requeues_running   SIGTERM while a job runs: the daemon exits 0
+                             promptly, an open WatchMetrics ends UNAVAILABLE,
+                             the running and the queued job are saved QUEUED;
+                             after the restart both run, in order, to the end
+  sigterm_ends_watches_with_reason
+                             (10 rounds) WatchMetrics streams open at SIGTERM,
+                             on a running and on a queued job, end UNAVAILABLE
+                             with the daemon's "shutting down" message
+  sigkill_recovers           SIGKILL while a job runs: after the restart the
+                             job is queued again and runs to the end
+  bad_records_skipped        an unreadable record and a leftover temporary
+                             file in the state directory do not stop the
+                             daemon; the good records load
+
+MNIST comes from $TRAIND_DATA_DIR (skipped without it, exit 77; a failure
+under CI=true). Every daemon is stopped with SIGTERM and must exit 0 with no
+sanitizer report. Prints one line per case, then "N passed, N failed".
+"""
+import os
+import signal
+import sys
+import threading
+import time
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import traind_harness as th  # noqa: E402
+from traind_harness import check  # noqa: E402
+
+args = th.parse_args(__doc__.splitlines()[1])
+suite = th.Suite(args, needs_mnist=True)
+pb = suite.pb
+S = pb.JobState
+STOP_PROMPT = 5.0 if th.sanitized(args.traind) else 2.0
+
+
+def ref(epochs=1, train_limit=6000, **kw):
+    return th.reference_spec(suite.source_dir, epochs, train_limit=train_limit, **kw)
+
+
+def nan_spec():
+    sp = ref()
+    sp["name"] = "diverges"
+    sp["optimizer"]["chain"] = [{"sgd": {"learning_rate": {"constant": 1e6}}}]
+    return sp
+
+
+def ts(t):
+    return t.seconds + t.nanos / 1e9
+
+
+def records(d):
+    """The job records in the state directory, parsed as traind.v1.Job."""
+    out = {}
+    jobs = os.path.join(d.state_dir, "jobs")
+    for name in os.listdir(jobs):
+        if name.endswith(".pb") and not name.startswith("."):
+            j = pb.Job()
+            with open(os.path.join(jobs, name), "rb") as f:
+                j.ParseFromString(f.read())
+            out[j.id] = j
+    return out
+
+
+def listed(d):
+    return [j.id for j in d.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs]
+
+
+@suite.case
+def finished_jobs_survive(s):
+    d = s.daemon(cpu_devices=1)
+    ok = s.submit(d, ref(1), name="good")
+    bad = s.submit(d, nan_spec())
+    stopped = s.submit(d, ref(50, train_limit=0), name="stopped")
+    jok = s.wait_state(d, ok.id, S.SUCCEEDED, 60)
+    jbad = s.wait_state(d, bad.id, S.FAILED, 60)
+    s.wait_state(d, stopped.id, S.RUNNING, 60)
+    th.wait_for(lambda: s.get(d, stopped.id).progress.step > 20, 30, "steps")
+    jstop = d.stub.CancelJob(pb.CancelJobRequest(id=stopped.id), timeout=10)
+    check(jok.metrics.test_accuracy > 0.8, "6000-example run reached test accuracy %.3f",
+          jok.metrics.test_accuracy)
+    check(jok.progress.step == 46, "good job ran %d steps, expected 46", jok.progress.step)
+    check(jbad.error_code != 0 and "NaN" in jbad.error, "diverging job: %d %r",
+          jbad.error_code, jbad.error)
+    check(jstop.state == S.CANCELLED, "cancelled job is %s", S.Name(jstop.state))
+    before = {j.id: s.get(d, j.id) for j in (ok, bad, stopped)}
+    order = listed(d)
+    d.stop()
+    on_disk = records(d)
+    for jid, j in before.items():
+        check(on_disk.get(jid) == j, "the record of %s on disk differs from GetJob", j.name)
+    d.start()
+    check(listed(d) == order, "after restart ListJobs gives %s, before %s", listed(d), order)
+    for jid, j in before.items():
+        after = s.get(d, jid)
+        check(after == j, "%s after restart differs:\nbefore %s\nafter %s", j.name, j, after)
+    for j in d.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs:
+        check(j == before[j.id], "ListJobs entry of %s differs from before the restart",
+              j.name)
+    # The metrics of a finished job are in its record.
+    r = s.get(d, ok.id)
+    check(r.metrics.test_accuracy == jok.metrics.test_accuracy and r.metrics.train_loss > 0,
+          "final metrics lost: %s", r.metrics)
+    # A second restart changes nothing either.
+    d.restart()
+    check(all(s.get(d, jid) == j for jid, j in before.items()), "second restart changed records")
+
+
+@suite.case
+def sigterm_requeues_running(s):
+    d = s.daemon(cpu_devices=1)
+    a = s.submit(d, ref(3, train_limit=0), name="interrupted")  # 1404 steps, a few seconds
+    b = s.submit(d, ref(1), name="waiting")
+    s.wait_state(d, a.id, S.RUNNING)
+    th.wait_for(lambda: s.get(d, a.id).progress.step > 100, 60, "the job to pass step 100")
+    check(s.state(d, b.id) == S.QUEUED, "the second job is not QUEUED")
+    # A watcher sees the stream end, not hang, when the daemon stops (its
+    # message: sigterm_ends_watches_with_reason).
+    watch = {}
+
+    def follow():
+        try:
+            for m in d.stub.WatchMetrics(pb.WatchMetricsRequest(id=a.id), timeout=30):
+                watch["last"] = m
+            watch["end"] = "OK"
+        except grpc.RpcError as e:
+            watch["end"] = e.code()
+            watch["details"] = e.details()
+    t = threading.Thread(target=follow)
+    t.start()
+    th.wait_for(lambda: "last" in watch, 10, "the watcher's first message")
+    step_at_stop = s.get(d, a.id).progress.step
+    stop_wall = time.time()
+    took = d.stop(close_channels=False)
+    t.join(10)
+    check(took < STOP_PROMPT, "SIGTERM with a running job took %.2f s to exit (limit %.0f)",
+          took, STOP_PROMPT)
+    check(watch.get("end") == grpc.StatusCode.UNAVAILABLE,
+          "the open WatchMetrics ended %s (%s), expected UNAVAILABLE", watch.get("end"),
+          watch.get("details"))
+    log = d.log()
+    check("interrupted by shutdown" in log, "the log does not say the job was interrupted")
+    recs = records(d)
+    check(recs[a.id].state == S.QUEUED and recs[b.id].state == S.QUEUED,
+          "saved states after SIGTERM: %s %s (expected QUEUED twice)",
+          S.Name(recs[a.id].state), S.Name(recs[b.id].state))
+    check(not recs[a.id].HasField("started") or ts(recs[a.id].started) == 0,
+          "the interrupted job keeps a start time")
+    check(not recs[a.id].devices, "the interrupted job keeps devices")
+    d.start()
+    ja = s.wait_state(d, a.id, S.SUCCEEDED, 120)
+    jb = s.wait_state(d, b.id, S.SUCCEEDED, 120)
+    check(ts(ja.started) > stop_wall, "the job's start time is not from after the restart")
+    check(ts(jb.started) >= ts(ja.finished), "the queued job started before the first ended")
+    check(ja.progress.step == 3 * 468 and ja.progress.step > step_at_stop,
+          "the interrupted job ran %d steps after the restart, expected %d",
+          ja.progress.step, 3 * 468)
+    check(ja.metrics.test_accuracy > 0.95, "test accuracy %.4f after 3 epochs",
+          ja.metrics.test_accuracy)
+    m = d.stub.GetMetrics(pb.GetMetricsRequest(id=a.id, max_points=10000), timeout=10)
+    steps = [p.step for p in m.steps]
+    check(steps == list(range(1, 3 * 468 + 1)), "metrics after the rerun: %d points, %s..%s",
+          len(steps), steps[:3], steps[-3:])
+    check([e.epoch for e in m.epochs] == [1, 2, 3], "epoch points %s",
+          [e.epoch for e in m.epochs])
+
+
+@suite.case
+def sigterm_ends_watches_with_reason(s):
+    # Streams open when the daemon stops end with UNAVAILABLE and the
+    # daemon's reason, whether their job was running (points still being
+    # sent) or queued. Several rounds: the end of a stream races the stop.
+    for round_ in range(10):
+        d = th.Daemon(s.traind, s.workdir("r%d" % round_), data_dirs=[s.mnist],
+                      cpu_devices=1, stubs=s.stubs).start()
+        running = s.submit(d, ref(20, train_limit=0))
+        queued = s.submit(d, ref(1))
+        s.wait_state(d, running.id, S.RUNNING)
+        ends = {}
+
+        def follow(jid, key):
+            n = 0
+            try:
+                for _ in d.stub.WatchMetrics(pb.WatchMetricsRequest(id=jid), timeout=30):
+                    n += 1
+                ends[key] = ("OK", "", n)
+            except grpc.RpcError as e:
+                ends[key] = (e.code().name, e.details(), n)
+        threads = [threading.Thread(target=follow, args=(running.id, "running")),
+                   threading.Thread(target=follow, args=(queued.id, "queued"))]
+        for t in threads:
+            t.start()
+        th.wait_for(lambda: s.get(d, running.id).progress.step > 100, 30, "steps")
+        d.stop(close_channels=False)
+        for t in threads:
+            t.join(10)
+        for key in ("running", "queued"):
+            code, details, _ = ends.get(key, ("none", "", 0))
+            check(code == "UNAVAILABLE" and "shutting down" in details,
+                  "round %d: the watch of the %s job ended %s %r; expected UNAVAILABLE "
+                  "with the daemon's reason", round_ + 1, key, code, details)
+
+
+@suite.case
+def sigkill_recovers(s):
+    d = s.daemon(cpu_devices=1)
+    a = s.submit(d, ref(2, train_limit=0), name="killed")
+    th.wait_for(lambda: s.get(d, a.id).progress.step > 50, 60, "the job to pass step 50")
+    d.kill()
+    check(records(d)[a.id].state == S.RUNNING, "the record of a killed running job")
+    d.start()
+    j = s.wait_state(d, a.id, S.SUCCEEDED, 120, "the killed job to run again after restart")
+    check(j.progress.step == 2 * 468, "rerun made %d steps", j.progress.step)
+    check("was running when the daemon stopped" in d.log(),
+          "the restart does not log the requeued job")
+
+
+@suite.case
+def bad_records_skipped(s):
+    d = s.daemon(cpu_devices=1)
+    good = s.submit(d, ref(1), name="good")
+    s.wait_state(d, good.id, S.SUCCEEDED, 60)
+    d.stop()
+    jobs = os.path.join(d.state_dir, "jobs")
+    with open(os.path.join(jobs, "j-00000000000bad.pb"), "wb") as f:
+        f.write(b"\xff\xff\xff\xffnot a record")
+    with open(os.path.join(jobs, ".j-0000000000tmp.pb.tmp"), "wb") as f:
+        f.write(b"half a write")
+    with open(os.path.join(jobs, "j-000000000empty.pb"), "wb"):
+        pass
+    d.start()
+    check(listed(d) == [good.id], "jobs after restart: %s", listed(d))
+    check(s.get(d, good.id).state == S.SUCCEEDED, "the good record did not load")
+    check(not os.path.exists(os.path.join(jobs, ".j-0000000000tmp.pb.tmp")),
+          "the leftover temporary file was not removed")
+    check("skipping a job record" in d.log() and "j-00000000000bad.pb" in d.log(),
+          "the bad record is not named in the log")
+    again = s.submit(d, ref(1))
+    s.wait_state(d, again.id, S.SUCCEEDED, 60, "a new job after loading bad records")
+
+
+if __name__ == "__main__":
+    sys.exit(suite.run())
