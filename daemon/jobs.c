@@ -29,15 +29,11 @@ static void make_id(char *out, size_t len, int64_t ns) {
            (unsigned long long)(ns / 1000000000) & 0xffffffffull, r[0], r[1], r[2]);
 }
 
-td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name,
-                   size_t metrics_retention, uint64_t seq) {
+td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name, uint64_t seq) {
   td_job *j = calloc(1, sizeof *j);
   if (!j)
     return NULL;
-  if (td_metrics_init(&j->metrics, metrics_retention) != 0) {
-    free(j);
-    return NULL;
-  }
+  td_metrics_init(&j->metrics);
   j->created_ns = wall_ns();
   make_id(j->id, sizeof j->id, j->created_ns);
   j->name = strdup(name ? name : "");
@@ -248,10 +244,10 @@ static int64_t ts_ns(const Google__Protobuf__Timestamp *t) {
   return t ? t->seconds * 1000000000 + t->nanos : 0;
 }
 
-static td_job *job_from_record(Traind__V1__Job *r, size_t retention) {
+static td_job *job_from_record(Traind__V1__Job *r) {
   if (!r->spec || !r->id || strlen(r->id) >= TD_JOB_ID_MAX)
     return NULL;
-  td_job *j = td_job_new(r->spec, r->name, retention, 0);
+  td_job *j = td_job_new(r->spec, r->name, 0);
   if (!j)
     return NULL;
   r->spec = NULL; /* now the job's */
@@ -286,7 +282,7 @@ static td_job *job_from_record(Traind__V1__Job *r, size_t retention) {
   return j;
 }
 
-int td_job_load_all(const char *state_dir, size_t retention, td_job ***out,
+int td_job_load_all(const char *state_dir, td_job ***out,
                     size_t *count, void (*warn)(const char *path, const char *why),
                     td_error *err) {
   char dir[4096];
@@ -318,7 +314,7 @@ int td_job_load_all(const char *state_dir, size_t retention, td_job ***out,
     }
     Traind__V1__Job *r = traind__v1__job__unpack(NULL, blen, buf);
     free(buf);
-    td_job *j = r ? job_from_record(r, retention) : NULL;
+    td_job *j = r ? job_from_record(r) : NULL;
     if (r)
       traind__v1__job__free_unpacked(r, NULL);
     if (!j) {

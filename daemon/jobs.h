@@ -55,8 +55,7 @@ typedef struct td_job {
 } td_job;
 
 /* A new QUEUED job taking ownership of spec. */
-td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name,
-                   size_t metrics_retention, uint64_t seq);
+td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name, uint64_t seq);
 void td_job_free(td_job *j);
 int td_job_is_final(const td_job *j);
 const char *td_job_state_name(Traind__V1__JobState s);
@@ -81,8 +80,7 @@ int td_job_save(td_job *j, const char *state_dir, td_error *err);
 /* Reads every record in state_dir/jobs (creating the directory when
  * missing). Unreadable records are skipped with a warning in `warnings`
  * (a callback per file). Temporary leftovers are removed. */
-int td_job_load_all(const char *state_dir, size_t metrics_retention,
-                    td_job ***out, size_t *n,
+int td_job_load_all(const char *state_dir, td_job ***out, size_t *n,
                     void (*warn)(const char *path, const char *why),
                     td_error *err);
 

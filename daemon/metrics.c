@@ -12,24 +12,12 @@ static int64_t wall_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int td_metrics_init(td_metrics *m, size_t step_capacity) {
+void td_metrics_init(td_metrics *m) {
   memset(m, 0, sizeof *m);
-  m->step_cap = step_capacity ? step_capacity : 1;
-  m->epoch_cap = EPOCH_CAP;
-  m->steps = malloc(m->step_cap * sizeof *m->steps);
-  m->epochs = malloc(m->epoch_cap * sizeof *m->epochs);
-  if (!m->steps || !m->epochs) {
-    free(m->steps);
-    free(m->epochs);
-    return -1;
-  }
   pthread_mutex_init(&m->mu, NULL);
-  return 0;
 }
 
 void td_metrics_free(td_metrics *m) {
-  if (!m->steps)
-    return;
   pthread_mutex_destroy(&m->mu);
   free(m->steps);
   free(m->epochs);
@@ -37,8 +25,32 @@ void td_metrics_free(td_metrics *m) {
   m->epochs = NULL;
 }
 
+int td_metrics_reserve(td_metrics *m, size_t step_capacity) {
+  size_t cap = step_capacity ? step_capacity : 1;
+  td_step_rec *steps = malloc(cap * sizeof *steps);
+  td_epoch_rec *epochs = malloc(EPOCH_CAP * sizeof *epochs);
+  if (!steps || !epochs) {
+    free(steps);
+    free(epochs);
+    return -1;
+  }
+  pthread_mutex_lock(&m->mu);
+  free(m->steps);
+  free(m->epochs);
+  m->steps = steps;
+  m->epochs = epochs;
+  m->step_cap = cap;
+  m->epoch_cap = EPOCH_CAP;
+  m->n_steps = m->n_epochs = 0;
+  m->n_stage = m->n_estage = 0;
+  pthread_mutex_unlock(&m->mu);
+  return 0;
+}
+
 /* Moves the staged points into the rings; mu is held. */
 static void publish(td_metrics *m) {
+  if (!m->steps)
+    m->n_stage = m->n_estage = 0; /* nowhere to keep them: only `latest` */
   for (size_t i = 0; i < m->n_stage; i++)
     m->steps[m->n_steps++ % m->step_cap] = m->stage[i];
   for (size_t i = 0; i < m->n_estage; i++)

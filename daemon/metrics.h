@@ -53,8 +53,13 @@ typedef struct td_metrics {
   td_metrics_latest wlatest;
 } td_metrics;
 
-int td_metrics_init(td_metrics *m, size_t step_capacity);
+/* A series with no storage yet: job records loaded from disk keep only
+ * their latest figures. */
+void td_metrics_init(td_metrics *m);
 void td_metrics_free(td_metrics *m);
+/* Allocates the rings (step_capacity step points), dropping any earlier
+ * points; the worker calls it before its first step. -1 when out of memory. */
+int td_metrics_reserve(td_metrics *m, size_t step_capacity);
 
 /* Writer side (one thread). Returns nonzero when something was published,
  * so the caller knows to wake readers. */

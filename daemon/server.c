@@ -88,6 +88,7 @@ typedef struct worker_ctx {
   char **roots;
   size_t n_roots;
   int threads;
+  size_t retention; /* step points to keep */
 } worker_ctx;
 
 static int64_t wall_ns(void) {
@@ -157,6 +158,13 @@ static void *worker_main(void *arg) {
                        .cache = &w->srv->cache};
   event *done = calloc(1, sizeof *done);
   int rc = td_trainer_init(&t, j->spec, &o, &err);
+  /* Room for every step of the job, up to the retention. */
+  if (!rc && td_metrics_reserve(&j->metrics, (size_t)t.total_steps < w->retention
+                                                 ? (size_t)t.total_steps
+                                                 : w->retention) != 0) {
+    td_trainer_free(&t);
+    rc = td_errorf(&err, TD_ENOMEM, "no memory for the job's metrics");
+  }
   if (!rc) {
     event *st = calloc(1, sizeof *st);
     if (st) {
@@ -229,6 +237,7 @@ static void start_job(td_server *s, td_job *j) {
     w->srv = s;
     w->job = j;
     w->threads = (int)j->threads;
+    w->retention = s->cfg->metrics_retention;
     w->n_roots = s->cfg->n_data_dirs;
     w->roots = calloc(w->n_roots ? w->n_roots : 1, sizeof *w->roots);
     ok = w->roots != NULL;
@@ -581,7 +590,7 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
     free(buf);
   }
   const char *name = req->name && *req->name ? req->name : req->spec->name;
-  td_job *j = spec ? td_job_new(spec, name, s->cfg->metrics_retention, s->next_seq++) : NULL;
+  td_job *j = spec ? td_job_new(spec, name, s->next_seq++) : NULL;
   if (!j && spec)
     protobuf_c_message_free_unpacked(&spec->base, NULL);
   if (j && s->n_jobs == s->cap_jobs) {
@@ -959,8 +968,7 @@ static void warn_record(const char *path, const char *why) {
 static int load_jobs(td_server *s, td_error *err) {
   td_job **loaded = NULL;
   size_t n = 0;
-  int rc = td_job_load_all(s->cfg->state_dir, s->cfg->metrics_retention, &loaded,
-                           &n, warn_record, err);
+  int rc = td_job_load_all(s->cfg->state_dir, &loaded, &n, warn_record, err);
   if (rc)
     return rc;
   for (size_t i = 0; i < n; i++)
