@@ -1,6 +1,7 @@
 /* The client side of traind's gRPC API on the gRPC C core API (see
  * rpc_client.h). Every call gets its own pluck completion queue, so a call
  * is a plain blocking sequence of batches. */
+#include "pbgrpc.h"
 #include "rpc_client.h"
 
 #include <grpc/byte_buffer.h>
@@ -83,27 +84,6 @@ void td_rpc_client_close(td_rpc_client *c) {
   free(c);
 }
 
-static grpc_byte_buffer *pack_message(const ProtobufCMessage *m) {
-  size_t n = protobuf_c_message_get_packed_size(m);
-  grpc_slice s = grpc_slice_malloc(n);
-  protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
-  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-  grpc_slice_unref(s);
-  return bb;
-}
-
-static ProtobufCMessage *unpack_message(const ProtobufCMessageDescriptor *d,
-                                        grpc_byte_buffer *bb) {
-  grpc_byte_buffer_reader r;
-  if (!grpc_byte_buffer_reader_init(&r, bb))
-    return NULL;
-  grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-  grpc_byte_buffer_reader_destroy(&r);
-  ProtobufCMessage *m = protobuf_c_message_unpack(
-      d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-  grpc_slice_unref(s);
-  return m;
-}
 
 static int call_begin(td_rpc_client *c, client_call *cc, const char *method,
                       double timeout_sec) {
@@ -227,14 +207,14 @@ int td_rpc_call_unary(td_rpc_client *c, const char *method,
   if (!st)
     st = &local;
   *response = NULL;
-  grpc_byte_buffer *req = pack_message(request), *reply = NULL;
+  grpc_byte_buffer *req = td_pbgrpc_pack(request), *reply = NULL;
   unary_bytes(c, method, req, &reply, timeout_sec, st);
   grpc_byte_buffer_destroy(req);
   if (st->code == GRPC_STATUS_OK) {
     if (!reply)
       set_status(st, GRPC_STATUS_INTERNAL, "%s answered OK without a message",
                  method);
-    else if (!(*response = unpack_message(response_desc, reply)))
+    else if (!(*response = td_pbgrpc_unpack(response_desc, reply)))
       set_status(st, GRPC_STATUS_INTERNAL, "the reply to %s is not a valid %s",
                  method, response_desc->name);
   }
@@ -279,7 +259,7 @@ int td_rpc_call_stream(td_rpc_client *c, const char *method,
   grpc_metadata_array md, trailers;
   grpc_metadata_array_init(&md);
   grpc_metadata_array_init(&trailers);
-  grpc_byte_buffer *req = pack_message(request);
+  grpc_byte_buffer *req = td_pbgrpc_pack(request);
 
   grpc_op ops[4];
   memset(ops, 0, sizeof ops);
@@ -301,7 +281,7 @@ int td_rpc_call_stream(td_rpc_client *c, const char *method,
     op.data.recv_message.recv_message = &bb;
     if (!call_batch(&cc, &op, 1) || !bb)
       break;
-    ProtobufCMessage *m = unpack_message(response_desc, bb);
+    ProtobufCMessage *m = td_pbgrpc_unpack(response_desc, bb);
     grpc_byte_buffer_destroy(bb);
     if (!m) {
       bad_reply = 1;

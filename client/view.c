@@ -11,21 +11,10 @@
 
 #include <yaml.h>
 
+#include "fmt.h"
 #include "traind/v1/job.pb-c.h"
 
 /* ------------------------------------------------------------ small text */
-
-void td_view_duration(double sec, char *buf, size_t cap) {
-  if (!(sec >= 0) || sec > 1e8) {
-    snprintf(buf, cap, "--:--");
-    return;
-  }
-  long s = lround(sec);
-  if (s >= 3600)
-    snprintf(buf, cap, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
-  else
-    snprintf(buf, cap, "%ld:%02ld", s / 60, s % 60);
-}
 
 void td_view_age(double sec, char *buf, size_t cap) {
   if (!(sec >= 0) || sec > 1e10) {
@@ -559,14 +548,14 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
   if (job->finished) {
     td_view_local_time(job->finished, a, sizeof a);
     if (job->started) {
-      td_view_duration(td_view_ts_seconds(job->finished) - td_view_ts_seconds(job->started),
+      td_format_duration(td_view_ts_seconds(job->finished) - td_view_ts_seconds(job->started),
                        b, sizeof b);
       fprintf(out, "finished:      %s (ran %s)\n", a, b);
     } else {
       fprintf(out, "finished:      %s\n", a);
     }
   } else if (job->started && job->state == TRAIND__V1__JOB_STATE__RUNNING) {
-    td_view_duration(now - td_view_ts_seconds(job->started), b, sizeof b);
+    td_format_duration(now - td_view_ts_seconds(job->started), b, sizeof b);
     fprintf(out, "running for:   %s\n", b);
   }
   if (job->compile_ms > 0 || job->compile_cache_hit)
@@ -610,7 +599,7 @@ void td_view_daemon_info(FILE *out, const Traind__V1__DaemonInfo *info, double n
   td_view_sanitize(info->version, a, sizeof a);
   fprintf(out, "version:        %s\n", a);
   td_view_local_time(info->started, a, sizeof a);
-  td_view_duration(info->uptime_sec > 0
+  td_format_duration(info->uptime_sec > 0
                        ? info->uptime_sec
                        : (info->started ? now - td_view_ts_seconds(info->started) : -1),
                    b, sizeof b);
@@ -1006,7 +995,7 @@ int td_follow_render(const td_follow *f, char *buf, size_t cap) {
   static const int keep[5] = {4, 1, 2, 0, 3}; /* step, epoch, loss, ex/s, ETA */
   td_view_count(f->examples_per_sec, rate, sizeof rate);
   double r = step_rate(f);
-  td_view_duration(r > 0 && f->total_steps > 0 ? (double)(f->total_steps - f->step) / r : -1,
+  td_format_duration(r > 0 && f->total_steps > 0 ? (double)(f->total_steps - f->step) / r : -1,
                    eta, sizeof eta);
   snprintf(fig[0], sizeof fig[0], "step %" PRId64 "/%" PRId64, f->step, f->total_steps);
   fig[1][0] = '\0';
@@ -1153,7 +1142,7 @@ void td_follow_finish(td_follow *f) {
     snprintf(name, sizeof name, " (%s)", f->name);
   td_view_state_name(f->state, state, sizeof state);
   if (f->started > 0 && f->finished >= f->started)
-    td_view_duration(f->finished - f->started, dur, sizeof dur);
+    td_format_duration(f->finished - f->started, dur, sizeof dur);
   if (f->total_steps > 0)
     snprintf(at, sizeof at, "step %" PRId64 "/%" PRId64, f->step, f->total_steps);
   else

@@ -15,7 +15,7 @@
 /* ------------------------------------------------------------ small text */
 
 /* Seconds as H:MM:SS or M:SS; "--:--" when negative, NaN or absurdly large. */
-void td_view_duration(double sec, char *buf, size_t cap);
+
 /* An age as kubectl prints it: "45s", "12m", "5h", "3d"; "-" when unknown. */
 void td_view_age(double sec, char *buf, size_t cap);
 /* A count with a k/M suffix once it is large: "950", "45.1k", "1.25M". */

@@ -1,5 +1,7 @@
 #include "progress.h"
 
+#include "fmt.h"
+
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -9,18 +11,6 @@ static double now_sec(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-void td_format_duration(double sec, char *buf, size_t len) {
-  if (!(sec >= 0) || sec > 1e7) {
-    snprintf(buf, len, "--:--");
-    return;
-  }
-  long s = lround(sec);
-  if (s >= 3600)
-    snprintf(buf, len, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
-  else
-    snprintf(buf, len, "%ld:%02ld", s / 60, s % 60);
 }
 
 void td_progress_init(td_progress *p, FILE *out) {

@@ -17,7 +17,5 @@ typedef struct td_progress {
 void td_progress_init(td_progress *p, FILE *out);
 /* Hooks that draw into p (should_stop is left NULL for the caller). */
 td_train_hooks td_progress_hooks(td_progress *p);
-/* Formats seconds as H:MM:SS or M:SS. */
-void td_format_duration(double sec, char *buf, size_t len);
 
 #endif

@@ -10,6 +10,7 @@
  * reference per batch in flight plus one held by whoever must still answer
  * the call (the dispatcher until the handler runs, then the application
  * until td_rpc_reply, td_rpc_fail or td_rpc_finish). */
+#include "pbgrpc.h"
 #include "rpc.h"
 
 #include <grpc/byte_buffer.h>
@@ -130,27 +131,6 @@ struct td_rpc_server {
 
 /* ---- small helpers */
 
-static grpc_byte_buffer *pack_message(const ProtobufCMessage *m) {
-  size_t n = protobuf_c_message_get_packed_size(m);
-  grpc_slice s = grpc_slice_malloc(n);
-  protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
-  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-  grpc_slice_unref(s);
-  return bb;
-}
-
-static ProtobufCMessage *unpack_message(const ProtobufCMessageDescriptor *d,
-                                        grpc_byte_buffer *bb) {
-  grpc_byte_buffer_reader r;
-  if (!grpc_byte_buffer_reader_init(&r, bb))
-    return NULL;
-  grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-  grpc_byte_buffer_reader_destroy(&r);
-  ProtobufCMessage *m = protobuf_c_message_unpack(
-      d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-  grpc_slice_unref(s);
-  return m;
-}
 
 /* Called by the rpc thread (and by the loop for batches that gRPC refused
  * to start): queues a completion for the loop and wakes it. */
@@ -402,7 +382,7 @@ static void on_recv_done(rpc_tag *t, int ok) {
     answer_early(c, TD_GRPC_INVALID_ARGUMENT,
                  "%s: the client sent no request message", m->path);
   } else {
-    c->request = unpack_message(m->request, c->request_bb);
+    c->request = td_pbgrpc_unpack(m->request, c->request_bb);
     grpc_byte_buffer_destroy(c->request_bb);
     c->request_bb = NULL;
     if (!c->request)
@@ -892,7 +872,7 @@ void td_rpc_reply(td_rpc_call *c, const ProtobufCMessage *response) {
   if (c->answered)
     return;
   c->answered = 1;
-  send_final(c, TD_GRPC_OK, NULL, pack_message(response));
+  send_final(c, TD_GRPC_OK, NULL, td_pbgrpc_pack(response));
   call_unref(c);
 }
 
@@ -913,7 +893,7 @@ int td_rpc_send(td_rpc_call *c, const ProtobufCMessage *message) {
     return TD_EINVAL;
   if (c->answered || c->cancelled)
     return TD_ECANCELLED;
-  grpc_byte_buffer *bb = pack_message(message);
+  grpc_byte_buffer *bb = td_pbgrpc_pack(message);
   if (!c->sending) {
     start_send(c, bb);
     return TD_OK;

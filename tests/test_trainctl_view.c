@@ -10,6 +10,7 @@
 
 #include "../client/view.h"
 #include "check.h"
+#include "fmt.h"
 #include "pbjson.h"
 #include "traind/v1/job.pb-c.h"
 
@@ -43,15 +44,15 @@ static size_t count_of(const char *hay, const char *needle) {
 
 static void test_text(void) {
   char b[64];
-  td_view_duration(0, b, sizeof b);
+  td_format_duration(0, b, sizeof b);
   CHECK_STR(b, "0:00");
-  td_view_duration(42.4, b, sizeof b);
+  td_format_duration(42.4, b, sizeof b);
   CHECK_STR(b, "0:42");
-  td_view_duration(3723, b, sizeof b);
+  td_format_duration(3723, b, sizeof b);
   CHECK_STR(b, "1:02:03");
-  td_view_duration(-1, b, sizeof b);
+  td_format_duration(-1, b, sizeof b);
   CHECK_STR(b, "--:--");
-  td_view_duration(NAN, b, sizeof b);
+  td_format_duration(NAN, b, sizeof b);
   CHECK_STR(b, "--:--");
 
   td_view_age(45, b, sizeof b);
