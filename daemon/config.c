@@ -2,7 +2,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "pbjson.h"
 
@@ -67,10 +66,6 @@ int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err) {
     c->max_concurrent_jobs = c->cpu_devices;
   if (!c->metrics_retention)
     c->metrics_retention = DEFAULT_METRICS_RETENTION;
-  if (!c->threads) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    c->threads = cores > 0 ? (uint32_t)cores : 1;
-  }
   if ((!c->state_dir || !*c->state_dir) &&
       (rc = td_config_set_string(&c->state_dir, DEFAULT_STATE_DIR, err)))
     return rc;

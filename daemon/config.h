@@ -19,7 +19,9 @@ int td_config_set_list(char ***list, size_t *n, char *const *values,
 int td_config_set_string(char **field, const char *value, td_error *err);
 
 /* Fills unset fields with their defaults and checks the result. Call again
- * after applying overrides. */
+ * after applying overrides. `threads` stays 0 ("automatic"): `traind run`
+ * then uses every core, the daemon every core but one (the control plane's,
+ * so that serving RPCs does not stall the compute threads). */
 int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
@@ -68,6 +69,7 @@ typedef struct td_server {
   size_t n_jobs, cap_jobs;
   uint64_t next_seq;
   int n_devices;
+  uint32_t threads;      /* compute threads, all devices together */
   td_job **device_owner; /* (n_devices) */
   int running;
 
@@ -223,7 +225,7 @@ static void start_job(td_server *s, td_job *j) {
       s->device_owner[i] = j;
       j->devices[j->n_devices++] = i;
     }
-  uint32_t per_device = s->cfg->threads / (uint32_t)s->n_devices;
+  uint32_t per_device = s->threads / (uint32_t)s->n_devices;
   j->threads = (per_device ? per_device : 1) * (uint32_t)need;
   j->state = TRAIND__V1__JOB_STATE__RUNNING;
   j->started_ns = wall_ns();
@@ -796,7 +798,7 @@ static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_
   if (!d || !ptrs || !ids || !desc) {
     td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
   } else {
-    uint32_t per = s->cfg->threads / (uint32_t)s->n_devices;
+    uint32_t per = s->threads / (uint32_t)s->n_devices;
     for (size_t i = 0; i < n; i++) {
       traind__v1__device__init(&d[i]);
       snprintf(ids[i], sizeof ids[i], "cpu:%zu", i);
@@ -1053,6 +1055,12 @@ int td_server_main(const td_server_opts *opts) {
   td_log_set_level(level >= 0 ? (td_log_level)level : TD_LOG_INFO);
   s->started_ns = wall_ns();
   s->n_devices = (int)s->cfg->cpu_devices;
+  /* Automatic: every core but one, which stays free for the loop, the rpc
+   * thread and gRPC's own; compute threads that share their cores with
+   * request handling stall at every BLAS barrier (docs/BENCHMARKS.md). */
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  s->threads = s->cfg->threads ? s->cfg->threads
+                               : (uint32_t)(cores > 1 ? cores - 1 : 1);
   s->device_owner = calloc((size_t)s->n_devices, sizeof *s->device_owner);
   pthread_mutex_init(&s->ev_mu, NULL);
   td_plan_cache_init(&s->cache);
@@ -1105,7 +1113,7 @@ int td_server_main(const td_server_opts *opts) {
     for (size_t i = 0; i < s->n_listen_shown; i++)
       td_log_info("listening", "addr=%s", s->listen_shown[i]);
     td_log_info("traind ready", "version=%s cpu_devices=%d threads=%u data_dirs=%zu",
-                TRAIND_VERSION, s->n_devices, s->cfg->threads, s->cfg->n_data_dirs);
+                TRAIND_VERSION, s->n_devices, s->threads, s->cfg->n_data_dirs);
     td_health_set(s->health, "", TD_HEALTH_SERVING);
     td_health_set(s->health, TRAINER_SERVICE, TD_HEALTH_SERVING);
     schedule(s);

@@ -31,7 +31,6 @@ under CI=true). Every daemon is stopped with SIGTERM and must exit 0 with no
 sanitizer report. Prints one line per case, then "N passed, N failed".
 """
 import os
-import signal
 import sys
 import threading
 import time

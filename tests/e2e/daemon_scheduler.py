@@ -25,6 +25,9 @@ needed) and drives it with Python grpcio stubs generated from proto/:
                              each job once) and the state filter
   get_metrics_paging         GetMetrics since_step / max_points / more over a
                              finished and a running job; the 10000-point cap
+  metrics_retention          metrics_retention 1000 in the config file: the
+                             oldest points go, oldest_step says so, and
+                             GetMetrics and WatchMetrics start there
 
 Every daemon is stopped with SIGTERM and must exit 0 with no sanitizer
 report. Prints one line per case, then "N passed, N failed".
@@ -121,7 +124,7 @@ def cancel_queued_and_running(s):
 @suite.case
 def one_device_in_turn(s):
     d = daemon(cpu_devices=1)
-    a = s.submit(d, spec(150), name="first")   # about 4 s
+    a = s.submit(d, spec(40), name="first")   # about a second
     b = s.submit(d, spec(3), name="second")
     s.wait_state(d, a.id, S.RUNNING)
     saw = 0
@@ -141,7 +144,7 @@ def one_device_in_turn(s):
     check(ts(jb.started) >= ts(ja.finished),
           "second started at %.6f, before the first finished at %.6f",
           ts(jb.started), ts(ja.finished))
-    check(ja.progress.step == 150 * STEPS_PER_EPOCH and jb.progress.step == 3 * STEPS_PER_EPOCH,
+    check(ja.progress.step == 40 * STEPS_PER_EPOCH and jb.progress.step == 3 * STEPS_PER_EPOCH,
           "steps %d and %d", ja.progress.step, jb.progress.step)
 
 
@@ -340,29 +343,65 @@ def get_metrics_paging(s):
     r = page(37, 3)
     check([p.step for p in r.steps] == [38, 39, 40] and r.more,
           "since 37, 3 points: %s", [p.step for p in r.steps])
-    # The cap (10000 per page), and paging a running job.
-    big = s.submit(d, th.synthetic_spec(s.source_dir, epochs=LONG, training={
-        "epochs": LONG, "batch_size": 16, "seed": 0}))
-    th.wait_for(lambda: s.get(d, big.id).progress.step > 10500, 120,
-                "the running job to pass 10500 steps")
-    r = d.stub.GetMetrics(pb.GetMetricsRequest(id=big.id, max_points=20000), timeout=10)
-    check(len(r.steps) == 10000 and r.more and r.state == S.RUNNING,
-          "max_points 20000 gave %d points (more %s, %s); the cap is 10000", len(r.steps),
-          r.more, S.Name(r.state))
+    # The cap: 10000 points a page, asked for 20000 (a small model, fast).
+    capped = s.submit(d, tiny_spec(10500))
+    s.wait_state(d, capped.id, S.SUCCEEDED, 120)
+    r = d.stub.GetMetrics(pb.GetMetricsRequest(id=capped.id, max_points=20000), timeout=10)
+    check(len(r.steps) == 10000 and r.more and r.last_step == 10000,
+          "max_points 20000 gave %d points (more %s, last %d); the cap is 10000",
+          len(r.steps), r.more, r.last_step)
     check([p.step for p in r.steps] == list(range(1, 10001)), "capped page is not 1..10000")
-    since, seen = 10000, 0
-    while True:
-        r = d.stub.GetMetrics(pb.GetMetricsRequest(id=big.id, since_step=since,
-                                                   max_points=1000), timeout=10)
+    r = d.stub.GetMetrics(pb.GetMetricsRequest(id=capped.id, since_step=10000,
+                                               max_points=20000), timeout=10)
+    check([p.step for p in r.steps] == list(range(10001, 10501)) and not r.more,
+          "the page after the cap: %d points, more %s", len(r.steps), r.more)
+    # Paging a running job: contiguous pages while points keep coming.
+    run = s.submit(d, spec(LONG))
+    th.wait_for(lambda: s.get(d, run.id).progress.step > 300, 60, "the job to pass step 300")
+    since, seen = 0, 0
+    for _ in range(1000):
+        r = d.stub.GetMetrics(pb.GetMetricsRequest(id=run.id, since_step=since,
+                                                   max_points=100), timeout=10)
         got = [p.step for p in r.steps]
         check(got == list(range(since + 1, since + 1 + len(got))),
-              "running job page after %d is not contiguous", since)
+              "running job: page after %d is not contiguous: %s", since, got[:5])
+        check(len(got) == 100 or not r.more, "a short page says more")
+        check(r.state == S.RUNNING, "running job's metrics say %s", S.Name(r.state))
         seen += len(got)
         since = r.last_step
         if not r.more:
             break
-    check(seen > 0, "no points past 10000 on a running job")
-    cancel(d, big.id)
+    check(seen > 300, "paged %d points of a job past step 300", seen)
+    cancel(d, run.id)
+
+
+def tiny_spec(max_steps):
+    """784 -> dense(10) with batch 8: thousands of steps a second."""
+    sp = spec(LONG)
+    sp["model"]["layers"] = [{"dense": {"features": 10}}]
+    sp["training"]["batch_size"] = 8
+    sp["training"]["max_steps"] = max_steps
+    return sp
+
+
+@suite.case
+def metrics_retention(s):
+    cfg = os.path.join(s.tmp, "traind.yaml")
+    with open(cfg, "w") as f:
+        f.write("metrics_retention: 1000\n")
+    d = daemon(config=cfg)
+    j = s.submit(d, tiny_spec(5000))
+    s.wait_state(d, j.id, S.SUCCEEDED, 120)
+    r = d.stub.GetMetrics(pb.GetMetricsRequest(id=j.id, max_points=10000), timeout=10)
+    steps = [p.step for p in r.steps]
+    check(steps == list(range(4001, 5001)) and r.oldest_step == 4001 and not r.more,
+          "with retention 1000: points %s..%s (%d), oldest_step %d", steps[:1], steps[-1:],
+          len(steps), r.oldest_step)
+    msgs = list(d.stub.WatchMetrics(pb.WatchMetricsRequest(id=j.id), timeout=30))
+    wsteps = [p.step for m in msgs for p in m.steps]
+    check(wsteps == list(range(4001, 5001)), "watch with retention 1000: %d points from %s",
+          len(wsteps), wsteps[:1])
+    check(msgs[-1].job.state == S.SUCCEEDED, "the watch did not end with the final record")
 
 
 if __name__ == "__main__":

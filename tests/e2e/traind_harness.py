@@ -11,7 +11,6 @@ python3-yaml and, for the synthetic dataset, python3-h5py and python3-numpy.
 """
 import argparse
 import atexit
-import copy
 import importlib.util
 import json
 import os
@@ -63,15 +62,13 @@ def wait_for(pred, timeout, what, interval=0.02):
 # ------------------------------------------------------------ arguments
 
 
-def parse_args(description, extra=None):
+def parse_args(description):
     """The common command line: TRAIND TRAINCTL SOURCE_DIR [CASE...]."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("traind")
     ap.add_argument("trainctl")
     ap.add_argument("source_dir")
     ap.add_argument("cases", nargs="*", help="run only these cases")
-    if extra:
-        extra(ap)
     args = ap.parse_args()
     args.traind = os.path.abspath(args.traind)
     args.trainctl = os.path.abspath(args.trainctl)
@@ -99,6 +96,7 @@ def require_mnist():
         print("0 passed, 1 failed")
         sys.exit(1)
     print("SKIP: " + msg)
+    print("0 passed, 0 failed")
     sys.exit(SKIP)
 
 
@@ -438,7 +436,7 @@ def tail(text, n=40):
 # ----------------------------------------------------------- trainctl
 
 
-def trainctl(binary, *args, addr=None, env=None, timeout=120, tty=False):
+def trainctl(binary, *args, addr=None, env=None, timeout=120):
     """Runs trainctl; returns the CompletedProcess (text)."""
     e = {k: v for k, v in os.environ.items()
          if k != "TRAIND_ADDR" and not k.lower().endswith("_proxy")}
@@ -493,7 +491,12 @@ class Suite:
         return p
 
     def trainctl(self, *args, **kw):
-        return trainctl(self.trainctl_bin, *args, **kw)
+        """Runs trainctl; fails on a sanitizer report in its stderr."""
+        p = trainctl(self.trainctl_bin, *args, **kw)
+        for mark in SANITIZER_MARKS:
+            check(mark not in p.stderr, "sanitizer report from trainctl %s:\n%s",
+                  " ".join(args), p.stderr[-6000:])
+        return p
 
     # Common RPC helpers.
 
@@ -598,7 +601,3 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def deep_copy(x):
-    return copy.deepcopy(x)
