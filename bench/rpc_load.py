@@ -3,7 +3,7 @@
 
 usage: rpc_load.py --traind BIN [--source-dir DIR] [--data-dir DIR]
                    [--clients N] [--rates R,...] [--phase-epochs K]
-                   [--cycles C] [--threads N] [--out FILE]
+                   [--cycles C] [--threads N] [--out FILE|DIR]
 
 Starts traind (one CPU device, a temporary unix socket and state directory)
 and trains the reference program (config/jobs/mnist_mlp.yaml, its epochs
@@ -27,7 +27,9 @@ percent, the drop from the median of per-cycle ratios (each loaded phase
 against the unloaded phases before and after it), the RPC count, errors,
 calls/s, p50/p99/max latency per method, and the CPU seconds the daemon and
 the clients used while loaded. Prints, and writes to --out, one JSON
-object. MNIST comes from $TRAIND_DATA_DIR (or --data-dir).
+object; --out DIR names the file rpc_load-DATE-tTHREADS.json, with the
+compute threads the daemon used. MNIST comes from $TRAIND_DATA_DIR (or
+--data-dir).
 """
 import argparse
 import datetime
@@ -182,7 +184,8 @@ def main():
                     help="comma-separated total calls/s, one set of phases each (0: closed loop)")
     ap.add_argument("--phase-epochs", type=int, default=3)
     ap.add_argument("--cycles", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=0, help="traind --threads (0: all cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="traind --threads (0: the daemon's default)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     source = os.path.abspath(a.source_dir)
@@ -205,6 +208,8 @@ def main():
     d = th.Daemon(os.path.abspath(a.traind), work, data_dirs=[data], cpu_devices=1,
                   threads=a.threads or None, stubs=stubs).start()
     try:
+        # The compute threads the daemon gives the job (one device).
+        threads = d.stub.ListDevices(pb.ListDevicesRequest(), timeout=10).devices[0].threads
         spec = th.reference_spec(source, epochs=epochs)
         job = d.stub.SubmitJob(pb.SubmitJobRequest(spec=th.spec_msg(stubs, spec)),
                                timeout=30).job
@@ -324,7 +329,7 @@ def main():
         "machine": lscpu(),
         "command": " ".join(["bench/rpc_load.py"] + sys.argv[1:]),
         "job": {"file": "config/jobs/mnist_mlp.yaml", "epochs": epochs, "batch_size": 128,
-                "cpu_devices": 1, "threads": a.threads or os.cpu_count(), "id": job.id,
+                "cpu_devices": 1, "threads": threads, "id": job.id,
                 "test_accuracy": round(final.metrics.test_accuracy, 4)},
         "clients": a.clients,
         "phase_epochs": K, "cycles": a.cycles,
@@ -340,9 +345,13 @@ def main():
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
+        out = a.out
+        if os.path.isdir(out):
+            out = os.path.join(out, "rpc_load-%s-t%d.json" % (result["date"][:10], threads))
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
             f.write(text + "\n")
+        print("rpc_load: wrote %s" % out, file=sys.stderr)
     return 0 if result["rpc_errors"] == 0 else 1
 
 

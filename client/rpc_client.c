@@ -214,7 +214,7 @@ int td_rpc_call_unary(td_rpc_client *c, const char *method,
     if (!reply)
       set_status(st, GRPC_STATUS_INTERNAL, "%s answered OK without a message",
                  method);
-    else if (!(*response = td_pbgrpc_unpack(response_desc, reply)))
+    else if (!(*response = td_pbgrpc_unpack(response_desc, reply, NULL, 0)))
       set_status(st, GRPC_STATUS_INTERNAL, "the reply to %s is not a valid %s",
                  method, response_desc->name);
   }
@@ -281,7 +281,7 @@ int td_rpc_call_stream(td_rpc_client *c, const char *method,
     op.data.recv_message.recv_message = &bb;
     if (!call_batch(&cc, &op, 1) || !bb)
       break;
-    ProtobufCMessage *m = td_pbgrpc_unpack(response_desc, bb);
+    ProtobufCMessage *m = td_pbgrpc_unpack(response_desc, bb, NULL, 0);
     grpc_byte_buffer_destroy(bb);
     if (!m) {
       bad_reply = 1;

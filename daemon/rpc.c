@@ -125,6 +125,10 @@ struct td_rpc_server {
 
   rpc_tag t_shutdown;
   int shutting_down, shutdown_tag_in, cq_shut;
+  /* At shutdown, calls get this long to deliver what they have queued
+   * (a stream's last messages and status) before they are cancelled. */
+  uv_timer_t grace;
+  int grace_inited;
   void (*done)(void *arg);
   void *done_arg;
 };
@@ -382,12 +386,13 @@ static void on_recv_done(rpc_tag *t, int ok) {
     answer_early(c, TD_GRPC_INVALID_ARGUMENT,
                  "%s: the client sent no request message", m->path);
   } else {
-    c->request = td_pbgrpc_unpack(m->request, c->request_bb);
+    char why[160];
+    c->request = td_pbgrpc_unpack(m->request, c->request_bb, why, sizeof why);
     grpc_byte_buffer_destroy(c->request_bb);
     c->request_bb = NULL;
     if (!c->request)
-      answer_early(c, TD_GRPC_INVALID_ARGUMENT, "request is not a valid %s",
-                   m->request->name);
+      answer_early(c, TD_GRPC_INVALID_ARGUMENT, "request is not a valid %s%s%s",
+                   m->request->name, why[0] ? ": " : "", why);
     else
       m->handler(m->ctx, c, c->request);
   }
@@ -484,6 +489,8 @@ static void on_server_shutdown(rpc_tag *t, int ok) {
   maybe_finish_shutdown(s);
 }
 
+static void on_grace_closed(uv_handle_t *h) { (void)h; }
+
 static void on_async_closed(uv_handle_t *h) {
   td_rpc_server *s = h->data;
   s->async_inited = 0;
@@ -500,6 +507,10 @@ static void finish_teardown(td_rpc_server *s) {
   s->server = NULL;
   grpc_completion_queue_destroy(s->cq);
   s->cq = NULL;
+  if (s->grace_inited) {
+    s->grace_inited = 0;
+    uv_close((uv_handle_t *)&s->grace, on_grace_closed); /* closes before async */
+  }
   uv_close((uv_handle_t *)&s->async, on_async_closed);
 }
 
@@ -835,6 +846,14 @@ size_t td_rpc_server_calls(const td_rpc_server *s) {
   return s ? s->n_calls - s->n_armed : 0;
 }
 
+#define SHUTDOWN_GRACE_MS 1000
+
+static void on_grace(uv_timer_t *t) {
+  td_rpc_server *s = t->data;
+  if (s->server)
+    grpc_server_cancel_all_calls(s->server);
+}
+
 void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg),
                             void *arg) {
   if (s->shutting_down)
@@ -843,7 +862,15 @@ void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg),
   s->done = done;
   s->done_arg = arg;
   grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
-  grpc_server_cancel_all_calls(s->server);
+  /* Finished calls still have their last writes in flight: cancelling now
+   * would cut a stream's final status. Cancel what is left after a grace. */
+  if (uv_timer_init(s->async.loop, &s->grace) == 0) {
+    s->grace.data = s;
+    s->grace_inited = 1;
+    uv_timer_start(&s->grace, on_grace, SHUTDOWN_GRACE_MS, 0);
+  } else {
+    grpc_server_cancel_all_calls(s->server);
+  }
 }
 
 void td_rpc_server_free(td_rpc_server *s) {

@@ -83,10 +83,12 @@ int td_rpc_server_port(const td_rpc_server *s, size_t i);
 /* The number of calls accepted and not yet released (answered calls whose
  * last batch is still in flight count too); for tests and daemon info. */
 size_t td_rpc_server_calls(const td_rpc_server *s);
-/* Stops accepting calls, cancels the calls in flight (streams see their
- * cancel callback), and calls done(arg) on the loop once everything gRPC
- * owned is released. A unary call still waiting for its handler's answer
- * holds the shutdown until it is answered (the answer then goes nowhere).
+/* Stops accepting calls, gives the calls in flight one second to finish
+ * (so that a stream's last messages and status reach the client), then
+ * cancels what is left (streams see their cancel callback), and calls
+ * done(arg) on the loop once everything gRPC owned is released. A unary
+ * call still waiting for its handler's answer holds the shutdown until it is
+ * answered.
  * td_rpc_server_free after that, from done itself if convenient. */
 void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg), void *arg);
 void td_rpc_server_free(td_rpc_server *s);

@@ -959,7 +959,9 @@ static void test_stale_and_shutdown(void) {
   uv_thread_join(&tl);
   CHECK(r.code != TD_GRPC_OK && r.got >= 3, "stream ended by shutdown: %d %s",
         r.code, r.st.message);
-  CHECK(lr.code != TD_GRPC_OK, "pending unary call ended by shutdown: %d",
+  /* Calls get a grace period to finish: the pending unary call (answered
+   * 100 ms later) completes normally; the endless stream is cancelled. */
+  CHECK(lr.code == TD_GRPC_OK, "pending unary call answered within the grace: %d",
         lr.code);
 }
 
