@@ -62,8 +62,6 @@ int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err) {
     return rc;
   if (!c->cpu_devices)
     c->cpu_devices = 1;
-  if (!c->max_concurrent_jobs)
-    c->max_concurrent_jobs = c->cpu_devices;
   if (!c->metrics_retention)
     c->metrics_retention = DEFAULT_METRICS_RETENTION;
   if ((!c->state_dir || !*c->state_dir) &&

@@ -53,6 +53,7 @@ static void usage(FILE *f) {
         "                     default unix:/run/traind/traind.sock)\n"
         "  --state-dir DIR    job records (default /var/lib/traind)\n"
         "  --max-concurrent-jobs N\n"
+        "  --metrics-retention N   step points kept per job (default 100000)\n"
         "  --log-level LEVEL  error, warn, info or debug\n"
         "run:\n"
         "  --json             print a JSON summary on stdout when done\n"
@@ -163,7 +164,7 @@ typedef struct flags {
   char **data_dirs, **listen;
   size_t n_data_dirs, n_listen;
   const char *state_dir, *log_level;
-  long cpu_devices, threads, max_jobs;
+  long cpu_devices, threads, max_jobs, retention;
   int json;
   const char *metrics_path;
   char *env_copy; /* TRAIND_DATA_DIR, split in place */
@@ -176,7 +177,8 @@ static void flags_free(flags *f) {
 }
 
 enum { OPT_CONFIG = 256, OPT_DATA_DIR, OPT_CPU_DEVICES, OPT_THREADS, OPT_JSON,
-       OPT_METRICS, OPT_LISTEN, OPT_STATE_DIR, OPT_MAX_JOBS, OPT_LOG_LEVEL };
+       OPT_METRICS, OPT_LISTEN, OPT_STATE_DIR, OPT_MAX_JOBS, OPT_LOG_LEVEL,
+       OPT_RETENTION };
 
 static int parse_count(const char *name, const char *arg, long *out) {
   char *end = NULL;
@@ -204,6 +206,7 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
       {"state-dir", required_argument, 0, OPT_STATE_DIR},
       {"max-concurrent-jobs", required_argument, 0, OPT_MAX_JOBS},
       {"log-level", required_argument, 0, OPT_LOG_LEVEL},
+      {"metrics-retention", required_argument, 0, OPT_RETENTION},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   memset(f, 0, sizeof *f);
@@ -215,7 +218,7 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     int daemon_only = c == OPT_LISTEN || c == OPT_STATE_DIR || c == OPT_MAX_JOBS ||
-                      c == OPT_LOG_LEVEL;
+                      c == OPT_LOG_LEVEL || c == OPT_RETENTION;
     int run_only = c == OPT_JSON || c == OPT_METRICS;
     if ((daemon_only && !serve) || (run_only && serve)) {
       fprintf(stderr, "traind: %s does not take --%s (see traind --help)\n",
@@ -241,6 +244,17 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
       if (parse_count("max-concurrent-jobs", optarg, &f->max_jobs))
         return -1;
       break;
+    case OPT_RETENTION: {
+      char *end = NULL;
+      long v = strtol(optarg, &end, 10);
+      if (!*optarg || *end || v < 1 || v > 10000000) {
+        fprintf(stderr, "traind: --metrics-retention takes a whole number from 1 to "
+                        "10000000, got '%s'\n", optarg);
+        return -1;
+      }
+      f->retention = v;
+      break;
+    }
     case OPT_JSON:
       f->json = 1;
       break;
@@ -296,8 +310,8 @@ static int build_config(void *arg, Traind__V1__DaemonConfig **out, td_error *err
       cfg->threads = (uint32_t)f->threads;
     if (f->max_jobs)
       cfg->max_concurrent_jobs = (uint32_t)f->max_jobs;
-    if (f->cpu_devices && !f->max_jobs && !f->config_path)
-      cfg->max_concurrent_jobs = 0; /* re-derived from cpu_devices */
+    if (f->retention)
+      cfg->metrics_retention = (uint32_t)f->retention;
     rc = td_config_finish(cfg, err);
   }
   if (rc) {

@@ -264,10 +264,16 @@ static void start_job(td_server *s, td_job *j) {
               j->name, j->n_devices, j->threads);
 }
 
+/* The concurrency limit: configured, or one job per device. */
+static uint32_t max_jobs(const td_server *s) {
+  return s->cfg->max_concurrent_jobs ? s->cfg->max_concurrent_jobs
+                                     : (uint32_t)s->n_devices;
+}
+
 /* Starts queued jobs while devices and the concurrency limit allow, in
  * order of priority, then submission. */
 static void schedule(td_server *s) {
-  while (!s->draining && s->running < (int)s->cfg->max_concurrent_jobs) {
+  while (!s->draining && s->running < (int)max_jobs(s)) {
     td_job *best = NULL;
     for (size_t i = 0; i < s->n_jobs; i++) {
       td_job *j = s->jobs[i];
@@ -840,7 +846,7 @@ static void h_info(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   r.listen = s->listen_shown;
   r.n_data_dirs = s->cfg->n_data_dirs;
   r.data_dirs = s->cfg->data_dirs;
-  r.max_concurrent_jobs = s->cfg->max_concurrent_jobs;
+  r.max_concurrent_jobs = max_jobs(s);
   for (size_t i = 0; i < s->n_jobs; i++) {
     r.jobs_queued += s->jobs[i]->state == TRAIND__V1__JOB_STATE__QUEUED;
     r.jobs_running += s->jobs[i]->state == TRAIND__V1__JOB_STATE__RUNNING;
@@ -940,7 +946,7 @@ static void on_hup(uv_signal_t *h, int signum) {
   s->cfg = fresh;
   td_config_free(old);
   td_log_info("configuration reloaded", "max_concurrent_jobs=%u data_dirs=%zu log_level=%s",
-              fresh->max_concurrent_jobs, fresh->n_data_dirs, fresh->log_level);
+              max_jobs(s), fresh->n_data_dirs, fresh->log_level);
   schedule(s);
 }
 

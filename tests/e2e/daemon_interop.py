@@ -19,6 +19,11 @@ usage: daemon_interop.py TRAIND TRAINCTL SOURCE_DIR [CASE...]
   info_and_devices     GetDaemonInfo (version, listen addresses as bound,
                        data roots, job counts, compile cache hits) and
                        ListDevices
+  concurrent_clients   32 client threads, each on its own channel, make 60
+                       GetJob/GetMetrics/ListJobs calls while a job trains:
+                       every call succeeds and answers about that job, the
+                       job still succeeds, and the daemon stops clean (under
+                       the sanitizers: no leak, no error report)
 
 MNIST comes from $TRAIND_DATA_DIR (skipped without it, exit 77; a failure
 under CI=true). Every daemon is stopped with SIGTERM and must exit 0 with no
@@ -206,6 +211,57 @@ def info_and_devices(s):
           [x.id for x in devs])
     check(all(x.kind == "cpu" and x.threads >= 1 and not x.job_id and x.description
               for x in devs), "devices %s", devs)
+
+
+@suite.case
+def concurrent_clients(s):
+    d = tcp_daemon(s)
+    spec = th.reference_spec(s.source_dir, epochs=2)
+    job = s.submit(d, spec, name="under-load")
+    s.wait_state(d, job.id, S.RUNNING, 60, "the job to start")
+    n_clients, n_calls = 32, 60
+    errors, answered, seen = [], [], set()
+    lock = threading.Lock()
+
+    def client(k):
+        ch = grpc.insecure_channel(d.tcp_addr)
+        stub = s.stubs.grpc.TrainerStub(ch)
+        ok = 0
+        try:
+            for i in range(n_calls):
+                which = (k + i) % 3
+                if which == 0:
+                    r = stub.GetJob(pb.GetJobRequest(id=job.id), timeout=30)
+                    good = r.id == job.id
+                    with lock:
+                        seen.add(r.state)
+                elif which == 1:
+                    r = stub.GetMetrics(pb.GetMetricsRequest(id=job.id, max_points=100),
+                                        timeout=30)
+                    good = all(p.step > 0 for p in r.steps)
+                else:
+                    r = stub.ListJobs(pb.ListJobsRequest(page_size=10), timeout=30)
+                    good = any(j.id == job.id for j in r.jobs)
+                ok += good
+        except grpc.RpcError as e:
+            with lock:
+                errors.append("%s: %s" % (e.code(), e.details()))
+        finally:
+            ch.close()
+        with lock:
+            answered.append(ok)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    check(not errors, "%d calls failed, first: %s", len(errors), errors[:1])
+    check(sum(answered) == n_clients * n_calls, "%d of %d calls answered correctly",
+          sum(answered), n_clients * n_calls)
+    check(S.RUNNING in seen, "no call saw the job running: the load missed the training")
+    s.wait_state(d, job.id, S.SUCCEEDED, 120, "the job trained under load to succeed")
+
 
 
 if __name__ == "__main__":
