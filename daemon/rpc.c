@@ -11,6 +11,7 @@
  * the call (the dispatcher until the handler runs, then the application
  * until td_rpc_reply, td_rpc_fail or td_rpc_finish). */
 #include "pbgrpc.h"
+#include "log.h"
 #include "rpc.h"
 
 #include <grpc/byte_buffer.h>
@@ -19,6 +20,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
 #include <errno.h>
@@ -776,6 +778,16 @@ static void abort_start(td_rpc_server *s) {
   td_rpc_server_free(s);
 }
 
+/* gRPC's own log lines become the daemon's structured records. */
+static void log_from_grpc(gpr_log_func_args *a) {
+  td_log_level level = a->severity == GPR_LOG_SEVERITY_ERROR  ? TD_LOG_WARN
+                       : a->severity == GPR_LOG_SEVERITY_INFO ? TD_LOG_INFO
+                                                              : TD_LOG_DEBUG;
+  const char *file = strrchr(a->file, '/');
+  td_log(level, a->message, "component=grpc src=%s:%d", file ? file + 1 : a->file,
+         a->line);
+}
+
 int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
                         const td_rpc_server_opts *opts, td_error *err) {
   *out = NULL;
@@ -791,6 +803,7 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
     td_rpc_server_free(s);
     return rc;
   }
+  gpr_set_log_function(log_from_grpc);
   grpc_init();
   s->grpc_inited = 1;
 
