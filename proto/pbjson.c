@@ -796,6 +796,14 @@ static void enum_choices(const ProtobufCEnumDescriptor *ed, const char *bad, siz
     o += (size_t)snprintf(out + o, cap - o, "%s %s", i ? "," : "", ed->values[i].name);
 }
 
+/* A message's field names as "a, b, c". */
+static void field_list(const ProtobufCMessageDescriptor *d, char *out, size_t cap) {
+  size_t o = 0;
+  out[0] = '\0';
+  for (unsigned f = 0; f < d->n_fields && o < cap; f++)
+    o += (size_t)snprintf(out + o, cap - o, "%s%s", f ? ", " : "", d->fields[f].name);
+}
+
 static int parse_enum(pctx *c, const yaml_node_t *n, const ProtobufCEnumDescriptor *ed, int *dst) {
   char got[GOT_CAP];
   decnum d;
@@ -1058,11 +1066,7 @@ static int parse_message(pctx *c, const yaml_node_t *n, ProtobufCMessage *m) {
         rc = perr(c, k, "unknown field %s in %s; did you mean '%s'?", GOT(k), d->name, near);
       else {
         char names[TD_ERRMSG_MAX / 2];
-        size_t o = 0;
-        names[0] = '\0';
-        for (unsigned f = 0; f < d->n_fields && o < sizeof names; f++)
-          o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", f ? ", " : "",
-                                d->fields[f].name);
+        field_list(d, names, sizeof names);
         rc = perr(c, k, "unknown field %s in %s (its fields: %s)", GOT(k), d->name, names);
       }
       break;
@@ -1865,12 +1869,8 @@ static int check_strict_elem(vctx *c, const pbjson_rule *r, const ProtobufCField
     if (!protobuf_c_enum_descriptor_get_value(fd->descriptor, v)) {
       const ProtobufCEnumDescriptor *ed = fd->descriptor;
       char names[TD_ERRMSG_MAX / 2];
-      size_t o = 0;
-      names[0] = '\0';
-      for (unsigned i = 0; i < ed->n_values && o < sizeof names; i++)
-        o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "",
-                              ed->values[i].name);
-      return vfail(c, r, "%d is not a value of %s (use one of: %s)", v, ed->name, names);
+      enum_choices(ed, "", 0, names, sizeof names);
+      return vfail(c, r, "%d is not a value of %s (%s)", v, ed->name, names);
     }
   } else if (t == PROTOBUF_C_TYPE_DOUBLE || t == PROTOBUF_C_TYPE_FLOAT) {
     double v = t == PROTOBUF_C_TYPE_DOUBLE ? *(const double *)p : *(const float *)p;
