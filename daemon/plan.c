@@ -92,7 +92,7 @@ static int add_view(td_plan *p, const char *group, const char *leaf,
 }
 
 static int valid_name(const char *s) {
-  if (!*s)
+  if (!*s || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
     return 0;
   for (; *s; s++)
     if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||

@@ -1,0 +1,837 @@
+/* HDF5 checkpoints (see checkpoint.h and docs/checkpoint-format.md). */
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define LEAF_PATH_MAX (TD_VIEW_NAME_MAX + 64)
+
+/* One float tensor of the file: its dataset path, its view (shape) and
+ * where its data lives in a host buffer. */
+typedef struct leaf {
+  char path[LEAF_PATH_MAX];
+  const td_view *view;
+  float *data;
+} leaf;
+
+/* Every float leaf of a plan, in plan order: /params/<view>, then for each
+ * stage with state /opt_state/<i>_<label>/<slot>/<view>. Data pointers are
+ * set into params (n_params) and opt (state_slots * n_params) host buffers;
+ * opt may be NULL when only /params is wanted. */
+static int plan_leaves(const td_plan *p, float *params, float *opt, leaf **out,
+                       size_t *n_out, td_error *err) {
+  size_t cap = p->n_views * (1 + (opt ? p->optim.state_slots : 0));
+  leaf *ls = calloc(cap ? cap : 1, sizeof *ls);
+  if (!ls)
+    return td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
+  size_t n = 0;
+  for (size_t v = 0; v < p->n_views; v++, n++) {
+    snprintf(ls[n].path, sizeof ls[n].path, "/params/%s", p->views[v].name);
+    ls[n].view = &p->views[v];
+    ls[n].data = params + p->views[v].offset;
+  }
+  for (int i = 0; opt && i < p->optim.n_stages; i++) {
+    const td_opt_stage *s = &p->optim.stages[i];
+    const size_t offs[2] = {s->s1_off, s->s2_off};
+    for (int k = 0; k < 2; k++) {
+      if (offs[k] == SIZE_MAX)
+        continue;
+      const char *slot = s->kind == TD_OPT_ADAM ? (k == 0 ? "mu" : "nu") : "trace";
+      for (size_t v = 0; v < p->n_views; v++, n++) {
+        snprintf(ls[n].path, sizeof ls[n].path, "/opt_state/%d_%s/%s/%s", i, s->label,
+                 slot, p->views[v].name);
+        ls[n].view = &p->views[v];
+        ls[n].data = opt + offs[k] * p->n_params + p->views[v].offset;
+      }
+    }
+  }
+  *out = ls;
+  *n_out = n;
+  return TD_OK;
+}
+
+/* Path order for the checksum: component by component, bytewise (what
+ * sorting the paths split at '/' gives). */
+static int path_cmp(const char *a, const char *b) {
+  for (;; a++, b++) {
+    unsigned ca = *a == '/' ? 1u : (unsigned char)*a;
+    unsigned cb = *b == '/' ? 1u : (unsigned char)*b;
+    if (ca != cb || !ca)
+      return (int)ca - (int)cb;
+  }
+}
+
+static int leaf_ptr_cmp(const void *x, const void *y) {
+  const leaf *a = *(const leaf *const *)x, *b = *(const leaf *const *)y;
+  return path_cmp(a->path, b->path);
+}
+
+/* zlib's CRC-32 of every leaf's float32 bytes (little-endian, as on every
+ * machine traind builds for), leaves in path order. */
+static int leaves_crc(const leaf *ls, size_t n, uint32_t *out, td_error *err) {
+  const leaf **order = malloc((n ? n : 1) * sizeof *order);
+  if (!order)
+    return td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
+  for (size_t i = 0; i < n; i++)
+    order[i] = &ls[i];
+  qsort(order, n, sizeof *order, leaf_ptr_cmp);
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (size_t i = 0; i < n; i++) {
+    const unsigned char *b = (const unsigned char *)order[i]->data;
+    size_t left = order[i]->view->size * sizeof(float);
+    while (left) {
+      uInt chunk = left > (1u << 30) ? (1u << 30) : (uInt)left;
+      crc = crc32(crc, b, chunk);
+      b += chunk;
+      left -= chunk;
+    }
+  }
+  free(order);
+  *out = (uint32_t)crc;
+  return TD_OK;
+}
+
+/* ---- HDF5 helpers ------------------------------------------------------- */
+
+typedef struct h5_note {
+  char last[256];
+  int truncated;
+} h5_note;
+
+static herr_t h5_walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
+  h5_note *note = data;
+  if (e->desc && e->desc[0]) {
+    snprintf(note->last, sizeof note->last, "%s", e->desc);
+    if (strstr(e->desc, "truncated"))
+      note->truncated = 1;
+  }
+  return 0;
+}
+
+/* The innermost description on HDF5's error stack. */
+static h5_note h5_detail(void) {
+  h5_note note = {{0}, 0};
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, h5_walk_cb, &note);
+  if (!note.last[0])
+    snprintf(note.last, sizeof note.last, "no detail from HDF5");
+  return note;
+}
+
+/* Runs HDF5 calls with its automatic error printing off. */
+typedef struct h5_quiet {
+  H5E_auto2_t fn;
+  void *data;
+} h5_quiet;
+
+static h5_quiet h5_silence(void) {
+  h5_quiet q = {NULL, NULL};
+  H5Eget_auto2(H5E_DEFAULT, &q.fn, &q.data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  return q;
+}
+
+static void h5_restore(h5_quiet q) { H5Eset_auto2(H5E_DEFAULT, q.fn, q.data); }
+
+static void shape_str(int rank, const hsize_t *dims, char *buf, size_t len) {
+  size_t o = (size_t)snprintf(buf, len, "(");
+  for (int i = 0; i < rank && o < len; i++)
+    o += (size_t)snprintf(buf + o, len - o, "%s%llu", i ? ", " : "",
+                          (unsigned long long)dims[i]);
+  if (o < len)
+    snprintf(buf + o, len - o, rank == 1 ? ",)" : ")");
+}
+
+static void view_shape_str(const td_view *v, char *buf, size_t len) {
+  hsize_t d[2] = {v->shape[0], v->shape[1]};
+  shape_str((int)v->ndim, d, buf, len);
+}
+
+static void type_str(hid_t t, char *buf, size_t len) {
+  H5T_class_t c = H5Tget_class(t);
+  size_t sz = H5Tget_size(t);
+  if (c == H5T_FLOAT)
+    snprintf(buf, len, "float%zu", 8 * sz);
+  else if (c == H5T_INTEGER)
+    snprintf(buf, len, "%sint%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "u" : "", 8 * sz);
+  else if (c == H5T_STRING)
+    snprintf(buf, len, "string");
+  else
+    snprintf(buf, len, "HDF5 class %d", (int)c);
+}
+
+static int write_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int rank,
+                      hsize_t dim, const void *val) {
+  hid_t sp = rank ? H5Screate_simple(1, &dim, NULL) : H5Screate(H5S_SCALAR);
+  hid_t a = sp < 0 ? -1 : H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+  int ok = a >= 0 && H5Awrite(a, mtype, val) >= 0;
+  if (a >= 0)
+    ok &= H5Aclose(a) >= 0;
+  if (sp >= 0)
+    H5Sclose(sp);
+  return ok ? 0 : -1;
+}
+
+static int write_str_attr(hid_t obj, const char *name, const char *s) {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  if (t < 0)
+    return -1;
+  int rc = -1;
+  if (H5Tset_size(t, H5T_VARIABLE) >= 0 && H5Tset_cset(t, H5T_CSET_UTF8) >= 0)
+    rc = write_attr(obj, name, t, t, 0, 0, &s);
+  H5Tclose(t);
+  return rc;
+}
+
+/* Reads a scalar or 1-D numeric attribute of exactly n elements, converting
+ * to mtype. 1: missing; -1: wrong kind or shape, or a failed read. */
+static int read_num_attr(hid_t obj, const char *name, hid_t mtype, hssize_t n, void *out) {
+  if (H5Aexists(obj, name) <= 0)
+    return 1;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+  if (a < 0)
+    return -1;
+  hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+  int rc = -1;
+  if (t >= 0 && sp >= 0 && H5Tget_class(t) == H5T_INTEGER &&
+      H5Sget_simple_extent_npoints(sp) == n && H5Aread(a, mtype, out) >= 0)
+    rc = 0;
+  if (t >= 0)
+    H5Tclose(t);
+  if (sp >= 0)
+    H5Sclose(sp);
+  H5Aclose(a);
+  return rc;
+}
+
+/* Reads a string attribute (variable or fixed length) into a malloc'd
+ * string. 1: missing; -1: not a string or a failed read. */
+static int read_str_attr(hid_t obj, const char *name, char **out) {
+  *out = NULL;
+  if (H5Aexists(obj, name) <= 0)
+    return 1;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+  if (a < 0)
+    return -1;
+  hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+  hid_t mt = -1;
+  int rc = -1;
+  if (t < 0 || sp < 0 || H5Tget_class(t) != H5T_STRING || H5Sget_simple_extent_npoints(sp) != 1)
+    goto done;
+  /* HDF5 converts between strings of one character set only. */
+  mt = H5Tcopy(H5T_C_S1);
+  if (mt < 0 || H5Tset_cset(mt, H5Tget_cset(t)) < 0)
+    goto done;
+  if (H5Tis_variable_str(t) > 0) {
+    char *s = NULL;
+    if (H5Tset_size(mt, H5T_VARIABLE) < 0 || H5Aread(a, mt, &s) < 0)
+      goto done;
+    *out = strdup(s ? s : "");
+    H5free_memory(s);
+  } else {
+    size_t sz = H5Tget_size(t);
+    char *s = calloc(sz + 1, 1);
+    if (!s || H5Tset_size(mt, sz + 1) < 0 || H5Aread(a, mt, s) < 0) {
+      free(s);
+      goto done;
+    }
+    *out = s;
+  }
+  rc = *out ? 0 : -1;
+done:
+  if (mt >= 0)
+    H5Tclose(mt);
+  if (t >= 0)
+    H5Tclose(t);
+  if (sp >= 0)
+    H5Sclose(sp);
+  H5Aclose(a);
+  return rc;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static int write_leaf(hid_t fid, hid_t lcpl, const leaf *l) {
+  hsize_t dims[2] = {l->view->shape[0], l->view->shape[1]};
+  hid_t sp = H5Screate_simple((int)l->view->ndim, dims, NULL);
+  if (sp < 0)
+    return -1;
+  hid_t d = H5Dcreate2(fid, l->path, H5T_IEEE_F32LE, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+  int ok = d >= 0 && H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, l->data) >= 0;
+  if (d >= 0)
+    ok &= H5Dclose(d) >= 0;
+  H5Sclose(sp);
+  return ok ? 0 : -1;
+}
+
+/* Builds the whole file in memory (HDF5's core driver, no backing store)
+ * and returns its bytes in *image (malloc'd). HDF5 never touches the disk
+ * here: every disk error is met by the plain POSIX code that writes the
+ * image, which can always clean up after itself. */
+static int build_image(const char *name, const td_ckpt_image *img, const td_ckpt_meta *meta,
+                       void **image, size_t *image_len, td_error *err) {
+  const td_plan *p = img->plan;
+  leaf *ls = NULL;
+  size_t n = 0;
+  uint32_t crc = 0;
+  /* The image is const; the leaves only read through their pointers. */
+  int rc = plan_leaves(p, (float *)img->params, (float *)img->opt_state, &ls, &n, err);
+  if (rc)
+    return rc;
+  if ((rc = leaves_crc(ls, n, &crc, err))) {
+    free(ls);
+    return rc;
+  }
+  size_t floats = p->n_params * (1 + p->optim.state_slots);
+  const char *what = "H5Pset_fapl_core";
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  hid_t lcpl = H5Pcreate(H5P_LINK_CREATE), fid = -1, g = -1;
+  int bad = fapl < 0 || lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
+            H5Pset_fapl_core(fapl, floats * sizeof(float) + (256u << 10), 0) < 0;
+  if (!bad) {
+    what = "H5Fcreate";
+    fid = H5Fcreate(name, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    bad = fid < 0;
+  }
+  if (!bad) {
+    what = "H5Gcreate";
+    for (int i = 0; i < 2 && !bad; i++) {
+      g = H5Gcreate2(fid, i ? "/opt_state" : "/params", lcpl, H5P_DEFAULT, H5P_DEFAULT);
+      bad = g < 0 || H5Gclose(g) < 0;
+    }
+  }
+  for (size_t i = 0; i < n && !bad; i++) {
+    what = "H5Dcreate/H5Dwrite";
+    bad = write_leaf(fid, lcpl, &ls[i]) < 0;
+  }
+  if (!bad) {
+    what = "writing /opt_state/count";
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t d = sp < 0 ? -1
+                     : H5Dcreate2(fid, "/opt_state/count", H5T_STD_I64LE, sp, lcpl,
+                                  H5P_DEFAULT, H5P_DEFAULT);
+    bad = d < 0 || H5Dwrite(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &img->count) < 0;
+    if (d >= 0)
+      bad |= H5Dclose(d) < 0;
+    if (sp >= 0)
+      H5Sclose(sp);
+  }
+  if (!bad) {
+    what = "writing the root attributes";
+    const int32_t version = TD_CKPT_VERSION;
+    const uint32_t key[2] = {meta->root_key.k[0], meta->root_key.k[1]};
+    bad = write_str_attr(fid, "format", TD_CKPT_FORMAT) < 0 ||
+          write_attr(fid, "version", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, 0, &version) < 0 ||
+          write_attr(fid, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, 0, &meta->step) < 0 ||
+          write_attr(fid, "epoch", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0, &meta->epoch) < 0 ||
+          write_attr(fid, "step_in_epoch", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0,
+                     &meta->step_in_epoch) < 0 ||
+          write_attr(fid, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, 0, &meta->seed) < 0 ||
+          write_attr(fid, "prng_key", H5T_STD_U32LE, H5T_NATIVE_UINT32, 1, 2, key) < 0 ||
+          write_str_attr(fid, "job_spec", meta->spec_json ? meta->spec_json : "") < 0 ||
+          write_attr(fid, "checksum", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0, &crc) < 0;
+  }
+  ssize_t len = -1;
+  if (!bad) {
+    what = "H5Fflush/H5Fget_file_image";
+    bad = H5Fflush(fid, H5F_SCOPE_GLOBAL) < 0 || (len = H5Fget_file_image(fid, NULL, 0)) <= 0;
+  }
+  void *buf = NULL;
+  if (!bad && !(buf = malloc((size_t)len))) {
+    free(ls);
+    H5Fclose(fid);
+    H5Pclose(lcpl);
+    H5Pclose(fapl);
+    return td_errorf(err, TD_ENOMEM, "checkpoint: cannot allocate %.1f MiB for the file image",
+                     (double)len / (1024.0 * 1024.0));
+  }
+  if (!bad)
+    bad = H5Fget_file_image(fid, buf, (size_t)len) != len;
+  h5_note note = {{0}, 0};
+  if (bad)
+    note = h5_detail();
+  if (fid >= 0 && H5Fclose(fid) < 0 && !bad) {
+    what = "H5Fclose";
+    bad = 1;
+    note = h5_detail();
+  }
+  if (lcpl >= 0)
+    H5Pclose(lcpl);
+  if (fapl >= 0)
+    H5Pclose(fapl);
+  free(ls);
+  if (bad) {
+    free(buf);
+    return td_errorf(err, TD_EIO, "checkpoint: %s failed: %s", what, note.last);
+  }
+  *image = buf;
+  *image_len = (size_t)len;
+  return TD_OK;
+}
+
+/* Creates path with the bytes of b and fsyncs it. */
+static int write_fsync(const char *path, const void *b, size_t len, td_error *err) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return td_errorf(err, errno == EACCES || errno == EROFS ? TD_EPERM : TD_EIO,
+                     "checkpoint: cannot create '%s': %s", path, strerror(errno));
+  const char *c = b;
+  while (len) {
+    ssize_t w = write(fd, c, len > (1u << 30) ? (1u << 30) : len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      int e = w < 0 ? errno : ENOSPC;
+      close(fd);
+      return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed: %s", path, strerror(e));
+    }
+    c += w;
+    len -= (size_t)w;
+  }
+  if (fsync(fd) != 0) {
+    int e = errno;
+    close(fd);
+    return td_errorf(err, TD_EIO, "checkpoint: fsync of '%s' failed: %s", path, strerror(e));
+  }
+  if (close(fd) != 0)
+    return td_errorf(err, TD_EIO, "checkpoint: closing '%s' failed: %s", path, strerror(errno));
+  return TD_OK;
+}
+
+static int fsync_path(const char *path, int flags) {
+  int fd = open(path, flags | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  int rc = fsync(fd);
+  int e = errno;
+  close(fd);
+  errno = e;
+  return rc;
+}
+
+int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
+                        const td_ckpt_meta *meta, td_error *err) {
+  char dir[PATH_MAX], tmp[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
+  if (!*base)
+    return td_errorf(err, TD_EINVAL, "checkpoint: '%s' names a directory, not a file", path);
+  size_t dlen = slash ? (size_t)(slash - path) : 1;
+  if (dlen >= sizeof dir)
+    return td_errorf(err, TD_EINVAL, "checkpoint: path too long: '%s'", path);
+  if (slash)
+    snprintf(dir, sizeof dir, "%.*s", (int)(dlen ? dlen : 1), dlen ? path : "/");
+  else
+    snprintf(dir, sizeof dir, ".");
+  if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, base) >= sizeof tmp)
+    return td_errorf(err, TD_EINVAL, "checkpoint: path too long: '%s'", path);
+
+  struct stat sb;
+  if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    return td_errorf(err, errno == EACCES ? TD_EPERM : TD_ENOTFOUND,
+                     "checkpoint: directory '%s' does not exist; create it or choose "
+                     "another checkpoint directory",
+                     dir);
+  if (unlink(tmp) != 0 && errno != ENOENT)
+    return td_errorf(err, TD_EIO, "checkpoint: cannot remove the stale '%s': %s", tmp,
+                     strerror(errno));
+
+  void *image = NULL;
+  size_t image_len = 0;
+  h5_quiet q = h5_silence();
+  int rc = build_image(tmp, img, meta, &image, &image_len, err);
+  h5_restore(q);
+  if (rc)
+    return rc;
+  rc = write_fsync(tmp, image, image_len, err);
+  free(image);
+  if (!rc && rename(tmp, path) != 0)
+    rc = td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
+                   "checkpoint: cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+  if (rc) {
+    unlink(tmp);
+    return rc;
+  }
+  if (fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
+    return td_errorf(err, TD_EIO,
+                     "checkpoint: '%s' is complete but fsync of its directory '%s' failed: %s",
+                     path, dir, strerror(errno));
+  return TD_OK;
+}
+
+int td_ckpt_write(const char *path, const td_state *st, const td_ckpt_meta *meta,
+                  td_error *err) {
+  const td_plan *p = st->plan;
+  const td_backend_ops *ops = st->be->ops;
+  size_t np = p->n_params, no = p->optim.state_slots * np;
+  float *host = malloc((np + no + 1) * sizeof(float));
+  if (!host)
+    return td_errorf(err, TD_ENOMEM, "checkpoint: cannot allocate %.1f MiB of host memory",
+                     (double)(np + no) * 4.0 / (1024.0 * 1024.0));
+  int rc = ops->download(st->be, host, st->params, np * sizeof(float));
+  if (!rc && no)
+    rc = ops->download(st->be, host + np, st->opt_state, no * sizeof(float));
+  if (rc) {
+    free(host);
+    return td_errorf(err, rc, "checkpoint: copying the state from the %s backend failed",
+                     ops->name);
+  }
+  td_ckpt_image img = {.plan = p, .params = host, .opt_state = host + np, .count = st->step};
+  rc = td_ckpt_write_image(path, &img, meta, err);
+  free(host);
+  return rc;
+}
+
+/* ---- validating and reading --------------------------------------------- */
+
+/* A bounded list of problems, joined by "; ". */
+typedef struct problems {
+  char buf[TD_ERRMSG_MAX - 200];
+  size_t len;
+  int n;
+} problems;
+
+static void problem(problems *pr, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void problem(problems *pr, const char *fmt, ...) {
+  pr->n++;
+  if (pr->len >= sizeof pr->buf - 1)
+    return;
+  if (pr->n > 1)
+    pr->len += (size_t)snprintf(pr->buf + pr->len, sizeof pr->buf - pr->len, "; ");
+  if (pr->len >= sizeof pr->buf - 1)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  pr->len += (size_t)vsnprintf(pr->buf + pr->len, sizeof pr->buf - pr->len, fmt, ap);
+  va_end(ap);
+  if (pr->len >= sizeof pr->buf - 1) {
+    pr->len = sizeof pr->buf - 1;
+    memcpy(pr->buf + sizeof pr->buf - 5, "...", 4);
+  }
+}
+
+/* Checks every leaf's presence, shape and dtype (float32 only unless
+ * any_float) and reads it into its host location. */
+static void check_and_read_leaves(hid_t fid, const leaf *ls, size_t n, int any_float,
+                                  problems *pr) {
+  for (size_t i = 0; i < n; i++) {
+    const leaf *l = &ls[i];
+    char want[64], got[64], tn[32];
+    view_shape_str(l->view, want, sizeof want);
+    if (H5Lexists(fid, l->path, H5P_DEFAULT) <= 0 ||
+        H5Oexists_by_name(fid, l->path, H5P_DEFAULT) <= 0) {
+      problem(pr, "missing dataset %s %s", l->path, want);
+      continue;
+    }
+    hid_t d = H5Dopen2(fid, l->path, H5P_DEFAULT);
+    if (d < 0) {
+      problem(pr, "%s is not a dataset", l->path);
+      continue;
+    }
+    hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
+    hsize_t dims[H5S_MAX_RANK];
+    int rank = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    if (rank >= 0 && rank <= H5S_MAX_RANK)
+      H5Sget_simple_extent_dims(sp, dims, NULL);
+    int shape_ok = rank == (int)l->view->ndim;
+    for (int k = 0; shape_ok && k < rank; k++)
+      shape_ok = dims[k] == l->view->shape[k];
+    H5T_class_t c = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
+    size_t sz = t >= 0 ? H5Tget_size(t) : 0;
+    int type_ok = c == H5T_FLOAT && (sz == 4 || (any_float && sz == 8));
+    if (!shape_ok) {
+      if (rank >= 0 && rank <= H5S_MAX_RANK)
+        shape_str(rank, dims, got, sizeof got);
+      else
+        snprintf(got, sizeof got, "unreadable");
+      problem(pr, "%s has shape %s in the file, %s in the model", l->path, got, want);
+    } else if (!type_ok) {
+      type_str(t, tn, sizeof tn);
+      problem(pr, "%s has dtype %s, want float32%s", l->path, tn, any_float ? " or float64" : "");
+    } else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, l->data) < 0) {
+      problem(pr, "%s cannot be read: %s", l->path, h5_detail().last);
+    }
+    if (t >= 0)
+      H5Tclose(t);
+    if (sp >= 0)
+      H5Sclose(sp);
+    H5Dclose(d);
+  }
+}
+
+typedef struct extra_walk {
+  const char *prefix; /* "/params" or "/opt_state" */
+  const leaf *ls;
+  size_t n;
+  problems *pr;
+} extra_walk;
+
+static herr_t extra_cb(hid_t g, const char *name, const H5L_info_t *info, void *data) {
+  extra_walk *w = data;
+  hid_t o = H5Oopen(g, name, H5P_DEFAULT);
+  if (o < 0)
+    return 0;
+  int is_dset = H5Iget_type(o) == H5I_DATASET;
+  H5Oclose(o);
+  if (!is_dset)
+    return 0;
+  char full[LEAF_PATH_MAX + 64];
+  snprintf(full, sizeof full, "%s/%s", w->prefix, name);
+  if (strcmp(full, "/opt_state/count") == 0)
+    return 0;
+  for (size_t i = 0; i < w->n; i++)
+    if (strcmp(full, w->ls[i].path) == 0)
+      return 0;
+  problem(w->pr, "extra dataset %s (not in the model)", full);
+  return 0;
+}
+
+static void check_extras(hid_t fid, const char *group, const leaf *ls, size_t n,
+                         problems *pr) {
+  if (H5Lexists(fid, group, H5P_DEFAULT) <= 0)
+    return;
+  hid_t g = H5Gopen2(fid, group, H5P_DEFAULT);
+  if (g < 0) {
+    problem(pr, "%s is not a group", group);
+    return;
+  }
+  extra_walk w = {group, ls, n, pr};
+  H5Lvisit(g, H5_INDEX_NAME, H5_ITER_INC, extra_cb, &w);
+  H5Gclose(g);
+}
+
+/* Opens path read-only, with a message that says why not. */
+static int open_h5(const char *path, hid_t *fid, td_error *err) {
+  struct stat sb;
+  if (stat(path, &sb) != 0)
+    return td_errorf(err, errno == ENOENT ? TD_ENOTFOUND : TD_EIO, "checkpoint '%s': %s", path,
+                     strerror(errno));
+  if (!S_ISREG(sb.st_mode))
+    return td_errorf(err, TD_EDATA, "checkpoint '%s' is not a regular file", path);
+  if (sb.st_size == 0)
+    return td_errorf(err, TD_EDATA, "checkpoint '%s' is empty (truncated)", path);
+  if (H5Fis_hdf5(path) <= 0)
+    return td_errorf(err, TD_EDATA,
+                     "'%s' is not an HDF5 file (no HDF5 signature; truncated or another format)",
+                     path);
+  *fid = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (*fid < 0) {
+    h5_note note = h5_detail();
+    if (note.truncated)
+      return td_errorf(err, TD_EDATA, "checkpoint '%s' is truncated (%s)", path, note.last);
+    return td_errorf(err, TD_EDATA, "checkpoint '%s' cannot be opened as HDF5: %s", path,
+                     note.last);
+  }
+  return TD_OK;
+}
+
+static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, uint32_t *crc,
+                     td_error *err) {
+  char *fmt = NULL;
+  int r = read_str_attr(fid, "format", &fmt);
+  if (r || strcmp(fmt, TD_CKPT_FORMAT) != 0) {
+    int rc = td_errorf(err, TD_EDATA,
+                       "'%s' is not a traind checkpoint: attribute 'format' is %s%s%s, want '%s'",
+                       path, r ? (r > 0 ? "missing" : "not a string") : "'", r ? "" : fmt,
+                       r ? "" : "'", TD_CKPT_FORMAT);
+    free(fmt);
+    return rc;
+  }
+  free(fmt);
+  int64_t version = 0;
+  if ((r = read_num_attr(fid, "version", H5T_NATIVE_INT64, 1, &version)))
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute 'version' is %s", path,
+                     r > 0 ? "missing" : "not an integer scalar");
+  if (version != TD_CKPT_VERSION)
+    return td_errorf(err, TD_EDATA,
+                     "checkpoint '%s' has format version %lld; this traind reads version %d",
+                     path, (long long)version, TD_CKPT_VERSION);
+  uint32_t key[2];
+  struct {
+    const char *name;
+    hid_t mtype;
+    hssize_t n;
+    void *out;
+  } nums[] = {
+      {"step", H5T_NATIVE_INT64, 1, &m->step},
+      {"epoch", H5T_NATIVE_UINT32, 1, &m->epoch},
+      {"step_in_epoch", H5T_NATIVE_UINT32, 1, &m->step_in_epoch},
+      {"seed", H5T_NATIVE_UINT64, 1, &m->seed},
+      {"prng_key", H5T_NATIVE_UINT32, 2, key},
+      {"checksum", H5T_NATIVE_UINT32, 1, crc},
+  };
+  for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+    if ((r = read_num_attr(fid, nums[i].name, nums[i].mtype, nums[i].n, nums[i].out)))
+      return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute '%s' is %s", path,
+                       nums[i].name,
+                       r > 0 ? "missing"
+                             : (nums[i].n == 1 ? "not an integer scalar"
+                                               : "not an integer array of 2"));
+  m->root_key.k[0] = key[0];
+  m->root_key.k[1] = key[1];
+  if ((r = read_str_attr(fid, "job_spec", &m->spec_json)))
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute 'job_spec' is %s", path,
+                     r > 0 ? "missing" : "not a string");
+  return TD_OK;
+}
+
+static int read_count(hid_t fid, const char *path, int64_t *count, td_error *err) {
+  if (H5Lexists(fid, "/opt_state", H5P_DEFAULT) <= 0 ||
+      H5Lexists(fid, "/opt_state/count", H5P_DEFAULT) <= 0)
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': missing dataset /opt_state/count", path);
+  hid_t d = H5Dopen2(fid, "/opt_state/count", H5P_DEFAULT);
+  if (d < 0)
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': /opt_state/count is not a dataset", path);
+  hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
+  int ok = t >= 0 && sp >= 0 && H5Tget_class(t) == H5T_INTEGER &&
+           H5Sget_simple_extent_npoints(sp) == 1 &&
+           H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, count) >= 0;
+  if (t >= 0)
+    H5Tclose(t);
+  if (sp >= 0)
+    H5Sclose(sp);
+  H5Dclose(d);
+  if (!ok)
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': /opt_state/count is not an integer scalar",
+                     path);
+  if (*count < 0)
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': /opt_state/count is negative (%lld)",
+                     path, (long long)*count);
+  return TD_OK;
+}
+
+void td_ckpt_meta_free(td_ckpt_meta *m) {
+  if (!m)
+    return;
+  free(m->spec_json);
+  memset(m, 0, sizeof *m);
+}
+
+static int upload_state(td_state *st, const float *host, int with_opt, td_error *err) {
+  const td_plan *p = st->plan;
+  const td_backend_ops *ops = st->be->ops;
+  size_t np = p->n_params, no = with_opt ? p->optim.state_slots * np : 0;
+  int rc = ops->upload(st->be, st->params, host, np * sizeof(float));
+  if (!rc && no)
+    rc = ops->upload(st->be, st->opt_state, host + np, no * sizeof(float));
+  if (rc)
+    return td_errorf(err, rc, "checkpoint: copying the state to the %s backend failed",
+                     ops->name);
+  return TD_OK;
+}
+
+static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_error *err) {
+  const td_plan *p = st->plan;
+  size_t np = p->n_params, no = p->optim.state_slots * np;
+  hid_t fid = -1;
+  int rc = open_h5(path, &fid, err);
+  if (rc)
+    return rc;
+  td_ckpt_meta m = {0};
+  uint32_t want_crc = 0, crc = 0;
+  int64_t count = 0;
+  leaf *ls = NULL;
+  size_t n = 0;
+  float *host = NULL;
+  if ((rc = read_meta(fid, path, &m, &want_crc, err)) || (rc = read_count(fid, path, &count, err)))
+    goto done;
+  if (!(host = malloc((np + no + 1) * sizeof(float)))) {
+    rc = td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
+    goto done;
+  }
+  if ((rc = plan_leaves(p, host, host + np, &ls, &n, err)))
+    goto done;
+  problems pr = {{0}, 0, 0};
+  if (H5Lexists(fid, "/params", H5P_DEFAULT) <= 0)
+    problem(&pr, "missing group /params");
+  check_and_read_leaves(fid, ls, n, 0, &pr);
+  check_extras(fid, "/params", ls, n, &pr);
+  check_extras(fid, "/opt_state", ls, n, &pr);
+  if (pr.n) {
+    rc = td_errorf(err, TD_EDATA, "checkpoint '%s' does not match this job's model (%d problem%s): %s",
+                   path, pr.n, pr.n == 1 ? "" : "s", pr.buf);
+    goto done;
+  }
+  if ((rc = leaves_crc(ls, n, &crc, err)))
+    goto done;
+  if (crc != want_crc) {
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s' is corrupt: checksum mismatch (CRC-32 of the data is "
+                   "0x%08x, the file says 0x%08x)",
+                   path, crc, want_crc);
+    goto done;
+  }
+  if ((rc = upload_state(st, host, 1, err)))
+    goto done;
+  st->step = count;
+  if (meta) {
+    *meta = m;
+    m.spec_json = NULL;
+  }
+done:
+  td_ckpt_meta_free(&m);
+  free(ls);
+  free(host);
+  H5Fclose(fid);
+  return rc;
+}
+
+int td_ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_error *err) {
+  if (meta)
+    memset(meta, 0, sizeof *meta);
+  h5_quiet q = h5_silence();
+  int rc = ckpt_read(path, st, meta, err);
+  h5_restore(q);
+  return rc;
+}
+
+static int load_params(const char *path, td_state *st, td_error *err) {
+  const td_plan *p = st->plan;
+  hid_t fid = -1;
+  int rc = open_h5(path, &fid, err);
+  if (rc)
+    return rc;
+  leaf *ls = NULL;
+  size_t n = 0;
+  float *host = malloc((p->n_params + 1) * sizeof(float));
+  if (!host) {
+    rc = td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
+    goto done;
+  }
+  if ((rc = plan_leaves(p, host, NULL, &ls, &n, err)))
+    goto done;
+  problems pr = {{0}, 0, 0};
+  if (H5Lexists(fid, "/params", H5P_DEFAULT) <= 0) {
+    rc = td_errorf(err, TD_EDATA,
+                   "'%s' has no /params group; parameters go in /params/<layer>/<leaf>", path);
+    goto done;
+  }
+  check_and_read_leaves(fid, ls, n, 1, &pr);
+  check_extras(fid, "/params", ls, n, &pr);
+  if (pr.n) {
+    rc = td_errorf(err, TD_EDATA, "'%s' does not match this job's parameters (%d problem%s): %s",
+                   path, pr.n, pr.n == 1 ? "" : "s", pr.buf);
+    goto done;
+  }
+  rc = upload_state(st, host, 0, err);
+done:
+  free(ls);
+  free(host);
+  H5Fclose(fid);
+  return rc;
+}
+
+int td_ckpt_load_params(const char *path, td_state *st, td_error *err) {
+  h5_quiet q = h5_silence();
+  int rc = load_params(path, st, err);
+  h5_restore(q);
+  return rc;
+}

@@ -1,0 +1,71 @@
+/* HDF5 checkpoints: a job's parameter pytree, optimizer state and position,
+ * in one file that h5py opens directly. The layout is documented in
+ * docs/checkpoint-format.md.
+ *
+ * Writing is complete or absent: the file is built in memory (HDF5's core
+ * driver), written to `dir/.name.tmp` and fsynced, renamed over `path`, and
+ * the directory is fsynced. A crash leaves at most a `.name.tmp` file, which
+ * is never read as a checkpoint.
+ * Reading validates everything (magic, version, every dataset's presence,
+ * shape and dtype, no extra leaves, the checksum) before it touches the
+ * state, so a refused file leaves the state as it was. */
+#ifndef TD_CHECKPOINT_H
+#define TD_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "error.h"
+#include "plan.h"
+#include "prng.h"
+
+#define TD_CKPT_FORMAT "traind-checkpoint"
+#define TD_CKPT_VERSION 1
+
+/* Where a job stands, stored as root attributes next to the tensors. */
+typedef struct td_ckpt_meta {
+  int64_t step;           /* updates applied (the `step` attribute) */
+  uint32_t epoch;         /* 1-based epoch the next step belongs to */
+  uint32_t step_in_epoch; /* steps of that epoch already taken */
+  td_key root_key;        /* the job's root PRNG key (`prng_key`, uint32[2]) */
+  uint64_t seed;          /* training.seed */
+  char *spec_json;        /* the job spec as JSON; owned, may be NULL on write */
+} td_ckpt_meta;
+
+/* The host-side image of a state, for writing from a snapshot taken between
+ * steps (so that training does not wait for the disk). */
+typedef struct td_ckpt_image {
+  const td_plan *plan;
+  const float *params;    /* (n_params) host memory */
+  const float *opt_state; /* (optim.state_slots * n_params) host memory */
+  int64_t count;          /* updates applied: /opt_state/count */
+} td_ckpt_image;
+
+/* Writes a complete checkpoint of st (parameters, optimizer state per stage,
+ * update count) and meta to path, atomically. On failure nothing new is left
+ * at path (a previous file there stays untouched) and the temporary file is
+ * removed. The one exception is a failing fsync of the directory after the
+ * rename: the new, complete file is then in place and the error says so. */
+int td_ckpt_write(const char *path, const td_state *st, const td_ckpt_meta *meta,
+                  td_error *err);
+/* The same from a host image. Makes no backend calls, so it can run on a
+ * writer thread from a snapshot copied out between steps (Debian's HDF5 is
+ * built thread-safe: its calls are serialized by the library). */
+int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
+                        const td_ckpt_meta *meta, td_error *err);
+
+/* Validates the checkpoint at path against st's plan and loads it: every
+ * parameter and optimizer-state leaf present with its shape and float32, no
+ * extra leaves, the checksum matching. Sets st->step from /opt_state/count
+ * and fills *meta (free with td_ckpt_meta_free; meta may be NULL). On any
+ * refusal the state is unchanged and the message names the problem. */
+int td_ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta,
+                 td_error *err);
+void td_ckpt_meta_free(td_ckpt_meta *m);
+
+/* Loads only /params (for example a file written with h5py from JAX
+ * parameters) into st->params. Float64 datasets are converted. A mismatch is
+ * one error listing every missing, extra and misshapen leaf. The optimizer
+ * state and step are left alone. */
+int td_ckpt_load_params(const char *path, td_state *st, td_error *err);
+
+#endif
