@@ -3,6 +3,7 @@
  *   trainctl submit FILE [--follow] [--name NAME]
  *   trainctl get JOB | list [--state S]... [--limit N] | cancel JOB
  *   trainctl metrics JOB [--follow] [--since STEP]
+ *   trainctl checkpoint JOB | export JOB FILE [--step N] [--no-save]
  *   trainctl devices | health [--service NAME] | info | version [--client]
  *
  * Global flags go anywhere on the line: --addr, --timeout, -o/--output.
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,6 +80,8 @@ enum {
   FL_SINCE,
   FL_SERVICE,
   FL_CLIENT,
+  FL_STEP,
+  FL_NO_SAVE,
   FL_COUNT
 };
 #define GLOBAL_FLAGS ((1u << FL_ADDR) | (1u << FL_TIMEOUT) | (1u << FL_OUTPUT) | (1u << FL_HELP))
@@ -109,6 +113,10 @@ static const flag_def flag_defs[FL_COUNT] = {
     [FL_SERVICE] = {"service", 0, "NAME",
                     "the service to check (default \"\": the daemon as a whole)"},
     [FL_CLIENT] = {"client", 0, NULL, "print only trainctl's version; do not contact traind"},
+    [FL_STEP] = {"step", 0, "STEP", "the checkpoint at this step (default: the newest)"},
+    [FL_NO_SAVE] = {"no-save", 0, NULL,
+                    "export the newest checkpoint as it is, without first checkpointing a "
+                    "running job"},
 };
 
 typedef struct ctl ctl;
@@ -138,7 +146,8 @@ struct ctl {
   int states[MAX_STATES];
   size_t n_states;
   uint32_t limit;
-  int64_t since;
+  int64_t since, step;
+  int no_save;
   int utf8;
   td_rpc_client *rpc;
 };
@@ -914,6 +923,175 @@ static int cmd_version(ctl *c) {
   return rc;
 }
 
+/* Checkpoints can take a while for large models: without --timeout the
+ * call waits this long. */
+#define CHECKPOINT_TIMEOUT 600.0
+
+/* SaveCheckpoint; *info is the new checkpoint. */
+static int save_checkpoint(ctl *c, const char *id, Traind__V1__CheckpointInfo **info) {
+  Traind__V1__SaveCheckpointRequest req = TRAIND__V1__SAVE_CHECKPOINT_REQUEST__INIT;
+  req.id = (char *)id;
+  char what[300];
+  snprintf(what, sizeof what, "checkpoint job %s", id);
+  double keep = c->timeout;
+  if (!c->timeout_given)
+    c->timeout = CHECKPOINT_TIMEOUT;
+  int rc = unary(c, METHOD("SaveCheckpoint"), &req.base, &traind__v1__checkpoint_info__descriptor,
+                 (ProtobufCMessage **)info, what);
+  c->timeout = keep;
+  return rc;
+}
+
+static int cmd_checkpoint(ctl *c) {
+  Traind__V1__CheckpointInfo *info = NULL;
+  int rc = save_checkpoint(c, c->args[0], &info);
+  if (rc)
+    return rc;
+  if (c->output == OUT_TABLE) {
+    char line[1024], path[1024];
+    td_view_checkpoint(info, wall_now(), line, sizeof line);
+    td_view_sanitize(info->path, path, sizeof path);
+    printf("%s\n%s\n", line, path);
+  } else {
+    rc = print_message(c, &info->base, 0);
+  }
+  protobuf_c_message_free_unpacked(&info->base, NULL);
+  return rc;
+}
+
+/* An export in progress: chunks go to a temporary file beside the target. */
+typedef struct export_ctx {
+  int fd;
+  int64_t next, total, step;
+  char file[128];
+  int bad;
+  char why[256];
+} export_ctx;
+
+static int on_chunk(void *arg, const ProtobufCMessage *m) {
+  export_ctx *x = arg;
+  const Traind__V1__FileChunk *ch = (const void *)m;
+  if (x->next == 0) {
+    x->total = ch->total_bytes;
+    x->step = ch->step;
+    td_view_sanitize(ch->file, x->file, sizeof x->file);
+  }
+  if (ch->offset != x->next || x->next + (int64_t)ch->data.len > x->total) {
+    x->bad = 1;
+    snprintf(x->why, sizeof x->why, "the daemon sent bytes %lld..%lld of a %lld-byte file, "
+             "expected offset %lld", (long long)ch->offset,
+             (long long)(ch->offset + (int64_t)ch->data.len), (long long)x->total,
+             (long long)x->next);
+    return 1;
+  }
+  const uint8_t *p = ch->data.data;
+  size_t left = ch->data.len;
+  while (left) {
+    ssize_t w = write(x->fd, p, left);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      x->bad = 1;
+      snprintf(x->why, sizeof x->why, "writing failed: %s", strerror(w < 0 ? errno : ENOSPC));
+      return 1;
+    }
+    p += w;
+    left -= (size_t)w;
+  }
+  x->next += (int64_t)ch->data.len;
+  return 0;
+}
+
+static int cmd_export(ctl *c) {
+  const char *id = c->args[0], *out = c->args[1];
+  char clean[256], what[300];
+  td_view_sanitize(id, clean, sizeof clean);
+  /* A running job is checkpointed first, so that the file holds its
+   * latest parameters. */
+  if (!c->step && !c->no_save) {
+    Traind__V1__GetJobRequest greq = TRAIND__V1__GET_JOB_REQUEST__INIT;
+    greq.id = (char *)id;
+    Traind__V1__Job *job = NULL;
+    snprintf(what, sizeof what, "get job %s", clean);
+    int rc = unary(c, METHOD("GetJob"), &greq.base, &traind__v1__job__descriptor,
+                   (ProtobufCMessage **)&job, what);
+    if (rc)
+      return rc;
+    int running = job->state == TRAIND__V1__JOB_STATE__RUNNING;
+    protobuf_c_message_free_unpacked(&job->base, NULL);
+    if (running) {
+      Traind__V1__CheckpointInfo *info = NULL;
+      if ((rc = save_checkpoint(c, id, &info)))
+        return rc;
+      c->step = info->step;
+      protobuf_c_message_free_unpacked(&info->base, NULL);
+    }
+  }
+  char tmp[4200];
+  const char *slash = strrchr(out, '/');
+  if (slash)
+    snprintf(tmp, sizeof tmp, "%.*s/.%s.part", (int)(slash - out), out, slash + 1);
+  else
+    snprintf(tmp, sizeof tmp, ".%s.part", out);
+  export_ctx x = {.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
+  if (x.fd < 0)
+    return fail(EXIT_USAGE, "cannot create %s: %s; choose a writable place for FILE", tmp,
+                strerror(errno));
+  int rc = open_rpc(c);
+  if (rc) {
+    close(x.fd);
+    unlink(tmp);
+    return rc;
+  }
+  Traind__V1__ExportCheckpointRequest req = TRAIND__V1__EXPORT_CHECKPOINT_REQUEST__INIT;
+  req.id = (char *)id;
+  req.step = c->step;
+  td_rpc_status st;
+  memset(&st, 0, sizeof st);
+  int code = td_rpc_call_stream(c->rpc, METHOD("ExportCheckpoint"), &req.base,
+                                &traind__v1__file_chunk__descriptor, on_chunk, &x,
+                                c->timeout_given ? c->timeout : 0, &st);
+  int ok = code == GRPC_OK && !x.bad && x.next == x.total;
+  if (ok && fsync(x.fd) != 0) {
+    ok = 0;
+    x.bad = 1;
+    snprintf(x.why, sizeof x.why, "fsync failed: %s", strerror(errno));
+  }
+  if (close(x.fd) != 0 && ok) {
+    ok = 0;
+    x.bad = 1;
+    snprintf(x.why, sizeof x.why, "close failed: %s", strerror(errno));
+  }
+  if (ok && rename(tmp, out) != 0) {
+    ok = 0;
+    x.bad = 1;
+    snprintf(x.why, sizeof x.why, "cannot rename it to %s: %s", out, strerror(errno));
+  }
+  if (!ok) {
+    unlink(tmp);
+    snprintf(what, sizeof what, "export job %s", clean);
+    if (x.bad)
+      return fail(EXIT_RPC, "export of job %s failed: %s", clean, x.why);
+    if (code == GRPC_OK)
+      return fail(EXIT_RPC, "export of job %s ended after %lld of %lld bytes", clean,
+                  (long long)x.next, (long long)x.total);
+    return rpc_fail(c, what, &st);
+  }
+  if (c->output == OUT_TABLE) {
+    char size[32];
+    td_view_count((double)x.total, size, sizeof size);
+    printf("wrote %s: %s of job %s, step %lld, %sB\n", out, x.file, clean, (long long)x.step,
+           size);
+  } else {
+    Traind__V1__FileChunk r = TRAIND__V1__FILE_CHUNK__INIT;
+    r.file = x.file;
+    r.step = x.step;
+    r.total_bytes = x.total;
+    rc = print_message(c, &r.base, 0);
+  }
+  return rc;
+}
+
 static const command commands[] = {
     {"submit", cmd_submit, "FILE [--follow] [--name NAME]", 1, 1,
      (1u << FL_FOLLOW) | (1u << FL_NAME), OUT_TABLE | OUT_JSON | OUT_YAML,
@@ -945,6 +1123,21 @@ static const command commands[] = {
      "a row per point (kind is step or epoch); -o json one GetMetricsResponse\n"
      "holding every page. With --follow, streams new points until the job ends\n"
      "and exits as 'submit --follow' does.\n"},
+    {"checkpoint", cmd_checkpoint, "JOB", 1, 1, 0, OUT_TABLE | OUT_JSON | OUT_YAML,
+     "checkpoint a running job now",
+     "Asks the daemon to checkpoint a running job at its next step and waits\n"
+     "until the HDF5 file is complete (up to 10 minutes unless --timeout is\n"
+     "given); prints the file, its step and size, and how long training paused.\n"
+     "A job that is not running fails (exit 2).\n"},
+    {"export", cmd_export, "JOB FILE [--step N] [--no-save]", 2, 2,
+     (1u << FL_STEP) | (1u << FL_NO_SAVE), OUT_TABLE | OUT_JSON | OUT_YAML,
+     "copy a job's checkpoint (HDF5) to FILE on this machine",
+     "Copies one of a job's HDF5 checkpoints to FILE, here on the client's\n"
+     "machine: the newest, or the one at --step. A running job is checkpointed\n"
+     "first (unless --no-save), so that FILE holds its latest parameters. FILE\n"
+     "appears only once complete. Its /params open with h5py (see\n"
+     "docs/checkpoint-format.md) and can warm-start another job\n"
+     "(checkpoint.init_from).\n"},
     {"devices", cmd_devices, "", 0, 0, 0, OUT_TABLE | OUT_JSON | OUT_YAML | OUT_CSV,
      "list the daemon's devices and the jobs holding them",
      "Lists the devices the daemon can run jobs on and the job holding each.\n"},
@@ -1041,8 +1234,8 @@ static void main_help(FILE *out) {
         "commands:\n",
         out);
   for (size_t i = 0; i < N_COMMANDS; i++)
-    fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
-  fputs("  help      show help for a command\n\nglobal flags (anywhere on the line):\n", out);
+    fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fputs("  help       show help for a command\n\nglobal flags (anywhere on the line):\n", out);
   for (int i = 0; i < FL_COUNT; i++)
     if (GLOBAL_FLAGS & (1u << i))
       print_flag(out, i);
@@ -1125,6 +1318,14 @@ static int apply_flag(ctl *c, int id, const char *flag, const char *val) {
     return 0;
   case FL_CLIENT:
     c->client_only = 1;
+    return 0;
+  case FL_NO_SAVE:
+    c->no_save = 1;
+    return 0;
+  case FL_STEP:
+    if (parse_uint(val, INT64_MAX, &u) || u == 0)
+      return usage_error(c, "--step takes a step number (1 or more), got '%s'", val);
+    c->step = (int64_t)u;
     return 0;
   case FL_NAME:
     c->name = val;

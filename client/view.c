@@ -492,6 +492,55 @@ static void spec_lines(FILE *out, const Traind__V1__JobSpec *s, int utf8) {
   }
 }
 
+void td_view_checkpoint(const Traind__V1__CheckpointInfo *c, double now, char *buf,
+                        size_t cap) {
+  char file[128], reason[32], size[32], age[64];
+  td_view_sanitize(c->file, file, sizeof file);
+  td_view_sanitize(c->reason, reason, sizeof reason);
+  td_view_count((double)c->bytes, size, sizeof size);
+  td_view_age(now - td_view_ts_seconds(c->time), age, sizeof age);
+  snprintf(buf, cap,
+           "%s, step %" PRId64 " (%" PRIu32 " epoch%s done), %sB, %s, %s ago; written in "
+           "%.2f s, training paused %.1f ms",
+           file, c->step, c->epochs_completed, c->epochs_completed == 1 ? "" : "s", size, reason,
+           age, c->write_sec, c->stall_ms);
+}
+
+/* The job's checkpoints and the restarts that resumed from them. */
+static void checkpoint_lines(FILE *out, const Traind__V1__Job *job, double now) {
+  char buf[1024];
+  if (job->last_checkpoint) {
+    td_view_checkpoint(job->last_checkpoint, now, buf, sizeof buf);
+    fprintf(out, "checkpoint:    %s\n", buf);
+    fprintf(out, "checkpoints:   %" PRIu32 " written", job->checkpoints_written);
+    if (job->checkpoint_dir && *job->checkpoint_dir) {
+      td_view_sanitize(job->checkpoint_dir, buf, sizeof buf);
+      fprintf(out, ", in %s", buf);
+    }
+    fputc('\n', out);
+  }
+  if (job->checkpoint_error && *job->checkpoint_error) {
+    td_view_sanitize(job->checkpoint_error, buf, sizeof buf);
+    fprintf(out, "checkpoint error: %s\n", buf);
+  }
+  for (size_t i = 0; i < job->n_resumes; i++) {
+    const Traind__V1__Resume *r = job->resumes[i];
+    char when[64], file[128];
+    td_view_local_time(r->time, when, sizeof when);
+    td_view_sanitize(r->checkpoint, file, sizeof file);
+    if (*file)
+      fprintf(out, "%s %s, from %s at step %" PRId64 "\n", i ? "               " : "resumed:      ",
+              when, file, r->step);
+    else
+      fprintf(out, "%s %s, from the start (no checkpoint)\n",
+              i ? "               " : "resumed:      ", when);
+    if (r->note && *r->note) {
+      td_view_sanitize(r->note, buf, sizeof buf);
+      fprintf(out, "                 (%s)\n", buf);
+    }
+  }
+}
+
 void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int utf8) {
   char buf[1024], a[64], b[64];
   td_view_sanitize(job->id, buf, sizeof buf);
@@ -561,6 +610,7 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
   if (job->compile_ms > 0 || job->compile_cache_hit)
     fprintf(out, "compile:       %.2f ms (%s)\n", job->compile_ms,
             job->compile_cache_hit ? "cache hit" : "compiled");
+  checkpoint_lines(out, job, now);
   if (job->spec)
     spec_lines(out, job->spec, utf8);
 }

@@ -192,7 +192,8 @@ static int write_str_attr(hid_t obj, const char *name, const char *s) {
 }
 
 /* Reads a scalar or 1-D numeric attribute of exactly n elements, converting
- * to mtype. 1: missing; -1: wrong kind or shape, or a failed read. */
+ * to mtype; an integer attribute for an integer mtype, a float one for a
+ * float mtype. 1: missing; -1: wrong kind or shape, or a failed read. */
 static int read_num_attr(hid_t obj, const char *name, hid_t mtype, hssize_t n, void *out) {
   if (H5Aexists(obj, name) <= 0)
     return 1;
@@ -201,7 +202,7 @@ static int read_num_attr(hid_t obj, const char *name, hid_t mtype, hssize_t n, v
     return -1;
   hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
   int rc = -1;
-  if (t >= 0 && sp >= 0 && H5Tget_class(t) == H5T_INTEGER &&
+  if (t >= 0 && sp >= 0 && H5Tget_class(t) == H5Tget_class(mtype) &&
       H5Sget_simple_extent_npoints(sp) == n && H5Aread(a, mtype, out) >= 0)
     rc = 0;
   if (t >= 0)
@@ -334,6 +335,10 @@ static int build_image(const char *name, const td_ckpt_image *img, const td_ckpt
           write_attr(fid, "epoch", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0, &meta->epoch) < 0 ||
           write_attr(fid, "step_in_epoch", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0,
                      &meta->step_in_epoch) < 0 ||
+          write_attr(fid, "epoch_loss_sum", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, 0,
+                     &meta->epoch_loss_sum) < 0 ||
+          write_attr(fid, "epoch_correct_sum", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, 0,
+                     &meta->epoch_correct_sum) < 0 ||
           write_attr(fid, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, 0, &meta->seed) < 0 ||
           write_attr(fid, "prng_key", H5T_STD_U32LE, H5T_NATIVE_UINT32, 1, 2, key) < 0 ||
           write_str_attr(fid, "job_spec", meta->spec_json ? meta->spec_json : "") < 0 ||
@@ -519,9 +524,9 @@ static void problem(problems *pr, const char *fmt, ...) {
 }
 
 /* Checks every leaf's presence, shape and dtype (float32 only unless
- * any_float) and reads it into its host location. */
+ * any_float) and, when `read`, reads it into its host location. */
 static void check_and_read_leaves(hid_t fid, const leaf *ls, size_t n, int any_float,
-                                  problems *pr) {
+                                  int read, problems *pr) {
   for (size_t i = 0; i < n; i++) {
     const leaf *l = &ls[i];
     char want[64], got[64], tn[32];
@@ -556,7 +561,7 @@ static void check_and_read_leaves(hid_t fid, const leaf *ls, size_t n, int any_f
     } else if (!type_ok) {
       type_str(t, tn, sizeof tn);
       problem(pr, "%s has dtype %s, want float32%s", l->path, tn, any_float ? " or float64" : "");
-    } else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, l->data) < 0) {
+    } else if (read && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, l->data) < 0) {
       problem(pr, "%s cannot be read: %s", l->path, h5_detail().last);
     }
     if (t >= 0)
@@ -664,6 +669,8 @@ static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, uint32_t *crc
       {"step", H5T_NATIVE_INT64, 1, &m->step},
       {"epoch", H5T_NATIVE_UINT32, 1, &m->epoch},
       {"step_in_epoch", H5T_NATIVE_UINT32, 1, &m->step_in_epoch},
+      {"epoch_loss_sum", H5T_NATIVE_DOUBLE, 1, &m->epoch_loss_sum},
+      {"epoch_correct_sum", H5T_NATIVE_DOUBLE, 1, &m->epoch_correct_sum},
       {"seed", H5T_NATIVE_UINT64, 1, &m->seed},
       {"prng_key", H5T_NATIVE_UINT32, 2, key},
       {"checksum", H5T_NATIVE_UINT32, 1, crc},
@@ -673,8 +680,9 @@ static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, uint32_t *crc
       return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute '%s' is %s", path,
                        nums[i].name,
                        r > 0 ? "missing"
-                             : (nums[i].n == 1 ? "not an integer scalar"
-                                               : "not an integer array of 2"));
+                       : nums[i].n != 1 ? "not an integer array of 2"
+                       : nums[i].mtype == H5T_NATIVE_DOUBLE ? "not a float scalar"
+                                                            : "not an integer scalar");
   m->root_key.k[0] = key[0];
   m->root_key.k[1] = key[1];
   if ((r = read_str_attr(fid, "job_spec", &m->spec_json)))
@@ -752,7 +760,7 @@ static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_erro
   problems pr = {{0}, 0, 0};
   if (H5Lexists(fid, "/params", H5P_DEFAULT) <= 0)
     problem(&pr, "missing group /params");
-  check_and_read_leaves(fid, ls, n, 0, &pr);
+  check_and_read_leaves(fid, ls, n, 0, 1, &pr);
   check_extras(fid, "/params", ls, n, &pr);
   check_extras(fid, "/opt_state", ls, n, &pr);
   if (pr.n) {
@@ -793,8 +801,8 @@ int td_ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_error *e
   return rc;
 }
 
-static int load_params(const char *path, td_state *st, td_error *err) {
-  const td_plan *p = st->plan;
+/* Validates path's /params against plan; with st, also loads them. */
+static int load_params(const char *path, const td_plan *p, td_state *st, td_error *err) {
   hid_t fid = -1;
   int rc = open_h5(path, &fid, err);
   if (rc)
@@ -814,14 +822,15 @@ static int load_params(const char *path, td_state *st, td_error *err) {
                    "'%s' has no /params group; parameters go in /params/<layer>/<leaf>", path);
     goto done;
   }
-  check_and_read_leaves(fid, ls, n, 1, &pr);
+  check_and_read_leaves(fid, ls, n, 1, st != NULL, &pr);
   check_extras(fid, "/params", ls, n, &pr);
   if (pr.n) {
     rc = td_errorf(err, TD_EDATA, "'%s' does not match this job's parameters (%d problem%s): %s",
                    path, pr.n, pr.n == 1 ? "" : "s", pr.buf);
     goto done;
   }
-  rc = upload_state(st, host, 0, err);
+  if (st)
+    rc = upload_state(st, host, 0, err);
 done:
   free(ls);
   free(host);
@@ -831,7 +840,14 @@ done:
 
 int td_ckpt_load_params(const char *path, td_state *st, td_error *err) {
   h5_quiet q = h5_silence();
-  int rc = load_params(path, st, err);
+  int rc = load_params(path, st->plan, st, err);
+  h5_restore(q);
+  return rc;
+}
+
+int td_ckpt_check_params(const char *path, const td_plan *plan, td_error *err) {
+  h5_quiet q = h5_silence();
+  int rc = load_params(path, plan, NULL, err);
   h5_restore(q);
   return rc;
 }

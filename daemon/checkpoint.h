@@ -26,6 +26,9 @@ typedef struct td_ckpt_meta {
   int64_t step;           /* updates applied (the `step` attribute) */
   uint32_t epoch;         /* 1-based epoch the next step belongs to */
   uint32_t step_in_epoch; /* steps of that epoch already taken */
+  /* That epoch's running sums over its steps taken: batch losses and
+   * correct predictions (`epoch_loss_sum`, `epoch_correct_sum`, float64). */
+  double epoch_loss_sum, epoch_correct_sum;
   td_key root_key;        /* the job's root PRNG key (`prng_key`, uint32[2]) */
   uint64_t seed;          /* training.seed */
   char *spec_json;        /* the job spec as JSON; owned, may be NULL on write */
@@ -67,5 +70,7 @@ void td_ckpt_meta_free(td_ckpt_meta *m);
  * one error listing every missing, extra and misshapen leaf. The optimizer
  * state and step are left alone. */
 int td_ckpt_load_params(const char *path, td_state *st, td_error *err);
+/* The same checks without loading: whether path's /params fit plan. */
+int td_ckpt_check_params(const char *path, const td_plan *plan, td_error *err);
 
 #endif

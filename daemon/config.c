@@ -14,6 +14,7 @@ static const pbjson_rule config_rules[] = {
     ROW("threads", PBJSON_RULE_MAX, 4096),
     ROW("max_concurrent_jobs", PBJSON_RULE_MAX, 4096),
     ROW("metrics_retention", PBJSON_RULE_MAX, 10000000),
+    ROW("stop_timeout_sec", PBJSON_RULE_MAX, 86400),
 };
 
 /* Defaults, applied to fields left unset. */
@@ -21,6 +22,7 @@ static const pbjson_rule config_rules[] = {
 #define DEFAULT_LISTEN "unix:/run/traind/traind.sock"
 #define DEFAULT_METRICS_RETENTION 100000
 #define DEFAULT_LOG_LEVEL "info"
+#define DEFAULT_STOP_TIMEOUT_SEC 60
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
@@ -64,6 +66,8 @@ int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err) {
     c->cpu_devices = 1;
   if (!c->metrics_retention)
     c->metrics_retention = DEFAULT_METRICS_RETENTION;
+  if (!c->stop_timeout_sec)
+    c->stop_timeout_sec = DEFAULT_STOP_TIMEOUT_SEC;
   if ((!c->state_dir || !*c->state_dir) &&
       (rc = td_config_set_string(&c->state_dir, DEFAULT_STATE_DIR, err)))
     return rc;

@@ -1,4 +1,5 @@
 #include "jobs.h"
+#include "fsutil.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -41,6 +42,7 @@ td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name, uint64_t seq) {
   j->state = TRAIND__V1__JOB_STATE__QUEUED;
   j->seq = seq;
   atomic_init(&j->stop, TD_STOP_NONE);
+  atomic_init(&j->save_req, 0);
   if (!j->name) {
     td_metrics_free(&j->metrics);
     free(j);
@@ -56,6 +58,7 @@ void td_job_free(td_job *j) {
     protobuf_c_message_free_unpacked(&j->spec->base, NULL);
   td_metrics_free(&j->metrics);
   free(j->cancel_calls);
+  free(j->save_calls);
   free(j->name);
   free(j);
 }
@@ -78,7 +81,35 @@ void td_timestamp_set(Google__Protobuf__Timestamp *t, int64_t ns) {
   t->nanos = (int32_t)(ns % 1000000000);
 }
 
-void td_job_msg_fill(td_job_msg *m, td_job *j) {
+void td_job_ckpt_dir(const td_job *j, const char *state_dir, char *buf, size_t len) {
+  snprintf(buf, len, "%s/checkpoints/%s", state_dir, j->id);
+}
+
+void td_job_ckpt_info(const td_job_ckpt *c, const char *dir, Traind__V1__CheckpointInfo *m,
+                      Google__Protobuf__Timestamp *t, char *buf, size_t len) {
+  traind__v1__checkpoint_info__init(m);
+  m->file = (char *)c->file;
+  m->step = c->step;
+  m->epochs_completed = c->epochs_completed;
+  m->bytes = c->bytes;
+  td_timestamp_set(t, c->time_ns);
+  m->time = t;
+  m->reason = (char *)c->reason;
+  m->write_sec = c->write_sec;
+  m->stall_ms = c->stall_ms;
+  snprintf(buf, len, "%s/%s", dir ? dir : "", c->file);
+  m->path = dir ? buf : "";
+}
+
+void td_job_add_resume(td_job *j, const td_job_resume *r) {
+  if (j->n_resumes == TD_JOB_MAX_RESUMES) {
+    memmove(j->resumes, j->resumes + 1, (TD_JOB_MAX_RESUMES - 1) * sizeof *j->resumes);
+    j->n_resumes--;
+  }
+  j->resumes[j->n_resumes++] = *r;
+}
+
+void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir) {
   Traind__V1__Job *p = &m->job;
   traind__v1__job__init(p);
   p->id = j->id;
@@ -124,6 +155,30 @@ void td_job_msg_fill(td_job_msg *m, td_job *j) {
   p->devices = m->devices;
   p->compile_ms = j->compile_ms;
   p->compile_cache_hit = j->cache_hit;
+  m->ckpt_dir[0] = 0;
+  if (state_dir)
+    td_job_ckpt_dir(j, state_dir, m->ckpt_dir, sizeof m->ckpt_dir);
+  p->checkpoint_dir = m->ckpt_dir;
+  if (j->ckpt.file[0]) {
+    td_job_ckpt_info(&j->ckpt, state_dir ? m->ckpt_dir : NULL, &m->ckpt, &m->ckpt_time,
+                     m->ckpt_path, sizeof m->ckpt_path);
+    p->last_checkpoint = &m->ckpt;
+  }
+  p->checkpoints_written = j->ckpts_written;
+  p->checkpoint_error = j->ckpt_error;
+  for (size_t i = 0; i < j->n_resumes; i++) {
+    const td_job_resume *r = &j->resumes[i];
+    Traind__V1__Resume *x = &m->resumes[i];
+    traind__v1__resume__init(x);
+    td_timestamp_set(&m->resume_times[i], r->time_ns);
+    x->time = &m->resume_times[i];
+    x->step = r->step;
+    x->checkpoint = (char *)r->checkpoint;
+    x->note = (char *)r->note;
+    m->resume_ptrs[i] = x;
+  }
+  p->n_resumes = j->n_resumes;
+  p->resumes = m->resume_ptrs;
 }
 
 /* ----------------------------------------------------------- storage */
@@ -132,21 +187,6 @@ static int jobs_dir(const char *state_dir, char *out, size_t len, td_error *err)
   int n = snprintf(out, len, "%s/jobs", state_dir);
   if (n < 0 || (size_t)n >= len)
     return td_errorf(err, TD_EINVAL, "state directory path is too long");
-  return TD_OK;
-}
-
-static int mkdir_p(const char *path, td_error *err) {
-  char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s", path);
-  for (char *p = tmp + 1; *p; p++)
-    if (*p == '/') {
-      *p = '\0';
-      if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-        return td_errorf(err, TD_EIO, "cannot create %s: %s", tmp, strerror(errno));
-      *p = '/';
-    }
-  if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-    return td_errorf(err, TD_EIO, "cannot create %s: %s", tmp, strerror(errno));
   return TD_OK;
 }
 
@@ -166,18 +206,23 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
 int td_job_save(td_job *j, const char *state_dir, td_error *err) {
   char dir[4096], path[4200], tmp[4300];
   int rc = jobs_dir(state_dir, dir, sizeof dir, err);
-  if (rc || (rc = mkdir_p(dir, err)))
+  if (rc || (rc = td_mkdir_p(dir, err)))
     return rc;
   snprintf(path, sizeof path, "%s/%s.pb", dir, j->id);
   snprintf(tmp, sizeof tmp, "%s/.%s.pb.tmp", dir, j->id);
 
-  td_job_msg m;
-  td_job_msg_fill(&m, j);
-  size_t n = traind__v1__job__get_packed_size(&m.job);
-  uint8_t *buf = malloc(n ? n : 1);
-  if (!buf)
+  td_job_msg *m = malloc(sizeof *m);
+  if (!m)
     return td_errorf(err, TD_ENOMEM, "job %s: out of memory", j->id);
-  traind__v1__job__pack(&m.job, buf);
+  td_job_msg_fill(m, j, state_dir);
+  size_t n = traind__v1__job__get_packed_size(&m->job);
+  uint8_t *buf = malloc(n ? n : 1);
+  if (!buf) {
+    free(m);
+    return td_errorf(err, TD_ENOMEM, "job %s: out of memory", j->id);
+  }
+  traind__v1__job__pack(&m->job, buf);
+  free(m);
 
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0) {
@@ -279,6 +324,27 @@ static td_job *job_from_record(Traind__V1__Job *r) {
     l.test_accuracy = r->metrics->test_accuracy;
   }
   td_metrics_latest_set(&j->metrics, &l);
+  const Traind__V1__CheckpointInfo *c = r->last_checkpoint;
+  if (c && c->file) {
+    snprintf(j->ckpt.file, sizeof j->ckpt.file, "%s", c->file);
+    j->ckpt.step = c->step;
+    j->ckpt.epochs_completed = c->epochs_completed;
+    j->ckpt.bytes = c->bytes;
+    j->ckpt.time_ns = ts_ns(c->time);
+    snprintf(j->ckpt.reason, sizeof j->ckpt.reason, "%s", c->reason ? c->reason : "");
+    j->ckpt.write_sec = c->write_sec;
+    j->ckpt.stall_ms = c->stall_ms;
+  }
+  j->ckpts_written = r->checkpoints_written;
+  snprintf(j->ckpt_error, sizeof j->ckpt_error, "%s",
+           r->checkpoint_error ? r->checkpoint_error : "");
+  for (size_t i = 0; i < r->n_resumes; i++) {
+    const Traind__V1__Resume *x = r->resumes[i];
+    td_job_resume res = {.time_ns = ts_ns(x->time), .step = x->step};
+    snprintf(res.checkpoint, sizeof res.checkpoint, "%s", x->checkpoint ? x->checkpoint : "");
+    snprintf(res.note, sizeof res.note, "%s", x->note ? x->note : "");
+    td_job_add_resume(j, &res);
+  }
   return j;
 }
 
@@ -287,7 +353,7 @@ int td_job_load_all(const char *state_dir, td_job ***out,
                     td_error *err) {
   char dir[4096];
   int rc = jobs_dir(state_dir, dir, sizeof dir, err);
-  if (rc || (rc = mkdir_p(dir, err)))
+  if (rc || (rc = td_mkdir_p(dir, err)))
     return rc;
   DIR *d = opendir(dir);
   if (!d)

@@ -13,12 +13,39 @@
 
 #define TD_JOB_ID_MAX 32
 #define TD_JOB_MAX_DEVICES 64
+#define TD_JOB_MAX_RESUMES 16 /* the newest are kept */
+#define TD_JOB_NAME_MAX 32    /* checkpoint file names */
 
 /* Why a worker is asked to stop. */
 enum { TD_STOP_NONE = 0, TD_STOP_CANCEL = 1, TD_STOP_SHUTDOWN = 2 };
 
 struct td_watch;
 struct td_rpc_call;
+
+/* A checkpoint file the job wrote. */
+typedef struct td_job_ckpt {
+  char file[TD_JOB_NAME_MAX]; /* "" when none yet */
+  int64_t step;
+  uint32_t epochs_completed;
+  int64_t bytes;
+  int64_t time_ns;
+  char reason[16];
+  double write_sec, stall_ms;
+} td_job_ckpt;
+
+/* A restart of the job after a daemon stop or crash. */
+typedef struct td_job_resume {
+  int64_t time_ns;
+  int64_t step;
+  char checkpoint[TD_JOB_NAME_MAX];
+  char note[512];
+} td_job_resume;
+
+/* A SaveCheckpoint call waiting for the checkpoint of its request. */
+typedef struct td_save_wait {
+  struct td_rpc_call *call;
+  uint64_t gen;
+} td_save_wait;
 
 typedef struct td_job {
   char id[TD_JOB_ID_MAX];
@@ -48,6 +75,21 @@ typedef struct td_job {
   int has_thread;
   atomic_int stop;
 
+  /* Checkpoints, and the restarts that resumed from them. */
+  td_job_ckpt ckpt;
+  uint32_t ckpts_written;
+  char ckpt_error[TD_ERRMSG_MAX + 32];
+  td_job_resume resumes[TD_JOB_MAX_RESUMES];
+  size_t n_resumes;
+  int interrupted; /* was running when the daemon stopped */
+
+  /* SaveCheckpoint requests: counted by the loop, taken by the worker at
+   * a step boundary; each waiting call answers once a checkpoint of at
+   * least its count is written. */
+  atomic_uint_fast64_t save_req;
+  td_save_wait *save_calls;
+  size_t n_save_calls;
+
   /* Loop-thread bookkeeping: metric streams and pending CancelJob calls. */
   struct td_watch *watchers;
   struct td_rpc_call **cancel_calls;
@@ -69,9 +111,24 @@ typedef struct td_job_msg {
   Traind__V1__LatestMetrics metrics;
   char names[TD_JOB_MAX_DEVICES][16];
   char *devices[TD_JOB_MAX_DEVICES];
+  Traind__V1__CheckpointInfo ckpt;
+  Google__Protobuf__Timestamp ckpt_time;
+  char ckpt_path[4200];
+  Traind__V1__Resume resumes[TD_JOB_MAX_RESUMES];
+  Traind__V1__Resume *resume_ptrs[TD_JOB_MAX_RESUMES];
+  Google__Protobuf__Timestamp resume_times[TD_JOB_MAX_RESUMES];
+  char ckpt_dir[4096];
 } td_job_msg;
 
-void td_job_msg_fill(td_job_msg *m, td_job *j);
+/* state_dir: for the checkpoint paths shown (NULL: none). */
+void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir);
+/* The job's checkpoint directory: state_dir/checkpoints/ID. */
+void td_job_ckpt_dir(const td_job *j, const char *state_dir, char *buf, size_t len);
+/* Fills a CheckpointInfo from a checkpoint record (path storage in buf). */
+void td_job_ckpt_info(const td_job_ckpt *c, const char *dir, Traind__V1__CheckpointInfo *m,
+                      Google__Protobuf__Timestamp *t, char *buf, size_t len);
+/* Records a resume, dropping the oldest when full. */
+void td_job_add_resume(td_job *j, const td_job_resume *r);
 void td_timestamp_set(Google__Protobuf__Timestamp *t, int64_t ns);
 
 /* Writes state_dir/jobs/ID.pb: temporary file, fsync, rename, fsync of the

@@ -89,6 +89,8 @@ struct td_rpc_call {
   int cancel_notified;
   void (*cancel_cb)(void *arg, td_rpc_call *c);
   void *cancel_arg;
+  void (*drain_cb)(void *arg, td_rpc_call *c);
+  void *drain_arg;
 
   /* Streams: the write in flight, the writes waiting behind it, and a
    * finish that waits for them. */
@@ -360,6 +362,9 @@ static void on_send_done(rpc_tag *t, int ok) {
     c->finish_pending = 0;
     if (!c->cancelled)
       send_final(c, c->finish_status, c->finish_message, NULL);
+  } else if (!c->cancelled && !c->answered && c->drain_cb) {
+    /* The call holds a reference while the callback may send or finish. */
+    c->drain_cb(c->drain_arg, c);
   }
   call_unref(c);
 }
@@ -985,6 +990,11 @@ void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
     c->refs++;
     post_event(c->srv, &c->t_cancel, 1);
   }
+}
+
+void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c), void *arg) {
+  c->drain_cb = cb;
+  c->drain_arg = arg;
 }
 
 int td_rpc_is_cancelled(const td_rpc_call *c) { return c->cancelled; }

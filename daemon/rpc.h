@@ -116,6 +116,11 @@ void td_rpc_finish(td_rpc_call *c, int grpc_status, const char *message);
  * calls never call it: their cancellation shows only when answered. */
 void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
                       void *arg);
+/* Streams: cb runs on the loop each time every queued message has been
+ * written and the stream is neither finished nor cancelled, so that a
+ * producer can send the next messages only as the client takes them. */
+void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
+                     void *arg);
 int td_rpc_is_cancelled(const td_rpc_call *c);
 /* The client's address ("unix:", "ipv4:127.0.0.1:5555") for logs. */
 const char *td_rpc_peer(const td_rpc_call *c);

@@ -6,10 +6,13 @@
  * readers), polls job->stop, and reports through post_event(). */
 #include "server.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -19,8 +22,10 @@
 #include "jobs.h"
 #include "jobspec.h"
 #include "log.h"
+#include "pbjson.h"
 #include "plan.h"
 #include "rpc.h"
+#include "saver.h"
 #include "train.h"
 #include "traind/v1/trainer.pb-c.h"
 
@@ -31,9 +36,12 @@
 #define LIST_MAX 1000
 #define METRICS_DEFAULT 1000
 #define METRICS_MAX 10000
+#define EXPORT_CHUNK (1u << 20) /* bytes per FileChunk */
+#define EXPORT_AHEAD 4          /* chunks queued at a time */
+#define DEFAULT_KEEP_LAST 3
 
 /* A worker's report to the loop. */
-typedef enum { EV_STARTED, EV_DONE } event_kind;
+typedef enum { EV_STARTED, EV_RESUMED, EV_CHECKPOINT, EV_DONE } event_kind;
 
 typedef struct event {
   struct event *next;
@@ -45,6 +53,8 @@ typedef struct event {
   uint32_t total_epochs, steps_per_epoch;
   double compile_ms;
   int cache_hit;
+  td_job_resume resume;  /* EV_RESUMED */
+  td_saver_result ckpt;  /* EV_CHECKPOINT */
 } event;
 
 /* A WatchMetrics stream. */
@@ -78,7 +88,7 @@ typedef struct td_server {
   event *ev_head, *ev_tail;
 
   uv_signal_t sig_term, sig_int, sig_hup;
-  uv_timer_t flush;
+  uv_timer_t flush, stop_timer;
   int draining, rpc_down;
   char **listen_shown; /* listen addresses with bound ports filled in */
   size_t n_listen_shown;
@@ -91,6 +101,11 @@ typedef struct worker_ctx {
   size_t n_roots;
   int threads;
   size_t retention; /* step points to keep */
+  char ckpt_dir[PATH_MAX];
+  int interrupted;  /* the daemon stopped while the job ran */
+  td_saver saver;
+  uint64_t save_taken; /* SaveCheckpoint requests covered by a snapshot */
+  double last_ckpt_sec;
 } worker_ctx;
 
 static int64_t wall_ns(void) {
@@ -149,6 +164,128 @@ static int w_stop(void *user) {
   return atomic_load(&w->job->stop) != TD_STOP_NONE;
 }
 
+static double mono_sec(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Writer thread: the outcome of a snapshot goes to the loop. */
+static void w_saved(void *user, const td_saver_result *r) {
+  worker_ctx *w = user;
+  event *e = calloc(1, sizeof *e);
+  if (!e) {
+    td_log_error("out of memory reporting a checkpoint", "job=%s file=%s", w->job->id, r->name);
+    return;
+  }
+  e->kind = EV_CHECKPOINT;
+  e->job = w->job;
+  e->ckpt = *r;
+  post_event(w->srv, e);
+}
+
+/* Takes a snapshot now; the writer finishes the file. */
+static int w_snapshot(worker_ctx *w, td_trainer *t, td_ckpt_reason reason) {
+  uint64_t req = atomic_load(&w->job->save_req);
+  td_error err = {0};
+  int rc = td_saver_snapshot(&w->saver, t, reason, req, &err);
+  if (rc) {
+    td_log_warn("checkpoint snapshot failed", "job=%s step=%lld err=\"%s\"", w->job->id,
+                (long long)t->st.step, err.msg);
+    return rc;
+  }
+  w->save_taken = req;
+  w->last_ckpt_sec = mono_sec();
+  return TD_OK;
+}
+
+/* At a step boundary: a checkpoint when one was asked for or is due, and
+ * the writer is free (otherwise at a later boundary). */
+static void w_boundary(void *user, td_trainer *t) {
+  worker_ctx *w = user;
+  const Traind__V1__Checkpointing *c = w->job->spec->checkpoint;
+  td_ckpt_reason reason;
+  int64_t step = t->st.step, last = w->saver.last_step;
+  if (atomic_load(&w->job->save_req) > w->save_taken)
+    reason = TD_CKPT_REQUESTED;
+  else if (c && c->every_steps && step / c->every_steps > (last < 0 ? 0 : last) / c->every_steps)
+    reason = TD_CKPT_PERIODIC;
+  else if (c && c->every_seconds && mono_sec() - w->last_ckpt_sec >= c->every_seconds &&
+           step != last)
+    reason = TD_CKPT_PERIODIC;
+  else
+    return;
+  if (!td_saver_busy(&w->saver))
+    w_snapshot(w, t, reason);
+}
+
+/* Continues from the newest checkpoint that loads; refused files are
+ * renamed *.refused and named in the resume note. Posts the resume. */
+static void w_resume(worker_ctx *w, td_trainer *t) {
+  td_job *j = w->job;
+  td_job_resume r = {0};
+  size_t note_len = 0;
+  td_ckpt_file *fs = NULL;
+  size_t n = 0;
+  td_error err = {0};
+  if (td_ckpt_list(w->ckpt_dir, &fs, &n, &err)) {
+    td_log_error("cannot list checkpoints", "job=%s err=\"%s\"", j->id, err.msg);
+    snprintf(r.note, sizeof r.note, "%.500s", err.msg);
+    n = 0;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char path[PATH_MAX + TD_CKPT_NAME_MAX];
+    snprintf(path, sizeof path, "%s/%s", w->ckpt_dir, fs[i].name);
+    if (td_trainer_resume(t, path, &err) == TD_OK) {
+      snprintf(r.checkpoint, sizeof r.checkpoint, "%s", fs[i].name);
+      r.step = t->st.step;
+      break;
+    }
+    td_log_warn("checkpoint refused; trying the one before", "job=%s file=%s err=\"%s\"", j->id,
+                fs[i].name, err.msg);
+    if (note_len < sizeof r.note - 1)
+      note_len += (size_t)snprintf(r.note + note_len, sizeof r.note - note_len, "%s%s refused: %s",
+                                   note_len ? "; " : "", fs[i].name, err.msg);
+    if (note_len >= sizeof r.note)
+      note_len = sizeof r.note - 1;
+    char bad[sizeof path + 16];
+    snprintf(bad, sizeof bad, "%s.refused", path);
+    if (rename(path, bad) != 0)
+      td_log_warn("cannot set the refused checkpoint aside", "file=%s err=\"%s\"", path,
+                  strerror(errno));
+  }
+  free(fs);
+  w->saver.last_step = t->st.step;
+  if (!r.checkpoint[0] && !w->interrupted && !note_len)
+    return; /* a first start */
+  event *e = calloc(1, sizeof *e);
+  if (!e)
+    return;
+  r.time_ns = wall_ns();
+  e->kind = EV_RESUMED;
+  e->job = j;
+  e->resume = r;
+  post_event(w->srv, e);
+}
+
+/* After the run: the end-of-job or shutdown checkpoint, written before the
+ * worker reports. Cancelled and failed jobs keep what they have. */
+static void w_last_checkpoint(worker_ctx *w, td_trainer *t, int rc) {
+  int stop = atomic_load(&w->job->stop);
+  td_ckpt_reason reason;
+  if (rc == TD_OK)
+    reason = TD_CKPT_FINAL;
+  else if (rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN)
+    reason = TD_CKPT_SHUTDOWN;
+  else
+    return;
+  td_saver_wait(&w->saver);
+  if (t->st.step == w->saver.last_step && atomic_load(&w->job->save_req) <= w->save_taken)
+    return; /* the newest checkpoint is of this very state */
+  w_snapshot(w, t, reason);
+  td_saver_wait(&w->saver);
+}
+
 static void *worker_main(void *arg) {
   worker_ctx *w = arg;
   td_job *j = w->job;
@@ -168,6 +305,21 @@ static void *worker_main(void *arg) {
     rc = td_errorf(&err, TD_ENOMEM, "no memory for the job's metrics");
   }
   if (!rc) {
+    const Traind__V1__Checkpointing *c = j->spec->checkpoint;
+    char *json = pbjson_emit(&j->spec->base, PBJSON_PROTO_NAMES);
+    rc = json ? td_saver_start(&w->saver, t.plan, w->ckpt_dir,
+                               c && c->keep_last ? c->keep_last : DEFAULT_KEEP_LAST,
+                               c ? c->keep_every_steps : 0, json, w_saved, w, &err)
+              : td_errorf(&err, TD_ENOMEM, "out of memory");
+    free(json);
+    if (rc) {
+      td_error_prefix(&err, "checkpoints");
+      td_trainer_free(&t);
+    }
+  }
+  if (!rc) {
+    w_resume(w, &t);
+    w->last_ckpt_sec = mono_sec();
     event *st = calloc(1, sizeof *st);
     if (st) {
       st->kind = EV_STARTED;
@@ -180,8 +332,10 @@ static void *worker_main(void *arg) {
       post_event(w->srv, st);
     }
     td_train_hooks h = {.user = w, .on_step = w_step, .on_epoch = w_epoch,
-                        .should_stop = w_stop};
+                        .at_boundary = w_boundary, .should_stop = w_stop};
     rc = td_trainer_run(&t, &h, NULL, &err);
+    w_last_checkpoint(w, &t, rc);
+    td_saver_stop(&w->saver);
     td_trainer_free(&t);
   }
   td_metrics_flush(&j->metrics);
@@ -240,6 +394,8 @@ static void start_job(td_server *s, td_job *j) {
     w->job = j;
     w->threads = (int)j->threads;
     w->retention = s->cfg->metrics_retention;
+    w->interrupted = j->interrupted;
+    td_job_ckpt_dir(j, s->cfg->state_dir, w->ckpt_dir, sizeof w->ckpt_dir);
     w->n_roots = s->cfg->n_data_dirs;
     w->roots = calloc(w->n_roots ? w->n_roots : 1, sizeof *w->roots);
     ok = w->roots != NULL;
@@ -260,6 +416,7 @@ static void start_job(td_server *s, td_job *j) {
     return;
   }
   j->has_thread = 1;
+  j->interrupted = 0;
   td_log_info("job started", "job=%s name=\"%s\" devices=%d threads=%u", j->id,
               j->name, j->n_devices, j->threads);
 }
@@ -295,9 +452,9 @@ static void flush_watch(td_server *s, td_watch *w);
 static void drop_watch(td_server *s, td_watch *w);
 static void maybe_finish_shutdown(td_server *s);
 
-static void reply_job(td_rpc_call *call, td_job *j) {
+static void reply_job(td_server *s, td_rpc_call *call, td_job *j) {
   td_job_msg m;
-  td_job_msg_fill(&m, j);
+  td_job_msg_fill(&m, j, s->cfg->state_dir);
   td_rpc_reply(call, &m.job.base);
 }
 
@@ -322,7 +479,7 @@ static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
                 td_job_state_name(state), j->error);
   }
   for (size_t i = 0; i < j->n_cancel_calls; i++)
-    reply_job(j->cancel_calls[i], j);
+    reply_job(s, j->cancel_calls[i], j);
   free(j->cancel_calls);
   j->cancel_calls = NULL;
   j->n_cancel_calls = 0;
@@ -335,8 +492,78 @@ static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
   }
 }
 
+/* Answers the SaveCheckpoint calls that a checkpoint (or its failure)
+ * covers: every call with gen <= upto; all of them when upto is UINT64_MAX. */
+static void answer_saves(td_server *s, td_job *j, uint64_t upto, int code, const char *msg) {
+  size_t keep = 0;
+  char dir[4096], path[4200];
+  td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);
+  for (size_t i = 0; i < j->n_save_calls; i++) {
+    td_save_wait *sw = &j->save_calls[i];
+    if (sw->gen > upto) {
+      j->save_calls[keep++] = *sw;
+    } else if (code != TD_GRPC_OK) {
+      td_rpc_fail(sw->call, code, msg);
+    } else {
+      Traind__V1__CheckpointInfo info;
+      Google__Protobuf__Timestamp t;
+      td_job_ckpt_info(&j->ckpt, dir, &info, &t, path, sizeof path);
+      td_rpc_reply(sw->call, &info.base);
+    }
+  }
+  j->n_save_calls = keep;
+}
+
+static void on_checkpoint(td_server *s, td_job *j, const td_saver_result *r) {
+  if (r->rc) {
+    snprintf(j->ckpt_error, sizeof j->ckpt_error, "step %lld: %s", (long long)r->step, r->msg);
+    td_log_error("checkpoint failed", "job=%s step=%lld reason=%s err=\"%s\"", j->id,
+                 (long long)r->step, td_ckpt_reason_name(r->reason), r->msg);
+    char msg[TD_ERRMSG_MAX + 64];
+    snprintf(msg, sizeof msg, "the checkpoint failed: %s", r->msg);
+    answer_saves(s, j, r->gen, td_grpc_status(r->rc), msg);
+    save_job(s, j);
+    return;
+  }
+  td_job_ckpt *c = &j->ckpt;
+  snprintf(c->file, sizeof c->file, "%s", r->name);
+  c->step = r->step;
+  c->epochs_completed = r->epoch ? r->epoch - 1 : 0;
+  c->bytes = r->bytes;
+  c->time_ns = r->time_ns;
+  snprintf(c->reason, sizeof c->reason, "%s", td_ckpt_reason_name(r->reason));
+  c->write_sec = r->write_sec;
+  c->stall_ms = r->stall_ms;
+  j->ckpts_written++;
+  j->ckpt_error[0] = 0;
+  td_log_info("checkpoint written",
+              "job=%s file=%s step=%lld reason=%s bytes=%lld stall_ms=%.2f write_sec=%.3f", j->id,
+              r->name, (long long)r->step, c->reason, (long long)r->bytes, r->stall_ms,
+              r->write_sec);
+  answer_saves(s, j, r->gen, TD_GRPC_OK, NULL);
+  save_job(s, j);
+}
+
 static void on_event(td_server *s, event *e) {
   td_job *j = e->job;
+  if (e->kind == EV_CHECKPOINT) {
+    on_checkpoint(s, j, &e->ckpt);
+    return;
+  }
+  if (e->kind == EV_RESUMED) {
+    td_job_add_resume(j, &e->resume);
+    save_job(s, j);
+    if (e->resume.checkpoint[0])
+      td_log_info("job resumed from a checkpoint", "job=%s file=%s step=%lld%s%s%s", j->id,
+                  e->resume.checkpoint, (long long)e->resume.step,
+                  e->resume.note[0] ? " note=\"" : "", e->resume.note,
+                  e->resume.note[0] ? "\"" : "");
+    else
+      td_log_info("job starts over: no usable checkpoint", "job=%s%s%s%s", j->id,
+                  e->resume.note[0] ? " note=\"" : "", e->resume.note,
+                  e->resume.note[0] ? "\"" : "");
+    return;
+  }
   if (e->kind == EV_STARTED) {
     j->total_steps = e->total_steps;
     j->total_epochs = e->total_epochs;
@@ -350,6 +577,13 @@ static void on_event(td_server *s, event *e) {
   j->has_thread = 0;
   s->running--;
   int stop = atomic_load(&j->stop);
+  if (j->n_save_calls) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "job %s stopped (%s) before it reached a step boundary to checkpoint at",
+             j->id, e->rc == TD_OK ? "finished" : td_errname(e->rc));
+    answer_saves(s, j, UINT64_MAX, TD_GRPC_FAILED_PRECONDITION, msg);
+  }
   if (e->rc == TD_OK) {
     finish_job(s, j, TRAIND__V1__JOB_STATE__SUCCEEDED, 0, NULL);
   } else if (e->rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN &&
@@ -514,7 +748,7 @@ static void flush_watch(td_server *s, td_watch *w) {
     r.n_epochs = p.n_epochs;
     r.epochs = p.epoch_ptrs;
     td_job_msg jm;
-    td_job_msg_fill(&jm, j);
+    td_job_msg_fill(&jm, j, s->cfg->state_dir);
     r.job = &jm.job;
     int rc = td_rpc_send(w->call, &r.base);
     if (p.n_steps)
@@ -626,7 +860,7 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   td_log_info("job queued", "job=%s name=\"%s\" peer=%s", j->id, j->name, td_rpc_peer(call));
   schedule(s);
   td_job_msg m;
-  td_job_msg_fill(&m, j);
+  td_job_msg_fill(&m, j, s->cfg->state_dir);
   Traind__V1__SubmitJobResponse resp = TRAIND__V1__SUBMIT_JOB_RESPONSE__INIT;
   resp.job = &m.job;
   td_rpc_reply(call, &resp.base);
@@ -640,7 +874,7 @@ static void h_get(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     fail_not_found(call, req->id);
     return;
   }
-  reply_job(call, j);
+  reply_job(s, call, j);
 }
 
 static int state_wanted(const Traind__V1__ListJobsRequest *req, Traind__V1__JobState st) {
@@ -685,7 +919,7 @@ static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     td_job *j = s->jobs[--i];
     if (!state_wanted(req, j->state))
       continue;
-    td_job_msg_fill(&msgs[n], j);
+    td_job_msg_fill(&msgs[n], j, s->cfg->state_dir);
     ptrs[n] = &msgs[n].job;
     n++;
   }
@@ -721,7 +955,7 @@ static void h_cancel(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   if (j->state == TRAIND__V1__JOB_STATE__QUEUED) {
     finish_job(s, j, TRAIND__V1__JOB_STATE__CANCELLED, TD_GRPC_CANCELLED,
                "cancelled while queued");
-    reply_job(call, j);
+    reply_job(s, call, j);
     return;
   }
   /* Running: the worker stops at its next step boundary; the reply waits
@@ -791,6 +1025,161 @@ static void h_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) 
   j->watchers = w;
   td_rpc_on_cancel(call, on_watch_cancel, w);
   flush_watch(s, w);
+}
+
+static void h_save(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__SaveCheckpointRequest *req = (const void *)req_;
+  td_job *j = find_job(s, req->id);
+  if (!j) {
+    fail_not_found(call, req->id);
+    return;
+  }
+  if (j->state != TRAIND__V1__JOB_STATE__RUNNING || atomic_load(&j->stop) != TD_STOP_NONE) {
+    char msg[512];
+    if (td_job_is_final(j) && j->ckpt.file[0])
+      snprintf(msg, sizeof msg,
+               "job %s has ended (%s); its last checkpoint is %s at step %lld "
+               "(trainctl export %s FILE)",
+               j->id, td_job_state_name(j->state), j->ckpt.file, (long long)j->ckpt.step, j->id);
+    else
+      snprintf(msg, sizeof msg, "job %s is %s; only a running job can be checkpointed", j->id,
+               j->state == TRAIND__V1__JOB_STATE__RUNNING ? "stopping"
+                                                          : td_job_state_name(j->state));
+    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
+    return;
+  }
+  td_save_wait *nc = realloc(j->save_calls, (j->n_save_calls + 1) * sizeof *nc);
+  if (!nc) {
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  j->save_calls = nc;
+  uint64_t gen = atomic_fetch_add(&j->save_req, 1) + 1;
+  j->save_calls[j->n_save_calls++] = (td_save_wait){call, gen};
+  td_log_info("checkpoint requested", "job=%s peer=%s", j->id, td_rpc_peer(call));
+}
+
+/* An ExportCheckpoint stream: the file goes out a chunk at a time as the
+ * client takes it. */
+typedef struct exporter {
+  FILE *f;
+  char file[TD_CKPT_NAME_MAX];
+  int64_t step, size, offset;
+  uint8_t *buf;
+} exporter;
+
+static void export_free(exporter *x) {
+  if (x->f)
+    fclose(x->f);
+  free(x->buf);
+  free(x);
+}
+
+static void export_more(void *arg, td_rpc_call *call) {
+  exporter *x = arg;
+  for (int i = 0; i < EXPORT_AHEAD; i++) {
+    if (x->offset >= x->size && x->offset > 0) {
+      td_rpc_on_drain(call, NULL, NULL);
+      td_rpc_on_cancel(call, NULL, NULL);
+      td_rpc_finish(call, TD_GRPC_OK, NULL);
+      export_free(x);
+      return;
+    }
+    size_t want = (size_t)(x->size - x->offset) < EXPORT_CHUNK ? (size_t)(x->size - x->offset)
+                                                               : EXPORT_CHUNK;
+    size_t got = want ? fread(x->buf, 1, want, x->f) : 0;
+    if (got != want) {
+      td_rpc_on_drain(call, NULL, NULL);
+      td_rpc_on_cancel(call, NULL, NULL);
+      td_rpc_finish(call, TD_GRPC_INTERNAL, "reading the checkpoint file failed");
+      export_free(x);
+      return;
+    }
+    Traind__V1__FileChunk c = TRAIND__V1__FILE_CHUNK__INIT;
+    if (x->offset == 0) {
+      c.file = x->file;
+      c.step = x->step;
+      c.total_bytes = x->size;
+    }
+    c.offset = x->offset;
+    c.data.data = x->buf;
+    c.data.len = got;
+    x->offset += (int64_t)got;
+    if (td_rpc_send(call, &c.base) != TD_OK)
+      return; /* cancelled: the cancel callback frees */
+    if (x->size == 0)
+      x->offset = 1; /* an empty file: one chunk, then the end */
+  }
+}
+
+static void export_cancel(void *arg, td_rpc_call *call) {
+  td_rpc_on_drain(call, NULL, NULL);
+  td_rpc_finish(call, TD_GRPC_CANCELLED, "cancelled");
+  export_free(arg);
+}
+
+static void h_export(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__ExportCheckpointRequest *req = (const void *)req_;
+  td_job *j = find_job(s, req->id);
+  if (!j) {
+    fail_not_found(call, req->id);
+    return;
+  }
+  char dir[4096], path[4200], msg[4400];
+  td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);
+  td_ckpt_file *fs = NULL;
+  size_t n = 0;
+  td_error err = {0};
+  if (td_ckpt_list(dir, &fs, &n, &err)) {
+    td_rpc_fail(call, TD_GRPC_INTERNAL, err.msg);
+    return;
+  }
+  size_t pick = 0;
+  while (req->step && pick < n && fs[pick].step != req->step)
+    pick++;
+  if (pick >= n) {
+    if (req->step)
+      snprintf(msg, sizeof msg, "job %s has no checkpoint at step %lld (it has %zu; the newest "
+               "is at step %lld)", j->id, (long long)req->step, n, n ? (long long)fs[0].step : 0LL);
+    else
+      snprintf(msg, sizeof msg, "job %s has no checkpoint yet%s", j->id,
+               j->state == TRAIND__V1__JOB_STATE__RUNNING
+                   ? "; take one with trainctl checkpoint" : "");
+    free(fs);
+    td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
+    return;
+  }
+  exporter *x = calloc(1, sizeof *x);
+  snprintf(path, sizeof path, "%s/%s", dir, fs[pick].name);
+  if (x) {
+    snprintf(x->file, sizeof x->file, "%s", fs[pick].name);
+    x->step = fs[pick].step;
+    x->buf = malloc(EXPORT_CHUNK);
+  }
+  free(fs);
+  if (!x || !x->buf) {
+    if (x)
+      export_free(x);
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  /* Opened now: retention may remove the name, the open file stays whole. */
+  struct stat sb;
+  x->f = fopen(path, "rb");
+  if (!x->f || fstat(fileno(x->f), &sb) != 0) {
+    snprintf(msg, sizeof msg, "cannot read %s: %s", path, strerror(errno));
+    export_free(x);
+    td_rpc_fail(call, TD_GRPC_INTERNAL, msg);
+    return;
+  }
+  x->size = (int64_t)sb.st_size;
+  td_log_info("exporting a checkpoint", "job=%s file=%s bytes=%lld peer=%s", j->id, x->file,
+              (long long)x->size, td_rpc_peer(call));
+  td_rpc_on_cancel(call, export_cancel, x);
+  td_rpc_on_drain(call, export_more, x);
+  export_more(x, call);
 }
 
 static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
@@ -867,6 +1256,8 @@ static const td_rpc_method trainer_methods[] = {
     TRAINER("WatchMetrics", TD_RPC_SERVER_STREAM, watch_metrics_request, h_watch),
     TRAINER("ListDevices", TD_RPC_UNARY, list_devices_request, h_devices),
     TRAINER("GetDaemonInfo", TD_RPC_UNARY, get_daemon_info_request, h_info),
+    TRAINER("SaveCheckpoint", TD_RPC_UNARY, save_checkpoint_request, h_save),
+    TRAINER("ExportCheckpoint", TD_RPC_SERVER_STREAM, export_checkpoint_request, h_export),
 };
 #define N_TRAINER (sizeof trainer_methods / sizeof trainer_methods[0])
 
@@ -881,6 +1272,7 @@ static void on_rpc_down(void *arg) {
   uv_close((uv_handle_t *)&s->sig_int, on_closed);
   uv_close((uv_handle_t *)&s->sig_hup, on_closed);
   uv_close((uv_handle_t *)&s->flush, on_closed);
+  uv_close((uv_handle_t *)&s->stop_timer, on_closed);
   uv_close((uv_handle_t *)&s->wake, on_closed);
 }
 
@@ -904,6 +1296,16 @@ static void maybe_finish_shutdown(td_server *s) {
   td_rpc_server_shutdown(s->rpc, on_rpc_down, s); /* freed after the loop */
 }
 
+/* The stop timeout: jobs that have not reached a boundary and saved by now
+ * resume from their previous checkpoints at the next start. */
+static void on_stop_timeout(uv_timer_t *t) {
+  td_server *s = t->data;
+  td_log_error("stop timeout: exiting with jobs still running; they resume from their "
+               "previous checkpoints at the next start",
+               "running=%d stop_timeout_sec=%u", s->running, s->cfg->stop_timeout_sec);
+  _exit(1);
+}
+
 static void on_stop_signal(uv_signal_t *h, int signum) {
   td_server *s = h->data;
   if (s->draining)
@@ -911,6 +1313,8 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
   td_log_info("draining: no new jobs; running jobs stop at their next step",
               "signal=%s running=%d", signum == SIGTERM ? "SIGTERM" : "SIGINT", s->running);
   s->draining = 1;
+  if (s->running)
+    uv_timer_start(&s->stop_timer, on_stop_timeout, (uint64_t)s->cfg->stop_timeout_sec * 1000, 0);
   td_health_set(s->health, "", TD_HEALTH_NOT_SERVING);
   td_health_set(s->health, TRAINER_SERVICE, TD_HEALTH_NOT_SERVING);
   for (size_t i = 0; i < s->n_jobs; i++)
@@ -993,8 +1397,10 @@ static int load_jobs(td_server *s, td_error *err) {
     j->seq = s->next_seq++;
     if (j->state == TRAIND__V1__JOB_STATE__RUNNING ||
         j->state == TRAIND__V1__JOB_STATE__QUEUED) {
-      if (j->state == TRAIND__V1__JOB_STATE__RUNNING)
+      if (j->state == TRAIND__V1__JOB_STATE__RUNNING) {
         td_log_info("job was running when the daemon stopped; queued again", "job=%s", j->id);
+        j->interrupted = 1;
+      }
       j->state = TRAIND__V1__JOB_STATE__QUEUED;
       j->started_ns = 0;
       td_metrics_latest zero = {0};
@@ -1002,7 +1408,17 @@ static int load_jobs(td_server *s, td_error *err) {
       save_job(s, j);
     }
   }
-  td_log_info("job records loaded", "jobs=%zu state_dir=%s", s->n_jobs, s->cfg->state_dir);
+  /* Checkpoint writes a stop interrupted left temporaries; the checkpoints
+   * before them stand. */
+  int cleaned = 0;
+  for (size_t i = 0; i < s->n_jobs; i++) {
+    char dir[4096];
+    td_job_ckpt_dir(s->jobs[i], s->cfg->state_dir, dir, sizeof dir);
+    int removed = td_ckpt_clean(dir);
+    cleaned += removed > 0 ? removed : 0;
+  }
+  td_log_info("job records loaded", "jobs=%zu state_dir=%s checkpoint_temporaries_removed=%d",
+              s->n_jobs, s->cfg->state_dir, cleaned);
   return TD_OK;
 }
 
@@ -1084,6 +1500,8 @@ int td_server_main(const td_server_opts *opts) {
   uv_timer_init(&s->loop, &s->flush);
   s->flush.data = s;
   uv_timer_start(&s->flush, on_flush_timer, FLUSH_MS, FLUSH_MS);
+  uv_timer_init(&s->loop, &s->stop_timer);
+  s->stop_timer.data = s;
   uv_signal_init(&s->loop, &s->sig_term);
   uv_signal_init(&s->loop, &s->sig_int);
   uv_signal_init(&s->loop, &s->sig_hup);

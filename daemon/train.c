@@ -87,6 +87,20 @@ static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
   return rc;
 }
 
+/* The warm-start file of a job, resolved under the data roots; "" when the
+ * job has none. */
+static int resolve_init_from(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
+                             char *out, size_t outlen, td_error *err) {
+  out[0] = 0;
+  const char *f = spec->checkpoint ? spec->checkpoint->init_from : NULL;
+  if (!f || !*f)
+    return TD_OK;
+  int rc = td_data_resolve(o->data_roots, o->n_data_roots, f, 1, out, outlen, err);
+  if (rc)
+    td_error_prefix(err, "checkpoint.init_from");
+  return rc;
+}
+
 int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
                      td_error *err) {
   int rc = check_unsupported(spec, err);
@@ -95,14 +109,16 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
   td_plan *p = NULL;
   rc = td_plan_compile(spec->model, spec->optimizer, spec->training->batch_size,
                        "cpu:0", &p, err);
-  td_plan_free(p);
-  if (rc)
-    return rc;
   data_files *f = malloc(sizeof *f);
-  if (!f)
-    return td_errorf(err, TD_ENOMEM, "out of memory");
-  rc = resolve_data(spec->dataset, o, f, err);
+  if (!rc && !f)
+    rc = td_errorf(err, TD_ENOMEM, "out of memory");
+  if (!rc)
+    rc = resolve_data(spec->dataset, o, f, err);
+  if (!rc && !(rc = resolve_init_from(spec, o, f->train[0], sizeof f->train[0], err)) &&
+      f->train[0][0] && (rc = td_ckpt_check_params(f->train[0], p, err)))
+    td_error_prefix(err, "checkpoint.init_from");
   free(f);
+  td_plan_free(p);
   return rc;
 }
 
@@ -139,10 +155,6 @@ static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err) {
                        "devices.count: this build of traind trains a job on "
                        "one device; remove devices.count or set it to 1");
   }
-  if (s->checkpoint)
-    return td_errorf(err, TD_EUNSUPPORTED,
-                     "checkpoint: this build of traind does not write "
-                     "checkpoints; remove the checkpoint section");
   return TD_OK;
 }
 
@@ -211,6 +223,14 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
   t->dropout_key = keys[2];
   if ((rc = td_state_init_params(&t->st, t->init_key, err)))
     goto fail;
+  char warm[4096];
+  if ((rc = resolve_init_from(spec, o, warm, sizeof warm, err)))
+    goto fail;
+  if (warm[0] && (rc = td_ckpt_load_params(warm, &t->st, err))) {
+    td_error_prefix(err, "checkpoint.init_from");
+    goto fail;
+  }
+  t->epoch = 1;
   return TD_OK;
 
 fail:
@@ -317,20 +337,76 @@ int td_trainer_step(td_trainer *t, const uint32_t *order, td_step_point *out,
   return TD_OK;
 }
 
+int td_trainer_resume(td_trainer *t, const char *path, td_error *err) {
+  /* The file is read into a scratch state first, so that a refusal of its
+   * position leaves t untouched; then the two swap. */
+  td_state st;
+  int rc = td_state_init(&st, t->plan, t->be, err);
+  if (rc)
+    return rc;
+  td_ckpt_meta m;
+  if ((rc = td_ckpt_read(path, &st, &m, err))) {
+    td_state_free(&st);
+    return rc;
+  }
+  uint64_t seed = t->spec->training->seed;
+  int64_t at = (int64_t)(m.epoch - 1) * t->steps_per_epoch + m.step_in_epoch;
+  if (m.seed != seed)
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s' is of a run with seed %llu; this job's seed is %llu",
+                   path, (unsigned long long)m.seed, (unsigned long long)seed);
+  else if (m.step != st.step)
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s': attribute step (%lld) disagrees with "
+                   "/opt_state/count (%lld)",
+                   path, (long long)m.step, (long long)st.step);
+  else if (m.epoch < 1 || m.step_in_epoch >= t->steps_per_epoch ||
+           (st.step < t->total_steps && at != st.step))
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s': position epoch %u, step %u of the epoch does not fit "
+                   "step %lld with %u steps per epoch (another batch size or dataset?)",
+                   path, m.epoch, m.step_in_epoch, (long long)st.step, t->steps_per_epoch);
+  if (!rc) {
+    td_state old = t->st;
+    t->st = st;
+    st = old;
+    t->epoch = m.epoch;
+    t->step_in_epoch = m.step_in_epoch;
+    t->epoch_loss_sum = m.epoch_loss_sum;
+    t->epoch_correct_sum = m.epoch_correct_sum;
+  }
+  td_state_free(&st);
+  td_ckpt_meta_free(&m);
+  return rc;
+}
+
+void td_trainer_meta(const td_trainer *t, td_ckpt_meta *m) {
+  memset(m, 0, sizeof *m);
+  m->step = t->st.step;
+  m->epoch = t->epoch;
+  m->step_in_epoch = t->step_in_epoch;
+  m->epoch_loss_sum = t->epoch_loss_sum;
+  m->epoch_correct_sum = t->epoch_correct_sum;
+  m->root_key = td_prng_key(t->spec->training->seed);
+  m->seed = t->spec->training->seed;
+}
+
 int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
                    td_epoch_point *last, td_error *err) {
   static const td_train_hooks none = {0};
   if (!hooks)
     hooks = &none;
   td_epoch_point ep = {0};
-  for (uint32_t epoch = 1; epoch <= t->epochs && t->st.step < t->total_steps; epoch++) {
+  for (; t->epoch <= t->epochs && t->st.step < t->total_steps;
+       t->epoch++, t->step_in_epoch = 0, t->epoch_loss_sum = t->epoch_correct_sum = 0.0) {
+    uint32_t epoch = t->epoch;
     int prc = td_prng_permutation(td_prng_fold_in(t->shuffle_key, epoch - 1),
                                   t->order, t->train.n);
     if (prc)
       return td_errorf(err, prc, "epoch %u: shuffling failed", epoch);
-    double e0 = now_sec(), loss_sum = 0.0, correct_sum = 0.0;
-    uint32_t steps = 0;
-    for (uint32_t s = 0; s < t->steps_per_epoch && t->st.step < t->total_steps; s++) {
+    double e0 = now_sec();
+    uint32_t first = t->step_in_epoch, steps = 0;
+    for (uint32_t s = first; s < t->steps_per_epoch && t->st.step < t->total_steps; s++) {
       if (hooks->should_stop && hooks->should_stop(hooks->user))
         return td_errorf(err, TD_ECANCELLED, "cancelled at step %lld",
                          (long long)t->st.step);
@@ -345,23 +421,28 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
       }
       double s1 = now_sec();
       steps++;
-      loss_sum += sp.loss;
-      correct_sum += correct;
+      t->step_in_epoch = s + 1;
+      t->epoch_loss_sum += sp.loss;
+      t->epoch_correct_sum += correct;
       sp.epoch = epoch;
       sp.step_in_epoch = s + 1;
       sp.step_ms = (s1 - s0) * 1e3;
       sp.examples_per_sec = (double)steps * t->batch / (s1 - e0);
       if (hooks->on_step && (sp.step % t->log_every == 0 || s + 1 == t->steps_per_epoch))
         hooks->on_step(hooks->user, t, &sp);
+      if (hooks->at_boundary && s + 1 < t->steps_per_epoch && t->st.step < t->total_steps)
+        hooks->at_boundary(hooks->user, t);
     }
     double e1 = now_sec();
+    /* Train figures cover the whole epoch, also its steps before a resume. */
+    uint32_t taken = t->step_in_epoch;
     memset(&ep, 0, sizeof ep);
     ep.epoch = epoch;
     ep.step = t->st.step;
     ep.epoch_sec = e1 - e0;
     ep.examples_per_sec = (double)steps * t->batch / (e1 - e0);
-    ep.train_loss = steps ? (float)(loss_sum / steps) : 0.0f;
-    ep.train_accuracy = steps ? (float)(correct_sum / ((double)steps * t->batch)) : 0.0f;
+    ep.train_loss = taken ? (float)(t->epoch_loss_sum / taken) : 0.0f;
+    ep.train_accuracy = taken ? (float)(t->epoch_correct_sum / ((double)taken * t->batch)) : 0.0f;
     int final = epoch == t->epochs || t->st.step >= t->total_steps;
     if (t->has_test && (epoch % t->eval_every == 0 || final)) {
       int rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err);
@@ -372,6 +453,14 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
     }
     if (hooks->on_epoch)
       hooks->on_epoch(hooks->user, t, &ep);
+    if (hooks->at_boundary) {
+      /* The position after this epoch: the next one, nothing taken. */
+      t->epoch++;
+      t->step_in_epoch = 0;
+      t->epoch_loss_sum = t->epoch_correct_sum = 0.0;
+      hooks->at_boundary(hooks->user, t);
+      t->epoch--;
+    }
   }
   if (last)
     *last = ep;

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "checkpoint.h"
 #include "data.h"
 #include "error.h"
 #include "plan.h"
@@ -44,7 +45,12 @@ typedef struct td_train_hooks {
   void *user;
   void (*on_step)(void *user, const td_trainer *t, const td_step_point *p);
   void (*on_epoch)(void *user, const td_trainer *t, const td_epoch_point *p);
-  /* Polled between steps; nonzero stops the run with TD_ECANCELLED. */
+  /* Called at every step boundary where the run could stop and resume:
+   * after each step inside an epoch and after each epoch's end (its
+   * evaluation and on_epoch included), with t's position set. The place to
+   * take checkpoints. */
+  void (*at_boundary)(void *user, td_trainer *t);
+  /* Polled before each step; nonzero stops the run with TD_ECANCELLED. */
   int (*should_stop)(void *user);
 } td_train_hooks;
 
@@ -70,6 +76,12 @@ struct td_trainer {
   uint32_t *iota;   /* (batch) 0..batch-1, offsets for evaluation */
   uint32_t batch, steps_per_epoch, epochs, eval_every, log_every;
   int64_t total_steps;
+  /* The position: the epoch the next step belongs to (1-based), the steps
+   * of it already taken, and that epoch's running sums of batch loss and
+   * correct predictions (for its train figures). Set by td_trainer_run at
+   * each boundary and by td_trainer_resume. */
+  uint32_t epoch, step_in_epoch;
+  double epoch_loss_sum, epoch_correct_sum;
   /* Data-loading and compile times, for reports. */
   double load_sec, compile_ms;
 };
@@ -83,6 +95,13 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
 int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
                      td_error *err);
 void td_trainer_free(td_trainer *t);
+
+/* Continues from the checkpoint at path: loads its state (validated against
+ * the plan) and position. Refuses, leaving t as it was, a checkpoint of
+ * another seed or whose position does not fit this job's epoch length. */
+int td_trainer_resume(td_trainer *t, const char *path, td_error *err);
+/* The checkpoint metadata of t's current position (spec_json left NULL). */
+void td_trainer_meta(const td_trainer *t, td_ckpt_meta *m);
 
 /* Evaluates the current parameters on ds: mean loss and accuracy. */
 int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,

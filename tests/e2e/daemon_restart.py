@@ -171,11 +171,19 @@ def sigterm_requeues_running(s):
           ja.progress.step, 3 * 468)
     check(ja.metrics.test_accuracy > 0.95, "test accuracy %.4f after 3 epochs",
           ja.metrics.test_accuracy)
+    # The stop checkpointed the job where it stood; the rerun went on from
+    # there (docs/checkpoint-format.md).
+    check(len(ja.resumes) == 1 and ja.resumes[0].checkpoint.startswith("ckpt-"),
+          "resume history after the restart: %s", list(ja.resumes))
+    at = ja.resumes[0].step
+    check(at >= step_at_stop and ja.resumes[0].checkpoint == "ckpt-%012d.h5" % at,
+          "resumed at step %d from %s; the stop came after step %d", at,
+          ja.resumes[0].checkpoint, step_at_stop)
     m = d.stub.GetMetrics(pb.GetMetricsRequest(id=a.id, max_points=10000), timeout=10)
     steps = [p.step for p in m.steps]
-    check(steps == list(range(1, 3 * 468 + 1)), "metrics after the rerun: %d points, %s..%s",
+    check(steps == list(range(at + 1, 3 * 468 + 1)), "metrics after the rerun: %d points, %s..%s",
           len(steps), steps[:3], steps[-3:])
-    check([e.epoch for e in m.epochs] == [1, 2, 3], "epoch points %s",
+    check([e.epoch for e in m.epochs] == list(range(at // 468 + 1, 4)), "epoch points %s",
           [e.epoch for e in m.epochs])
 
 

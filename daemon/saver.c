@@ -1,0 +1,288 @@
+/* A job's checkpoint directory and its writer (see saver.h). */
+#include "saver.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fsutil.h"
+
+#define NAME_PREFIX "ckpt-"
+#define NAME_SUFFIX ".h5"
+#define STEP_DIGITS 12
+
+const char *td_ckpt_reason_name(td_ckpt_reason r) {
+  static const char *const names[] = {"periodic", "requested", "final", "shutdown"};
+  return (unsigned)r < sizeof names / sizeof names[0] ? names[r] : "unknown";
+}
+
+void td_ckpt_name(int64_t step, char *buf, size_t len) {
+  snprintf(buf, len, NAME_PREFIX "%0*lld" NAME_SUFFIX, STEP_DIGITS, (long long)step);
+}
+
+/* The step of a checkpoint file name; -1 for any other name. */
+static int64_t name_step(const char *name) {
+  size_t pl = strlen(NAME_PREFIX), sl = strlen(NAME_SUFFIX), len = strlen(name);
+  if (len != pl + STEP_DIGITS + sl || strncmp(name, NAME_PREFIX, pl) != 0 ||
+      strcmp(name + pl + STEP_DIGITS, NAME_SUFFIX) != 0)
+    return -1;
+  int64_t step = 0;
+  for (size_t i = pl; i < pl + STEP_DIGITS; i++) {
+    if (name[i] < '0' || name[i] > '9')
+      return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+static int file_newer(const void *a, const void *b) {
+  int64_t x = ((const td_ckpt_file *)a)->step, y = ((const td_ckpt_file *)b)->step;
+  return (x < y) - (x > y);
+}
+
+int td_ckpt_list(const char *dir, td_ckpt_file **out, size_t *n, td_error *err) {
+  *out = NULL;
+  *n = 0;
+  DIR *d = opendir(dir);
+  if (!d) {
+    if (errno == ENOENT)
+      return TD_OK;
+    return td_errorf(err, TD_EIO, "cannot read the checkpoint directory %s: %s", dir,
+                     strerror(errno));
+  }
+  td_ckpt_file *fs = NULL;
+  size_t cap = 0, count = 0;
+  struct dirent *e;
+  int rc = TD_OK;
+  while ((e = readdir(d))) {
+    int64_t step = name_step(e->d_name);
+    if (step < 0)
+      continue;
+    if (count == cap) {
+      cap = cap ? cap * 2 : 16;
+      td_ckpt_file *nf = realloc(fs, cap * sizeof *nf);
+      if (!nf) {
+        rc = td_errorf(err, TD_ENOMEM, "out of memory listing %s", dir);
+        break;
+      }
+      fs = nf;
+    }
+    fs[count].step = step;
+    snprintf(fs[count].name, sizeof fs[count].name, "%s", e->d_name);
+    count++;
+  }
+  closedir(d);
+  if (rc) {
+    free(fs);
+    return rc;
+  }
+  if (count)
+    qsort(fs, count, sizeof *fs, file_newer);
+  *out = fs;
+  *n = count;
+  return TD_OK;
+}
+
+int td_ckpt_clean(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : -1;
+  int removed = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t len = strlen(e->d_name);
+    if (e->d_name[0] != '.' || len < 5 || strcmp(e->d_name + len - 4, ".tmp") != 0)
+      continue;
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < sizeof path &&
+        unlink(path) == 0)
+      removed++;
+  }
+  closedir(d);
+  return removed;
+}
+
+int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every,
+                  td_error *err) {
+  td_ckpt_file *fs;
+  size_t n;
+  int rc = td_ckpt_list(dir, &fs, &n, err);
+  if (rc)
+    return rc;
+  for (size_t i = keep_last ? keep_last : n; i < n; i++) {
+    if (keep_every && fs[i].step % keep_every == 0)
+      continue;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, fs[i].name);
+    if (unlink(path) != 0 && errno != ENOENT && !rc)
+      rc = td_errorf(err, TD_EIO, "cannot remove the old checkpoint %s: %s", path,
+                     strerror(errno));
+  }
+  free(fs);
+  return rc;
+}
+
+/* ---- the writer */
+
+static double mono_sec(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void write_snapshot(td_saver *s) {
+  td_saver_result *r = &s->res;
+  td_error err = {0};
+  char path[PATH_MAX];
+  double t0 = mono_sec();
+  const size_t np = s->plan->n_params;
+  td_ckpt_image img = {.plan = s->plan,
+                       .params = s->host,
+                       .opt_state = s->host + np,
+                       .count = s->meta.step};
+  if ((size_t)snprintf(path, sizeof path, "%s/%s", s->dir, r->name) >= sizeof path)
+    r->rc = td_errorf(&err, TD_EINVAL, "checkpoint path too long in %s", s->dir);
+  else
+    r->rc = td_ckpt_write_image(path, &img, &s->meta, &err);
+  struct stat sb;
+  if (!r->rc && stat(path, &sb) == 0)
+    r->bytes = (int64_t)sb.st_size;
+  /* Retention runs after every successful write: the newest file counts. */
+  if (!r->rc)
+    r->rc = td_ckpt_prune(s->dir, s->keep_last, s->keep_every, &err);
+  r->write_sec = mono_sec() - t0;
+  r->time_ns = wall_ns();
+  snprintf(r->msg, sizeof r->msg, "%s", r->rc ? err.msg : "");
+}
+
+static void *writer_main(void *arg) {
+  td_saver *s = arg;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->busy && !s->quit)
+      pthread_cond_wait(&s->cv, &s->mu);
+    if (!s->busy)
+      break;
+    pthread_mutex_unlock(&s->mu);
+    write_snapshot(s);
+    if (s->done)
+      s->done(s->user, &s->res);
+    pthread_mutex_lock(&s->mu);
+    s->busy = 0;
+    pthread_cond_broadcast(&s->cv);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+int td_saver_start(td_saver *s, const td_plan *plan, const char *dir,
+                   uint32_t keep_last, uint32_t keep_every, const char *spec_json,
+                   td_saver_done done, void *user, td_error *err) {
+  memset(s, 0, sizeof *s);
+  if ((size_t)snprintf(s->dir, sizeof s->dir, "%s", dir) >= sizeof s->dir)
+    return td_errorf(err, TD_EINVAL, "checkpoint directory path too long: %.64s...", dir);
+  int rc = td_mkdir_p(dir, err);
+  if (rc)
+    return rc;
+  td_ckpt_clean(dir);
+  s->plan = plan;
+  s->keep_last = keep_last;
+  s->keep_every = keep_every;
+  s->done = done;
+  s->user = user;
+  s->last_step = -1;
+  size_t floats = plan->n_params * (1 + plan->optim.state_slots);
+  s->host = malloc((floats ? floats : 1) * sizeof(float));
+  s->spec_json = strdup(spec_json ? spec_json : "");
+  if (!s->host || !s->spec_json) {
+    free(s->host);
+    free(s->spec_json);
+    return td_errorf(err, TD_ENOMEM, "no memory for a %.1f MiB checkpoint snapshot",
+                     (double)floats * 4.0 / (1024.0 * 1024.0));
+  }
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s->host);
+    free(s->spec_json);
+    return td_errorf(err, TD_ENOMEM, "cannot start the checkpoint writer thread");
+  }
+  s->started = 1;
+  return TD_OK;
+}
+
+int td_saver_busy(td_saver *s) {
+  pthread_mutex_lock(&s->mu);
+  int b = s->busy;
+  pthread_mutex_unlock(&s->mu);
+  return b;
+}
+
+int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_t gen,
+                      td_error *err) {
+  if (td_saver_busy(s))
+    return td_errorf(err, TD_EINVAL, "the previous checkpoint is still being written");
+  /* The writer is idle: the buffer and result are this thread's until busy. */
+  double t0 = mono_sec();
+  const td_state *st = &t->st;
+  const td_backend_ops *ops = st->be->ops;
+  size_t np = s->plan->n_params, no = s->plan->optim.state_slots * np;
+  int rc = ops->download(st->be, s->host, st->params, np * sizeof(float));
+  if (!rc && no)
+    rc = ops->download(st->be, s->host + np, st->opt_state, no * sizeof(float));
+  if (rc)
+    return td_errorf(err, rc, "checkpoint: copying the state from the %s backend failed",
+                     ops->name);
+  td_trainer_meta(t, &s->meta);
+  s->meta.spec_json = s->spec_json; /* borrowed; never freed through meta */
+  memset(&s->res, 0, sizeof s->res);
+  s->res.reason = reason;
+  s->res.gen = gen;
+  s->res.step = s->meta.step;
+  s->res.epoch = s->meta.epoch;
+  td_ckpt_name(s->meta.step, s->res.name, sizeof s->res.name);
+  s->res.stall_ms = (mono_sec() - t0) * 1e3;
+  s->last_step = s->meta.step;
+  pthread_mutex_lock(&s->mu);
+  s->busy = 1;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return TD_OK;
+}
+
+void td_saver_wait(td_saver *s) {
+  if (!s->started)
+    return;
+  pthread_mutex_lock(&s->mu);
+  while (s->busy)
+    pthread_cond_wait(&s->cv, &s->mu);
+  pthread_mutex_unlock(&s->mu);
+}
+
+void td_saver_stop(td_saver *s) {
+  if (!s->started)
+    return;
+  pthread_mutex_lock(&s->mu);
+  s->quit = 1;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  pthread_join(s->thread, NULL);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
+  free(s->host);
+  free(s->spec_json);
+  memset(s, 0, sizeof *s);
+}

@@ -1,0 +1,107 @@
+/* A job's checkpoint directory and its writer.
+ *
+ * Files are DIR/ckpt-<step, 12 digits>.h5 (docs/checkpoint-format.md).
+ * The trainer's thread takes a snapshot at a step boundary (copies the
+ * parameters and optimizer state out of the backend into the saver's host
+ * buffer, the only time training waits); the saver's own thread writes the
+ * file, applies the retention rule and reports through a callback. One
+ * snapshot is in flight at a time: a snapshot asked for while the writer is
+ * busy is refused, and the caller asks again at a later boundary. */
+#ifndef TD_SAVER_H
+#define TD_SAVER_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "train.h"
+
+#define TD_CKPT_NAME_MAX 32
+
+/* Why a checkpoint was taken. */
+typedef enum td_ckpt_reason {
+  TD_CKPT_PERIODIC = 0, /* every_steps / every_seconds */
+  TD_CKPT_REQUESTED,    /* SaveCheckpoint */
+  TD_CKPT_FINAL,        /* the job's end */
+  TD_CKPT_SHUTDOWN,     /* the daemon's stop */
+} td_ckpt_reason;
+
+const char *td_ckpt_reason_name(td_ckpt_reason r);
+
+/* The file name of the checkpoint at step. */
+void td_ckpt_name(int64_t step, char *buf, size_t len);
+
+typedef struct td_ckpt_file {
+  int64_t step;
+  char name[TD_CKPT_NAME_MAX];
+} td_ckpt_file;
+
+/* The checkpoints in dir, newest (highest step) first. A missing directory
+ * is an empty list. Free *out with free(). */
+int td_ckpt_list(const char *dir, td_ckpt_file **out, size_t *n, td_error *err);
+/* Removes the temporaries an interrupted write left in dir; returns how many
+ * (negative on an unreadable directory). */
+int td_ckpt_clean(const char *dir);
+/* Keeps the newest keep_last checkpoints (0: all) and, when keep_every is
+ * set, every checkpoint whose step is a multiple of it; removes the rest. */
+int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every,
+                  td_error *err);
+
+/* What became of one snapshot. */
+typedef struct td_saver_result {
+  int rc;
+  char msg[TD_ERRMSG_MAX];
+  td_ckpt_reason reason;
+  uint64_t gen;     /* the caller's tag of the snapshot */
+  int64_t step;
+  uint32_t epoch;   /* the position's epoch (1-based, next step's) */
+  char name[TD_CKPT_NAME_MAX];
+  int64_t bytes;
+  double stall_ms;  /* the copy out of the backend */
+  double write_sec; /* building, writing and syncing the file */
+  int64_t time_ns;  /* wall clock when the file was complete */
+} td_saver_result;
+
+typedef void (*td_saver_done)(void *user, const td_saver_result *r);
+
+typedef struct td_saver {
+  char dir[PATH_MAX];
+  const td_plan *plan;
+  uint32_t keep_last, keep_every;
+  char *spec_json; /* owned */
+  td_saver_done done;
+  void *user;
+
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int started, busy, quit;
+
+  /* The snapshot being written (valid while busy). */
+  float *host; /* (n_params * (1 + state_slots)) */
+  td_ckpt_meta meta;
+  td_saver_result res;
+
+  int64_t last_step; /* step of the newest snapshot taken (or resumed) */
+} td_saver;
+
+/* Creates dir when missing, removes its temporaries and starts the writer
+ * thread. spec_json is copied. done runs on the writer thread after every
+ * snapshot's write. */
+int td_saver_start(td_saver *s, const td_plan *plan, const char *dir,
+                   uint32_t keep_last, uint32_t keep_every, const char *spec_json,
+                   td_saver_done done, void *user, td_error *err);
+/* Nonzero while a snapshot is being written. */
+int td_saver_busy(td_saver *s);
+/* Copies t's state and position out and hands them to the writer. Returns
+ * TD_EINVAL (and takes nothing) while the writer is busy. */
+int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_t gen,
+                      td_error *err);
+/* Waits until the writer is idle. */
+void td_saver_wait(td_saver *s);
+/* Waits for the writer, stops its thread and frees the saver. */
+void td_saver_stop(td_saver *s);
+
+#endif
