@@ -95,7 +95,7 @@ static int resolve_init_from(const Traind__V1__JobSpec *spec, const td_trainer_o
   const char *f = spec->checkpoint ? spec->checkpoint->init_from : NULL;
   if (!f || !*f)
     return TD_OK;
-  int rc = td_data_resolve(o->data_roots, o->n_data_roots, f, 1, out, outlen, err);
+  int rc = td_data_resolve(o->data_roots, o->n_data_roots, f, 0, out, outlen, err);
   if (rc)
     td_error_prefix(err, "checkpoint.init_from");
   return rc;
@@ -115,8 +115,12 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
   if (!rc)
     rc = resolve_data(spec->dataset, o, f, err);
   if (!rc && !(rc = resolve_init_from(spec, o, f->train[0], sizeof f->train[0], err)) &&
-      f->train[0][0] && (rc = td_ckpt_check_params(f->train[0], p, err)))
+      f->train[0][0] && (rc = td_ckpt_check_params(f->train[0], p, err))) {
     td_error_prefix(err, "checkpoint.init_from");
+    /* A file that does not fit the model is a wrong argument of the job. */
+    if (rc == TD_EDATA)
+      rc = err->code = TD_EINVAL;
+  }
   free(f);
   td_plan_free(p);
   return rc;

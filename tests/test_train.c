@@ -1,6 +1,6 @@
 /* The training loop on a small synthetic IDX dataset written to a temporary
  * data root: reproducibility from the seed, learning, the compile cache,
- * NaN detection and cancellation. */
+ * NaN detection, cancellation, and resuming from checkpoints bitwise. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "checkpoint.h"
 #include "jobspec.h"
 #include "prng.h"
 #include "train.h"
@@ -117,6 +118,223 @@ static int run(const char *lr, unsigned epochs, unsigned batch, unsigned seed,
   return rc;
 }
 
+/* ---- resume */
+
+enum { RESUME_EPOCHS = 3, RESUME_BATCH = 32, RESUME_STEPS = RESUME_EPOCHS * (NTRAIN / 32) };
+
+/* A run that records every step's loss by step number, every epoch point,
+ * and writes a checkpoint at the boundaries after the listed steps. */
+typedef struct resume_rec {
+  float loss[RESUME_STEPS + 1];
+  td_epoch_point epochs[RESUME_EPOCHS + 1];
+  int64_t save_at[4];
+  char dir[600];
+  int saved, stop_after;
+  int64_t steps_run;
+} resume_rec;
+
+static void r_step(void *user, const td_trainer *t, const td_step_point *p) {
+  (void)t;
+  resume_rec *r = user;
+  if (p->step <= RESUME_STEPS)
+    r->loss[p->step] = p->loss;
+  r->steps_run++;
+}
+
+static void r_epoch(void *user, const td_trainer *t, const td_epoch_point *p) {
+  (void)t;
+  resume_rec *r = user;
+  if (p->epoch <= RESUME_EPOCHS)
+    r->epochs[p->epoch] = *p;
+}
+
+static void ckpt_path(const resume_rec *r, int64_t step, char *buf, size_t len) {
+  snprintf(buf, len, "%s/at-%lld.h5", r->dir, (long long)step);
+}
+
+static void save(const td_trainer *t, const char *path) {
+  td_ckpt_meta m;
+  td_trainer_meta(t, &m);
+  td_error err = {0};
+  int rc = td_ckpt_write(path, &t->st, &m, &err);
+  CHECK(rc == 0, "checkpoint at step %lld: %s", (long long)t->st.step, err.msg);
+}
+
+static void r_boundary(void *user, td_trainer *t) {
+  resume_rec *r = user;
+  for (int i = 0; i < 4; i++)
+    if (r->save_at[i] && r->save_at[i] == t->st.step) {
+      char path[700];
+      ckpt_path(r, t->st.step, path, sizeof path);
+      save(t, path);
+      r->saved++;
+    }
+}
+
+static int r_stop(void *user) {
+  resume_rec *r = user;
+  return r->stop_after && r->steps_run >= r->stop_after;
+}
+
+/* A trainer for the resume runs (threads 2: the bitwise results must not
+ * depend on the BLAS split being the same as a one-thread run). */
+static int resume_trainer(td_trainer *t, Traind__V1__JobSpec **spec, unsigned batch,
+                          unsigned seed, td_error *err) {
+  char doc[2048];
+  snprintf(doc, sizeof doc, job_fmt, "0.01", (unsigned)RESUME_EPOCHS, batch, seed);
+  int rc = td_jobspec_parse(doc, strlen(doc), spec, err);
+  if (rc)
+    return rc;
+  td_trainer_opts o = {.data_roots = roots, .n_data_roots = 1, .threads = 2};
+  rc = td_trainer_init(t, *spec, &o, err);
+  if (rc)
+    td_jobspec_free(*spec);
+  return rc;
+}
+
+/* Resumes from `path` and runs to the end; compares with the full run. */
+static void check_resumed(const char *path, int64_t at, const resume_rec *full,
+                          const float *full_params, const char *label) {
+  td_trainer t;
+  Traind__V1__JobSpec *spec = NULL;
+  td_error err = {0};
+  int rc = resume_trainer(&t, &spec, RESUME_BATCH, 7, &err);
+  CHECK(rc == 0, "%s: %s", label, err.msg);
+  if (rc)
+    return;
+  rc = td_trainer_resume(&t, path, &err);
+  CHECK(rc == 0, "%s: resume: %s", label, err.msg);
+  CHECK(t.st.step == at, "%s: resumed at step %lld, want %lld", label, (long long)t.st.step,
+        (long long)at);
+  resume_rec r;
+  memset(&r, 0, sizeof r);
+  td_train_hooks h = {.user = &r, .on_step = r_step, .on_epoch = r_epoch};
+  rc = td_trainer_run(&t, &h, NULL, &err);
+  CHECK(rc == 0, "%s: run: %s", label, err.msg);
+  CHECK(r.steps_run == RESUME_STEPS - at, "%s: ran %lld steps after the resume, want %lld",
+        label, (long long)r.steps_run, (long long)(RESUME_STEPS - at));
+  int same = 1;
+  for (int64_t s = at + 1; s <= RESUME_STEPS; s++)
+    same &= memcmp(&r.loss[s], &full->loss[s], sizeof(float)) == 0;
+  CHECK(same, "%s: the losses after step %lld differ from the uninterrupted run's", label,
+        (long long)at);
+  CHECK(memcmp(t.st.params, full_params, sizeof(float) * t.plan->n_params) == 0,
+        "%s: the final parameters differ from the uninterrupted run's", label);
+  /* Epoch points from the resumed epoch on: train figures cover the whole
+   * epoch, its steps before the resume included. */
+  for (uint32_t e = (uint32_t)(at / (NTRAIN / RESUME_BATCH)) + 1; e <= RESUME_EPOCHS; e++) {
+    const td_epoch_point *a = &r.epochs[e], *b = &full->epochs[e];
+    CHECK(a->epoch == e && a->train_loss == b->train_loss &&
+              a->train_accuracy == b->train_accuracy && a->test_loss == b->test_loss &&
+              a->test_accuracy == b->test_accuracy,
+          "%s: epoch %u: train %.9g/%.9g test %.9g/%.9g, uninterrupted %.9g/%.9g %.9g/%.9g",
+          label, e, a->train_loss, a->train_accuracy, a->test_loss, a->test_accuracy,
+          b->train_loss, b->train_accuracy, b->test_loss, b->test_accuracy);
+  }
+  td_trainer_free(&t);
+  td_jobspec_free(spec);
+}
+
+static void check_resume(const char *root) {
+  resume_rec full;
+  memset(&full, 0, sizeof full);
+  snprintf(full.dir, sizeof full.dir, "%s", root);
+  /* 32 steps per epoch: 32 is the boundary after epoch 1 (position epoch 2,
+   * nothing taken), 50 is mid-epoch 2. */
+  full.save_at[0] = 32;
+  full.save_at[1] = 50;
+  td_trainer t;
+  Traind__V1__JobSpec *spec = NULL;
+  td_error err = {0};
+  int rc = resume_trainer(&t, &spec, RESUME_BATCH, 7, &err);
+  CHECK(rc == 0, "full run: %s", err.msg);
+  if (rc)
+    return;
+  td_train_hooks h = {.user = &full, .on_step = r_step, .on_epoch = r_epoch,
+                      .at_boundary = r_boundary};
+  rc = td_trainer_run(&t, &h, NULL, &err);
+  CHECK(rc == 0 && full.steps_run == RESUME_STEPS && full.saved == 2,
+        "full run: rc %d, %lld steps, %d checkpoints: %s", rc, (long long)full.steps_run,
+        full.saved, err.msg);
+  float *params = malloc(sizeof(float) * t.plan->n_params);
+  memcpy(params, t.st.params, sizeof(float) * t.plan->n_params);
+  CHECK(t.epoch == RESUME_EPOCHS + 1 && t.step_in_epoch == 0,
+        "after the run the position is epoch %u step %u", t.epoch, t.step_in_epoch);
+  td_trainer_free(&t);
+  td_jobspec_free(spec);
+
+  char path[700];
+  ckpt_path(&full, 32, path, sizeof path);
+  check_resumed(path, 32, &full, params, "resume at an epoch boundary");
+  ckpt_path(&full, 50, path, sizeof path);
+  check_resumed(path, 50, &full, params, "resume mid-epoch");
+
+  /* Stopped (as by a cancel or the daemon's stop) and checkpointed after
+   * the run returned, as the daemon does on SIGTERM. */
+  resume_rec part;
+  memset(&part, 0, sizeof part);
+  part.stop_after = 77;
+  rc = resume_trainer(&t, &spec, RESUME_BATCH, 7, &err);
+  CHECK(rc == 0, "stopped run: %s", err.msg);
+  if (!rc) {
+    h = (td_train_hooks){.user = &part, .on_step = r_step, .should_stop = r_stop};
+    rc = td_trainer_run(&t, &h, NULL, &err);
+    CHECK(rc == TD_ECANCELLED && t.st.step == 77 && t.epoch == 3 && t.step_in_epoch == 13,
+          "stopped run: rc %d at step %lld, position epoch %u step %u", rc,
+          (long long)t.st.step, t.epoch, t.step_in_epoch);
+    ckpt_path(&part, 77, path, sizeof path);
+    snprintf(part.dir, sizeof part.dir, "%s", root);
+    ckpt_path(&part, 77, path, sizeof path);
+    save(&t, path);
+    td_trainer_free(&t);
+    td_jobspec_free(spec);
+    check_resumed(path, 77, &full, params, "resume after a stop");
+  }
+
+  /* Refusals leave the trainer as it was: another seed; another batch size
+   * (the position does not fit 32 steps per epoch). */
+  rc = resume_trainer(&t, &spec, RESUME_BATCH, 8, &err);
+  CHECK(rc == 0, "seed 8: %s", err.msg);
+  if (!rc) {
+    float *before = malloc(sizeof(float) * t.plan->n_params);
+    memcpy(before, t.st.params, sizeof(float) * t.plan->n_params);
+    ckpt_path(&full, 50, path, sizeof path);
+    rc = td_trainer_resume(&t, path, &err);
+    CHECK(rc == TD_EDATA, "a checkpoint of seed 7 resumed by seed 8: rc %d", rc);
+    CHECK_STR_CONTAINS(err.msg, "seed 7; this job's seed is 8");
+    CHECK(t.st.step == 0 && t.epoch == 1 && t.step_in_epoch == 0 &&
+              memcmp(before, t.st.params, sizeof(float) * t.plan->n_params) == 0,
+          "a refused resume changed the trainer");
+    free(before);
+    td_trainer_free(&t);
+    td_jobspec_free(spec);
+  }
+  resume_rec b64;
+  memset(&b64, 0, sizeof b64);
+  snprintf(b64.dir, sizeof b64.dir, "%s/b64", root);
+  mkdir(b64.dir, 0755);
+  b64.save_at[0] = 20; /* 16 steps per epoch: epoch 2, step 4 */
+  rc = resume_trainer(&t, &spec, 64, 7, &err);
+  CHECK(rc == 0, "batch 64: %s", err.msg);
+  if (!rc) {
+    h = (td_train_hooks){.user = &b64, .at_boundary = r_boundary};
+    rc = td_trainer_run(&t, &h, NULL, &err);
+    CHECK(rc == 0 && b64.saved == 1, "batch 64 run: rc %d, %d saved", rc, b64.saved);
+    td_trainer_free(&t);
+    td_jobspec_free(spec);
+  }
+  rc = resume_trainer(&t, &spec, RESUME_BATCH, 7, &err);
+  if (!rc) {
+    ckpt_path(&b64, 20, path, sizeof path);
+    rc = td_trainer_resume(&t, path, &err);
+    CHECK(rc == TD_EDATA, "a batch-64 checkpoint resumed at batch 32: rc %d", rc);
+    CHECK_STR_CONTAINS(err.msg, "does not fit step 20 with 32 steps per epoch");
+    td_trainer_free(&t);
+    td_jobspec_free(spec);
+  }
+  free(params);
+}
+
 int main(void) {
   char root[] = "/tmp/traind-train-XXXXXX";
   CHECK(mkdtemp(root) != NULL, "mkdtemp");
@@ -193,6 +411,8 @@ int main(void) {
   CHECK(rc == TD_EINVAL, "input shape mismatch refused (rc %d)", rc);
   CHECK_STR_CONTAINS(err.msg, "model.input_shape");
   td_jobspec_free(spec);
+
+  check_resume(root);
 
   free(pa);
   free(pb);
