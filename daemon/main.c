@@ -1,7 +1,8 @@
 /* traind: the training daemon's command line.
  *
  *   traind [serve] [--listen ADDR]... [--state-dir DIR] [common options]
- *   traind run JOBFILE [--json] [--metrics FILE] [common options]
+ *   traind run JOBFILE [--json] [--metrics FILE] [--checkpoint-dir DIR]
+ *              [common options]
  *   common: --config FILE, --data-dir DIR (repeatable), --cpu-devices N,
  *           --threads N
  *
@@ -18,7 +19,9 @@
 
 #include "config.h"
 #include "jobspec.h"
+#include "pbjson.h"
 #include "progress.h"
+#include "saver.h"
 #include "server.h"
 #include "train.h"
 
@@ -58,6 +61,10 @@ static void usage(FILE *f) {
         "run:\n"
         "  --json             print a JSON summary on stdout when done\n"
         "  --metrics FILE     write every step and epoch point as JSON lines\n"
+        "  --checkpoint-dir DIR\n"
+        "                     resume from the newest checkpoint in DIR, then write\n"
+        "                     the job's periodic checkpoints there, one at the end\n"
+        "                     and one when interrupted\n"
         "\n"
         "The daemon stops gracefully on SIGTERM or SIGINT and reloads its\n"
         "configuration on SIGHUP.\n",
@@ -87,7 +94,78 @@ typedef struct run_report {
   double *epoch_sec;
   size_t n_epochs;
   FILE *metrics; /* JSON lines, or NULL */
+  /* --checkpoint-dir: the saver and what it wrote (written by its thread
+   * while busy, read after td_saver_wait). */
+  td_saver *saver;
+  const Traind__V1__Checkpointing *policy;
+  int ckpts, ckpt_failures;
+  td_saver_result last_ckpt;
+  char ckpt_error[TD_ERRMSG_MAX];
 } run_report;
+
+static void run_saved(void *user, const td_saver_result *r) {
+  run_report *rep = user;
+  if (r->rc) {
+    rep->ckpt_failures++;
+    snprintf(rep->ckpt_error, sizeof rep->ckpt_error, "%s", r->msg);
+  } else {
+    rep->ckpts++;
+    rep->last_ckpt = *r;
+  }
+}
+
+static void run_boundary(void *user, td_trainer *t) {
+  run_report *r = user;
+  td_error err = {0};
+  if (td_saver_due(r->saver, r->policy, t->st.step) && !td_saver_busy(r->saver) &&
+      td_saver_snapshot(r->saver, t, TD_CKPT_PERIODIC, 0, &err))
+    r->ckpt_failures++;
+}
+
+/* --checkpoint-dir: starts the saver and resumes from the directory. */
+static int run_checkpoints_start(run_report *r, td_saver *saver, td_trainer *t,
+                                 const char *dir, td_error *err) {
+  const Traind__V1__Checkpointing *c = t->spec->checkpoint;
+  char *json = pbjson_emit(&t->spec->base, PBJSON_PROTO_NAMES);
+  if (!json)
+    return td_errorf(err, TD_ENOMEM, "out of memory");
+  int rc = td_saver_start(saver, t->plan, dir, c && c->keep_last ? c->keep_last : 3,
+                          c ? c->keep_every_steps : 0, json, run_saved, r, err);
+  free(json);
+  if (rc)
+    return rc;
+  r->saver = saver;
+  r->policy = c;
+  char file[TD_CKPT_NAME_MAX], note[1024];
+  if (td_saver_resume(saver, t, file, sizeof file, note, sizeof note))
+    fprintf(stderr, "traind: resumed from %s/%s at step %lld\n", dir, file,
+            (long long)t->st.step);
+  if (note[0])
+    fprintf(stderr, "traind: %s\n", note);
+  return TD_OK;
+}
+
+/* The checkpoint at the end (or at the interruption), then the saver's
+ * report. */
+static void run_checkpoints_finish(run_report *r, td_trainer *t, int rc) {
+  td_saver *s = r->saver;
+  td_saver_wait(s);
+  td_error err = {0};
+  if ((rc == TD_OK || rc == TD_ECANCELLED) && t->st.step != s->last_step) {
+    if (td_saver_snapshot(s, t, rc ? TD_CKPT_SHUTDOWN : TD_CKPT_FINAL, 0, &err))
+      fprintf(stderr, "traind: checkpoint failed: %s\n", err.msg);
+    td_saver_wait(s);
+  }
+  if (r->ckpts)
+    fprintf(stderr, "traind: %d checkpoint%s written to %s; the newest is %s (step %lld)\n",
+            r->ckpts, r->ckpts == 1 ? "" : "s", s->dir, r->last_ckpt.name,
+            (long long)r->last_ckpt.step);
+  if (r->ckpt_failures)
+    fprintf(stderr, "traind: %d checkpoint%s failed; the last error: %s\n", r->ckpt_failures,
+            r->ckpt_failures == 1 ? "" : "s", r->ckpt_error);
+  td_saver_stop(s);
+  r->saver = NULL;
+}
 
 static void report_epoch(void *user, const td_trainer *t, const td_epoch_point *ep) {
   run_report *r = user;
@@ -168,6 +246,7 @@ typedef struct flags {
   int json;
   const char *metrics_path;
   char *env_copy; /* TRAIND_DATA_DIR, split in place */
+  const char *ckpt_dir;
 } flags;
 
 static void flags_free(flags *f) {
@@ -178,7 +257,7 @@ static void flags_free(flags *f) {
 
 enum { OPT_CONFIG = 256, OPT_DATA_DIR, OPT_CPU_DEVICES, OPT_THREADS, OPT_JSON,
        OPT_METRICS, OPT_LISTEN, OPT_STATE_DIR, OPT_MAX_JOBS, OPT_LOG_LEVEL,
-       OPT_RETENTION };
+       OPT_RETENTION, OPT_CKPT_DIR };
 
 static int parse_count(const char *name, const char *arg, long *out) {
   char *end = NULL;
@@ -207,6 +286,7 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
       {"max-concurrent-jobs", required_argument, 0, OPT_MAX_JOBS},
       {"log-level", required_argument, 0, OPT_LOG_LEVEL},
       {"metrics-retention", required_argument, 0, OPT_RETENTION},
+      {"checkpoint-dir", required_argument, 0, OPT_CKPT_DIR},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   memset(f, 0, sizeof *f);
@@ -219,7 +299,7 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     int daemon_only = c == OPT_LISTEN || c == OPT_STATE_DIR || c == OPT_MAX_JOBS ||
                       c == OPT_LOG_LEVEL || c == OPT_RETENTION;
-    int run_only = c == OPT_JSON || c == OPT_METRICS;
+    int run_only = c == OPT_JSON || c == OPT_METRICS || c == OPT_CKPT_DIR;
     if ((daemon_only && !serve) || (run_only && serve)) {
       fprintf(stderr, "traind: %s does not take --%s (see traind --help)\n",
               argv[0], argv[optind - 1] + 2);
@@ -260,6 +340,9 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
       break;
     case OPT_METRICS:
       f->metrics_path = optarg;
+      break;
+    case OPT_CKPT_DIR:
+      f->ckpt_dir = optarg;
       break;
     case OPT_LISTEN:
       f->listen[f->n_listen++] = optarg;
@@ -363,6 +446,7 @@ static int cmd_run(int argc, char **argv) {
   int bad_input = rc != TD_OK;
 
   td_trainer t;
+  td_saver saver;
   int have_trainer = 0;
   run_report report = {0};
   td_epoch_point last = {0};
@@ -383,12 +467,19 @@ static int cmd_run(int argc, char **argv) {
     if (metrics_path && !(report.metrics = fopen(metrics_path, "w")))
       rc = td_errorf(&err, TD_EINVAL, "--metrics %s: cannot create the file (%s)",
                      metrics_path, strerror(errno));
+    if (!rc && f.ckpt_dir)
+      rc = run_checkpoints_start(&report, &saver, &t, f.ckpt_dir, &err);
+    else if (!rc && spec->checkpoint &&
+             (spec->checkpoint->every_steps || spec->checkpoint->every_seconds))
+      fprintf(stderr, "traind: the job's periodic checkpoints are written only with "
+                      "--checkpoint-dir DIR\n");
   }
   if (!rc) {
     td_progress_init(&report.progress, stderr);
     td_train_hooks hooks = {.user = &report,
                             .on_step = report_step,
                             .on_epoch = report_epoch,
+                            .at_boundary = report.saver ? run_boundary : NULL,
                             .should_stop = should_stop};
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -398,11 +489,15 @@ static int cmd_run(int argc, char **argv) {
                           : td_errorf(&err, TD_ENOMEM, "out of memory");
     if (report.progress.drawn)
       fputc('\n', stderr);
+    if (report.saver)
+      run_checkpoints_finish(&report, &t, rc);
     if (!rc && json)
       print_summary(&t, &report, &last);
   }
   if (rc)
     fprintf(stderr, "traind: %s\n", err.msg);
+  if (report.saver)
+    td_saver_stop(report.saver);
   if (have_trainer)
     td_trainer_free(&t);
   free(report.epoch_sec);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "fsutil.h"
+#include "log.h"
 
 #define NAME_PREFIX "ckpt-"
 #define NAME_SUFFIX ".h5"
@@ -202,6 +203,7 @@ int td_saver_start(td_saver *s, const td_plan *plan, const char *dir,
   s->done = done;
   s->user = user;
   s->last_step = -1;
+  s->last_sec = mono_sec();
   size_t floats = plan->n_params * (1 + plan->optim.state_slots);
   s->host = malloc((floats ? floats : 1) * sizeof(float));
   s->spec_json = strdup(spec_json ? spec_json : "");
@@ -256,11 +258,61 @@ int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_
   td_ckpt_name(s->meta.step, s->res.name, sizeof s->res.name);
   s->res.stall_ms = (mono_sec() - t0) * 1e3;
   s->last_step = s->meta.step;
+  s->last_sec = mono_sec();
   pthread_mutex_lock(&s->mu);
   s->busy = 1;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
   return TD_OK;
+}
+
+int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, char *note,
+                    size_t note_len) {
+  size_t used = 0;
+  file[0] = note[0] = 0;
+  td_ckpt_file *fs = NULL;
+  size_t n = 0;
+  td_error err = {0};
+  if (td_ckpt_list(s->dir, &fs, &n, &err)) {
+    td_log_error("cannot list checkpoints", "dir=%s err=\"%s\"", s->dir, err.msg);
+    snprintf(note, note_len, "%s", err.msg);
+    n = 0;
+  }
+  int resumed = 0;
+  for (size_t i = 0; i < n && !resumed; i++) {
+    char path[PATH_MAX + TD_CKPT_NAME_MAX];
+    snprintf(path, sizeof path, "%s/%s", s->dir, fs[i].name);
+    if (td_trainer_resume(t, path, &err) == TD_OK) {
+      snprintf(file, file_len, "%s", fs[i].name);
+      resumed = 1;
+      break;
+    }
+    td_log_warn("checkpoint refused; trying the one before", "file=%s err=\"%s\"", path,
+                err.msg);
+    if (used < note_len) {
+      int w = snprintf(note + used, note_len - used, "%s%s refused: %s", used ? "; " : "",
+                       fs[i].name, err.msg);
+      used = w < 0 ? note_len : used + (size_t)w;
+    }
+    char bad[sizeof path + 16];
+    snprintf(bad, sizeof bad, "%s.refused", path);
+    if (rename(path, bad) != 0)
+      td_log_warn("cannot set the refused checkpoint aside", "file=%s err=\"%s\"", path,
+                  strerror(errno));
+  }
+  free(fs);
+  s->last_step = t->st.step;
+  s->last_sec = mono_sec();
+  return resumed;
+}
+
+int td_saver_due(const td_saver *s, const Traind__V1__Checkpointing *c, int64_t step) {
+  if (!c)
+    return 0;
+  int64_t last = s->last_step < 0 ? 0 : s->last_step;
+  if (c->every_steps && step / c->every_steps > last / c->every_steps)
+    return 1;
+  return c->every_seconds && step != last && mono_sec() - s->last_sec >= c->every_seconds;
 }
 
 void td_saver_wait(td_saver *s) {

@@ -85,6 +85,7 @@ typedef struct td_saver {
   td_saver_result res;
 
   int64_t last_step; /* step of the newest snapshot taken (or resumed) */
+  double last_sec;   /* monotonic time of it (or of the start) */
 } td_saver;
 
 /* Creates dir when missing, removes its temporaries and starts the writer
@@ -99,6 +100,15 @@ int td_saver_busy(td_saver *s);
  * TD_EINVAL (and takes nothing) while the writer is busy. */
 int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_t gen,
                       td_error *err);
+/* Continues t from the newest checkpoint in the directory that loads.
+ * Files that are refused are renamed NAME.refused, logged, and described in
+ * note ("" when none). Returns 1 with the file's name in file when t
+ * resumed, 0 when it starts from the beginning. */
+int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, char *note,
+                    size_t note_len);
+/* Whether the job's periodic rule (every_steps, every_seconds) asks for a
+ * checkpoint at this boundary. */
+int td_saver_due(const td_saver *s, const Traind__V1__Checkpointing *c, int64_t step);
 /* Waits until the writer is idle. */
 void td_saver_wait(td_saver *s);
 /* Waits for the writer, stops its thread and frees the saver. */

@@ -105,7 +105,6 @@ typedef struct worker_ctx {
   int interrupted;  /* the daemon stopped while the job ran */
   td_saver saver;
   uint64_t save_taken; /* SaveCheckpoint requests covered by a snapshot */
-  double last_ckpt_sec;
 } worker_ctx;
 
 static int64_t wall_ns(void) {
@@ -164,12 +163,6 @@ static int w_stop(void *user) {
   return atomic_load(&w->job->stop) != TD_STOP_NONE;
 }
 
-static double mono_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Writer thread: the outcome of a snapshot goes to the loop. */
 static void w_saved(void *user, const td_saver_result *r) {
   worker_ctx *w = user;
@@ -195,7 +188,6 @@ static int w_snapshot(worker_ctx *w, td_trainer *t, td_ckpt_reason reason) {
     return rc;
   }
   w->save_taken = req;
-  w->last_ckpt_sec = mono_sec();
   return TD_OK;
 }
 
@@ -203,15 +195,10 @@ static int w_snapshot(worker_ctx *w, td_trainer *t, td_ckpt_reason reason) {
  * the writer is free (otherwise at a later boundary). */
 static void w_boundary(void *user, td_trainer *t) {
   worker_ctx *w = user;
-  const Traind__V1__Checkpointing *c = w->job->spec->checkpoint;
   td_ckpt_reason reason;
-  int64_t step = t->st.step, last = w->saver.last_step;
   if (atomic_load(&w->job->save_req) > w->save_taken)
     reason = TD_CKPT_REQUESTED;
-  else if (c && c->every_steps && step / c->every_steps > (last < 0 ? 0 : last) / c->every_steps)
-    reason = TD_CKPT_PERIODIC;
-  else if (c && c->every_seconds && mono_sec() - w->last_ckpt_sec >= c->every_seconds &&
-           step != last)
+  else if (td_saver_due(&w->saver, w->job->spec->checkpoint, t->st.step))
     reason = TD_CKPT_PERIODIC;
   else
     return;
@@ -219,51 +206,20 @@ static void w_boundary(void *user, td_trainer *t) {
     w_snapshot(w, t, reason);
 }
 
-/* Continues from the newest checkpoint that loads; refused files are
- * renamed *.refused and named in the resume note. Posts the resume. */
+/* Continues from the newest checkpoint that loads, and reports a resume
+ * (also a restart from the beginning after a stop) to the loop. */
 static void w_resume(worker_ctx *w, td_trainer *t) {
-  td_job *j = w->job;
   td_job_resume r = {0};
-  size_t note_len = 0;
-  td_ckpt_file *fs = NULL;
-  size_t n = 0;
-  td_error err = {0};
-  if (td_ckpt_list(w->ckpt_dir, &fs, &n, &err)) {
-    td_log_error("cannot list checkpoints", "job=%s err=\"%s\"", j->id, err.msg);
-    snprintf(r.note, sizeof r.note, "%.500s", err.msg);
-    n = 0;
-  }
-  for (size_t i = 0; i < n; i++) {
-    char path[PATH_MAX + TD_CKPT_NAME_MAX];
-    snprintf(path, sizeof path, "%s/%s", w->ckpt_dir, fs[i].name);
-    if (td_trainer_resume(t, path, &err) == TD_OK) {
-      snprintf(r.checkpoint, sizeof r.checkpoint, "%s", fs[i].name);
-      r.step = t->st.step;
-      break;
-    }
-    td_log_warn("checkpoint refused; trying the one before", "job=%s file=%s err=\"%s\"", j->id,
-                fs[i].name, err.msg);
-    if (note_len < sizeof r.note - 1)
-      note_len += (size_t)snprintf(r.note + note_len, sizeof r.note - note_len, "%s%s refused: %s",
-                                   note_len ? "; " : "", fs[i].name, err.msg);
-    if (note_len >= sizeof r.note)
-      note_len = sizeof r.note - 1;
-    char bad[sizeof path + 16];
-    snprintf(bad, sizeof bad, "%s.refused", path);
-    if (rename(path, bad) != 0)
-      td_log_warn("cannot set the refused checkpoint aside", "file=%s err=\"%s\"", path,
-                  strerror(errno));
-  }
-  free(fs);
-  w->saver.last_step = t->st.step;
-  if (!r.checkpoint[0] && !w->interrupted && !note_len)
+  if (!td_saver_resume(&w->saver, t, r.checkpoint, sizeof r.checkpoint, r.note, sizeof r.note) &&
+      !w->interrupted && !r.note[0])
     return; /* a first start */
+  r.step = t->st.step;
+  r.time_ns = wall_ns();
   event *e = calloc(1, sizeof *e);
   if (!e)
     return;
-  r.time_ns = wall_ns();
   e->kind = EV_RESUMED;
-  e->job = j;
+  e->job = w->job;
   e->resume = r;
   post_event(w->srv, e);
 }
@@ -319,7 +275,6 @@ static void *worker_main(void *arg) {
   }
   if (!rc) {
     w_resume(w, &t);
-    w->last_ckpt_sec = mono_sec();
     event *st = calloc(1, sizeof *st);
     if (st) {
       st->kind = EV_STARTED;
