@@ -14,10 +14,11 @@
  *             computes), for the breakdown of the write,
  *   write     td_ckpt_write_image of that image to DIR/ckpt-bench.h5 (build
  *             in memory, write, fsync, rename, fsync the directory), with
- *             the user and system CPU time and the minor page faults the
- *             process spent in it (getrusage),
- *   posix     write(2) and fsync of as many bytes as the file has, to
- *             DIR/.ckpt-bench.raw (what the disk alone allows),
+ *             the CPU time (user and system) and minor page faults of the
+ *             calling thread in it (getrusage RUSAGE_THREAD),
+ *   posix     write(2) and fsync of as many bytes as the file has (the
+ *             image, then its start again), to DIR/.ckpt-bench.raw (what
+ *             the disk alone allows),
  *   read      td_ckpt_read of the file into the state (every check and the
  *             checksum included); the file's pages are dropped from the page
  *             cache first unless --warm-read.
@@ -69,10 +70,9 @@ enum {
   N_FIGURES
 };
 static const char *const figure_names[N_FIGURES] = {
-    "snapshot_ms",      "crc32_sec",       "write_sec",
-    "write_MBps",       "write_user_sec",  "write_sys_sec",
-    "write_minflt",     "posix_write_sec", "posix_write_MBps",
-    "read_sec",         "read_MBps"};
+    "snapshot_ms",      "crc32_sec",     "write_sec",    "write_MBps",
+    "write_user_sec",   "write_sys_sec", "write_minflt", "posix_write_sec",
+    "posix_write_MBps", "read_sec",      "read_MBps"};
 
 typedef struct bench_rep {
   double v[N_FIGURES];
@@ -108,9 +108,8 @@ static void die_errno(const char *what, const char *path) {
 }
 
 static void usage(void) {
-  fprintf(stderr,
-          "usage: ckpt_write_bench --widths W0,W1,...,Wn [--opt adam|sgd] [--dir DIR] "
-          "[--reps N] [--warm-read]\n");
+  fprintf(stderr, "usage: ckpt_write_bench --widths W0,W1,...,Wn [--opt adam|sgd] [--dir DIR] "
+                  "[--reps N] [--warm-read]\n");
   exit(2);
 }
 
@@ -122,8 +121,10 @@ static void parse_widths(const char *s, bench_args *a) {
     unsigned long w = strtoul(s, &end, 10);
     if (end == s || errno || w == 0 || w > UINT32_MAX || (*end && *end != ',') ||
         a->n_widths == MAX_WIDTHS) {
-      fprintf(stderr, "ckpt_write_bench: --widths takes 2 to %d positive integers separated "
-                      "by commas, e.g. 784,512,512,10\n", MAX_WIDTHS);
+      fprintf(stderr,
+              "ckpt_write_bench: --widths takes 2 to %d positive integers separated "
+              "by commas, e.g. 784,512,512,10\n",
+              MAX_WIDTHS);
       exit(2);
     }
     a->widths[a->n_widths++] = (uint32_t)w;
@@ -201,8 +202,8 @@ static void model_init(bench_model *m, const bench_args *a) {
   td_error err = {0};
   char doc[SPEC_MAX];
   model_yaml(a, doc, sizeof doc);
-  if (pbjson_parse(&traind__v1__model__descriptor, doc, strlen(doc),
-                   (ProtobufCMessage **)&m->model, &err))
+  if (pbjson_parse(&traind__v1__model__descriptor, doc, strlen(doc), (ProtobufCMessage **)&m->model,
+                   &err))
     die("parsing the model", &err);
   snprintf(doc, sizeof doc, "chain: [{%s: {learning_rate: {constant: 0.001}}}]\n", a->opt);
   if (pbjson_parse(&traind__v1__optimizer__descriptor, doc, strlen(doc),
@@ -257,14 +258,20 @@ static uint32_t crc_bytes(const void *p, size_t len) {
   return (uint32_t)crc;
 }
 
-/* Writes len bytes of b to path with write(2), fsyncs and removes it. */
-static void posix_write(const char *path, const void *b, size_t len) {
+/* Writes len bytes to path with write(2), going round the b_len bytes of b
+ * as often as needed, then fsyncs and removes the file. */
+static void posix_write(const char *path, const void *b, size_t b_len, size_t len) {
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0)
     die_errno("cannot create", path);
-  const char *c = b;
+  size_t at = 0;
   while (len) {
-    ssize_t w = write(fd, c, len > (1u << 30) ? (1u << 30) : len);
+    size_t n = b_len - at;
+    if (n > len)
+      n = len;
+    if (n > (1u << 30))
+      n = 1u << 30;
+    ssize_t w = write(fd, (const char *)b + at, n);
     if (w < 0 && errno == EINTR)
       continue;
     if (w <= 0) {
@@ -272,7 +279,7 @@ static void posix_write(const char *path, const void *b, size_t len) {
         errno = ENOSPC;
       die_errno("writing", path);
     }
-    c += w;
+    at = (at + (size_t)w) % b_len;
     len -= (size_t)w;
   }
   if (fsync(fd) != 0)
@@ -322,8 +329,7 @@ static void print_json_str(const char *s) {
 }
 
 /* The opening of an output object: what was measured and where. */
-static void print_head(const bench_args *a, const char *name, size_t n_params,
-                       off_t file_bytes) {
+static void print_head(const bench_args *a, const char *name, size_t n_params, off_t file_bytes) {
   printf("{\"bench\":\"ckpt_write\",\"model\":\"%s\",\"opt\":\"%s\",\"dir\":", name, a->opt);
   print_json_str(a->dir);
   printf(",\"read_cache\":\"%s\",\"n_params\":%zu,\"file_bytes\":%lld",
@@ -384,8 +390,12 @@ int main(int argc, char **argv) {
   }
   m.st.step = 1000;
 
-  const td_ckpt_meta meta = {.step = 1000, .epoch = 3, .step_in_epoch = 62,
-                             .root_key = td_prng_key(0), .seed = 0, .spec_json = NULL};
+  const td_ckpt_meta meta = {.step = 1000,
+                             .epoch = 3,
+                             .step_in_epoch = 62,
+                             .root_key = td_prng_key(0),
+                             .seed = 0,
+                             .spec_json = NULL};
   uint32_t want_crc = 0;
   off_t file_bytes = 0;
   for (int r = 0; r < a.reps; r++) {
@@ -416,7 +426,7 @@ int main(int argc, char **argv) {
     x->v[F_WRITE_MBPS] = (double)file_bytes / 1e6 / x->v[F_WRITE_SEC];
 
     t0 = now_sec();
-    posix_write(raw, host, (size_t)file_bytes);
+    posix_write(raw, host, (np + no) * sizeof(float), (size_t)file_bytes);
     x->v[F_POSIX_SEC] = now_sec() - t0;
     x->v[F_POSIX_MBPS] = (double)file_bytes / 1e6 / x->v[F_POSIX_SEC];
 
