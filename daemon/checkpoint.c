@@ -273,12 +273,13 @@ static int write_leaf(hid_t fid, hid_t lcpl, const leaf *l) {
   return ok ? 0 : -1;
 }
 
-/* Builds the whole file in memory (HDF5's core driver, no backing store)
- * and returns its bytes in *image (malloc'd). HDF5 never touches the disk
- * here: every disk error is met by the plain POSIX code that writes the
- * image, which can always clean up after itself. */
-static int build_image(const char *name, const td_ckpt_image *img, const td_ckpt_meta *meta,
-                       void **image, size_t *image_len, td_error *err) {
+/* Writes the whole checkpoint to `name` (a new file). The file is built in
+ * memory by HDF5's core driver and written out whole when it is closed: a
+ * disk error then fails that one write (HDF5's incremental writers do not
+ * survive one mid-dataset). The caller syncs, renames and, on failure,
+ * removes the file. */
+static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_meta *meta,
+                      td_error *err) {
   const td_plan *p = img->plan;
   leaf *ls = NULL;
   size_t n = 0;
@@ -296,10 +297,10 @@ static int build_image(const char *name, const td_ckpt_image *img, const td_ckpt
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE), fid = -1, g = -1;
   int bad = fapl < 0 || lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
-            H5Pset_fapl_core(fapl, floats * sizeof(float) + (256u << 10), 0) < 0;
+            H5Pset_fapl_core(fapl, floats * sizeof(float) + (256u << 10), 1) < 0;
   if (!bad) {
     what = "H5Fcreate";
-    fid = H5Fcreate(name, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    fid = H5Fcreate(name, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
     bad = fid < 0;
   }
   if (!bad) {
@@ -344,22 +345,6 @@ static int build_image(const char *name, const td_ckpt_image *img, const td_ckpt
           write_str_attr(fid, "job_spec", meta->spec_json ? meta->spec_json : "") < 0 ||
           write_attr(fid, "checksum", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0, &crc) < 0;
   }
-  ssize_t len = -1;
-  if (!bad) {
-    what = "H5Fflush/H5Fget_file_image";
-    bad = H5Fflush(fid, H5F_SCOPE_GLOBAL) < 0 || (len = H5Fget_file_image(fid, NULL, 0)) <= 0;
-  }
-  void *buf = NULL;
-  if (!bad && !(buf = malloc((size_t)len))) {
-    free(ls);
-    H5Fclose(fid);
-    H5Pclose(lcpl);
-    H5Pclose(fapl);
-    return td_errorf(err, TD_ENOMEM, "checkpoint: cannot allocate %.1f MiB for the file image",
-                     (double)len / (1024.0 * 1024.0));
-  }
-  if (!bad)
-    bad = H5Fget_file_image(fid, buf, (size_t)len) != len;
   h5_note note = {{0}, 0};
   if (bad)
     note = h5_detail();
@@ -373,41 +358,9 @@ static int build_image(const char *name, const td_ckpt_image *img, const td_ckpt
   if (fapl >= 0)
     H5Pclose(fapl);
   free(ls);
-  if (bad) {
-    free(buf);
-    return td_errorf(err, TD_EIO, "checkpoint: %s failed: %s", what, note.last);
-  }
-  *image = buf;
-  *image_len = (size_t)len;
-  return TD_OK;
-}
-
-/* Creates path with the bytes of b and fsyncs it. */
-static int write_fsync(const char *path, const void *b, size_t len, td_error *err) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return td_errorf(err, errno == EACCES || errno == EROFS ? TD_EPERM : TD_EIO,
-                     "checkpoint: cannot create '%s': %s", path, strerror(errno));
-  const char *c = b;
-  while (len) {
-    ssize_t w = write(fd, c, len > (1u << 30) ? (1u << 30) : len);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0) {
-      int e = w < 0 ? errno : ENOSPC;
-      close(fd);
-      return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed: %s", path, strerror(e));
-    }
-    c += w;
-    len -= (size_t)w;
-  }
-  if (fsync(fd) != 0) {
-    int e = errno;
-    close(fd);
-    return td_errorf(err, TD_EIO, "checkpoint: fsync of '%s' failed: %s", path, strerror(e));
-  }
-  if (close(fd) != 0)
-    return td_errorf(err, TD_EIO, "checkpoint: closing '%s' failed: %s", path, strerror(errno));
+  if (bad)
+    return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed in %s: %s", name, what,
+                     note.last);
   return TD_OK;
 }
 
@@ -449,15 +402,11 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
     return td_errorf(err, TD_EIO, "checkpoint: cannot remove the stale '%s': %s", tmp,
                      strerror(errno));
 
-  void *image = NULL;
-  size_t image_len = 0;
   h5_quiet q = h5_silence();
-  int rc = build_image(tmp, img, meta, &image, &image_len, err);
+  int rc = write_file(tmp, img, meta, err);
   h5_restore(q);
-  if (rc)
-    return rc;
-  rc = write_fsync(tmp, image, image_len, err);
-  free(image);
+  if (!rc && fsync_path(tmp, O_RDONLY) != 0)
+    rc = td_errorf(err, TD_EIO, "checkpoint: fsync of '%s' failed: %s", tmp, strerror(errno));
   if (!rc && rename(tmp, path) != 0)
     rc = td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
                    "checkpoint: cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
