@@ -19,11 +19,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import zlib
 
 try:
     import h5py
     import numpy as np
+    from h5ckpt import checksum
 except ImportError as e:  # pragma: no cover
     print(f"SKIP: {e}")
     sys.exit(1 if os.environ.get("CI") == "true" else 77)
@@ -37,26 +37,6 @@ def check(cond, what):
     if not cond:
         failures += 1
         print(f"FAIL: {what}")
-
-
-def float_leaves(f):
-    """Every float dataset under /params and /opt_state, in checksum order."""
-    names = []
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
-            names.append(name)
-
-    for top in ("params", "opt_state"):
-        f[top].visititems(lambda n, o, t=top: visit(f"{t}/{n}", o))
-    return sorted(names, key=lambda n: n.split("/"))
-
-
-def checksum(f):
-    crc = 0
-    for name in float_leaves(f):
-        crc = zlib.crc32(np.ascontiguousarray(f[name][()], dtype="<f4").tobytes(), crc)
-    return crc
 
 
 def load_params(f):

@@ -63,19 +63,6 @@ def ts(t):
     return t.seconds + t.nanos / 1e9
 
 
-def records(d):
-    """The job records in the state directory, parsed as traind.v1.Job."""
-    out = {}
-    jobs = os.path.join(d.state_dir, "jobs")
-    for name in os.listdir(jobs):
-        if name.endswith(".pb") and not name.startswith("."):
-            j = pb.Job()
-            with open(os.path.join(jobs, name), "rb") as f:
-                j.ParseFromString(f.read())
-            out[j.id] = j
-    return out
-
-
 def listed(d):
     return [j.id for j in d.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs]
 
@@ -100,7 +87,7 @@ def finished_jobs_survive(s):
     before = {j.id: s.get(d, j.id) for j in (ok, bad, stopped)}
     order = listed(d)
     d.stop()
-    on_disk = records(d)
+    on_disk = d.records()
     for jid, j in before.items():
         check(on_disk.get(jid) == j, "the record of %s on disk differs from GetJob", j.name)
     d.start()
@@ -154,7 +141,7 @@ def sigterm_requeues_running(s):
           watch.get("details"))
     log = d.log()
     check("interrupted by shutdown" in log, "the log does not say the job was interrupted")
-    recs = records(d)
+    recs = d.records()
     check(recs[a.id].state == S.QUEUED and recs[b.id].state == S.QUEUED,
           "saved states after SIGTERM: %s %s (expected QUEUED twice)",
           S.Name(recs[a.id].state), S.Name(recs[b.id].state))
@@ -229,7 +216,7 @@ def sigkill_recovers(s):
     a = s.submit(d, ref(2, train_limit=0), name="killed")
     th.wait_for(lambda: s.get(d, a.id).progress.step > 50, 60, "the job to pass step 50")
     d.kill()
-    check(records(d)[a.id].state == S.RUNNING, "the record of a killed running job")
+    check(d.records()[a.id].state == S.RUNNING, "the record of a killed running job")
     d.start()
     j = s.wait_state(d, a.id, S.SUCCEEDED, 120, "the killed job to run again after restart")
     check(j.progress.step == 2 * 468, "rerun made %d steps", j.progress.step)

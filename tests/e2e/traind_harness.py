@@ -425,6 +425,18 @@ class Daemon:
         self.stop(**kw)
         return self.start()
 
+    def records(self):
+        """The job records in the state directory, as traind.v1.Job by id."""
+        out = {}
+        jobs = os.path.join(self.state_dir, "jobs")
+        for name in os.listdir(jobs):
+            if name.endswith(".pb") and not name.startswith("."):
+                j = self.stubs.pb.Job()
+                with open(os.path.join(jobs, name), "rb") as f:
+                    j.ParseFromString(f.read())
+                out[j.id] = j
+        return out
+
 
 _live = []
 
