@@ -1,7 +1,7 @@
 /* Checkpoint writing and reading, timed.
  *
  *   ckpt_write_bench --widths 784,512,512,10 [--opt adam|sgd] [--dir DIR]
- *                    [--reps N] [--warm-read]
+ *                    [--reps N] [--warm-read] [--fresh-memory]
  *
  * Builds the plan of an MLP (dense layers of the given widths with ReLU
  * between them, softmax cross-entropy; Adam with learning rate 1e-3, or plain
@@ -22,6 +22,9 @@
  *   read      td_ckpt_read of the file into the state (every check and the
  *             checksum included); the file's pages are dropped from the page
  *             cache first unless --warm-read.
+ * The writes build their files in one buffer kept across repetitions, as the
+ * daemon's checkpoint writer does (the first repetition allocates it);
+ * --fresh-memory gives each write new memory instead.
  * Prints one JSON object per repetition and a summary object with the
  * median, minimum and maximum of each figure. MB is 10^6 bytes. */
 #include <errno.h>
@@ -52,6 +55,7 @@ typedef struct bench_args {
   const char *dir;
   int reps;
   int warm_read;
+  int fresh_memory;
 } bench_args;
 
 /* The figures of one repetition, in output order. */
@@ -109,7 +113,7 @@ static void die_errno(const char *what, const char *path) {
 
 static void usage(void) {
   fprintf(stderr, "usage: ckpt_write_bench --widths W0,W1,...,Wn [--opt adam|sgd] [--dir DIR] "
-                  "[--reps N] [--warm-read]\n");
+                  "[--reps N] [--warm-read] [--fresh-memory]\n");
   exit(2);
 }
 
@@ -143,6 +147,10 @@ static bench_args parse_args(int argc, char **argv) {
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(arg, "--warm-read")) {
       a.warm_read = 1;
+      continue;
+    }
+    if (!strcmp(arg, "--fresh-memory")) {
+      a.fresh_memory = 1;
       continue;
     }
     if (!val)
@@ -332,8 +340,10 @@ static void print_json_str(const char *s) {
 static void print_head(const bench_args *a, const char *name, size_t n_params, off_t file_bytes) {
   printf("{\"bench\":\"ckpt_write\",\"model\":\"%s\",\"opt\":\"%s\",\"dir\":", name, a->opt);
   print_json_str(a->dir);
-  printf(",\"read_cache\":\"%s\",\"n_params\":%zu,\"file_bytes\":%lld",
-         a->warm_read ? "warm" : "cold", n_params, (long long)file_bytes);
+  printf(",\"read_cache\":\"%s\",\"file_memory\":\"%s\",\"n_params\":%zu,"
+         "\"file_bytes\":%lld",
+         a->warm_read ? "warm" : "cold", a->fresh_memory ? "fresh" : "kept", n_params,
+         (long long)file_bytes);
 }
 
 static void print_figure(const char *sep, int f, double v) {
@@ -398,6 +408,7 @@ int main(int argc, char **argv) {
                              .spec_json = NULL};
   uint32_t want_crc = 0;
   off_t file_bytes = 0;
+  td_ckpt_buffer file_mem = {0};
   for (int r = 0; r < a.reps; r++) {
     bench_rep *x = &reps[r];
     double t0 = now_sec();
@@ -408,7 +419,8 @@ int main(int argc, char **argv) {
     want_crc = crc_bytes(host, (np + no) * sizeof(float));
     x->v[F_CRC32_SEC] = now_sec() - t0;
 
-    td_ckpt_image img = {.plan = p, .params = host, .opt_state = host + np, .count = m.st.step};
+    td_ckpt_image img = {.plan = p, .params = host, .opt_state = host + np, .count = m.st.step,
+                         .reuse = a.fresh_memory ? NULL : &file_mem};
     struct rusage ru0, ru1;
     getrusage(RUSAGE_THREAD, &ru0);
     t0 = now_sec();
@@ -490,6 +502,7 @@ int main(int argc, char **argv) {
   free(col);
   free(reps);
   free(host);
+  td_ckpt_buffer_free(&file_mem);
   model_free(&m);
   return 0;
 }

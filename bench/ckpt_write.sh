@@ -37,6 +37,7 @@ large=784,8192,8192,4096,10
   "$bin" --widths 784,256,128,10 --dir "$dir" --reps 5
   "$bin" --widths 784,512,512,10 --dir "$dir" --reps 5
   "$bin" --widths "$large" --dir "$dir" --reps 3
+  "$bin" --widths "$large" --dir "$dir" --reps 3 --fresh-memory
   if [ -n "$shm" ]; then
     "$bin" --widths "$large" --dir "$shm" --reps 3
   fi

@@ -273,11 +273,114 @@ static int write_leaf(hid_t fid, hid_t lcpl, const leaf *l) {
   return ok ? 0 : -1;
 }
 
-/* Writes the whole checkpoint to `name` (a new file). The file is built in
- * memory by HDF5's core driver and written out whole when it is closed: a
- * disk error then fails that one write (HDF5's incremental writers do not
- * survive one mid-dataset). The caller syncs, renames and, on failure,
- * removes the file. */
+/* The core driver's memory, allocated through these callbacks so that the
+ * finished file can be written from it directly, and kept (in `keep`) for
+ * the next write when the caller passes a buffer. */
+typedef struct image_mem {
+  void *p;          /* the driver's current buffer */
+  td_ckpt_buffer *keep;
+} image_mem;
+
+void td_ckpt_buffer_free(td_ckpt_buffer *b) {
+  free(b->p);
+  b->p = NULL;
+  b->cap = 0;
+}
+
+static void *img_malloc(size_t size, H5FD_file_image_op_t op, void *ud) {
+  (void)op;
+  image_mem *m = ud;
+  td_ckpt_buffer *k = m->keep;
+  if (k && k->p && size <= k->cap && m->p != k->p)
+    return m->p = k->p;
+  void *p = malloc(size);
+  if (p) {
+    m->p = p;
+    if (k && !k->p) {
+      k->p = p;
+      k->cap = size;
+    }
+  }
+  return p;
+}
+
+static void *img_realloc(void *ptr, size_t size, H5FD_file_image_op_t op, void *ud) {
+  image_mem *m = ud;
+  td_ckpt_buffer *k = m->keep;
+  if (!ptr)
+    return img_malloc(size, op, ud);
+  if (k && ptr == k->p && size <= k->cap)
+    return ptr;
+  void *p = realloc(ptr, size);
+  if (p) {
+    m->p = p;
+    if (k && ptr == k->p) {
+      k->p = p;
+      k->cap = size;
+    }
+  }
+  return p;
+}
+
+static herr_t img_free(void *ptr, H5FD_file_image_op_t op, void *ud) {
+  (void)op;
+  image_mem *m = ud;
+  if (ptr == m->p)
+    m->p = NULL;
+  if (!m->keep || ptr != m->keep->p)
+    free(ptr);
+  return 0;
+}
+
+static void *img_memcpy(void *dst, const void *src, size_t n, H5FD_file_image_op_t op,
+                        void *ud) {
+  (void)op;
+  (void)ud;
+  return memcpy(dst, src, n);
+}
+
+static void *img_udata_copy(void *ud) { return ud; }
+static herr_t img_udata_free(void *ud) {
+  (void)ud;
+  return 0;
+}
+
+/* Creates path with the bytes of b and fsyncs it. */
+static int write_fsync(const char *path, const void *b, size_t len, td_error *err) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return td_errorf(err, errno == EACCES || errno == EROFS ? TD_EPERM : TD_EIO,
+                     "checkpoint: cannot create '%s': %s", path, strerror(errno));
+  const char *c = b;
+  while (len) {
+    ssize_t w = write(fd, c, len > (1u << 30) ? (1u << 30) : len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      int e = w < 0 ? errno : ENOSPC;
+      close(fd);
+      return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed: %s", path, strerror(e));
+    }
+    c += w;
+    len -= (size_t)w;
+  }
+  if (fsync(fd) != 0) {
+    int e = errno;
+    close(fd);
+    return td_errorf(err, TD_EIO, "checkpoint: fsync of '%s' failed: %s", path, strerror(e));
+  }
+  if (close(fd) != 0)
+    return td_errorf(err, TD_EIO, "checkpoint: closing '%s' failed: %s", path, strerror(errno));
+  return TD_OK;
+}
+
+
+/* Writes the whole checkpoint to `name` (a new file). HDF5 builds the file
+ * in memory (its core driver, without a backing store); the finished bytes
+ * are then written from that memory with plain POSIX calls, so that a disk
+ * error fails one write() that cleans up after itself (HDF5's own writers
+ * do not survive a disk error mid-dataset: they crash or leak the file's
+ * memory). The caller renames the file and, on failure, removes it. */
 static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_meta *meta,
                       td_error *err) {
   const td_plan *p = img->plan;
@@ -293,14 +396,18 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
     return rc;
   }
   size_t floats = p->n_params * (1 + p->optim.state_slots);
+  image_mem mem = {NULL, img->reuse};
+  H5FD_file_image_callbacks_t cb = {img_malloc,     img_memcpy,     img_realloc, img_free,
+                                    img_udata_copy, img_udata_free, &mem};
   const char *what = "H5Pset_fapl_core";
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE), fid = -1, g = -1;
   int bad = fapl < 0 || lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
-            H5Pset_fapl_core(fapl, floats * sizeof(float) + (256u << 10), 1) < 0;
+            H5Pset_fapl_core(fapl, floats * sizeof(float) + (256u << 10), 0) < 0 ||
+            H5Pset_file_image_callbacks(fapl, &cb) < 0;
   if (!bad) {
     what = "H5Fcreate";
-    fid = H5Fcreate(name, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    fid = H5Fcreate(name, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     bad = fid < 0;
   }
   if (!bad) {
@@ -345,9 +452,24 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
           write_str_attr(fid, "job_spec", meta->spec_json ? meta->spec_json : "") < 0 ||
           write_attr(fid, "checksum", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0, &crc) < 0;
   }
+  ssize_t len = -1;
+  if (!bad) {
+    what = "H5Fflush";
+    bad = H5Fflush(fid, H5F_SCOPE_GLOBAL) < 0 || (len = H5Fget_file_image(fid, NULL, 0)) <= 0 ||
+          !mem.p;
+  }
   h5_note note = {{0}, 0};
   if (bad)
     note = h5_detail();
+  /* The file is complete in the driver's memory: out it goes, before the
+   * close frees that memory. */
+  if (!bad && (rc = write_fsync(name, mem.p, (size_t)len, err))) {
+    H5Fclose(fid);
+    H5Pclose(lcpl);
+    H5Pclose(fapl);
+    free(ls);
+    return rc;
+  }
   if (fid >= 0 && H5Fclose(fid) < 0 && !bad) {
     what = "H5Fclose";
     bad = 1;
@@ -405,8 +527,6 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
   h5_quiet q = h5_silence();
   int rc = write_file(tmp, img, meta, err);
   h5_restore(q);
-  if (!rc && fsync_path(tmp, O_RDONLY) != 0)
-    rc = td_errorf(err, TD_EIO, "checkpoint: fsync of '%s' failed: %s", tmp, strerror(errno));
   if (!rc && rename(tmp, path) != 0)
     rc = td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
                    "checkpoint: cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));

@@ -34,6 +34,16 @@ typedef struct td_ckpt_meta {
   char *spec_json;        /* the job spec as JSON; owned, may be NULL on write */
 } td_ckpt_meta;
 
+/* Memory for building files, kept between writes by a caller that writes
+ * many (fresh memory of a file's size costs a page fault per 4 KiB). Zero
+ * it before the first use; free with td_ckpt_buffer_free. */
+typedef struct td_ckpt_buffer {
+  void *p;
+  size_t cap;
+} td_ckpt_buffer;
+
+void td_ckpt_buffer_free(td_ckpt_buffer *b);
+
 /* The host-side image of a state, for writing from a snapshot taken between
  * steps (so that training does not wait for the disk). */
 typedef struct td_ckpt_image {
@@ -41,6 +51,7 @@ typedef struct td_ckpt_image {
   const float *params;    /* (n_params) host memory */
   const float *opt_state; /* (optim.state_slots * n_params) host memory */
   int64_t count;          /* updates applied: /opt_state/count */
+  td_ckpt_buffer *reuse;  /* optional: build the file in this memory */
 } td_ckpt_image;
 
 /* Writes a complete checkpoint of st (parameters, optimizer state per stage,

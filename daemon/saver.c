@@ -151,7 +151,8 @@ static void write_snapshot(td_saver *s) {
   td_ckpt_image img = {.plan = s->plan,
                        .params = s->host,
                        .opt_state = s->host + np,
-                       .count = s->meta.step};
+                       .count = s->meta.step,
+                       .reuse = &s->file_mem};
   if ((size_t)snprintf(path, sizeof path, "%s/%s", s->dir, r->name) >= sizeof path)
     r->rc = td_errorf(&err, TD_EINVAL, "checkpoint path too long in %s", s->dir);
   else
@@ -336,5 +337,6 @@ void td_saver_stop(td_saver *s) {
   pthread_cond_destroy(&s->cv);
   free(s->host);
   free(s->spec_json);
+  td_ckpt_buffer_free(&s->file_mem);
   memset(s, 0, sizeof *s);
 }

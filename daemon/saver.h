@@ -81,6 +81,7 @@ typedef struct td_saver {
 
   /* The snapshot being written (valid while busy). */
   float *host; /* (n_params * (1 + state_slots)) */
+  td_ckpt_buffer file_mem; /* where the writer builds files */
   td_ckpt_meta meta;
   td_saver_result res;
 
