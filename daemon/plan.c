@@ -488,7 +488,7 @@ int td_state_init_params(td_state *st, td_key key, td_error *err) {
                        what, td_strerror(rc_));                              \
   } while (0)
 
-int td_state_forward(td_state *st, int rows, int train, td_key dropout_key,
+int td_state_forward(td_state *st, int rows, int train, td_key dropout_key, uint64_t row0,
                      td_error *err) {
   const td_plan *p = st->plan;
   td_backend *be = st->be;
@@ -515,7 +515,7 @@ int td_state_forward(td_state *st, int rows, int train, td_key dropout_key,
       size_t cells = (size_t)rows * L->out;
       if (train && L->rate > 0.0f) {
         td_key k = td_prng_fold_in(dropout_key, L->spec_index);
-        CALL(ops->dropout_fwd(be, cells, L->rate, k.k[0], k.k[1], a + L->x,
+        CALL(ops->dropout_fwd(be, cells, row0 * L->out, L->rate, k.k[0], k.k[1], a + L->x,
                               a + L->mask, a + L->y),
              "dropout forward");
       } else {

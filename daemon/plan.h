@@ -136,8 +136,9 @@ void td_state_free(td_state *st);
 int td_state_init_params(td_state *st, td_key key, td_error *err);
 
 /* Forward over the first `rows` rows of the input (rows <= batch).
- * train: dropout active, masked by fold_in(dropout_key, layer index). */
-int td_state_forward(td_state *st, int rows, int train, td_key dropout_key,
+ * train: dropout active, masked by fold_in(dropout_key, layer index) as for
+ * a batch whose rows row0.. these are (0 unless the batch is sharded). */
+int td_state_forward(td_state *st, int rows, int train, td_key dropout_key, uint64_t row0,
                      td_error *err);
 /* The loss over the first `rows` rows: writes the loss sum and the number of
  * correct predictions to the scalars block; with_grad also writes the

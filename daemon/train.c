@@ -2,10 +2,12 @@
 #include "train.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_sec(void) {
   struct timespec ts;
@@ -14,6 +16,11 @@ static double now_sec(void) {
 }
 
 static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err);
+
+/* The replicas a job asks for (devices.count, default 1). */
+static int job_devices(const Traind__V1__JobSpec *s) {
+  return s->devices && s->devices->count ? (int)s->devices->count : 1;
+}
 
 /* Resolves one dataset file under the data roots. */
 static int resolve(const td_trainer_opts *o, const char *dir, const char *name,
@@ -107,8 +114,9 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
   if (rc)
     return rc;
   td_plan *p = NULL;
-  rc = td_plan_compile(spec->model, spec->optimizer, spec->training->batch_size,
-                       "cpu:0", &p, err);
+  rc = td_plan_compile(spec->model, spec->optimizer,
+                       spec->training->batch_size / (uint32_t)job_devices(spec), "cpu:0", &p,
+                       err);
   data_files *f = malloc(sizeof *f);
   if (!rc && !f)
     rc = td_errorf(err, TD_ENOMEM, "out of memory");
@@ -154,12 +162,219 @@ static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err) {
     if (strcmp(kind, "gpu") == 0)
       return td_errorf(err, TD_EUNSUPPORTED,
                        "devices.kind: this build of traind has no GPU backend");
-    if (s->devices->count > 1)
-      return td_errorf(err, TD_EUNSUPPORTED,
-                       "devices.count: this build of traind trains a job on "
-                       "one device; remove devices.count or set it to 1");
+    uint32_t n = s->devices->count, b = s->training->batch_size;
+    if (n > 1 && b % n)
+      return td_errorf(err, TD_EINVAL,
+                       "training.batch_size: %u does not split evenly across %u devices "
+                       "(devices.count); use a multiple of %u such as %u",
+                       b, n, n, (b / n + 1) * n);
   }
   return TD_OK;
+}
+
+/* ---- replicas ------------------------------------------------------------ */
+
+/* Runs fn for every replica, replica 0 on this thread, and waits for all.
+ * The first failure, in rank order, is the result. */
+static int run_task(td_trainer *t, int (*fn)(td_trainer *t, int rank), td_error *err) {
+  if (t->n_rep == 1) {
+    t->rep[0].rc = fn(t, 0);
+  } else {
+    pthread_mutex_lock(&t->mu);
+    t->task = fn;
+    t->gen++;
+    t->pending = t->n_rep - 1;
+    pthread_cond_broadcast(&t->go);
+    pthread_mutex_unlock(&t->mu);
+    t->rep[0].rc = fn(t, 0);
+    pthread_mutex_lock(&t->mu);
+    while (t->pending)
+      pthread_cond_wait(&t->done, &t->mu);
+    pthread_mutex_unlock(&t->mu);
+  }
+  for (int r = 0; r < t->n_rep; r++)
+    if (t->rep[r].rc) {
+      if (err)
+        *err = t->rep[r].err;
+      if (t->n_rep > 1)
+        td_error_prefix(err, "device cpu:%d of %d", r, t->n_rep);
+      return t->rep[r].rc;
+    }
+  return TD_OK;
+}
+
+static void *replica_main(void *arg) {
+  td_replica *r = arg;
+  td_trainer *t = r->owner;
+  uint64_t seen = 0;
+  pthread_mutex_lock(&t->mu);
+  for (;;) {
+    while (t->gen == seen && !t->quit)
+      pthread_cond_wait(&t->go, &t->mu);
+    if (t->quit)
+      break;
+    seen = t->gen;
+    int (*fn)(td_trainer *, int) = t->task;
+    pthread_mutex_unlock(&t->mu);
+    r->rc = fn(t, r->rank);
+    pthread_mutex_lock(&t->mu);
+    if (--t->pending == 0)
+      pthread_cond_signal(&t->done);
+  }
+  pthread_mutex_unlock(&t->mu);
+  return NULL;
+}
+
+/* Gradients of the replica's shard of the batch t->task_order, averaged
+ * over the replicas, their squared norm, and the shard's loss sum and
+ * correct count, to rep->host. */
+static int task_grads(td_trainer *t, int rank) {
+  td_replica *r = &t->rep[rank];
+  const td_plan *p = t->plan;
+  td_state *st = r->st;
+  td_backend *be = r->be;
+  const td_backend_ops *ops = be->ops;
+  float *a = st->arena, *sc = a + p->scalars_off;
+  td_error *err = &r->err;
+  int rc = ops->gather(be, t->train.x, t->train.y, t->train.dim,
+                       t->task_order + (size_t)rank * t->shard, t->shard, a + p->in_off,
+                       (int32_t *)(a + p->labels_off));
+  if (rc)
+    rc = td_errorf(err, rc, "step: gather failed");
+  if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, t->task_key,
+                                     (uint64_t)rank * t->shard, err)) &&
+      !(rc = td_state_loss(st, (int)t->shard, 1, err)))
+    rc = td_state_backward(st, err);
+  /* Every replica joins the allreduce, also after a failure. */
+  int crc = t->comm->ops->allreduce(t->comm, rank, st->grads, p->n_params, TD_REDUCE_MEAN);
+  if (!rc && crc)
+    rc = td_errorf(err, crc, "step: the gradient allreduce failed");
+  if (!rc && (rc = ops->sumsq(be, p->n_params, st->grads, sc + TD_SC_GRAD_SUMSQ)))
+    rc = td_errorf(err, rc, "step: gradient norm failed");
+  if (!rc && (rc = ops->download(be, r->host, sc, sizeof r->host)))
+    rc = td_errorf(err, rc, "step: reading metrics failed");
+  return rc;
+}
+
+/* The same optimizer update on every replica. */
+static int task_apply(td_trainer *t, int rank) {
+  td_replica *r = &t->rep[rank];
+  const td_plan *p = t->plan;
+  td_state *st = r->st;
+  td_optim_step os = {.count = st->step, .grad_sumsq = t->task_sumsq};
+  int rc = td_optim_apply(&p->optim, r->be, &os, p->n_params, st->params, st->grads,
+                          st->opt_state, st->arena + p->scalars_off + TD_SC_SCRATCH, &r->err);
+  if (!rc)
+    st->step++;
+  return rc;
+}
+
+/* Loss sum and correct count over the replica's share of t->task_ds, in
+ * chunks of a shard. */
+static int task_eval(td_trainer *t, int rank) {
+  td_replica *r = &t->rep[rank];
+  const td_plan *p = t->plan;
+  const td_dataset *ds = t->task_ds;
+  td_backend *be = r->be;
+  float *a = r->st->arena;
+  uint32_t lo = (uint32_t)((uint64_t)ds->n * (uint64_t)rank / (uint64_t)t->n_rep);
+  uint32_t hi = (uint32_t)((uint64_t)ds->n * (uint64_t)(rank + 1) / (uint64_t)t->n_rep);
+  r->sums[0] = r->sums[1] = 0.0;
+  for (uint32_t start = lo; start < hi; start += t->shard) {
+    uint32_t rows = hi - start < t->shard ? hi - start : t->shard;
+    /* Rows start..start+rows: the dataset pointer is offset instead of the
+     * indices, so the one iota buffer serves every chunk. */
+    int rc = be->ops->gather(be, ds->x + (size_t)start * ds->dim, ds->y + start, ds->dim,
+                             t->iota, rows, a + p->in_off, (int32_t *)(a + p->labels_off));
+    if (rc)
+      return td_errorf(&r->err, rc, "evaluate: gather failed");
+    if ((rc = td_state_forward(r->st, (int)rows, 0, t->dropout_key, 0, &r->err)) ||
+        (rc = td_state_loss(r->st, (int)rows, 0, &r->err)))
+      return rc;
+    float sc[2];
+    if ((rc = be->ops->download(be, sc, a + p->scalars_off + TD_SC_LOSS_SUM, sizeof sc)))
+      return td_errorf(&r->err, rc, "evaluate: reading the loss failed");
+    r->sums[0] += sc[0];
+    r->sums[1] += sc[1];
+  }
+  return TD_OK;
+}
+
+/* Replica 0's parameters, optimizer state and step to every replica. */
+static int task_sync(td_trainer *t, int rank) {
+  td_replica *r = &t->rep[rank];
+  const td_plan *p = t->plan;
+  size_t np = p->n_params, no = p->optim.state_slots * np;
+  td_comm *c = t->comm;
+  int rc = c->ops->broadcast(c, rank, r->st->params, np, 0);
+  int rc2 = c->ops->broadcast(c, rank, r->st->opt_state, no, 0);
+  if (rc || rc2)
+    return td_errorf(&r->err, rc ? rc : rc2, "broadcasting the parameters failed");
+  r->st->step = t->st.step;
+  return TD_OK;
+}
+
+/* Backends, states, the communicator and the threads of the replicas;
+ * threads: for all of them together (<= 0: every core). */
+static int replicas_start(td_trainer *t, int threads, td_error *err) {
+  const int n = t->n_rep;
+  if (threads <= 0 && n > 1) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = cores > 0 ? (int)cores : 1;
+  }
+  int per = threads <= 0 ? 0 : (threads / n > 0 ? threads / n : 1);
+  if (!(t->rep = calloc((size_t)n, sizeof *t->rep)))
+    return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+  int rc = td_comm_cpu_create(&t->comm, n, err);
+  for (int r = 0; r < n && !rc; r++) {
+    td_replica *x = &t->rep[r];
+    x->owner = t;
+    x->rank = r;
+    x->st = r ? &x->own : &t->st;
+    if (!(rc = td_cpu_backend_create(&x->be, per, err)))
+      rc = td_state_init(x->st, t->plan, x->be, err);
+  }
+  if (rc)
+    return rc;
+  t->be = t->rep[0].be;
+  if (n == 1)
+    return TD_OK;
+  pthread_mutex_init(&t->mu, NULL);
+  pthread_cond_init(&t->go, NULL);
+  pthread_cond_init(&t->done, NULL);
+  t->pool = 1;
+  for (int r = 1; r < n; r++) {
+    if (pthread_create(&t->rep[r].thread, NULL, replica_main, &t->rep[r]) != 0)
+      return td_errorf(err, TD_ENOMEM, "trainer: cannot start the thread of device cpu:%d", r);
+    t->rep[r].has_thread = 1;
+  }
+  return TD_OK;
+}
+
+static void replicas_stop(td_trainer *t) {
+  if (t->pool) {
+    pthread_mutex_lock(&t->mu);
+    t->quit = 1;
+    pthread_cond_broadcast(&t->go);
+    pthread_mutex_unlock(&t->mu);
+    for (int r = 1; r < t->n_rep; r++)
+      if (t->rep[r].has_thread)
+        pthread_join(t->rep[r].thread, NULL);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->go);
+    pthread_cond_destroy(&t->done);
+    t->pool = 0;
+  }
+  for (int r = 0; t->rep && r < t->n_rep; r++) {
+    if (t->rep[r].st)
+      td_state_free(t->rep[r].st);
+    td_backend_destroy(t->rep[r].be);
+  }
+  free(t->rep);
+  t->rep = NULL;
+  t->be = NULL;
+  td_comm_destroy(t->comm);
+  t->comm = NULL;
 }
 
 int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
@@ -171,6 +386,8 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
     return rc;
   const Traind__V1__Training *tr = spec->training;
   t->batch = tr->batch_size;
+  t->n_rep = job_devices(spec);
+  t->shard = t->batch / (uint32_t)t->n_rep;
   t->epochs = tr->epochs;
   t->eval_every = tr->eval_every_epochs ? tr->eval_every_epochs : 1;
   t->log_every = tr->log_every_steps ? tr->log_every_steps : 1;
@@ -181,7 +398,7 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
     td_plan_cache_init(&t->own_cache);
     t->cache = &t->own_cache;
   }
-  rc = td_plan_cache_get(t->cache, spec->model, spec->optimizer, t->batch,
+  rc = td_plan_cache_get(t->cache, spec->model, spec->optimizer, t->shard,
                          "cpu:0", &t->plan, &t->plan_hit, err);
   if (rc)
     goto fail;
@@ -207,17 +424,15 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
   if (tr->max_steps && tr->max_steps < t->total_steps)
     t->total_steps = tr->max_steps;
 
-  if ((rc = td_cpu_backend_create(&t->be, o->threads, err)))
-    goto fail;
-  if ((rc = td_state_init(&t->st, t->plan, t->be, err)))
+  if ((rc = replicas_start(t, o->threads, err)))
     goto fail;
   t->order = malloc((size_t)t->train.n * sizeof *t->order);
-  t->iota = malloc((size_t)t->batch * sizeof *t->iota);
+  t->iota = malloc((size_t)t->shard * sizeof *t->iota);
   if (!t->order || !t->iota) {
     rc = td_errorf(err, TD_ENOMEM, "trainer: out of memory");
     goto fail;
   }
-  for (uint32_t i = 0; i < t->batch; i++)
+  for (uint32_t i = 0; i < t->shard; i++)
     t->iota[i] = i;
 
   td_key keys[3];
@@ -234,6 +449,9 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
     td_error_prefix(err, "checkpoint.init_from");
     goto fail;
   }
+  /* Every replica starts from replica 0's parameters. */
+  if ((rc = run_task(t, task_sync, err)))
+    goto fail;
   t->epoch = 1;
   return TD_OK;
 
@@ -243,9 +461,7 @@ fail:
 }
 
 void td_trainer_free(td_trainer *t) {
-  td_state_free(&t->st);
-  td_backend_destroy(t->be);
-  t->be = NULL;
+  replicas_stop(t);
   if (t->plan)
     td_plan_cache_release(t->cache, t->plan);
   t->plan = NULL;
@@ -262,27 +478,14 @@ void td_trainer_free(td_trainer *t) {
 int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
                         float *accuracy, td_error *err) {
   const td_plan *p = t->plan;
-  td_backend *be = t->be;
-  float *a = t->st.arena;
+  t->task_ds = ds;
+  int rc = run_task(t, task_eval, err);
+  if (rc)
+    return rc;
   double loss_sum = 0.0, correct = 0.0;
-  for (uint32_t start = 0; start < ds->n; start += t->batch) {
-    uint32_t rows = ds->n - start < t->batch ? ds->n - start : t->batch;
-    /* Rows start..start+rows: the dataset pointer is offset instead of the
-     * indices, so the one iota buffer serves every batch. */
-    int rc = be->ops->gather(be, ds->x + (size_t)start * ds->dim, ds->y + start,
-                             ds->dim, t->iota, rows, a + p->in_off,
-                             (int32_t *)(a + p->labels_off));
-    if (rc)
-      return td_errorf(err, rc, "evaluate: gather failed");
-    if ((rc = td_state_forward(&t->st, (int)rows, 0, t->dropout_key, err)) ||
-        (rc = td_state_loss(&t->st, (int)rows, 0, err)))
-      return rc;
-    float sc[2];
-    if ((rc = be->ops->download(be, sc, a + p->scalars_off + TD_SC_LOSS_SUM,
-                                sizeof sc)))
-      return td_errorf(err, rc, "evaluate: reading the loss failed");
-    loss_sum += sc[0];
-    correct += sc[1];
+  for (int r = 0; r < t->n_rep; r++) {
+    loss_sum += t->rep[r].sums[0];
+    correct += t->rep[r].sums[1];
   }
   double denom = ds->n ? (double)ds->n : 1.0;
   if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
@@ -296,48 +499,36 @@ int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
 int td_trainer_step(td_trainer *t, const uint32_t *order, td_step_point *out,
                     float *correct, td_error *err) {
   const td_plan *p = t->plan;
-  td_backend *be = t->be;
-  const td_backend_ops *ops = be->ops;
-  td_state *st = &t->st;
-  float *a = st->arena, *sc = a + p->scalars_off;
-  int rc;
-
-  if ((rc = ops->gather(be, t->train.x, t->train.y, t->train.dim, order,
-                        t->batch, a + p->in_off,
-                        (int32_t *)(a + p->labels_off))))
-    return td_errorf(err, rc, "step: gather failed");
-  td_key dkey = td_prng_fold_in(t->dropout_key, (uint32_t)st->step);
-  if ((rc = td_state_forward(st, (int)t->batch, 1, dkey, err)) ||
-      (rc = td_state_loss(st, (int)t->batch, 1, err)) ||
-      (rc = td_state_backward(st, err)))
+  const int64_t step = t->st.step;
+  t->task_order = order;
+  t->task_key = td_prng_fold_in(t->dropout_key, (uint32_t)step);
+  int rc = run_task(t, task_grads, err);
+  if (rc)
     return rc;
-  if ((rc = ops->sumsq(be, p->n_params, st->grads, sc + TD_SC_GRAD_SUMSQ)))
-    return td_errorf(err, rc, "step: gradient norm failed");
-  float host[3];
-  if ((rc = ops->download(be, host, sc, sizeof host)))
-    return td_errorf(err, rc, "step: reading metrics failed");
-
-  float loss = host[TD_SC_LOSS_SUM] / (float)t->batch;
+  /* The batch's loss and correct count: the replicas' shards, in order. */
+  float loss_sum = 0.0f, corr = 0.0f;
+  for (int r = 0; r < t->n_rep; r++) {
+    loss_sum += t->rep[r].host[TD_SC_LOSS_SUM];
+    corr += t->rep[r].host[TD_SC_CORRECT];
+  }
+  const float sumsq = t->rep[0].host[TD_SC_GRAD_SUMSQ]; /* of the averaged gradients */
+  float loss = loss_sum / (float)t->batch;
   if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
     loss /= (float)p->out_dim;
-  if (!isfinite(loss) || !isfinite(host[TD_SC_GRAD_SUMSQ]))
+  if (!isfinite(loss) || !isfinite(sumsq))
     return td_errorf(err, TD_ENUMERIC,
                      "step %lld: the %s is %s; lower the learning rate or add "
                      "clip_by_global_norm to the optimizer chain",
-                     (long long)st->step + 1,
-                     isfinite(loss) ? "gradient norm" : "loss",
-                     isnan(isfinite(loss) ? host[TD_SC_GRAD_SUMSQ] : loss) ? "NaN" : "infinite");
-
-  td_optim_step os = {.count = st->step, .grad_sumsq = host[TD_SC_GRAD_SUMSQ]};
-  if ((rc = td_optim_apply(&p->optim, be, &os, p->n_params, st->params,
-                           st->grads, st->opt_state, sc + TD_SC_SCRATCH, err)))
+                     (long long)step + 1, isfinite(loss) ? "gradient norm" : "loss",
+                     isnan(isfinite(loss) ? sumsq : loss) ? "NaN" : "infinite");
+  t->task_sumsq = sumsq;
+  if ((rc = run_task(t, task_apply, err)))
     return rc;
   out->loss = loss;
-  out->grad_norm = sqrtf(host[TD_SC_GRAD_SUMSQ]);
-  out->lr = (float)td_optim_lr(&p->optim, st->step);
-  st->step++;
-  out->step = st->step;
-  *correct = host[TD_SC_CORRECT];
+  out->grad_norm = sqrtf(sumsq);
+  out->lr = (float)td_optim_lr(&p->optim, step);
+  out->step = t->st.step;
+  *correct = corr;
   return TD_OK;
 }
 
@@ -381,6 +572,9 @@ int td_trainer_resume(td_trainer *t, const char *path, td_error *err) {
   }
   td_state_free(&st);
   td_ckpt_meta_free(&m);
+  /* The other replicas take replica 0's state. */
+  if (!rc)
+    rc = run_task(t, task_sync, err);
   return rc;
 }
 

@@ -4,10 +4,12 @@
 #ifndef TD_TRAIN_H
 #define TD_TRAIN_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "backend.h"
 #include "checkpoint.h"
+#include "collective.h"
 #include "data.h"
 #include "error.h"
 #include "plan.h"
@@ -57,9 +59,27 @@ typedef struct td_train_hooks {
 typedef struct td_trainer_opts {
   const char *const *data_roots;
   size_t n_data_roots;
-  int threads;          /* CPU threads for the backend; <= 0: all */
+  int threads;          /* CPU threads for the job, all replicas together; <= 0: all */
   td_plan_cache *cache; /* shared compile cache; NULL: a private one */
 } td_trainer_opts;
+
+/* One replica of a data-parallel job (pmap over devices.count CPU
+ * devices): a backend and a state of its own, driven by its own thread
+ * (replica 0 by the caller's). */
+typedef struct td_replica {
+  struct td_trainer *owner;
+  int rank;
+  td_backend *be;
+  td_state *st; /* replica 0: &trainer->st; the others: &own */
+  td_state own;
+  pthread_t thread;
+  int has_thread;
+  /* A task's outputs. */
+  int rc;
+  td_error err;
+  float host[3];     /* the step's scalars (loss sum, correct, grad sumsq) */
+  double sums[2];    /* evaluation: loss sum and correct over its rows */
+} td_replica;
 
 struct td_trainer {
   const Traind__V1__JobSpec *spec; /* borrowed; outlives the trainer */
@@ -68,9 +88,9 @@ struct td_trainer {
   td_backend *be;
   td_plan_cache *cache;
   td_plan_cache own_cache;
-  const td_plan *plan;
+  const td_plan *plan; /* compiled for one replica's shard of the batch */
   int plan_hit;
-  td_state st;
+  td_state st; /* replica 0's: the one checkpoints and callers read */
   td_key init_key, shuffle_key, dropout_key;
   uint32_t *order;  /* (train.n) this epoch's example order */
   uint32_t *iota;   /* (batch) 0..batch-1, offsets for evaluation */
@@ -84,6 +104,26 @@ struct td_trainer {
   double epoch_loss_sum, epoch_correct_sum;
   /* Data-loading and compile times, for reports. */
   double load_sec, compile_ms;
+
+  /* Data parallelism: n_rep replicas, each taking `shard` rows of every
+   * batch; gradients are averaged with one allreduce of the flat buffer,
+   * and every replica applies the same update, so the replicas stay
+   * bitwise identical. n_rep 1 runs everything on the caller's thread. */
+  int n_rep;
+  uint32_t shard;
+  td_replica *rep; /* (n_rep) */
+  td_comm *comm;
+  /* The task the replicas' threads run next (a new `gen` starts it;
+   * `pending` counts the threads still at it), and its arguments. */
+  pthread_mutex_t mu;
+  pthread_cond_t go, done;
+  uint64_t gen;
+  int pending, pool, quit;
+  int (*task)(td_trainer *t, int rank);
+  const uint32_t *task_order;
+  td_key task_key;
+  const td_dataset *task_ds;
+  float task_sumsq;
 };
 
 int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,

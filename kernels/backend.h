@@ -100,11 +100,13 @@ typedef struct td_backend_ops {
                     float *out);
 
   /* Inverted dropout with a counter-based mask: element i is kept exactly
-   * when jax.random.bernoulli(key, 1 - rate, (n,))[i] is true, that is when
-   * jax.random.uniform(key, (n,))[i] < 1 - rate (threefry2x32 of the
-   * counter (hi32(i), lo32(i)), words xor'ed, 23 bits as a mantissa).
+   * when jax.random.bernoulli(key, 1 - rate, (N,))[first + i] is true, that
+   * is when jax.random.uniform(key, (N,))[first + i] < 1 - rate
+   * (threefry2x32 of the counter (hi32(c), lo32(c)), c = first + i, words
+   * xor'ed, 23 bits as a mantissa). `first` lets a replica holding rows
+   * r0.. of a batch draw exactly those rows' part of the batch's mask.
    * mask (n) receives 0 or 1 / (1 - rate). */
-  int (*dropout_fwd)(td_backend *be, size_t n, float rate, uint32_t key0,
+  int (*dropout_fwd)(td_backend *be, size_t n, uint64_t first, float rate, uint32_t key0,
                      uint32_t key1, const float *x, float *mask, float *y);
   /* dx = dy * mask; dx may equal dy. */
   int (*mul)(td_backend *be, size_t n, const float *a, const float *b,

@@ -335,6 +335,131 @@ static void check_resume(const char *root) {
   free(params);
 }
 
+/* ---- data parallelism */
+
+enum { DP_BATCH = 96, DP_STEPS = 50 };
+
+static const char *dp_fmt =
+    "name: dp\n"
+    "model:\n"
+    "  input_shape: [4, 5]\n"
+    "  layers:\n"
+    "    - dense: {features: 16, kernel_init: HE_NORMAL}\n"
+    "    - relu: {}\n"
+    "    - dropout: {rate: 0.1}\n"
+    "    - dense: {features: 3, kernel_init: HE_NORMAL}\n"
+    "  loss: SOFTMAX_CROSS_ENTROPY\n"
+    "optimizer:\n"
+    "  chain: [{clip_by_global_norm: {max_norm: 1.0}}, {adamw: {learning_rate: {constant: 0.01}}}]\n"
+    "dataset: {idx: {dir: syn, train_images: train-img, train_labels: train-lab,\n"
+    "                test_images: test-img, test_labels: test-lab}}\n"
+    "training: {epochs: 10, batch_size: %u, seed: 3, max_steps: %u}\n"
+    "devices: {count: %u}\n";
+
+typedef struct dp_rec {
+  float loss[DP_STEPS + 1];
+  int steps, drift; /* steps seen; steps after which a replica differed */
+} dp_rec;
+
+/* Every replica's parameters and optimizer state equal replica 0's, bit
+ * for bit, after every step. */
+static void dp_step(void *user, const td_trainer *t, const td_step_point *p) {
+  dp_rec *r = user;
+  if (p->step <= DP_STEPS)
+    r->loss[p->step] = p->loss;
+  r->steps++;
+  const td_plan *pl = t->plan;
+  size_t no = pl->optim.state_slots * pl->n_params;
+  for (int k = 1; k < t->n_rep; k++)
+    if (memcmp(t->rep[k].st->params, t->st.params, sizeof(float) * pl->n_params) != 0 ||
+        memcmp(t->rep[k].st->opt_state, t->st.opt_state, sizeof(float) * no) != 0 ||
+        t->rep[k].st->step != t->st.step) {
+      r->drift++;
+      break;
+    }
+}
+
+static int dp_run(unsigned devices, unsigned batch, dp_rec *rec, float **params, size_t *np,
+                  td_epoch_point *last, td_error *err) {
+  char doc[2048];
+  snprintf(doc, sizeof doc, dp_fmt, batch, (unsigned)DP_STEPS, devices);
+  Traind__V1__JobSpec *spec = NULL;
+  int rc = td_jobspec_parse(doc, strlen(doc), &spec, err);
+  if (rc)
+    return rc;
+  td_trainer t;
+  td_trainer_opts o = {.data_roots = roots, .n_data_roots = 1, .threads = 2};
+  rc = td_trainer_init(&t, spec, &o, err);
+  if (!rc) {
+    td_train_hooks h = {.user = rec, .on_step = dp_step};
+    rc = td_trainer_run(&t, &h, last, err);
+    *np = t.plan->n_params;
+    *params = malloc(sizeof(float) * *np);
+    memcpy(*params, t.st.params, sizeof(float) * *np);
+    td_trainer_free(&t);
+  }
+  td_jobspec_free(spec);
+  return rc;
+}
+
+static void check_data_parallel(void) {
+  td_error err = {0};
+  dp_rec one;
+  memset(&one, 0, sizeof one);
+  float *p1 = NULL;
+  size_t np = 0;
+  td_epoch_point l1;
+  int rc = dp_run(1, DP_BATCH, &one, &p1, &np, &l1, &err);
+  CHECK(rc == 0 && one.steps == DP_STEPS, "1 device: rc %d, %d steps: %s", rc, one.steps,
+        err.msg);
+  for (unsigned d = 2; d <= 4; d++) {
+    dp_rec many;
+    memset(&many, 0, sizeof many);
+    float *pd = NULL;
+    size_t npd = 0;
+    td_epoch_point ld;
+    rc = dp_run(d, DP_BATCH, &many, &pd, &npd, &ld, &err);
+    CHECK(rc == 0 && many.steps == DP_STEPS, "%u devices: rc %d, %d steps: %s", d, rc,
+          many.steps, err.msg);
+    if (rc || !p1)
+      continue;
+    CHECK(many.drift == 0, "%u devices: replicas differed after %d of %d steps", d, many.drift,
+          many.steps);
+    double worst = 0.0;
+    for (int s = 1; s <= DP_STEPS; s++) {
+      double e = td_relerr(many.loss[s], one.loss[s], 1e-6);
+      worst = e > worst ? e : worst;
+    }
+    CHECK(worst < 1e-5, "%u devices: loss rel err %.3g against 1 device (batch %u)", d, worst,
+          (unsigned)DP_BATCH);
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < np && npd == np; i++) {
+      num += ((double)pd[i] - p1[i]) * ((double)pd[i] - p1[i]);
+      den += (double)p1[i] * p1[i];
+    }
+    double perr = sqrt(num / den);
+    CHECK(npd == np && perr < 1e-5, "%u devices: parameters after %d steps differ by %.3g (rel)",
+          d, DP_STEPS, perr);
+    CHECK(td_relerr(ld.test_loss, l1.test_loss, 1e-6) < 1e-5 &&
+              td_relerr(ld.test_accuracy, l1.test_accuracy, 1e-6) < 1e-5,
+          "%u devices: sharded evaluation %.9g/%.9g, 1 device %.9g/%.9g", d, ld.test_loss,
+          ld.test_accuracy, l1.test_loss, l1.test_accuracy);
+    printf("%u devices: loss rel err %.2g, params rel err %.2g after %d steps\n", d, worst,
+           perr, DP_STEPS);
+    free(pd);
+  }
+  free(p1);
+
+  /* A batch the devices cannot share evenly is refused before anything runs. */
+  dp_rec bad;
+  float *pb = NULL;
+  size_t npb = 0;
+  rc = dp_run(3, 64, &bad, &pb, &npb, NULL, &err);
+  CHECK(rc == TD_EINVAL, "batch 64 on 3 devices: rc %d", rc);
+  CHECK_STR_CONTAINS(err.msg, "64 does not split evenly across 3 devices");
+  free(pb);
+}
+
 int main(void) {
   char root[] = "/tmp/traind-train-XXXXXX";
   CHECK(mkdtemp(root) != NULL, "mkdtemp");
@@ -413,6 +538,7 @@ int main(void) {
   td_jobspec_free(spec);
 
   check_resume(root);
+  check_data_parallel();
 
   free(pa);
   free(pb);

@@ -236,14 +236,15 @@ static int cpu_mse_onehot(td_backend *be, int rows, int cols, const float *y,
   return TD_OK;
 }
 
-static int cpu_dropout_fwd(td_backend *be, size_t n, float rate, uint32_t key0,
-                           uint32_t key1, const float *x, float *mask,
+static int cpu_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
+                           uint32_t key0, uint32_t key1, const float *x, float *mask,
                            float *y) {
   (void)be;
   td_key key = {{key0, key1}};
   float keep = 1.0f - rate, scale = 1.0f / keep;
   for (size_t i = 0; i < n; i++) {
-    uint32_t ctr[2] = {(uint32_t)((uint64_t)i >> 32), (uint32_t)i};
+    uint64_t c = first + i;
+    uint32_t ctr[2] = {(uint32_t)(c >> 32), (uint32_t)c};
     td_threefry2x32(key, ctr);
     /* jax.random.uniform's float: 23 bits of the two words' xor as the
      * mantissa of a number in [1, 2), minus 1. */
