@@ -13,6 +13,8 @@
 #   daemon_checkpoint          HDF5 checkpoints: retention, export, bit-exact resume
 #   daemon_trainctl            the CLI: --follow over unix and TCP, -o json,
 #                              exit codes, errors, TRAIND_ADDR
+#   daemon_reference_2devices_10epochs
+#                              the same on 2 CPU devices (data parallel): >= 97%
 #   daemon_reference_10epochs  the reference program as shipped through
 #                              `trainctl submit --follow`: >= 97% (long)
 #
@@ -34,3 +36,5 @@ td_daemon_test(daemon_checkpoint daemon_checkpoint.py "daemon;mnist" 600)
 td_daemon_test(daemon_trainctl daemon_trainctl.py "daemon;mnist" 600)
 td_daemon_test(daemon_reference_10epochs daemon_trainctl.py "daemon;mnist;long" 1200
                reference_10_epochs)
+td_daemon_test(daemon_reference_2devices_10epochs daemon_trainctl.py "daemon;mnist;long" 1200
+               reference_2_devices_10_epochs)

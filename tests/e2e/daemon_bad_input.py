@@ -25,7 +25,9 @@ a job it knows.
   unknown_method         methods and services the daemon lacks: UNIMPLEMENTED
   paths_outside_roots    "..", absolute and symlinked dataset paths:
                          PERMISSION_DENIED; a missing file: NOT_FOUND
-  too_many_devices       devices.count above --cpu-devices: FAILED_PRECONDITION
+  too_many_devices       devices.count above --cpu-devices: FAILED_PRECONDITION;
+                         a batch that does not split across the devices:
+                         INVALID_ARGUMENT
   cancel_finished        CancelJob on a finished job: FAILED_PRECONDITION
   bad_page_token         ListJobs with a token it never gave: INVALID_ARGUMENT
   watch_cancel_loop      50 WatchMetrics streams cancelled by the client
@@ -287,6 +289,11 @@ def too_many_devices(s):
     c.alive("devices.count 3 of 2")
     c.submit_error(spec(devices={"count": 1000}), C.FAILED_PRECONDITION, "devices")
     c.alive("devices.count 1000 of 2")
+    uneven = spec(devices={"count": 2})
+    uneven["training"]["batch_size"] = 127
+    c.submit_error(uneven, C.INVALID_ARGUMENT, "training.batch_size",
+                   "127 does not split evenly across 2 devices")
+    c.alive("batch 127 on 2 devices")
     r = c.d.stub.ListJobs(pb.ListJobsRequest(), timeout=10)
     check(len(r.jobs) == 1, "refused jobs were listed: %d", len(r.jobs))
 

@@ -17,6 +17,10 @@ needed) and drives it with Python grpcio stubs generated from proto/:
   two_devices_together       --cpu-devices 2: two jobs RUN at once;
                              ListDevices and Job.devices agree on who holds
                              which device; a freed device goes to the next job
+  two_device_job             --cpu-devices 2: a job asking for both waits
+                             while a one-device job runs, then holds both
+                             (ListDevices, Job.devices) and trains; a
+                             one-device job queued behind it waits
   sighup_reload              max_concurrent_jobs changed in the config file
                              and SIGHUP: GetDaemonInfo shows it and a queued
                              job starts; a broken config is refused and the
@@ -210,6 +214,29 @@ def two_devices_together(s):
     check(devs == {freed: c.id, jb.devices[0]: b.id}, "devices after the swap: %s", devs)
     cancel(d, b.id)
     cancel(d, c.id)
+    check(devices_of(d) == {"cpu:0": "", "cpu:1": ""}, "devices not freed")
+
+
+@suite.case
+def two_device_job(s):
+    d = daemon(cpu_devices=2)
+    one = s.submit(d, spec(LONG), name="one")
+    s.wait_state(d, one.id, S.RUNNING)
+    both = s.submit(d, spec(2, devices={"count": 2}), name="both")
+    after = s.submit(d, spec(1), name="after")
+    time.sleep(0.3)
+    check(s.state(d, both.id) == S.QUEUED, "the two-device job started with one device busy")
+    check(s.state(d, after.id) == S.QUEUED, "a later job overtook the two-device job")
+    cancel(d, one.id)
+    jb = s.wait_state(d, both.id, S.RUNNING, 10)
+    check(sorted(jb.devices) == ["cpu:0", "cpu:1"], "the job holds %s", list(jb.devices))
+    devs = devices_of(d)
+    check(devs == {"cpu:0": both.id, "cpu:1": both.id}, "ListDevices %s", devs)
+    check(s.state(d, after.id) == S.QUEUED, "a job started while both devices were held")
+    jb = s.wait_state(d, both.id, S.SUCCEEDED, 60)
+    check(jb.progress.step == 2 * STEPS_PER_EPOCH, "two-device job ran %d steps",
+          jb.progress.step)
+    s.wait_state(d, after.id, S.SUCCEEDED, 60)
     check(devices_of(d) == {"cpu:0": "", "cpu:1": ""}, "devices not freed")
 
 

@@ -71,13 +71,16 @@ def ref(s, epochs=1, **kw):
     return th.reference_spec(s.source_dir, epochs, **kw)
 
 
-def shipped_with_epochs(s, epochs):
+def shipped_with_epochs(s, epochs, devices=0):
     """config/jobs/mnist_mlp.yaml as shipped, with training.epochs replaced
-    in the text (so the file trainctl reads is the real one otherwise)."""
+    in the text (so the file trainctl reads is the real one otherwise), and
+    a devices section when devices is set."""
     with open(os.path.join(s.source_dir, "config/jobs/mnist_mlp.yaml")) as f:
         text = f.read()
     text, n = re.subn(r"(?m)^(\s*epochs:\s*)\d+", r"\g<1>%d" % epochs, text)
     check(n == 1, "could not find training.epochs in mnist_mlp.yaml")
+    if devices:
+        text += "\ndevices:\n  count: %d\n" % devices
     path = os.path.join(s.tmp, "mnist_mlp.yaml")
     with open(path, "w") as f:
         f.write(text)
@@ -109,8 +112,8 @@ def parse_json(text, msg_type, what):
     return obj, m
 
 
-def follow_and_check(s, addr, epochs, min_acc):
-    path = shipped_with_epochs(s, epochs)
+def follow_and_check(s, addr, epochs, min_acc, devices=0):
+    path = shipped_with_epochs(s, epochs, devices)
     t0 = time.monotonic()
     p = ctl(s, "submit", path, "--follow", addr=addr, timeout=1800)
     took = time.monotonic() - t0
@@ -130,6 +133,9 @@ def follow_and_check(s, addr, epochs, min_acc):
           "progress %d steps, %d epochs", job.progress.step, job.progress.epoch)
     acc = job.metrics.test_accuracy
     check(acc >= min_acc, "test accuracy %.4f < %.2f", acc, min_acc)
+    if devices:
+        check(job.spec.devices.count == devices, "the job asked for %d devices",
+              job.spec.devices.count)
     print("  %s: %d epochs, test accuracy %.4f, %.1f s" % (addr.split(":")[0], epochs, acc,
                                                           took))
     return jid
@@ -151,6 +157,24 @@ def follow_tcp(s):
 def reference_10_epochs(s):
     d = s.daemon(listen="both")
     follow_and_check(s, d.unix_addr, 10, 0.97)
+
+
+@suite.case(long=True)
+def reference_2_devices_10_epochs(s):
+    # Data parallel over two CPU devices: the global batch of 128 is split
+    # 64 + 64, the gradients averaged every step.
+    d = s.daemon(listen="both", cpu_devices=2)
+    jid = follow_and_check(s, d.unix_addr, 10, 0.97, devices=2)
+    check(re.search(r"job started.*job=%s.*devices=2" % jid, d.log()),
+          "the log does not show the job starting on 2 devices")
+
+
+@suite.case
+def two_devices_1_epoch(s):
+    d = s.daemon(cpu_devices=2)
+    jid = follow_and_check(s, d.unix_addr, 1, 0.95, devices=2)
+    check(re.search(r"job started.*job=%s.*devices=2" % jid, d.log()),
+          "the log does not show the job starting on 2 devices")
 
 
 @suite.case
