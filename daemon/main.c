@@ -226,9 +226,12 @@ static void print_summary(const td_trainer *t, const run_report *r,
   for (size_t i = 0; i < r->n_epochs; i++)
     printf("%s%.4f", i ? "," : "", r->epoch_sec[i]);
   printf("],\"steady_epoch_sec\":%.4f,\"steady_examples_per_sec\":%.1f,"
-         "\"train_loss\":%.6f,\"train_accuracy\":%.6f",
+         "\"train_loss\":%.6f,\"train_accuracy\":%.6f,\"devices\":%d",
          steady, steady > 0 ? (double)t->steps_per_epoch * t->batch / steady : 0.0,
-         last->train_loss, last->train_accuracy);
+         last->train_loss, last->train_accuracy, t->n_rep);
+  if (t->allreduce_steps)
+    printf(",\"allreduce_ms_per_step\":%.4f",
+           t->allreduce_sec * 1e3 / (double)t->allreduce_steps);
   if (last->evaluated)
     printf(",\"test_loss\":%.6f,\"test_accuracy\":%.6f", last->test_loss,
            last->test_accuracy);

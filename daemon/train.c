@@ -246,7 +246,12 @@ static int task_grads(td_trainer *t, int rank) {
       !(rc = td_state_loss(st, (int)t->shard, 1, err)))
     rc = td_state_backward(st, err);
   /* Every replica joins the allreduce, also after a failure. */
+  double a0 = rank == 0 && t->n_rep > 1 ? now_sec() : 0.0;
   int crc = t->comm->ops->allreduce(t->comm, rank, st->grads, p->n_params, TD_REDUCE_MEAN);
+  if (rank == 0 && t->n_rep > 1) {
+    t->allreduce_sec += now_sec() - a0;
+    t->allreduce_steps++;
+  }
   if (!rc && crc)
     rc = td_errorf(err, crc, "step: the gradient allreduce failed");
   if (!rc && (rc = ops->sumsq(be, p->n_params, st->grads, sc + TD_SC_GRAD_SUMSQ)))

@@ -111,6 +111,10 @@ struct td_trainer {
    * bitwise identical. n_rep 1 runs everything on the caller's thread. */
   int n_rep;
   uint32_t shard;
+  /* Time replica 0 spent in the gradient allreduce (waiting for the others
+   * included), and the steps it covers: for reports. */
+  double allreduce_sec;
+  int64_t allreduce_steps;
   td_replica *rep; /* (n_rep) */
   td_comm *comm;
   /* The task the replicas' threads run next (a new `gen` starts it;
