@@ -25,3 +25,10 @@ add_test(NAME mnist_determinism
   COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/determinism.py
           $<TARGET_FILE:traind> ${CMAKE_SOURCE_DIR}/config/jobs/mnist_mlp.yaml)
 set_tests_properties(mnist_determinism PROPERTIES LABELS "mnist" TIMEOUT 600 SKIP_RETURN_CODE 77)
+
+# NCCL collectives: the no-GPU refusal everywhere; the collectives on GPUs
+# where there are any (exit 77 = skipped elsewhere).
+if(TRAIND_HAVE_NCCL)
+  td_test(test_nccl SOURCES test_nccl.c LIBS td_nccl Threads::Threads LABELS "unit;gpu")
+  set_tests_properties(test_nccl PROPERTIES SKIP_RETURN_CODE 77)
+endif()
