@@ -319,8 +319,35 @@ static int free_devices(td_server *s) {
   return n;
 }
 
-static int job_device_count(const td_job *j) {
-  return j->spec->devices && j->spec->devices->count ? (int)j->spec->devices->count : 1;
+static int job_device_count(const td_job *j) { return td_job_device_count(j->spec); }
+
+/* The device of explicit id i of a job ("cpu:N" -> N). */
+static int job_device_id(const td_job *j, size_t i) {
+  return td_device_index(j->spec->devices->ids[i], "cpu");
+}
+
+/* Whether the daemon has the devices the job asks for at all. */
+static int job_possible(td_server *s, const td_job *j) {
+  const Traind__V1__Devices *d = j->spec->devices;
+  for (size_t i = 0; d && i < d->n_ids; i++) {
+    int dev = job_device_id(j, i);
+    if (dev < 0 || dev >= s->n_devices)
+      return 0;
+  }
+  return job_device_count(j) <= s->n_devices;
+}
+
+/* Whether the devices the job asks for are free: its explicit ones, or
+ * enough of any. */
+static int job_fits(td_server *s, const td_job *j) {
+  const Traind__V1__Devices *d = j->spec->devices;
+  if (d && d->n_ids) {
+    for (size_t i = 0; i < d->n_ids; i++)
+      if (s->device_owner[job_device_id(j, i)])
+        return 0;
+    return 1;
+  }
+  return job_device_count(j) <= free_devices(s);
 }
 
 static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
@@ -328,7 +355,13 @@ static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
 
 static void start_job(td_server *s, td_job *j) {
   int need = job_device_count(j);
+  const Traind__V1__Devices *d = j->spec->devices;
   j->n_devices = 0;
+  for (size_t i = 0; d && i < d->n_ids; i++) {
+    int dev = job_device_id(j, i);
+    s->device_owner[dev] = j;
+    j->devices[j->n_devices++] = dev;
+  }
   for (int i = 0; i < s->n_devices && j->n_devices < need; i++)
     if (!s->device_owner[i]) {
       s->device_owner[i] = j;
@@ -395,7 +428,15 @@ static void schedule(td_server *s) {
           (j->spec->priority == best->spec->priority && j->seq < best->seq))
         best = j;
     }
-    if (!best || job_device_count(best) > free_devices(s))
+    if (best && !job_possible(s, best)) {
+      /* The daemon restarted with fewer devices than the job was given. */
+      char msg[160];
+      snprintf(msg, sizeof msg, "the job asks for devices this daemon does not have "
+               "(it has cpu:0 to cpu:%d)", s->n_devices - 1);
+      finish_job(s, best, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_FAILED_PRECONDITION, msg);
+      continue;
+    }
+    if (!best || !job_fits(s, best))
       return;
     start_job(s, best);
   }
@@ -758,8 +799,8 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   }
   td_error err = {0};
   int rc = td_jobspec_validate(req->spec, &err);
-  int need = req->spec->devices && req->spec->devices->count ? (int)req->spec->devices->count : 1;
-  if (!rc && need > s->n_devices) {
+  int need = rc ? 0 : td_job_device_count(req->spec);
+  if (need > s->n_devices) {
     char msg[256];
     snprintf(msg, sizeof msg,
              "devices.count: the job asks for %d devices but the daemon has %d; "
@@ -775,6 +816,19 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   }
   if (rc) {
     td_rpc_fail(call, td_grpc_status(rc), err.msg);
+    return;
+  }
+  /* The format of the ids is checked; now whether the daemon has them. */
+  const Traind__V1__Devices *dv = req->spec->devices;
+  char msg[256];
+  msg[0] = 0;
+  for (size_t i = 0; dv && i < dv->n_ids; i++)
+    if (!msg[0] && td_device_index(dv->ids[i], "cpu") >= s->n_devices)
+      snprintf(msg, sizeof msg,
+               "devices.ids[%zu]: %.32s does not exist; the daemon has cpu:0 to cpu:%d", i,
+               dv->ids[i], s->n_devices - 1);
+  if (msg[0]) {
+    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
     return;
   }
   /* The request belongs to the call: keep a copy of the spec. */

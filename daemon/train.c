@@ -17,9 +17,9 @@ static double now_sec(void) {
 
 static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err);
 
-/* The replicas a job asks for (devices.count, default 1). */
+/* The replicas a job asks for. */
 static int job_devices(const Traind__V1__JobSpec *s) {
-  return s->devices && s->devices->count ? (int)s->devices->count : 1;
+  return td_job_device_count(s);
 }
 
 /* Resolves one dataset file under the data roots. */
@@ -108,6 +108,28 @@ static int resolve_init_from(const Traind__V1__JobSpec *spec, const td_trainer_o
   return rc;
 }
 
+int td_job_device_count(const Traind__V1__JobSpec *s) {
+  const Traind__V1__Devices *d = s->devices;
+  if (!d)
+    return 1;
+  if (d->n_ids)
+    return (int)d->n_ids;
+  return d->count ? (int)d->count : 1;
+}
+
+int td_device_index(const char *id, const char *kind) {
+  size_t k = strlen(kind);
+  if (!id || strncmp(id, kind, k) != 0 || id[k] != ':' || !id[k + 1])
+    return -1;
+  long v = 0;
+  for (const char *c = id + k + 1; *c; c++) {
+    if (*c < '0' || *c > '9' || v > 100000)
+      return -1;
+    v = v * 10 + (*c - '0');
+  }
+  return (int)v;
+}
+
 int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
                      td_error *err) {
   int rc = check_unsupported(spec, err);
@@ -162,7 +184,24 @@ static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err) {
     if (strcmp(kind, "gpu") == 0)
       return td_errorf(err, TD_EUNSUPPORTED,
                        "devices.kind: this build of traind has no GPU backend");
-    uint32_t n = s->devices->count, b = s->training->batch_size;
+    const Traind__V1__Devices *d = s->devices;
+    if (d->n_ids && d->count && d->count != d->n_ids)
+      return td_errorf(err, TD_EINVAL,
+                       "devices.count: %u, but devices.ids names %zu device%s; give one of "
+                       "the two, or make them agree",
+                       d->count, d->n_ids, d->n_ids == 1 ? "" : "s");
+    for (size_t i = 0; i < d->n_ids; i++) {
+      int idx = td_device_index(d->ids[i], kind);
+      if (idx < 0)
+        return td_errorf(err, TD_EINVAL,
+                         "devices.ids[%zu]: '%s' is not a %s device id (like %s:0)", i,
+                         d->ids[i], kind, kind);
+      for (size_t k = 0; k < i; k++)
+        if (td_device_index(d->ids[k], kind) == idx)
+          return td_errorf(err, TD_EINVAL, "devices.ids[%zu]: '%s' is named twice", i,
+                           d->ids[i]);
+    }
+    uint32_t n = (uint32_t)td_job_device_count(s), b = s->training->batch_size;
     if (n > 1 && b % n)
       return td_errorf(err, TD_EINVAL,
                        "training.batch_size: %u does not split evenly across %u devices "

@@ -140,6 +140,12 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
                      td_error *err);
 void td_trainer_free(td_trainer *t);
 
+/* The devices a job asks for: the number of devices.ids, else
+ * devices.count, else 1. */
+int td_job_device_count(const Traind__V1__JobSpec *s);
+/* The index N of a device id "KIND:N"; -1 when id is not of that form. */
+int td_device_index(const char *id, const char *kind);
+
 /* Continues from the checkpoint at path: loads its state (validated against
  * the plan) and position. Refuses, leaving t as it was, a checkpoint of
  * another seed or whose position does not fit this job's epoch length. */

@@ -26,8 +26,10 @@ a job it knows.
   paths_outside_roots    "..", absolute and symlinked dataset paths:
                          PERMISSION_DENIED; a missing file: NOT_FOUND
   too_many_devices       devices.count above --cpu-devices: FAILED_PRECONDITION;
-                         a batch that does not split across the devices:
-                         INVALID_ARGUMENT
+                         a batch that does not split across the devices,
+                         malformed or repeated devices.ids, ids that
+                         disagree with count: INVALID_ARGUMENT; an id the
+                         daemon does not have: FAILED_PRECONDITION
   cancel_finished        CancelJob on a finished job: FAILED_PRECONDITION
   bad_page_token         ListJobs with a token it never gave: INVALID_ARGUMENT
   watch_cancel_loop      50 WatchMetrics streams cancelled by the client
@@ -294,6 +296,15 @@ def too_many_devices(s):
     c.submit_error(uneven, C.INVALID_ARGUMENT, "training.batch_size",
                    "127 does not split evenly across 2 devices")
     c.alive("batch 127 on 2 devices")
+    c.submit_error(spec(devices={"ids": ["cpu:2"]}), C.FAILED_PRECONDITION, "devices.ids[0]",
+                   "cpu:2 does not exist", "cpu:0 to cpu:1")
+    c.submit_error(spec(devices={"ids": ["gpu:0"]}), C.INVALID_ARGUMENT, "devices.ids[0]",
+                   "not a cpu device id")
+    c.submit_error(spec(devices={"ids": ["cpu:1", "cpu:1"]}), C.INVALID_ARGUMENT,
+                   "devices.ids[1]", "named twice")
+    c.submit_error(spec(devices={"ids": ["cpu:0"], "count": 2}), C.INVALID_ARGUMENT,
+                   "devices.count: 2, but devices.ids names 1 device")
+    c.alive("bad devices.ids")
     r = c.d.stub.ListJobs(pb.ListJobsRequest(), timeout=10)
     check(len(r.jobs) == 1, "refused jobs were listed: %d", len(r.jobs))
 

@@ -22,6 +22,11 @@ the same state directory:
                              with the daemon's "shutting down" message
   sigkill_recovers           SIGKILL while a job runs: after the restart the
                              job is queued again and runs to the end
+  fewer_devices_after_restart
+                             a queued 2-device job when the daemon comes
+                             back with 1 CPU device: FAILED with
+                             FAILED_PRECONDITION naming the devices; the
+                             queue behind it goes on
   bad_records_skipped        an unreadable record and a leftover temporary
                              file in the state directory do not stop the
                              daemon; the good records load
@@ -208,6 +213,24 @@ def sigterm_ends_watches_with_reason(s):
             check(code == "UNAVAILABLE" and "shutting down" in details,
                   "round %d: the watch of the %s job ended %s %r; expected UNAVAILABLE "
                   "with the daemon's reason", round_ + 1, key, code, details)
+
+
+@suite.case
+def fewer_devices_after_restart(s):
+    d = s.daemon(cpu_devices=2)
+    busy = s.submit(d, ref(1), name="busy")
+    s.wait_state(d, busy.id, S.RUNNING)
+    two = s.submit(d, ref(1, devices={"count": 2}), name="two")
+    one = s.submit(d, ref(1), name="one")
+    check(s.state(d, two.id) == S.QUEUED, "the 2-device job started beside a running job")
+    d.stop()
+    d.cpu_devices = 1
+    d.start()
+    j = s.wait_state(d, two.id, S.FAILED, 60)
+    check(j.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and
+          "devices this daemon does not have" in j.error, "the job failed with %d: %s",
+          j.error_code, j.error)
+    s.wait_state(d, one.id, S.SUCCEEDED, 120)
 
 
 @suite.case

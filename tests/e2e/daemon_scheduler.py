@@ -21,6 +21,9 @@ needed) and drives it with Python grpcio stubs generated from proto/:
                              while a one-device job runs, then holds both
                              (ListDevices, Job.devices) and trains; a
                              one-device job queued behind it waits
+  explicit_devices           devices.ids: a job naming cpu:1 runs there while
+                             cpu:0 is busy; one naming cpu:0 waits for it,
+                             and the jobs behind it wait in order
   sighup_reload              max_concurrent_jobs changed in the config file
                              and SIGHUP: GetDaemonInfo shows it and a queued
                              job starts; a broken config is refused and the
@@ -237,6 +240,28 @@ def two_device_job(s):
     check(jb.progress.step == 2 * STEPS_PER_EPOCH, "two-device job ran %d steps",
           jb.progress.step)
     s.wait_state(d, after.id, S.SUCCEEDED, 60)
+    check(devices_of(d) == {"cpu:0": "", "cpu:1": ""}, "devices not freed")
+
+
+@suite.case
+def explicit_devices(s):
+    d = daemon(cpu_devices=2)
+    a = s.submit(d, spec(LONG, devices={"ids": ["cpu:0"]}), name="a")
+    ja = s.wait_state(d, a.id, S.RUNNING)
+    check(list(ja.devices) == ["cpu:0"], "a holds %s", list(ja.devices))
+    b = s.submit(d, spec(LONG, devices={"ids": ["cpu:1"]}), name="b")
+    jb = s.wait_state(d, b.id, S.RUNNING, 10)
+    check(list(jb.devices) == ["cpu:1"], "b holds %s", list(jb.devices))
+    cancel(d, b.id)
+    c = s.submit(d, spec(1, devices={"ids": ["cpu:0"]}), name="c")
+    e = s.submit(d, spec(1), name="e")
+    time.sleep(0.3)
+    check(s.state(d, c.id) == S.QUEUED, "c started although cpu:0 is busy")
+    check(s.state(d, e.id) == S.QUEUED, "e overtook c (cpu:1 is free, but c is first)")
+    cancel(d, a.id)
+    jc = s.wait_state(d, c.id, S.SUCCEEDED, 60)
+    check(jc.state == S.SUCCEEDED, "c did not finish")
+    s.wait_state(d, e.id, S.SUCCEEDED, 60)
     check(devices_of(d) == {"cpu:0": "", "cpu:1": ""}, "devices not freed")
 
 
