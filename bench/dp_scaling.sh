@@ -39,7 +39,8 @@ cpu="$(lscpu | sed -n 's/^Model name:\s*//p' | head -1)"
       for spec in "reference 3 $d 256 128" "wide-2048 2 $d 2048 2048 12800"; do
         # shellcheck disable=SC2086
         path="$(job $spec)"
-        summary="$(./build/traind run "$path" --threads "$(nproc)" --json 2>/dev/null)"
+        summary="$(./build/traind run "$path" --threads "$(nproc)" --cpu-devices 2 --json \
+          2>/dev/null)"
         printf '{"bench":"dp_scaling","date":"%s","cpu":"%s","cores":%d,"round":%d,"commit":"%s","traind":%s}\n' \
           "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$cpu" "$(nproc)" "$r" \
           "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$summary"

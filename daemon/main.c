@@ -457,7 +457,14 @@ static int cmd_run(int argc, char **argv) {
     td_trainer_opts o = {.data_roots = (const char *const *)cfg->data_dirs,
                          .n_data_roots = cfg->n_data_dirs,
                          .threads = (int)cfg->threads};
-    rc = td_trainer_init(&t, spec, &o, &err);
+    int need = td_job_device_count(spec);
+    if (need > (int)cfg->cpu_devices)
+      rc = td_errorf(&err, TD_EINVAL,
+                     "devices: the job asks for %d devices, but traind run offers %u; pass "
+                     "--cpu-devices %d",
+                     need, cfg->cpu_devices, need);
+    else
+      rc = td_trainer_init(&t, spec, &o, &err);
     have_trainer = rc == TD_OK;
   }
   if (!rc) {
