@@ -91,6 +91,8 @@ struct td_rpc_call {
   void *cancel_arg;
   void (*drain_cb)(void *arg, td_rpc_call *c);
   void *drain_arg;
+  uint64_t t0_ns; /* when the call arrived */
+  int ended;      /* reported to on_end */
 
   /* Streams: the write in flight, the writes waiting behind it, and a
    * finish that waits for them. */
@@ -135,6 +137,8 @@ struct td_rpc_server {
   int grace_inited;
   void (*done)(void *arg);
   void *done_arg;
+  void (*on_end)(void *arg, const char *method, int code, double sec);
+  void *on_end_arg;
 };
 
 /* ---- small helpers */
@@ -179,6 +183,18 @@ static void rpc_thread_main(void *arg) {
 
 static const char *call_method_name(const td_rpc_call *c) {
   return c->method ? c->method->path : "(unknown method)";
+}
+
+static uint64_t mono_ns(void) { return uv_hrtime(); }
+
+/* Reports a call's end once: its method, status and time since it came. */
+static void report_end(td_rpc_call *c, int code) {
+  td_rpc_server *s = c->srv;
+  if (c->ended || !s->on_end)
+    return;
+  c->ended = 1;
+  s->on_end(s->on_end_arg, c->method ? c->method->path : "unknown", code,
+            (double)(mono_ns() - c->t0_ns) / 1e9);
 }
 
 /* ---- call lifetime */
@@ -256,6 +272,7 @@ static void start_batch(td_rpc_call *c, const grpc_op *ops, size_t n,
  * already has it in flight. */
 static void send_final(td_rpc_call *c, int status, const char *message,
                        grpc_byte_buffer *reply) {
+  report_end(c, status);
   grpc_op ops[4];
   size_t n = 0;
   memset(ops, 0, sizeof ops);
@@ -305,6 +322,8 @@ static void answer_early(td_rpc_call *c, int status, const char *fmt, ...) {
 }
 
 static void notify_cancel(td_rpc_call *c) {
+  if (!c->answered)
+    report_end(c, TD_GRPC_CANCELLED);
   if (c->answered || c->cancel_notified || !c->cancel_cb)
     return;
   c->cancel_notified = 1;
@@ -428,6 +447,7 @@ static void on_new_call(rpc_tag *t, int ok) {
   if (!s->shutting_down)
     arm_request(s);
 
+  c->t0_ns = mono_ns();
   c->peer = grpc_call_get_peer(c->call);
   c->method = find_method(s, c->details.method);
   if (!c->method) {
@@ -803,6 +823,8 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
   if (!s)
     return td_errorf(err, TD_ENOMEM, "out of memory starting the rpc server");
   s->t_shutdown.done = on_server_shutdown;
+  s->on_end = opts->on_end;
+  s->on_end_arg = opts->on_end_arg;
   rc = copy_opts(s, opts, err);
   if (rc) {
     td_rpc_server_free(s);

@@ -69,6 +69,12 @@ typedef struct td_rpc_server_opts {
   size_t n_methods;
   size_t max_request_bytes; /* 0: 4 MiB */
   int unix_mode;            /* socket file mode; 0: 0660 */
+  /* Called on the loop once per call as it ends (answered, failed, or
+   * cancelled by the client or a deadline): the method path ("unknown"
+   * for methods not in the table), the status code, and the seconds since
+   * the call arrived. Optional. */
+  void (*on_end)(void *arg, const char *method, int code, double sec);
+  void *on_end_arg;
 } td_rpc_server_opts;
 
 /* Binds every address and starts serving on `loop`. A unix socket's
