@@ -26,6 +26,7 @@
 #include "plan.h"
 #include "rpc.h"
 #include "saver.h"
+#include "tfevents.h"
 #include "train.h"
 #include "traind/v1/trainer.pb-c.h"
 
@@ -105,6 +106,9 @@ typedef struct worker_ctx {
   int interrupted;  /* the daemon stopped while the job ran */
   td_saver saver;
   uint64_t save_taken; /* SaveCheckpoint requests covered by a snapshot */
+  char tb_dir[PATH_MAX];
+  td_tfevents *tb; /* the job's TensorBoard events; NULL after a failure */
+  double tb_flushed;
 } worker_ctx;
 
 static int64_t wall_ns(void) {
@@ -146,16 +150,81 @@ static void post_event(td_server *s, event *e) {
   uv_async_send(&s->wake);
 }
 
+/* TensorBoard: a failed write is logged once and ends the job's events
+ * (training goes on). */
+static void tb_check(worker_ctx *w, int rc, const td_error *err) {
+  if (!rc)
+    return;
+  td_log_warn("TensorBoard events stopped", "job=%s err=\"%s\"", w->job->id, err->msg);
+  td_error e2 = {0};
+  td_tfevents_close(w->tb, &e2);
+  w->tb = NULL;
+}
+
+static void tb_scalar(worker_ctx *w, const char *tag, int64_t step, float v, double now) {
+  td_error err = {0};
+  if (w->tb)
+    tb_check(w, td_tfevents_scalar(w->tb, tag, step, v, now, &err), &err);
+}
+
+/* Flushed about once a second, so that TensorBoard sees a running job. */
+static void tb_maybe_flush(worker_ctx *w, double now, int force) {
+  if (!w->tb || (!force && now - w->tb_flushed < 1.0))
+    return;
+  td_error err = {0};
+  tb_check(w, td_tfevents_flush(w->tb, &err), &err);
+  w->tb_flushed = now;
+}
+
 static void w_step(void *user, const td_trainer *t, const td_step_point *p) {
   (void)t;
   worker_ctx *w = user;
   td_metrics_add_step(&w->job->metrics, p);
+  if (!w->tb)
+    return;
+  double now = td_tfevents_now();
+  tb_scalar(w, "loss", p->step, p->loss, now);
+  tb_scalar(w, "learning_rate", p->step, p->lr, now);
+  tb_scalar(w, "grad_norm", p->step, p->grad_norm, now);
+  tb_scalar(w, "examples_per_sec", p->step, (float)p->examples_per_sec, now);
+  tb_maybe_flush(w, now, 0);
 }
 
 static void w_epoch(void *user, const td_trainer *t, const td_epoch_point *p) {
   (void)t;
   worker_ctx *w = user;
   td_metrics_add_epoch(&w->job->metrics, p);
+  if (!w->tb)
+    return;
+  double now = td_tfevents_now();
+  tb_scalar(w, "epoch/train_loss", p->step, p->train_loss, now);
+  tb_scalar(w, "epoch/train_accuracy", p->step, p->train_accuracy, now);
+  if (p->evaluated) {
+    tb_scalar(w, "epoch/test_loss", p->step, p->test_loss, now);
+    tb_scalar(w, "epoch/test_accuracy", p->step, p->test_accuracy, now);
+  }
+  tb_maybe_flush(w, now, 1);
+}
+
+/* The job's events file (a new one at each start, resumes included) and
+ * its spec as text. */
+static void tb_open(worker_ctx *w, const td_trainer *t, const char *spec_json) {
+  td_error err = {0};
+  if (td_tfevents_open(w->tb_dir, "traind", &w->tb, &err)) {
+    td_log_warn("no TensorBoard events for the job", "job=%s err=\"%s\"", w->job->id, err.msg);
+    w->tb = NULL;
+    return;
+  }
+  size_t n = strlen(spec_json) + 16;
+  char *md = malloc(n);
+  if (md) {
+    /* Markdown: the spec as a code block. */
+    snprintf(md, n, "```\n%s\n```", spec_json);
+    tb_check(w, td_tfevents_text(w->tb, "job_spec", t->st.step, md, td_tfevents_now(), &err),
+             &err);
+    free(md);
+  }
+  tb_maybe_flush(w, td_tfevents_now(), 1);
 }
 
 static int w_stop(void *user) {
@@ -252,6 +321,7 @@ static void *worker_main(void *arg) {
                        .threads = w->threads,
                        .cache = &w->srv->cache};
   event *done = calloc(1, sizeof *done);
+  char *json = NULL;
   int rc = td_trainer_init(&t, j->spec, &o, &err);
   /* Room for every step of the job, up to the retention. */
   if (!rc && td_metrics_reserve(&j->metrics, (size_t)t.total_steps < w->retention
@@ -262,12 +332,11 @@ static void *worker_main(void *arg) {
   }
   if (!rc) {
     const Traind__V1__Checkpointing *c = j->spec->checkpoint;
-    char *json = pbjson_emit(&j->spec->base, PBJSON_PROTO_NAMES);
+    json = pbjson_emit(&j->spec->base, PBJSON_PROTO_NAMES);
     rc = json ? td_saver_start(&w->saver, t.plan, w->ckpt_dir,
                                c && c->keep_last ? c->keep_last : DEFAULT_KEEP_LAST,
                                c ? c->keep_every_steps : 0, json, w_saved, w, &err)
               : td_errorf(&err, TD_ENOMEM, "out of memory");
-    free(json);
     if (rc) {
       td_error_prefix(&err, "checkpoints");
       td_trainer_free(&t);
@@ -275,6 +344,7 @@ static void *worker_main(void *arg) {
   }
   if (!rc) {
     w_resume(w, &t);
+    tb_open(w, &t, json);
     event *st = calloc(1, sizeof *st);
     if (st) {
       st->kind = EV_STARTED;
@@ -292,7 +362,13 @@ static void *worker_main(void *arg) {
     w_last_checkpoint(w, &t, rc);
     td_saver_stop(&w->saver);
     td_trainer_free(&t);
+    td_error tb_err = {0};
+    if (w->tb && td_tfevents_close(w->tb, &tb_err))
+      td_log_warn("TensorBoard events: closing failed", "job=%s err=\"%s\"", j->id,
+                  tb_err.msg);
+    w->tb = NULL;
   }
+  free(json);
   td_metrics_flush(&j->metrics);
   for (size_t i = 0; i < w->n_roots; i++)
     free(w->roots[i]);
@@ -384,6 +460,7 @@ static void start_job(td_server *s, td_job *j) {
     w->retention = s->cfg->metrics_retention;
     w->interrupted = j->interrupted;
     td_job_ckpt_dir(j, s->cfg->state_dir, w->ckpt_dir, sizeof w->ckpt_dir);
+    snprintf(w->tb_dir, sizeof w->tb_dir, "%s/tensorboard/%s", s->cfg->state_dir, j->id);
     w->n_roots = s->cfg->n_data_dirs;
     w->roots = calloc(w->n_roots ? w->n_roots : 1, sizeof *w->roots);
     ok = w->roots != NULL;
