@@ -64,6 +64,7 @@ typedef struct td_job {
   int cache_hit;
 
   td_metrics metrics;              /* live series (latest kept when loaded) */
+  int64_t prom_step;               /* step points the exporter has observed */
 
   /* Devices held while running. */
   int n_devices;

@@ -58,6 +58,7 @@ static void usage(FILE *f) {
         "  --max-concurrent-jobs N\n"
         "  --metrics-retention N   step points kept per job (default 100000)\n"
         "  --log-level LEVEL  error, warn, info or debug\n"
+        "  --metrics-listen HOST:PORT  Prometheus metrics over HTTP (off by default)\n"
         "run:\n"
         "  --json             print a JSON summary on stdout when done\n"
         "  --metrics FILE     write every step and epoch point as JSON lines\n"
@@ -244,7 +245,7 @@ typedef struct flags {
   const char *config_path;
   char **data_dirs, **listen;
   size_t n_data_dirs, n_listen;
-  const char *state_dir, *log_level;
+  const char *state_dir, *log_level, *metrics_listen;
   long cpu_devices, threads, max_jobs, retention;
   int json;
   const char *metrics_path;
@@ -260,7 +261,7 @@ static void flags_free(flags *f) {
 
 enum { OPT_CONFIG = 256, OPT_DATA_DIR, OPT_CPU_DEVICES, OPT_THREADS, OPT_JSON,
        OPT_METRICS, OPT_LISTEN, OPT_STATE_DIR, OPT_MAX_JOBS, OPT_LOG_LEVEL,
-       OPT_RETENTION, OPT_CKPT_DIR };
+       OPT_RETENTION, OPT_CKPT_DIR, OPT_METRICS_LISTEN };
 
 static int parse_count(const char *name, const char *arg, long *out) {
   char *end = NULL;
@@ -290,6 +291,7 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
       {"log-level", required_argument, 0, OPT_LOG_LEVEL},
       {"metrics-retention", required_argument, 0, OPT_RETENTION},
       {"checkpoint-dir", required_argument, 0, OPT_CKPT_DIR},
+      {"metrics-listen", required_argument, 0, OPT_METRICS_LISTEN},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   memset(f, 0, sizeof *f);
@@ -301,7 +303,7 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     int daemon_only = c == OPT_LISTEN || c == OPT_STATE_DIR || c == OPT_MAX_JOBS ||
-                      c == OPT_LOG_LEVEL || c == OPT_RETENTION;
+                      c == OPT_LOG_LEVEL || c == OPT_RETENTION || c == OPT_METRICS_LISTEN;
     int run_only = c == OPT_JSON || c == OPT_METRICS || c == OPT_CKPT_DIR;
     if ((daemon_only && !serve) || (run_only && serve)) {
       fprintf(stderr, "traind: %s does not take --%s (see traind --help)\n",
@@ -347,6 +349,9 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
     case OPT_CKPT_DIR:
       f->ckpt_dir = optarg;
       break;
+    case OPT_METRICS_LISTEN:
+      f->metrics_listen = optarg;
+      break;
     case OPT_LISTEN:
       f->listen[f->n_listen++] = optarg;
       break;
@@ -389,6 +394,8 @@ static int build_config(void *arg, Traind__V1__DaemonConfig **out, td_error *err
     rc = td_config_set_string(&cfg->state_dir, f->state_dir, err);
   if (!rc && f->log_level)
     rc = td_config_set_string(&cfg->log_level, f->log_level, err);
+  if (!rc && f->metrics_listen)
+    rc = td_config_set_string(&cfg->metrics_listen, f->metrics_listen, err);
   if (!rc) {
     if (f->cpu_devices)
       cfg->cpu_devices = (uint32_t)f->cpu_devices;

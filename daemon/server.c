@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "exporter.h"
 #include "health.h"
 #include "jobs.h"
 #include "jobspec.h"
@@ -26,6 +27,7 @@
 #include "plan.h"
 #include "rpc.h"
 #include "saver.h"
+#include "sdnotify.h"
 #include "tfevents.h"
 #include "train.h"
 #include "traind/v1/trainer.pb-c.h"
@@ -89,7 +91,9 @@ typedef struct td_server {
   event *ev_head, *ev_tail;
 
   uv_signal_t sig_term, sig_int, sig_hup;
-  uv_timer_t flush, stop_timer;
+  uv_timer_t flush, stop_timer, prom_timer, watchdog;
+  td_exporter prom;
+  int prom_on;
   int draining, rpc_down;
   char **listen_shown; /* listen addresses with bound ports filled in */
   size_t n_listen_shown;
@@ -588,6 +592,8 @@ static void answer_saves(td_server *s, td_job *j, uint64_t upto, int code, const
 }
 
 static void on_checkpoint(td_server *s, td_job *j, const td_saver_result *r) {
+  if (s->prom_on)
+    td_exporter_checkpoint(&s->prom, r->rc == TD_OK, r->write_sec);
   if (r->rc) {
     snprintf(j->ckpt_error, sizeof j->ckpt_error, "step %lld: %s", (long long)r->step, r->msg);
     td_log_error("checkpoint failed", "job=%s step=%lld reason=%s err=\"%s\"", j->id,
@@ -1347,6 +1353,33 @@ static const td_rpc_method trainer_methods[] = {
 };
 #define N_TRAINER (sizeof trainer_methods / sizeof trainer_methods[0])
 
+/* ---------------------------------------------------------- metrics */
+
+static void on_rpc_end(void *arg, const char *method, int code, double sec) {
+  td_server *s = arg;
+  if (s->prom_on)
+    td_exporter_rpc(&s->prom, method, code, sec);
+}
+
+static void prom_publish(td_server *s) {
+  td_exporter_view v = {.jobs = s->jobs,
+                        .n_jobs = s->n_jobs,
+                        .n_devices = s->n_devices,
+                        .device_owner = s->device_owner,
+                        .uptime_sec = (double)(wall_ns() - s->started_ns) / 1e9,
+                        .version = TRAIND_VERSION};
+  pthread_mutex_lock(&s->cache.mu);
+  v.cache_entries = s->cache.n_entries;
+  v.cache_hits = s->cache.hits;
+  v.cache_misses = s->cache.misses;
+  pthread_mutex_unlock(&s->cache.mu);
+  td_error err = {0};
+  if (td_exporter_publish(&s->prom, &v, &err))
+    td_log_warn("metrics rendering failed", "err=\"%s\"", err.msg);
+}
+
+static void on_prom_timer(uv_timer_t *t) { prom_publish(t->data); }
+
 /* ------------------------------------------------------- lifecycle */
 
 static void on_closed(uv_handle_t *h) { (void)h; }
@@ -1354,11 +1387,17 @@ static void on_closed(uv_handle_t *h) { (void)h; }
 static void on_rpc_down(void *arg) {
   td_server *s = arg;
   s->rpc_down = 1;
+  if (s->prom_on) {
+    td_exporter_stop(&s->prom);
+    s->prom_on = 0;
+  }
   uv_close((uv_handle_t *)&s->sig_term, on_closed);
   uv_close((uv_handle_t *)&s->sig_int, on_closed);
   uv_close((uv_handle_t *)&s->sig_hup, on_closed);
   uv_close((uv_handle_t *)&s->flush, on_closed);
   uv_close((uv_handle_t *)&s->stop_timer, on_closed);
+  uv_close((uv_handle_t *)&s->prom_timer, on_closed);
+  uv_close((uv_handle_t *)&s->watchdog, on_closed);
   uv_close((uv_handle_t *)&s->wake, on_closed);
 }
 
@@ -1392,10 +1431,18 @@ static void on_stop_timeout(uv_timer_t *t) {
   _exit(1);
 }
 
+/* systemd's watchdog: a keep-alive from the loop, so that a loop that
+ * stops turning gets the daemon restarted. */
+static void on_watchdog(uv_timer_t *t) {
+  (void)t;
+  td_sd_watchdog_ping();
+}
+
 static void on_stop_signal(uv_signal_t *h, int signum) {
   td_server *s = h->data;
   if (s->draining)
     return;
+  td_sd_stopping();
   td_log_info("draining: no new jobs; running jobs stop at their next step",
               "signal=%s running=%d", signum == SIGTERM ? "SIGTERM" : "SIGINT", s->running);
   s->draining = 1;
@@ -1416,8 +1463,10 @@ static void on_hup(uv_signal_t *h, int signum) {
   td_server *s = h->data;
   Traind__V1__DaemonConfig *fresh = NULL;
   td_error err = {0};
+  td_sd_reloading();
   if (s->opts->load_config(s->opts->load_config_arg, &fresh, &err)) {
     td_log_error("reload failed; keeping the current configuration", "err=\"%s\"", err.msg);
+    td_sd_reloaded();
     return;
   }
   Traind__V1__DaemonConfig *old = s->cfg;
@@ -1437,6 +1486,7 @@ static void on_hup(uv_signal_t *h, int signum) {
   td_config_free(old);
   td_log_info("configuration reloaded", "max_concurrent_jobs=%u data_dirs=%zu log_level=%s",
               max_jobs(s), fresh->n_data_dirs, fresh->log_level);
+  td_sd_reloaded();
   schedule(s);
 }
 
@@ -1588,6 +1638,9 @@ int td_server_main(const td_server_opts *opts) {
   uv_timer_start(&s->flush, on_flush_timer, FLUSH_MS, FLUSH_MS);
   uv_timer_init(&s->loop, &s->stop_timer);
   s->stop_timer.data = s;
+  uv_timer_init(&s->loop, &s->prom_timer);
+  s->prom_timer.data = s;
+  uv_timer_init(&s->loop, &s->watchdog);
   uv_signal_init(&s->loop, &s->sig_term);
   uv_signal_init(&s->loop, &s->sig_int);
   uv_signal_init(&s->loop, &s->sig_hup);
@@ -1606,8 +1659,20 @@ int td_server_main(const td_server_opts *opts) {
   td_rpc_server_opts ro = {.listen = (const char *const *)s->cfg->listen,
                            .n_listen = s->cfg->n_listen,
                            .methods = methods,
-                           .n_methods = N_TRAINER + 2};
-  if (!s->health || td_rpc_server_start(&s->rpc, &s->loop, &ro, &err) || show_listen(s)) {
+                           .n_methods = N_TRAINER + 2,
+                           .on_end = on_rpc_end,
+                           .on_end_arg = s};
+  int prom_rc = TD_OK;
+  if (s->cfg->metrics_listen && *s->cfg->metrics_listen) {
+    prom_rc = td_exporter_start(&s->prom, s->cfg->metrics_listen, &err);
+    s->prom_on = prom_rc == TD_OK;
+  }
+  if (prom_rc || !s->health || td_rpc_server_start(&s->rpc, &s->loop, &ro, &err) ||
+      show_listen(s)) {
+    if (s->prom_on) {
+      td_exporter_stop(&s->prom);
+      s->prom_on = 0;
+    }
     fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
     exit_code = 1;
     s->draining = 1;
@@ -1622,10 +1687,26 @@ int td_server_main(const td_server_opts *opts) {
   } else {
     for (size_t i = 0; i < s->n_listen_shown; i++)
       td_log_info("listening", "addr=%s", s->listen_shown[i]);
+    if (s->prom_on) {
+      td_log_info("metrics listening", "addr=%s port=%d path=/metrics",
+                  s->cfg->metrics_listen, td_exporter_port(&s->prom));
+      prom_publish(s);
+      uv_timer_start(&s->prom_timer, on_prom_timer, 1000, 1000);
+    }
     td_log_info("traind ready", "version=%s cpu_devices=%d threads=%u data_dirs=%zu",
                 TRAIND_VERSION, s->n_devices, s->threads, s->cfg->n_data_dirs);
     td_health_set(s->health, "", TD_HEALTH_SERVING);
     td_health_set(s->health, TRAINER_SERVICE, TD_HEALTH_SERVING);
+    char status[160];
+    snprintf(status, sizeof status, "serving on %s; %d CPU device%s", s->listen_shown[0],
+             s->n_devices, s->n_devices == 1 ? "" : "s");
+    td_sd_ready(status);
+    uint64_t wd_usec = 0;
+    if (td_sd_watchdog_usec(&wd_usec) > 0 && wd_usec) {
+      uint64_t ms = wd_usec / 2000 ? wd_usec / 2000 : 1;
+      uv_timer_start(&s->watchdog, on_watchdog, ms, ms);
+      td_log_info("systemd watchdog", "interval_ms=%llu", (unsigned long long)(wd_usec / 1000));
+    }
     schedule(s);
   }
   uv_run(&s->loop, UV_RUN_DEFAULT);

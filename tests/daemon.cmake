@@ -10,6 +10,10 @@
 #   daemon_bad_input           bad RPCs get the right status; the daemon serves on
 #   daemon_interop             Python grpcio: submit, WatchMetrics, health, info
 #   daemon_restart             records across SIGTERM, SIGKILL and restarts
+#   daemon_sdnotify            READY, watchdog pings, RELOADING, STOPPING to a
+#                              notification socket, as under systemd
+#   daemon_prometheus          /metrics scraped during training and parsed with
+#                              prometheus_client; values agree with the API
 #   daemon_tensorboard         jobs' TensorBoard event files read back: equal
 #                              to GetMetrics, a second file after a resume
 #   daemon_checkpoint          HDF5 checkpoints: retention, export, bit-exact resume
@@ -35,6 +39,8 @@ td_daemon_test(daemon_bad_input daemon_bad_input.py "daemon" 600)
 td_daemon_test(daemon_interop daemon_interop.py "daemon;mnist" 600)
 td_daemon_test(daemon_restart daemon_restart.py "daemon;mnist" 600)
 td_daemon_test(daemon_tensorboard daemon_tensorboard.py "daemon;mnist" 600)
+td_daemon_test(daemon_prometheus daemon_prometheus.py "daemon;mnist" 600)
+td_daemon_test(daemon_sdnotify daemon_sdnotify.py "daemon" 120)
 td_daemon_test(daemon_checkpoint daemon_checkpoint.py "daemon;mnist" 600)
 td_daemon_test(daemon_trainctl daemon_trainctl.py "daemon;mnist" 600)
 td_daemon_test(daemon_reference_10epochs daemon_trainctl.py "daemon;mnist;long" 1200

@@ -1,0 +1,98 @@
+#!/usr/bin/python3
+"""traind under a service manager's notification socket (sd_notify).
+
+usage: daemon_sdnotify.py TRAIND TRAINCTL SOURCE_DIR [CASE...]
+
+A real traind is started with NOTIFY_SOCKET pointing at a datagram socket
+this script listens on, as systemd does for Type=notify services (and with
+WATCHDOG_USEC, as WatchdogSec= sets it):
+
+  ready_watchdog_reload_stop  READY=1 (with a STATUS) only once the daemon
+                              answers health checks SERVING; WATCHDOG=1
+                              keep-alives at about half the interval;
+                              RELOADING=1 then READY=1 on SIGHUP; STOPPING=1
+                              on SIGTERM, and the daemon exits 0
+  quiet_without_socket        without NOTIFY_SOCKET the daemon runs as usual
+
+Prints one line per case, then "N passed, N failed".
+"""
+import os
+import signal
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import traind_harness as th  # noqa: E402
+from traind_harness import check  # noqa: E402
+
+args = th.parse_args(__doc__.splitlines()[1])
+suite = th.Suite(args)
+
+WATCHDOG_USEC = 400000
+
+
+def listen(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.05)
+    return sock
+
+
+def drain(sock, into, seconds):
+    """Collects datagrams (with their arrival times) for a while."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            into.append((time.monotonic(), sock.recv(4096).decode()))
+        except socket.timeout:
+            pass
+    return into
+
+
+def messages(got, key):
+    return [(t, m) for t, m in got if key in m.split("\n")]
+
+
+@suite.case
+def ready_watchdog_reload_stop(s):
+    path = os.path.join(s.tmp, "notify.sock")
+    sock = listen(path)
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC=str(WATCHDOG_USEC))
+    th.make_synthetic(s.tmp)
+    d = s.daemon(data_dirs=[s.tmp], env=env)  # returns once health says SERVING
+    got = drain(sock, [], 2.0)
+    ready = messages(got, "READY=1")
+    check(len(ready) == 1, "READY=1 sent %d times: %s", len(ready), got[:5])
+    check(any(line.startswith("STATUS=serving on ") for line in ready[0][1].split("\n")),
+          "READY without a STATUS: %r", ready[0][1])
+    pings = [t for t, _ in messages(got, "WATCHDOG=1")]
+    check(len(pings) >= 3, "%d watchdog pings in 2 s with WatchdogSec 0.4 s", len(pings))
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    check(gaps and max(gaps) < WATCHDOG_USEC / 1e6,
+          "a watchdog gap of %.3f s exceeds the interval", max(gaps) if gaps else -1)
+    d.signal(signal.SIGHUP)
+    got = drain(sock, [], 1.0)
+    rel = [m for _, m in got if "WATCHDOG=1" not in m.split("\n")]
+    check(rel and "RELOADING=1" in rel[0].split("\n") and
+          any("READY=1" in m.split("\n") for m in rel[1:]),
+          "SIGHUP: %s", rel)
+    d.signal(signal.SIGTERM)
+    got = drain(sock, [], 1.0)
+    check(messages(got, "STOPPING=1"), "no STOPPING=1 after SIGTERM: %s", got)
+    took = d.stop()  # already stopping: waits for the exit, checks status 0
+    check(took < th.STOP_TIMEOUT, "the daemon took %.1f s to stop", took)
+    sock.close()
+
+
+@suite.case
+def quiet_without_socket(s):
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    th.make_synthetic(s.tmp)
+    d = s.daemon(data_dirs=[s.tmp], env=env)
+    check("systemd watchdog" not in d.log(), "a watchdog without WATCHDOG_USEC")
+    check(d.alive(), "the daemon is not running")
+
+
+if __name__ == "__main__":
+    sys.exit(suite.run())
