@@ -33,8 +33,9 @@ int td_sd_reloaded(void);
 /* The service manager's watchdog interval for this process: returns > 0
  * and sets *usec to the interval when WATCHDOG_USEC is set (and
  * WATCHDOG_PID, when set, names this process); returns 0 and sets *usec
- * to 0 when there is no watchdog (or no NOTIFY_SOCKET to ping); returns < 0 (and *usec = 0) when the
- * variables are malformed. Ping at half the interval. */
+ * to 0 when there is no watchdog (or no NOTIFY_SOCKET to ping); returns
+ * < 0 (and *usec = 0) when the variables are malformed. Ping at half the
+ * interval. usec may be NULL. */
 int td_sd_watchdog_usec(uint64_t *usec);
 
 /* "WATCHDOG=1": the keep-alive ping. */

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1387,6 +1388,11 @@ static void on_closed(uv_handle_t *h) { (void)h; }
 static void on_rpc_down(void *arg) {
   td_server *s = arg;
   s->rpc_down = 1;
+  /* The stop is under way and cannot be undone: a further SIGTERM or
+   * SIGINT (a second `systemctl stop`, a second ^C) no longer kills the
+   * process halfway through its cleanup. */
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
   if (s->prom_on) {
     td_exporter_stop(&s->prom);
     s->prom_on = 0;
