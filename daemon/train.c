@@ -275,7 +275,7 @@ static int task_grads(td_trainer *t, int rank) {
   const td_backend_ops *ops = be->ops;
   float *a = st->arena, *sc = a + p->scalars_off;
   td_error *err = &r->err;
-  int rc = ops->gather(be, t->train.x, t->train.y, t->train.dim,
+  int rc = ops->gather(be, r->train_x, r->train_y, t->train.dim,
                        t->task_order + (size_t)rank * t->shard, t->shard, a + p->in_off,
                        (int32_t *)(a + p->labels_off));
   if (rc)
@@ -321,6 +321,10 @@ static int task_eval(td_trainer *t, int rank) {
   const td_dataset *ds = t->task_ds;
   td_backend *be = r->be;
   float *a = r->st->arena;
+  /* A host-memory backend reads any dataset in place; others have copies
+   * of the job's two. */
+  const float *x = be->host_memory ? ds->x : ds == &t->test ? r->test_x : r->train_x;
+  const int32_t *y = be->host_memory ? ds->y : ds == &t->test ? r->test_y : r->train_y;
   uint32_t lo = (uint32_t)((uint64_t)ds->n * (uint64_t)rank / (uint64_t)t->n_rep);
   uint32_t hi = (uint32_t)((uint64_t)ds->n * (uint64_t)(rank + 1) / (uint64_t)t->n_rep);
   r->sums[0] = r->sums[1] = 0.0;
@@ -328,8 +332,8 @@ static int task_eval(td_trainer *t, int rank) {
     uint32_t rows = hi - start < t->shard ? hi - start : t->shard;
     /* Rows start..start+rows: the dataset pointer is offset instead of the
      * indices, so the one iota buffer serves every chunk. */
-    int rc = be->ops->gather(be, ds->x + (size_t)start * ds->dim, ds->y + start, ds->dim,
-                             t->iota, rows, a + p->in_off, (int32_t *)(a + p->labels_off));
+    int rc = be->ops->gather(be, x + (size_t)start * ds->dim, y + start, ds->dim, t->iota,
+                             rows, a + p->in_off, (int32_t *)(a + p->labels_off));
     if (rc)
       return td_errorf(&r->err, rc, "evaluate: gather failed");
     if ((rc = td_state_forward(r->st, (int)rows, 0, t->dropout_key, 0, &r->err)) ||
@@ -360,8 +364,48 @@ static int task_sync(td_trainer *t, int rank) {
 
 /* Backends, states, the communicator and the threads of the replicas;
  * threads: for all of them together (<= 0: every core). */
-static int replicas_start(td_trainer *t, int threads, td_error *err) {
+/* The replica's view of the datasets: the host arrays, or copies in its
+ * backend's memory. */
+static int replica_data(td_trainer *t, td_replica *x, td_error *err) {
+  td_backend *be = x->be;
+  if (be->host_memory) {
+    x->train_x = t->train.x;
+    x->train_y = t->train.y;
+    x->test_x = t->test.x;
+    x->test_y = t->test.y;
+    return TD_OK;
+  }
+  const td_dataset *ds[2] = {&t->train, &t->test};
+  for (int k = 0; k < 2; k++) {
+    size_t nx = (size_t)ds[k]->n * ds[k]->dim * sizeof(float), ny = ds[k]->n * sizeof(int32_t);
+    if (!ds[k]->n)
+      continue;
+    void *dx = be->ops->alloc(be, nx), *dy = be->ops->alloc(be, ny);
+    x->uploads[2 * k] = dx;
+    x->uploads[2 * k + 1] = dy;
+    if (!dx || !dy)
+      return td_errorf(err, TD_ENOMEM, "%s backend: no memory for the %s set (%.1f MiB)",
+                       be->ops->name, k ? "test" : "training", (double)(nx + ny) / 1048576.0);
+    int rc = be->ops->upload(be, dx, ds[k]->x, nx);
+    if (!rc)
+      rc = be->ops->upload(be, dy, ds[k]->y, ny);
+    if (rc)
+      return td_errorf(err, rc, "%s backend: uploading the %s set failed", be->ops->name,
+                       k ? "test" : "training");
+    if (k) {
+      x->test_x = dx;
+      x->test_y = dy;
+    } else {
+      x->train_x = dx;
+      x->train_y = dy;
+    }
+  }
+  return TD_OK;
+}
+
+static int replicas_start(td_trainer *t, const td_trainer_opts *o, td_error *err) {
   const int n = t->n_rep;
+  int threads = o->threads;
   if (threads <= 0 && n > 1) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     threads = cores > 0 ? (int)cores : 1;
@@ -375,8 +419,12 @@ static int replicas_start(td_trainer *t, int threads, td_error *err) {
     x->owner = t;
     x->rank = r;
     x->st = r ? &x->own : &t->st;
-    if (!(rc = td_cpu_backend_create(&x->be, per, err)))
+    rc = o->backend ? o->backend(o->backend_arg, r, per, &x->be, err)
+                    : td_cpu_backend_create(&x->be, per, err);
+    if (!rc)
       rc = td_state_init(x->st, t->plan, x->be, err);
+    if (!rc)
+      rc = replica_data(t, x, err);
   }
   if (rc)
     return rc;
@@ -410,9 +458,13 @@ static void replicas_stop(td_trainer *t) {
     t->pool = 0;
   }
   for (int r = 0; t->rep && r < t->n_rep; r++) {
-    if (t->rep[r].st)
-      td_state_free(t->rep[r].st);
-    td_backend_destroy(t->rep[r].be);
+    td_replica *x = &t->rep[r];
+    if (x->st)
+      td_state_free(x->st);
+    for (int k = 0; k < 4; k++)
+      if (x->uploads[k])
+        x->be->ops->release(x->be, x->uploads[k]);
+    td_backend_destroy(x->be);
   }
   free(t->rep);
   t->rep = NULL;
@@ -443,7 +495,7 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
     t->cache = &t->own_cache;
   }
   rc = td_plan_cache_get(t->cache, spec->model, spec->optimizer, t->shard,
-                         "cpu:0", &t->plan, &t->plan_hit, err);
+                         o->device_set ? o->device_set : "cpu:0", &t->plan, &t->plan_hit, err);
   if (rc)
     goto fail;
   t->compile_ms = t->plan->compile_ms;
@@ -468,7 +520,7 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
   if (tr->max_steps && tr->max_steps < t->total_steps)
     t->total_steps = tr->max_steps;
 
-  if ((rc = replicas_start(t, o->threads, err)))
+  if ((rc = replicas_start(t, o, err)))
     goto fail;
   t->order = malloc((size_t)t->train.n * sizeof *t->order);
   t->iota = malloc((size_t)t->shard * sizeof *t->iota);

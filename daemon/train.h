@@ -56,11 +56,20 @@ typedef struct td_train_hooks {
   int (*should_stop)(void *user);
 } td_train_hooks;
 
+/* Makes replica `rank`'s backend (threads: its share of the CPU threads). */
+typedef int (*td_backend_factory)(void *arg, int rank, int threads, td_backend **out,
+                                  td_error *err);
+
 typedef struct td_trainer_opts {
   const char *const *data_roots;
   size_t n_data_roots;
   int threads;          /* CPU threads for the job, all replicas together; <= 0: all */
   td_plan_cache *cache; /* shared compile cache; NULL: a private one */
+  /* The replicas' backends; NULL: the CPU backend. A backend whose memory
+   * is not host memory gets the datasets uploaded once, per replica. */
+  td_backend_factory backend;
+  void *backend_arg;
+  const char *device_set; /* the plan cache's device key; NULL: "cpu:0" */
 } td_trainer_opts;
 
 /* One replica of a data-parallel job (pmap over devices.count CPU
@@ -72,6 +81,11 @@ typedef struct td_replica {
   td_backend *be;
   td_state *st; /* replica 0: &trainer->st; the others: &own */
   td_state own;
+  /* The datasets in the backend's memory (the host arrays themselves for
+   * a host-memory backend; else copies, uploaded once). */
+  const float *train_x, *test_x;
+  const int32_t *train_y, *test_y;
+  void *uploads[4];
   pthread_t thread;
   int has_thread;
   /* A task's outputs. */

@@ -122,7 +122,8 @@ typedef struct td_backend_ops {
 struct td_backend {
   const td_backend_ops *ops;
   void *ctx;
-  int threads; /* CPU threads this backend may use */
+  int threads;     /* CPU threads this backend may use */
+  int host_memory; /* its memory is host memory: host data can be used in place */
 };
 
 /* The CPU backend (OpenBLAS plus fused loops). threads <= 0 means all cores. */

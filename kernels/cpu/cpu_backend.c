@@ -372,6 +372,7 @@ int td_cpu_backend_create(td_backend **out, int threads, td_error *err) {
     return td_errorf(err, TD_ENOMEM, "cpu backend: out of memory");
   be->ops = &cpu_ops;
   be->threads = threads;
+  be->host_memory = 1;
   if (threads > 0)
     openblas_set_num_threads(threads);
   *out = be;
