@@ -802,10 +802,16 @@ static int cmd_devices(ctl *c) {
   if (c->output == OUT_TABLE || c->output == OUT_CSV) {
     td_table t;
     if (td_view_devices_table(&t, resp) == 0) {
-      if (c->output == OUT_CSV)
+      if (c->output == OUT_CSV) {
         td_table_print_csv(&t, stdout);
-      else
+      } else {
         td_table_print(&t, stdout);
+        if (resp->gpus_unavailable && *resp->gpus_unavailable) {
+          char why[512];
+          td_view_sanitize(resp->gpus_unavailable, why, sizeof why);
+          printf("no GPUs: %s\n", why);
+        }
+      }
     } else {
       rc = fail(EXIT_RPC, "out of memory formatting the devices; free some memory");
     }

@@ -148,7 +148,8 @@ void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir) {
   p->error = j->error;
   p->error_code = j->error_code;
   for (int i = 0; i < j->n_devices; i++) {
-    snprintf(m->names[i], sizeof m->names[i], "cpu:%d", j->devices[i]);
+    snprintf(m->names[i], sizeof m->names[i], "%s:%d", j->on_gpu ? "gpu" : "cpu",
+             j->devices[i]);
     m->devices[i] = m->names[i];
   }
   p->n_devices = (size_t)j->n_devices;

@@ -66,7 +66,8 @@ typedef struct td_job {
   td_metrics metrics;              /* live series (latest kept when loaded) */
   int64_t prom_step;               /* step points the exporter has observed */
 
-  /* Devices held while running. */
+  /* Devices held while running (GPUs when on_gpu). */
+  int on_gpu;
   int n_devices;
   int devices[TD_JOB_MAX_DEVICES];
   uint32_t threads;                /* compute threads for the job */

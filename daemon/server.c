@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "exporter.h"
+#include "gpus.h"
 #include "health.h"
 #include "jobs.h"
 #include "jobspec.h"
@@ -82,9 +83,12 @@ typedef struct td_server {
   td_job **jobs; /* creation order */
   size_t n_jobs, cap_jobs;
   uint64_t next_seq;
-  int n_devices;
+  int n_devices; /* CPU devices */
   uint32_t threads;      /* compute threads, all devices together */
   td_job **device_owner; /* (n_devices) */
+  int n_gpus;
+  td_job **gpu_owner; /* (n_gpus) */
+  char gpu_why[256];  /* why there are no GPUs */
   int running;
 
   uv_async_t wake;
@@ -111,6 +115,8 @@ typedef struct worker_ctx {
   int interrupted;  /* the daemon stopped while the job ran */
   td_saver saver;
   uint64_t save_taken; /* SaveCheckpoint requests covered by a snapshot */
+  int gpus[TD_JOB_MAX_DEVICES]; /* GPU replicas: each rank's GPU */
+  int on_gpu;
   char tb_dir[PATH_MAX];
   td_tfevents *tb; /* the job's TensorBoard events; NULL after a failure */
   double tb_flushed;
@@ -324,7 +330,10 @@ static void *worker_main(void *arg) {
   td_trainer_opts o = {.data_roots = (const char *const *)w->roots,
                        .n_data_roots = w->n_roots,
                        .threads = w->threads,
-                       .cache = &w->srv->cache};
+                       .cache = &w->srv->cache,
+                       .backend = w->on_gpu ? td_gpu_backend : NULL,
+                       .backend_arg = w->gpus,
+                       .device_set = w->on_gpu ? "gpu" : NULL};
   event *done = calloc(1, sizeof *done);
   char *json = NULL;
   int rc = td_trainer_init(&t, j->spec, &o, &err);
@@ -393,42 +402,69 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-static int free_devices(td_server *s) {
+/* A kind of device: its name, how many, and who holds each. */
+typedef struct dev_pool {
+  const char *kind;
+  int n;
+  td_job **owner;
+} dev_pool;
+
+static int job_on_gpu(const td_job *j) {
+  return j->spec->devices && j->spec->devices->kind && strcmp(j->spec->devices->kind, "gpu") == 0;
+}
+
+static dev_pool pool_of(td_server *s, int gpu) {
+  return gpu ? (dev_pool){"gpu", s->n_gpus, s->gpu_owner}
+             : (dev_pool){"cpu", s->n_devices, s->device_owner};
+}
+
+static int free_in(dev_pool p) {
   int n = 0;
-  for (int i = 0; i < s->n_devices; i++)
-    n += s->device_owner[i] == NULL;
+  for (int i = 0; i < p.n; i++)
+    n += p.owner[i] == NULL;
   return n;
 }
 
 static int job_device_count(const td_job *j) { return td_job_device_count(j->spec); }
 
-/* The device of explicit id i of a job ("cpu:N" -> N). */
+/* The device of explicit id i of a job ("cpu:N" or "gpu:N" -> N). */
 static int job_device_id(const td_job *j, size_t i) {
-  return td_device_index(j->spec->devices->ids[i], "cpu");
+  return td_device_index(j->spec->devices->ids[i], job_on_gpu(j) ? "gpu" : "cpu");
 }
 
 /* Whether the daemon has the devices the job asks for at all. */
 static int job_possible(td_server *s, const td_job *j) {
+  dev_pool p = pool_of(s, job_on_gpu(j));
   const Traind__V1__Devices *d = j->spec->devices;
   for (size_t i = 0; d && i < d->n_ids; i++) {
     int dev = job_device_id(j, i);
-    if (dev < 0 || dev >= s->n_devices)
+    if (dev < 0 || dev >= p.n)
       return 0;
   }
-  return job_device_count(j) <= s->n_devices;
+  return job_device_count(j) <= p.n;
 }
 
 /* Whether the devices the job asks for are free: its explicit ones, or
  * enough of any. */
 static int job_fits(td_server *s, const td_job *j) {
+  dev_pool p = pool_of(s, job_on_gpu(j));
   const Traind__V1__Devices *d = j->spec->devices;
   if (d && d->n_ids) {
     for (size_t i = 0; i < d->n_ids; i++)
-      if (s->device_owner[job_device_id(j, i)])
+      if (p.owner[job_device_id(j, i)])
         return 0;
     return 1;
   }
-  return job_device_count(j) <= free_devices(s);
+  return job_device_count(j) <= free_in(p);
+}
+
+/* Frees the devices a job holds. */
+static void release_devices(td_server *s, td_job *j) {
+  dev_pool p = pool_of(s, j->on_gpu);
+  for (int i = 0; i < j->n_devices; i++)
+    if (p.owner[j->devices[i]] == j)
+      p.owner[j->devices[i]] = NULL;
+  j->n_devices = 0;
 }
 
 static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
@@ -437,15 +473,17 @@ static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
 static void start_job(td_server *s, td_job *j) {
   int need = job_device_count(j);
   const Traind__V1__Devices *d = j->spec->devices;
+  j->on_gpu = job_on_gpu(j);
+  dev_pool p = pool_of(s, j->on_gpu);
   j->n_devices = 0;
   for (size_t i = 0; d && i < d->n_ids; i++) {
     int dev = job_device_id(j, i);
-    s->device_owner[dev] = j;
+    p.owner[dev] = j;
     j->devices[j->n_devices++] = dev;
   }
-  for (int i = 0; i < s->n_devices && j->n_devices < need; i++)
-    if (!s->device_owner[i]) {
-      s->device_owner[i] = j;
+  for (int i = 0; i < p.n && j->n_devices < need; i++)
+    if (!p.owner[i]) {
+      p.owner[i] = j;
       j->devices[j->n_devices++] = i;
     }
   uint32_t per_device = s->threads / (uint32_t)s->n_devices;
@@ -464,6 +502,9 @@ static void start_job(td_server *s, td_job *j) {
     w->threads = (int)j->threads;
     w->retention = s->cfg->metrics_retention;
     w->interrupted = j->interrupted;
+    w->on_gpu = j->on_gpu;
+    for (int i = 0; i < j->n_devices; i++)
+      w->gpus[i] = j->devices[i];
     td_job_ckpt_dir(j, s->cfg->state_dir, w->ckpt_dir, sizeof w->ckpt_dir);
     snprintf(w->tb_dir, sizeof w->tb_dir, "%s/tensorboard/%s", s->cfg->state_dir, j->id);
     w->n_roots = s->cfg->n_data_dirs;
@@ -513,8 +554,13 @@ static void schedule(td_server *s) {
     if (best && !job_possible(s, best)) {
       /* The daemon restarted with fewer devices than the job was given. */
       char msg[160];
-      snprintf(msg, sizeof msg, "the job asks for devices this daemon does not have "
-               "(it has cpu:0 to cpu:%d)", s->n_devices - 1);
+      dev_pool p = pool_of(s, job_on_gpu(best));
+      if (p.n)
+        snprintf(msg, sizeof msg, "the job asks for devices this daemon does not have "
+                 "(it has %s:0 to %s:%d)", p.kind, p.kind, p.n - 1);
+      else
+        snprintf(msg, sizeof msg, "the job asks for %s devices and this daemon has none",
+                 p.kind);
       finish_job(s, best, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_FAILED_PRECONDITION, msg);
       continue;
     }
@@ -542,10 +588,7 @@ static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
   j->finished_ns = wall_ns();
   j->error_code = code;
   snprintf(j->error, sizeof j->error, "%s", msg ? msg : "");
-  for (int i = 0; i < j->n_devices; i++)
-    if (s->device_owner[j->devices[i]] == j)
-      s->device_owner[j->devices[i]] = NULL;
-  j->n_devices = 0;
+  release_devices(s, j);
   save_job(s, j);
   if (state == TRAIND__V1__JOB_STATE__SUCCEEDED) {
     td_metrics_latest l;
@@ -669,9 +712,7 @@ static void on_event(td_server *s, event *e) {
   } else if (e->rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN &&
              j->n_cancel_calls == 0) {
     /* Interrupted by the daemon's stop: queued again for the next start. */
-    for (int i = 0; i < j->n_devices; i++)
-      s->device_owner[j->devices[i]] = NULL;
-    j->n_devices = 0;
+    release_devices(s, j);
     j->state = TRAIND__V1__JOB_STATE__QUEUED;
     j->started_ns = 0;
     save_job(s, j);
@@ -884,18 +925,29 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   td_error err = {0};
   int rc = td_jobspec_validate(req->spec, &err);
   int need = rc ? 0 : td_job_device_count(req->spec);
-  if (need > s->n_devices) {
+  int gpu = !rc && req->spec->devices && req->spec->devices->kind &&
+            strcmp(req->spec->devices->kind, "gpu") == 0;
+  dev_pool pool = pool_of(s, gpu);
+  if (gpu && !pool.n) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "devices.kind: the job asks for GPUs, but this daemon has none: %s",
+             s->gpu_why);
+    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
+    return;
+  }
+  if (need > pool.n) {
     char msg[256];
     snprintf(msg, sizeof msg,
-             "devices.count: the job asks for %d devices but the daemon has %d; "
+             "devices.count: the job asks for %d %s devices but the daemon has %d; "
              "ask for at most %d",
-             need, s->n_devices, s->n_devices);
+             need, pool.kind, pool.n, pool.n);
     td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
     return;
   }
   if (!rc) {
     td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
-                         .n_data_roots = s->cfg->n_data_dirs};
+                         .n_data_roots = s->cfg->n_data_dirs,
+                         .backend = gpu ? td_gpu_backend : NULL};
     rc = td_trainer_check(req->spec, &o, &err);
   }
   if (rc) {
@@ -907,10 +959,10 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   char msg[256];
   msg[0] = 0;
   for (size_t i = 0; dv && i < dv->n_ids; i++)
-    if (!msg[0] && td_device_index(dv->ids[i], "cpu") >= s->n_devices)
+    if (!msg[0] && td_device_index(dv->ids[i], pool.kind) >= pool.n)
       snprintf(msg, sizeof msg,
-               "devices.ids[%zu]: %.32s does not exist; the daemon has cpu:0 to cpu:%d", i,
-               dv->ids[i], s->n_devices - 1);
+               "devices.ids[%zu]: %.32s does not exist; the daemon has %s:0 to %s:%d", i,
+               dv->ids[i], pool.kind, pool.kind, pool.n - 1);
   if (msg[0]) {
     td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
     return;
@@ -1278,7 +1330,7 @@ static void h_export(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
 static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   (void)req_;
   td_server *s = ctx;
-  size_t n = (size_t)s->n_devices;
+  size_t n = (size_t)s->n_devices + (size_t)s->n_gpus;
   Traind__V1__Device *d = calloc(n, sizeof *d);
   Traind__V1__Device **ptrs = calloc(n, sizeof *ptrs);
   char(*ids)[32] = calloc(n, sizeof *ids);
@@ -1289,19 +1341,26 @@ static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_
     uint32_t per = s->threads / (uint32_t)s->n_devices;
     for (size_t i = 0; i < n; i++) {
       traind__v1__device__init(&d[i]);
-      snprintf(ids[i], sizeof ids[i], "cpu:%zu", i);
-      snprintf(desc[i], sizeof desc[i], "CPU replica %zu (%u compute threads)", i,
-               per ? per : 1);
+      size_t k = i < (size_t)s->n_devices ? i : i - (size_t)s->n_devices;
+      int gpu = i >= (size_t)s->n_devices;
+      snprintf(ids[i], sizeof ids[i], "%s:%zu", gpu ? "gpu" : "cpu", k);
+      if (gpu)
+        snprintf(desc[i], sizeof desc[i], "GPU %zu (CUDA device %zu)", k, k);
+      else
+        snprintf(desc[i], sizeof desc[i], "CPU replica %zu (%u compute threads)", k,
+                 per ? per : 1);
       d[i].id = ids[i];
-      d[i].kind = "cpu";
+      d[i].kind = gpu ? "gpu" : "cpu";
       d[i].description = desc[i];
-      d[i].threads = per ? per : 1;
-      d[i].job_id = s->device_owner[i] ? s->device_owner[i]->id : "";
+      d[i].threads = gpu ? 0 : (per ? per : 1);
+      td_job *owner = gpu ? s->gpu_owner[k] : s->device_owner[k];
+      d[i].job_id = owner ? owner->id : "";
       ptrs[i] = &d[i];
     }
     Traind__V1__ListDevicesResponse r = TRAIND__V1__LIST_DEVICES_RESPONSE__INIT;
     r.n_devices = n;
     r.devices = ptrs;
+    r.gpus_unavailable = s->n_gpus ? "" : s->gpu_why;
     td_rpc_reply(call, &r.base);
   }
   free(d);
@@ -1569,6 +1628,7 @@ static void free_server(td_server *s) {
     td_job_free(s->jobs[i]);
   free(s->jobs);
   free(s->device_owner);
+  free(s->gpu_owner);
   for (size_t i = 0; i < s->n_listen_shown; i++)
     free(s->listen_shown[i]);
   free(s->listen_shown);
@@ -1626,10 +1686,12 @@ int td_server_main(const td_server_opts *opts) {
   s->threads = s->cfg->threads ? s->cfg->threads
                                : (uint32_t)(cores > 1 ? cores - 1 : 1);
   s->device_owner = calloc((size_t)s->n_devices, sizeof *s->device_owner);
+  s->n_gpus = td_gpus_count(s->gpu_why, sizeof s->gpu_why);
+  s->gpu_owner = calloc((size_t)(s->n_gpus ? s->n_gpus : 1), sizeof *s->gpu_owner);
   pthread_mutex_init(&s->ev_mu, NULL);
   td_plan_cache_init(&s->cache);
   int exit_code = 0;
-  if (!s->device_owner || load_jobs(s, &err)) {
+  if (!s->device_owner || !s->gpu_owner || load_jobs(s, &err)) {
     fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
     free_server(s);
     free(s);
@@ -1699,8 +1761,10 @@ int td_server_main(const td_server_opts *opts) {
       prom_publish(s);
       uv_timer_start(&s->prom_timer, on_prom_timer, 1000, 1000);
     }
-    td_log_info("traind ready", "version=%s cpu_devices=%d threads=%u data_dirs=%zu",
-                TRAIND_VERSION, s->n_devices, s->threads, s->cfg->n_data_dirs);
+    td_log_info("traind ready", "version=%s cpu_devices=%d gpus=%d threads=%u data_dirs=%zu",
+                TRAIND_VERSION, s->n_devices, s->n_gpus, s->threads, s->cfg->n_data_dirs);
+    if (!s->n_gpus)
+      td_log_info("no GPUs: GPU jobs are refused", "why=\"%s\"", s->gpu_why);
     td_health_set(s->health, "", TD_HEALTH_SERVING);
     td_health_set(s->health, TRAINER_SERVICE, TD_HEALTH_SERVING);
     char status[160];

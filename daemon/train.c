@@ -15,7 +15,8 @@ static double now_sec(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err);
+static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o,
+                             td_error *err);
 
 /* The replicas a job asks for. */
 static int job_devices(const Traind__V1__JobSpec *s) {
@@ -132,7 +133,7 @@ int td_device_index(const char *id, const char *kind) {
 
 int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
                      td_error *err) {
-  int rc = check_unsupported(spec, err);
+  int rc = check_unsupported(spec, o, err);
   if (rc)
     return rc;
   td_plan *p = NULL;
@@ -174,16 +175,17 @@ static int check_data(const td_trainer *t, const td_dataset *ds,
 
 /* Options that later parts of the service honour; refused here rather than
  * silently ignored. */
-static int check_unsupported(const Traind__V1__JobSpec *s, td_error *err) {
+static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o,
+                             td_error *err) {
   if (s->devices) {
     const char *kind = or_default(s->devices->kind, "cpu");
     if (strcmp(kind, "cpu") != 0 && strcmp(kind, "gpu") != 0)
       return td_errorf(err, TD_EINVAL,
                        "devices.kind: '%s' is not a device kind (use cpu or gpu)",
                        kind);
-    if (strcmp(kind, "gpu") == 0)
+    if (strcmp(kind, "gpu") == 0 && !o->backend)
       return td_errorf(err, TD_EUNSUPPORTED,
-                       "devices.kind: this build of traind has no GPU backend");
+                       "devices.kind: gpu, but the job is given no GPU to run on");
     const Traind__V1__Devices *d = s->devices;
     if (d->n_ids && d->count && d->count != d->n_ids)
       return td_errorf(err, TD_EINVAL,
@@ -477,7 +479,7 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
                     const td_trainer_opts *o, td_error *err) {
   memset(t, 0, sizeof *t);
   t->spec = spec;
-  int rc = check_unsupported(spec, err);
+  int rc = check_unsupported(spec, o, err);
   if (rc)
     return rc;
   const Traind__V1__Training *tr = spec->training;

@@ -29,7 +29,8 @@ a job it knows.
                          a batch that does not split across the devices,
                          malformed or repeated devices.ids, ids that
                          disagree with count: INVALID_ARGUMENT; an id the
-                         daemon does not have: FAILED_PRECONDITION
+                         daemon does not have, a GPU job on a daemon
+                         without GPUs (with the reason): FAILED_PRECONDITION
   cancel_finished        CancelJob on a finished job: FAILED_PRECONDITION
   bad_page_token         ListJobs with a token it never gave: INVALID_ARGUMENT
   watch_cancel_loop      50 WatchMetrics streams cancelled by the client
@@ -305,6 +306,14 @@ def too_many_devices(s):
     c.submit_error(spec(devices={"ids": ["cpu:0"], "count": 2}), C.INVALID_ARGUMENT,
                    "devices.count: 2, but devices.ids names 1 device")
     c.alive("bad devices.ids")
+    # GPUs: none on a machine without a GPU or driver (or in a build without
+    # CUDA): GPU jobs are refused with the reason, and ListDevices says it.
+    devs = c.d.stub.ListDevices(pb.ListDevicesRequest(), timeout=10)
+    if not [x for x in devs.devices if x.kind == "gpu"]:
+        check(devs.gpus_unavailable, "no GPUs listed and no reason given")
+        c.submit_error(spec(devices={"kind": "gpu"}), C.FAILED_PRECONDITION,
+                       "asks for GPUs, but this daemon has none", devs.gpus_unavailable[:40])
+        c.alive("a GPU job without GPUs")
     r = c.d.stub.ListJobs(pb.ListJobsRequest(), timeout=10)
     check(len(r.jobs) == 1, "refused jobs were listed: %d", len(r.jobs))
 
