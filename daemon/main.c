@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "gpus.h"
 #include "jobspec.h"
 #include "pbjson.h"
 #include "progress.h"
@@ -28,6 +29,9 @@
 enum { EXIT_FAILED = 1, EXIT_BAD_INPUT = 2, EXIT_DATA = 3, EXIT_INTERRUPTED = 130 };
 
 static volatile sig_atomic_t interrupted;
+
+#define TD_RUN_MAX_GPUS 64
+static int run_gpus[TD_RUN_MAX_GPUS]; /* each replica's GPU */
 
 static void on_signal(int sig) {
   (void)sig;
@@ -465,7 +469,21 @@ static int cmd_run(int argc, char **argv) {
                          .n_data_roots = cfg->n_data_dirs,
                          .threads = (int)cfg->threads};
     int need = td_job_device_count(spec);
-    if (need > (int)cfg->cpu_devices)
+    int gpu = spec->devices && spec->devices->kind && strcmp(spec->devices->kind, "gpu") == 0;
+    char why[256];
+    int n_gpus = gpu ? td_gpus_count(why, sizeof why) : 0;
+    for (int i = 0; i < need && i < TD_RUN_MAX_GPUS; i++)
+      run_gpus[i] = spec->devices->n_ids ? td_device_index(spec->devices->ids[i], "gpu") : i;
+    if (gpu) {
+      o.backend = td_gpu_backend;
+      o.backend_arg = run_gpus;
+      o.device_set = "gpu";
+    }
+    if (gpu && need > n_gpus)
+      rc = td_errorf(&err, TD_EUNSUPPORTED, "devices: the job asks for %d GPU%s%s%s", need,
+                     need == 1 ? "" : "s", n_gpus ? ", but this machine has fewer" : "; ",
+                     n_gpus ? "" : why);
+    else if (!gpu && need > (int)cfg->cpu_devices)
       rc = td_errorf(&err, TD_EINVAL,
                      "devices: the job asks for %d devices, but traind run offers %u; pass "
                      "--cpu-devices %d",
