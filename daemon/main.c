@@ -472,7 +472,7 @@ static int cmd_run(int argc, char **argv) {
     int gpu = spec->devices && spec->devices->kind && strcmp(spec->devices->kind, "gpu") == 0;
     char why[256];
     int n_gpus = gpu ? td_gpus_count(why, sizeof why) : 0;
-    for (int i = 0; i < need && i < TD_RUN_MAX_GPUS; i++)
+    for (int i = 0; gpu && i < need && i < TD_RUN_MAX_GPUS; i++)
       run_gpus[i] = spec->devices->n_ids ? td_device_index(spec->devices->ids[i], "gpu") : i;
     if (gpu) {
       o.backend = td_gpu_backend;

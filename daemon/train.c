@@ -186,6 +186,10 @@ static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts
     if (strcmp(kind, "gpu") == 0 && !o->backend)
       return td_errorf(err, TD_EUNSUPPORTED,
                        "devices.kind: gpu, but the job is given no GPU to run on");
+    if (strcmp(kind, "gpu") == 0 && td_job_device_count(s) > 1)
+      return td_errorf(err, TD_EUNSUPPORTED,
+                       "devices: this build trains a GPU job on one GPU; multi-GPU jobs "
+                       "(NCCL across the replicas) are not wired into the trainer yet");
     const Traind__V1__Devices *d = s->devices;
     if (d->n_ids && d->count && d->count != d->n_ids)
       return td_errorf(err, TD_EINVAL,

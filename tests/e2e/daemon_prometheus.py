@@ -115,7 +115,11 @@ def wait_published(d, pred, what, timeout=10):
 @suite.case
 def scrape_while_training(s):
     d = metrics_daemon(s)
-    j = s.submit(d, ref(5), name="scraped")
+    # Batch 32: epochs of 1875 steps, several seconds each, so that the
+    # once-a-second rendering and GetJob usually see the same epoch.
+    sp = ref(20)
+    sp["training"]["batch_size"] = 32
+    j = s.submit(d, sp, name="scraped")
     s.wait_state(d, j.id, S.RUNNING)
     th.wait_for(lambda: s.get(d, j.id).progress.epoch >= 1, 60, "the first epoch")
     fams = wait_published(d, lambda f: "traind_job_test_accuracy" in f and
@@ -127,13 +131,14 @@ def scrape_while_training(s):
         check(fams[name].type == typ, "%s is a %s, want %s", name, fams[name].type, typ)
     # Epoch-level values change once per epoch: compare them when the
     # scrape and GetJob see the same epoch.
-    for _ in range(20):
+    for _ in range(100):
         f = scrape(d)
         g = s.get(d, j.id)
         if g.state != S.RUNNING:
             break
         epochs = one(f["traind_job_epochs_completed"], job=j.id)
         if epochs != g.progress.epoch:
+            time.sleep(0.2)
             continue
         check(one(f["traind_job_test_accuracy"], job=j.id) == g.metrics.test_accuracy,
               "test accuracy %r in /metrics, %r from GetJob",

@@ -1,0 +1,538 @@
+/* The CUDA backend's table (see cuda_backend.h): device setup, memory,
+ * cuBLAS for gemm, and the fused kernels' launchers (cuda_internal.h). */
+#include "cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+#include "log.h"
+
+/* cuBLAS's workspace: what NVIDIA recommends for Hopper. A fixed workspace
+ * per handle keeps cuBLAS from allocating during a step or a graph capture. */
+#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+/* The device scratch buffer's first size; it grows (at most a few times, in
+ * the first steps) when an op needs more. */
+#define SCRATCH_MIN_BYTES ((size_t)1 << 20)
+
+typedef struct cuda_ctx {
+  int device;
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  void *blas_workspace;
+  /* Device scratch for reductions and gather indices: one op at a time
+   * uses it, in stream order. */
+  void *scratch;
+  size_t scratch_bytes;
+  /* Pinned staging for gather's host indices, reusable once idx_copied has
+   * completed (the previous copy out of it). */
+  uint32_t *idx_host;
+  size_t idx_host_count;
+  cudaEvent_t idx_copied;
+  td_error last; /* the last failure, for td_cuda_backend_last_error */
+} cuda_ctx;
+
+/* Keeps and logs a failure whose message is in c->last already. */
+static int failed(cuda_ctx *c, int rc) {
+  if (rc) {
+    c->last.code = rc;
+    td_log_error("CUDA backend failure", "gpu=%d error=\"%s\"", c->device, c->last.msg);
+  }
+  return rc;
+}
+
+static int cuda_fail(cuda_ctx *c, const char *call, cudaError_t e) {
+  /* Reported here, so cleared for the next launch check (a no-op after a
+   * fault, which every later call reports again). */
+  cudaGetLastError();
+  td_errorf(&c->last, e == cudaErrorMemoryAllocation ? TD_ENOMEM : TD_EBACKEND, "%s: %s",
+            call, cudaGetErrorString(e));
+  return failed(c, c->last.code);
+}
+
+static int blas_fail(cuda_ctx *c, const char *call, cublasStatus_t s) {
+  td_errorf(&c->last, s == CUBLAS_STATUS_ALLOC_FAILED ? TD_ENOMEM : TD_EBACKEND, "%s: %s",
+            call, cublasGetStatusString(s));
+  return failed(c, c->last.code);
+}
+
+static int invalid(cuda_ctx *c, const char *op, const char *what) {
+  td_errorf(&c->last, TD_EINVAL, "%s: %s", op, what);
+  return failed(c, TD_EINVAL);
+}
+
+/* Makes the backend's GPU current on the calling thread (ops may come from
+ * any thread, and one thread may drive several GPUs). */
+static int enter(cuda_ctx *c) {
+  int cur = -1;
+  if (cudaGetDevice(&cur) == cudaSuccess && cur == c->device)
+    return TD_OK;
+  cudaError_t e = cudaSetDevice(c->device);
+  return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaSetDevice", e);
+}
+
+#define ENTER(c)                                                              \
+  do {                                                                        \
+    int rc_ = enter(c);                                                       \
+    if (rc_)                                                                  \
+      return rc_;                                                             \
+  } while (0)
+
+static int sync_stream(cuda_ctx *c) {
+  cudaError_t e = cudaStreamSynchronize(c->stream);
+  return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaStreamSynchronize", e);
+}
+
+/* c->scratch of at least bytes. Growing waits for the stream (earlier ops
+ * may still use the old buffer), so it must not happen during a graph
+ * capture: a warm-up step sizes it first. */
+static int scratch(cuda_ctx *c, size_t bytes, void **out) {
+  if (bytes > c->scratch_bytes) {
+    size_t want = c->scratch_bytes ? c->scratch_bytes : SCRATCH_MIN_BYTES;
+    while (want < bytes)
+      want *= 2;
+    int rc = sync_stream(c);
+    if (rc)
+      return rc;
+    cudaFree(c->scratch);
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    cudaError_t e = cudaMalloc(&c->scratch, want);
+    if (e != cudaSuccess) {
+      c->scratch = NULL;
+      return cuda_fail(c, "cudaMalloc (scratch)", e);
+    }
+    c->scratch_bytes = want;
+  }
+  *out = c->scratch;
+  return TD_OK;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void *cuda_alloc(td_backend *be, size_t bytes) {
+  cuda_ctx *c = be->ctx;
+  if (enter(c))
+    return NULL;
+  /* Whole 256-byte granules, all zeroed, so vector loads past a buffer's
+   * last float stay inside it. */
+  size_t rounded = (bytes + 255) & ~(size_t)255;
+  if (!rounded)
+    rounded = 256;
+  void *p = NULL;
+  cudaError_t e = cudaMalloc(&p, rounded);
+  if (e != cudaSuccess) {
+    cuda_fail(c, "cudaMalloc", e);
+    return NULL;
+  }
+  /* Zeroed on the stream, and complete before returning, so that work on
+   * other streams (collectives) also sees zeros. */
+  if ((e = cudaMemsetAsync(p, 0, rounded, c->stream)) != cudaSuccess) {
+    cuda_fail(c, "cudaMemsetAsync", e);
+    cudaFree(p);
+    return NULL;
+  }
+  if (sync_stream(c)) {
+    cudaFree(p);
+    return NULL;
+  }
+  return p;
+}
+
+static void cuda_release(td_backend *be, void *p) {
+  cuda_ctx *c = be->ctx;
+  if (!p || enter(c))
+    return;
+  /* Work still queued on the stream may use p. */
+  cudaStreamSynchronize(c->stream);
+  cudaError_t e = cudaFree(p);
+  if (e != cudaSuccess)
+    cuda_fail(c, "cudaFree", e);
+}
+
+/* Returns when the copy is complete: host_src may be reused at once. */
+static int cuda_upload(td_backend *be, void *dst, const void *host_src, size_t bytes) {
+  cuda_ctx *c = be->ctx;
+  if (!bytes)
+    return TD_OK;
+  ENTER(c);
+  cudaError_t e = cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream);
+  if (e != cudaSuccess)
+    return cuda_fail(c, "cudaMemcpyAsync (upload)", e);
+  return sync_stream(c);
+}
+
+/* Ordered after everything enqueued before it; returns with the data in
+ * host_dst. */
+static int cuda_download(td_backend *be, void *host_dst, const void *src, size_t bytes) {
+  cuda_ctx *c = be->ctx;
+  if (!bytes)
+    return TD_OK;
+  ENTER(c);
+  cudaError_t e = cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream);
+  if (e != cudaSuccess)
+    return cuda_fail(c, "cudaMemcpyAsync (download)", e);
+  return sync_stream(c);
+}
+
+static int cuda_fill(td_backend *be, float *x, size_t n, float value) {
+  cuda_ctx *c = be->ctx;
+  if (!n)
+    return TD_OK;
+  ENTER(c);
+  uint32_t bits;
+  memcpy(&bits, &value, sizeof bits);
+  if (bits == 0) { /* +0.0f: all-zero bytes */
+    cudaError_t e = cudaMemsetAsync(x, 0, n * sizeof *x, c->stream);
+    return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaMemsetAsync (fill)", e);
+  }
+  return failed(c, td_cuda_fill(c->stream, x, n, value, &c->last));
+}
+
+static int cuda_copy(td_backend *be, float *dst, const float *src, size_t n) {
+  cuda_ctx *c = be->ctx;
+  if (!n || dst == src)
+    return TD_OK;
+  ENTER(c);
+  cudaError_t e =
+      cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToDevice, c->stream);
+  return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaMemcpyAsync (copy)", e);
+}
+
+/* -------------------------------------------------------------- compute */
+
+/* The indices go host -> pinned staging -> device scratch on the stream,
+ * then the gather kernel reads them there. */
+static int cuda_gather(td_backend *be, const float *src, const int32_t *src_labels,
+                       size_t dim, const uint32_t *host_idx, size_t count, float *dst,
+                       int32_t *dst_labels) {
+  cuda_ctx *c = be->ctx;
+  if (!count)
+    return TD_OK;
+  ENTER(c);
+  cudaError_t e;
+  /* The previous gather's copy out of the staging buffer must be done. */
+  if ((e = cudaEventSynchronize(c->idx_copied)) != cudaSuccess)
+    return cuda_fail(c, "cudaEventSynchronize (gather indices)", e);
+  if (count > c->idx_host_count) {
+    cudaFreeHost(c->idx_host);
+    c->idx_host = NULL;
+    c->idx_host_count = 0;
+    size_t want = count < 1024 ? 1024 : count;
+    if ((e = cudaMallocHost((void **)&c->idx_host, want * sizeof *c->idx_host)) !=
+        cudaSuccess) {
+      c->idx_host = NULL;
+      return cuda_fail(c, "cudaMallocHost (gather indices)", e);
+    }
+    c->idx_host_count = want;
+  }
+  void *dev_idx = NULL;
+  int rc = scratch(c, count * sizeof *host_idx, &dev_idx);
+  if (rc)
+    return rc;
+  memcpy(c->idx_host, host_idx, count * sizeof *host_idx);
+  if ((e = cudaMemcpyAsync(dev_idx, c->idx_host, count * sizeof *host_idx,
+                           cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
+    return cuda_fail(c, "cudaMemcpyAsync (gather indices)", e);
+  if ((e = cudaEventRecord(c->idx_copied, c->stream)) != cudaSuccess)
+    return cuda_fail(c, "cudaEventRecord (gather indices)", e);
+  return failed(c, td_cuda_gather(c->stream, src, src_labels, dim, dev_idx, count, dst,
+                                  dst_labels, &c->last));
+}
+
+/* Row-major C = A B is column-major C^T = B^T A^T: the operands swap and
+ * the row-major leading dimensions serve as they are. */
+static int cuda_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int k,
+                     float alpha, const float *a, int lda, const float *b, int ldb,
+                     float beta, float *cm, int ldc) {
+  cuda_ctx *c = be->ctx;
+  if (m < 0 || n < 0 || k < 0)
+    return invalid(c, "gemm", "negative dimension");
+  if (!m || !n)
+    return TD_OK;
+  ENTER(c);
+  cublasStatus_t s = cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                 trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb,
+                                 a, lda, &beta, cm, ldc);
+  return s == CUBLAS_STATUS_SUCCESS ? TD_OK : blas_fail(c, "cublasSgemm", s);
+}
+
+static int valid_act(td_act act) { return act >= TD_ACT_NONE && act <= TD_ACT_SIGMOID; }
+
+static int cuda_bias_act_fwd(td_backend *be, td_act act, int rows, int cols,
+                             const float *bias, float *z, float *y) {
+  cuda_ctx *c = be->ctx;
+  if (rows < 0 || cols < 0)
+    return invalid(c, "bias_act_fwd", "negative dimension");
+  if (!valid_act(act))
+    return invalid(c, "bias_act_fwd", "unknown activation");
+  ENTER(c);
+  return failed(c, td_cuda_bias_act_fwd(c->stream, act, rows, cols, bias, z, y, &c->last));
+}
+
+static int cuda_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, const float *z,
+                             const float *y, const float *dy, float *dz, float *dbias) {
+  cuda_ctx *c = be->ctx;
+  if (rows < 0 || cols < 0)
+    return invalid(c, "bias_act_bwd", "negative dimension");
+  if (!valid_act(act))
+    return invalid(c, "bias_act_bwd", "unknown activation");
+  ENTER(c);
+  void *s = NULL;
+  size_t need = dbias ? td_cuda_bias_act_bwd_scratch(rows, cols) : 0;
+  if (need) {
+    int rc = scratch(c, need, &s);
+    if (rc)
+      return rc;
+  }
+  return failed(c, td_cuda_bias_act_bwd(c->stream, act, rows, cols, z, y, dy, dz, dbias, s,
+                                        &c->last));
+}
+
+static int loss_args(cuda_ctx *c, const char *op, int rows, int cols, void **s) {
+  if (rows < 0 || cols < 0 || (rows > 0 && cols < 1))
+    return invalid(c, op, "bad shape (rows >= 0 and cols >= 1 are needed)");
+  ENTER(c);
+  return scratch(c, td_cuda_loss_scratch(rows), s);
+}
+
+static int cuda_softmax_xent(td_backend *be, int rows, int cols, const float *logits,
+                             const int32_t *labels, float grad_scale, float *dlogits,
+                             float *out) {
+  cuda_ctx *c = be->ctx;
+  void *s = NULL;
+  int rc = loss_args(c, "softmax_xent", rows, cols, &s);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_softmax_xent(c->stream, rows, cols, logits, labels, grad_scale,
+                                        dlogits, out, s, &c->last));
+}
+
+static int cuda_mse_onehot(td_backend *be, int rows, int cols, const float *y,
+                           const int32_t *labels, float grad_scale, float *dy, float *out) {
+  cuda_ctx *c = be->ctx;
+  void *s = NULL;
+  int rc = loss_args(c, "mse_onehot", rows, cols, &s);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_mse_onehot(c->stream, rows, cols, y, labels, grad_scale, dy, out, s,
+                                      &c->last));
+}
+
+static int cuda_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
+                            uint32_t key0, uint32_t key1, const float *x, float *mask,
+                            float *y) {
+  cuda_ctx *c = be->ctx;
+  if (!n)
+    return TD_OK;
+  ENTER(c);
+  return failed(c, td_cuda_dropout_fwd(c->stream, n, first, rate, key0, key1, x, mask, y,
+                                       &c->last));
+}
+
+static int cuda_mul(td_backend *be, size_t n, const float *a, const float *b, float *out) {
+  cuda_ctx *c = be->ctx;
+  if (!n)
+    return TD_OK;
+  ENTER(c);
+  return failed(c, td_cuda_mul(c->stream, n, a, b, out, &c->last));
+}
+
+static int cuda_sumsq(td_backend *be, size_t n, const float *x, float *out) {
+  cuda_ctx *c = be->ctx;
+  ENTER(c);
+  void *s = NULL;
+  int rc = scratch(c, td_cuda_sumsq_scratch(n), &s);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_sumsq(c->stream, n, x, out, s, &c->last));
+}
+
+static int cuda_opt_pass(td_backend *be, const td_opt_pass *pass, size_t n, float *p,
+                         float *g, float *s1, float *s2) {
+  cuda_ctx *c = be->ctx;
+  if (!n)
+    return TD_OK;
+  ENTER(c);
+  return failed(c, td_cuda_opt_pass(c->stream, pass, n, p, g, s1, s2, &c->last));
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void free_ctx(cuda_ctx *c) {
+  if (!c)
+    return;
+  int prev = -1;
+  int have_prev = cudaGetDevice(&prev) == cudaSuccess;
+  if (cudaSetDevice(c->device) == cudaSuccess) {
+    if (c->stream)
+      cudaStreamSynchronize(c->stream);
+    if (c->blas)
+      cublasDestroy(c->blas);
+    cudaFree(c->blas_workspace);
+    cudaFree(c->scratch);
+    cudaFreeHost(c->idx_host);
+    if (c->idx_copied)
+      cudaEventDestroy(c->idx_copied);
+    if (c->stream)
+      cudaStreamDestroy(c->stream);
+    if (have_prev && prev != c->device)
+      cudaSetDevice(prev);
+  }
+  free(c);
+}
+
+static void cuda_destroy(td_backend *be) {
+  free_ctx(be->ctx);
+  free(be);
+}
+
+static const td_backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .alloc = cuda_alloc,
+    .release = cuda_release,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .fill = cuda_fill,
+    .copy = cuda_copy,
+    .gather = cuda_gather,
+    .gemm = cuda_gemm,
+    .bias_act_fwd = cuda_bias_act_fwd,
+    .bias_act_bwd = cuda_bias_act_bwd,
+    .softmax_xent = cuda_softmax_xent,
+    .mse_onehot = cuda_mse_onehot,
+    .dropout_fwd = cuda_dropout_fwd,
+    .mul = cuda_mul,
+    .sumsq = cuda_sumsq,
+    .opt_pass = cuda_opt_pass,
+};
+
+/* The GPU count, or TD_EUNSUPPORTED with the reason in err. */
+static int usable_gpus(int *count, td_error *err) {
+  *count = 0;
+  cudaError_t e = cudaGetDeviceCount(count);
+  if (e != cudaSuccess) {
+    *count = 0;
+    cudaGetLastError(); /* not sticky: leave no trace for later launches */
+    return td_errorf(err, TD_EUNSUPPORTED, "no usable GPU: cudaGetDeviceCount: %s",
+                     cudaGetErrorString(e));
+  }
+  if (*count == 0)
+    return td_errorf(err, TD_EUNSUPPORTED, "no usable GPU: cudaGetDeviceCount reports none");
+  return TD_OK;
+}
+
+int td_cuda_device_count(int *count, char *why, size_t why_len) {
+  td_error err = {0};
+  usable_gpus(count, &err);
+  if (why && why_len)
+    snprintf(why, why_len, "%s", *count ? "" : err.msg);
+  return TD_OK;
+}
+
+static int setup_fail(td_error *err, int device, const char *call, const char *msg) {
+  return td_errorf(err, TD_EBACKEND, "GPU %d: %s: %s", device, call, msg);
+}
+
+int td_cuda_backend_create(td_backend **out, int device, td_error *err) {
+  *out = NULL;
+  int count = 0;
+  int rc = usable_gpus(&count, err);
+  if (rc)
+    return rc;
+  if (device < 0 || device >= count)
+    return td_errorf(err, TD_EINVAL, "GPU %d does not exist (this machine has %d)", device,
+                     count);
+  td_backend *be = calloc(1, sizeof *be);
+  cuda_ctx *c = calloc(1, sizeof *c);
+  if (!be || !c) {
+    free(be);
+    free(c);
+    return td_errorf(err, TD_ENOMEM, "cuda backend: out of memory");
+  }
+  c->device = device;
+  cudaError_t e;
+  cublasStatus_t s;
+  const char *call = NULL;
+  if ((e = cudaSetDevice(device)) != cudaSuccess)
+    call = "cudaSetDevice";
+  else if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
+    call = "cudaStreamCreateWithFlags";
+  else if ((e = cudaEventCreateWithFlags(&c->idx_copied, cudaEventDisableTiming)) !=
+           cudaSuccess)
+    call = "cudaEventCreateWithFlags";
+  else if ((e = cudaMalloc(&c->blas_workspace, BLAS_WORKSPACE_BYTES)) != cudaSuccess)
+    call = "cudaMalloc (cuBLAS workspace)";
+  else if ((e = cudaMalloc(&c->scratch, SCRATCH_MIN_BYTES)) != cudaSuccess)
+    call = "cudaMalloc (scratch)";
+  if (call) {
+    c->scratch = NULL;
+    rc = setup_fail(err, device, call, cudaGetErrorString(e));
+    cudaGetLastError();
+  } else {
+    c->scratch_bytes = SCRATCH_MIN_BYTES;
+    /* Plain FP32 math: CUBLAS_DEFAULT_MATH never uses TF32 tensor cores
+     * (only CUBLAS_TF32_TENSOR_OP_MATH does), so gemm agrees with the CPU
+     * reference to float32 rounding. */
+    if ((s = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS)
+      call = "cublasCreate";
+    else if ((s = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS)
+      call = "cublasSetStream";
+    else if ((s = cublasSetWorkspace(c->blas, c->blas_workspace, BLAS_WORKSPACE_BYTES)) !=
+             CUBLAS_STATUS_SUCCESS)
+      call = "cublasSetWorkspace";
+    else if ((s = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS)
+      call = "cublasSetMathMode";
+    if (call)
+      rc = setup_fail(err, device, call, cublasGetStatusString(s));
+  }
+  if (rc) {
+    free_ctx(c);
+    free(be);
+    return rc;
+  }
+  be->ops = &cuda_ops;
+  be->ctx = c;
+  be->threads = 1;
+  be->host_memory = 0;
+  *out = be;
+  return TD_OK;
+}
+
+void *td_cuda_backend_stream(td_backend *be) { return ((cuda_ctx *)be->ctx)->stream; }
+
+int td_cuda_backend_device(td_backend *be) { return ((cuda_ctx *)be->ctx)->device; }
+
+const char *td_cuda_backend_last_error(td_backend *be) {
+  return ((cuda_ctx *)be->ctx)->last.msg;
+}
+
+int td_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes, td_error *err) {
+  *free_bytes = *total_bytes = 0;
+  int count = 0;
+  int rc = usable_gpus(&count, err);
+  if (rc)
+    return rc;
+  if (device < 0 || device >= count)
+    return td_errorf(err, TD_EINVAL, "GPU %d does not exist (this machine has %d)", device,
+                     count);
+  int prev = -1;
+  int have_prev = cudaGetDevice(&prev) == cudaSuccess;
+  cudaError_t e = cudaSetDevice(device);
+  const char *call = "cudaSetDevice";
+  if (e == cudaSuccess) {
+    e = cudaMemGetInfo(free_bytes, total_bytes);
+    call = "cudaMemGetInfo";
+  }
+  if (have_prev && prev != device)
+    cudaSetDevice(prev);
+  if (e != cudaSuccess) {
+    *free_bytes = *total_bytes = 0;
+    return td_errorf(err, TD_EBACKEND, "GPU %d: %s: %s", device, call, cudaGetErrorString(e));
+  }
+  return TD_OK;
+}

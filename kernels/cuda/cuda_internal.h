@@ -1,0 +1,73 @@
+/* Inside the CUDA backend: the launchers of its kernels, shared by the
+ * backend table (cuda_backend.c, plain C) and the kernels (*.cu, one file
+ * per fused op family).
+ *
+ * Every launcher enqueues its kernel(s) on `stream`, checks the launch and
+ * returns TD_OK, or TD_EBACKEND with err->msg naming the kernel and the
+ * CUDA error ("dropout_kernel: invalid configuration argument"). Launchers
+ * do no allocation: ops that reduce take a device scratch buffer of at
+ * least the bytes their *_scratch() function asks for. Sizes are checked by
+ * the caller (non-negative, within int where the interface says int). */
+#ifndef TD_CUDA_INTERNAL_H
+#define TD_CUDA_INTERNAL_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "backend.h"
+
+/* elementwise.cu: x[i] = value; out[i] = a[i] * b[i]. */
+int td_cuda_fill(cudaStream_t stream, float *x, size_t n, float value, td_error *err);
+int td_cuda_mul(cudaStream_t stream, size_t n, const float *a, const float *b, float *out,
+                td_error *err);
+
+/* gather.cu: dst (count, dim) = rows idx[i] of src, labels likewise; idx is
+ * device memory here (count entries). */
+int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels,
+                   size_t dim, const uint32_t *idx, size_t count, float *dst,
+                   int32_t *dst_labels, td_error *err);
+
+/* bias_act.cu: backend.h's bias_act_fwd and bias_act_bwd. The column sums
+ * of the backward pass are two fixed-order passes through scratch. */
+int td_cuda_bias_act_fwd(cudaStream_t stream, td_act act, int rows, int cols,
+                         const float *bias, float *z, float *y, td_error *err);
+size_t td_cuda_bias_act_bwd_scratch(int rows, int cols);
+int td_cuda_bias_act_bwd(cudaStream_t stream, td_act act, int rows, int cols, const float *z,
+                         const float *y, const float *dy, float *dz, float *dbias,
+                         void *scratch, td_error *err);
+
+/* xent.cu: the losses against integer labels. Per-row values go to
+ * scratch, then one block sums them in a fixed order into out[0..1]. */
+size_t td_cuda_loss_scratch(int rows);
+int td_cuda_softmax_xent(cudaStream_t stream, int rows, int cols, const float *logits,
+                         const int32_t *labels, float grad_scale, float *dlogits, float *out,
+                         void *scratch, td_error *err);
+int td_cuda_mse_onehot(cudaStream_t stream, int rows, int cols, const float *y,
+                       const int32_t *labels, float grad_scale, float *dy, float *out,
+                       void *scratch, td_error *err);
+
+/* dropout.cu: the counter-based threefry2x32 mask of backend.h. */
+int td_cuda_dropout_fwd(cudaStream_t stream, size_t n, uint64_t first, float rate,
+                        uint32_t key0, uint32_t key1, const float *x, float *mask, float *y,
+                        td_error *err);
+
+/* reduce.cu: out[0] = sum of x^2 in double, per-block partials then one
+ * block, stored as float. */
+size_t td_cuda_sumsq_scratch(size_t n);
+int td_cuda_sumsq(cudaStream_t stream, size_t n, const float *x, float *out, void *scratch,
+                  td_error *err);
+
+/* optim.cu: one fused optimizer pass (backend.h's td_opt_pass). */
+int td_cuda_opt_pass(cudaStream_t stream, const td_opt_pass *pass, size_t n, float *p,
+                     float *g, float *s1, float *s2, td_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,49 @@
+/* Rows of a dataset by index: the step's batch from the shuffled order.
+ * One block per output row (grid-stride over rows), its threads over the
+ * row's features; rows whose length and addresses allow it move as float4. */
+#include "common.cuh"
+
+namespace td_cuda {
+
+template <bool VEC4>
+__global__ void gather_kernel(const float *__restrict__ src, const int32_t *__restrict__ src_labels,
+                              size_t dim, const uint32_t *__restrict__ idx, size_t count,
+                              float *__restrict__ dst, int32_t *__restrict__ dst_labels) {
+  for (size_t r = blockIdx.x; r < count; r += gridDim.x) {
+    const size_t from = idx[r];
+    if (VEC4) {
+      const float4 *s = reinterpret_cast<const float4 *>(src + from * dim);
+      float4 *d = reinterpret_cast<float4 *>(dst + r * dim);
+      for (size_t c = threadIdx.x; c < dim / 4; c += blockDim.x)
+        d[c] = s[c];
+    } else {
+      const float *s = src + from * dim;
+      float *d = dst + r * dim;
+      for (size_t c = threadIdx.x; c < dim; c += blockDim.x)
+        d[c] = s[c];
+    }
+    if (threadIdx.x == 0)
+      dst_labels[r] = src_labels[from];
+  }
+}
+
+} // namespace td_cuda
+
+using namespace td_cuda;
+
+extern "C" int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels,
+                              size_t dim, const uint32_t *idx, size_t count, float *dst,
+                              int32_t *dst_labels, td_error *err) {
+  if (count == 0)
+    return TD_OK;
+  const bool vec4 = dim % 4 == 0 && (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0;
+  const unsigned blocks = grid_for(count, 1);
+  const int threads = dim >= 512 ? 256 : 128;
+  if (vec4)
+    gather_kernel<true><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, count, dst,
+                                                        dst_labels);
+  else
+    gather_kernel<false><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, count, dst,
+                                                         dst_labels);
+  return launch_check("gather_kernel", err);
+}
