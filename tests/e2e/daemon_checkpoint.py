@@ -67,14 +67,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import traind_harness as th  # noqa: E402
 from traind_harness import check  # noqa: E402
 
-try:
-    import h5py
-    import numpy as np
-    from h5ckpt import checksum
-except ImportError as e:  # pragma: no cover
-    print("SKIP: %s (install python3-h5py and python3-numpy)" % e)
-    print("0 passed, 0 failed")
-    sys.exit(1 if os.environ.get("CI") == "true" else th.SKIP)
+h5py, np, h5ckpt = th.require("python3-h5py and python3-numpy", "h5py", "numpy", "h5ckpt")
+checksum = h5ckpt.checksum
 
 args = th.parse_args(__doc__.splitlines()[1])
 suite = th.Suite(args, needs_mnist=True)

@@ -11,6 +11,7 @@ python3-yaml and, for the synthetic dataset, python3-h5py and python3-numpy.
 """
 import argparse
 import atexit
+import importlib
 import importlib.util
 import json
 import os
@@ -45,6 +46,18 @@ class TestFailure(Exception):
 def check(cond, msg, *args):
     if not cond:
         raise TestFailure(msg % args if args else msg)
+
+
+def require(packages, *modules):
+    """Imports the modules (dotted names) and returns them, or ends the
+    script: skipped (exit 77), or failed under CI=true. packages names
+    what to install."""
+    try:
+        return [importlib.import_module(m) for m in modules]
+    except ImportError as e:
+        print("SKIP: %s (install %s)" % (e, packages))
+        print("0 passed, 0 failed")
+        sys.exit(1 if os.environ.get("CI") == "true" else SKIP)
 
 
 def wait_for(pred, timeout, what, interval=0.02):
