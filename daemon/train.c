@@ -18,10 +18,6 @@ static double now_sec(void) {
 static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o,
                              td_error *err);
 
-/* The replicas a job asks for. */
-static int job_devices(const Traind__V1__JobSpec *s) {
-  return td_job_device_count(s);
-}
 
 /* Resolves one dataset file under the data roots. */
 static int resolve(const td_trainer_opts *o, const char *dir, const char *name,
@@ -138,7 +134,7 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
     return rc;
   td_plan *p = NULL;
   rc = td_plan_compile(spec->model, spec->optimizer,
-                       spec->training->batch_size / (uint32_t)job_devices(spec), "cpu:0", &p,
+                       spec->training->batch_size / (uint32_t)td_job_device_count(spec), "cpu:0", &p,
                        err);
   data_files *f = malloc(sizeof *f);
   if (!rc && !f)
@@ -488,7 +484,7 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
     return rc;
   const Traind__V1__Training *tr = spec->training;
   t->batch = tr->batch_size;
-  t->n_rep = job_devices(spec);
+  t->n_rep = td_job_device_count(spec);
   t->shard = t->batch / (uint32_t)t->n_rep;
   t->epochs = tr->epochs;
   t->eval_every = tr->eval_every_epochs ? tr->eval_every_epochs : 1;

@@ -153,29 +153,27 @@ static void cuda_release(td_backend *be, void *p) {
     cuda_fail(c, "cudaFree", e);
 }
 
-/* Returns when the copy is complete: host_src may be reused at once. */
-static int cuda_upload(td_backend *be, void *dst, const void *host_src, size_t bytes) {
-  cuda_ctx *c = be->ctx;
+/* One copy on the stream, returning once it is complete (so after
+ * everything enqueued before it, and with host memory free to reuse). */
+static int copy_sync(cuda_ctx *c, void *dst, const void *src, size_t bytes,
+                     enum cudaMemcpyKind kind, const char *what) {
   if (!bytes)
     return TD_OK;
   ENTER(c);
-  cudaError_t e = cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream);
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, c->stream);
   if (e != cudaSuccess)
-    return cuda_fail(c, "cudaMemcpyAsync (upload)", e);
+    return cuda_fail(c, what, e);
   return sync_stream(c);
 }
 
-/* Ordered after everything enqueued before it; returns with the data in
- * host_dst. */
+static int cuda_upload(td_backend *be, void *dst, const void *host_src, size_t bytes) {
+  return copy_sync(be->ctx, dst, host_src, bytes, cudaMemcpyHostToDevice,
+                   "cudaMemcpyAsync (upload)");
+}
+
 static int cuda_download(td_backend *be, void *host_dst, const void *src, size_t bytes) {
-  cuda_ctx *c = be->ctx;
-  if (!bytes)
-    return TD_OK;
-  ENTER(c);
-  cudaError_t e = cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream);
-  if (e != cudaSuccess)
-    return cuda_fail(c, "cudaMemcpyAsync (download)", e);
-  return sync_stream(c);
+  return copy_sync(be->ctx, host_dst, src, bytes, cudaMemcpyDeviceToHost,
+                   "cudaMemcpyAsync (download)");
 }
 
 static int cuda_fill(td_backend *be, float *x, size_t n, float value) {
