@@ -308,6 +308,16 @@ static int lower(const Traind__V1__Optimizer *spec, lowering *l, td_optim *o,
  * after the decay. */
 enum { PH_PRE, PH_MID, PH_POST };
 
+/* The index of the clip among s's pre scalars, or -1. A pass holds one
+ * clip at most: the norm a second one needs is that of the first one's
+ * output, which the next pass sees as its input. */
+static int stage_clip(const td_opt_stage *s) {
+  for (int i = 0; i < s->n_pre; i++)
+    if (s->pre[i].kind == TD_SCALAR_CLIP)
+      return i;
+  return -1;
+}
+
 static td_opt_stage *new_stage(td_optim *o, td_error *err) {
   if (o->n_stages == TD_OPT_MAX_PASSES) {
     td_errorf(err, TD_EINVAL, "optimizer.chain: too many stateful transforms");
@@ -353,7 +363,7 @@ int td_optim_compile(const Traind__V1__Optimizer *spec, td_optim *o,
     case P_CLIP:
       /* A clip needs the norm of its input: only the input of a pass has
        * a norm we can compute before the pass runs. */
-      if (phase != PH_PRE) {
+      if (phase != PH_PRE || stage_clip(s) >= 0) {
         s = new_stage(o, err);
         phase = PH_PRE;
       }
@@ -408,80 +418,93 @@ double td_optim_lr(const td_optim *o, int64_t count) {
 
 /* ------------------------------------------------------------ runtime */
 
-/* Folds a list of scalar factors into one. `norm` is the global norm of the
- * updates entering the list (needed only by clips), scaled as we go. */
-static double fold_scalars(const td_scalar *sc, int n, int64_t count,
-                           double norm) {
+/* The product of scalar factors lo..hi-1 of a list (none are clips). */
+static double fold_scalars(const td_scalar *sc, int lo, int hi, int64_t count) {
   double f = 1.0;
-  for (int i = 0; i < n; i++) {
-    double k = 1.0;
-    switch (sc[i].kind) {
-    case TD_SCALAR_CONST:
-      k = sc[i].value;
-      break;
-    case TD_SCALAR_SCHED:
-      k = sc[i].value * td_sched_value(&sc[i].sched, count);
-      break;
-    case TD_SCALAR_CLIP: {
-      double g = fabs(f) * norm;
-      k = g < sc[i].value ? 1.0 : sc[i].value / g;
-      break;
-    }
-    }
-    f *= k;
-  }
+  for (int i = lo; i < hi; i++)
+    f *= sc[i].kind == TD_SCALAR_SCHED ? sc[i].value * td_sched_value(&sc[i].sched, count)
+                                       : sc[i].value;
   return f;
 }
 
-static int stage_needs_norm(const td_opt_stage *s) {
-  for (int i = 0; i < s->n_pre; i++)
-    if (s->pre[i].kind == TD_SCALAR_CLIP)
-      return 1;
-  return 0;
+void td_optim_pass_of(const td_optim *o, int i, td_opt_pass *out) {
+  const td_opt_stage *s = &o->stages[i];
+  int c = stage_clip(s);
+  td_opt_pass a = {
+      .kind = s->kind,
+      .apply = i == o->n_stages - 1,
+      .nesterov = s->nesterov,
+      .clip = c >= 0,
+      .clip_norm = c >= 0 ? s->pre[c].value : 0.0,
+      .wd = (float)s->wd,
+      .b1 = (float)s->b1,
+      .b2 = (float)s->b2,
+      .eps = (float)s->eps,
+      .eps_root = (float)s->eps_root,
+      .momentum = (float)s->momentum,
+  };
+  *out = a;
 }
 
-int td_optim_apply(const td_optim *o, td_backend *be, const td_optim_step *st,
-                   size_t n, float *params, float *grads, float *state,
-                   float *scratch, td_error *err) {
-  const td_backend_ops *ops = be->ops;
-  int64_t count = st->count, inc = st->count + 1;
+void td_optim_scalars(const td_optim *o, int64_t count, td_opt_scalars *out) {
+  const int64_t inc = count + 1;
   for (int i = 0; i < o->n_stages; i++) {
     const td_opt_stage *s = &o->stages[i];
-    double norm = 0.0;
-    if (stage_needs_norm(s)) {
-      if (i == 0) {
-        norm = sqrt(st->grad_sumsq);
-      } else {
-        float sq = 0.0f;
-        int rc = ops->sumsq(be, n, grads, scratch);
-        if (!rc)
-          rc = ops->download(be, &sq, scratch, sizeof sq);
-        if (rc)
-          return td_errorf(err, rc, "optimizer: norm of updates failed");
-        norm = sqrt((double)sq);
-      }
-    }
-    td_opt_pass a = {
-        .kind = s->kind,
-        .apply = i == o->n_stages - 1,
-        .nesterov = s->nesterov,
-        .in_scale = (float)fold_scalars(s->pre, s->n_pre, count, norm),
-        .mid_scale = (float)fold_scalars(s->mid, s->n_mid, count, 0.0),
-        .wd = (float)s->wd,
-        .out_scale = (float)fold_scalars(s->post, s->n_post, count, 0.0),
-        .b1 = (float)s->b1,
-        .b2 = (float)s->b2,
-        .eps = (float)s->eps,
-        .eps_root = (float)s->eps_root,
+    int c = stage_clip(s);
+    td_opt_scalars a = {
+        .pre = fold_scalars(s->pre, 0, c >= 0 ? c : s->n_pre, count),
+        .post = c >= 0 ? fold_scalars(s->pre, c + 1, s->n_pre, count) : 1.0,
+        .mid_scale = (float)fold_scalars(s->mid, 0, s->n_mid, count),
+        .out_scale = (float)fold_scalars(s->post, 0, s->n_post, count),
         .bc1 = (float)(1.0 - pow(s->b1, (double)inc)),
         .bc2 = (float)(1.0 - pow(s->b2, (double)inc)),
-        .momentum = (float)s->momentum,
     };
+    out[i] = a;
+  }
+}
+
+int td_optim_issue(const td_optim *o, td_backend *be, const td_opt_scalars *scalars,
+                   const float *grad_sumsq, size_t n, float *params, float *grads,
+                   float *state, float *scratch, td_error *err) {
+  const td_backend_ops *ops = be->ops;
+  for (int i = 0; i < o->n_stages; i++) {
+    const td_opt_stage *s = &o->stages[i];
+    const float *norm_sq = grad_sumsq;
+    if (i > 0 && stage_clip(s) >= 0) {
+      int rc = ops->sumsq(be, n, grads, scratch);
+      if (rc)
+        return td_errorf(err, rc, "optimizer: norm of updates failed");
+      norm_sq = scratch;
+    }
     float *s1 = s->s1_off == SIZE_MAX ? NULL : state + s->s1_off * n;
     float *s2 = s->s2_off == SIZE_MAX ? NULL : state + s->s2_off * n;
-    int rc = ops->opt_pass(be, &a, n, params, grads, s1, s2);
+    td_opt_pass a;
+    td_optim_pass_of(o, i, &a);
+    int rc = ops->opt_pass(be, &a, scalars + i, norm_sq, grad_sumsq, n, params, grads, s1, s2);
     if (rc)
       return td_errorf(err, rc, "optimizer: pass %d (%s) failed", i, s->label);
   }
   return TD_OK;
+}
+
+int td_optim_apply(const td_optim *o, td_backend *be, const td_optim_step *st, size_t n,
+                   float *params, float *grads, float *state, float *scratch,
+                   td_error *err) {
+  td_opt_scalars host[TD_OPT_MAX_PASSES];
+  td_optim_scalars(o, st->count, host);
+  size_t bytes = sizeof host + sizeof(float);
+  void *buf = be->ops->alloc(be, bytes);
+  if (!buf)
+    return td_errorf(err, TD_ENOMEM, "optimizer: out of %s backend memory", be->ops->name);
+  td_opt_scalars *passes = buf;
+  float *sumsq = (float *)(passes + TD_OPT_MAX_PASSES), sq = (float)st->grad_sumsq;
+  int rc = be->ops->upload(be, passes, host, sizeof host);
+  if (!rc)
+    rc = be->ops->upload(be, sumsq, &sq, sizeof sq);
+  if (rc)
+    rc = td_errorf(err, rc, "optimizer: uploading the passes failed");
+  else
+    rc = td_optim_issue(o, be, passes, sumsq, n, params, grads, state, scratch, err);
+  be->ops->release(be, buf);
+  return rc;
 }

@@ -5,8 +5,10 @@
  * schedule) and the primitives are grouped into as few passes as the chain
  * allows: every pass reads the gradient buffer once, and the last one also
  * applies the update to the parameters. The reference chains (adam; clip +
- * adamw) are one pass. Scalars (schedule values, clip factors, bias
- * corrections) are computed on the host per step, in double precision. */
+ * adamw) are one pass. Scalars (schedule values, bias corrections) are
+ * computed on the host per step, in double precision, into td_opt_scalars
+ * records ahead of the step; clip factors by the pass itself from the norm
+ * on the device. */
 #ifndef TD_OPTIM_H
 #define TD_OPTIM_H
 
@@ -88,15 +90,31 @@ int td_optim_compile(const Traind__V1__Optimizer *spec, td_optim *out,
 /* The learning rate reported for update `count` (0 when there is none). */
 double td_optim_lr(const td_optim *o, int64_t count);
 
-/* Per-step host data for running the passes. */
+/* What pass i (0..n_stages-1) fixes for the whole job. */
+void td_optim_pass_of(const td_optim *o, int i, td_opt_pass *out);
+/* The passes' scalars of update number `count` (updates applied before
+ * it): n_stages records. */
+void td_optim_scalars(const td_optim *o, int64_t count, td_opt_scalars *out);
+
+/* Issues the passes over the flat buffers, with their scalars (n_stages
+ * records in backend memory, from td_optim_scalars): params (n), grads (n,
+ * consumed), state (state_slots * n). grad_sumsq (backend memory) is the
+ * squared norm of grads: the first pass's clip reads it, and every pass
+ * leaves the buffers as they were when it is not finite. scratch is one
+ * float of backend memory for norms of intermediate passes. Issues ops
+ * only, reads nothing back: a step that calls it can be recorded. */
+int td_optim_issue(const td_optim *o, td_backend *be, const td_opt_scalars *scalars,
+                   const float *grad_sumsq, size_t n, float *params, float *grads,
+                   float *state, float *scratch, td_error *err);
+
+/* Host-driven form of the same, for tools and tests: the passes of update
+ * st->count with the given squared gradient norm (uploaded into a temporary
+ * buffer of the backend). */
 typedef struct td_optim_step {
   int64_t count; /* updates applied before this one */
   double grad_sumsq;
 } td_optim_step;
 
-/* Runs the compiled passes for update number st->count over the flat
- * buffers: params (n), grads (n, consumed), state (state_slots * n).
- * scratch is one float of backend memory for norms of intermediate passes. */
 int td_optim_apply(const td_optim *o, td_backend *be, const td_optim_step *st,
                    size_t n, float *params, float *grads, float *state,
                    float *scratch, td_error *err);

@@ -191,8 +191,10 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m,
     if (L->kind == TD_LAYER_ACT)
       L->z = L->x; /* the input is the pre-activation */
     L->dy = ARENA(cells);
-    if (L->kind == TD_LAYER_DROPOUT)
+    if (L->kind == TD_LAYER_DROPOUT) {
       L->mask = ARENA(cells);
+      L->key_slot = p->n_keys++;
+    }
     features = L->out;
     x = L->y;
     dx = L->dy;
@@ -264,6 +266,12 @@ int td_plan_compile(const Traind__V1__Model *model,
   }
   if (!rc)
     rc = td_optim_compile(opt, &p->optim, err);
+  if (!rc) {
+    /* The step record: slot and row0, the dropout keys, then the passes' scalars
+     * (8-byte aligned: they hold doubles). */
+    p->rec_scalars_off = ((2 + 2 * (size_t)p->n_keys) * sizeof(uint32_t) + 7) & ~(size_t)7;
+    p->rec_bytes = p->rec_scalars_off + (size_t)p->optim.n_stages * sizeof(td_opt_scalars);
+  }
   if (!rc) {
     p->sig = make_signature(model, opt, batch, device_set ? device_set : "", &p->sig_len);
     if (!p->sig)
@@ -488,7 +496,27 @@ int td_state_init_params(td_state *st, td_key key, td_error *err) {
                        what, td_strerror(rc_));                              \
   } while (0)
 
-int td_state_forward(td_state *st, int rows, int train, td_key dropout_key, uint64_t row0,
+void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys) {
+  for (size_t i = 0; i < p->n_layers; i++) {
+    const td_layer *L = &p->layers[i];
+    if (L->kind == TD_LAYER_DROPOUT) {
+      td_key k = td_prng_fold_in(step_key, L->spec_index);
+      keys[2 * L->key_slot] = k.k[0];
+      keys[2 * L->key_slot + 1] = k.k[1];
+    }
+  }
+}
+
+void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0,
+                      int64_t count, td_key dropout_key) {
+  td_step_record *r = rec;
+  r->slot = slot;
+  r->row0 = row0;
+  td_plan_dropout_keys(p, td_prng_fold_in(dropout_key, (uint32_t)count), r->keys);
+  td_optim_scalars(&p->optim, count, td_rec_scalars(p, rec));
+}
+
+int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, uint64_t row0,
                      td_error *err) {
   const td_plan *p = st->plan;
   td_backend *be = st->be;
@@ -514,9 +542,8 @@ int td_state_forward(td_state *st, int rows, int train, td_key dropout_key, uint
     case TD_LAYER_DROPOUT: {
       size_t cells = (size_t)rows * L->out;
       if (train && L->rate > 0.0f) {
-        td_key k = td_prng_fold_in(dropout_key, L->spec_index);
-        CALL(ops->dropout_fwd(be, cells, row0 * L->out, L->rate, k.k[0], k.k[1], a + L->x,
-                              a + L->mask, a + L->y),
+        CALL(ops->dropout_fwd(be, cells, row0 * L->out, L->rate, keys + 2 * L->key_slot,
+                              a + L->x, a + L->mask, a + L->y),
              "dropout forward");
       } else {
         CALL(ops->copy(be, a + L->y, a + L->x, cells), "dropout copy");

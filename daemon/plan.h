@@ -58,6 +58,7 @@ typedef struct td_layer {
   size_t dx;   /* gradient of x: the previous layer's dy; TD_NONE for the first */
   size_t mask; /* DROPOUT: (batch, out) */
   float rate;  /* DROPOUT */
+  uint32_t key_slot; /* DROPOUT: its key's place in a step record's keys */
 } td_layer;
 
 typedef struct td_plan {
@@ -84,8 +85,36 @@ typedef struct td_plan {
   size_t scalars_off; /* TD_PLAN_SCALARS floats written by the step */
 
   td_optim optim;
+  /* The step record (td_step_record): its size in bytes and where its
+   * passes' scalars begin; n_keys dropout keys (one per dropout layer). */
+  uint32_t n_keys;
+  size_t rec_bytes, rec_scalars_off;
   double compile_ms;
 } td_plan;
+
+/* One step's record in the step table, in backend memory: everything a
+ * step needs that changes from step to step, written by the host ahead of
+ * the step, so that a recorded step (a CUDA graph) replays with each step's
+ * values. Followed by the optimizer passes' scalars at plan->rec_scalars_off. */
+typedef struct td_step_record {
+  uint32_t slot; /* where the step's metrics go (its index in the epoch) */
+  uint32_t row0; /* its batch's first position in the epoch's order */
+  uint32_t keys[]; /* 2 words per dropout layer, by key_slot */
+} td_step_record;
+
+static inline td_opt_scalars *td_rec_scalars(const td_plan *p, void *rec) {
+  return (td_opt_scalars *)((char *)rec + p->rec_scalars_off);
+}
+
+/* The dropout keys of a step whose key is step_key: fold_in(step_key,
+ * spec_index) of each dropout layer at its key slot (2 * n_keys words). */
+void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys);
+
+/* Fills the record of update number `count` (updates before it) at slot
+ * with its batch at row0: dropout keys fold_in(fold_in(dropout_key,
+ * count), spec_index) and the optimizer passes' scalars. */
+void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0,
+                      int64_t count, td_key dropout_key);
 
 /* Layout of the scalars block the step writes and the host reads. */
 enum { TD_SC_LOSS_SUM = 0, TD_SC_CORRECT, TD_SC_GRAD_SUMSQ, TD_SC_SCRATCH, TD_PLAN_SCALARS = 8 };
@@ -136,9 +165,10 @@ void td_state_free(td_state *st);
 int td_state_init_params(td_state *st, td_key key, td_error *err);
 
 /* Forward over the first `rows` rows of the input (rows <= batch).
- * train: dropout active, masked by fold_in(dropout_key, layer index) as for
- * a batch whose rows row0.. these are (0 unless the batch is sharded). */
-int td_state_forward(td_state *st, int rows, int train, td_key dropout_key, uint64_t row0,
+ * train: dropout active, layer by layer with the keys of a step record
+ * (keys: backend memory, 2 words per key slot), masked as for a batch whose
+ * rows row0.. these are (0 unless the batch is sharded). */
+int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, uint64_t row0,
                      td_error *err);
 /* The loss over the first `rows` rows: writes the loss sum and the number of
  * correct predictions to the scalars block; with_grad also writes the

@@ -206,22 +206,32 @@ static uint64_t *radix_sort_hi32(uint64_t *a, uint64_t *tmp, size_t n) {
   return a;
 }
 
-int td_prng_permutation(td_key key, uint32_t *out, size_t n) {
-  if ((uint64_t)n > (uint64_t)UINT32_MAX + 1) return TD_EINVAL;
-  for (size_t i = 0; i < n; i++) out[i] = (uint32_t)i;
+int td_prng_permutation_keys(td_key key, size_t n, td_key *round_keys) {
   if (n < 2) return 0;
   /* JAX's static round count: enough rounds that 32-bit keys collide rarely. */
   const int rounds = (int)ceil(3.0 * log((double)n) / log(4294967295.0));
-  uint64_t *pairs = malloc(2 * n * sizeof *pairs);
-  if (!pairs) return TD_ENOMEM;
-  uint64_t *a = pairs, *tmp = pairs + n;
   for (int r = 0; r < rounds; r++) {
     td_key ks[2];
     td_prng_split(key, ks, 2);
     key = ks[0];
+    round_keys[r] = ks[1];
+  }
+  return rounds;
+}
+
+int td_prng_permutation(td_key key, uint32_t *out, size_t n) {
+  if ((uint64_t)n > (uint64_t)UINT32_MAX + 1) return TD_EINVAL;
+  for (size_t i = 0; i < n; i++) out[i] = (uint32_t)i;
+  td_key round_keys[TD_PRNG_MAX_ROUNDS];
+  const int rounds = td_prng_permutation_keys(key, n, round_keys);
+  if (rounds == 0) return 0;
+  uint64_t *pairs = malloc(2 * n * sizeof *pairs);
+  if (!pairs) return TD_ENOMEM;
+  uint64_t *a = pairs, *tmp = pairs + n;
+  for (int r = 0; r < rounds; r++) {
     for (size_t i = 0; i < n; i++) {
       uint32_t b[2];
-      hash_counter(ks[1], i, b);
+      hash_counter(round_keys[r], i, b);
       a[i] = (uint64_t)(b[0] ^ b[1]) << 32 | out[i];
     }
     const uint64_t *sorted = radix_sort_hi32(a, tmp, n);

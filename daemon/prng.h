@@ -68,4 +68,11 @@ float td_erfinvf(float x);
  * TD_ENOMEM, or TD_EINVAL when n > 2^32. */
 int td_prng_permutation(td_key key, uint32_t *out, size_t n);
 
+/* The most rounds a permutation of up to 2^32 elements takes. */
+#define TD_PRNG_MAX_ROUNDS 3
+/* The rounds' keys (`sub` above) of td_prng_permutation(key, ., n) into
+ * round_keys (TD_PRNG_MAX_ROUNDS entries); returns the number of rounds (0
+ * for n < 2). For a backend that sorts on its own device. */
+int td_prng_permutation_keys(td_key key, size_t n, td_key *round_keys);
+
 #endif

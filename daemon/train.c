@@ -266,53 +266,146 @@ static void *replica_main(void *arg) {
   return NULL;
 }
 
-/* Gradients of the replica's shard of the batch t->task_order, averaged
- * over the replicas, their squared norm, and the shard's loss sum and
- * correct count, to rep->host. */
-static int task_grads(td_trainer *t, int rank) {
-  td_replica *r = &t->rep[rank];
+/* Issues one step of the replica: its record from the step table, the
+ * gather of its shard of the batch, forward, loss and backward, the
+ * allreduce that averages the gradients over the replicas, their squared
+ * norm, the optimizer passes and the step's metrics into the epoch's
+ * metrics. Everything it reads that changes from step to step comes from
+ * the record in backend memory, and nothing is read back, so the same
+ * sequence of ops can be recorded once and replayed. */
+static int step_body(td_replica *r) {
+  td_trainer *t = r->owner;
   const td_plan *p = t->plan;
   td_state *st = r->st;
   td_backend *be = r->be;
   const td_backend_ops *ops = be->ops;
   float *a = st->arena, *sc = a + p->scalars_off;
   td_error *err = &r->err;
-  int rc = ops->gather(be, r->train_x, r->train_y, t->train.dim,
-                       t->task_order + (size_t)rank * t->shard, t->shard, a + p->in_off,
-                       (int32_t *)(a + p->labels_off));
+  const td_step_record *cur = r->cur;
+  int rc = ops->step_begin(be, r->table, p->rec_bytes, r->counter, r->cur);
   if (rc)
+    return td_errorf(err, rc, "step: reading the step table failed");
+  if ((rc = ops->gather(be, r->train_x, r->train_y, t->train.dim,
+                        r->order + (size_t)r->rank * t->shard, &cur->row0, t->shard,
+                        a + p->in_off, (int32_t *)(a + p->labels_off))))
     rc = td_errorf(err, rc, "step: gather failed");
-  if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, t->task_key,
-                                     (uint64_t)rank * t->shard, err)) &&
+  if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, cur->keys,
+                                     (uint64_t)r->rank * t->shard, err)) &&
       !(rc = td_state_loss(st, (int)t->shard, 1, err)))
     rc = td_state_backward(st, err);
-  /* Every replica joins the allreduce, also after a failure. */
-  double a0 = rank == 0 && t->n_rep > 1 ? now_sec() : 0.0;
-  int crc = t->comm->ops->allreduce(t->comm, rank, st->grads, p->n_params, TD_REDUCE_MEAN);
-  if (rank == 0 && t->n_rep > 1) {
-    t->allreduce_sec += now_sec() - a0;
-    t->allreduce_steps++;
+  if (t->n_rep > 1) {
+    /* Every replica joins the allreduce, also after a failure. */
+    double a0 = r->rank == 0 ? now_sec() : 0.0;
+    int crc = t->comm->ops->allreduce(t->comm, r->rank, st->grads, p->n_params,
+                                      TD_REDUCE_MEAN);
+    if (r->rank == 0 && !r->recording) {
+      t->allreduce_sec += now_sec() - a0;
+      t->allreduce_steps++;
+    }
+    if (!rc && crc)
+      rc = td_errorf(err, crc, "step: the gradient allreduce failed");
   }
-  if (!rc && crc)
-    rc = td_errorf(err, crc, "step: the gradient allreduce failed");
   if (!rc && (rc = ops->sumsq(be, p->n_params, st->grads, sc + TD_SC_GRAD_SUMSQ)))
     rc = td_errorf(err, rc, "step: gradient norm failed");
-  if (!rc && (rc = ops->download(be, r->host, sc, sizeof r->host)))
-    rc = td_errorf(err, rc, "step: reading metrics failed");
+  if (!rc)
+    rc = td_optim_issue(&p->optim, be, td_rec_scalars(p, r->cur), sc + TD_SC_GRAD_SUMSQ,
+                        p->n_params, st->params, st->grads, st->opt_state,
+                        sc + TD_SC_SCRATCH, err);
+  if (!rc && (rc = ops->record(be, &cur->slot, sc, TD_STEP_METRICS, r->metrics)))
+    rc = td_errorf(err, rc, "step: recording the metrics failed");
   return rc;
 }
 
-/* The same optimizer update on every replica. */
-static int task_apply(td_trainer *t, int rank) {
-  td_replica *r = &t->rep[rank];
-  const td_plan *p = t->plan;
-  td_state *st = r->st;
-  td_optim_step os = {.count = st->step, .grad_sumsq = t->task_sumsq};
-  int rc = td_optim_apply(&p->optim, r->be, &os, p->n_params, st->params, st->grads,
-                          st->opt_state, st->arena + p->scalars_off + TD_SC_SCRATCH, &r->err);
-  if (!rc)
-    st->step++;
+static int step_body_n(void *arg, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    int rc = step_body(arg);
+    if (rc)
+      return rc;
+  }
+  return TD_OK;
+}
+
+static int record_one(void *arg) { return step_body_n(arg, 1); }
+
+static int record_many(void *arg) {
+  td_replica *r = arg;
+  return step_body_n(arg, r->owner->graph_steps);
+}
+
+static void release_graphs(td_replica *r) {
+  if (r->graph1)
+    r->be->ops->graph_free(r->be, r->graph1);
+  if (r->graphn)
+    r->be->ops->graph_free(r->be, r->graphn);
+  r->graph1 = r->graphn = NULL;
+}
+
+/* Records the replica's graphs, after its warm-up step. A failure to
+ * record leaves the replica running op by op (and says why in the log). */
+static int record_graphs(td_trainer *t, td_replica *r) {
+  td_backend *be = r->be;
+  r->recording = 1;
+  int rc = be->ops->graph_record(be, record_one, r, &r->graph1);
+  if (!rc && t->graph_steps > 1)
+    rc = be->ops->graph_record(be, record_many, r, &r->graphn);
+  r->recording = 0;
+  if (rc)
+    td_error_prefix(&r->err, "recording the step as a graph");
   return rc;
+}
+
+/* The chunk t->task_first.. of t->task_count steps on one replica, then
+ * the chunk's metrics read back. */
+static int task_chunk(td_trainer *t, int rank) {
+  td_replica *r = &t->rep[rank];
+  td_backend *be = r->be;
+  const td_backend_ops *ops = be->ops;
+  uint32_t left = t->task_count, first = t->task_first;
+  int rc = ops->upload(be, r->counter, &first, sizeof first);
+  if (rc)
+    return td_errorf(&r->err, rc, "step: setting the step counter failed");
+  if (t->record && !r->graph1 && r->warm && (rc = record_graphs(t, r)))
+    return rc;
+  while (left && !rc) {
+    if (r->graphn && left >= t->graph_steps) {
+      rc = ops->graph_replay(be, r->graphn);
+      left -= t->graph_steps;
+    } else if (r->graph1) {
+      rc = ops->graph_replay(be, r->graph1);
+      left--;
+    } else {
+      rc = step_body(r);
+      r->warm = 1;
+      left--;
+    }
+    if (rc && r->graph1)
+      td_errorf(&r->err, rc, "step: replaying the recorded step failed");
+  }
+  size_t m = TD_STEP_METRICS;
+  if (!rc && (rc = ops->download(be, r->metrics_host + (size_t)first * m,
+                                 r->metrics + (size_t)first * m,
+                                 (size_t)t->task_count * m * sizeof(float))))
+    rc = td_errorf(&r->err, rc, "step: reading the metrics failed");
+  return rc;
+}
+
+/* The order of the epoch (shuffled by the backend, or t->order from the
+ * host) and its step table to the replica, when its backend's memory is
+ * not the host's. */
+static int task_epoch(td_trainer *t, int rank) {
+  td_replica *r = &t->rep[rank];
+  td_backend *be = r->be;
+  if (be->host_memory)
+    return TD_OK;
+  int rc = be->ops->shuffle
+               ? be->ops->shuffle(be, t->train.n, t->shuffle_rounds,
+                                  &t->round_keys[0].k[0], (uint32_t *)r->order)
+               : be->ops->upload(be, (void *)r->order, t->order,
+                                 (size_t)t->train.n * sizeof *t->order);
+  if (!rc)
+    rc = be->ops->upload(be, (void *)r->table, t->table,
+                         (size_t)t->steps_per_epoch * t->plan->rec_bytes);
+  return rc ? td_errorf(&r->err, rc, "uploading the epoch's order and steps failed") : TD_OK;
 }
 
 /* Loss sum and correct count over the replica's share of t->task_ds, in
@@ -334,11 +427,11 @@ static int task_eval(td_trainer *t, int rank) {
     uint32_t rows = hi - start < t->shard ? hi - start : t->shard;
     /* Rows start..start+rows: the dataset pointer is offset instead of the
      * indices, so the one iota buffer serves every chunk. */
-    int rc = be->ops->gather(be, x + (size_t)start * ds->dim, y + start, ds->dim, t->iota,
-                             rows, a + p->in_off, (int32_t *)(a + p->labels_off));
+    int rc = be->ops->gather(be, x + (size_t)start * ds->dim, y + start, ds->dim, r->iota,
+                             NULL, rows, a + p->in_off, (int32_t *)(a + p->labels_off));
     if (rc)
       return td_errorf(&r->err, rc, "evaluate: gather failed");
-    if ((rc = td_state_forward(r->st, (int)rows, 0, t->dropout_key, 0, &r->err)) ||
+    if ((rc = td_state_forward(r->st, (int)rows, 0, NULL, 0, &r->err)) ||
         (rc = td_state_loss(r->st, (int)rows, 0, &r->err)))
       return rc;
     float sc[2];
@@ -361,39 +454,71 @@ static int task_sync(td_trainer *t, int rank) {
   if (rc || rc2)
     return td_errorf(&r->err, rc ? rc : rc2, "broadcasting the parameters failed");
   r->st->step = t->st.step;
+  /* Recorded steps read the buffers of before; they are recorded again. */
+  release_graphs(r);
   return TD_OK;
 }
 
-/* Backends, states, the communicator and the threads of the replicas;
- * threads: for all of them together (<= 0: every core). */
-/* The replica's view of the datasets: the host arrays, or copies in its
- * backend's memory. */
+/* Backend memory of bytes for the replica, released with it. */
+static void *replica_alloc(td_replica *r, size_t bytes, const char *what, td_error *err) {
+  td_backend *be = r->be;
+  void *p = be->ops->alloc(be, bytes ? bytes : 1);
+  if (!p) {
+    td_errorf(err, TD_ENOMEM, "%s backend: no memory for %s (%.1f MiB)", be->ops->name, what,
+              (double)bytes / 1048576.0);
+    return NULL;
+  }
+  r->owned[r->n_owned++] = p;
+  return p;
+}
+
+/* The replica's view of the datasets (the host arrays, or copies in its
+ * backend's memory) and the compiled step's buffers. */
 static int replica_data(td_trainer *t, td_replica *x, td_error *err) {
   td_backend *be = x->be;
+  const td_plan *p = t->plan;
+  size_t steps = t->steps_per_epoch;
+  if (!(x->cur = replica_alloc(x, p->rec_bytes, "the step record", err)) ||
+      !(x->counter = replica_alloc(x, sizeof *x->counter, "the step counter", err)) ||
+      !(x->metrics = replica_alloc(x, steps * TD_STEP_METRICS * sizeof(float),
+                                   "the step metrics", err)))
+    return err->code;
+  if (!(x->metrics_host = calloc(steps * TD_STEP_METRICS, sizeof(float))))
+    return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
   if (be->host_memory) {
     x->train_x = t->train.x;
     x->train_y = t->train.y;
     x->test_x = t->test.x;
     x->test_y = t->test.y;
+    x->order = t->order;
+    x->iota = t->iota;
+    x->table = t->table;
     return TD_OK;
   }
+  uint32_t *iota;
+  if (!(x->order = replica_alloc(x, (size_t)t->train.n * sizeof *x->order, "the example order", err)) ||
+      !(iota = replica_alloc(x, (size_t)t->shard * sizeof *iota, "the offsets", err)) ||
+      !(x->table = replica_alloc(x, steps * p->rec_bytes, "the step table", err)))
+    return err->code;
+  x->iota = iota;
+  int rc = be->ops->upload(be, iota, t->iota, (size_t)t->shard * sizeof *iota);
+  if (rc)
+    return td_errorf(err, rc, "%s backend: uploading the offsets failed", be->ops->name);
   const td_dataset *ds[2] = {&t->train, &t->test};
   for (int k = 0; k < 2; k++) {
     size_t nx = (size_t)ds[k]->n * ds[k]->dim * sizeof(float), ny = ds[k]->n * sizeof(int32_t);
     if (!ds[k]->n)
       continue;
-    void *dx = be->ops->alloc(be, nx), *dy = be->ops->alloc(be, ny);
-    x->uploads[2 * k] = dx;
-    x->uploads[2 * k + 1] = dy;
-    if (!dx || !dy)
-      return td_errorf(err, TD_ENOMEM, "%s backend: no memory for the %s set (%.1f MiB)",
-                       be->ops->name, k ? "test" : "training", (double)(nx + ny) / 1048576.0);
-    int rc = be->ops->upload(be, dx, ds[k]->x, nx);
+    const char *what = k ? "the test set" : "the training set";
+    float *dx = replica_alloc(x, nx, what, err);
+    int32_t *dy = dx ? replica_alloc(x, ny, what, err) : NULL;
+    if (!dy)
+      return err->code;
+    rc = be->ops->upload(be, dx, ds[k]->x, nx);
     if (!rc)
       rc = be->ops->upload(be, dy, ds[k]->y, ny);
     if (rc)
-      return td_errorf(err, rc, "%s backend: uploading the %s set failed", be->ops->name,
-                       k ? "test" : "training");
+      return td_errorf(err, rc, "%s backend: uploading %s failed", be->ops->name, what);
     if (k) {
       x->test_x = dx;
       x->test_y = dy;
@@ -461,11 +586,13 @@ static void replicas_stop(td_trainer *t) {
   }
   for (int r = 0; t->rep && r < t->n_rep; r++) {
     td_replica *x = &t->rep[r];
+    if (x->be)
+      release_graphs(x);
     if (x->st)
       td_state_free(x->st);
-    for (int k = 0; k < 4; k++)
-      if (x->uploads[k])
-        x->be->ops->release(x->be, x->uploads[k]);
+    for (int k = 0; k < x->n_owned; k++)
+      x->be->ops->release(x->be, x->owned[k]);
+    free(x->metrics_host);
     td_backend_destroy(x->be);
   }
   free(t->rep);
@@ -522,16 +649,24 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
   if (tr->max_steps && tr->max_steps < t->total_steps)
     t->total_steps = tr->max_steps;
 
-  if ((rc = replicas_start(t, o, err)))
-    goto fail;
   t->order = malloc((size_t)t->train.n * sizeof *t->order);
   t->iota = malloc((size_t)t->shard * sizeof *t->iota);
-  if (!t->order || !t->iota) {
+  /* 8-byte aligned records: the passes in them hold doubles. */
+  t->table = calloc((size_t)t->steps_per_epoch, t->plan->rec_bytes);
+  if (!t->order || !t->iota || !t->table) {
     rc = td_errorf(err, TD_ENOMEM, "trainer: out of memory");
     goto fail;
   }
   for (uint32_t i = 0; i < t->shard; i++)
     t->iota[i] = i;
+  if ((rc = replicas_start(t, o, err)))
+    goto fail;
+  /* Backends that record steps run chunks of them between reads of the
+   * metrics; graph_steps steps per long graph. */
+  const td_backend_ops *bops = t->be->ops;
+  t->record = !o->no_record && bops->graph_record && bops->graph_replay && bops->graph_free;
+  t->graph_steps = t->record ? (t->steps_per_epoch < 64 ? t->steps_per_epoch : 64) : 1;
+  t->chunk_max = t->record ? t->steps_per_epoch : 1;
 
   td_key keys[3];
   td_prng_split(td_prng_key(tr->seed), keys, 3);
@@ -570,7 +705,9 @@ void td_trainer_free(td_trainer *t) {
   td_dataset_free(&t->test);
   free(t->order);
   free(t->iota);
+  free(t->table);
   t->order = t->iota = NULL;
+  t->table = NULL;
 }
 
 int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
@@ -594,40 +731,101 @@ int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
   return TD_OK;
 }
 
-int td_trainer_step(td_trainer *t, const uint32_t *order, td_step_point *out,
-                    float *correct, td_error *err) {
+/* The epoch's order (on the backend when it shuffles, else on the host)
+ * and its step table from the step at slot `first` on, to every replica. */
+static int begin_epoch(td_trainer *t, uint32_t epoch, uint32_t first, td_error *err) {
   const td_plan *p = t->plan;
-  const int64_t step = t->st.step;
-  t->task_order = order;
-  t->task_key = td_prng_fold_in(t->dropout_key, (uint32_t)step);
-  int rc = run_task(t, task_grads, err);
+  td_key key = td_prng_fold_in(t->shuffle_key, epoch - 1);
+  int rc = TD_OK;
+  if (t->be->ops->shuffle && !t->be->host_memory) {
+    t->shuffle_rounds = td_prng_permutation_keys(key, t->train.n, t->round_keys);
+  } else if ((rc = td_prng_permutation(key, t->order, t->train.n))) {
+    return td_errorf(err, rc, "epoch %u: shuffling failed", epoch);
+  }
+  for (uint32_t s = first; s < t->steps_per_epoch; s++)
+    td_plan_fill_rec(p, (char *)t->table + (size_t)s * p->rec_bytes, s, s * t->batch,
+                     t->st.step + (s - first), t->dropout_key);
+  if ((rc = run_task(t, task_epoch, err)))
+    td_error_prefix(err, "epoch %u", epoch);
+  return rc;
+}
+
+/* Runs the steps at slots first..first+count-1 of the epoch and reads their
+ * metrics into points (count of them) and correct (their correct counts).
+ * A non-finite loss or gradient norm fails the run at the first step that
+ * has one; the optimizer left the parameters as they were at that step. */
+static int run_chunk(td_trainer *t, uint32_t first, uint32_t count, td_step_point *points,
+                     float *correct, td_error *err) {
+  const td_plan *p = t->plan;
+  const int64_t step0 = t->st.step;
+  t->task_first = first;
+  t->task_count = count;
+  int rc = run_task(t, task_chunk, err);
   if (rc)
     return rc;
-  /* The batch's loss and correct count: the replicas' shards, in order. */
-  float loss_sum = 0.0f, corr = 0.0f;
-  for (int r = 0; r < t->n_rep; r++) {
-    loss_sum += t->rep[r].host[TD_SC_LOSS_SUM];
-    corr += t->rep[r].host[TD_SC_CORRECT];
+  for (uint32_t i = 0; i < count; i++) {
+    /* The batch's loss and correct count: the replicas' shards, in order. */
+    size_t at = (size_t)(first + i) * TD_STEP_METRICS;
+    float loss_sum = 0.0f, corr = 0.0f;
+    for (int r = 0; r < t->n_rep; r++) {
+      loss_sum += t->rep[r].metrics_host[at + TD_SC_LOSS_SUM];
+      corr += t->rep[r].metrics_host[at + TD_SC_CORRECT];
+    }
+    /* Of the averaged gradients: the same on every replica. */
+    const float sumsq = t->rep[0].metrics_host[at + TD_SC_GRAD_SUMSQ];
+    float loss = loss_sum / (float)t->batch;
+    if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
+      loss /= (float)p->out_dim;
+    int64_t step = step0 + i;
+    if (!isfinite(loss) || !isfinite(sumsq)) {
+      t->st.step = step;
+      return td_errorf(err, TD_ENUMERIC,
+                       "step %lld: the %s is %s; lower the learning rate or add "
+                       "clip_by_global_norm to the optimizer chain",
+                       (long long)step + 1, isfinite(loss) ? "gradient norm" : "loss",
+                       isnan(isfinite(loss) ? sumsq : loss) ? "NaN" : "infinite");
+    }
+    memset(&points[i], 0, sizeof points[i]);
+    points[i].loss = loss;
+    points[i].grad_norm = sqrtf(sumsq);
+    points[i].lr = (float)td_optim_lr(&p->optim, step);
+    points[i].step = step + 1;
+    correct[i] = corr;
   }
-  const float sumsq = t->rep[0].host[TD_SC_GRAD_SUMSQ]; /* of the averaged gradients */
-  float loss = loss_sum / (float)t->batch;
-  if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
-    loss /= (float)p->out_dim;
-  if (!isfinite(loss) || !isfinite(sumsq))
-    return td_errorf(err, TD_ENUMERIC,
-                     "step %lld: the %s is %s; lower the learning rate or add "
-                     "clip_by_global_norm to the optimizer chain",
-                     (long long)step + 1, isfinite(loss) ? "gradient norm" : "loss",
-                     isnan(isfinite(loss) ? sumsq : loss) ? "NaN" : "infinite");
-  t->task_sumsq = sumsq;
-  if ((rc = run_task(t, task_apply, err)))
-    return rc;
-  out->loss = loss;
-  out->grad_norm = sqrtf(sumsq);
-  out->lr = (float)td_optim_lr(&p->optim, step);
-  out->step = t->st.step;
-  *correct = corr;
+  for (int r = 0; r < t->n_rep; r++)
+    t->rep[r].st->step = step0 + count;
   return TD_OK;
+}
+
+/* The steps of the next chunk from slot s of the epoch: up to the epoch's
+ * end, the job's end, the next multiple of the checkpoint interval, and
+ * chunk_max. */
+static uint32_t chunk_len(const td_trainer *t, uint32_t s) {
+  int64_t n = (int64_t)t->steps_per_epoch - s;
+  int64_t left = t->total_steps - t->st.step;
+  if (left < n)
+    n = left;
+  const Traind__V1__Checkpointing *c = t->spec->checkpoint;
+  if (c && c->every_steps) {
+    int64_t to = (int64_t)c->every_steps - t->st.step % (int64_t)c->every_steps;
+    if (to < n)
+      n = to;
+  }
+  /* The first step of a job runs alone: it warms the backend up before
+   * anything is recorded. */
+  if (t->record && !t->rep[0].warm)
+    n = 1;
+  return (uint32_t)(n < (int64_t)t->chunk_max ? n : (int64_t)t->chunk_max);
+}
+
+/* Backends that record: chunks are kept to about a quarter second, so
+ * that cancellation, checkpoint requests and metrics stay timely. */
+static void adapt_chunk(td_trainer *t, uint32_t steps, double sec) {
+  if (!t->record || steps < 2 || sec <= 0.0)
+    return;
+  double per = sec / steps, want = 0.25 / per;
+  uint32_t n = want >= t->steps_per_epoch ? t->steps_per_epoch : want < 1.0 ? 1 : (uint32_t)want;
+  t->chunk_max = n;
 }
 
 int td_trainer_resume(td_trainer *t, const char *path, td_error *err) {
@@ -693,42 +891,49 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
   if (!hooks)
     hooks = &none;
   td_epoch_point ep = {0};
-  for (; t->epoch <= t->epochs && t->st.step < t->total_steps;
+  td_step_point *points = malloc((size_t)t->steps_per_epoch * sizeof *points);
+  float *correct = malloc((size_t)t->steps_per_epoch * sizeof *correct);
+  int rc = points && correct ? TD_OK : td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+  for (; !rc && t->epoch <= t->epochs && t->st.step < t->total_steps;
        t->epoch++, t->step_in_epoch = 0, t->epoch_loss_sum = t->epoch_correct_sum = 0.0) {
     uint32_t epoch = t->epoch;
-    int prc = td_prng_permutation(td_prng_fold_in(t->shuffle_key, epoch - 1),
-                                  t->order, t->train.n);
-    if (prc)
-      return td_errorf(err, prc, "epoch %u: shuffling failed", epoch);
+    if ((rc = begin_epoch(t, epoch, t->step_in_epoch, err)))
+      break;
     double e0 = now_sec();
-    uint32_t first = t->step_in_epoch, steps = 0;
-    for (uint32_t s = first; s < t->steps_per_epoch && t->st.step < t->total_steps; s++) {
-      if (hooks->should_stop && hooks->should_stop(hooks->user))
-        return td_errorf(err, TD_ECANCELLED, "cancelled at step %lld",
-                         (long long)t->st.step);
+    uint32_t steps = 0;
+    while (t->step_in_epoch < t->steps_per_epoch && t->st.step < t->total_steps) {
+      if (hooks->should_stop && hooks->should_stop(hooks->user)) {
+        rc = td_errorf(err, TD_ECANCELLED, "cancelled at step %lld", (long long)t->st.step);
+        break;
+      }
+      uint32_t s = t->step_in_epoch, n = chunk_len(t, s);
       double s0 = now_sec();
-      td_step_point sp = {0};
-      float correct = 0.0f;
-      int rc = td_trainer_step(t, t->order + (size_t)s * t->batch, &sp, &correct, err);
-      if (rc) {
+      if ((rc = run_chunk(t, s, n, points, correct, err))) {
         if (rc != TD_ENUMERIC)
           td_error_prefix(err, "epoch %u, step %lld", epoch, (long long)t->st.step + 1);
-        return rc;
+        break;
       }
       double s1 = now_sec();
-      steps++;
-      t->step_in_epoch = s + 1;
-      t->epoch_loss_sum += sp.loss;
-      t->epoch_correct_sum += correct;
-      sp.epoch = epoch;
-      sp.step_in_epoch = s + 1;
-      sp.step_ms = (s1 - s0) * 1e3;
-      sp.examples_per_sec = (double)steps * t->batch / (s1 - e0);
-      if (hooks->on_step && (sp.step % t->log_every == 0 || s + 1 == t->steps_per_epoch))
-        hooks->on_step(hooks->user, t, &sp);
-      if (hooks->at_boundary && s + 1 < t->steps_per_epoch && t->st.step < t->total_steps)
+      adapt_chunk(t, n, s1 - s0);
+      for (uint32_t i = 0; i < n; i++) {
+        td_step_point *sp = &points[i];
+        steps++;
+        t->epoch_loss_sum += sp->loss;
+        t->epoch_correct_sum += correct[i];
+        sp->epoch = epoch;
+        sp->step_in_epoch = s + i + 1;
+        sp->step_ms = (s1 - s0) * 1e3 / n;
+        sp->examples_per_sec = (double)steps * t->batch / (s0 + (s1 - s0) * (i + 1) / n - e0);
+        if (hooks->on_step && (sp->step % t->log_every == 0 || s + i + 1 == t->steps_per_epoch))
+          hooks->on_step(hooks->user, t, sp);
+      }
+      t->step_in_epoch = s + n;
+      if (hooks->at_boundary && t->step_in_epoch < t->steps_per_epoch &&
+          t->st.step < t->total_steps)
         hooks->at_boundary(hooks->user, t);
     }
+    if (rc)
+      break;
     double e1 = now_sec();
     /* Train figures cover the whole epoch, also its steps before a resume. */
     uint32_t taken = t->step_in_epoch;
@@ -741,9 +946,8 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
     ep.train_accuracy = taken ? (float)(t->epoch_correct_sum / ((double)taken * t->batch)) : 0.0f;
     int final = epoch == t->epochs || t->st.step >= t->total_steps;
     if (t->has_test && (epoch % t->eval_every == 0 || final)) {
-      int rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err);
-      if (rc)
-        return rc;
+      if ((rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err)))
+        break;
       ep.evaluated = 1;
       ep.eval_sec = now_sec() - e1;
     }
@@ -758,7 +962,9 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
       t->epoch--;
     }
   }
-  if (last)
+  free(points);
+  free(correct);
+  if (!rc && last)
     *last = ep;
-  return TD_OK;
+  return rc;
 }

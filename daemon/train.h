@@ -70,11 +70,14 @@ typedef struct td_trainer_opts {
   td_backend_factory backend;
   void *backend_arg;
   const char *device_set; /* the plan cache's device key; NULL: "cpu:0" */
+  /* Run steps op by op even on a backend that can record them as graphs
+   * (for comparing the two, and as a way out should recording fail). */
+  int no_record;
 } td_trainer_opts;
 
-/* One replica of a data-parallel job (pmap over devices.count CPU
- * devices): a backend and a state of its own, driven by its own thread
- * (replica 0 by the caller's). */
+/* One replica of a data-parallel job (pmap over devices.count devices): a
+ * backend and a state of its own, driven by its own thread (replica 0 by
+ * the caller's). */
 typedef struct td_replica {
   struct td_trainer *owner;
   int rank;
@@ -85,15 +88,37 @@ typedef struct td_replica {
    * a host-memory backend; else copies, uploaded once). */
   const float *train_x, *test_x;
   const int32_t *train_y, *test_y;
-  void *uploads[4];
+  /* The compiled step's inputs and outputs in the backend's memory: the
+   * epoch's example order, the offsets 0..shard-1 (for evaluation), the
+   * epoch's step table (a td_step_record per step), the record of the step
+   * being run, the table's counter, and the epoch's per-step metrics
+   * (TD_STEP_METRICS floats per step). A host-memory backend uses the
+   * trainer's order, offsets and table in place. */
+  const uint32_t *order, *iota;
+  const void *table;
+  void *cur;
+  uint32_t *counter;
+  float *metrics;
+  float *metrics_host; /* (steps_per_epoch * TD_STEP_METRICS) read back */
+  void *owned[12];     /* backend allocations to release */
+  int n_owned;
+  /* The recorded step: graph1 one step, graphn graph_steps steps; NULL
+   * while not recorded. The first step of a job runs unrecorded (warm-up:
+   * the libraries set themselves up), the graphs are recorded after it. */
+  void *graph1, *graphn;
+  int recording; /* step_body is being recorded, not run */
+  int warm;      /* a step has run unrecorded */
   pthread_t thread;
   int has_thread;
   /* A task's outputs. */
   int rc;
   td_error err;
-  float host[3];     /* the step's scalars (loss sum, correct, grad sumsq) */
   double sums[2];    /* evaluation: loss sum and correct over its rows */
 } td_replica;
+
+/* The metrics a step records: its shard's loss sum and correct count, and
+ * the squared norm of the averaged gradients. */
+enum { TD_STEP_METRICS = 3 };
 
 struct td_trainer {
   const Traind__V1__JobSpec *spec; /* borrowed; outlives the trainer */
@@ -131,6 +156,18 @@ struct td_trainer {
   int64_t allreduce_steps;
   td_replica *rep; /* (n_rep) */
   td_comm *comm;
+  /* The step table of the epoch on the host (steps_per_epoch records of
+   * plan->rec_bytes), filled at the epoch's start. */
+  void *table;
+  /* The epoch's shuffle rounds, for backends that shuffle on their own. */
+  td_key round_keys[TD_PRNG_MAX_ROUNDS];
+  int shuffle_rounds;
+  /* Recorded steps: backends that can record (CUDA graphs) run chunks of
+   * up to chunk_max steps between reads of the metrics, replaying a graph
+   * of graph_steps steps while at least that many are left, and one of one
+   * step for the rest. Others run one step per chunk. */
+  int record;
+  uint32_t chunk_max, graph_steps;
   /* The task the replicas' threads run next (a new `gen` starts it;
    * `pending` counts the threads still at it), and its arguments. */
   pthread_mutex_t mu;
@@ -138,10 +175,8 @@ struct td_trainer {
   uint64_t gen;
   int pending, pool, quit;
   int (*task)(td_trainer *t, int rank);
-  const uint32_t *task_order;
-  td_key task_key;
+  uint32_t task_first, task_count; /* a chunk: its first slot and its steps */
   const td_dataset *task_ds;
-  float task_sumsq;
 };
 
 int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
@@ -175,9 +210,5 @@ int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
  * point is copied to *last when last is not NULL. */
 int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
                    td_epoch_point *last, td_error *err);
-
-/* One training step on the examples order[0..batch). */
-int td_trainer_step(td_trainer *t, const uint32_t *order, td_step_point *out,
-                    float *correct, td_error *err);
 
 #endif

@@ -9,6 +9,7 @@
 #ifndef TD_BACKEND_H
 #define TD_BACKEND_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,14 +29,28 @@ typedef enum td_act {
 int td_act_needs_preact(td_act act);
 const char *td_act_name(td_act act);
 
+/* Functions shared by the backends' host code and their device code. */
+#ifdef __CUDACC__
+#define TD_HOST_DEVICE __host__ __device__
+#else
+#define TD_HOST_DEVICE
+#endif
+
 /* One pass of a compiled optimizer chain over the flat buffers:
- *   v = in_scale * g
+ *   v = in_scale * g                    (in_scale: td_opt_in_scale)
  *   v = adam(v) | trace(v) | v          (by kind; updates s1/s2 in place)
  *   v = out_scale * (mid_scale * v + wd * p)
  *   apply ? p += v : g = v
  * adam:  s1 = (1-b1) v + b1 s1;  s2 = (1-b2) v^2 + b2 s2;
  *        v = (s1 / bc1) / (sqrt(s2 / bc2 + eps_root) + eps)
- * trace: s1 = v + momentum s1;  v = nesterov ? v + momentum s1 : s1 */
+ * trace: s1 = v + momentum s1;  v = nesterov ? v + momentum s1 : s1
+ *
+ * What is fixed for a job (td_opt_pass) is an argument; what changes from
+ * step to step (td_opt_scalars) lives in backend memory, written by the
+ * host ahead of the step (the engine's step table), so that a recorded step
+ * (a CUDA graph) replays with each step's values. The one factor the host
+ * cannot know ahead, a clip to a maximum global norm, is computed by the
+ * pass from the squared norm in backend memory. */
 typedef enum td_opt_kind {
   TD_OPT_IDENTITY = 0,
   TD_OPT_ADAM,
@@ -46,11 +61,36 @@ typedef struct td_opt_pass {
   td_opt_kind kind;
   int apply;
   int nesterov;
-  float in_scale, mid_scale, wd, out_scale;
-  float b1, b2, eps, eps_root;
-  float bc1, bc2; /* 1 - b1^count, 1 - b2^count, count after this update */
-  float momentum;
+  int clip; /* in_scale has a clip factor between pre and post */
+  double clip_norm;
+  float wd, b1, b2, eps, eps_root, momentum;
 } td_opt_pass;
+
+typedef struct td_opt_scalars {
+  double pre, post;   /* the factors of in_scale before and after the clip */
+  float mid_scale, out_scale;
+  float bc1, bc2; /* 1 - b1^count, 1 - b2^count, count after this update */
+} td_opt_scalars;
+
+/* in_scale = (float)((pre * k) * post), k = 1 without a clip, else
+ * min(1, clip_norm / (|pre| sqrt(norm_sq))): optax's clip_by_global_norm of
+ * the updates scaled by pre. */
+static inline TD_HOST_DEVICE float td_opt_in_scale(const td_opt_pass *a,
+                                                   const td_opt_scalars *s, float norm_sq) {
+  double f = s->pre;
+  if (a->clip) {
+    double g = (f < 0 ? -f : f) * sqrt((double)norm_sq);
+    f *= g < a->clip_norm ? 1.0 : a->clip_norm / g;
+  }
+  return (float)(f * s->post);
+}
+
+/* Whether a step's squared gradient norm lets its update be applied: a
+ * non-finite one leaves parameters and optimizer state as they were (the
+ * engine then fails the job at that step). */
+static inline TD_HOST_DEVICE int td_opt_guard_ok(float norm_sq) {
+  return norm_sq - norm_sq == 0.0f; /* false for NaN and infinities */
+}
 
 typedef struct td_backend td_backend;
 
@@ -65,11 +105,13 @@ typedef struct td_backend_ops {
   int (*fill)(td_backend *be, float *x, size_t n, float value);
   int (*copy)(td_backend *be, float *dst, const float *src, size_t n);
 
-  /* dst (count, dim) = rows idx[i] of src (n, dim); labels likewise.
-   * host_idx lives on the host: the engine shuffles there. */
+  /* dst (count, dim) = rows idx[off + i] of src (n, dim); labels likewise.
+   * idx lives in backend memory, and so does the offset *off (none when
+   * off is NULL), so that a recorded step reads its batch's place in the
+   * epoch's order at replay. */
   int (*gather)(td_backend *be, const float *src, const int32_t *src_labels,
-                size_t dim, const uint32_t *host_idx, size_t count, float *dst,
-                int32_t *dst_labels);
+                size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
+                float *dst, int32_t *dst_labels);
 
   /* c (m, n) = alpha op(a) op(b) + beta c, with op(a) (m, k), op(b) (k, n). */
   int (*gemm)(td_backend *be, int trans_a, int trans_b, int m, int n, int k,
@@ -105,9 +147,10 @@ typedef struct td_backend_ops {
    * (threefry2x32 of the counter (hi32(c), lo32(c)), c = first + i, words
    * xor'ed, 23 bits as a mantissa). `first` lets a replica holding rows
    * r0.. of a batch draw exactly those rows' part of the batch's mask.
-   * mask (n) receives 0 or 1 / (1 - rate). */
-  int (*dropout_fwd)(td_backend *be, size_t n, uint64_t first, float rate, uint32_t key0,
-                     uint32_t key1, const float *x, float *mask, float *y);
+   * mask (n) receives 0 or 1 / (1 - rate). key: the two words of the key,
+   * in backend memory. */
+  int (*dropout_fwd)(td_backend *be, size_t n, uint64_t first, float rate, const uint32_t *key,
+                     const float *x, float *mask, float *y);
   /* dx = dy * mask; dx may equal dy. */
   int (*mul)(td_backend *be, size_t n, const float *a, const float *b,
              float *out);
@@ -115,8 +158,37 @@ typedef struct td_backend_ops {
   /* out[0] = sum of x^2 (accumulated in double, stored as float). */
   int (*sumsq)(td_backend *be, size_t n, const float *x, float *out);
 
-  int (*opt_pass)(td_backend *be, const td_opt_pass *pass, size_t n, float *p,
-                  float *g, float *s1, float *s2);
+  /* One optimizer pass; sc, norm_sq and guard are backend memory, pass
+   * host memory. norm_sq (read when pass->clip) is the squared norm the
+   * clip uses; the pass does nothing when guard is not NULL and
+   * !td_opt_guard_ok(*guard). */
+  int (*opt_pass)(td_backend *be, const td_opt_pass *pass, const td_opt_scalars *sc,
+                  const float *norm_sq, const float *guard, size_t n, float *p, float *g,
+                  float *s1, float *s2);
+
+  /* The step table (td_step_record in train.h) at work: copies record
+   * *counter of table (records of rec_bytes) to cur and increments
+   * *counter; all in backend memory. A recorded step begins with it. */
+  int (*step_begin)(td_backend *be, const void *table, size_t rec_bytes, uint32_t *counter,
+                    void *cur);
+  /* dst[*slot * n + k] = src[k] for k < n; all in backend memory. */
+  int (*record)(td_backend *be, const uint32_t *slot, const float *src, size_t n, float *dst);
+
+  /* Optional (NULL: the engine shuffles on the host and uploads).
+   * order (n, backend memory) = the permutation td_prng_permutation makes
+   * from the rounds' keys: starting from 0..n-1, each round r sorts order
+   * stably by the 32-bit keys hash(round_keys[r], i) (threefry2x32 of the
+   * counter i, words xor'ed) of the positions i. round_keys: host, 2 words
+   * per round. */
+  int (*shuffle)(td_backend *be, uint32_t n, int rounds, const uint32_t *round_keys,
+                 uint32_t *order);
+
+  /* Optional (NULL: steps run op by op). Records the ops body(arg) issues
+   * on this backend, without running them, as one replayable graph; each
+   * replay runs them again in order, reading the same buffers. */
+  int (*graph_record)(td_backend *be, int (*body)(void *arg), void *arg, void **graph);
+  int (*graph_replay)(td_backend *be, void *graph);
+  void (*graph_free)(td_backend *be, void *graph);
 } td_backend_ops;
 
 struct td_backend {

@@ -505,7 +505,7 @@ static int e2e_write(const char *dir) {
       float g[3] = {x[0] + x[1] + x[2], x[3] + x[4] + x[5], x[6] + x[7] + x[8]};
       labels[r] = g[0] > g[1] ? (g[0] > g[2] ? 0 : 2) : (g[1] > g[2] ? 1 : 2);
     }
-    int rc = td_state_forward(st, BATCH, 1, td_prng_key(0), 0, &err);
+    int rc = td_state_forward(st, BATCH, 1, NULL, 0, &err);
     if (!rc)
       rc = td_state_loss(st, BATCH, 1, &err);
     if (!rc)
@@ -524,7 +524,7 @@ static int e2e_write(const char *dir) {
   }
   /* Logits of a fresh batch, computed by the engine. */
   td_prng_uniform(td_prng_key(77), a + p->in_off, BATCH * IN, 0.f, 1.f);
-  if (td_state_forward(st, BATCH, 0, td_prng_key(0), 0, &err)) {
+  if (td_state_forward(st, BATCH, 0, NULL, 0, &err)) {
     fprintf(stderr, "forward: %s\n", err.msg);
     return 1;
   }

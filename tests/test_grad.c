@@ -145,7 +145,10 @@ static void check_case(const char *label, const char *model_yaml, int B,
   for (int r = 0; r < B; r++)
     labels[r] = (int32_t)(bits[r] % p->out_dim);
 
-  CHECK(td_state_forward(&st, B, 1, td_prng_fold_in(key, 400), 0, &err) == 0, "%s", err.msg);
+  uint32_t dkeys[2 * 16];
+  CHECK(p->n_keys <= 16, "%u dropout layers", p->n_keys);
+  td_plan_dropout_keys(p, td_prng_fold_in(key, 400), dkeys);
+  CHECK(td_state_forward(&st, B, 1, dkeys, 0, &err) == 0, "%s", err.msg);
   CHECK(td_state_loss(&st, B, 1, &err) == 0, "%s", err.msg);
   CHECK(td_state_backward(&st, &err) == 0, "%s", err.msg);
   float loss_sum = st.arena[p->scalars_off + TD_SC_LOSS_SUM];
@@ -222,7 +225,7 @@ static void check_dropout_mask(void) {
   for (int i = 0; i < N; i++)
     x[i] = (float)i;
   const float rate = 0.3f;
-  be->ops->dropout_fwd(be, N, 0, rate, key.k[0], key.k[1], x, mask, y);
+  be->ops->dropout_fwd(be, N, 0, rate, key.k, x, mask, y);
   td_prng_uniform(key, u, N, 0.0f, 1.0f);
   int mismatch = 0, kept = 0;
   for (int i = 0; i < N; i++) {
@@ -236,7 +239,7 @@ static void check_dropout_mask(void) {
   CHECK(fabs((double)kept / N - 0.7) < 0.02, "kept fraction %.4f", (double)kept / N);
   /* A shard's mask: elements first.. of the whole one. */
   static float mask2[N], y2[N];
-  be->ops->dropout_fwd(be, N - 5000, 5000, rate, key.k[0], key.k[1], x + 5000, mask2, y2);
+  be->ops->dropout_fwd(be, N - 5000, 5000, rate, key.k, x + 5000, mask2, y2);
   CHECK(memcmp(mask2, mask + 5000, sizeof(float) * (N - 5000)) == 0 &&
             memcmp(y2, y + 5000, sizeof(float) * (N - 5000)) == 0,
         "the mask from counter 5000 is not the tail of the whole mask");

@@ -48,12 +48,14 @@ static int cpu_copy(td_backend *be, float *dst, const float *src, size_t n) {
 }
 
 static int cpu_gather(td_backend *be, const float *src, const int32_t *src_labels,
-                      size_t dim, const uint32_t *host_idx, size_t count,
+                      size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
                       float *dst, int32_t *dst_labels) {
   (void)be;
+  if (off)
+    idx += *off;
   for (size_t i = 0; i < count; i++) {
-    memcpy(dst + i * dim, src + (size_t)host_idx[i] * dim, dim * sizeof *dst);
-    dst_labels[i] = src_labels[host_idx[i]];
+    memcpy(dst + i * dim, src + (size_t)idx[i] * dim, dim * sizeof *dst);
+    dst_labels[i] = src_labels[idx[i]];
   }
   return TD_OK;
 }
@@ -237,10 +239,9 @@ static int cpu_mse_onehot(td_backend *be, int rows, int cols, const float *y,
 }
 
 static int cpu_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
-                           uint32_t key0, uint32_t key1, const float *x, float *mask,
-                           float *y) {
+                           const uint32_t *key_words, const float *x, float *mask, float *y) {
   (void)be;
-  td_key key = {{key0, key1}};
+  td_key key = {{key_words[0], key_words[1]}};
   float keep = 1.0f - rate, scale = 1.0f / keep;
   for (size_t i = 0; i < n; i++) {
     uint64_t c = first + i;
@@ -300,14 +301,17 @@ static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
       g[i] = v;                                                               \
   }
 
-static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, size_t n,
-                        float *restrict p, float *restrict g,
-                        float *restrict s1, float *restrict s2) {
+static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scalars *sc,
+                        const float *norm_sq, const float *guard, size_t n,
+                        float *restrict p, float *restrict g, float *restrict s1,
+                        float *restrict s2) {
   (void)be;
-  const float in_scale = a->in_scale, mid_scale = a->mid_scale, wd = a->wd,
-              out_scale = a->out_scale;
+  if (guard && !td_opt_guard_ok(*guard))
+    return TD_OK;
+  const float in_scale = td_opt_in_scale(a, sc, a->clip ? *norm_sq : 0.0f),
+              mid_scale = sc->mid_scale, wd = a->wd, out_scale = sc->out_scale;
   const float b1 = a->b1, b2 = a->b2, eps = a->eps, eps_root = a->eps_root;
-  const float bc1 = a->bc1, bc2 = a->bc2, mom = a->momentum;
+  const float bc1 = sc->bc1, bc2 = sc->bc2, mom = a->momentum;
 #define ADAM_STEP                                                             \
   s1[i] = (1.0f - b1) * v + b1 * s1[i];                                       \
   s2[i] = (1.0f - b2) * (v * v) + b2 * s2[i];                                 \
@@ -343,6 +347,21 @@ static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, size_t n,
   return TD_OK;
 }
 
+static int cpu_step_begin(td_backend *be, const void *table, size_t rec_bytes,
+                          uint32_t *counter, void *cur) {
+  (void)be;
+  memcpy(cur, (const char *)table + (size_t)*counter * rec_bytes, rec_bytes);
+  ++*counter;
+  return TD_OK;
+}
+
+static int cpu_record(td_backend *be, const uint32_t *slot, const float *src, size_t n,
+                      float *dst) {
+  (void)be;
+  memcpy(dst + (size_t)*slot * n, src, n * sizeof *dst);
+  return TD_OK;
+}
+
 static void cpu_destroy(td_backend *be) { free(be); }
 
 static const td_backend_ops cpu_ops = {
@@ -364,6 +383,8 @@ static const td_backend_ops cpu_ops = {
     .mul = cpu_mul,
     .sumsq = cpu_sumsq,
     .opt_pass = cpu_opt_pass,
+    .step_begin = cpu_step_begin,
+    .record = cpu_record,
 };
 
 int td_cpu_backend_create(td_backend **out, int threads, td_error *err) {

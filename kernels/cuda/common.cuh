@@ -55,6 +55,30 @@ __device__ inline T block_sum(T v, T *shared) {
   return v;
 }
 
+__device__ __forceinline__ uint32_t rotl32(uint32_t x, unsigned d) {
+  return (x << d) | (x >> (32 - d));
+}
+
+/* Random123's threefry2x32 with 20 rounds (daemon/prng.c), unrolled: the
+ * dropout masks and the shuffle's sort keys. */
+__device__ __forceinline__ void threefry2x32(uint32_t k0, uint32_t k1, uint32_t &x0,
+                                             uint32_t &x1) {
+  const uint32_t ks[3] = {k0, k1, 0x1BD11BDAu ^ k0 ^ k1};
+  const unsigned rot[8] = {13, 15, 26, 6, 17, 29, 16, 24};
+  x0 += ks[0];
+  x1 += ks[1];
+#pragma unroll
+  for (unsigned g = 0; g < 5; g++) {
+#pragma unroll
+    for (unsigned i = 0; i < 4; i++) {
+      x0 += x1;
+      x1 = rotl32(x1, rot[4 * (g & 1) + i]) ^ x0;
+    }
+    x0 += ks[(g + 1) % 3];
+    x1 += ks[(g + 2) % 3] + g + 1;
+  }
+}
+
 } // namespace td_cuda
 
 #endif

@@ -23,15 +23,10 @@ typedef struct cuda_ctx {
   cudaStream_t stream;
   cublasHandle_t blas;
   void *blas_workspace;
-  /* Device scratch for reductions and gather indices: one op at a time
-   * uses it, in stream order. */
+  /* Device scratch for reductions and the shuffle: one op at a time uses
+   * it, in stream order. */
   void *scratch;
   size_t scratch_bytes;
-  /* Pinned staging for gather's host indices, reusable once idx_copied has
-   * completed (the previous copy out of it). */
-  uint32_t *idx_host;
-  size_t idx_host_count;
-  cudaEvent_t idx_copied;
   td_error last; /* the last failure, for td_cuda_backend_last_error */
 } cuda_ctx;
 
@@ -202,42 +197,14 @@ static int cuda_copy(td_backend *be, float *dst, const float *src, size_t n) {
 
 /* -------------------------------------------------------------- compute */
 
-/* The indices go host -> pinned staging -> device scratch on the stream,
- * then the gather kernel reads them there. */
 static int cuda_gather(td_backend *be, const float *src, const int32_t *src_labels,
-                       size_t dim, const uint32_t *host_idx, size_t count, float *dst,
-                       int32_t *dst_labels) {
+                       size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
+                       float *dst, int32_t *dst_labels) {
   cuda_ctx *c = be->ctx;
   if (!count)
     return TD_OK;
   ENTER(c);
-  cudaError_t e;
-  /* The previous gather's copy out of the staging buffer must be done. */
-  if ((e = cudaEventSynchronize(c->idx_copied)) != cudaSuccess)
-    return cuda_fail(c, "cudaEventSynchronize (gather indices)", e);
-  if (count > c->idx_host_count) {
-    cudaFreeHost(c->idx_host);
-    c->idx_host = NULL;
-    c->idx_host_count = 0;
-    size_t want = count < 1024 ? 1024 : count;
-    if ((e = cudaMallocHost((void **)&c->idx_host, want * sizeof *c->idx_host)) !=
-        cudaSuccess) {
-      c->idx_host = NULL;
-      return cuda_fail(c, "cudaMallocHost (gather indices)", e);
-    }
-    c->idx_host_count = want;
-  }
-  void *dev_idx = NULL;
-  int rc = scratch(c, count * sizeof *host_idx, &dev_idx);
-  if (rc)
-    return rc;
-  memcpy(c->idx_host, host_idx, count * sizeof *host_idx);
-  if ((e = cudaMemcpyAsync(dev_idx, c->idx_host, count * sizeof *host_idx,
-                           cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
-    return cuda_fail(c, "cudaMemcpyAsync (gather indices)", e);
-  if ((e = cudaEventRecord(c->idx_copied, c->stream)) != cudaSuccess)
-    return cuda_fail(c, "cudaEventRecord (gather indices)", e);
-  return failed(c, td_cuda_gather(c->stream, src, src_labels, dim, dev_idx, count, dst,
+  return failed(c, td_cuda_gather(c->stream, src, src_labels, dim, idx, off, count, dst,
                                   dst_labels, &c->last));
 }
 
@@ -321,14 +288,12 @@ static int cuda_mse_onehot(td_backend *be, int rows, int cols, const float *y,
 }
 
 static int cuda_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
-                            uint32_t key0, uint32_t key1, const float *x, float *mask,
-                            float *y) {
+                            const uint32_t *key, const float *x, float *mask, float *y) {
   cuda_ctx *c = be->ctx;
   if (!n)
     return TD_OK;
   ENTER(c);
-  return failed(c, td_cuda_dropout_fwd(c->stream, n, first, rate, key0, key1, x, mask, y,
-                                       &c->last));
+  return failed(c, td_cuda_dropout_fwd(c->stream, n, first, rate, key, x, mask, y, &c->last));
 }
 
 static int cuda_mul(td_backend *be, size_t n, const float *a, const float *b, float *out) {
@@ -349,13 +314,100 @@ static int cuda_sumsq(td_backend *be, size_t n, const float *x, float *out) {
   return failed(c, td_cuda_sumsq(c->stream, n, x, out, s, &c->last));
 }
 
-static int cuda_opt_pass(td_backend *be, const td_opt_pass *pass, size_t n, float *p,
+static int cuda_opt_pass(td_backend *be, const td_opt_pass *pass, const td_opt_scalars *sc,
+                         const float *norm_sq, const float *guard, size_t n, float *p,
                          float *g, float *s1, float *s2) {
   cuda_ctx *c = be->ctx;
   if (!n)
     return TD_OK;
   ENTER(c);
-  return failed(c, td_cuda_opt_pass(c->stream, pass, n, p, g, s1, s2, &c->last));
+  return failed(c, td_cuda_opt_pass(c->stream, pass, sc, norm_sq, guard, n, p, g, s1, s2,
+                                    &c->last));
+}
+
+static int cuda_step_begin(td_backend *be, const void *table, size_t rec_bytes,
+                           uint32_t *counter, void *cur) {
+  cuda_ctx *c = be->ctx;
+  ENTER(c);
+  return failed(c, td_cuda_step_begin(c->stream, table, rec_bytes, counter, cur, &c->last));
+}
+
+static int cuda_record(td_backend *be, const uint32_t *slot, const float *src, size_t n,
+                       float *dst) {
+  cuda_ctx *c = be->ctx;
+  ENTER(c);
+  return failed(c, td_cuda_record(c->stream, slot, src, n, dst, &c->last));
+}
+
+static int cuda_shuffle(td_backend *be, uint32_t n, int rounds, const uint32_t *round_keys,
+                        uint32_t *order) {
+  cuda_ctx *c = be->ctx;
+  if (!n)
+    return TD_OK;
+  ENTER(c);
+  size_t need = td_cuda_shuffle_scratch(n);
+  void *s = NULL;
+  int rc = scratch(c, need, &s);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_shuffle(c->stream, n, rounds, round_keys, order, s,
+                                   c->scratch_bytes, &c->last));
+}
+
+/* ---------------------------------------------------------------- graphs */
+
+/* The ops body issues are captured from the stream into a graph (nothing
+ * runs), which is instantiated once and launched on the stream per replay.
+ * Capture is thread-local: other threads (the other replicas of a job, on
+ * their own GPUs) may call the CUDA API meanwhile. Ops that wait for the
+ * stream (alloc, upload, download, a growing scratch) are illegal inside,
+ * and the step issues none once a warm-up step has sized the scratch. */
+static int cuda_graph_record(td_backend *be, int (*body)(void *arg), void *arg, void **out) {
+  cuda_ctx *c = be->ctx;
+  *out = NULL;
+  ENTER(c);
+  cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+  if (e != cudaSuccess)
+    return cuda_fail(c, "cudaStreamBeginCapture", e);
+  int rc = body(arg);
+  cudaGraph_t g = NULL;
+  e = cudaStreamEndCapture(c->stream, &g);
+  if (rc) {
+    if (g)
+      cudaGraphDestroy(g);
+    cudaGetLastError();
+    return rc;
+  }
+  if (e != cudaSuccess)
+    return cuda_fail(c, "cudaStreamEndCapture", e);
+  cudaGraphExec_t exec = NULL;
+  e = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  if (e != cudaSuccess)
+    return cuda_fail(c, "cudaGraphInstantiate", e);
+  /* Uploading the graph now keeps the first replay's setup out of a step. */
+  if ((e = cudaGraphUpload(exec, c->stream)) != cudaSuccess) {
+    cudaGraphExecDestroy(exec);
+    return cuda_fail(c, "cudaGraphUpload", e);
+  }
+  *out = exec;
+  return TD_OK;
+}
+
+static int cuda_graph_replay(td_backend *be, void *graph) {
+  cuda_ctx *c = be->ctx;
+  ENTER(c);
+  cudaError_t e = cudaGraphLaunch((cudaGraphExec_t)graph, c->stream);
+  return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaGraphLaunch", e);
+}
+
+static void cuda_graph_free(td_backend *be, void *graph) {
+  cuda_ctx *c = be->ctx;
+  if (!graph || enter(c))
+    return;
+  /* A replay still running uses it. */
+  cudaStreamSynchronize(c->stream);
+  cudaGraphExecDestroy((cudaGraphExec_t)graph);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -372,9 +424,6 @@ static void free_ctx(cuda_ctx *c) {
       cublasDestroy(c->blas);
     cudaFree(c->blas_workspace);
     cudaFree(c->scratch);
-    cudaFreeHost(c->idx_host);
-    if (c->idx_copied)
-      cudaEventDestroy(c->idx_copied);
     if (c->stream)
       cudaStreamDestroy(c->stream);
     if (have_prev && prev != c->device)
@@ -407,6 +456,12 @@ static const td_backend_ops cuda_ops = {
     .mul = cuda_mul,
     .sumsq = cuda_sumsq,
     .opt_pass = cuda_opt_pass,
+    .step_begin = cuda_step_begin,
+    .record = cuda_record,
+    .shuffle = cuda_shuffle,
+    .graph_record = cuda_graph_record,
+    .graph_replay = cuda_graph_replay,
+    .graph_free = cuda_graph_free,
 };
 
 /* The GPU count, or TD_EUNSUPPORTED with the reason in err. */
@@ -460,9 +515,6 @@ int td_cuda_backend_create(td_backend **out, int device, td_error *err) {
     call = "cudaSetDevice";
   else if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
     call = "cudaStreamCreateWithFlags";
-  else if ((e = cudaEventCreateWithFlags(&c->idx_copied, cudaEventDisableTiming)) !=
-           cudaSuccess)
-    call = "cudaEventCreateWithFlags";
   else if ((e = cudaMalloc(&c->blas_workspace, BLAS_WORKSPACE_BYTES)) != cudaSuccess)
     call = "cudaMalloc (cuBLAS workspace)";
   else if ((e = cudaMalloc(&c->scratch, SCRATCH_MIN_BYTES)) != cudaSuccess)

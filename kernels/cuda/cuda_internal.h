@@ -26,11 +26,24 @@ int td_cuda_fill(cudaStream_t stream, float *x, size_t n, float value, td_error 
 int td_cuda_mul(cudaStream_t stream, size_t n, const float *a, const float *b, float *out,
                 td_error *err);
 
-/* gather.cu: dst (count, dim) = rows idx[i] of src, labels likewise; idx is
- * device memory here (count entries). */
+/* gather.cu: dst (count, dim) = rows idx[*off + i] of src (off may be
+ * NULL: 0), labels likewise; idx and off are device memory. */
 int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels,
-                   size_t dim, const uint32_t *idx, size_t count, float *dst,
-                   int32_t *dst_labels, td_error *err);
+                   size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
+                   float *dst, int32_t *dst_labels, td_error *err);
+
+/* step.cu: backend.h's step_begin and record. */
+int td_cuda_step_begin(cudaStream_t stream, const void *table, size_t rec_bytes,
+                       uint32_t *counter, void *cur, td_error *err);
+int td_cuda_record(cudaStream_t stream, const uint32_t *slot, const float *src, size_t n,
+                   float *dst, td_error *err);
+
+/* shuffle.cu: backend.h's shuffle, with CUB's stable radix sort. The
+ * scratch holds three arrays of n words and CUB's temporary storage:
+ * td_cuda_shuffle_scratch(n) bytes. */
+size_t td_cuda_shuffle_scratch(uint32_t n);
+int td_cuda_shuffle(cudaStream_t stream, uint32_t n, int rounds, const uint32_t *round_keys,
+                    uint32_t *order, void *scratch, size_t scratch_bytes, td_error *err);
 
 /* bias_act.cu: backend.h's bias_act_fwd and bias_act_bwd. The column sums
  * of the backward pass are two fixed-order passes through scratch. */
@@ -53,7 +66,7 @@ int td_cuda_mse_onehot(cudaStream_t stream, int rows, int cols, const float *y,
 
 /* dropout.cu: the counter-based threefry2x32 mask of backend.h. */
 int td_cuda_dropout_fwd(cudaStream_t stream, size_t n, uint64_t first, float rate,
-                        uint32_t key0, uint32_t key1, const float *x, float *mask, float *y,
+                        const uint32_t *key, const float *x, float *mask, float *y,
                         td_error *err);
 
 /* reduce.cu: out[0] = sum of x^2 in double, per-block partials then one
@@ -62,9 +75,10 @@ size_t td_cuda_sumsq_scratch(size_t n);
 int td_cuda_sumsq(cudaStream_t stream, size_t n, const float *x, float *out, void *scratch,
                   td_error *err);
 
-/* optim.cu: one fused optimizer pass (backend.h's td_opt_pass). */
-int td_cuda_opt_pass(cudaStream_t stream, const td_opt_pass *pass, size_t n, float *p,
-                     float *g, float *s1, float *s2, td_error *err);
+/* optim.cu: one fused optimizer pass (backend.h's opt_pass). */
+int td_cuda_opt_pass(cudaStream_t stream, const td_opt_pass *pass, const td_opt_scalars *sc,
+                     const float *norm_sq, const float *guard, size_t n, float *p, float *g,
+                     float *s1, float *s2, td_error *err);
 
 #ifdef __cplusplus
 }

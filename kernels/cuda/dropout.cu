@@ -8,34 +8,12 @@
 
 namespace td_cuda {
 
-__device__ __forceinline__ uint32_t rotl32(uint32_t x, unsigned d) {
-  return (x << d) | (x >> (32 - d));
-}
-
-/* Random123's threefry2x32 with 20 rounds (daemon/prng.c), unrolled. */
-__device__ __forceinline__ void threefry2x32(uint32_t k0, uint32_t k1, uint32_t &x0,
-                                             uint32_t &x1) {
-  const uint32_t ks[3] = {k0, k1, 0x1BD11BDAu ^ k0 ^ k1};
-  const unsigned rot[8] = {13, 15, 26, 6, 17, 29, 16, 24};
-  x0 += ks[0];
-  x1 += ks[1];
-#pragma unroll
-  for (unsigned g = 0; g < 5; g++) {
-#pragma unroll
-    for (unsigned i = 0; i < 4; i++) {
-      x0 += x1;
-      x1 = rotl32(x1, rot[4 * (g & 1) + i]) ^ x0;
-    }
-    x0 += ks[(g + 1) % 3];
-    x1 += ks[(g + 2) % 3] + g + 1;
-  }
-}
-
 /* keep = 1 - rate and scale = 1 / keep come from the host, computed as
- * the CPU backend computes them. y may alias x. */
-__global__ void dropout_kernel(size_t n, uint64_t first, float keep, float scale, uint32_t k0,
-                               uint32_t k1, const float *x, float *mask,
-                               float *y) {
+ * the CPU backend computes them; the key from the step's record in device
+ * memory. y may alias x. */
+__global__ void dropout_kernel(size_t n, uint64_t first, float keep, float scale,
+                               const uint32_t *key, const float *x, float *mask, float *y) {
+  const uint32_t k0 = key[0], k1 = key[1];
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     const uint64_t c = first + i;
@@ -55,12 +33,12 @@ __global__ void dropout_kernel(size_t n, uint64_t first, float keep, float scale
 using namespace td_cuda;
 
 extern "C" int td_cuda_dropout_fwd(cudaStream_t stream, size_t n, uint64_t first, float rate,
-                                   uint32_t key0, uint32_t key1, const float *x, float *mask,
-                                   float *y, td_error *err) {
+                                   const uint32_t *key, const float *x, float *mask, float *y,
+                                   td_error *err) {
   if (n == 0)
     return TD_OK;
   const float keep = 1.0f - rate, scale = 1.0f / keep;
-  dropout_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, first, keep, scale, key0, key1,
-                                                             x, mask, y);
+  dropout_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, first, keep, scale, key, x,
+                                                             mask, y);
   return launch_check("dropout_kernel", err);
 }

@@ -1,14 +1,19 @@
-/* Rows of a dataset by index: the step's batch from the shuffled order.
- * One block per output row (grid-stride over rows), its threads over the
- * row's features; rows whose length and addresses allow it move as float4. */
+/* Rows of a dataset by index: the step's batch from the shuffled order,
+ * from the place in it that the step's record gives (read on the device,
+ * so a recorded step gathers each replay's batch). One block per output
+ * row (grid-stride over rows), its threads over the row's features; rows
+ * whose length and addresses allow it move as float4. */
 #include "common.cuh"
 
 namespace td_cuda {
 
 template <bool VEC4>
 __global__ void gather_kernel(const float *__restrict__ src, const int32_t *__restrict__ src_labels,
-                              size_t dim, const uint32_t *__restrict__ idx, size_t count,
+                              size_t dim, const uint32_t *__restrict__ idx,
+                              const uint32_t *__restrict__ off, size_t count,
                               float *__restrict__ dst, int32_t *__restrict__ dst_labels) {
+  if (off)
+    idx += *off;
   for (size_t r = blockIdx.x; r < count; r += gridDim.x) {
     const size_t from = idx[r];
     if (VEC4) {
@@ -32,18 +37,18 @@ __global__ void gather_kernel(const float *__restrict__ src, const int32_t *__re
 using namespace td_cuda;
 
 extern "C" int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels,
-                              size_t dim, const uint32_t *idx, size_t count, float *dst,
-                              int32_t *dst_labels, td_error *err) {
+                              size_t dim, const uint32_t *idx, const uint32_t *off,
+                              size_t count, float *dst, int32_t *dst_labels, td_error *err) {
   if (count == 0)
     return TD_OK;
   const bool vec4 = dim % 4 == 0 && (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0;
   const unsigned blocks = grid_for(count, 1);
   const int threads = dim >= 512 ? 256 : 128;
   if (vec4)
-    gather_kernel<true><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, count, dst,
+    gather_kernel<true><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst,
                                                         dst_labels);
   else
-    gather_kernel<false><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, count, dst,
+    gather_kernel<false><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst,
                                                          dst_labels);
   return launch_check("gather_kernel", err);
 }
