@@ -477,6 +477,7 @@ static int cmd_run(int argc, char **argv) {
     if (gpu) {
       o.backend = td_gpu_backend;
       o.backend_arg = run_gpus;
+      o.comm = td_gpu_comm();
       o.device_set = "gpu";
     }
     if (gpu && need > n_gpus)

@@ -333,6 +333,7 @@ static void *worker_main(void *arg) {
                        .cache = &w->srv->cache,
                        .backend = w->on_gpu ? td_gpu_backend : NULL,
                        .backend_arg = w->gpus,
+                       .comm = w->on_gpu ? td_gpu_comm() : NULL,
                        .device_set = w->on_gpu ? "gpu" : NULL};
   event *done = calloc(1, sizeof *done);
   char *json = NULL;
@@ -947,7 +948,8 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   if (!rc) {
     td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
                          .n_data_roots = s->cfg->n_data_dirs,
-                         .backend = gpu ? td_gpu_backend : NULL};
+                         .backend = gpu ? td_gpu_backend : NULL,
+                         .comm = gpu ? td_gpu_comm() : NULL};
     rc = td_trainer_check(req->spec, &o, &err);
   }
   if (rc) {

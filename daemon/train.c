@@ -182,10 +182,11 @@ static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts
     if (strcmp(kind, "gpu") == 0 && !o->backend)
       return td_errorf(err, TD_EUNSUPPORTED,
                        "devices.kind: gpu, but the job is given no GPU to run on");
-    if (strcmp(kind, "gpu") == 0 && td_job_device_count(s) > 1)
+    if (strcmp(kind, "gpu") == 0 && td_job_device_count(s) > 1 && !o->comm)
       return td_errorf(err, TD_EUNSUPPORTED,
-                       "devices: this build trains a GPU job on one GPU; multi-GPU jobs "
-                       "(NCCL across the replicas) are not wired into the trainer yet");
+                       "devices: a job on %d GPUs needs NCCL, which this build of traind "
+                       "lacks (see TRAIND_NCCL in the README); ask for one GPU",
+                       td_job_device_count(s));
     const Traind__V1__Devices *d = s->devices;
     if (d->n_ids && d->count && d->count != d->n_ids)
       return td_errorf(err, TD_EINVAL,
@@ -540,7 +541,7 @@ static int replicas_start(td_trainer *t, const td_trainer_opts *o, td_error *err
   int per = threads <= 0 ? 0 : (threads / n > 0 ? threads / n : 1);
   if (!(t->rep = calloc((size_t)n, sizeof *t->rep)))
     return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
-  int rc = td_comm_cpu_create(&t->comm, n, err);
+  int rc = TD_OK;
   for (int r = 0; r < n && !rc; r++) {
     td_replica *x = &t->rep[r];
     x->owner = t;
@@ -556,6 +557,23 @@ static int replicas_start(td_trainer *t, const td_trainer_opts *o, td_error *err
   if (rc)
     return rc;
   t->be = t->rep[0].be;
+  if (n > 1 && o->comm) {
+    td_backend **bes = malloc((size_t)n * sizeof *bes);
+    if (!bes)
+      return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+    for (int r = 0; r < n; r++)
+      bes[r] = t->rep[r].be;
+    rc = o->comm(o->comm_arg, n, bes, &t->comm, err);
+    free(bes);
+  } else if (n > 1 && !t->be->host_memory) {
+    rc = td_errorf(err, TD_EUNSUPPORTED,
+                   "devices: %d %s devices need a communicator for their memory", n,
+                   t->be->ops->name);
+  } else {
+    rc = td_comm_cpu_create(&t->comm, n, err);
+  }
+  if (rc)
+    return rc;
   if (n == 1)
     return TD_OK;
   pthread_mutex_init(&t->mu, NULL);

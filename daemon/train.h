@@ -60,6 +60,11 @@ typedef struct td_train_hooks {
 typedef int (*td_backend_factory)(void *arg, int rank, int threads, td_backend **out,
                                   td_error *err);
 
+/* Makes the communicator of a job's n replicas (n > 1) from their
+ * backends, e.g. NCCL over their GPUs and on their streams. */
+typedef int (*td_comm_factory)(void *arg, int n, td_backend *const *backends, td_comm **out,
+                               td_error *err);
+
 typedef struct td_trainer_opts {
   const char *const *data_roots;
   size_t n_data_roots;
@@ -70,6 +75,10 @@ typedef struct td_trainer_opts {
   td_backend_factory backend;
   void *backend_arg;
   const char *device_set; /* the plan cache's device key; NULL: "cpu:0" */
+  /* The replicas' communicator when there are several; NULL: the
+   * in-process one over host memory (host-memory backends only). */
+  td_comm_factory comm;
+  void *comm_arg;
   /* Run steps op by op even on a backend that can record them as graphs
    * (for comparing the two, and as a way out should recording fail). */
   int no_record;

@@ -52,7 +52,7 @@ int main(void) {
     td_comm *c = NULL;
     td_error err = {0};
     int gpu = 0;
-    int rc = td_comm_nccl_create(&c, 1, &gpu, &err);
+    int rc = td_comm_nccl_create(&c, 1, &gpu, NULL, &err);
     CHECK(rc == TD_EUNSUPPORTED && c == NULL, "without a GPU: rc %d", rc);
     CHECK_STR_CONTAINS(err.msg, "no usable GPU");
     int failed = td_check_exit();
@@ -65,7 +65,7 @@ int main(void) {
     gpus[i] = i;
   td_comm *c = NULL;
   td_error err = {0};
-  int rc = td_comm_nccl_create(&c, size, gpus, &err);
+  int rc = td_comm_nccl_create(&c, size, gpus, NULL, &err);
   CHECK(rc == 0, "%s", err.msg);
   if (rc)
     return td_check_exit();

@@ -8,6 +8,7 @@
 typedef struct nccl_ctx {
   ncclComm_t *comms;       /* (size) */
   cudaStream_t *streams;   /* (size) */
+  int own_streams;         /* created here (else the callers') */
   int *gpus;               /* (size) */
   float **scratch;         /* (size) one float per rank, for barrier() */
 } nccl_ctx;
@@ -48,7 +49,7 @@ static void free_ctx(nccl_ctx *x, int size) {
       ncclCommDestroy(x->comms[r]);
     if (x->gpus)
       cudaSetDevice(x->gpus[r]);
-    if (x->streams && x->streams[r])
+    if (x->own_streams && x->streams && x->streams[r])
       cudaStreamDestroy(x->streams[r]);
     if (x->scratch && x->scratch[r])
       cudaFree(x->scratch[r]);
@@ -73,7 +74,8 @@ static const td_comm_ops nccl_ops = {
     .destroy = nccl_destroy,
 };
 
-int td_comm_nccl_create(td_comm **out, int size, const int *gpus, td_error *err) {
+int td_comm_nccl_create(td_comm **out, int size, const int *gpus, void *const *streams,
+                        td_error *err) {
   *out = NULL;
   if (size < 1)
     return td_errorf(err, TD_EINVAL, "a communicator needs at least one rank");
@@ -102,8 +104,12 @@ int td_comm_nccl_create(td_comm **out, int size, const int *gpus, td_error *err)
     free(c);
     return td_errorf(err, TD_ENOMEM, "out of memory creating an NCCL communicator");
   }
-  for (int r = 0; r < size; r++)
+  for (int r = 0; r < size; r++) {
     x->gpus[r] = gpus[r];
+    if (streams)
+      x->streams[r] = (cudaStream_t)streams[r];
+  }
+  x->own_streams = !streams;
   int rc = TD_OK;
   ncclResult_t nr = ncclCommInitAll(x->comms, size, gpus);
   if (nr != ncclSuccess)
@@ -111,7 +117,8 @@ int td_comm_nccl_create(td_comm **out, int size, const int *gpus, td_error *err)
                    ncclGetErrorString(nr));
   for (int r = 0; r < size && !rc; r++) {
     if ((ce = cudaSetDevice(gpus[r])) != cudaSuccess ||
-        (ce = cudaStreamCreateWithFlags(&x->streams[r], cudaStreamNonBlocking)) != cudaSuccess ||
+        (!streams &&
+         (ce = cudaStreamCreateWithFlags(&x->streams[r], cudaStreamNonBlocking)) != cudaSuccess) ||
         (ce = cudaMalloc((void **)&x->scratch[r], sizeof(float))) != cudaSuccess)
       rc = td_errorf(err, TD_EBACKEND, "GPU %d: setting up the communicator's stream: %s",
                      gpus[r], cudaGetErrorString(ce));

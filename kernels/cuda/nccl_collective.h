@@ -11,10 +11,15 @@
 
 #include "collective.h"
 
-/* gpus: the CUDA device of each rank (size entries). A machine without a
- * usable GPU or driver gets TD_EUNSUPPORTED naming the CUDA call and its
- * message; an NCCL failure TD_EBACKEND naming the NCCL call. */
-int td_comm_nccl_create(td_comm **out, int size, const int *gpus, td_error *err);
+/* gpus: the CUDA device of each rank (size entries); streams: each rank's
+ * stream (cudaStream_t, kept by the caller: the stream its backend's ops
+ * run on, so that a collective orders with them and can be captured in
+ * the same graph), or NULL for streams of the communicator's own. A
+ * machine without a usable GPU or driver gets TD_EUNSUPPORTED naming the
+ * CUDA call and its message; an NCCL failure TD_EBACKEND naming the NCCL
+ * call. */
+int td_comm_nccl_create(td_comm **out, int size, const int *gpus, void *const *streams,
+                        td_error *err);
 /* The rank's stream (a cudaStream_t). */
 void *td_comm_nccl_stream(td_comm *c, int rank);
 
