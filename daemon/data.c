@@ -345,22 +345,55 @@ static int idx_payload(idx_file *f, unsigned char *buf, uint64_t len, const char
   return 0;
 }
 
+/* Opens an IDX pair and checks that they hold as many images as labels.
+ * On failure both are closed. */
+static int idx_open_pair(idx_file *im, idx_file *lb, const char *images_path,
+                         const char *labels_path, td_error *err) {
+  memset(lb, 0, sizeof *lb);
+  int rc = idx_open(im, images_path, 0, err);
+  if (!rc) rc = idx_open(lb, labels_path, 1, err);
+  if (!rc && im->count != lb->count)
+    rc = td_errorf(err, TD_EDATA, "'%s' holds %" PRIu64 " images but '%s' holds %" PRIu64 " labels",
+                   images_path, im->count, labels_path, lb->count);
+  if (rc) {
+    idx_close(lb);
+    idx_close(im);
+  }
+  return rc;
+}
+
+/* The examples a loader keeps of n: the first `limit` when limit > 0. */
+static uint64_t kept(uint64_t n, uint32_t limit) { return (limit > 0 && limit < n) ? limit : n; }
+
+/* n, dim, ndim and shape of ds from an opened images file. */
+static void idx_set_shape(const idx_file *im, uint64_t keep, td_dataset *ds) {
+  ds->n = (uint32_t)keep;
+  ds->dim = (uint32_t)im->per_item;
+  ds->ndim = im->ndims - 1;
+  for (uint32_t i = 0; i + 1 < im->ndims; i++) ds->shape[i] = im->dims[i + 1];
+}
+
+int td_idx_shape(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
+                 td_error *err) {
+  memset(ds, 0, sizeof *ds);
+  idx_file im, lb;
+  int rc = idx_open_pair(&im, &lb, images_path, labels_path, err);
+  if (rc) return rc;
+  idx_set_shape(&im, kept(im.count, limit), ds);
+  idx_close(&lb);
+  idx_close(&im);
+  return 0;
+}
+
 int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
                 td_error *err) {
   memset(ds, 0, sizeof *ds);
   idx_file im, lb;
   unsigned char *pix = NULL, *lab = NULL;
-  int rc = idx_open(&im, images_path, 0, err);
-  if (rc) goto done_im;
-  rc = idx_open(&lb, labels_path, 1, err);
-  if (rc) goto done;
-  if (im.count != lb.count) {
-    rc = td_errorf(err, TD_EDATA, "'%s' holds %" PRIu64 " images but '%s' holds %" PRIu64 " labels",
-                   images_path, im.count, labels_path, lb.count);
-    goto done;
-  }
+  int rc = idx_open_pair(&im, &lb, images_path, labels_path, err);
+  if (rc) return rc;
   const uint64_t n = im.count, dim = im.per_item;
-  const uint64_t keep = (limit > 0 && limit < n) ? limit : n;
+  const uint64_t keep = kept(n, limit);
   pix = malloc(n * dim);
   lab = malloc(n);
   ds->x = malloc(keep * dim * sizeof *ds->x);
@@ -383,15 +416,11 @@ int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit
     ds->y[i] = lab[i];
     if (lab[i] > max_label) max_label = lab[i];
   }
-  ds->n = (uint32_t)keep;
-  ds->dim = (uint32_t)dim;
-  ds->ndim = im.ndims - 1;
-  for (uint32_t i = 0; i + 1 < im.ndims; i++) ds->shape[i] = im.dims[i + 1];
+  idx_set_shape(&im, keep, ds);
   ds->max_label = max_label;
 
 done:
   idx_close(&lb);
-done_im:
   idx_close(&im);
   free(pix);
   free(lab);
@@ -501,8 +530,29 @@ static hid_t h5_select_rows(h5_dset *d, hsize_t keep) {
   return H5Screate_simple(d->rank, count, NULL);
 }
 
-static int hdf5_load(const char *path, const char *features, const char *labels, uint32_t limit,
-                     td_dataset *ds, td_error *err) {
+/* An HDF5 pair of features and labels, opened and checked as far as their
+ * headers go: shapes (features (N, ...), labels (N) or (N, 1), the same N),
+ * the kept rows and types. */
+typedef struct h5_pair {
+  hid_t fid;
+  h5_dset x, y;
+  uint64_t n, dim, keep;
+  int is_u8; /* uint8 features (else float32 or float64) */
+} h5_pair;
+
+static void h5_pair_close(h5_pair *p) {
+  h5_dset_close(&p->x);
+  h5_dset_close(&p->y);
+  if (p->fid >= 0) H5Fclose(p->fid);
+  p->fid = H5I_INVALID_HID;
+}
+
+/* Opens and checks the pair; on failure everything is closed again. */
+static int h5_pair_open(h5_pair *p, const char *path, const char *features, const char *labels,
+                        uint32_t limit, td_error *err) {
+  memset(p, 0, sizeof *p);
+  p->fid = p->x.id = p->x.space = p->x.type = H5I_INVALID_HID;
+  p->y = p->x;
   struct stat st;
   if (stat(path, &st) != 0)
     return td_errorf(err, errno == ENOENT ? TD_ENOTFOUND : TD_EIO, "cannot open HDF5 file '%s': %s",
@@ -514,75 +564,102 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   if (H5Fis_hdf5(path) <= 0) return td_errorf(err, TD_EDATA, "'%s' is not an HDF5 file", path);
 
   char detail[256], shape[128], tname[64];
-  hid_t fid = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (fid < 0) return td_errorf(err, TD_EIO, "H5Fopen failed on '%s': %s", path, h5_detail(detail));
-  h5_dset fx = {.id = H5I_INVALID_HID, .space = H5I_INVALID_HID, .type = H5I_INVALID_HID};
-  h5_dset fy = fx;
-  hid_t memx = H5I_INVALID_HID, memy = H5I_INVALID_HID;
-  unsigned char *u8 = NULL;
-  int64_t *lab = NULL;
-  int rc = h5_dset_open(fid, path, features, "features", &fx, err);
-  if (rc) goto done;
-  rc = h5_dset_open(fid, path, labels, "labels", &fy, err);
-  if (rc) goto done;
+  p->fid = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (p->fid < 0)
+    return td_errorf(err, TD_EIO, "H5Fopen failed on '%s': %s", path, h5_detail(detail));
+  h5_dset *fx = &p->x, *fy = &p->y;
+  int rc = h5_dset_open(p->fid, path, features, "features", fx, err);
+  if (rc) goto fail;
+  rc = h5_dset_open(p->fid, path, labels, "labels", fy, err);
+  if (rc) goto fail;
 
   /* Shapes: features (N, ...), labels (N) or (N, 1), the same N. */
-  format_shape(&fx, shape, sizeof shape);
-  if (fx.rank < 2 || fx.rank > 5) {
+  format_shape(fx, shape, sizeof shape);
+  if (fx->rank < 2 || fx->rank > 5) {
     rc = td_errorf(err, TD_EDATA,
                    "'%s': features '%s' have shape %s; expected (N, ...) with 1 to 4 dimensions "
                    "per example",
                    path, features, shape);
-    goto done;
+    goto fail;
   }
   uint64_t dim = 1; /* saturates just above MAX_VALUES, so it cannot overflow */
-  for (int i = 1; i < fx.rank; i++)
-    dim = fx.dims[i] > MAX_VALUES || dim * fx.dims[i] > MAX_VALUES ? MAX_VALUES + 1
-                                                                   : dim * fx.dims[i];
-  const uint64_t n = fx.dims[0];
+  for (int i = 1; i < fx->rank; i++)
+    dim = fx->dims[i] > MAX_VALUES || dim * fx->dims[i] > MAX_VALUES ? MAX_VALUES + 1
+                                                                     : dim * fx->dims[i];
+  const uint64_t n = fx->dims[0];
   if (n == 0 || dim == 0) {
     rc = td_errorf(err, TD_EDATA, "'%s': features '%s' have shape %s and hold no values", path,
                    features, shape);
-    goto done;
+    goto fail;
   }
-  format_shape(&fy, shape, sizeof shape);
-  if (!(fy.rank == 1 || (fy.rank == 2 && fy.dims[1] == 1))) {
+  format_shape(fy, shape, sizeof shape);
+  if (!(fy->rank == 1 || (fy->rank == 2 && fy->dims[1] == 1))) {
     rc = td_errorf(err, TD_EDATA, "'%s': labels '%s' have shape %s; expected (N) or (N, 1)", path,
                    labels, shape);
-    goto done;
+    goto fail;
   }
-  if (fy.dims[0] != n) {
+  if (fy->dims[0] != n) {
     rc = td_errorf(err, TD_EDATA,
                    "'%s': features '%s' hold %" PRIu64 " examples but labels '%s' hold %llu", path,
-                   features, n, labels, (unsigned long long)fy.dims[0]);
-    goto done;
+                   features, n, labels, (unsigned long long)fy->dims[0]);
+    goto fail;
   }
-  const uint64_t keep = (limit > 0 && limit < n) ? limit : n;
+  const uint64_t keep = kept(n, limit);
   if (keep > UINT32_MAX || keep * dim > MAX_VALUES) {
     rc = td_errorf(err, TD_EDATA,
                    "'%s': features '%s' hold %" PRIu64 " x %" PRIu64
                    " values, more than the 2^31 this loader accepts",
                    path, features, keep, dim);
-    goto done;
+    goto fail;
   }
 
   /* Types: uint8, float32 or float64 features; integer labels. */
-  const H5T_class_t cx = H5Tget_class(fx.type);
-  const size_t sx = H5Tget_size(fx.type);
-  const int is_u8 = cx == H5T_INTEGER && sx == 1 && H5Tget_sign(fx.type) == H5T_SGN_NONE;
-  if (!is_u8 && !(cx == H5T_FLOAT && (sx == 4 || sx == 8))) {
-    h5_type_name(fx.type, tname, sizeof tname);
+  const H5T_class_t cx = H5Tget_class(fx->type);
+  const size_t sx = H5Tget_size(fx->type);
+  p->is_u8 = cx == H5T_INTEGER && sx == 1 && H5Tget_sign(fx->type) == H5T_SGN_NONE;
+  if (!p->is_u8 && !(cx == H5T_FLOAT && (sx == 4 || sx == 8))) {
+    h5_type_name(fx->type, tname, sizeof tname);
     rc = td_errorf(err, TD_EDATA,
                    "'%s': features '%s' have type %s; expected uint8, float32 or float64", path,
                    features, tname);
-    goto done;
+    goto fail;
   }
-  if (H5Tget_class(fy.type) != H5T_INTEGER) {
-    h5_type_name(fy.type, tname, sizeof tname);
+  if (H5Tget_class(fy->type) != H5T_INTEGER) {
+    h5_type_name(fy->type, tname, sizeof tname);
     rc = td_errorf(err, TD_EDATA, "'%s': labels '%s' have type %s; expected an integer type", path,
                    labels, tname);
-    goto done;
+    goto fail;
   }
+  p->n = n;
+  p->dim = dim;
+  p->keep = keep;
+  return 0;
+
+fail:
+  h5_pair_close(p);
+  return rc;
+}
+
+/* n, dim, ndim and shape of ds from an opened pair. */
+static void h5_set_shape(const h5_pair *p, td_dataset *ds) {
+  ds->n = (uint32_t)p->keep;
+  ds->dim = (uint32_t)p->dim;
+  ds->ndim = (uint32_t)p->x.rank - 1;
+  for (int i = 1; i < p->x.rank; i++) ds->shape[i - 1] = (uint32_t)p->x.dims[i];
+}
+
+static int hdf5_load(const char *path, const char *features, const char *labels, uint32_t limit,
+                     td_dataset *ds, td_error *err) {
+  h5_pair pr;
+  int rc = h5_pair_open(&pr, path, features, labels, limit, err);
+  if (rc) return rc;
+  char detail[256];
+  h5_dset *fx = &pr.x, *fy = &pr.y;
+  const uint64_t keep = pr.keep, dim = pr.dim;
+  const int is_u8 = pr.is_u8;
+  hid_t memx = H5I_INVALID_HID, memy = H5I_INVALID_HID;
+  unsigned char *u8 = NULL;
+  int64_t *lab = NULL;
 
   ds->x = malloc(keep * dim * sizeof *ds->x);
   ds->y = malloc(keep * sizeof *ds->y);
@@ -593,20 +670,20 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
                    (keep * dim * 4) >> 20);
     goto done;
   }
-  memx = h5_select_rows(&fx, keep);
-  memy = h5_select_rows(&fy, keep);
+  memx = h5_select_rows(fx, keep);
+  memy = h5_select_rows(fy, keep);
   if (memx < 0 || memy < 0) {
     rc = td_errorf(err, TD_EIO, "'%s': selecting the first %" PRIu64 " rows failed: %s", path, keep,
                    h5_detail(detail));
     goto done;
   }
-  if (H5Dread(fx.id, is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, memx, fx.space, H5P_DEFAULT,
+  if (H5Dread(fx->id, is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, memx, fx->space, H5P_DEFAULT,
               is_u8 ? (void *)u8 : (void *)ds->x) < 0) {
     rc = td_errorf(err, TD_EIO, "'%s': H5Dread of features '%s' failed: %s", path, features,
                    h5_detail(detail));
     goto done;
   }
-  if (H5Dread(fy.id, H5T_NATIVE_INT64, memy, fy.space, H5P_DEFAULT, lab) < 0) {
+  if (H5Dread(fy->id, H5T_NATIVE_INT64, memy, fy->space, H5P_DEFAULT, lab) < 0) {
     rc = td_errorf(err, TD_EIO, "'%s': H5Dread of labels '%s' failed: %s", path, labels,
                    h5_detail(detail));
     goto done;
@@ -638,18 +715,13 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
     ds->y[i] = (int32_t)lab[i];
     if (ds->y[i] > max_label) max_label = ds->y[i];
   }
-  ds->n = (uint32_t)keep;
-  ds->dim = (uint32_t)dim;
-  ds->ndim = (uint32_t)fx.rank - 1;
-  for (int i = 1; i < fx.rank; i++) ds->shape[i - 1] = (uint32_t)fx.dims[i];
+  h5_set_shape(&pr, ds);
   ds->max_label = max_label;
 
 done:
   if (memx >= 0) H5Sclose(memx);
   if (memy >= 0) H5Sclose(memy);
-  h5_dset_close(&fx);
-  h5_dset_close(&fy);
-  H5Fclose(fid);
+  h5_pair_close(&pr);
   free(u8);
   free(lab);
   return rc;
@@ -665,5 +737,22 @@ int td_hdf5_load(const char *path, const char *features, const char *labels, uin
   int rc = hdf5_load(path, features, labels, limit, ds, err);
   H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
   if (rc) td_dataset_free(ds);
+  return rc;
+}
+
+int td_hdf5_shape(const char *path, const char *features, const char *labels, uint32_t limit,
+                  td_dataset *ds, td_error *err) {
+  memset(ds, 0, sizeof *ds);
+  H5E_auto2_t old_fn = NULL;
+  void *old_data = NULL;
+  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  h5_pair pr;
+  int rc = h5_pair_open(&pr, path, features, labels, limit, err);
+  if (!rc) {
+    h5_set_shape(&pr, ds);
+    h5_pair_close(&pr);
+  }
+  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
   return rc;
 }

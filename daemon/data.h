@@ -57,6 +57,16 @@ int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit
 int td_hdf5_load(const char *path, const char *features, const char *labels, uint32_t limit,
                  td_dataset *ds, td_error *err);
 
+/* The shape of a dataset without loading it, from the files' headers: n
+ * (after `limit`, as the loader counts it), dim, ndim and shape of *ds, with
+ * the loader's checks of the headers (magic numbers, dimensions, equal
+ * example counts; for HDF5 also the types) but not of the data. x and y
+ * stay NULL and max_label 0. For sizing a job before it loads anything. */
+int td_idx_shape(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
+                 td_error *err);
+int td_hdf5_shape(const char *path, const char *features, const char *labels, uint32_t limit,
+                  td_dataset *ds, td_error *err);
+
 /* Copies the examples idx[0..count) into dst (count, dim) and, when labels is
  * not NULL, their labels into labels (count). Every idx[k] must be < ds->n.
  * Allocates nothing. */

@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "exporter.h"
+#include "footprint.h"
 #include "gpus.h"
 #include "health.h"
 #include "jobs.h"
@@ -911,6 +912,46 @@ static void on_watch_cancel(void *arg, td_rpc_call *call) {
 
 /* ---------------------------------------------------------- handlers */
 
+/* Whether a GPU job's buffers fit the free memory of the GPUs it would run
+ * on now: its devices.ids, else the first devices.count GPUs that no job of
+ * this daemon holds (those start_job would give it were they all free; an
+ * approximation when it has to wait). A GPU another job of this daemon
+ * holds is not checked: its free memory now is not what the job will find
+ * when it gets the GPU (were it still short then, the job fails at start
+ * naming the allocation). TD_ENOMEM (RESOURCE_EXHAUSTED) says what the job
+ * needs, what is free on which GPU, and what to change. */
+static int check_gpu_memory(td_server *s, const Traind__V1__JobSpec *spec,
+                            const td_trainer_opts *o, td_error *err) {
+  td_footprint f;
+  int rc = td_job_footprint(spec, o, &f, err);
+  if (rc)
+    return rc;
+  const Traind__V1__Devices *d = spec->devices;
+  int need = td_job_device_count(spec), seen = 0;
+  for (int i = 0; !rc && seen < need && i < s->n_gpus; i++) {
+    int gpu = i;
+    if (d->n_ids) {
+      if ((size_t)i >= d->n_ids)
+        break;
+      gpu = td_device_index(d->ids[i], "gpu");
+    } else if (s->gpu_owner[gpu]) {
+      continue;
+    }
+    seen++;
+    if (s->gpu_owner[gpu])
+      continue;
+    size_t free_bytes = 0, total_bytes = 0;
+    td_error qerr = {0};
+    if (td_gpu_memory(gpu, &free_bytes, &total_bytes, &qerr)) {
+      td_log_warn("cannot query GPU memory; not checking the job's size on it",
+                  "gpu=%d err=\"%s\"", gpu, qerr.msg);
+      continue;
+    }
+    rc = td_footprint_fits(&f, gpu, free_bytes, err);
+  }
+  return rc;
+}
+
 static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__SubmitJobRequest *req = (const void *)req_;
@@ -968,6 +1009,14 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   if (msg[0]) {
     td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
     return;
+  }
+  if (gpu) {
+    td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
+                         .n_data_roots = s->cfg->n_data_dirs};
+    if ((rc = check_gpu_memory(s, req->spec, &o, &err))) {
+      td_rpc_fail(call, td_grpc_status(rc), err.msg);
+      return;
+    }
   }
   /* The request belongs to the call: keep a copy of the spec. */
   size_t n = traind__v1__job_spec__get_packed_size(req->spec);

@@ -236,10 +236,16 @@ static int run_task(td_trainer *t, int (*fn)(td_trainer *t, int rank), td_error 
   }
   for (int r = 0; r < t->n_rep; r++)
     if (t->rep[r].rc) {
-      if (err)
+      td_backend *be = t->rep[r].be;
+      const char *why = be && be->ops->last_error ? be->ops->last_error(be) : "";
+      if (err) {
         *err = t->rep[r].err;
+        /* The library call and its message, which the code alone lacks. */
+        if (why[0] && !strstr(err->msg, why))
+          td_errorf(err, err->code, "%s: %s", t->rep[r].err.msg, why);
+      }
       if (t->n_rep > 1)
-        td_error_prefix(err, "device cpu:%d of %d", r, t->n_rep);
+        td_error_prefix(err, "device %s:%d of %d", be->host_memory ? "cpu" : "gpu", r, t->n_rep);
       return t->rep[r].rc;
     }
   return TD_OK;
@@ -285,8 +291,8 @@ static int step_body(td_replica *r) {
   const td_step_record *cur = r->cur;
   int rc = ops->step_begin(be, r->table, p->rec_bytes, r->counter, r->cur);
   if (rc)
-    return td_errorf(err, rc, "step: reading the step table failed");
-  if ((rc = ops->gather(be, r->train_x, r->train_y, t->train.dim,
+    rc = td_errorf(err, rc, "step: reading the step table failed");
+  if (!rc && (rc = ops->gather(be, r->train_x, r->train_y, t->train.dim,
                         r->order + (size_t)r->rank * t->shard, &cur->row0, t->shard,
                         a + p->in_off, (int32_t *)(a + p->labels_off))))
     rc = td_errorf(err, rc, "step: gather failed");
@@ -356,7 +362,9 @@ static int record_graphs(td_trainer *t, td_replica *r) {
 }
 
 /* The chunk t->task_first.. of t->task_count steps on one replica, then
- * the chunk's metrics read back. */
+ * the chunk's metrics read back. A replica that fails still joins the
+ * allreduces of the steps it did not run, so that the others never wait
+ * for it forever. */
 static int task_chunk(td_trainer *t, int rank) {
   td_replica *r = &t->rep[rank];
   td_backend *be = r->be;
@@ -364,28 +372,35 @@ static int task_chunk(td_trainer *t, int rank) {
   uint32_t left = t->task_count, first = t->task_first;
   int rc = ops->upload(be, r->counter, &first, sizeof first);
   if (rc)
-    return td_errorf(&r->err, rc, "step: setting the step counter failed");
-  if (t->record && !r->graph1 && r->warm && (rc = record_graphs(t, r)))
-    return rc;
+    td_errorf(&r->err, rc, "step: setting the step counter failed");
+  if (!rc && t->record && !r->graph1 && r->warm)
+    rc = record_graphs(t, r);
   while (left && !rc) {
     if (r->graphn && left >= t->graph_steps) {
-      rc = ops->graph_replay(be, r->graphn);
-      left -= t->graph_steps;
+      if (!(rc = ops->graph_replay(be, r->graphn)))
+        left -= t->graph_steps;
     } else if (r->graph1) {
-      rc = ops->graph_replay(be, r->graph1);
-      left--;
+      if (!(rc = ops->graph_replay(be, r->graph1)))
+        left--;
     } else {
+      /* A failed step has joined its allreduce already. */
       rc = step_body(r);
       r->warm = 1;
       left--;
+      continue;
     }
-    if (rc && r->graph1)
+    if (rc)
       td_errorf(&r->err, rc, "step: replaying the recorded step failed");
   }
+  if (rc) {
+    for (; left && t->n_rep > 1; left--)
+      t->comm->ops->allreduce(t->comm, rank, r->st->grads, t->plan->n_params, TD_REDUCE_MEAN);
+    return rc;
+  }
   size_t m = TD_STEP_METRICS;
-  if (!rc && (rc = ops->download(be, r->metrics_host + (size_t)first * m,
-                                 r->metrics + (size_t)first * m,
-                                 (size_t)t->task_count * m * sizeof(float))))
+  if ((rc = ops->download(be, r->metrics_host + (size_t)first * m,
+                          r->metrics + (size_t)first * m,
+                          (size_t)t->task_count * m * sizeof(float))))
     rc = td_errorf(&r->err, rc, "step: reading the metrics failed");
   return rc;
 }

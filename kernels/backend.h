@@ -189,6 +189,11 @@ typedef struct td_backend_ops {
   int (*graph_record)(td_backend *be, int (*body)(void *arg), void *arg, void **graph);
   int (*graph_replay)(td_backend *be, void *graph);
   void (*graph_free)(td_backend *be, void *graph);
+
+  /* Optional: the last failure of this backend's ops as one line, naming
+   * the library call and its message ("" when none has failed); the
+   * interface's return codes have no room for it. */
+  const char *(*last_error)(td_backend *be);
 } td_backend_ops;
 
 struct td_backend {

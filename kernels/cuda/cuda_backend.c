@@ -462,6 +462,7 @@ static const td_backend_ops cuda_ops = {
     .graph_record = cuda_graph_record,
     .graph_replay = cuda_graph_replay,
     .graph_free = cuda_graph_free,
+    .last_error = td_cuda_backend_last_error,
 };
 
 /* The GPU count, or TD_EUNSUPPORTED with the reason in err. */
