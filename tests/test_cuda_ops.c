@@ -7,11 +7,19 @@
  * With a GPU (CTest label gpu): every op of the backend table on fresh
  * random inputs of several shapes (odd sizes, all four gemm transposes,
  * padded leading dimensions, aliased outputs) against the CPU backend at
- * explicit tolerances:
- *   bitwise      fill, copy, gather, mul, dropout (mask and output), the
- *                bias add, relu, the derivatives taken from y, the squared
- *                error's gradient; the optimizer pass is checked at 1e-6
- *                relative but rounds identically by construction
+ * explicit tolerances; indices, offsets, dropout keys, optimizer scalars,
+ * norms and guards in device memory, as a recorded step reads them:
+ *   bitwise      fill, copy, gather (also at an offset read from device
+ *                memory), mul, dropout (mask and output), the bias add,
+ *                relu, the derivatives taken from y, the squared error's
+ *                gradient, step_begin and record (against the table and
+ *                slots as written), the shuffle (against
+ *                td_prng_permutation: 0 to 3 rounds, n up to 3000000), the
+ *                optimizer's clip (against the clip factor written out)
+ *                and its guard (a NaN or infinite norm leaves p, g, s1, s2
+ *                as they were, on both backends); the optimizer pass is
+ *                checked at 1e-6 relative but rounds identically by
+ *                construction
  *   1e-5         gemm, relative to sum |alpha a_ik b_kj| + |beta c_ij| (the
  *                error bound of any summation order; TF32 would miss it)
  *   1e-6         activations and the GELU derivatives, relative to the
@@ -23,7 +31,12 @@
  *                scales), the sum of squares, softmax gradients (through
  *                the row's sum; relative to max(|want|, grad_scale)); hit
  *                counts exact
- * plus: alloc returns zeroed memory, download orders after queued work,
+ * plus: a small step (step_begin, gather at the record's offset, dropout
+ * with the record's key, gemm, sum of squares, record) recorded as a
+ * one-step and a three-step graph, replayed 10 steps' worth, equals the
+ * same ops run 10 times op by op, every buffer bit for bit, and recording
+ * alone runs nothing;
+ * alloc returns zeroed memory, download orders after queued work,
  * reductions give the same bits twice, bad arguments and a failing cuBLAS
  * call come back as errors with the call named, and a kernel that faults on
  * a bad pointer is reported as an error (in a child process, since a fault
@@ -250,12 +263,12 @@ static void check_fill_copy_mul(void) {
 
 static void check_gather(void) {
   const size_t dims[] = {1, 37, 784, 4};
-  enum { ROWS = 1001, COUNT = 300 };
+  enum { ROWS = 1001, COUNT = 300, OFF = 10 };
   for (size_t t = 0; t < sizeof dims / sizeof *dims; t++) {
     size_t dim = dims[t];
     float *src = hmalloc(ROWS * dim), *want = hmalloc(COUNT * dim), *got = hmalloc(COUNT * dim);
     int32_t labels[ROWS], want_l[COUNT], got_l[COUNT];
-    uint32_t idx[COUNT], bits[COUNT];
+    uint32_t idx[COUNT], idx2[COUNT], bits[COUNT];
     randn(src, ROWS * dim, 1.0f);
     rand_labels(labels, ROWS, 10);
     td_prng_bits(td_prng_fold_in(td_prng_key(7), draws++), bits, COUNT);
@@ -263,22 +276,25 @@ static void check_gather(void) {
       idx[i] = bits[i] % ROWS; /* with repeats */
     idx[0] = 0;
     idx[COUNT - 1] = ROWS - 1;
-    C->gather(cpu, src, labels, dim, idx, COUNT, want, want_l);
+    for (int i = 0; i < COUNT; i++)
+      idx2[i] = (uint32_t)(ROWS - 1 - i);
+    C->gather(cpu, src, labels, dim, idx, NULL, COUNT, want, want_l);
+    /* The indices and the offset live in device memory. */
+    const uint32_t off = OFF;
     float *dsrc = gput(src, ROWS * dim * sizeof(float));
     int32_t *dl = gput(labels, sizeof labels);
+    uint32_t *didx = gput(idx, sizeof idx), *didx2 = gput(idx2, sizeof idx2);
+    uint32_t *doff = gput(&off, sizeof off);
     float *dst = G->alloc(gpu, COUNT * dim * sizeof(float));
     int32_t *dstl = G->alloc(gpu, sizeof got_l);
-    if (dsrc && dl && dst && dstl) {
-      CHECK_OK(G->gather(gpu, dsrc, dl, dim, idx, COUNT, dst, dstl));
-      /* The staging buffer is reused at once: a second gather of other
-       * rows must not disturb the first's indices. */
-      uint32_t idx2[COUNT];
-      for (int i = 0; i < COUNT; i++)
-        idx2[i] = (uint32_t)(ROWS - 1 - i);
+    if (dsrc && dl && didx && didx2 && doff && dst && dstl) {
+      CHECK_OK(G->gather(gpu, dsrc, dl, dim, didx, NULL, COUNT, dst, dstl));
+      /* A second gather of other rows, queued at once, into other buffers:
+       * it must not disturb the first's result. */
       float *dst2 = G->alloc(gpu, COUNT * dim * sizeof(float));
       int32_t *dst2l = G->alloc(gpu, sizeof got_l);
       if (dst2 && dst2l)
-        CHECK_OK(G->gather(gpu, dsrc, dl, dim, idx2, COUNT, dst2, dst2l));
+        CHECK_OK(G->gather(gpu, dsrc, dl, dim, didx2, NULL, COUNT, dst2, dst2l));
       gget(got, dst, COUNT * dim * sizeof(float));
       gget(got_l, dstl, sizeof got_l);
       char label[64];
@@ -286,7 +302,7 @@ static void check_gather(void) {
       CHECK_BITS(label, got, want, COUNT * dim);
       CHECK(memcmp(got_l, want_l, sizeof got_l) == 0, "%s: labels differ", label);
       if (dst2 && dst2l) {
-        C->gather(cpu, src, labels, dim, idx2, COUNT, want, want_l);
+        C->gather(cpu, src, labels, dim, idx2, NULL, COUNT, want, want_l);
         gget(got, dst2, COUNT * dim * sizeof(float));
         gget(got_l, dst2l, sizeof got_l);
         CHECK_BITS("second gather", got, want, COUNT * dim);
@@ -296,13 +312,37 @@ static void check_gather(void) {
       gfree(dst2l);
       /* A dataset offset by rows, as evaluation reads it (odd offset:
        * the rows are no longer 16-byte aligned). */
-      CHECK_OK(G->gather(gpu, dsrc + 3 * dim, dl + 3, dim, idx2 + 10, COUNT - 10, dst, dstl));
-      C->gather(cpu, src + 3 * dim, labels + 3, dim, idx2 + 10, COUNT - 10, want, want_l);
-      gget(got, dst, (COUNT - 10) * dim * sizeof(float));
-      CHECK_BITS("gather from an offset dataset", got, want, (COUNT - 10) * dim);
+      CHECK_OK(G->gather(gpu, dsrc + 3 * dim, dl + 3, dim, didx2 + OFF, NULL, COUNT - OFF, dst,
+                         dstl));
+      C->gather(cpu, src + 3 * dim, labels + 3, dim, idx2 + OFF, NULL, COUNT - OFF, want,
+                want_l);
+      gget(got, dst, (COUNT - OFF) * dim * sizeof(float));
+      CHECK_BITS("gather from an offset dataset", got, want, (COUNT - OFF) * dim);
+      /* The place in the order read from device memory, as a step reads
+       * its batch's row0 from its record: rows idx[*off + i]. The CPU
+       * reference takes the same offset from host memory, and must equal
+       * the rows at idx + off. */
+      memset(got_l, 0xff, sizeof got_l);
+      CHECK_OK(G->fill(gpu, dst, COUNT * dim, -1.0f));
+      CHECK_OK(G->gather(gpu, dsrc, dl, dim, didx, doff, COUNT - OFF, dst, dstl));
+      C->gather(cpu, src, labels, dim, idx, &off, COUNT - OFF, want, want_l);
+      float *direct = hmalloc(COUNT * dim);
+      int32_t direct_l[COUNT];
+      C->gather(cpu, src, labels, dim, idx + OFF, NULL, COUNT - OFF, direct, direct_l);
+      CHECK_BITS("CPU gather at an offset", want, direct, (COUNT - OFF) * dim);
+      gget(got, dst, (COUNT - OFF) * dim * sizeof(float));
+      gget(got_l, dstl, (COUNT - OFF) * sizeof(int32_t));
+      snprintf(label, sizeof label, "gather at a device offset (dim %zu)", dim);
+      CHECK_BITS(label, got, want, (COUNT - OFF) * dim);
+      CHECK(memcmp(got_l, want_l, (COUNT - OFF) * sizeof(int32_t)) == 0, "%s: labels differ",
+            label);
+      free(direct);
     }
     gfree(dsrc);
     gfree(dl);
+    gfree(didx);
+    gfree(didx2);
+    gfree(doff);
     gfree(dst);
     gfree(dstl);
     free(src);
@@ -641,11 +681,15 @@ static void check_dropout(void) {
   randn(x, N, 1.0f);
   float *dx = gput(x, N * sizeof(float));
   float *dm = G->alloc(gpu, N * sizeof(float)), *dy = G->alloc(gpu, N * sizeof(float));
-  for (size_t f = 0; f < sizeof firsts / sizeof *firsts && dx && dm && dy; f++)
+  /* The key's two words live in backend memory: host memory for the CPU,
+   * a device buffer for the GPU. */
+  uint32_t *dkey = G->alloc(gpu, 2 * sizeof(uint32_t));
+  for (size_t f = 0; f < sizeof firsts / sizeof *firsts && dx && dm && dy && dkey; f++)
     for (size_t r = 0; r < sizeof rates / sizeof *rates; r++) {
       td_key key = td_prng_fold_in(td_prng_key(99), (uint32_t)(f * 10 + r));
-      C->dropout_fwd(cpu, N, firsts[f], rates[r], key.k[0], key.k[1], x, mc, yc);
-      CHECK_OK(G->dropout_fwd(gpu, N, firsts[f], rates[r], key.k[0], key.k[1], dx, dm, dy));
+      C->dropout_fwd(cpu, N, firsts[f], rates[r], key.k, x, mc, yc);
+      CHECK_OK(G->upload(gpu, dkey, key.k, sizeof key.k));
+      CHECK_OK(G->dropout_fwd(gpu, N, firsts[f], rates[r], dkey, dx, dm, dy));
       gget(mg, dm, N * sizeof(float));
       gget(yg, dy, N * sizeof(float));
       char label[96];
@@ -655,15 +699,18 @@ static void check_dropout(void) {
       CHECK_BITS(label, yg, yc, N);
     }
   /* In place (y = x), on a size that is no multiple of anything. */
-  if (dx && dm) {
-    C->dropout_fwd(cpu, 12345, 17, 0.5f, 1, 2, x, mc, yc);
-    CHECK_OK(G->dropout_fwd(gpu, 12345, 17, 0.5f, 1, 2, dx, dm, dx));
+  if (dx && dm && dkey) {
+    const uint32_t k12[2] = {1, 2};
+    C->dropout_fwd(cpu, 12345, 17, 0.5f, k12, x, mc, yc);
+    CHECK_OK(G->upload(gpu, dkey, k12, sizeof k12));
+    CHECK_OK(G->dropout_fwd(gpu, 12345, 17, 0.5f, dkey, dx, dm, dx));
     gget(yg, dx, 12345 * sizeof(float));
     CHECK_BITS("dropout in place", yg, yc, 12345);
   }
   gfree(dx);
   gfree(dm);
   gfree(dy);
+  gfree(dkey);
   free(x);
   free(mc);
   free(yc);
@@ -700,23 +747,62 @@ static void check_sumsq(void) {
 
 /* ------------------------------------------------------------ optimizer */
 
+/* A pass's fixed part with the test's hyperparameters. */
+static td_opt_pass test_pass(td_opt_kind kind, int apply, int nesterov) {
+  td_opt_pass a = {
+      .kind = kind,
+      .apply = apply,
+      .nesterov = nesterov,
+      .wd = 1e-4f,
+      .b1 = 0.9f,
+      .b2 = 0.999f,
+      .eps = 1e-8f,
+      .eps_root = 1e-12f,
+      .momentum = 0.9f,
+  };
+  return a;
+}
+
+/* The scalars of update `step` (1-based): in_scale 0.75 without a clip. */
+static td_opt_scalars test_scalars(int step) {
+  td_opt_scalars s = {
+      .pre = 0.75,
+      .post = 1.0,
+      .mid_scale = -1e-3f,
+      .out_scale = 1.5f,
+      .bc1 = (float)(1.0 - pow(0.9, step)),
+      .bc2 = (float)(1.0 - pow(0.999, step)),
+  };
+  return s;
+}
+
+static const struct {
+  td_opt_kind kind;
+  int nesterov;
+  const char *name;
+} opt_kinds[] = {{TD_OPT_ADAM, 0, "adam"},
+                 {TD_OPT_TRACE, 0, "trace"},
+                 {TD_OPT_TRACE, 1, "trace nesterov"},
+                 {TD_OPT_IDENTITY, 0, "identity"}};
+#define N_OPT_KINDS (sizeof opt_kinds / sizeof *opt_kinds)
+
+/* Every kind, updating the gradient or applying, over three steps with the
+ * step's scalars in device memory. The applying passes get a finite guard
+ * (which must let them run), the others none. */
 static void check_opt_pass(void) {
   enum { N = 100003, STEPS = 3 };
-  const struct {
-    td_opt_kind kind;
-    int nesterov;
-    const char *name;
-  } kinds[] = {{TD_OPT_ADAM, 0, "adam"},
-               {TD_OPT_TRACE, 0, "trace"},
-               {TD_OPT_TRACE, 1, "trace nesterov"},
-               {TD_OPT_IDENTITY, 0, "identity"}};
   float *p = hmalloc(N), *g = hmalloc(N), *s1 = hmalloc(N), *s2 = hmalloc(N);
-  float *got = hmalloc(N);
+  float *got = hmalloc(N), *p0 = hmalloc(N);
   float *dp = G->alloc(gpu, N * sizeof(float)), *dg = G->alloc(gpu, N * sizeof(float));
   float *ds1 = G->alloc(gpu, N * sizeof(float)), *ds2 = G->alloc(gpu, N * sizeof(float));
-  for (size_t k = 0; k < sizeof kinds / sizeof *kinds && dp && dg && ds1 && ds2; k++)
+  td_opt_scalars *dsc = G->alloc(gpu, sizeof *dsc);
+  const float guard = 5.0f;
+  float *dguard = gput(&guard, sizeof guard);
+  const int ok = dp && dg && ds1 && ds2 && dsc && dguard;
+  for (size_t k = 0; k < N_OPT_KINDS && ok; k++)
     for (int apply = 0; apply < 2; apply++) {
       randn(p, N, 0.1f);
+      memcpy(p0, p, N * sizeof(float));
       memset(s1, 0, N * sizeof(float));
       memset(s2, 0, N * sizeof(float));
       CHECK_OK(G->upload(gpu, dp, p, N * sizeof(float)));
@@ -725,38 +811,29 @@ static void check_opt_pass(void) {
       for (int step = 1; step <= STEPS; step++) {
         randn(g, N, 0.01f);
         CHECK_OK(G->upload(gpu, dg, g, N * sizeof(float)));
-        td_opt_pass a = {
-            .kind = kinds[k].kind,
-            .apply = apply,
-            .nesterov = kinds[k].nesterov,
-            .in_scale = 0.75f,
-            .mid_scale = -1e-3f,
-            .wd = 1e-4f,
-            .out_scale = 1.5f,
-            .b1 = 0.9f,
-            .b2 = 0.999f,
-            .eps = 1e-8f,
-            .eps_root = 1e-12f,
-            .bc1 = (float)(1.0 - pow(0.9, step)),
-            .bc2 = (float)(1.0 - pow(0.999, step)),
-            .momentum = 0.9f,
-        };
+        const td_opt_pass a = test_pass(opt_kinds[k].kind, apply, opt_kinds[k].nesterov);
+        const td_opt_scalars sc = test_scalars(step);
+        CHECK_OK(G->upload(gpu, dsc, &sc, sizeof sc));
         const int need2 = a.kind == TD_OPT_ADAM, need1 = a.kind != TD_OPT_IDENTITY;
-        C->opt_pass(cpu, &a, N, p, g, need1 ? s1 : NULL, need2 ? s2 : NULL);
-        CHECK_OK(G->opt_pass(gpu, &a, N, dp, dg, need1 ? ds1 : NULL, need2 ? ds2 : NULL));
+        C->opt_pass(cpu, &a, &sc, NULL, apply ? &guard : NULL, N, p, g, need1 ? s1 : NULL,
+                    need2 ? s2 : NULL);
+        CHECK_OK(G->opt_pass(gpu, &a, dsc, NULL, apply ? dguard : NULL, N, dp, dg,
+                             need1 ? ds1 : NULL, need2 ? ds2 : NULL));
       }
       char label[96];
-      snprintf(label, sizeof label, "opt_pass %s (apply %d): p", kinds[k].name, apply);
+      snprintf(label, sizeof label, "opt_pass %s (apply %d): p", opt_kinds[k].name, apply);
+      if (apply)
+        CHECK(bitdiff(p, p0, N) > N / 2, "%s: the finite guard kept the update out", label);
       gget(got, dp, N * sizeof(float));
       CHECK_ARRAY(label, got, p, N, 1e-6, 1e-30);
       label[strlen(label) - 1] = 'g';
       gget(got, dg, N * sizeof(float));
       CHECK_ARRAY(label, got, g, N, 1e-6, 1e-30);
-      if (kinds[k].kind != TD_OPT_IDENTITY) {
+      if (opt_kinds[k].kind != TD_OPT_IDENTITY) {
         gget(got, ds1, N * sizeof(float));
         CHECK_ARRAY("opt_pass s1", got, s1, N, 1e-6, 1e-30);
       }
-      if (kinds[k].kind == TD_OPT_ADAM) {
+      if (opt_kinds[k].kind == TD_OPT_ADAM) {
         gget(got, ds2, N * sizeof(float));
         CHECK_ARRAY("opt_pass s2", got, s2, N, 1e-6, 1e-30);
       }
@@ -765,11 +842,509 @@ static void check_opt_pass(void) {
   gfree(dg);
   gfree(ds1);
   gfree(ds2);
+  gfree(dsc);
+  gfree(dguard);
   free(p);
   free(g);
   free(s1);
   free(s2);
   free(got);
+  free(p0);
+}
+
+/* The clip inside a pass, from the squared norm in backend memory: optax's
+ * clip_by_global_norm(clip_norm) of the updates scaled by pre, then post.
+ * With an identity pass that only scales (mid 1, out 1, no decay) the
+ * result is in_scale * g exactly, in_scale from the formula written out
+ * here; and the clipped updates' norm is clip_norm when the norm was above
+ * it, the norm itself when below. Then clip + adamw over three steps, the
+ * GPU against the CPU. */
+static void check_opt_clip(void) {
+  enum { N = 100003, STEPS = 3 };
+  const double clips[] = {1.0, 10.0}; /* below and above |pre| times the norm (about 2.4) */
+  const double pres[] = {0.75, -0.75};
+  float *p = hmalloc(N), *g = hmalloc(N), *gc = hmalloc(N), *got = hmalloc(N),
+        *want = hmalloc(N), *s1 = hmalloc(N), *s2 = hmalloc(N);
+  randn(p, N, 0.1f);
+  randn(g, N, 0.01f);
+  double sq = 0.0;
+  for (size_t i = 0; i < N; i++)
+    sq += (double)g[i] * g[i];
+  float norm_sq = (float)sq;
+  float *dp = gput(p, N * sizeof(float)), *dg = G->alloc(gpu, N * sizeof(float));
+  float *dnorm = gput(&norm_sq, sizeof norm_sq);
+  float *ds1 = G->alloc(gpu, N * sizeof(float)), *ds2 = G->alloc(gpu, N * sizeof(float));
+  td_opt_scalars *dsc = G->alloc(gpu, sizeof *dsc);
+  if (!dp || !dg || !dnorm || !ds1 || !ds2 || !dsc)
+    goto done;
+  for (size_t c = 0; c < sizeof clips / sizeof *clips; c++)
+    for (size_t s = 0; s < sizeof pres / sizeof *pres; s++) {
+      const td_opt_pass a = {.kind = TD_OPT_IDENTITY, .clip = 1, .clip_norm = clips[c]};
+      const td_opt_scalars sc = {
+          .pre = pres[s], .post = 2.0, .mid_scale = 1.0f, .out_scale = 1.0f, .bc1 = 1.0f,
+          .bc2 = 1.0f};
+      const double norm = fabs(sc.pre) * sqrt((double)norm_sq);
+      CHECK(c == 0 ? norm > clips[c] : norm < clips[c],
+            "clip test: |pre| * norm %.6g is on the wrong side of %g", norm, clips[c]);
+      const double factor = norm < a.clip_norm ? 1.0 : a.clip_norm / norm;
+      const float scale = (float)(sc.pre * factor * sc.post);
+      char label[96];
+      snprintf(label, sizeof label, "clip to %g of %.4g (pre %g)", clips[c], norm, sc.pre);
+      CHECK(td_opt_in_scale(&a, &sc, norm_sq) == scale, "%s: td_opt_in_scale %.9g, want %.9g",
+            label, (double)td_opt_in_scale(&a, &sc, norm_sq), (double)scale);
+      for (size_t i = 0; i < N; i++)
+        want[i] = scale * g[i];
+      memcpy(gc, g, N * sizeof(float));
+      C->opt_pass(cpu, &a, &sc, &norm_sq, NULL, N, p, gc, NULL, NULL);
+      CHECK_BITS(label, gc, want, N);
+      CHECK_OK(G->upload(gpu, dg, g, N * sizeof(float)));
+      CHECK_OK(G->upload(gpu, dsc, &sc, sizeof sc));
+      CHECK_OK(G->opt_pass(gpu, &a, dsc, dnorm, NULL, N, dp, dg, NULL, NULL));
+      gget(got, dg, N * sizeof(float));
+      CHECK_BITS(label, got, want, N);
+      double out = 0.0;
+      for (size_t i = 0; i < N; i++)
+        out += (double)want[i] * want[i];
+      out = sqrt(out) / fabs(sc.post);
+      const double expect = norm < clips[c] ? norm : clips[c];
+      CHECK(td_relerr(out, expect, 1e-30) < 1e-6, "%s: the clipped norm is %.9g, want %.9g",
+            label, out, expect);
+    }
+
+  /* clip_by_global_norm(1) + adamw, three steps, each with its gradients'
+   * squared norm; the clip is active (the norm is about 3). */
+  memset(s1, 0, N * sizeof(float));
+  memset(s2, 0, N * sizeof(float));
+  CHECK_OK(G->upload(gpu, dp, p, N * sizeof(float)));
+  CHECK_OK(G->fill(gpu, ds1, N, 0.0f));
+  CHECK_OK(G->fill(gpu, ds2, N, 0.0f));
+  for (int step = 1; step <= STEPS; step++) {
+    randn(g, N, 0.01f);
+    sq = 0.0;
+    for (size_t i = 0; i < N; i++)
+      sq += (double)g[i] * g[i];
+    norm_sq = (float)sq;
+    td_opt_pass a = test_pass(TD_OPT_ADAM, 1, 0);
+    a.clip = 1;
+    a.clip_norm = 1.0;
+    td_opt_scalars sc = test_scalars(step);
+    sc.pre = 1.0;
+    CHECK_OK(G->upload(gpu, dg, g, N * sizeof(float)));
+    CHECK_OK(G->upload(gpu, dnorm, &norm_sq, sizeof norm_sq));
+    CHECK_OK(G->upload(gpu, dsc, &sc, sizeof sc));
+    C->opt_pass(cpu, &a, &sc, &norm_sq, &norm_sq, N, p, g, s1, s2);
+    CHECK_OK(G->opt_pass(gpu, &a, dsc, dnorm, dnorm, N, dp, dg, ds1, ds2));
+  }
+  gget(got, dp, N * sizeof(float));
+  CHECK_ARRAY("clip + adamw: p", got, p, N, 1e-6, 1e-30);
+  gget(got, ds1, N * sizeof(float));
+  CHECK_ARRAY("clip + adamw: s1", got, s1, N, 1e-6, 1e-30);
+  gget(got, ds2, N * sizeof(float));
+  CHECK_ARRAY("clip + adamw: s2", got, s2, N, 1e-6, 1e-30);
+done:
+  gfree(dp);
+  gfree(dg);
+  gfree(dnorm);
+  gfree(ds1);
+  gfree(ds2);
+  gfree(dsc);
+  free(p);
+  free(g);
+  free(gc);
+  free(got);
+  free(want);
+  free(s1);
+  free(s2);
+}
+
+/* A non-finite guard (the step's squared gradient norm) leaves p, g, s1
+ * and s2 bitwise as they were, on both backends, for every kind, with and
+ * without apply, with a clip that reads the same non-finite norm. */
+static void check_opt_guard(void) {
+  enum { N = 4099 };
+  const float guards[] = {NAN, INFINITY, -INFINITY};
+  float *h[4], *h0[4], *got = hmalloc(N);
+  float *d[4] = {NULL, NULL, NULL, NULL};
+  for (int b = 0; b < 4; b++) {
+    h[b] = hmalloc(N);
+    h0[b] = hmalloc(N);
+    d[b] = G->alloc(gpu, N * sizeof(float));
+  }
+  td_opt_scalars *dsc = G->alloc(gpu, sizeof *dsc);
+  float *dguard = G->alloc(gpu, sizeof(float));
+  static const char *const names[4] = {"p", "g", "s1", "s2"};
+  for (size_t k = 0; k < N_OPT_KINDS && d[0] && d[1] && d[2] && d[3] && dsc && dguard; k++)
+    for (int apply = 0; apply < 2; apply++)
+      for (size_t gi = 0; gi < sizeof guards / sizeof *guards; gi++) {
+        for (int b = 0; b < 4; b++) {
+          randn(h[b], N, 0.1f);
+          if (b == 3)
+            for (size_t i = 0; i < N; i++)
+              h[b][i] = fabsf(h[b][i]); /* a second moment */
+          memcpy(h0[b], h[b], N * sizeof(float));
+          CHECK_OK(G->upload(gpu, d[b], h[b], N * sizeof(float)));
+        }
+        td_opt_pass a = test_pass(opt_kinds[k].kind, apply, opt_kinds[k].nesterov);
+        a.clip = 1;
+        a.clip_norm = 1.0;
+        const td_opt_scalars sc = test_scalars(2);
+        const float gv = guards[gi];
+        CHECK_OK(G->upload(gpu, dsc, &sc, sizeof sc));
+        CHECK_OK(G->upload(gpu, dguard, &gv, sizeof gv));
+        C->opt_pass(cpu, &a, &sc, &gv, &gv, N, h[0], h[1], h[2], h[3]);
+        CHECK_OK(G->opt_pass(gpu, &a, dsc, dguard, dguard, N, d[0], d[1], d[2], d[3]));
+        for (int b = 0; b < 4; b++) {
+          char label[96];
+          snprintf(label, sizeof label, "guard %g, %s (apply %d): CPU %s", (double)gv,
+                   opt_kinds[k].name, apply, names[b]);
+          CHECK_BITS(label, h[b], h0[b], N);
+          gget(got, d[b], N * sizeof(float));
+          snprintf(label, sizeof label, "guard %g, %s (apply %d): GPU %s", (double)gv,
+                   opt_kinds[k].name, apply, names[b]);
+          CHECK_BITS(label, got, h0[b], N);
+        }
+      }
+  for (int b = 0; b < 4; b++) {
+    gfree(d[b]);
+    free(h[b]);
+    free(h0[b]);
+  }
+  gfree(dsc);
+  gfree(dguard);
+  free(got);
+}
+
+/* ------------------------------------------------------------- step table */
+
+/* step_begin copies record *counter of the table to cur and moves the
+ * counter on, all in device memory: records of several sizes (one word to
+ * more than a block's threads move at once), from the first record and
+ * from the middle, read back after each call and after two calls queued
+ * back to back (the second must see the first's counter). The CPU backend
+ * does the same on host memory. */
+static void check_step_begin(void) {
+  const size_t rec_words[] = {1, 3, 10, 250};
+  enum { RECS = 9 };
+  for (size_t w = 0; w < sizeof rec_words / sizeof *rec_words; w++) {
+    const size_t words = rec_words[w], rec_bytes = words * sizeof(uint32_t);
+    uint32_t *table = malloc(RECS * rec_bytes), *cur = malloc(rec_bytes),
+             *cpu_cur = malloc(rec_bytes);
+    td_prng_bits(td_prng_fold_in(td_prng_key(31), draws++), table, RECS * words);
+    uint32_t *dtable = gput(table, RECS * rec_bytes), *dcur = G->alloc(gpu, rec_bytes);
+    uint32_t *dcounter = G->alloc(gpu, sizeof(uint32_t));
+    const uint32_t starts[] = {0, 4};
+    for (size_t s = 0; s < sizeof starts / sizeof *starts && dtable && dcur && dcounter; s++) {
+      uint32_t counter = starts[s], cpu_counter = starts[s];
+      CHECK_OK(G->upload(gpu, dcounter, &counter, sizeof counter));
+      for (uint32_t k = starts[s]; k < RECS; k++) {
+        char label[96];
+        snprintf(label, sizeof label, "step_begin (%zu-word records), record %u", words, k);
+        const int twice = k + 1 < RECS && k % 3 == 2;
+        CHECK_OK(G->step_begin(gpu, dtable, rec_bytes, dcounter, dcur));
+        C->step_begin(cpu, table, rec_bytes, &cpu_counter, cpu_cur);
+        if (twice) {
+          k++;
+          CHECK_OK(G->step_begin(gpu, dtable, rec_bytes, dcounter, dcur));
+          C->step_begin(cpu, table, rec_bytes, &cpu_counter, cpu_cur);
+        }
+        counter = 0;
+        memset(cur, 0xa5, rec_bytes);
+        gget(&counter, dcounter, sizeof counter);
+        gget(cur, dcur, rec_bytes);
+        CHECK(counter == k + 1, "%s: the counter is %u, want %u", label, counter, k + 1);
+        CHECK(memcmp(cur, table + (size_t)k * words, rec_bytes) == 0,
+              "%s: cur is not the table's record", label);
+        CHECK(cpu_counter == k + 1, "%s on the CPU: the counter is %u", label, cpu_counter);
+        CHECK(memcmp(cpu_cur, table + (size_t)k * words, rec_bytes) == 0,
+              "%s on the CPU: cur is not the table's record", label);
+      }
+    }
+    /* The table itself is only read. */
+    uint32_t *back = malloc(RECS * rec_bytes);
+    if (dtable) {
+      gget(back, dtable, RECS * rec_bytes);
+      CHECK(memcmp(back, table, RECS * rec_bytes) == 0, "step_begin wrote into the table");
+    }
+    free(back);
+    gfree(dtable);
+    gfree(dcur);
+    gfree(dcounter);
+    free(table);
+    free(cur);
+    free(cpu_cur);
+  }
+}
+
+/* record stores n floats at the slot that device memory names: slots in
+ * any order, sizes below and above a warp, the other slots untouched; the
+ * CPU backend likewise. */
+static void check_record(void) {
+  const size_t ns[] = {1, 3, 1000};
+  const uint32_t slots[] = {3, 0, 4, 3};
+  enum { SLOTS = 5 };
+  for (size_t t = 0; t < sizeof ns / sizeof *ns; t++) {
+    const size_t n = ns[t];
+    float *src = hmalloc(n), *want = hmalloc(SLOTS * n), *cpu_dst = hmalloc(SLOTS * n),
+          *got = hmalloc(SLOTS * n);
+    float *dsrc = G->alloc(gpu, n * sizeof(float));
+    float *ddst = G->alloc(gpu, SLOTS * n * sizeof(float));
+    uint32_t *dslot = G->alloc(gpu, sizeof(uint32_t));
+    if (dsrc && ddst && dslot) {
+      for (size_t i = 0; i < SLOTS * n; i++)
+        want[i] = cpu_dst[i] = -7.0f;
+      CHECK_OK(G->fill(gpu, ddst, SLOTS * n, -7.0f));
+      for (size_t s = 0; s < sizeof slots / sizeof *slots; s++) {
+        randn(src, n, 1.0f);
+        memcpy(want + (size_t)slots[s] * n, src, n * sizeof(float));
+        C->record(cpu, &slots[s], src, n, cpu_dst);
+        CHECK_OK(G->upload(gpu, dsrc, src, n * sizeof(float)));
+        CHECK_OK(G->upload(gpu, dslot, &slots[s], sizeof slots[s]));
+        CHECK_OK(G->record(gpu, dslot, dsrc, n, ddst));
+      }
+      gget(got, ddst, SLOTS * n * sizeof(float));
+      char label[64];
+      snprintf(label, sizeof label, "record (n=%zu)", n);
+      CHECK_BITS(label, got, want, SLOTS * n);
+      snprintf(label, sizeof label, "record on the CPU (n=%zu)", n);
+      CHECK_BITS(label, cpu_dst, want, SLOTS * n);
+    }
+    gfree(dsrc);
+    gfree(ddst);
+    gfree(dslot);
+    free(src);
+    free(want);
+    free(cpu_dst);
+    free(got);
+  }
+}
+
+/* ------------------------------------------------------------------ shuffle */
+
+/* The backend's shuffle against td_prng_permutation, bit for bit: sizes
+ * with 0 rounds (1), 1 round (2, 1000), 2 rounds (60000, MNIST's) and 3
+ * rounds (3000000), several keys each; the order buffer is garbage before. */
+static void check_shuffle(void) {
+  CHECK(G->shuffle != NULL, "the CUDA backend has no shuffle");
+  if (!G->shuffle)
+    return;
+  const uint32_t ns[] = {1, 2, 1000, 60000, 3000000};
+  const int want_rounds[] = {0, 1, 1, 2, 3};
+  const uint64_t seeds[] = {0, 1, 42, 0xdeadbeefcafeull};
+  for (size_t t = 0; t < sizeof ns / sizeof *ns; t++) {
+    const uint32_t n = ns[t];
+    uint32_t *want = malloc((size_t)n * sizeof *want), *got = malloc((size_t)n * sizeof *got);
+    uint32_t *dorder = G->alloc(gpu, (size_t)n * sizeof *dorder);
+    for (size_t s = 0; s < sizeof seeds / sizeof *seeds && dorder; s++) {
+      const td_key key = td_prng_fold_in(td_prng_key(seeds[s]), (uint32_t)t);
+      td_key rk[TD_PRNG_MAX_ROUNDS];
+      const int rounds = td_prng_permutation_keys(key, n, rk);
+      CHECK(rounds == want_rounds[t], "n=%u: %d rounds, want %d", n, rounds, want_rounds[t]);
+      uint32_t words[2 * TD_PRNG_MAX_ROUNDS];
+      for (int r = 0; r < rounds; r++) {
+        words[2 * r] = rk[r].k[0];
+        words[2 * r + 1] = rk[r].k[1];
+      }
+      CHECK_OK(td_prng_permutation(key, want, n));
+      memset(got, 0xff, (size_t)n * sizeof *got);
+      CHECK_OK(G->upload(gpu, dorder, got, (size_t)n * sizeof *got));
+      CHECK_OK(G->shuffle(gpu, n, rounds, words, dorder));
+      gget(got, dorder, (size_t)n * sizeof *got);
+      size_t first = n;
+      for (size_t i = 0; i < n && first == n; i++)
+        if (got[i] != want[i])
+          first = i;
+      CHECK(first == n, "shuffle n=%u, seed %llu: position %zu is %u, want %u", n,
+            (unsigned long long)seeds[s], first, first < n ? got[first] : 0,
+            first < n ? want[first] : 0);
+    }
+    gfree(dorder);
+    free(want);
+    free(got);
+  }
+}
+
+/* ------------------------------------------------------------------ graphs */
+
+/* A small recorded step: the record from a table (step_begin), the batch
+ * from the place the record names (gather at a device offset), dropout with
+ * the record's key, c += y w (gemm with beta 1: every step changes c), the
+ * sum of squares of c next to it, and both stored at the record's slot. */
+enum { G_RECS = 12, G_ROWS = 200, G_B = 16, G_D = 33, G_H = 24, G_OUT = G_B * G_H + 1 };
+
+typedef struct graph_rec {
+  uint32_t slot, row0, key[2];
+} graph_rec;
+
+typedef struct graph_bufs {
+  /* Shared and only read: the table, the dataset, its order, w (D, H). */
+  const graph_rec *table;
+  const float *src;
+  const int32_t *labels;
+  const uint32_t *idx;
+  const float *w;
+  /* Each run's own. */
+  uint32_t *counter;
+  graph_rec *cur;
+  float *x, *mask, *y; /* (B, D) */
+  int32_t *xl;         /* (B) */
+  float *c;            /* (B, H) and its sum of squares: G_OUT floats */
+  float *metrics;      /* (G_RECS, G_OUT) */
+  int steps;           /* steps per body */
+} graph_bufs;
+
+static int graph_body(void *arg) {
+  const graph_bufs *b = arg;
+  int rc = 0;
+  for (int s = 0; s < b->steps && !rc; s++) {
+    if ((rc = G->step_begin(gpu, b->table, sizeof(graph_rec), b->counter, b->cur)) ||
+        (rc = G->gather(gpu, b->src, b->labels, G_D, b->idx, &b->cur->row0, G_B, b->x, b->xl)) ||
+        (rc = G->dropout_fwd(gpu, (size_t)G_B * G_D, 0, 0.25f, b->cur->key, b->x, b->mask,
+                             b->y)) ||
+        (rc = G->gemm(gpu, 0, 0, G_B, G_H, G_D, 1.0f, b->y, G_D, b->w, G_H, 1.0f, b->c, G_H)) ||
+        (rc = G->sumsq(gpu, (size_t)G_B * G_H, b->c, b->c + G_B * G_H)))
+      break;
+    rc = G->record(gpu, &b->cur->slot, b->c, G_OUT, b->metrics);
+  }
+  return rc;
+}
+
+/* One run's buffers, c starting from c0. */
+static int graph_bufs_init(graph_bufs *b, const float *c0) {
+  b->counter = G->alloc(gpu, sizeof(uint32_t));
+  b->cur = G->alloc(gpu, sizeof(graph_rec));
+  b->x = G->alloc(gpu, (size_t)G_B * G_D * sizeof(float));
+  b->mask = G->alloc(gpu, (size_t)G_B * G_D * sizeof(float));
+  b->y = G->alloc(gpu, (size_t)G_B * G_D * sizeof(float));
+  b->xl = G->alloc(gpu, G_B * sizeof(int32_t));
+  b->c = gput(c0, G_OUT * sizeof(float));
+  b->metrics = G->alloc(gpu, (size_t)G_RECS * G_OUT * sizeof(float));
+  return b->counter && b->cur && b->x && b->mask && b->y && b->xl && b->c && b->metrics;
+}
+
+static void graph_bufs_free(graph_bufs *b) {
+  gfree(b->counter);
+  gfree(b->cur);
+  gfree(b->x);
+  gfree(b->mask);
+  gfree(b->y);
+  gfree(b->xl);
+  gfree(b->c);
+  gfree(b->metrics);
+}
+
+/* Compares one buffer of two runs bitwise. */
+static void graph_same(const char *what, const void *da, const void *db, size_t words) {
+  uint32_t *ha = malloc(words * 4), *hb = malloc(words * 4);
+  gget(ha, da, words * 4);
+  gget(hb, db, words * 4);
+  char label[96];
+  snprintf(label, sizeof label, "graph replays against op by op: %s", what);
+  CHECK_BITS(label, hb, ha, words);
+  free(ha);
+  free(hb);
+}
+
+/* The step recorded as a one-step graph and a three-step graph, replayed
+ * 3 x 1 + 2 x 3 + 1 x 1 = 10 times, against the same ops run 10 times op
+ * by op on buffers of their own from the same start: every buffer bitwise
+ * equal. Recording runs nothing; each replay reads its own record. */
+static void check_graph(void) {
+  CHECK(G->graph_record && G->graph_replay && G->graph_free, "the CUDA backend cannot record");
+  if (!G->graph_record || !G->graph_replay || !G->graph_free)
+    return;
+  enum { STEPS = 10 };
+  graph_rec table[G_RECS];
+  uint32_t bits[G_RECS * 2], order[G_ROWS];
+  td_prng_bits(td_prng_fold_in(td_prng_key(5), draws++), bits, G_RECS * 2);
+  for (uint32_t s = 0; s < G_RECS; s++) {
+    table[s].slot = G_RECS - 1 - s;
+    table[s].row0 = (s * 37) % (G_ROWS - G_B);
+    table[s].key[0] = bits[2 * s];
+    table[s].key[1] = bits[2 * s + 1];
+  }
+  CHECK_OK(td_prng_permutation(td_prng_key(6), order, G_ROWS));
+  float *src = hmalloc((size_t)G_ROWS * G_D), *w = hmalloc((size_t)G_D * G_H), *c0 = hmalloc(G_OUT);
+  int32_t labels[G_ROWS];
+  randn(src, (size_t)G_ROWS * G_D, 1.0f);
+  randn(w, (size_t)G_D * G_H, 0.3f);
+  randn(c0, G_OUT, 1.0f);
+  rand_labels(labels, G_ROWS, 10);
+  graph_bufs a = {0}, b = {0};
+  a.table = b.table = gput(table, sizeof table);
+  a.src = b.src = gput(src, (size_t)G_ROWS * G_D * sizeof(float));
+  a.labels = b.labels = gput(labels, sizeof labels);
+  a.idx = b.idx = gput(order, sizeof order);
+  a.w = b.w = gput(w, (size_t)G_D * G_H * sizeof(float));
+  void *g1 = NULL, *gn = NULL;
+  float *metrics = hmalloc((size_t)G_RECS * G_OUT), *c = hmalloc(G_OUT);
+  uint32_t counter = 99;
+  if (!a.table || !a.src || !a.labels || !a.idx || !a.w || !graph_bufs_init(&a, c0) ||
+      !graph_bufs_init(&b, c0))
+    goto done;
+
+  /* Op by op (the first run also warms cuBLAS and the scratch up). */
+  a.steps = 1;
+  for (int s = 0; s < STEPS; s++)
+    CHECK_OK(graph_body(&a));
+
+  /* Recorded: nothing runs while recording. */
+  graph_bufs b1 = b, bn = b;
+  b1.steps = 1;
+  bn.steps = 3;
+  CHECK_OK(G->graph_record(gpu, graph_body, &b1, &g1));
+  CHECK_OK(G->graph_record(gpu, graph_body, &bn, &gn));
+  CHECK(g1 && gn, "graph_record returned no graph");
+  if (!g1 || !gn)
+    goto done;
+  gget(&counter, b.counter, sizeof counter);
+  CHECK(counter == 0, "recording ran the step: the counter is %u", counter);
+  gget(c, b.c, G_OUT * sizeof(float));
+  CHECK_BITS("recording ran the step: c", c, c0, G_OUT);
+  for (int r = 0; r < 3; r++)
+    CHECK_OK(G->graph_replay(gpu, g1));
+  for (int r = 0; r < 2; r++)
+    CHECK_OK(G->graph_replay(gpu, gn));
+  CHECK_OK(G->graph_replay(gpu, g1));
+
+  gget(&counter, b.counter, sizeof counter);
+  CHECK(counter == STEPS, "after the replays the counter is %u, want %d", counter, STEPS);
+  graph_same("counter", a.counter, b.counter, 1);
+  graph_same("cur", a.cur, b.cur, sizeof(graph_rec) / 4);
+  graph_same("x", a.x, b.x, (size_t)G_B * G_D);
+  graph_same("labels", a.xl, b.xl, G_B);
+  graph_same("mask", a.mask, b.mask, (size_t)G_B * G_D);
+  graph_same("y", a.y, b.y, (size_t)G_B * G_D);
+  graph_same("c and its sum of squares", a.c, b.c, G_OUT);
+  graph_same("metrics", a.metrics, b.metrics, (size_t)G_RECS * G_OUT);
+  /* Each step stored its metrics at its own record's slot: the slots of
+   * steps 0..9 hold distinct values (c grew), those of 10 and 11 none. */
+  gget(metrics, b.metrics, (size_t)G_RECS * G_OUT * sizeof(float));
+  for (uint32_t s = 0; s < G_RECS; s++) {
+    const float *m = metrics + (size_t)table[s].slot * G_OUT;
+    if (s < STEPS)
+      CHECK(m[G_OUT - 1] > 0.0f && (s == 0 || m[G_OUT - 1] != m[G_OUT - 1 + G_OUT]),
+            "step %u: sum of squares %g at slot %u", s, (double)m[G_OUT - 1], table[s].slot);
+    else
+      CHECK(m[G_OUT - 1] == 0.0f, "slot %u of an unrun step holds %g", table[s].slot,
+            (double)m[G_OUT - 1]);
+  }
+done:
+  if (g1)
+    G->graph_free(gpu, g1);
+  if (gn)
+    G->graph_free(gpu, gn);
+  graph_bufs_free(&a);
+  graph_bufs_free(&b);
+  gfree((void *)a.table);
+  gfree((void *)a.src);
+  gfree((void *)a.labels);
+  gfree((void *)a.idx);
+  gfree((void *)a.w);
+  free(src);
+  free(w);
+  free(c0);
+  free(metrics);
+  free(c);
 }
 
 /* ---------------------------------------------------------------- errors */
@@ -895,19 +1470,29 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
   float *gx = gput(x, N_EX * dim * sizeof(float));
   int32_t *gy = gput(y, sizeof y);
   uint32_t order[N_EX];
+  /* The step's order and dropout keys (2 words per dropout layer): host
+   * memory for the CPU, device copies for the GPU. */
+  const size_t key_words = 2 * (size_t)p->n_keys;
+  uint32_t *keys = calloc(key_words + 2, sizeof *keys);
+  uint32_t *gorder = G->alloc(gpu, sizeof order);
+  uint32_t *gkeys = G->alloc(gpu, (key_words + 2) * sizeof *keys);
+  CHECK(gorder && gkeys, "alloc: %s", td_cuda_backend_last_error(gpu));
   td_state *both[2] = {&sc, &sg};
   float scal[2][TD_PLAN_SCALARS];
   double worst_loss = 0.0;
-  for (int step = 0; step < STEPS && gx && gy; step++) {
+  for (int step = 0; step < STEPS && gx && gy && gorder && gkeys; step++) {
     CHECK_OK(td_prng_permutation(td_prng_fold_in(key, 1000 + step), order, N_EX));
-    const td_key dkey = td_prng_fold_in(key, 2000 + step);
+    td_plan_dropout_keys(p, td_prng_fold_in(key, 2000 + step), keys);
+    CHECK_OK(G->upload(gpu, gorder, order, sizeof order));
+    CHECK_OK(G->upload(gpu, gkeys, keys, (key_words + 2) * sizeof *keys));
     for (int b = 0; b < 2; b++) {
       td_state *st = both[b];
       td_backend *be = st->be;
       float *a = st->arena, *sca = a + p->scalars_off;
-      rc = be->ops->gather(be, b ? gx : x, b ? gy : y, dim, order, batch, a + p->in_off,
-                           (int32_t *)(a + p->labels_off));
-      if (!rc && !(rc = td_state_forward(st, (int)batch, 1, dkey, 0, &err)) &&
+      const uint32_t *k = p->n_keys ? (b ? gkeys : keys) : NULL;
+      rc = be->ops->gather(be, b ? gx : x, b ? gy : y, dim, b ? gorder : order, NULL, batch,
+                           a + p->in_off, (int32_t *)(a + p->labels_off));
+      if (!rc && !(rc = td_state_forward(st, (int)batch, 1, k, 0, &err)) &&
           !(rc = td_state_loss(st, (int)batch, 1, &err)) && !(rc = td_state_backward(st, &err)))
         rc = be->ops->sumsq(be, np, st->grads, sca + TD_SC_GRAD_SUMSQ);
       if (!rc)
@@ -950,6 +1535,9 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
 done:
   gfree(gx);
   gfree(gy);
+  gfree(gorder);
+  gfree(gkeys);
+  free(keys);
   free(x);
   free(p0);
   free(pg);
@@ -1017,6 +1605,12 @@ int main(int argc, char **argv) {
   check_dropout();
   check_sumsq();
   check_opt_pass();
+  check_opt_clip();
+  check_opt_guard();
+  check_step_begin();
+  check_record();
+  check_shuffle();
+  check_graph();
   check_errors();
   check_training("relu + dropout + gelu, softmax xent, clip + adamw",
                  "model: {input_shape: [20], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
