@@ -43,11 +43,14 @@ static int read_shapes(const Traind__V1__Dataset *d, const td_trainer_opts *o, t
   int rc;
   if (d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
     const Traind__V1__IdxDataset *x = d->idx;
-    if (!(rc = resolve(o, x->dir, or_default(x->train_images, "train-images-idx3-ubyte.gz"), f[0], sizeof f[0], err)) &&
-        !(rc = resolve(o, x->dir, or_default(x->train_labels, "train-labels-idx1-ubyte.gz"), f[1], sizeof f[1], err)) &&
-        !(rc = resolve(o, x->dir, or_default(x->test_images, "t10k-images-idx3-ubyte.gz"), f[2], sizeof f[2], err)) &&
-        !(rc = resolve(o, x->dir, or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz"), f[3], sizeof f[3], err)) &&
-        !(rc = td_idx_shape(f[0], f[1], d->train_limit, train, err)))
+    const char *names[4] = {or_default(x->train_images, "train-images-idx3-ubyte.gz"),
+                            or_default(x->train_labels, "train-labels-idx1-ubyte.gz"),
+                            or_default(x->test_images, "t10k-images-idx3-ubyte.gz"),
+                            or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz")};
+    rc = TD_OK;
+    for (int i = 0; i < 4 && !rc; i++)
+      rc = resolve(o, x->dir, names[i], f[i], sizeof f[i], err);
+    if (!rc && !(rc = td_idx_shape(f[0], f[1], d->train_limit, train, err)))
       rc = td_idx_shape(f[2], f[3], d->test_limit, test, err);
   } else if (d->source_case == TRAIND__V1__DATASET__SOURCE_HDF5) {
     const Traind__V1__Hdf5Dataset *h = d->hdf5;
@@ -81,7 +84,7 @@ static size_t round_up(size_t b, size_t to) { return (b + to - 1) / to * to; }
  *    elements (at most 1024 blocks), over the gradients. */
 static size_t scratch_need(const td_plan *p, uint32_t train_n) {
   const size_t words = round_up((size_t)train_n * sizeof(uint32_t), 256);
-  size_t need = 3 * words + round_up(2 * words + TD_FOOTPRINT_CUB_SLACK, 256);
+  size_t need = 3 * words + round_up(2 * words + train_n + TD_FOOTPRINT_CUB_SLACK, 256);
   const size_t rows = p->batch;
   for (size_t i = 0; i < p->n_layers; i++) {
     const td_layer *L = &p->layers[i];
@@ -134,7 +137,8 @@ static void size_engine(td_footprint *f, const td_plan *p) {
     f->data_bytes = 0;
     for (int k = 0; k < 2; k++)
       if (n[k])
-        f->data_bytes += take(f, (size_t)n[k] * dim[k] * fl) + take(f, (size_t)n[k] * sizeof(int32_t));
+        f->data_bytes +=
+            take(f, (size_t)n[k] * dim[k] * fl) + take(f, (size_t)n[k] * sizeof(int32_t));
   }
   f->step_bytes = step;
   f->engine_bytes = f->model_bytes + f->arena_bytes + f->step_bytes + f->data_bytes;

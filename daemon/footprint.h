@@ -25,8 +25,10 @@
 #define TD_FOOTPRINT_SCRATCH_MIN ((size_t)1 << 20)
 #define TD_FOOTPRINT_CUDA_CONTEXT ((size_t)512 << 20)
 /* CUB's temporary storage for the shuffle's radix sort of n pairs cannot
- * be computed without CUDA; it is bounded by 2 n uint32 (CUB's alternate
- * key and value buffers) plus this much for its histograms and tile state. */
+ * be computed without CUDA (it depends on the GPU's tuning); it is bounded
+ * by its alternate key and value buffers (2 n uint32), a byte per example
+ * for its look-back state (1 KiB per tile; tiles hold thousands of items),
+ * and this much for its histograms, counters and alignment. */
 #define TD_FOOTPRINT_CUB_SLACK ((size_t)1 << 20)
 /* The engine's buffers on a GPU are whole granules of this many bytes
  * (cuda_alloc rounds every allocation up to it, and an empty one to one). */

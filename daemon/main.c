@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "footprint.h"
 #include "gpus.h"
 #include "jobspec.h"
 #include "pbjson.h"
@@ -434,6 +435,26 @@ static int cmd_serve(int argc, char **argv) {
   return rc;
 }
 
+/* Refuses, before any data is loaded, a GPU job whose buffers do not fit
+ * the free memory of its n GPUs (run_gpus). With --checkpoint-dir the job
+ * may resume, which holds a second state on replica 0's GPU while it reads
+ * the checkpoint. */
+static int run_check_gpu_memory(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, int n,
+                                int may_resume, td_error *err) {
+  td_footprint fp;
+  int rc = td_job_footprint(spec, o, &fp, err);
+  for (int i = 0; !rc && i < n && i < TD_RUN_MAX_GPUS; i++) {
+    size_t free_bytes = 0, total_bytes = 0;
+    if ((rc = td_gpu_memory(run_gpus[i], &free_bytes, &total_bytes, err)))
+      break;
+    td_footprint g = fp;
+    if (i == 0 && may_resume)
+      g.total_bytes += g.resume_bytes;
+    rc = td_footprint_fits(&g, run_gpus[i], free_bytes, err);
+  }
+  return rc;
+}
+
 static int cmd_run(int argc, char **argv) {
   flags f;
   int p = parse_flags(argc, argv, 0, &f);
@@ -489,7 +510,7 @@ static int cmd_run(int argc, char **argv) {
                      "devices: the job asks for %d devices, but traind run offers %u; pass "
                      "--cpu-devices %d",
                      need, cfg->cpu_devices, need);
-    else
+    else if (!gpu || !(rc = run_check_gpu_memory(spec, &o, need, f.ckpt_dir != NULL, &err)))
       rc = td_trainer_init(&t, spec, &o, &err);
     have_trainer = rc == TD_OK;
   }

@@ -913,13 +913,14 @@ static void on_watch_cancel(void *arg, td_rpc_call *call) {
 /* ---------------------------------------------------------- handlers */
 
 /* Whether a GPU job's buffers fit the free memory of the GPUs it would run
- * on now: its devices.ids, else the first devices.count GPUs that no job of
- * this daemon holds (those start_job would give it were they all free; an
- * approximation when it has to wait). A GPU another job of this daemon
- * holds is not checked: its free memory now is not what the job will find
- * when it gets the GPU (were it still short then, the job fails at start
- * naming the allocation). TD_ENOMEM (RESOURCE_EXHAUSTED) says what the job
- * needs, what is free on which GPU, and what to change. */
+ * on: its devices.ids, else the first devices.count GPUs that no job of
+ * this daemon holds (those start_job would give it now; when fewer are
+ * free, the job waits for whichever frees first, so this is an
+ * approximation). A GPU another job of this daemon holds is not checked:
+ * its free memory now is not what the job will find once it gets the GPU
+ * (should it be short then, the job fails at start naming the allocation).
+ * TD_ENOMEM (RESOURCE_EXHAUSTED) says what the job needs, what is free on
+ * which GPU, and what to change. */
 static int check_gpu_memory(td_server *s, const Traind__V1__JobSpec *spec,
                             const td_trainer_opts *o, td_error *err) {
   td_footprint f;
@@ -927,19 +928,14 @@ static int check_gpu_memory(td_server *s, const Traind__V1__JobSpec *spec,
   if (rc)
     return rc;
   const Traind__V1__Devices *d = spec->devices;
-  int need = td_job_device_count(spec), seen = 0;
-  for (int i = 0; !rc && seen < need && i < s->n_gpus; i++) {
-    int gpu = i;
-    if (d->n_ids) {
-      if ((size_t)i >= d->n_ids)
-        break;
-      gpu = td_device_index(d->ids[i], "gpu");
-    } else if (s->gpu_owner[gpu]) {
-      continue;
-    }
+  const int need = td_job_device_count(spec);
+  for (int i = 0, seen = 0; !rc && seen < need && i < s->n_gpus; i++) {
+    int gpu = d->n_ids ? td_device_index(d->ids[i], "gpu") : i;
+    if (!d->n_ids && s->gpu_owner[gpu])
+      continue; /* the job would be given a free one */
     seen++;
     if (s->gpu_owner[gpu])
-      continue;
+      continue; /* the job waits for it: not checked (see above) */
     size_t free_bytes = 0, total_bytes = 0;
     td_error qerr = {0};
     if (td_gpu_memory(gpu, &free_bytes, &total_bytes, &qerr)) {
