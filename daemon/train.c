@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "log.h"
+
 static double now_sec(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -356,6 +358,8 @@ static int record_graphs(td_trainer *t, td_replica *r) {
   if (!rc && t->graph_steps > 1)
     rc = be->ops->graph_record(be, record_many, r, &r->graphn);
   r->recording = 0;
+  if (rc && !r->err.code)
+    td_errorf(&r->err, rc, "%s", td_strerror(rc));
   if (rc)
     td_error_prefix(&r->err, "recording the step as a graph");
   return rc;
@@ -373,8 +377,13 @@ static int task_chunk(td_trainer *t, int rank) {
   int rc = ops->upload(be, r->counter, &first, sizeof first);
   if (rc)
     td_errorf(&r->err, rc, "step: setting the step counter failed");
-  if (!rc && t->record && !r->graph1 && r->warm)
-    rc = record_graphs(t, r);
+  if (!rc && t->record && !r->graph1 && r->warm && !r->op_by_op && record_graphs(t, r)) {
+    /* Op by op from here on; the job goes on. */
+    td_log_warn("steps run op by op", "replica=%d error=\"%s\"", rank, r->err.msg);
+    release_graphs(r);
+    r->op_by_op = 1;
+    memset(&r->err, 0, sizeof r->err);
+  }
   while (left && !rc) {
     if (r->graphn && left >= t->graph_steps) {
       if (!(rc = ops->graph_replay(be, r->graphn)))
@@ -788,11 +797,12 @@ static int begin_epoch(td_trainer *t, uint32_t epoch, uint32_t first, td_error *
  * A non-finite loss or gradient norm fails the run at the first step that
  * has one; the optimizer left the parameters as they were at that step. */
 static int run_chunk(td_trainer *t, uint32_t first, uint32_t count, td_step_point *points,
-                     float *correct, td_error *err) {
+                     float *correct, uint32_t *done, td_error *err) {
   const td_plan *p = t->plan;
   const int64_t step0 = t->st.step;
   t->task_first = first;
   t->task_count = count;
+  *done = 0;
   int rc = run_task(t, task_chunk, err);
   if (rc)
     return rc;
@@ -811,7 +821,10 @@ static int run_chunk(td_trainer *t, uint32_t first, uint32_t count, td_step_poin
       loss /= (float)p->out_dim;
     int64_t step = step0 + i;
     if (!isfinite(loss) || !isfinite(sumsq)) {
-      t->st.step = step;
+      /* The chunk's steps before this one stand, as they would op by op. */
+      *done = i;
+      for (int r = 0; r < t->n_rep; r++)
+        t->rep[r].st->step = step;
       return td_errorf(err, TD_ENUMERIC,
                        "step %lld: the %s is %s; lower the learning rate or add "
                        "clip_by_global_norm to the optimizer chain",
@@ -827,6 +840,7 @@ static int run_chunk(td_trainer *t, uint32_t first, uint32_t count, td_step_poin
   }
   for (int r = 0; r < t->n_rep; r++)
     t->rep[r].st->step = step0 + count;
+  *done = count;
   return TD_OK;
 }
 
@@ -939,16 +953,18 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
         rc = td_errorf(err, TD_ECANCELLED, "cancelled at step %lld", (long long)t->st.step);
         break;
       }
-      uint32_t s = t->step_in_epoch, n = chunk_len(t, s);
+      uint32_t s = t->step_in_epoch, n = chunk_len(t, s), done = 0;
       double s0 = now_sec();
-      if ((rc = run_chunk(t, s, n, points, correct, err))) {
+      if ((rc = run_chunk(t, s, n, points, correct, &done, err))) {
         if (rc != TD_ENUMERIC)
           td_error_prefix(err, "epoch %u, step %lld", epoch, (long long)t->st.step + 1);
-        break;
+        if (!done)
+          break;
       }
       double s1 = now_sec();
-      adapt_chunk(t, n, s1 - s0);
-      for (uint32_t i = 0; i < n; i++) {
+      if (!rc)
+        adapt_chunk(t, n, s1 - s0);
+      for (uint32_t i = 0; i < done; i++) {
         td_step_point *sp = &points[i];
         steps++;
         t->epoch_loss_sum += sp->loss;
@@ -960,7 +976,9 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
         if (hooks->on_step && (sp->step % t->log_every == 0 || s + i + 1 == t->steps_per_epoch))
           hooks->on_step(hooks->user, t, sp);
       }
-      t->step_in_epoch = s + n;
+      t->step_in_epoch = s + done;
+      if (rc)
+        break;
       if (hooks->at_boundary && t->step_in_epoch < t->steps_per_epoch &&
           t->st.step < t->total_steps)
         hooks->at_boundary(hooks->user, t);

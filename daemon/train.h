@@ -117,6 +117,7 @@ typedef struct td_replica {
   void *graph1, *graphn;
   int recording; /* step_body is being recorded, not run */
   int warm;      /* a step has run unrecorded */
+  int op_by_op;  /* recording failed: steps run op by op */
   pthread_t thread;
   int has_thread;
   /* A task's outputs. */

@@ -2,6 +2,11 @@
 td_test(test_grad SOURCES test_grad.c)
 td_test(test_optim SOURCES test_optim.c)
 td_test(test_train SOURCES test_train.c)
+# Recorded steps (graph_record/replay) through a CPU "tape" backend.
+td_test(test_record SOURCES test_record.c)
+# The job footprint against the bytes the engine allocates (MNIST jobs need
+# TRAIND_DATA_DIR and fail without it under CI=true).
+td_test(test_footprint SOURCES test_footprint.c LABELS "unit;mnist")
 
 # Real MNIST through the `traind run` binary.
 function(td_mnist_test name job min_acc)
