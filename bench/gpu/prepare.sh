@@ -20,7 +20,6 @@
 # total size: the working tree plus carried paths must stay under 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-root="$PWD"
 
 # The pkg-config modules of the root CMakeLists.txt and cmake/*.cmake.
 modules=(libprotobuf-c yaml-0.1 zlib hdf5 openblas grpc libuv libmicrohttpd libsystemd)
@@ -31,8 +30,9 @@ seeds=(libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev libuv1-
 base_re='^(libc6|libc6-dev|libgcc-s1|libstdc\+\+6|gcc-[0-9]+-base)$'
 
 die() { echo "prepare.sh: $*" >&2; exit 1; }
-command -v apt-get >/dev/null && command -v dpkg-query >/dev/null ||
+if ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
   die "needs Debian's apt-get and dpkg (run it on the Debian 12 build machine)"
+fi
 for m in "${modules[@]}"; do
   pkg-config --exists "$m" || die "pkg-config module $m is missing: run scripts/setup first"
 done
@@ -42,12 +42,15 @@ owner() {
   local f="$1" o
   for g in "$f" "${f#/usr}" "/usr$f"; do
     o="$(dpkg-query -S "$g" 2>/dev/null | grep -v '^diversion' | head -1)" || true
-    [ -n "$o" ] && { echo "${o%%:*}"; return; }
+    if [ -n "$o" ]; then echo "${o%%:*}"; return; fi
   done
 }
 
+# The packages to carry, as keys.
 declare -A want=()
-add() { [ -n "$1" ] && ! [[ "$1" =~ $base_re ]] && want["$1"]=1 || true; }
+add() {
+  if [ -n "$1" ] && ! [[ "$1" =~ $base_re ]]; then want["$1"]=1; fi
+}
 for p in "${seeds[@]}"; do add "$p"; done
 # The .pc files reached through public Requires (Requires.private are
 # stripped on the GPU machine: nothing is linked statically).
@@ -99,7 +102,10 @@ find /usr/lib/x86_64-linux-gnu /usr/include -maxdepth 3 -lname '/etc/alternative
   done > .debs/alternatives.txt
 
 echo "prepare.sh: downloading ${#packages[@]} packages: ${packages[*]}"
-(cd .debs && apt-get download -q "${packages[@]}" >/dev/null) ||
+# As root, apt's download sandbox user could not write here.
+sandbox=()
+[ "$(id -u)" -eq 0 ] && sandbox=(-o APT::Sandbox::User=root)
+(cd .debs && apt-get download -q "${sandbox[@]}" "${packages[@]}" >/dev/null) ||
   die "apt-get download failed (is the Debian archive reachable?)"
 
 # The newest glibc symbol version the carried objects ask for: the GPU
@@ -138,5 +144,5 @@ if [ "$total" -gt $((64 * 1048576)) ]; then
   du -b .debs/*.deb | sort -rn | head -8 >&2
   exit 1
 fi
-echo "prepare.sh: ready; on the GPU machine run: bash bench/gpu_race.sh \"\$OUT\"" \
+echo "prepare.sh: ready; on the GPU machine run: TRAIND_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_race.sh \"\$OUT\"" \
      "(carrying .debs and .mnist)"
