@@ -12,56 +12,25 @@
 
 /* ---- the datasets' shapes ------------------------------------------------ */
 
-static const char *or_default(const char *s, const char *dflt) { return s && *s ? s : dflt; }
-
-/* One dataset file resolved under the data roots, as the trainer resolves
- * it: "dir/name", the name also tried with ".gz" added or removed. */
-static int resolve(const td_trainer_opts *o, const char *dir, const char *name, char *out,
-                   size_t outlen, td_error *err) {
-  char rel[4096];
-  int n = dir && *dir ? snprintf(rel, sizeof rel, "%s/%s", dir, name)
-                      : snprintf(rel, sizeof rel, "%s", name);
-  if (n < 0 || (size_t)n >= sizeof rel)
-    return td_errorf(err, TD_EINVAL, "dataset path '%.64s%s/%s' is too long", dir ? dir : "",
-                     dir && strlen(dir) > 64 ? "..." : "", name);
-  return td_data_resolve(o->data_roots, o->n_data_roots, rel, 1, out, outlen, err);
-}
-
 /* The shapes of the job's training and test sets (test: zeroed when the
- * job has none), with the trainer's defaults for unset names. */
+ * job has none), from the files the trainer would load. */
 static int read_shapes(const Traind__V1__Dataset *d, const td_trainer_opts *o, td_dataset *train,
                        td_dataset *test, td_error *err) {
   memset(train, 0, sizeof *train);
   memset(test, 0, sizeof *test);
   if (!d)
     return td_errorf(err, TD_EINVAL, "dataset: required");
-  if (o->n_data_roots == 0)
-    return td_errorf(err, TD_EINVAL, "no data roots: pass --data-dir DIR or set TRAIND_DATA_DIR");
-  char(*f)[4096] = malloc(4 * sizeof *f);
+  td_data_files *f = malloc(sizeof *f);
   if (!f)
     return td_errorf(err, TD_ENOMEM, "out of memory");
-  int rc;
-  if (d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
-    const Traind__V1__IdxDataset *x = d->idx;
-    const char *names[4] = {or_default(x->train_images, "train-images-idx3-ubyte.gz"),
-                            or_default(x->train_labels, "train-labels-idx1-ubyte.gz"),
-                            or_default(x->test_images, "t10k-images-idx3-ubyte.gz"),
-                            or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz")};
-    rc = TD_OK;
-    for (int i = 0; i < 4 && !rc; i++)
-      rc = resolve(o, x->dir, names[i], f[i], sizeof f[i], err);
-    if (!rc && !(rc = td_idx_shape(f[0], f[1], d->train_limit, train, err)))
-      rc = td_idx_shape(f[2], f[3], d->test_limit, test, err);
-  } else if (d->source_case == TRAIND__V1__DATASET__SOURCE_HDF5) {
-    const Traind__V1__Hdf5Dataset *h = d->hdf5;
-    const char *feat = or_default(h->features, "features");
-    const char *lab = or_default(h->labels, "labels");
-    if (!(rc = resolve(o, NULL, h->train_file, f[0], sizeof f[0], err)) &&
-        !(rc = td_hdf5_shape(f[0], feat, lab, d->train_limit, train, err)) && h->test_file &&
-        *h->test_file && !(rc = resolve(o, NULL, h->test_file, f[1], sizeof f[1], err)))
-      rc = td_hdf5_shape(f[1], feat, lab, d->test_limit, test, err);
-  } else {
-    rc = td_errorf(err, TD_EINVAL, "dataset: set one of idx, hdf5");
+  int rc = td_data_files_resolve(d, o, f, err);
+  if (!rc && d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
+    if (!(rc = td_idx_shape(f->train[0], f->train[1], d->train_limit, train, err)))
+      rc = td_idx_shape(f->test[0], f->test[1], d->test_limit, test, err);
+  } else if (!rc) {
+    if (!(rc = td_hdf5_shape(f->train[0], f->features, f->labels, d->train_limit, train, err)) &&
+        f->has_test)
+      rc = td_hdf5_shape(f->test[0], f->features, f->labels, d->test_limit, test, err);
   }
   free(f);
   return rc;

@@ -37,15 +37,8 @@ static const char *or_default(const char *s, const char *dflt) {
   return s && *s ? s : dflt;
 }
 
-/* The resolved files of a dataset: train images/labels and test
- * images/labels for IDX; train and test file for HDF5 (test may be empty). */
-typedef struct data_files {
-  char train[2][4096], test[2][4096];
-  int has_test;
-} data_files;
-
-static int resolve_data(const Traind__V1__Dataset *d, const td_trainer_opts *o,
-                        data_files *f, td_error *err) {
+int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o,
+                          td_data_files *f, td_error *err) {
   int rc;
   memset(f, 0, sizeof *f);
   if (o->n_data_roots == 0)
@@ -62,6 +55,8 @@ static int resolve_data(const Traind__V1__Dataset *d, const td_trainer_opts *o,
     return TD_OK;
   }
   const Traind__V1__Hdf5Dataset *h = d->hdf5;
+  f->features = or_default(h->features, "features");
+  f->labels = or_default(h->labels, "labels");
   if ((rc = resolve(o, NULL, h->train_file, f->train[0], sizeof f->train[0], err)))
     return rc;
   if (h->test_file && *h->test_file) {
@@ -74,19 +69,18 @@ static int resolve_data(const Traind__V1__Dataset *d, const td_trainer_opts *o,
 
 static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
   const Traind__V1__Dataset *d = t->spec->dataset;
-  data_files *f = malloc(sizeof *f);
+  td_data_files *f = malloc(sizeof *f);
   if (!f)
     return td_errorf(err, TD_ENOMEM, "out of memory");
-  int rc = resolve_data(d, o, f, err);
+  int rc = td_data_files_resolve(d, o, f, err);
   if (!rc && d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
     if (!(rc = td_idx_load(f->train[0], f->train[1], d->train_limit, &t->train, err)))
       rc = td_idx_load(f->test[0], f->test[1], d->test_limit, &t->test, err);
   } else if (!rc) {
-    const char *feat = or_default(d->hdf5->features, "features");
-    const char *lab = or_default(d->hdf5->labels, "labels");
-    if (!(rc = td_hdf5_load(f->train[0], feat, lab, d->train_limit, &t->train, err)) &&
+    if (!(rc = td_hdf5_load(f->train[0], f->features, f->labels, d->train_limit, &t->train,
+                            err)) &&
         f->has_test)
-      rc = td_hdf5_load(f->test[0], feat, lab, d->test_limit, &t->test, err);
+      rc = td_hdf5_load(f->test[0], f->features, f->labels, d->test_limit, &t->test, err);
   }
   t->has_test = !rc && f->has_test;
   free(f);
@@ -138,11 +132,11 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
   rc = td_plan_compile(spec->model, spec->optimizer,
                        spec->training->batch_size / (uint32_t)td_job_device_count(spec), "cpu:0", &p,
                        err);
-  data_files *f = malloc(sizeof *f);
+  td_data_files *f = malloc(sizeof *f);
   if (!rc && !f)
     rc = td_errorf(err, TD_ENOMEM, "out of memory");
   if (!rc)
-    rc = resolve_data(spec->dataset, o, f, err);
+    rc = td_data_files_resolve(spec->dataset, o, f, err);
   if (!rc && !(rc = resolve_init_from(spec, o, f->train[0], sizeof f->train[0], err)) &&
       f->train[0][0] && (rc = td_ckpt_check_params(f->train[0], p, err))) {
     td_error_prefix(err, "checkpoint.init_from");

@@ -199,6 +199,21 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
                      td_error *err);
 void td_trainer_free(td_trainer *t);
 
+/* The files of a job's dataset resolved under the data roots, with the
+ * defaults for names the job leaves unset: for IDX, train images and
+ * labels then test images and labels (MNIST's four file names under
+ * idx.dir, each also tried with ".gz" added or removed); for HDF5, the
+ * train and test file (has_test 0 without one) and the features and
+ * labels dataset names. */
+typedef struct td_data_files {
+  char train[2][4096], test[2][4096];
+  int has_test;
+  const char *features, *labels; /* HDF5; borrowed from the spec or static */
+} td_data_files;
+
+int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o,
+                          td_data_files *f, td_error *err);
+
 /* The devices a job asks for: the number of devices.ids, else
  * devices.count, else 1. */
 int td_job_device_count(const Traind__V1__JobSpec *s);
