@@ -30,71 +30,22 @@ MNIST is read from the four gzipped IDX files under ROOT/mnist/ (ROOT:
 --data-dir, else $TRAIND_DATA_DIR); pixels are scaled to [0, 1].
 """
 
-import argparse
-import gzip
-import json
-import os
-import statistics
-import struct
 import sys
 import time
 from functools import partial
 
 import numpy as np
 
-BATCH = 128
-WIDTHS = (784, 256, 128, 10)
-FILES = {
-    "train_x": "train-images-idx3-ubyte.gz",
-    "train_y": "train-labels-idx1-ubyte.gz",
-    "test_x": "t10k-images-idx3-ubyte.gz",
-    "test_y": "t10k-labels-idx1-ubyte.gz",
-}
-
-
-def read_idx(path):
-    """One gzipped IDX file as a uint8 array of the shape its header gives."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: {body.size} bytes of data for shape {dims}")
-    return body.reshape(dims)
-
-
-def load_mnist(root):
-    """(train_x, train_y, test_x, test_y): images (N, 784) float32 in [0, 1],
-    labels (N,) int32."""
-    d = os.path.join(root, "mnist")
-    a = {k: read_idx(os.path.join(d, v)) for k, v in FILES.items()}
-
-    def pixels(x):
-        return x.reshape(x.shape[0], -1).astype(np.float32) / 255.0
-
-    return (pixels(a["train_x"]), a["train_y"].astype(np.int32),
-            pixels(a["test_x"]), a["test_y"].astype(np.int32))
+from mnist_common import BATCH, WIDTHS, arg_parser, load_mnist, parse_checked, report
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("TRAIND_DATA_DIR"),
-                   help="data root holding mnist/ (default $TRAIND_DATA_DIR)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p = arg_parser(__doc__.split("\n")[0])
     p.add_argument("--scan", action="store_true",
                    help="run each epoch as one jitted lax.scan")
     p.add_argument("--matmul-precision", choices=("highest", "default"),
                    default="highest")
-    args = p.parse_args()
-    if not args.data_dir:
-        p.error("no data root: pass --data-dir or set TRAIND_DATA_DIR")
-    if args.epochs < 1:
-        p.error("--epochs must be at least 1")
-    return args
+    return parse_checked(p)
 
 
 def main():
@@ -107,7 +58,7 @@ def main():
     if args.matmul_precision == "highest":
         jax.config.update("jax_default_matmul_precision", "highest")
 
-    train_x, train_y, test_x, test_y = load_mnist(args.data_dir)
+    train_x, train_y, test_x, test_y = load_mnist(args.data_dir, np.int32)
     n_train = train_x.shape[0]
     steps = n_train // BATCH
 
@@ -193,19 +144,10 @@ def main():
             epoch_sec.append(time.perf_counter() - t0)
             train_loss.append(float(np.mean(jax.device_get(losses))))
 
-    print(json.dumps({
-        "impl": "jax-scan" if args.scan else "jax-loop",
-        "epoch_sec": [round(s, 5) for s in epoch_sec],
-        "steady_epoch_sec": round(statistics.median(epoch_sec[1:] or epoch_sec), 5),
-        "test_accuracy": round(float(accuracy(params, tx, ty)), 6),
-        "train_loss": round(train_loss[-1], 6),
-        "epochs": args.epochs,
-        "batch_size": BATCH,
-        "steps_per_epoch": steps,
-        "matmul_precision": args.matmul_precision,
-        "device": f"{device.platform}: {getattr(device, 'device_kind', str(device))}",
-        "framework": f"jax {jax.__version__}, optax {optax.__version__}",
-    }))
+    report("jax-scan" if args.scan else "jax-loop", epoch_sec, accuracy(params, tx, ty),
+           train_loss[-1], args.epochs, steps, args.matmul_precision,
+           f"{device.platform}: {getattr(device, 'device_kind', str(device))}",
+           f"jax {jax.__version__}, optax {optax.__version__}")
     return 0
 
 
