@@ -10,8 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <openssl/evp.h>
 #include <unistd.h>
-#include <zlib.h>
+
+#include "h5safe.h"
 
 #define LEAF_PATH_MAX (TD_VIEW_NAME_MAX + 64)
 
@@ -75,28 +77,130 @@ static int leaf_ptr_cmp(const void *x, const void *y) {
   return path_cmp(a->path, b->path);
 }
 
-/* zlib's CRC-32 of every leaf's float32 bytes (little-endian, as on every
- * machine traind builds for), leaves in path order. */
-static int leaves_crc(const leaf *ls, size_t n, uint32_t *out, td_error *err) {
+/* "No space left on device (ENOSPC)": the system's text and the errno's
+ * name, so that a message says both what happened and what to look up. */
+static const char *errno_text(int e, char *buf, size_t len) {
+  const char *name = strerrorname_np(e);
+  snprintf(buf, len, "%s (%s)", strerror(e), name ? name : "unknown errno");
+  return buf;
+}
+
+#define ERRNO_TEXT_MAX 96
+
+/* ---- the digest ----------------------------------------------------------- */
+
+/* One item of the digest's input: its length as a little-endian uint64,
+ * then its bytes (docs/checkpoint-format.md). */
+static int put(EVP_MD_CTX *c, const void *p, size_t n) {
+  uint64_t len = (uint64_t)n; /* little-endian, as on every machine traind builds for */
+  return EVP_DigestUpdate(c, &len, sizeof len) == 1 && (n == 0 || EVP_DigestUpdate(c, p, n) == 1);
+}
+
+static int put_str(EVP_MD_CTX *c, const char *s) { return put(c, s, strlen(s)); }
+
+static void hex32(const unsigned char *md, char out[TD_CKPT_HASH_HEX]) {
+  static const char digits[] = "0123456789abcdef";
+  for (int i = 0; i < 32; i++) {
+    out[2 * i] = digits[md[i] >> 4];
+    out[2 * i + 1] = digits[md[i] & 15];
+  }
+  out[64] = '\0';
+}
+
+/* SHA-256 of a checkpoint's whole content: each root attribute but the
+ * digest itself (name, then value in its stored type, in a fixed order),
+ * /opt_state/count, then every float leaf (path, then float32 bytes) in path
+ * order. Any edit of the position, the binding or a tensor changes it. */
+static int ckpt_digest(const td_ckpt_meta *m, int64_t count, const leaf *ls, size_t n,
+                       char out[TD_CKPT_HASH_HEX], td_error *err) {
   const leaf **order = malloc((n ? n : 1) * sizeof *order);
-  if (!order)
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  if (!order || !c) {
+    free(order);
+    EVP_MD_CTX_free(c);
     return td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
+  }
   for (size_t i = 0; i < n; i++)
     order[i] = &ls[i];
   qsort(order, n, sizeof *order, leaf_ptr_cmp);
-  uLong crc = crc32(0L, Z_NULL, 0);
-  for (size_t i = 0; i < n; i++) {
-    const unsigned char *b = (const unsigned char *)order[i]->data;
-    size_t left = order[i]->view->size * sizeof(float);
-    while (left) {
-      uInt chunk = left > (1u << 30) ? (1u << 30) : (uInt)left;
-      crc = crc32(crc, b, chunk);
-      b += chunk;
-      left -= chunk;
-    }
-  }
+  const int32_t version = TD_CKPT_VERSION;
+  const uint32_t key[2] = {m->root_key.k[0], m->root_key.k[1]};
+  int ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+           put_str(c, "format") && put_str(c, TD_CKPT_FORMAT) &&
+           put_str(c, "version") && put(c, &version, sizeof version) &&
+           put_str(c, "job_id") && put_str(c, m->job_id) &&
+           put_str(c, "spec_hash") && put_str(c, m->spec_hash) &&
+           put_str(c, "step") && put(c, &m->step, sizeof m->step) &&
+           put_str(c, "epoch") && put(c, &m->epoch, sizeof m->epoch) &&
+           put_str(c, "step_in_epoch") && put(c, &m->step_in_epoch, sizeof m->step_in_epoch) &&
+           put_str(c, "epoch_loss_sum") && put(c, &m->epoch_loss_sum, sizeof(double)) &&
+           put_str(c, "epoch_correct_sum") && put(c, &m->epoch_correct_sum, sizeof(double)) &&
+           put_str(c, "seed") && put(c, &m->seed, sizeof m->seed) &&
+           put_str(c, "prng_key") && put(c, key, sizeof key) &&
+           put_str(c, "job_spec") && put_str(c, m->spec_json ? m->spec_json : "") &&
+           put_str(c, "/opt_state/count") && put(c, &count, sizeof count);
+  for (size_t i = 0; ok && i < n; i++)
+    ok = put_str(c, order[i]->path) &&
+         put(c, order[i]->data, order[i]->view->size * sizeof(float));
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  ok = ok && EVP_DigestFinal_ex(c, md, &md_len) == 1 && md_len == 32;
+  EVP_MD_CTX_free(c);
   free(order);
-  *out = (uint32_t)crc;
+  if (!ok)
+    return td_errorf(err, TD_EINTERNAL,
+                     "checkpoint: computing the SHA-256 digest failed (OpenSSL)");
+  hex32(md, out);
+  return TD_OK;
+}
+
+int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX],
+                      td_error *err) {
+  /* Shallow copies with the other fields left unset: packing only reads. */
+  Traind__V1__JobSpec s = TRAIND__V1__JOB_SPEC__INIT;
+  Traind__V1__Dataset ds;
+  Traind__V1__IdxDataset idx;
+  Traind__V1__Hdf5Dataset h5;
+  Traind__V1__Training tr = TRAIND__V1__TRAINING__INIT;
+  Traind__V1__Checkpointing ck = TRAIND__V1__CHECKPOINTING__INIT;
+  char *none = (char *)protobuf_c_empty_string;
+  s.model = spec->model;
+  s.optimizer = spec->optimizer;
+  if (spec->dataset) {
+    ds = *spec->dataset;
+    ds.test_limit = 0;
+    if (ds.source_case == TRAIND__V1__DATASET__SOURCE_IDX && ds.idx) {
+      idx = *ds.idx;
+      idx.test_images = idx.test_labels = none;
+      ds.idx = &idx;
+    } else if (ds.source_case == TRAIND__V1__DATASET__SOURCE_HDF5 && ds.hdf5) {
+      h5 = *ds.hdf5;
+      h5.test_file = none;
+      ds.hdf5 = &h5;
+    }
+    s.dataset = &ds;
+  }
+  if (spec->training) {
+    tr.batch_size = spec->training->batch_size;
+    tr.seed = spec->training->seed;
+    s.training = &tr;
+  }
+  if (spec->checkpoint && spec->checkpoint->init_from && spec->checkpoint->init_from[0]) {
+    ck.init_from = spec->checkpoint->init_from;
+    s.checkpoint = &ck;
+  }
+  size_t len = protobuf_c_message_get_packed_size(&s.base);
+  uint8_t *buf = malloc(len ? len : 1);
+  if (!buf)
+    return td_errorf(err, TD_ENOMEM, "checkpoint: out of memory hashing the job spec");
+  protobuf_c_message_pack(&s.base, buf);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  int ok = EVP_Digest(buf, len, md, &md_len, EVP_sha256(), NULL) == 1 && md_len == 32;
+  free(buf);
+  if (!ok)
+    return td_errorf(err, TD_EINTERNAL, "checkpoint: hashing the job spec failed (OpenSSL)");
+  hex32(md, out);
   return TD_OK;
 }
 
@@ -139,7 +243,13 @@ static h5_quiet h5_silence(void) {
   return q;
 }
 
-static void h5_restore(h5_quiet q) { H5Eset_auto2(H5E_DEFAULT, q.fn, q.data); }
+/* Also empties the thread's error stack: entries left there when a thread
+ * ends (a job's worker, the checkpoint writer) are never freed and hold
+ * references that keep HDF5 from closing at exit. */
+static void h5_restore(h5_quiet q) {
+  H5Eclear2(H5E_DEFAULT);
+  H5Eset_auto2(H5E_DEFAULT, q.fn, q.data);
+}
 
 static void shape_str(int rank, const hsize_t *dims, char *buf, size_t len) {
   size_t o = (size_t)snprintf(buf, len, "(");
@@ -347,10 +457,13 @@ static herr_t img_udata_free(void *ud) {
 
 /* Creates path with the bytes of b and fsyncs it. */
 static int write_fsync(const char *path, const void *b, size_t len, td_error *err) {
+  char et[ERRNO_TEXT_MAX];
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return td_errorf(err, errno == EACCES || errno == EROFS ? TD_EPERM : TD_EIO,
-                     "checkpoint: cannot create '%s': %s", path, strerror(errno));
+  if (fd < 0) {
+    int e = errno;
+    return td_errorf(err, e == EACCES || e == EROFS ? TD_EPERM : TD_EIO,
+                     "checkpoint: cannot create '%s': %s", path, errno_text(e, et, sizeof et));
+  }
   const char *c = b;
   while (len) {
     ssize_t w = write(fd, c, len > (1u << 30) ? (1u << 30) : len);
@@ -359,7 +472,8 @@ static int write_fsync(const char *path, const void *b, size_t len, td_error *er
     if (w <= 0) {
       int e = w < 0 ? errno : ENOSPC;
       close(fd);
-      return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed: %s", path, strerror(e));
+      return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed: %s", path,
+                       errno_text(e, et, sizeof et));
     }
     c += w;
     len -= (size_t)w;
@@ -367,10 +481,12 @@ static int write_fsync(const char *path, const void *b, size_t len, td_error *er
   if (fsync(fd) != 0) {
     int e = errno;
     close(fd);
-    return td_errorf(err, TD_EIO, "checkpoint: fsync of '%s' failed: %s", path, strerror(e));
+    return td_errorf(err, TD_EIO, "checkpoint: fsync of '%s' failed: %s", path,
+                     errno_text(e, et, sizeof et));
   }
   if (close(fd) != 0)
-    return td_errorf(err, TD_EIO, "checkpoint: closing '%s' failed: %s", path, strerror(errno));
+    return td_errorf(err, TD_EIO, "checkpoint: closing '%s' failed: %s", path,
+                     errno_text(errno, et, sizeof et));
   return TD_OK;
 }
 
@@ -386,12 +502,12 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
   const td_plan *p = img->plan;
   leaf *ls = NULL;
   size_t n = 0;
-  uint32_t crc = 0;
+  char digest[TD_CKPT_HASH_HEX];
   /* The image is const; the leaves only read through their pointers. */
   int rc = plan_leaves(p, (float *)img->params, (float *)img->opt_state, &ls, &n, err);
   if (rc)
     return rc;
-  if ((rc = leaves_crc(ls, n, &crc, err))) {
+  if ((rc = ckpt_digest(meta, img->count, ls, n, digest, err))) {
     free(ls);
     return rc;
   }
@@ -450,7 +566,9 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
           write_attr(fid, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, 0, &meta->seed) < 0 ||
           write_attr(fid, "prng_key", H5T_STD_U32LE, H5T_NATIVE_UINT32, 1, 2, key) < 0 ||
           write_str_attr(fid, "job_spec", meta->spec_json ? meta->spec_json : "") < 0 ||
-          write_attr(fid, "checksum", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 0, &crc) < 0;
+          write_str_attr(fid, "job_id", meta->job_id) < 0 ||
+          write_str_attr(fid, "spec_hash", meta->spec_hash) < 0 ||
+          write_str_attr(fid, "digest", digest) < 0;
   }
   ssize_t len = -1;
   if (!bad) {
@@ -520,16 +638,20 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
                      "checkpoint: directory '%s' does not exist; create it or choose "
                      "another checkpoint directory",
                      dir);
+  char et[ERRNO_TEXT_MAX];
   if (unlink(tmp) != 0 && errno != ENOENT)
     return td_errorf(err, TD_EIO, "checkpoint: cannot remove the stale '%s': %s", tmp,
-                     strerror(errno));
+                     errno_text(errno, et, sizeof et));
 
   h5_quiet q = h5_silence();
   int rc = write_file(tmp, img, meta, err);
   h5_restore(q);
-  if (!rc && rename(tmp, path) != 0)
-    rc = td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
-                   "checkpoint: cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+  if (!rc && rename(tmp, path) != 0) {
+    int e = errno;
+    rc = td_errorf(err, e == EACCES ? TD_EPERM : TD_EIO,
+                   "checkpoint: cannot rename '%s' to '%s': %s", tmp, path,
+                   errno_text(e, et, sizeof et));
+  }
   if (rc) {
     unlink(tmp);
     return rc;
@@ -537,7 +659,7 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
   if (fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
     return td_errorf(err, TD_EIO,
                      "checkpoint: '%s' is complete but fsync of its directory '%s' failed: %s",
-                     path, dir, strerror(errno));
+                     path, dir, errno_text(errno, et, sizeof et));
   return TD_OK;
 }
 
@@ -593,23 +715,28 @@ static void problem(problems *pr, const char *fmt, ...) {
 }
 
 /* Checks every leaf's presence, shape and dtype (float32 only unless
- * any_float) and, when `read`, reads it into its host location. */
-static void check_and_read_leaves(hid_t fid, const leaf *ls, size_t n, int any_float,
-                                  int read, problems *pr) {
+ * any_float) and, when `read`, reads it into its host location. Leaves are
+ * opened through td_h5_dopen: one that leads outside the file (external
+ * link, external storage, virtual dataset) or is not stored in it refuses
+ * the whole file with that error; other mismatches go into pr. */
+static int check_and_read_leaves(hid_t fid, const char *path, const leaf *ls, size_t n,
+                                 int any_float, int read, problems *pr, td_error *err) {
   for (size_t i = 0; i < n; i++) {
     const leaf *l = &ls[i];
     char want[64], got[64], tn[32];
     view_shape_str(l->view, want, sizeof want);
-    if (H5Lexists(fid, l->path, H5P_DEFAULT) <= 0 ||
-        H5Oexists_by_name(fid, l->path, H5P_DEFAULT) <= 0) {
+    hid_t d;
+    int rc = td_h5_dopen(fid, path, l->path, "dataset", &d, err);
+    if (rc == TD_ENOTFOUND) {
       problem(pr, "missing dataset %s %s", l->path, want);
       continue;
     }
-    hid_t d = H5Dopen2(fid, l->path, H5P_DEFAULT);
-    if (d < 0) {
+    if (rc == TD_EINVAL) {
       problem(pr, "%s is not a dataset", l->path);
       continue;
     }
+    if (rc)
+      return rc;
     hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
     hsize_t dims[H5S_MAX_RANK];
     int rank = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
@@ -639,6 +766,7 @@ static void check_and_read_leaves(hid_t fid, const leaf *ls, size_t n, int any_f
       H5Sclose(sp);
     H5Dclose(d);
   }
+  return TD_OK;
 }
 
 typedef struct extra_walk {
@@ -650,15 +778,22 @@ typedef struct extra_walk {
 
 static herr_t extra_cb(hid_t g, const char *name, const H5L_info_t *info, void *data) {
   extra_walk *w = data;
-  hid_t o = H5Oopen(g, name, H5P_DEFAULT);
+  char full[LEAF_PATH_MAX + 64];
+  snprintf(full, sizeof full, "%s/%s", w->prefix, name);
+  /* H5Lvisit follows no external link; opening one is refused as well
+   * (td_h5_lapl), and one is reported rather than skipped. */
+  if (info->type == H5L_TYPE_EXTERNAL) {
+    problem(w->pr, "%s is an external link (traind reads only data stored inside the file)",
+            full);
+    return 0;
+  }
+  hid_t o = H5Oopen(g, name, td_h5_lapl());
   if (o < 0)
     return 0;
   int is_dset = H5Iget_type(o) == H5I_DATASET;
   H5Oclose(o);
   if (!is_dset)
     return 0;
-  char full[LEAF_PATH_MAX + 64];
-  snprintf(full, sizeof full, "%s/%s", w->prefix, name);
   if (strcmp(full, "/opt_state/count") == 0)
     return 0;
   for (size_t i = 0; i < w->n; i++)
@@ -670,9 +805,9 @@ static herr_t extra_cb(hid_t g, const char *name, const H5L_info_t *info, void *
 
 static void check_extras(hid_t fid, const char *group, const leaf *ls, size_t n,
                          problems *pr) {
-  if (H5Lexists(fid, group, H5P_DEFAULT) <= 0)
+  if (H5Lexists(fid, group, td_h5_lapl()) <= 0)
     return;
-  hid_t g = H5Gopen2(fid, group, H5P_DEFAULT);
+  hid_t g = H5Gopen2(fid, group, td_h5_gapl());
   if (g < 0) {
     problem(pr, "%s is not a group", group);
     return;
@@ -682,33 +817,44 @@ static void check_extras(hid_t fid, const char *group, const leaf *ls, size_t n,
   H5Gclose(g);
 }
 
-/* Opens path read-only, with a message that says why not. */
+/* Opens path read-only, with a message that says why not: a regular file
+ * (never a FIFO or a device), HDF5, through td_h5_open. Datasets in it are
+ * opened through td_h5_dopen and every traversal uses td_h5_lapl/gapl, so
+ * nothing outside the file is read. */
 static int open_h5(const char *path, hid_t *fid, td_error *err) {
-  struct stat sb;
-  if (stat(path, &sb) != 0)
-    return td_errorf(err, errno == ENOENT ? TD_ENOTFOUND : TD_EIO, "checkpoint '%s': %s", path,
-                     strerror(errno));
-  if (!S_ISREG(sb.st_mode))
-    return td_errorf(err, TD_EDATA, "checkpoint '%s' is not a regular file", path);
-  if (sb.st_size == 0)
-    return td_errorf(err, TD_EDATA, "checkpoint '%s' is empty (truncated)", path);
-  if (H5Fis_hdf5(path) <= 0)
-    return td_errorf(err, TD_EDATA,
-                     "'%s' is not an HDF5 file (no HDF5 signature; truncated or another format)",
-                     path);
-  *fid = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (*fid < 0) {
-    h5_note note = h5_detail();
-    if (note.truncated)
-      return td_errorf(err, TD_EDATA, "checkpoint '%s' is truncated (%s)", path, note.last);
-    return td_errorf(err, TD_EDATA, "checkpoint '%s' cannot be opened as HDF5: %s", path,
-                     note.last);
-  }
-  return TD_OK;
+  return td_h5_open(path, "checkpoint", fid, err);
 }
 
-static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, uint32_t *crc,
-                     td_error *err) {
+/* Reads a string attribute that must fit in len bytes (NUL included). */
+static int read_str_attr_into(hid_t fid, const char *path, const char *name, char *out,
+                              size_t len, td_error *err) {
+  char *v = NULL;
+  int r = read_str_attr(fid, name, &v);
+  if (r)
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute '%s' is %s", path, name,
+                     r > 0 ? "missing" : "not a string");
+  size_t n = strlen(v);
+  int rc = TD_OK;
+  if (n >= len)
+    rc = td_errorf(err, TD_EDATA, "checkpoint '%s': attribute '%s' is %zu bytes long, "
+                   "at most %zu are allowed", path, name, n, len - 1);
+  else
+    memcpy(out, v, n + 1);
+  free(v);
+  return rc;
+}
+
+static int is_sha256_hex(const char *s) {
+  size_t n = 0;
+  for (; s[n]; n++)
+    if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+      return 0;
+  return n == 64;
+}
+
+/* The root attributes into *m (spec_json malloc'd) and the stored digest. */
+static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m,
+                     char digest[TD_CKPT_HASH_HEX], td_error *err) {
   char *fmt = NULL;
   int r = read_str_attr(fid, "format", &fmt);
   if (r || strcmp(fmt, TD_CKPT_FORMAT) != 0) {
@@ -724,6 +870,11 @@ static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, uint32_t *crc
   if ((r = read_num_attr(fid, "version", H5T_NATIVE_INT64, 1, &version)))
     return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute 'version' is %s", path,
                      r > 0 ? "missing" : "not an integer scalar");
+  if (version == 1)
+    return td_errorf(err, TD_EDATA,
+                     "checkpoint '%s' has format version 1 (not bound to a job): no job "
+                     "resumes from it; its /params can warm-start one (checkpoint.init_from)",
+                     path);
   if (version != TD_CKPT_VERSION)
     return td_errorf(err, TD_EDATA,
                      "checkpoint '%s' has format version %lld; this traind reads version %d",
@@ -742,7 +893,6 @@ static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, uint32_t *crc
       {"epoch_correct_sum", H5T_NATIVE_DOUBLE, 1, &m->epoch_correct_sum},
       {"seed", H5T_NATIVE_UINT64, 1, &m->seed},
       {"prng_key", H5T_NATIVE_UINT32, 2, key},
-      {"checksum", H5T_NATIVE_UINT32, 1, crc},
   };
   for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
     if ((r = read_num_attr(fid, nums[i].name, nums[i].mtype, nums[i].n, nums[i].out)))
@@ -757,16 +907,26 @@ static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, uint32_t *crc
   if ((r = read_str_attr(fid, "job_spec", &m->spec_json)))
     return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute 'job_spec' is %s", path,
                      r > 0 ? "missing" : "not a string");
-  return TD_OK;
+  int rc = read_str_attr_into(fid, path, "job_id", m->job_id, sizeof m->job_id, err);
+  if (!rc)
+    rc = read_str_attr_into(fid, path, "spec_hash", m->spec_hash, sizeof m->spec_hash, err);
+  if (!rc)
+    rc = read_str_attr_into(fid, path, "digest", digest, TD_CKPT_HASH_HEX, err);
+  if (!rc && !is_sha256_hex(digest))
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s': attribute 'digest' is not a SHA-256 in lowercase hex", path);
+  return rc;
 }
 
 static int read_count(hid_t fid, const char *path, int64_t *count, td_error *err) {
-  if (H5Lexists(fid, "/opt_state", H5P_DEFAULT) <= 0 ||
-      H5Lexists(fid, "/opt_state/count", H5P_DEFAULT) <= 0)
+  hid_t d;
+  int rc = td_h5_dopen(fid, path, "/opt_state/count", "dataset", &d, err);
+  if (rc == TD_ENOTFOUND)
     return td_errorf(err, TD_EDATA, "checkpoint '%s': missing dataset /opt_state/count", path);
-  hid_t d = H5Dopen2(fid, "/opt_state/count", H5P_DEFAULT);
-  if (d < 0)
+  if (rc == TD_EINVAL)
     return td_errorf(err, TD_EDATA, "checkpoint '%s': /opt_state/count is not a dataset", path);
+  if (rc)
+    return rc;
   hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
   int ok = t >= 0 && sp >= 0 && H5Tget_class(t) == H5T_INTEGER &&
            H5Sget_simple_extent_npoints(sp) == 1 &&
@@ -813,12 +973,13 @@ static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_erro
   if (rc)
     return rc;
   td_ckpt_meta m = {0};
-  uint32_t want_crc = 0, crc = 0;
+  char want_digest[TD_CKPT_HASH_HEX] = "", digest[TD_CKPT_HASH_HEX];
   int64_t count = 0;
   leaf *ls = NULL;
   size_t n = 0;
   float *host = NULL;
-  if ((rc = read_meta(fid, path, &m, &want_crc, err)) || (rc = read_count(fid, path, &count, err)))
+  if ((rc = read_meta(fid, path, &m, want_digest, err)) ||
+      (rc = read_count(fid, path, &count, err)))
     goto done;
   if (!(host = malloc((np + no + 1) * sizeof(float)))) {
     rc = td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
@@ -827,9 +988,10 @@ static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_erro
   if ((rc = plan_leaves(p, host, host + np, &ls, &n, err)))
     goto done;
   problems pr = {{0}, 0, 0};
-  if (H5Lexists(fid, "/params", H5P_DEFAULT) <= 0)
+  if (H5Lexists(fid, "/params", td_h5_lapl()) <= 0)
     problem(&pr, "missing group /params");
-  check_and_read_leaves(fid, ls, n, 0, 1, &pr);
+  if ((rc = check_and_read_leaves(fid, path, ls, n, 0, 1, &pr, err)))
+    goto done;
   check_extras(fid, "/params", ls, n, &pr);
   check_extras(fid, "/opt_state", ls, n, &pr);
   if (pr.n) {
@@ -837,13 +999,13 @@ static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_erro
                    path, pr.n, pr.n == 1 ? "" : "s", pr.buf);
     goto done;
   }
-  if ((rc = leaves_crc(ls, n, &crc, err)))
+  if ((rc = ckpt_digest(&m, count, ls, n, digest, err)))
     goto done;
-  if (crc != want_crc) {
+  if (strcmp(digest, want_digest) != 0) {
     rc = td_errorf(err, TD_EDATA,
-                   "checkpoint '%s' is corrupt: checksum mismatch (CRC-32 of the data is "
-                   "0x%08x, the file says 0x%08x)",
-                   path, crc, want_crc);
+                   "checkpoint '%s' is corrupt or was edited: digest mismatch (SHA-256 "
+                   "%.12s..., the file says %.12s...)",
+                   path, digest, want_digest);
     goto done;
   }
   if ((rc = upload_state(st, host, 1, err)))
@@ -858,6 +1020,22 @@ done:
   free(ls);
   free(host);
   H5Fclose(fid);
+  return rc;
+}
+
+int td_ckpt_read_binding(const char *path, td_ckpt_meta *meta, td_error *err) {
+  memset(meta, 0, sizeof *meta);
+  h5_quiet q = h5_silence();
+  hid_t fid = -1;
+  int rc = open_h5(path, &fid, err);
+  if (!rc) {
+    char digest[TD_CKPT_HASH_HEX];
+    rc = read_meta(fid, path, meta, digest, err);
+    H5Fclose(fid);
+  }
+  h5_restore(q);
+  if (rc)
+    td_ckpt_meta_free(meta);
   return rc;
 }
 
@@ -886,12 +1064,13 @@ static int load_params(const char *path, const td_plan *p, td_state *st, td_erro
   if ((rc = plan_leaves(p, host, NULL, &ls, &n, err)))
     goto done;
   problems pr = {{0}, 0, 0};
-  if (H5Lexists(fid, "/params", H5P_DEFAULT) <= 0) {
+  if (H5Lexists(fid, "/params", td_h5_lapl()) <= 0) {
     rc = td_errorf(err, TD_EDATA,
                    "'%s' has no /params group; parameters go in /params/<layer>/<leaf>", path);
     goto done;
   }
-  check_and_read_leaves(fid, ls, n, 1, st != NULL, &pr);
+  if ((rc = check_and_read_leaves(fid, path, ls, n, 1, st != NULL, &pr, err)))
+    goto done;
   check_extras(fid, "/params", ls, n, &pr);
   if (pr.n) {
     rc = td_errorf(err, TD_EDATA, "'%s' does not match this job's parameters (%d problem%s): %s",

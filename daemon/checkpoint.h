@@ -7,8 +7,14 @@
  * the directory is fsynced. A crash leaves at most a `.name.tmp` file, which
  * is never read as a checkpoint.
  * Reading validates everything (magic, version, every dataset's presence,
- * shape and dtype, no extra leaves, the checksum) before it touches the
- * state, so a refused file leaves the state as it was. */
+ * shape and dtype, no extra leaves, the digest) before it touches the
+ * state, so a refused file leaves the state as it was.
+ *
+ * A checkpoint is bound to the job that wrote it: it carries the job's id,
+ * the hash of the parts of its spec that determine the training state
+ * (td_ckpt_spec_hash) and its position, and a SHA-256 digest covers all of
+ * them together with every tensor. Whoever resumes from a file compares the
+ * binding with its own job (td_saver_resume). */
 #ifndef TD_CHECKPOINT_H
 #define TD_CHECKPOINT_H
 
@@ -17,9 +23,13 @@
 #include "error.h"
 #include "plan.h"
 #include "prng.h"
+#include "traind/v1/job.pb-c.h"
 
 #define TD_CKPT_FORMAT "traind-checkpoint"
-#define TD_CKPT_VERSION 1
+#define TD_CKPT_VERSION 2
+/* Room for a job id (`job_id`), and for a SHA-256 in lowercase hex. */
+#define TD_CKPT_JOB_ID_MAX 64
+#define TD_CKPT_HASH_HEX 65
 
 /* Where a job stands, stored as root attributes next to the tensors. */
 typedef struct td_ckpt_meta {
@@ -31,8 +41,22 @@ typedef struct td_ckpt_meta {
   double epoch_loss_sum, epoch_correct_sum;
   td_key root_key;        /* the job's root PRNG key (`prng_key`, uint32[2]) */
   uint64_t seed;          /* training.seed */
+  /* The binding: the job the file belongs to and td_ckpt_spec_hash of its
+   * spec (empty strings are written as they are, and match no job). */
+  char job_id[TD_CKPT_JOB_ID_MAX];
+  char spec_hash[TD_CKPT_HASH_HEX];
   char *spec_json;        /* the job spec as JSON; owned, may be NULL on write */
 } td_ckpt_meta;
+
+/* The SHA-256 (lowercase hex) of the parts of spec that determine a job's
+ * training state at a given step: model, optimizer, the training data
+ * (dataset without its test files and test_limit), training.batch_size,
+ * training.seed and checkpoint.init_from, as the protobuf encoding of a
+ * JobSpec holding only those fields (docs/checkpoint-format.md). Epochs,
+ * max_steps, evaluation, logging, devices, priority, the name and the
+ * checkpoint schedule change what is run or reported, not the state. */
+int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX],
+                      td_error *err);
 
 /* Memory for building files, kept between writes by a caller that writes
  * many (fresh memory of a file's size costs a page fault per 4 KiB). Zero
@@ -69,12 +93,17 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
 
 /* Validates the checkpoint at path against st's plan and loads it: every
  * parameter and optimizer-state leaf present with its shape and float32, no
- * extra leaves, the checksum matching. Sets st->step from /opt_state/count
+ * extra leaves, the digest matching. Sets st->step from /opt_state/count
  * and fills *meta (free with td_ckpt_meta_free; meta may be NULL). On any
  * refusal the state is unchanged and the message names the problem. */
 int td_ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta,
                  td_error *err);
 void td_ckpt_meta_free(td_ckpt_meta *m);
+/* Reads only the root attributes of path (format, version, binding,
+ * position) into *meta, for deciding whether a file belongs to a job before
+ * loading it. Refuses what td_ckpt_read would refuse in them, among them
+ * files of format version 1, which carry no binding. */
+int td_ckpt_read_binding(const char *path, td_ckpt_meta *meta, td_error *err);
 
 /* Loads only /params (for example a file written with h5py from JAX
  * parameters) into st->params. Float64 datasets are converted. A mismatch is

@@ -15,6 +15,11 @@ static const pbjson_rule config_rules[] = {
     ROW("max_concurrent_jobs", PBJSON_RULE_MAX, 4096),
     ROW("metrics_retention", PBJSON_RULE_MAX, 10000000),
     ROW("stop_timeout_sec", PBJSON_RULE_MAX, 86400),
+    ROW("job_crash_limit", PBJSON_RULE_MAX, 1000),
+    ROW("final_checkpoint_retry_sec", PBJSON_RULE_MAX, 86400),
+    ROW("memory_limit_bytes", PBJSON_RULE_MAX, 1125899906842624.0), /* 1 PiB */
+    ROW("max_connections", PBJSON_RULE_MAX, 1000000),
+    ROW("connection_idle_sec", PBJSON_RULE_MAX, 7 * 86400),
 };
 
 /* Defaults, applied to fields left unset. */
@@ -23,6 +28,10 @@ static const pbjson_rule config_rules[] = {
 #define DEFAULT_METRICS_RETENTION 100000
 #define DEFAULT_LOG_LEVEL "info"
 #define DEFAULT_STOP_TIMEOUT_SEC 60
+#define DEFAULT_JOB_CRASH_LIMIT 2
+#define DEFAULT_FINAL_CHECKPOINT_RETRY_SEC 600
+#define DEFAULT_MAX_CONNECTIONS 512
+#define DEFAULT_CONNECTION_IDLE_SEC 600
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
@@ -68,6 +77,14 @@ int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err) {
     c->metrics_retention = DEFAULT_METRICS_RETENTION;
   if (!c->stop_timeout_sec)
     c->stop_timeout_sec = DEFAULT_STOP_TIMEOUT_SEC;
+  if (!c->job_crash_limit)
+    c->job_crash_limit = DEFAULT_JOB_CRASH_LIMIT;
+  if (!c->final_checkpoint_retry_sec)
+    c->final_checkpoint_retry_sec = DEFAULT_FINAL_CHECKPOINT_RETRY_SEC;
+  if (!c->max_connections)
+    c->max_connections = DEFAULT_MAX_CONNECTIONS;
+  if (!c->connection_idle_sec)
+    c->connection_idle_sec = DEFAULT_CONNECTION_IDLE_SEC;
   if ((!c->state_dir || !*c->state_dir) &&
       (rc = td_config_set_string(&c->state_dir, DEFAULT_STATE_DIR, err)))
     return rc;

@@ -14,6 +14,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "h5safe.h"
+
 /* The most values one dataset may hold: 2^31 (8 GiB as float32). */
 #define MAX_VALUES ((uint64_t)1 << 31)
 
@@ -117,6 +119,25 @@ static void format_roots(const char *const *roots, const root_forms *r, size_t n
   }
 }
 
+/* A failed stat or realpath of a candidate: a path that cannot name a file
+ * (a loop of symlinks, a name too long) is a wrong argument, not a reason
+ * to retry. */
+static int access_error(const char *rel, const char *path, const char *doing, int e,
+                        td_error *err) {
+  if (e == ELOOP)
+    return td_errorf(err, TD_EINVAL,
+                     "dataset path '%s': cannot %s '%s': a loop of symbolic links (or more "
+                     "than the system follows); point the path at the file itself",
+                     rel, doing, path);
+  if (e == ENAMETOOLONG)
+    return td_errorf(err, TD_EINVAL,
+                     "dataset path '%s': cannot %s '%s': a name in it is longer than the file "
+                     "system allows (%d bytes)",
+                     rel, doing, path, NAME_MAX);
+  return td_errorf(err, e == EACCES ? TD_EPERM : TD_EIO, "dataset path '%s': cannot %s '%s': %s",
+                   rel, doing, path, strerror(e));
+}
+
 /* Tries one candidate path. Returns 0 with the canonical path in out, 1 when
  * nothing is there, or an error. */
 static int try_candidate(const char *path, const char *rel, const root_forms *r, size_t n,
@@ -124,17 +145,19 @@ static int try_candidate(const char *path, const char *rel, const root_forms *r,
   struct stat st;
   if (stat(path, &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) return 1;
-    return td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
-                     "dataset path '%s': cannot access '%s': %s", rel, path, strerror(errno));
+    return access_error(rel, path, "access", errno, err);
   }
   char *canon = realpath(path, NULL);
-  if (!canon)
-    return td_errorf(err, TD_EIO, "dataset path '%s': cannot canonicalize '%s': %s", rel, path,
-                     strerror(errno));
+  if (!canon) return access_error(rel, path, "canonicalize", errno, err);
   int rc = 0;
   if (!inside_any(canon, r, n, 1)) {
     rc = td_errorf(err, TD_EPERM, "dataset path '%s' escapes the data roots (%s): it leads to '%s'",
                    rel, rootlist, canon);
+  } else if (!S_ISREG(st.st_mode)) {
+    rc = td_errorf(err, TD_EINVAL,
+                   "dataset path '%s': '%s' is %s, not a regular file; datasets and warm-start "
+                   "files are read only from regular files",
+                   rel, canon, td_file_kind(st.st_mode));
   } else if (strlen(canon) >= outlen) {
     rc = td_errorf(err, TD_EINVAL, "dataset path '%s': the resolved path '%s' is too long", rel,
                    canon);
@@ -271,9 +294,16 @@ static uint32_t be32(const unsigned char *b) {
 static int idx_open(idx_file *f, const char *path, int labels, td_error *err) {
   memset(f, 0, sizeof *f);
   f->path = path;
+  struct stat st;
+  int fd = td_open_regular(path, labels ? "IDX label file" : "IDX image file", &st, err);
+  if (fd < 0) return fd;
   errno = 0;
-  f->f = gzopen(path, "rb");
-  if (!f->f) return idx_open_error(path, err);
+  f->f = gzdopen(fd, "rb");
+  if (!f->f) {
+    int rc = idx_open_error(path, err);
+    close(fd);
+    return rc;
+  }
   gzbuffer(f->f, 1u << 18);
   const char *what = labels ? "label" : "image";
   const uint32_t expect = labels ? 0x00000801u : 0x00000803u;
@@ -468,6 +498,7 @@ static void h5_list_top(hid_t fid, char *buf, size_t len) {
   size_t used = 0;
   for (hsize_t i = 0; i < gi.nlinks && i < 16; i++) {
     char name[128];
+    /* Names only: no link is traversed. */
     if (H5Lget_name_by_idx(fid, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
                            H5P_DEFAULT) < 0)
       break;
@@ -492,16 +523,19 @@ static void h5_dset_close(h5_dset *d) {
   d->id = d->space = d->type = H5I_INVALID_HID;
 }
 
-static int h5_dset_open(hid_t fid, const char *path, const char *name, const char *role, h5_dset *d,
-                        td_error *err) {
+/* Opens dataset `name` through td_h5_dopen (which refuses what leads outside
+ * the file and what the file cannot hold) and reads its shape. */
+static int h5_dset_open(hid_t fid, const char *path, const char *name, const char *role,
+                        h5_dset *d, td_error *err) {
   d->id = d->space = d->type = H5I_INVALID_HID;
-  d->id = H5Dopen2(fid, name, H5P_DEFAULT);
-  if (d->id < 0) {
+  int rc = td_h5_dopen(fid, path, name, role, &d->id, err);
+  if (rc == TD_ENOTFOUND || rc == TD_EINVAL) {
     char top[400];
     h5_list_top(fid, top, sizeof top);
     return td_errorf(err, TD_ENOTFOUND, "'%s' has no dataset '%s' (the %s); the file holds: %s",
                      path, name, role, top[0] ? top : "nothing at the top level");
   }
+  if (rc) return rc;
   d->space = H5Dget_space(d->id);
   d->type = H5Dget_type(d->id);
   d->rank = d->space >= 0 ? H5Sget_simple_extent_ndims(d->space) : -1;
@@ -547,28 +581,20 @@ static void h5_pair_close(h5_pair *p) {
   p->fid = H5I_INVALID_HID;
 }
 
-/* Opens and checks the pair; on failure everything is closed again. */
+/* Opens and checks the pair; on failure everything is closed again. The
+ * file is opened through td_h5_open (a regular file, HDF5, nothing outside
+ * it followed) and each dataset through td_h5_dopen, so what a pair that
+ * opened declares is stored in the file and may be allocated. */
 static int h5_pair_open(h5_pair *p, const char *path, const char *features, const char *labels,
                         uint32_t limit, td_error *err) {
   memset(p, 0, sizeof *p);
   p->fid = p->x.id = p->x.space = p->x.type = H5I_INVALID_HID;
   p->y = p->x;
-  struct stat st;
-  if (stat(path, &st) != 0)
-    return td_errorf(err, errno == ENOENT ? TD_ENOTFOUND : TD_EIO, "cannot open HDF5 file '%s': %s",
-                     path, strerror(errno));
-  if (S_ISDIR(st.st_mode))
-    return td_errorf(err, TD_EDATA, "'%s' is a directory, not an HDF5 file", path);
-  if (access(path, R_OK) != 0)
-    return td_errorf(err, TD_EPERM, "cannot read HDF5 file '%s': %s", path, strerror(errno));
-  if (H5Fis_hdf5(path) <= 0) return td_errorf(err, TD_EDATA, "'%s' is not an HDF5 file", path);
-
-  char detail[256], shape[128], tname[64];
-  p->fid = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (p->fid < 0)
-    return td_errorf(err, TD_EIO, "H5Fopen failed on '%s': %s", path, h5_detail(detail));
+  char shape[128], tname[64];
+  int rc = td_h5_open(path, "HDF5 dataset file", &p->fid, err);
+  if (rc) return rc;
   h5_dset *fx = &p->x, *fy = &p->y;
-  int rc = h5_dset_open(p->fid, path, features, "features", fx, err);
+  rc = h5_dset_open(p->fid, path, features, "features", fx, err);
   if (rc) goto fail;
   rc = h5_dset_open(p->fid, path, labels, "labels", fy, err);
   if (rc) goto fail;
@@ -735,6 +761,7 @@ int td_hdf5_load(const char *path, const char *features, const char *labels, uin
   H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   int rc = hdf5_load(path, features, labels, limit, ds, err);
+  H5Eclear2(H5E_DEFAULT); /* nothing left on the thread's error stack (h5safe.h) */
   H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
   if (rc) td_dataset_free(ds);
   return rc;
@@ -753,6 +780,7 @@ int td_hdf5_shape(const char *path, const char *features, const char *labels, ui
     h5_set_shape(&pr, ds);
     h5_pair_close(&pr);
   }
+  H5Eclear2(H5E_DEFAULT); /* nothing left on the thread's error stack (h5safe.h) */
   H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
   return rc;
 }

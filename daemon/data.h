@@ -32,7 +32,10 @@ void td_dataset_free(td_dataset *ds);
  * otherwise TD_EPERM "dataset path 'x' escapes the data roots (/a, /b)". The
  * written form is checked before the file system is consulted, so a refused
  * path says nothing about what exists outside the roots. Not found anywhere:
- * TD_ENOTFOUND naming the path and every root searched. */
+ * TD_ENOTFOUND naming the path and every root searched. A path inside a
+ * root that is not a regular file (FIFO, socket, device, directory), a loop
+ * of symlinks, or one with a name longer than the file system allows:
+ * TD_EINVAL saying which (a wrong argument, not a reason to retry). */
 int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, int alt_gz, char *out,
                     size_t outlen, td_error *err);
 
@@ -43,6 +46,8 @@ int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, in
  * nonzero and the data at most 2^31 bytes, the exact payload length
  * ("truncated: expected N bytes of pixel data, found M", or trailing data),
  * and equal example counts. `limit` > 0 keeps only the first `limit` examples.
+ * Files are opened with td_open_regular (h5safe.h): a FIFO, a device or a
+ * final symlink is TD_EINVAL before anything is read.
  * On failure *ds is left zeroed and err names the file and the problem. */
 int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
                 td_error *err);
@@ -52,8 +57,13 @@ int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit
  * `labels` of shape (N) or (N, 1) and any integer type, with no negative value.
  * Dataset names may be paths ("train/images"). `limit` > 0 reads only the
  * first `limit` examples. HDF5's own error printing is silenced for the call;
- * every failure names the file and the dataset. On failure *ds is left
- * zeroed. */
+ * every failure names the file and the dataset. The file and its datasets
+ * are opened through td_h5_open and td_h5_dopen (h5safe.h): a file that is
+ * not regular is TD_EINVAL; a dataset with external storage, reached
+ * through an external link, virtual, or declaring more than the file holds
+ * (never written, chunks missing, compressed beyond TD_H5_MAX_RATIO) is
+ * TD_EDATA before anything is allocated. On failure *ds is left zeroed and
+ * no HDF5 object stays open. */
 int td_hdf5_load(const char *path, const char *features, const char *labels, uint32_t limit,
                  td_dataset *ds, td_error *err);
 
@@ -61,7 +71,8 @@ int td_hdf5_load(const char *path, const char *features, const char *labels, uin
  * (after `limit`, as the loader counts it), dim, ndim and shape of *ds, with
  * the loader's checks of the headers (magic numbers, dimensions, equal
  * example counts; for HDF5 also the types) but not of the data. x and y
- * stay NULL and max_label 0. For sizing a job before it loads anything. */
+ * stay NULL and max_label 0. For sizing a job before it loads anything; the
+ * HDF5 refusals of td_hdf5_load above apply here too. */
 int td_idx_shape(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
                  td_error *err);
 int td_hdf5_shape(const char *path, const char *features, const char *labels, uint32_t limit,

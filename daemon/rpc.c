@@ -11,21 +11,27 @@
  * the call (the dispatcher until the handler runs, then the application
  * until td_rpc_reply, td_rpc_fail or td_rpc_finish). */
 #include "pbgrpc.h"
+#include "pbjson.h"
 #include "log.h"
 #include "rpc.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
+#include <grpc/grpc_posix.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -42,6 +48,17 @@
 #define RPC_ARMED 8
 #define RPC_DEFAULT_MAX_REQUEST (4u << 20)
 #define RPC_DEFAULT_UNIX_MODE 0660
+#define RPC_DEFAULT_MAX_CONNECTIONS 512
+/* Streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): each
+ * holds at most a bounded buffer (rpc.h), so this bounds a connection. */
+#define RPC_MAX_STREAMS_PER_CONNECTION 256
+/* A stream whose messages waiting behind the write in flight pass this is
+ * cancelled: its client is not reading (producers in the daemon keep at
+ * most one waiting, see td_rpc_pending). */
+#define RPC_STREAM_QUEUE_MAX ((size_t)16 << 20)
+/* After streams that moved this much in all have ended, freed memory is
+ * returned to the system (malloc_trim) a second later. */
+#define RPC_TRIM_AFTER_BYTES ((size_t)1 << 20)
 
 typedef struct rpc_tag rpc_tag;
 struct rpc_tag {
@@ -59,8 +76,29 @@ typedef struct rpc_event {
 /* A stream message waiting for the write in flight to complete. */
 typedef struct rpc_msg {
   grpc_byte_buffer *bb;
+  size_t bytes;
   struct rpc_msg *next;
 } rpc_msg;
+
+/* A listening socket of ours (one address may have several). */
+typedef struct rpc_listener {
+  td_rpc_server *srv;
+  uv_poll_t poll;
+  int poll_inited, polling;
+  int fd;
+  size_t index;    /* into the listen addresses */
+  char *unix_path; /* removed at shutdown; NULL for TCP */
+} rpc_listener;
+
+/* An accepted connection handed to gRPC: its descriptor, which socket that
+ * was (gRPC closes the descriptor when the connection ends), and the
+ * client's address. */
+typedef struct rpc_conn {
+  int fd;
+  ino_t ino;
+  dev_t dev;
+  char peer[80];
+} rpc_conn;
 
 struct td_rpc_call {
   td_rpc_server *srv;
@@ -73,6 +111,7 @@ struct td_rpc_call {
   grpc_metadata_array request_md;
 
   char *peer; /* gpr_malloc'd by grpc_call_get_peer */
+  char peer_name[80]; /* the address accepted, when gRPC says only "fd:N" */
   grpc_byte_buffer *request_bb;
   ProtobufCMessage *request; /* unpacked with method->request */
   grpc_byte_buffer *reply_bb;
@@ -98,6 +137,8 @@ struct td_rpc_call {
    * finish that waits for them. */
   grpc_byte_buffer *sending;
   rpc_msg *queue_head, *queue_tail;
+  size_t n_queued, queued_bytes; /* behind the write in flight */
+  size_t stream_bytes;           /* every message sent or queued */
   int finish_pending;
   int finish_status;
   char *finish_message;
@@ -128,6 +169,20 @@ struct td_rpc_server {
 
   td_rpc_call *calls; /* every call object, armed requests included */
   size_t n_calls, n_armed;
+
+  /* Our listening sockets and the connections accepted on them. */
+  rpc_listener *listeners;
+  size_t n_listeners;
+  rpc_conn *conns;
+  size_t n_conns, cap_conns, max_conns;
+  unsigned long long refused;
+  uint64_t refused_logged_ns;
+  uv_timer_t accept_pause;
+  int accept_pause_inited;
+  /* Returns freed memory to the system after large streams end. */
+  uv_timer_t trim;
+  int trim_inited;
+  size_t ended_bytes; /* streamed by calls released since the last trim */
 
   rpc_tag t_shutdown;
   int shutting_down, shutdown_tag_in, cq_shut;
@@ -214,10 +269,24 @@ static void drop_queue(td_rpc_call *c) {
     free(m);
   }
   c->queue_tail = NULL;
+  c->n_queued = c->queued_bytes = 0;
+}
+
+static void on_trim(uv_timer_t *t) {
+  (void)t;
+  malloc_trim(0);
 }
 
 static void call_release(td_rpc_call *c) {
   td_rpc_server *s = c->srv;
+  /* The memory a large stream's buffers (and gRPC's for it) took would
+   * otherwise stay with the process after a burst of them. */
+  s->ended_bytes += c->stream_bytes;
+  if (s->ended_bytes >= RPC_TRIM_AFTER_BYTES && s->trim_inited && !s->shutting_down &&
+      !uv_is_active((uv_handle_t *)&s->trim)) {
+    s->ended_bytes = 0;
+    uv_timer_start(&s->trim, on_trim, 1000, 0);
+  }
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -375,8 +444,13 @@ static void on_send_done(rpc_tag *t, int ok) {
     c->queue_head = m->next;
     if (!c->queue_head)
       c->queue_tail = NULL;
+    c->n_queued--;
+    c->queued_bytes -= m->bytes;
     start_send(c, m->bb);
     free(m);
+    /* Nothing waits behind this write now: a producer may queue the next. */
+    if (!c->queue_head && !c->finish_pending && !c->answered && c->drain_cb)
+      c->drain_cb(c->drain_arg, c);
   } else if (c->finish_pending) {
     c->finish_pending = 0;
     if (!c->cancelled)
@@ -416,9 +490,14 @@ static void on_recv_done(rpc_tag *t, int ok) {
     c->request = td_pbgrpc_unpack(m->request, c->request_bb, why, sizeof why);
     grpc_byte_buffer_destroy(c->request_bb);
     c->request_bb = NULL;
+    td_error uerr = {0};
     if (!c->request)
       answer_early(c, TD_GRPC_INVALID_ARGUMENT, "request is not a valid %s%s%s",
                    m->request->name, why[0] ? ": " : "", why);
+    else if (pbjson_check_utf8(c->request, NULL, &uerr) != TD_OK)
+      /* proto3 strings are UTF-8; one that is not would come back in
+       * replies that protobuf clients cannot parse. */
+      answer_early(c, TD_GRPC_INVALID_ARGUMENT, "%s", uerr.msg);
     else
       m->handler(m->ctx, c, c->request);
   }
@@ -434,6 +513,7 @@ static const td_rpc_method *find_method(const td_rpc_server *s,
 }
 
 static void arm_request(td_rpc_server *s);
+static void resolve_peer(td_rpc_call *c);
 
 static void on_new_call(rpc_tag *t, int ok) {
   td_rpc_call *c = t->call;
@@ -449,6 +529,7 @@ static void on_new_call(rpc_tag *t, int ok) {
 
   c->t0_ns = mono_ns();
   c->peer = grpc_call_get_peer(c->call);
+  resolve_peer(c);
   c->method = find_method(s, c->details.method);
   if (!c->method) {
     char *path = grpc_slice_to_c_string(c->details.method);
@@ -537,6 +618,10 @@ static void finish_teardown(td_rpc_server *s) {
   if (s->grace_inited) {
     s->grace_inited = 0;
     uv_close((uv_handle_t *)&s->grace, on_grace_closed); /* closes before async */
+  }
+  if (s->trim_inited) {
+    s->trim_inited = 0;
+    uv_close((uv_handle_t *)&s->trim, on_grace_closed);
   }
   uv_close((uv_handle_t *)&s->async, on_async_closed);
 }
@@ -647,16 +732,89 @@ static int prepare_unix(const char *addr, const char *path, td_error *err) {
   return TD_OK;
 }
 
-/* gRPC reports a failed bind only in its log; binding the address once
- * more here recovers the reason (for example "Address already in use"). */
-static void describe_tcp_failure(const char *addr, char *out, size_t n) {
+/* ---- our own listeners
+ *
+ * The daemon accepts connections itself and hands each to gRPC
+ * (grpc_server_add_channel_from_fd), so that it can count them: gRPC 1.51
+ * has no limit on incoming connections, and idle ones would otherwise use
+ * up the file descriptors every job and checkpoint needs. A connection
+ * beyond max_connections is accepted and closed at once (the client sees
+ * UNAVAILABLE); the ones already open keep working. */
+
+/* Adds a listening socket for address i. */
+static int push_listener(td_rpc_server *s, size_t i, int fd, const char *unix_path,
+                         td_error *err) {
+  rpc_listener *nl = realloc(s->listeners, (s->n_listeners + 1) * sizeof *nl);
+  if (!nl) {
+    close(fd);
+    return td_errorf(err, TD_ENOMEM, "out of memory starting the rpc server");
+  }
+  s->listeners = nl;
+  rpc_listener *l = &s->listeners[s->n_listeners];
+  memset(l, 0, sizeof *l);
+  l->srv = s;
+  l->fd = fd;
+  l->index = i;
+  if (unix_path && !(l->unix_path = strdup(unix_path))) {
+    close(fd);
+    return td_errorf(err, TD_ENOMEM, "out of memory starting the rpc server");
+  }
+  s->n_listeners++;
+  return TD_OK;
+}
+
+static int listen_unix(td_rpc_server *s, size_t i, const char *addr, const char *path,
+                       int abstract, int unix_mode, td_error *err) {
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  size_t len = strlen(path);
+  socklen_t salen;
+  if (abstract) {
+    if (len == 0 || len + 1 > sizeof sa.sun_path)
+      return td_errorf(err, TD_EINVAL,
+                       "cannot listen on %s: an abstract socket name has 1 to %zu bytes", addr,
+                       sizeof sa.sun_path - 1);
+    memcpy(sa.sun_path + 1, path, len);
+    salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len);
+  } else {
+    int rc = prepare_unix(addr, path, err);
+    if (rc)
+      return rc;
+    memcpy(sa.sun_path, path, len + 1);
+    salen = (socklen_t)sizeof sa;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return td_errorf(err, TD_EIO, "cannot listen on %s: socket: %s", addr, strerror(errno));
+  if (bind(fd, (struct sockaddr *)&sa, salen) != 0 || listen(fd, SOMAXCONN) != 0) {
+    int e = errno;
+    close(fd);
+    return td_errorf(err, e == EACCES ? TD_EPERM : TD_EIO, "cannot listen on %s: %s", addr,
+                     strerror(e));
+  }
+  if (!abstract && chmod(path, (mode_t)unix_mode) != 0) {
+    int e = errno;
+    close(fd);
+    unlink(path);
+    return td_errorf(err, TD_EIO, "cannot listen on %s: chmod %o: %s", addr,
+                     (unsigned)unix_mode, strerror(e));
+  }
+  return push_listener(s, i, fd, abstract ? NULL : path, err);
+}
+
+/* "host:port", "[v6]:port" or ":port" (every interface); each address the
+ * host resolves to gets a socket, and port 0 becomes one port the system
+ * chose for all of them. */
+static int listen_tcp(td_rpc_server *s, size_t i, const char *addr, const char *hostport,
+                      td_error *err) {
   char host[256];
-  snprintf(out, n, "gRPC could not bind it");
-  const char *colon = strrchr(addr, ':');
-  if (!colon || (size_t)(colon - addr) >= sizeof host)
-    return;
-  memcpy(host, addr, (size_t)(colon - addr));
-  host[colon - addr] = '\0';
+  const char *colon = strrchr(hostport, ':');
+  if (!colon || !colon[1] || (size_t)(colon - hostport) >= sizeof host)
+    return td_errorf(err, TD_EINVAL,
+                     "cannot listen on %s: expected unix:PATH or HOST:PORT", addr);
+  memcpy(host, hostport, (size_t)(colon - hostport));
+  host[colon - hostport] = '\0';
   char *h = host;
   if (h[0] == '[') {
     h++;
@@ -664,58 +822,271 @@ static void describe_tcp_failure(const char *addr, char *out, size_t n) {
     if (close_bracket)
       *close_bracket = '\0';
   }
+  char port[16];
+  snprintf(port, sizeof port, "%s", colon + 1);
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof hints);
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
-  int rc = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res);
-  if (rc != 0) {
-    snprintf(out, n, "%s", gai_strerror(rc));
-    return;
-  }
-  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC,
-                  res->ai_protocol);
-  if (fd >= 0) {
+  int rc = getaddrinfo(*h ? h : NULL, port, &hints, &res);
+  if (rc != 0)
+    return td_errorf(err, TD_EINVAL, "cannot listen on %s: %s", addr, gai_strerror(rc));
+  int families = 0;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+    families |= ai->ai_family == AF_INET6 ? 2 : 1;
+  int bound = 0, chosen = 0, first_errno = 0;
+  rc = TD_OK;
+  for (struct addrinfo *ai = res; ai && rc == TD_OK; ai = ai->ai_next) {
+    if (chosen) {
+      if (ai->ai_family == AF_INET)
+        ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)chosen);
+      else if (ai->ai_family == AF_INET6)
+        ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port = htons((uint16_t)chosen);
+    }
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    if (fd < 0) {
+      first_errno = first_errno ? first_errno : errno;
+      continue;
+    }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0)
-      snprintf(out, n, "%s", strerror(errno));
-    close(fd);
+    /* Both families for one host: each socket serves its own. */
+    if (ai->ai_family == AF_INET6 && families == 3)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+      int e = errno;
+      close(fd);
+      /* An address in use is an error; a family the host lacks is not,
+       * when another address works. */
+      if (e == EADDRINUSE || e == EACCES) {
+        rc = td_errorf(err, e == EACCES ? TD_EPERM : TD_EIO, "cannot listen on %s: %s", addr,
+                       strerror(e));
+        break;
+      }
+      first_errno = first_errno ? first_errno : e;
+      continue;
+    }
+    if (!chosen) {
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof ss;
+      if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        chosen = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                : ((struct sockaddr_in *)&ss)->sin_port);
+    }
+    rc = push_listener(s, i, fd, NULL, err);
+    bound++;
   }
   freeaddrinfo(res);
+  if (rc == TD_OK && !bound)
+    rc = td_errorf(err, TD_EIO, "cannot listen on %s: %s", addr,
+                   first_errno ? strerror(first_errno) : "no address to bind");
+  if (rc == TD_OK)
+    s->ports[i] = chosen;
+  return rc;
 }
 
-static int add_listener(td_rpc_server *s, size_t i, int unix_mode,
-                        td_error *err) {
+static int add_listener(td_rpc_server *s, size_t i, int unix_mode, td_error *err) {
   const char *addr = s->listen[i];
   const char *path = unix_path_of(addr);
-  if (path) {
-    int rc = prepare_unix(addr, path, err);
-    if (rc)
-      return rc;
+  s->ports[i] = 0;
+  if (path)
+    return listen_unix(s, i, addr, path, 0, unix_mode, err);
+  if (strncmp(addr, "unix-abstract:", 14) == 0)
+    return listen_unix(s, i, addr, addr + 14, 1, unix_mode, err);
+  const char *hp = addr;
+  if (strncmp(hp, "dns:///", 7) == 0)
+    hp += 7;
+  else if (strncmp(hp, "ipv4:", 5) == 0 || strncmp(hp, "ipv6:", 5) == 0)
+    hp += 5;
+  return listen_tcp(s, i, addr, hp, err);
+}
+
+/* Closes the listening sockets (a unix socket's file is removed). Safe to
+ * call twice; the poll handles close on the loop. */
+static void on_listener_closed(uv_handle_t *h) { (void)h; }
+
+static void close_listeners(td_rpc_server *s) {
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    rpc_listener *l = &s->listeners[i];
+    if (l->polling) {
+      l->polling = 0;
+      uv_poll_stop(&l->poll);
+    }
+    if (l->poll_inited) {
+      l->poll_inited = 0;
+      uv_close((uv_handle_t *)&l->poll, on_listener_closed);
+    }
+    if (l->fd >= 0) {
+      close(l->fd);
+      l->fd = -1;
+    }
+    if (l->unix_path) {
+      unlink(l->unix_path);
+      free(l->unix_path);
+      l->unix_path = NULL;
+    }
   }
-  grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
-  int port = grpc_server_add_http2_port(s->server, addr, cr);
-  grpc_server_credentials_release(cr);
-  if (port == 0) {
-    char why[256];
-    if (path)
-      snprintf(why, sizeof why, "gRPC could not bind the socket");
-    else
-      describe_tcp_failure(addr, why, sizeof why);
-    return td_errorf(err, TD_EIO, "cannot listen on %s: %s", addr, why);
+  if (s->accept_pause_inited) {
+    s->accept_pause_inited = 0;
+    uv_timer_stop(&s->accept_pause);
+    uv_close((uv_handle_t *)&s->accept_pause, on_listener_closed);
   }
-  if (path) {
-    if (chmod(path, (mode_t)unix_mode) != 0)
-      return td_errorf(err, TD_EIO, "cannot listen on %s: chmod %o: %s", addr,
-                       (unsigned)unix_mode, strerror(errno));
-    s->ports[i] = 0;
-  } else if (strncmp(addr, "unix-abstract:", 14) == 0) {
-    s->ports[i] = 0;
+}
+
+/* A connection is still open when its descriptor still names the socket
+ * accepted (gRPC closes the descriptor when the connection ends, and the
+ * number may since name another file). */
+static int conn_alive(const rpc_conn *c) {
+  struct stat st;
+  return fstat(c->fd, &st) == 0 && st.st_ino == c->ino && st.st_dev == c->dev;
+}
+
+static void prune_conns(td_rpc_server *s) {
+  size_t k = 0;
+  for (size_t i = 0; i < s->n_conns; i++)
+    if (conn_alive(&s->conns[i]))
+      s->conns[k++] = s->conns[i];
+  s->n_conns = k;
+}
+
+/* The client's address for logs, as gRPC writes it ("ipv4:127.0.0.1:5555",
+ * "unix:"). */
+static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n) {
+  char host[INET6_ADDRSTRLEN];
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    snprintf(out, n, "ipv4:%s:%u", host, (unsigned)ntohs(a->sin_port));
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    snprintf(out, n, "ipv6:[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
   } else {
-    s->ports[i] = port;
+    snprintf(out, n, "unix:");
   }
-  return TD_OK;
+}
+
+static void on_accept_pause_done(uv_timer_t *t);
+
+/* Out of descriptors: the pending connection stays queued and the socket
+ * stays readable, so accepting pauses for a moment instead of spinning. */
+static void pause_accepting(td_rpc_server *s) {
+  for (size_t i = 0; i < s->n_listeners; i++)
+    if (s->listeners[i].polling) {
+      uv_poll_stop(&s->listeners[i].poll);
+      s->listeners[i].polling = 0;
+    }
+  if (s->accept_pause_inited)
+    uv_timer_start(&s->accept_pause, on_accept_pause_done, 100, 0);
+}
+
+static void on_accept(uv_poll_t *h, int status, int events);
+
+static void resume_accepting(td_rpc_server *s) {
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    rpc_listener *l = &s->listeners[i];
+    if (l->poll_inited && !l->polling && uv_poll_start(&l->poll, UV_READABLE, on_accept) == 0)
+      l->polling = 1;
+  }
+}
+
+static void on_accept_pause_done(uv_timer_t *t) {
+  td_rpc_server *s = t->data;
+  if (!s->shutting_down)
+    resume_accepting(s);
+}
+
+static void refuse_conn(td_rpc_server *s, int fd, const char *peer) {
+  close(fd);
+  s->refused++;
+  uint64_t now = mono_ns();
+  if (now - s->refused_logged_ns > 10ull * 1000000000ull || !s->refused_logged_ns) {
+    s->refused_logged_ns = now;
+    td_log_warn("connection refused: max_connections reached; raise max_connections or close "
+                "idle clients",
+                "peer=%s max_connections=%zu refused_total=%llu", peer, s->max_conns,
+                (unsigned long long)s->refused);
+  }
+}
+
+static void on_accept(uv_poll_t *h, int status, int events) {
+  (void)events;
+  rpc_listener *l = h->data;
+  td_rpc_server *s = l->srv;
+  if (status < 0)
+    return;
+  for (int burst = 0; burst < 256; burst++) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        td_log_warn("cannot accept a connection; pausing for 100 ms", "err=%s",
+                    strerror(errno));
+        pause_accepting(s);
+      }
+      return; /* EAGAIN: nothing more now; other errors concern one peer */
+    }
+    char peer[80];
+    format_peer(&ss, peer, sizeof peer);
+    if (s->shutting_down) {
+      close(fd);
+      continue;
+    }
+    if (s->n_conns >= s->max_conns)
+      prune_conns(s);
+    struct stat st;
+    if (s->n_conns >= s->max_conns || fstat(fd, &st) != 0) {
+      refuse_conn(s, fd, peer);
+      continue;
+    }
+    if (s->n_conns == s->cap_conns) {
+      size_t cap = s->cap_conns ? 2 * s->cap_conns : 64;
+      rpc_conn *nc = realloc(s->conns, cap * sizeof *nc);
+      if (!nc) {
+        refuse_conn(s, fd, peer);
+        continue;
+      }
+      s->conns = nc;
+      s->cap_conns = cap;
+    }
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    rpc_conn *c = &s->conns[s->n_conns++];
+    c->fd = fd;
+    c->ino = st.st_ino;
+    c->dev = st.st_dev;
+    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
+    grpc_server_add_channel_from_fd(s->server, fd, cr);
+    grpc_server_credentials_release(cr);
+  }
+}
+
+/* gRPC names a connection it was handed "fd:N"; the address recorded at
+ * accept replaces that. */
+static void resolve_peer(td_rpc_call *c) {
+  const char *p = c->peer;
+  if (!p || strncmp(p, "fd:", 3) != 0)
+    return;
+  char *end;
+  long fd = strtol(p + 3, &end, 10);
+  td_rpc_server *s = c->srv;
+  for (size_t i = 0; i < s->n_conns; i++)
+    if (s->conns[i].fd == fd && conn_alive(&s->conns[i])) {
+      snprintf(c->peer_name, sizeof c->peer_name, "%s", s->conns[i].peer);
+      return;
+    }
+}
+
+size_t td_rpc_server_connections(td_rpc_server *s) {
+  if (!s)
+    return 0;
+  prune_conns(s);
+  return s->n_conns;
 }
 
 /* ---- the server */
@@ -780,6 +1151,7 @@ static int check_opts(const td_rpc_server_opts *o, td_error *err) {
 /* Undoes a start that failed before the rpc thread existed: the shutdown
  * tag is collected here, on the calling thread. */
 static void abort_start(td_rpc_server *s) {
+  close_listeners(s);
   if (s->server) {
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
     for (;;) {
@@ -836,17 +1208,31 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
 
   size_t max = opts->max_request_bytes ? opts->max_request_bytes
                                        : RPC_DEFAULT_MAX_REQUEST;
-  grpc_arg args[2];
+  size_t max_reply = opts->max_reply_bytes ? opts->max_reply_bytes : RPC_DEFAULT_MAX_REQUEST;
+  s->max_conns = opts->max_connections ? opts->max_connections : RPC_DEFAULT_MAX_CONNECTIONS;
+  grpc_arg args[4];
+  size_t nargs = 0;
   memset(args, 0, sizeof args);
-  args[0].type = GRPC_ARG_INTEGER;
-  args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-  args[0].value.integer = max > INT_MAX ? INT_MAX : (int)max;
-  /* Without this a second daemon could bind the same TCP port and share
-   * its connections. */
-  args[1].type = GRPC_ARG_INTEGER;
-  args[1].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
-  args[1].value.integer = 0;
-  grpc_channel_args chargs = {2, args};
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+  args[nargs++].value.integer = max > INT_MAX ? INT_MAX : (int)max;
+  /* Replies are bounded by construction; this makes one that is not fail
+   * on the server instead of at a client. */
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+  args[nargs++].value.integer = max_reply > INT_MAX ? INT_MAX : (int)max_reply;
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS;
+  args[nargs++].value.integer = RPC_MAX_STREAMS_PER_CONNECTION;
+  if (opts->connection_idle_ms) {
+    /* A connection with no call for this long is closed (GOAWAY), so that
+     * idle clients do not hold max_connections slots forever. */
+    args[nargs].type = GRPC_ARG_INTEGER;
+    args[nargs].key = (char *)GRPC_ARG_MAX_CONNECTION_IDLE_MS;
+    args[nargs++].value.integer =
+        opts->connection_idle_ms > INT_MAX ? INT_MAX : (int)opts->connection_idle_ms;
+  }
+  grpc_channel_args chargs = {nargs, args};
   s->server = grpc_server_create(&chargs, NULL);
   s->cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(s->server, s->cq, NULL);
@@ -866,6 +1252,20 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
   s->async.data = s;
   s->async_inited = 1;
   grpc_server_start(s->server);
+  uv_timer_init(loop, &s->accept_pause);
+  s->accept_pause.data = s;
+  s->accept_pause_inited = 1;
+  uv_timer_init(loop, &s->trim);
+  s->trim.data = s;
+  s->trim_inited = 1;
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    rpc_listener *l = &s->listeners[i];
+    if (uv_poll_init(loop, &l->poll, l->fd) == 0) {
+      l->poll.data = l;
+      l->poll_inited = 1;
+    }
+  }
+  resume_accepting(s);
   if (uv_thread_create(&s->thread, rpc_thread_main, s) != 0) {
     /* Without the thread nothing completes; fail loudly and early. */
     fprintf(stderr, "traind: rpc: cannot create the rpc thread\n");
@@ -901,6 +1301,9 @@ void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg),
   s->shutting_down = 1;
   s->done = done;
   s->done_arg = arg;
+  close_listeners(s);
+  if (s->trim_inited)
+    uv_timer_stop(&s->trim);
   grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
   /* Finished calls still have their last writes in flight: cancelling now
    * would cut a stream's final status. Cancel what is left after a grace. */
@@ -918,6 +1321,13 @@ void td_rpc_server_free(td_rpc_server *s) {
     return;
   if (s->mu_inited)
     uv_mutex_destroy(&s->mu);
+  for (size_t i = 0; i < s->n_listeners; i++) {
+    if (s->listeners[i].fd >= 0)
+      close(s->listeners[i].fd);
+    free(s->listeners[i].unix_path);
+  }
+  free(s->listeners);
+  free(s->conns);
   free(s->inbox);
   free(s->work);
   free(s->methods);
@@ -960,7 +1370,16 @@ int td_rpc_send(td_rpc_call *c, const ProtobufCMessage *message) {
     return TD_EINVAL;
   if (c->answered || c->cancelled)
     return TD_ECANCELLED;
+  size_t bytes = protobuf_c_message_get_packed_size(message);
+  if (c->sending && c->queued_bytes + bytes > RPC_STREAM_QUEUE_MAX) {
+    /* The client does not take what it asked for: end the stream rather
+     * than hold more. The cancel callback follows as for any cancel. */
+    grpc_call_cancel_with_status(c->call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                                 "the client is not reading the stream", NULL);
+    return TD_ECANCELLED;
+  }
   grpc_byte_buffer *bb = td_pbgrpc_pack(message);
+  c->stream_bytes += bytes;
   if (!c->sending) {
     start_send(c, bb);
     return TD_OK;
@@ -971,7 +1390,10 @@ int td_rpc_send(td_rpc_call *c, const ProtobufCMessage *message) {
     return TD_ENOMEM;
   }
   m->bb = bb;
+  m->bytes = bytes;
   m->next = NULL;
+  c->n_queued++;
+  c->queued_bytes += bytes;
   if (c->queue_tail)
     c->queue_tail->next = m;
   else
@@ -1021,7 +1443,13 @@ void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c), void
 
 int td_rpc_is_cancelled(const td_rpc_call *c) { return c->cancelled; }
 
+size_t td_rpc_pending(const td_rpc_call *c) {
+  return (c->sending ? 1 : 0) + c->n_queued;
+}
+
 const char *td_rpc_peer(const td_rpc_call *c) {
+  if (c->peer_name[0])
+    return c->peer_name;
   return c->peer ? c->peer : "unknown";
 }
 

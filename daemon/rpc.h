@@ -9,8 +9,12 @@
  *
  * Methods come from a table of rows {path, kind, request descriptor,
  * handler}. Unknown methods are answered UNIMPLEMENTED, requests that do not
- * unpack INVALID_ARGUMENT, requests over the size limit RESOURCE_EXHAUSTED,
- * all without reaching a handler. */
+ * unpack or hold a string that is not UTF-8 INVALID_ARGUMENT (with the
+ * field's path), requests over the size limit RESOURCE_EXHAUSTED, all
+ * without reaching a handler.
+ *
+ * The server binds its listen addresses itself and hands each accepted
+ * connection to gRPC, so that connections are counted (max_connections). */
 #ifndef TD_RPC_H
 #define TD_RPC_H
 
@@ -67,8 +71,15 @@ typedef struct td_rpc_server_opts {
   size_t n_listen;
   const td_rpc_method *methods; /* copied */
   size_t n_methods;
-  size_t max_request_bytes; /* 0: 4 MiB */
+  size_t max_request_bytes; /* 0: 4 MiB; a larger request: RESOURCE_EXHAUSTED */
+  size_t max_reply_bytes;   /* 0: 4 MiB; a larger reply fails on the server */
   int unix_mode;            /* socket file mode; 0: 0660 */
+  /* Connections open at once, over every address; 0: 512. One more is
+   * accepted and closed at once (the client sees UNAVAILABLE) while the
+   * open ones keep working. */
+  size_t max_connections;
+  /* A connection with no call for this long is closed; 0: never. */
+  unsigned connection_idle_ms;
   /* Called on the loop once per call as it ends (answered, failed, or
    * cancelled by the client or a deadline): the method path ("unknown"
    * for methods not in the table), the status code, and the seconds since
@@ -89,6 +100,8 @@ int td_rpc_server_port(const td_rpc_server *s, size_t i);
 /* The number of calls accepted and not yet released (answered calls whose
  * last batch is still in flight count too); for tests and daemon info. */
 size_t td_rpc_server_calls(const td_rpc_server *s);
+/* The connections open now (counted against max_connections). */
+size_t td_rpc_server_connections(td_rpc_server *s);
 /* Stops accepting calls, gives the calls in flight one second to finish
  * (so that a stream's last messages and status reach the client), then
  * cancels what is left (streams see their cancel callback), and calls
@@ -110,8 +123,16 @@ void td_rpc_fail(td_rpc_call *c, int grpc_status, const char *message);
 /* Streams: queues a message (packed immediately). Returns TD_OK, or
  * TD_ECANCELLED when the client is gone or the stream is finished
  * (TD_EINVAL on a unary call). At most one write is in flight; later ones
- * wait in order. */
+ * wait in order, and a stream whose waiting messages pass 16 MiB is
+ * cancelled (RESOURCE_EXHAUSTED: the client is not reading; the cancel
+ * callback runs as for any cancel). A producer that can outpace its client
+ * sends only while td_rpc_pending is below 2 and goes on from its drain
+ * callback, so that a stream holds at most the write in flight and one
+ * message behind it. */
 int td_rpc_send(td_rpc_call *c, const ProtobufCMessage *message);
+/* Messages of a stream not yet written: the one in flight and those
+ * waiting behind it. */
+size_t td_rpc_pending(const td_rpc_call *c);
 /* Ends a stream after its queued messages. The call must not be used
  * afterwards. */
 void td_rpc_finish(td_rpc_call *c, int grpc_status, const char *message);
@@ -122,9 +143,10 @@ void td_rpc_finish(td_rpc_call *c, int grpc_status, const char *message);
  * calls never call it: their cancellation shows only when answered. */
 void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
                       void *arg);
-/* Streams: cb runs on the loop each time every queued message has been
- * written and the stream is neither finished nor cancelled, so that a
- * producer can send the next messages only as the client takes them. */
+/* Streams: cb runs on the loop each time a write completes and nothing
+ * waits behind the next one (td_rpc_pending is then 0 or 1), while the
+ * stream is neither finished nor cancelled, so that a producer can send
+ * the next messages only as the client takes them. */
 void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
                      void *arg);
 int td_rpc_is_cancelled(const td_rpc_call *c);

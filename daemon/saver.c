@@ -16,6 +16,8 @@
 #define NAME_PREFIX "ckpt-"
 #define NAME_SUFFIX ".h5"
 #define STEP_DIGITS 12
+_Static_assert(sizeof NAME_PREFIX - 1 + STEP_DIGITS + sizeof NAME_SUFFIX <= TD_CKPT_NAME_MAX,
+               "checkpoint names fit td_ckpt_file.name");
 
 const char *td_ckpt_reason_name(td_ckpt_reason r) {
   static const char *const names[] = {"periodic", "requested", "final", "shutdown"};
@@ -73,8 +75,9 @@ int td_ckpt_list(const char *dir, td_ckpt_file **out, size_t *n, td_error *err) 
       }
       fs = nf;
     }
+    /* name_step accepted only names of the one length that fits. */
     fs[count].step = step;
-    snprintf(fs[count].name, sizeof fs[count].name, "%s", e->d_name);
+    memcpy(fs[count].name, e->d_name, strlen(e->d_name) + 1);
     count++;
   }
   closedir(d);
@@ -181,6 +184,8 @@ static void *writer_main(void *arg) {
     if (s->done)
       s->done(s->user, &s->res);
     pthread_mutex_lock(&s->mu);
+    if (s->res.rc == TD_OK)
+      s->written_step = s->res.step;
     s->busy = 0;
     pthread_cond_broadcast(&s->cv);
   }
@@ -188,26 +193,35 @@ static void *writer_main(void *arg) {
   return NULL;
 }
 
-int td_saver_start(td_saver *s, const td_plan *plan, const char *dir,
-                   uint32_t keep_last, uint32_t keep_every, const char *spec_json,
-                   td_saver_done done, void *user, td_error *err) {
+int td_saver_start(td_saver *s, const td_saver_opts *o, td_error *err) {
   memset(s, 0, sizeof *s);
+  const char *dir = o->dir;
   if ((size_t)snprintf(s->dir, sizeof s->dir, "%s", dir) >= sizeof s->dir)
     return td_errorf(err, TD_EINVAL, "checkpoint directory path too long: %.64s...", dir);
-  int rc = td_mkdir_p(dir, err);
+  if (!o->job_id || !o->job_id[0] || strlen(o->job_id) >= sizeof s->job_id)
+    return td_errorf(err, TD_EINVAL, "checkpoints need a job id of 1 to %zu bytes",
+                     sizeof s->job_id - 1);
+  memcpy(s->job_id, o->job_id, strlen(o->job_id) + 1);
+  if (!o->spec)
+    return td_errorf(err, TD_EINVAL, "checkpoints need the job's spec");
+  int rc = td_ckpt_spec_hash(o->spec, s->spec_hash, err);
   if (rc)
     return rc;
+  if ((rc = td_mkdir_p(dir, err)))
+    return rc;
   td_ckpt_clean(dir);
+  const td_plan *plan = o->plan;
   s->plan = plan;
-  s->keep_last = keep_last;
-  s->keep_every = keep_every;
-  s->done = done;
-  s->user = user;
+  s->keep_last = o->keep_last;
+  s->keep_every = o->keep_every;
+  s->done = o->done;
+  s->user = o->user;
   s->last_step = -1;
+  s->written_step = -1;
   s->last_sec = mono_sec();
   size_t floats = plan->n_params * (1 + plan->optim.state_slots);
   s->host = malloc((floats ? floats : 1) * sizeof(float));
-  s->spec_json = strdup(spec_json ? spec_json : "");
+  s->spec_json = strdup(o->spec_json ? o->spec_json : "");
   if (!s->host || !s->spec_json) {
     free(s->host);
     free(s->spec_json);
@@ -250,6 +264,8 @@ int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_
     return td_errorf(err, rc, "checkpoint: copying the state from the %s backend failed",
                      ops->name);
   td_trainer_meta(t, &s->meta);
+  memcpy(s->meta.job_id, s->job_id, sizeof s->job_id);
+  memcpy(s->meta.spec_hash, s->spec_hash, sizeof s->spec_hash);
   s->meta.spec_json = s->spec_json; /* borrowed; never freed through meta */
   memset(&s->res, 0, sizeof s->res);
   s->res.reason = reason;
@@ -265,6 +281,39 @@ int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
   return TD_OK;
+}
+
+/* Whether the checkpoint at path belongs to s's job and fits t, from its
+ * attributes alone: the job id, the spec hash, the step its name gives and
+ * a position within the job. td_trainer_resume then reads the whole file
+ * and checks the digest that covers these attributes. */
+static int check_binding(const td_saver *s, const td_trainer *t, const char *path,
+                         int64_t name_step, td_error *err) {
+  td_ckpt_meta m;
+  int rc = td_ckpt_read_binding(path, &m, err);
+  if (rc)
+    return rc;
+  if (strcmp(m.job_id, s->job_id) != 0)
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s' belongs to job '%s', not to this job '%s' (a file of "
+                   "another job in this job's directory)",
+                   path, m.job_id, s->job_id);
+  else if (strcmp(m.spec_hash, s->spec_hash) != 0)
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s' was written for another spec (spec hash %.12s..., this "
+                   "job's is %.12s...): the model, optimizer, training data, batch size, "
+                   "seed or init_from differ",
+                   path, m.spec_hash, s->spec_hash);
+  else if (m.step != name_step)
+    rc = td_errorf(err, TD_EDATA, "checkpoint '%s' holds step %lld, not the step %lld its "
+                   "name says (renamed?)",
+                   path, (long long)m.step, (long long)name_step);
+  else if (m.step < 0 || m.step > t->total_steps)
+    rc = td_errorf(err, TD_EDATA, "checkpoint '%s' is at step %lld, outside this job's %lld "
+                   "steps",
+                   path, (long long)m.step, (long long)t->total_steps);
+  td_ckpt_meta_free(&m);
+  return rc;
 }
 
 int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, char *note,
@@ -283,7 +332,8 @@ int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, cha
   for (size_t i = 0; i < n && !resumed; i++) {
     char path[PATH_MAX + TD_CKPT_NAME_MAX];
     snprintf(path, sizeof path, "%s/%s", s->dir, fs[i].name);
-    if (td_trainer_resume(t, path, &err) == TD_OK) {
+    if (check_binding(s, t, path, fs[i].step, &err) == TD_OK &&
+        td_trainer_resume(t, path, &err) == TD_OK) {
       snprintf(file, file_len, "%s", fs[i].name);
       resumed = 1;
       break;
@@ -304,7 +354,85 @@ int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, cha
   free(fs);
   s->last_step = t->st.step;
   s->last_sec = mono_sec();
+  pthread_mutex_lock(&s->mu);
+  s->written_step = resumed ? t->st.step : -1;
+  pthread_mutex_unlock(&s->mu);
   return resumed;
+}
+
+/* Sleeps sec seconds in short naps, or until r->give_up says to stop
+ * (returns 1 then). */
+static int nap(const td_saver_retry *r, double sec) {
+  double until = mono_sec() + sec;
+  for (;;) {
+    if (r && r->give_up && r->give_up(r->user))
+      return 1;
+    double left = until - mono_sec();
+    if (left <= 0)
+      return 0;
+    double d = left < 0.05 ? left : 0.05;
+    struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+    nanosleep(&ts, NULL);
+  }
+}
+
+int td_saver_persist(td_saver *s, td_trainer *t, td_ckpt_reason reason, int force,
+                     const td_saver_retry *r, td_error *err) {
+  td_saver_wait(s);
+  const int64_t step = t->st.step;
+  pthread_mutex_lock(&s->mu);
+  int64_t written = s->written_step;
+  pthread_mutex_unlock(&s->mu);
+  if (!force && written == step)
+    return TD_OK;
+  const double window = r ? r->retry_sec : 0.0;
+  double first_fail = 0.0, delay = 1.0;
+  char last[TD_ERRMSG_MAX] = "";
+  int rc = TD_OK, attempts = 0;
+  for (;;) {
+    td_error e = {0};
+    attempts++;
+    rc = td_saver_snapshot(s, t, reason, r && r->gen ? r->gen(r->user) : 0, &e);
+    if (!rc) {
+      td_saver_wait(s);
+      rc = s->res.rc; /* the writer is idle: its result stays until the next snapshot */
+      if (rc)
+        snprintf(e.msg, sizeof e.msg, "%s", s->res.msg);
+    }
+    if (!rc)
+      return TD_OK;
+    snprintf(last, sizeof last, "%s", e.msg);
+    double now = mono_sec();
+    if (attempts == 1)
+      first_fail = now;
+    double left = window - (now - first_fail);
+    if (left <= 0)
+      break;
+    double wait = delay < left ? delay : left;
+    td_log_warn("checkpoint failed; trying again", "dir=%s step=%lld reason=%s attempt=%d "
+                "retry_in_sec=%.1f err=\"%s\"", s->dir, (long long)step,
+                td_ckpt_reason_name(reason), attempts, wait, last);
+    if (nap(r, wait))
+      return td_errorf(err, TD_ECANCELLED,
+                       "stopped while retrying the %s checkpoint of step %lld, which is not on "
+                       "disk (the last attempt: %s)",
+                       td_ckpt_reason_name(reason), (long long)step, last);
+    delay = delay * 2 > 30 ? 30 : delay * 2;
+  }
+  /* What is on disk, so that the message claims nothing more. */
+  char newest[TD_CKPT_NAME_MAX + 64] = "none";
+  td_ckpt_file *fs = NULL;
+  size_t n = 0;
+  td_error le = {0};
+  if (td_ckpt_list(s->dir, &fs, &n, &le) == TD_OK && n)
+    snprintf(newest, sizeof newest, "%s (step %lld)", fs[0].name, (long long)fs[0].step);
+  free(fs);
+  char tries[96] = "";
+  if (attempts > 1)
+    snprintf(tries, sizeof tries, " in %d attempts over %.0f s", attempts, window);
+  return td_errorf(err, rc, "the %s checkpoint of step %lld could not be written%s: %s; the "
+                   "newest checkpoint on disk in %s is %s",
+                   td_ckpt_reason_name(reason), (long long)step, tries, last, s->dir, newest);
 }
 
 int td_saver_due(const td_saver *s, const Traind__V1__Checkpointing *c, int64_t step) {

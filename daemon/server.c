@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "exporter.h"
 #include "footprint.h"
 #include "gpus.h"
+#include "h5safe.h"
 #include "health.h"
 #include "jobs.h"
 #include "jobspec.h"
@@ -40,10 +42,22 @@
 #define WATCH_BATCH 1000     /* step points per streamed message */
 #define LIST_DEFAULT 100
 #define LIST_MAX 1000
+/* A ListJobs reply packs to at most this many bytes unless its one job is
+ * larger (docs/operations.md, Limits); room is kept for next_page_token. */
+#define LIST_MAX_BYTES ((size_t)1 << 20)
+#define NEXT_TOKEN_BYTES 64
+/* The largest request the daemon reads (a SubmitJob of a 1 MiB spec fits,
+ * with room to say by how much a larger spec is over), and the largest
+ * reply it sends: a client's default receive limit (docs/operations.md). */
+#define MAX_REQUEST_BYTES ((size_t)2 << 20)
+#define MAX_REPLY_BYTES ((size_t)4 << 20)
 #define METRICS_DEFAULT 1000
 #define METRICS_MAX 10000
-#define EXPORT_CHUNK (1u << 20) /* bytes per FileChunk */
-#define EXPORT_AHEAD 4          /* chunks queued at a time */
+/* Bytes per FileChunk, and chunks not yet written at a time (the one in
+ * flight and one behind it): what a stream holds, however slowly its
+ * client reads. */
+#define EXPORT_CHUNK (64u << 10)
+#define EXPORT_AHEAD 2
 #define DEFAULT_KEEP_LAST 3
 
 /* A worker's report to the loop. */
@@ -66,6 +80,7 @@ typedef struct event {
 /* A WatchMetrics stream. */
 typedef struct td_watch {
   struct td_watch *next;
+  struct td_server *srv;
   td_rpc_call *call;
   td_job *job;
   int64_t since_step;  /* step points sent up to here */
@@ -103,6 +118,12 @@ typedef struct td_server {
   int draining, rpc_down;
   char **listen_shown; /* listen addresses with bound ports filled in */
   size_t n_listen_shown;
+  /* The host memory the daemon's jobs may hold together (memory_limit_bytes,
+   * else the cgroup limit or MemAvailable, read at start and at SIGHUP);
+   * mem_on 0 when it could not be told: no memory admission. */
+  td_memory_limit mem;
+  int mem_on;
+  char *submit_gate; /* TRAIND_TEST_SUBMIT_GATE (tests), owned; NULL: none */
 } td_server;
 
 typedef struct worker_ctx {
@@ -116,7 +137,8 @@ typedef struct worker_ctx {
   int interrupted;  /* the daemon stopped while the job ran */
   td_saver saver;
   uint64_t save_taken; /* SaveCheckpoint requests covered by a snapshot */
-  int gpus[TD_JOB_MAX_DEVICES]; /* GPU replicas: each rank's GPU */
+  double final_retry_sec; /* final_checkpoint_retry_sec when the job started */
+  int *gpus; /* GPU replicas: each rank's GPU (one per device of the job), owned */
   int on_gpu;
   char tb_dir[PATH_MAX];
   td_tfevents *tb; /* the job's TensorBoard events; NULL after a failure */
@@ -142,11 +164,25 @@ static td_job *find_job(td_server *s, const char *id) {
   return NULL;
 }
 
+/* The answer to a request whose job id find_job did not find: a malformed
+ * id (td_job_id_valid) is INVALID_ARGUMENT, a well-formed one NOT_FOUND. */
 static void fail_not_found(td_rpc_call *call, const char *id) {
-  char msg[256];
-  snprintf(msg, sizeof msg, "no job with id '%s'; list jobs with trainctl list",
-           id ? id : "");
-  td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
+  char msg[256], shown[48];
+  size_t k = 0;
+  for (const char *c = id ? id : ""; *c && k < 40; c++)
+    shown[k++] = *c >= 0x20 && *c < 0x7f && *c != '\'' ? *c : '?';
+  shown[k] = 0;
+  if (!id || !*id) {
+    td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT,
+                "id: required (a job id like j-0123456789abcd; list jobs with trainctl list)");
+  } else if (!td_job_id_valid(id)) {
+    snprintf(msg, sizeof msg, "id: '%s%s' is not a job id (j- and up to 29 of [0-9a-z], like "
+             "j-0123456789abcd); list jobs with trainctl list", shown, id[k] ? "..." : "");
+    td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, msg);
+  } else {
+    snprintf(msg, sizeof msg, "no job with id '%s'; list jobs with trainctl list", id);
+    td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
+  }
 }
 
 /* ---------------------------------------------------------- workers */
@@ -305,9 +341,23 @@ static void w_resume(worker_ctx *w, td_trainer *t) {
   post_event(w->srv, e);
 }
 
+/* The tag of a snapshot taken now: the SaveCheckpoint requests so far,
+ * which it covers. */
+static uint64_t w_gen(void *user) {
+  worker_ctx *w = user;
+  w->save_taken = atomic_load(&w->job->save_req);
+  return w->save_taken;
+}
+
 /* After the run: the end-of-job or shutdown checkpoint, written before the
- * worker reports. Cancelled and failed jobs keep what they have. */
-static void w_last_checkpoint(worker_ctx *w, td_trainer *t, int rc) {
+ * worker reports. A job whose training is done succeeds only once its final
+ * state is on disk: a failed write is retried for final_retry_sec with the
+ * state kept in memory (the job stays RUNNING), and the job fails with the
+ * reason if it never gets written; a cancel or the daemon's stop ends the
+ * retries (the job is then cancelled, or queued to run again from its
+ * previous checkpoint). The shutdown checkpoint is tried once. Cancelled and
+ * failed jobs keep what they have. Returns the job's outcome. */
+static int w_last_checkpoint(worker_ctx *w, td_trainer *t, int rc, td_error *err) {
   int stop = atomic_load(&w->job->stop);
   td_ckpt_reason reason;
   if (rc == TD_OK)
@@ -315,12 +365,25 @@ static void w_last_checkpoint(worker_ctx *w, td_trainer *t, int rc) {
   else if (rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN)
     reason = TD_CKPT_SHUTDOWN;
   else
-    return;
+    return rc;
   td_saver_wait(&w->saver);
-  if (t->st.step == w->saver.last_step && atomic_load(&w->job->save_req) <= w->save_taken)
-    return; /* the newest checkpoint is of this very state */
-  w_snapshot(w, t, reason);
-  td_saver_wait(&w->saver);
+  int force = atomic_load(&w->job->save_req) > w->save_taken; /* a SaveCheckpoint waits */
+  td_saver_retry r = {.retry_sec = reason == TD_CKPT_FINAL ? w->final_retry_sec : 0.0,
+                      .give_up = w_stop,
+                      .gen = w_gen,
+                      .user = w};
+  td_error perr = {0};
+  int prc = td_saver_persist(&w->saver, t, reason, force, &r, &perr);
+  if (prc && reason == TD_CKPT_FINAL) {
+    td_log_error("the job's final checkpoint was not written; the job does not succeed",
+                 "job=%s err=\"%s\"", w->job->id, perr.msg);
+    *err = perr;
+    return prc;
+  }
+  if (prc)
+    td_log_warn("shutdown checkpoint failed; the job resumes from its previous checkpoint",
+                "job=%s err=\"%s\"", w->job->id, perr.msg);
+  return rc;
 }
 
 static void *worker_main(void *arg) {
@@ -349,9 +412,16 @@ static void *worker_main(void *arg) {
   if (!rc) {
     const Traind__V1__Checkpointing *c = j->spec->checkpoint;
     json = pbjson_emit(&j->spec->base, PBJSON_PROTO_NAMES);
-    rc = json ? td_saver_start(&w->saver, t.plan, w->ckpt_dir,
-                               c && c->keep_last ? c->keep_last : DEFAULT_KEEP_LAST,
-                               c ? c->keep_every_steps : 0, json, w_saved, w, &err)
+    td_saver_opts so = {.plan = t.plan,
+                        .dir = w->ckpt_dir,
+                        .job_id = j->id,
+                        .spec = j->spec,
+                        .spec_json = json,
+                        .keep_last = c && c->keep_last ? c->keep_last : DEFAULT_KEEP_LAST,
+                        .keep_every = c ? c->keep_every_steps : 0,
+                        .done = w_saved,
+                        .user = w};
+    rc = json ? td_saver_start(&w->saver, &so, &err)
               : td_errorf(&err, TD_ENOMEM, "out of memory");
     if (rc) {
       td_error_prefix(&err, "checkpoints");
@@ -375,7 +445,7 @@ static void *worker_main(void *arg) {
     td_train_hooks h = {.user = w, .on_step = w_step, .on_epoch = w_epoch,
                         .at_boundary = w_boundary, .should_stop = w_stop};
     rc = td_trainer_run(&t, &h, NULL, &err);
-    w_last_checkpoint(w, &t, rc);
+    rc = w_last_checkpoint(w, &t, rc, &err);
     td_saver_stop(&w->saver);
     td_trainer_free(&t);
     td_error tb_err = {0};
@@ -390,6 +460,7 @@ static void *worker_main(void *arg) {
     free(w->roots[i]);
   free(w->roots);
   td_server *srv = w->srv;
+  free(w->gpus);
   free(w);
   if (!done) {
     /* Without memory for the report the loop cannot learn the outcome. */
@@ -446,9 +517,24 @@ static int job_possible(td_server *s, const td_job *j) {
   return job_device_count(j) <= p.n;
 }
 
-/* Whether the devices the job asks for are free: its explicit ones, or
- * enough of any. */
+/* The host memory the RUNNING jobs hold (their admitted footprints). */
+static size_t mem_held(const td_server *s) {
+  size_t held = 0;
+  for (size_t i = 0; i < s->n_jobs; i++)
+    if (s->jobs[i]->state == TRAIND__V1__JOB_STATE__RUNNING)
+      held += s->jobs[i]->mem_bytes;
+  return held;
+}
+
+/* Whether the devices the job asks for are free (its explicit ones, or
+ * enough of any) and its host memory fits what running jobs leave of the
+ * memory for jobs. */
 static int job_fits(td_server *s, const td_job *j) {
+  if (s->mem_on) {
+    size_t held = mem_held(s);
+    if (j->mem_bytes > (s->mem.bytes > held ? s->mem.bytes - held : 0))
+      return 0;
+  }
   dev_pool p = pool_of(s, job_on_gpu(j));
   const Traind__V1__Devices *d = j->spec->devices;
   if (d && d->n_ids) {
@@ -466,7 +552,7 @@ static void release_devices(td_server *s, td_job *j) {
   for (int i = 0; i < j->n_devices; i++)
     if (p.owner[j->devices[i]] == j)
       p.owner[j->devices[i]] = NULL;
-  j->n_devices = 0;
+  td_job_devices_clear(j);
 }
 
 static void finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
@@ -477,16 +563,21 @@ static void start_job(td_server *s, td_job *j) {
   const Traind__V1__Devices *d = j->spec->devices;
   j->on_gpu = job_on_gpu(j);
   dev_pool p = pool_of(s, j->on_gpu);
-  j->n_devices = 0;
+  /* Device lists are sized from the job's count (up to the pool's size). */
+  if (td_job_devices_reserve(j, need) != TD_OK) {
+    finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_RESOURCE_EXHAUSTED,
+               "the daemon is out of memory");
+    return;
+  }
   for (size_t i = 0; d && i < d->n_ids; i++) {
     int dev = job_device_id(j, i);
     p.owner[dev] = j;
-    j->devices[j->n_devices++] = dev;
+    td_job_devices_add(j, dev);
   }
   for (int i = 0; i < p.n && j->n_devices < need; i++)
     if (!p.owner[i]) {
       p.owner[i] = j;
-      j->devices[j->n_devices++] = i;
+      td_job_devices_add(j, i);
     }
   uint32_t per_device = s->threads / (uint32_t)s->n_devices;
   j->threads = (per_device ? per_device : 1) * (uint32_t)need;
@@ -497,12 +588,13 @@ static void start_job(td_server *s, td_job *j) {
   save_job(s, j);
 
   worker_ctx *w = calloc(1, sizeof *w);
-  int ok = w != NULL;
+  int ok = w != NULL && (w->gpus = calloc((size_t)j->n_devices + 1, sizeof *w->gpus)) != NULL;
   if (ok) {
     w->srv = s;
     w->job = j;
     w->threads = (int)j->threads;
     w->retention = s->cfg->metrics_retention;
+    w->final_retry_sec = s->cfg->final_checkpoint_retry_sec;
     w->interrupted = j->interrupted;
     w->on_gpu = j->on_gpu;
     for (int i = 0; i < j->n_devices; i++)
@@ -522,6 +614,7 @@ static void start_job(td_server *s, td_job *j) {
       for (size_t i = 0; w->roots && i < w->n_roots; i++)
         free(w->roots[i]);
       free(w->roots);
+      free(w->gpus);
       free(w);
     }
     finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_RESOURCE_EXHAUSTED,
@@ -532,6 +625,48 @@ static void start_job(td_server *s, td_job *j) {
   j->interrupted = 0;
   td_log_info("job started", "job=%s name=\"%s\" devices=%d threads=%u", j->id,
               j->name, j->n_devices, j->threads);
+}
+
+/* Sizes a queued job whose host memory is not known yet (one loaded at
+ * start: records do not keep it), on the loop (linear in the bounded
+ * spec; the datasets' headers only), and fails a job that cannot fit the
+ * memory for jobs even on an idle daemon, with RESOURCE_EXHAUSTED and the
+ * figures as at submission: a job that would only be OOM-killed, and the
+ * daemon with it, never starts (also after a restart or a reload that
+ * lowered the limit). A job that cannot be sized (its data gone) is left to
+ * fail at start with the reason. Returns whether the job may wait. */
+static int job_sized(td_server *s, td_job *j) {
+  td_error err = {0};
+  if (!j->mem_known) {
+    td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
+                         .n_data_roots = s->cfg->n_data_dirs};
+    td_footprint f;
+    j->mem_known = 1;
+    if (td_job_footprint(j->spec, &o, &f, &err)) {
+      j->mem_bytes = 0;
+      return 1;
+    }
+    td_footprint_add_metrics(&f, s->cfg->metrics_retention);
+    j->mem_bytes = f.host_bytes;
+    if (s->mem_on && td_footprint_admit(&f, &s->mem, 0, &err)) {
+      td_log_warn("job cannot fit the memory for jobs; failed", "job=%s err=\"%s\"", j->id,
+                  err.msg);
+      finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_RESOURCE_EXHAUSTED, err.msg);
+      return 0;
+    }
+    return 1;
+  }
+  if (s->mem_on && j->mem_bytes > s->mem.bytes) {
+    char need[32], lim[32], msg[512];
+    snprintf(msg, sizeof msg,
+             "memory: the job needs %s and the daemon's jobs may now use only %s (%s); make "
+             "the job smaller, or raise memory_limit_bytes in the daemon's config",
+             td_footprint_human(need, sizeof need, j->mem_bytes),
+             td_footprint_human(lim, sizeof lim, s->mem.bytes), s->mem.source);
+    finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_RESOURCE_EXHAUSTED, msg);
+    return 0;
+  }
+  return 1;
 }
 
 /* The concurrency limit: configured, or one job per device. */
@@ -566,6 +701,8 @@ static void schedule(td_server *s) {
       finish_job(s, best, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_FAILED_PRECONDITION, msg);
       continue;
     }
+    if (best && !job_sized(s, best))
+      continue; /* it can never fit: failed */
     if (!best || !job_fits(s, best))
       return;
     start_job(s, best);
@@ -641,7 +778,8 @@ static void on_checkpoint(td_server *s, td_job *j, const td_saver_result *r) {
   if (s->prom_on)
     td_exporter_checkpoint(&s->prom, r->rc == TD_OK, r->write_sec);
   if (r->rc) {
-    snprintf(j->ckpt_error, sizeof j->ckpt_error, "step %lld: %s", (long long)r->step, r->msg);
+    snprintf(j->ckpt_error, sizeof j->ckpt_error, "step %lld (%s): %s", (long long)r->step,
+             td_ckpt_reason_name(r->reason), r->msg);
     td_log_error("checkpoint failed", "job=%s step=%lld reason=%s err=\"%s\"", j->id,
                  (long long)r->step, td_ckpt_reason_name(r->reason), r->msg);
     char msg[TD_ERRMSG_MAX + 64];
@@ -661,6 +799,7 @@ static void on_checkpoint(td_server *s, td_job *j, const td_saver_result *r) {
   c->stall_ms = r->stall_ms;
   j->ckpts_written++;
   j->ckpt_error[0] = 0;
+  j->crashes = 0; /* progress a restart keeps: earlier stops are forgiven */
   td_log_info("checkpoint written",
               "job=%s file=%s step=%lld reason=%s bytes=%lld stall_ms=%.2f write_sec=%.3f", j->id,
               r->name, (long long)r->step, c->reason, (long long)r->bytes, r->stall_ms,
@@ -678,15 +817,19 @@ static void on_event(td_server *s, event *e) {
   if (e->kind == EV_RESUMED) {
     td_job_add_resume(j, &e->resume);
     save_job(s, j);
-    if (e->resume.checkpoint[0])
-      td_log_info("job resumed from a checkpoint", "job=%s file=%s step=%lld%s%s%s", j->id,
-                  e->resume.checkpoint, (long long)e->resume.step,
-                  e->resume.note[0] ? " note=\"" : "", e->resume.note,
-                  e->resume.note[0] ? "\"" : "");
+    /* Every %s of a record is escaped as a value (daemon/log.h), so the
+     * optional note is a second form, not text spliced into the format. */
+    if (e->resume.checkpoint[0] && e->resume.note[0])
+      td_log_info("job resumed from a checkpoint", "job=%s file=%s step=%lld note=\"%s\"",
+                  j->id, e->resume.checkpoint, (long long)e->resume.step, e->resume.note);
+    else if (e->resume.checkpoint[0])
+      td_log_info("job resumed from a checkpoint", "job=%s file=%s step=%lld", j->id,
+                  e->resume.checkpoint, (long long)e->resume.step);
+    else if (e->resume.note[0])
+      td_log_info("job starts over: no usable checkpoint", "job=%s note=\"%s\"", j->id,
+                  e->resume.note);
     else
-      td_log_info("job starts over: no usable checkpoint", "job=%s%s%s%s", j->id,
-                  e->resume.note[0] ? " note=\"" : "", e->resume.note,
-                  e->resume.note[0] ? "\"" : "");
+      td_log_info("job starts over: no usable checkpoint", "job=%s", j->id);
     return;
   }
   if (e->kind == EV_STARTED) {
@@ -854,6 +997,11 @@ static void flush_watch(td_server *s, td_watch *w) {
   td_job *j = w->job;
   int final = td_job_is_final(j);
   for (int round = 0; round < 64; round++) {
+    /* A stream holds at most the write in flight and one message behind
+     * it; points that come meanwhile wait in the job's ring and go out
+     * together in the next message, from the drain callback. */
+    if (td_rpc_pending(w->call) >= 2)
+      return;
     page p;
     if (page_read(&p, j, w->since_step, w->since_epoch, WATCH_BATCH) != 0) {
       page_free(&p);
@@ -904,6 +1052,12 @@ static void on_flush_timer(uv_timer_t *t) {
   }
 }
 
+static void on_watch_drain(void *arg, td_rpc_call *call) {
+  (void)call;
+  td_watch *w = arg;
+  flush_watch(w->srv, w);
+}
+
 static void on_watch_cancel(void *arg, td_rpc_call *call) {
   td_watch *w = arg;
   td_rpc_finish(call, TD_GRPC_CANCELLED, "cancelled");
@@ -911,6 +1065,74 @@ static void on_watch_cancel(void *arg, td_rpc_call *call) {
 }
 
 /* ---------------------------------------------------------- handlers */
+
+/* ------------------------------------------------------ submissions */
+
+/* A SubmitJob past its cheap checks. Validation, compiling, the datasets'
+ * headers and the memory checks take time that grows with the spec, so
+ * they run on libuv's thread pool (submit_check), never on the loop: that
+ * function reads only this struct, which holds its own copy of the spec
+ * and of what it needs of the daemon's state, taken on the loop, and
+ * writes the outcome here. The loop finishes the submission (the job, its
+ * record, the schedule, the reply) in submit_done. */
+typedef struct submit_work {
+  uv_work_t req;
+  td_server *srv;            /* for submit_done, on the loop */
+  td_rpc_call *call;         /* answered by submit_done */
+  Traind__V1__JobSpec *spec; /* owned until it goes to the job */
+  char *name;                /* owned */
+  char **roots;              /* the data roots at submission, owned */
+  size_t n_roots;
+  int n_cpus, n_gpus;        /* the device pools (fixed while the daemon runs) */
+  char gpu_why[256];
+  unsigned char *gpu_held;   /* (n_gpus) whether a job holds each GPU now; owned */
+  td_memory_limit mem;       /* the memory for jobs; checked when mem_on */
+  int mem_on;
+  uint32_t retention;        /* metrics_retention */
+  const char *gate;          /* td_server submit_gate; borrowed (outlives the loop) */
+  /* The outcome. */
+  int code;                  /* a gRPC status; TD_GRPC_OK: the job is accepted */
+  char msg[TD_ERRMSG_MAX];
+  size_t mem_bytes;          /* the job's host memory (td_footprint host_bytes) */
+  double check_ms;
+} submit_work;
+
+static void submit_work_free(submit_work *w) {
+  if (!w)
+    return;
+  if (w->spec)
+    protobuf_c_message_free_unpacked(&w->spec->base, NULL);
+  free(w->name);
+  for (size_t i = 0; i < w->n_roots; i++)
+    free(w->roots[i]);
+  free(w->roots);
+  free(w->gpu_held);
+  free(w);
+}
+
+/* A deep copy of a spec (the request belongs to its call). */
+static Traind__V1__JobSpec *copy_spec(const Traind__V1__JobSpec *spec) {
+  size_t n = traind__v1__job_spec__get_packed_size(spec);
+  uint8_t *buf = malloc(n ? n : 1);
+  if (!buf)
+    return NULL;
+  traind__v1__job_spec__pack(spec, buf);
+  Traind__V1__JobSpec *copy = traind__v1__job_spec__unpack(NULL, n, buf);
+  free(buf);
+  return copy;
+}
+
+static double mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int submit_refuse(submit_work *w, int code, const char *msg) {
+  w->code = code;
+  snprintf(w->msg, sizeof w->msg, "%s", msg);
+  return code;
+}
 
 /* Whether a GPU job's buffers fit the free memory of the GPUs it would run
  * on: its devices.ids, else the first devices.count GPUs that no job of
@@ -921,20 +1143,16 @@ static void on_watch_cancel(void *arg, td_rpc_call *call) {
  * (should it be short then, the job fails at start naming the allocation).
  * TD_ENOMEM (RESOURCE_EXHAUSTED) says what the job needs, what is free on
  * which GPU, and what to change. */
-static int check_gpu_memory(td_server *s, const Traind__V1__JobSpec *spec,
-                            const td_trainer_opts *o, td_error *err) {
-  td_footprint f;
-  int rc = td_job_footprint(spec, o, &f, err);
-  if (rc)
-    return rc;
-  const Traind__V1__Devices *d = spec->devices;
-  const int need = td_job_device_count(spec);
-  for (int i = 0, seen = 0; !rc && seen < need && i < s->n_gpus; i++) {
+static int check_gpu_memory(const submit_work *w, const td_footprint *f, td_error *err) {
+  const Traind__V1__Devices *d = w->spec->devices;
+  const int need = td_job_device_count(w->spec);
+  int rc = TD_OK;
+  for (int i = 0, seen = 0; !rc && seen < need && i < w->n_gpus; i++) {
     int gpu = d->n_ids ? td_device_index(d->ids[i], "gpu") : i;
-    if (!d->n_ids && s->gpu_owner[gpu])
+    if (!d->n_ids && w->gpu_held[gpu])
       continue; /* the job would be given a free one */
     seen++;
-    if (s->gpu_owner[gpu])
+    if (w->gpu_held[gpu])
       continue; /* the job waits for it: not checked (see above) */
     size_t free_bytes = 0, total_bytes = 0;
     td_error qerr = {0};
@@ -943,9 +1161,156 @@ static int check_gpu_memory(td_server *s, const Traind__V1__JobSpec *spec,
                   "gpu=%d err=\"%s\"", gpu, qerr.msg);
       continue;
     }
-    rc = td_footprint_fits(&f, gpu, free_bytes, err);
+    rc = td_footprint_fits(f, gpu, free_bytes, err);
   }
   return rc;
+}
+
+/* Tests only: while the file TRAIND_TEST_SUBMIT_GATE names exists, a
+ * submission waits here, after it logged its start (so that a test can
+ * show the daemon serving other calls while a submission is checked). At
+ * most a minute. */
+static void submit_gate_wait(const char *gate) {
+  struct stat st;
+  for (int i = 0; gate && i < 6000 && stat(gate, &st) == 0; i++) {
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* libuv's thread pool: every check of the submission that reads more than
+ * the request (the spec's rules and size limits, devices, the compile, the
+ * dataset files and their headers, init_from, the memory for jobs and on
+ * GPUs). Reads only w; shares nothing with the loop but the log. */
+static void submit_check(uv_work_t *req) {
+  submit_work *w = req->data;
+  const Traind__V1__JobSpec *spec = w->spec;
+  const double t0 = mono_ms();
+  td_log_debug("checking a submission", "layers=%zu bytes=%zu",
+               spec->model ? spec->model->n_layers : 0,
+               traind__v1__job_spec__get_packed_size(spec));
+  submit_gate_wait(w->gate);
+  td_error err = {0};
+  int rc = td_job_check_spec(spec, &err);
+  if (rc) {
+    submit_refuse(w, td_grpc_status(rc), err.msg);
+    return;
+  }
+  const int need = td_job_device_count(spec);
+  const int gpu = spec->devices && spec->devices->kind && strcmp(spec->devices->kind, "gpu") == 0;
+  const char *kind = gpu ? "gpu" : "cpu";
+  const int pool = gpu ? w->n_gpus : w->n_cpus;
+  char msg[512];
+  if (gpu && !pool) {
+    snprintf(msg, sizeof msg, "devices.kind: the job asks for GPUs, but this daemon has none: %s",
+             w->gpu_why);
+    submit_refuse(w, TD_GRPC_FAILED_PRECONDITION, msg);
+    return;
+  }
+  if (need > pool) {
+    snprintf(msg, sizeof msg,
+             "devices.count: the job asks for %d %s devices but the daemon has %d; "
+             "ask for at most %d",
+             need, kind, pool, pool);
+    submit_refuse(w, TD_GRPC_FAILED_PRECONDITION, msg);
+    return;
+  }
+  td_trainer_opts o = {.data_roots = (const char *const *)w->roots,
+                       .n_data_roots = w->n_roots,
+                       .backend = gpu ? td_gpu_backend : NULL,
+                       .comm = gpu ? td_gpu_comm() : NULL};
+  if ((rc = td_trainer_check(spec, &o, &err))) {
+    submit_refuse(w, td_grpc_status(rc), err.msg);
+    return;
+  }
+  /* The format of the ids is checked; now whether the daemon has them. */
+  const Traind__V1__Devices *dv = spec->devices;
+  for (size_t i = 0; dv && i < dv->n_ids; i++)
+    if (td_device_index(dv->ids[i], kind) >= pool) {
+      snprintf(msg, sizeof msg,
+               "devices.ids[%zu]: %.32s does not exist; the daemon has %s:0 to %s:%d", i,
+               dv->ids[i], kind, kind, pool - 1);
+      submit_refuse(w, TD_GRPC_FAILED_PRECONDITION, msg);
+      return;
+    }
+  /* Memory: the job's host memory against what the daemon's jobs may use
+   * (on an idle daemon: a job that fits only once others finish waits in
+   * the queue), and a GPU job's buffers against its GPUs' free memory. */
+  td_trainer_opts fo = {.data_roots = (const char *const *)w->roots, .n_data_roots = w->n_roots};
+  td_footprint f;
+  if ((rc = td_job_footprint(spec, &fo, &f, &err))) {
+    submit_refuse(w, td_grpc_status(rc), err.msg);
+    return;
+  }
+  td_footprint_add_metrics(&f, w->retention);
+  if ((w->mem_on && (rc = td_footprint_admit(&f, &w->mem, 0, &err))) ||
+      (gpu && (rc = check_gpu_memory(w, &f, &err)))) {
+    submit_refuse(w, td_grpc_status(rc), err.msg);
+    return;
+  }
+  w->mem_bytes = f.host_bytes;
+  w->check_ms = mono_ms() - t0;
+  w->code = TD_GRPC_OK;
+}
+
+/* On the loop: the outcome of submit_check. An accepted job gets its id
+ * and record, is queued and scheduled, and the call is answered. */
+static void submit_done(uv_work_t *req, int status) {
+  submit_work *w = req->data;
+  td_server *s = w->srv;
+  td_rpc_call *call = w->call;
+  if (status == 0 && w->code == TD_GRPC_OK && s->draining) {
+    /* The daemon began to stop while the job was checked. */
+    submit_refuse(w, TD_GRPC_UNAVAILABLE,
+                  "the daemon is shutting down and accepts no jobs; submit again after it "
+                  "restarts");
+  } else if (status != 0) {
+    submit_refuse(w, TD_GRPC_INTERNAL, "the submission's checks did not run");
+  }
+  if (w->code != TD_GRPC_OK) {
+    td_log_debug("submission refused", "code=%d err=\"%s\"", w->code, w->msg);
+    td_rpc_fail(call, w->code, w->msg);
+    submit_work_free(w);
+    return;
+  }
+  td_log_debug("submission checked", "check_ms=%.1f mem_bytes=%zu", w->check_ms, w->mem_bytes);
+  td_error err = {0};
+  const size_t mem_bytes = w->mem_bytes;
+  td_job *j = td_job_new(w->spec, w->name, s->next_seq++);
+  if (j)
+    w->spec = NULL; /* the job's now */
+  if (j && s->n_jobs == s->cap_jobs) {
+    size_t cap = s->cap_jobs ? s->cap_jobs * 2 : 64;
+    td_job **nj = realloc(s->jobs, cap * sizeof *nj);
+    if (nj) {
+      s->jobs = nj;
+      s->cap_jobs = cap;
+    } else {
+      td_job_free(j);
+      j = NULL;
+    }
+  }
+  submit_work_free(w);
+  if (!j) {
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  j->mem_bytes = mem_bytes;
+  j->mem_known = 1;
+  if (td_job_save(j, s->cfg->state_dir, &err)) {
+    td_log_error("cannot save job record", "job=%s err=\"%s\"", j->id, err.msg);
+    td_job_free(j);
+    td_rpc_fail(call, TD_GRPC_INTERNAL, "the daemon cannot write its state directory");
+    return;
+  }
+  s->jobs[s->n_jobs++] = j;
+  td_log_info("job queued", "job=%s name=\"%s\" peer=%s", j->id, j->name, td_rpc_peer(call));
+  schedule(s);
+  td_job_msg m;
+  td_job_msg_fill(&m, j, s->cfg->state_dir);
+  Traind__V1__SubmitJobResponse resp = TRAIND__V1__SUBMIT_JOB_RESPONSE__INIT;
+  resp.job = &m.job;
+  td_rpc_reply(call, &resp.base);
 }
 
 static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
@@ -961,101 +1326,50 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
     return;
   }
   td_error err = {0};
-  int rc = td_jobspec_validate(req->spec, &err);
-  int need = rc ? 0 : td_job_device_count(req->spec);
-  int gpu = !rc && req->spec->devices && req->spec->devices->kind &&
-            strcmp(req->spec->devices->kind, "gpu") == 0;
-  dev_pool pool = pool_of(s, gpu);
-  if (gpu && !pool.n) {
-    char msg[400];
-    snprintf(msg, sizeof msg, "devices.kind: the job asks for GPUs, but this daemon has none: %s",
-             s->gpu_why);
-    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
-    return;
-  }
-  if (need > pool.n) {
+  /* Sizes first: a job must fit every reply that carries it. */
+  size_t packed = traind__v1__job_spec__get_packed_size(req->spec);
+  if (packed > TD_JOBSPEC_MAX_BYTES) {
     char msg[256];
     snprintf(msg, sizeof msg,
-             "devices.count: the job asks for %d %s devices but the daemon has %d; "
-             "ask for at most %d",
-             need, pool.kind, pool.n, pool.n);
-    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
+             "spec: the JobSpec is %zu bytes packed; the limit is %zu bytes (1 MiB): "
+             "make it smaller",
+             packed, TD_JOBSPEC_MAX_BYTES);
+    td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, msg);
     return;
   }
-  if (!rc) {
-    td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
-                         .n_data_roots = s->cfg->n_data_dirs,
-                         .backend = gpu ? td_gpu_backend : NULL,
-                         .comm = gpu ? td_gpu_comm() : NULL};
-    rc = td_trainer_check(req->spec, &o, &err);
-  }
-  if (rc) {
-    td_rpc_fail(call, td_grpc_status(rc), err.msg);
+  if (td_job_name_check("spec.name", req->spec->name, &err) ||
+      td_job_name_check("name", req->name, &err)) {
+    td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, err.msg);
     return;
   }
-  /* The format of the ids is checked; now whether the daemon has them. */
-  const Traind__V1__Devices *dv = req->spec->devices;
-  char msg[256];
-  msg[0] = 0;
-  for (size_t i = 0; dv && i < dv->n_ids; i++)
-    if (!msg[0] && td_device_index(dv->ids[i], pool.kind) >= pool.n)
-      snprintf(msg, sizeof msg,
-               "devices.ids[%zu]: %.32s does not exist; the daemon has %s:0 to %s:%d", i,
-               dv->ids[i], pool.kind, pool.kind, pool.n - 1);
-  if (msg[0]) {
-    td_rpc_fail(call, TD_GRPC_FAILED_PRECONDITION, msg);
-    return;
-  }
-  if (gpu) {
-    td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
-                         .n_data_roots = s->cfg->n_data_dirs};
-    if ((rc = check_gpu_memory(s, req->spec, &o, &err))) {
-      td_rpc_fail(call, td_grpc_status(rc), err.msg);
-      return;
-    }
-  }
-  /* The request belongs to the call: keep a copy of the spec. */
-  size_t n = traind__v1__job_spec__get_packed_size(req->spec);
-  uint8_t *buf = malloc(n ? n : 1);
-  Traind__V1__JobSpec *spec = NULL;
-  if (buf) {
-    traind__v1__job_spec__pack(req->spec, buf);
-    spec = traind__v1__job_spec__unpack(NULL, n, buf);
-    free(buf);
-  }
+  /* The checks that can take a while run off the loop (submit_check), on
+   * a copy of the request's spec; the loop finishes in submit_done. */
+  submit_work *w = calloc(1, sizeof *w);
   const char *name = req->name && *req->name ? req->name : req->spec->name;
-  td_job *j = spec ? td_job_new(spec, name, s->next_seq++) : NULL;
-  if (!j && spec)
-    protobuf_c_message_free_unpacked(&spec->base, NULL);
-  if (j && s->n_jobs == s->cap_jobs) {
-    size_t cap = s->cap_jobs ? s->cap_jobs * 2 : 64;
-    td_job **nj = realloc(s->jobs, cap * sizeof *nj);
-    if (nj) {
-      s->jobs = nj;
-      s->cap_jobs = cap;
-    } else {
-      td_job_free(j);
-      j = NULL;
-    }
+  int ok = w && (w->spec = copy_spec(req->spec)) && (w->name = strdup(name ? name : "")) &&
+           (w->gpu_held = calloc((size_t)(s->n_gpus ? s->n_gpus : 1), 1)) &&
+           (w->roots = calloc(s->cfg->n_data_dirs ? s->cfg->n_data_dirs : 1, sizeof *w->roots));
+  for (size_t i = 0; ok && i < s->cfg->n_data_dirs; i++)
+    ok = (w->roots[w->n_roots++] = strdup(s->cfg->data_dirs[i])) != NULL;
+  if (ok) {
+    w->req.data = w;
+    w->srv = s;
+    w->call = call;
+    w->n_cpus = s->n_devices;
+    w->n_gpus = s->n_gpus;
+    snprintf(w->gpu_why, sizeof w->gpu_why, "%s", s->gpu_why);
+    for (int i = 0; i < s->n_gpus; i++)
+      w->gpu_held[i] = s->gpu_owner[i] != NULL;
+    w->mem = s->mem;
+    w->mem_on = s->mem_on;
+    w->retention = s->cfg->metrics_retention;
+    w->gate = s->submit_gate;
+    ok = uv_queue_work(&s->loop, &w->req, submit_check, submit_done) == 0;
   }
-  if (!j) {
+  if (!ok) {
+    submit_work_free(w);
     td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
-    return;
   }
-  if (td_job_save(j, s->cfg->state_dir, &err)) {
-    td_log_error("cannot save job record", "job=%s err=\"%s\"", j->id, err.msg);
-    td_job_free(j);
-    td_rpc_fail(call, TD_GRPC_INTERNAL, "the daemon cannot write its state directory");
-    return;
-  }
-  s->jobs[s->n_jobs++] = j;
-  td_log_info("job queued", "job=%s name=\"%s\" peer=%s", j->id, j->name, td_rpc_peer(call));
-  schedule(s);
-  td_job_msg m;
-  td_job_msg_fill(&m, j, s->cfg->state_dir);
-  Traind__V1__SubmitJobResponse resp = TRAIND__V1__SUBMIT_JOB_RESPONSE__INIT;
-  resp.job = &m.job;
-  td_rpc_reply(call, &resp.base);
 }
 
 static void h_get(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
@@ -1076,6 +1390,16 @@ static int state_wanted(const Traind__V1__ListJobsRequest *req, Traind__V1__JobS
     if (req->states[i] == st)
       return 1;
   return 0;
+}
+
+/* The bytes of a protobuf varint holding v. */
+static size_t varint_size(size_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
 }
 
 static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
@@ -1106,12 +1430,23 @@ static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
     return;
   }
-  size_t n = 0, i = start;
+  /* Jobs are added while the packed reply stays within LIST_MAX_BYTES; a
+   * page holds at least one job (at most a 1 MiB spec and a 1 KiB name,
+   * so a reply stays far below a client's 4 MiB receive limit). */
+  size_t n = 0, i = start, bytes = 0;
   while (i > 0 && n < limit) {
-    td_job *j = s->jobs[--i];
-    if (!state_wanted(req, j->state))
+    td_job *j = s->jobs[i - 1];
+    if (!state_wanted(req, j->state)) {
+      i--;
       continue;
+    }
     td_job_msg_fill(&msgs[n], j, s->cfg->state_dir);
+    size_t len = traind__v1__job__get_packed_size(&msgs[n].job);
+    size_t add = 1 + varint_size(len) + len; /* field 1: tag, length, bytes */
+    if (n > 0 && bytes + add + NEXT_TOKEN_BYTES > LIST_MAX_BYTES)
+      break;
+    bytes += add;
+    i--;
     ptrs[n] = &msgs[n].job;
     n++;
   }
@@ -1199,9 +1534,7 @@ static void h_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) 
   const Traind__V1__WatchMetricsRequest *req = (const void *)req_;
   td_job *j = find_job(s, req->id);
   if (!j) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "no job with id '%s'; list jobs with trainctl list", req->id);
-    td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
+    fail_not_found(call, req->id);
     return;
   }
   td_watch *w = calloc(1, sizeof *w);
@@ -1215,7 +1548,9 @@ static void h_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) 
   w->since_epoch = req->since_step;
   w->next = j->watchers;
   j->watchers = w;
+  w->srv = s;
   td_rpc_on_cancel(call, on_watch_cancel, w);
+  td_rpc_on_drain(call, on_watch_drain, w);
   flush_watch(s, w);
 }
 
@@ -1258,7 +1593,7 @@ typedef struct exporter {
   FILE *f;
   char file[TD_CKPT_NAME_MAX];
   int64_t step, size, offset;
-  uint8_t *buf;
+  uint8_t *buf; /* EXPORT_CHUNK bytes while reading; freed while the stream waits */
 } exporter;
 
 static void export_free(exporter *x) {
@@ -1270,7 +1605,7 @@ static void export_free(exporter *x) {
 
 static void export_more(void *arg, td_rpc_call *call) {
   exporter *x = arg;
-  for (int i = 0; i < EXPORT_AHEAD; i++) {
+  while (td_rpc_pending(call) < EXPORT_AHEAD) {
     if (x->offset >= x->size && x->offset > 0) {
       td_rpc_on_drain(call, NULL, NULL);
       td_rpc_on_cancel(call, NULL, NULL);
@@ -1280,6 +1615,13 @@ static void export_more(void *arg, td_rpc_call *call) {
     }
     size_t want = (size_t)(x->size - x->offset) < EXPORT_CHUNK ? (size_t)(x->size - x->offset)
                                                                : EXPORT_CHUNK;
+    if (!x->buf && !(x->buf = malloc(EXPORT_CHUNK))) {
+      td_rpc_on_drain(call, NULL, NULL);
+      td_rpc_on_cancel(call, NULL, NULL);
+      td_rpc_finish(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+      export_free(x);
+      return;
+    }
     size_t got = want ? fread(x->buf, 1, want, x->f) : 0;
     if (got != want) {
       td_rpc_on_drain(call, NULL, NULL);
@@ -1303,6 +1645,10 @@ static void export_more(void *arg, td_rpc_call *call) {
     if (x->size == 0)
       x->offset = 1; /* an empty file: one chunk, then the end */
   }
+  /* The chunks are packed into their messages: while the client takes
+   * them, the stream holds only those. */
+  free(x->buf);
+  x->buf = NULL;
 }
 
 static void export_cancel(void *arg, td_rpc_call *call) {
@@ -1359,11 +1705,15 @@ static void h_export(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   }
   /* Opened now: retention may remove the name, the open file stays whole. */
   struct stat sb;
-  x->f = fopen(path, "rb");
-  if (!x->f || fstat(fileno(x->f), &sb) != 0) {
-    snprintf(msg, sizeof msg, "cannot read %s: %s", path, strerror(errno));
+  td_error oerr = {0};
+  int fd = td_open_regular(path, "checkpoint", &sb, &oerr);
+  if (fd >= 0 && !(x->f = fdopen(fd, "rb")))
+    close(fd);
+  if (!x->f) {
+    if (fd >= 0)
+      snprintf(oerr.msg, sizeof oerr.msg, "cannot read %.900s: %s", path, strerror(errno));
     export_free(x);
-    td_rpc_fail(call, TD_GRPC_INTERNAL, msg);
+    td_rpc_fail(call, fd >= 0 ? TD_GRPC_INTERNAL : td_grpc_status(fd), oerr.msg);
     return;
   }
   x->size = (int64_t)sb.st_size;
@@ -1570,6 +1920,16 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
   maybe_finish_shutdown(s);
 }
 
+/* The memory for jobs, from the config or the machine (td_memory_limit_detect). */
+static void mem_limit_update(td_server *s) {
+  td_error err = {0};
+  s->mem_on = td_memory_limit_detect(s->cfg->memory_limit_bytes, &s->mem, &err) == TD_OK;
+  if (s->mem_on)
+    td_log_info("memory for jobs", "bytes=%zu source=\"%s\"", s->mem.bytes, s->mem.source);
+  else
+    td_log_warn("jobs' memory is not checked", "err=\"%s\"", err.msg);
+}
+
 static void on_hup(uv_signal_t *h, int signum) {
   (void)signum;
   td_server *s = h->data;
@@ -1596,6 +1956,7 @@ static void on_hup(uv_signal_t *h, int signum) {
     td_log_set_level((td_log_level)level);
   s->cfg = fresh;
   td_config_free(old);
+  mem_limit_update(s);
   td_log_info("configuration reloaded", "max_concurrent_jobs=%u data_dirs=%zu log_level=%s",
               max_jobs(s), fresh->n_data_dirs, fresh->log_level);
   td_sd_reloaded();
@@ -1621,8 +1982,53 @@ static int add_job_sorted(td_server *s, td_job *j) {
   return 0;
 }
 
-static void warn_record(const char *path, const char *why) {
-  td_log_warn("skipping a job record", "file=%s problem=\"%s\"", path, why);
+static void warn_record(const td_job_bad *b) {
+  if (b->job)
+    td_log_warn("job record not valid: set aside, the job is listed FAILED",
+                "file=jobs/%s job=%s aside=jobs/%s problem=\"%s\"", b->file, b->job, b->aside,
+                b->why);
+  else
+    td_log_warn("skipping a job record", "file=jobs/%s aside=%s%s problem=\"%s\"", b->file,
+                b->aside ? "jobs/" : "", b->aside ? b->aside : "(could not rename)", b->why);
+}
+
+/* UTC as 2024-05-01T12:00:00Z; "-" for 0. */
+static void utc_text(int64_t ns, char *buf, size_t len) {
+  time_t t = (time_t)(ns / 1000000000);
+  struct tm tm;
+  if (!ns || !gmtime_r(&t, &tm) || !strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm))
+    snprintf(buf, len, "-");
+}
+
+/* Crash-loop protection: a record that says RUNNING is a run the daemon
+ * did not see end (it was killed, crashed or ran out of memory). After
+ * job_crash_limit of them with no new checkpoint in between, the job fails
+ * instead of taking the daemon down again. Returns whether it failed. */
+static int count_crash(td_server *s, td_job *j) {
+  j->crashes++;
+  if (j->crashes < s->cfg->job_crash_limit)
+    return 0;
+  char started[32], at[32], last[400], msg[TD_ERRMSG_MAX];
+  utc_text(j->started_ns, started, sizeof started);
+  if (j->ckpt.file[0]) {
+    utc_text(j->ckpt.time_ns, at, sizeof at);
+    snprintf(last, sizeof last, "run started %s, checkpoint %s at step %lld (%s)", started,
+             j->ckpt.file, (long long)j->ckpt.step, at);
+  } else {
+    snprintf(last, sizeof last, "run started %s, no checkpoint written", started);
+  }
+  td_metrics_latest l;
+  td_metrics_latest_get(&j->metrics, &l);
+  snprintf(msg, sizeof msg,
+           "the daemon stopped %u time%s while running this job; last: %s; step %lld "
+           "recorded. It is not run again (job_crash_limit %u): see the daemon's and the "
+           "kernel's log for why (out of memory?), then submit it again",
+           j->crashes, j->crashes == 1 ? "" : "s", last, (long long)l.step,
+           s->cfg->job_crash_limit);
+  td_log_error("job failed: the daemon stopped while running it too often", "job=%s crashes=%u",
+               j->id, j->crashes);
+  finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_ABORTED, msg);
+  return 1;
 }
 
 static int load_jobs(td_server *s, td_error *err) {
@@ -1643,10 +2049,13 @@ static int load_jobs(td_server *s, td_error *err) {
   for (size_t i = 0; i < s->n_jobs; i++) {
     td_job *j = s->jobs[i];
     j->seq = s->next_seq++;
+    if (j->state == TRAIND__V1__JOB_STATE__RUNNING && count_crash(s, j))
+      continue;
     if (j->state == TRAIND__V1__JOB_STATE__RUNNING ||
         j->state == TRAIND__V1__JOB_STATE__QUEUED) {
       if (j->state == TRAIND__V1__JOB_STATE__RUNNING) {
-        td_log_info("job was running when the daemon stopped; queued again", "job=%s", j->id);
+        td_log_info("job was running when the daemon stopped; queued again", "job=%s crashes=%u",
+                    j->id, j->crashes);
         j->interrupted = 1;
       }
       j->state = TRAIND__V1__JOB_STATE__QUEUED;
@@ -1688,6 +2097,26 @@ static void free_server(td_server *s) {
   pthread_mutex_destroy(&s->ev_mu);
   td_plan_cache_free(&s->cache);
   td_config_free(s->cfg);
+  free(s->submit_gate);
+}
+
+/* Connections, job files and checkpoints all take file descriptors: the
+ * soft limit goes up to the hard one, and a max_connections that leaves
+ * little for the rest is reported. */
+static void raise_fd_limit(uint32_t max_connections) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      rl.rlim_cur = was;
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)max_connections + 256 > rl.rlim_cur)
+    td_log_warn("max_connections leaves few file descriptors for jobs and checkpoints",
+                "max_connections=%u nofile=%llu", max_connections,
+                (unsigned long long)rl.rlim_cur);
 }
 
 /* The listen addresses as bound ("127.0.0.1:0" becomes the chosen port). */
@@ -1735,6 +2164,12 @@ int td_server_main(const td_server_opts *opts) {
   s->device_owner = calloc((size_t)s->n_devices, sizeof *s->device_owner);
   s->n_gpus = td_gpus_count(s->gpu_why, sizeof s->gpu_why);
   s->gpu_owner = calloc((size_t)(s->n_gpus ? s->n_gpus : 1), sizeof *s->gpu_owner);
+  mem_limit_update(s);
+  const char *gate = getenv("TRAIND_TEST_SUBMIT_GATE");
+  if (gate && *gate) {
+    s->submit_gate = strdup(gate);
+    td_log_warn("testing: submissions wait while this file exists", "file=%s", gate);
+  }
   pthread_mutex_init(&s->ev_mu, NULL);
   td_plan_cache_init(&s->cache);
   int exit_code = 0;
@@ -1771,10 +2206,15 @@ int td_server_main(const td_server_opts *opts) {
     methods[i].ctx = s;
   }
   td_health_methods(s->health, methods + N_TRAINER);
+  raise_fd_limit(s->cfg->max_connections);
   td_rpc_server_opts ro = {.listen = (const char *const *)s->cfg->listen,
                            .n_listen = s->cfg->n_listen,
                            .methods = methods,
                            .n_methods = N_TRAINER + 2,
+                           .max_request_bytes = MAX_REQUEST_BYTES,
+                           .max_reply_bytes = MAX_REPLY_BYTES,
+                           .max_connections = s->cfg->max_connections,
+                           .connection_idle_ms = s->cfg->connection_idle_sec * 1000u,
                            .on_end = on_rpc_end,
                            .on_end_arg = s};
   int prom_rc = TD_OK;

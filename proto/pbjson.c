@@ -875,6 +875,10 @@ static int parse_single(pctx *c, const yaml_node_t *n, const ProtobufCFieldDescr
     size_t len = sc_len(n);
     if (memchr(sc_text(n), '\0', len))
       return perr(c, n, "strings may not contain a NUL character");
+    size_t bad = pbjson_utf8_invalid(sc_text(n), len);
+    if (bad < len)
+      return perr(c, n, "not valid UTF-8 (byte 0x%02x at offset %zu)",
+                  (unsigned)(unsigned char)sc_text(n)[bad], bad);
     char *s = malloc(len + 1);
     if (!s)
       return poom(c);
@@ -1119,27 +1123,101 @@ static bool hex4(const char *s, unsigned *v) {
   return true;
 }
 
+/* Where json_fix_surrogates is in the text: between tokens of the flow
+ * context, inside a plain (unquoted) scalar, a double-quoted or a
+ * single-quoted scalar, or a comment. */
+typedef enum { LX_NORMAL, LX_PLAIN, LX_DQ, LX_SQ, LX_COMMENT } lx_state;
+
+static bool lx_blank(char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; }
+static bool lx_flow(char ch) {
+  return ch == ',' || ch == '[' || ch == ']' || ch == '{' || ch == '}';
+}
+
 /* libyaml refuses the UTF-16 surrogate pairs ("\ud83d\ude00") that JSON
  * encoders write for characters beyond U+FFFF. For JSON text (first
  * non-blank character '{') this returns a malloc'd copy in which each such
- * pair inside a double-quoted string is the YAML escape "\U0001F600" instead;
- * the copy is shorter and keeps every line break. Returns NULL when nothing
- * needs rewriting; *oom reports allocation failure. */
+ * pair inside a double-quoted scalar is the YAML escape "\U0001F600" instead;
+ * the copy is shorter and keeps every line break. Only double-quoted scalars
+ * have escapes: the text is scanned as YAML's flow context does (plain
+ * scalars, single-quoted scalars with their '' escape, comments), so a
+ * backslash anywhere else stays what it is, as every YAML reader reads it.
+ * Returns NULL when nothing needs rewriting; *oom reports allocation
+ * failure. */
 static char *json_fix_surrogates(const char *t, size_t len, size_t *outlen, bool *oom) {
   size_t i = 0;
   *oom = false;
-  while (i < len && (t[i] == ' ' || t[i] == '\t' || t[i] == '\r' || t[i] == '\n'))
+  while (i < len && lx_blank(t[i]))
     i++;
   if (i >= len || t[i] != '{' || !memmem(t, len, "\\u", 2))
     return NULL;
   char *out = NULL;
   size_t o = 0;
-  bool in = false;
-  for (i = 0; i < len; i++) {
+  lx_state st = LX_NORMAL;
+  bool after_blank = true; /* a '#' starts a comment only after a blank */
+#define LX_COPY(n)                                                                                 \
+  do {                                                                                             \
+    if (out) {                                                                                     \
+      memcpy(out + o, t + i, (n));                                                                 \
+      o += (n);                                                                                    \
+    }                                                                                              \
+    i += (n);                                                                                      \
+  } while (0)
+  for (i = 0; i < len;) {
+    char ch = t[i];
+    switch (st) {
+    case LX_NORMAL:
+      if (lx_blank(ch)) {
+        after_blank = true;
+        LX_COPY(1);
+        continue;
+      }
+      if (ch == '#' && after_blank)
+        st = LX_COMMENT;
+      else if (ch == '"')
+        st = LX_DQ;
+      else if (ch == '\'')
+        st = LX_SQ;
+      else if (!lx_flow(ch) && ch != ':' && ch != '?')
+        st = LX_PLAIN;
+      after_blank = false;
+      LX_COPY(1);
+      continue;
+    case LX_PLAIN:
+      /* A plain scalar ends at a flow indicator, at ": " (or ':' before a
+       * flow indicator or the end) and at " #"; quotes inside it are text. */
+      if (lx_flow(ch) || (ch == ':' && (i + 1 == len || lx_blank(t[i + 1]) || lx_flow(t[i + 1]))) ||
+          (ch == '#' && after_blank)) {
+        st = LX_NORMAL;
+        continue; /* the same character again, between tokens */
+      }
+      after_blank = lx_blank(ch);
+      LX_COPY(1);
+      continue;
+    case LX_SQ:
+      if (ch == '\'') {
+        if (i + 1 < len && t[i + 1] == '\'') {
+          LX_COPY(2);
+          continue;
+        }
+        st = LX_NORMAL;
+        after_blank = false;
+      }
+      LX_COPY(1);
+      continue;
+    case LX_COMMENT:
+      if (ch == '\n') {
+        st = LX_NORMAL;
+        after_blank = true;
+      }
+      LX_COPY(1);
+      continue;
+    case LX_DQ:
+      break;
+    }
     unsigned hi, lo;
-    if (in && t[i] == '\\' && i + 12 <= len && t[i + 1] == 'u' && t[i + 6] == '\\' &&
-        t[i + 7] == 'u' && hex4(t + i + 2, &hi) && hex4(t + i + 8, &lo) && hi >= 0xD800 &&
-        hi <= 0xDBFF && lo >= 0xDC00 && lo <= 0xDFFF) {
+    if (ch == '\\' && i + 12 <= len && t[i + 1] == 'u' && t[i + 6] == '\\' && t[i + 7] == 'u' &&
+        hex4(t + i + 2, &hi) && hex4(t + i + 8, &lo) && hi >= 0xD800 && hi <= 0xDBFF &&
+        lo >= 0xDC00 && lo <= 0xDFFF) {
       if (!out) {
         out = malloc(len + 1);
         if (!out) {
@@ -1151,22 +1229,20 @@ static char *json_fix_surrogates(const char *t, size_t len, size_t *outlen, bool
       }
       unsigned cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
       o += (size_t)snprintf(out + o, 11, "\\U%08X", cp);
-      i += 11;
+      i += 12;
       continue;
     }
-    if (in && t[i] == '\\' && i + 1 < len) {
-      if (out) {
-        out[o++] = t[i];
-        out[o++] = t[i + 1];
-      }
-      i++;
+    if (ch == '\\') {
+      LX_COPY(i + 1 < len ? 2 : 1);
       continue;
     }
-    if (t[i] == '"')
-      in = !in;
-    if (out)
-      out[o++] = t[i];
+    if (ch == '"') {
+      st = LX_NORMAL;
+      after_blank = false;
+    }
+    LX_COPY(1);
   }
+#undef LX_COPY
   if (out) {
     out[o] = '\0';
     *outlen = o;
@@ -1206,6 +1282,23 @@ int pbjson_parse(const ProtobufCMessageDescriptor *desc, const char *text, size_
   if (len > PBJSON_MAX_BYTES)
     return td_errorf(err, TD_EINVAL, "document is %zu bytes; the limit is %zu bytes (4 MiB)", len,
                      PBJSON_MAX_BYTES);
+  /* proto3 strings are UTF-8, and so is JSON text: a document that is not
+   * is refused here, naming the first bad byte, before libyaml (which would
+   * also read UTF-16) sees it. */
+  size_t bad = pbjson_utf8_invalid(text ? text : "", len);
+  if (bad < len) {
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < bad; i++) {
+      if (text[i] == '\n')
+        line++, col = 1;
+      else if (((unsigned char)text[i] & 0xC0) != 0x80)
+        col++;
+    }
+    return td_errorf(err, TD_EINVAL,
+                     "line %zu, column %zu: not valid UTF-8 (byte 0x%02x at offset %zu); "
+                     "the text must be UTF-8",
+                     line, col, (unsigned)(unsigned char)text[bad], bad);
+  }
   bool oom;
   size_t fixed_len = 0;
   char *fixed = json_fix_surrogates(text ? text : "", len, &fixed_len, &oom);
@@ -1964,4 +2057,81 @@ int pbjson_validate(const ProtobufCMessage *m, const pbjson_rule *rules, size_t 
     return td_errorf(err, TD_EINVAL, "pbjson_validate: missing argument");
   vctx c = {.err = err};
   return validate_message(&c, m, rules, nrules);
+}
+
+/* ================================================================== UTF-8 */
+
+size_t pbjson_utf8_invalid(const char *str, size_t n) {
+  const unsigned char *s = (const unsigned char *)str;
+  for (size_t i = 0; i < n;) {
+    uint32_t cp;
+    size_t len = utf8_next(s + i, n - i, &cp);
+    if (len == 0)
+      return i;
+    i += len;
+  }
+  return n;
+}
+
+/* Checks one string at the current path. */
+static int utf8_string(vctx *c, const char *s) {
+  size_t n = s ? strlen(s) : 0;
+  size_t bad = pbjson_utf8_invalid(s, n);
+  if (bad == n)
+    return 0;
+  return td_errorf(c->err, TD_EINVAL, "%s: not valid UTF-8 (byte 0x%02x at offset %zu)",
+                   c->path_len ? c->path : "(message)", (unsigned)(unsigned char)s[bad], bad);
+}
+
+/* Every string field of m and of its submessages (repeated, oneof members
+ * and map entries included), depth first in field order. */
+static int utf8_message(vctx *c, const ProtobufCMessage *m, int depth) {
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  if (depth > PBJSON_MAX_DEPTH)
+    return td_errorf(c->err, TD_EINVAL, "%s: messages nested deeper than %d levels",
+                     c->path_len ? c->path : "(message)", PBJSON_MAX_DEPTH);
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *fd = &d->fields[i];
+    if (fd->type != PROTOBUF_C_TYPE_STRING && fd->type != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(const size_t *)PB_CAT(m, fd->quantifier_offset);
+      const void *const *arr = *(const void *const *const *)PB_CAT(m, fd->offset);
+      for (size_t k = 0; k < n; k++) {
+        if (!arr[k])
+          continue;
+        size_t old = vpath_field(c, fd->name);
+        vpath_push(c, "[%zu]", k);
+        int rc = fd->type == PROTOBUF_C_TYPE_STRING ? utf8_string(c, arr[k])
+                                                    : utf8_message(c, arr[k], depth + 1);
+        if (rc)
+          return rc;
+        vpath_pop(c, old);
+      }
+      continue;
+    }
+    /* A oneof member that is not selected shares its storage with one that
+     * is: only the selected one may be read. */
+    if ((fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && !oneof_selected(m, fd))
+      continue;
+    const void *p = *(const void *const *)PB_CAT(m, fd->offset);
+    if (!p)
+      continue;
+    size_t old = vpath_field(c, fd->name);
+    int rc = fd->type == PROTOBUF_C_TYPE_STRING ? utf8_string(c, p)
+                                                : utf8_message(c, p, depth + 1);
+    if (rc)
+      return rc;
+    vpath_pop(c, old);
+  }
+  return 0;
+}
+
+int pbjson_check_utf8(const ProtobufCMessage *m, const char *prefix, td_error *err) {
+  if (!m)
+    return td_errorf(err, TD_EINVAL, "pbjson_check_utf8: missing message");
+  vctx c = {.err = err};
+  if (prefix && *prefix)
+    vpath_push(&c, "%s", prefix);
+  return utf8_message(&c, m, 0);
 }

@@ -27,7 +27,11 @@
  * proto field name; unknown and repeated keys are errors, and so is a
  * non-empty map field (no traind message has one). null (~, null, or nothing)
  * leaves a field unset. JSON text that writes characters beyond U+FFFF as
- * surrogate-pair escapes ("\ud83d\ude00", as json.dumps does) is accepted.
+ * surrogate-pair escapes ("\ud83d\ude00", as json.dumps does) is accepted;
+ * escapes exist only in double-quoted strings, so the same characters in a
+ * single-quoted or plain scalar or a comment stay as written, as in any
+ * YAML reader. The text must be strict UTF-8 ("line L, column C: not valid
+ * UTF-8 (byte 0xff at offset N)" otherwise), and so must every string.
  *
  * On success returns 0 and *out is a new message owned by the caller, freed
  * with protobuf_c_message_free_unpacked(*out, NULL). On failure returns
@@ -106,5 +110,21 @@ typedef struct pbjson_rule {
  * passes. */
 int pbjson_validate(const ProtobufCMessage *m, const pbjson_rule *rules, size_t nrules,
                     td_error *err);
+
+/* proto3 `string` fields must hold valid UTF-8. Walks every string field of
+ * m and its submessages (repeated fields, oneof members, map keys and
+ * values) and stops at the first that is not strict UTF-8 (no overlong
+ * forms, no surrogates U+D800..U+DFFF, nothing above U+10FFFF), returning
+ * TD_EINVAL with err->msg such as
+ *   "spec.name: not valid UTF-8 (byte 0xff at offset 3)"
+ * where the offset counts bytes from the start of the string. `prefix`, when
+ * not NULL or empty, starts every path ("record" gives "record.spec.name").
+ * Messages nested deeper than PBJSON_MAX_DEPTH are refused too. Returns 0
+ * when every string is valid. */
+int pbjson_check_utf8(const ProtobufCMessage *m, const char *prefix, td_error *err);
+
+/* The offset of the first byte of s (n bytes) that does not begin a strict
+ * UTF-8 sequence, or n when all of it is valid. */
+size_t pbjson_utf8_invalid(const char *s, size_t n);
 
 #endif

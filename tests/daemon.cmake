@@ -26,6 +26,16 @@
 #
 # MNIST comes from $TRAIND_DATA_DIR; without it the MNIST tests are skipped
 # (exit 77), or fail when CI=true.
+#
+# The scripts must hold on a slow, loaded machine (a busy core, sanitizer
+# builds): they wait for conditions with deadlines and never sleep in their
+# place; what they compare comes from one reply (ListJobs is one snapshot,
+# a WatchMetrics message carries the job record of its moment) or from
+# replies bracketed by the job being RUNNING before and after; a job a test
+# must see running is long enough, and the harness fails with "make it
+# longer" when it ends first (Suite.jobs, wait_steps, wait_running and
+# while_running in traind_harness.py). Timing bounds are for what takes
+# milliseconds when idle and are set to seconds.
 function(td_daemon_test name script labels timeout)
   add_test(NAME ${name}
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/${script}

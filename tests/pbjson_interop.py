@@ -352,6 +352,118 @@ def fixed_messages(T, J):
     return out
 
 
+# Documents that hold a JSON-style surrogate pair escape in places where YAML
+# reads no escapes (single-quoted and plain scalars, comments), after double
+# quotes that do not start a double-quoted scalar. pbjson must read each name
+# exactly as PyYAML does. Double-quoted pairs in JSON text are read as JSON
+# readers do (one character beyond U+FFFF), and json.loads is the reference.
+YAML_SURROGATE_DOCS = [
+    "{name: '\\uD83D\\uDE00'}",
+    "{dataset: {idx: {dir: 'say \"x'}}, name: '\\uD83D\\uDE00'}",
+    "{dataset: {idx: {dir: 'it''s \"'}}, name: 'a\\uD83D\\uDE00b'}",
+    "{dataset: {idx: {dir: a\"b}}, name: '\\uD83D\\uDE00'}",
+    "{dataset: {idx: {dir: a \"b}}, name: x\\uD83D\\uDE00}",
+    "{ # a \"comment\n name: '\\uD83D\\uDE00'}",
+    "{dataset: {idx: {dir: \"x\"}}, name: 'a\\uD83D\\uDE00''\"'}",
+    "name: '\\uD83D\\uDE00'\ndataset: {idx: {dir: '\"'}}\n",
+    "{\"dataset\": {\"idx\": {\"dir\": \"q\\\"\"}}, \"name\": '\\ud83d\\ude00'}",
+]
+JSON_SURROGATE_DOCS = [
+    '{"name": "\\ud83d\\ude00"}',
+    '{"dataset": {"idx": {"dir": "a\\"b"}}, "name": "x\\uD83D\\uDE00y"}',
+    '{"name":"\\ud83d\\ude00\\ud83d\\ude01"}',
+]
+
+
+def pbjson_job(J, text):
+    """(JobSpec, None) when pbjson_tool reads text as a JobSpec, else
+    (None, its error)."""
+    rc, out, err = tool(["to-bin", "traind.v1.JobSpec"], text)
+    if rc != 0:
+        return None, err
+    j = J.JobSpec()
+    j.ParseFromString(out)
+    return j, None
+
+
+def check_yaml_readers(J):
+    import yaml
+    for doc in YAML_SURROGATE_DOCS:
+        want = yaml.safe_load(doc)["name"]
+        j, err = pbjson_job(J, doc.encode("utf-8"))
+        if j is None:
+            fail("pbjson refused %r, which PyYAML reads: %s" % (doc, err))
+        elif j.name != want:
+            fail("pbjson read the name of %r as %r; PyYAML reads %r" % (doc, j.name, want))
+    for doc in JSON_SURROGATE_DOCS:
+        want = json.loads(doc)["name"]
+        j, err = pbjson_job(J, doc.encode("utf-8"))
+        if j is None:
+            fail("pbjson refused the JSON %r: %s" % (doc, err))
+        elif j.name != want:
+            fail("pbjson read the name of the JSON %r as %r; json.loads reads %r"
+                 % (doc, j.name, want))
+
+
+def utf8_cases():
+    """Byte strings around every edge of UTF-8: each lead byte followed by
+    continuation bytes at the edges that decide overlongs, surrogates and
+    the U+10FFFF limit, cut short, and random mixtures."""
+    conts = [0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF]
+    out = []
+    for lead in range(0x80, 0x100):
+        out.append(bytes([lead]))
+        out.append(bytes([lead, 0x41]))
+        if lead < 0xC0:
+            continue  # a continuation byte cannot start anything
+        for c in conts:
+            out.append(bytes([lead, c]))
+            if lead >= 0xE0:
+                out.append(bytes([lead, c, 0x80]))
+            if lead >= 0xF0:
+                out.append(bytes([lead, c, 0xBF, 0x80]))
+    r = random.Random(7)
+    for _ in range(200):
+        out.append(bytes(r.choice([0x41, 0xC2, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0x80, 0xBF,
+                                   0xA0, 0x90, 0xC0])
+                         for _ in range(r.randrange(1, 7))))
+    return out
+
+
+def check_utf8(J):
+    """pbjson accepts exactly the job files PyYAML accepts (PyYAML decodes
+    strict UTF-8 and refuses the characters YAML does not allow), reads the
+    same name, and names the first bad byte where Python's own decoder
+    does."""
+    import yaml
+    checked = 0
+    for seq in utf8_cases():
+        doc = b'name: "x' + seq + b'"\n'
+        try:
+            want = yaml.safe_load(doc)["name"]
+        except yaml.YAMLError:
+            want = None
+        j, err = pbjson_job(J, doc)
+        checked += 1
+        if want is not None:
+            if j is None:
+                fail("pbjson refused %r, which PyYAML reads: %s" % (doc, err))
+            elif j.name != want:
+                fail("pbjson read %r as %r; PyYAML reads %r" % (doc, j.name, want))
+            continue
+        if j is not None:
+            fail("pbjson accepted %r, which PyYAML refuses" % doc)
+            continue
+        try:
+            doc.decode("utf-8")
+        except UnicodeDecodeError as e:
+            expect = "not valid UTF-8 (byte 0x%02x at offset %d)" % (doc[e.start], e.start)
+            if expect not in err:
+                fail("pbjson's error for %r is %r; expected it to say %r" % (doc, err, expect))
+    if checked < 1000:
+        fail("only %d UTF-8 cases checked" % checked)
+
+
 def main():
     global TOOL, json_format
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -391,6 +503,9 @@ def main():
         messages += [("random %d" % i, rand_everything(r, T)) for i in range(args.random)]
         for name, msg in messages:
             check(name, msg)
+
+        check_yaml_readers(J)
+        check_utf8(J)
 
         # Errors reach the caller as text naming the place.
         rc, _, err = tool(["to-bin", "traind.v1.JobSpec"], b"training:\n  batch_size: -1\n")

@@ -3,7 +3,8 @@
 #                       through the client library: statuses, bad and oversized
 #                       requests, streams (order, client cancel, deadline),
 #                       health, socket files, unreachable targets, 32 threads of
-#                       concurrent calls, shutdown with calls open
+#                       concurrent calls, shutdown with calls open, request
+#                       strings that are not UTF-8, max_connections
 #   rpc_health_interop  grpc.health.v1 Check and Watch from another gRPC
 #                       implementation (Debian's python3-grpcio) against
 #                       rpc_test_server

@@ -1,7 +1,10 @@
-/* HDF5 checkpoints: a bitwise round trip of parameters, optimizer state and
- * position; refusal of every kind of bad file with a message naming the
- * problem and the state left untouched; atomic writes that leave a previous
- * checkpoint intact on failure; loading parameters only.
+/* HDF5 checkpoints: a bitwise round trip of parameters, optimizer state,
+ * position and binding (job id, spec hash); refusal of every kind of bad
+ * file, also of edits that keep the file self-consistent (a position moved
+ * with its count, another job's id), with a message naming the problem and
+ * the state left untouched; the spec hash covering exactly the fields that
+ * determine the state; atomic writes that leave a previous checkpoint
+ * intact on failure (EFBIG named); loading parameters only.
  *
  * The binary also drives tests/e2e/checkpoint_h5py.py:
  *   test_checkpoint e2e-write DIR     trains a few steps, writes DIR/ckpt.h5,
@@ -22,6 +25,7 @@
 #include "check.h"
 #include "checkpoint.h"
 #include "jobspec.h"
+#include "pbjson.h"
 #include "plan.h"
 #include "prng.h"
 
@@ -98,6 +102,8 @@ static td_ckpt_meta sample_meta(void) {
                        .step_in_epoch = 17,
                        .root_key = td_prng_key(42),
                        .seed = 42,
+                       .job_id = "j-0000000001-000001",
+                       .spec_hash = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
                        .spec_json = "{\"name\": \"ckpt\", \"note\": \"\\u00e9 quotes \\\" ok\"}"};
   return meta;
 }
@@ -181,6 +187,17 @@ static void check_round_trip(const char *dir, const char *opt, const char *label
         got.root_key.k[0], got.root_key.k[1]);
   CHECK(got.spec_json && strcmp(got.spec_json, meta.spec_json) == 0, "%s: job_spec '%s'",
         label, got.spec_json ? got.spec_json : "(null)");
+  CHECK(strcmp(got.job_id, meta.job_id) == 0 && strcmp(got.spec_hash, meta.spec_hash) == 0,
+        "%s: binding read back as job '%s', spec hash '%s'", label, got.job_id, got.spec_hash);
+  /* The attributes alone say the same. */
+  td_ckpt_meta bind;
+  rc = td_ckpt_read_binding(path, &bind, &err);
+  CHECK(rc == 0 && strcmp(bind.job_id, meta.job_id) == 0 &&
+            strcmp(bind.spec_hash, meta.spec_hash) == 0 && bind.step == meta.step &&
+            bind.epoch == meta.epoch,
+        "%s: read_binding: rc %d (%s), job '%s', step %lld", label, rc, err.msg, bind.job_id,
+        (long long)bind.step);
+  td_ckpt_meta_free(&bind);
   td_ckpt_meta_free(&got);
   CHECK(got.spec_json == NULL, "meta_free leaves spec_json");
 
@@ -234,12 +251,49 @@ static void replace_dataset(hid_t fid, const char *name, hid_t type, int rank, h
 
 static void m_magic(hid_t f) { set_str_attr(f, "format", "keras-weights"); }
 static void m_no_magic(hid_t f) { H5Adelete(f, "format"); }
-static void m_version(hid_t f) {
-  int32_t v = 2;
-  hid_t a = H5Aopen(f, "version", H5P_DEFAULT);
-  CHECK(a >= 0 && H5Awrite(a, H5T_NATIVE_INT32, &v) >= 0, "cannot set version");
+static void set_i64_attr(hid_t f, const char *name, hid_t mtype, const void *v) {
+  hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+  CHECK(a >= 0 && H5Awrite(a, mtype, v) >= 0, "cannot set %s", name);
   H5Aclose(a);
 }
+static void m_version(hid_t f) {
+  int32_t v = 3;
+  set_i64_attr(f, "version", H5T_NATIVE_INT32, &v);
+}
+/* What a version 1 file looked like: no binding, a CRC-32 instead. */
+static void m_version1(hid_t f) {
+  int32_t v = 1;
+  set_i64_attr(f, "version", H5T_NATIVE_INT32, &v);
+  H5Adelete(f, "job_id");
+  H5Adelete(f, "spec_hash");
+  H5Adelete(f, "digest");
+}
+/* The position moved by a whole epoch, consistently: step, /opt_state/count
+ * and epoch agree with each other, as a careful edit would leave them. */
+static void m_position(hid_t f) {
+  int64_t step = 0;
+  uint32_t epoch = 0;
+  hid_t a = H5Aopen(f, "step", H5P_DEFAULT);
+  H5Aread(a, H5T_NATIVE_INT64, &step);
+  H5Aclose(a);
+  a = H5Aopen(f, "epoch", H5P_DEFAULT);
+  H5Aread(a, H5T_NATIVE_UINT32, &epoch);
+  H5Aclose(a);
+  step += 100;
+  epoch += 1;
+  set_i64_attr(f, "step", H5T_NATIVE_INT64, &step);
+  set_i64_attr(f, "epoch", H5T_NATIVE_UINT32, &epoch);
+  hid_t d = H5Dopen2(f, "/opt_state/count", H5P_DEFAULT);
+  CHECK(d >= 0 && H5Dwrite(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &step) >= 0,
+        "cannot set /opt_state/count");
+  H5Dclose(d);
+}
+static void m_job_id(hid_t f) { set_str_attr(f, "job_id", "j-0000000002-000002"); }
+static void m_spec_hash(hid_t f) {
+  set_str_attr(f, "spec_hash", "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff");
+}
+static void m_job_spec(hid_t f) { set_str_attr(f, "job_spec", "{\"name\": \"other\"}"); }
+static void m_bad_digest(hid_t f) { set_str_attr(f, "digest", "not-a-digest"); }
 static void m_missing(hid_t f) { H5Ldelete(f, "/params/layer2/b", H5P_DEFAULT); }
 static void m_missing_mu(hid_t f) { H5Ldelete(f, "/opt_state/0_adam/mu", H5P_DEFAULT); }
 static void m_missing_count(hid_t f) { H5Ldelete(f, "/opt_state/count", H5P_DEFAULT); }
@@ -247,7 +301,8 @@ static void m_shape(hid_t f) { replace_dataset(f, "/params/layer1/w", H5T_IEEE_F
 static void m_rank(hid_t f) { replace_dataset(f, "/params/layer1/b", H5T_IEEE_F32LE, 2, 1, 32); }
 static void m_dtype(hid_t f) { replace_dataset(f, "/params/layer2/b", H5T_IEEE_F64LE, 1, 3, 0); }
 static void m_extra(hid_t f) { replace_dataset(f, "/params/layer9/w", H5T_IEEE_F32LE, 2, 3, 3); }
-static void m_no_checksum(hid_t f) { H5Adelete(f, "checksum"); }
+static void m_no_digest(hid_t f) { H5Adelete(f, "digest"); }
+static void m_no_job_id(hid_t f) { H5Adelete(f, "job_id"); }
 static void m_flip(hid_t f) {
   /* One bit of one element of /params/layer1/w. */
   hid_t d = H5Dopen2(f, "/params/layer1/w", H5P_DEFAULT);
@@ -345,7 +400,8 @@ static void check_bad_files(const char *dir) {
   } cases[] = {
       {"wrong magic", m_magic, "attribute 'format' is 'keras-weights'", "not a traind checkpoint"},
       {"no magic", m_no_magic, "attribute 'format' is missing", NULL},
-      {"wrong version", m_version, "format version 2", "reads version 1"},
+      {"wrong version", m_version, "format version 3", "reads version 2"},
+      {"version 1 (unbound)", m_version1, "format version 1", "checkpoint.init_from"},
       {"missing dataset", m_missing, "missing dataset /params/layer2/b (3,)", NULL},
       {"missing optimizer leaf", m_missing_mu, "missing dataset /opt_state/0_adam/mu/layer1/w",
        "missing dataset /opt_state/0_adam/mu/layer2/b"},
@@ -354,9 +410,15 @@ static void check_bad_files(const char *dir) {
       {"wrong rank", m_rank, "/params/layer1/b has shape (1, 32) in the file, (32,)", NULL},
       {"wrong dtype", m_dtype, "/params/layer2/b has dtype float64, want float32", NULL},
       {"extra dataset", m_extra, "extra dataset /params/layer9/w", NULL},
-      {"no checksum", m_no_checksum, "attribute 'checksum' is missing", NULL},
-      {"flipped parameter bit", m_flip, "checksum mismatch", NULL},
-      {"flipped optimizer sign", m_flip_nu, "checksum mismatch", NULL},
+      {"no digest", m_no_digest, "attribute 'digest' is missing", NULL},
+      {"no job id", m_no_job_id, "attribute 'job_id' is missing", NULL},
+      {"malformed digest", m_bad_digest, "'digest' is not a SHA-256", NULL},
+      {"flipped parameter bit", m_flip, "digest mismatch", NULL},
+      {"flipped optimizer sign", m_flip_nu, "digest mismatch", NULL},
+      {"position moved consistently", m_position, "digest mismatch", "was edited"},
+      {"another job's id", m_job_id, "digest mismatch", NULL},
+      {"another spec hash", m_spec_hash, "digest mismatch", NULL},
+      {"another job_spec", m_job_spec, "digest mismatch", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     copy_file(good, bad);
@@ -367,6 +429,24 @@ static void check_bad_files(const char *dir) {
     cases[i].fn(f);
     H5Fclose(f);
     expect_refusal(cases[i].label, bad, &b, cases[i].want, cases[i].want2);
+  }
+
+  /* A version 1 file is refused for resuming, also by read_binding, but its
+   * /params still load as warm-start parameters. */
+  copy_file(good, bad);
+  hid_t f1 = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+  CHECK(f1 >= 0, "cannot open the copy for version 1");
+  if (f1 >= 0) {
+    m_version1(f1);
+    H5Fclose(f1);
+    td_ckpt_meta bind;
+    int rc = td_ckpt_read_binding(bad, &bind, &err);
+    CHECK(rc == TD_EDATA, "read_binding of a version 1 file returned %d", rc);
+    CHECK_STR_CONTAINS(err.msg, "format version 1");
+    rc = td_ckpt_load_params(bad, &b.st, &err);
+    CHECK(rc == 0, "load_params of a version 1 file: %s", err.msg);
+    CHECK(rc || memcmp(b.st.params, a.st.params, sizeof(float) * a.plan->n_params) == 0,
+          "load_params of a version 1 file: parameters differ");
   }
 
   /* A plan that does not match: another layer width, another optimizer. */
@@ -402,6 +482,92 @@ static void check_bad_files(const char *dir) {
   CHECK(td_ckpt_read(none, &b.st, NULL, &err) == TD_ENOTFOUND, "missing file: %s", err.msg);
   model_free(&a);
   model_free(&b);
+}
+
+/* ---- the spec hash -------------------------------------------------------- */
+
+static const char *hash_base =
+    "name: hashed\n"
+    "model:\n"
+    "  input_shape: [784]\n"
+    "  layers:\n"
+    "    - dense: {features: 32, kernel_init: HE_NORMAL}\n"
+    "    - relu: {}\n"
+    "    - dropout: {rate: 0.1}\n"
+    "    - dense: {features: 10}\n"
+    "  loss: SOFTMAX_CROSS_ENTROPY\n"
+    "optimizer:\n"
+    "  chain: [{adamw: {learning_rate: {constant: 0.001}}}]\n"
+    "dataset: {hdf5: {train_file: train.h5, test_file: test.h5}, train_limit: 1000, "
+    "test_limit: 500}\n"
+    "training: {epochs: 3, batch_size: 16, seed: 7, eval_every_epochs: 1, log_every_steps: 5, "
+    "max_steps: 100}\n"
+    "devices: {count: 1}\n"
+    "checkpoint: {every_steps: 10, keep_last: 2}\n"
+    "priority: 1\n";
+
+/* The hash of hash_base with `from` replaced by `to` ("" when the spec
+ * does not parse). */
+static void hash_variant(const char *from, const char *to, char out[TD_CKPT_HASH_HEX]) {
+  char doc[4096];
+  out[0] = '\0';
+  const char *at = strstr(hash_base, from);
+  CHECK(at != NULL, "'%s' is not in the base spec", from);
+  if (!at)
+    return;
+  snprintf(doc, sizeof doc, "%.*s%s%s", (int)(at - hash_base), hash_base, to, at + strlen(from));
+  Traind__V1__JobSpec *spec = NULL;
+  td_error err = {0};
+  int rc = td_jobspec_parse(doc, strlen(doc), &spec, &err);
+  CHECK(rc == 0, "variant '%s' -> '%s' does not parse: %s", from, to, err.msg);
+  if (!rc) {
+    rc = td_ckpt_spec_hash(spec, out, &err);
+    CHECK(rc == 0 && strlen(out) == 64, "spec hash of '%s' -> '%s': %s", from, to, err.msg);
+  }
+  td_jobspec_free(spec);
+}
+
+static void check_spec_hash(void) {
+  char base[TD_CKPT_HASH_HEX], again[TD_CKPT_HASH_HEX], v[TD_CKPT_HASH_HEX];
+  hash_variant("name: hashed", "name: hashed", base);
+  hash_variant("name: hashed", "name: hashed", again);
+  CHECK(base[0] && strcmp(base, again) == 0, "the spec hash is not deterministic: %s %s", base,
+        again);
+  /* What changes only what is run or reported keeps the hash. */
+  static const char *const same[][2] = {
+      {"name: hashed", "name: renamed"},
+      {"epochs: 3", "epochs: 30"},
+      {"max_steps: 100", "max_steps: 0"},
+      {"eval_every_epochs: 1", "eval_every_epochs: 2"},
+      {"log_every_steps: 5", "log_every_steps: 50"},
+      {"devices: {count: 1}", "devices: {count: 2}"},
+      {"priority: 1", "priority: 9"},
+      {"every_steps: 10, keep_last: 2", "every_seconds: 60, keep_last: 5"},
+      {"test_file: test.h5", "test_file: other.h5"},
+      {"test_limit: 500", "test_limit: 50"},
+  };
+  for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+    hash_variant(same[i][0], same[i][1], v);
+    CHECK(strcmp(v, base) == 0, "'%s' -> '%s' changed the spec hash", same[i][0], same[i][1]);
+  }
+  /* What determines the state changes it. */
+  static const char *const differ[][2] = {
+      {"features: 32", "features: 33"},
+      {"kernel_init: HE_NORMAL", "kernel_init: GLOROT_NORMAL"},
+      {"rate: 0.1", "rate: 0.2"},
+      {"loss: SOFTMAX_CROSS_ENTROPY", "loss: MEAN_SQUARED_ERROR"},
+      {"constant: 0.001", "constant: 0.002"},
+      {"train_file: train.h5", "train_file: train2.h5"},
+      {"train_limit: 1000", "train_limit: 999"},
+      {"batch_size: 16", "batch_size: 32"},
+      {"seed: 7", "seed: 8"},
+      {"keep_last: 2}", "keep_last: 2, init_from: warm.h5}"},
+  };
+  for (size_t i = 0; i < sizeof differ / sizeof differ[0]; i++) {
+    hash_variant(differ[i][0], differ[i][1], v);
+    CHECK(v[0] && strcmp(v, base) != 0, "'%s' -> '%s' kept the spec hash", differ[i][0],
+          differ[i][1]);
+  }
 }
 
 /* ---- atomic writes ------------------------------------------------------- */
@@ -463,6 +629,8 @@ static void check_atomic(const char *dir) {
   rc = td_ckpt_write(path, &a.st, &meta, &err);
   setrlimit(RLIMIT_FSIZE, &old);
   CHECK(rc == TD_EIO, "write past the size limit returned %d: %s", rc, err.msg);
+  CHECK_STR_CONTAINS(err.msg, "File too large (EFBIG)");
+  CHECK_STR_CONTAINS(err.msg, "/.ckpt.h5.tmp");
   long len1 = 0;
   char *after = slurp(path, &len1);
   CHECK(before && after && len0 == len1 && memcmp(before, after, (size_t)len0) == 0,
@@ -539,11 +707,17 @@ static int e2e_write(const char *dir) {
                        .step_in_epoch = 5,
                        .root_key = td_prng_key(42),
                        .seed = 42,
-                       .spec_json = "{\"name\": \"ckpt\", \"training\": {\"seed\": 42}}"};
-  if (td_ckpt_write(path, st, &meta, &err)) {
-    fprintf(stderr, "%s\n", err.msg);
+                       .job_id = "e2e-job"};
+  /* The job's own spec and its hash, for h5py to recompute. */
+  char *json = pbjson_emit(&m.spec->base, PBJSON_PROTO_NAMES);
+  meta.spec_json = json;
+  if (!json || td_ckpt_spec_hash(m.spec, meta.spec_hash, &err) ||
+      td_ckpt_write(path, st, &meta, &err)) {
+    fprintf(stderr, "%s\n", json ? err.msg : "pbjson_emit failed");
+    free(json);
     return 1;
   }
+  free(json);
   model_free(&m);
   return td_check_failures ? 1 : 0;
 }
@@ -579,6 +753,7 @@ int main(int argc, char **argv) {
   check_round_trip(dir, adamw, "adamw");
   check_round_trip(dir, momentum, "momentum");
   check_bad_files(dir);
+  check_spec_hash();
   check_atomic(dir);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -808,7 +808,8 @@ static void test_hostile_input(void) {
       EVERYTHING, "[1, 2]",
       "line 1: the top level must be a mapping of pbjson.test.Everything fields, got a list");
   PARSE_FAILS(EVERYTHING, "just text", "the top level must be a mapping");
-  PARSE_FAILS(EVERYTHING, "scalars:\n  str: \"\xff\"\n", "line 2, column 9: invalid");
+  PARSE_FAILS(EVERYTHING, "scalars:\n  str: \"\xff\"\n",
+              "line 2, column 9: not valid UTF-8 (byte 0xff at offset 17)");
 
   /* Ten levels of ten aliases each expand to 10^10 nodes; the walk stops at
    * the node limit. */
@@ -863,6 +864,184 @@ static void test_hostile_input(void) {
         "4 MiB document refused: %s", err.msg);
   msg_free(e);
   free(doc);
+}
+
+/* ---------------------------------------------------------------- UTF-8 */
+
+/* Strict UTF-8 at the edges of each sequence length: every row is a byte
+ * string and the offset of its first bad byte (its length when valid). */
+static void test_utf8_strict(void) {
+  static const struct {
+    const char *s;
+    size_t bad;
+  } rows[] = {
+      {"", 0},
+      {"plain", 5},
+      {"\x7f", 1},
+      {"\xc2\x80", 2},                 /* U+0080 */
+      {"\xdf\xbf", 2},                 /* U+07FF */
+      {"\xe0\xa0\x80", 3},             /* U+0800 */
+      {"\xed\x9f\xbf", 3},             /* U+D7FF */
+      {"\xee\x80\x80", 3},             /* U+E000 */
+      {"\xef\xbf\xbf", 3},             /* U+FFFF */
+      {"\xf0\x90\x80\x80", 4},         /* U+10000 */
+      {"\xf4\x8f\xbf\xbf", 4},         /* U+10FFFF */
+      {"ab\xf0\x9f\x98\x80z", 7},      /* U+1F600 */
+      {"\x80", 0},                     /* a lone continuation byte */
+      {"a\xbf", 1},
+      {"\xc0\x80", 0},                 /* overlong U+0000 */
+      {"\xc1\xbf", 0},                 /* overlong U+007F */
+      {"\xe0\x9f\xbf", 0},             /* overlong U+07FF */
+      {"\xf0\x8f\xbf\xbf", 0},         /* overlong U+FFFF */
+      {"x\xed\xa0\x80", 1},            /* U+D800, a surrogate */
+      {"\xed\xbf\xbf", 0},             /* U+DFFF */
+      {"\xed\xa0\xbd\xed\xb8\x80", 0}, /* a surrogate pair written as CESU-8 */
+      {"\xf4\x90\x80\x80", 0},         /* U+110000 */
+      {"\xf5\x80\x80\x80", 0},
+      {"\xf8\x88\x80\x80\x80", 0},     /* five-byte form */
+      {"\xfe", 0},
+      {"\xff", 0},
+      {"ok\xc3", 2},                   /* cut short */
+      {"\xe2\x82", 0},
+      {"\xe2\x82(", 0},                /* a continuation byte missing */
+      {"\xf0\x9f\x98", 0},
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    size_t n = strlen(rows[i].s);
+    size_t got = pbjson_utf8_invalid(rows[i].s, n);
+    CHECK(got == rows[i].bad, "row %zu: first bad byte at %zu, want %zu", i, got, rows[i].bad);
+  }
+}
+
+/* A string field set to text that is not UTF-8 is reported with its path,
+ * wherever it sits: a singular field, a repeated element, a oneof member, a
+ * wrapper, a map key or value, a recursive submessage. */
+static void utf8_fails_at(int line, const ProtobufCMessage *m, const char *want) {
+  td_error err = {0};
+  int rc = pbjson_check_utf8(m, NULL, &err);
+  CHECK(rc == TD_EINVAL, "line %d: pbjson_check_utf8 returned %d", line, rc);
+  CHECK(strcmp(err.msg, want) == 0, "line %d: message \"%s\", want \"%s\"", line, err.msg, want);
+}
+#define UTF8_FAILS(m, want) utf8_fails_at(__LINE__, (const ProtobufCMessage *)(m), (want))
+
+static void test_utf8_check(void) {
+  Everything *e = (Everything *)PARSE_OK(
+      EVERYTHING, "scalars: {str: \"h\\u00e9\"}\nrepeats: {str: [a, b, c]}\n"
+                  "wrappers: {str: \"\\U0001F600\"}\nchoice_str: x\n"
+                  "tree: {name: r, children: [{name: a}, {name: b, child: {name: c}}]}\n");
+  if (!e)
+    return;
+  td_error err = {0};
+  CHECK(pbjson_check_utf8(&e->base, NULL, &err) == 0, "valid strings refused: %s", err.msg);
+
+  char bad[] = "ab\xff";
+  char *keep = e->scalars->str;
+  e->scalars->str = bad;
+  UTF8_FAILS(e, "scalars.str: not valid UTF-8 (byte 0xff at offset 2)");
+  err = (td_error){0};
+  CHECK(pbjson_check_utf8(&e->base, "request", &err) == TD_EINVAL &&
+            strcmp(err.msg, "request.scalars.str: not valid UTF-8 (byte 0xff at offset 2)") == 0,
+        "prefix: %s", err.msg);
+  e->scalars->str = keep;
+
+  char surrogate[] = "x\xed\xa0\x80";
+  keep = e->repeats->str[2];
+  e->repeats->str[2] = surrogate;
+  UTF8_FAILS(e, "repeats.str[2]: not valid UTF-8 (byte 0xed at offset 1)");
+  e->repeats->str[2] = keep;
+
+  char overlong[] = "\xc0\xaf";
+  keep = e->wrappers->str->value;
+  e->wrappers->str->value = overlong;
+  UTF8_FAILS(e, "wrappers.str.value: not valid UTF-8 (byte 0xc0 at offset 0)");
+  e->wrappers->str->value = keep;
+
+  char high[] = "\xf4\x90\x80\x80";
+  keep = e->choice_str;
+  e->choice_str = high;
+  UTF8_FAILS(e, "choice_str: not valid UTF-8 (byte 0xf4 at offset 0)");
+  e->choice_str = keep;
+
+  char cut[] = "ok\xe2\x82";
+  keep = e->tree->children[1]->child->name;
+  e->tree->children[1]->child->name = cut;
+  UTF8_FAILS(e, "tree.children[1].child.name: not valid UTF-8 (byte 0xe2 at offset 2)");
+  e->tree->children[1]->child->name = keep;
+
+  /* Only the selected member of a oneof is read: another member's bytes
+   * share its storage. */
+  e->choice_case = PBJSON__TEST__EVERYTHING__CHOICE_CHOICE_INT;
+  char *str_member = e->choice_str;
+  e->choice_int = 7;
+  CHECK(pbjson_check_utf8(&e->base, NULL, &err) == 0, "an int oneof member read as a string");
+  e->choice_case = PBJSON__TEST__EVERYTHING__CHOICE_CHOICE_STR;
+  e->choice_str = str_member;
+
+  /* Map entries: keys and values are strings like any other. */
+  Pbjson__Test__Everything__LabelsEntry entry = PBJSON__TEST__EVERYTHING__LABELS_ENTRY__INIT;
+  Pbjson__Test__Everything__LabelsEntry *entries[] = {&entry};
+  char badkey[] = "k\x80";
+  entry.key = badkey;
+  entry.value = 3;
+  e->n_labels = 1;
+  e->labels = entries;
+  UTF8_FAILS(e, "labels[0].key: not valid UTF-8 (byte 0x80 at offset 1)");
+  entry.key = "fine";
+  CHECK(pbjson_check_utf8(&e->base, NULL, &err) == 0, "a valid map entry refused: %s", err.msg);
+  e->n_labels = 0;
+  e->labels = NULL;
+  msg_free(e);
+
+  /* Job files: bytes that are not UTF-8 are refused before YAML reads
+   * them, wherever they are, with the line, column and offset. */
+  PARSE_FAILS(JOBSPEC, "name: \"caf\xc3\"\n", "line 1, column 11: not valid UTF-8 (byte 0xc3 at offset 10)");
+  PARSE_FAILS(JOBSPEC, "# comment\nname: 'x\xed\xa0\x80'\n",
+              "line 2, column 9: not valid UTF-8 (byte 0xed at offset 18)");
+  PARSE_FAILS(JOBSPEC, "{\"name\": \"\xe2\x82\xac\xc0\xaf\"}", "line 1, column 12: not valid UTF-8 (byte 0xc0 at offset 13)");
+  /* UTF-16 text (libyaml would read it) is not UTF-8 either. */
+  static const char utf16[] = "\xff\xfen\0a\0m\0e\0:\0 \0x\0";
+  parse_fails_at(__LINE__, JOBSPEC, utf16, sizeof utf16 - 1, "byte 0xff at offset 0");
+  /* Escapes cannot make invalid text: a lone surrogate escape is refused,
+   * \xff is U+00FF. */
+  PARSE_FAILS(JOBSPEC, "name: \"\\ud800\"\n", "invalid Unicode character escape code");
+  Traind__V1__JobSpec *j = (Traind__V1__JobSpec *)PARSE_OK(JOBSPEC, "name: \"\\xff\"\n");
+  if (j)
+    CHECK(strcmp(j->name, "\xc3\xbf") == 0, "\\xff read as U+00FF (%s)", j->name);
+  msg_free(j);
+}
+
+/* Backslashes are escapes only inside double-quoted scalars. A JSON-style
+ * surrogate pair elsewhere (a single-quoted or plain scalar, a comment) is
+ * plain text, however many double quotes came before it (PyYAML reads the
+ * same; tests/pbjson_interop.py compares). */
+static void test_surrogates_in_flow(void) {
+  static const struct {
+    const char *doc, *name;
+  } rows[] = {
+      {"{\"name\": \"\\uD83D\\uDE00\"}", "\xF0\x9F\x98\x80"},
+      {"{\"name\":\"a\\ud83d\\ude00b\"}", "a\xF0\x9F\x98\x80" "b"},
+      {"{name: '\\uD83D\\uDE00'}", "\\uD83D\\uDE00"},
+      /* A double quote inside a single-quoted scalar starts nothing. */
+      {"{training: {seed: 1}, dataset: {idx: {dir: 'say \"x'}}, name: '\\uD83D\\uDE00'}",
+       "\\uD83D\\uDE00"},
+      {"{dataset: {idx: {dir: 'it''s \"'}}, name: '\\uD83D\\uDE00'}", "\\uD83D\\uDE00"},
+      /* Nor inside a plain scalar, nor in a comment. */
+      {"{dataset: {idx: {dir: a\"b}}, name: '\\uD83D\\uDE00'}", "\\uD83D\\uDE00"},
+      {"{dataset: {idx: {dir: a \"b}}, name: x\\uD83D\\uDE00}", "x\\uD83D\\uDE00"},
+      {"{ # a \"comment\n name: '\\uD83D\\uDE00'}", "\\uD83D\\uDE00"},
+      /* After a double-quoted scalar with escaped quotes, the next
+       * double-quoted one is still rewritten. */
+      {"{dataset: {idx: {dir: \"q\\\"\"}}, name: \"\\uD83D\\uDE00\"}", "\xF0\x9F\x98\x80"},
+      {"{dataset: {idx: {dir: \"x\"}}, name: 'a\\uD83D\\uDE00''\"'}", "a\\uD83D\\uDE00'\""},
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    Traind__V1__JobSpec *j = (Traind__V1__JobSpec *)PARSE_OK(JOBSPEC, rows[i].doc);
+    CHECK(j && strcmp(j->name, rows[i].name) == 0, "row %zu: name \"%s\", want \"%s\"", i,
+          j ? j->name : "(null)", rows[i].name);
+    msg_free(j);
+  }
+  /* Line numbers stay right after a rewrite. */
+  PARSE_FAILS(JOBSPEC, "{\"name\": \"\\uD83D\\uDE00\",\n \"nope\": 1}", "line 2");
 }
 
 /* -------------------------------------------------------------- emitting */
@@ -1404,6 +1583,9 @@ int main(void) {
   test_nested_and_null();
   test_json_and_yaml();
   test_hostile_input();
+  test_utf8_strict();
+  test_utf8_check();
+  test_surrogates_in_flow();
   test_emit_format();
   test_random_round_trips();
   test_validate();

@@ -13,6 +13,7 @@
  * Handlers count what they see; the checks compare those counts and the
  * server's live-call count with what the clients saw. */
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -32,6 +33,13 @@
 
 #define STREAM_BURST 4
 #define LATER_MS 100
+/* How long a condition may take to come true on a loaded machine; only a
+ * failing test waits this long. */
+#define WAIT_SEC 30
+/* Upper bounds on things that take milliseconds when idle (an answer from
+ * a 100 ms timer, a cancel, a deadline of 0.3 s): well above a loaded
+ * machine's delays, well below the 10 s call deadlines they are told from. */
+#define PROMPT_SEC 5
 
 static char tmpdir[64];
 
@@ -219,9 +227,11 @@ static void tstream_tick(uv_timer_t *t) {
     }
     ts->sent++;
     if (ts->n > 0 && ts->sent == ts->n) {
-      /* Finishing right behind a burst: the status must wait for it. */
-      td_rpc_finish(ts->call, TD_GRPC_OK, NULL);
+      /* Counted before the status goes out, so that a client that has the
+       * status also sees the count. Finishing right behind a burst: the
+       * status must wait for it. */
       atomic_fetch_add(&ts->fx->streams_finished, 1);
+      td_rpc_finish(ts->call, TD_GRPC_OK, NULL);
       tstream_end(ts);
       return;
     }
@@ -258,6 +268,9 @@ static void loop_main(void *arg) {
   atomic_store(&fx->loop_exited, 1);
 }
 
+/* max_connections for the next fixture_start (0: the default). */
+static size_t fixture_max_connections;
+
 /* Starts a server listening on unix:<sock> and 127.0.0.1:0. */
 static int fixture_start(fixture *fx, const char *sock, size_t max_request) {
   memset(fx, 0, sizeof *fx);
@@ -286,7 +299,8 @@ static int fixture_start(fixture *fx, const char *sock, size_t max_request) {
   const char *listen[2] = {fx->unix_addr, "127.0.0.1:0"};
   td_rpc_server_opts opts = {.listen = listen, .n_listen = 2,
                              .methods = methods, .n_methods = 6,
-                             .max_request_bytes = max_request};
+                             .max_request_bytes = max_request,
+                             .max_connections = fixture_max_connections};
   td_error err = {0};
   int rc = td_rpc_server_start(&fx->srv, &fx->loop, &opts, &err);
   CHECK(rc == TD_OK, "server start on %s: %s", fx->unix_addr, err.msg);
@@ -511,7 +525,7 @@ static void test_unary(fixture *fx, const char *target, const char *peer_prefix)
   job = (Traind__V1__Job *)resp;
   CHECK(job && strcmp(job->id, "slow") == 0 && strcmp(job->name, "later") == 0,
         "late answer carries the request's id");
-  CHECK(dt >= LATER_MS * 1e-3 * 0.9 && dt < 3, "late answer after %.3f s", dt);
+  CHECK(dt >= LATER_MS * 1e-3 * 0.9 && dt < PROMPT_SEC, "late answer after %.3f s", dt);
   if (resp)
     protobuf_c_message_free_unpacked(resp, NULL);
   td_rpc_client_close(c);
@@ -604,7 +618,7 @@ static void test_streams(fixture *fx, const char *target) {
   CHECK(r.got == 50 && r.in_order, "stream: %d messages, in order %d", r.got,
         r.in_order);
   CHECK(atomic_load(&fx->streams_finished) == finished + 1, "stream finished");
-  CHECK(wait_no_calls(fx, 5), "finished stream released");
+  CHECK(wait_no_calls(fx, WAIT_SEC), "finished stream released");
   CHECK(atomic_load(&fx->stream_cancels) == cancels,
         "no cancel callback after a normal finish");
 
@@ -613,10 +627,10 @@ static void test_streams(fixture *fx, const char *target) {
   stream_thread(&r);
   CHECK(r.code == TD_GRPC_CANCELLED, "client cancel: %d %s", r.code, r.st.message);
   CHECK(r.got == 5 && r.in_order, "5 messages before the cancel (%d)", r.got);
-  CHECK(r.elapsed < 2, "cancelled stream returned after %.2f s", r.elapsed);
-  CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, 5),
+  CHECK(r.elapsed < PROMPT_SEC, "cancelled stream returned after %.2f s", r.elapsed);
+  CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, WAIT_SEC),
         "server saw the cancel");
-  CHECK(wait_no_calls(fx, 5), "cancelled stream released (%zu calls left)",
+  CHECK(wait_no_calls(fx, WAIT_SEC), "cancelled stream released (%zu calls left)",
         live_calls(fx));
   cancels = atomic_load(&fx->stream_cancels);
 
@@ -626,10 +640,10 @@ static void test_streams(fixture *fx, const char *target) {
   CHECK(r.code == TD_GRPC_DEADLINE_EXCEEDED, "deadline: %d %s", r.code,
         r.st.message);
   CHECK(r.got > 10 && r.in_order, "messages before the deadline: %d", r.got);
-  CHECK(r.elapsed > 0.25 && r.elapsed < 3, "deadline hit after %.3f s", r.elapsed);
-  CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, 5),
+  CHECK(r.elapsed > 0.25 && r.elapsed < PROMPT_SEC, "deadline hit after %.3f s", r.elapsed);
+  CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, WAIT_SEC),
         "server saw the deadline");
-  CHECK(wait_no_calls(fx, 5), "expired stream released");
+  CHECK(wait_no_calls(fx, WAIT_SEC), "expired stream released");
   CHECK(atomic_load(&fx->stream_cancels) == cancels + 1,
         "cancel callback ran exactly once");
 }
@@ -667,7 +681,7 @@ static void test_health(fixture *fx) {
                  .stop_after = 2};
   uv_thread_t th;
   uv_thread_create(&th, watch_thread, &w);
-  CHECK(wait_atomic_at_least(&w.n, 1, 5), "first watch message");
+  CHECK(wait_atomic_at_least(&w.n, 1, WAIT_SEC), "first watch message");
   health_set(fx, "traind.v1.Trainer", TD_HEALTH_SERVING);
   uv_thread_join(&th);
   CHECK(atomic_load(&w.n) == 2 && w.statuses[0] == TD_HEALTH_NOT_SERVING &&
@@ -682,7 +696,7 @@ static void test_health(fixture *fx) {
   w = (watch_run){.target = fx->tcp_addr, .service = "later.Service",
                   .stop_after = 2};
   uv_thread_create(&th, watch_thread, &w);
-  CHECK(wait_atomic_at_least(&w.n, 1, 5), "first watch message");
+  CHECK(wait_atomic_at_least(&w.n, 1, WAIT_SEC), "first watch message");
   health_set(fx, "traind.v1.Trainer", TD_HEALTH_NOT_SERVING); /* not watched */
   health_set(fx, "later.Service", TD_HEALTH_SERVING);
   uv_thread_join(&th);
@@ -690,7 +704,7 @@ static void test_health(fixture *fx) {
             w.statuses[1] == TD_HEALTH_SERVING,
         "watch of a new service: %d messages: %d %d", atomic_load(&w.n),
         w.statuses[0], w.statuses[1]);
-  CHECK(wait_no_calls(fx, 5), "watch streams released");
+  CHECK(wait_no_calls(fx, WAIT_SEC), "watch streams released");
 }
 
 typedef struct load_run {
@@ -740,7 +754,7 @@ static void test_load(fixture *fx) {
         "handler ran %d times", atomic_load(&fx->unary_calls) - before);
   printf("load: %d threads x %d unary calls in %.2f s (%.0f calls/s)\n", THREADS,
          CALLS, dt, THREADS * CALLS / dt);
-  CHECK(wait_no_calls(fx, 5), "every call released");
+  CHECK(wait_no_calls(fx, WAIT_SEC), "every call released");
 }
 
 static void test_unreachable(void) {
@@ -757,7 +771,7 @@ static void test_unreachable(void) {
   snprintf(want, sizeof want, "cannot reach traind at %s: ", target);
   CHECK(strncmp(st.message, want, strlen(want)) == 0, "\"%s\" names the target",
         st.message);
-  CHECK(dt < 2, "unreachable unix target failed after %.2f s", dt);
+  CHECK(dt < PROMPT_SEC, "unreachable unix target failed after %.2f s", dt);
   td_rpc_client_close(c);
 
   /* A TCP port that nobody listens on: bound here and released. */
@@ -778,7 +792,7 @@ static void test_unreachable(void) {
   snprintf(want, sizeof want, "cannot reach traind at %s: ", target);
   CHECK(strncmp(st.message, want, strlen(want)) == 0, "\"%s\" names the target",
         st.message);
-  CHECK(dt < 2, "unreachable tcp target failed after %.2f s", dt);
+  CHECK(dt < PROMPT_SEC, "unreachable tcp target failed after %.2f s", dt);
   td_rpc_client_close(c);
 }
 
@@ -932,12 +946,12 @@ static void test_stale_and_shutdown(void) {
   uv_thread_t ts, tw, tl;
   uv_thread_create(&ts, stream_thread, &r);
   uv_thread_create(&tw, watch_thread, &w);
-  CHECK(wait_atomic_at_least(&r.messages, 3, 5), "stream running");
-  CHECK(wait_atomic_at_least(&w.n, 1, 5), "watch running");
+  CHECK(wait_atomic_at_least(&r.messages, 3, WAIT_SEC), "stream running");
+  CHECK(wait_atomic_at_least(&w.n, 1, WAIT_SEC), "watch running");
 
   later_run lr = {fx.unix_addr, -1};
   uv_thread_create(&tl, later_thread, &lr);
-  CHECK(wait_atomic_at_least(&fx.later_started, 1, 5), "late call pending");
+  CHECK(wait_atomic_at_least(&fx.later_started, 1, WAIT_SEC), "late call pending");
 
   /* Health goes first (as in the daemon): watchers hear NOT_SERVING and the
    * stream ends UNAVAILABLE. */
@@ -965,6 +979,146 @@ static void test_stale_and_shutdown(void) {
         lr.code);
 }
 
+/* Request strings that are not UTF-8 are refused before any handler, with
+ * the field's path and the first bad byte. */
+static void test_utf8_requests(fixture *fx) {
+  td_rpc_client *c = td_rpc_client_open(fx->unix_addr);
+  td_rpc_status st;
+  int before = atomic_load(&fx->unary_calls);
+  static const struct {
+    const char *id, *want;
+  } rows[] = {
+      {"job\xff", "id: not valid UTF-8 (byte 0xff at offset 3)"},
+      {"\xc0\xaf", "id: not valid UTF-8 (byte 0xc0 at offset 0)"},     /* overlong '/' */
+      {"ab\xed\xa0\x80", "id: not valid UTF-8 (byte 0xed at offset 2)"}, /* U+D800 */
+      {"\xf4\x90\x80\x80", "id: not valid UTF-8 (byte 0xf4 at offset 0)"}, /* U+110000 */
+      {"cut\xe2\x82", "id: not valid UTF-8 (byte 0xe2 at offset 3)"},
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    Traind__V1__Job *job = NULL;
+    int code = get_job(c, rows[i].id, &job, 5, &st);
+    CHECK(code == TD_GRPC_INVALID_ARGUMENT && job == NULL, "row %zu: %d %s", i, code,
+          st.message);
+    CHECK(strcmp(st.message, rows[i].want) == 0, "row %zu: \"%s\", want \"%s\"", i, st.message,
+          rows[i].want);
+    if (job)
+      protobuf_c_message_free_unpacked(&job->base, NULL);
+  }
+  CHECK(atomic_load(&fx->unary_calls) == before, "no handler saw a string that is not UTF-8");
+  /* Nested: a WatchMetrics request is checked the same way (a stream). */
+  Traind__V1__Job *job = NULL;
+  int code = get_job(c, "caf\xc3\xa9 \xf0\x9f\x98\x80", &job, 5, &st);
+  CHECK(code == TD_GRPC_OK && job && strcmp(job->id, "caf\xc3\xa9 \xf0\x9f\x98\x80") == 0,
+        "valid UTF-8 passes: %d %s", code, st.message);
+  if (job)
+    protobuf_c_message_free_unpacked(&job->base, NULL);
+  td_rpc_client_close(c);
+}
+
+static void query_connections(void *arg) {
+  void **a = arg;
+  *(size_t *)a[1] = td_rpc_server_connections(a[0]);
+}
+
+static size_t open_connections(fixture *fx) {
+  size_t n = 0;
+  void *a[2] = {fx->srv, &n};
+  on_loop(fx, query_connections, a);
+  return n;
+}
+
+static int tcp_connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* max_connections: idle connections beyond it are closed at once, the ones
+ * open keep working, and a slot freed by a client that leaves is taken by
+ * the next one. */
+static void test_connection_limit(void) {
+  enum { LIMIT = 6 };
+  char sock[256];
+  snprintf(sock, sizeof sock, "%s/limit.sock", tmpdir);
+  fixture fx;
+  fixture_max_connections = LIMIT;
+  int rc = fixture_start(&fx, sock, 0);
+  fixture_max_connections = 0;
+  if (rc != TD_OK)
+    return;
+  int port = td_rpc_server_port(fx.srv, 1);
+  /* A working client first: its connection is one of the six. */
+  td_rpc_client *c = td_rpc_client_open(fx.tcp_addr);
+  Traind__V1__Job *job = NULL;
+  td_rpc_status st;
+  int code = get_job(c, "first", &job, 5, &st);
+  CHECK(code == TD_GRPC_OK, "first client: %d %s", code, st.message);
+  if (job)
+    protobuf_c_message_free_unpacked(&job->base, NULL);
+  /* Idle TCP connections that never speak HTTP/2 fill the rest, and more. */
+  int idle[LIMIT + 4];
+  for (int i = 0; i < LIMIT + 4; i++)
+    idle[i] = tcp_connect(port);
+  double end = now_sec() + 5;
+  while (open_connections(&fx) < LIMIT && now_sec() < end)
+    sleep_ms(5);
+  CHECK(open_connections(&fx) == LIMIT, "%zu connections open, limit %d", open_connections(&fx),
+        LIMIT);
+  /* The four beyond the limit were closed by the server: they read EOF. */
+  int closed = 0;
+  for (int i = 0; i < LIMIT + 4; i++) {
+    struct timeval tv = {0, 200000};
+    setsockopt(idle[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char b;
+    if (recv(idle[i], &b, 1, 0) == 0) {
+      closed++;
+      close(idle[i]);
+      idle[i] = -1;
+    }
+  }
+  CHECK(closed == 5, "%d connections beyond the limit closed, want 5", closed);
+  /* A new client is refused (UNAVAILABLE), the old one still works. (The
+   * unix socket: gRPC shares one connection between channels to the same
+   * target in a process.) */
+  td_rpc_client *c2 = td_rpc_client_open(fx.unix_addr);
+  code = get_job(c2, "refused", &job, 2, &st);
+  CHECK(code == TD_GRPC_UNAVAILABLE || code == TD_GRPC_DEADLINE_EXCEEDED,
+        "a connection beyond the limit: %d %s", code, st.message);
+  td_rpc_client_close(c2);
+  code = get_job(c, "still", &job, 5, &st);
+  CHECK(code == TD_GRPC_OK && job && strcmp(job->id, "still") == 0,
+        "the open connection keeps working: %d %s", code, st.message);
+  if (job)
+    protobuf_c_message_free_unpacked(&job->base, NULL);
+  /* Idle connections leave; a new client gets in. */
+  for (int i = 0; i < LIMIT + 4; i++)
+    if (idle[i] >= 0)
+      close(idle[i]);
+  end = now_sec() + 5;
+  while (open_connections(&fx) > 1 && now_sec() < end)
+    sleep_ms(5);
+  CHECK(open_connections(&fx) == 1, "%zu connections after the idle ones left",
+        open_connections(&fx));
+  /* (A client refused a moment ago backs off before it connects again.) */
+  end = now_sec() + 10;
+  do {
+    c2 = td_rpc_client_open(fx.unix_addr);
+    code = get_job(c2, "later", &job, 2, &st);
+    if (job)
+      protobuf_c_message_free_unpacked(&job->base, NULL);
+    job = NULL;
+    td_rpc_client_close(c2);
+  } while (code != TD_GRPC_OK && now_sec() < end);
+  CHECK(code == TD_GRPC_OK, "a client after the idle ones left: %d %s", code, st.message);
+  td_rpc_client_close(c);
+  fixture_stop(&fx);
+}
+
 int main(void) {
   signal(SIGALRM, on_alarm);
   alarm(240);
@@ -983,6 +1137,7 @@ int main(void) {
   test_unary(&fx, fx.unix_addr, "unix:");
   test_unary(&fx, fx.tcp_addr, "ipv4:127.0.0.1:");
   test_bad_requests(&fx, 2u << 20);
+  test_utf8_requests(&fx);
   test_streams(&fx, fx.unix_addr);
   test_streams(&fx, fx.tcp_addr);
   test_health(&fx);
@@ -995,6 +1150,7 @@ int main(void) {
   CHECK(stat(sock, &st) != 0 && errno == ENOENT, "socket file removed at shutdown");
 
   test_stale_and_shutdown();
+  test_connection_limit();
 
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

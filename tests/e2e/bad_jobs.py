@@ -22,7 +22,8 @@ in a sidecar file with the same stem and the suffix .expect:
   # max-seconds: S        the longest the case may take (default 10)
 
 Fixtures: mnist ($TRAIND_DATA_DIR), scratch (a temporary root holding a text
-file not-hdf5.h5), symlink-file and symlink-dir (roots whose mnist files or
+file not-hdf5.h5, a FIFO fifo.h5 and a symlink loop loop-a.h5 <-> loop-b.h5),
+symlink-file and symlink-dir (roots whose mnist files or
 directory are symlinks to a directory outside the root), and truncated-gz,
 truncated-raw and wrong-magic (copies of MNIST with one file damaged). Fixtures
 built from MNIST, and cases that use them, need $TRAIND_DATA_DIR/mnist: without
@@ -119,6 +120,9 @@ class Fixtures:
             root = self.new_root(name)
             with open(os.path.join(root, "not-hdf5.h5"), "w") as fh:
                 fh.write("this is a text file, not HDF5\n")
+            os.mkfifo(os.path.join(root, "fifo.h5"))
+            os.symlink("loop-b.h5", os.path.join(root, "loop-a.h5"))
+            os.symlink("loop-a.h5", os.path.join(root, "loop-b.h5"))
             return root, ""
         if name == "symlink-file":
             out = self.outside_dir()

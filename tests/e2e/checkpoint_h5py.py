@@ -5,14 +5,15 @@ Usage: checkpoint_h5py.py TEST_CHECKPOINT_BINARY
 
 1. The binary trains a small MLP for a few steps and writes a checkpoint plus
    the logits its engine computes for a batch. h5py opens the file; the
-   attributes, shapes, dtypes and the CRC-32 checksum are checked against
-   docs/checkpoint-format.md, and a numpy forward pass from /params alone
-   reproduces the engine's logits.
+   attributes, shapes, dtypes, the SHA-256 digest and the spec hash (from
+   the job_spec attribute, with protobuf messages generated from proto/)
+   are checked against docs/checkpoint-format.md, and a numpy forward pass
+   from /params alone reproduces the engine's logits.
 2. numpy writes a parameters-only file with h5py; traind loads it
    (td_ckpt_load_params) and writes it back, bit for bit. A file with a
    wrong shape and a missing leaf is refused with a message listing both.
 
-Exit 77 (skip) when h5py or numpy is missing, unless CI=true.
+Exit 77 (skip) when h5py, numpy or grpc_tools is missing, unless CI=true.
 """
 import json
 import os
@@ -23,7 +24,9 @@ import tempfile
 try:
     import h5py
     import numpy as np
-    from h5ckpt import checksum
+    from google.protobuf import json_format
+    from h5ckpt import digest, spec_hash
+    import traind_harness as th
 except ImportError as e:  # pragma: no cover
     print(f"SKIP: {e}")
     sys.exit(1 if os.environ.get("CI") == "true" else 77)
@@ -52,6 +55,8 @@ def forward(params, x):
 
 def main():
     binary = sys.argv[1]
+    source_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    job_pb2 = th.Stubs(source_dir).job
     with tempfile.TemporaryDirectory() as d:
         r = subprocess.run([binary, "e2e-write", d], capture_output=True, text=True)
         check(r.returncode == 0, f"e2e-write exited {r.returncode}: {r.stderr}")
@@ -61,7 +66,7 @@ def main():
         with h5py.File(path, "r") as f:
             a = f.attrs
             check(a["format"] == "traind-checkpoint", f"format {a['format']!r}")
-            check(int(a["version"]) == 1, f"version {a['version']}")
+            check(int(a["version"]) == 2, f"version {a['version']}")
             check(int(a["step"]) == 5, f"step {a['step']}")
             check(int(a["epoch"]) == 1 and int(a["step_in_epoch"]) == 5,
                   f"epoch {a['epoch']} step_in_epoch {a['step_in_epoch']}")
@@ -69,9 +74,15 @@ def main():
             # jax.random.PRNGKey(42) is [0, 42].
             check(list(a["prng_key"]) == [0, 42] and a["prng_key"].dtype == np.uint32,
                   f"prng_key {a['prng_key']!r}")
-            check(json.loads(a["job_spec"])["training"]["seed"] == 42, "job_spec")
-            check(int(a["checksum"]) == checksum(f),
-                  f"checksum {int(a['checksum']):#010x}, recomputed {checksum(f):#010x}")
+            check(int(json.loads(a["job_spec"])["training"]["seed"]) == 42, "job_spec")
+            check(a["job_id"] == "e2e-job", f"job_id {a['job_id']!r}")
+            check(a["digest"] == digest(f), f"digest {a['digest']}, recomputed {digest(f)}")
+            # The spec hash, recomputed from the job_spec attribute through
+            # protobuf's own encoder.
+            spec = json_format.Parse(a["job_spec"], job_pb2.JobSpec())
+            check(a["spec_hash"] == spec_hash(spec),
+                  f"spec_hash {a['spec_hash']}, recomputed {spec_hash(spec)}")
+            check("checksum" not in a, "a version 2 file has the CRC-32 'checksum' attribute")
             shapes = {"layer1/w": (IN, HIDDEN), "layer1/b": (HIDDEN,),
                       "layer2/w": (HIDDEN, OUT), "layer2/b": (OUT,)}
             for name, shape in shapes.items():
@@ -120,7 +131,7 @@ def main():
                     for leaf, v in leaves.items():
                         got = f["params"][layer][leaf][()]
                         check(got.tobytes() == v.tobytes(), f"{layer}/{leaf} changed on load")
-                check(int(f.attrs["checksum"]) == checksum(f), "checksum of the reloaded file")
+                check(f.attrs["digest"] == digest(f), "digest of the reloaded file")
 
         # float64 parameters (numpy's default) are converted.
         with h5py.File(warm, "w") as f:

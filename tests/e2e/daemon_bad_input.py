@@ -19,9 +19,12 @@ a job it knows.
                          than the set, wrong input shape) is accepted and
                          the job FAILS with code 3 naming the field
   unknown_job            an unknown id for GetJob, CancelJob, GetMetrics and
-                         WatchMetrics: NOT_FOUND naming the id
-  oversized              requests over 4 MiB (raw and a valid message):
-                         RESOURCE_EXHAUSTED
+                         WatchMetrics: NOT_FOUND naming the id; a malformed
+                         one ("", "../../etc/passwd", 300 x's):
+                         INVALID_ARGUMENT
+  oversized              requests over 2 MiB (raw and a valid message):
+                         RESOURCE_EXHAUSTED; under it, a name over 1 KiB:
+                         INVALID_ARGUMENT with the sizes
   unknown_method         methods and services the daemon lacks: UNIMPLEMENTED
   paths_outside_roots    "..", absolute and symlinked dataset paths:
                          PERMISSION_DENIED; a missing file: NOT_FOUND
@@ -72,7 +75,7 @@ class Ctx:
         self.s = s
         self.d = s.daemon(data_dirs=[s.tmp], cpu_devices=cpu_devices, env=env)
         self.known = s.submit(self.d, spec(1), name="known")
-        s.wait_state(self.d, self.known.id, S.SUCCEEDED, 60)
+        s.wait_state(self.d, self.known.id, S.SUCCEEDED, 120)
 
     def alive(self, after):
         d = self.d
@@ -189,7 +192,7 @@ def spec_not_matching_data(s):
     narrow["model"]["input_shape"] = [100]
     for sp, field in ((big_batch, "training.batch_size"), (narrow, "model.input_shape")):
         j = s.submit(c.d, sp)
-        r = s.wait_state(c.d, j.id, (S.FAILED, S.SUCCEEDED), 60)
+        r = s.wait_state(c.d, j.id, (S.FAILED, S.SUCCEEDED), 120)
         check(r.state == S.FAILED, "a job with a bad %s ended %s", field, S.Name(r.state))
         check(r.error_code == C.INVALID_ARGUMENT.value[0] and field in r.error,
               "failed job: error_code %d error %r, expected 3 naming %s", r.error_code,
@@ -197,7 +200,7 @@ def spec_not_matching_data(s):
         check(not r.devices, "a failed job holds devices")
         c.alive("a job that did not fit its data")
     ok = s.submit(c.d, spec(1))
-    s.wait_state(c.d, ok.id, S.SUCCEEDED, 60, "a good job to run after the failed ones")
+    s.wait_state(c.d, ok.id, S.SUCCEEDED, 120, "a good job to run after the failed ones")
 
 
 @suite.case
@@ -205,6 +208,7 @@ def unknown_job(s):
     c = Ctx(s)
     st = c.d.stub
     for jid in ("j-0000000000dead", "", "../../etc/passwd", "x" * 300):
+        malformed = not jid.startswith("j-")
         for name, call in (
                 ("GetJob", lambda: st.GetJob(pb.GetJobRequest(id=jid), timeout=10)),
                 ("CancelJob", lambda: st.CancelJob(pb.CancelJobRequest(id=jid), timeout=10)),
@@ -213,7 +217,10 @@ def unknown_job(s):
                 ("WatchMetrics", lambda: list(st.WatchMetrics(
                     pb.WatchMetricsRequest(id=jid), timeout=10)))):
             e = rpc_error(call, what="%s of %r" % (name, jid[:20]))
-            expect_status(e, C.NOT_FOUND, jid[:40])
+            if malformed:
+                expect_status(e, C.INVALID_ARGUMENT, "id", jid[:20])
+            else:
+                expect_status(e, C.NOT_FOUND, jid[:40])
             c.alive("%s of an unknown id %r" % (name, jid[:20]))
     # A known id with more after a NUL byte is not that job: a C string
     # cannot hold it, so the request is refused as malformed.
@@ -240,11 +247,15 @@ def oversized(s):
                   timeout=30)
     expect_status(e, C.RESOURCE_EXHAUSTED)
     c.alive("a 5 MiB WatchMetricsRequest")
+    e = rpc_error(c.d.stub.SubmitJob, pb.SubmitJobRequest(spec=th.spec_msg(s.stubs, spec()),
+                                                          name="n" * (3 << 20)), timeout=30)
+    expect_status(e, C.RESOURCE_EXHAUSTED, "larger than")
+    c.alive("a 3 MiB SubmitJobRequest (the daemon reads at most 2 MiB)")
     # Just under the limit is read (and refused for what it says).
-    req = pb.SubmitJobRequest(spec=th.spec_msg(s.stubs, spec()), name="n" * (3 << 20))
-    r = c.d.stub.SubmitJob(req, timeout=30)
-    check(r.job.name == "n" * (3 << 20), "a 3 MiB request was not read whole")
-    c.alive("a 3 MiB request")
+    req = pb.SubmitJobRequest(spec=th.spec_msg(s.stubs, spec()), name="n" * (3 << 19))
+    e = rpc_error(c.d.stub.SubmitJob, req, timeout=30)
+    expect_status(e, C.INVALID_ARGUMENT, "name: %d bytes" % (3 << 19), "at most 1024 bytes")
+    c.alive("a 1.5 MiB request")
 
 
 @suite.case
@@ -353,8 +364,7 @@ def watch_cancel_loop(s):
         env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=16"}
     c = Ctx(s, env=env)
     j = s.submit(c.d, spec(LONG))
-    th.wait_for(lambda: s.get(c.d, j.id).progress.step > 2000, 60,
-                "the job to pass 2000 steps")
+    s.wait_steps(c.d, j.id, 2000)
     req = pb.WatchMetricsRequest(id=j.id)
     rss = []
     for i in range(50):
@@ -368,7 +378,8 @@ def watch_cancel_loop(s):
         e = rpc_error(lambda: list(call))
         check(e.code() == C.CANCELLED, "stream %d ended %s after cancel", i, e.code().name)
         if i in (9, 49):
-            time.sleep(0.2)
+            # The daemon may still be freeing the last few streams: a few
+            # hundred KiB at most, far below the limit, so no wait here.
             c.alive("%d cancelled streams" % (i + 1))
             rss.append(c.d.rss_kb())
     check(s.state(c.d, j.id) == S.RUNNING, "the watched job stopped")
@@ -391,20 +402,25 @@ def watch_cancel_loop(s):
 def watch_deadline(s):
     c = Ctx(s)
     j = s.submit(c.d, spec(LONG))
-    s.wait_state(c.d, j.id, S.RUNNING)
+    # Points to stream: a watch sends what the job has at once, so each
+    # stream below gets some before its deadline however slow the machine.
+    s.wait_steps(c.d, j.id, 0)
+    deadline = 1.0
     for i in range(5):
         got = 0
         t0 = time.monotonic()
         try:
-            for m in c.d.stub.WatchMetrics(pb.WatchMetricsRequest(id=j.id), timeout=0.5):
+            for m in c.d.stub.WatchMetrics(pb.WatchMetricsRequest(id=j.id), timeout=deadline):
                 got += len(m.steps)
-            raise th.TestFailure("a 0.5 s WatchMetrics on a running job ended without error")
+            raise th.TestFailure("a %.1f s WatchMetrics on a running job ended without error"
+                                 % deadline)
         except grpc.RpcError as e:
             took = time.monotonic() - t0
             check(e.code() == C.DEADLINE_EXCEEDED, "stream ended %s (%s), expected "
                   "DEADLINE_EXCEEDED", e.code().name, e.details())
         check(got > 0, "no step points arrived before the deadline")
-        check(took < 2.0, "the 0.5 s deadline ended the stream after %.2f s", took)
+        check(took < deadline + 4.0, "the %.1f s deadline ended the stream after %.2f s",
+              deadline, took)
         c.alive("a stream that hit its deadline")
     check(s.state(c.d, j.id) == S.RUNNING, "the watched job stopped")
     # Unary calls with a tiny deadline fail on the client, not in the daemon.

@@ -25,7 +25,6 @@ under CI=true). Prints one line per case, then "N passed, N failed".
 """
 import os
 import re
-import socket
 import sys
 import time
 import urllib.request
@@ -69,7 +68,7 @@ def metrics_daemon(s, workdir=None):
                       extra=extra).start()
     else:
         d = s.daemon(extra=extra)
-    m = th.wait_for(lambda: re.search(r'msg="metrics listening".* port=(\d+)', d.log()), 10,
+    m = th.wait_for(lambda: re.search(r'msg="metrics listening".* port=(\d+)', d.log()), 60,
                     "the metrics port in the log")
     d.metrics_port = int(m.group(1))
     return d
@@ -101,7 +100,7 @@ def one(fam, name=None, **labels):
     return v[0]
 
 
-def wait_published(d, pred, what, timeout=10):
+def wait_published(d, pred, what, timeout=60):
     """Scrapes until pred(families) holds (the daemon publishes every
     second)."""
     return th.wait_for(lambda: (lambda f: f if pred(f) else None)(scrape(d)), timeout, what,
@@ -116,8 +115,13 @@ def scrape_while_training(s):
     sp = ref(20)
     sp["training"]["batch_size"] = 32
     j = s.submit(d, sp, name="scraped")
-    s.wait_state(d, j.id, S.RUNNING)
-    th.wait_for(lambda: s.get(d, j.id).progress.epoch >= 1, 60, "the first epoch")
+
+    def first_epoch():
+        g = s.get(d, j.id)
+        check(g.state in (S.QUEUED, S.RUNNING), "the job ended %s before its first epoch "
+              "was seen: %s", S.Name(g.state), g.error)
+        return g.progress.epoch >= 1
+    th.wait_for(first_epoch, 300, "the first epoch")
     fams = wait_published(d, lambda f: "traind_job_test_accuracy" in f and
                           samples(f["traind_job_test_accuracy"], job=j.id) and
                           one(f["traind_job_epochs_completed"], job=j.id) >= 1,
@@ -130,8 +134,8 @@ def scrape_while_training(s):
     for _ in range(100):
         f = scrape(d)
         g = s.get(d, j.id)
-        if g.state != S.RUNNING:
-            break
+        check(g.state == S.RUNNING, "the job ended (%s) before /metrics and GetJob agreed on "
+              "an epoch; make it longer", S.Name(g.state))
         epochs = one(f["traind_job_epochs_completed"], job=j.id)
         if epochs != g.progress.epoch:
             time.sleep(0.2)
@@ -172,36 +176,66 @@ def counters_agree(s):
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.NOT_FOUND, "unknown job: %s", e.code())
     steps = ja.progress.step + jb.progress.step
-    f = wait_published(d, lambda f: one(f["traind_step_seconds"], "traind_step_seconds_count")
-                       == steps and samples(f["traind_rpc_requests"],
-                                            "traind_rpc_requests_total", code="NOT_FOUND"),
-                       "every step and the NOT_FOUND calls in /metrics")
-    get = "/traind.v1.Trainer/GetJob"
-    # The wait_state polls above made GetJob calls too: count them all from
-    # the daemon's side is what /metrics does; the NOT_FOUNDs are exact.
-    check(one(f["traind_rpc_requests"], "traind_rpc_requests_total", method=get,
-              code="NOT_FOUND") == 3, "GetJob NOT_FOUND count")
-    ok_gets = one(f["traind_rpc_requests"], "traind_rpc_requests_total", method=get, code="OK")
-    check(ok_gets >= gets_ok, "GetJob OK count %r < %d", ok_gets, gets_ok)
-    check(one(f["traind_rpc_requests"], "traind_rpc_requests_total",
-              method="/traind.v1.Trainer/SubmitJob", code="OK") == 2, "SubmitJob count")
-    check(one(f["traind_rpc_seconds"], "traind_rpc_seconds_count", method=get) ==
-          ok_gets + 3, "GetJob latency count")
-    check(one(f["traind_jobs"], state="SUCCEEDED") == 2 and
-          one(f["traind_jobs"], state="RUNNING") == 0, "jobs by state")
     written = ja.checkpoints_written + jb.checkpoints_written
-    check(written >= 5 and one(f["traind_checkpoints"], "traind_checkpoints_total",
-                               result="ok") == written,
-          "checkpoints: /metrics %r, job records %d",
-          one(f["traind_checkpoints"], "traind_checkpoints_total", result="ok"), written)
-    check(one(f["traind_checkpoint_write_seconds"], "traind_checkpoint_write_seconds_count")
-          == written, "checkpoint histogram count")
+    # At least a's final checkpoint and b's first periodic and last one:
+    # more periodic ones when the writer keeps up (a busy one delays them).
+    check(written >= 3, "the job records say %d checkpoints were written", written)
     info = d.stub.GetDaemonInfo(pb.GetDaemonInfoRequest(), timeout=10)
-    check(one(f["traind_compile_cache_hits"], "traind_compile_cache_hits_total") ==
-          info.compile_cache_hits and
-          one(f["traind_compile_cache_misses"], "traind_compile_cache_misses_total") ==
-          info.compile_cache_misses, "compile cache")
-    check(one(f["traind_device_busy"], device="cpu:0", job="") == 0, "cpu:0 busy after the jobs")
+    get = "/traind.v1.Trainer/GetJob"
+
+    def problems(f):
+        """What the rendering f does not (yet) agree with. The loop renders
+        its state once a second, and the daemon counts a call when the call
+        ends on its side, which can be just after the client has the
+        answer: the figures settle within a rendering or two."""
+        out = []
+
+        def want(value, what, ok):
+            if not ok:
+                out.append("%s is %r" % (what, value))
+        v = one(f["traind_step_seconds"], "traind_step_seconds_count")
+        want(v, "the step-time count (every step: %d)" % steps, v == steps)
+        # The wait_state polls above made GetJob calls too: count them all
+        # from the daemon's side is what /metrics does; the NOT_FOUNDs are
+        # exact.
+        nf = samples(f["traind_rpc_requests"], "traind_rpc_requests_total", method=get,
+                     code="NOT_FOUND")
+        want(nf, "GetJob NOT_FOUND count (3)", nf == [3])
+        ok = samples(f["traind_rpc_requests"], "traind_rpc_requests_total", method=get,
+                     code="OK")
+        want(ok, "GetJob OK count (>= %d)" % gets_ok, len(ok) == 1 and ok[0] >= gets_ok)
+        lat = samples(f["traind_rpc_seconds"], "traind_rpc_seconds_count", method=get)
+        want(lat, "GetJob latency count (OK + NOT_FOUND: %s + %s)" % (ok, nf),
+             len(ok) == 1 and len(nf) == 1 and lat == [ok[0] + nf[0]])
+        v = samples(f["traind_rpc_requests"], "traind_rpc_requests_total",
+                    method="/traind.v1.Trainer/SubmitJob", code="OK")
+        want(v, "SubmitJob count (2)", v == [2])
+        v = (samples(f["traind_jobs"], state="SUCCEEDED"), samples(f["traind_jobs"],
+                                                                   state="RUNNING"))
+        want(v, "jobs SUCCEEDED, RUNNING (2, 0)", v == ([2], [0]))
+        v = samples(f["traind_checkpoints"], "traind_checkpoints_total", result="ok")
+        want(v, "checkpoints written (the job records: %d)" % written, v == [written])
+        v = samples(f["traind_checkpoint_write_seconds"], "traind_checkpoint_write_seconds_count")
+        want(v, "checkpoint histogram count (%d)" % written, v == [written])
+        v = (samples(f["traind_compile_cache_hits"], "traind_compile_cache_hits_total"),
+             samples(f["traind_compile_cache_misses"], "traind_compile_cache_misses_total"))
+        want(v, "compile cache hits, misses (GetDaemonInfo: %d, %d)"
+             % (info.compile_cache_hits, info.compile_cache_misses),
+             v == ([info.compile_cache_hits], [info.compile_cache_misses]))
+        v = samples(f["traind_device_busy"], device="cpu:0", job="")
+        want(v, "cpu:0 busy after the jobs", v == [0])
+        return out
+
+    last = [None]
+
+    def settled():
+        f = scrape(d)
+        last[0] = problems(f)
+        return f if not last[0] else None
+    try:
+        f = th.wait_for(settled, 60, "/metrics to agree with the API", interval=0.2)
+    except th.TestFailure as e:
+        raise th.TestFailure("%s; in the last rendering: %s" % (e, "; ".join(last[0])))
     # Buckets are cumulative and end with +Inf = count.
     buckets = [(sm.labels["le"], sm.value) for sm in f["traind_step_seconds"].samples
                if sm.name == "traind_step_seconds_bucket"]

@@ -97,7 +97,7 @@ def check_points(scalars, steps, epochs):
 def events_match_metrics(s):
     d = s.daemon()
     j = s.submit(d, ref(), name="tb")
-    j = s.wait_state(d, j.id, S.SUCCEEDED, 120)
+    j = s.wait_state(d, j.id, S.SUCCEEDED, 300)
     steps, epochs = all_metrics(d, j.id)
     check(len(steps) == j.progress.total_steps and len(epochs) == 2,
           "GetMetrics: %d steps, %d epochs", len(steps), len(epochs))
@@ -113,12 +113,16 @@ def events_match_metrics(s):
 @suite.case
 def resume_adds_a_file(s):
     d = s.daemon()
-    j = s.submit(d, ref(epochs=6), name="tb-resume")
-    s.wait_state(d, j.id, S.RUNNING)
-    th.wait_for(lambda: s.get(d, j.id).progress.step > 30, 60, "the job to pass step 30")
+    # 800 steps (a small test set for quick evaluations): the stop lands
+    # long before the end even when the test runs slowly.
+    j = s.submit(d, ref(epochs=40, test_limit=1000), name="tb-resume")
+    s.wait_steps(d, j.id, 30)
     d.stop()
+    rec = d.records()[j.id]
+    check(rec.state == S.QUEUED, "the job was saved %s at the stop, not QUEUED (it ended "
+          "first: make it longer)", S.Name(rec.state))
     d.start()
-    j = s.wait_state(d, j.id, S.SUCCEEDED, 120)
+    j = s.wait_state(d, j.id, S.SUCCEEDED, 300)
     at = j.resumes[0].step if j.resumes else -1
     check(at > 0, "no resume recorded: %s", list(j.resumes))
     scalars, _, files = read_events(d, j.id)

@@ -22,7 +22,7 @@ usage: daemon_trainctl.py TRAIND TRAINCTL SOURCE_DIR [CASE...]
                          number in the message, and the daemon never called
   env_addr               TRAIND_ADDR is used; --addr overrides it
   cancel_queued_running  `trainctl cancel` of a queued and of a running job
-                         (stops within a second)
+                         (stops within seconds, not at its end)
   restart_list_get       finished jobs are listed with their final metrics
                          by `trainctl list` / `get` after a daemon restart
 
@@ -37,6 +37,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 from google.protobuf import json_format
@@ -51,6 +52,11 @@ pb = suite.pb
 S = pb.JobState
 ID_RE = re.compile(r"\bj-[0-9a-f]{8,}\b")
 ESCAPES = re.compile(r"\x1b\[|\r")
+# `trainctl cancel` of a running job (a process start, the call, the job
+# stopping at its next step) and a followed job's end reaching trainctl:
+# seconds at most, also on a loaded machine, against minutes of job left.
+CANCEL_PROMPT = 5.0
+FOLLOW_PROMPT = 5.0
 
 
 def ctl(s, *argv, addr=None, ok=(0,), **kw):
@@ -274,25 +280,40 @@ def exit_codes(s):
     f = subprocess.Popen([s.trainctl_bin, "--addr", a, "submit", long_path, "--follow"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          stdin=subprocess.DEVNULL)
+    # trainctl flushes each line: its first epoch line shows that it is
+    # following the stream (not still starting) when the cancel comes.
+    lines, following = [], threading.Event()
+
+    def read_stdout():
+        for ln in f.stdout:
+            lines.append(ln)
+            if re.match(r"epoch \d+/50\b", ln):
+                following.set()
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
     try:
         long_id = th.wait_for(lambda: [j.id for j in d.stub.ListJobs(
-            pb.ListJobsRequest(states=[S.RUNNING]), timeout=10).jobs], 30,
+            pb.ListJobsRequest(states=[S.RUNNING]), timeout=10).jobs], 60,
             "the followed job to run")[0]
-        time.sleep(0.5)
+        check(following.wait(120), "trainctl --follow printed no epoch line: %r", lines)
         ctl(s, "cancel", long_id, addr=a, ok=(0,))
         t0 = time.monotonic()
-        out, err = f.communicate(timeout=30)
+        f.wait(timeout=30)
         took = time.monotonic() - t0
+        reader.join(30)
+        err = f.stderr.read()
     finally:
         if f.poll() is None:
             f.kill()
             f.wait()
+    out = "".join(lines)
     check(f.returncode == 5, "follow of a cancelled job exited %d\n%s\n%s", f.returncode,
           out[-1000:], err[-1000:])
     check("CANCELLED" in out.strip().splitlines()[-1], "last line after cancel: %r",
           out.strip().splitlines()[-1:])
     check(not ESCAPES.search(out), "follow output has \\r or escape codes")
-    check(took < 2.0, "follow took %.2f s to end after the cancel", took)
+    check(took < FOLLOW_PROMPT, "follow took %.2f s to end after the cancel (limit %.0f s)",
+          took, FOLLOW_PROMPT)
 
 
 @suite.case
@@ -383,13 +404,14 @@ def cancel_queued_running(s):
     p = ctl(s, "cancel", second, addr=a)
     check("CANCELLED" in p.stdout, "cancel of a queued job printed %r", p.stdout)
     check(s.state(d, second) == S.CANCELLED, "queued job not cancelled")
-    th.wait_for(lambda: s.get(d, first).progress.step > 20, 30, "steps")
+    s.wait_steps(d, first, 20)
     t0 = time.monotonic()
     p = ctl(s, "-o", "json", "cancel", first, addr=a)
     took = time.monotonic() - t0
     _, j = parse_json(p.stdout, pb.Job, "cancel")
     check(j.state == S.CANCELLED, "cancel -o json state %s", S.Name(j.state))
-    check(took < 1.0, "cancelling the running job took %.2f s", took)
+    check(took < CANCEL_PROMPT, "cancelling the running job took %.2f s (limit %.0f s)", took,
+          CANCEL_PROMPT)
 
 
 @suite.case

@@ -56,7 +56,7 @@ class Watcher:
         except grpc.RpcError as e:
             self.q.put(("end", e.code()))
 
-    def next(self, timeout=10):
+    def next(self, timeout=60):
         return self.q.get(timeout=timeout)
 
 
@@ -147,7 +147,7 @@ def main():
                 got.append(w.next())
             check(got[0] == S.NOT_SERVING and got[-1][1] == grpc.StatusCode.UNAVAILABLE,
                   "open Watch hears NOT_SERVING, then UNAVAILABLE (%s)" % (got,))
-            rc = srv.wait(timeout=10)
+            rc = srv.wait(timeout=60)
             check(rc == 0, "server exits 0 after SIGTERM (%s) in %.2f s"
                   % (rc, time.monotonic() - t0))
             check(not os.path.exists(sock), "socket file removed at exit")

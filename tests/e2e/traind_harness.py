@@ -33,8 +33,11 @@ SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSaniti
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 SKIP = 77
-# How long a stopped daemon may take to drain and exit.
-STOP_TIMEOUT = 20.0
+# How long a stopped daemon may take to drain and exit: its default
+# stop_timeout_sec (60 s; a daemon past it exits 1, which fails the test
+# anyway), so that a slow shutdown checkpoint on a loaded machine is not
+# taken for a hang.
+STOP_TIMEOUT = 60.0
 # How long a daemon may take to start serving (a sanitizer build is slow).
 START_TIMEOUT = 60.0
 
@@ -546,6 +549,56 @@ class Suite:
             j = self.get(d, job_id)
             return j if j.state in states else None
         return wait_for(pred, timeout, what or "job %s to be %s" % (job_id, names), 0.01)
+
+    # Observing a job that runs. A test on a loaded machine can be slower
+    # than the job it watches, so each helper below either reads one
+    # consistent reply or fails with a message that says the job ended too
+    # soon, never with a wrong value read after the job moved on.
+
+    def jobs(self, d):
+        """Every job as one ListJobs reply: {id: Job}. One reply is built on
+        the daemon's loop in one go, so states, devices and progress in it
+        are one consistent snapshot."""
+        r = d.stub.ListJobs(self.pb.ListJobsRequest(page_size=1000), timeout=10)
+        check(not r.next_page_token, "more jobs than one ListJobs page: not one snapshot")
+        return {j.id: j for j in r.jobs}
+
+    def wait_steps(self, d, job_id, steps, timeout=120, what=None):
+        """Waits for the job to have taken more than `steps` steps while
+        RUNNING; returns that GetJob reply (state and progress together).
+        Fails at once when the job ends first."""
+        S = self.pb.JobState
+        what = what or "job %s to pass step %d" % (job_id, steps)
+
+        def pred():
+            j = self.get(d, job_id)
+            if j.state not in (S.QUEUED, S.RUNNING):
+                raise TestFailure("job %s ended %s at step %d before the test saw %s; make it "
+                                  "longer (%s)" % (job_id, S.Name(j.state), j.progress.step,
+                                                   what, j.error))
+            return j if j.state == S.RUNNING and j.progress.step > steps else None
+        return wait_for(pred, timeout, what, 0.01)
+
+    def wait_running(self, d, job_id, timeout=120):
+        """Waits for the job to be RUNNING (returns that GetJob reply);
+        fails at once when it ends before the test saw it run."""
+        return self.wait_steps(d, job_id, -1, timeout, "job %s RUNNING" % job_id)
+
+    def while_running(self, d, job_id, read, what):
+        """read() bracketed by two GetJob replies that both say RUNNING, so
+        that its result was read while the job ran (a job never goes back
+        to RUNNING within one daemon run). Fails when the job is no longer
+        RUNNING, naming `what` the test wanted to observe."""
+        S = self.pb.JobState
+        before = self.get(d, job_id)
+        v = read()
+        after = self.get(d, job_id)
+        if before.state != S.RUNNING or after.state != S.RUNNING:
+            raise TestFailure("job %s was %s / %s (step %d) around the reading of %s; it must "
+                              "be RUNNING throughout: make it longer"
+                              % (job_id, S.Name(before.state), S.Name(after.state),
+                                 after.progress.step, what))
+        return v
 
     def run(self):
         only = set(self.args.cases)

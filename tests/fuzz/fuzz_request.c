@@ -1,6 +1,6 @@
 /* Fuzz target: every request message of the daemon's services, decoded the
  * way the rpc layer decodes a call's payload (td_pbgrpc_unpack on a gRPC
- * byte buffer), then printed as proto3 JSON (what trainctl and the logs
+ * byte buffer, then the UTF-8 check of every string), then printed as proto3 JSON (what trainctl and the logs
  * show) and, for SubmitJob, validated and compiled as h_submit does before
  * it touches daemon state.
  *
@@ -58,6 +58,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ProtobufCMessage *req = td_pbgrpc_unpack(m->input, bb, why, sizeof why);
   grpc_byte_buffer_destroy(bb);
   if (!req) return 0;
+  td_error err = {0};
+  if (pbjson_check_utf8(req, NULL, &err)) {
+    /* Refused before any handler, as the rpc layer does. */
+    td_fuzz_check(err.msg[0] != 0, "a UTF-8 refusal without a message");
+    protobuf_c_message_free_unpacked(req, NULL);
+    return 0;
+  }
   td_fuzz_check_roundtrip(req);
   if (m->input == &traind__v1__submit_job_request__descriptor) {
     const Traind__V1__SubmitJobRequest *r = (const void *)req;
