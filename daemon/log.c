@@ -1,4 +1,5 @@
 #include "log.h"
+#include "fmt.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,33 +44,6 @@ static void put(line *l, const char *s, size_t n) {
 
 static void putc_(line *l, char ch) { put(l, &ch, 1); }
 
-/* The length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n, unsigned *cp) {
-  size_t len;
-  unsigned v, min;
-  if (s[0] < 0x80)
-    return *cp = s[0], 1;
-  if ((s[0] & 0xE0) == 0xC0)
-    len = 2, v = s[0] & 0x1Fu, min = 0x80;
-  else if ((s[0] & 0xF0) == 0xE0)
-    len = 3, v = s[0] & 0x0Fu, min = 0x800;
-  else if ((s[0] & 0xF8) == 0xF0)
-    len = 4, v = s[0] & 0x07u, min = 0x10000;
-  else
-    return 0;
-  if (len > n)
-    return 0;
-  for (size_t i = 1; i < len; i++) {
-    if ((s[i] & 0xC0) != 0x80)
-      return 0;
-    v = (v << 6) | (s[i] & 0x3Fu);
-  }
-  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
-    return 0;
-  *cp = v;
-  return len;
-}
-
 /* Whether s (n bytes) can stand as a bare logfmt value: not empty, and only
  * printable ASCII other than space, '=' and '"' (and '\\'). */
 static int bare_ok(const char *s, size_t n) {
@@ -91,8 +65,8 @@ static void put_escaped(line *l, const char *str, size_t n) {
   const unsigned char *s = (const unsigned char *)str;
   char esc[8];
   for (size_t i = 0; i < n;) {
-    unsigned cp;
-    size_t len = utf8_len(s + i, n - i, &cp);
+    uint32_t cp;
+    size_t len = td_utf8_next(s + i, n - i, &cp);
     if (len == 0) {
       snprintf(esc, sizeof esc, "\\x%02x", s[i]);
       put(l, esc, 4);

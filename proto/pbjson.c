@@ -17,6 +17,8 @@
 
 #include <yaml.h>
 
+#include "fmt.h"
+
 /* The storage of a field inside a message struct. */
 #define PB_AT(m, off) ((void *)((char *)(m) + (off)))
 #define PB_CAT(m, off) ((const void *)((const char *)(m) + (off)))
@@ -1464,34 +1466,6 @@ static void eb_newline(ebuf *b, unsigned flags, int level) {
     eb_put(b, "  ", 2);
 }
 
-/* The length of the valid UTF-8 sequence at s (n bytes left) and its code
- * point, or 0 when the bytes there are not valid UTF-8. */
-static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
-  size_t len;
-  uint32_t v, min;
-  if (s[0] < 0x80)
-    return *cp = s[0], 1;
-  if ((s[0] & 0xE0) == 0xC0)
-    len = 2, v = s[0] & 0x1F, min = 0x80;
-  else if ((s[0] & 0xF0) == 0xE0)
-    len = 3, v = s[0] & 0x0F, min = 0x800;
-  else if ((s[0] & 0xF8) == 0xF0)
-    len = 4, v = s[0] & 0x07, min = 0x10000;
-  else
-    return 0;
-  if (len > n)
-    return 0;
-  for (size_t i = 1; i < len; i++) {
-    if ((s[i] & 0xC0) != 0x80)
-      return 0;
-    v = (v << 6) | (s[i] & 0x3F);
-  }
-  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
-    return 0;
-  *cp = v;
-  return len;
-}
-
 /* A JSON string. Control characters, and the code points YAML readers treat
  * as line breaks or refuse (DEL, C1 controls, U+2028/9, BOM, U+FFFE/F), are
  * escaped so the output reads back through libyaml unchanged. */
@@ -1501,7 +1475,7 @@ static void emit_string(ebuf *b, const char *str, size_t n) {
   eb_putc(b, '"');
   for (size_t i = 0; i < n;) {
     uint32_t cp;
-    size_t len = utf8_next(s + i, n - i, &cp);
+    size_t len = td_utf8_next(s + i, n - i, &cp);
     if (len == 0) {
       eb_puts(b, "\xEF\xBF\xBD");
       i++;
@@ -2065,7 +2039,7 @@ size_t pbjson_utf8_invalid(const char *str, size_t n) {
   const unsigned char *s = (const unsigned char *)str;
   for (size_t i = 0; i < n;) {
     uint32_t cp;
-    size_t len = utf8_next(s + i, n - i, &cp);
+    size_t len = td_utf8_next(s + i, n - i, &cp);
     if (len == 0)
       return i;
     i += len;
