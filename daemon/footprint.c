@@ -9,12 +9,10 @@
 #include <string.h>
 
 #include "data.h"
-#include "metrics.h"
 #include "pbjson.h"
 #include "plan.h"
 
 /* The epoch points a job's metric ring keeps (metrics.c EPOCH_CAP). */
-#define TD_FOOTPRINT_EPOCH_POINTS 4096
 
 /* ---- the datasets' shapes ------------------------------------------------ */
 
@@ -299,16 +297,6 @@ int td_job_footprint(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
   find_largest(f, p);
   td_plan_free(p);
   return TD_OK;
-}
-
-void td_footprint_add_metrics(td_footprint *f, size_t retention) {
-  size_t points = f->total_steps < 1 ? 1 : (size_t)f->total_steps;
-  if (points > retention)
-    points = retention ? retention : 1;
-  const size_t ring =
-      points * sizeof(td_step_rec) + TD_FOOTPRINT_EPOCH_POINTS * sizeof(td_epoch_rec);
-  f->host_trainer_bytes += ring;
-  f->host_bytes += ring;
 }
 
 const char *td_footprint_human(char *buf, size_t len, size_t b) {

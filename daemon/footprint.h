@@ -132,9 +132,6 @@ int td_footprint_fits(const td_footprint *f, int gpu, size_t free_bytes, td_erro
  * no writer, no resume; host_bytes recomputed. */
 void td_footprint_no_checkpoints(td_footprint *f);
 
-/* Adds the daemon's metric ring of the job (the step points it keeps, at
- * most `retention`, and the epoch points) to its host memory. */
-void td_footprint_add_metrics(td_footprint *f, size_t retention);
 
 /* Whether f->host_bytes fit in what is left of the limit when jobs
  * holding `held` bytes run: TD_OK, or TD_ENOMEM (RESOURCE_EXHAUSTED) with

@@ -155,3 +155,12 @@ void td_metrics_latest_set(td_metrics *m, const td_metrics_latest *l) {
   m->wlatest = *l;
   pthread_mutex_unlock(&m->mu);
 }
+
+void td_metrics_add_footprint(td_footprint *f, size_t retention) {
+  size_t points = f->total_steps < 1 ? 1 : (size_t)f->total_steps;
+  if (points > retention)
+    points = retention ? retention : 1;
+  const size_t ring = points * sizeof(td_step_rec) + EPOCH_CAP * sizeof(td_epoch_rec);
+  f->host_trainer_bytes += ring;
+  f->host_bytes += ring;
+}

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "footprint.h"
 #include "train.h"
 
 typedef struct td_step_rec {
@@ -80,5 +81,9 @@ size_t td_metrics_read_epochs(td_metrics *m, int64_t since_step,
 void td_metrics_latest_get(td_metrics *m, td_metrics_latest *out);
 /* Restores the latest figures (from a persisted job record). */
 void td_metrics_latest_set(td_metrics *m, const td_metrics_latest *l);
+
+/* Adds the job's metric rings (the step points it keeps, at most
+ * `retention`, and the epoch points) to its host footprint. */
+void td_metrics_add_footprint(td_footprint *f, size_t retention);
 
 #endif

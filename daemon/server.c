@@ -646,7 +646,7 @@ static int job_sized(td_server *s, td_job *j) {
       j->mem_bytes = 0;
       return 1;
     }
-    td_footprint_add_metrics(&f, s->cfg->metrics_retention);
+    td_metrics_add_footprint(&f, s->cfg->metrics_retention);
     j->mem_bytes = f.host_bytes;
     if (s->mem_on && td_footprint_admit(&f, &s->mem, 0, &err)) {
       td_log_warn("job cannot fit the memory for jobs; failed", "job=%s err=\"%s\"", j->id,
@@ -1242,7 +1242,7 @@ static void submit_check(uv_work_t *req) {
     submit_refuse(w, td_grpc_status(rc), err.msg);
     return;
   }
-  td_footprint_add_metrics(&f, w->retention);
+  td_metrics_add_footprint(&f, w->retention);
   if ((w->mem_on && (rc = td_footprint_admit(&f, &w->mem, 0, &err))) ||
       (gpu && (rc = check_gpu_memory(w, &f, &err)))) {
     submit_refuse(w, td_grpc_status(rc), err.msg);
