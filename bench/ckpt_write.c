@@ -42,6 +42,7 @@
 
 #include "backend.h"
 #include "checkpoint.h"
+#include "clock.h"
 #include "pbjson.h"
 #include "plan.h"
 #include "prng.h"
@@ -94,12 +95,6 @@ typedef struct bench_model {
 } bench_model;
 
 static double tv_sec(struct timeval tv) { return (double)tv.tv_sec + (double)tv.tv_usec * 1e-6; }
-
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void die(const char *what, const td_error *err) {
   fprintf(stderr, "ckpt_write_bench: %s: %s\n", what, err->msg);
@@ -411,22 +406,22 @@ int main(int argc, char **argv) {
   td_ckpt_buffer file_mem = {0};
   for (int r = 0; r < a.reps; r++) {
     bench_rep *x = &reps[r];
-    double t0 = now_sec();
+    double t0 = td_mono_sec();
     snapshot(&m, host);
-    x->v[F_SNAPSHOT_MS] = (now_sec() - t0) * 1e3;
+    x->v[F_SNAPSHOT_MS] = (td_mono_sec() - t0) * 1e3;
 
-    t0 = now_sec();
+    t0 = td_mono_sec();
     want_crc = crc_bytes(host, (np + no) * sizeof(float));
-    x->v[F_CRC32_SEC] = now_sec() - t0;
+    x->v[F_CRC32_SEC] = td_mono_sec() - t0;
 
     td_ckpt_image img = {.plan = p, .params = host, .opt_state = host + np, .count = m.st.step,
                          .reuse = a.fresh_memory ? NULL : &file_mem};
     struct rusage ru0, ru1;
     getrusage(RUSAGE_THREAD, &ru0);
-    t0 = now_sec();
+    t0 = td_mono_sec();
     if (td_ckpt_write_image(path, &img, &meta, &err))
       die("td_ckpt_write_image", &err);
-    x->v[F_WRITE_SEC] = now_sec() - t0;
+    x->v[F_WRITE_SEC] = td_mono_sec() - t0;
     getrusage(RUSAGE_THREAD, &ru1);
     x->v[F_WRITE_USER_SEC] = tv_sec(ru1.ru_utime) - tv_sec(ru0.ru_utime);
     x->v[F_WRITE_SYS_SEC] = tv_sec(ru1.ru_stime) - tv_sec(ru0.ru_stime);
@@ -437,9 +432,9 @@ int main(int argc, char **argv) {
     file_bytes = sb.st_size;
     x->v[F_WRITE_MBPS] = (double)file_bytes / 1e6 / x->v[F_WRITE_SEC];
 
-    t0 = now_sec();
+    t0 = td_mono_sec();
     posix_write(raw, host, (np + no) * sizeof(float), (size_t)file_bytes);
-    x->v[F_POSIX_SEC] = now_sec() - t0;
+    x->v[F_POSIX_SEC] = td_mono_sec() - t0;
     x->v[F_POSIX_MBPS] = (double)file_bytes / 1e6 / x->v[F_POSIX_SEC];
 
     /* Clear the state so that the read has to load every value. */
@@ -453,10 +448,10 @@ int main(int argc, char **argv) {
     m.st.step = 0;
     if (!a.warm_read)
       drop_cache(path);
-    t0 = now_sec();
+    t0 = td_mono_sec();
     if (td_ckpt_read(path, &m.st, NULL, &err))
       die("td_ckpt_read", &err);
-    x->v[F_READ_SEC] = now_sec() - t0;
+    x->v[F_READ_SEC] = td_mono_sec() - t0;
     x->v[F_READ_MBPS] = (double)file_bytes / 1e6 / x->v[F_READ_SEC];
     if (m.st.step != img.count) {
       fprintf(stderr, "ckpt_write_bench: read step %lld, wrote %lld\n", (long long)m.st.step,

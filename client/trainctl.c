@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbjson.h"
 #include "rpc_client.h"
@@ -209,7 +210,7 @@ static int is_cmd(const ctl *c, const char *name) { return strcmp(c->cmd->name, 
 /* Reports a failed call (`what`: "get job j-1") with a hint that fits the
  * status and the command, and returns the exit status. */
 static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
-  const char *msg = st->message[0] ? st->message : td_view_grpc_code_name(st->code);
+  const char *msg = st->message[0] ? st->message : td_grpc_code_name(st->code);
   const char *hint;
   switch (st->code) {
   case GRPC_UNAVAILABLE:
@@ -260,7 +261,7 @@ static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
   if (strstr(msg, "; "))
     return fail(exit_for_status(st->code), "%s: %s", what, msg);
   return fail(exit_for_status(st->code), "%s: %s (%s); %s", what, msg,
-              td_view_grpc_code_name(st->code), hint);
+              td_grpc_code_name(st->code), hint);
 }
 
 /* ------------------------------------------------------------ calls */
@@ -328,18 +329,6 @@ static int print_message(const ctl *c, const ProtobufCMessage *m, int stream_ite
   return 0;
 }
 
-static double wall_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double mono_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int term_cols(void) {
   struct winsize ws;
   if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
@@ -387,7 +376,7 @@ static int on_watch(void *arg, const ProtobufCMessage *msg) {
   switch (fc->c->output) {
   case OUT_TABLE:
     fc->view.cols = term_cols();
-    td_follow_feed(&fc->view, m, mono_now());
+    td_follow_feed(&fc->view, m, td_mono_sec());
     break;
   case OUT_CSV:
     td_view_metrics_csv(stdout, m->steps, m->n_steps, m->epochs, m->n_epochs,
@@ -580,7 +569,7 @@ static int cmd_get(ctl *c) {
   if (rc)
     return rc;
   if (c->output == OUT_TABLE)
-    td_view_job_detail(stdout, job, wall_now(), c->utf8);
+    td_view_job_detail(stdout, job, td_wall_sec(), c->utf8);
   else
     rc = print_message(c, &job->base, 0);
   protobuf_c_message_free_unpacked(&job->base, NULL);
@@ -642,7 +631,7 @@ static int cmd_list(ctl *c) {
       td_table t;
       if (n_jobs == 0)
         fputs("no jobs\n", stderr);
-      else if (td_view_jobs_table(&t, jobs, n_jobs, wall_now()) == 0)
+      else if (td_view_jobs_table(&t, jobs, n_jobs, td_wall_sec()) == 0)
         td_table_print(&t, stdout);
       else
         rc = fail(EXIT_RPC, "out of memory formatting %zu jobs; use --limit", n_jobs);
@@ -854,7 +843,7 @@ static int cmd_info(ctl *c) {
   if (rc)
     return rc;
   if (c->output == OUT_TABLE)
-    td_view_daemon_info(stdout, info, wall_now());
+    td_view_daemon_info(stdout, info, td_wall_sec());
   else
     rc = print_message(c, &info->base, 0);
   protobuf_c_message_free_unpacked(&info->base, NULL);
@@ -955,7 +944,7 @@ static int cmd_checkpoint(ctl *c) {
     return rc;
   if (c->output == OUT_TABLE) {
     char line[1024], path[1024];
-    td_view_checkpoint(info, wall_now(), line, sizeof line);
+    td_view_checkpoint(info, td_wall_sec(), line, sizeof line);
     td_view_sanitize(info->path, path, sizeof path);
     printf("%s\n%s\n", line, path);
   } else {

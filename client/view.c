@@ -116,17 +116,6 @@ int td_view_parse_state(const char *s) {
   return -1;
 }
 
-const char *td_view_grpc_code_name(int code) {
-  static const char *const names[] = {
-      "OK",        "CANCELLED",         "UNKNOWN",   "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-      "NOT_FOUND", "ALREADY_EXISTS",    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-      "UNAVAILABLE", "DATA_LOSS",       "UNAUTHENTICATED"};
-  if (code >= 0 && (size_t)code < sizeof names / sizeof names[0])
-    return names[code];
-  return "UNKNOWN_CODE";
-}
-
 void td_view_job_progress(const Traind__V1__Job *job, char *buf, size_t cap) {
   const Traind__V1__Progress *p = job->progress;
   uint32_t done = p ? p->epoch : 0, total = p ? p->total_epochs : 0;
@@ -551,7 +540,7 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
   if (job->error && *job->error) {
     td_view_sanitize(job->error, buf, sizeof buf);
     if (job->error_code)
-      fprintf(out, "error:         %s (%s)\n", buf, td_view_grpc_code_name(job->error_code));
+      fprintf(out, "error:         %s (%s)\n", buf, td_grpc_code_name(job->error_code));
     else
       fprintf(out, "error:         %s\n", buf);
   }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "error.h"
 #include "traind/v1/trainer.pb-c.h"
 
 /* ------------------------------------------------------------ small text */
@@ -37,8 +38,6 @@ const char *td_view_state_name(int state, char *buf, size_t cap);
 /* Parses a state name, case-insensitively ("running", "RUNNING",
  * "canceled" too). Returns the enum value, or -1. */
 int td_view_parse_state(const char *s);
-/* The gRPC status code's name ("NOT_FOUND"); "UNKNOWN_CODE" for others. */
-const char *td_view_grpc_code_name(int code);
 
 /* "2/10 epochs". */
 void td_view_job_progress(const Traind__V1__Job *job, char *buf, size_t cap);

@@ -4,4 +4,5 @@
 pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd>=0.9.71)
 
 add_library(td_prom STATIC daemon/prom.c)
+target_include_directories(td_prom PUBLIC ${CMAKE_SOURCE_DIR}/daemon)
 target_link_libraries(td_prom PUBLIC td_base PkgConfig::MHD Threads::Threads m)

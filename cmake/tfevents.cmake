@@ -16,4 +16,5 @@ endforeach()
 set_source_files_properties(${TFEVENTS_PROTO_SRCS} PROPERTIES COMPILE_OPTIONS "-Wno-error;-w")
 
 add_library(td_tfevents STATIC daemon/tfevents.c ${TFEVENTS_PROTO_SRCS})
+target_include_directories(td_tfevents PUBLIC ${CMAKE_SOURCE_DIR}/daemon)
 target_link_libraries(td_tfevents PUBLIC td_proto td_base)

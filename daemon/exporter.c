@@ -65,7 +65,7 @@ void td_exporter_rpc(td_exporter *e, const char *method, int code, double sec) {
     st->method = method;
     e->n_rpc++;
   }
-  st->by_code[code >= 0 && code < TD_EXPORTER_CODES ? code : 2]++; /* 2: UNKNOWN */
+  st->by_code[code >= 0 && code < TD_GRPC_NCODES ? code : 2]++; /* 2: UNKNOWN */
   td_prom_hist_observe(&st->latency, sec);
 }
 
@@ -77,13 +77,6 @@ void td_exporter_checkpoint(td_exporter *e, int ok, double write_sec) {
     e->ckpt_failed++;
   }
 }
-
-static const char *const code_names[TD_EXPORTER_CODES] = {
-    "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",       "DATA_LOSS",
-    "UNAUTHENTICATED"};
 
 /* The step points each job published since the last call (also the last
  * ones of a job that has just ended). */
@@ -210,9 +203,9 @@ int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err
   td_prom_family(b, "traind_rpc_requests_total", TD_PROM_COUNTER,
                  "gRPC calls answered, by method and status code.");
   for (size_t i = 0; i < e->n_rpc; i++)
-    for (int c = 0; c < TD_EXPORTER_CODES; c++)
+    for (int c = 0; c < TD_GRPC_NCODES; c++)
       if (e->rpc[i].by_code[c]) {
-        td_prom_label lab[2] = {{"method", e->rpc[i].method}, {"code", code_names[c]}};
+        td_prom_label lab[2] = {{"method", e->rpc[i].method}, {"code", td_grpc_code_name(c)}};
         td_prom_sample(b, lab, 2, (double)e->rpc[i].by_code[c]);
       }
   td_prom_family(b, "traind_rpc_seconds", TD_PROM_HISTOGRAM,

@@ -13,11 +13,10 @@
 #include "prom.h"
 
 #define TD_EXPORTER_MAX_METHODS 32
-#define TD_EXPORTER_CODES 17 /* gRPC status codes 0..16 */
 
 typedef struct td_rpc_stat {
   const char *method; /* the rpc module's path (static storage) */
-  uint64_t by_code[TD_EXPORTER_CODES];
+  uint64_t by_code[TD_GRPC_NCODES];
   td_prom_hist latency;
 } td_rpc_stat;
 

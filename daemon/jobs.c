@@ -1,4 +1,5 @@
 #include "jobs.h"
+#include "clock.h"
 #include "fsutil.h"
 #include "jobspec.h"
 #include "pbjson.h"
@@ -13,12 +14,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static int64_t wall_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* Ids are numbers written as "j-" + 14 hex digits: the creation second
  * times 2^24 plus a counter. The last one made or seen is kept here (for
@@ -117,7 +112,7 @@ static td_job *job_alloc(Traind__V1__JobSpec *spec, const char *name, uint64_t s
   if (!j)
     return NULL;
   td_metrics_init(&j->metrics);
-  j->created_ns = wall_ns();
+  j->created_ns = td_wall_ns();
   j->name = strdup(name ? name : "");
   j->spec = spec;
   j->state = TRAIND__V1__JOB_STATE__QUEUED;
@@ -368,7 +363,7 @@ int td_job_save(td_job *j, const char *state_dir, td_error *err) {
       int e = bad ? saved : errno;
       unlinkat(dfd, tmp, 0);
       if (!bad && e == EEXIST && attempt < 8) {
-        make_id(j->id, sizeof j->id, wall_ns());
+        make_id(j->id, sizeof j->id, td_wall_ns());
         continue;
       }
       close(dfd);
@@ -680,7 +675,7 @@ static td_job *load_one(int dfd, const char *state_dir, const char *name,
                "job again",
                aside_shown, why);
       j->started_ns = 0;
-      j->finished_ns = wall_ns();
+      j->finished_ns = td_wall_ns();
       j->crashes = 0;
       td_error serr = {0};
       if (td_job_save(j, state_dir, &serr))

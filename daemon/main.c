@@ -17,6 +17,7 @@
  * which fails that checkpoint (or record) with a message, instead of
  * killing the process. */
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "driver.h"
 #include "footprint.h"
 #include "gpus.h"
 #include "jobspec.h"
@@ -105,10 +107,9 @@ typedef struct run_report {
   double *epoch_sec;
   size_t n_epochs;
   FILE *metrics; /* JSON lines, or NULL */
-  /* --checkpoint-dir: the saver and what it wrote (written by its thread
-   * while busy, read after td_saver_wait). */
-  td_saver *saver;
-  const Traind__V1__Checkpointing *policy;
+  /* --checkpoint-dir: the job's checkpoints and what they wrote (written
+   * by the writer thread while busy, read after the driver finished). */
+  td_driver *drv;
   int ckpts, ckpt_failures;
   td_saver_result last_ckpt;
   char ckpt_error[TD_ERRMSG_MAX];
@@ -128,8 +129,7 @@ static void run_saved(void *user, const td_saver_result *r) {
 static void run_boundary(void *user, td_trainer *t) {
   run_report *r = user;
   td_error err = {0};
-  if (td_saver_due(r->saver, r->policy, t->st.step) && !td_saver_busy(r->saver) &&
-      td_saver_snapshot(r->saver, t, TD_CKPT_PERIODIC, 0, &err))
+  if (td_driver_boundary(r->drv, t, &err))
     r->ckpt_failures++;
 }
 
@@ -138,67 +138,46 @@ static void run_boundary(void *user, td_trainer *t) {
  * is what tells runs apart. */
 #define RUN_JOB_ID "run"
 
-/* --checkpoint-dir: starts the saver and resumes from the directory. */
-static int run_checkpoints_start(run_report *r, td_saver *saver, td_trainer *t,
-                                 const char *dir, td_error *err) {
-  const Traind__V1__Checkpointing *c = t->spec->checkpoint;
-  char *json = pbjson_emit(&t->spec->base, PBJSON_PROTO_NAMES);
-  if (!json)
-    return td_errorf(err, TD_ENOMEM, "out of memory");
-  td_saver_opts so = {.plan = t->plan,
-                      .dir = dir,
+/* --checkpoint-dir: starts the job's checkpoints and resumes from the
+ * directory. */
+static int run_checkpoints_start(run_report *r, td_driver *drv, td_trainer *t, const char *dir,
+                                 double retry_sec, td_error *err) {
+  td_driver_opts o = {.dir = dir,
                       .job_id = RUN_JOB_ID,
-                      .spec = t->spec,
-                      .spec_json = json,
-                      .keep_last = c && c->keep_last ? c->keep_last : 3,
-                      .keep_every = c ? c->keep_every_steps : 0,
+                      .final_retry_sec = retry_sec,
+                      .give_up = should_stop,
                       .done = run_saved,
                       .user = r};
-  int rc = td_saver_start(saver, &so, err);
-  free(json);
+  td_driver_resumed res;
+  int rc = td_driver_start(drv, t, &o, &res, err);
   if (rc)
     return rc;
-  r->saver = saver;
-  r->policy = c;
-  char file[TD_CKPT_NAME_MAX], note[1024];
-  if (td_saver_resume(saver, t, file, sizeof file, note, sizeof note))
-    fprintf(stderr, "traind: resumed from %s/%s at step %lld\n", dir, file,
+  r->drv = drv;
+  if (res.resumed)
+    fprintf(stderr, "traind: resumed from %s/%s at step %lld\n", dir, res.file,
             (long long)t->st.step);
-  if (note[0])
-    fprintf(stderr, "traind: %s\n", note);
+  if (res.note[0])
+    fprintf(stderr, "traind: %s\n", res.note);
   return TD_OK;
 }
 
-/* The checkpoint at the end (or at the interruption), then the saver's
- * report. As in the daemon, a run whose training is done succeeds only
- * once its final state is on disk: a failed write is retried for
- * retry_sec (SIGINT/SIGTERM end the retries), then the run fails with the
- * reason. Returns the run's outcome, with the message in err. */
-static int run_checkpoints_finish(run_report *r, td_trainer *t, int rc, double retry_sec,
-                                  td_error *err) {
-  td_saver *s = r->saver;
-  td_saver_wait(s);
-  if (rc == TD_OK || rc == TD_ECANCELLED) {
-    td_saver_retry retry = {.retry_sec = rc == TD_OK ? retry_sec : 0.0,
-                            .give_up = should_stop};
-    td_error perr = {0};
-    int prc = td_saver_persist(s, t, rc ? TD_CKPT_SHUTDOWN : TD_CKPT_FINAL, 0, &retry, &perr);
-    if (prc && rc == TD_OK) {
-      *err = perr;
-      rc = prc;
-    } else if (prc) {
-      fprintf(stderr, "traind: checkpoint failed: %s\n", perr.msg);
-    }
-  }
+/* The checkpoint at the end (or at the interruption: a shutdown), then
+ * what was written. Returns the run's outcome, with the message in err. */
+static int run_checkpoints_finish(run_report *r, td_trainer *t, int rc, td_error *err) {
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", r->drv->saver.dir);
+  td_error warn = {0};
+  rc = td_driver_finish(r->drv, t, rc, 1, err, &warn);
+  if (warn.msg[0])
+    fprintf(stderr, "traind: checkpoint failed: %s\n", warn.msg);
   if (r->ckpts)
     fprintf(stderr, "traind: %d checkpoint%s written to %s; the newest is %s (step %lld)\n",
-            r->ckpts, r->ckpts == 1 ? "" : "s", s->dir, r->last_ckpt.name,
+            r->ckpts, r->ckpts == 1 ? "" : "s", dir, r->last_ckpt.name,
             (long long)r->last_ckpt.step);
   if (r->ckpt_failures)
     fprintf(stderr, "traind: %d checkpoint%s failed; the last error: %s\n", r->ckpt_failures,
             r->ckpt_failures == 1 ? "" : "s", r->ckpt_error);
-  td_saver_stop(s);
-  r->saver = NULL;
+  r->drv = NULL;
   return rc;
 }
 
@@ -468,36 +447,23 @@ static int cmd_serve(int argc, char **argv) {
  * the memory for jobs (memory_limit_bytes, else the cgroup limit or
  * MemAvailable: the daemon's admission, with no other job running), and a
  * GPU job whose buffers do not fit the free memory of its n GPUs
- * (run_gpus). With --checkpoint-dir the job may resume, which holds a
- * second state on replica 0's GPU while it reads the checkpoint. Sets
+ * (run_gpus). Without --checkpoint-dir the job has no checkpoints. Sets
  * *refused when the job does not fit (exit status 2: nothing ran). */
 static int run_check_memory(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
-                            uint64_t limit_bytes, int gpu, int n, int may_resume, int *refused,
+                            uint64_t limit_bytes, int gpu, int n, int checkpoints, int *refused,
                             td_error *err) {
-  td_footprint fp;
-  int rc = td_job_footprint(spec, o, &fp, err);
-  if (rc)
-    return rc;
-  if (!may_resume)
-    td_footprint_no_checkpoints(&fp); /* no --checkpoint-dir: no checkpoints at all */
   td_memory_limit lim;
   td_error lerr = {0};
-  if (td_memory_limit_detect(limit_bytes, &lim, &lerr))
+  int have_limit = td_memory_limit_detect(limit_bytes, &lim, &lerr) == TD_OK;
+  if (!have_limit)
     fprintf(stderr, "traind: the job's memory is not checked: %s\n", lerr.msg);
-  else if ((rc = td_footprint_admit(&fp, &lim, 0, err))) {
-    *refused = 1;
-    return rc;
-  }
-  for (int i = 0; gpu && !rc && i < n; i++) {
-    size_t free_bytes = 0, total_bytes = 0;
-    if ((rc = td_gpu_memory(run_gpus[i], &free_bytes, &total_bytes, err)))
-      break;
-    td_footprint g = fp;
-    if (i == 0 && may_resume)
-      g.total_bytes += g.resume_bytes;
-    rc = td_footprint_fits(&g, run_gpus[i], free_bytes, err);
-    *refused = rc != TD_OK;
-  }
+  td_admission a = {.mem = have_limit ? &lim : NULL,
+                    .checkpoints = checkpoints,
+                    .gpus = run_gpus,
+                    .n_gpus = gpu ? n : 0};
+  td_footprint fp;
+  int rc = td_job_admit(spec, o, &a, &fp, err);
+  *refused = rc == TD_ENOMEM;
   return rc;
 }
 
@@ -527,7 +493,7 @@ static int cmd_run(int argc, char **argv) {
   int bad_input = rc != TD_OK;
 
   td_trainer t;
-  td_saver saver;
+  td_driver drv;
   int have_trainer = 0;
   run_report report = {0};
   td_epoch_point last = {0};
@@ -577,7 +543,8 @@ static int cmd_run(int argc, char **argv) {
       rc = td_errorf(&err, TD_EINVAL, "--metrics %s: cannot create the file (%s)",
                      metrics_path, strerror(errno));
     if (!rc && f.ckpt_dir)
-      rc = run_checkpoints_start(&report, &saver, &t, f.ckpt_dir, &err);
+      rc = run_checkpoints_start(&report, &drv, &t, f.ckpt_dir, cfg->final_checkpoint_retry_sec,
+                                 &err);
     else if (!rc && spec->checkpoint &&
              (spec->checkpoint->every_steps || spec->checkpoint->every_seconds))
       fprintf(stderr, "traind: the job's periodic checkpoints are written only with "
@@ -588,7 +555,7 @@ static int cmd_run(int argc, char **argv) {
     td_train_hooks hooks = {.user = &report,
                             .on_step = report_step,
                             .on_epoch = report_epoch,
-                            .at_boundary = report.saver ? run_boundary : NULL,
+                            .at_boundary = report.drv ? run_boundary : NULL,
                             .should_stop = should_stop};
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -599,8 +566,8 @@ static int cmd_run(int argc, char **argv) {
     if (report.progress.drawn)
       fputc('\n', stderr);
     int trained = rc == TD_OK;
-    if (report.saver)
-      rc = run_checkpoints_finish(&report, &t, rc, cfg->final_checkpoint_retry_sec, &err);
+    if (report.drv)
+      rc = run_checkpoints_finish(&report, &t, rc, &err);
     /* Training that is done but not on disk is a failed run, whatever the
      * write's error. */
     final_lost = trained && rc != TD_OK && rc != TD_ECANCELLED;
@@ -609,8 +576,8 @@ static int cmd_run(int argc, char **argv) {
   }
   if (rc)
     fprintf(stderr, "traind: %s\n", err.msg);
-  if (report.saver)
-    td_saver_stop(report.saver);
+  if (report.drv)
+    td_driver_stop(report.drv);
   if (have_trainer)
     td_trainer_free(&t);
   free(report.epoch_sec);

@@ -4,13 +4,9 @@
 #include <string.h>
 #include <time.h>
 
-#define EPOCH_CAP 4096
+#include "clock.h"
 
-static int64_t wall_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+#define EPOCH_CAP 4096
 
 void td_metrics_init(td_metrics *m) {
   memset(m, 0, sizeof *m);
@@ -73,7 +69,7 @@ static int try_publish(td_metrics *m) {
 int td_metrics_add_step(td_metrics *m, const td_step_point *p) {
   td_step_rec *r = &m->stage[m->n_stage++];
   r->p = *p;
-  r->time_ns = wall_ns();
+  r->time_ns = td_wall_ns();
   td_metrics_latest *l = &m->wlatest;
   l->step = p->step;
   l->loss = p->loss;
@@ -88,7 +84,7 @@ int td_metrics_add_epoch(td_metrics *m, const td_epoch_point *p) {
     td_metrics_flush(m);
   td_epoch_rec *r = &m->estage[m->n_estage++];
   r->p = *p;
-  r->time_ns = wall_ns();
+  r->time_ns = td_wall_ns();
   td_metrics_latest *l = &m->wlatest;
   l->epoch = p->epoch;
   l->have_epoch = 1;

@@ -24,25 +24,6 @@
 
 #include "error.h"
 
-/* grpc_status_code values, so that callers need not include gRPC. */
-enum {
-  TD_GRPC_OK = 0,
-  TD_GRPC_CANCELLED = 1,
-  TD_GRPC_UNKNOWN = 2,
-  TD_GRPC_INVALID_ARGUMENT = 3,
-  TD_GRPC_DEADLINE_EXCEEDED = 4,
-  TD_GRPC_NOT_FOUND = 5,
-  TD_GRPC_ALREADY_EXISTS = 6,
-  TD_GRPC_PERMISSION_DENIED = 7,
-  TD_GRPC_RESOURCE_EXHAUSTED = 8,
-  TD_GRPC_FAILED_PRECONDITION = 9,
-  TD_GRPC_ABORTED = 10,
-  TD_GRPC_OUT_OF_RANGE = 11,
-  TD_GRPC_UNIMPLEMENTED = 12,
-  TD_GRPC_INTERNAL = 13,
-  TD_GRPC_UNAVAILABLE = 14,
-};
-
 typedef struct td_rpc_server td_rpc_server;
 typedef struct td_rpc_call td_rpc_call;
 

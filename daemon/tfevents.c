@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "fsutil.h"
 #include "tensorboard/event.pb-c.h"
 
@@ -99,12 +100,6 @@ uint32_t td_crc32c(uint32_t crc, const void *data, size_t n) {
 
 uint32_t td_tfevents_mask_crc(uint32_t crc) {
   return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
-}
-
-double td_tfevents_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* ---- records */
@@ -260,7 +255,7 @@ int td_tfevents_open(const char *dir, const char *run_suffix, td_tfevents **out,
 
   char host[256], base[PATH_MAX];
   host_name(host, sizeof host);
-  double now = td_tfevents_now();
+  double now = td_wall_sec();
   int len = snprintf(base, sizeof base, "%s/events.out.tfevents.%lld.%s.%ld%s%s", dir,
                      (long long)now, host, (long)getpid(), run_suffix[0] ? "." : "",
                      run_suffix);

@@ -43,9 +43,6 @@ uint32_t td_crc32c(uint32_t crc, const void *data, size_t n);
 /* The masked form of a CRC that event-file records store. */
 uint32_t td_tfevents_mask_crc(uint32_t crc);
 
-/* The wall clock in seconds since the Unix epoch (the Event's wall_time). */
-double td_tfevents_now(void);
-
 /* Creates dir (and its parents) when missing, creates a new event file in it
  * and writes the file_version record. run_suffix (NULL or "" for none) ends
  * the file name; it may hold letters, digits and "-_.+@=" only. On success

@@ -9,8 +9,8 @@
 # binaries are built too; scripts/fuzz runs each for a bounded time under
 # ASan + UBSan.
 set(TD_FUZZ_DIR ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
-set(TD_FUZZ_LIBS_jobspec td_core)
-set(TD_FUZZ_LIBS_request td_core td_pbgrpc)
+set(TD_FUZZ_LIBS_jobspec td_engine)
+set(TD_FUZZ_LIBS_request td_engine td_pbgrpc)
 set(TD_FUZZ_DEFS_jobspec TD_FUZZ_NO_INIT)
 set(TD_FUZZ_DEFS_request "")
 foreach(t jobspec request)

@@ -1,5 +1,5 @@
 # Files a job names cannot lead traind outside them or block it
-# (daemon/h5safe.h): HDF5 datasets and checkpoints with external storage,
+# (engine/h5safe.h): HDF5 datasets and checkpoints with external storage,
 # external links or virtual datasets, declared sizes the file does not hold,
 # FIFOs, sockets, devices, symlink loops and over-long names; no HDF5 object
 # left open by a refused or corrupt file (C, unit). The same end to end

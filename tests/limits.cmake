@@ -1,5 +1,5 @@
 # Limits on what clients can make the daemon hold or print:
-#   test_log        logfmt records with hostile values (daemon/log.c): one
+#   test_log        logfmt records with hostile values (base/log.c): one
 #                   line per record, every value read back unchanged
 #   daemon_limits   a real traind: request strings that are not UTF-8, reply
 #                   and spec size limits at the boundary, ListJobs paged by

@@ -41,6 +41,7 @@
 #include <time.h>
 
 #include "check.h"
+#include "clock.h"
 #include "cuda_backend.h"
 #include "gpus.h"
 #include "jobspec.h"
@@ -54,12 +55,6 @@ static const char *roots[MAX_ROOTS];
 static size_t n_roots;
 
 static int gpu0[1] = {0}, gpu01[2] = {0, 1};
-
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ------------------------------------------------------------------ jobs */
 
@@ -206,7 +201,7 @@ static void run_job(const char *doc, run_kind kind, int no_record, run_out *o) {
                           .comm = kind == ON_CPU ? NULL : td_gpu_comm(),
                           .no_record = no_record};
   td_trainer t;
-  double t0 = now_sec();
+  double t0 = td_mono_sec();
   o->rc = td_trainer_init(&t, spec, &opts, &o->err);
   if (o->rc) {
     td_jobspec_free(spec);
@@ -215,7 +210,7 @@ static void run_job(const char *doc, run_kind kind, int no_record, run_out *o) {
   o->record = t.record;
   td_train_hooks h = {.user = o, .on_step = on_step, .on_epoch = on_epoch};
   o->rc = td_trainer_run(&t, &h, NULL, &o->err);
-  o->sec = now_sec() - t0;
+  o->sec = td_mono_sec() - t0;
   o->graph1 = t.rep[0].graph1 != NULL;
   o->graphn = t.rep[0].graphn != NULL;
   o->last_epoch = t.epoch - 1;

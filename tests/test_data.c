@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include "check.h"
+#include "clock.h"
 #include "data.h"
 
 static char tmp[256];
@@ -453,12 +454,6 @@ static void test_gather(void) {
 #define MNIST_LOAD_SEC 5.0
 #endif
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void check_mnist(const char *root, const char *images, const char *labels, uint32_t n,
                         const unsigned *hist, uint64_t pixel_sum, td_dataset *ds) {
   const char *roots[1] = {root};
@@ -467,9 +462,9 @@ static void check_mnist(const char *root, const char *images, const char *labels
   /* Names without ".gz", as a job file might give them. */
   CHECK(td_data_resolve(roots, 1, images, 1, ipath, sizeof ipath, &err) == 0, "%s", err.msg);
   CHECK(td_data_resolve(roots, 1, labels, 1, lpath, sizeof lpath, &err) == 0, "%s", err.msg);
-  double t0 = now_s();
+  double t0 = td_mono_sec();
   int rc = td_idx_load(ipath, lpath, 0, ds, &err);
-  double dt = now_s() - t0;
+  double dt = td_mono_sec() - t0;
   CHECK(rc == 0, "loading %s: %s", images, err.msg);
   if (rc) return;
   printf("loaded %s: %u examples in %.3f s\n", images, ds->n, dt);

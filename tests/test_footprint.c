@@ -26,6 +26,7 @@
 
 #include "check.h"
 #include "checkpoint.h"
+#include "clock.h"
 #include "data.h"
 #include "footprint.h"
 #include "jobspec.h"
@@ -824,12 +825,6 @@ static void test_memory_limit(void) {
   printf("this machine: jobs may use %zu bytes (%s)\n", m.bytes, m.source);
 }
 
-static double mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* A model of n dense layers of `width` (the last of 10), JSON. */
 static char *deep_model(size_t n, unsigned width, const char *input, unsigned batch) {
   size_t cap = n * 40 + 1024;
@@ -898,9 +893,9 @@ static void test_limits(void) {
     double best = 1e30;
     for (int rep = 0; !rc && rep < 3; rep++) {
       td_plan *p = NULL;
-      double t0 = mono_ms();
+      double t0 = td_mono_ms();
       rc = td_plan_compile(spec->model, spec->optimizer, 128, "cpu:0", &p, &err);
-      double t = mono_ms() - t0;
+      double t = td_mono_ms() - t0;
       best = t < best ? t : best;
       CHECK(rc == 0 && p->n_views == 2 * depth[k], "%zu layers: compile: %s", depth[k], err.msg);
       td_plan_free(p);

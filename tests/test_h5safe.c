@@ -1,5 +1,5 @@
 /* The files traind reads for a job cannot lead it outside them, block it, or
- * make it allocate what they do not hold (daemon/h5safe.h):
+ * make it allocate what they do not hold (engine/h5safe.h):
  *   - HDF5 datasets (td_hdf5_load, td_hdf5_shape) and warm-start or resume
  *     checkpoints (td_ckpt_check_params, td_ckpt_load_params, td_ckpt_read)
  *     whose data is stored externally (H5Pset_external, pointing at a file

@@ -1,4 +1,4 @@
-/* The daemon's logfmt records (daemon/log.c) with hostile values: names with
+/* The daemon's logfmt records (base/log.c) with hostile values: names with
  * newlines, quotes, "peer=" and bytes that are not UTF-8. stderr is sent to
  * a file, and each record read back is parsed by a logfmt reader written
  * here (Go's quoting rules: \" \\ \n \r \t \xNN \uNNNN), which must find

@@ -25,6 +25,7 @@
 #include <uv.h>
 
 #include "check.h"
+#include "clock.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "health.h"
 #include "rpc.h"
@@ -43,12 +44,6 @@
 
 static char tmpdir[64];
 
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
@@ -63,9 +58,9 @@ static void on_alarm(int sig) {
 }
 
 static int wait_atomic_at_least(atomic_int *v, int want, double sec) {
-  double end = now_sec() + sec;
+  double end = td_mono_sec() + sec;
   while (atomic_load(v) < want) {
-    if (now_sec() > end)
+    if (td_mono_sec() > end)
       return 0;
     sleep_ms(2);
   }
@@ -338,14 +333,14 @@ static void stop_server(void *arg) {
 static void fixture_stop(fixture *fx) {
   if (fx->health)
     on_loop(fx, stop_health, fx);
-  double t0 = now_sec();
+  double t0 = td_mono_sec();
   on_loop(fx, stop_server, fx);
   if (!wait_atomic_at_least(&fx->loop_exited, 1, 10)) {
     CHECK(0, "shutdown finished within 10 s");
     exit(td_check_exit());
   }
   uv_thread_join(&fx->thread);
-  double dt = now_sec() - t0;
+  double dt = td_mono_sec() - t0;
   CHECK(fx->done_called, "shutdown's done callback ran");
   CHECK(dt < 10, "shutdown took %.2f s", dt);
   int rc = uv_loop_close(&fx->loop);
@@ -373,9 +368,9 @@ static size_t live_calls(fixture *fx) {
 
 /* Waits up to `sec` for the server to release every call. */
 static int wait_no_calls(fixture *fx, double sec) {
-  double end = now_sec() + sec;
+  double end = td_mono_sec() + sec;
   while (live_calls(fx) != 0) {
-    if (now_sec() > end)
+    if (td_mono_sec() > end)
       return 0;
     sleep_ms(2);
   }
@@ -441,11 +436,11 @@ static void stream_thread(void *arg) {
   req.id = "job-7";
   req.since_step = r->n;
   r->in_order = 1;
-  double t0 = now_sec();
+  double t0 = td_mono_sec();
   r->code = td_rpc_call_stream(c, "/traind.v1.Trainer/WatchMetrics", &req.base,
                                &traind__v1__watch_metrics_response__descriptor,
                                stream_message, r, r->timeout, &r->st);
-  r->elapsed = now_sec() - t0;
+  r->elapsed = td_mono_sec() - t0;
   td_rpc_client_close(c);
 }
 
@@ -517,10 +512,10 @@ static void test_unary(fixture *fx, const char *target, const char *peer_prefix)
   /* An answer given later, from a timer on the loop. */
   Traind__V1__GetJobRequest lreq = TRAIND__V1__GET_JOB_REQUEST__INIT;
   lreq.id = "slow";
-  double t0 = now_sec();
+  double t0 = td_mono_sec();
   code = td_rpc_call_unary(c, "/traind.test.Echo/GetJobLater", &lreq.base,
                            &traind__v1__job__descriptor, &resp, 5, &st);
-  double dt = now_sec() - t0;
+  double dt = td_mono_sec() - t0;
   CHECK(code == TD_GRPC_OK, "GetJobLater: %d %s", code, st.message);
   job = (Traind__V1__Job *)resp;
   CHECK(job && strcmp(job->id, "slow") == 0 && strcmp(job->name, "later") == 0,
@@ -737,7 +732,7 @@ static void test_load(fixture *fx) {
   load_run runs[THREADS];
   uv_thread_t th[THREADS];
   int before = atomic_load(&fx->unary_calls);
-  double t0 = now_sec();
+  double t0 = td_mono_sec();
   for (int i = 0; i < THREADS; i++) {
     runs[i] = (load_run){i % 2 ? fx->tcp_addr : fx->unix_addr, i, CALLS, 0};
     uv_thread_create(&th[i], load_thread, &runs[i]);
@@ -747,7 +742,7 @@ static void test_load(fixture *fx) {
     uv_thread_join(&th[i]);
     ok += runs[i].ok;
   }
-  double dt = now_sec() - t0;
+  double dt = td_mono_sec() - t0;
   CHECK(ok == THREADS * CALLS, "%d of %d concurrent calls succeeded", ok,
         THREADS * CALLS);
   CHECK(atomic_load(&fx->unary_calls) == before + THREADS * CALLS,
@@ -763,9 +758,9 @@ static void test_unreachable(void) {
   td_rpc_client *c = td_rpc_client_open(target);
   Traind__V1__Job *job = NULL;
   td_rpc_status st;
-  double t0 = now_sec();
+  double t0 = td_mono_sec();
   int code = get_job(c, "x", &job, 10, &st);
-  double dt = now_sec() - t0;
+  double dt = td_mono_sec() - t0;
   printf("unreachable: %s\n", st.message);
   CHECK(code == TD_GRPC_UNAVAILABLE, "unreachable unix: %d %s", code, st.message);
   snprintf(want, sizeof want, "cannot reach traind at %s: ", target);
@@ -784,9 +779,9 @@ static void test_unreachable(void) {
   close(fd);
   snprintf(target, sizeof target, "127.0.0.1:%d", ntohs(sa.sin_port));
   c = td_rpc_client_open(target);
-  t0 = now_sec();
+  t0 = td_mono_sec();
   code = get_job(c, "x", &job, 10, &st);
-  dt = now_sec() - t0;
+  dt = td_mono_sec() - t0;
   printf("unreachable: %s\n", st.message);
   CHECK(code == TD_GRPC_UNAVAILABLE, "unreachable tcp: %d %s", code, st.message);
   snprintf(want, sizeof want, "cannot reach traind at %s: ", target);
@@ -1064,8 +1059,8 @@ static void test_connection_limit(void) {
   int idle[LIMIT + 4];
   for (int i = 0; i < LIMIT + 4; i++)
     idle[i] = tcp_connect(port);
-  double end = now_sec() + 5;
-  while (open_connections(&fx) < LIMIT && now_sec() < end)
+  double end = td_mono_sec() + 5;
+  while (open_connections(&fx) < LIMIT && td_mono_sec() < end)
     sleep_ms(5);
   CHECK(open_connections(&fx) == LIMIT, "%zu connections open, limit %d", open_connections(&fx),
         LIMIT);
@@ -1099,13 +1094,13 @@ static void test_connection_limit(void) {
   for (int i = 0; i < LIMIT + 4; i++)
     if (idle[i] >= 0)
       close(idle[i]);
-  end = now_sec() + 5;
-  while (open_connections(&fx) > 1 && now_sec() < end)
+  end = td_mono_sec() + 5;
+  while (open_connections(&fx) > 1 && td_mono_sec() < end)
     sleep_ms(5);
   CHECK(open_connections(&fx) == 1, "%zu connections after the idle ones left",
         open_connections(&fx));
   /* (A client refused a moment ago backs off before it connects again.) */
-  end = now_sec() + 10;
+  end = td_mono_sec() + 10;
   do {
     c2 = td_rpc_client_open(fx.unix_addr);
     code = get_job(c2, "later", &job, 2, &st);
@@ -1113,7 +1108,7 @@ static void test_connection_limit(void) {
       protobuf_c_message_free_unpacked(&job->base, NULL);
     job = NULL;
     td_rpc_client_close(c2);
-  } while (code != TD_GRPC_OK && now_sec() < end);
+  } while (code != TD_GRPC_OK && td_mono_sec() < end);
   CHECK(code == TD_GRPC_OK, "a client after the idle ones left: %d %s", code, st.message);
   td_rpc_client_close(c);
   fixture_stop(&fx);

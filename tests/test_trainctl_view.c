@@ -107,9 +107,9 @@ static void test_text(void) {
   CHECK(td_view_parse_state("Canceled") == TRAIND__V1__JOB_STATE__CANCELLED, "Canceled");
   CHECK(td_view_parse_state("bogus") == -1, "bogus");
   CHECK(td_view_parse_state("JOB_STATE_UNSPECIFIED") == -1, "unspecified is no filter");
-  CHECK_STR(td_view_grpc_code_name(5), "NOT_FOUND");
-  CHECK_STR(td_view_grpc_code_name(14), "UNAVAILABLE");
-  CHECK_STR(td_view_grpc_code_name(99), "UNKNOWN_CODE");
+  CHECK_STR(td_grpc_code_name(5), "NOT_FOUND");
+  CHECK_STR(td_grpc_code_name(14), "UNAVAILABLE");
+  CHECK_STR(td_grpc_code_name(99), "UNKNOWN_CODE");
 
   td_view_sanitize("a\033[31mb\nc", b, sizeof b);
   CHECK_STR(b, "a?[31mb?c");

@@ -59,7 +59,7 @@ __device__ __forceinline__ uint32_t rotl32(uint32_t x, unsigned d) {
   return (x << d) | (x >> (32 - d));
 }
 
-/* Random123's threefry2x32 with 20 rounds (daemon/prng.c), unrolled: the
+/* Random123's threefry2x32 with 20 rounds (base/prng.c), unrolled: the
  * dropout masks and the shuffle's sort keys. */
 __device__ __forceinline__ void threefry2x32(uint32_t k0, uint32_t k1, uint32_t &x0,
                                              uint32_t &x1) {

@@ -1,7 +1,7 @@
 /* Inverted dropout with the counter-based mask of backend.h: element i is
  * kept when jax.random.uniform(key, (N,))[first + i] < 1 - rate, the
  * uniform draw made from threefry2x32(key, (hi32(c), lo32(c))) at
- * c = first + i exactly as daemon/prng.c and the CPU backend make it, so
+ * c = first + i exactly as base/prng.c and the CPU backend make it, so
  * the mask is bit-identical on both backends and independent of how the
  * work is split over threads or replicas. */
 #include "common.cuh"

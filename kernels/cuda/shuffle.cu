@@ -1,5 +1,5 @@
 /* The epoch's example order on the device (backend.h's shuffle): the
- * permutation daemon/prng.c makes, jax.random.permutation's, in the same
+ * permutation base/prng.c makes, jax.random.permutation's, in the same
  * rounds. Each round draws a 32-bit key per position i (threefry2x32 of the
  * counter (0, i) under the round's key, words xor'ed) and sorts the order
  * stably by those keys, here with CUB's radix sort (stable, like the CPU's

@@ -30,6 +30,15 @@ const char *td_errname(int code) {
   return "EUNKNOWN";
 }
 
+const char *td_grpc_code_name(int code) {
+  static const char *const names[TD_GRPC_NCODES] = {
+#define TD_GRPC_NAME(name, val) [val] = #name,
+      TD_GRPC_CODES(TD_GRPC_NAME)
+#undef TD_GRPC_NAME
+  };
+  return code >= 0 && code < TD_GRPC_NCODES ? names[code] : "UNKNOWN_CODE";
+}
+
 int td_grpc_status(int code) {
   switch (code) {
   case TD_OK:

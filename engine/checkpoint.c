@@ -206,51 +206,6 @@ int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX
 
 /* ---- HDF5 helpers ------------------------------------------------------- */
 
-typedef struct h5_note {
-  char last[256];
-  int truncated;
-} h5_note;
-
-static herr_t h5_walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
-  h5_note *note = data;
-  if (e->desc && e->desc[0]) {
-    snprintf(note->last, sizeof note->last, "%s", e->desc);
-    if (strstr(e->desc, "truncated"))
-      note->truncated = 1;
-  }
-  return 0;
-}
-
-/* The innermost description on HDF5's error stack. */
-static h5_note h5_detail(void) {
-  h5_note note = {{0}, 0};
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, h5_walk_cb, &note);
-  if (!note.last[0])
-    snprintf(note.last, sizeof note.last, "no detail from HDF5");
-  return note;
-}
-
-/* Runs HDF5 calls with its automatic error printing off. */
-typedef struct h5_quiet {
-  H5E_auto2_t fn;
-  void *data;
-} h5_quiet;
-
-static h5_quiet h5_silence(void) {
-  h5_quiet q = {NULL, NULL};
-  H5Eget_auto2(H5E_DEFAULT, &q.fn, &q.data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  return q;
-}
-
-/* Also empties the thread's error stack: entries left there when a thread
- * ends (a job's worker, the checkpoint writer) are never freed and hold
- * references that keep HDF5 from closing at exit. */
-static void h5_restore(h5_quiet q) {
-  H5Eclear2(H5E_DEFAULT);
-  H5Eset_auto2(H5E_DEFAULT, q.fn, q.data);
-}
-
 static void shape_str(int rank, const hsize_t *dims, char *buf, size_t len) {
   size_t o = (size_t)snprintf(buf, len, "(");
   for (int i = 0; i < rank && o < len; i++)
@@ -576,9 +531,9 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
     bad = H5Fflush(fid, H5F_SCOPE_GLOBAL) < 0 || (len = H5Fget_file_image(fid, NULL, 0)) <= 0 ||
           !mem.p;
   }
-  h5_note note = {{0}, 0};
+  char detail[TD_H5_DETAIL] = "";
   if (bad)
-    note = h5_detail();
+    td_h5_detail(detail);
   /* The file is complete in the driver's memory: out it goes, before the
    * close frees that memory. */
   if (!bad && (rc = write_fsync(name, mem.p, (size_t)len, err))) {
@@ -591,7 +546,7 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
   if (fid >= 0 && H5Fclose(fid) < 0 && !bad) {
     what = "H5Fclose";
     bad = 1;
-    note = h5_detail();
+    td_h5_detail(detail);
   }
   if (lcpl >= 0)
     H5Pclose(lcpl);
@@ -600,7 +555,7 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
   free(ls);
   if (bad)
     return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed in %s: %s", name, what,
-                     note.last);
+                     detail);
   return TD_OK;
 }
 
@@ -643,9 +598,9 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
     return td_errorf(err, TD_EIO, "checkpoint: cannot remove the stale '%s': %s", tmp,
                      errno_text(errno, et, sizeof et));
 
-  h5_quiet q = h5_silence();
+  td_h5_quiet q = td_h5_silence();
   int rc = write_file(tmp, img, meta, err);
-  h5_restore(q);
+  td_h5_restore(q);
   if (!rc && rename(tmp, path) != 0) {
     int e = errno;
     rc = td_errorf(err, e == EACCES ? TD_EPERM : TD_EIO,
@@ -758,7 +713,8 @@ static int check_and_read_leaves(hid_t fid, const char *path, const leaf *ls, si
       type_str(t, tn, sizeof tn);
       problem(pr, "%s has dtype %s, want float32%s", l->path, tn, any_float ? " or float64" : "");
     } else if (read && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, l->data) < 0) {
-      problem(pr, "%s cannot be read: %s", l->path, h5_detail().last);
+      char detail[TD_H5_DETAIL];
+      problem(pr, "%s cannot be read: %s", l->path, td_h5_detail(detail));
     }
     if (t >= 0)
       H5Tclose(t);
@@ -1025,7 +981,7 @@ done:
 
 int td_ckpt_read_binding(const char *path, td_ckpt_meta *meta, td_error *err) {
   memset(meta, 0, sizeof *meta);
-  h5_quiet q = h5_silence();
+  td_h5_quiet q = td_h5_silence();
   hid_t fid = -1;
   int rc = open_h5(path, &fid, err);
   if (!rc) {
@@ -1033,7 +989,7 @@ int td_ckpt_read_binding(const char *path, td_ckpt_meta *meta, td_error *err) {
     rc = read_meta(fid, path, meta, digest, err);
     H5Fclose(fid);
   }
-  h5_restore(q);
+  td_h5_restore(q);
   if (rc)
     td_ckpt_meta_free(meta);
   return rc;
@@ -1042,9 +998,9 @@ int td_ckpt_read_binding(const char *path, td_ckpt_meta *meta, td_error *err) {
 int td_ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_error *err) {
   if (meta)
     memset(meta, 0, sizeof *meta);
-  h5_quiet q = h5_silence();
+  td_h5_quiet q = td_h5_silence();
   int rc = ckpt_read(path, st, meta, err);
-  h5_restore(q);
+  td_h5_restore(q);
   return rc;
 }
 
@@ -1087,15 +1043,15 @@ done:
 }
 
 int td_ckpt_load_params(const char *path, td_state *st, td_error *err) {
-  h5_quiet q = h5_silence();
+  td_h5_quiet q = td_h5_silence();
   int rc = load_params(path, st->plan, st, err);
-  h5_restore(q);
+  td_h5_restore(q);
   return rc;
 }
 
 int td_ckpt_check_params(const char *path, const td_plan *plan, td_error *err) {
-  h5_quiet q = h5_silence();
+  td_h5_quiet q = td_h5_silence();
   int rc = load_params(path, plan, NULL, err);
-  h5_restore(q);
+  td_h5_restore(q);
   return rc;
 }

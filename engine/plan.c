@@ -8,13 +8,9 @@
 #include <string.h>
 #include <time.h>
 
-/* ----------------------------------------------------------- compile */
+#include "clock.h"
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
+/* ----------------------------------------------------------- compile */
 
 static int layer_act(const Traind__V1__Layer *l, td_act *act) {
   switch (l->kind_case) {
@@ -247,7 +243,7 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *name
 int td_plan_compile(const Traind__V1__Model *model,
                     const Traind__V1__Optimizer *opt, uint32_t batch,
                     const char *device_set, td_plan **out, td_error *err) {
-  double t0 = now_ms();
+  double t0 = td_mono_ms();
   *out = NULL;
   if (!model)
     return td_errorf(err, TD_EINVAL, "model: required");
@@ -306,7 +302,7 @@ int td_plan_compile(const Traind__V1__Model *model,
     td_plan_free(p);
     return rc;
   }
-  p->compile_ms = now_ms() - t0;
+  p->compile_ms = td_mono_ms() - t0;
   *out = p;
   return TD_OK;
 }

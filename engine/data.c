@@ -460,20 +460,6 @@ done:
 
 /* ---- HDF5 --------------------------------------------------------------- */
 
-/* Keeps the description of the innermost entry of HDF5's error stack, the
- * most specific one. */
-static herr_t h5_walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
-  char *buf = data;
-  if (e->desc && e->desc[0]) snprintf(buf, 256, "%s", e->desc);
-  return 0;
-}
-
-static const char *h5_detail(char buf[256]) {
-  buf[0] = '\0';
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, h5_walk_cb, buf);
-  return buf;
-}
-
 /* A readable name for an HDF5 type: "uint8", "float64", "string", ... */
 static void h5_type_name(hid_t t, char *buf, size_t len) {
   H5T_class_t c = H5Tget_class(t);
@@ -679,7 +665,7 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   h5_pair pr;
   int rc = h5_pair_open(&pr, path, features, labels, limit, err);
   if (rc) return rc;
-  char detail[256];
+  char detail[TD_H5_DETAIL];
   h5_dset *fx = &pr.x, *fy = &pr.y;
   const uint64_t keep = pr.keep, dim = pr.dim;
   const int is_u8 = pr.is_u8;
@@ -700,18 +686,18 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   memy = h5_select_rows(fy, keep);
   if (memx < 0 || memy < 0) {
     rc = td_errorf(err, TD_EIO, "'%s': selecting the first %" PRIu64 " rows failed: %s", path, keep,
-                   h5_detail(detail));
+                   td_h5_detail(detail));
     goto done;
   }
   if (H5Dread(fx->id, is_u8 ? H5T_NATIVE_UCHAR : H5T_NATIVE_FLOAT, memx, fx->space, H5P_DEFAULT,
               is_u8 ? (void *)u8 : (void *)ds->x) < 0) {
     rc = td_errorf(err, TD_EIO, "'%s': H5Dread of features '%s' failed: %s", path, features,
-                   h5_detail(detail));
+                   td_h5_detail(detail));
     goto done;
   }
   if (H5Dread(fy->id, H5T_NATIVE_INT64, memy, fy->space, H5P_DEFAULT, lab) < 0) {
     rc = td_errorf(err, TD_EIO, "'%s': H5Dread of labels '%s' failed: %s", path, labels,
-                   h5_detail(detail));
+                   td_h5_detail(detail));
     goto done;
   }
 
@@ -756,13 +742,9 @@ done:
 int td_hdf5_load(const char *path, const char *features, const char *labels, uint32_t limit,
                  td_dataset *ds, td_error *err) {
   memset(ds, 0, sizeof *ds);
-  H5E_auto2_t old_fn = NULL;
-  void *old_data = NULL;
-  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  td_h5_quiet q = td_h5_silence();
   int rc = hdf5_load(path, features, labels, limit, ds, err);
-  H5Eclear2(H5E_DEFAULT); /* nothing left on the thread's error stack (h5safe.h) */
-  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  td_h5_restore(q);
   if (rc) td_dataset_free(ds);
   return rc;
 }
@@ -770,17 +752,13 @@ int td_hdf5_load(const char *path, const char *features, const char *labels, uin
 int td_hdf5_shape(const char *path, const char *features, const char *labels, uint32_t limit,
                   td_dataset *ds, td_error *err) {
   memset(ds, 0, sizeof *ds);
-  H5E_auto2_t old_fn = NULL;
-  void *old_data = NULL;
-  H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  td_h5_quiet q = td_h5_silence();
   h5_pair pr;
   int rc = h5_pair_open(&pr, path, features, labels, limit, err);
   if (!rc) {
     h5_set_shape(&pr, ds);
     h5_pair_close(&pr);
   }
-  H5Eclear2(H5E_DEFAULT); /* nothing left on the thread's error stack (h5safe.h) */
-  H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+  td_h5_restore(q);
   return rc;
 }

@@ -35,6 +35,24 @@
  * Deflate, the strongest filter built into HDF5, stays below 1032:1. */
 #define TD_H5_MAX_RATIO 2048
 
+/* HDF5's error reporting, for every reader and writer of HDF5 files:
+ * td_h5_silence turns its automatic printing off and td_h5_restore turns
+ * it back on after emptying the thread's error stack (entries left there
+ * when a thread ends, a job's worker or the checkpoint writer, are never
+ * freed and hold references that keep HDF5 from closing at exit). */
+typedef struct td_h5_quiet {
+  H5E_auto2_t fn;
+  void *data;
+} td_h5_quiet;
+td_h5_quiet td_h5_silence(void);
+void td_h5_restore(td_h5_quiet q);
+
+/* The description of the innermost (most specific) entry on the calling
+ * thread's HDF5 error stack, or "no detail from HDF5"; written into buf
+ * (TD_H5_DETAIL bytes) and returned. */
+#define TD_H5_DETAIL 256
+const char *td_h5_detail(char buf[TD_H5_DETAIL]);
+
 /* Opens path read-only for reading a job's data: O_NOFOLLOW, O_NONBLOCK
  * (cleared again once the file is known to be regular), O_CLOEXEC. Returns
  * the descriptor (>= 0) with *st filled, or a negative td_status:
@@ -53,11 +71,9 @@ const char *td_file_kind(mode_t m);
  * td_open_regular's, and TD_EDATA for an empty file, one without the
  * signature, or one HDF5 cannot open ("truncated" in the message when HDF5
  * says so). `what` starts the messages ("HDF5 dataset file",
- * "checkpoint"). Call with HDF5's error printing silenced, and end the
- * whole read with H5Eclear2(H5E_DEFAULT): entries left on a thread's error
- * stack when the thread ends (a job's worker) are never freed, and the
- * references they hold keep HDF5 from closing at exit ("infinite loop
- * closing library"). */
+ * "checkpoint"). Call between td_h5_silence and td_h5_restore (which
+ * empties the thread's error stack; entries left there keep HDF5 from
+ * closing at exit, "infinite loop closing library"). */
 int td_h5_open(const char *path, const char *what, hid_t *fid, td_error *err);
 
 /* Access properties whose external-link callback refuses the traversal:

@@ -9,13 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
-
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o,
                              td_error *err);
@@ -298,11 +293,11 @@ static int step_body(td_replica *r) {
     rc = td_state_backward(st, err);
   if (t->n_rep > 1) {
     /* Every replica joins the allreduce, also after a failure. */
-    double a0 = r->rank == 0 ? now_sec() : 0.0;
+    double a0 = r->rank == 0 ? td_mono_sec() : 0.0;
     int crc = t->comm->ops->allreduce(t->comm, r->rank, st->grads, p->n_params,
                                       TD_REDUCE_MEAN);
     if (r->rank == 0 && !r->recording) {
-      t->allreduce_sec += now_sec() - a0;
+      t->allreduce_sec += td_mono_sec() - a0;
       t->allreduce_steps++;
     }
     if (!rc && crc)
@@ -665,9 +660,9 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
     goto fail;
   t->compile_ms = t->plan->compile_ms;
 
-  double t0 = now_sec();
+  double t0 = td_mono_sec();
   rc = load_data(t, o, err);
-  t->load_sec = now_sec() - t0;
+  t->load_sec = td_mono_sec() - t0;
   if (rc)
     goto fail;
   if ((rc = check_data(t, &t->train, "training", err)) ||
@@ -940,7 +935,7 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
     uint32_t epoch = t->epoch;
     if ((rc = begin_epoch(t, epoch, t->step_in_epoch, err)))
       break;
-    double e0 = now_sec();
+    double e0 = td_mono_sec();
     uint32_t steps = 0;
     while (t->step_in_epoch < t->steps_per_epoch && t->st.step < t->total_steps) {
       if (hooks->should_stop && hooks->should_stop(hooks->user)) {
@@ -948,14 +943,14 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
         break;
       }
       uint32_t s = t->step_in_epoch, n = chunk_len(t, s), done = 0;
-      double s0 = now_sec();
+      double s0 = td_mono_sec();
       if ((rc = run_chunk(t, s, n, points, correct, &done, err))) {
         if (rc != TD_ENUMERIC)
           td_error_prefix(err, "epoch %u, step %lld", epoch, (long long)t->st.step + 1);
         if (!done)
           break;
       }
-      double s1 = now_sec();
+      double s1 = td_mono_sec();
       if (!rc)
         adapt_chunk(t, n, s1 - s0);
       for (uint32_t i = 0; i < done; i++) {
@@ -979,7 +974,7 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
     }
     if (rc)
       break;
-    double e1 = now_sec();
+    double e1 = td_mono_sec();
     /* Train figures cover the whole epoch, also its steps before a resume. */
     uint32_t taken = t->step_in_epoch;
     memset(&ep, 0, sizeof ep);
@@ -994,7 +989,7 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
       if ((rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err)))
         break;
       ep.evaluated = 1;
-      ep.eval_sec = now_sec() - e1;
+      ep.eval_sec = td_mono_sec() - e1;
     }
     if (hooks->on_epoch)
       hooks->on_epoch(hooks->user, t, &ep);

@@ -1,4 +1,4 @@
-/* The daemon's GPUs (see gpus.h). */
+/* The GPUs a job can train on (see gpus.h). */
 #include "gpus.h"
 
 #include <stdio.h>

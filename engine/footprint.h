@@ -1,6 +1,6 @@
 /* The memory a job will take, known before it runs: what the engine
- * allocates per replica through its backend (daemon/train.c replica_data
- * and replicas_start, daemon/plan.c td_state_init), what the CUDA backend
+ * allocates per replica through its backend (engine/train.c replica_data
+ * and replicas_start, engine/plan.c td_state_init), what the CUDA backend
  * holds of its own on each GPU, and what the job holds in host memory
  * (its datasets, the engine's buffers for CPU jobs, the trainer's tables,
  * the checkpoint writer's snapshot and file image); and so whether a job

@@ -1,4 +1,4 @@
-/* The GPUs this daemon can train on: none in a build without the CUDA
+/* The GPUs traind can train on: none in a build without the CUDA
  * backend, else what the CUDA runtime reports (none, with the reason, on a
  * machine without a GPU or driver). */
 #ifndef TD_GPUS_H

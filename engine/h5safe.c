@@ -85,17 +85,28 @@ int td_open_regular(const char *path, const char *what, struct stat *st, td_erro
 
 /* ---- files -------------------------------------------------------------- */
 
-/* The innermost description on HDF5's error stack. */
+td_h5_quiet td_h5_silence(void) {
+  td_h5_quiet q = {NULL, NULL};
+  H5Eget_auto2(H5E_DEFAULT, &q.fn, &q.data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  return q;
+}
+
+void td_h5_restore(td_h5_quiet q) {
+  H5Eclear2(H5E_DEFAULT);
+  H5Eset_auto2(H5E_DEFAULT, q.fn, q.data);
+}
+
 static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
   (void)n;
-  if (e->desc && e->desc[0]) snprintf(data, 256, "%s", e->desc);
+  if (e->desc && e->desc[0]) snprintf(data, TD_H5_DETAIL, "%s", e->desc);
   return 0;
 }
 
-static const char *h5_detail(char buf[256]) {
+const char *td_h5_detail(char buf[TD_H5_DETAIL]) {
   buf[0] = '\0';
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, buf);
-  if (!buf[0]) snprintf(buf, 256, "no detail from HDF5");
+  if (!buf[0]) snprintf(buf, TD_H5_DETAIL, "no detail from HDF5");
   return buf;
 }
 
@@ -186,11 +197,11 @@ int td_h5_open(const char *path, const char *what, hid_t *fid, td_error *err) {
     snprintf(name, sizeof name, "/proc/self/fd/%d", fd);
     int by_fd = stat(name, &ps) == 0 && ps.st_dev == st.st_dev && ps.st_ino == st.st_ino;
     *fid = H5Fopen(by_fd ? name : path, H5F_ACC_RDONLY, fapl);
-    char detail[256];
+    char detail[TD_H5_DETAIL];
     void *h = NULL;
     struct stat hs;
     if (*fid < 0) {
-      h5_detail(detail);
+      td_h5_detail(detail);
       rc = strstr(detail, "truncated")
                ? td_errorf(err, TD_EDATA, "%s '%s' is truncated (%s)", what, path, detail)
                : td_errorf(err, TD_EDATA, "%s '%s' cannot be opened as HDF5: %s", what, path,

@@ -1,5 +1,6 @@
 #include "progress.h"
 
+#include "clock.h"
 #include "fmt.h"
 
 #include <math.h>
@@ -7,24 +8,18 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 void td_progress_init(td_progress *p, FILE *out) {
   memset(p, 0, sizeof *p);
   p->out = out;
   p->tty = isatty(fileno(out));
-  p->start = now_sec();
+  p->start = td_mono_sec();
 }
 
 static void on_step(void *user, const td_trainer *t, const td_step_point *sp) {
   td_progress *p = user;
   if (!p->tty)
     return;
-  double now = now_sec();
+  double now = td_mono_sec();
   if (now - p->last_draw < 0.1 && sp->step_in_epoch != t->steps_per_epoch)
     return;
   p->last_draw = now;

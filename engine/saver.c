@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "fsutil.h"
 #include "log.h"
 
@@ -133,23 +134,11 @@ int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every,
 
 /* ---- the writer */
 
-static double mono_sec(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int64_t wall_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void write_snapshot(td_saver *s) {
   td_saver_result *r = &s->res;
   td_error err = {0};
   char path[PATH_MAX];
-  double t0 = mono_sec();
+  double t0 = td_mono_sec();
   const size_t np = s->plan->n_params;
   td_ckpt_image img = {.plan = s->plan,
                        .params = s->host,
@@ -166,8 +155,8 @@ static void write_snapshot(td_saver *s) {
   /* Retention runs after every successful write: the newest file counts. */
   if (!r->rc)
     r->rc = td_ckpt_prune(s->dir, s->keep_last, s->keep_every, &err);
-  r->write_sec = mono_sec() - t0;
-  r->time_ns = wall_ns();
+  r->write_sec = td_mono_sec() - t0;
+  r->time_ns = td_wall_ns();
   snprintf(r->msg, sizeof r->msg, "%s", r->rc ? err.msg : "");
 }
 
@@ -218,7 +207,7 @@ int td_saver_start(td_saver *s, const td_saver_opts *o, td_error *err) {
   s->user = o->user;
   s->last_step = -1;
   s->written_step = -1;
-  s->last_sec = mono_sec();
+  s->last_sec = td_mono_sec();
   size_t floats = plan->n_params * (1 + plan->optim.state_slots);
   s->host = malloc((floats ? floats : 1) * sizeof(float));
   s->spec_json = strdup(o->spec_json ? o->spec_json : "");
@@ -253,7 +242,7 @@ int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_
   if (td_saver_busy(s))
     return td_errorf(err, TD_EINVAL, "the previous checkpoint is still being written");
   /* The writer is idle: the buffer and result are this thread's until busy. */
-  double t0 = mono_sec();
+  double t0 = td_mono_sec();
   const td_state *st = &t->st;
   const td_backend_ops *ops = st->be->ops;
   size_t np = s->plan->n_params, no = s->plan->optim.state_slots * np;
@@ -273,9 +262,9 @@ int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_
   s->res.step = s->meta.step;
   s->res.epoch = s->meta.epoch;
   td_ckpt_name(s->meta.step, s->res.name, sizeof s->res.name);
-  s->res.stall_ms = (mono_sec() - t0) * 1e3;
+  s->res.stall_ms = (td_mono_sec() - t0) * 1e3;
   s->last_step = s->meta.step;
-  s->last_sec = mono_sec();
+  s->last_sec = td_mono_sec();
   pthread_mutex_lock(&s->mu);
   s->busy = 1;
   pthread_cond_broadcast(&s->cv);
@@ -353,7 +342,7 @@ int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, cha
   }
   free(fs);
   s->last_step = t->st.step;
-  s->last_sec = mono_sec();
+  s->last_sec = td_mono_sec();
   pthread_mutex_lock(&s->mu);
   s->written_step = resumed ? t->st.step : -1;
   pthread_mutex_unlock(&s->mu);
@@ -363,11 +352,11 @@ int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, cha
 /* Sleeps sec seconds in short naps, or until r->give_up says to stop
  * (returns 1 then). */
 static int nap(const td_saver_retry *r, double sec) {
-  double until = mono_sec() + sec;
+  double until = td_mono_sec() + sec;
   for (;;) {
     if (r && r->give_up && r->give_up(r->user))
       return 1;
-    double left = until - mono_sec();
+    double left = until - td_mono_sec();
     if (left <= 0)
       return 0;
     double d = left < 0.05 ? left : 0.05;
@@ -402,7 +391,7 @@ int td_saver_persist(td_saver *s, td_trainer *t, td_ckpt_reason reason, int forc
     if (!rc)
       return TD_OK;
     snprintf(last, sizeof last, "%s", e.msg);
-    double now = mono_sec();
+    double now = td_mono_sec();
     if (attempts == 1)
       first_fail = now;
     double left = window - (now - first_fail);
@@ -441,7 +430,7 @@ int td_saver_due(const td_saver *s, const Traind__V1__Checkpointing *c, int64_t 
   int64_t last = s->last_step < 0 ? 0 : s->last_step;
   if (c->every_steps && step / c->every_steps > last / c->every_steps)
     return 1;
-  return c->every_seconds && step != last && mono_sec() - s->last_sec >= c->every_seconds;
+  return c->every_seconds && step != last && td_mono_sec() - s->last_sec >= c->every_seconds;
 }
 
 void td_saver_wait(td_saver *s) {
