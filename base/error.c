@@ -8,8 +8,8 @@ const char *td_strerror(int code) {
   switch (code) {
   case TD_OK:
     return "ok";
-#define TD_ERR_TEXT(name, val, grpc, text)                                    \
-  case TD_E##name:                                                            \
+#define TD_ERR_TEXT(name, val, grpc, text) \
+  case TD_E##name:                         \
     return text;
     TD_ERRNO_MAP(TD_ERR_TEXT)
 #undef TD_ERR_TEXT
@@ -21,8 +21,8 @@ const char *td_errname(int code) {
   switch (code) {
   case TD_OK:
     return "OK";
-#define TD_ERR_NAME(name, val, grpc, text)                                    \
-  case TD_E##name:                                                            \
+#define TD_ERR_NAME(name, val, grpc, text) \
+  case TD_E##name:                         \
     return "E" #name;
     TD_ERRNO_MAP(TD_ERR_NAME)
 #undef TD_ERR_NAME
@@ -43,8 +43,8 @@ int td_grpc_status(int code) {
   switch (code) {
   case TD_OK:
     return 0;
-#define TD_ERR_GRPC(name, val, grpc, text)                                    \
-  case TD_E##name:                                                            \
+#define TD_ERR_GRPC(name, val, grpc, text) \
+  case TD_E##name:                         \
     return grpc;
     TD_ERRNO_MAP(TD_ERR_GRPC)
 #undef TD_ERR_GRPC

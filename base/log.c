@@ -2,12 +2,12 @@
 #include "fmt.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
 
 static atomic_int current_level = TD_LOG_INFO;
@@ -22,9 +22,7 @@ int td_log_parse_level(const char *name) {
 
 void td_log_set_level(td_log_level level) { atomic_store(&current_level, (int)level); }
 
-int td_log_enabled(td_log_level level) {
-  return (int)level <= atomic_load(&current_level);
-}
+int td_log_enabled(td_log_level level) { return (int)level <= atomic_load(&current_level); }
 
 /* The record being built: at most LOG_LINE_MAX bytes, the last kept for
  * the newline. */

@@ -15,9 +15,7 @@
 
 #include "error.h"
 
-static inline uint32_t rotl32(uint32_t x, unsigned d) {
-  return (x << d) | (x >> (32 - d));
-}
+static inline uint32_t rotl32(uint32_t x, unsigned d) { return (x << d) | (x >> (32 - d)); }
 
 void td_threefry2x32(td_key key, uint32_t x[2]) {
   /* Threefish rotation constants for two words, used four at a time. */
@@ -104,9 +102,12 @@ static float cephes_logf(float v) {
                              -1.2420140846E-1f, 1.4249322787E-1f,  -1.6668057665E-1f,
                              2.0000714765E-1f,  -2.4999993993E-1f, 3.3333331174E-1f};
   const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-  if (!(v > 0.0f)) return v == 0.0f ? -INFINITY : NAN;
-  if (isinf(v)) return v;
-  if (v < FLT_MIN) v = FLT_MIN; /* XLA treats subnormal inputs as the smallest normal */
+  if (!(v > 0.0f))
+    return v == 0.0f ? -INFINITY : NAN;
+  if (isinf(v))
+    return v;
+  if (v < FLT_MIN)
+    v = FLT_MIN; /* XLA treats subnormal inputs as the smallest normal */
   uint32_t b;
   memcpy(&b, &v, sizeof b);
   float e = (float)((int)(b >> 23) - 126); /* v = m * 2^e, m in [0.5, 1) */
@@ -147,7 +148,8 @@ static float xla_log1pf(float t) {
                                 3.0909872225312059774938E2,
                                 2.1642788614495947685003E2,
                                 6.0118660497603843919306E1};
-  if (!(fabsf(t) < (float)0.41421356237309504880)) return cephes_logf(t + 1.0f);
+  if (!(fabsf(t) < (float)0.41421356237309504880))
+    return cephes_logf(t + 1.0f);
   float n = (float)num[0], d = (float)den[0];
   for (int i = 1; i < 7; i++) {
     n = fmaf(n, t, (float)num[i]);
@@ -167,7 +169,8 @@ float td_erfinvf(float x) {
   static const float tail[9] = {-0.000200214257f, 0.000100950558f, 0.00134934322f,
                                 -0.00367342844f,  0.00573950773f,  -0.0076224613f,
                                 0.00943887047f,   1.00167406f,     2.83297682f};
-  if (fabsf(x) == 1.0f) return x * INFINITY;
+  if (fabsf(x) == 1.0f)
+    return x * INFINITY;
   float w = -xla_log1pf(x * -x);
   const float *c;
   if (w < 5.0f) {
@@ -178,7 +181,8 @@ float td_erfinvf(float x) {
     c = tail;
   }
   float p = c[0];
-  for (int i = 1; i < 9; i++) p = fmaf(p, w, c[i]);
+  for (int i = 1; i < 9; i++)
+    p = fmaf(p, w, c[i]);
   return p * x;
 }
 
@@ -186,7 +190,8 @@ void td_prng_normal(td_key key, float *out, size_t n) {
   const float lo = nextafterf(-1.0f, 0.0f);
   const float sqrt2 = 1.41421356237309504880f;
   td_prng_uniform(key, out, n, lo, 1.0f);
-  for (size_t i = 0; i < n; i++) out[i] = sqrt2 * td_erfinvf(out[i]);
+  for (size_t i = 0; i < n; i++)
+    out[i] = sqrt2 * td_erfinvf(out[i]);
 }
 
 /* Stable LSD radix sort of (sort key << 32 | value) pairs by the high 32 bits,
@@ -195,10 +200,14 @@ void td_prng_normal(td_key key, float *out, size_t n) {
 static uint64_t *radix_sort_hi32(uint64_t *a, uint64_t *tmp, size_t n) {
   for (unsigned shift = 32; shift < 64; shift += 8) {
     size_t count[257] = {0};
-    for (size_t i = 0; i < n; i++) count[((a[i] >> shift) & 0xff) + 1]++;
-    if (count[((a[0] >> shift) & 0xff) + 1] == n) continue; /* one bucket: nothing moves */
-    for (unsigned d = 0; d < 256; d++) count[d + 1] += count[d];
-    for (size_t i = 0; i < n; i++) tmp[count[(a[i] >> shift) & 0xff]++] = a[i];
+    for (size_t i = 0; i < n; i++)
+      count[((a[i] >> shift) & 0xff) + 1]++;
+    if (count[((a[0] >> shift) & 0xff) + 1] == n)
+      continue; /* one bucket: nothing moves */
+    for (unsigned d = 0; d < 256; d++)
+      count[d + 1] += count[d];
+    for (size_t i = 0; i < n; i++)
+      tmp[count[(a[i] >> shift) & 0xff]++] = a[i];
     uint64_t *s = a;
     a = tmp;
     tmp = s;
@@ -207,7 +216,8 @@ static uint64_t *radix_sort_hi32(uint64_t *a, uint64_t *tmp, size_t n) {
 }
 
 int td_prng_permutation_keys(td_key key, size_t n, td_key *round_keys) {
-  if (n < 2) return 0;
+  if (n < 2)
+    return 0;
   /* JAX's static round count: enough rounds that 32-bit keys collide rarely. */
   const int rounds = (int)ceil(3.0 * log((double)n) / log(4294967295.0));
   for (int r = 0; r < rounds; r++) {
@@ -220,13 +230,17 @@ int td_prng_permutation_keys(td_key key, size_t n, td_key *round_keys) {
 }
 
 int td_prng_permutation(td_key key, uint32_t *out, size_t n) {
-  if ((uint64_t)n > (uint64_t)UINT32_MAX + 1) return TD_EINVAL;
-  for (size_t i = 0; i < n; i++) out[i] = (uint32_t)i;
+  if ((uint64_t)n > (uint64_t)UINT32_MAX + 1)
+    return TD_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    out[i] = (uint32_t)i;
   td_key round_keys[TD_PRNG_MAX_ROUNDS];
   const int rounds = td_prng_permutation_keys(key, n, round_keys);
-  if (rounds == 0) return 0;
+  if (rounds == 0)
+    return 0;
   uint64_t *pairs = malloc(2 * n * sizeof *pairs);
-  if (!pairs) return TD_ENOMEM;
+  if (!pairs)
+    return TD_ENOMEM;
   uint64_t *a = pairs, *tmp = pairs + n;
   for (int r = 0; r < rounds; r++) {
     for (size_t i = 0; i < n; i++) {
@@ -235,7 +249,8 @@ int td_prng_permutation(td_key key, uint32_t *out, size_t n) {
       a[i] = (uint64_t)(b[0] ^ b[1]) << 32 | out[i];
     }
     const uint64_t *sorted = radix_sort_hi32(a, tmp, n);
-    for (size_t i = 0; i < n; i++) out[i] = (uint32_t)sorted[i];
+    for (size_t i = 0; i < n; i++)
+      out[i] = (uint32_t)sorted[i];
   }
   free(pairs);
   return 0;

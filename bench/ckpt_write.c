@@ -414,7 +414,10 @@ int main(int argc, char **argv) {
     want_crc = crc_bytes(host, (np + no) * sizeof(float));
     x->v[F_CRC32_SEC] = td_mono_sec() - t0;
 
-    td_ckpt_image img = {.plan = p, .params = host, .opt_state = host + np, .count = m.st.step,
+    td_ckpt_image img = {.plan = p,
+                         .params = host,
+                         .opt_state = host + np,
+                         .count = m.st.step,
                          .reuse = a.fresh_memory ? NULL : &file_mem};
     struct rusage ru0, ru1;
     getrusage(RUSAGE_THREAD, &ru0);

@@ -1,8 +1,8 @@
 /* The client side of traind's gRPC API on the gRPC C core API (see
  * rpc_client.h). Every call gets its own pluck completion queue, so a call
  * is a plain blocking sequence of batches. */
-#include "pbgrpc.h"
 #include "rpc_client.h"
+#include "pbgrpc.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -84,21 +84,18 @@ void td_rpc_client_close(td_rpc_client *c) {
   free(c);
 }
 
-
-static int call_begin(td_rpc_client *c, client_call *cc, const char *method,
-                      double timeout_sec) {
+static int call_begin(td_rpc_client *c, client_call *cc, const char *method, double timeout_sec) {
   gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_REALTIME);
   if (timeout_sec > 0) {
     double us = timeout_sec * 1e6;
-    deadline = gpr_time_add(
-        gpr_now(GPR_CLOCK_MONOTONIC),
-        gpr_time_from_micros(us > 9e15 ? (int64_t)9e15 : (int64_t)us,
-                             GPR_TIMESPAN));
+    deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                     gpr_time_from_micros(us > 9e15 ? (int64_t)9e15 : (int64_t)us, GPR_TIMESPAN));
   }
   cc->cq = grpc_completion_queue_create_for_pluck(NULL);
   grpc_slice path = grpc_slice_from_copied_string(method);
-  cc->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                      cc->cq, path, NULL, deadline, NULL);
+  cc->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cc->cq, path, NULL,
+                                      deadline, NULL);
   grpc_slice_unref(path);
   return cc->call != NULL;
 }
@@ -108,8 +105,8 @@ static int call_batch(client_call *cc, const grpc_op *ops, size_t n) {
   void *tag = (void *)ops;
   if (grpc_call_start_batch(cc->call, ops, n, tag, NULL) != GRPC_CALL_OK)
     return 0;
-  grpc_event ev = grpc_completion_queue_pluck(
-      cc->cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+  grpc_event ev =
+      grpc_completion_queue_pluck(cc->cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
   return ev.type == GRPC_OP_COMPLETE && ev.success;
 }
 
@@ -117,9 +114,8 @@ static void call_end(client_call *cc) {
   if (cc->call)
     grpc_call_unref(cc->call);
   grpc_completion_queue_shutdown(cc->cq);
-  while (grpc_completion_queue_pluck(cc->cq, NULL,
-                                     gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
-             .type != GRPC_QUEUE_SHUTDOWN) {
+  while (grpc_completion_queue_pluck(cc->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+         GRPC_QUEUE_SHUTDOWN) {
   }
   grpc_completion_queue_destroy(cc->cq);
 }
@@ -127,13 +123,11 @@ static void call_end(client_call *cc) {
 /* Fills *st from RECV_STATUS_ON_CLIENT's results. A connection that never
  * came up is reported with the target, so that the user sees which
  * address was tried. */
-static void take_status(td_rpc_client *c, td_rpc_status *st,
-                        grpc_status_code code, grpc_slice details,
-                        const char *error_string) {
+static void take_status(td_rpc_client *c, td_rpc_status *st, grpc_status_code code,
+                        grpc_slice details, const char *error_string) {
   char *msg = grpc_slice_to_c_string(details);
   if (code == GRPC_STATUS_UNAVAILABLE &&
-      grpc_channel_check_connectivity_state(c->channel, 0) !=
-          GRPC_CHANNEL_READY)
+      grpc_channel_check_connectivity_state(c->channel, 0) != GRPC_CHANNEL_READY)
     set_status(st, code, "cannot reach traind at %s: %s", c->target,
                *msg ? msg : "connection failed");
   else if (!*msg && code != GRPC_STATUS_OK && error_string)
@@ -145,9 +139,8 @@ static void take_status(td_rpc_client *c, td_rpc_status *st,
 
 /* A unary exchange of raw buffers. `request` NULL sends no message at all;
  * *reply receives the reply buffer (NULL when none). */
-static int unary_bytes(td_rpc_client *c, const char *method,
-                       grpc_byte_buffer *request, grpc_byte_buffer **reply,
-                       double timeout_sec, td_rpc_status *st) {
+static int unary_bytes(td_rpc_client *c, const char *method, grpc_byte_buffer *request,
+                       grpc_byte_buffer **reply, double timeout_sec, td_rpc_status *st) {
   *reply = NULL;
   client_call cc = {0};
   if (!call_begin(c, &cc, method, timeout_sec)) {
@@ -198,11 +191,9 @@ static int unary_bytes(td_rpc_client *c, const char *method,
   return st->code;
 }
 
-int td_rpc_call_unary(td_rpc_client *c, const char *method,
-                      const ProtobufCMessage *request,
-                      const ProtobufCMessageDescriptor *response_desc,
-                      ProtobufCMessage **response, double timeout_sec,
-                      td_rpc_status *st) {
+int td_rpc_call_unary(td_rpc_client *c, const char *method, const ProtobufCMessage *request,
+                      const ProtobufCMessageDescriptor *response_desc, ProtobufCMessage **response,
+                      double timeout_sec, td_rpc_status *st) {
   td_rpc_status local;
   if (!st)
     st = &local;
@@ -212,19 +203,18 @@ int td_rpc_call_unary(td_rpc_client *c, const char *method,
   grpc_byte_buffer_destroy(req);
   if (st->code == GRPC_STATUS_OK) {
     if (!reply)
-      set_status(st, GRPC_STATUS_INTERNAL, "%s answered OK without a message",
-                 method);
+      set_status(st, GRPC_STATUS_INTERNAL, "%s answered OK without a message", method);
     else if (!(*response = td_pbgrpc_unpack(response_desc, reply, NULL, 0)))
-      set_status(st, GRPC_STATUS_INTERNAL, "the reply to %s is not a valid %s",
-                 method, response_desc->name);
+      set_status(st, GRPC_STATUS_INTERNAL, "the reply to %s is not a valid %s", method,
+                 response_desc->name);
   }
   if (reply)
     grpc_byte_buffer_destroy(reply);
   return st->code;
 }
 
-int td_rpc_call_raw(td_rpc_client *c, const char *method, const void *bytes,
-                    size_t len, double timeout_sec, td_rpc_status *st) {
+int td_rpc_call_raw(td_rpc_client *c, const char *method, const void *bytes, size_t len,
+                    double timeout_sec, td_rpc_status *st) {
   td_rpc_status local;
   if (!st)
     st = &local;
@@ -242,11 +232,10 @@ int td_rpc_call_raw(td_rpc_client *c, const char *method, const void *bytes,
   return st->code;
 }
 
-int td_rpc_call_stream(td_rpc_client *c, const char *method,
-                       const ProtobufCMessage *request,
+int td_rpc_call_stream(td_rpc_client *c, const char *method, const ProtobufCMessage *request,
                        const ProtobufCMessageDescriptor *response_desc,
-                       int (*on_message)(void *arg, const ProtobufCMessage *m),
-                       void *arg, double timeout_sec, td_rpc_status *st) {
+                       int (*on_message)(void *arg, const ProtobufCMessage *m), void *arg,
+                       double timeout_sec, td_rpc_status *st) {
   td_rpc_status local;
   if (!st)
     st = &local;
@@ -285,8 +274,7 @@ int td_rpc_call_stream(td_rpc_client *c, const char *method,
     grpc_byte_buffer_destroy(bb);
     if (!m) {
       bad_reply = 1;
-      grpc_call_cancel_with_status(cc.call, GRPC_STATUS_INTERNAL,
-                                   "malformed stream message", NULL);
+      grpc_call_cancel_with_status(cc.call, GRPC_STATUS_INTERNAL, "malformed stream message", NULL);
       break;
     }
     int r = on_message ? on_message(arg, m) : 0;
@@ -313,8 +301,7 @@ int td_rpc_call_stream(td_rpc_client *c, const char *method,
   else if (stopped)
     set_status(st, GRPC_STATUS_CANCELLED, "%s: cancelled by the client", method);
   else if (bad_reply)
-    set_status(st, GRPC_STATUS_INTERNAL,
-               "a message from %s is not a valid %s", method,
+    set_status(st, GRPC_STATUS_INTERNAL, "a message from %s is not a valid %s", method,
                response_desc->name);
   else
     take_status(c, st, code, details, error_string);

@@ -16,7 +16,7 @@ void td_rpc_client_close(td_rpc_client *c);
 
 /* The result of a call: grpc status code and its message. */
 typedef struct td_rpc_status {
-  int code;          /* grpc_status_code; 0 is OK */
+  int code; /* grpc_status_code; 0 is OK */
   char message[1024];
 } td_rpc_status;
 
@@ -24,25 +24,22 @@ typedef struct td_rpc_status {
  * unpacked reply (free with protobuf_c_message_free_unpacked(*response,
  * NULL)); otherwise *response is NULL. Returns st->code. A daemon that
  * cannot be reached gives UNAVAILABLE with a message naming the target. */
-int td_rpc_call_unary(td_rpc_client *c, const char *method,
-                      const ProtobufCMessage *request,
-                      const ProtobufCMessageDescriptor *response_desc,
-                      ProtobufCMessage **response, double timeout_sec,
-                      td_rpc_status *st);
+int td_rpc_call_unary(td_rpc_client *c, const char *method, const ProtobufCMessage *request,
+                      const ProtobufCMessageDescriptor *response_desc, ProtobufCMessage **response,
+                      double timeout_sec, td_rpc_status *st);
 
 /* A server-streaming call: on_message runs for every message received
  * (the message is freed after it returns); a nonzero return cancels the
  * call. Returns the final status code (CANCELLED after a cancel). */
-int td_rpc_call_stream(td_rpc_client *c, const char *method,
-                       const ProtobufCMessage *request,
+int td_rpc_call_stream(td_rpc_client *c, const char *method, const ProtobufCMessage *request,
                        const ProtobufCMessageDescriptor *response_desc,
-                       int (*on_message)(void *arg, const ProtobufCMessage *m),
-                       void *arg, double timeout_sec, td_rpc_status *st);
+                       int (*on_message)(void *arg, const ProtobufCMessage *m), void *arg,
+                       double timeout_sec, td_rpc_status *st);
 
 /* Raw bytes, for tests of malformed input: sends `len` bytes as the request
  * (bytes NULL: no request message at all, only the half-close) and returns
  * the status (the reply, if any, is discarded). */
-int td_rpc_call_raw(td_rpc_client *c, const char *method, const void *bytes,
-                    size_t len, double timeout_sec, td_rpc_status *st);
+int td_rpc_call_raw(td_rpc_client *c, const char *method, const void *bytes, size_t len,
+                    double timeout_sec, td_rpc_status *st);
 
 #endif

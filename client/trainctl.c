@@ -10,6 +10,7 @@
  * Every call goes through client/rpc_client.h; everything shown to a person
  * is formatted by client/view.c. Exit status: see usage_exit_codes below. */
 #include <errno.h>
+#include <fcntl.h>
 #include <langinfo.h>
 #include <locale.h>
 #include <math.h>
@@ -19,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
@@ -192,8 +192,8 @@ static int exit_for_status(int code) {
   switch (code) {
   case GRPC_INVALID_ARGUMENT:
   case GRPC_OUT_OF_RANGE:
-  case GRPC_PERMISSION_DENIED:    /* a dataset path outside the data roots */
-  case GRPC_FAILED_PRECONDITION:  /* more devices than the daemon has, ... */
+  case GRPC_PERMISSION_DENIED:   /* a dataset path outside the data roots */
+  case GRPC_FAILED_PRECONDITION: /* more devices than the daemon has, ... */
     return EXIT_USAGE;
   case GRPC_UNAVAILABLE:
   case GRPC_DEADLINE_EXCEEDED:
@@ -231,7 +231,7 @@ static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
                                : "check the command's arguments";
     break;
   case GRPC_NOT_FOUND:
-    hint = is_cmd(c, "submit")  ? "check the dataset paths (trainctl info lists the data dirs)"
+    hint = is_cmd(c, "submit")   ? "check the dataset paths (trainctl info lists the data dirs)"
            : is_cmd(c, "health") ? "check --service"
                                  : "'trainctl list' shows the jobs there are";
     break;
@@ -260,8 +260,8 @@ static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
    * with trainctl list"); then they stand as they are. */
   if (strstr(msg, "; "))
     return fail(exit_for_status(st->code), "%s: %s", what, msg);
-  return fail(exit_for_status(st->code), "%s: %s (%s); %s", what, msg,
-              td_grpc_code_name(st->code), hint);
+  return fail(exit_for_status(st->code), "%s: %s (%s); %s", what, msg, td_grpc_code_name(st->code),
+              hint);
 }
 
 /* ------------------------------------------------------------ calls */
@@ -280,16 +280,14 @@ static int open_rpc(ctl *c) {
 /* A unary call with the --timeout deadline. Returns 0 with *resp set, or the
  * exit status after reporting the failure. */
 static int unary(ctl *c, const char *method, const ProtobufCMessage *req,
-                 const ProtobufCMessageDescriptor *rd, ProtobufCMessage **resp,
-                 const char *what) {
+                 const ProtobufCMessageDescriptor *rd, ProtobufCMessage **resp, const char *what) {
   td_rpc_status st;
   memset(&st, 0, sizeof st);
   *resp = NULL;
   int rc = open_rpc(c);
   if (rc)
     return rc;
-  if (td_rpc_call_unary(c->rpc, method, req, rd, resp, c->timeout, &st) != GRPC_OK ||
-      !*resp) {
+  if (td_rpc_call_unary(c->rpc, method, req, rd, resp, c->timeout, &st) != GRPC_OK || !*resp) {
     if (*resp) {
       protobuf_c_message_free_unpacked(*resp, NULL);
       *resp = NULL;
@@ -360,9 +358,9 @@ typedef struct follow_ctx {
   td_follow view;
   int messages;
   int csv_header_done;
-  int state;          /* the job's last reported state */
-  int rc;             /* a failure inside the callback */
-  int64_t last_step;  /* of the last step point, to resume after */
+  int state;         /* the job's last reported state */
+  int rc;            /* a failure inside the callback */
+  int64_t last_step; /* of the last step point, to resume after */
 } follow_ctx;
 
 static int on_watch(void *arg, const ProtobufCMessage *msg) {
@@ -379,8 +377,7 @@ static int on_watch(void *arg, const ProtobufCMessage *msg) {
     td_follow_feed(&fc->view, m, td_mono_sec());
     break;
   case OUT_CSV:
-    td_view_metrics_csv(stdout, m->steps, m->n_steps, m->epochs, m->n_epochs,
-                        !fc->csv_header_done);
+    td_view_metrics_csv(stdout, m->steps, m->n_steps, m->epochs, m->n_epochs, !fc->csv_header_done);
     fc->csv_header_done = 1;
     fflush(stdout);
     break;
@@ -535,8 +532,10 @@ static int cmd_submit(ctl *c) {
     return rc;
   if (!resp->job || !resp->job->id || !*resp->job->id) {
     protobuf_c_message_free_unpacked(&resp->base, NULL);
-    return fail(EXIT_RPC, "the daemon accepted %s but sent no job id; "
-                "'trainctl list' shows whether the job exists", path);
+    return fail(EXIT_RPC,
+                "the daemon accepted %s but sent no job id; "
+                "'trainctl list' shows whether the job exists",
+                path);
   }
   char id[256];
   td_view_sanitize(resp->job->id, id, sizeof id);
@@ -607,12 +606,10 @@ static int cmd_list(ctl *c) {
     const char *next = page->next_page_token ? page->next_page_token : "";
     /* A page that is empty or hands back the token it was given ends the
      * listing, so that a confused daemon cannot keep us here. */
-    if (!*next || page->n_jobs == 0 || strcmp(next, token) == 0 ||
-        (c->limit && n_jobs >= c->limit))
+    if (!*next || page->n_jobs == 0 || strcmp(next, token) == 0 || (c->limit && n_jobs >= c->limit))
       break;
     if (strlen(next) >= sizeof token) {
-      rc = fail(EXIT_RPC, "the daemon sent a page token of %zu bytes; use --limit",
-                strlen(next));
+      rc = fail(EXIT_RPC, "the daemon sent a page token of %zu bytes; use --limit", strlen(next));
       break;
     }
     snprintf(token, sizeof token, "%s", next);
@@ -747,8 +744,8 @@ static int cmd_metrics(ctl *c) {
       if (n_steps == 0 && n_epochs == 0) {
         char state[32];
         td_view_state_name(last->state, state, sizeof state);
-        fprintf(stderr, "no metric points after step %lld (job is %s)\n",
-                (long long)c->since, state);
+        fprintf(stderr, "no metric points after step %lld (job is %s)\n", (long long)c->since,
+                state);
       } else if (td_view_metrics_table(&t, steps, n_steps, epochs, n_epochs) == 0) {
         td_table_print(&t, stdout);
         td_table_free(&t);
@@ -783,9 +780,9 @@ static int cmd_metrics(ctl *c) {
 static int cmd_devices(ctl *c) {
   Traind__V1__ListDevicesRequest req = TRAIND__V1__LIST_DEVICES_REQUEST__INIT;
   Traind__V1__ListDevicesResponse *resp = NULL;
-  int rc = unary(c, METHOD("ListDevices"), &req.base,
-                 &traind__v1__list_devices_response__descriptor, (ProtobufCMessage **)&resp,
-                 "list devices");
+  int rc =
+      unary(c, METHOD("ListDevices"), &req.base, &traind__v1__list_devices_response__descriptor,
+            (ProtobufCMessage **)&resp, "list devices");
   if (rc)
     return rc;
   if (c->output == OUT_TABLE || c->output == OUT_CSV) {
@@ -973,10 +970,11 @@ static int on_chunk(void *arg, const ProtobufCMessage *m) {
   }
   if (ch->offset != x->next || x->next + (int64_t)ch->data.len > x->total) {
     x->bad = 1;
-    snprintf(x->why, sizeof x->why, "the daemon sent bytes %lld..%lld of a %lld-byte file, "
-             "expected offset %lld", (long long)ch->offset,
-             (long long)(ch->offset + (int64_t)ch->data.len), (long long)x->total,
-             (long long)x->next);
+    snprintf(x->why, sizeof x->why,
+             "the daemon sent bytes %lld..%lld of a %lld-byte file, "
+             "expected offset %lld",
+             (long long)ch->offset, (long long)(ch->offset + (int64_t)ch->data.len),
+             (long long)x->total, (long long)x->next);
     return 1;
   }
   const uint8_t *p = ch->data.data;
@@ -1075,8 +1073,7 @@ static int cmd_export(ctl *c) {
   if (c->output == OUT_TABLE) {
     char size[32];
     td_view_count((double)x.total, size, sizeof size);
-    printf("wrote %s: %s of job %s, step %lld, %sB\n", out, x.file, clean, (long long)x.step,
-           size);
+    printf("wrote %s: %s of job %s, step %lld, %sB\n", out, x.file, clean, (long long)x.step, size);
   } else {
     Traind__V1__FileChunk r = TRAIND__V1__FILE_CHUNK__INIT;
     r.file = x.file;
@@ -1101,9 +1098,8 @@ static const command commands[] = {
      "Shows one job: its state and progress, its latest metrics, why it failed\n"
      "(if it did), its times and devices, and a summary of its spec. -o json\n"
      "prints the Job message, spec included.\n"},
-    {"list", cmd_list, "[--state STATE]... [--limit N]", 0, 0,
-     (1u << FL_STATE) | (1u << FL_LIMIT), OUT_TABLE | OUT_JSON | OUT_YAML,
-     "list jobs, newest first",
+    {"list", cmd_list, "[--state STATE]... [--limit N]", 0, 0, (1u << FL_STATE) | (1u << FL_LIMIT),
+     OUT_TABLE | OUT_JSON | OUT_YAML, "list jobs, newest first",
      "Lists jobs, newest first, reading every page the daemon has. -o json prints\n"
      "one ListJobsResponse holding them all.\n"},
     {"cancel", cmd_cancel, "JOB", 1, 1, 0, OUT_TABLE | OUT_JSON | OUT_YAML,
@@ -1144,8 +1140,8 @@ static const command commands[] = {
      "show the daemon's version, uptime, data dirs, compile cache",
      "Shows the daemon's version and uptime, its addresses and data dirs, its\n"
      "job counts and its compile cache.\n"},
-    {"version", cmd_version, "[--client]", 0, 0, 1u << FL_CLIENT,
-     OUT_TABLE | OUT_JSON | OUT_YAML, "print trainctl's and the daemon's versions",
+    {"version", cmd_version, "[--client]", 0, 0, 1u << FL_CLIENT, OUT_TABLE | OUT_JSON | OUT_YAML,
+     "print trainctl's and the daemon's versions",
      "Prints trainctl's version and the daemon's (from GetDaemonInfo).\n"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -1158,7 +1154,7 @@ static const char usage_exit_codes[] =
     "  1  the followed job FAILED (health: the daemon is not SERVING)\n"
     "  2  bad usage or bad input: unknown flag, unreadable or invalid job file,\n"
     "     INVALID_ARGUMENT, OUT_OF_RANGE, PERMISSION_DENIED or\n"
-        "     FAILED_PRECONDITION from the daemon\n"
+    "     FAILED_PRECONDITION from the daemon\n"
     "  3  the daemon cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED)\n"
     "  4  not found (NOT_FOUND): no such job\n"
     "  5  the followed job was CANCELLED\n"
@@ -1205,8 +1201,8 @@ static void outputs_text(unsigned outputs, char *buf, size_t cap) {
 static void command_help(FILE *out, const command *cmd) {
   char formats[64];
   outputs_text(cmd->outputs, formats, sizeof formats);
-  fprintf(out, "usage: trainctl %s%s%s [global flags]\n\n%s", cmd->name,
-          *cmd->synopsis ? " " : "", cmd->synopsis, cmd->help);
+  fprintf(out, "usage: trainctl %s%s%s [global flags]\n\n%s", cmd->name, *cmd->synopsis ? " " : "",
+          cmd->synopsis, cmd->help);
   int any = 0;
   for (int i = 0; i < FL_COUNT; i++)
     if (cmd->flags & (1u << i)) {
@@ -1446,8 +1442,7 @@ static int parse_args(ctl *c, int argc, char **argv) {
   if (!(c->cmd->outputs & (unsigned)c->output)) {
     char formats[64];
     outputs_text(c->cmd->outputs, formats, sizeof formats);
-    return usage_error(c, "%s does not print that format; use one of: %s", c->cmd->name,
-                       formats);
+    return usage_error(c, "%s does not print that format; use one of: %s", c->cmd->name, formats);
   }
   return 0;
 }
@@ -1472,8 +1467,8 @@ int main(int argc, char **argv) {
   c.output = OUT_TABLE;
   c.timeout = DEFAULT_TIMEOUT;
   const char *env = getenv("TRAIND_ADDR");
-  snprintf(c.addr, sizeof c.addr, "%s%s",
-           env && env[0] == '/' ? "unix:" : "", env && *env ? env : DEFAULT_ADDR);
+  snprintf(c.addr, sizeof c.addr, "%s%s", env && env[0] == '/' ? "unix:" : "",
+           env && *env ? env : DEFAULT_ADDR);
 
   if (argc >= 2 && strcmp(argv[1], "help") == 0)
     return help_command(argc, argv);

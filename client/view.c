@@ -1,9 +1,9 @@
 #include "view.h"
 
 #include <ctype.h>
-#include <stdarg.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -181,7 +181,7 @@ static void appendf(char *buf, size_t cap, size_t *len, const char *fmt, ...) {
 
 void td_view_bar(double frac, int width, int utf8, char *buf, size_t cap) {
   /* U+2588 full block, then the left 7/8 ... 1/8 blocks U+2589 ... U+258F. */
-  static const char *const eighths[8] = {"",         "\u258F", "\u258E", "\u258D",
+  static const char *const eighths[8] = {"",       "\u258F", "\u258E", "\u258D",
                                          "\u258C", "\u258B", "\u258A", "\u2589"};
   size_t len = 0;
   if (cap)
@@ -458,8 +458,7 @@ static void spec_lines(FILE *out, const Traind__V1__JobSpec *s, int utf8) {
     buf[0] = '\0';
     for (size_t i = 0; i < s->optimizer->n_chain; i++) {
       const char *k = td_view_oneof_name(&s->optimizer->chain[i]->base);
-      appendf(buf, sizeof buf, &len, "%s%s", i ? (utf8 ? " \u2192 " : " -> ") : "",
-              k ? k : "?");
+      appendf(buf, sizeof buf, &len, "%s%s", i ? (utf8 ? " \u2192 " : " -> ") : "", k ? k : "?");
     }
     fprintf(out, "optimizer:     %s\n", buf);
   }
@@ -475,14 +474,12 @@ static void spec_lines(FILE *out, const Traind__V1__JobSpec *s, int utf8) {
   }
   if (s->training) {
     const Traind__V1__Training *t = s->training;
-    fprintf(out,
-            "training:      %" PRIu32 " epochs, batch %" PRIu32 ", seed %" PRIu64 "\n",
+    fprintf(out, "training:      %" PRIu32 " epochs, batch %" PRIu32 ", seed %" PRIu64 "\n",
             t->epochs, t->batch_size, t->seed);
   }
 }
 
-void td_view_checkpoint(const Traind__V1__CheckpointInfo *c, double now, char *buf,
-                        size_t cap) {
+void td_view_checkpoint(const Traind__V1__CheckpointInfo *c, double now, char *buf, size_t cap) {
   char file[128], reason[32], size[32], age[64];
   td_view_sanitize(c->file, file, sizeof file);
   td_view_sanitize(c->reason, reason, sizeof reason);
@@ -518,8 +515,8 @@ static void checkpoint_lines(FILE *out, const Traind__V1__Job *job, double now) 
     td_view_local_time(r->time, when, sizeof when);
     td_view_sanitize(r->checkpoint, file, sizeof file);
     if (*file)
-      fprintf(out, "%s %s, from %s at step %" PRId64 "\n", i ? "               " : "resumed:      ",
-              when, file, r->step);
+      fprintf(out, "%s %s, from %s at step %" PRId64 "\n",
+              i ? "               " : "resumed:      ", when, file, r->step);
     else
       fprintf(out, "%s %s, from the start (no checkpoint)\n",
               i ? "               " : "resumed:      ", when);
@@ -553,8 +550,8 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
     fprintf(out, "progress:      %s\n", a);
   const Traind__V1__LatestMetrics *m = job->metrics;
   if (m && p && p->step > 0) {
-    fprintf(out, "loss:          %.4f (last step), learning rate %.3g, grad norm %.3g\n",
-            m->loss, m->learning_rate, m->grad_norm);
+    fprintf(out, "loss:          %.4f (last step), learning rate %.3g, grad norm %.3g\n", m->loss,
+            m->learning_rate, m->grad_norm);
     if (p->epoch > 0)
       fprintf(out, "train:         loss %.4f, accuracy %.2f%%\n", m->train_loss,
               m->train_accuracy * 100.0);
@@ -586,8 +583,8 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
   if (job->finished) {
     td_view_local_time(job->finished, a, sizeof a);
     if (job->started) {
-      td_format_duration(td_view_ts_seconds(job->finished) - td_view_ts_seconds(job->started),
-                       b, sizeof b);
+      td_format_duration(td_view_ts_seconds(job->finished) - td_view_ts_seconds(job->started), b,
+                         sizeof b);
       fprintf(out, "finished:      %s (ran %s)\n", a, b);
     } else {
       fprintf(out, "finished:      %s\n", a);
@@ -639,9 +636,9 @@ void td_view_daemon_info(FILE *out, const Traind__V1__DaemonInfo *info, double n
   fprintf(out, "version:        %s\n", a);
   td_view_local_time(info->started, a, sizeof a);
   td_format_duration(info->uptime_sec > 0
-                       ? info->uptime_sec
-                       : (info->started ? now - td_view_ts_seconds(info->started) : -1),
-                   b, sizeof b);
+                         ? info->uptime_sec
+                         : (info->started ? now - td_view_ts_seconds(info->started) : -1),
+                     b, sizeof b);
   fprintf(out, "started:        %s (up %s)\n", a, b);
   string_list(out, "listen:         ", info->listen, info->n_listen);
   string_list(out, "data dirs:      ", info->data_dirs, info->n_data_dirs);
@@ -649,8 +646,7 @@ void td_view_daemon_info(FILE *out, const Traind__V1__DaemonInfo *info, double n
           "jobs:           %" PRIu32 " running, %" PRIu32 " queued, %" PRIu32
           " in total; at most %" PRIu32 " at once\n",
           info->jobs_running, info->jobs_queued, info->jobs_total, info->max_concurrent_jobs);
-  fprintf(out,
-          "compile cache:  %" PRIu64 " entries, %" PRIu64 " hits, %" PRIu64 " misses\n",
+  fprintf(out, "compile cache:  %" PRIu64 " entries, %" PRIu64 " hits, %" PRIu64 " misses\n",
           info->compile_cache_entries, info->compile_cache_hits, info->compile_cache_misses);
 }
 
@@ -663,11 +659,9 @@ void td_view_epoch_line(const Traind__V1__EpochPoint *e, uint32_t total_epochs, 
     appendf(buf, cap, &len, "epoch %" PRIu32 "/%" PRIu32, e->epoch, total_epochs);
   else
     appendf(buf, cap, &len, "epoch %" PRIu32, e->epoch);
-  appendf(buf, cap, &len, "  train loss %.4f acc %.2f%%", e->train_loss,
-          e->train_accuracy * 100.0);
+  appendf(buf, cap, &len, "  train loss %.4f acc %.2f%%", e->train_loss, e->train_accuracy * 100.0);
   if (e->evaluated)
-    appendf(buf, cap, &len, "  test loss %.4f acc %.2f%%", e->test_loss,
-            e->test_accuracy * 100.0);
+    appendf(buf, cap, &len, "  test loss %.4f acc %.2f%%", e->test_loss, e->test_accuracy * 100.0);
   appendf(buf, cap, &len, "  %.2f s", e->epoch_sec);
   if (e->examples_per_sec > 0) {
     td_view_count(e->examples_per_sec, rate, sizeof rate);
@@ -744,8 +738,8 @@ static void csv_step(void *arg, const Traind__V1__StepPoint *s) {
   td_view_float(s->learning_rate, lr, sizeof lr);
   td_view_double(s->examples_per_sec, rate, sizeof rate);
   td_view_double(s->step_ms, ms, sizeof ms);
-  fprintf(arg, "step,%" PRId64 ",%" PRIu32 ",%s,%s,%s,%s,%s,,,,,,%s\n", s->step, s->epoch, loss,
-          gn, lr, rate, ms, time);
+  fprintf(arg, "step,%" PRId64 ",%" PRIu32 ",%s,%s,%s,%s,%s,,,,,,%s\n", s->step, s->epoch, loss, gn,
+          lr, rate, ms, time);
 }
 
 static void csv_epoch(void *arg, const Traind__V1__EpochPoint *e) {
@@ -759,8 +753,8 @@ static void csv_epoch(void *arg, const Traind__V1__EpochPoint *e) {
     td_view_float(e->test_accuracy, va, sizeof va);
   }
   td_view_double(e->epoch_sec, sec, sizeof sec);
-  fprintf(arg, "epoch,%" PRId64 ",%" PRIu32 ",,,,%s,,%s,%s,%s,%s,%s,%s\n", e->step, e->epoch,
-          rate, tl, ta, vl, va, sec, time);
+  fprintf(arg, "epoch,%" PRId64 ",%" PRIu32 ",,,,%s,,%s,%s,%s,%s,%s,%s\n", e->step, e->epoch, rate,
+          tl, ta, vl, va, sec, time);
 }
 
 void td_view_metrics_csv(FILE *out, Traind__V1__StepPoint *const *steps, size_t n_steps,
@@ -887,8 +881,7 @@ char *td_view_json_to_yaml(const char *json) {
       if (in.type == YAML_MAPPING_START_EVENT)
         ok = yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_MAPPING_STYLE);
       else
-        ok = yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1,
-                                                  YAML_BLOCK_SEQUENCE_STYLE);
+        ok = yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_SEQUENCE_STYLE);
       break;
     case YAML_MAPPING_END_EVENT:
     case YAML_SEQUENCE_END_EVENT:
@@ -899,8 +892,8 @@ char *td_view_json_to_yaml(const char *json) {
     case YAML_SCALAR_EVENT: {
       const char *v = (const char *)in.data.scalar.value;
       size_t n = in.data.scalar.length;
-      int plain = in.data.scalar.style == YAML_PLAIN_SCALAR_STYLE || is_key ||
-                  yaml_plain_safe(v, n);
+      int plain =
+          in.data.scalar.style == YAML_PLAIN_SCALAR_STYLE || is_key || yaml_plain_safe(v, n);
       ok = yaml_scalar_event_initialize(&ev, NULL, NULL, (yaml_char_t *)in.data.scalar.value,
                                         (int)n, plain, !plain, YAML_ANY_SCALAR_STYLE);
       break;
@@ -1034,8 +1027,8 @@ int td_follow_render(const td_follow *f, char *buf, size_t cap) {
   static const int keep[5] = {4, 1, 2, 0, 3}; /* step, epoch, loss, ex/s, ETA */
   td_view_count(f->examples_per_sec, rate, sizeof rate);
   double r = step_rate(f);
-  td_format_duration(r > 0 && f->total_steps > 0 ? (double)(f->total_steps - f->step) / r : -1,
-                   eta, sizeof eta);
+  td_format_duration(r > 0 && f->total_steps > 0 ? (double)(f->total_steps - f->step) / r : -1, eta,
+                     sizeof eta);
   snprintf(fig[0], sizeof fig[0], "step %" PRId64 "/%" PRId64, f->step, f->total_steps);
   fig[1][0] = '\0';
   if (f->total_epochs)

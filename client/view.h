@@ -95,8 +95,7 @@ int td_view_jobs_table(td_table *t, Traind__V1__Job *const *jobs, size_t n, doub
  * and a summary of the spec. */
 void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int utf8);
 /* One line about a checkpoint: file, step, size, reason, age, timings. */
-void td_view_checkpoint(const Traind__V1__CheckpointInfo *c, double now, char *buf,
-                        size_t cap);
+void td_view_checkpoint(const Traind__V1__CheckpointInfo *c, double now, char *buf, size_t cap);
 /* `trainctl devices`: ID, KIND, THREADS, JOB, DESCRIPTION. */
 int td_view_devices_table(td_table *t, const Traind__V1__ListDevicesResponse *r);
 /* `trainctl info`: key: value lines. */

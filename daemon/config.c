@@ -5,7 +5,8 @@
 
 #include "pbjson.h"
 
-#define ROW(field, kind, v) {"traind.v1.DaemonConfig", field, kind, v, NULL}
+#define ROW(field, kind, v) \
+  { "traind.v1.DaemonConfig", field, kind, v, NULL }
 
 /* Bounds of every numeric option; names and types come from the message. */
 static const pbjson_rule config_rules[] = {
@@ -46,8 +47,7 @@ int td_config_set_string(char **field, const char *value, td_error *err) {
   return TD_OK;
 }
 
-int td_config_set_list(char ***list, size_t *n, char *const *values,
-                       size_t count, td_error *err) {
+int td_config_set_list(char ***list, size_t *n, char *const *values, size_t count, td_error *err) {
   char **fresh = calloc(count ? count : 1, sizeof *fresh);
   if (!fresh)
     return td_errorf(err, TD_ENOMEM, "config: out of memory");
@@ -67,8 +67,8 @@ int td_config_set_list(char ***list, size_t *n, char *const *values,
 }
 
 int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err) {
-  int rc = pbjson_validate(&c->base, config_rules,
-                           sizeof config_rules / sizeof config_rules[0], err);
+  int rc =
+      pbjson_validate(&c->base, config_rules, sizeof config_rules / sizeof config_rules[0], err);
   if (rc)
     return rc;
   if (!c->cpu_devices)
@@ -107,8 +107,7 @@ int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err) {
   return TD_OK;
 }
 
-int td_config_load(const char *path, Traind__V1__DaemonConfig **out,
-                   td_error *err) {
+int td_config_load(const char *path, Traind__V1__DaemonConfig **out, td_error *err) {
   *out = NULL;
   ProtobufCMessage *m = NULL;
   if (path) {

@@ -9,13 +9,11 @@
 
 /* Loads path (NULL: no file) into a new config with defaults applied.
  * Free with td_config_free. */
-int td_config_load(const char *path, Traind__V1__DaemonConfig **out,
-                   td_error *err);
+int td_config_load(const char *path, Traind__V1__DaemonConfig **out, td_error *err);
 void td_config_free(Traind__V1__DaemonConfig *c);
 
 /* Flag overrides: replace a list or a string, copying the values. */
-int td_config_set_list(char ***list, size_t *n, char *const *values,
-                       size_t count, td_error *err);
+int td_config_set_list(char ***list, size_t *n, char *const *values, size_t count, td_error *err);
 int td_config_set_string(char **field, const char *value, td_error *err);
 
 /* Fills unset fields with their defaults and checks the result. Call again

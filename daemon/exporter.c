@@ -8,9 +8,8 @@
 #define TD_EXPORTER_SCRATCH 4096
 
 /* Step times: 0.1 ms to about 3.3 s. */
-static const double step_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                     0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
-                                     1,      2.5};
+static const double step_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                     0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5};
 /* Checkpoint writes: 1 ms to 10 min. */
 static const double ckpt_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1,
                                      5,     10,    30,   60,   120, 300, 600};
@@ -18,11 +17,11 @@ static const double ckpt_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1,
 int td_exporter_start(td_exporter *e, const char *addr, td_error *err) {
   memset(e, 0, sizeof *e);
   td_prom_buf_init(&e->buf);
-  int rc = td_prom_hist_init(&e->step_sec, step_bounds,
-                             sizeof step_bounds / sizeof step_bounds[0], err);
+  int rc =
+      td_prom_hist_init(&e->step_sec, step_bounds, sizeof step_bounds / sizeof step_bounds[0], err);
   if (!rc)
-    rc = td_prom_hist_init(&e->ckpt_sec, ckpt_bounds,
-                           sizeof ckpt_bounds / sizeof ckpt_bounds[0], err);
+    rc = td_prom_hist_init(&e->ckpt_sec, ckpt_bounds, sizeof ckpt_bounds / sizeof ckpt_bounds[0],
+                           err);
   if (!rc && !(e->scratch = malloc(TD_EXPORTER_SCRATCH * sizeof *e->scratch)))
     rc = td_errorf(err, TD_ENOMEM, "metrics: out of memory");
   if (!rc && (rc = td_prom_server_start(addr, &e->srv, err)))
@@ -88,8 +87,8 @@ static void observe_steps(td_exporter *e, const td_exporter_view *v) {
     int more = 1;
     while (more) {
       int64_t oldest = 0;
-      size_t n = td_metrics_read_steps(&j->metrics, j->prom_step, e->scratch,
-                                       TD_EXPORTER_SCRATCH, &more, &oldest);
+      size_t n = td_metrics_read_steps(&j->metrics, j->prom_step, e->scratch, TD_EXPORTER_SCRATCH,
+                                       &more, &oldest);
       for (size_t k = 0; k < n; k++)
         td_prom_hist_observe(&e->step_sec, e->scratch[k].p.step_ms / 1e3);
       if (n)
@@ -158,8 +157,7 @@ int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err
   td_prom_family(b, "traind_build_info", TD_PROM_GAUGE, "The daemon's version.");
   td_prom_label ver = {"version", v->version};
   td_prom_sample(b, &ver, 1, 1);
-  td_prom_gauge(b, "traind_uptime_seconds", "Seconds since the daemon started.",
-                v->uptime_sec);
+  td_prom_gauge(b, "traind_uptime_seconds", "Seconds since the daemon started.", v->uptime_sec);
 
   static const Traind__V1__JobState states[] = {
       TRAIND__V1__JOB_STATE__QUEUED, TRAIND__V1__JOB_STATE__RUNNING,
@@ -176,26 +174,22 @@ int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err
 
   job_family(b, v, "traind_job_step", "Updates applied, per running job.", v_step);
   job_family(b, v, "traind_job_total_steps", "Steps the running job will take.", v_total);
-  job_family(b, v, "traind_job_epochs_completed", "Epochs completed, per running job.",
-             v_epoch);
+  job_family(b, v, "traind_job_epochs_completed", "Epochs completed, per running job.", v_epoch);
   job_family(b, v, "traind_job_examples_per_second",
              "Training throughput of the running job's current epoch.", v_eps);
   job_family(b, v, "traind_job_loss", "The running job's last step loss.", v_loss);
   job_family(b, v, "traind_job_train_accuracy",
              "The running job's last completed epoch's train accuracy.", v_train_acc);
-  job_family(b, v, "traind_job_test_accuracy", "The running job's last test accuracy.",
-             v_test_acc);
+  job_family(b, v, "traind_job_test_accuracy", "The running job's last test accuracy.", v_test_acc);
   job_family(b, v, "traind_job_test_loss", "The running job's last test loss.", v_test_loss);
 
-  td_prom_family(b, "traind_step_seconds", TD_PROM_HISTOGRAM,
-                 "Time of a training step, all jobs.");
+  td_prom_family(b, "traind_step_seconds", TD_PROM_HISTOGRAM, "Time of a training step, all jobs.");
   td_prom_histogram(b, NULL, 0, &e->step_sec);
 
   td_prom_family(b, "traind_checkpoint_write_seconds", TD_PROM_HISTOGRAM,
                  "Time to build, write and sync a checkpoint file.");
   td_prom_histogram(b, NULL, 0, &e->ckpt_sec);
-  td_prom_family(b, "traind_checkpoints_total", TD_PROM_COUNTER,
-                 "Checkpoints written, by result.");
+  td_prom_family(b, "traind_checkpoints_total", TD_PROM_COUNTER, "Checkpoints written, by result.");
   td_prom_label ok = {"result", "ok"}, failed = {"result", "failed"};
   td_prom_sample(b, &ok, 1, (double)e->ckpt_ok);
   td_prom_sample(b, &failed, 1, (double)e->ckpt_failed);
@@ -222,8 +216,7 @@ int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err
   td_prom_gauge(b, "traind_compile_cache_entries", "Step plans in the cache.",
                 (double)v->cache_entries);
 
-  td_prom_family(b, "traind_device_busy", TD_PROM_GAUGE,
-                 "1 when a job holds the device, else 0.");
+  td_prom_family(b, "traind_device_busy", TD_PROM_GAUGE, "1 when a job holds the device, else 0.");
   for (int d = 0; d < v->n_devices; d++) {
     char id[32];
     snprintf(id, sizeof id, "cpu:%d", d);

@@ -52,17 +52,17 @@ typedef struct submit_work {
   char *name;                /* owned */
   char **roots;              /* the data roots at submission, owned */
   size_t n_roots;
-  int n_cpus, n_gpus;        /* the device pools (fixed while the daemon runs) */
+  int n_cpus, n_gpus; /* the device pools (fixed while the daemon runs) */
   char gpu_why[256];
-  unsigned char *gpu_held;   /* (n_gpus) whether a job holds each GPU now; owned */
-  td_memory_limit mem;       /* the memory for jobs; checked when mem_on */
+  unsigned char *gpu_held; /* (n_gpus) whether a job holds each GPU now; owned */
+  td_memory_limit mem;     /* the memory for jobs; checked when mem_on */
   int mem_on;
-  uint32_t retention;        /* metrics_retention */
-  const char *gate;          /* td_server submit_gate; borrowed (outlives the loop) */
+  uint32_t retention; /* metrics_retention */
+  const char *gate;   /* td_server submit_gate; borrowed (outlives the loop) */
   /* The outcome. */
-  int code;                  /* a gRPC status; TD_GRPC_OK: the job is accepted */
+  int code; /* a gRPC status; TD_GRPC_OK: the job is accepted */
   char msg[TD_ERRMSG_MAX];
-  size_t mem_bytes;          /* the job's host memory (td_footprint host_bytes) */
+  size_t mem_bytes; /* the job's host memory (td_footprint host_bytes) */
   double check_ms;
 } submit_work;
 
@@ -444,7 +444,7 @@ static void h_cancel(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   }
   if (j->state == TRAIND__V1__JOB_STATE__QUEUED) {
     srv_finish_job(s, j, TRAIND__V1__JOB_STATE__CANCELLED, TD_GRPC_CANCELLED,
-               "cancelled while queued");
+                   "cancelled while queued");
     srv_reply_job(s, call, j);
     return;
   }
@@ -521,8 +521,8 @@ static void export_more(void *arg, td_rpc_call *call) {
       export_free(x);
       return;
     }
-    size_t want = (size_t)(x->size - x->offset) < EXPORT_CHUNK ? (size_t)(x->size - x->offset)
-                                                               : EXPORT_CHUNK;
+    size_t want =
+        (size_t)(x->size - x->offset) < EXPORT_CHUNK ? (size_t)(x->size - x->offset) : EXPORT_CHUNK;
     if (!x->buf && !(x->buf = malloc(EXPORT_CHUNK))) {
       td_rpc_on_drain(call, NULL, NULL);
       td_rpc_on_cancel(call, NULL, NULL);
@@ -587,12 +587,14 @@ static void h_export(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
     pick++;
   if (pick >= n) {
     if (req->step)
-      snprintf(msg, sizeof msg, "job %s has no checkpoint at step %lld (it has %zu; the newest "
-               "is at step %lld)", j->id, (long long)req->step, n, n ? (long long)fs[0].step : 0LL);
+      snprintf(msg, sizeof msg,
+               "job %s has no checkpoint at step %lld (it has %zu; the newest "
+               "is at step %lld)",
+               j->id, (long long)req->step, n, n ? (long long)fs[0].step : 0LL);
     else
       snprintf(msg, sizeof msg, "job %s has no checkpoint yet%s", j->id,
-               j->state == TRAIND__V1__JOB_STATE__RUNNING
-                   ? "; take one with trainctl checkpoint" : "");
+               j->state == TRAIND__V1__JOB_STATE__RUNNING ? "; take one with trainctl checkpoint"
+                                                          : "");
     free(fs);
     td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
     return;
@@ -652,8 +654,7 @@ static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_
       if (gpu)
         snprintf(desc[i], sizeof desc[i], "GPU %zu (CUDA device %zu)", k, k);
       else
-        snprintf(desc[i], sizeof desc[i], "CPU replica %zu (%u compute threads)", k,
-                 per ? per : 1);
+        snprintf(desc[i], sizeof desc[i], "CPU replica %zu (%u compute threads)", k, per ? per : 1);
       d[i].id = ids[i];
       d[i].kind = gpu ? "gpu" : "cpu";
       d[i].description = desc[i];
@@ -701,8 +702,8 @@ static void h_info(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_rpc_reply(call, &r.base);
 }
 
-#define TRAINER(rpc, kind, req, fn)                                          \
-  {"/" TRAINER_SERVICE "/" rpc, kind, &traind__v1__##req##__descriptor, fn, NULL}
+#define TRAINER(rpc, kind, req, fn) \
+  { "/" TRAINER_SERVICE "/" rpc, kind, &traind__v1__##req##__descriptor, fn, NULL }
 
 const td_rpc_method srv_trainer_methods[SRV_N_TRAINER] = {
     TRAINER("SubmitJob", TD_RPC_UNARY, submit_job_request, h_submit),

@@ -59,23 +59,20 @@ static void watch_send(health_watch *w, int status) {
   if (status == w->last_sent)
     return;
   w->last_sent = status;
-  Grpc__Health__V1__HealthCheckResponse r =
-      GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
   r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
   td_rpc_send(w->call, &r.base);
 }
 
 static void on_check(void *ctx, td_rpc_call *call, const ProtobufCMessage *req) {
   td_health *h = ctx;
-  const Grpc__Health__V1__HealthCheckRequest *r =
-      (const Grpc__Health__V1__HealthCheckRequest *)req;
+  const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)req;
   health_service *s = find_service(h, r->service ? r->service : "");
   if (!s) {
     td_rpc_fail(call, TD_GRPC_NOT_FOUND, "unknown service");
     return;
   }
-  Grpc__Health__V1__HealthCheckResponse resp =
-      GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
   resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)s->status;
   td_rpc_reply(call, &resp.base);
 }
@@ -89,15 +86,13 @@ static void on_watch_cancel(void *arg, td_rpc_call *call) {
 
 static void on_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req) {
   td_health *h = ctx;
-  const Grpc__Health__V1__HealthCheckRequest *r =
-      (const Grpc__Health__V1__HealthCheckRequest *)req;
+  const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)req;
   health_watch *w = calloc(1, sizeof *w);
   if (w)
     w->service = strdup(r->service ? r->service : "");
   if (!w || !w->service) {
     free(w);
-    td_rpc_finish(call, TD_GRPC_RESOURCE_EXHAUSTED,
-                  "out of memory starting a health watch");
+    td_rpc_finish(call, TD_GRPC_RESOURCE_EXHAUSTED, "out of memory starting a health watch");
     return;
   }
   w->h = h;

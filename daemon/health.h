@@ -9,8 +9,12 @@
 typedef struct td_health td_health;
 
 /* Values of grpc.health.v1.HealthCheckResponse.ServingStatus. */
-enum { TD_HEALTH_UNKNOWN = 0, TD_HEALTH_SERVING = 1, TD_HEALTH_NOT_SERVING = 2,
-       TD_HEALTH_SERVICE_UNKNOWN = 3 };
+enum {
+  TD_HEALTH_UNKNOWN = 0,
+  TD_HEALTH_SERVING = 1,
+  TD_HEALTH_NOT_SERVING = 2,
+  TD_HEALTH_SERVICE_UNKNOWN = 3
+};
 
 td_health *td_health_new(void);
 /* Ends every Watch stream (call before the server shuts down) and frees. */

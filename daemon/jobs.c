@@ -94,8 +94,7 @@ void td_job_devices_add(td_job *j, int dev) {
   if (j->n_devices >= j->cap_devices)
     return;
   j->devices[j->n_devices] = dev;
-  snprintf(j->device_names[j->n_devices], DEVICE_NAME_MAX, "%s:%d", j->on_gpu ? "gpu" : "cpu",
-           dev);
+  snprintf(j->device_names[j->n_devices], DEVICE_NAME_MAX, "%s:%d", j->on_gpu ? "gpu" : "cpu", dev);
   j->n_devices++;
 }
 
@@ -149,8 +148,7 @@ void td_job_free(td_job *j) {
 
 int td_job_is_final(const td_job *j) {
   return j->state == TRAIND__V1__JOB_STATE__SUCCEEDED ||
-         j->state == TRAIND__V1__JOB_STATE__FAILED ||
-         j->state == TRAIND__V1__JOB_STATE__CANCELLED;
+         j->state == TRAIND__V1__JOB_STATE__FAILED || j->state == TRAIND__V1__JOB_STATE__CANCELLED;
 }
 
 const char *td_job_state_name(Traind__V1__JobState s) {
@@ -400,8 +398,8 @@ static int read_record(int dfd, const char *name, uint8_t **out, size_t *len, ch
                        size_t whylen) {
   int fd = openat(dfd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) {
-    snprintf(why, whylen, "%s", errno == ELOOP ? "is a symbolic link, not a file"
-                                               : strerror(errno));
+    snprintf(why, whylen, "%s",
+             errno == ELOOP ? "is a symbolic link, not a file" : strerror(errno));
     return -1;
   }
   struct stat sb;
@@ -412,11 +410,11 @@ static int read_record(int dfd, const char *name, uint8_t **out, size_t *len, ch
   }
   if (!S_ISREG(sb.st_mode)) {
     snprintf(why, whylen, "is not a regular file (%s)",
-             S_ISDIR(sb.st_mode)    ? "a directory"
-             : S_ISFIFO(sb.st_mode) ? "a FIFO"
-             : S_ISSOCK(sb.st_mode) ? "a socket"
+             S_ISDIR(sb.st_mode)                          ? "a directory"
+             : S_ISFIFO(sb.st_mode)                       ? "a FIFO"
+             : S_ISSOCK(sb.st_mode)                       ? "a socket"
              : S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode) ? "a device"
-                                                           : "not a file");
+                                                          : "not a file");
     close(fd);
     return -1;
   }
@@ -482,8 +480,10 @@ static int state_known(int s) {
  * does. A finished job's spec is its history and stays as it was. */
 static int check_record(const Traind__V1__Job *r, td_error *err) {
   if (!state_known((int)r->state))
-    return td_errorf(err, TD_EINVAL, "state: %d is not a job state (QUEUED, RUNNING, "
-                     "SUCCEEDED, FAILED or CANCELLED)", (int)r->state);
+    return td_errorf(err, TD_EINVAL,
+                     "state: %d is not a job state (QUEUED, RUNNING, "
+                     "SUCCEEDED, FAILED or CANCELLED)",
+                     (int)r->state);
   if (r->state != TRAIND__V1__JOB_STATE__QUEUED && r->state != TRAIND__V1__JOB_STATE__RUNNING)
     return TD_OK;
   int rc = td_job_check_spec(r->spec, err);
@@ -615,7 +615,8 @@ static td_job *load_one(int dfd, const char *state_dir, const char *name,
   Traind__V1__Job *r = NULL;
   td_job *j = NULL;
   if (!td_job_id_valid(file_id) || len >= TD_JOB_ID_MAX) {
-    snprintf(why, sizeof why, "the name is not ID.pb for a job id (j- and up to 29 of "
+    snprintf(why, sizeof why,
+             "the name is not ID.pb for a job id (j- and up to 29 of "
              "[0-9a-z])");
   } else {
     id_seen(file_id);
@@ -643,8 +644,10 @@ static td_job *load_one(int dfd, const char *state_dir, const char *name,
     if (!td_job_id_valid(r->id))
       snprintf(why, sizeof why, "holds the id '%s', which is not a job id", rid);
     else if (strcmp(r->id, file_id) != 0)
-      snprintf(why, sizeof why, "holds job %s, not %s: a record is named after its job "
-               "(a copy or a renamed file?)", rid, file_id);
+      snprintf(why, sizeof why,
+               "holds job %s, not %s: a record is named after its job "
+               "(a copy or a renamed file?)",
+               rid, file_id);
   }
   td_error err = {0};
   int listed = r && !why[0];
@@ -685,10 +688,8 @@ static td_job *load_one(int dfd, const char *state_dir, const char *name,
   if (r)
     traind__v1__job__free_unpacked(r, NULL);
   if (bad) {
-    td_job_bad b = {.file = shown,
-                    .aside = moved ? aside_shown : NULL,
-                    .why = why,
-                    .job = j ? j->id : NULL};
+    td_job_bad b = {
+        .file = shown, .aside = moved ? aside_shown : NULL, .why = why, .job = j ? j->id : NULL};
     bad(&b);
   }
   return j;

@@ -55,14 +55,14 @@ typedef struct td_save_wait {
  * checkpoints/ID, tensorboard/ID. */
 typedef struct td_job {
   char id[TD_JOB_ID_MAX];
-  int on_disk;                     /* its record file exists (claimed) */
-  char *name;                      /* owned */
-  Traind__V1__JobSpec *spec;       /* owned */
+  int on_disk;               /* its record file exists (claimed) */
+  char *name;                /* owned */
+  Traind__V1__JobSpec *spec; /* owned */
   Traind__V1__JobState state;
   int64_t created_ns, started_ns, finished_ns; /* wall clock; 0: not yet */
-  uint64_t seq;                    /* submission order */
+  uint64_t seq;                                /* submission order */
   char error[TD_ERRMSG_MAX];
-  int error_code;                  /* grpc status code */
+  int error_code; /* grpc status code */
 
   /* Progress, as the worker reported it. */
   int64_t total_steps;
@@ -70,8 +70,8 @@ typedef struct td_job {
   double compile_ms;
   int cache_hit;
 
-  td_metrics metrics;              /* live series (latest kept when loaded) */
-  int64_t prom_step;               /* step points the exporter has observed */
+  td_metrics metrics; /* live series (latest kept when loaded) */
+  int64_t prom_step;  /* step points the exporter has observed */
 
   /* Devices held while running (GPUs when on_gpu): n_devices indices and
    * their names ("cpu:3"), in one block sized from the job's device count
@@ -80,7 +80,7 @@ typedef struct td_job {
   int n_devices, cap_devices;
   int *devices;
   char **device_names;
-  uint32_t threads;                /* compute threads for the job */
+  uint32_t threads; /* compute threads for the job */
   /* Host memory the job holds while it runs (td_footprint host_bytes),
    * counted against the daemon's memory for jobs; mem_known 0 until sized
    * (at submission, or by the scheduler for a job loaded at start). */
@@ -182,7 +182,7 @@ typedef struct td_job_bad {
   const char *aside; /* its new name there ("ID.pb.bad"), or NULL when it
                       * could not be renamed */
   const char *why;
-  const char *job;   /* the id it is listed under as FAILED, or NULL when
+  const char *job; /* the id it is listed under as FAILED, or NULL when
                       * it names no job of its own (unreadable, or its id is
                       * not its file name) */
 } td_job_bad;

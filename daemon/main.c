@@ -17,8 +17,8 @@
  * which fails that checkpoint (or record) with a message, instead of
  * killing the process. */
 #include <errno.h>
-#include <limits.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,11 +191,10 @@ static void report_epoch(void *user, const td_trainer *t, const td_epoch_point *
     fprintf(r->metrics,
             "{\"epoch\":%u,\"step\":%lld,\"train_loss\":%.9g,"
             "\"train_accuracy\":%.9g,\"epoch_sec\":%.6f",
-            ep->epoch, (long long)ep->step, ep->train_loss, ep->train_accuracy,
-            ep->epoch_sec);
+            ep->epoch, (long long)ep->step, ep->train_loss, ep->train_accuracy, ep->epoch_sec);
     if (ep->evaluated)
-      fprintf(r->metrics, ",\"test_loss\":%.9g,\"test_accuracy\":%.9g",
-              ep->test_loss, ep->test_accuracy);
+      fprintf(r->metrics, ",\"test_loss\":%.9g,\"test_accuracy\":%.9g", ep->test_loss,
+              ep->test_accuracy);
     fputs("}\n", r->metrics);
   }
 }
@@ -208,8 +207,7 @@ static void report_step(void *user, const td_trainer *t, const td_step_point *sp
     fprintf(r->metrics,
             "{\"step\":%lld,\"epoch\":%u,\"loss\":%.9g,\"grad_norm\":%.9g,"
             "\"learning_rate\":%.9g,\"step_ms\":%.4f}\n",
-            (long long)sp->step, sp->epoch, sp->loss, sp->grad_norm, sp->lr,
-            sp->step_ms);
+            (long long)sp->step, sp->epoch, sp->loss, sp->grad_norm, sp->lr, sp->step_ms);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -217,8 +215,7 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static void print_summary(const td_trainer *t, const run_report *r,
-                          const td_epoch_point *last) {
+static void print_summary(const td_trainer *t, const run_report *r, const td_epoch_point *last) {
   /* Steady state leaves out the first epoch (page faults, cold caches). */
   double steady = 0.0;
   size_t first = r->n_epochs > 1 ? 1 : 0, n = r->n_epochs - first;
@@ -234,9 +231,8 @@ static void print_summary(const td_trainer *t, const run_report *r,
   printf("{\"job\":\"%s\",\"epochs\":%zu,\"steps\":%lld,\"batch_size\":%u,"
          "\"params\":%zu,\"compile_ms\":%.3f,\"plan_cache_hit\":%s,"
          "\"load_sec\":%.3f,\"epoch_sec\":[",
-         t->spec->name ? t->spec->name : "", r->n_epochs,
-         (long long)t->st.step, t->batch, t->plan->n_params, t->compile_ms,
-         t->plan_hit ? "true" : "false", t->load_sec);
+         t->spec->name ? t->spec->name : "", r->n_epochs, (long long)t->st.step, t->batch,
+         t->plan->n_params, t->compile_ms, t->plan_hit ? "true" : "false", t->load_sec);
   for (size_t i = 0; i < r->n_epochs; i++)
     printf("%s%.4f", i ? "," : "", r->epoch_sec[i]);
   printf("],\"steady_epoch_sec\":%.4f,\"steady_examples_per_sec\":%.1f,"
@@ -244,11 +240,9 @@ static void print_summary(const td_trainer *t, const run_report *r,
          steady, steady > 0 ? (double)t->steps_per_epoch * t->batch / steady : 0.0,
          last->train_loss, last->train_accuracy, t->n_rep);
   if (t->allreduce_steps)
-    printf(",\"allreduce_ms_per_step\":%.4f",
-           t->allreduce_sec * 1e3 / (double)t->allreduce_steps);
+    printf(",\"allreduce_ms_per_step\":%.4f", t->allreduce_sec * 1e3 / (double)t->allreduce_steps);
   if (last->evaluated)
-    printf(",\"test_loss\":%.6f,\"test_accuracy\":%.6f", last->test_loss,
-           last->test_accuracy);
+    printf(",\"test_loss\":%.6f,\"test_accuracy\":%.6f", last->test_loss, last->test_accuracy);
   printf("}\n");
 }
 
@@ -272,16 +266,27 @@ static void flags_free(flags *f) {
   free(f->env_copy);
 }
 
-enum { OPT_CONFIG = 256, OPT_DATA_DIR, OPT_CPU_DEVICES, OPT_THREADS, OPT_JSON,
-       OPT_METRICS, OPT_LISTEN, OPT_STATE_DIR, OPT_MAX_JOBS, OPT_LOG_LEVEL,
-       OPT_RETENTION, OPT_CKPT_DIR, OPT_METRICS_LISTEN };
+enum {
+  OPT_CONFIG = 256,
+  OPT_DATA_DIR,
+  OPT_CPU_DEVICES,
+  OPT_THREADS,
+  OPT_JSON,
+  OPT_METRICS,
+  OPT_LISTEN,
+  OPT_STATE_DIR,
+  OPT_MAX_JOBS,
+  OPT_LOG_LEVEL,
+  OPT_RETENTION,
+  OPT_CKPT_DIR,
+  OPT_METRICS_LISTEN
+};
 
 static int parse_count(const char *name, const char *arg, long *out) {
   char *end = NULL;
   long v = strtol(arg, &end, 10);
   if (!*arg || *end || v < 1 || v > 4096) {
-    fprintf(stderr, "traind: --%s takes a whole number from 1 to 4096, got '%s'\n",
-            name, arg);
+    fprintf(stderr, "traind: --%s takes a whole number from 1 to 4096, got '%s'\n", name, arg);
     return -1;
   }
   *out = v;
@@ -291,22 +296,21 @@ static int parse_count(const char *name, const char *arg, long *out) {
 /* Parses argv (argv[0] is the command name). serve: whether the daemon's
  * flags are allowed. Returns 0, 1 for --help (printed), -1 for bad usage. */
 static int parse_flags(int argc, char **argv, int serve, flags *f) {
-  static const struct option opts[] = {
-      {"config", required_argument, 0, OPT_CONFIG},
-      {"data-dir", required_argument, 0, OPT_DATA_DIR},
-      {"cpu-devices", required_argument, 0, OPT_CPU_DEVICES},
-      {"threads", required_argument, 0, OPT_THREADS},
-      {"json", no_argument, 0, OPT_JSON},
-      {"metrics", required_argument, 0, OPT_METRICS},
-      {"listen", required_argument, 0, OPT_LISTEN},
-      {"state-dir", required_argument, 0, OPT_STATE_DIR},
-      {"max-concurrent-jobs", required_argument, 0, OPT_MAX_JOBS},
-      {"log-level", required_argument, 0, OPT_LOG_LEVEL},
-      {"metrics-retention", required_argument, 0, OPT_RETENTION},
-      {"checkpoint-dir", required_argument, 0, OPT_CKPT_DIR},
-      {"metrics-listen", required_argument, 0, OPT_METRICS_LISTEN},
-      {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+  static const struct option opts[] = {{"config", required_argument, 0, OPT_CONFIG},
+                                       {"data-dir", required_argument, 0, OPT_DATA_DIR},
+                                       {"cpu-devices", required_argument, 0, OPT_CPU_DEVICES},
+                                       {"threads", required_argument, 0, OPT_THREADS},
+                                       {"json", no_argument, 0, OPT_JSON},
+                                       {"metrics", required_argument, 0, OPT_METRICS},
+                                       {"listen", required_argument, 0, OPT_LISTEN},
+                                       {"state-dir", required_argument, 0, OPT_STATE_DIR},
+                                       {"max-concurrent-jobs", required_argument, 0, OPT_MAX_JOBS},
+                                       {"log-level", required_argument, 0, OPT_LOG_LEVEL},
+                                       {"metrics-retention", required_argument, 0, OPT_RETENTION},
+                                       {"checkpoint-dir", required_argument, 0, OPT_CKPT_DIR},
+                                       {"metrics-listen", required_argument, 0, OPT_METRICS_LISTEN},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   memset(f, 0, sizeof *f);
   f->data_dirs = calloc((size_t)argc + 64, sizeof *f->data_dirs);
   f->listen = calloc((size_t)argc + 1, sizeof *f->listen);
@@ -319,8 +323,8 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
                       c == OPT_LOG_LEVEL || c == OPT_RETENTION || c == OPT_METRICS_LISTEN;
     int run_only = c == OPT_JSON || c == OPT_METRICS || c == OPT_CKPT_DIR;
     if ((daemon_only && !serve) || (run_only && serve)) {
-      fprintf(stderr, "traind: %s does not take --%s (see traind --help)\n",
-              argv[0], argv[optind - 1] + 2);
+      fprintf(stderr, "traind: %s does not take --%s (see traind --help)\n", argv[0],
+              argv[optind - 1] + 2);
       return -1;
     }
     switch (c) {
@@ -346,8 +350,10 @@ static int parse_flags(int argc, char **argv, int serve, flags *f) {
       char *end = NULL;
       long v = strtol(optarg, &end, 10);
       if (!*optarg || *end || v < 1 || v > 10000000) {
-        fprintf(stderr, "traind: --metrics-retention takes a whole number from 1 to "
-                        "10000000, got '%s'\n", optarg);
+        fprintf(stderr,
+                "traind: --metrics-retention takes a whole number from 1 to "
+                "10000000, got '%s'\n",
+                optarg);
         return -1;
       }
       f->retention = v;
@@ -399,8 +405,7 @@ static int build_config(void *arg, Traind__V1__DaemonConfig **out, td_error *err
   Traind__V1__DaemonConfig *cfg = NULL;
   int rc = td_config_load(f->config_path, &cfg, err);
   if (!rc && f->n_data_dirs)
-    rc = td_config_set_list(&cfg->data_dirs, &cfg->n_data_dirs, f->data_dirs,
-                            f->n_data_dirs, err);
+    rc = td_config_set_list(&cfg->data_dirs, &cfg->n_data_dirs, f->data_dirs, f->n_data_dirs, err);
   if (!rc && f->n_listen)
     rc = td_config_set_list(&cfg->listen, &cfg->n_listen, f->listen, f->n_listen, err);
   if (!rc && f->state_dir)
@@ -536,12 +541,12 @@ static int cmd_run(int argc, char **argv) {
     fprintf(stderr,
             "traind: job '%s': %zu parameters, %u steps/epoch x %u epochs, "
             "compiled in %.2f ms, data loaded in %.2f s\n",
-            spec->name ? spec->name : "", t.plan->n_params, t.steps_per_epoch,
-            t.epochs, t.compile_ms, t.load_sec);
+            spec->name ? spec->name : "", t.plan->n_params, t.steps_per_epoch, t.epochs,
+            t.compile_ms, t.load_sec);
     report.epoch_sec = calloc(t.epochs ? t.epochs : 1, sizeof *report.epoch_sec);
     if (metrics_path && !(report.metrics = fopen(metrics_path, "w")))
-      rc = td_errorf(&err, TD_EINVAL, "--metrics %s: cannot create the file (%s)",
-                     metrics_path, strerror(errno));
+      rc = td_errorf(&err, TD_EINVAL, "--metrics %s: cannot create the file (%s)", metrics_path,
+                     strerror(errno));
     if (!rc && f.ckpt_dir)
       rc = run_checkpoints_start(&report, &drv, &t, f.ckpt_dir, cfg->final_checkpoint_retry_sec,
                                  &err);

@@ -105,8 +105,8 @@ void td_metrics_flush(td_metrics *m) {
   pthread_mutex_unlock(&m->mu);
 }
 
-size_t td_metrics_read_steps(td_metrics *m, int64_t since_step, td_step_rec *out,
-                             size_t max, int *more, int64_t *oldest) {
+size_t td_metrics_read_steps(td_metrics *m, int64_t since_step, td_step_rec *out, size_t max,
+                             int *more, int64_t *oldest) {
   size_t n = 0;
   pthread_mutex_lock(&m->mu);
   uint64_t first = m->n_steps > m->step_cap ? m->n_steps - m->step_cap : 0;
@@ -127,8 +127,7 @@ size_t td_metrics_read_steps(td_metrics *m, int64_t since_step, td_step_rec *out
   return n;
 }
 
-size_t td_metrics_read_epochs(td_metrics *m, int64_t since_step,
-                              td_epoch_rec *out, size_t max) {
+size_t td_metrics_read_epochs(td_metrics *m, int64_t since_step, td_epoch_rec *out, size_t max) {
   size_t n = 0;
   pthread_mutex_lock(&m->mu);
   uint64_t first = m->n_epochs > m->epoch_cap ? m->n_epochs - m->epoch_cap : 0;

@@ -73,11 +73,10 @@ void td_metrics_flush(td_metrics *m);
 /* Reader side. Copies up to max step points with step > since_step into
  * out (in order) and returns how many; *more says whether further points
  * exist; *oldest is the oldest step still held (0 when none). */
-size_t td_metrics_read_steps(td_metrics *m, int64_t since_step, td_step_rec *out,
-                             size_t max, int *more, int64_t *oldest);
+size_t td_metrics_read_steps(td_metrics *m, int64_t since_step, td_step_rec *out, size_t max,
+                             int *more, int64_t *oldest);
 /* Epoch points with step > since_step (all the ring holds). */
-size_t td_metrics_read_epochs(td_metrics *m, int64_t since_step,
-                              td_epoch_rec *out, size_t max);
+size_t td_metrics_read_epochs(td_metrics *m, int64_t since_step, td_epoch_rec *out, size_t max);
 void td_metrics_latest_get(td_metrics *m, td_metrics_latest *out);
 /* Restores the latest figures (from a persisted job record). */
 void td_metrics_latest_set(td_metrics *m, const td_metrics_latest *l);

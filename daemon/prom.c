@@ -63,22 +63,24 @@ size_t td_prom_format_value(double v, char out[TD_PROM_VALUE_MAX]) {
 
 /* ---- histogram accumulator */
 
-int td_prom_hist_init(td_prom_hist *h, const double *bounds, size_t n_bounds,
-                      td_error *err) {
+int td_prom_hist_init(td_prom_hist *h, const double *bounds, size_t n_bounds, td_error *err) {
   memset(h, 0, sizeof *h);
   for (size_t i = 0; i < n_bounds; i++) {
     if (!isfinite(bounds[i]))
-      return td_errorf(err, TD_EINVAL, "histogram bound %zu is %g; bounds must be finite "
-                       "(the +Inf bucket is always there)", i, bounds[i]);
+      return td_errorf(err, TD_EINVAL,
+                       "histogram bound %zu is %g; bounds must be finite "
+                       "(the +Inf bucket is always there)",
+                       i, bounds[i]);
     if (i > 0 && !(bounds[i] > bounds[i - 1]))
-      return td_errorf(err, TD_EINVAL, "histogram bounds must increase: bound %zu (%g) "
-                       "follows %g", i, bounds[i], bounds[i - 1]);
+      return td_errorf(err, TD_EINVAL,
+                       "histogram bounds must increase: bound %zu (%g) "
+                       "follows %g",
+                       i, bounds[i], bounds[i - 1]);
   }
   /* One block: the bounds, then the counts (both 8-byte elements). */
   void *block = calloc(1, n_bounds * sizeof(double) + (n_bounds + 1) * sizeof(uint64_t));
   if (!block)
-    return td_errorf(err, TD_ENOMEM, "out of memory for a histogram of %zu buckets",
-                     n_bounds + 1);
+    return td_errorf(err, TD_ENOMEM, "out of memory for a histogram of %zu buckets", n_bounds + 1);
   h->n_bounds = n_bounds;
   h->bounds = block;
   h->counts = (uint64_t *)(h->bounds + n_bounds);
@@ -178,8 +180,8 @@ int td_prom_buf_status(const td_prom_buf *b, td_error *err) {
 }
 
 /* Records the first failure; every later call sees it. */
-__attribute__((format(printf, 3, 4))) static int buf_fail(td_prom_buf *b, int code,
-                                                          const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int buf_fail(td_prom_buf *b, int code, const char *fmt,
+                                                          ...) {
   if (b->status)
     return b->status;
   va_list ap;
@@ -317,8 +319,7 @@ static int valid_label_name(const char *s) {
   return 1;
 }
 
-int td_prom_family(td_prom_buf *b, const char *name, td_prom_type type,
-                   const char *help) {
+int td_prom_family(td_prom_buf *b, const char *name, td_prom_type type, const char *help) {
   if (b->status)
     return b->status;
   if (!valid_metric_name(name))
@@ -334,8 +335,10 @@ int td_prom_family(td_prom_buf *b, const char *name, td_prom_type type,
   }
   for (size_t off = 0; off < b->names_len; off += strlen(b->names + off) + 1)
     if (strcmp(b->names + off, name) == 0)
-      return buf_fail(b, TD_EINVAL, "family %s begun twice; a family's samples must be "
-                      "written together", name);
+      return buf_fail(b, TD_EINVAL,
+                      "family %s begun twice; a family's samples must be "
+                      "written together",
+                      name);
   size_t n = strlen(name) + 1;
   if (grow(&b->names, &b->names_cap, b->names_len + n))
     return buf_fail(b, TD_ENOMEM, "out of memory recording family %s", name);
@@ -360,8 +363,7 @@ int td_prom_family(td_prom_buf *b, const char *name, td_prom_type type,
 
 /* Checks the labels of a sample of the current family (which must exist
  * and be a histogram exactly when `histogram`). */
-static int check_sample(td_prom_buf *b, const td_prom_label *labels, size_t n,
-                        int histogram) {
+static int check_sample(td_prom_buf *b, const td_prom_label *labels, size_t n, int histogram) {
   if (b->status)
     return b->status;
   if (b->cur == SIZE_MAX)
@@ -369,29 +371,27 @@ static int check_sample(td_prom_buf *b, const td_prom_label *labels, size_t n,
   const char *family = b->names + b->cur;
   if (histogram != (b->cur_type == TD_PROM_HISTOGRAM))
     return buf_fail(b, TD_EINVAL, "family %s is a %s; write its samples with %s", family,
-                    type_name(b->cur_type),
-                    histogram ? "td_prom_sample" : "td_prom_histogram");
+                    type_name(b->cur_type), histogram ? "td_prom_sample" : "td_prom_histogram");
   for (size_t i = 0; i < n; i++) {
     if (!valid_label_name(labels[i].name))
-      return buf_fail(b, TD_EINVAL, "family %s: label name \"%s\" is not "
-                      "[a-zA-Z_][a-zA-Z0-9_]* or starts with __", family,
-                      labels[i].name ? labels[i].name : "(null)");
+      return buf_fail(b, TD_EINVAL,
+                      "family %s: label name \"%s\" is not "
+                      "[a-zA-Z_][a-zA-Z0-9_]* or starts with __",
+                      family, labels[i].name ? labels[i].name : "(null)");
     if (!labels[i].value)
-      return buf_fail(b, TD_EINVAL, "family %s: label %s has no value", family,
-                      labels[i].name);
+      return buf_fail(b, TD_EINVAL, "family %s: label %s has no value", family, labels[i].name);
     if (histogram && strcmp(labels[i].name, "le") == 0)
       return buf_fail(b, TD_EINVAL, "family %s: label le is the bucket bound's", family);
     for (size_t j = 0; j < i; j++)
       if (strcmp(labels[i].name, labels[j].name) == 0)
-        return buf_fail(b, TD_EINVAL, "family %s: label %s given twice", family,
-                        labels[i].name);
+        return buf_fail(b, TD_EINVAL, "family %s: label %s given twice", family, labels[i].name);
   }
   return TD_OK;
 }
 
 /* name[suffix]{labels[,le="le"]} with the braces left out when empty. */
-static void put_series(td_prom_buf *b, const char *suffix, const td_prom_label *labels,
-                       size_t n, const char *le) {
+static void put_series(td_prom_buf *b, const char *suffix, const td_prom_label *labels, size_t n,
+                       const char *le) {
   puts_(b, b->names + b->cur);
   puts_(b, suffix);
   if (n == 0 && !le)
@@ -413,8 +413,7 @@ static void put_series(td_prom_buf *b, const char *suffix, const td_prom_label *
   put(b, "}", 1);
 }
 
-int td_prom_sample(td_prom_buf *b, const td_prom_label *labels, size_t n_labels,
-                   double value) {
+int td_prom_sample(td_prom_buf *b, const td_prom_label *labels, size_t n_labels, double value) {
   if (check_sample(b, labels, n_labels, 0))
     return b->status;
   put_series(b, "", labels, n_labels, NULL);
@@ -505,8 +504,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     td_log(TD_LOG_WARN, "metrics endpoint", "addr=%s detail=\"%s\"", s->addr, msg);
 }
 
-static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status,
-                                  const char *body, const char *allow) {
+static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *body,
+                                  const char *allow) {
   struct MHD_Response *r =
       MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_PERSISTENT);
   if (!r)
@@ -526,15 +525,13 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status,
  * scrape is answered on the second call, once the request is complete, so
  * that the connection can be kept alive for the next one. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **req_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls) {
   static char seen; /* *req_cls after the first call */
   td_prom_server *s = cls;
   if (!*req_cls) {
     if (strcmp(url, "/metrics") != 0)
-      return reply_text(c, MHD_HTTP_NOT_FOUND, "not found: the metrics are at /metrics\n",
-                        NULL);
+      return reply_text(c, MHD_HTTP_NOT_FOUND, "not found: the metrics are at /metrics\n", NULL);
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
       return reply_text(c, MHD_HTTP_METHOD_NOT_ALLOWED,
                         "method not allowed: /metrics answers GET and HEAD\n", "GET, HEAD");
@@ -546,8 +543,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
   }
   pthread_mutex_lock(&s->mu);
-  struct MHD_Response *r =
-      MHD_create_response_from_buffer(s->len, s->text, MHD_RESPMEM_MUST_COPY);
+  struct MHD_Response *r = MHD_create_response_from_buffer(s->len, s->text, MHD_RESPMEM_MUST_COPY);
   pthread_mutex_unlock(&s->mu);
   if (!r)
     return MHD_NO;
@@ -574,14 +570,18 @@ static int parse_addr(const char *addr, struct sockaddr_storage *sa, td_error *e
   int bracketed = addr[0] == '[';
   if (bracketed) {
     if (hlen < 2 || addr[hlen - 1] != ']')
-      return td_errorf(err, TD_EINVAL, "metrics address \"%s\": an IPv6 address goes in "
-                       "brackets before the port, e.g. [::1]:9400", addr);
+      return td_errorf(err, TD_EINVAL,
+                       "metrics address \"%s\": an IPv6 address goes in "
+                       "brackets before the port, e.g. [::1]:9400",
+                       addr);
     h++;
     hlen -= 2;
   }
   if (hlen == 0)
-    return td_errorf(err, TD_EINVAL, "metrics address \"%s\" has no host; %s (0.0.0.0 or "
-                     "[::] for every interface)", addr, usage);
+    return td_errorf(err, TD_EINVAL,
+                     "metrics address \"%s\" has no host; %s (0.0.0.0 or "
+                     "[::] for every interface)",
+                     addr, usage);
   if (hlen >= sizeof host)
     return td_errorf(err, TD_EINVAL, "metrics address \"%s\": host too long", addr);
   memcpy(host, h, hlen);
@@ -593,8 +593,10 @@ static int parse_addr(const char *addr, struct sockaddr_storage *sa, td_error *e
   for (; *p >= '0' && *p <= '9' && digits < 6; p++, digits++)
     port = port * 10 + (unsigned long)(*p - '0');
   if (digits == 0 || *p || port > 65535)
-    return td_errorf(err, TD_EINVAL, "metrics address: port \"%s\" is not a number from "
-                     "0 to 65535", colon + 1);
+    return td_errorf(err, TD_EINVAL,
+                     "metrics address: port \"%s\" is not a number from "
+                     "0 to 65535",
+                     colon + 1);
 
   memset(sa, 0, sizeof *sa);
   struct sockaddr_in *in4 = (struct sockaddr_in *)sa;
@@ -608,11 +610,15 @@ static int parse_addr(const char *addr, struct sockaddr_storage *sa, td_error *e
     in6->sin6_family = AF_INET6;
     in6->sin6_port = htons((uint16_t)port);
   } else if (!bracketed && strchr(host, ':')) {
-    return td_errorf(err, TD_EINVAL, "metrics address \"%s\": an IPv6 address goes in "
-                     "brackets before the port, e.g. [::1]:9400", addr);
+    return td_errorf(err, TD_EINVAL,
+                     "metrics address \"%s\": an IPv6 address goes in "
+                     "brackets before the port, e.g. [::1]:9400",
+                     addr);
   } else {
-    return td_errorf(err, TD_EINVAL, "metrics address: \"%s\" is not an %s address "
-                     "literal; %s", host, bracketed ? "IPv6" : "IPv4", usage);
+    return td_errorf(err, TD_EINVAL,
+                     "metrics address: \"%s\" is not an %s address "
+                     "literal; %s",
+                     host, bracketed ? "IPv6" : "IPv4", usage);
   }
   return TD_OK;
 }
@@ -641,9 +647,8 @@ int td_prom_server_start(const char *addr, td_prom_server **out, td_error *err) 
    * from the socket. */
   uint16_t port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
                                                  : ((struct sockaddr_in *)&sa)->sin_port);
-  s->mhd = MHD_start_daemon(flags, port, NULL, NULL, on_request, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+  s->mhd = MHD_start_daemon(flags, port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+                            on_mhd_log, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)PROM_MAX_CONNECTIONS,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)PROM_IDLE_TIMEOUT_SEC,
                             MHD_OPTION_END);
@@ -661,8 +666,7 @@ int td_prom_server_start(const char *addr, td_prom_server **out, td_error *err) 
   s->port = info ? (int)info->port : 0;
   if (s->port == 0) {
     td_prom_server_stop(s);
-    return td_errorf(err, TD_EIO, "cannot serve metrics on %s: the bound port is unknown",
-                     addr);
+    return td_errorf(err, TD_EIO, "cannot serve metrics on %s: the bound port is unknown", addr);
   }
   *out = s;
   return TD_OK;

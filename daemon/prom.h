@@ -45,7 +45,8 @@ size_t td_prom_format_value(double v, char out[TD_PROM_VALUE_MAX]);
 /* ---- histogram accumulator */
 
 /* The Go and Python clients' default bounds, in seconds. */
-#define TD_PROM_DEFAULT_BOUNDS {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+#define TD_PROM_DEFAULT_BOUNDS \
+  { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
 #define TD_PROM_N_DEFAULT_BOUNDS 11
 
 /* Observations counted into buckets by upper bound (inclusive: v lands in
@@ -63,8 +64,7 @@ typedef struct td_prom_hist {
 /* Copies the bounds (finite, strictly increasing; none is allowed and
  * leaves only the +Inf bucket) and zeroes the counts. TD_EINVAL or
  * TD_ENOMEM with a message in *err. */
-int td_prom_hist_init(td_prom_hist *h, const double *bounds, size_t n_bounds,
-                      td_error *err);
+int td_prom_hist_init(td_prom_hist *h, const double *bounds, size_t n_bounds, td_error *err);
 void td_prom_hist_free(td_prom_hist *h);
 void td_prom_hist_observe(td_prom_hist *h, double v);
 /* Zeroes counts, count and sum; the bounds stay. */
@@ -97,16 +97,16 @@ typedef struct td_prom_label {
  * a family begun twice, TD_ENOMEM) sticks: later calls do nothing and return
  * it, so a rendering can be written straight through and checked once. */
 typedef struct td_prom_buf {
-  char *data;  /* len bytes of text and a NUL, owned; NULL until written */
+  char *data; /* len bytes of text and a NUL, owned; NULL until written */
   size_t len, cap;
-  int status;  /* TD_OK or the first failure */
+  int status; /* TD_OK or the first failure */
   td_error err;
   /* Names of the families begun since the last reset, each with its NUL,
    * back to back: a family's samples must be contiguous, so each name is
    * begun once. */
   char *names;
   size_t names_len, names_cap;
-  size_t cur;  /* offset of the current family's name in names, or SIZE_MAX */
+  size_t cur; /* offset of the current family's name in names, or SIZE_MAX */
   td_prom_type cur_type;
 } td_prom_buf;
 
@@ -123,17 +123,15 @@ int td_prom_buf_status(const td_prom_buf *b, td_error *err);
  * HELP line) and "# TYPE name type". Beginning the current family again
  * with the same type writes nothing, so a loop may call it per sample.
  * Names match [a-zA-Z_:][a-zA-Z0-9_:]*; counters should end in "_total". */
-int td_prom_family(td_prom_buf *b, const char *name, td_prom_type type,
-                   const char *help);
+int td_prom_family(td_prom_buf *b, const char *name, td_prom_type type, const char *help);
 /* One sample of the current counter, gauge or untyped family:
  * name{labels} value. */
-int td_prom_sample(td_prom_buf *b, const td_prom_label *labels, size_t n_labels,
-                   double value);
+int td_prom_sample(td_prom_buf *b, const td_prom_label *labels, size_t n_labels, double value);
 /* One series of the current histogram family: the cumulative
  * name_bucket{labels,le="..."} lines ending with le="+Inf", then name_sum
  * and name_count. "le" is not allowed among the labels. */
-int td_prom_histogram(td_prom_buf *b, const td_prom_label *labels,
-                      size_t n_labels, const td_prom_hist *h);
+int td_prom_histogram(td_prom_buf *b, const td_prom_label *labels, size_t n_labels,
+                      const td_prom_hist *h);
 /* A family with one unlabelled sample. */
 int td_prom_counter(td_prom_buf *b, const char *name, const char *help, double value);
 int td_prom_gauge(td_prom_buf *b, const char *name, const char *help, double value);

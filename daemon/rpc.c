@@ -10,10 +10,10 @@
  * reference per batch in flight plus one held by whoever must still answer
  * the call (the dispatcher until the handler runs, then the application
  * until td_rpc_reply, td_rpc_fail or td_rpc_finish). */
+#include "rpc.h"
+#include "log.h"
 #include "pbgrpc.h"
 #include "pbjson.h"
-#include "log.h"
-#include "rpc.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -110,7 +110,7 @@ struct td_rpc_call {
   grpc_call_details details;
   grpc_metadata_array request_md;
 
-  char *peer; /* gpr_malloc'd by grpc_call_get_peer */
+  char *peer;         /* gpr_malloc'd by grpc_call_get_peer */
   char peer_name[80]; /* the address accepted, when gRPC says only "fd:N" */
   grpc_byte_buffer *request_bb;
   ProtobufCMessage *request; /* unpacked with method->request */
@@ -198,7 +198,6 @@ struct td_rpc_server {
 
 /* ---- small helpers */
 
-
 /* Called by the rpc thread (and by the loop for batches that gRPC refused
  * to start): queues a completion for the loop and wakes it. */
 static void post_event(td_rpc_server *s, rpc_tag *tag, int ok) {
@@ -225,8 +224,7 @@ static void rpc_thread_main(void *arg) {
   pthread_setname_np(pthread_self(), "td-rpc");
 #endif
   for (;;) {
-    grpc_event ev = grpc_completion_queue_next(
-        s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN) {
       post_event(s, NULL, 0);
       return;
@@ -325,13 +323,12 @@ static void call_unref(td_rpc_call *c) {
 /* Starts a batch that holds a reference until its tag completes. A batch
  * gRPC refuses completes as failed on the next loop turn, so that every
  * path through the state machine stays the same. */
-static void start_batch(td_rpc_call *c, const grpc_op *ops, size_t n,
-                        rpc_tag *tag) {
+static void start_batch(td_rpc_call *c, const grpc_op *ops, size_t n, rpc_tag *tag) {
   c->refs++;
   grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
   if (e != GRPC_CALL_OK) {
-    fprintf(stderr, "traind: rpc: grpc_call_start_batch on %s failed: %s\n",
-            call_method_name(c), grpc_call_error_to_string(e));
+    fprintf(stderr, "traind: rpc: grpc_call_start_batch on %s failed: %s\n", call_method_name(c),
+            grpc_call_error_to_string(e));
     post_event(c->srv, tag, 0);
   }
 }
@@ -339,8 +336,7 @@ static void start_batch(td_rpc_call *c, const grpc_op *ops, size_t n,
 /* The last batch of a call: initial metadata unless already sent, the reply
  * message if any, the status, and RECV_CLOSE_ON_SERVER unless a stream
  * already has it in flight. */
-static void send_final(td_rpc_call *c, int status, const char *message,
-                       grpc_byte_buffer *reply) {
+static void send_final(td_rpc_call *c, int status, const char *message, grpc_byte_buffer *reply) {
   report_end(c, status);
   grpc_op ops[4];
   size_t n = 0;
@@ -483,8 +479,7 @@ static void on_recv_done(rpc_tag *t, int ok) {
     start_batch(c, &op, 1, &c->t_close);
   }
   if (!c->request_bb) {
-    answer_early(c, TD_GRPC_INVALID_ARGUMENT,
-                 "%s: the client sent no request message", m->path);
+    answer_early(c, TD_GRPC_INVALID_ARGUMENT, "%s: the client sent no request message", m->path);
   } else {
     char why[160];
     c->request = td_pbgrpc_unpack(m->request, c->request_bb, why, sizeof why);
@@ -492,8 +487,8 @@ static void on_recv_done(rpc_tag *t, int ok) {
     c->request_bb = NULL;
     td_error uerr = {0};
     if (!c->request)
-      answer_early(c, TD_GRPC_INVALID_ARGUMENT, "request is not a valid %s%s%s",
-                   m->request->name, why[0] ? ": " : "", why);
+      answer_early(c, TD_GRPC_INVALID_ARGUMENT, "request is not a valid %s%s%s", m->request->name,
+                   why[0] ? ": " : "", why);
     else if (pbjson_check_utf8(c->request, NULL, &uerr) != TD_OK)
       /* proto3 strings are UTF-8; one that is not would come back in
        * replies that protobuf clients cannot parse. */
@@ -504,8 +499,7 @@ static void on_recv_done(rpc_tag *t, int ok) {
   call_unref(c);
 }
 
-static const td_rpc_method *find_method(const td_rpc_server *s,
-                                        grpc_slice path) {
+static const td_rpc_method *find_method(const td_rpc_server *s, grpc_slice path) {
   for (size_t i = 0; i < s->n_methods; i++)
     if (grpc_slice_str_cmp(path, s->methods[i].path) == 0)
       return &s->methods[i];
@@ -562,8 +556,7 @@ static void arm_request(td_rpc_server *s) {
   c->refs = 1;
   grpc_call_details_init(&c->details);
   grpc_metadata_array_init(&c->request_md);
-  rpc_tag *tags[] = {&c->t_new, &c->t_recv, &c->t_send,
-                     &c->t_close, &c->t_status, &c->t_cancel};
+  rpc_tag *tags[] = {&c->t_new, &c->t_recv, &c->t_send, &c->t_close, &c->t_status, &c->t_cancel};
   for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
     tags[i]->call = c;
   c->t_new.done = on_new_call;
@@ -579,9 +572,8 @@ static void arm_request(td_rpc_server *s) {
   s->calls = c;
   s->n_calls++;
   s->n_armed++;
-  grpc_call_error e = grpc_server_request_call(
-      s->server, &c->call, &c->details, &c->request_md, s->cq, s->cq,
-      &c->t_new);
+  grpc_call_error e = grpc_server_request_call(s->server, &c->call, &c->details, &c->request_md,
+                                               s->cq, s->cq, &c->t_new);
   if (e != GRPC_CALL_OK) {
     fprintf(stderr, "traind: rpc: grpc_server_request_call failed: %s\n",
             grpc_call_error_to_string(e));
@@ -676,8 +668,7 @@ static int make_parents(const char *addr, const char *path, td_error *err) {
     *p = '\0';
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
       return td_errorf(err, errno == EACCES ? TD_EPERM : TD_EIO,
-                       "cannot listen on %s: mkdir %s: %s", addr, dir,
-                       strerror(errno));
+                       "cannot listen on %s: mkdir %s: %s", addr, dir, strerror(errno));
     *p = saved;
     if (saved == '\0')
       return TD_OK;
@@ -689,8 +680,7 @@ static int make_parents(const char *addr, const char *path, td_error *err) {
 static int prepare_unix(const char *addr, const char *path, td_error *err) {
   struct sockaddr_un sa;
   if (!*path || strlen(path) >= sizeof sa.sun_path)
-    return td_errorf(err, TD_EINVAL,
-                     "cannot listen on %s: a socket path must have 1 to %zu bytes",
+    return td_errorf(err, TD_EINVAL, "cannot listen on %s: a socket path must have 1 to %zu bytes",
                      addr, sizeof sa.sun_path - 1);
   int rc = make_parents(addr, path, err);
   if (rc)
@@ -699,17 +689,14 @@ static int prepare_unix(const char *addr, const char *path, td_error *err) {
   if (lstat(path, &st) != 0) {
     if (errno == ENOENT)
       return TD_OK;
-    return td_errorf(err, TD_EIO, "cannot listen on %s: %s", addr,
-                     strerror(errno));
+    return td_errorf(err, TD_EIO, "cannot listen on %s: %s", addr, strerror(errno));
   }
   if (!S_ISSOCK(st.st_mode))
-    return td_errorf(err, TD_EINVAL,
-                     "cannot listen on %s: %s exists and is not a socket", addr,
+    return td_errorf(err, TD_EINVAL, "cannot listen on %s: %s exists and is not a socket", addr,
                      path);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
-    return td_errorf(err, TD_EIO, "cannot listen on %s: socket: %s", addr,
-                     strerror(errno));
+    return td_errorf(err, TD_EIO, "cannot listen on %s: socket: %s", addr, strerror(errno));
   memset(&sa, 0, sizeof sa);
   sa.sun_family = AF_UNIX;
   memcpy(sa.sun_path, path, strlen(path) + 1);
@@ -723,11 +710,9 @@ static int prepare_unix(const char *addr, const char *path, td_error *err) {
                      addr);
   if (e != ECONNREFUSED)
     return td_errorf(err, e == EACCES ? TD_EPERM : TD_EIO,
-                     "cannot listen on %s: probing the existing socket: %s",
-                     addr, strerror(e));
+                     "cannot listen on %s: probing the existing socket: %s", addr, strerror(e));
   if (unlink(path) != 0)
-    return td_errorf(err, TD_EIO,
-                     "cannot listen on %s: removing the stale socket: %s", addr,
+    return td_errorf(err, TD_EIO, "cannot listen on %s: removing the stale socket: %s", addr,
                      strerror(errno));
   return TD_OK;
 }
@@ -742,8 +727,7 @@ static int prepare_unix(const char *addr, const char *path, td_error *err) {
  * UNAVAILABLE); the ones already open keep working. */
 
 /* Adds a listening socket for address i. */
-static int push_listener(td_rpc_server *s, size_t i, int fd, const char *unix_path,
-                         td_error *err) {
+static int push_listener(td_rpc_server *s, size_t i, int fd, const char *unix_path, td_error *err) {
   rpc_listener *nl = realloc(s->listeners, (s->n_listeners + 1) * sizeof *nl);
   if (!nl) {
     close(fd);
@@ -763,8 +747,8 @@ static int push_listener(td_rpc_server *s, size_t i, int fd, const char *unix_pa
   return TD_OK;
 }
 
-static int listen_unix(td_rpc_server *s, size_t i, const char *addr, const char *path,
-                       int abstract, int unix_mode, td_error *err) {
+static int listen_unix(td_rpc_server *s, size_t i, const char *addr, const char *path, int abstract,
+                       int unix_mode, td_error *err) {
   struct sockaddr_un sa;
   memset(&sa, 0, sizeof sa);
   sa.sun_family = AF_UNIX;
@@ -797,8 +781,8 @@ static int listen_unix(td_rpc_server *s, size_t i, const char *addr, const char 
     int e = errno;
     close(fd);
     unlink(path);
-    return td_errorf(err, TD_EIO, "cannot listen on %s: chmod %o: %s", addr,
-                     (unsigned)unix_mode, strerror(e));
+    return td_errorf(err, TD_EIO, "cannot listen on %s: chmod %o: %s", addr, (unsigned)unix_mode,
+                     strerror(e));
   }
   return push_listener(s, i, fd, abstract ? NULL : path, err);
 }
@@ -811,8 +795,7 @@ static int listen_tcp(td_rpc_server *s, size_t i, const char *addr, const char *
   char host[256];
   const char *colon = strrchr(hostport, ':');
   if (!colon || !colon[1] || (size_t)(colon - hostport) >= sizeof host)
-    return td_errorf(err, TD_EINVAL,
-                     "cannot listen on %s: expected unix:PATH or HOST:PORT", addr);
+    return td_errorf(err, TD_EINVAL, "cannot listen on %s: expected unix:PATH or HOST:PORT", addr);
   memcpy(host, hostport, (size_t)(colon - hostport));
   host[colon - hostport] = '\0';
   char *h = host;
@@ -843,8 +826,7 @@ static int listen_tcp(td_rpc_server *s, size_t i, const char *addr, const char *
       else if (ai->ai_family == AF_INET6)
         ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port = htons((uint16_t)chosen);
     }
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0) {
       first_errno = first_errno ? first_errno : errno;
       continue;
@@ -1022,8 +1004,7 @@ static void on_accept(uv_poll_t *h, int status, int events) {
     int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        td_log_warn("cannot accept a connection; pausing for 100 ms", "err=%s",
-                    strerror(errno));
+        td_log_warn("cannot accept a connection; pausing for 100 ms", "err=%s", strerror(errno));
         pause_accepting(s);
       }
       return; /* EAGAIN: nothing more now; other errors concern one peer */
@@ -1091,8 +1072,7 @@ size_t td_rpc_server_connections(td_rpc_server *s) {
 
 /* ---- the server */
 
-static int copy_opts(td_rpc_server *s, const td_rpc_server_opts *o,
-                     td_error *err) {
+static int copy_opts(td_rpc_server *s, const td_rpc_server_opts *o, td_error *err) {
   size_t bytes = o->n_methods * sizeof(td_rpc_method);
   for (size_t i = 0; i < o->n_methods; i++)
     bytes += strlen(o->methods[i].path) + 1;
@@ -1155,15 +1135,13 @@ static void abort_start(td_rpc_server *s) {
   if (s->server) {
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
     for (;;) {
-      grpc_event ev = grpc_completion_queue_next(
-          s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+      grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
       if (ev.type == GRPC_OP_COMPLETE && ev.tag == &s->t_shutdown)
         break;
     }
     grpc_completion_queue_shutdown(s->cq);
-    while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                      NULL)
-               .type != GRPC_QUEUE_SHUTDOWN) {
+    while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
     }
     grpc_server_destroy(s->server);
     s->server = NULL;
@@ -1181,12 +1159,11 @@ static void log_from_grpc(gpr_log_func_args *a) {
                        : a->severity == GPR_LOG_SEVERITY_INFO ? TD_LOG_INFO
                                                               : TD_LOG_DEBUG;
   const char *file = strrchr(a->file, '/');
-  td_log(level, a->message, "component=grpc src=%s:%d", file ? file + 1 : a->file,
-         a->line);
+  td_log(level, a->message, "component=grpc src=%s:%d", file ? file + 1 : a->file, a->line);
 }
 
-int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
-                        const td_rpc_server_opts *opts, td_error *err) {
+int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop, const td_rpc_server_opts *opts,
+                        td_error *err) {
   *out = NULL;
   int rc = check_opts(opts, err);
   if (rc)
@@ -1206,8 +1183,7 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
   grpc_init();
   s->grpc_inited = 1;
 
-  size_t max = opts->max_request_bytes ? opts->max_request_bytes
-                                       : RPC_DEFAULT_MAX_REQUEST;
+  size_t max = opts->max_request_bytes ? opts->max_request_bytes : RPC_DEFAULT_MAX_REQUEST;
   size_t max_reply = opts->max_reply_bytes ? opts->max_reply_bytes : RPC_DEFAULT_MAX_REQUEST;
   s->max_conns = opts->max_connections ? opts->max_connections : RPC_DEFAULT_MAX_CONNECTIONS;
   grpc_arg args[4];
@@ -1282,9 +1258,7 @@ int td_rpc_server_port(const td_rpc_server *s, size_t i) {
   return s && i < s->n_listen ? s->ports[i] : 0;
 }
 
-size_t td_rpc_server_calls(const td_rpc_server *s) {
-  return s ? s->n_calls - s->n_armed : 0;
-}
+size_t td_rpc_server_calls(const td_rpc_server *s) { return s ? s->n_calls - s->n_armed : 0; }
 
 #define SHUTDOWN_GRACE_MS 1000
 
@@ -1294,8 +1268,7 @@ static void on_grace(uv_timer_t *t) {
     grpc_server_cancel_all_calls(s->server);
 }
 
-void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg),
-                            void *arg) {
+void td_rpc_server_shutdown(td_rpc_server *s, void (*done)(void *arg), void *arg) {
   if (s->shutting_down)
     return;
   s->shutting_down = 1;
@@ -1424,8 +1397,7 @@ void td_rpc_finish(td_rpc_call *c, int grpc_status, const char *message) {
   call_unref(c);
 }
 
-void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
-                      void *arg) {
+void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c), void *arg) {
   c->cancel_cb = cb;
   c->cancel_arg = arg;
   if (cb && c->cancelled && !c->answered && !c->cancel_notified) {
@@ -1443,9 +1415,7 @@ void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c), void
 
 int td_rpc_is_cancelled(const td_rpc_call *c) { return c->cancelled; }
 
-size_t td_rpc_pending(const td_rpc_call *c) {
-  return (c->sending ? 1 : 0) + c->n_queued;
-}
+size_t td_rpc_pending(const td_rpc_call *c) { return (c->sending ? 1 : 0) + c->n_queued; }
 
 const char *td_rpc_peer(const td_rpc_call *c) {
   if (c->peer_name[0])
@@ -1453,6 +1423,4 @@ const char *td_rpc_peer(const td_rpc_call *c) {
   return c->peer ? c->peer : "unknown";
 }
 
-const td_rpc_method *td_rpc_method_of(const td_rpc_call *c) {
-  return c->method;
-}
+const td_rpc_method *td_rpc_method_of(const td_rpc_call *c) { return c->method; }

@@ -36,8 +36,7 @@ typedef enum td_rpc_kind {
  * valid until the call is answered). A unary handler answers exactly once,
  * now or later, with td_rpc_reply or td_rpc_fail. A streaming handler sends
  * any number of messages with td_rpc_send and ends with td_rpc_finish. */
-typedef void (*td_rpc_handler)(void *ctx, td_rpc_call *call,
-                               const ProtobufCMessage *request);
+typedef void (*td_rpc_handler)(void *ctx, td_rpc_call *call, const ProtobufCMessage *request);
 
 typedef struct td_rpc_method {
   const char *path; /* "/traind.v1.Trainer/SubmitJob" */
@@ -73,8 +72,8 @@ typedef struct td_rpc_server_opts {
  * directory is created (0755) when missing, a stale socket file is
  * replaced, and the socket gets unix_mode. Any address that cannot be bound
  * fails the whole start with a message naming it. */
-int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop,
-                        const td_rpc_server_opts *opts, td_error *err);
+int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop, const td_rpc_server_opts *opts,
+                        td_error *err);
 /* The TCP port bound for listen address i (0 for unix sockets); resolves
  * "host:0" to the port the system chose. */
 int td_rpc_server_port(const td_rpc_server *s, size_t i);
@@ -122,14 +121,12 @@ void td_rpc_finish(td_rpc_call *c, int grpc_status, const char *message);
  * callback must stop sending and call td_rpc_finish (once). Registering on
  * a stream that is already cancelled calls cb on the next loop turn. Unary
  * calls never call it: their cancellation shows only when answered. */
-void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
-                      void *arg);
+void td_rpc_on_cancel(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c), void *arg);
 /* Streams: cb runs on the loop each time a write completes and nothing
  * waits behind the next one (td_rpc_pending is then 0 or 1), while the
  * stream is neither finished nor cancelled, so that a producer can send
  * the next messages only as the client takes them. */
-void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c),
-                     void *arg);
+void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c), void *arg);
 int td_rpc_is_cancelled(const td_rpc_call *c);
 /* The client's address ("unix:", "ipv4:127.0.0.1:5555") for logs. */
 const char *td_rpc_peer(const td_rpc_call *c);

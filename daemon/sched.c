@@ -94,7 +94,6 @@ static void release_devices(td_server *s, td_job *j) {
   td_job_devices_clear(j);
 }
 
-
 static void start_job(td_server *s, td_job *j) {
   int need = job_device_count(j);
   const Traind__V1__Devices *d = j->spec->devices;
@@ -103,7 +102,7 @@ static void start_job(td_server *s, td_job *j) {
   /* Device lists are sized from the job's count (up to the pool's size). */
   if (td_job_devices_reserve(j, need) != TD_OK) {
     srv_finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_RESOURCE_EXHAUSTED,
-               "the daemon is out of memory");
+                   "the daemon is out of memory");
     return;
   }
   for (size_t i = 0; d && i < d->n_ids; i++) {
@@ -126,13 +125,13 @@ static void start_job(td_server *s, td_job *j) {
 
   if (srv_worker_start(s, j) != 0) {
     srv_finish_job(s, j, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_RESOURCE_EXHAUSTED,
-               "the daemon could not start a worker thread");
+                   "the daemon could not start a worker thread");
     return;
   }
   j->has_thread = 1;
   j->interrupted = 0;
-  td_log_info("job started", "job=%s name=\"%s\" devices=%d threads=%u", j->id,
-              j->name, j->n_devices, j->threads);
+  td_log_info("job started", "job=%s name=\"%s\" devices=%d threads=%u", j->id, j->name,
+              j->n_devices, j->threads);
 }
 
 /* The metric ring's share of a job's footprint (td_admission.add). */
@@ -185,8 +184,7 @@ static int job_sized(td_server *s, td_job *j) {
 
 /* The concurrency limit: configured, or one job per device. */
 uint32_t srv_max_jobs(const td_server *s) {
-  return s->cfg->max_concurrent_jobs ? s->cfg->max_concurrent_jobs
-                                     : (uint32_t)s->n_devices;
+  return s->cfg->max_concurrent_jobs ? s->cfg->max_concurrent_jobs : (uint32_t)s->n_devices;
 }
 
 /* Starts queued jobs while devices and the concurrency limit allow, in
@@ -207,11 +205,12 @@ void srv_schedule(td_server *s) {
       char msg[160];
       dev_pool p = pool_of(s, job_on_gpu(best));
       if (p.n)
-        snprintf(msg, sizeof msg, "the job asks for devices this daemon does not have "
-                 "(it has %s:0 to %s:%d)", p.kind, p.kind, p.n - 1);
+        snprintf(msg, sizeof msg,
+                 "the job asks for devices this daemon does not have "
+                 "(it has %s:0 to %s:%d)",
+                 p.kind, p.kind, p.n - 1);
       else
-        snprintf(msg, sizeof msg, "the job asks for %s devices and this daemon has none",
-                 p.kind);
+        snprintf(msg, sizeof msg, "the job asks for %s devices and this daemon has none", p.kind);
       srv_finish_job(s, best, TRAIND__V1__JOB_STATE__FAILED, TD_GRPC_FAILED_PRECONDITION, msg);
       continue;
     }
@@ -223,15 +222,14 @@ void srv_schedule(td_server *s) {
   }
 }
 
-
 void srv_reply_job(td_server *s, td_rpc_call *call, td_job *j) {
   td_job_msg m;
   td_job_msg_fill(&m, j, s->cfg->state_dir);
   td_rpc_reply(call, &m.job.base);
 }
 
-void srv_finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
-                       int code, const char *msg) {
+void srv_finish_job(td_server *s, td_job *j, Traind__V1__JobState state, int code,
+                    const char *msg) {
   j->state = state;
   j->finished_ns = td_wall_ns();
   j->error_code = code;
@@ -241,11 +239,11 @@ void srv_finish_job(td_server *s, td_job *j, Traind__V1__JobState state,
   if (state == TRAIND__V1__JOB_STATE__SUCCEEDED) {
     td_metrics_latest l;
     td_metrics_latest_get(&j->metrics, &l);
-    td_log_info("job succeeded", "job=%s steps=%lld test_accuracy=%.4f", j->id,
-                (long long)l.step, l.test_accuracy);
+    td_log_info("job succeeded", "job=%s steps=%lld test_accuracy=%.4f", j->id, (long long)l.step,
+                l.test_accuracy);
   } else {
-    td_log_info("job ended", "job=%s state=%s err=\"%s\"", j->id,
-                td_job_state_name(state), j->error);
+    td_log_info("job ended", "job=%s state=%s err=\"%s\"", j->id, td_job_state_name(state),
+                j->error);
   }
   for (size_t i = 0; i < j->n_cancel_calls; i++)
     srv_reply_job(s, j->cancel_calls[i], j);
@@ -329,8 +327,8 @@ static void on_event(td_server *s, event *e) {
     /* Every %s of a record is escaped as a value (base/log.h), so the
      * optional note is a second form, not text spliced into the format. */
     if (e->resume.checkpoint[0] && e->resume.note[0])
-      td_log_info("job resumed from a checkpoint", "job=%s file=%s step=%lld note=\"%s\"",
-                  j->id, e->resume.checkpoint, (long long)e->resume.step, e->resume.note);
+      td_log_info("job resumed from a checkpoint", "job=%s file=%s step=%lld note=\"%s\"", j->id,
+                  e->resume.checkpoint, (long long)e->resume.step, e->resume.note);
     else if (e->resume.checkpoint[0])
       td_log_info("job resumed from a checkpoint", "job=%s file=%s step=%lld", j->id,
                   e->resume.checkpoint, (long long)e->resume.step);
@@ -357,14 +355,13 @@ static void on_event(td_server *s, event *e) {
   if (j->n_save_calls) {
     char msg[256];
     snprintf(msg, sizeof msg,
-             "job %s stopped (%s) before it reached a step boundary to checkpoint at",
-             j->id, e->rc == TD_OK ? "finished" : td_errname(e->rc));
+             "job %s stopped (%s) before it reached a step boundary to checkpoint at", j->id,
+             e->rc == TD_OK ? "finished" : td_errname(e->rc));
     answer_saves(s, j, UINT64_MAX, TD_GRPC_FAILED_PRECONDITION, msg);
   }
   if (e->rc == TD_OK) {
     srv_finish_job(s, j, TRAIND__V1__JOB_STATE__SUCCEEDED, 0, NULL);
-  } else if (e->rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN &&
-             j->n_cancel_calls == 0) {
+  } else if (e->rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN && j->n_cancel_calls == 0) {
     /* Interrupted by the daemon's stop: queued again for the next start. */
     release_devices(s, j);
     j->state = TRAIND__V1__JOB_STATE__QUEUED;

@@ -26,9 +26,7 @@ int td_sd_ready(const char *status) {
   return send_with_status("READY=1", status && *status ? status : NULL);
 }
 
-int td_sd_stopping(void) {
-  return sd_notify(0, "STOPPING=1");
-}
+int td_sd_stopping(void) { return sd_notify(0, "STOPPING=1"); }
 
 int td_sd_reloading(void) {
   struct timespec ts;
@@ -41,9 +39,7 @@ int td_sd_reloading(void) {
   return sd_notify(0, msg);
 }
 
-int td_sd_reloaded(void) {
-  return sd_notify(0, "READY=1");
-}
+int td_sd_reloaded(void) { return sd_notify(0, "READY=1"); }
 
 int td_sd_watchdog_usec(uint64_t *usec) {
   uint64_t v = 0;
@@ -55,10 +51,6 @@ int td_sd_watchdog_usec(uint64_t *usec) {
   return r;
 }
 
-int td_sd_watchdog_ping(void) {
-  return sd_notify(0, "WATCHDOG=1");
-}
+int td_sd_watchdog_ping(void) { return sd_notify(0, "WATCHDOG=1"); }
 
-int td_sd_status(const char *status) {
-  return send_with_status("", status ? status : "");
-}
+int td_sd_status(const char *status) { return send_with_status("", status ? status : ""); }

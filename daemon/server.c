@@ -56,8 +56,10 @@ void srv_fail_not_found(td_rpc_call *call, const char *id) {
     td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT,
                 "id: required (a job id like j-0123456789abcd; list jobs with trainctl list)");
   } else if (!td_job_id_valid(id)) {
-    snprintf(msg, sizeof msg, "id: '%s%s' is not a job id (j- and up to 29 of [0-9a-z], like "
-             "j-0123456789abcd); list jobs with trainctl list", shown, id[k] ? "..." : "");
+    snprintf(msg, sizeof msg,
+             "id: '%s%s' is not a job id (j- and up to 29 of [0-9a-z], like "
+             "j-0123456789abcd); list jobs with trainctl list",
+             shown, id[k] ? "..." : "");
     td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, msg);
   } else {
     snprintf(msg, sizeof msg, "no job with id '%s'; list jobs with trainctl list", id);
@@ -160,8 +162,8 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
   if (s->draining)
     return;
   td_sd_stopping();
-  td_log_info("draining: no new jobs; running jobs stop at their next step",
-              "signal=%s running=%d", signum == SIGTERM ? "SIGTERM" : "SIGINT", s->running);
+  td_log_info("draining: no new jobs; running jobs stop at their next step", "signal=%s running=%d",
+              signum == SIGTERM ? "SIGTERM" : "SIGINT", s->running);
   s->draining = 1;
   if (s->running)
     uv_timer_start(&s->stop_timer, on_stop_timeout, (uint64_t)s->cfg->stop_timeout_sec * 1000, 0);
@@ -306,8 +308,7 @@ static int load_jobs(td_server *s, td_error *err) {
     j->seq = s->next_seq++;
     if (j->state == TRAIND__V1__JOB_STATE__RUNNING && count_crash(s, j))
       continue;
-    if (j->state == TRAIND__V1__JOB_STATE__RUNNING ||
-        j->state == TRAIND__V1__JOB_STATE__QUEUED) {
+    if (j->state == TRAIND__V1__JOB_STATE__RUNNING || j->state == TRAIND__V1__JOB_STATE__QUEUED) {
       if (j->state == TRAIND__V1__JOB_STATE__RUNNING) {
         td_log_info("job was running when the daemon stopped; queued again", "job=%s crashes=%u",
                     j->id, j->crashes);
@@ -370,8 +371,7 @@ static void raise_fd_limit(uint32_t max_connections) {
   }
   if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)max_connections + 256 > rl.rlim_cur)
     td_log_warn("max_connections leaves few file descriptors for jobs and checkpoints",
-                "max_connections=%u nofile=%llu", max_connections,
-                (unsigned long long)rl.rlim_cur);
+                "max_connections=%u nofile=%llu", max_connections, (unsigned long long)rl.rlim_cur);
 }
 
 /* The listen addresses as bound ("127.0.0.1:0" becomes the chosen port). */
@@ -414,8 +414,7 @@ int td_server_main(const td_server_opts *opts) {
    * thread and gRPC's own; compute threads that share their cores with
    * request handling stall at every BLAS barrier (docs/BENCHMARKS.md). */
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  s->threads = s->cfg->threads ? s->cfg->threads
-                               : (uint32_t)(cores > 1 ? cores - 1 : 1);
+  s->threads = s->cfg->threads ? s->cfg->threads : (uint32_t)(cores > 1 ? cores - 1 : 1);
   s->device_owner = calloc((size_t)s->n_devices, sizeof *s->device_owner);
   s->n_gpus = td_gpus_count(s->gpu_why, sizeof s->gpu_why);
   s->gpu_owner = calloc((size_t)(s->n_gpus ? s->n_gpus : 1), sizeof *s->gpu_owner);
@@ -498,8 +497,8 @@ int td_server_main(const td_server_opts *opts) {
     for (size_t i = 0; i < s->n_listen_shown; i++)
       td_log_info("listening", "addr=%s", s->listen_shown[i]);
     if (s->prom_on) {
-      td_log_info("metrics listening", "addr=%s port=%d path=/metrics",
-                  s->cfg->metrics_listen, td_exporter_port(&s->prom));
+      td_log_info("metrics listening", "addr=%s port=%d path=/metrics", s->cfg->metrics_listen,
+                  td_exporter_port(&s->prom));
       prom_publish(s);
       uv_timer_start(&s->prom_timer, on_prom_timer, 1000, 1000);
     }

@@ -48,8 +48,8 @@ typedef struct event {
   uint32_t total_epochs, steps_per_epoch;
   double compile_ms;
   int cache_hit;
-  td_job_resume resume;  /* EV_RESUMED */
-  td_saver_result ckpt;  /* EV_CHECKPOINT */
+  td_job_resume resume; /* EV_RESUMED */
+  td_saver_result ckpt; /* EV_CHECKPOINT */
 } event;
 
 /* A WatchMetrics stream. */
@@ -74,7 +74,7 @@ typedef struct td_server {
   td_job **jobs; /* creation order */
   size_t n_jobs, cap_jobs;
   uint64_t next_seq;
-  int n_devices; /* CPU devices */
+  int n_devices;         /* CPU devices */
   uint32_t threads;      /* compute threads, all devices together */
   td_job **device_owner; /* (n_devices) */
   int n_gpus;
@@ -116,8 +116,7 @@ void srv_schedule(td_server *s);
 uint32_t srv_max_jobs(const td_server *s);
 /* Moves j to a final state (or back to QUEUED), frees what it holds and
  * tells its watchers. */
-void srv_finish_job(td_server *s, td_job *j, Traind__V1__JobState state, int code,
-                    const char *msg);
+void srv_finish_job(td_server *s, td_job *j, Traind__V1__JobState state, int code, const char *msg);
 void srv_reply_job(td_server *s, td_rpc_call *call, td_job *j);
 /* td_admission.add: the metric ring's share of a job's footprint; user
  * points at the retention (uint32_t). */

@@ -47,15 +47,14 @@ uint32_t td_tfevents_mask_crc(uint32_t crc);
  * and writes the file_version record. run_suffix (NULL or "" for none) ends
  * the file name; it may hold letters, digits and "-_.+@=" only. On success
  * *out is the writer, to be closed with td_tfevents_close(). */
-int td_tfevents_open(const char *dir, const char *run_suffix, td_tfevents **out,
-                     td_error *err);
+int td_tfevents_open(const char *dir, const char *run_suffix, td_tfevents **out, td_error *err);
 /* The file's path (owned by the writer). */
 const char *td_tfevents_path(const td_tfevents *w);
 
 /* Appends one scalar (a simple_value, which TensorBoard's scalar dashboard
  * shows under tag) at step. wall_time is seconds since the epoch. */
-int td_tfevents_scalar(td_tfevents *w, const char *tag, int64_t step, float value,
-                       double wall_time, td_error *err);
+int td_tfevents_scalar(td_tfevents *w, const char *tag, int64_t step, float value, double wall_time,
+                       td_error *err);
 /* Appends one text (a rank-0 DT_STRING tensor for the "text" plugin, which
  * renders it as Markdown) at step. */
 int td_tfevents_text(td_tfevents *w, const char *tag, int64_t step, const char *text,

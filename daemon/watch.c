@@ -36,16 +36,16 @@ static void page_free(page *p) {
   memset(p, 0, sizeof *p);
 }
 
-static int page_read(page *p, td_job *j, int64_t since_step,
-                     int64_t since_epoch, size_t max_steps) {
+static int page_read(page *p, td_job *j, int64_t since_step, int64_t since_epoch,
+                     size_t max_steps) {
   memset(p, 0, sizeof *p);
   size_t max_epochs = 4096;
   p->srec = malloc(max_steps * sizeof *p->srec);
   p->erec = malloc(max_epochs * sizeof *p->erec);
   if (!p->srec || !p->erec)
     return -1;
-  p->n_steps = td_metrics_read_steps(&j->metrics, since_step, p->srec, max_steps,
-                                     &p->more, &p->oldest);
+  p->n_steps =
+      td_metrics_read_steps(&j->metrics, since_step, p->srec, max_steps, &p->more, &p->oldest);
   int64_t last = p->n_steps ? p->srec[p->n_steps - 1].p.step : since_step;
   /* Epoch points up to the last step sent, so the two series stay in step. */
   size_t ne = td_metrics_read_epochs(&j->metrics, since_epoch, p->erec, max_epochs);

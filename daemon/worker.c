@@ -24,10 +24,10 @@ typedef struct worker_ctx {
   int threads;
   size_t retention; /* step points to keep */
   char ckpt_dir[PATH_MAX];
-  int interrupted;  /* the daemon stopped while the job ran */
-  td_driver drv;      /* the job's checkpoints */
+  int interrupted;        /* the daemon stopped while the job ran */
+  td_driver drv;          /* the job's checkpoints */
   double final_retry_sec; /* final_checkpoint_retry_sec when the job started */
-  int *gpus; /* GPU replicas: each rank's GPU (one per device of the job), owned */
+  int *gpus;              /* GPU replicas: each rank's GPU (one per device of the job), owned */
   int on_gpu;
   char tb_dir[PATH_MAX];
   td_tfevents *tb; /* the job's TensorBoard events; NULL after a failure */
@@ -115,8 +115,7 @@ static void tb_open(worker_ctx *w, const td_trainer *t, const char *spec_json) {
   if (md) {
     /* Markdown: the spec as a code block. */
     snprintf(md, n, "```\n%s\n```", spec_json);
-    tb_check(w, td_tfevents_text(w->tb, "job_spec", t->st.step, md, td_wall_sec(), &err),
-             &err);
+    tb_check(w, td_tfevents_text(w->tb, "job_spec", t->st.step, md, td_wall_sec(), &err), &err);
     free(md);
   }
   tb_maybe_flush(w, td_wall_sec(), 1);
@@ -159,7 +158,8 @@ static void w_resumed(worker_ctx *w, const td_trainer *t, const td_driver_resume
   td_job_resume r = {0};
   if (dr->resumed)
     snprintf(r.checkpoint, sizeof r.checkpoint, "%s", dr->file);
-  snprintf(r.note, sizeof r.note, "%.*s", (int)sizeof r.note - 1, dr->note); /* the record keeps less */
+  snprintf(r.note, sizeof r.note, "%.*s", (int)sizeof r.note - 1,
+           dr->note); /* the record keeps less */
   r.step = t->st.step;
   r.time_ns = td_wall_ns();
   event *e = calloc(1, sizeof *e);
@@ -206,9 +206,9 @@ static void *worker_main(void *arg) {
   event *done = calloc(1, sizeof *done);
   int rc = td_trainer_init(&t, j->spec, &o, &err);
   /* Room for every step of the job, up to the retention. */
-  if (!rc && td_metrics_reserve(&j->metrics, (size_t)t.total_steps < w->retention
-                                                 ? (size_t)t.total_steps
-                                                 : w->retention) != 0) {
+  if (!rc &&
+      td_metrics_reserve(&j->metrics, (size_t)t.total_steps < w->retention ? (size_t)t.total_steps
+                                                                           : w->retention) != 0) {
     td_trainer_free(&t);
     rc = td_errorf(&err, TD_ENOMEM, "no memory for the job's metrics");
   }
@@ -241,15 +241,17 @@ static void *worker_main(void *arg) {
       st->cache_hit = t.plan_hit;
       post_event(w->srv, st);
     }
-    td_train_hooks h = {.user = w, .on_step = w_step, .on_epoch = w_epoch,
-                        .at_boundary = w_boundary, .should_stop = w_stop};
+    td_train_hooks h = {.user = w,
+                        .on_step = w_step,
+                        .on_epoch = w_epoch,
+                        .at_boundary = w_boundary,
+                        .should_stop = w_stop};
     rc = td_trainer_run(&t, &h, NULL, &err);
     rc = w_last_checkpoint(w, &t, rc, &err);
     td_trainer_free(&t);
     td_error tb_err = {0};
     if (w->tb && td_tfevents_close(w->tb, &tb_err))
-      td_log_warn("TensorBoard events: closing failed", "job=%s err=\"%s\"", j->id,
-                  tb_err.msg);
+      td_log_warn("TensorBoard events: closing failed", "job=%s err=\"%s\"", j->id, tb_err.msg);
     w->tb = NULL;
   }
   td_metrics_flush(&j->metrics);

@@ -5,12 +5,12 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <openssl/evp.h>
 #include <unistd.h>
 
 #include "h5safe.h"
@@ -29,8 +29,8 @@ typedef struct leaf {
  * stage with state /opt_state/<i>_<label>/<slot>/<view>. Data pointers are
  * set into params (n_params) and opt (state_slots * n_params) host buffers;
  * opt may be NULL when only /params is wanted. */
-static int plan_leaves(const td_plan *p, float *params, float *opt, leaf **out,
-                       size_t *n_out, td_error *err) {
+static int plan_leaves(const td_plan *p, float *params, float *opt, leaf **out, size_t *n_out,
+                       td_error *err) {
   size_t cap = p->n_views * (1 + (opt ? p->optim.state_slots : 0));
   leaf *ls = calloc(cap ? cap : 1, sizeof *ls);
   if (!ls)
@@ -49,8 +49,8 @@ static int plan_leaves(const td_plan *p, float *params, float *opt, leaf **out,
         continue;
       const char *slot = s->kind == TD_OPT_ADAM ? (k == 0 ? "mu" : "nu") : "trace";
       for (size_t v = 0; v < p->n_views; v++, n++) {
-        snprintf(ls[n].path, sizeof ls[n].path, "/opt_state/%d_%s/%s/%s", i, s->label,
-                 slot, p->views[v].name);
+        snprintf(ls[n].path, sizeof ls[n].path, "/opt_state/%d_%s/%s/%s", i, s->label, slot,
+                 p->views[v].name);
         ls[n].view = &p->views[v];
         ls[n].data = opt + offs[k] * p->n_params + p->views[v].offset;
       }
@@ -125,23 +125,20 @@ static int ckpt_digest(const td_ckpt_meta *m, int64_t count, const leaf *ls, siz
   qsort(order, n, sizeof *order, leaf_ptr_cmp);
   const int32_t version = TD_CKPT_VERSION;
   const uint32_t key[2] = {m->root_key.k[0], m->root_key.k[1]};
-  int ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
-           put_str(c, "format") && put_str(c, TD_CKPT_FORMAT) &&
-           put_str(c, "version") && put(c, &version, sizeof version) &&
-           put_str(c, "job_id") && put_str(c, m->job_id) &&
-           put_str(c, "spec_hash") && put_str(c, m->spec_hash) &&
-           put_str(c, "step") && put(c, &m->step, sizeof m->step) &&
-           put_str(c, "epoch") && put(c, &m->epoch, sizeof m->epoch) &&
-           put_str(c, "step_in_epoch") && put(c, &m->step_in_epoch, sizeof m->step_in_epoch) &&
-           put_str(c, "epoch_loss_sum") && put(c, &m->epoch_loss_sum, sizeof(double)) &&
-           put_str(c, "epoch_correct_sum") && put(c, &m->epoch_correct_sum, sizeof(double)) &&
-           put_str(c, "seed") && put(c, &m->seed, sizeof m->seed) &&
-           put_str(c, "prng_key") && put(c, key, sizeof key) &&
+  int ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 && put_str(c, "format") &&
+           put_str(c, TD_CKPT_FORMAT) && put_str(c, "version") &&
+           put(c, &version, sizeof version) && put_str(c, "job_id") && put_str(c, m->job_id) &&
+           put_str(c, "spec_hash") && put_str(c, m->spec_hash) && put_str(c, "step") &&
+           put(c, &m->step, sizeof m->step) && put_str(c, "epoch") &&
+           put(c, &m->epoch, sizeof m->epoch) && put_str(c, "step_in_epoch") &&
+           put(c, &m->step_in_epoch, sizeof m->step_in_epoch) && put_str(c, "epoch_loss_sum") &&
+           put(c, &m->epoch_loss_sum, sizeof(double)) && put_str(c, "epoch_correct_sum") &&
+           put(c, &m->epoch_correct_sum, sizeof(double)) && put_str(c, "seed") &&
+           put(c, &m->seed, sizeof m->seed) && put_str(c, "prng_key") && put(c, key, sizeof key) &&
            put_str(c, "job_spec") && put_str(c, m->spec_json ? m->spec_json : "") &&
            put_str(c, "/opt_state/count") && put(c, &count, sizeof count);
   for (size_t i = 0; ok && i < n; i++)
-    ok = put_str(c, order[i]->path) &&
-         put(c, order[i]->data, order[i]->view->size * sizeof(float));
+    ok = put_str(c, order[i]->path) && put(c, order[i]->data, order[i]->view->size * sizeof(float));
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int md_len = 0;
   ok = ok && EVP_DigestFinal_ex(c, md, &md_len) == 1 && md_len == 32;
@@ -154,8 +151,7 @@ static int ckpt_digest(const td_ckpt_meta *m, int64_t count, const leaf *ls, siz
   return TD_OK;
 }
 
-int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX],
-                      td_error *err) {
+int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX], td_error *err) {
   /* Shallow copies with the other fields left unset: packing only reads. */
   Traind__V1__JobSpec s = TRAIND__V1__JOB_SPEC__INIT;
   Traind__V1__Dataset ds;
@@ -209,8 +205,7 @@ int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX
 static void shape_str(int rank, const hsize_t *dims, char *buf, size_t len) {
   size_t o = (size_t)snprintf(buf, len, "(");
   for (int i = 0; i < rank && o < len; i++)
-    o += (size_t)snprintf(buf + o, len - o, "%s%llu", i ? ", " : "",
-                          (unsigned long long)dims[i]);
+    o += (size_t)snprintf(buf + o, len - o, "%s%llu", i ? ", " : "", (unsigned long long)dims[i]);
   if (o < len)
     snprintf(buf + o, len - o, rank == 1 ? ",)" : ")");
 }
@@ -233,8 +228,8 @@ static void type_str(hid_t t, char *buf, size_t len) {
     snprintf(buf, len, "HDF5 class %d", (int)c);
 }
 
-static int write_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int rank,
-                      hsize_t dim, const void *val) {
+static int write_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int rank, hsize_t dim,
+                      const void *val) {
   hid_t sp = rank ? H5Screate_simple(1, &dim, NULL) : H5Screate(H5S_SCALAR);
   hid_t a = sp < 0 ? -1 : H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
   int ok = a >= 0 && H5Awrite(a, mtype, val) >= 0;
@@ -342,7 +337,7 @@ static int write_leaf(hid_t fid, hid_t lcpl, const leaf *l) {
  * finished file can be written from it directly, and kept (in `keep`) for
  * the next write when the caller passes a buffer. */
 typedef struct image_mem {
-  void *p;          /* the driver's current buffer */
+  void *p; /* the driver's current buffer */
   td_ckpt_buffer *keep;
 } image_mem;
 
@@ -397,8 +392,7 @@ static herr_t img_free(void *ptr, H5FD_file_image_op_t op, void *ud) {
   return 0;
 }
 
-static void *img_memcpy(void *dst, const void *src, size_t n, H5FD_file_image_op_t op,
-                        void *ud) {
+static void *img_memcpy(void *dst, const void *src, size_t n, H5FD_file_image_op_t op, void *ud) {
   (void)op;
   (void)ud;
   return memcpy(dst, src, n);
@@ -444,7 +438,6 @@ static int write_fsync(const char *path, const void *b, size_t len, td_error *er
                      errno_text(errno, et, sizeof et));
   return TD_OK;
 }
-
 
 /* Writes the whole checkpoint to `name` (a new file). HDF5 builds the file
  * in memory (its core driver, without a backing store); the finished bytes
@@ -496,8 +489,8 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
     what = "writing /opt_state/count";
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t d = sp < 0 ? -1
-                     : H5Dcreate2(fid, "/opt_state/count", H5T_STD_I64LE, sp, lcpl,
-                                  H5P_DEFAULT, H5P_DEFAULT);
+                     : H5Dcreate2(fid, "/opt_state/count", H5T_STD_I64LE, sp, lcpl, H5P_DEFAULT,
+                                  H5P_DEFAULT);
     bad = d < 0 || H5Dwrite(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &img->count) < 0;
     if (d >= 0)
       bad |= H5Dclose(d) < 0;
@@ -554,8 +547,7 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
     H5Pclose(fapl);
   free(ls);
   if (bad)
-    return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed in %s: %s", name, what,
-                     detail);
+    return td_errorf(err, TD_EIO, "checkpoint: writing '%s' failed in %s: %s", name, what, detail);
   return TD_OK;
 }
 
@@ -570,8 +562,8 @@ static int fsync_path(const char *path, int flags) {
   return rc;
 }
 
-int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
-                        const td_ckpt_meta *meta, td_error *err) {
+int td_ckpt_write_image(const char *path, const td_ckpt_image *img, const td_ckpt_meta *meta,
+                        td_error *err) {
   char dir[PATH_MAX], tmp[PATH_MAX];
   const char *slash = strrchr(path, '/');
   const char *base = slash ? slash + 1 : path;
@@ -618,8 +610,7 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
   return TD_OK;
 }
 
-int td_ckpt_write(const char *path, const td_state *st, const td_ckpt_meta *meta,
-                  td_error *err) {
+int td_ckpt_write(const char *path, const td_state *st, const td_ckpt_meta *meta, td_error *err) {
   const td_plan *p = st->plan;
   const td_backend_ops *ops = st->be->ops;
   size_t np = p->n_params, no = p->optim.state_slots * np;
@@ -739,8 +730,7 @@ static herr_t extra_cb(hid_t g, const char *name, const H5L_info_t *info, void *
   /* H5Lvisit follows no external link; opening one is refused as well
    * (td_h5_lapl), and one is reported rather than skipped. */
   if (info->type == H5L_TYPE_EXTERNAL) {
-    problem(w->pr, "%s is an external link (traind reads only data stored inside the file)",
-            full);
+    problem(w->pr, "%s is an external link (traind reads only data stored inside the file)", full);
     return 0;
   }
   hid_t o = H5Oopen(g, name, td_h5_lapl());
@@ -759,8 +749,7 @@ static herr_t extra_cb(hid_t g, const char *name, const H5L_info_t *info, void *
   return 0;
 }
 
-static void check_extras(hid_t fid, const char *group, const leaf *ls, size_t n,
-                         problems *pr) {
+static void check_extras(hid_t fid, const char *group, const leaf *ls, size_t n, problems *pr) {
   if (H5Lexists(fid, group, td_h5_lapl()) <= 0)
     return;
   hid_t g = H5Gopen2(fid, group, td_h5_gapl());
@@ -782,8 +771,8 @@ static int open_h5(const char *path, hid_t *fid, td_error *err) {
 }
 
 /* Reads a string attribute that must fit in len bytes (NUL included). */
-static int read_str_attr_into(hid_t fid, const char *path, const char *name, char *out,
-                              size_t len, td_error *err) {
+static int read_str_attr_into(hid_t fid, const char *path, const char *name, char *out, size_t len,
+                              td_error *err) {
   char *v = NULL;
   int r = read_str_attr(fid, name, &v);
   if (r)
@@ -792,8 +781,10 @@ static int read_str_attr_into(hid_t fid, const char *path, const char *name, cha
   size_t n = strlen(v);
   int rc = TD_OK;
   if (n >= len)
-    rc = td_errorf(err, TD_EDATA, "checkpoint '%s': attribute '%s' is %zu bytes long, "
-                   "at most %zu are allowed", path, name, n, len - 1);
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s': attribute '%s' is %zu bytes long, "
+                   "at most %zu are allowed",
+                   path, name, n, len - 1);
   else
     memcpy(out, v, n + 1);
   free(v);
@@ -809,8 +800,8 @@ static int is_sha256_hex(const char *s) {
 }
 
 /* The root attributes into *m (spec_json malloc'd) and the stored digest. */
-static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m,
-                     char digest[TD_CKPT_HASH_HEX], td_error *err) {
+static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m, char digest[TD_CKPT_HASH_HEX],
+                     td_error *err) {
   char *fmt = NULL;
   int r = read_str_attr(fid, "format", &fmt);
   if (r || strcmp(fmt, TD_CKPT_FORMAT) != 0) {
@@ -833,8 +824,8 @@ static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m,
                      path);
   if (version != TD_CKPT_VERSION)
     return td_errorf(err, TD_EDATA,
-                     "checkpoint '%s' has format version %lld; this traind reads version %d",
-                     path, (long long)version, TD_CKPT_VERSION);
+                     "checkpoint '%s' has format version %lld; this traind reads version %d", path,
+                     (long long)version, TD_CKPT_VERSION);
   uint32_t key[2];
   struct {
     const char *name;
@@ -852,10 +843,9 @@ static int read_meta(hid_t fid, const char *path, td_ckpt_meta *m,
   };
   for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
     if ((r = read_num_attr(fid, nums[i].name, nums[i].mtype, nums[i].n, nums[i].out)))
-      return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute '%s' is %s", path,
-                       nums[i].name,
-                       r > 0 ? "missing"
-                       : nums[i].n != 1 ? "not an integer array of 2"
+      return td_errorf(err, TD_EDATA, "checkpoint '%s': attribute '%s' is %s", path, nums[i].name,
+                       r > 0                                ? "missing"
+                       : nums[i].n != 1                     ? "not an integer array of 2"
                        : nums[i].mtype == H5T_NATIVE_DOUBLE ? "not a float scalar"
                                                             : "not an integer scalar");
   m->root_key.k[0] = key[0];
@@ -896,8 +886,8 @@ static int read_count(hid_t fid, const char *path, int64_t *count, td_error *err
     return td_errorf(err, TD_EDATA, "checkpoint '%s': /opt_state/count is not an integer scalar",
                      path);
   if (*count < 0)
-    return td_errorf(err, TD_EDATA, "checkpoint '%s': /opt_state/count is negative (%lld)",
-                     path, (long long)*count);
+    return td_errorf(err, TD_EDATA, "checkpoint '%s': /opt_state/count is negative (%lld)", path,
+                     (long long)*count);
   return TD_OK;
 }
 
@@ -916,8 +906,7 @@ static int upload_state(td_state *st, const float *host, int with_opt, td_error 
   if (!rc && no)
     rc = ops->upload(st->be, st->opt_state, host + np, no * sizeof(float));
   if (rc)
-    return td_errorf(err, rc, "checkpoint: copying the state to the %s backend failed",
-                     ops->name);
+    return td_errorf(err, rc, "checkpoint: copying the state to the %s backend failed", ops->name);
   return TD_OK;
 }
 
@@ -951,8 +940,9 @@ static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_erro
   check_extras(fid, "/params", ls, n, &pr);
   check_extras(fid, "/opt_state", ls, n, &pr);
   if (pr.n) {
-    rc = td_errorf(err, TD_EDATA, "checkpoint '%s' does not match this job's model (%d problem%s): %s",
-                   path, pr.n, pr.n == 1 ? "" : "s", pr.buf);
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s' does not match this job's model (%d problem%s): %s", path, pr.n,
+                   pr.n == 1 ? "" : "s", pr.buf);
     goto done;
   }
   if ((rc = ckpt_digest(&m, count, ls, n, digest, err)))

@@ -39,13 +39,13 @@ typedef struct td_ckpt_meta {
   /* That epoch's running sums over its steps taken: batch losses and
    * correct predictions (`epoch_loss_sum`, `epoch_correct_sum`, float64). */
   double epoch_loss_sum, epoch_correct_sum;
-  td_key root_key;        /* the job's root PRNG key (`prng_key`, uint32[2]) */
-  uint64_t seed;          /* training.seed */
+  td_key root_key; /* the job's root PRNG key (`prng_key`, uint32[2]) */
+  uint64_t seed;   /* training.seed */
   /* The binding: the job the file belongs to and td_ckpt_spec_hash of its
    * spec (empty strings are written as they are, and match no job). */
   char job_id[TD_CKPT_JOB_ID_MAX];
   char spec_hash[TD_CKPT_HASH_HEX];
-  char *spec_json;        /* the job spec as JSON; owned, may be NULL on write */
+  char *spec_json; /* the job spec as JSON; owned, may be NULL on write */
 } td_ckpt_meta;
 
 /* The SHA-256 (lowercase hex) of the parts of spec that determine a job's
@@ -55,8 +55,7 @@ typedef struct td_ckpt_meta {
  * JobSpec holding only those fields (docs/checkpoint-format.md). Epochs,
  * max_steps, evaluation, logging, devices, priority, the name and the
  * checkpoint schedule change what is run or reported, not the state. */
-int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX],
-                      td_error *err);
+int td_ckpt_spec_hash(const Traind__V1__JobSpec *spec, char out[TD_CKPT_HASH_HEX], td_error *err);
 
 /* Memory for building files, kept between writes by a caller that writes
  * many (fresh memory of a file's size costs a page fault per 4 KiB). Zero
@@ -83,21 +82,19 @@ typedef struct td_ckpt_image {
  * at path (a previous file there stays untouched) and the temporary file is
  * removed. The one exception is a failing fsync of the directory after the
  * rename: the new, complete file is then in place and the error says so. */
-int td_ckpt_write(const char *path, const td_state *st, const td_ckpt_meta *meta,
-                  td_error *err);
+int td_ckpt_write(const char *path, const td_state *st, const td_ckpt_meta *meta, td_error *err);
 /* The same from a host image. Makes no backend calls, so it can run on a
  * writer thread from a snapshot copied out between steps (Debian's HDF5 is
  * built thread-safe: its calls are serialized by the library). */
-int td_ckpt_write_image(const char *path, const td_ckpt_image *img,
-                        const td_ckpt_meta *meta, td_error *err);
+int td_ckpt_write_image(const char *path, const td_ckpt_image *img, const td_ckpt_meta *meta,
+                        td_error *err);
 
 /* Validates the checkpoint at path against st's plan and loads it: every
  * parameter and optimizer-state leaf present with its shape and float32, no
  * extra leaves, the digest matching. Sets st->step from /opt_state/count
  * and fills *meta (free with td_ckpt_meta_free; meta may be NULL). On any
  * refusal the state is unchanged and the message names the problem. */
-int td_ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta,
-                 td_error *err);
+int td_ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_error *err);
 void td_ckpt_meta_free(td_ckpt_meta *m);
 /* Reads only the root attributes of path (format, version, binding,
  * position) into *meta, for deciding whether a file belongs to a job before

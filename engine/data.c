@@ -20,7 +20,8 @@
 #define MAX_VALUES ((uint64_t)1 << 31)
 
 void td_dataset_free(td_dataset *ds) {
-  if (!ds) return;
+  if (!ds)
+    return;
   free(ds->x);
   free(ds->y);
   memset(ds, 0, sizeof *ds);
@@ -31,13 +32,15 @@ void td_dataset_gather(const td_dataset *ds, const uint32_t *idx, size_t count, 
   const size_t dim = ds->dim;
   for (size_t k = 0; k < count; k++) {
     memcpy(dst + k * dim, ds->x + (size_t)idx[k] * dim, dim * sizeof *dst);
-    if (labels) labels[k] = ds->y[idx[k]];
+    if (labels)
+      labels[k] = ds->y[idx[k]];
   }
 }
 
 /* uint8 -> [0, 1] by division, so values equal numpy's `x / 255.0` in float32. */
 static void fill_u8_table(float table[256]) {
-  for (int v = 0; v < 256; v++) table[v] = (float)v / 255.0f;
+  for (int v = 0; v < 256; v++)
+    table[v] = (float)v / 255.0f;
 }
 
 /* ---- path resolution ---------------------------------------------------- */
@@ -48,32 +51,42 @@ static void fill_u8_table(float table[256]) {
 static int lexical_abs(const char *path, char *out, size_t outlen) {
   char joined[2 * PATH_MAX];
   if (path[0] == '/') {
-    if (snprintf(joined, sizeof joined, "%s", path) >= (int)sizeof joined) return -1;
+    if (snprintf(joined, sizeof joined, "%s", path) >= (int)sizeof joined)
+      return -1;
   } else {
     char cwd[PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) return -1;
-    if (snprintf(joined, sizeof joined, "%s/%s", cwd, path) >= (int)sizeof joined) return -1;
+    if (!getcwd(cwd, sizeof cwd))
+      return -1;
+    if (snprintf(joined, sizeof joined, "%s/%s", cwd, path) >= (int)sizeof joined)
+      return -1;
   }
   size_t len = 0; /* out holds "" for the root, else "/a/b" */
   const char *p = joined;
   while (*p) {
-    while (*p == '/') p++;
+    while (*p == '/')
+      p++;
     const char *seg = p;
-    while (*p && *p != '/') p++;
+    while (*p && *p != '/')
+      p++;
     size_t n = (size_t)(p - seg);
-    if (n == 0 || (n == 1 && seg[0] == '.')) continue;
+    if (n == 0 || (n == 1 && seg[0] == '.'))
+      continue;
     if (n == 2 && seg[0] == '.' && seg[1] == '.') {
-      while (len > 0 && out[len - 1] != '/') len--;
-      if (len > 0) len--; /* drop the slash too; ".." at the root stays there */
+      while (len > 0 && out[len - 1] != '/')
+        len--;
+      if (len > 0)
+        len--; /* drop the slash too; ".." at the root stays there */
       continue;
     }
-    if (len + 1 + n + 1 > outlen) return -1;
+    if (len + 1 + n + 1 > outlen)
+      return -1;
     out[len++] = '/';
     memcpy(out + len, seg, n);
     len += n;
   }
   if (len == 0) {
-    if (outlen < 2) return -1;
+    if (outlen < 2)
+      return -1;
     out[len++] = '/';
   }
   out[len] = '\0';
@@ -81,8 +94,10 @@ static int lexical_abs(const char *path, char *out, size_t outlen) {
 }
 
 static int path_inside(const char *path, const char *root) {
-  if (!root[0]) return 0;
-  if (strcmp(root, "/") == 0) return path[0] == '/';
+  if (!root[0])
+    return 0;
+  if (strcmp(root, "/") == 0)
+    return path[0] == '/';
   size_t n = strlen(root);
   return strncmp(path, root, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
@@ -97,8 +112,10 @@ typedef struct root_forms {
 
 static int inside_any(const char *path, const root_forms *r, size_t n, int canonical_only) {
   for (size_t i = 0; i < n; i++) {
-    if (path_inside(path, r[i].canonical)) return 1;
-    if (!canonical_only && path_inside(path, r[i].lexical)) return 1;
+    if (path_inside(path, r[i].canonical))
+      return 1;
+    if (!canonical_only && path_inside(path, r[i].lexical))
+      return 1;
   }
   return 0;
 }
@@ -112,7 +129,8 @@ static void format_roots(const char *const *roots, const root_forms *r, size_t n
     int w = snprintf(buf + used, len - used, "%s%s%s", i ? ", " : "", roots[i],
                      r[i].canonical[0] ? "" : " (missing)");
     if (w < 0 || (size_t)w >= len - used) {
-      if (len > 4) strcpy(buf + len - 4, "...");
+      if (len > 4)
+        strcpy(buf + len - 4, "...");
       return;
     }
     used += (size_t)w;
@@ -144,11 +162,13 @@ static int try_candidate(const char *path, const char *rel, const root_forms *r,
                          const char *rootlist, char *out, size_t outlen, td_error *err) {
   struct stat st;
   if (stat(path, &st) != 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return 1;
+    if (errno == ENOENT || errno == ENOTDIR)
+      return 1;
     return access_error(rel, path, "access", errno, err);
   }
   char *canon = realpath(path, NULL);
-  if (!canon) return access_error(rel, path, "canonicalize", errno, err);
+  if (!canon)
+    return access_error(rel, path, "canonicalize", errno, err);
   int rc = 0;
   if (!inside_any(canon, r, n, 1)) {
     rc = td_errorf(err, TD_EPERM, "dataset path '%s' escapes the data roots (%s): it leads to '%s'",
@@ -170,7 +190,8 @@ static int try_candidate(const char *path, const char *rel, const root_forms *r,
 
 int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, int alt_gz, char *out,
                     size_t outlen, td_error *err) {
-  if (!rel || !rel[0]) return td_errorf(err, TD_EINVAL, "dataset path is empty");
+  if (!rel || !rel[0])
+    return td_errorf(err, TD_EINVAL, "dataset path is empty");
   if (nroots == 0)
     return td_errorf(err, TD_EINVAL,
                      "dataset path '%s' cannot be resolved: no data roots are configured "
@@ -195,12 +216,14 @@ int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, in
   }
 
   root_forms *r = calloc(nroots, sizeof *r);
-  if (!r) return td_errorf(err, TD_ENOMEM, "out of memory resolving dataset path '%s'", rel);
+  if (!r)
+    return td_errorf(err, TD_ENOMEM, "out of memory resolving dataset path '%s'", rel);
   for (size_t i = 0; i < nroots; i++) {
     if (!roots[i] || !roots[i][0] || lexical_abs(roots[i], r[i].lexical, sizeof r[i].lexical) != 0)
       r[i].lexical[0] = '\0';
     char *canon = roots[i] && roots[i][0] ? realpath(roots[i], NULL) : NULL;
-    if (canon && strlen(canon) < sizeof r[i].canonical) strcpy(r[i].canonical, canon);
+    if (canon && strlen(canon) < sizeof r[i].canonical)
+      strcpy(r[i].canonical, canon);
     free(canon);
   }
   char rootlist[640];
@@ -216,7 +239,8 @@ int td_data_resolve(const char *const *roots, size_t nroots, const char *rel, in
       rc = try_candidate(names[k], rel, r, nroots, rootlist, out, outlen, err);
   } else {
     for (size_t i = 0; rc == 1 && i < nroots; i++) {
-      if (!r[i].canonical[0]) continue;
+      if (!r[i].canonical[0])
+        continue;
       for (int k = 0; rc == 1 && k < nnames; k++) {
         snprintf(joined, sizeof joined, "%s/%s", r[i].lexical, names[k]);
         if (lexical_abs(joined, lex, sizeof lex) != 0 || !inside_any(lex, r, nroots, 0)) {
@@ -269,17 +293,20 @@ static int idx_read(idx_file *f, void *buf, uint64_t len, uint64_t *got, td_erro
   *got = 0;
   while (*got < len) {
     uint64_t want = len - *got;
-    if (want > (1u << 30)) want = 1u << 30;
+    if (want > (1u << 30))
+      want = 1u << 30;
     int n = gzread(f->f, (char *)buf + *got, (unsigned)want);
     if (n < 0) {
       int zerr;
       const char *msg = gzerror(f->f, &zerr);
       if (zerr == Z_ERRNO)
         return td_errorf(err, TD_EIO, "'%s': read failed: %s", f->path, strerror(errno));
-      if (zerr == Z_BUF_ERROR) break; /* the gzip stream ends early: reported as truncation */
+      if (zerr == Z_BUF_ERROR)
+        break; /* the gzip stream ends early: reported as truncation */
       return td_errorf(err, TD_EDATA, "'%s': corrupt gzip data: %s", f->path, msg);
     }
-    if (n == 0) break;
+    if (n == 0)
+      break;
     *got += (uint64_t)n;
   }
   return 0;
@@ -296,7 +323,8 @@ static int idx_open(idx_file *f, const char *path, int labels, td_error *err) {
   f->path = path;
   struct stat st;
   int fd = td_open_regular(path, labels ? "IDX label file" : "IDX image file", &st, err);
-  if (fd < 0) return fd;
+  if (fd < 0)
+    return fd;
   errno = 0;
   f->f = gzdopen(fd, "rb");
   if (!f->f) {
@@ -310,7 +338,8 @@ static int idx_open(idx_file *f, const char *path, int labels, td_error *err) {
   unsigned char b[4 * 6];
   uint64_t got;
   int rc = idx_read(f, b, 4, &got, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   if (got < 4)
     return td_errorf(err, TD_EDATA, "'%s': not an IDX %s file: only %" PRIu64 " bytes long", path,
                      what, got);
@@ -323,7 +352,8 @@ static int idx_open(idx_file *f, const char *path, int labels, td_error *err) {
                      path, what, magic, expect, labels ? "1 dimension" : "3 dimensions");
   f->ndims = nd;
   rc = idx_read(f, b, 4 * (uint64_t)nd, &got, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   if (got < 4 * (uint64_t)nd)
     return td_errorf(err, TD_EDATA, "'%s': truncated: the IDX header ends inside its dimensions",
                      path);
@@ -346,7 +376,8 @@ static int idx_open(idx_file *f, const char *path, int labels, td_error *err) {
 }
 
 static void idx_close(idx_file *f) {
-  if (f->f) gzclose(f->f);
+  if (f->f)
+    gzclose(f->f);
   f->f = NULL;
 }
 
@@ -355,7 +386,8 @@ static int idx_payload(idx_file *f, unsigned char *buf, uint64_t len, const char
                        td_error *err) {
   uint64_t got;
   int rc = idx_read(f, buf, len, &got, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   if (got < len)
     return td_errorf(err, TD_EDATA,
                      "'%s': truncated: expected %" PRIu64 " bytes of %s data, found %" PRIu64,
@@ -364,7 +396,8 @@ static int idx_payload(idx_file *f, unsigned char *buf, uint64_t len, const char
   unsigned char tail[4096];
   do {
     rc = idx_read(f, tail, sizeof tail, &got, err);
-    if (rc) return rc;
+    if (rc)
+      return rc;
     extra += got;
   } while (got == sizeof tail);
   if (extra)
@@ -381,7 +414,8 @@ static int idx_open_pair(idx_file *im, idx_file *lb, const char *images_path,
                          const char *labels_path, td_error *err) {
   memset(lb, 0, sizeof *lb);
   int rc = idx_open(im, images_path, 0, err);
-  if (!rc) rc = idx_open(lb, labels_path, 1, err);
+  if (!rc)
+    rc = idx_open(lb, labels_path, 1, err);
   if (!rc && im->count != lb->count)
     rc = td_errorf(err, TD_EDATA, "'%s' holds %" PRIu64 " images but '%s' holds %" PRIu64 " labels",
                    images_path, im->count, labels_path, lb->count);
@@ -400,7 +434,8 @@ static void idx_set_shape(const idx_file *im, uint64_t keep, td_dataset *ds) {
   ds->n = (uint32_t)keep;
   ds->dim = (uint32_t)im->per_item;
   ds->ndim = im->ndims - 1;
-  for (uint32_t i = 0; i + 1 < im->ndims; i++) ds->shape[i] = im->dims[i + 1];
+  for (uint32_t i = 0; i + 1 < im->ndims; i++)
+    ds->shape[i] = im->dims[i + 1];
 }
 
 int td_idx_shape(const char *images_path, const char *labels_path, uint32_t limit, td_dataset *ds,
@@ -408,7 +443,8 @@ int td_idx_shape(const char *images_path, const char *labels_path, uint32_t limi
   memset(ds, 0, sizeof *ds);
   idx_file im, lb;
   int rc = idx_open_pair(&im, &lb, images_path, labels_path, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   idx_set_shape(&im, kept(im.count, limit), ds);
   idx_close(&lb);
   idx_close(&im);
@@ -421,7 +457,8 @@ int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit
   idx_file im, lb;
   unsigned char *pix = NULL, *lab = NULL;
   int rc = idx_open_pair(&im, &lb, images_path, labels_path, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   const uint64_t n = im.count, dim = im.per_item;
   const uint64_t keep = kept(n, limit);
   pix = malloc(n * dim);
@@ -434,17 +471,21 @@ int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit
     goto done;
   }
   rc = idx_payload(&im, pix, n * dim, "pixel", err);
-  if (rc) goto done;
+  if (rc)
+    goto done;
   rc = idx_payload(&lb, lab, n, "label", err);
-  if (rc) goto done;
+  if (rc)
+    goto done;
 
   float table[256];
   fill_u8_table(table);
-  for (uint64_t i = 0; i < keep * dim; i++) ds->x[i] = table[pix[i]];
+  for (uint64_t i = 0; i < keep * dim; i++)
+    ds->x[i] = table[pix[i]];
   int32_t max_label = 0;
   for (uint64_t i = 0; i < keep; i++) {
     ds->y[i] = lab[i];
-    if (lab[i] > max_label) max_label = lab[i];
+    if (lab[i] > max_label)
+      max_label = lab[i];
   }
   idx_set_shape(&im, keep, ds);
   ds->max_label = max_label;
@@ -454,7 +495,8 @@ done:
   idx_close(&im);
   free(pix);
   free(lab);
-  if (rc) td_dataset_free(ds);
+  if (rc)
+    td_dataset_free(ds);
   return rc;
 }
 
@@ -480,7 +522,8 @@ static void h5_type_name(hid_t t, char *buf, size_t len) {
 static void h5_list_top(hid_t fid, char *buf, size_t len) {
   H5G_info_t gi;
   buf[0] = '\0';
-  if (H5Gget_info(fid, &gi) < 0) return;
+  if (H5Gget_info(fid, &gi) < 0)
+    return;
   size_t used = 0;
   for (hsize_t i = 0; i < gi.nlinks && i < 16; i++) {
     char name[128];
@@ -489,10 +532,12 @@ static void h5_list_top(hid_t fid, char *buf, size_t len) {
                            H5P_DEFAULT) < 0)
       break;
     int w = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", name);
-    if (w < 0 || (size_t)w >= len - used) break;
+    if (w < 0 || (size_t)w >= len - used)
+      break;
     used += (size_t)w;
   }
-  if (gi.nlinks > 16 && used + 5 < len) strcpy(buf + used, ", ...");
+  if (gi.nlinks > 16 && used + 5 < len)
+    strcpy(buf + used, ", ...");
 }
 
 /* An open dataset with its shape. */
@@ -503,16 +548,19 @@ typedef struct h5_dset {
 } h5_dset;
 
 static void h5_dset_close(h5_dset *d) {
-  if (d->type >= 0) H5Tclose(d->type);
-  if (d->space >= 0) H5Sclose(d->space);
-  if (d->id >= 0) H5Dclose(d->id);
+  if (d->type >= 0)
+    H5Tclose(d->type);
+  if (d->space >= 0)
+    H5Sclose(d->space);
+  if (d->id >= 0)
+    H5Dclose(d->id);
   d->id = d->space = d->type = H5I_INVALID_HID;
 }
 
 /* Opens dataset `name` through td_h5_dopen (which refuses what leads outside
  * the file and what the file cannot hold) and reads its shape. */
-static int h5_dset_open(hid_t fid, const char *path, const char *name, const char *role,
-                        h5_dset *d, td_error *err) {
+static int h5_dset_open(hid_t fid, const char *path, const char *name, const char *role, h5_dset *d,
+                        td_error *err) {
   d->id = d->space = d->type = H5I_INVALID_HID;
   int rc = td_h5_dopen(fid, path, name, role, &d->id, err);
   if (rc == TD_ENOTFOUND || rc == TD_EINVAL) {
@@ -521,7 +569,8 @@ static int h5_dset_open(hid_t fid, const char *path, const char *name, const cha
     return td_errorf(err, TD_ENOTFOUND, "'%s' has no dataset '%s' (the %s); the file holds: %s",
                      path, name, role, top[0] ? top : "nothing at the top level");
   }
-  if (rc) return rc;
+  if (rc)
+    return rc;
   d->space = H5Dget_space(d->id);
   d->type = H5Dget_type(d->id);
   d->rank = d->space >= 0 ? H5Sget_simple_extent_ndims(d->space) : -1;
@@ -536,14 +585,16 @@ static void format_shape(const h5_dset *d, char *buf, size_t len) {
   for (int i = 0; i < d->rank && used < len; i++)
     used += (size_t)snprintf(buf + used, len - used, "%s%llu", i ? ", " : "",
                              (unsigned long long)d->dims[i]);
-  if (used < len) snprintf(buf + used, len - used, ")");
+  if (used < len)
+    snprintf(buf + used, len - used, ")");
 }
 
 /* Selects the first `keep` rows of d in the file and makes a matching memory
  * space. */
 static hid_t h5_select_rows(h5_dset *d, hsize_t keep) {
   hsize_t start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
-  for (int i = 0; i < d->rank; i++) count[i] = d->dims[i];
+  for (int i = 0; i < d->rank; i++)
+    count[i] = d->dims[i];
   count[0] = keep;
   if (H5Sselect_hyperslab(d->space, H5S_SELECT_SET, start, NULL, count, NULL) < 0)
     return H5I_INVALID_HID;
@@ -563,7 +614,8 @@ typedef struct h5_pair {
 static void h5_pair_close(h5_pair *p) {
   h5_dset_close(&p->x);
   h5_dset_close(&p->y);
-  if (p->fid >= 0) H5Fclose(p->fid);
+  if (p->fid >= 0)
+    H5Fclose(p->fid);
   p->fid = H5I_INVALID_HID;
 }
 
@@ -578,12 +630,15 @@ static int h5_pair_open(h5_pair *p, const char *path, const char *features, cons
   p->y = p->x;
   char shape[128], tname[64];
   int rc = td_h5_open(path, "HDF5 dataset file", &p->fid, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   h5_dset *fx = &p->x, *fy = &p->y;
   rc = h5_dset_open(p->fid, path, features, "features", fx, err);
-  if (rc) goto fail;
+  if (rc)
+    goto fail;
   rc = h5_dset_open(p->fid, path, labels, "labels", fy, err);
-  if (rc) goto fail;
+  if (rc)
+    goto fail;
 
   /* Shapes: features (N, ...), labels (N) or (N, 1), the same N. */
   format_shape(fx, shape, sizeof shape);
@@ -657,14 +712,16 @@ static void h5_set_shape(const h5_pair *p, td_dataset *ds) {
   ds->n = (uint32_t)p->keep;
   ds->dim = (uint32_t)p->dim;
   ds->ndim = (uint32_t)p->x.rank - 1;
-  for (int i = 1; i < p->x.rank; i++) ds->shape[i - 1] = (uint32_t)p->x.dims[i];
+  for (int i = 1; i < p->x.rank; i++)
+    ds->shape[i - 1] = (uint32_t)p->x.dims[i];
 }
 
 static int hdf5_load(const char *path, const char *features, const char *labels, uint32_t limit,
                      td_dataset *ds, td_error *err) {
   h5_pair pr;
   int rc = h5_pair_open(&pr, path, features, labels, limit, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   char detail[TD_H5_DETAIL];
   h5_dset *fx = &pr.x, *fy = &pr.y;
   const uint64_t keep = pr.keep, dim = pr.dim;
@@ -676,7 +733,8 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   ds->x = malloc(keep * dim * sizeof *ds->x);
   ds->y = malloc(keep * sizeof *ds->y);
   lab = malloc(keep * sizeof *lab);
-  if (is_u8) u8 = malloc(keep * dim);
+  if (is_u8)
+    u8 = malloc(keep * dim);
   if (!ds->x || !ds->y || !lab || (is_u8 && !u8)) {
     rc = td_errorf(err, TD_ENOMEM, "out of memory loading '%s' (%" PRIu64 " MiB)", path,
                    (keep * dim * 4) >> 20);
@@ -705,7 +763,8 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
   if (is_u8) {
     float table[256];
     fill_u8_table(table);
-    for (size_t i = 0; i < total; i++) ds->x[i] = table[u8[i]];
+    for (size_t i = 0; i < total; i++)
+      ds->x[i] = table[u8[i]];
   } else {
     for (size_t i = 0; i < total; i++) {
       if (!isfinite(ds->x[i])) {
@@ -725,14 +784,17 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
       goto done;
     }
     ds->y[i] = (int32_t)lab[i];
-    if (ds->y[i] > max_label) max_label = ds->y[i];
+    if (ds->y[i] > max_label)
+      max_label = ds->y[i];
   }
   h5_set_shape(&pr, ds);
   ds->max_label = max_label;
 
 done:
-  if (memx >= 0) H5Sclose(memx);
-  if (memy >= 0) H5Sclose(memy);
+  if (memx >= 0)
+    H5Sclose(memx);
+  if (memy >= 0)
+    H5Sclose(memy);
   h5_pair_close(&pr);
   free(u8);
   free(lab);
@@ -745,7 +807,8 @@ int td_hdf5_load(const char *path, const char *features, const char *labels, uin
   td_h5_quiet q = td_h5_silence();
   int rc = hdf5_load(path, features, labels, limit, ds, err);
   td_h5_restore(q);
-  if (rc) td_dataset_free(ds);
+  if (rc)
+    td_dataset_free(ds);
   return rc;
 }
 

@@ -27,8 +27,8 @@ int td_job_admit(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, cons
     size_t free_bytes = 0, total_bytes = 0;
     td_error qerr = {0};
     if (td_gpu_memory(a->gpus[i], &free_bytes, &total_bytes, &qerr)) {
-      td_log_warn("cannot query GPU memory; not checking the job's size on it",
-                  "gpu=%d err=\"%s\"", a->gpus[i], qerr.msg);
+      td_log_warn("cannot query GPU memory; not checking the job's size on it", "gpu=%d err=\"%s\"",
+                  a->gpus[i], qerr.msg);
       continue;
     }
     td_footprint g = *out;
@@ -42,9 +42,7 @@ int td_job_admit(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, cons
 
 /* ---- checkpoints -------------------------------------------------------- */
 
-static uint64_t requests(const td_driver *d) {
-  return d->save_req ? atomic_load(d->save_req) : 0;
-}
+static uint64_t requests(const td_driver *d) { return d->save_req ? atomic_load(d->save_req) : 0; }
 
 /* The tag of a snapshot taken now: the requests so far, which it covers. */
 static uint64_t snapshot_gen(void *user) {

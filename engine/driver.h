@@ -51,8 +51,8 @@ int td_job_admit(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, cons
 
 /* One job's checkpoints. */
 typedef struct td_driver_opts {
-  const char *dir;    /* the job's checkpoint directory (created when missing) */
-  const char *job_id; /* the files' binding (td_saver_opts) */
+  const char *dir;        /* the job's checkpoint directory (created when missing) */
+  const char *job_id;     /* the files' binding (td_saver_opts) */
   double final_retry_sec; /* how long a failed final checkpoint is retried */
   /* Checkpoints asked for so far (the daemon's SaveCheckpoint count), or
    * NULL: every request newer than the last snapshot is taken at the next
@@ -79,9 +79,9 @@ typedef struct td_driver {
 
 /* Where td_driver_start left the trainer. */
 typedef struct td_driver_resumed {
-  int resumed;                    /* 1: from file; 0: from the beginning */
+  int resumed; /* 1: from file; 0: from the beginning */
   char file[TD_CKPT_NAME_MAX];
-  char note[1024];                /* files refused on the way ("" when none) */
+  char note[1024]; /* files refused on the way ("" when none) */
 } td_driver_resumed;
 
 /* Starts the saver for t's job and continues t from the newest checkpoint

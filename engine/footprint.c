@@ -166,8 +166,8 @@ static size_t image_size(const td_plan *p, size_t json) {
   const size_t floats = p->n_params * (1 + p->optim.state_slots);
   const size_t leaves = p->n_views * (1 + p->optim.state_slots);
   const size_t inc = floats * sizeof(float) + ((size_t)256 << 10);
-  const size_t file = floats * sizeof(float) + leaves * TD_FOOTPRINT_CKPT_LEAF_META + json +
-                      ((size_t)64 << 10);
+  const size_t file =
+      floats * sizeof(float) + leaves * TD_FOOTPRINT_CKPT_LEAF_META + json + ((size_t)64 << 10);
   return (file + inc - 1) / inc * inc;
 }
 
@@ -193,23 +193,22 @@ static void size_host(td_footprint *f, const td_plan *p, const size_t raw[2], si
   /* td_trainer_init: the order, the offsets, the step table; replica_data:
    * each replica's metrics read back; td_trainer_run: the step points and
    * correct counts of an epoch; the plan's layers and views. */
-  f->host_trainer_bytes = (size_t)f->train_n * sizeof(uint32_t) + f->shard * sizeof(uint32_t) +
-                          steps * p->rec_bytes +
-                          (size_t)f->replicas * steps * TD_STEP_METRICS * fl +
-                          steps * (sizeof(td_step_point) + fl) +
-                          p->n_layers * sizeof(td_layer) + p->n_views * sizeof(td_view);
+  f->host_trainer_bytes =
+      (size_t)f->train_n * sizeof(uint32_t) + f->shard * sizeof(uint32_t) + steps * p->rec_bytes +
+      (size_t)f->replicas * steps * TD_STEP_METRICS * fl + steps * (sizeof(td_step_point) + fl) +
+      p->n_layers * sizeof(td_layer) + p->n_views * sizeof(td_view);
   /* td_saver_start's snapshot buffer; the spec as JSON in the worker, the
    * saver and the TensorBoard text. */
-  f->ckpt_bytes = (np * (1 + p->optim.state_slots) + (np == 0)) * fl +
-                  3 * (json + 16);
+  f->ckpt_bytes = (np * (1 + p->optim.state_slots) + (np == 0)) * fl + 3 * (json + 16);
   f->image_bytes = image_size(p, json);
   /* td_trainer_resume: ckpt_read's host copy of the floats (and the
    * leaves' table, one per view and slot); on the CPU the second state. */
-  f->resume_host_bytes = (np * (1 + p->optim.state_slots) + 1) * fl +
-                         p->n_views * (1 + p->optim.state_slots) * (TD_VIEW_NAME_MAX + 80) +
-                         (f->gpu ? 0 : 2 * cpu_take(np * fl) +
-                                           cpu_take((p->optim.state_slots * np + 1) * fl) +
-                                           cpu_take(p->arena_floats * fl));
+  f->resume_host_bytes =
+      (np * (1 + p->optim.state_slots) + 1) * fl +
+      p->n_views * (1 + p->optim.state_slots) * (TD_VIEW_NAME_MAX + 80) +
+      (f->gpu ? 0
+              : 2 * cpu_take(np * fl) + cpu_take((p->optim.state_slots * np + 1) * fl) +
+                    cpu_take(p->arena_floats * fl));
   /* td_state_init_params draws the parameters on the host (np floats),
    * then checkpoint.init_from is read (np + 1, and the leaves' table),
    * before the writer exists. */
@@ -353,8 +352,9 @@ int td_footprint_admit(const td_footprint *f, const td_memory_limit *lim, size_t
   const size_t reps = (size_t)f->replicas;
   const size_t model = f->gpu ? 0 : reps * f->model_bytes;
   const size_t arena = f->gpu ? 0 : reps * f->arena_bytes;
-  const size_t ckpt = f->ckpt_bytes +
-                      (f->image_bytes > f->resume_host_bytes ? f->image_bytes : f->resume_host_bytes);
+  const size_t ckpt =
+      f->ckpt_bytes +
+      (f->image_bytes > f->resume_host_bytes ? f->image_bytes : f->resume_host_bytes);
   const size_t data = f->host_data_bytes;
   const size_t sum = model + arena + ckpt + data;
   const size_t rest = f->host_bytes > sum ? f->host_bytes - sum : 0;
@@ -379,8 +379,9 @@ int td_footprint_admit(const td_footprint *f, const td_memory_limit *lim, size_t
     parts[n++].advice = ADV_BATCH;
   }
   parts[n].bytes = data;
-  snprintf(parts[n].what, sizeof parts[n].what, "%s for the training and test sets (%u + %u examples)",
-           human(b[n], sizeof b[n], data), f->train_n, f->test_n);
+  snprintf(parts[n].what, sizeof parts[n].what,
+           "%s for the training and test sets (%u + %u examples)", human(b[n], sizeof b[n], data),
+           f->train_n, f->test_n);
   parts[n++].advice = ADV_DATA;
   parts[n].bytes = rest;
   snprintf(parts[n].what, sizeof parts[n].what,
@@ -400,8 +401,9 @@ int td_footprint_admit(const td_footprint *f, const td_memory_limit *lim, size_t
              f->largest[0].name, f->largest[0].rows, f->largest[0].cols, f->largest[1].name,
              f->largest[1].rows, f->largest[1].cols);
   else
-    snprintf(model_adv, sizeof model_adv, "the model (fewer or narrower layers; the largest is %s (%u, %u))",
-             f->largest[0].name, f->largest[0].rows, f->largest[0].cols);
+    snprintf(model_adv, sizeof model_adv,
+             "the model (fewer or narrower layers; the largest is %s (%u, %u))", f->largest[0].name,
+             f->largest[0].rows, f->largest[0].cols);
   const char *adv[ADV_N] = {model_adv, "training.batch_size",
                             "the datasets (dataset.train_limit, dataset.test_limit)",
                             "the steps per epoch (a larger training.batch_size)"};
@@ -446,7 +448,8 @@ static int kb_field(const char *path, const char *key, uint64_t *out) {
   if (slurp(path, buf, sizeof buf) < 0)
     return 0;
   const size_t k = strlen(key);
-  for (const char *line = buf; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL)
+  for (const char *line = buf; line && *line;
+       line = strchr(line, '\n'), line = line ? line + 1 : NULL)
     if (strncmp(line, key, k) == 0) {
       char *end;
       errno = 0;
@@ -568,7 +571,8 @@ int td_memory_limit_from(uint64_t configured, const char *proc_cgroup, const cha
     if (!have_avail || usable <= avail) {
       char l[32], r[32];
       out->bytes = (size_t)usable;
-      snprintf(out->source, sizeof out->source, "the cgroup limit of %s in %.120s less the %s the daemon holds",
+      snprintf(out->source, sizeof out->source,
+               "the cgroup limit of %s in %.120s less the %s the daemon holds",
                human(l, sizeof l, (size_t)cg), where, human(r, sizeof r, (size_t)rss));
       return TD_OK;
     }

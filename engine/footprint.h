@@ -86,17 +86,17 @@ typedef struct td_footprint {
    * (resume_host_bytes) or the file image a checkpoint is built in
    * (image_bytes, kept from the first checkpoint on); plus
    * TD_FOOTPRINT_HOST_MARGIN. */
-  int64_t total_steps;    /* steps the job runs (epochs, max_steps) */
-  size_t host_data_bytes; /* the training and test sets: float32 features, int32 labels */
-  size_t load_bytes;      /* while loading: the sets so far and the file's raw bytes */
-  size_t host_engine_bytes; /* CPU jobs: every replica's engine_bytes, as allocated */
+  int64_t total_steps;       /* steps the job runs (epochs, max_steps) */
+  size_t host_data_bytes;    /* the training and test sets: float32 features, int32 labels */
+  size_t load_bytes;         /* while loading: the sets so far and the file's raw bytes */
+  size_t host_engine_bytes;  /* CPU jobs: every replica's engine_bytes, as allocated */
   size_t host_trainer_bytes; /* example order, offsets, step tables, metrics read back,
                                 the run's step points, the plan, the metric ring */
-  size_t ckpt_bytes;      /* the writer's snapshot buffer and the spec as JSON (three copies) */
-  size_t image_bytes;     /* the HDF5 image a checkpoint is built in */
-  size_t resume_host_bytes; /* reading a checkpoint: its floats, and on a CPU job the
+  size_t ckpt_bytes;         /* the writer's snapshot buffer and the spec as JSON (three copies) */
+  size_t image_bytes;        /* the HDF5 image a checkpoint is built in */
+  size_t resume_host_bytes;  /* reading a checkpoint: its floats, and on a CPU job the
                                second state (resume_bytes) */
-  size_t init_host_bytes; /* drawing the initial parameters, reading init_from */
+  size_t init_host_bytes;    /* drawing the initial parameters, reading init_from */
   size_t host_bytes;
 
   /* The model's largest weight matrices, for messages (name "" when
@@ -131,7 +131,6 @@ int td_footprint_fits(const td_footprint *f, int gpu, size_t free_bytes, td_erro
 /* The job run without checkpoints (`traind run` without --checkpoint-dir):
  * no writer, no resume; host_bytes recomputed. */
 void td_footprint_no_checkpoints(td_footprint *f);
-
 
 /* Whether f->host_bytes fit in what is left of the limit when jobs
  * holding `held` bytes run: TD_OK, or TD_ENOMEM (RESOURCE_EXHAUSTED) with

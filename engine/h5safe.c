@@ -11,12 +11,18 @@
 #include <unistd.h>
 
 const char *td_file_kind(mode_t m) {
-  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
-  if (S_ISSOCK(m)) return "a socket";
-  if (S_ISDIR(m)) return "a directory";
-  if (S_ISCHR(m)) return "a character device";
-  if (S_ISBLK(m)) return "a block device";
-  if (S_ISLNK(m)) return "a symbolic link";
+  if (S_ISFIFO(m))
+    return "a FIFO (named pipe)";
+  if (S_ISSOCK(m))
+    return "a socket";
+  if (S_ISDIR(m))
+    return "a directory";
+  if (S_ISCHR(m))
+    return "a character device";
+  if (S_ISBLK(m))
+    return "a block device";
+  if (S_ISLNK(m))
+    return "a symbolic link";
   return "not a regular file";
 }
 
@@ -61,10 +67,13 @@ static int open_errno(const char *path, const char *what, int e, td_error *err) 
 int td_open_regular(const char *path, const char *what, struct stat *st, td_error *err) {
   /* lstat first, so that a device or a FIFO is never opened at all; the
    * fstat after the open is what counts. */
-  if (lstat(path, st) != 0) return open_errno(path, what, errno, err);
-  if (!S_ISREG(st->st_mode)) return not_regular(path, what, st->st_mode, err);
+  if (lstat(path, st) != 0)
+    return open_errno(path, what, errno, err);
+  if (!S_ISREG(st->st_mode))
+    return not_regular(path, what, st->st_mode, err);
   int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return open_errno(path, what, errno, err);
+  if (fd < 0)
+    return open_errno(path, what, errno, err);
   int flags;
   if (fstat(fd, st) != 0) {
     int e = errno;
@@ -99,14 +108,16 @@ void td_h5_restore(td_h5_quiet q) {
 
 static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
   (void)n;
-  if (e->desc && e->desc[0]) snprintf(data, TD_H5_DETAIL, "%s", e->desc);
+  if (e->desc && e->desc[0])
+    snprintf(data, TD_H5_DETAIL, "%s", e->desc);
   return 0;
 }
 
 const char *td_h5_detail(char buf[TD_H5_DETAIL]) {
   buf[0] = '\0';
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, buf);
-  if (!buf[0]) snprintf(buf, TD_H5_DETAIL, "no detail from HDF5");
+  if (!buf[0])
+    snprintf(buf, TD_H5_DETAIL, "no detail from HDF5");
   return buf;
 }
 
@@ -162,8 +173,10 @@ static int has_signature(int fd, uint64_t size) {
   unsigned char b[8];
   for (uint64_t off = 0; off + 8 <= size; off = off ? 2 * off : 512) {
     ssize_t n = pread(fd, b, sizeof b, (off_t)off);
-    if (n < 0) return -1;
-    if (n == 8 && memcmp(b, sig, 8) == 0) return 1;
+    if (n < 0)
+      return -1;
+    if (n == 8 && memcmp(b, sig, 8) == 0)
+      return 1;
   }
   return 0;
 }
@@ -172,7 +185,8 @@ int td_h5_open(const char *path, const char *what, hid_t *fid, td_error *err) {
   *fid = H5I_INVALID_HID;
   struct stat st;
   int fd = td_open_regular(path, what, &st, err);
-  if (fd < 0) return fd;
+  if (fd < 0)
+    return fd;
   const uint64_t size = (uint64_t)st.st_size;
   int rc = TD_OK;
   int sig = size ? has_signature(fd, size) : 0;
@@ -208,11 +222,12 @@ int td_h5_open(const char *path, const char *what, hid_t *fid, td_error *err) {
                            detail);
     } else if (H5Fget_vfd_handle(*fid, fapl, &h) < 0 || !h || fstat(*(int *)h, &hs) != 0 ||
                hs.st_dev != st.st_dev || hs.st_ino != st.st_ino) {
-      rc = td_errorf(err, TD_EIO, "%s '%s' was replaced while it was being opened; try again",
-                     what, path);
+      rc = td_errorf(err, TD_EIO, "%s '%s' was replaced while it was being opened; try again", what,
+                     path);
     }
   }
-  if (fapl >= 0) H5Pclose(fapl);
+  if (fapl >= 0)
+    H5Pclose(fapl);
   if (rc && *fid >= 0) {
     H5Fclose(*fid);
     *fid = H5I_INVALID_HID;
@@ -235,8 +250,8 @@ typedef struct fileref {
 
 /* The refusal of a traversal the external-link callback stopped. */
 static int denied(const char *path, const char *role, const char *name, td_error *err) {
-  return td_errorf(err, TD_EDATA, "'%s': %s '%s' leads through %s; " INSIDE_ONLY, path, role,
-                   name, denied_link);
+  return td_errorf(err, TD_EDATA, "'%s': %s '%s' leads through %s; " INSIDE_ONLY, path, role, name,
+                   denied_link);
 }
 
 /* Each link on the way to `name` must exist and be hard or soft; an
@@ -245,30 +260,38 @@ static int check_links(fileref *f, const char *name, const char *role, td_error 
   char prefix[1024];
   size_t len = 0;
   const char *p = name;
-  if (*p == '/') prefix[len++] = '/';
+  if (*p == '/')
+    prefix[len++] = '/';
   prefix[len] = '\0';
   while (*p) {
-    while (*p == '/') p++;
+    while (*p == '/')
+      p++;
     const char *seg = p;
-    while (*p && *p != '/') p++;
+    while (*p && *p != '/')
+      p++;
     size_t n = (size_t)(p - seg);
-    if (n == 0) break;
+    if (n == 0)
+      break;
     if (len + n + 2 > sizeof prefix)
       return td_errorf(err, TD_EDATA, "'%s': the name of %s '%.64s...' is too long", f->path, role,
                        name);
-    if (len && prefix[len - 1] != '/') prefix[len++] = '/';
+    if (len && prefix[len - 1] != '/')
+      prefix[len++] = '/';
     memcpy(prefix + len, seg, n);
     len += n;
     prefix[len] = '\0';
-    if (n == 1 && seg[0] == '.') continue;
+    if (n == 1 && seg[0] == '.')
+      continue;
     htri_t e = H5Lexists(f->fid, prefix, f->lapl);
     if (e <= 0) {
-      if (denied_link[0]) return denied(f->path, role, name, err);
+      if (denied_link[0])
+        return denied(f->path, role, name, err);
       return td_errorf(err, TD_ENOTFOUND, "no dataset '%s'", name);
     }
     H5L_info_t li;
     if (H5Lget_info(f->fid, prefix, &li, f->lapl) < 0) {
-      if (denied_link[0]) return denied(f->path, role, name, err);
+      if (denied_link[0])
+        return denied(f->path, role, name, err);
       return td_errorf(err, TD_EDATA, "'%s': the link '%s' on the way to %s '%s' is unreadable",
                        f->path, prefix, role, name);
     }
@@ -280,16 +303,16 @@ static int check_links(fileref *f, const char *name, const char *role, td_error 
           H5Lget_val(f->fid, prefix, val, li.u.val_size, f->lapl) >= 0 &&
           H5Lunpack_elink_val(val, li.u.val_size, &flags, &file, &obj) < 0)
         file = obj = "?";
-      return td_errorf(err, TD_EDATA,
-                       "'%s': %s '%s' leads through '%s', an external link to '%s' in file '%s'; "
-                       INSIDE_ONLY,
-                       f->path, role, name, prefix, obj, file);
+      return td_errorf(
+          err, TD_EDATA,
+          "'%s': %s '%s' leads through '%s', an external link to '%s' in file '%s'; " INSIDE_ONLY,
+          f->path, role, name, prefix, obj, file);
     }
     if (li.type != H5L_TYPE_HARD && li.type != H5L_TYPE_SOFT)
-      return td_errorf(err, TD_EDATA,
-                       "'%s': %s '%s' leads through '%s', a user-defined link (type %d); "
-                       INSIDE_ONLY,
-                       f->path, role, name, prefix, (int)li.type);
+      return td_errorf(
+          err, TD_EDATA,
+          "'%s': %s '%s' leads through '%s', a user-defined link (type %d); " INSIDE_ONLY, f->path,
+          role, name, prefix, (int)li.type);
   }
   return TD_OK;
 }
@@ -306,8 +329,10 @@ static int check_layout(const fileref *f, hid_t dcpl, const char *role, const ch
     size_t count = 0;
     char vfile[256] = "?", vdset[256] = "?";
     if (H5Pget_virtual_count(dcpl, &count) >= 0 && count > 0) {
-      if (H5Pget_virtual_filename(dcpl, 0, vfile, sizeof vfile) < 0) strcpy(vfile, "?");
-      if (H5Pget_virtual_dsetname(dcpl, 0, vdset, sizeof vdset) < 0) strcpy(vdset, "?");
+      if (H5Pget_virtual_filename(dcpl, 0, vfile, sizeof vfile) < 0)
+        strcpy(vfile, "?");
+      if (H5Pget_virtual_dsetname(dcpl, 0, vdset, sizeof vdset) < 0)
+        strcpy(vdset, "?");
       vfile[sizeof vfile - 1] = vdset[sizeof vdset - 1] = '\0';
     }
     return td_errorf(err, TD_EDATA,
@@ -319,7 +344,8 @@ static int check_layout(const fileref *f, hid_t dcpl, const char *role, const ch
     char ename[256] = "?";
     off_t off = 0;
     hsize_t size = 0;
-    if (H5Pget_external(dcpl, 0, sizeof ename, ename, &off, &size) < 0) strcpy(ename, "?");
+    if (H5Pget_external(dcpl, 0, sizeof ename, ename, &off, &size) < 0)
+      strcpy(ename, "?");
     ename[sizeof ename - 1] = '\0';
     return td_errorf(err, TD_EDATA,
                      "'%s': %s '%s' uses external storage (H5D external file list of %d file%s, "
@@ -342,15 +368,20 @@ static int check_stored(const fileref *f, hid_t did, hid_t dcpl, H5D_layout_t la
   int rank = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
   hsize_t dims[H5S_MAX_RANK];
   size_t tsize = t >= 0 ? H5Tget_size(t) : 0;
-  if (rank > 0 && H5Sget_simple_extent_dims(sp, dims, NULL) < 0) rank = -1;
-  if (t >= 0) H5Tclose(t);
-  if (sp >= 0) H5Sclose(sp);
+  if (rank > 0 && H5Sget_simple_extent_dims(sp, dims, NULL) < 0)
+    rank = -1;
+  if (t >= 0)
+    H5Tclose(t);
+  if (sp >= 0)
+    H5Sclose(sp);
   if (rank < 0 || tsize == 0)
     return td_errorf(err, TD_EDATA, "'%s': the shape or type of %s '%s' is unreadable", f->path,
                      role, name);
   uint64_t declared = tsize;
-  for (int i = 0; i < rank; i++) declared = mul_sat(declared, dims[i]);
-  if (declared == 0 || layout == H5D_COMPACT) return TD_OK; /* nothing, or inside the header */
+  for (int i = 0; i < rank; i++)
+    declared = mul_sat(declared, dims[i]);
+  if (declared == 0 || layout == H5D_COMPACT)
+    return TD_OK; /* nothing, or inside the header */
   const uint64_t stored = H5Dget_storage_size(did);
   uint64_t chunks = 0, want_chunks = 1;
   if (layout == H5D_CHUNKED) {
@@ -358,9 +389,10 @@ static int check_stored(const fileref *f, hid_t did, hid_t dcpl, H5D_layout_t la
     hsize_t n = 0;
     /* HDF5 1.10 takes no H5S_ALL here: the file space, all selected. */
     hid_t fsp = H5Dget_space(did);
-    int ok = fsp >= 0 && H5Pget_chunk(dcpl, rank, cdims) == rank &&
-             H5Dget_num_chunks(did, fsp, &n) >= 0;
-    if (fsp >= 0) H5Sclose(fsp);
+    int ok =
+        fsp >= 0 && H5Pget_chunk(dcpl, rank, cdims) == rank && H5Dget_num_chunks(did, fsp, &n) >= 0;
+    if (fsp >= 0)
+      H5Sclose(fsp);
     if (!ok)
       return td_errorf(err, TD_EDATA, "'%s': the chunks of %s '%s' are unreadable", f->path, role,
                        name);
@@ -391,8 +423,7 @@ static int check_stored(const fileref *f, hid_t did, hid_t dcpl, H5D_layout_t la
                        "file of %" PRIu64 " bytes (truncated or corrupt)",
                        f->path, role, name, declared, f->size);
   }
-  if (layout == H5D_CHUNKED && H5Pget_nfilters(dcpl) > 0 &&
-      declared / TD_H5_MAX_RATIO > stored)
+  if (layout == H5D_CHUNKED && H5Pget_nfilters(dcpl) > 0 && declared / TD_H5_MAX_RATIO > stored)
     return td_errorf(err, TD_EDATA,
                      "'%s': %s '%s' declares %" PRIu64 " bytes compressed into %" PRIu64
                      ", more than %d times; no real dataset compresses that far",
@@ -404,19 +435,23 @@ int td_h5_dopen(hid_t fid, const char *path, const char *name, const char *role,
                 td_error *err) {
   *did = H5I_INVALID_HID;
   td_h5_denied_clear();
-  if (!name || !name[0]) return td_errorf(err, TD_ENOTFOUND, "no dataset ''");
+  if (!name || !name[0])
+    return td_errorf(err, TD_ENOTFOUND, "no dataset ''");
   hsize_t size = 0;
   if (H5Fget_filesize(fid, &size) < 0)
     return td_errorf(err, TD_EDATA, "'%s': the size of the file is unreadable", path);
   fileref fr = {fid, td_h5_lapl(), td_h5_dapl(), path, size}, *f = &fr;
   int rc = check_links(f, name, role, err);
-  if (rc) return rc;
+  if (rc)
+    return rc;
   hid_t d = H5Dopen2(f->fid, name, f->dapl);
   if (d < 0) {
-    if (denied_link[0]) return denied(f->path, role, name, err);
+    if (denied_link[0])
+      return denied(f->path, role, name, err);
     if (H5Oexists_by_name(f->fid, name, f->lapl) > 0)
       return td_errorf(err, TD_EINVAL, "'%s' is not a dataset", name);
-    if (denied_link[0]) return denied(f->path, role, name, err);
+    if (denied_link[0])
+      return denied(f->path, role, name, err);
     return td_errorf(err, TD_ENOTFOUND, "no dataset '%s'", name);
   }
   hid_t dcpl = H5Dget_create_plist(d);
@@ -424,9 +459,12 @@ int td_h5_dopen(hid_t fid, const char *path, const char *name, const char *role,
   if (dcpl < 0)
     rc = td_errorf(err, TD_EDATA, "'%s': the creation properties of %s '%s' are unreadable",
                    f->path, role, name);
-  if (!rc) rc = check_layout(f, dcpl, role, name, &layout, err);
-  if (!rc) rc = check_stored(f, d, dcpl, layout, role, name, err);
-  if (dcpl >= 0) H5Pclose(dcpl);
+  if (!rc)
+    rc = check_layout(f, dcpl, role, name, &layout, err);
+  if (!rc)
+    rc = check_stored(f, d, dcpl, layout, role, name, err);
+  if (dcpl >= 0)
+    H5Pclose(dcpl);
   if (rc) {
     H5Dclose(d);
     return rc;

@@ -6,14 +6,21 @@
 
 #include "pbjson.h"
 
-#define REQ(msg, field) {"traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, NULL}
+#define REQ(msg, field) \
+  { "traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, NULL }
 /* A required number: zero is the unset value, so "required" reads as a bound. */
-#define POS(msg, field) {"traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, "must be > 0"}
-#define ONEOF(msg) {"traind.v1." msg, NULL, PBJSON_RULE_ONEOF_REQUIRED, 0, NULL}
-#define MIN(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_MIN, v, NULL}
-#define MAX(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_MAX, v, NULL}
-#define GT(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_GT, v, NULL}
-#define LT(msg, field, v) {"traind.v1." msg, field, PBJSON_RULE_LT, v, NULL}
+#define POS(msg, field) \
+  { "traind.v1." msg, field, PBJSON_RULE_REQUIRED, 0, "must be > 0" }
+#define ONEOF(msg) \
+  { "traind.v1." msg, NULL, PBJSON_RULE_ONEOF_REQUIRED, 0, NULL }
+#define MIN(msg, field, v) \
+  { "traind.v1." msg, field, PBJSON_RULE_MIN, v, NULL }
+#define MAX(msg, field, v) \
+  { "traind.v1." msg, field, PBJSON_RULE_MAX, v, NULL }
+#define GT(msg, field, v) \
+  { "traind.v1." msg, field, PBJSON_RULE_GT, v, NULL }
+#define LT(msg, field, v) \
+  { "traind.v1." msg, field, PBJSON_RULE_LT, v, NULL }
 
 /* Every bound a JobSpec must satisfy that the type system does not express.
  * Cross-field checks (shapes against data, schedule lengths) happen at
@@ -129,15 +136,13 @@ int td_jobspec_validate(const Traind__V1__JobSpec *spec, td_error *err) {
                      "model.layers: %zu layers; a model may have at most %d (see "
                      "docs/job-spec.md, Limits)",
                      spec->model->n_layers, TD_JOB_MAX_LAYERS);
-  int rc = pbjson_validate(&spec->base, job_rules,
-                           sizeof job_rules / sizeof job_rules[0], err);
+  int rc = pbjson_validate(&spec->base, job_rules, sizeof job_rules / sizeof job_rules[0], err);
   if (rc)
     return rc;
   return check_model_size(spec, err);
 }
 
-static int finish(ProtobufCMessage *m, int rc, Traind__V1__JobSpec **out,
-                  td_error *err) {
+static int finish(ProtobufCMessage *m, int rc, Traind__V1__JobSpec **out, td_error *err) {
   *out = NULL;
   if (rc)
     return rc;
@@ -165,8 +170,7 @@ int td_jobspec_load(const char *path, Traind__V1__JobSpec **out, td_error *err) 
   return rc;
 }
 
-int td_jobspec_parse(const char *text, size_t len, Traind__V1__JobSpec **out,
-                     td_error *err) {
+int td_jobspec_parse(const char *text, size_t len, Traind__V1__JobSpec **out, td_error *err) {
   ProtobufCMessage *m = NULL;
   int rc = pbjson_parse(&traind__v1__job_spec__descriptor, text, len, &m, err);
   return finish(m, rc, out, err);

@@ -22,8 +22,7 @@
  * validates it. Free *out with td_jobspec_free. */
 int td_jobspec_load(const char *path, Traind__V1__JobSpec **out, td_error *err);
 /* Parses a document held in memory (same rules as a file). */
-int td_jobspec_parse(const char *text, size_t len, Traind__V1__JobSpec **out,
-                     td_error *err);
+int td_jobspec_parse(const char *text, size_t len, Traind__V1__JobSpec **out, td_error *err);
 /* Checks a JobSpec however it arrived (file or RPC): required parts and
  * value bounds, with the failing field's path in the message, and the
  * model's size against the limits above. Linear in the spec's size. */

@@ -8,13 +8,10 @@
 
 /* ------------------------------------------------------------ schedules */
 
-static double clampd(double x, double lo, double hi) {
-  return x < lo ? lo : x > hi ? hi : x;
-}
+static double clampd(double x, double lo, double hi) { return x < lo ? lo : x > hi ? hi : x; }
 
 /* optax.polynomial_schedule with power 1. */
-static double linear_value(double init, double end, int64_t steps,
-                           int64_t begin, int64_t count) {
+static double linear_value(double init, double end, int64_t steps, int64_t begin, int64_t count) {
   if (steps <= 0)
     return init;
   double c = clampd((double)(count - begin), 0.0, (double)steps);
@@ -22,8 +19,8 @@ static double linear_value(double init, double end, int64_t steps,
   return (init - end) * frac + end;
 }
 
-static double cosine_value(double init, int64_t decay_steps, double alpha,
-                           double exponent, int64_t count) {
+static double cosine_value(double init, int64_t decay_steps, double alpha, double exponent,
+                           int64_t count) {
   double c = fmin((double)count, (double)decay_steps);
   double cosine = 0.5 * (1.0 + cos(M_PI * c / (double)decay_steps));
   return init * ((1.0 - alpha) * pow(cosine, exponent) + alpha);
@@ -34,18 +31,16 @@ double td_sched_value(const td_sched *s, int64_t count) {
   case TD_SCHED_CONSTANT:
     return s->init_value;
   case TD_SCHED_LINEAR:
-    return linear_value(s->init_value, s->end_value, s->transition_steps,
-                        s->transition_begin, count);
-  case TD_SCHED_COSINE:
-    return cosine_value(s->init_value, s->decay_steps, s->alpha, s->exponent,
+    return linear_value(s->init_value, s->end_value, s->transition_steps, s->transition_begin,
                         count);
+  case TD_SCHED_COSINE:
+    return cosine_value(s->init_value, s->decay_steps, s->alpha, s->exponent, count);
   case TD_SCHED_WARMUP_COSINE: {
     if (count < s->warmup_steps)
-      return linear_value(s->init_value, s->peak_value, s->warmup_steps, 0,
-                          count);
+      return linear_value(s->init_value, s->peak_value, s->warmup_steps, 0, count);
     double alpha = s->peak_value == 0.0 ? 0.0 : s->end_value / s->peak_value;
-    return cosine_value(s->peak_value, s->decay_steps - s->warmup_steps, alpha,
-                        s->exponent, count - s->warmup_steps);
+    return cosine_value(s->peak_value, s->decay_steps - s->warmup_steps, alpha, s->exponent,
+                        count - s->warmup_steps);
   }
   case TD_SCHED_EXPONENTIAL: {
     if (s->transition_steps <= 0 || s->decay_rate == 0.0)
@@ -76,13 +71,12 @@ static double wrap_or(const Google__Protobuf__DoubleValue *w, double dflt) {
   return w ? w->value : dflt;
 }
 
-static int sched_compile(const Traind__V1__Schedule *in, const char *path,
-                         td_sched *s, td_error *err) {
+static int sched_compile(const Traind__V1__Schedule *in, const char *path, td_sched *s,
+                         td_error *err) {
   memset(s, 0, sizeof *s);
   s->exponent = 1.0;
   if (!in)
-    return td_errorf(err, TD_EINVAL, "%s: required (for example {constant: 0.001})",
-                     path);
+    return td_errorf(err, TD_EINVAL, "%s: required (for example {constant: 0.001})", path);
   switch (in->kind_case) {
   case TRAIND__V1__SCHEDULE__KIND_CONSTANT:
     s->kind = TD_SCHED_CONSTANT;
@@ -155,8 +149,7 @@ static int sched_compile(const Traind__V1__Schedule *in, const char *path,
     s->alpha = c->alpha;
     s->exponent = wrap_or(c->exponent, 1.0);
     if (c->decay_steps == 0)
-      return td_errorf(err, TD_EINVAL,
-                       "%s.cosine_decay.decay_steps: must be > 0", path);
+      return td_errorf(err, TD_EINVAL, "%s.cosine_decay.decay_steps: must be > 0", path);
     return TD_OK;
   }
   default:
@@ -192,8 +185,8 @@ static int push(lowering *l, prim p, td_error *err) {
   return TD_OK;
 }
 
-static int push_lr(lowering *l, const Traind__V1__Schedule *lr,
-                   const char *path, td_optim *o, td_error *err) {
+static int push_lr(lowering *l, const Traind__V1__Schedule *lr, const char *path, td_optim *o,
+                   td_error *err) {
   prim p = {.kind = P_SCALAR};
   p.scalar.kind = TD_SCALAR_SCHED;
   p.scalar.value = -1.0;
@@ -209,8 +202,7 @@ static int push_lr(lowering *l, const Traind__V1__Schedule *lr,
 
 static int push_adam(lowering *l, const Google__Protobuf__DoubleValue *b1,
                      const Google__Protobuf__DoubleValue *b2,
-                     const Google__Protobuf__DoubleValue *eps, double eps_root,
-                     td_error *err) {
+                     const Google__Protobuf__DoubleValue *eps, double eps_root, td_error *err) {
   prim p = {.kind = P_ADAM,
             .b1 = wrap_or(b1, 0.9),
             .b2 = wrap_or(b2, 0.999),
@@ -219,8 +211,7 @@ static int push_adam(lowering *l, const Google__Protobuf__DoubleValue *b1,
   return push(l, p, err);
 }
 
-static int lower(const Traind__V1__Optimizer *spec, lowering *l, td_optim *o,
-                 td_error *err) {
+static int lower(const Traind__V1__Optimizer *spec, lowering *l, td_optim *o, td_error *err) {
   char path[96];
   int rc = TD_OK;
   for (size_t i = 0; i < spec->n_chain && !rc; i++) {
@@ -229,8 +220,7 @@ static int lower(const Traind__V1__Optimizer *spec, lowering *l, td_optim *o,
     case TRAIND__V1__TRANSFORM__KIND_SGD: {
       const Traind__V1__Sgd *s = t->sgd;
       if (s->momentum != 0.0) {
-        prim p = {.kind = P_TRACE, .momentum = s->momentum,
-                  .nesterov = s->nesterov};
+        prim p = {.kind = P_TRACE, .momentum = s->momentum, .nesterov = s->nesterov};
         rc = push(l, p, err);
       }
       snprintf(path, sizeof path, "optimizer.chain[%zu].sgd.learning_rate", i);
@@ -278,10 +268,8 @@ static int lower(const Traind__V1__Optimizer *spec, lowering *l, td_optim *o,
       prim p = {.kind = P_SCALAR};
       p.scalar.kind = TD_SCALAR_SCHED;
       p.scalar.value = 1.0;
-      snprintf(path, sizeof path,
-               "optimizer.chain[%zu].scale_by_schedule.schedule", i);
-      rc = sched_compile(t->scale_by_schedule->schedule, path,
-                         &p.scalar.sched, err);
+      snprintf(path, sizeof path, "optimizer.chain[%zu].scale_by_schedule.schedule", i);
+      rc = sched_compile(t->scale_by_schedule->schedule, path, &p.scalar.sched, err);
       if (!rc)
         rc = push(l, p, err);
       break;
@@ -330,8 +318,7 @@ static td_opt_stage *new_stage(td_optim *o, td_error *err) {
   return s;
 }
 
-static int add_scalar(td_opt_stage *s, int phase, const td_scalar *sc,
-                      td_error *err) {
+static int add_scalar(td_opt_stage *s, int phase, const td_scalar *sc, td_error *err) {
   int *n = phase == PH_PRE ? &s->n_pre : phase == PH_MID ? &s->n_mid : &s->n_post;
   td_scalar *arr = phase == PH_PRE ? s->pre : phase == PH_MID ? s->mid : s->post;
   if (*n == TD_OPT_MAX_SCALARS)
@@ -340,8 +327,7 @@ static int add_scalar(td_opt_stage *s, int phase, const td_scalar *sc,
   return TD_OK;
 }
 
-int td_optim_compile(const Traind__V1__Optimizer *spec, td_optim *o,
-                     td_error *err) {
+int td_optim_compile(const Traind__V1__Optimizer *spec, td_optim *o, td_error *err) {
   memset(o, 0, sizeof *o);
   if (!spec || spec->n_chain == 0)
     return td_errorf(err, TD_EINVAL,
@@ -389,8 +375,7 @@ int td_optim_compile(const Traind__V1__Optimizer *spec, td_optim *o,
       s->s1_off = o->state_slots++;
       if (s->kind == TD_OPT_ADAM)
         s->s2_off = o->state_slots++;
-      snprintf(s->label, sizeof s->label, "%s",
-               s->kind == TD_OPT_ADAM ? "adam" : "trace");
+      snprintf(s->label, sizeof s->label, "%s", s->kind == TD_OPT_ADAM ? "adam" : "trace");
       phase = PH_MID;
       break;
     case P_DECAY:
@@ -464,8 +449,8 @@ void td_optim_scalars(const td_optim *o, int64_t count, td_opt_scalars *out) {
 }
 
 int td_optim_issue(const td_optim *o, td_backend *be, const td_opt_scalars *scalars,
-                   const float *grad_sumsq, size_t n, float *params, float *grads,
-                   float *state, float *scratch, td_error *err) {
+                   const float *grad_sumsq, size_t n, float *params, float *grads, float *state,
+                   float *scratch, td_error *err) {
   const td_backend_ops *ops = be->ops;
   for (int i = 0; i < o->n_stages; i++) {
     const td_opt_stage *s = &o->stages[i];
@@ -488,8 +473,7 @@ int td_optim_issue(const td_optim *o, td_backend *be, const td_opt_scalars *scal
 }
 
 int td_optim_apply(const td_optim *o, td_backend *be, const td_optim_step *st, size_t n,
-                   float *params, float *grads, float *state, float *scratch,
-                   td_error *err) {
+                   float *params, float *grads, float *state, float *scratch, td_error *err) {
   td_opt_scalars host[TD_OPT_MAX_PASSES];
   td_optim_scalars(o, st->count, host);
   size_t bytes = sizeof host + sizeof(float);

@@ -68,8 +68,7 @@ typedef struct td_opt_stage {
   double b1, b2, eps, eps_root, momentum, wd;
   int nesterov;
   int n_pre, n_mid, n_post;
-  td_scalar pre[TD_OPT_MAX_SCALARS], mid[TD_OPT_MAX_SCALARS],
-      post[TD_OPT_MAX_SCALARS];
+  td_scalar pre[TD_OPT_MAX_SCALARS], mid[TD_OPT_MAX_SCALARS], post[TD_OPT_MAX_SCALARS];
   size_t s1_off, s2_off; /* in units of the parameter count; SIZE_MAX: none */
   char label[32];        /* "adam", "trace", ... for the state tree */
 } td_opt_stage;
@@ -84,8 +83,7 @@ typedef struct td_optim {
 } td_optim;
 
 /* Lowers spec's chain. Errors name the field path (optimizer.chain[1]...). */
-int td_optim_compile(const Traind__V1__Optimizer *spec, td_optim *out,
-                     td_error *err);
+int td_optim_compile(const Traind__V1__Optimizer *spec, td_optim *out, td_error *err);
 
 /* The learning rate reported for update `count` (0 when there is none). */
 double td_optim_lr(const td_optim *o, int64_t count);
@@ -104,8 +102,8 @@ void td_optim_scalars(const td_optim *o, int64_t count, td_opt_scalars *out);
  * float of backend memory for norms of intermediate passes. Issues ops
  * only, reads nothing back: a step that calls it can be recorded. */
 int td_optim_issue(const td_optim *o, td_backend *be, const td_opt_scalars *scalars,
-                   const float *grad_sumsq, size_t n, float *params, float *grads,
-                   float *state, float *scratch, td_error *err);
+                   const float *grad_sumsq, size_t n, float *params, float *grads, float *state,
+                   float *scratch, td_error *err);
 
 /* Host-driven form of the same, for tools and tests: the passes of update
  * st->count with the given squared gradient norm (uploaded into a temporary
@@ -115,8 +113,7 @@ typedef struct td_optim_step {
   double grad_sumsq;
 } td_optim_step;
 
-int td_optim_apply(const td_optim *o, td_backend *be, const td_optim_step *st,
-                   size_t n, float *params, float *grads, float *state,
-                   float *scratch, td_error *err);
+int td_optim_apply(const td_optim *o, td_backend *be, const td_optim_step *st, size_t n,
+                   float *params, float *grads, float *state, float *scratch, td_error *err);
 
 #endif

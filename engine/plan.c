@@ -18,9 +18,8 @@ static int layer_act(const Traind__V1__Layer *l, td_act *act) {
     *act = TD_ACT_RELU;
     return 1;
   case TRAIND__V1__LAYER__KIND_GELU:
-    *act = (!l->gelu->approximate || l->gelu->approximate->value)
-               ? TD_ACT_GELU_TANH
-               : TD_ACT_GELU_ERF;
+    *act =
+        (!l->gelu->approximate || l->gelu->approximate->value) ? TD_ACT_GELU_TANH : TD_ACT_GELU_ERF;
     return 1;
   case TRAIND__V1__LAYER__KIND_TANH:
     *act = TD_ACT_TANH;
@@ -36,10 +35,8 @@ static int layer_act(const Traind__V1__Layer *l, td_act *act) {
 /* Builds the signature: the packed model and optimizer messages (protobuf-c
  * packs fields in a fixed order, so equal messages give equal bytes), the
  * batch and the device set. */
-static uint8_t *make_signature(const Traind__V1__Model *model,
-                               const Traind__V1__Optimizer *opt,
-                               uint32_t batch, const char *device_set,
-                               size_t *len) {
+static uint8_t *make_signature(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
+                               uint32_t batch, const char *device_set, size_t *len) {
   size_t nm = traind__v1__model__get_packed_size(model);
   size_t no = traind__v1__optimizer__get_packed_size(opt);
   size_t nd = strlen(device_set);
@@ -89,14 +86,13 @@ static int name_set_add(name_set *ns, const td_plan *p, size_t i) {
   }
 }
 
-static int add_view(td_plan *p, name_set *names, const char *group, const char *leaf,
-                    uint32_t d0, uint32_t d1, uint32_t ndim, size_t *index,
-                    td_error *err) {
+static int add_view(td_plan *p, name_set *names, const char *group, const char *leaf, uint32_t d0,
+                    uint32_t d1, uint32_t ndim, size_t *index, td_error *err) {
   td_view *v = &p->views[p->n_views];
   int n = snprintf(v->name, sizeof v->name, "%s/%s", group, leaf);
   if (n < 0 || (size_t)n >= sizeof v->name)
-    return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)",
-                     group, TD_VIEW_NAME_MAX - 3);
+    return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)", group,
+                     TD_VIEW_NAME_MAX - 3);
   if (!name_set_add(names, p, p->n_views))
     return td_errorf(err, TD_EINVAL,
                      "model.layers: two layers are both named '%s'; give "
@@ -118,14 +114,13 @@ static int valid_name(const char *s) {
   if (!*s || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
     return 0;
   for (; *s; s++)
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-          (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+          *s == '_' || *s == '-' || *s == '.'))
       return 0;
   return 1;
 }
 
-static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *names,
-                          td_error *err) {
+static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *names, td_error *err) {
   size_t n = m->n_layers;
   p->layers = calloc(n ? n : 1, sizeof *p->layers);
   p->views = calloc(2 * (n ? n : 1), sizeof *p->views);
@@ -139,7 +134,8 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *name
 
   const size_t B = p->batch;
   size_t arena = 0;
-#define ARENA(nfloats) (arena += (((nfloats) + 15) & ~(size_t)15), arena - (((nfloats) + 15) & ~(size_t)15))
+#define ARENA(nfloats) \
+  (arena += (((nfloats) + 15) & ~(size_t)15), arena - (((nfloats) + 15) & ~(size_t)15))
   p->in_off = ARENA(B * p->in_dim);
   p->labels_off = ARENA(B);
 
@@ -160,8 +156,7 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *name
     if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE) {
       const Traind__V1__Dense *d = l->dense;
       if (d->features == 0)
-        return td_errorf(err, TD_EINVAL,
-                         "model.layers[%zu].dense.features: must be > 0", i);
+        return td_errorf(err, TD_EINVAL, "model.layers[%zu].dense.features: must be > 0", i);
       dense_count++;
       char group[TD_VIEW_NAME_MAX];
       if (l->name && *l->name) {
@@ -171,17 +166,15 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *name
                            "digits, '_', '-' and '.'",
                            i, l->name);
         if (strlen(l->name) > TD_VIEW_NAME_MAX - 4)
-          return td_errorf(err, TD_EINVAL,
-                           "model.layers[%zu].name: longer than %d characters",
-                           i, TD_VIEW_NAME_MAX - 4);
+          return td_errorf(err, TD_EINVAL, "model.layers[%zu].name: longer than %d characters", i,
+                           TD_VIEW_NAME_MAX - 4);
         snprintf(group, sizeof group, "%.*s", TD_VIEW_NAME_MAX - 4, l->name);
       } else {
         snprintf(group, sizeof group, "layer%d", dense_count);
       }
       L->kind = TD_LAYER_DENSE;
       L->out = d->features;
-      L->kernel_init = d->kernel_init ? d->kernel_init
-                                      : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
+      L->kernel_init = d->kernel_init ? d->kernel_init : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
       L->bias_init = d->bias_init ? d->bias_init : TRAIND__V1__INITIALIZER__ZEROS;
       int rc = add_view(p, names, group, "w", features, d->features, 2, &L->w_view, err);
       if (!rc && (!d->use_bias || d->use_bias->value))
@@ -229,8 +222,7 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *name
     p->n_layers++;
   }
   if (dense_count == 0)
-    return td_errorf(err, TD_EINVAL,
-                     "model.layers: the model needs at least one dense layer");
+    return td_errorf(err, TD_EINVAL, "model.layers: the model needs at least one dense layer");
   p->out_dim = features;
   p->out_off = x;
   p->dout_off = dx;
@@ -240,9 +232,8 @@ static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *name
   return TD_OK;
 }
 
-int td_plan_compile(const Traind__V1__Model *model,
-                    const Traind__V1__Optimizer *opt, uint32_t batch,
-                    const char *device_set, td_plan **out, td_error *err) {
+int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
+                    uint32_t batch, const char *device_set, td_plan **out, td_error *err) {
   double t0 = td_mono_ms();
   *out = NULL;
   if (!model)
@@ -250,16 +241,14 @@ int td_plan_compile(const Traind__V1__Model *model,
   if (batch == 0)
     return td_errorf(err, TD_EINVAL, "training.batch_size: must be > 0");
   if (model->n_input_shape == 0)
-    return td_errorf(err, TD_EINVAL,
-                     "model.input_shape: required (for example [784] or [28, 28])");
+    return td_errorf(err, TD_EINVAL, "model.input_shape: required (for example [784] or [28, 28])");
   uint64_t in_dim = 1;
   for (size_t i = 0; i < model->n_input_shape; i++) {
     if (model->input_shape[i] == 0)
       return td_errorf(err, TD_EINVAL, "model.input_shape[%zu]: must be > 0", i);
     in_dim *= model->input_shape[i];
     if (in_dim > (1u << 24))
-      return td_errorf(err, TD_EINVAL,
-                       "model.input_shape: more than %u features per example",
+      return td_errorf(err, TD_EINVAL, "model.input_shape: more than %u features per example",
                        1u << 24);
   }
   if (model->dtype != TRAIND__V1__DTYPE__DTYPE_UNSPECIFIED &&
@@ -349,9 +338,8 @@ void td_plan_cache_free(td_plan_cache *c) {
 }
 
 int td_plan_cache_get(td_plan_cache *c, const Traind__V1__Model *model,
-                      const Traind__V1__Optimizer *opt, uint32_t batch,
-                      const char *device_set, const td_plan **out, int *hit,
-                      td_error *err) {
+                      const Traind__V1__Optimizer *opt, uint32_t batch, const char *device_set,
+                      const td_plan **out, int *hit, td_error *err) {
   /* Compiling is cheap next to a job, so compile outside the lock and
    * keep the first plan if two jobs race on one signature. */
   td_plan *fresh = NULL;
@@ -361,8 +349,7 @@ int td_plan_cache_get(td_plan_cache *c, const Traind__V1__Model *model,
   pthread_mutex_lock(&c->mu);
   td_plan_entry *e = c->head;
   for (; e; e = e->next)
-    if (e->plan->sig_len == fresh->sig_len &&
-        memcmp(e->plan->sig, fresh->sig, fresh->sig_len) == 0)
+    if (e->plan->sig_len == fresh->sig_len && memcmp(e->plan->sig, fresh->sig, fresh->sig_len) == 0)
       break;
   if (e) {
     c->hits++;
@@ -402,8 +389,7 @@ void td_plan_cache_release(td_plan_cache *c, const td_plan *p) {
 
 /* ------------------------------------------------------------- state */
 
-int td_state_init(td_state *st, const td_plan *plan, td_backend *be,
-                  td_error *err) {
+int td_state_init(td_state *st, const td_plan *plan, td_backend *be, td_error *err) {
   memset(st, 0, sizeof *st);
   st->plan = plan;
   st->be = be;
@@ -415,11 +401,9 @@ int td_state_init(td_state *st, const td_plan *plan, td_backend *be,
   st->arena = ops->alloc(be, plan->arena_floats * sizeof(float));
   if (!st->params || !st->grads || !st->opt_state || !st->arena) {
     td_state_free(st);
-    return td_errorf(err, TD_ENOMEM,
-                     "%s backend: cannot allocate %.1f MiB of buffers",
-                     ops->name,
-                     (double)((2 + plan->optim.state_slots) * np + plan->arena_floats) *
-                         4.0 / (1024.0 * 1024.0));
+    return td_errorf(err, TD_ENOMEM, "%s backend: cannot allocate %.1f MiB of buffers", ops->name,
+                     (double)((2 + plan->optim.state_slots) * np + plan->arena_floats) * 4.0 /
+                         (1024.0 * 1024.0));
   }
   return TD_OK;
 }
@@ -436,8 +420,8 @@ void td_state_free(td_state *st) {
 }
 
 /* Fills host buffer h (n) from an initializer. */
-static void draw_init(Traind__V1__Initializer init, td_key key, float *h,
-                      size_t n, double fan_in, double fan_out) {
+static void draw_init(Traind__V1__Initializer init, td_key key, float *h, size_t n, double fan_in,
+                      double fan_out) {
   double scale = 0.0;
   int normal = 1;
   switch (init) {
@@ -509,12 +493,11 @@ int td_state_init_params(td_state *st, td_key key, td_error *err) {
   return TD_OK;
 }
 
-#define CALL(expr, what)                                                      \
-  do {                                                                        \
-    int rc_ = (expr);                                                         \
-    if (rc_)                                                                  \
-      return td_errorf(err, rc_, "%s backend: %s failed (%s)", ops->name,     \
-                       what, td_strerror(rc_));                              \
+#define CALL(expr, what)                                                                           \
+  do {                                                                                             \
+    int rc_ = (expr);                                                                              \
+    if (rc_)                                                                                       \
+      return td_errorf(err, rc_, "%s backend: %s failed (%s)", ops->name, what, td_strerror(rc_)); \
   } while (0)
 
 void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys) {
@@ -528,8 +511,8 @@ void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys) {
   }
 }
 
-void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0,
-                      int64_t count, td_key dropout_key) {
+void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0, int64_t count,
+                      td_key dropout_key) {
   td_step_record *r = rec;
   r->slot = slot;
   r->row0 = row0;
@@ -549,8 +532,8 @@ int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, ui
     case TD_LAYER_DENSE: {
       const float *w = st->params + p->views[L->w_view].offset;
       const float *b = L->b_view == TD_NONE ? NULL : st->params + p->views[L->b_view].offset;
-      CALL(ops->gemm(be, 0, 0, rows, (int)L->out, (int)L->in, 1.0f, a + L->x,
-                     (int)L->in, w, (int)L->out, 0.0f, a + L->z, (int)L->out),
+      CALL(ops->gemm(be, 0, 0, rows, (int)L->out, (int)L->in, 1.0f, a + L->x, (int)L->in, w,
+                     (int)L->out, 0.0f, a + L->z, (int)L->out),
            "dense forward gemm");
       CALL(ops->bias_act_fwd(be, L->act, rows, (int)L->out, b, a + L->z, a + L->y),
            "bias+activation forward");
@@ -563,8 +546,8 @@ int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, ui
     case TD_LAYER_DROPOUT: {
       size_t cells = (size_t)rows * L->out;
       if (train && L->rate > 0.0f) {
-        CALL(ops->dropout_fwd(be, cells, row0 * L->out, L->rate, keys + 2 * L->key_slot,
-                              a + L->x, a + L->mask, a + L->y),
+        CALL(ops->dropout_fwd(be, cells, row0 * L->out, L->rate, keys + 2 * L->key_slot, a + L->x,
+                              a + L->mask, a + L->y),
              "dropout forward");
       } else {
         CALL(ops->copy(be, a + L->y, a + L->x, cells), "dropout copy");
@@ -592,8 +575,7 @@ int td_state_loss(td_state *st, int rows, int with_grad, td_error *err) {
          "softmax cross-entropy");
   else
     CALL(ops->mse_onehot(be, rows, (int)p->out_dim, a + p->out_off, labels,
-                         1.0f / ((float)p->batch * (float)p->out_dim), dout,
-                         sc + TD_SC_LOSS_SUM),
+                         1.0f / ((float)p->batch * (float)p->out_dim), dout, sc + TD_SC_LOSS_SUM),
          "mean squared error");
   return TD_OK;
 }
@@ -611,26 +593,24 @@ int td_state_backward(td_state *st, td_error *err) {
       const td_view *wv = &p->views[L->w_view];
       float *db = L->b_view == TD_NONE ? NULL : st->grads + p->views[L->b_view].offset;
       /* dz = dy * act'(z), in place, and db = column sums of dz. */
-      CALL(ops->bias_act_bwd(be, L->act, B, (int)L->out, a + L->z, a + L->y,
-                             a + L->dy, a + L->dy, db),
+      CALL(ops->bias_act_bwd(be, L->act, B, (int)L->out, a + L->z, a + L->y, a + L->dy, a + L->dy,
+                             db),
            "bias+activation backward");
       /* dw (in, out) = x^T dz */
-      CALL(ops->gemm(be, 1, 0, (int)L->in, (int)L->out, B, 1.0f, a + L->x,
-                     (int)L->in, a + L->dy, (int)L->out, 0.0f,
-                     st->grads + wv->offset, (int)L->out),
+      CALL(ops->gemm(be, 1, 0, (int)L->in, (int)L->out, B, 1.0f, a + L->x, (int)L->in, a + L->dy,
+                     (int)L->out, 0.0f, st->grads + wv->offset, (int)L->out),
            "dense weight gradient gemm");
       /* dx (B, in) = dz w^T, skipped for the first layer. */
       if (L->dx != TD_NONE)
-        CALL(ops->gemm(be, 0, 1, B, (int)L->in, (int)L->out, 1.0f, a + L->dy,
-                       (int)L->out, st->params + wv->offset, (int)L->out, 0.0f,
-                       a + L->dx, (int)L->in),
+        CALL(ops->gemm(be, 0, 1, B, (int)L->in, (int)L->out, 1.0f, a + L->dy, (int)L->out,
+                       st->params + wv->offset, (int)L->out, 0.0f, a + L->dx, (int)L->in),
              "dense input gradient gemm");
       break;
     }
     case TD_LAYER_ACT:
       if (L->dx != TD_NONE)
-        CALL(ops->bias_act_bwd(be, L->act, B, (int)L->out, a + L->x, a + L->y,
-                               a + L->dy, a + L->dx, NULL),
+        CALL(ops->bias_act_bwd(be, L->act, B, (int)L->out, a + L->x, a + L->y, a + L->dy, a + L->dx,
+                               NULL),
              "activation backward");
       break;
     case TD_LAYER_DROPOUT:

@@ -47,17 +47,17 @@ typedef enum td_layer_kind {
 typedef struct td_layer {
   td_layer_kind kind;
   td_act act;
-  uint32_t in, out;     /* features in and out */
-  uint32_t spec_index;  /* index in model.layers (keys dropout masks) */
+  uint32_t in, out;      /* features in and out */
+  uint32_t spec_index;   /* index in model.layers (keys dropout masks) */
   size_t w_view, b_view; /* DENSE: indices into plan->views; b_view TD_NONE without bias */
   Traind__V1__Initializer kernel_init, bias_init;
-  size_t x;    /* input (batch, in): the previous layer's y, or the batch */
-  size_t z;    /* pre-activation (batch, out); equals y when not needed */
-  size_t y;    /* output (batch, out) */
-  size_t dy;   /* gradient of y (batch, out); becomes dz in place */
-  size_t dx;   /* gradient of x: the previous layer's dy; TD_NONE for the first */
-  size_t mask; /* DROPOUT: (batch, out) */
-  float rate;  /* DROPOUT */
+  size_t x;          /* input (batch, in): the previous layer's y, or the batch */
+  size_t z;          /* pre-activation (batch, out); equals y when not needed */
+  size_t y;          /* output (batch, out) */
+  size_t dy;         /* gradient of y (batch, out); becomes dz in place */
+  size_t dx;         /* gradient of x: the previous layer's dy; TD_NONE for the first */
+  size_t mask;       /* DROPOUT: (batch, out) */
+  float rate;        /* DROPOUT */
   uint32_t key_slot; /* DROPOUT: its key's place in a step record's keys */
 } td_layer;
 
@@ -97,8 +97,8 @@ typedef struct td_plan {
  * the step, so that a recorded step (a CUDA graph) replays with each step's
  * values. Followed by the optimizer passes' scalars at plan->rec_scalars_off. */
 typedef struct td_step_record {
-  uint32_t slot; /* where the step's metrics go (its index in the epoch) */
-  uint32_t row0; /* its batch's first position in the epoch's order */
+  uint32_t slot;   /* where the step's metrics go (its index in the epoch) */
+  uint32_t row0;   /* its batch's first position in the epoch's order */
   uint32_t keys[]; /* 2 words per dropout layer, by key_slot */
 } td_step_record;
 
@@ -113,15 +113,14 @@ void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys);
 /* Fills the record of update number `count` (updates before it) at slot
  * with its batch at row0: dropout keys fold_in(fold_in(dropout_key,
  * count), spec_index) and the optimizer passes' scalars. */
-void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0,
-                      int64_t count, td_key dropout_key);
+void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0, int64_t count,
+                      td_key dropout_key);
 
 /* Layout of the scalars block the step writes and the host reads. */
 enum { TD_SC_LOSS_SUM = 0, TD_SC_CORRECT, TD_SC_GRAD_SUMSQ, TD_SC_SCRATCH, TD_PLAN_SCALARS = 8 };
 
-int td_plan_compile(const Traind__V1__Model *model,
-                    const Traind__V1__Optimizer *opt, uint32_t batch,
-                    const char *device_set, td_plan **out, td_error *err);
+int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
+                    uint32_t batch, const char *device_set, td_plan **out, td_error *err);
 void td_plan_free(td_plan *p);
 /* Index of the view called name, or TD_NONE. */
 size_t td_plan_find_view(const td_plan *p, const char *name);
@@ -139,9 +138,8 @@ void td_plan_cache_free(td_plan_cache *c); /* every plan must be released */
 /* Returns a plan for the signature, compiling it on a miss. *hit says which.
  * Release it with td_plan_cache_release. */
 int td_plan_cache_get(td_plan_cache *c, const Traind__V1__Model *model,
-                      const Traind__V1__Optimizer *opt, uint32_t batch,
-                      const char *device_set, const td_plan **out, int *hit,
-                      td_error *err);
+                      const Traind__V1__Optimizer *opt, uint32_t batch, const char *device_set,
+                      const td_plan **out, int *hit, td_error *err);
 void td_plan_cache_release(td_plan_cache *c, const td_plan *p);
 
 /* A plan bound to a backend, with its buffers. */
@@ -155,8 +153,7 @@ typedef struct td_state {
   int64_t step;     /* updates applied so far */
 } td_state;
 
-int td_state_init(td_state *st, const td_plan *plan, td_backend *be,
-                  td_error *err);
+int td_state_init(td_state *st, const td_plan *plan, td_backend *be, td_error *err);
 void td_state_free(td_state *st);
 
 /* Draws the parameters from their initializers: dense layer k (from 0)
@@ -177,8 +174,6 @@ int td_state_loss(td_state *st, int rows, int with_grad, td_error *err);
 /* Backward over the full batch: fills grads. */
 int td_state_backward(td_state *st, td_error *err);
 
-static inline float *td_state_at(const td_state *st, size_t off) {
-  return st->arena + off;
-}
+static inline float *td_state_at(const td_state *st, size_t off) { return st->arena + off; }
 
 #endif

@@ -36,8 +36,8 @@ static void on_step(void *user, const td_trainer *t, const td_step_point *sp) {
   fprintf(p->out,
           "\r\033[Kepoch %u/%u [%s] %3.0f%%  step %u/%u  loss %.4f  lr %.2e  "
           "%.0f ex/s  ETA %s",
-          sp->epoch, t->epochs, bar, frac * 100.0, sp->step_in_epoch,
-          t->steps_per_epoch, sp->loss, sp->lr, sp->examples_per_sec, eta);
+          sp->epoch, t->epochs, bar, frac * 100.0, sp->step_in_epoch, t->steps_per_epoch, sp->loss,
+          sp->lr, sp->examples_per_sec, eta);
   fflush(p->out);
   p->drawn = 1;
 }
@@ -47,11 +47,10 @@ static void on_epoch(void *user, const td_trainer *t, const td_epoch_point *ep) 
   if (p->drawn)
     fputs("\r\033[K", p->out);
   p->drawn = 0;
-  fprintf(p->out, "epoch %u/%u  train loss %.4f acc %.2f%%", ep->epoch,
-          t->epochs, ep->train_loss, ep->train_accuracy * 100.0);
+  fprintf(p->out, "epoch %u/%u  train loss %.4f acc %.2f%%", ep->epoch, t->epochs, ep->train_loss,
+          ep->train_accuracy * 100.0);
   if (ep->evaluated)
-    fprintf(p->out, "  test loss %.4f acc %.2f%%", ep->test_loss,
-            ep->test_accuracy * 100.0);
+    fprintf(p->out, "  test loss %.4f acc %.2f%%", ep->test_loss, ep->test_accuracy * 100.0);
   fprintf(p->out, "  %.2f s  %.0f ex/s\n", ep->epoch_sec, ep->examples_per_sec);
   fflush(p->out);
 }

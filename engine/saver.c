@@ -112,8 +112,7 @@ int td_ckpt_clean(const char *dir) {
   return removed;
 }
 
-int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every,
-                  td_error *err) {
+int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every, td_error *err) {
   td_ckpt_file *fs;
   size_t n;
   int rc = td_ckpt_list(dir, &fs, &n, err);
@@ -125,8 +124,7 @@ int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every,
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%s", dir, fs[i].name);
     if (unlink(path) != 0 && errno != ENOENT && !rc)
-      rc = td_errorf(err, TD_EIO, "cannot remove the old checkpoint %s: %s", path,
-                     strerror(errno));
+      rc = td_errorf(err, TD_EIO, "cannot remove the old checkpoint %s: %s", path, strerror(errno));
   }
   free(fs);
   return rc;
@@ -294,11 +292,13 @@ static int check_binding(const td_saver *s, const td_trainer *t, const char *pat
                    "seed or init_from differ",
                    path, m.spec_hash, s->spec_hash);
   else if (m.step != name_step)
-    rc = td_errorf(err, TD_EDATA, "checkpoint '%s' holds step %lld, not the step %lld its "
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s' holds step %lld, not the step %lld its "
                    "name says (renamed?)",
                    path, (long long)m.step, (long long)name_step);
   else if (m.step < 0 || m.step > t->total_steps)
-    rc = td_errorf(err, TD_EDATA, "checkpoint '%s' is at step %lld, outside this job's %lld "
+    rc = td_errorf(err, TD_EDATA,
+                   "checkpoint '%s' is at step %lld, outside this job's %lld "
                    "steps",
                    path, (long long)m.step, (long long)t->total_steps);
   td_ckpt_meta_free(&m);
@@ -327,8 +327,7 @@ int td_saver_resume(td_saver *s, td_trainer *t, char *file, size_t file_len, cha
       resumed = 1;
       break;
     }
-    td_log_warn("checkpoint refused; trying the one before", "file=%s err=\"%s\"", path,
-                err.msg);
+    td_log_warn("checkpoint refused; trying the one before", "file=%s err=\"%s\"", path, err.msg);
     if (used < note_len) {
       int w = snprintf(note + used, note_len - used, "%s%s refused: %s", used ? "; " : "",
                        fs[i].name, err.msg);
@@ -398,9 +397,10 @@ int td_saver_persist(td_saver *s, td_trainer *t, td_ckpt_reason reason, int forc
     if (left <= 0)
       break;
     double wait = delay < left ? delay : left;
-    td_log_warn("checkpoint failed; trying again", "dir=%s step=%lld reason=%s attempt=%d "
-                "retry_in_sec=%.1f err=\"%s\"", s->dir, (long long)step,
-                td_ckpt_reason_name(reason), attempts, wait, last);
+    td_log_warn("checkpoint failed; trying again",
+                "dir=%s step=%lld reason=%s attempt=%d "
+                "retry_in_sec=%.1f err=\"%s\"",
+                s->dir, (long long)step, td_ckpt_reason_name(reason), attempts, wait, last);
     if (nap(r, wait))
       return td_errorf(err, TD_ECANCELLED,
                        "stopped while retrying the %s checkpoint of step %lld, which is not on "
@@ -419,7 +419,8 @@ int td_saver_persist(td_saver *s, td_trainer *t, td_ckpt_reason reason, int forc
   char tries[96] = "";
   if (attempts > 1)
     snprintf(tries, sizeof tries, " in %d attempts over %.0f s", attempts, window);
-  return td_errorf(err, rc, "the %s checkpoint of step %lld could not be written%s: %s; the "
+  return td_errorf(err, rc,
+                   "the %s checkpoint of step %lld could not be written%s: %s; the "
                    "newest checkpoint on disk in %s is %s",
                    td_ckpt_reason_name(reason), (long long)step, tries, last, s->dir, newest);
 }

@@ -46,17 +46,16 @@ int td_ckpt_list(const char *dir, td_ckpt_file **out, size_t *n, td_error *err);
 int td_ckpt_clean(const char *dir);
 /* Keeps the newest keep_last checkpoints (0: all) and, when keep_every is
  * set, every checkpoint whose step is a multiple of it; removes the rest. */
-int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every,
-                  td_error *err);
+int td_ckpt_prune(const char *dir, uint32_t keep_last, uint32_t keep_every, td_error *err);
 
 /* What became of one snapshot. */
 typedef struct td_saver_result {
   int rc;
   char msg[TD_ERRMSG_MAX];
   td_ckpt_reason reason;
-  uint64_t gen;     /* the caller's tag of the snapshot */
+  uint64_t gen; /* the caller's tag of the snapshot */
   int64_t step;
-  uint32_t epoch;   /* the position's epoch (1-based, next step's) */
+  uint32_t epoch; /* the position's epoch (1-based, next step's) */
   char name[TD_CKPT_NAME_MAX];
   int64_t bytes;
   double stall_ms;  /* the copy out of the backend */
@@ -97,7 +96,7 @@ typedef struct td_saver {
   int started, busy, quit;
 
   /* The snapshot being written (valid while busy). */
-  float *host; /* (n_params * (1 + state_slots)) */
+  float *host;             /* (n_params * (1 + state_slots)) */
   td_ckpt_buffer file_mem; /* where the writer builds files */
   td_ckpt_meta meta;
   td_saver_result res;

@@ -12,39 +12,38 @@
 #include "clock.h"
 #include "log.h"
 
-static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o,
-                             td_error *err);
-
+static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o, td_error *err);
 
 /* Resolves one dataset file under the data roots. */
-static int resolve(const td_trainer_opts *o, const char *dir, const char *name,
-                   char *out, size_t outlen, td_error *err) {
+static int resolve(const td_trainer_opts *o, const char *dir, const char *name, char *out,
+                   size_t outlen, td_error *err) {
   char rel[4096];
   int n = dir && *dir ? snprintf(rel, sizeof rel, "%s/%s", dir, name)
                       : snprintf(rel, sizeof rel, "%s", name);
   if (n < 0 || (size_t)n >= sizeof rel)
-    return td_errorf(err, TD_EINVAL, "dataset path '%.64s%s/%s' is too long",
-                     dir ? dir : "", dir && strlen(dir) > 64 ? "..." : "", name);
+    return td_errorf(err, TD_EINVAL, "dataset path '%.64s%s/%s' is too long", dir ? dir : "",
+                     dir && strlen(dir) > 64 ? "..." : "", name);
   return td_data_resolve(o->data_roots, o->n_data_roots, rel, 1, out, outlen, err);
 }
 
-static const char *or_default(const char *s, const char *dflt) {
-  return s && *s ? s : dflt;
-}
+static const char *or_default(const char *s, const char *dflt) { return s && *s ? s : dflt; }
 
-int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o,
-                          td_data_files *f, td_error *err) {
+int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o, td_data_files *f,
+                          td_error *err) {
   int rc;
   memset(f, 0, sizeof *f);
   if (o->n_data_roots == 0)
-    return td_errorf(err, TD_EINVAL,
-                     "no data roots: pass --data-dir DIR or set TRAIND_DATA_DIR");
+    return td_errorf(err, TD_EINVAL, "no data roots: pass --data-dir DIR or set TRAIND_DATA_DIR");
   if (d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
     const Traind__V1__IdxDataset *x = d->idx;
-    if ((rc = resolve(o, x->dir, or_default(x->train_images, "train-images-idx3-ubyte.gz"), f->train[0], sizeof f->train[0], err)) ||
-        (rc = resolve(o, x->dir, or_default(x->train_labels, "train-labels-idx1-ubyte.gz"), f->train[1], sizeof f->train[1], err)) ||
-        (rc = resolve(o, x->dir, or_default(x->test_images, "t10k-images-idx3-ubyte.gz"), f->test[0], sizeof f->test[0], err)) ||
-        (rc = resolve(o, x->dir, or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz"), f->test[1], sizeof f->test[1], err)))
+    if ((rc = resolve(o, x->dir, or_default(x->train_images, "train-images-idx3-ubyte.gz"),
+                      f->train[0], sizeof f->train[0], err)) ||
+        (rc = resolve(o, x->dir, or_default(x->train_labels, "train-labels-idx1-ubyte.gz"),
+                      f->train[1], sizeof f->train[1], err)) ||
+        (rc = resolve(o, x->dir, or_default(x->test_images, "t10k-images-idx3-ubyte.gz"),
+                      f->test[0], sizeof f->test[0], err)) ||
+        (rc = resolve(o, x->dir, or_default(x->test_labels, "t10k-labels-idx1-ubyte.gz"),
+                      f->test[1], sizeof f->test[1], err)))
       return rc;
     f->has_test = 1;
     return TD_OK;
@@ -72,8 +71,7 @@ static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
     if (!(rc = td_idx_load(f->train[0], f->train[1], d->train_limit, &t->train, err)))
       rc = td_idx_load(f->test[0], f->test[1], d->test_limit, &t->test, err);
   } else if (!rc) {
-    if (!(rc = td_hdf5_load(f->train[0], f->features, f->labels, d->train_limit, &t->train,
-                            err)) &&
+    if (!(rc = td_hdf5_load(f->train[0], f->features, f->labels, d->train_limit, &t->train, err)) &&
         f->has_test)
       rc = td_hdf5_load(f->test[0], f->features, f->labels, d->test_limit, &t->test, err);
   }
@@ -84,8 +82,8 @@ static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
 
 /* The warm-start file of a job, resolved under the data roots; "" when the
  * job has none. */
-static int resolve_init_from(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
-                             char *out, size_t outlen, td_error *err) {
+static int resolve_init_from(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, char *out,
+                             size_t outlen, td_error *err) {
   out[0] = 0;
   const char *f = spec->checkpoint ? spec->checkpoint->init_from : NULL;
   if (!f || !*f)
@@ -118,15 +116,14 @@ int td_device_index(const char *id, const char *kind) {
   return (int)v;
 }
 
-int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
-                     td_error *err) {
+int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, td_error *err) {
   int rc = check_unsupported(spec, o, err);
   if (rc)
     return rc;
   td_plan *p = NULL;
   rc = td_plan_compile(spec->model, spec->optimizer,
-                       spec->training->batch_size / (uint32_t)td_job_device_count(spec), "cpu:0", &p,
-                       err);
+                       spec->training->batch_size / (uint32_t)td_job_device_count(spec), "cpu:0",
+                       &p, err);
   td_data_files *f = malloc(sizeof *f);
   if (!rc && !f)
     rc = td_errorf(err, TD_ENOMEM, "out of memory");
@@ -144,8 +141,7 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
   return rc;
 }
 
-static int check_data(const td_trainer *t, const td_dataset *ds,
-                      const char *which, td_error *err) {
+static int check_data(const td_trainer *t, const td_dataset *ds, const char *which, td_error *err) {
   const td_plan *p = t->plan;
   if (ds->dim != p->in_dim)
     return td_errorf(err, TD_EINVAL,
@@ -167,8 +163,7 @@ static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts
   if (s->devices) {
     const char *kind = or_default(s->devices->kind, "cpu");
     if (strcmp(kind, "cpu") != 0 && strcmp(kind, "gpu") != 0)
-      return td_errorf(err, TD_EINVAL,
-                       "devices.kind: '%s' is not a device kind (use cpu or gpu)",
+      return td_errorf(err, TD_EINVAL, "devices.kind: '%s' is not a device kind (use cpu or gpu)",
                        kind);
     if (strcmp(kind, "gpu") == 0 && !o->backend)
       return td_errorf(err, TD_EUNSUPPORTED,
@@ -187,13 +182,11 @@ static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts
     for (size_t i = 0; i < d->n_ids; i++) {
       int idx = td_device_index(d->ids[i], kind);
       if (idx < 0)
-        return td_errorf(err, TD_EINVAL,
-                         "devices.ids[%zu]: '%s' is not a %s device id (like %s:0)", i,
-                         d->ids[i], kind, kind);
+        return td_errorf(err, TD_EINVAL, "devices.ids[%zu]: '%s' is not a %s device id (like %s:0)",
+                         i, d->ids[i], kind, kind);
       for (size_t k = 0; k < i; k++)
         if (td_device_index(d->ids[k], kind) == idx)
-          return td_errorf(err, TD_EINVAL, "devices.ids[%zu]: '%s' is named twice", i,
-                           d->ids[i]);
+          return td_errorf(err, TD_EINVAL, "devices.ids[%zu]: '%s' is named twice", i, d->ids[i]);
     }
     uint32_t n = (uint32_t)td_job_device_count(s), b = s->training->batch_size;
     if (n > 1 && b % n)
@@ -284,18 +277,18 @@ static int step_body(td_replica *r) {
   if (rc)
     rc = td_errorf(err, rc, "step: reading the step table failed");
   if (!rc && (rc = ops->gather(be, r->train_x, r->train_y, t->train.dim,
-                        r->order + (size_t)r->rank * t->shard, &cur->row0, t->shard,
-                        a + p->in_off, (int32_t *)(a + p->labels_off))))
+                               r->order + (size_t)r->rank * t->shard, &cur->row0, t->shard,
+                               a + p->in_off, (int32_t *)(a + p->labels_off))))
     rc = td_errorf(err, rc, "step: gather failed");
-  if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, cur->keys,
-                                     (uint64_t)r->rank * t->shard, err)) &&
+  if (!rc &&
+      !(rc =
+            td_state_forward(st, (int)t->shard, 1, cur->keys, (uint64_t)r->rank * t->shard, err)) &&
       !(rc = td_state_loss(st, (int)t->shard, 1, err)))
     rc = td_state_backward(st, err);
   if (t->n_rep > 1) {
     /* Every replica joins the allreduce, also after a failure. */
     double a0 = r->rank == 0 ? td_mono_sec() : 0.0;
-    int crc = t->comm->ops->allreduce(t->comm, r->rank, st->grads, p->n_params,
-                                      TD_REDUCE_MEAN);
+    int crc = t->comm->ops->allreduce(t->comm, r->rank, st->grads, p->n_params, TD_REDUCE_MEAN);
     if (r->rank == 0 && !r->recording) {
       t->allreduce_sec += td_mono_sec() - a0;
       t->allreduce_steps++;
@@ -307,8 +300,7 @@ static int step_body(td_replica *r) {
     rc = td_errorf(err, rc, "step: gradient norm failed");
   if (!rc)
     rc = td_optim_issue(&p->optim, be, td_rec_scalars(p, r->cur), sc + TD_SC_GRAD_SUMSQ,
-                        p->n_params, st->params, st->grads, st->opt_state,
-                        sc + TD_SC_SCRATCH, err);
+                        p->n_params, st->params, st->grads, st->opt_state, sc + TD_SC_SCRATCH, err);
   if (!rc && (rc = ops->record(be, &cur->slot, sc, TD_STEP_METRICS, r->metrics)))
     rc = td_errorf(err, rc, "step: recording the metrics failed");
   return rc;
@@ -396,8 +388,7 @@ static int task_chunk(td_trainer *t, int rank) {
     return rc;
   }
   size_t m = TD_STEP_METRICS;
-  if ((rc = ops->download(be, r->metrics_host + (size_t)first * m,
-                          r->metrics + (size_t)first * m,
+  if ((rc = ops->download(be, r->metrics_host + (size_t)first * m, r->metrics + (size_t)first * m,
                           (size_t)t->task_count * m * sizeof(float))))
     rc = td_errorf(&r->err, rc, "step: reading the metrics failed");
   return rc;
@@ -411,11 +402,10 @@ static int task_epoch(td_trainer *t, int rank) {
   td_backend *be = r->be;
   if (be->host_memory)
     return TD_OK;
-  int rc = be->ops->shuffle
-               ? be->ops->shuffle(be, t->train.n, t->shuffle_rounds,
-                                  &t->round_keys[0].k[0], (uint32_t *)r->order)
-               : be->ops->upload(be, (void *)r->order, t->order,
-                                 (size_t)t->train.n * sizeof *t->order);
+  int rc = be->ops->shuffle ? be->ops->shuffle(be, t->train.n, t->shuffle_rounds,
+                                               &t->round_keys[0].k[0], (uint32_t *)r->order)
+                            : be->ops->upload(be, (void *)r->order, t->order,
+                                              (size_t)t->train.n * sizeof *t->order);
   if (!rc)
     rc = be->ops->upload(be, (void *)r->table, t->table,
                          (size_t)t->steps_per_epoch * t->plan->rec_bytes);
@@ -441,8 +431,8 @@ static int task_eval(td_trainer *t, int rank) {
     uint32_t rows = hi - start < t->shard ? hi - start : t->shard;
     /* Rows start..start+rows: the dataset pointer is offset instead of the
      * indices, so the one iota buffer serves every chunk. */
-    int rc = be->ops->gather(be, x + (size_t)start * ds->dim, y + start, ds->dim, r->iota,
-                             NULL, rows, a + p->in_off, (int32_t *)(a + p->labels_off));
+    int rc = be->ops->gather(be, x + (size_t)start * ds->dim, y + start, ds->dim, r->iota, NULL,
+                             rows, a + p->in_off, (int32_t *)(a + p->labels_off));
     if (rc)
       return td_errorf(&r->err, rc, "evaluate: gather failed");
     if ((rc = td_state_forward(r->st, (int)rows, 0, NULL, 0, &r->err)) ||
@@ -494,8 +484,8 @@ static int replica_data(td_trainer *t, td_replica *x, td_error *err) {
   size_t steps = t->steps_per_epoch;
   if (!(x->cur = replica_alloc(x, p->rec_bytes, "the step record", err)) ||
       !(x->counter = replica_alloc(x, sizeof *x->counter, "the step counter", err)) ||
-      !(x->metrics = replica_alloc(x, steps * TD_STEP_METRICS * sizeof(float),
-                                   "the step metrics", err)))
+      !(x->metrics =
+            replica_alloc(x, steps * TD_STEP_METRICS * sizeof(float), "the step metrics", err)))
     return err->code;
   if (!(x->metrics_host = calloc(steps * TD_STEP_METRICS, sizeof(float))))
     return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
@@ -510,7 +500,8 @@ static int replica_data(td_trainer *t, td_replica *x, td_error *err) {
     return TD_OK;
   }
   uint32_t *iota;
-  if (!(x->order = replica_alloc(x, (size_t)t->train.n * sizeof *x->order, "the example order", err)) ||
+  if (!(x->order =
+            replica_alloc(x, (size_t)t->train.n * sizeof *x->order, "the example order", err)) ||
       !(iota = replica_alloc(x, (size_t)t->shard * sizeof *iota, "the offsets", err)) ||
       !(x->table = replica_alloc(x, steps * p->rec_bytes, "the step table", err)))
     return err->code;
@@ -633,8 +624,8 @@ static void replicas_stop(td_trainer *t) {
   t->comm = NULL;
 }
 
-int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
-                    const td_trainer_opts *o, td_error *err) {
+int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
+                    td_error *err) {
   memset(t, 0, sizeof *t);
   t->spec = spec;
   int rc = check_unsupported(spec, o, err);
@@ -741,8 +732,8 @@ void td_trainer_free(td_trainer *t) {
   t->table = NULL;
 }
 
-int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
-                        float *accuracy, td_error *err) {
+int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss, float *accuracy,
+                        td_error *err) {
   const td_plan *p = t->plan;
   t->task_ds = ds;
   int rc = run_task(t, task_eval, err);
@@ -880,8 +871,8 @@ int td_trainer_resume(td_trainer *t, const char *path, td_error *err) {
   int64_t at = (int64_t)(m.epoch - 1) * t->steps_per_epoch + m.step_in_epoch;
   if (m.seed != seed)
     rc = td_errorf(err, TD_EDATA,
-                   "checkpoint '%s' is of a run with seed %llu; this job's seed is %llu",
-                   path, (unsigned long long)m.seed, (unsigned long long)seed);
+                   "checkpoint '%s' is of a run with seed %llu; this job's seed is %llu", path,
+                   (unsigned long long)m.seed, (unsigned long long)seed);
   else if (m.step != st.step)
     rc = td_errorf(err, TD_EDATA,
                    "checkpoint '%s': attribute step (%lld) disagrees with "
@@ -921,8 +912,8 @@ void td_trainer_meta(const td_trainer *t, td_ckpt_meta *m) {
   m->seed = t->spec->training->seed;
 }
 
-int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
-                   td_epoch_point *last, td_error *err) {
+int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *last,
+                   td_error *err) {
   static const td_train_hooks none = {0};
   if (!hooks)
     hooks = &none;

@@ -18,12 +18,12 @@
 
 /* One step's metrics. */
 typedef struct td_step_point {
-  int64_t step; /* 1-based: updates applied including this one */
-  uint32_t epoch; /* 1-based */
+  int64_t step;           /* 1-based: updates applied including this one */
+  uint32_t epoch;         /* 1-based */
   uint32_t step_in_epoch; /* 1-based */
-  float loss;      /* mean over the batch, before the update */
-  float grad_norm; /* global norm of the raw gradients */
-  float lr;        /* learning rate used by this update */
+  float loss;             /* mean over the batch, before the update */
+  float grad_norm;        /* global norm of the raw gradients */
+  float lr;               /* learning rate used by this update */
   double step_ms;
   double examples_per_sec; /* over the epoch so far */
 } td_step_point;
@@ -123,7 +123,7 @@ typedef struct td_replica {
   /* A task's outputs. */
   int rc;
   td_error err;
-  double sums[2];    /* evaluation: loss sum and correct over its rows */
+  double sums[2]; /* evaluation: loss sum and correct over its rows */
 } td_replica;
 
 /* The metrics a step records: its shard's loss sum and correct count, and
@@ -141,8 +141,8 @@ struct td_trainer {
   int plan_hit;
   td_state st; /* replica 0's: the one checkpoints and callers read */
   td_key init_key, shuffle_key, dropout_key;
-  uint32_t *order;  /* (train.n) this epoch's example order */
-  uint32_t *iota;   /* (batch) 0..batch-1, offsets for evaluation */
+  uint32_t *order; /* (train.n) this epoch's example order */
+  uint32_t *iota;  /* (batch) 0..batch-1, offsets for evaluation */
   uint32_t batch, steps_per_epoch, epochs, eval_every, log_every;
   int64_t total_steps;
   /* The position: the epoch the next step belongs to (1-based), the steps
@@ -189,14 +189,13 @@ struct td_trainer {
   const td_dataset *task_ds;
 };
 
-int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec,
-                    const td_trainer_opts *o, td_error *err);
+int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
+                    td_error *err);
 /* The checks td_trainer_init makes before loading any data: options this
  * build does not support, the model and optimizer compile, and every
  * dataset file resolves under the data roots. For refusing a job at
  * submission. */
-int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
-                     td_error *err);
+int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, td_error *err);
 void td_trainer_free(td_trainer *t);
 
 /* The files of a job's dataset resolved under the data roots, with the
@@ -211,8 +210,8 @@ typedef struct td_data_files {
   const char *features, *labels; /* HDF5; borrowed from the spec or static */
 } td_data_files;
 
-int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o,
-                          td_data_files *f, td_error *err);
+int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o, td_data_files *f,
+                          td_error *err);
 
 /* The devices a job asks for: the number of devices.ids, else
  * devices.count, else 1. */
@@ -228,12 +227,11 @@ int td_trainer_resume(td_trainer *t, const char *path, td_error *err);
 void td_trainer_meta(const td_trainer *t, td_ckpt_meta *m);
 
 /* Evaluates the current parameters on ds: mean loss and accuracy. */
-int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss,
-                        float *accuracy, td_error *err);
+int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss, float *accuracy,
+                        td_error *err);
 
 /* Runs the job to its end (or until hooks->should_stop). The last epoch
  * point is copied to *last when last is not NULL. */
-int td_trainer_run(td_trainer *t, const td_train_hooks *hooks,
-                   td_epoch_point *last, td_error *err);
+int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *last, td_error *err);
 
 #endif

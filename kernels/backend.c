@@ -1,9 +1,7 @@
 /* Backend-independent helpers of the kernel interface. */
 #include "backend.h"
 
-int td_act_needs_preact(td_act act) {
-  return act == TD_ACT_GELU_TANH || act == TD_ACT_GELU_ERF;
-}
+int td_act_needs_preact(td_act act) { return act == TD_ACT_GELU_TANH || act == TD_ACT_GELU_ERF; }
 
 const char *td_act_name(td_act act) {
   switch (act) {

@@ -67,7 +67,7 @@ typedef struct td_opt_pass {
 } td_opt_pass;
 
 typedef struct td_opt_scalars {
-  double pre, post;   /* the factors of in_scale before and after the clip */
+  double pre, post; /* the factors of in_scale before and after the clip */
   float mid_scale, out_scale;
   float bc1, bc2; /* 1 - b1^count, 1 - b2^count, count after this update */
 } td_opt_scalars;
@@ -75,8 +75,8 @@ typedef struct td_opt_scalars {
 /* in_scale = (float)((pre * k) * post), k = 1 without a clip, else
  * min(1, clip_norm / (|pre| sqrt(norm_sq))): optax's clip_by_global_norm of
  * the updates scaled by pre. */
-static inline TD_HOST_DEVICE float td_opt_in_scale(const td_opt_pass *a,
-                                                   const td_opt_scalars *s, float norm_sq) {
+static inline TD_HOST_DEVICE float td_opt_in_scale(const td_opt_pass *a, const td_opt_scalars *s,
+                                                   float norm_sq) {
   double f = s->pre;
   if (a->clip) {
     double g = (f < 0 ? -f : f) * sqrt((double)norm_sq);
@@ -109,37 +109,33 @@ typedef struct td_backend_ops {
    * idx lives in backend memory, and so does the offset *off (none when
    * off is NULL), so that a recorded step reads its batch's place in the
    * epoch's order at replay. */
-  int (*gather)(td_backend *be, const float *src, const int32_t *src_labels,
-                size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
-                float *dst, int32_t *dst_labels);
+  int (*gather)(td_backend *be, const float *src, const int32_t *src_labels, size_t dim,
+                const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
+                int32_t *dst_labels);
 
   /* c (m, n) = alpha op(a) op(b) + beta c, with op(a) (m, k), op(b) (k, n). */
-  int (*gemm)(td_backend *be, int trans_a, int trans_b, int m, int n, int k,
-              float alpha, const float *a, int lda, const float *b, int ldb,
-              float beta, float *c, int ldc);
+  int (*gemm)(td_backend *be, int trans_a, int trans_b, int m, int n, int k, float alpha,
+              const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
   /* z (rows, cols) += bias (cols) when bias is not NULL; y = act(z).
    * y may equal z when !td_act_needs_preact(act). */
-  int (*bias_act_fwd)(td_backend *be, td_act act, int rows, int cols,
-                      const float *bias, float *z, float *y);
+  int (*bias_act_fwd)(td_backend *be, td_act act, int rows, int cols, const float *bias, float *z,
+                      float *y);
   /* dz = dy * act'(z) (from y when the derivative allows); dz may equal dy.
    * dbias (cols) = column sums of dz, when dbias is not NULL. */
-  int (*bias_act_bwd)(td_backend *be, td_act act, int rows, int cols,
-                      const float *z, const float *y, const float *dy,
-                      float *dz, float *dbias);
+  int (*bias_act_bwd)(td_backend *be, td_act act, int rows, int cols, const float *z,
+                      const float *y, const float *dy, float *dz, float *dbias);
 
   /* Softmax cross-entropy with integer labels over `rows` of logits (rows,
    * cols). out[0] = sum over rows of the loss, out[1] = number of rows whose
    * argmax equals the label. When dlogits is not NULL it receives
    * (softmax - onehot) * grad_scale. */
   int (*softmax_xent)(td_backend *be, int rows, int cols, const float *logits,
-                      const int32_t *labels, float grad_scale, float *dlogits,
-                      float *out);
+                      const int32_t *labels, float grad_scale, float *dlogits, float *out);
   /* Squared error against one-hot labels: out[0] = sum of (y - onehot)^2,
    * out[1] = argmax matches; dy = 2 (y - onehot) * grad_scale. */
-  int (*mse_onehot)(td_backend *be, int rows, int cols, const float *y,
-                    const int32_t *labels, float grad_scale, float *dy,
-                    float *out);
+  int (*mse_onehot)(td_backend *be, int rows, int cols, const float *y, const int32_t *labels,
+                    float grad_scale, float *dy, float *out);
 
   /* Inverted dropout with a counter-based mask: element i is kept exactly
    * when jax.random.bernoulli(key, 1 - rate, (N,))[first + i] is true, that
@@ -152,8 +148,7 @@ typedef struct td_backend_ops {
   int (*dropout_fwd)(td_backend *be, size_t n, uint64_t first, float rate, const uint32_t *key,
                      const float *x, float *mask, float *y);
   /* dx = dy * mask; dx may equal dy. */
-  int (*mul)(td_backend *be, size_t n, const float *a, const float *b,
-             float *out);
+  int (*mul)(td_backend *be, size_t n, const float *a, const float *b, float *out);
 
   /* out[0] = sum of x^2 (accumulated in double, stored as float). */
   int (*sumsq)(td_backend *be, size_t n, const float *x, float *out);
@@ -163,8 +158,8 @@ typedef struct td_backend_ops {
    * clip uses; the pass does nothing when guard is not NULL and
    * !td_opt_guard_ok(*guard). */
   int (*opt_pass)(td_backend *be, const td_opt_pass *pass, const td_opt_scalars *sc,
-                  const float *norm_sq, const float *guard, size_t n, float *p, float *g,
-                  float *s1, float *s2);
+                  const float *norm_sq, const float *guard, size_t n, float *p, float *g, float *s1,
+                  float *s2);
 
   /* The step table (td_step_record in train.h) at work: copies record
    * *counter of table (records of rec_bytes) to cur and increments

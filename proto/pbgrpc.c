@@ -30,8 +30,8 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
  * protobuf-c's strings end at the first NUL, so such a string would arrive
  * cut short ("id\0x" read as "id"): a request holding one is refused. Bytes
  * that do not parse are left to protobuf-c to refuse. */
-static const char *nul_string_field(const ProtobufCMessageDescriptor *d,
-                                    const uint8_t *p, size_t n, int depth) {
+static const char *nul_string_field(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n,
+                                    int depth) {
   const uint8_t *end = p + n;
   if (depth > 64)
     return NULL;
@@ -72,8 +72,8 @@ static const char *nul_string_field(const ProtobufCMessageDescriptor *d,
   return NULL;
 }
 
-ProtobufCMessage *td_pbgrpc_unpack(const ProtobufCMessageDescriptor *d,
-                                   grpc_byte_buffer *bb, char *why, size_t whylen) {
+ProtobufCMessage *td_pbgrpc_unpack(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb,
+                                   char *why, size_t whylen) {
   grpc_byte_buffer_reader r;
   if (why && whylen)
     why[0] = '\0';
@@ -86,8 +86,7 @@ ProtobufCMessage *td_pbgrpc_unpack(const ProtobufCMessageDescriptor *d,
     snprintf(why, whylen, "the string field '%s' holds a NUL byte", bad);
   ProtobufCMessage *m =
       bad ? NULL
-          : protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s),
-                                      GRPC_SLICE_START_PTR(s));
+          : protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
   grpc_slice_unref(s);
   return m;
 }

@@ -12,7 +12,7 @@ grpc_byte_buffer *td_pbgrpc_pack(const ProtobufCMessage *m);
  * the bytes are not one, or when a string field holds a NUL byte (which a C
  * string cannot carry); then `why` (when not NULL) says which field. Free
  * with protobuf_c_message_free_unpacked. */
-ProtobufCMessage *td_pbgrpc_unpack(const ProtobufCMessageDescriptor *d,
-                                   grpc_byte_buffer *bb, char *why, size_t whylen);
+ProtobufCMessage *td_pbgrpc_unpack(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb,
+                                   char *why, size_t whylen);
 
 #endif

@@ -1156,13 +1156,13 @@ static char *json_fix_surrogates(const char *t, size_t len, size_t *outlen, bool
   size_t o = 0;
   lx_state st = LX_NORMAL;
   bool after_blank = true; /* a '#' starts a comment only after a blank */
-#define LX_COPY(n)                                                                                 \
-  do {                                                                                             \
-    if (out) {                                                                                     \
-      memcpy(out + o, t + i, (n));                                                                 \
-      o += (n);                                                                                    \
-    }                                                                                              \
-    i += (n);                                                                                      \
+#define LX_COPY(n)                 \
+  do {                             \
+    if (out) {                     \
+      memcpy(out + o, t + i, (n)); \
+      o += (n);                    \
+    }                              \
+    i += (n);                      \
   } while (0)
   for (i = 0; i < len;) {
     char ch = t[i];
@@ -1943,7 +1943,9 @@ static int check_strict_elem(vctx *c, const pbjson_rule *r, const ProtobufCField
     double v = t == PROTOBUF_C_TYPE_DOUBLE ? *(const double *)p : *(const float *)p;
     if (!isfinite(v))
       return vfail(c, r, "must be a finite number (got %s)",
-                   isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
+                   isnan(v) ? "NaN"
+                   : v > 0  ? "Infinity"
+                            : "-Infinity");
   }
   return 0;
 }
@@ -1953,8 +1955,8 @@ static int check_strict(vctx *c, const pbjson_rule *r, const ProtobufCMessage *m
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *fd = &d->fields[i];
     ProtobufCType t = fd->type;
-    if (t != PROTOBUF_C_TYPE_ENUM && t != PROTOBUF_C_TYPE_DOUBLE &&
-        t != PROTOBUF_C_TYPE_FLOAT && t != PROTOBUF_C_TYPE_MESSAGE)
+    if (t != PROTOBUF_C_TYPE_ENUM && t != PROTOBUF_C_TYPE_DOUBLE && t != PROTOBUF_C_TYPE_FLOAT &&
+        t != PROTOBUF_C_TYPE_MESSAGE)
       continue;
     size_t old = vpath_field(c, fd->name);
     int rc = 0;
@@ -2092,8 +2094,7 @@ static int utf8_message(vctx *c, const ProtobufCMessage *m, int depth) {
     if (!p)
       continue;
     size_t old = vpath_field(c, fd->name);
-    int rc = fd->type == PROTOBUF_C_TYPE_STRING ? utf8_string(c, p)
-                                                : utf8_message(c, p, depth + 1);
+    int rc = fd->type == PROTOBUF_C_TYPE_STRING ? utf8_string(c, p) : utf8_message(c, p, depth + 1);
     if (rc)
       return rc;
     vpath_pop(c, old);

@@ -12,15 +12,15 @@
 static int td_check_failures;
 static int td_check_count;
 
-#define CHECK(cond, ...)                                                      \
-  do {                                                                        \
-    td_check_count++;                                                         \
-    if (!(cond)) {                                                            \
-      td_check_failures++;                                                    \
+#define CHECK(cond, ...)                                                       \
+  do {                                                                         \
+    td_check_count++;                                                          \
+    if (!(cond)) {                                                             \
+      td_check_failures++;                                                     \
       fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-      fprintf(stderr, __VA_ARGS__);                                           \
-      fputc('\n', stderr);                                                    \
-    }                                                                         \
+      fprintf(stderr, __VA_ARGS__);                                            \
+      fputc('\n', stderr);                                                     \
+    }                                                                          \
   } while (0)
 
 /* Relative error of `got` against the reference `want`, with `floor` guarding
@@ -30,12 +30,11 @@ static inline double td_relerr(double got, double want, double floor) {
   return d / (m > floor ? m : floor);
 }
 
-#define CHECK_CLOSE(got, want, tol, floor)                                    \
-  CHECK(td_relerr((got), (want), (floor)) <= (tol),                           \
-        "%s = %.9g, want %.9g (rel err %.3g > %.3g)", #got, (double)(got),    \
-        (double)(want), td_relerr((got), (want), (floor)), (double)(tol))
+#define CHECK_CLOSE(got, want, tol, floor)                                                        \
+  CHECK(td_relerr((got), (want), (floor)) <= (tol), "%s = %.9g, want %.9g (rel err %.3g > %.3g)", \
+        #got, (double)(got), (double)(want), td_relerr((got), (want), (floor)), (double)(tol))
 
-#define CHECK_STR_CONTAINS(hay, needle)                                       \
+#define CHECK_STR_CONTAINS(hay, needle)                                             \
   CHECK((hay) && strstr((hay), (needle)) != NULL, "\"%s\" does not contain \"%s\"", \
         (hay) ? (hay) : "(null)", (needle))
 

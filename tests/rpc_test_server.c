@@ -47,9 +47,8 @@ static void on_toggle(uv_signal_t *h, int signum) {
   app *a = h->data;
   if (!a->health)
     return;
-  a->trainer_status = a->trainer_status == TD_HEALTH_SERVING
-                          ? TD_HEALTH_NOT_SERVING
-                          : TD_HEALTH_SERVING;
+  a->trainer_status =
+      a->trainer_status == TD_HEALTH_SERVING ? TD_HEALTH_NOT_SERVING : TD_HEALTH_SERVING;
   td_health_set(a->health, "traind.v1.Trainer", a->trainer_status);
 }
 

@@ -29,19 +29,18 @@
 #include "plan.h"
 #include "prng.h"
 
-static const char *spec_fmt =
-    "name: ckpt\n"
-    "model:\n"
-    "  input_shape: [4, 5]\n"
-    "  layers:\n"
-    "    - dense: {features: %u, kernel_init: HE_NORMAL}\n"
-    "    - relu: {}\n"
-    "    - dense: {features: 3, kernel_init: HE_NORMAL}\n"
-    "  loss: SOFTMAX_CROSS_ENTROPY\n"
-    "optimizer:\n"
-    "  chain: [%s]\n"
-    "dataset: {idx: {dir: none}}\n"
-    "training: {epochs: 1, batch_size: 16, seed: 42}\n";
+static const char *spec_fmt = "name: ckpt\n"
+                              "model:\n"
+                              "  input_shape: [4, 5]\n"
+                              "  layers:\n"
+                              "    - dense: {features: %u, kernel_init: HE_NORMAL}\n"
+                              "    - relu: {}\n"
+                              "    - dense: {features: 3, kernel_init: HE_NORMAL}\n"
+                              "  loss: SOFTMAX_CROSS_ENTROPY\n"
+                              "optimizer:\n"
+                              "  chain: [%s]\n"
+                              "dataset: {idx: {dir: none}}\n"
+                              "training: {epochs: 1, batch_size: 16, seed: 42}\n";
 
 static const char *adamw =
     "{clip_by_global_norm: {max_norm: 1.0}}, {adamw: {learning_rate: {constant: 0.01}}}";
@@ -103,7 +102,8 @@ static td_ckpt_meta sample_meta(void) {
                        .root_key = td_prng_key(42),
                        .seed = 42,
                        .job_id = "j-0000000001-000001",
-                       .spec_hash = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                       .spec_hash =
+                           "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
                        .spec_json = "{\"name\": \"ckpt\", \"note\": \"\\u00e9 quotes \\\" ok\"}"};
   return meta;
 }
@@ -185,8 +185,8 @@ static void check_round_trip(const char *dir, const char *opt, const char *label
         "%s: meta differs: step %lld epoch %u step_in_epoch %u seed %llu key %08x %08x", label,
         (long long)got.step, got.epoch, got.step_in_epoch, (unsigned long long)got.seed,
         got.root_key.k[0], got.root_key.k[1]);
-  CHECK(got.spec_json && strcmp(got.spec_json, meta.spec_json) == 0, "%s: job_spec '%s'",
-        label, got.spec_json ? got.spec_json : "(null)");
+  CHECK(got.spec_json && strcmp(got.spec_json, meta.spec_json) == 0, "%s: job_spec '%s'", label,
+        got.spec_json ? got.spec_json : "(null)");
   CHECK(strcmp(got.job_id, meta.job_id) == 0 && strcmp(got.spec_hash, meta.spec_hash) == 0,
         "%s: binding read back as job '%s', spec hash '%s'", label, got.job_id, got.spec_hash);
   /* The attributes alone say the same. */
@@ -682,8 +682,8 @@ static int e2e_write(const char *dir) {
       rc = st->be->ops->sumsq(st->be, p->n_params, st->grads, sc + TD_SC_GRAD_SUMSQ);
     td_optim_step os = {.count = st->step, .grad_sumsq = sc[TD_SC_GRAD_SUMSQ]};
     if (!rc)
-      rc = td_optim_apply(&p->optim, st->be, &os, p->n_params, st->params, st->grads,
-                          st->opt_state, sc + TD_SC_SCRATCH, &err);
+      rc = td_optim_apply(&p->optim, st->be, &os, p->n_params, st->params, st->grads, st->opt_state,
+                          sc + TD_SC_SCRATCH, &err);
     if (rc) {
       fprintf(stderr, "step %u: %s\n", s, err.msg);
       return 1;

@@ -109,8 +109,7 @@ static size_t bitdiff(const void *a, const void *b, size_t n) {
 }
 
 /* The largest |got - want| / max(|want|, floor), and where. */
-static double max_rel(const float *got, const float *want, size_t n, double floor,
-                      size_t *at) {
+static double max_rel(const float *got, const float *want, size_t n, double floor, size_t *at) {
   double worst = 0.0;
   *at = 0;
   for (size_t i = 0; i < n; i++) {
@@ -125,25 +124,24 @@ static double max_rel(const float *got, const float *want, size_t n, double floo
   return worst;
 }
 
-#define CHECK_ARRAY(label, got, want, n, tol, floor)                          \
-  do {                                                                        \
-    size_t at_;                                                               \
-    double e_ = max_rel((got), (want), (n), (floor), &at_);                   \
-    CHECK(e_ <= (tol), "%s: element %zu: %.9g, want %.9g (rel err %.3g > %.3g)", \
-          (label), at_, (double)(got)[at_], (double)(want)[at_], e_, (double)(tol)); \
+#define CHECK_ARRAY(label, got, want, n, tol, floor)                                           \
+  do {                                                                                         \
+    size_t at_;                                                                                \
+    double e_ = max_rel((got), (want), (n), (floor), &at_);                                    \
+    CHECK(e_ <= (tol), "%s: element %zu: %.9g, want %.9g (rel err %.3g > %.3g)", (label), at_, \
+          (double)(got)[at_], (double)(want)[at_], e_, (double)(tol));                         \
   } while (0)
 
-#define CHECK_BITS(label, got, want, n)                                       \
-  do {                                                                        \
-    size_t d_ = bitdiff((got), (want), (n));                                  \
+#define CHECK_BITS(label, got, want, n)                                         \
+  do {                                                                          \
+    size_t d_ = bitdiff((got), (want), (n));                                    \
     CHECK(d_ == 0, "%s: %zu of %zu elements differ", (label), d_, (size_t)(n)); \
   } while (0)
 
-#define CHECK_OK(expr)                                                        \
-  do {                                                                        \
-    int rc_ = (expr);                                                         \
-    CHECK(rc_ == 0, "%s: %s (%s)", #expr, td_strerror(rc_),                   \
-          td_cuda_backend_last_error(gpu));                                   \
+#define CHECK_OK(expr)                                                                        \
+  do {                                                                                        \
+    int rc_ = (expr);                                                                         \
+    CHECK(rc_ == 0, "%s: %s (%s)", #expr, td_strerror(rc_), td_cuda_backend_last_error(gpu)); \
   } while (0)
 
 /* ---------------------------------------------------- memory and ordering */
@@ -312,10 +310,9 @@ static void check_gather(void) {
       gfree(dst2l);
       /* A dataset offset by rows, as evaluation reads it (odd offset:
        * the rows are no longer 16-byte aligned). */
-      CHECK_OK(G->gather(gpu, dsrc + 3 * dim, dl + 3, dim, didx2 + OFF, NULL, COUNT - OFF, dst,
-                         dstl));
-      C->gather(cpu, src + 3 * dim, labels + 3, dim, idx2 + OFF, NULL, COUNT - OFF, want,
-                want_l);
+      CHECK_OK(
+          G->gather(gpu, dsrc + 3 * dim, dl + 3, dim, didx2 + OFF, NULL, COUNT - OFF, dst, dstl));
+      C->gather(cpu, src + 3 * dim, labels + 3, dim, idx2 + OFF, NULL, COUNT - OFF, want, want_l);
       gget(got, dst, (COUNT - OFF) * dim * sizeof(float));
       CHECK_BITS("gather from an offset dataset", got, want, (COUNT - OFF) * dim);
       /* The place in the order read from device memory, as a step reads
@@ -354,7 +351,7 @@ static void check_gather(void) {
 /* ------------------------------------------------------------------ gemm */
 
 static void check_gemm(void) {
-  const int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 65, 17}, {128, 256, 784},
+  const int shapes[][3] = {{1, 1, 1},      {7, 13, 5},  {33, 65, 17}, {128, 256, 784},
                            {128, 10, 128}, {3, 1, 300}, {257, 129, 1}};
   for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
     for (int ta = 0; ta < 2; ta++)
@@ -401,9 +398,11 @@ static void check_gemm(void) {
             for (int j = n; j < ldc; j++)
               pad_changed += got[(size_t)i * ldc + j] != c0[(size_t)i * ldc + j];
           }
-          CHECK(worst <= 1e-5, "gemm %dx%dx%d ta=%d tb=%d pad=%d: c[%d][%d] = %.9g, want %.9g "
-                "(error %.3g of the bound)", m, n, k, ta, tb, pad, wi, wj,
-                (double)got[(size_t)wi * ldc + wj], (double)want[(size_t)wi * ldc + wj], worst);
+          CHECK(worst <= 1e-5,
+                "gemm %dx%dx%d ta=%d tb=%d pad=%d: c[%d][%d] = %.9g, want %.9g "
+                "(error %.3g of the bound)",
+                m, n, k, ta, tb, pad, wi, wj, (double)got[(size_t)wi * ldc + wj],
+                (double)want[(size_t)wi * ldc + wj], worst);
           CHECK(pad_changed == 0, "gemm %dx%dx%d: %zu padding elements of c changed", m, n, k,
                 pad_changed);
         }
@@ -421,7 +420,7 @@ static void check_gemm(void) {
 
 /* ----------------------------------------------------- bias + activation */
 
-static const td_act acts[] = {TD_ACT_NONE, TD_ACT_RELU, TD_ACT_GELU_TANH,
+static const td_act acts[] = {TD_ACT_NONE,     TD_ACT_RELU, TD_ACT_GELU_TANH,
                               TD_ACT_GELU_ERF, TD_ACT_TANH, TD_ACT_SIGMOID};
 #define N_ACTS (sizeof acts / sizeof *acts)
 
@@ -497,8 +496,8 @@ static void check_bias_act(void) {
         /* y separate from z, or (when the derivative allows) y = z. */
         for (int alias = 0; alias < 1 + !td_act_needs_preact(act); alias++) {
           char label[96];
-          snprintf(label, sizeof label, "%s (%dx%d, bias %d, y=z %d)", td_act_name(act), rows,
-                   cols, with_bias, alias);
+          snprintf(label, sizeof label, "%s (%dx%d, bias %d, y=z %d)", td_act_name(act), rows, cols,
+                   with_bias, alias);
           memcpy(zc, z0, n * sizeof(float));
           C->bias_act_fwd(cpu, act, rows, cols, with_bias ? bias : NULL, zc, alias ? zc : yc);
           const float *yref = alias ? zc : yc;
@@ -640,8 +639,7 @@ static void check_losses(void) {
          * (a row's loss can be 0). */
         CHECK(td_relerr(outg[0], outc[0], rows) <= 1e-5, "%s: loss %.9g, want %.9g", label,
               (double)outg[0], (double)outc[0]);
-        CHECK(outg[1] == outc[1], "%s: %g hits, want %g", label, (double)outg[1],
-              (double)outc[1]);
+        CHECK(outg[1] == outc[1], "%s: %g hits, want %g", label, (double)outg[1], (double)outc[1]);
         if (with_grad) {
           gget(got, dd, n * sizeof(float));
           /* Softmax gradients depend on the row's sum of exponentials:
@@ -732,12 +730,12 @@ static void check_sumsq(void) {
     if (dx && dout) {
       CHECK_OK(G->sumsq(gpu, n, dx, dout));
       gget(&got, dout, sizeof got);
-      CHECK(td_relerr(got, want, 1e-30) <= 1e-5, "sumsq(n=%zu) = %.9g, want %.9g", n,
-            (double)got, (double)want);
+      CHECK(td_relerr(got, want, 1e-30) <= 1e-5, "sumsq(n=%zu) = %.9g, want %.9g", n, (double)got,
+            (double)want);
       CHECK_OK(G->sumsq(gpu, n, dx, dout));
       gget(&again, dout, sizeof again);
-      CHECK(memcmp(&again, &got, sizeof got) == 0, "sumsq(n=%zu) run to run: %.9g then %.9g",
-            n, (double)got, (double)again);
+      CHECK(memcmp(&again, &got, sizeof got) == 0, "sumsq(n=%zu) run to run: %.9g then %.9g", n,
+            (double)got, (double)again);
     }
     gfree(dx);
     gfree(dout);
@@ -863,8 +861,8 @@ static void check_opt_clip(void) {
   enum { N = 100003, STEPS = 3 };
   const double clips[] = {1.0, 10.0}; /* below and above |pre| times the norm (about 2.4) */
   const double pres[] = {0.75, -0.75};
-  float *p = hmalloc(N), *g = hmalloc(N), *gc = hmalloc(N), *got = hmalloc(N),
-        *want = hmalloc(N), *s1 = hmalloc(N), *s2 = hmalloc(N);
+  float *p = hmalloc(N), *g = hmalloc(N), *gc = hmalloc(N), *got = hmalloc(N), *want = hmalloc(N),
+        *s1 = hmalloc(N), *s2 = hmalloc(N);
   randn(p, N, 0.1f);
   randn(g, N, 0.01f);
   double sq = 0.0;
@@ -880,9 +878,12 @@ static void check_opt_clip(void) {
   for (size_t c = 0; c < sizeof clips / sizeof *clips; c++)
     for (size_t s = 0; s < sizeof pres / sizeof *pres; s++) {
       const td_opt_pass a = {.kind = TD_OPT_IDENTITY, .clip = 1, .clip_norm = clips[c]};
-      const td_opt_scalars sc = {
-          .pre = pres[s], .post = 2.0, .mid_scale = 1.0f, .out_scale = 1.0f, .bc1 = 1.0f,
-          .bc2 = 1.0f};
+      const td_opt_scalars sc = {.pre = pres[s],
+                                 .post = 2.0,
+                                 .mid_scale = 1.0f,
+                                 .out_scale = 1.0f,
+                                 .bc1 = 1.0f,
+                                 .bc2 = 1.0f};
       const double norm = fabs(sc.pre) * sqrt((double)norm_sq);
       CHECK(c == 0 ? norm > clips[c] : norm < clips[c],
             "clip test: |pre| * norm %.6g is on the wrong side of %g", norm, clips[c]);
@@ -907,8 +908,8 @@ static void check_opt_clip(void) {
         out += (double)want[i] * want[i];
       out = sqrt(out) / fabs(sc.post);
       const double expect = norm < clips[c] ? norm : clips[c];
-      CHECK(td_relerr(out, expect, 1e-30) < 1e-6, "%s: the clipped norm is %.9g, want %.9g",
-            label, out, expect);
+      CHECK(td_relerr(out, expect, 1e-30) < 1e-6, "%s: the clipped norm is %.9g, want %.9g", label,
+            out, expect);
     }
 
   /* clip_by_global_norm(1) + adamw, three steps, each with its gradients'
@@ -1198,8 +1199,7 @@ static int graph_body(void *arg) {
   for (int s = 0; s < b->steps && !rc; s++) {
     if ((rc = G->step_begin(gpu, b->table, sizeof(graph_rec), b->counter, b->cur)) ||
         (rc = G->gather(gpu, b->src, b->labels, G_D, b->idx, &b->cur->row0, G_B, b->x, b->xl)) ||
-        (rc = G->dropout_fwd(gpu, (size_t)G_B * G_D, 0, 0.25f, b->cur->key, b->x, b->mask,
-                             b->y)) ||
+        (rc = G->dropout_fwd(gpu, (size_t)G_B * G_D, 0, 0.25f, b->cur->key, b->x, b->mask, b->y)) ||
         (rc = G->gemm(gpu, 0, 0, G_B, G_H, G_D, 1.0f, b->y, G_D, b->w, G_H, 1.0f, b->c, G_H)) ||
         (rc = G->sumsq(gpu, (size_t)G_B * G_H, b->c, b->c + G_B * G_H)))
       break;
@@ -1526,8 +1526,8 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
       moved += ((double)sc.params[i] - p0[i]) * ((double)sc.params[i] - p0[i]);
     }
     double rel = sqrt(num / (den > 0 ? den : 1e-30));
-    CHECK(rel < 1e-4, "%s: after %d steps the parameters differ by %.3g (relative)", label,
-          STEPS, rel);
+    CHECK(rel < 1e-4, "%s: after %d steps the parameters differ by %.3g (relative)", label, STEPS,
+          rel);
     CHECK(sqrt(moved / den) > 1e-3, "%s: training did not move the parameters", label);
     printf("%s: %d steps, parameters agree to %.3g, losses to %.3g\n", label, STEPS, rel,
            worst_loss);

@@ -107,8 +107,9 @@ static const char *const job_tail =
 typedef enum run_kind { ON_CPU, ON_GPU, ON_2GPUS } run_kind;
 
 static const char *devices_of(run_kind k) {
-  return k == ON_CPU ? "" : k == ON_GPU ? "devices: {kind: gpu}\n"
-                                        : "devices: {kind: gpu, count: 2}\n";
+  return k == ON_CPU   ? ""
+         : k == ON_GPU ? "devices: {kind: gpu}\n"
+                       : "devices: {kind: gpu, count: 2}\n";
 }
 
 /* ------------------------------------------------------------------ runs */
@@ -118,9 +119,9 @@ typedef struct run_out {
   int rc;
   td_error err;
   double sec;
-  int n_steps;           /* on_step calls */
-  int steps_in_order;    /* they came as steps 1, 2, ... */
-  float loss[STEPS];     /* by step */
+  int n_steps;        /* on_step calls */
+  int steps_in_order; /* they came as steps 1, 2, ... */
+  float loss[STEPS];  /* by step */
   int n_epochs;
   td_epoch_point epochs[MAX_EPOCHS];
   int print_epochs; /* print each epoch point as it comes */
@@ -221,9 +222,9 @@ static void run_job(const char *doc, run_kind kind, int no_record, run_out *o) {
     o->n_order = t.train.n;
     o->params = fetch(&t, t.st.params, o->n_params * sizeof(float), o);
     o->state = fetch(&t, t.st.opt_state, o->n_state * sizeof(float), o);
-    o->order = t.be->host_memory ? fetch(&t, t.order, (size_t)o->n_order * sizeof(uint32_t), o)
-                                 : fetch(&t, t.rep[0].order,
-                                         (size_t)o->n_order * sizeof(uint32_t), o);
+    o->order = t.be->host_memory
+                   ? fetch(&t, t.order, (size_t)o->n_order * sizeof(uint32_t), o)
+                   : fetch(&t, t.rep[0].order, (size_t)o->n_order * sizeof(uint32_t), o);
     if (!o->params || !o->state || !o->order)
       o->rc = o->err.code ? o->err.code : TD_ENOMEM;
   }
@@ -287,12 +288,11 @@ static void check_close(const char *label, const run_out *got, const run_out *wa
     CHECK(td_relerr(a->train_loss, b->train_loss, 1e-6) < tol &&
               td_relerr(a->test_loss, b->test_loss, 1e-6) < tol,
           "%s: epoch %u: train loss %.9g, test loss %.9g; want %.9g, %.9g", label, b->epoch,
-          (double)a->train_loss, (double)a->test_loss, (double)b->train_loss,
-          (double)b->test_loss);
+          (double)a->train_loss, (double)a->test_loss, (double)b->train_loss, (double)b->test_loss);
     /* A near tie may go either way: 2 images of the test set. */
     CHECK(fabs((double)a->test_accuracy - b->test_accuracy) <= 2.0 / TEST_N + 1e-7,
-          "%s: epoch %u: test accuracy %.6f, want %.6f", label, b->epoch,
-          (double)a->test_accuracy, (double)b->test_accuracy);
+          "%s: epoch %u: test accuracy %.6f, want %.6f", label, b->epoch, (double)a->test_accuracy,
+          (double)b->test_accuracy);
   }
   if (got->n_params != want->n_params || got->n_state != want->n_state) {
     CHECK(0, "%s: %zu parameters and %zu state floats, want %zu and %zu", label, got->n_params,
@@ -301,12 +301,12 @@ static void check_close(const char *label, const run_out *got, const run_out *wa
   }
   double ep = rel_norm(got->params, want->params, want->n_params);
   double es = rel_norm(got->state, want->state, want->n_state);
-  CHECK(ep < ptol, "%s: the final parameters differ by %.3g (relative), more than %.3g", label,
-        ep, ptol);
+  CHECK(ep < ptol, "%s: the final parameters differ by %.3g (relative), more than %.3g", label, ep,
+        ptol);
   CHECK(es < stol, "%s: the final optimizer state differs by %.3g (relative), more than %.3g",
         label, es, stol);
-  printf("%s: losses agree to %.3g, parameters to %.3g, optimizer state to %.3g\n", label,
-         worst, ep, es);
+  printf("%s: losses agree to %.3g, parameters to %.3g, optimizer state to %.3g\n", label, worst,
+         ep, es);
 }
 
 /* got and want bitwise equal: losses, epoch figures, parameters, state. */
@@ -341,15 +341,14 @@ static void check_order(const char *label, const run_out *o, const run_out *othe
   if (o->rc || !o->order)
     return;
   uint32_t *want = malloc((size_t)o->n_order * sizeof *want);
-  int rc = td_prng_permutation(td_prng_fold_in(o->shuffle_key, o->last_epoch - 1), want,
-                               o->n_order);
+  int rc =
+      td_prng_permutation(td_prng_fold_in(o->shuffle_key, o->last_epoch - 1), want, o->n_order);
   CHECK(rc == 0 && memcmp(o->order, want, (size_t)o->n_order * sizeof *want) == 0,
         "%s: the example order of epoch %u is not td_prng_permutation's", label, o->last_epoch);
   if (other && !other->rc && other->order)
     CHECK(other->n_order == o->n_order && other->last_epoch == o->last_epoch &&
               memcmp(o->order, other->order, (size_t)o->n_order * sizeof *want) == 0,
-          "%s: the example order of epoch %u differs from the CPU trainer's", label,
-          o->last_epoch);
+          "%s: the example order of epoch %u differs from the CPU trainer's", label, o->last_epoch);
   free(want);
 }
 
@@ -364,16 +363,16 @@ static void check_model(const char *name, const char *head) {
   snprintf(label, sizeof label, "%s on the CPU", name);
   int ok = check_ran(label, &cpu, 2);
   /* Learning: the last loss is below the first. */
-  CHECK(!ok || cpu.loss[STEPS - 1] < cpu.loss[0], "%s: loss %.4f at step 1, %.4f at step %d",
-        label, (double)cpu.loss[0], (double)cpu.loss[STEPS - 1], STEPS);
+  CHECK(!ok || cpu.loss[STEPS - 1] < cpu.loss[0], "%s: loss %.4f at step 1, %.4f at step %d", label,
+        (double)cpu.loss[0], (double)cpu.loss[STEPS - 1], STEPS);
 
   job_text(doc, sizeof doc, head, ON_GPU, TRAIN_N, TEST_N, STEPS);
   run_job(doc, ON_GPU, 0, &gpu);
   snprintf(label, sizeof label, "%s on the GPU (recorded)", name);
   ok = check_ran(label, &gpu, 2) && ok;
   CHECK(gpu.rc || (gpu.record && gpu.graph1 && gpu.graphn),
-        "%s: the trainer did not record its steps (record %d, graphs %d %d)", label,
-        gpu.record, gpu.graph1, gpu.graphn);
+        "%s: the trainer did not record its steps (record %d, graphs %d %d)", label, gpu.record,
+        gpu.graph1, gpu.graphn);
   if (ok) {
     snprintf(label, sizeof label, "%s: GPU against CPU", name);
     /* Rounding differences flip the odd ReLU whose input is within
@@ -382,7 +381,7 @@ static void check_model(const char *name, const char *head) {
      * flips in the reference MLP, between the CPU backend on 1 and 2
      * BLAS threads), the parameters only by adam's steps (about 5e-5). */
     check_close(label, &gpu, &cpu, 1e-4, 1e-4, 1e-2); /* a */
-    check_order(label, &gpu, &cpu);      /* c */
+    check_order(label, &gpu, &cpu);                   /* c */
   }
 
   run_job(doc, ON_GPU, 1, &flat);

@@ -47,7 +47,8 @@ static size_t idx_images(unsigned char *buf, uint32_t magic, uint32_t n, uint32_
   o += put_be32(buf + o, rows);
   o += put_be32(buf + o, cols);
   for (uint32_t i = 0; i < n; i++)
-    for (uint32_t j = 0; j < rows * cols; j++) buf[o++] = (unsigned char)((7 * i + 3 * j) % 256);
+    for (uint32_t j = 0; j < rows * cols; j++)
+      buf[o++] = (unsigned char)((7 * i + 3 * j) % 256);
   return o;
 }
 
@@ -55,7 +56,8 @@ static size_t idx_images(unsigned char *buf, uint32_t magic, uint32_t n, uint32_
 static size_t idx_labels(unsigned char *buf, uint32_t magic, uint32_t n) {
   size_t o = put_be32(buf, magic);
   o += put_be32(buf + o, n);
-  for (uint32_t i = 0; i < n; i++) buf[o++] = (unsigned char)(i + 1 == n ? 9 : i % 3);
+  for (uint32_t i = 0; i < n; i++)
+    buf[o++] = (unsigned char)(i + 1 == n ? 9 : i % 3);
   return o;
 }
 
@@ -79,8 +81,10 @@ static void check_small(const td_dataset *ds, uint32_t n, const char *what) {
   int ok = ds->x && ds->y;
   for (uint32_t i = 0; ok && i < ds->n; i++) {
     for (uint32_t j = 0; j < 12; j++)
-      if (ds->x[i * 12 + j] != (float)((7 * i + 3 * j) % 256) / 255.0f) ok = 0;
-    if (ds->y[i] != (i == 4 ? 9 : (int32_t)(i % 3))) ok = 0;
+      if (ds->x[i * 12 + j] != (float)((7 * i + 3 * j) % 256) / 255.0f)
+        ok = 0;
+    if (ds->y[i] != (i == 4 ? 9 : (int32_t)(i % 3)))
+      ok = 0;
   }
   CHECK(ok, "%s: wrong pixel or label values", what);
 }
@@ -150,11 +154,13 @@ static void test_idx(void) {
   FILE *f = fopen(at("img.gz"), "rb");
   unsigned char gz[512];
   size_t ngz = f ? fread(gz, 1, sizeof gz, f) : 0;
-  if (f) fclose(f);
+  if (f)
+    fclose(f);
   write_file(at("cut.gz"), gz, ngz / 2);
   EXPECT_FAIL(td_idx_load(at("cut.gz"), at("lab"), 0, &d_, &e_), TD_EDATA, "cut.gz'");
   /* Corrupt deflate data after a valid gzip header. */
-  for (size_t i = 12; i < ngz - 8; i++) gz[i] ^= 0x5a;
+  for (size_t i = 12; i < ngz - 8; i++)
+    gz[i] ^= 0x5a;
   write_file(at("corrupt.gz"), gz, ngz);
   EXPECT_FAIL(td_idx_load(at("corrupt.gz"), at("lab"), 0, &d_, &e_), TD_EDATA, "corrupt.gz'");
 
@@ -237,9 +243,12 @@ static void test_hdf5(void) {
   double f64[N][2][2][2];
   int16_t lab16[N];
   for (int i = 0; i < N; i++) {
-    for (int j = 0; j < 6; j++) u8[i][j / 3][j % 3] = (unsigned char)(40 * i + j);
-    for (int j = 0; j < 4; j++) f32[i][j] = 0.25f * i - 1.5f * j;
-    for (int j = 0; j < 8; j++) f64[i][j / 4][(j / 2) % 2][j % 2] = 0.1 * i + j;
+    for (int j = 0; j < 6; j++)
+      u8[i][j / 3][j % 3] = (unsigned char)(40 * i + j);
+    for (int j = 0; j < 4; j++)
+      f32[i][j] = 0.25f * i - 1.5f * j;
+    for (int j = 0; j < 8; j++)
+      f64[i][j / 4][(j / 2) % 2][j % 2] = 0.1 * i + j;
     lab64[i] = 7 * i;
     labu8[i][0] = (uint8_t)(i % 2);
     lab16[i] = (int16_t)(100 + i);
@@ -260,7 +269,8 @@ static void test_hdf5(void) {
         "u8 shape n %u dim %u", ds.n, ds.dim);
   int ok = ds.x && ds.y;
   for (int i = 0; ok && i < N; i++) {
-    for (int j = 0; j < 6; j++) ok &= ds.x[i * 6 + j] == (float)(40 * i + j) / 255.0f;
+    for (int j = 0; j < 6; j++)
+      ok &= ds.x[i * 6 + j] == (float)(40 * i + j) / 255.0f;
     ok &= ds.y[i] == 7 * i;
   }
   CHECK(ok && ds.max_label == 35, "u8 values (max_label %d)", ds.max_label);
@@ -269,7 +279,8 @@ static void test_hdf5(void) {
   CHECK(td_hdf5_load(at("f32.h5"), "x", "y", 0, &ds, &err) == 0, "f32: %s", err.msg);
   ok = ds.n == N && ds.dim == 4 && ds.ndim == 1 && ds.shape[0] == 4;
   for (int i = 0; ok && i < N; i++) {
-    for (int j = 0; j < 4; j++) ok &= ds.x[i * 4 + j] == f32[i][j];
+    for (int j = 0; j < 4; j++)
+      ok &= ds.x[i * 4 + j] == f32[i][j];
     ok &= ds.y[i] == i % 2;
   }
   CHECK(ok && ds.max_label == 1, "f32 values");
@@ -278,7 +289,8 @@ static void test_hdf5(void) {
   CHECK(td_hdf5_load(at("f64.h5"), "train/x", "/train/y", 3, &ds, &err) == 0, "f64: %s", err.msg);
   ok = ds.n == 3 && ds.dim == 8 && ds.ndim == 3 && ds.shape[0] == 2 && ds.shape[2] == 2;
   for (int i = 0; ok && i < 3; i++) {
-    for (int j = 0; j < 8; j++) ok &= ds.x[i * 8 + j] == (float)(0.1 * i + j);
+    for (int j = 0; j < 8; j++)
+      ok &= ds.x[i * 8 + j] == (float)(0.1 * i + j);
     ok &= ds.y[i] == 100 + i;
   }
   CHECK(ok && ds.max_label == 102, "f64 values with limit 3");
@@ -342,9 +354,7 @@ static void test_hdf5(void) {
 static void mkdirs(const char *rel) {
   CHECK(mkdir(at(rel), 0755) == 0, "mkdir %s: %s", rel, strerror(errno));
 }
-static void touch(const char *rel) {
-  write_file(at(rel), "x", 1);
-}
+static void touch(const char *rel) { write_file(at(rel), "x", 1); }
 
 static void expect_resolved(const char *const *roots, size_t n, const char *rel, int alt_gz,
                             const char *want_rel) {
@@ -430,7 +440,8 @@ static void test_resolve(void) {
 static void test_gather(void) {
   float x[4 * 3];
   int32_t y[4] = {10, 11, 12, 13};
-  for (int i = 0; i < 12; i++) x[i] = (float)i;
+  for (int i = 0; i < 12; i++)
+    x[i] = (float)i;
   td_dataset ds = {.n = 4, .dim = 3, .ndim = 1, .shape = {3}, .x = x, .y = y, .max_label = 13};
   const uint32_t idx[3] = {2, 0, 2};
   float dst[9];
@@ -466,7 +477,8 @@ static void check_mnist(const char *root, const char *images, const char *labels
   int rc = td_idx_load(ipath, lpath, 0, ds, &err);
   double dt = td_mono_sec() - t0;
   CHECK(rc == 0, "loading %s: %s", images, err.msg);
-  if (rc) return;
+  if (rc)
+    return;
   printf("loaded %s: %u examples in %.3f s\n", images, ds->n, dt);
   CHECK(dt < MNIST_LOAD_SEC, "loading %s took %.2f s (limit %.0f s)", images, dt, MNIST_LOAD_SEC);
   CHECK(ds->n == n && ds->dim == 784 && ds->ndim == 2 && ds->shape[0] == 28 && ds->shape[1] == 28,
@@ -490,10 +502,13 @@ static void check_mnist(const char *root, const char *images, const char *labels
   for (size_t i = 0; i < (size_t)ds->n * ds->dim; i++) {
     float v = ds->x[i];
     long q = lrintf(v * 255.0f);
-    if (q < 0 || q > 255 || v != (float)q / 255.0f) exact = 0;
+    if (q < 0 || q > 255 || v != (float)q / 255.0f)
+      exact = 0;
     sum += (uint64_t)q;
-    if (v < lo) lo = v;
-    if (v > hi) hi = v;
+    if (v < lo)
+      lo = v;
+    if (v > hi)
+      hi = v;
   }
   CHECK(exact && lo == 0.0f && hi == 1.0f, "pixels not v/255 in [0, 1] (min %g max %g)", lo, hi);
   CHECK(sum == pixel_sum, "%s pixel sum %llu, want %llu", images, (unsigned long long)sum,
@@ -552,6 +567,7 @@ int main(void) {
   test_mnist();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+  if (system(cmd) != 0)
+    fprintf(stderr, "could not remove %s\n", tmp);
   return td_check_exit();
 }

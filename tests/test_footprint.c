@@ -16,11 +16,11 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <time.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -277,13 +277,12 @@ static void check_job(const char *label, const char *doc, int host_memory) {
     return;
   }
   const int n = t.n_rep;
-  CHECK(f.replicas == n && f.shard == t.shard && f.train_n == t.train.n &&
-            f.test_n == t.test.n && f.train_dim == t.train.dim &&
-            f.steps_per_epoch == t.steps_per_epoch,
+  CHECK(f.replicas == n && f.shard == t.shard && f.train_n == t.train.n && f.test_n == t.test.n &&
+            f.train_dim == t.train.dim && f.steps_per_epoch == t.steps_per_epoch,
         "%s: footprint sizes %d x %u rows, %u/%u examples, %u steps; the trainer's %d x %u, "
         "%u/%u, %u",
-        label, f.replicas, f.shard, f.train_n, f.test_n, f.steps_per_epoch, n, t.shard,
-        t.train.n, t.test.n, t.steps_per_epoch);
+        label, f.replicas, f.shard, f.train_n, f.test_n, f.steps_per_epoch, n, t.shard, t.train.n,
+        t.test.n, t.steps_per_epoch);
   CHECK(f.engine_bytes == f.model_bytes + f.arena_bytes + f.step_bytes + f.data_bytes,
         "%s: engine bytes %zu are not the sum of their parts", label, f.engine_bytes);
   CHECK(!f.gpu == !!host_memory, "%s: footprint gpu %d for a backend with host_memory %d", label,
@@ -431,18 +430,19 @@ static void test_engine_bytes(int have_mnist) {
  * CUB's bound 2 x 240128 + 60000 + 1 MiB (2.2 MiB in all), so the scratch
  * doubles from 1 MiB to 4 MiB. */
 static void test_fixed_bytes(void) {
-  const char *doc =
-      "model: {input_shape: [784], layers: [{dense: {features: 10}}], loss: "
-      "SOFTMAX_CROSS_ENTROPY}\n"
-      "optimizer: {chain: [{sgd: {learning_rate: {constant: 0.1}}}]}\n"
-      "dataset: {idx: {dir: mnist}}\n"
-      "training: {epochs: 1, batch_size: 128}\n"
-      "devices: {kind: gpu}\n";
+  const char *doc = "model: {input_shape: [784], layers: [{dense: {features: 10}}], loss: "
+                    "SOFTMAX_CROSS_ENTROPY}\n"
+                    "optimizer: {chain: [{sgd: {learning_rate: {constant: 0.1}}}]}\n"
+                    "dataset: {idx: {dir: mnist}}\n"
+                    "training: {epochs: 1, batch_size: 128}\n"
+                    "devices: {kind: gpu}\n";
   td_error err = {0};
   Traind__V1__JobSpec *spec = NULL;
   int rc = td_jobspec_parse(doc, strlen(doc), &spec, &err);
   int host = 0;
-  td_trainer_opts o = {.data_roots = roots, .n_data_roots = n_roots, .backend = counting_backend,
+  td_trainer_opts o = {.data_roots = roots,
+                       .n_data_roots = n_roots,
+                       .backend = counting_backend,
                        .backend_arg = &host};
   td_footprint f;
   if (!rc)
@@ -455,8 +455,7 @@ static void test_fixed_bytes(void) {
           f.scratch_bytes);
     CHECK(f.fixed_bytes == ((size_t)(32 + 4 + 512) << 20), "full MNIST: fixed %zu bytes",
           f.fixed_bytes);
-    CHECK(f.total_bytes == f.engine_bytes + f.fixed_bytes, "full MNIST: total %zu",
-          f.total_bytes);
+    CHECK(f.total_bytes == f.engine_bytes + f.fixed_bytes, "full MNIST: total %zu", f.total_bytes);
     /* Both sets as float32 features and int32 labels, in 256-byte granules. */
     size_t data = (60000 * 784 * 4) + (60000 * 4 + 128) + (10000 * 784 * 4) + (10000 * 4 + 192);
     CHECK(f.data_bytes == data, "full MNIST: data %zu bytes, want %zu", f.data_bytes, data);
@@ -537,16 +536,20 @@ static int live_once(const char *label, const Traind__V1__JobSpec *spec, const t
     return rc;
   life *l = calloc(1, sizeof *l);
   l->stop_at = stop_at;
-  td_saver_opts so = {.plan = t.plan, .dir = at("life"), .job_id = "j-footprint", .spec = spec,
-                      .spec_json = json, .keep_last = 2};
+  td_saver_opts so = {.plan = t.plan,
+                      .dir = at("life"),
+                      .job_id = "j-footprint",
+                      .spec = spec,
+                      .spec_json = json,
+                      .keep_last = 2};
   rc = td_saver_start(&l->saver, &so, &err);
   CHECK(rc == 0, "%s: saver: %s", label, err.msg);
   if (!rc) {
     char file[64], note[512];
     td_saver_resume(&l->saver, &t, file, sizeof file, note, sizeof note);
     l->step = t.st.step;
-    td_train_hooks h = {.user = l, .on_step = life_step, .at_boundary = life_boundary,
-                        .should_stop = life_stop};
+    td_train_hooks h = {
+        .user = l, .on_step = life_step, .at_boundary = life_boundary, .should_stop = life_stop};
     rc = td_trainer_run(&t, &h, NULL, &err);
     CHECK(rc == 0 || (stop_at && rc == TD_ECANCELLED), "%s: run: %s", label, err.msg);
     td_saver_wait(&l->saver);
@@ -593,14 +596,13 @@ static void check_host(const char *label, const char *doc) {
   td_footprint_no_checkpoints(&plain);
   CHECK(plain.host_bytes <= f.host_bytes && plain.ckpt_bytes == 0 &&
             plain.host_bytes >= base + f.init_host_bytes + TD_FOOTPRINT_HOST_MARGIN,
-        "%s: without checkpoints %zu bytes (with them %zu)", label, plain.host_bytes,
-        f.host_bytes);
+        "%s: without checkpoints %zu bytes (with them %zu)", label, plain.host_bytes, f.host_bytes);
   CHECK(!f.gpu && f.host_engine_bytes >= (size_t)f.replicas * f.engine_bytes &&
             f.host_engine_bytes <= (size_t)f.replicas * (f.engine_bytes + 7 * 64),
-        "%s: host engine bytes %zu for %d replicas of %zu", label, f.host_engine_bytes,
-        f.replicas, f.engine_bytes);
-  CHECK(f.host_data_bytes == (size_t)f.train_n * (f.train_dim * 4 + 4) +
-                                 (size_t)f.test_n * (f.test_dim * 4 + 4),
+        "%s: host engine bytes %zu for %d replicas of %zu", label, f.host_engine_bytes, f.replicas,
+        f.engine_bytes);
+  CHECK(f.host_data_bytes ==
+            (size_t)f.train_n * (f.train_dim * 4 + 4) + (size_t)f.test_n * (f.test_dim * 4 + 4),
         "%s: data bytes %zu", label, f.host_data_bytes);
   size_t heap0 = heap_mark();
   int64_t half = f.total_steps / 2 ? f.total_steps / 2 : 1;
@@ -610,14 +612,14 @@ static void check_host(const char *label, const char *doc) {
   if (COUNT_HEAP) {
     printf("%s: host footprint %zu bytes, heap peak %zu above the start (%.1f%%)\n", label,
            f.host_bytes, peak, 100.0 * (double)peak / (double)f.host_bytes);
-    CHECK(peak <= f.host_bytes, "%s: the heap peaked at %zu bytes; the footprint says %zu",
-          label, peak, f.host_bytes);
+    CHECK(peak <= f.host_bytes, "%s: the heap peaked at %zu bytes; the footprint says %zu", label,
+          peak, f.host_bytes);
     /* Tight: what the job allocates at its size is all counted, so the
      * footprint exceeds the peak by about its margin (the libraries' own
      * memory, allocated once per process, is mostly there already). */
     CHECK(f.host_bytes - peak <= TD_FOOTPRINT_HOST_MARGIN + f.host_bytes / 20,
-          "%s: the footprint (%zu bytes) is far above the heap's peak (%zu)", label,
-          f.host_bytes, peak);
+          "%s: the footprint (%zu bytes) is far above the heap's peak (%zu)", label, f.host_bytes,
+          peak);
   }
   free(json);
   td_jobspec_free(spec);
@@ -666,8 +668,10 @@ static void test_fits(void) {
   f.total_bytes = f.engine_bytes + f.fixed_bytes; /* 1536 MiB = 1.50 GiB */
   td_error err = {0};
   int rc = td_footprint_fits(&f, 3, (size_t)512 << 20, &err);
-  CHECK(rc == TD_ENOMEM && td_grpc_status(rc) == 8, "too big: rc %d, gRPC %d (want 8, "
-        "RESOURCE_EXHAUSTED)", rc, td_grpc_status(rc));
+  CHECK(rc == TD_ENOMEM && td_grpc_status(rc) == 8,
+        "too big: rc %d, gRPC %d (want 8, "
+        "RESOURCE_EXHAUSTED)",
+        rc, td_grpc_status(rc));
   CHECK_STR_CONTAINS(err.msg, "GPU 3");
   CHECK_STR_CONTAINS(err.msg, "1.50 GiB");
   CHECK_STR_CONTAINS(err.msg, "512.0 MiB free");
@@ -679,8 +683,7 @@ static void test_fits(void) {
   err = (td_error){0};
   CHECK(td_footprint_fits(&f, 0, f.total_bytes, &err) == TD_OK && err.msg[0] == 0,
         "exactly the free memory fits: %s", err.msg);
-  CHECK(td_footprint_fits(&f, 0, (size_t)140 << 30, &err) == TD_OK, "140 GiB free: %s",
-        err.msg);
+  CHECK(td_footprint_fits(&f, 0, (size_t)140 << 30, &err) == TD_OK, "140 GiB free: %s", err.msg);
   rc = td_footprint_fits(&f, 1, f.total_bytes - 1, &err);
   CHECK(rc == TD_ENOMEM, "one byte short: rc %d", rc);
   CHECK_STR_CONTAINS(err.msg, "GPU 1");
@@ -688,10 +691,16 @@ static void test_fits(void) {
 
 /* A CPU footprint as td_job_footprint would give it, for the refusal. */
 static td_footprint cpu_footprint(void) {
-  td_footprint f = {.replicas = 1, .shard = 128, .train_n = 60000, .test_n = 10000,
-                    .model_bytes = (size_t)22 << 30, .arena_bytes = (size_t)3 << 20,
-                    .host_data_bytes = (size_t)180 << 20, .ckpt_bytes = (size_t)17 << 30,
-                    .image_bytes = (size_t)16 << 30, .resume_host_bytes = (size_t)5 << 30};
+  td_footprint f = {.replicas = 1,
+                    .shard = 128,
+                    .train_n = 60000,
+                    .test_n = 10000,
+                    .model_bytes = (size_t)22 << 30,
+                    .arena_bytes = (size_t)3 << 20,
+                    .host_data_bytes = (size_t)180 << 20,
+                    .ckpt_bytes = (size_t)17 << 30,
+                    .image_bytes = (size_t)16 << 30,
+                    .resume_host_bytes = (size_t)5 << 30};
   f.host_engine_bytes = f.model_bytes + f.arena_bytes;
   f.host_bytes = f.host_engine_bytes + f.host_data_bytes + f.ckpt_bytes + f.image_bytes +
                  TD_FOOTPRINT_HOST_MARGIN;
@@ -730,8 +739,12 @@ static void test_admit(void) {
   CHECK(strchr(err.msg, '\n') == NULL && strlen(err.msg) < TD_ERRMSG_MAX - 1,
         "admit: the message is not one whole line (%zu bytes)", strlen(err.msg));
   /* Data the largest part: the advice names the dataset limits first. */
-  td_footprint d = {.replicas = 1, .shard = 64, .train_n = 9000000, .test_n = 0,
-                    .model_bytes = 1 << 20, .host_data_bytes = (size_t)30 << 30};
+  td_footprint d = {.replicas = 1,
+                    .shard = 64,
+                    .train_n = 9000000,
+                    .test_n = 0,
+                    .model_bytes = 1 << 20,
+                    .host_data_bytes = (size_t)30 << 30};
   d.host_engine_bytes = d.model_bytes;
   d.host_bytes = d.host_data_bytes + d.host_engine_bytes + TD_FOOTPRINT_HOST_MARGIN;
   snprintf(d.largest[0].name, sizeof d.largest[0].name, "layer1/w");
@@ -829,10 +842,11 @@ static void test_memory_limit(void) {
 static char *deep_model(size_t n, unsigned width, const char *input, unsigned batch) {
   size_t cap = n * 40 + 1024;
   char *doc = malloc(cap);
-  size_t at_ = (size_t)snprintf(doc, cap, "{\"model\": {\"input_shape\": [%s], \"layers\": [", input);
+  size_t at_ =
+      (size_t)snprintf(doc, cap, "{\"model\": {\"input_shape\": [%s], \"layers\": [", input);
   for (size_t i = 0; i < n; i++)
-    at_ += (size_t)snprintf(doc + at_, cap - at_, "%s{\"dense\": {\"features\": %u}}", i ? ", " : "",
-                            i + 1 == n ? 10u : width);
+    at_ += (size_t)snprintf(doc + at_, cap - at_, "%s{\"dense\": {\"features\": %u}}",
+                            i ? ", " : "", i + 1 == n ? 10u : width);
   snprintf(doc + at_, cap - at_,
            "], \"loss\": \"SOFTMAX_CROSS_ENTROPY\"}, \"optimizer\": {\"chain\": [{\"adam\": "
            "{\"learning_rate\": {\"constant\": 0.001}}}]}, \"dataset\": {\"hdf5\": "
@@ -932,13 +946,12 @@ static void test_limits(void) {
  * with Adam, about 24 GB, sized from MNIST's headers and refused by a
  * 16 GiB limit, with the figures. */
 static void test_big_cpu_job(void) {
-  const char *doc =
-      "model: {input_shape: [784], layers: [{dense: {features: 524288}}, {relu: {}},"
-      " {dense: {features: 2048}}, {relu: {}}, {dense: {features: 10}}],"
-      " loss: SOFTMAX_CROSS_ENTROPY}\n"
-      "optimizer: {chain: [{adam: {learning_rate: {constant: 0.001}}}]}\n"
-      "dataset: {idx: {dir: mnist}}\n"
-      "training: {epochs: 1, batch_size: 128}\n";
+  const char *doc = "model: {input_shape: [784], layers: [{dense: {features: 524288}}, {relu: {}},"
+                    " {dense: {features: 2048}}, {relu: {}}, {dense: {features: 10}}],"
+                    " loss: SOFTMAX_CROSS_ENTROPY}\n"
+                    "optimizer: {chain: [{adam: {learning_rate: {constant: 0.001}}}]}\n"
+                    "dataset: {idx: {dir: mnist}}\n"
+                    "training: {epochs: 1, batch_size: 128}\n";
   td_error err = {0};
   Traind__V1__JobSpec *spec = NULL;
   int rc = td_jobspec_parse(doc, strlen(doc), &spec, &err);
@@ -979,8 +992,8 @@ static void same_shape(const char *label, int rc_shape, const td_dataset *s, int
   }
   CHECK(s->n == l->n && s->dim == l->dim && s->ndim == l->ndim &&
             memcmp(s->shape, l->shape, sizeof s->shape) == 0,
-        "%s: shape %u x %u (ndim %u), loaded %u x %u (ndim %u)", label, s->n, s->dim, s->ndim,
-        l->n, l->dim, l->ndim);
+        "%s: shape %u x %u (ndim %u), loaded %u x %u (ndim %u)", label, s->n, s->dim, s->ndim, l->n,
+        l->dim, l->ndim);
   CHECK(s->x == NULL && s->y == NULL, "%s: the shape reader allocated data", label);
 }
 

@@ -97,8 +97,7 @@ static double ref_loss(const ref_model *m, const double *w) {
   }
   free(cur);
   free(nxt);
-  return p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY ? loss / B
-                                                            : loss / ((double)B * C);
+  return p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY ? loss / B : loss / ((double)B * C);
 }
 
 static const char *optimizer_yaml =
@@ -106,8 +105,7 @@ static const char *optimizer_yaml =
     "dataset: {idx: {dir: none}}\n"
     "training: {epochs: 1, batch_size: 1}\n";
 
-static void check_case(const char *label, const char *model_yaml, int B,
-                       uint32_t seed) {
+static void check_case(const char *label, const char *model_yaml, int B, uint32_t seed) {
   char doc[4096];
   snprintf(doc, sizeof doc, "%s%s", model_yaml, optimizer_yaml);
   td_error err = {0};
@@ -168,8 +166,8 @@ static void check_case(const char *label, const char *model_yaml, int B,
     w[i] = st.params[i];
 
   double ref = ref_loss(&m, w);
-  CHECK(td_relerr(engine_loss, ref, 1e-6) < 1e-5,
-        "%s: loss %.9g vs float64 reference %.9g", label, engine_loss, ref);
+  CHECK(td_relerr(engine_loss, ref, 1e-6) < 1e-5, "%s: loss %.9g vs float64 reference %.9g", label,
+        engine_loss, ref);
 
   const double h = 1e-6;
   for (size_t v = 0; v < p->n_views; v++) {
@@ -196,8 +194,8 @@ static void check_case(const char *label, const char *model_yaml, int B,
     for (size_t i = 0; i < tv->size; i++) {
       double g = st.grads[tv->offset + i];
       if (td_relerr(g, fd[i], fmax(1e-2 * gmax, 1e-7)) >= 1e-3 && bad++ < 3)
-        fprintf(stderr, "%s: %s[%zu] = %.8g, finite difference %.8g\n", label,
-                tv->name, i, g, fd[i]);
+        fprintf(stderr, "%s: %s[%zu] = %.8g, finite difference %.8g\n", label, tv->name, i, g,
+                fd[i]);
     }
     CHECK(bad == 0, "%s: %s: %d elements off by more than 1e-3", label, tv->name, bad);
     CHECK(gmax > 0, "%s: %s: the gradient is identically zero", label, tv->name);

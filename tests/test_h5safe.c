@@ -65,19 +65,19 @@ static long stacked_errors(void) { return (long)H5Eget_num(H5E_DEFAULT); }
 
 /* The call failed with `code`, its message holds every word, and it left no
  * HDF5 object open and nothing on the error stack. */
-#define EXPECT_REFUSED(call, code, ...)                                                     \
-  do {                                                                                      \
-    td_error e_ = {0};                                                                      \
-    int rc_ = call(&e_);                                                                    \
-    const char *words_[] = {__VA_ARGS__, NULL};                                             \
-    CHECK(rc_ == (code), "%s: rc %d (%s), want %d", #call, rc_, e_.msg, (code));            \
-    for (int w_ = 0; words_[w_]; w_++)                                                      \
-      CHECK(strstr(e_.msg, words_[w_]) != NULL, "%s: message \"%s\" lacks \"%s\"", #call,   \
-            e_.msg, words_[w_]);                                                            \
-    /* First: any other HDF5 call empties the stack. */                                  \
-    long stacked_ = stacked_errors();                                                       \
-    CHECK(stacked_ == 0, "%s left %ld entries on HDF5's error stack", #call, stacked_);     \
-    CHECK(open_objects() == 0, "%s left %ld HDF5 objects open", #call, open_objects());     \
+#define EXPECT_REFUSED(call, code, ...)                                                           \
+  do {                                                                                            \
+    td_error e_ = {0};                                                                            \
+    int rc_ = call(&e_);                                                                          \
+    const char *words_[] = {__VA_ARGS__, NULL};                                                   \
+    CHECK(rc_ == (code), "%s: rc %d (%s), want %d", #call, rc_, e_.msg, (code));                  \
+    for (int w_ = 0; words_[w_]; w_++)                                                            \
+      CHECK(strstr(e_.msg, words_[w_]) != NULL, "%s: message \"%s\" lacks \"%s\"", #call, e_.msg, \
+            words_[w_]);                                                                          \
+    /* First: any other HDF5 call empties the stack. */                                           \
+    long stacked_ = stacked_errors();                                                             \
+    CHECK(stacked_ == 0, "%s left %ld entries on HDF5's error stack", #call, stacked_);           \
+    CHECK(open_objects() == 0, "%s left %ld HDF5 objects open", #call, open_objects());           \
   } while (0)
 
 /* ---- building hostile files -------------------------------------------- */
@@ -99,7 +99,8 @@ static void put(hid_t f, const char *name, hid_t type, int rank, const hsize_t *
   hid_t s = H5Screate_simple(rank, dims, NULL);
   hid_t d = H5Dcreate2(f, name, type, s, lcpl, dcpl, H5P_DEFAULT);
   CHECK(d >= 0, "H5Dcreate %s", name);
-  if (data) CHECK(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0, "H5Dwrite %s", name);
+  if (data)
+    CHECK(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0, "H5Dwrite %s", name);
   H5Dclose(d);
   H5Sclose(s);
   H5Pclose(lcpl);
@@ -119,7 +120,8 @@ static uint8_t secret[N * DIM];
 
 static void make_outside(void) {
   CHECK(mkdir(at("outside"), 0700) == 0, "mkdir outside");
-  for (int i = 0; i < N * DIM; i++) secret[i] = (uint8_t)(0xA0 + i);
+  for (int i = 0; i < N * DIM; i++)
+    secret[i] = (uint8_t)(0xA0 + i);
   write_file(at("outside/secret"), secret, sizeof secret);
   chmod(at("outside/secret"), 0600);
   hid_t f = create(at("outside/real.h5"));
@@ -185,7 +187,8 @@ static int load(td_error *e) {
   int rc = td_hdf5_load(g_path, g_x, g_y, 0, &ds, e);
   /* A refusal leaves nothing allocated, and no outside byte came back. */
   CHECK(rc != 0 || ds.x, "load returned 0 without data");
-  if (rc) CHECK(!ds.x && !ds.y && ds.n == 0, "a refused load left data behind");
+  if (rc)
+    CHECK(!ds.x && !ds.y && ds.n == 0, "a refused load left data behind");
   td_dataset_free(&ds);
   return rc;
 }
@@ -195,8 +198,8 @@ static int shape(td_error *e) {
   return td_hdf5_shape(g_path, g_x, g_y, 0, &ds, e);
 }
 
-static void expect_both(const char *path, const char *x, const char *y, int code,
-                        const char *w1, const char *w2, const char *w3) {
+static void expect_both(const char *path, const char *x, const char *y, int code, const char *w1,
+                        const char *w2, const char *w3) {
   g_path = path, g_x = x, g_y = y;
   EXPECT_REFUSED(load, code, w1, w2, w3);
   EXPECT_REFUSED(shape, code, w1, w2, w3);
@@ -240,8 +243,8 @@ static void test_escapes(void) {
               "features 'features' is a virtual dataset", "outside/real.h5", INSIDE);
   /* Even one mapped from the file itself: nothing virtual is read. */
   make_virtual(at("root/vds_self.h5"), ".");
-  expect_both(at("root/vds_self.h5"), "features", "labels", TD_EDATA, "is a virtual dataset",
-              "'.'", INSIDE);
+  expect_both(at("root/vds_self.h5"), "features", "labels", TD_EDATA, "is a virtual dataset", "'.'",
+              INSIDE);
 }
 
 /* ---- declared sizes the file does not hold ------------------------------ */
@@ -323,7 +326,8 @@ static void test_declared_sizes(void) {
   uint32_t st32 = 12345;
   for (int i = 0; i < 9; i++) {
     lab9[i] = i % 3;
-    for (int j = 0; j < DIM; j++) rnd[i][j] = (uint8_t)((st32 = st32 * 1103515245u + 12345u) >> 24);
+    for (int j = 0; j < DIM; j++)
+      rnd[i][j] = (uint8_t)((st32 = st32 * 1103515245u + 12345u) >> 24);
   }
   const hsize_t d9[2] = {9, DIM}, d9y[1] = {9}, c4[2] = {4, DIM};
   f = create(at("root/real_gzip.h5"));
@@ -344,7 +348,8 @@ static void test_declared_sizes(void) {
   int same = rc == 0 && ds.n == 9 && ds.dim == DIM;
   for (int i = 0; same && i < 9; i++) {
     same = ds.y[i] == lab9[i];
-    for (int j = 0; same && j < DIM; j++) same = ds.x[i * DIM + j] == rnd[i][j] / 255.0f;
+    for (int j = 0; same && j < DIM; j++)
+      same = ds.x[i * DIM + j] == rnd[i][j] / 255.0f;
   }
   CHECK(same, "deflated, chunked (partial edge chunk) and compact data load bit for bit: %s",
         err.msg);
@@ -394,8 +399,8 @@ static void test_not_regular(void) {
               "not a regular file");
   expect_both(at("root/dir.h5"), "features", "labels", TD_EINVAL, "is a directory", "dir.h5'",
               "not a regular file");
-  expect_both("/dev/zero", "features", "labels", TD_EINVAL, "is a character device",
-              "'/dev/zero'", "not a regular file");
+  expect_both("/dev/zero", "features", "labels", TD_EINVAL, "is a character device", "'/dev/zero'",
+              "not a regular file");
   expect_both(at("root/link.h5"), "features", "labels", TD_EINVAL, "symbolic link", "link.h5'",
               "name the file itself");
   /* One 1x1 image and its label. */
@@ -455,17 +460,16 @@ static void test_not_regular(void) {
 /* ---- checkpoints ---------------------------------------------------------- */
 
 /* One dense layer (4 -> 3): /params/layer1/w (4, 3) and /params/layer1/b (3). */
-static const char *spec_doc =
-    "name: h5safe\n"
-    "model:\n"
-    "  input_shape: [4]\n"
-    "  layers:\n"
-    "    - dense: {features: 3}\n"
-    "  loss: SOFTMAX_CROSS_ENTROPY\n"
-    "optimizer:\n"
-    "  chain: [{sgd: {learning_rate: {constant: 0.1}}}]\n"
-    "dataset: {idx: {dir: none}}\n"
-    "training: {epochs: 1, batch_size: 4, seed: 1}\n";
+static const char *spec_doc = "name: h5safe\n"
+                              "model:\n"
+                              "  input_shape: [4]\n"
+                              "  layers:\n"
+                              "    - dense: {features: 3}\n"
+                              "  loss: SOFTMAX_CROSS_ENTROPY\n"
+                              "optimizer:\n"
+                              "  chain: [{sgd: {learning_rate: {constant: 0.1}}}]\n"
+                              "dataset: {idx: {dir: none}}\n"
+                              "training: {epochs: 1, batch_size: 4, seed: 1}\n";
 
 static Traind__V1__JobSpec *spec;
 static td_plan *plan;
@@ -486,7 +490,8 @@ static void make_init(const char *path, int how, const char *target) {
     return;
   }
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-  if (how == W_EXTERNAL) H5Pset_external(dcpl, target, 0, sizeof w_good);
+  if (how == W_EXTERNAL)
+    H5Pset_external(dcpl, target, 0, sizeof w_good);
   if (how == W_VIRTUAL) {
     hid_t v = H5Screate_simple(2, dims_w, NULL), s = H5Screate_simple(2, dims_w, NULL);
     H5Pset_virtual(dcpl, v, target, "/params/layer1/w", s);
@@ -496,8 +501,7 @@ static void make_init(const char *path, int how, const char *target) {
   if (how == W_ELINK) {
     H5Gclose(H5Gcreate2(f, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     H5Gclose(H5Gcreate2(f, "params/layer1", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    H5Lcreate_external(target, "/params/layer1/w", f, "params/layer1/w", H5P_DEFAULT,
-                       H5P_DEFAULT);
+    H5Lcreate_external(target, "/params/layer1/w", f, "params/layer1/w", H5P_DEFAULT, H5P_DEFAULT);
   } else {
     put(f, "params/layer1/w", H5T_NATIVE_FLOAT, 2, dims_w, dcpl,
         how == W_PLAIN || how == EXTRA_ELINK ? w_good : NULL);
@@ -521,8 +525,7 @@ static int read_ckpt(td_error *e) {
 }
 
 /* Both warm-start entry points refuse, and the state keeps its parameters. */
-static void expect_init_refused(const char *path, const char *w1, const char *w2,
-                                const char *w3) {
+static void expect_init_refused(const char *path, const char *w1, const char *w2, const char *w3) {
   const size_t np = plan->n_params;
   float *before = malloc(np * sizeof *before);
   memcpy(before, st.params, np * sizeof *before);
@@ -537,13 +540,19 @@ static void expect_init_refused(const char *path, const char *w1, const char *w2
 static void test_checkpoints(void) {
   td_error err = {0};
   int rc = td_jobspec_parse(spec_doc, strlen(spec_doc), &spec, &err);
-  if (!rc) rc = td_plan_compile(spec->model, spec->optimizer, 4, "cpu:0", &plan, &err);
-  if (!rc) rc = td_cpu_backend_create(&be, 1, &err);
-  if (!rc) rc = td_state_init(&st, plan, be, &err);
-  if (!rc) rc = td_state_init_params(&st, td_prng_key(1), &err);
+  if (!rc)
+    rc = td_plan_compile(spec->model, spec->optimizer, 4, "cpu:0", &plan, &err);
+  if (!rc)
+    rc = td_cpu_backend_create(&be, 1, &err);
+  if (!rc)
+    rc = td_state_init(&st, plan, be, &err);
+  if (!rc)
+    rc = td_state_init_params(&st, td_prng_key(1), &err);
   CHECK(rc == 0, "model: %s", err.msg);
-  if (rc) return;
-  for (int i = 0; i < 12; i++) w_good[i] = 0.125f * (float)(i - 6);
+  if (rc)
+    return;
+  for (int i = 0; i < 12; i++)
+    w_good[i] = 0.125f * (float)(i - 6);
 
   /* outside/init.h5 is a valid warm start; outside/wbytes holds w's bytes. */
   make_init(at("outside/init.h5"), W_PLAIN, NULL);
@@ -552,7 +561,8 @@ static void test_checkpoints(void) {
   CHECK(td_ckpt_load_params(g_ckpt, &st, &err) == 0, "a plain warm start loads: %s", err.msg);
   const td_view *w = NULL;
   for (size_t i = 0; i < plan->n_views; i++)
-    if (strcmp(plan->views[i].name, "layer1/w") == 0) w = &plan->views[i];
+    if (strcmp(plan->views[i].name, "layer1/w") == 0)
+      w = &plan->views[i];
   CHECK(w && memcmp(st.params + w->offset, w_good, sizeof w_good) == 0, "layer1/w loaded");
   CHECK(open_objects() == 0, "a good warm start left objects open");
   td_state_init_params(&st, td_prng_key(1), &err);
@@ -599,8 +609,7 @@ static void test_checkpoints(void) {
   H5Pclose(dcpl);
   H5Fclose(f);
   EXPECT_REFUSED(read_ckpt, TD_EDATA,
-                 "ckpt-0.h5': dataset '/params/layer1/w' uses external storage",
-                 INSIDE);
+                 "ckpt-0.h5': dataset '/params/layer1/w' uses external storage", INSIDE);
   EXPECT_REFUSED(check_params, TD_EDATA, "'/params/layer1/w' uses external storage");
   /* /opt_state/count through an external link. */
   CHECK(td_ckpt_write(g_ckpt, &st, &meta, &err) == 0, "td_ckpt_write: %s", err.msg);
@@ -617,7 +626,8 @@ static void test_checkpoints(void) {
 
 static unsigned char *slurp(const char *path, size_t *len) {
   FILE *fp = fopen(path, "rb");
-  if (!fp) return NULL;
+  if (!fp)
+    return NULL;
   fseek(fp, 0, SEEK_END);
   *len = (size_t)ftell(fp);
   fseek(fp, 0, SEEK_SET);
@@ -638,7 +648,8 @@ static void corrupt_variants(const char *good, int (*call)(td_error *), const ch
   size_t len = 0;
   unsigned char *b = slurp(good, &len);
   CHECK(b != NULL, "reading %s", good);
-  if (!b) return;
+  if (!b)
+    return;
   const char *bad = at("root/corrupt.h5");
   long leaks = 0;
   for (size_t off = 0; off < len && off < 4096; off += 29) {
@@ -658,8 +669,8 @@ static void corrupt_variants(const char *good, int (*call)(td_error *), const ch
       long n = open_objects();
       if (n || stacked) {
         leaks++;
-        fprintf(stderr, "%s %s at %zu: %ld objects left open, %ld errors stacked (%s)\n",
-                good, kind ? "flipped" : "truncated", off, n, stacked, e.msg);
+        fprintf(stderr, "%s %s at %zu: %ld objects left open, %ld errors stacked (%s)\n", good,
+                kind ? "flipped" : "truncated", off, n, stacked, e.msg);
         H5close(); /* start clean for the next case */
       }
     }
@@ -727,6 +738,7 @@ int main(void) {
   }
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-  if (td_check_failures == 0 && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+  if (td_check_failures == 0 && system(cmd) != 0)
+    fprintf(stderr, "could not remove %s\n", tmp);
   return td_check_exit();
 }

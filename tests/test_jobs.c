@@ -29,9 +29,20 @@ static td_job *new_job(void) {
 }
 
 static void test_id_grammar(void) {
-  const char *good[] = {"j-0", "j-0123456789abcd", "j-nosuchjob", "j-zzzzzzzzzzzzzzzzzzzzzzzzzzzzz"};
-  const char *bad[] = {"", "j-", "J-1", "j-A", "x-1", "../../victim", "j-1/2", "j-1.pb", "j-a b",
-                       "j-\xc3\xa9", "j-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz" /* 30 */, "j-1\n"};
+  const char *good[] = {"j-0", "j-0123456789abcd", "j-nosuchjob",
+                        "j-zzzzzzzzzzzzzzzzzzzzzzzzzzzzz"};
+  const char *bad[] = {"",
+                       "j-",
+                       "J-1",
+                       "j-A",
+                       "x-1",
+                       "../../victim",
+                       "j-1/2",
+                       "j-1.pb",
+                       "j-a b",
+                       "j-\xc3\xa9",
+                       "j-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz" /* 30 */,
+                       "j-1\n"};
   for (size_t i = 0; i < sizeof good / sizeof *good; i++)
     CHECK(td_job_id_valid(good[i]), "'%s' should be a job id", good[i]);
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
@@ -144,8 +155,7 @@ static void test_devices(void) {
   for (int i = 0; i < 201; i++) /* one more than reserved is ignored */
     td_job_devices_add(j, 1000 - i);
   CHECK(j->n_devices == 200, "%d devices", j->n_devices);
-  CHECK(strcmp(j->device_names[199], "cpu:801") == 0, "name of the last: %s",
-        j->device_names[199]);
+  CHECK(strcmp(j->device_names[199], "cpu:801") == 0, "name of the last: %s", j->device_names[199]);
   td_job_msg *m = malloc(sizeof *m);
   td_job_msg_fill(m, j, NULL);
   CHECK(m->job.n_devices == 200 && strcmp(m->job.devices[0], "cpu:1000") == 0,

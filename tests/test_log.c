@@ -177,8 +177,8 @@ static void expect_record(int line, const char *text, const char *msg, int nkeys
               strcmp(f[2].key, "msg") == 0 && strcmp(f[2].val, msg) == 0,
           "line %d: header of \"%s\"", line, rec);
     for (int i = 0; i < nkeys; i++) {
-      CHECK(strcmp(f[3 + i].key, keys[i]) == 0, "line %d: key %d is \"%s\", want \"%s\"", line,
-            i, f[3 + i].key, keys[i]);
+      CHECK(strcmp(f[3 + i].key, keys[i]) == 0, "line %d: key %d is \"%s\", want \"%s\"", line, i,
+            f[3 + i].key, keys[i]);
       CHECK(f[3 + i].len == strlen(vals[i]) && memcmp(f[3 + i].val, vals[i], f[3 + i].len) == 0,
             "line %d: %s read back as \"%s\", want \"%s\" (record: %s)", line, keys[i],
             f[3 + i].val, vals[i], rec);
@@ -236,8 +236,9 @@ static void test_exact_text(void) {
               "j-1a2b", "ckpt-000030.h5", 30LL, (size_t)4096, 1.5, 255u);
   char *out = take_output();
   const char *tail = strstr(out, " level=");
-  CHECK(tail && strcmp(tail, " level=info msg=\"checkpoint written\" job=j-1a2b "
-                             "file=ckpt-000030.h5 step=30 bytes=4096 ms=1.50 hex=ff pct=100%\n") == 0,
+  CHECK(tail &&
+            strcmp(tail, " level=info msg=\"checkpoint written\" job=j-1a2b "
+                         "file=ckpt-000030.h5 step=30 bytes=4096 ms=1.50 hex=ff pct=100%\n") == 0,
         "record \"%s\"", out);
   free(out);
   capture_on();

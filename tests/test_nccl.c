@@ -97,8 +97,8 @@ int main(void) {
       bad_bcast += args[r].host[2 * N + i] != root[i];
     }
     CHECK(!bad_sum && !bad_mean && !bad_bcast,
-          "rank %d of %d: %d sums, %d means, %d broadcast values wrong", r, size, bad_sum,
-          bad_mean, bad_bcast);
+          "rank %d of %d: %d sums, %d means, %d broadcast values wrong", r, size, bad_sum, bad_mean,
+          bad_bcast);
     free(args[r].host);
   }
   free(want_sum);

@@ -22,8 +22,7 @@
 
 /* ---------------------------------------------------- float64 reference */
 
-typedef enum { R_SGD, R_ADAM, R_ADAMW, R_SCALE_BY_ADAM, R_CLIP, R_DECAY,
-               R_SCHED, R_SCALE } rkind;
+typedef enum { R_SGD, R_ADAM, R_ADAMW, R_SCALE_BY_ADAM, R_CLIP, R_DECAY, R_SCHED, R_SCALE } rkind;
 
 typedef struct rsched {
   int kind; /* 0 const, 1 warmup cosine, 2 exponential, 3 piecewise, 4 linear, 5 cosine */
@@ -170,8 +169,8 @@ static void r_apply(rxf *x, double *u, const double *p) {
 
 /* ---------------------------------------------------------- the runner */
 
-static void run_chain(const char *label, const char *chain_yaml, rxf *ref,
-                      int n_ref, double grad_scale) {
+static void run_chain(const char *label, const char *chain_yaml, rxf *ref, int n_ref,
+                      double grad_scale) {
   char doc[4096];
   snprintf(doc, sizeof doc,
            "model: {input_shape: [1], loss: MEAN_SQUARED_ERROR, layers: [{dense: {features: 1}}]}\n"
@@ -226,8 +225,8 @@ static void run_chain(const char *label, const char *chain_yaml, rxf *ref,
         worst_i = i;
       }
     }
-    CHECK(worst < 1e-5, "%s: step %d: param[%d] = %.9g, reference %.9g (rel err %.3g)",
-          label, step + 1, worst_i, p[worst_i], pd[worst_i], worst);
+    CHECK(worst < 1e-5, "%s: step %d: param[%d] = %.9g, reference %.9g (rel err %.3g)", label,
+          step + 1, worst_i, p[worst_i], pd[worst_i], worst);
     /* The update itself, not only the parameters, must match. */
     double uerr = 0, umax = 0, pmax = 0;
     for (int i = 0; i < N; i++) {
@@ -262,8 +261,8 @@ static rsched CONST(double v) {
 
 static void check_schedules(void) {
   /* Values printed in Optax's docstrings. */
-  td_sched lin = {.kind = TD_SCHED_LINEAR, .init_value = 1.0, .end_value = 0.01,
-                  .transition_steps = 100};
+  td_sched lin = {
+      .kind = TD_SCHED_LINEAR, .init_value = 1.0, .end_value = 0.01, .transition_steps = 100};
   CHECK_CLOSE(td_sched_value(&lin, 0), 1.0, 1e-12, 1e-12);
   CHECK_CLOSE(td_sched_value(&lin, 100), 0.01, 1e-12, 1e-12);
   td_sched lb = lin;
@@ -271,8 +270,11 @@ static void check_schedules(void) {
   CHECK_CLOSE(td_sched_value(&lb, 5), 1.0, 1e-12, 1e-12);
   CHECK_CLOSE(td_sched_value(&lb, 105), 0.01, 1e-12, 1e-12);
   CHECK(fabs(td_sched_value(&lb, 6) - 0.9901) < 5e-5, "linear(6) = %.6f", td_sched_value(&lb, 6));
-  td_sched pw = {.kind = TD_SCHED_PIECEWISE, .init_value = 1.0, .n_boundaries = 2,
-                 .boundary_step = {100, 200}, .boundary_scale = {0.1, 0.01}};
+  td_sched pw = {.kind = TD_SCHED_PIECEWISE,
+                 .init_value = 1.0,
+                 .n_boundaries = 2,
+                 .boundary_step = {100, 200},
+                 .boundary_scale = {0.1, 0.01}};
   CHECK_CLOSE(td_sched_value(&pw, 50), 1.0, 1e-12, 1e-12);
   CHECK_CLOSE(td_sched_value(&pw, 150), 0.1, 1e-12, 1e-12);
   CHECK_CLOSE(td_sched_value(&pw, 250), 0.001, 1e-12, 1e-12);
@@ -285,28 +287,51 @@ static void check_schedules(void) {
     rsched r;
   } cases[] = {
       {"warmup_cosine",
-       {.kind = TD_SCHED_WARMUP_COSINE, .init_value = 0.0, .peak_value = 1e-3,
-        .warmup_steps = 1000, .decay_steps = 50000, .exponent = 1.0},
+       {.kind = TD_SCHED_WARMUP_COSINE,
+        .init_value = 0.0,
+        .peak_value = 1e-3,
+        .warmup_steps = 1000,
+        .decay_steps = 50000,
+        .exponent = 1.0},
        {.kind = 1, .a = 0.0, .b = 1e-3, .c = 1000, .d = 50000, .e = 0, .f = 1.0}},
       {"warmup_cosine end/exponent",
-       {.kind = TD_SCHED_WARMUP_COSINE, .init_value = 1e-4, .peak_value = 2e-3,
-        .warmup_steps = 10, .decay_steps = 110, .end_value = 1e-5, .exponent = 2.0},
+       {.kind = TD_SCHED_WARMUP_COSINE,
+        .init_value = 1e-4,
+        .peak_value = 2e-3,
+        .warmup_steps = 10,
+        .decay_steps = 110,
+        .end_value = 1e-5,
+        .exponent = 2.0},
        {.kind = 1, .a = 1e-4, .b = 2e-3, .c = 10, .d = 110, .e = 1e-5, .f = 2.0}},
       {"exponential",
-       {.kind = TD_SCHED_EXPONENTIAL, .init_value = 0.1, .transition_steps = 7,
-        .decay_rate = 0.5, .transition_begin = 3},
+       {.kind = TD_SCHED_EXPONENTIAL,
+        .init_value = 0.1,
+        .transition_steps = 7,
+        .decay_rate = 0.5,
+        .transition_begin = 3},
        {.kind = 2, .a = 0.1, .b = 7, .c = 0.5, .d = 3}},
       {"exponential staircase end",
-       {.kind = TD_SCHED_EXPONENTIAL, .init_value = 0.1, .transition_steps = 5,
-        .decay_rate = 0.3, .staircase = 1, .has_end_value = 1, .end_value = 0.005},
+       {.kind = TD_SCHED_EXPONENTIAL,
+        .init_value = 0.1,
+        .transition_steps = 5,
+        .decay_rate = 0.3,
+        .staircase = 1,
+        .has_end_value = 1,
+        .end_value = 0.005},
        {.kind = 2, .a = 0.1, .b = 5, .c = 0.3, .staircase = 1, .has_end = 1, .e = 0.005}},
       {"cosine alpha",
-       {.kind = TD_SCHED_COSINE, .init_value = 0.5, .decay_steps = 40, .alpha = 0.1,
+       {.kind = TD_SCHED_COSINE,
+        .init_value = 0.5,
+        .decay_steps = 40,
+        .alpha = 0.1,
         .exponent = 1.0},
        {.kind = 5, .a = 0.5, .b = 40, .c = 0.1, .d = 1.0}},
       {"linear begin",
-       {.kind = TD_SCHED_LINEAR, .init_value = 0.2, .end_value = 0.7,
-        .transition_steps = 30, .transition_begin = 4},
+       {.kind = TD_SCHED_LINEAR,
+        .init_value = 0.2,
+        .end_value = 0.7,
+        .transition_steps = 30,
+        .transition_begin = 4},
        {.kind = 4, .a = 0.2, .b = 0.7, .c = 30, .d = 4}},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -356,9 +381,10 @@ int main(void) {
   r[0].b2 = 0.9;
   r[0].eps = 1e-3;
   r[0].eps_root = 1e-4;
-  run_chain("adam custom",
-            "[{adam: {learning_rate: {constant: 0.03}, b1: 0.5, b2: 0.9, eps: 0.001, eps_root: 0.0001}}]",
-            r, 1, 0.01);
+  run_chain(
+      "adam custom",
+      "[{adam: {learning_rate: {constant: 0.03}, b1: 0.5, b2: 0.9, eps: 0.001, eps_root: 0.0001}}]",
+      r, 1, 0.01);
 
   rsched wc = {.kind = 1, .a = 0.0, .b = 1e-2, .c = 2, .d = 10, .e = 0, .f = 1};
   r[0] = X(R_ADAMW);
@@ -394,7 +420,8 @@ int main(void) {
   r[1].lr = CONST(0.1);
   r[1].momentum = 0.5;
   run_chain("add_decayed_weights + sgd momentum",
-            "[{add_decayed_weights: {weight_decay: 0.1}}, {sgd: {learning_rate: {constant: 0.1}, momentum: 0.5}}]",
+            "[{add_decayed_weights: {weight_decay: 0.1}}, {sgd: {learning_rate: {constant: 0.1}, "
+            "momentum: 0.5}}]",
             r, 2, 1.0);
 
   rsched ex = {.kind = 2, .a = 0.2, .b = 2, .c = 0.5};
@@ -413,9 +440,10 @@ int main(void) {
   r[1].max_norm = 2.0;
   r[2] = X(R_SCALE);
   r[2].step = -0.01;
-  run_chain("scale_by_adam + clip + scale",
-            "[{scale_by_adam: {}}, {clip_by_global_norm: {max_norm: 2.0}}, {scale: {step_size: -0.01}}]",
-            r, 3, 1.0);
+  run_chain(
+      "scale_by_adam + clip + scale",
+      "[{scale_by_adam: {}}, {clip_by_global_norm: {max_norm: 2.0}}, {scale: {step_size: -0.01}}]",
+      r, 3, 1.0);
 
   /* Two stateful transforms in a row. */
   r[0] = X(R_SGD);
@@ -424,7 +452,8 @@ int main(void) {
   r[1] = X(R_ADAM);
   r[1].lr = CONST(1e-2);
   run_chain("trace then adam",
-            "[{sgd: {learning_rate: {constant: -1.0}, momentum: 0.9}}, {adam: {learning_rate: {constant: 0.01}}}]",
+            "[{sgd: {learning_rate: {constant: -1.0}, momentum: 0.9}}, {adam: {learning_rate: "
+            "{constant: 0.01}}}]",
             r, 2, 1.0);
 
   rsched pw = {.kind = 3, .a = 0.1, .nb = 2, .bstep = {2, 4}, .bscale = {0.5, 0.1}};
@@ -438,10 +467,11 @@ int main(void) {
   rsched ln = {.kind = 4, .a = 0.1, .b = 0.0, .c = 4, .d = 1};
   r[0] = X(R_SGD);
   r[0].lr = ln;
-  run_chain("sgd linear",
-            "[{sgd: {learning_rate: {linear: {init_value: 0.1, end_value: 0.0, transition_steps: 4, "
-            "transition_begin: 1}}}}]",
-            r, 1, 1.0);
+  run_chain(
+      "sgd linear",
+      "[{sgd: {learning_rate: {linear: {init_value: 0.1, end_value: 0.0, transition_steps: 4, "
+      "transition_begin: 1}}}}]",
+      r, 1, 1.0);
 
   return td_check_exit();
 }

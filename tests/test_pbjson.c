@@ -878,16 +878,16 @@ static void test_utf8_strict(void) {
       {"", 0},
       {"plain", 5},
       {"\x7f", 1},
-      {"\xc2\x80", 2},                 /* U+0080 */
-      {"\xdf\xbf", 2},                 /* U+07FF */
-      {"\xe0\xa0\x80", 3},             /* U+0800 */
-      {"\xed\x9f\xbf", 3},             /* U+D7FF */
-      {"\xee\x80\x80", 3},             /* U+E000 */
-      {"\xef\xbf\xbf", 3},             /* U+FFFF */
-      {"\xf0\x90\x80\x80", 4},         /* U+10000 */
-      {"\xf4\x8f\xbf\xbf", 4},         /* U+10FFFF */
-      {"ab\xf0\x9f\x98\x80z", 7},      /* U+1F600 */
-      {"\x80", 0},                     /* a lone continuation byte */
+      {"\xc2\x80", 2},            /* U+0080 */
+      {"\xdf\xbf", 2},            /* U+07FF */
+      {"\xe0\xa0\x80", 3},        /* U+0800 */
+      {"\xed\x9f\xbf", 3},        /* U+D7FF */
+      {"\xee\x80\x80", 3},        /* U+E000 */
+      {"\xef\xbf\xbf", 3},        /* U+FFFF */
+      {"\xf0\x90\x80\x80", 4},    /* U+10000 */
+      {"\xf4\x8f\xbf\xbf", 4},    /* U+10FFFF */
+      {"ab\xf0\x9f\x98\x80z", 7}, /* U+1F600 */
+      {"\x80", 0},                /* a lone continuation byte */
       {"a\xbf", 1},
       {"\xc0\x80", 0},                 /* overlong U+0000 */
       {"\xc1\xbf", 0},                 /* overlong U+007F */
@@ -898,12 +898,12 @@ static void test_utf8_strict(void) {
       {"\xed\xa0\xbd\xed\xb8\x80", 0}, /* a surrogate pair written as CESU-8 */
       {"\xf4\x90\x80\x80", 0},         /* U+110000 */
       {"\xf5\x80\x80\x80", 0},
-      {"\xf8\x88\x80\x80\x80", 0},     /* five-byte form */
+      {"\xf8\x88\x80\x80\x80", 0}, /* five-byte form */
       {"\xfe", 0},
       {"\xff", 0},
-      {"ok\xc3", 2},                   /* cut short */
+      {"ok\xc3", 2}, /* cut short */
       {"\xe2\x82", 0},
-      {"\xe2\x82(", 0},                /* a continuation byte missing */
+      {"\xe2\x82(", 0}, /* a continuation byte missing */
       {"\xf0\x9f\x98", 0},
   };
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
@@ -994,10 +994,12 @@ static void test_utf8_check(void) {
 
   /* Job files: bytes that are not UTF-8 are refused before YAML reads
    * them, wherever they are, with the line, column and offset. */
-  PARSE_FAILS(JOBSPEC, "name: \"caf\xc3\"\n", "line 1, column 11: not valid UTF-8 (byte 0xc3 at offset 10)");
+  PARSE_FAILS(JOBSPEC, "name: \"caf\xc3\"\n",
+              "line 1, column 11: not valid UTF-8 (byte 0xc3 at offset 10)");
   PARSE_FAILS(JOBSPEC, "# comment\nname: 'x\xed\xa0\x80'\n",
               "line 2, column 9: not valid UTF-8 (byte 0xed at offset 18)");
-  PARSE_FAILS(JOBSPEC, "{\"name\": \"\xe2\x82\xac\xc0\xaf\"}", "line 1, column 12: not valid UTF-8 (byte 0xc0 at offset 13)");
+  PARSE_FAILS(JOBSPEC, "{\"name\": \"\xe2\x82\xac\xc0\xaf\"}",
+              "line 1, column 12: not valid UTF-8 (byte 0xc0 at offset 13)");
   /* UTF-16 text (libyaml would read it) is not UTF-8 either. */
   static const char utf16[] = "\xff\xfen\0a\0m\0e\0:\0 \0x\0";
   parse_fails_at(__LINE__, JOBSPEC, utf16, sizeof utf16 - 1, "byte 0xff at offset 0");
@@ -1019,7 +1021,8 @@ static void test_surrogates_in_flow(void) {
     const char *doc, *name;
   } rows[] = {
       {"{\"name\": \"\\uD83D\\uDE00\"}", "\xF0\x9F\x98\x80"},
-      {"{\"name\":\"a\\ud83d\\ude00b\"}", "a\xF0\x9F\x98\x80" "b"},
+      {"{\"name\":\"a\\ud83d\\ude00b\"}", "a\xF0\x9F\x98\x80"
+                                          "b"},
       {"{name: '\\uD83D\\uDE00'}", "\\uD83D\\uDE00"},
       /* A double quote inside a single-quoted scalar starts nothing. */
       {"{training: {seed: 1}, dataset: {idx: {dir: 'say \"x'}}, name: '\\uD83D\\uDE00'}",

@@ -18,7 +18,8 @@ static uint32_t fbits(float f) {
 static uint64_t fnv1a(const void *data, size_t len) {
   const unsigned char *p = data;
   uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ p[i]) * 0x100000001b3ull;
   return h;
 }
 
@@ -64,7 +65,8 @@ static void test_keys(void) {
                                         {0x92fb20eau, 0x0f38d913u},
                                         {0xbad56946u, 0x354ba891u},
                                         {0xb013aee3u, 0xc34eddf6u}};
-  for (int i = 0; i < 5; i++) CHECK_KEY(s[i], want42[i][0], want42[i][1]);
+  for (int i = 0; i < 5; i++)
+    CHECK_KEY(s[i], want42[i][0], want42[i][1]);
 
   CHECK_KEY(td_prng_fold_in(k0, 1), 0x375f238fu, 0xcddb151du);
   CHECK_KEY(td_prng_fold_in(td_prng_key(42), 0xdeadbeefu), 0x620b66abu, 0xd15de6fcu);
@@ -113,7 +115,8 @@ static void test_uniform(void) {
   CHECK(fnv1a(v, sizeof v) == 0x3e6bf6fefeeef06full, "uniform(5, -1.5, 0.25) hash 0x%016llx",
         (unsigned long long)fnv1a(v, sizeof v));
   int in_range = 1;
-  for (int i = 0; i < N; i++) in_range &= v[i] >= -1.5f && v[i] < 0.25f;
+  for (int i = 0; i < N; i++)
+    in_range &= v[i] >= -1.5f && v[i] < 0.25f;
   CHECK(in_range, "uniform values outside [-1.5, 0.25)");
 
   /* JAX clamps below at lo: with hi <= lo every value is lo. */
@@ -146,9 +149,11 @@ static void test_normal(void) {
         (unsigned long long)fnv1a(v, sizeof v));
   CHECK(fbits(v[49205]) == 0xc09e218bu, "normal(3)[49205] = %.9g", v[49205]);
   double mean = 0, var = 0;
-  for (int i = 0; i < N; i++) mean += v[i];
+  for (int i = 0; i < N; i++)
+    mean += v[i];
   mean /= N;
-  for (int i = 0; i < N; i++) var += (v[i] - mean) * (v[i] - mean);
+  for (int i = 0; i < N; i++)
+    var += (v[i] - mean) * (v[i] - mean);
   var /= N - 1;
   /* Standard errors: 1/sqrt(N) = 0.0032 for the mean, sqrt(2/N) = 0.0045 for the variance. */
   CHECK(fabs(mean) < 0.015, "normal mean %g", mean);
@@ -161,7 +166,8 @@ static double erfinv_ref(double y) {
   for (int i = 0; i < 100; i++) {
     double step = (erf(x) - y) / (2.0 / sqrt(M_PI) * exp(-x * x));
     x -= step;
-    if (fabs(step) < 1e-15 * (1 + fabs(x))) break;
+    if (fabs(step) < 1e-15 * (1 + fabs(x)))
+      break;
   }
   return x;
 }
@@ -194,8 +200,10 @@ static void test_erfinv(void) {
     float x = (float)i / 100000.0f;
     double want = erfinv_ref(x), got = td_erfinvf(x);
     double rel = x == 0 ? fabs(got) : fabs(got - want) / fabs(want);
-    if (fabsf(x) < 0.99f && rel > worst_in) worst_in = rel, at_in = x;
-    if (fabsf(x) >= 0.99f && rel > worst_out) worst_out = rel, at_out = x;
+    if (fabsf(x) < 0.99f && rel > worst_in)
+      worst_in = rel, at_in = x;
+    if (fabsf(x) >= 0.99f && rel > worst_out)
+      worst_out = rel, at_out = x;
   }
   CHECK(worst_in < 6e-7, "erfinv worst relative error %.3g at x = %.9g", worst_in, at_in);
   CHECK(worst_out < 1e-5, "erfinv worst relative error %.3g at x = %.9g", worst_out, at_out);
@@ -232,7 +240,8 @@ static void test_permutation(void) {
   CHECK(memcmp(p, first7, sizeof first7) == 0, "permutation(7, 60000) starts %u %u %u", p[0], p[1],
         p[2]);
   uint64_t wsum = 0;
-  for (uint64_t i = 0; i < 60000; i++) wsum += i * p[i];
+  for (uint64_t i = 0; i < 60000; i++)
+    wsum += i * p[i];
   CHECK(wsum == 54012440062392ull, "permutation(7, 60000) weighted sum %llu",
         (unsigned long long)wsum);
   CHECK(is_permutation(p, 60000), "permutation(7, 60000) is not a permutation");
@@ -242,7 +251,8 @@ static void test_permutation(void) {
   CHECK(memcmp(p, q, sizeof p) == 0, "same key, different permutation");
   td_prng_permutation(td_prng_key(8), q, 60000);
   size_t same = 0;
-  for (size_t i = 0; i < 60000; i++) same += p[i] == q[i];
+  for (size_t i = 0; i < 60000; i++)
+    same += p[i] == q[i];
   CHECK(same < 20, "keys 7 and 8 agree at %zu of 60000 positions", same);
 
   /* Edge sizes. */
@@ -259,7 +269,8 @@ static void test_permutation(void) {
   for (uint32_t k = 0; k < KEYS; k++) {
     td_prng_permutation(td_prng_fold_in(base, k), p, N);
     for (int i = 0; i < N; i++)
-      if (p[i] == 0) pos[i]++;
+      if (p[i] == 0)
+        pos[i]++;
     first[p[0]]++;
   }
   double chi_pos = 0, chi_first = 0, e = (double)KEYS / N;

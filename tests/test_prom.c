@@ -384,15 +384,25 @@ static void test_families(void) {
     td_prom_buf_reset(&b);
     int rc = TD_OK;
     switch (i) {
-    case 0: rc = td_prom_family(&b, "1abc", TD_PROM_GAUGE, NULL); break;
-    case 1: rc = td_prom_family(&b, "a-b", TD_PROM_GAUGE, NULL); break;
-    case 2: rc = td_prom_family(&b, "", TD_PROM_GAUGE, NULL); break;
-    case 3: rc = td_prom_family(&b, NULL, TD_PROM_GAUGE, NULL); break;
+    case 0:
+      rc = td_prom_family(&b, "1abc", TD_PROM_GAUGE, NULL);
+      break;
+    case 1:
+      rc = td_prom_family(&b, "a-b", TD_PROM_GAUGE, NULL);
+      break;
+    case 2:
+      rc = td_prom_family(&b, "", TD_PROM_GAUGE, NULL);
+      break;
+    case 3:
+      rc = td_prom_family(&b, NULL, TD_PROM_GAUGE, NULL);
+      break;
     case 4:
       td_prom_family(&b, "m", TD_PROM_GAUGE, NULL);
       rc = td_prom_family(&b, "m", TD_PROM_COUNTER, NULL);
       break;
-    case 5: rc = td_prom_sample(&b, NULL, 0, 1); break;
+    case 5:
+      rc = td_prom_sample(&b, NULL, 0, 1);
+      break;
     case 6:
       td_prom_family(&b, "m", TD_PROM_GAUGE, NULL);
       rc = td_prom_sample(&b, (td_prom_label[]){{"__name", "x"}}, 1, 1);
@@ -421,7 +431,9 @@ static void test_families(void) {
       td_prom_family(&b, "m", TD_PROM_GAUGE, NULL);
       rc = td_prom_histogram(&b, NULL, 0, &h);
       break;
-    case 13: rc = td_prom_family(&b, "m", (td_prom_type)9, NULL); break;
+    case 13:
+      rc = td_prom_family(&b, "m", (td_prom_type)9, NULL);
+      break;
     }
     td_error e = {0};
     CHECK(rc == TD_EINVAL && td_prom_buf_status(&b, &e) == TD_EINVAL, "%s: rc %d", cases[i].what,

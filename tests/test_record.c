@@ -175,7 +175,7 @@ typedef struct tape {
 
 /* What one replica's tape backend saw, for the assertions. */
 typedef struct tape_stats {
-  int recorded[MAXG + 1]; /* graphs recorded, by their steps */
+  int recorded[MAXG + 1];  /* graphs recorded, by their steps */
   long replayed[MAXG + 1]; /* replays, by the graph's steps */
   long direct_steps;       /* steps run op by op */
   long allreduces_taped;   /* allreduces put on a tape */
@@ -203,7 +203,7 @@ typedef struct tape_be {
   struct {
     char *p;
     size_t bytes;
-  } *allocs; /* live allocations, checked when !pub.host_memory */
+  } * allocs; /* live allocations, checked when !pub.host_memory */
   int n_allocs, cap_allocs;
 } tape_be;
 
@@ -462,13 +462,13 @@ static int t_softmax_xent(td_backend *be, int rows, int cols, const float *logit
   return loss_op(be, OP_SOFTMAX_XENT, rows, cols, logits, labels, grad_scale, dlogits, out);
 }
 
-static int t_mse_onehot(td_backend *be, int rows, int cols, const float *y,
-                        const int32_t *labels, float grad_scale, float *dy, float *out) {
+static int t_mse_onehot(td_backend *be, int rows, int cols, const float *y, const int32_t *labels,
+                        float grad_scale, float *dy, float *out) {
   return loss_op(be, OP_MSE_ONEHOT, rows, cols, y, labels, grad_scale, dy, out);
 }
 
-static int t_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
-                         const uint32_t *key, const float *x, float *mask, float *y) {
+static int t_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate, const uint32_t *key,
+                         const float *x, float *mask, float *y) {
   tape_be *b = tb(be);
   if (!mine(b, key, 2 * sizeof *key, "dropout key") || !mine(b, x, n * sizeof *x, "dropout x") ||
       !mine(b, mask, n * sizeof *mask, "dropout mask") || !mine(b, y, n * sizeof *y, "dropout y"))
@@ -520,8 +520,7 @@ static int t_step_begin(td_backend *be, const void *table, size_t rec_bytes, uin
   return issue(b, &o);
 }
 
-static int t_record(td_backend *be, const uint32_t *slot, const float *src, size_t n,
-                    float *dst) {
+static int t_record(td_backend *be, const uint32_t *slot, const float *src, size_t n, float *dst) {
   tape_be *b = tb(be);
   if (!mine(b, slot, sizeof *slot, "record slot") || !mine(b, src, n * sizeof *src, "record src") ||
       !mine(b, dst, n * sizeof *dst, "record dst"))
@@ -739,8 +738,7 @@ static void put_be32(FILE *f, uint32_t v) {
 
 /* 28x28 images whose class is the brightest of ten bands of pixels, with
  * noise. */
-static int write_set(const char *dir, const char *img, const char *lab, uint32_t n,
-                     uint32_t seed) {
+static int write_set(const char *dir, const char *img, const char *lab, uint32_t n, uint32_t seed) {
   enum { PX = SIDE * SIDE, BAND = PX / CLASSES };
   char path[700];
   uint32_t *bits = malloc(sizeof(uint32_t) * n * (PX + 1));
@@ -851,12 +849,12 @@ typedef struct run_cfg {
   int tape;          /* the tape backend; 0: the plain CPU backend */
   int host_memory;   /* of the tape backend */
   int devices;
-  int plain_comm;      /* tape replicas with the in-process communicator */
-  int fail_record;     /* the tape backend fails to record */
-  int every_steps;     /* checkpoint.every_steps: step boundaries there */
-  const char *resume;  /* a checkpoint to resume from before running */
-  int64_t stop_after;  /* should_stop once this many steps were seen */
-  int64_t save_at[3];  /* checkpoint at these steps' boundaries ... */
+  int plain_comm;       /* tape replicas with the in-process communicator */
+  int fail_record;      /* the tape backend fails to record */
+  int every_steps;      /* checkpoint.every_steps: step boundaries there */
+  const char *resume;   /* a checkpoint to resume from before running */
+  int64_t stop_after;   /* should_stop once this many steps were seen */
+  int64_t save_at[3];   /* checkpoint at these steps' boundaries ... */
   const char *save_fmt; /* ... to this path ("%lld": the step) */
   /* After a cancelled run: resume the same trainer from this checkpoint
    * and run again to the end. */
@@ -869,8 +867,8 @@ typedef struct outcome {
   td_error err;
   td_step_point pts[TOTAL + 1]; /* by step number, timings zeroed */
   int seen[TOTAL + 1];
-  int n_steps;       /* on_step calls */
-  int out_of_order;  /* on_step calls not one step after the previous */
+  int n_steps;      /* on_step calls */
+  int out_of_order; /* on_step calls not one step after the previous */
   int64_t prev_step;
   td_epoch_point epochs[EPOCHS + 1]; /* by epoch, timings zeroed */
   int n_epochs, saved, drift;
@@ -974,8 +972,11 @@ static void run_job(const run_cfg *cfg, outcome *o) {
     o->prev_step = t.st.step;
     o->steps_per_epoch = t.steps_per_epoch;
     o->graph_steps = t.graph_steps;
-    td_train_hooks h = {.user = o, .on_step = o_step, .on_epoch = o_epoch,
-                        .at_boundary = o_boundary, .should_stop = o_stop};
+    td_train_hooks h = {.user = o,
+                        .on_step = o_step,
+                        .on_epoch = o_epoch,
+                        .at_boundary = o_boundary,
+                        .should_stop = o_stop};
     o->rc = td_trainer_run(&t, &h, NULL, &o->err);
     o->cancel_step = t.st.step;
     if (o->rc == TD_ECANCELLED && cfg->then_resume) {
@@ -991,8 +992,7 @@ static void run_job(const run_cfg *cfg, outcome *o) {
     o->step_in_epoch = t.step_in_epoch;
     o->n_params = t.plan->n_params;
     o->params = malloc(sizeof(float) * o->n_params);
-    if (o->params &&
-        t.be->ops->download(t.be, o->params, t.st.params, sizeof(float) * o->n_params))
+    if (o->params && t.be->ops->download(t.be, o->params, t.st.params, sizeof(float) * o->n_params))
       memset(o->params, 0xff, sizeof(float) * o->n_params);
     td_trainer_free(&t);
   }
@@ -1000,10 +1000,9 @@ static void run_job(const run_cfg *cfg, outcome *o) {
   /* What the tape backends saw, freed with the trainer. */
   for (int r = 0; cfg->tape && r < MAXREP; r++) {
     const tape_stats *s = &o->tape.stats[r];
-    CHECK(s->violations == 0, "tape %d: %d violations; the first: %s", r, s->violations,
-          s->why);
-    CHECK(s->live == 0 && s->leaked == 0, "tape %d: %d graphs and %d allocations left", r,
-          s->live, s->leaked);
+    CHECK(s->violations == 0, "tape %d: %d violations; the first: %s", r, s->violations, s->why);
+    CHECK(s->live == 0 && s->leaked == 0, "tape %d: %d graphs and %d allocations left", r, s->live,
+          s->leaked);
   }
 }
 
@@ -1033,26 +1032,26 @@ static int same_params(const outcome *a, const outcome *b) {
 static void check_same_run(const outcome *ref, const outcome *o, const char *label) {
   CHECK(o->rc == 0, "%s: %s", label, o->err.msg);
   CHECK(o->n_steps == TOTAL && o->out_of_order == 0 && o->n_epochs == EPOCHS,
-        "%s: %d step points (%d out of order), %d epoch points", label, o->n_steps,
-        o->out_of_order, o->n_epochs);
+        "%s: %d step points (%d out of order), %d epoch points", label, o->n_steps, o->out_of_order,
+        o->n_epochs);
   int64_t diff = 0;
   for (int64_t s = 1; s <= TOTAL && !diff; s++)
     if (!same_steps(ref, o, s, s))
       diff = s;
-  CHECK(diff == 0, "%s: step %lld differs: loss %.9g/%.9g grad_norm %.9g/%.9g lr %.9g/%.9g",
-        label, (long long)diff, diff ? o->pts[diff].loss : 0.0, diff ? ref->pts[diff].loss : 0.0,
+  CHECK(diff == 0, "%s: step %lld differs: loss %.9g/%.9g grad_norm %.9g/%.9g lr %.9g/%.9g", label,
+        (long long)diff, diff ? o->pts[diff].loss : 0.0, diff ? ref->pts[diff].loss : 0.0,
         diff ? o->pts[diff].grad_norm : 0.0, diff ? ref->pts[diff].grad_norm : 0.0,
         diff ? o->pts[diff].lr : 0.0, diff ? ref->pts[diff].lr : 0.0);
   for (uint32_t e = 1; e <= EPOCHS; e++)
     CHECK(same_epoch(ref, o, e),
-          "%s: epoch %u: train %.9g/%.9g test %.9g/%.9g, reference %.9g/%.9g %.9g/%.9g", label,
-          e, o->epochs[e].train_loss, o->epochs[e].train_accuracy, o->epochs[e].test_loss,
+          "%s: epoch %u: train %.9g/%.9g test %.9g/%.9g, reference %.9g/%.9g %.9g/%.9g", label, e,
+          o->epochs[e].train_loss, o->epochs[e].train_accuracy, o->epochs[e].test_loss,
           o->epochs[e].test_accuracy, ref->epochs[e].train_loss, ref->epochs[e].train_accuracy,
           ref->epochs[e].test_loss, ref->epochs[e].test_accuracy);
   CHECK(same_params(ref, o), "%s: the final parameters differ from the reference's", label);
   CHECK(o->st_step == TOTAL && o->epoch == EPOCHS + 1 && o->step_in_epoch == 0,
-        "%s: ends at step %lld, position epoch %u step %u", label, (long long)o->st_step,
-        o->epoch, o->step_in_epoch);
+        "%s: ends at step %lld, position epoch %u step %u", label, (long long)o->st_step, o->epoch,
+        o->step_in_epoch);
 }
 
 /* The recorded graphs of a tape run from its start: one warm-up step op by
@@ -1064,15 +1063,15 @@ static void check_recorded(const outcome *o, int devices, const char *label) {
     CHECK(o->graph_steps == 64 && s->recorded[1] == 1 && s->recorded[64] == 1,
           "%s: rank %d recorded %d one-step and %d 64-step graphs (graph_steps %u)", label, r,
           s->recorded[1], s->recorded[64], o->graph_steps);
-    CHECK(s->direct_steps == 1, "%s: rank %d ran %ld steps op by op, want the warm-up only",
-          label, r, s->direct_steps);
+    CHECK(s->direct_steps == 1, "%s: rank %d ran %ld steps op by op, want the warm-up only", label,
+          r, s->direct_steps);
     CHECK(s->replayed[64] >= 1 && s->replayed[1] >= 1 &&
               s->replayed[1] + 64 * s->replayed[64] == TOTAL - 1,
           "%s: rank %d replayed %ld 64-step and %ld one-step graphs for %d steps", label, r,
           s->replayed[64], s->replayed[1], TOTAL - 1);
     /* Two replicas: one allreduce per recorded step. */
-    CHECK(s->allreduces_taped == (devices > 1 ? 65 : 0), "%s: rank %d taped %ld allreduces",
-          label, r, s->allreduces_taped);
+    CHECK(s->allreduces_taped == (devices > 1 ? 65 : 0), "%s: rank %d taped %ld allreduces", label,
+          r, s->allreduces_taped);
   }
 }
 
@@ -1087,8 +1086,8 @@ static void check_equal_runs(const char *model, const char *name, int devices) {
   run_cfg plain = {.model = model, .devices = devices};
   outcome *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
   run_job(&plain, ref);
-  CHECK(ref->rc == 0 && ref->n_steps == TOTAL, "%s, plain, %d device(s): rc %d, %d steps: %s",
-        name, devices, ref->rc, ref->n_steps, ref->err.msg);
+  CHECK(ref->rc == 0 && ref->n_steps == TOTAL, "%s, plain, %d device(s): rc %d, %d steps: %s", name,
+        devices, ref->rc, ref->n_steps, ref->err.msg);
   CHECK(ref->pts[TOTAL].loss < ref->pts[1].loss, "%s: the loss fell from %.4f to %.4f", name,
         ref->pts[1].loss, ref->pts[TOTAL].loss);
   CHECK(devices == 1 || ref->drift == 0, "%s: plain replicas drifted", name);
@@ -1100,20 +1099,19 @@ static void check_equal_runs(const char *model, const char *name, int devices) {
     check_same_run(ref, o, label);
     check_recorded(o, devices, label);
     CHECK(o->drift == 0, "%s: the replicas differed after %d steps", label, o->drift);
-    printf("%s: %d steps bitwise equal; 64-step replays %lld, one-step %lld\n", label,
-           o->n_steps, (long long)replays(o, 0, 64), (long long)replays(o, 0, 1));
+    printf("%s: %d steps bitwise equal; 64-step replays %lld, one-step %lld\n", label, o->n_steps,
+           (long long)replays(o, 0, 64), (long long)replays(o, 0, 1));
     free_outcome(o);
   }
   if (devices > 1) {
     /* The harness can tell: with the in-process communicator the allreduce
      * runs once at record time and is missing from the replays, so each
      * replica trains on its own shard and the run differs. */
-    run_cfg c = {.model = model, .tape = 1, .host_memory = 1, .devices = devices,
-                 .plain_comm = 1};
+    run_cfg c = {.model = model, .tape = 1, .host_memory = 1, .devices = devices, .plain_comm = 1};
     run_job(&c, o);
     CHECK(o->rc == 0 && (o->drift > 0 || !same_params(ref, o)),
-          "%s: tape replicas without a recordable allreduce matched the reference (rc %d)",
-          name, o->rc);
+          "%s: tape replicas without a recordable allreduce matched the reference (rc %d)", name,
+          o->rc);
     free_outcome(o);
   }
   free_outcome(ref);
@@ -1128,8 +1126,8 @@ static void check_resume(const char *root) {
   snprintf(fmt, sizeof fmt, "%s/plain-%%lld.h5", root);
   /* every_steps 100: boundaries at 100 (mid-epoch 1), 128 (its end) and
    * 200; chunks of 99, 28, 72 and 56 steps on the tape. */
-  run_cfg plain = {.model = mlp_dropout, .every_steps = 100, .save_at = {100, 128},
-                   .save_fmt = fmt};
+  run_cfg plain = {
+      .model = mlp_dropout, .every_steps = 100, .save_at = {100, 128}, .save_fmt = fmt};
   outcome *ref = calloc(1, sizeof *ref), *o = calloc(1, sizeof *o);
   run_job(&plain, ref);
   CHECK(ref->rc == 0 && ref->saved == 2, "plain run for resume: rc %d, %d saved: %s", ref->rc,
@@ -1140,8 +1138,8 @@ static void check_resume(const char *root) {
     /* A fresh tape trainer from the plain run's checkpoint mid-epoch. */
     snprintf(path, sizeof path, fmt, 100LL);
     snprintf(label, sizeof label, "tape (host_memory %d) resumed at step 100", hm);
-    run_cfg c = {.model = mlp_dropout, .tape = 1, .host_memory = hm, .every_steps = 100,
-                 .resume = path};
+    run_cfg c = {
+        .model = mlp_dropout, .tape = 1, .host_memory = hm, .every_steps = 100, .resume = path};
     run_job(&c, o);
     CHECK(o->rc == 0 && o->n_steps == TOTAL - 100 && o->out_of_order == 0,
           "%s: rc %d, %d steps: %s", label, o->rc, o->n_steps, o->err.msg);
@@ -1158,12 +1156,16 @@ static void check_resume(const char *root) {
      * step 100 of epoch 1: the resume drops its graphs, which are recorded
      * again without another warm-up step. */
     snprintf(label, sizeof label, "tape (host_memory %d) stopped, resumed at 100", hm);
-    run_cfg w = {.model = mlp_dropout, .tape = 1, .host_memory = hm, .every_steps = 100,
-                 .stop_after = 101, .then_resume = path};
+    run_cfg w = {.model = mlp_dropout,
+                 .tape = 1,
+                 .host_memory = hm,
+                 .every_steps = 100,
+                 .stop_after = 101,
+                 .then_resume = path};
     run_job(&w, o);
     CHECK(o->rc == TD_ECANCELLED && o->rc2 == 0 && o->cancel_step > 100,
-          "%s: rc %d at step %lld, then %d: %s", label, o->rc, (long long)o->cancel_step,
-          o->rc2, o->err.msg);
+          "%s: rc %d at step %lld, then %d: %s", label, o->rc, (long long)o->cancel_step, o->rc2,
+          o->err.msg);
     CHECK(o->n_steps == o->cancel_step + TOTAL - 100 && o->out_of_order == 0,
           "%s: %d step points, %d out of order", label, o->n_steps, o->out_of_order);
     CHECK(same_steps(ref, o, 1, TOTAL) && same_epoch(ref, o, 1) && same_epoch(ref, o, 2) &&
@@ -1179,8 +1181,12 @@ static void check_resume(const char *root) {
   /* The tape run checkpoints at the epoch's end; a fresh tape trainer
    * resumes there; and the plain backend resumes from a tape checkpoint. */
   snprintf(fmt, sizeof fmt, "%s/tape-%%lld.h5", root);
-  run_cfg t = {.model = mlp_dropout, .tape = 1, .host_memory = 0, .every_steps = 100,
-               .save_at = {128}, .save_fmt = fmt};
+  run_cfg t = {.model = mlp_dropout,
+               .tape = 1,
+               .host_memory = 0,
+               .every_steps = 100,
+               .save_at = {128},
+               .save_fmt = fmt};
   run_job(&t, o);
   check_same_run(ref, o, "tape run checkpointing at 128");
   CHECK(o->saved == 1, "the tape run wrote %d checkpoints", o->saved);
@@ -1206,12 +1212,12 @@ static void check_cancel(void) {
   outcome *o = calloc(1, sizeof *o);
   /* Stops are polled between chunks: after step 30 the next is at the
    * boundary at 100 (every_steps), or with none at the epoch's end. */
-  const struct {
-    int every, stop;
-  } cases[] = {{100, 30}, {0, 30}, {0, 1}, {100, 150}};
+  const struct { int every, stop; } cases[] = {{100, 30}, {0, 30}, {0, 1}, {100, 150}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     for (int use_tape = 0; use_tape <= 1; use_tape++) {
-      run_cfg c = {.model = mlp_adam, .tape = use_tape, .every_steps = cases[i].every,
+      run_cfg c = {.model = mlp_adam,
+                   .tape = use_tape,
+                   .every_steps = cases[i].every,
                    .stop_after = cases[i].stop};
       run_job(&c, o);
       char label[160];
@@ -1220,8 +1226,8 @@ static void check_cancel(void) {
       int64_t at = (int64_t)(o->epoch - 1) * SPE + o->step_in_epoch;
       CHECK(o->rc == TD_ECANCELLED && o->st_step == o->n_steps && o->out_of_order == 0 &&
                 o->n_steps >= cases[i].stop && at == o->st_step,
-            "%s: rc %d, step %lld after %d step points, position epoch %u step %u", label,
-            o->rc, (long long)o->st_step, o->n_steps, o->epoch, o->step_in_epoch);
+            "%s: rc %d, step %lld after %d step points, position epoch %u step %u", label, o->rc,
+            (long long)o->st_step, o->n_steps, o->epoch, o->step_in_epoch);
       /* The plain backend runs a step per chunk; the tape stops at the
        * next chunk boundary: at the latest the next multiple of
        * every_steps or end of an epoch, exactly that in the first chunk
@@ -1234,8 +1240,7 @@ static void check_cancel(void) {
         want = k < e ? k : e;
       }
       CHECK(use_tape && s > SPE ? o->st_step >= s && o->st_step <= want : o->st_step == want,
-            "%s: stopped at step %lld, want %lld", label, (long long)o->st_step,
-            (long long)want);
+            "%s: stopped at step %lld, want %lld", label, (long long)o->st_step, (long long)want);
       CHECK(o->n_epochs == (int)(o->st_step / SPE), "%s: %d epoch points at step %lld", label,
             o->n_epochs, (long long)o->st_step);
       free_outcome(o);
@@ -1261,10 +1266,9 @@ static void check_diverge(void) {
     run_cfg c = {.model = mlp_diverge, .tape = 1, .host_memory = hm};
     run_job(&c, o);
     CHECK(o->rc == TD_ENUMERIC && strcmp(o->err.msg, ref->err.msg) == 0,
-          "tape (host_memory %d): rc %d \"%s\", plain \"%s\"", hm, o->rc, o->err.msg,
-          ref->err.msg);
-    CHECK(o->st_step == ref->st_step, "tape (host_memory %d): fails with step %lld, plain %lld",
-          hm, (long long)o->st_step, (long long)ref->st_step);
+          "tape (host_memory %d): rc %d \"%s\", plain \"%s\"", hm, o->rc, o->err.msg, ref->err.msg);
+    CHECK(o->st_step == ref->st_step, "tape (host_memory %d): fails with step %lld, plain %lld", hm,
+          (long long)o->st_step, (long long)ref->st_step);
     /* The failing step is inside the first recorded chunk (2..128). */
     CHECK(replays(o, 0, 64) == 1 && o->tape.stats[0].direct_steps == 1 && ref->n_steps >= 2,
           "tape (host_memory %d): %lld 64-step replays, %ld steps op by op", hm,
@@ -1276,8 +1280,8 @@ static void check_diverge(void) {
     CHECK(reported, "tape (host_memory %d): %d step points before the failure, plain %d", hm,
           o->n_steps, ref->n_steps);
     CHECK(position,
-          "tape (host_memory %d): position epoch %u step %u after the failure, plain %u %u",
-          hm, o->epoch, o->step_in_epoch, ref->epoch, ref->step_in_epoch);
+          "tape (host_memory %d): position epoch %u step %u after the failure, plain %u %u", hm,
+          o->epoch, o->step_in_epoch, ref->epoch, ref->step_in_epoch);
     free_outcome(o);
   }
   free_outcome(ref);

@@ -91,8 +91,7 @@ typedef struct fixture {
   int done_called;
   atomic_int loop_exited;
 
-  atomic_int unary_calls, later_started, streams_started, streams_finished,
-      stream_cancels;
+  atomic_int unary_calls, later_started, streams_started, streams_finished, stream_cancels;
   char last_peer[128]; /* guarded by mu */
   char last_method[128];
 } fixture;
@@ -131,8 +130,7 @@ static void on_loop(fixture *fx, void (*fn)(void *), void *arg) {
 static void record_call(fixture *fx, td_rpc_call *call) {
   uv_mutex_lock(&fx->mu);
   snprintf(fx->last_peer, sizeof fx->last_peer, "%s", td_rpc_peer(call));
-  snprintf(fx->last_method, sizeof fx->last_method, "%s",
-           td_rpc_method_of(call)->path);
+  snprintf(fx->last_method, sizeof fx->last_method, "%s", td_rpc_method_of(call)->path);
   uv_mutex_unlock(&fx->mu);
 }
 
@@ -148,8 +146,7 @@ static void h_get_job(void *ctx, td_rpc_call *call, const ProtobufCMessage *req)
   td_rpc_reply(call, &job.base);
 }
 
-static void h_cancel_job(void *ctx, td_rpc_call *call,
-                         const ProtobufCMessage *req) {
+static void h_cancel_job(void *ctx, td_rpc_call *call, const ProtobufCMessage *req) {
   fixture *fx = ctx;
   const Traind__V1__CancelJobRequest *r = (const Traind__V1__CancelJobRequest *)req;
   atomic_fetch_add(&fx->unary_calls, 1);
@@ -175,8 +172,7 @@ static void later_fire(uv_timer_t *t) {
   uv_close((uv_handle_t *)&l->timer, later_closed);
 }
 
-static void h_get_job_later(void *ctx, td_rpc_call *call,
-                            const ProtobufCMessage *req) {
+static void h_get_job_later(void *ctx, td_rpc_call *call, const ProtobufCMessage *req) {
   fixture *fx = ctx;
   later *l = calloc(1, sizeof *l);
   l->call = call;
@@ -240,11 +236,9 @@ static void tstream_cancel(void *arg, td_rpc_call *call) {
   tstream_end(ts);
 }
 
-static void h_watch_metrics(void *ctx, td_rpc_call *call,
-                            const ProtobufCMessage *req) {
+static void h_watch_metrics(void *ctx, td_rpc_call *call, const ProtobufCMessage *req) {
   fixture *fx = ctx;
-  const Traind__V1__WatchMetricsRequest *r =
-      (const Traind__V1__WatchMetricsRequest *)req;
+  const Traind__V1__WatchMetricsRequest *r = (const Traind__V1__WatchMetricsRequest *)req;
   tstream *ts = calloc(1, sizeof *ts);
   ts->fx = fx;
   ts->call = call;
@@ -281,19 +275,21 @@ static int fixture_start(fixture *fx, const char *sock, size_t max_request) {
   td_health_set(fx->health, "traind.v1.Trainer", TD_HEALTH_NOT_SERVING);
 
   td_rpc_method methods[6] = {
-      {"/traind.v1.Trainer/GetJob", TD_RPC_UNARY,
-       &traind__v1__get_job_request__descriptor, h_get_job, fx},
-      {"/traind.v1.Trainer/CancelJob", TD_RPC_UNARY,
-       &traind__v1__cancel_job_request__descriptor, h_cancel_job, fx},
-      {"/traind.test.Echo/GetJobLater", TD_RPC_UNARY,
-       &traind__v1__get_job_request__descriptor, h_get_job_later, fx},
+      {"/traind.v1.Trainer/GetJob", TD_RPC_UNARY, &traind__v1__get_job_request__descriptor,
+       h_get_job, fx},
+      {"/traind.v1.Trainer/CancelJob", TD_RPC_UNARY, &traind__v1__cancel_job_request__descriptor,
+       h_cancel_job, fx},
+      {"/traind.test.Echo/GetJobLater", TD_RPC_UNARY, &traind__v1__get_job_request__descriptor,
+       h_get_job_later, fx},
       {"/traind.v1.Trainer/WatchMetrics", TD_RPC_SERVER_STREAM,
        &traind__v1__watch_metrics_request__descriptor, h_watch_metrics, fx},
   };
   td_health_methods(fx->health, methods + 4);
   const char *listen[2] = {fx->unix_addr, "127.0.0.1:0"};
-  td_rpc_server_opts opts = {.listen = listen, .n_listen = 2,
-                             .methods = methods, .n_methods = 6,
+  td_rpc_server_opts opts = {.listen = listen,
+                             .n_listen = 2,
+                             .methods = methods,
+                             .n_methods = 6,
                              .max_request_bytes = max_request,
                              .max_connections = fixture_max_connections};
   td_error err = {0};
@@ -344,8 +340,7 @@ static void fixture_stop(fixture *fx) {
   CHECK(fx->done_called, "shutdown's done callback ran");
   CHECK(dt < 10, "shutdown took %.2f s", dt);
   int rc = uv_loop_close(&fx->loop);
-  CHECK(rc == 0, "loop closed with every handle released (%s)",
-        rc ? uv_strerror(rc) : "ok");
+  CHECK(rc == 0, "loop closed with every handle released (%s)", rc ? uv_strerror(rc) : "ok");
   uv_cond_destroy(&fx->cv);
   uv_mutex_destroy(&fx->mu);
 }
@@ -395,19 +390,18 @@ static void health_set(fixture *fx, const char *service, int status) {
 
 /* ---- client helpers */
 
-static int get_job(td_rpc_client *c, const char *id, Traind__V1__Job **job,
-                   double timeout, td_rpc_status *st) {
+static int get_job(td_rpc_client *c, const char *id, Traind__V1__Job **job, double timeout,
+                   td_rpc_status *st) {
   Traind__V1__GetJobRequest req = TRAIND__V1__GET_JOB_REQUEST__INIT;
   req.id = (char *)id;
-  return td_rpc_call_unary(c, "/traind.v1.Trainer/GetJob", &req.base,
-                           &traind__v1__job__descriptor, (ProtobufCMessage **)job,
-                           timeout, st);
+  return td_rpc_call_unary(c, "/traind.v1.Trainer/GetJob", &req.base, &traind__v1__job__descriptor,
+                           (ProtobufCMessage **)job, timeout, st);
 }
 
 typedef struct stream_run {
   const char *target;
-  int64_t n;         /* messages the server sends (0: endless) */
-  int stop_after;    /* cancel after this many (0: never) */
+  int64_t n;      /* messages the server sends (0: endless) */
+  int stop_after; /* cancel after this many (0: never) */
   double timeout;
   int got;
   int in_order;
@@ -419,10 +413,8 @@ typedef struct stream_run {
 
 static int stream_message(void *arg, const ProtobufCMessage *m) {
   stream_run *r = arg;
-  const Traind__V1__WatchMetricsResponse *w =
-      (const Traind__V1__WatchMetricsResponse *)m;
-  if (w->n_steps != 1 || w->steps[0]->step != r->got || !w->job ||
-      strcmp(w->job->id, "job-7") != 0)
+  const Traind__V1__WatchMetricsResponse *w = (const Traind__V1__WatchMetricsResponse *)m;
+  if (w->n_steps != 1 || w->steps[0]->step != r->got || !w->job || strcmp(w->job->id, "job-7") != 0)
     r->in_order = 0;
   r->got++;
   atomic_fetch_add(&r->messages, 1);
@@ -438,8 +430,8 @@ static void stream_thread(void *arg) {
   r->in_order = 1;
   double t0 = td_mono_sec();
   r->code = td_rpc_call_stream(c, "/traind.v1.Trainer/WatchMetrics", &req.base,
-                               &traind__v1__watch_metrics_response__descriptor,
-                               stream_message, r, r->timeout, &r->st);
+                               &traind__v1__watch_metrics_response__descriptor, stream_message, r,
+                               r->timeout, &r->st);
   r->elapsed = td_mono_sec() - t0;
   td_rpc_client_close(c);
 }
@@ -455,8 +447,7 @@ typedef struct watch_run {
 
 static int watch_message(void *arg, const ProtobufCMessage *m) {
   watch_run *w = arg;
-  const Grpc__Health__V1__HealthCheckResponse *r =
-      (const Grpc__Health__V1__HealthCheckResponse *)m;
+  const Grpc__Health__V1__HealthCheckResponse *r = (const Grpc__Health__V1__HealthCheckResponse *)m;
   int i = atomic_load(&w->n);
   if (i < 16)
     w->statuses[i] = (int)r->status;
@@ -467,12 +458,11 @@ static int watch_message(void *arg, const ProtobufCMessage *m) {
 static void watch_thread(void *arg) {
   watch_run *w = arg;
   td_rpc_client *c = td_rpc_client_open(w->target);
-  Grpc__Health__V1__HealthCheckRequest req =
-      GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   req.service = (char *)w->service;
   w->code = td_rpc_call_stream(c, "/grpc.health.v1.Health/Watch", &req.base,
-                               &grpc__health__v1__health_check_response__descriptor,
-                               watch_message, w, 30, &w->st);
+                               &grpc__health__v1__health_check_response__descriptor, watch_message,
+                               w, 30, &w->st);
   td_rpc_client_close(c);
 }
 
@@ -495,8 +485,8 @@ static void test_unary(fixture *fx, const char *target, const char *peer_prefix)
   uv_mutex_lock(&fx->mu);
   CHECK(strncmp(fx->last_peer, peer_prefix, strlen(peer_prefix)) == 0,
         "peer \"%s\" starts with \"%s\"", fx->last_peer, peer_prefix);
-  CHECK(strcmp(fx->last_method, "/traind.v1.Trainer/GetJob") == 0,
-        "method row %s", fx->last_method);
+  CHECK(strcmp(fx->last_method, "/traind.v1.Trainer/GetJob") == 0, "method row %s",
+        fx->last_method);
   uv_mutex_unlock(&fx->mu);
 
   /* A status and its message travel to the client unchanged. */
@@ -506,8 +496,7 @@ static void test_unary(fixture *fx, const char *target, const char *peer_prefix)
   code = td_rpc_call_unary(c, "/traind.v1.Trainer/CancelJob", &creq.base,
                            &traind__v1__job__descriptor, &resp, 5, &st);
   CHECK(code == TD_GRPC_NOT_FOUND && resp == NULL, "CancelJob: %d", code);
-  CHECK(strcmp(st.message, "no job named \"job-9\"") == 0, "message \"%s\"",
-        st.message);
+  CHECK(strcmp(st.message, "no job named \"job-9\"") == 0, "message \"%s\"", st.message);
 
   /* An answer given later, from a timer on the loop. */
   Traind__V1__GetJobRequest lreq = TRAIND__V1__GET_JOB_REQUEST__INIT;
@@ -536,8 +525,8 @@ static void check_size_limit(fixture *fx, td_rpc_client *c, size_t limit) {
   Traind__V1__Job *job = NULL;
   td_rpc_status st;
   int code = get_job(c, id, &job, 30, &st);
-  CHECK(code == TD_GRPC_OK, "request of %zu bytes under a %zu limit: %d %s",
-        under, limit, code, st.message);
+  CHECK(code == TD_GRPC_OK, "request of %zu bytes under a %zu limit: %d %s", under, limit, code,
+        st.message);
   CHECK(job && strlen(job->id) == under, "large id echoed");
   if (job)
     protobuf_c_message_free_unpacked(&job->base, NULL);
@@ -545,8 +534,8 @@ static void check_size_limit(fixture *fx, td_rpc_client *c, size_t limit) {
   id[under] = 'x';
   id[over] = '\0';
   code = get_job(c, id, &job, 30, &st);
-  CHECK(code == TD_GRPC_RESOURCE_EXHAUSTED && job == NULL,
-        "request over a %zu limit: %d %s", limit, code, st.message);
+  CHECK(code == TD_GRPC_RESOURCE_EXHAUSTED && job == NULL, "request over a %zu limit: %d %s", limit,
+        code, st.message);
   CHECK(atomic_load(&fx->unary_calls) == before, "oversized request not handled");
   free(id);
 }
@@ -565,23 +554,20 @@ static void test_bad_requests(fixture *fx, size_t max_request) {
 
   /* 0xff is field 31 with wire type 7, which does not exist. */
   static const unsigned char garbage[] = {0xff, 0xff, 0xff, 0xff, 0x01};
-  code = td_rpc_call_raw(c, "/traind.v1.Trainer/GetJob", garbage, sizeof garbage,
-                         5, &st);
+  code = td_rpc_call_raw(c, "/traind.v1.Trainer/GetJob", garbage, sizeof garbage, 5, &st);
   CHECK(code == TD_GRPC_INVALID_ARGUMENT, "garbage: %d %s", code, st.message);
   CHECK_STR_CONTAINS(st.message, "traind.v1.GetJobRequest");
 
   /* A truncated message: field 1 claims 10 bytes and has 2. */
   static const unsigned char truncated[] = {0x0a, 0x0a, 'a', 'b'};
-  code = td_rpc_call_raw(c, "/traind.v1.Trainer/GetJob", truncated,
-                         sizeof truncated, 5, &st);
+  code = td_rpc_call_raw(c, "/traind.v1.Trainer/GetJob", truncated, sizeof truncated, 5, &st);
   CHECK(code == TD_GRPC_INVALID_ARGUMENT, "truncated: %d %s", code, st.message);
 
   /* No message at all: the client half-closes at once. */
   code = td_rpc_call_raw(c, "/traind.v1.Trainer/GetJob", NULL, 0, 5, &st);
   CHECK(code == TD_GRPC_INVALID_ARGUMENT, "no message: %d %s", code, st.message);
   CHECK_STR_CONTAINS(st.message, "no request message");
-  CHECK(atomic_load(&fx->unary_calls) == before,
-        "no handler saw a bad request (%d calls)",
+  CHECK(atomic_load(&fx->unary_calls) == before, "no handler saw a bad request (%d calls)",
         atomic_load(&fx->unary_calls) - before);
 
   /* An empty message is a valid GetJobRequest with every field default. */
@@ -596,8 +582,8 @@ static void test_bad_requests(fixture *fx, size_t max_request) {
   /* The connection survives all of the above. */
   Traind__V1__Job *job = NULL;
   code = get_job(c, "after", &job, 5, &st);
-  CHECK(code == TD_GRPC_OK && job && strcmp(job->id, "after") == 0,
-        "call after bad ones: %d %s", code, st.message);
+  CHECK(code == TD_GRPC_OK && job && strcmp(job->id, "after") == 0, "call after bad ones: %d %s",
+        code, st.message);
   if (job)
     protobuf_c_message_free_unpacked(&job->base, NULL);
   td_rpc_client_close(c);
@@ -610,12 +596,10 @@ static void test_streams(fixture *fx, const char *target) {
   stream_run r = {.target = target, .n = 50, .timeout = 10};
   stream_thread(&r);
   CHECK(r.code == TD_GRPC_OK, "stream over %s: %d %s", target, r.code, r.st.message);
-  CHECK(r.got == 50 && r.in_order, "stream: %d messages, in order %d", r.got,
-        r.in_order);
+  CHECK(r.got == 50 && r.in_order, "stream: %d messages, in order %d", r.got, r.in_order);
   CHECK(atomic_load(&fx->streams_finished) == finished + 1, "stream finished");
   CHECK(wait_no_calls(fx, WAIT_SEC), "finished stream released");
-  CHECK(atomic_load(&fx->stream_cancels) == cancels,
-        "no cancel callback after a normal finish");
+  CHECK(atomic_load(&fx->stream_cancels) == cancels, "no cancel callback after a normal finish");
 
   /* The client stops after 5 messages of an endless stream. */
   r = (stream_run){.target = target, .n = 0, .stop_after = 5, .timeout = 10};
@@ -623,35 +607,29 @@ static void test_streams(fixture *fx, const char *target) {
   CHECK(r.code == TD_GRPC_CANCELLED, "client cancel: %d %s", r.code, r.st.message);
   CHECK(r.got == 5 && r.in_order, "5 messages before the cancel (%d)", r.got);
   CHECK(r.elapsed < PROMPT_SEC, "cancelled stream returned after %.2f s", r.elapsed);
-  CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, WAIT_SEC),
-        "server saw the cancel");
-  CHECK(wait_no_calls(fx, WAIT_SEC), "cancelled stream released (%zu calls left)",
-        live_calls(fx));
+  CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, WAIT_SEC), "server saw the cancel");
+  CHECK(wait_no_calls(fx, WAIT_SEC), "cancelled stream released (%zu calls left)", live_calls(fx));
   cancels = atomic_load(&fx->stream_cancels);
 
   /* A deadline ends an endless stream on both sides. */
   r = (stream_run){.target = target, .n = 0, .timeout = 0.3};
   stream_thread(&r);
-  CHECK(r.code == TD_GRPC_DEADLINE_EXCEEDED, "deadline: %d %s", r.code,
-        r.st.message);
+  CHECK(r.code == TD_GRPC_DEADLINE_EXCEEDED, "deadline: %d %s", r.code, r.st.message);
   CHECK(r.got > 10 && r.in_order, "messages before the deadline: %d", r.got);
   CHECK(r.elapsed > 0.25 && r.elapsed < PROMPT_SEC, "deadline hit after %.3f s", r.elapsed);
   CHECK(wait_atomic_at_least(&fx->stream_cancels, cancels + 1, WAIT_SEC),
         "server saw the deadline");
   CHECK(wait_no_calls(fx, WAIT_SEC), "expired stream released");
-  CHECK(atomic_load(&fx->stream_cancels) == cancels + 1,
-        "cancel callback ran exactly once");
+  CHECK(atomic_load(&fx->stream_cancels) == cancels + 1, "cancel callback ran exactly once");
 }
 
 static int health_check(fixture *fx, const char *service, td_rpc_status *st) {
   td_rpc_client *c = td_rpc_client_open(fx->tcp_addr);
-  Grpc__Health__V1__HealthCheckRequest req =
-      GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   req.service = (char *)service;
   ProtobufCMessage *resp = NULL;
   int code = td_rpc_call_unary(c, "/grpc.health.v1.Health/Check", &req.base,
-                               &grpc__health__v1__health_check_response__descriptor,
-                               &resp, 5, st);
+                               &grpc__health__v1__health_check_response__descriptor, &resp, 5, st);
   int status = -1;
   if (code == TD_GRPC_OK)
     status = (int)((Grpc__Health__V1__HealthCheckResponse *)resp)->status;
@@ -672,8 +650,7 @@ static void test_health(fixture *fx) {
   CHECK(strcmp(st.message, "unknown service") == 0, "message \"%s\"", st.message);
 
   /* Watch sees the current status, then the change. */
-  watch_run w = {.target = fx->unix_addr, .service = "traind.v1.Trainer",
-                 .stop_after = 2};
+  watch_run w = {.target = fx->unix_addr, .service = "traind.v1.Trainer", .stop_after = 2};
   uv_thread_t th;
   uv_thread_create(&th, watch_thread, &w);
   CHECK(wait_atomic_at_least(&w.n, 1, WAIT_SEC), "first watch message");
@@ -681,15 +658,14 @@ static void test_health(fixture *fx) {
   uv_thread_join(&th);
   CHECK(atomic_load(&w.n) == 2 && w.statuses[0] == TD_HEALTH_NOT_SERVING &&
             w.statuses[1] == TD_HEALTH_SERVING,
-        "watch saw NOT_SERVING then SERVING (%d messages: %d %d)",
-        atomic_load(&w.n), w.statuses[0], w.statuses[1]);
+        "watch saw NOT_SERVING then SERVING (%d messages: %d %d)", atomic_load(&w.n), w.statuses[0],
+        w.statuses[1]);
   CHECK(w.code == TD_GRPC_CANCELLED, "watch ended by the client: %d", w.code);
   s = health_check(fx, "traind.v1.Trainer", &st);
   CHECK(s == TD_HEALTH_SERVING, "Check after the change: %d", s);
 
   /* An unknown service watches as SERVICE_UNKNOWN until it appears. */
-  w = (watch_run){.target = fx->tcp_addr, .service = "later.Service",
-                  .stop_after = 2};
+  w = (watch_run){.target = fx->tcp_addr, .service = "later.Service", .stop_after = 2};
   uv_thread_create(&th, watch_thread, &w);
   CHECK(wait_atomic_at_least(&w.n, 1, WAIT_SEC), "first watch message");
   health_set(fx, "traind.v1.Trainer", TD_HEALTH_NOT_SERVING); /* not watched */
@@ -697,8 +673,8 @@ static void test_health(fixture *fx) {
   uv_thread_join(&th);
   CHECK(atomic_load(&w.n) == 2 && w.statuses[0] == TD_HEALTH_SERVICE_UNKNOWN &&
             w.statuses[1] == TD_HEALTH_SERVING,
-        "watch of a new service: %d messages: %d %d", atomic_load(&w.n),
-        w.statuses[0], w.statuses[1]);
+        "watch of a new service: %d messages: %d %d", atomic_load(&w.n), w.statuses[0],
+        w.statuses[1]);
   CHECK(wait_no_calls(fx, WAIT_SEC), "watch streams released");
 }
 
@@ -715,12 +691,10 @@ static void load_thread(void *arg) {
     snprintf(id, sizeof id, "t%d-%d", r->index, i);
     Traind__V1__Job *job = NULL;
     td_rpc_status st;
-    if (get_job(c, id, &job, 10, &st) == TD_GRPC_OK && job &&
-        strcmp(job->id, id) == 0)
+    if (get_job(c, id, &job, 10, &st) == TD_GRPC_OK && job && strcmp(job->id, id) == 0)
       r->ok++;
     else if (r->ok == i)
-      fprintf(stderr, "load %s: call %d: %d %s\n", r->target, i, st.code,
-              st.message);
+      fprintf(stderr, "load %s: call %d: %d %s\n", r->target, i, st.code, st.message);
     if (job)
       protobuf_c_message_free_unpacked(&job->base, NULL);
   }
@@ -743,12 +717,11 @@ static void test_load(fixture *fx) {
     ok += runs[i].ok;
   }
   double dt = td_mono_sec() - t0;
-  CHECK(ok == THREADS * CALLS, "%d of %d concurrent calls succeeded", ok,
-        THREADS * CALLS);
-  CHECK(atomic_load(&fx->unary_calls) == before + THREADS * CALLS,
-        "handler ran %d times", atomic_load(&fx->unary_calls) - before);
-  printf("load: %d threads x %d unary calls in %.2f s (%.0f calls/s)\n", THREADS,
-         CALLS, dt, THREADS * CALLS / dt);
+  CHECK(ok == THREADS * CALLS, "%d of %d concurrent calls succeeded", ok, THREADS * CALLS);
+  CHECK(atomic_load(&fx->unary_calls) == before + THREADS * CALLS, "handler ran %d times",
+        atomic_load(&fx->unary_calls) - before);
+  printf("load: %d threads x %d unary calls in %.2f s (%.0f calls/s)\n", THREADS, CALLS, dt,
+         THREADS * CALLS / dt);
   CHECK(wait_no_calls(fx, WAIT_SEC), "every call released");
 }
 
@@ -764,15 +737,13 @@ static void test_unreachable(void) {
   printf("unreachable: %s\n", st.message);
   CHECK(code == TD_GRPC_UNAVAILABLE, "unreachable unix: %d %s", code, st.message);
   snprintf(want, sizeof want, "cannot reach traind at %s: ", target);
-  CHECK(strncmp(st.message, want, strlen(want)) == 0, "\"%s\" names the target",
-        st.message);
+  CHECK(strncmp(st.message, want, strlen(want)) == 0, "\"%s\" names the target", st.message);
   CHECK(dt < PROMPT_SEC, "unreachable unix target failed after %.2f s", dt);
   td_rpc_client_close(c);
 
   /* A TCP port that nobody listens on: bound here and released. */
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   socklen_t len = sizeof sa;
   bind(fd, (struct sockaddr *)&sa, sizeof sa);
   getsockname(fd, (struct sockaddr *)&sa, &len);
@@ -785,8 +756,7 @@ static void test_unreachable(void) {
   printf("unreachable: %s\n", st.message);
   CHECK(code == TD_GRPC_UNAVAILABLE, "unreachable tcp: %d %s", code, st.message);
   snprintf(want, sizeof want, "cannot reach traind at %s: ", target);
-  CHECK(strncmp(st.message, want, strlen(want)) == 0, "\"%s\" names the target",
-        st.message);
+  CHECK(strncmp(st.message, want, strlen(want)) == 0, "\"%s\" names the target", st.message);
   CHECK(dt < PROMPT_SEC, "unreachable tcp target failed after %.2f s", dt);
   td_rpc_client_close(c);
 }
@@ -798,8 +768,7 @@ static int start_fails(const char *const *listen, size_t n, td_error *err) {
   td_health *h = td_health_new();
   td_rpc_method m[2];
   td_health_methods(h, m);
-  td_rpc_server_opts opts = {.listen = listen, .n_listen = n, .methods = m,
-                             .n_methods = 2};
+  td_rpc_server_opts opts = {.listen = listen, .n_listen = n, .methods = m, .n_methods = 2};
   td_rpc_server *s = NULL;
   int rc = td_rpc_server_start(&s, &loop, &opts, err);
   printf("refused: %s\n", err->msg);
@@ -813,8 +782,7 @@ static void free_server(void *arg) { td_rpc_server_free(arg); }
 
 static void test_addresses(fixture *fx) {
   struct stat st;
-  CHECK(stat(fx->sock, &st) == 0 && S_ISSOCK(st.st_mode), "socket file %s",
-        fx->sock);
+  CHECK(stat(fx->sock, &st) == 0 && S_ISSOCK(st.st_mode), "socket file %s", fx->sock);
   CHECK((st.st_mode & 07777) == 0660, "socket mode %o", st.st_mode & 07777);
   char dir[256];
   snprintf(dir, sizeof dir, "%s/run", tmpdir);
@@ -844,15 +812,15 @@ static void test_addresses(fixture *fx) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   td_rpc_server *s = NULL;
-  td_rpc_method m = {"/x.Y/Z", TD_RPC_UNARY,
-                     &traind__v1__get_job_request__descriptor, h_get_job, fx};
-  td_rpc_server_opts opts = {.listen = a4, .n_listen = 1, .methods = &m,
-                             .n_methods = 1, .unix_mode = 0600};
+  td_rpc_method m = {"/x.Y/Z", TD_RPC_UNARY, &traind__v1__get_job_request__descriptor, h_get_job,
+                     fx};
+  td_rpc_server_opts opts = {
+      .listen = a4, .n_listen = 1, .methods = &m, .n_methods = 1, .unix_mode = 0600};
   int rc = td_rpc_server_start(&s, &loop, &opts, &err);
   CHECK(rc == TD_OK, "start on the released address: %s", err.msg);
   snprintf(dir, sizeof dir, "%s/partial.sock", tmpdir);
-  CHECK(stat(dir, &st) == 0 && (st.st_mode & 07777) == 0600,
-        "unix_mode 0600 applied (%o)", st.st_mode & 07777);
+  CHECK(stat(dir, &st) == 0 && (st.st_mode & 07777) == 0600, "unix_mode 0600 applied (%o)",
+        st.st_mode & 07777);
   if (rc == TD_OK) {
     td_rpc_server_shutdown(s, free_server, s);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -907,8 +875,7 @@ static void make_stale_socket(const char *path) {
   size_t len = strlen(path);
   CHECK(len < sizeof sa.sun_path, "socket path %s fits", path);
   memcpy(sa.sun_path, path, len < sizeof sa.sun_path ? len + 1 : 0);
-  CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "bind %s: %s", path,
-        strerror(errno));
+  CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "bind %s: %s", path, strerror(errno));
   close(fd);
 }
 
@@ -957,21 +924,19 @@ static void test_stale_and_shutdown(void) {
         "watch heard the shutdown (%d messages)", atomic_load(&w.n));
   CHECK(w.code == TD_GRPC_UNAVAILABLE, "watch ended %d %s", w.code, w.st.message);
   /* A server's own UNAVAILABLE is passed on as is, not as unreachable. */
-  CHECK(strcmp(w.st.message, "the server is shutting down") == 0,
-        "watch end message \"%s\"", w.st.message);
+  CHECK(strcmp(w.st.message, "the server is shutting down") == 0, "watch end message \"%s\"",
+        w.st.message);
 
   int cancels = atomic_load(&fx.stream_cancels);
   fixture_stop(&fx);
-  CHECK(atomic_load(&fx.stream_cancels) == cancels + 1,
-        "the open stream got its cancel callback");
+  CHECK(atomic_load(&fx.stream_cancels) == cancels + 1, "the open stream got its cancel callback");
   uv_thread_join(&ts);
   uv_thread_join(&tl);
-  CHECK(r.code != TD_GRPC_OK && r.got >= 3, "stream ended by shutdown: %d %s",
-        r.code, r.st.message);
+  CHECK(r.code != TD_GRPC_OK && r.got >= 3, "stream ended by shutdown: %d %s", r.code,
+        r.st.message);
   /* Calls get a grace period to finish: the pending unary call (answered
    * 100 ms later) completes normally; the endless stream is cancelled. */
-  CHECK(lr.code == TD_GRPC_OK, "pending unary call answered within the grace: %d",
-        lr.code);
+  CHECK(lr.code == TD_GRPC_OK, "pending unary call answered within the grace: %d", lr.code);
 }
 
 /* Request strings that are not UTF-8 are refused before any handler, with
@@ -984,16 +949,15 @@ static void test_utf8_requests(fixture *fx) {
     const char *id, *want;
   } rows[] = {
       {"job\xff", "id: not valid UTF-8 (byte 0xff at offset 3)"},
-      {"\xc0\xaf", "id: not valid UTF-8 (byte 0xc0 at offset 0)"},     /* overlong '/' */
-      {"ab\xed\xa0\x80", "id: not valid UTF-8 (byte 0xed at offset 2)"}, /* U+D800 */
+      {"\xc0\xaf", "id: not valid UTF-8 (byte 0xc0 at offset 0)"},         /* overlong '/' */
+      {"ab\xed\xa0\x80", "id: not valid UTF-8 (byte 0xed at offset 2)"},   /* U+D800 */
       {"\xf4\x90\x80\x80", "id: not valid UTF-8 (byte 0xf4 at offset 0)"}, /* U+110000 */
       {"cut\xe2\x82", "id: not valid UTF-8 (byte 0xe2 at offset 3)"},
   };
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
     Traind__V1__Job *job = NULL;
     int code = get_job(c, rows[i].id, &job, 5, &st);
-    CHECK(code == TD_GRPC_INVALID_ARGUMENT && job == NULL, "row %zu: %d %s", i, code,
-          st.message);
+    CHECK(code == TD_GRPC_INVALID_ARGUMENT && job == NULL, "row %zu: %d %s", i, code, st.message);
     CHECK(strcmp(st.message, rows[i].want) == 0, "row %zu: \"%s\", want \"%s\"", i, st.message,
           rows[i].want);
     if (job)

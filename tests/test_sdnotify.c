@@ -40,14 +40,13 @@ static uint64_t now_usec(void) {
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-#define EXPECT_MSG(fd, call, want)                                                 \
-  do {                                                                             \
-    char got_[2048];                                                               \
-    int rc_ = (call);                                                              \
-    CHECK(rc_ > 0, "%s returned %d, want > 0", #call, rc_);                       \
-    recv_msg((fd), got_, sizeof got_);                                             \
-    CHECK(strcmp(got_, (want)) == 0, "%s sent \"%s\", want \"%s\"", #call, got_,  \
-          (want));                                                                 \
+#define EXPECT_MSG(fd, call, want)                                                        \
+  do {                                                                                    \
+    char got_[2048];                                                                      \
+    int rc_ = (call);                                                                     \
+    CHECK(rc_ > 0, "%s returned %d, want > 0", #call, rc_);                               \
+    recv_msg((fd), got_, sizeof got_);                                                    \
+    CHECK(strcmp(got_, (want)) == 0, "%s sent \"%s\", want \"%s\"", #call, got_, (want)); \
   } while (0)
 
 /* Every message, checked against the socket `fd` that NOTIFY_SOCKET names. */
@@ -85,8 +84,8 @@ static void check_messages(int fd) {
   int n = sscanf(got, "RELOADING=1\nMONOTONIC_USEC=%llu%n", &t, &consumed);
   CHECK(n == 1 && got[consumed] == '\0',
         "td_sd_reloading sent \"%s\", want \"RELOADING=1\\nMONOTONIC_USEC=<usec>\"", got);
-  CHECK(t >= before && t <= after, "MONOTONIC_USEC=%llu not within [%" PRIu64 ", %" PRIu64 "]",
-        t, before, after);
+  CHECK(t >= before && t <= after, "MONOTONIC_USEC=%llu not within [%" PRIu64 ", %" PRIu64 "]", t,
+        before, after);
 
   CHECK(queue_empty(fd), "an unexpected extra datagram was sent");
 }
@@ -119,8 +118,8 @@ static void check_watchdog(void) {
   setenv("WATCHDOG_PID", pid, 1);
   usec = 7;
   int rc = td_sd_watchdog_usec(&usec);
-  CHECK(rc > 0 && usec == 30000000u, "WATCHDOG_USEC=30000000 for this pid: rc %d usec %" PRIu64,
-        rc, usec);
+  CHECK(rc > 0 && usec == 30000000u, "WATCHDOG_USEC=30000000 for this pid: rc %d usec %" PRIu64, rc,
+        usec);
 
   /* Without WATCHDOG_PID the interval is this process's too. */
   unsetenv("WATCHDOG_PID");

@@ -53,8 +53,7 @@ static uint64_t get_le64(const uint8_t *p) {
 }
 
 static uint32_t get_le32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-         (uint32_t)p[3] << 24;
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 typedef enum scan_status {
@@ -198,8 +197,7 @@ static int wire_field(const uint8_t *b, size_t n, uint32_t field, wire *out) {
 
 /* Follows a path of length-delimited fields from the message b[0, n) and
  * returns the last field of the path in *out (count 0 when absent). */
-static int wire_path(const uint8_t *b, size_t n, const uint32_t *path, int depth,
-                     wire *out) {
+static int wire_path(const uint8_t *b, size_t n, const uint32_t *path, int depth, wire *out) {
   for (int i = 0; i < depth; i++) {
     if (wire_field(b, n, path[i], out) || out->count == 0)
       return -1;
@@ -253,14 +251,12 @@ static size_t build_expected(expect *out, size_t max, char *long_text, size_t lo
   for (int s = 1; s <= 120 && n < max; s++) {
     out[n++] = (expect){0, "train/loss", s, 2.5f / (float)s, NULL, t0 + 0.25 * s};
     if (s % 10 == 0 && n < max)
-      out[n++] =
-          (expect){0, "train/lr", s, 1e-3f * (float)s / 120.0f, NULL, t0 + 0.25 * s};
+      out[n++] = (expect){0, "train/lr", s, 1e-3f * (float)s / 120.0f, NULL, t0 + 0.25 * s};
   }
   static const float edges[] = {0.0f,    -0.0f,        -1.5f,    FLT_MAX,   -FLT_MAX,
                                 FLT_MIN, FLT_TRUE_MIN, INFINITY, -INFINITY, NAN};
   for (size_t i = 0; i < sizeof edges / sizeof edges[0] && n < max; i++)
-    out[n++] =
-        (expect){0, "edge", 200 + (int64_t)i, edges[i], NULL, t0 + 100 + (double)i};
+    out[n++] = (expect){0, "edge", 200 + (int64_t)i, edges[i], NULL, t0 + 100 + (double)i};
   out[n++] = (expect){0, "big_step", (int64_t)1 << 40, 42.0f, NULL, t0 + 200};
   static const char *const utf8 =
       "na\xc3\xafve \xe2\x80\x94 \xe2\x9c\x93 \"quoted\" back\\slash\ttab";
@@ -284,8 +280,7 @@ static void check_event(const uint8_t *data, size_t len, const expect *e, size_t
     return;
   CHECK(double_bits(ev->wall_time) == double_bits(e->wall_time),
         "record %zu: wall_time %.17g, want %.17g", i, ev->wall_time, e->wall_time);
-  CHECK(ev->step == e->step, "record %zu: step %" PRId64 ", want %" PRId64, i, ev->step,
-        e->step);
+  CHECK(ev->step == e->step, "record %zu: step %" PRId64 ", want %" PRId64, i, ev->step, e->step);
   CHECK(ev->what_case == TENSORBOARD__EVENT__WHAT_SUMMARY, "record %zu: no summary", i);
   if (ev->what_case == TENSORBOARD__EVENT__WHAT_SUMMARY) {
     CHECK(ev->summary->n_value == 1, "record %zu: %zu values", i, ev->summary->n_value);
@@ -295,18 +290,16 @@ static void check_event(const uint8_t *data, size_t len, const expect *e, size_t
       CHECK(v->value_case == TENSORBOARD__SUMMARY__VALUE__VALUE_SIMPLE_VALUE,
             "record %zu: not a simple_value", i);
       CHECK(float_bits(v->simple_value) == float_bits(e->value),
-            "record %zu: value %.9g, want %.9g", i, (double)v->simple_value,
-            (double)e->value);
+            "record %zu: value %.9g, want %.9g", i, (double)v->simple_value, (double)e->value);
       CHECK(v->metadata == NULL, "record %zu: a scalar with metadata", i);
     } else {
-      CHECK(v->value_case == TENSORBOARD__SUMMARY__VALUE__VALUE_TENSOR,
-            "record %zu: not a tensor", i);
+      CHECK(v->value_case == TENSORBOARD__SUMMARY__VALUE__VALUE_TENSOR, "record %zu: not a tensor",
+            i);
       if (v->value_case == TENSORBOARD__SUMMARY__VALUE__VALUE_TENSOR) {
         Tensorboard__TensorProto *t = v->tensor;
         CHECK(t->dtype == TENSORBOARD__DATA_TYPE__DT_STRING, "record %zu: dtype %d", i,
               (int)t->dtype);
-        CHECK(t->tensor_shape && t->tensor_shape->n_dim == 0, "record %zu: not rank 0",
-              i);
+        CHECK(t->tensor_shape && t->tensor_shape->n_dim == 0, "record %zu: not rank 0", i);
         size_t want = strlen(e->text);
         CHECK(t->n_string_val == 1 && t->string_val[0].len == want &&
                   (want == 0 || memcmp(t->string_val[0].data, e->text, want) == 0),
@@ -324,15 +317,14 @@ static void check_event(const uint8_t *data, size_t len, const expect *e, size_t
    * (fixed64), step 2 (varint), summary 5; Summary.value 1; Value.tag 1,
    * simple_value 2 (fixed32), tensor 8, metadata 9. */
   wire w;
-  CHECK(wire_field(data, len, 1, &w) == 0 && w.type == 1 &&
-            w.u == double_bits(e->wall_time),
+  CHECK(wire_field(data, len, 1, &w) == 0 && w.type == 1 && w.u == double_bits(e->wall_time),
         "record %zu: field 1 is not the wall time", i);
   if (e->step != 0)
     CHECK(wire_field(data, len, 2, &w) == 0 && w.type == 0 && w.u == (uint64_t)e->step,
           "record %zu: field 2 is not the step", i);
   uint32_t tag_path[] = {5, 1, 1};
-  CHECK(wire_path(data, len, tag_path, 3, &w) == 0 && w.type == 2 &&
-            w.len == strlen(e->tag) && memcmp(w.p, e->tag, w.len) == 0,
+  CHECK(wire_path(data, len, tag_path, 3, &w) == 0 && w.type == 2 && w.len == strlen(e->tag) &&
+            memcmp(w.p, e->tag, w.len) == 0,
         "record %zu: summary/value/tag", i);
   if (!e->is_text) {
     uint32_t p[] = {5, 1, 2};
@@ -342,15 +334,14 @@ static void check_event(const uint8_t *data, size_t len, const expect *e, size_t
   } else {
     uint32_t plugin[] = {5, 1, 9, 1, 1}, dtype[] = {5, 1, 8, 1}, shape[] = {5, 1, 8, 2},
              sval[] = {5, 1, 8, 8};
-    CHECK(wire_path(data, len, plugin, 5, &w) == 0 && w.len == 4 &&
-              memcmp(w.p, "text", 4) == 0,
+    CHECK(wire_path(data, len, plugin, 5, &w) == 0 && w.len == 4 && memcmp(w.p, "text", 4) == 0,
           "record %zu: metadata/plugin_data/plugin_name", i);
     CHECK(wire_path(data, len, dtype, 4, &w) == 0 && w.type == 0 && w.u == 7,
           "record %zu: tensor/dtype is not DT_STRING (7)", i);
     CHECK(wire_path(data, len, shape, 4, &w) == 0 && w.type == 2 && w.len == 0,
           "record %zu: tensor/tensor_shape is not an empty (rank-0) shape", i);
-    CHECK(wire_path(data, len, sval, 4, &w) == 0 && w.count == 1 &&
-              w.len == strlen(e->text) && memcmp(w.p, e->text, w.len) == 0,
+    CHECK(wire_path(data, len, sval, 4, &w) == 0 && w.count == 1 && w.len == strlen(e->text) &&
+              memcmp(w.p, e->text, w.len) == 0,
           "record %zu: tensor/string_val", i);
   }
 }
@@ -455,8 +446,8 @@ static void test_write_read(const char *tmp) {
    * open. */
   b = read_file(saved_path, &size);
   scan_bytes(b, size, &s);
-  CHECK(b && s.status == SCAN_OK && s.n == 1 + half, "after flush: %zu records, want %zu",
-        s.n, 1 + half);
+  CHECK(b && s.status == SCAN_OK && s.n == 1 + half, "after flush: %zu records, want %zu", s.n,
+        1 + half);
   free(b);
   for (size_t i = half; i < n; i++)
     if (write_expected(w, &ex[i], &err) != TD_OK)
@@ -515,12 +506,11 @@ static void test_write_read(const char *tmp) {
     if (s.status != want || s.n != k)
       missed++;
   }
-  CHECK(missed == 0, "%d of %zu flipped bytes in record %zu not caught", missed,
-        end - start, k);
+  CHECK(missed == 0, "%d of %zu flipped bytes in record %zu not caught", missed, end - start, k);
   /* A file cut inside its last record. */
   scan_bytes(b, size - 3, &s);
-  CHECK(s.status == SCAN_TRUNCATED && s.n == n, "cut file: status %d, %zu records",
-        (int)s.status, s.n);
+  CHECK(s.status == SCAN_TRUNCATED && s.n == n, "cut file: status %d, %zu records", (int)s.status,
+        s.n);
   free(c);
   free(s.recs);
   free(b);
@@ -557,8 +547,7 @@ static void test_bad_arguments(const char *tmp) {
   CHECK(td_tfevents_scalar(w, "", 1, 1.0f, 0, &err) == TD_EINVAL, "empty tag");
   CHECK(td_tfevents_text(w, "t", 1, NULL, 0, &err) == TD_EINVAL, "NULL text");
   /* Refused arguments leave the writer working. */
-  CHECK(td_tfevents_scalar(w, "ok", 1, 1.0f, 0, &err) == TD_OK, "after refusals: %s",
-        err.msg);
+  CHECK(td_tfevents_scalar(w, "ok", 1, 1.0f, 0, &err) == TD_OK, "after refusals: %s", err.msg);
 
   /* A second writer in the same directory in the same second gets its own
    * file. */
@@ -608,8 +597,7 @@ static void test_disk_full(const char *tmp) {
   CHECK_STR_CONTAINS(err.msg, "File too large");
   CHECK_STR_CONTAINS(err.msg, path);
   td_error err2 = {0};
-  CHECK(td_tfevents_scalar(w, "loss", 9999, 1.0f, 0, &err2) == TD_EIO,
-        "write after a failure");
+  CHECK(td_tfevents_scalar(w, "loss", 9999, 1.0f, 0, &err2) == TD_EIO, "write after a failure");
   CHECK_STR_CONTAINS(err2.msg, "earlier write failed");
   CHECK(td_tfevents_text(w, "t", 9999, "x", 0, &err2) == TD_EIO, "text after a failure");
   CHECK(td_tfevents_flush(w, &err2) == TD_EIO, "flush after a failure");
@@ -623,8 +611,8 @@ static void test_disk_full(const char *tmp) {
   scan s = {0};
   scan_bytes(b, size, &s);
   CHECK(b && s.status == SCAN_OK && s.n == (size_t)failed_at + 1 && size <= LIMIT,
-        "after the failure: status %d, %zu records (want %d), %zu bytes", (int)s.status,
-        s.n, failed_at + 1, size);
+        "after the failure: status %d, %zu records (want %d), %zu bytes", (int)s.status, s.n,
+        failed_at + 1, size);
   free(s.recs);
   free(b);
 }
@@ -665,8 +653,7 @@ static int tool_write(const char *dir) {
     }
     printf("  {\"tag\": ");
     json_string(ex[i].tag);
-    printf(", \"step\": %" PRId64 ", \"wall_time\": %.17g, ", ex[i].step,
-           ex[i].wall_time);
+    printf(", \"step\": %" PRId64 ", \"wall_time\": %.17g, ", ex[i].step, ex[i].wall_time);
     if (ex[i].is_text) {
       printf("\"text\": ");
       json_string(ex[i].text);

@@ -21,8 +21,8 @@ static void put_be32(FILE *f, uint32_t v) {
 }
 
 /* Images whose class is the brightest of three pixel groups. */
-static void write_set(const char *dir, const char *img, const char *lab,
-                      uint32_t n, uint32_t seed) {
+static void write_set(const char *dir, const char *img, const char *lab, uint32_t n,
+                      uint32_t seed) {
   char path[512];
   uint32_t *bits = malloc(sizeof(uint32_t) * n * (ROWS * COLS + 1));
   td_prng_bits(td_prng_key(seed), bits, (size_t)n * (ROWS * COLS + 1));
@@ -90,9 +90,8 @@ static int stop(void *user) {
 static const char *roots[1];
 static size_t last_n_params; /* of the last run's plan */
 
-static int run(const char *lr, unsigned epochs, unsigned batch, unsigned seed,
-               td_plan_cache *cache, record *rec, float **params_out,
-               td_epoch_point *last, td_error *err, int *hit) {
+static int run(const char *lr, unsigned epochs, unsigned batch, unsigned seed, td_plan_cache *cache,
+               record *rec, float **params_out, td_epoch_point *last, td_error *err, int *hit) {
   char doc[2048];
   snprintf(doc, sizeof doc, job_fmt, lr, epochs, batch, seed);
   Traind__V1__JobSpec *spec = NULL;
@@ -178,8 +177,8 @@ static int r_stop(void *user) {
 
 /* A trainer for the resume runs (threads 2: the bitwise results must not
  * depend on the BLAS split being the same as a one-thread run). */
-static int resume_trainer(td_trainer *t, Traind__V1__JobSpec **spec, unsigned batch,
-                          unsigned seed, td_error *err) {
+static int resume_trainer(td_trainer *t, Traind__V1__JobSpec **spec, unsigned batch, unsigned seed,
+                          td_error *err) {
   char doc[2048];
   snprintf(doc, sizeof doc, job_fmt, "0.01", (unsigned)RESUME_EPOCHS, batch, seed);
   int rc = td_jobspec_parse(doc, strlen(doc), spec, err);
@@ -211,8 +210,8 @@ static void check_resumed(const char *path, int64_t at, const resume_rec *full,
   td_train_hooks h = {.user = &r, .on_step = r_step, .on_epoch = r_epoch};
   rc = td_trainer_run(&t, &h, NULL, &err);
   CHECK(rc == 0, "%s: run: %s", label, err.msg);
-  CHECK(r.steps_run == RESUME_STEPS - at, "%s: ran %lld steps after the resume, want %lld",
-        label, (long long)r.steps_run, (long long)(RESUME_STEPS - at));
+  CHECK(r.steps_run == RESUME_STEPS - at, "%s: ran %lld steps after the resume, want %lld", label,
+        (long long)r.steps_run, (long long)(RESUME_STEPS - at));
   int same = 1;
   for (int64_t s = at + 1; s <= RESUME_STEPS; s++)
     same &= memcmp(&r.loss[s], &full->loss[s], sizeof(float)) == 0;
@@ -227,9 +226,9 @@ static void check_resumed(const char *path, int64_t at, const resume_rec *full,
     CHECK(a->epoch == e && a->train_loss == b->train_loss &&
               a->train_accuracy == b->train_accuracy && a->test_loss == b->test_loss &&
               a->test_accuracy == b->test_accuracy,
-          "%s: epoch %u: train %.9g/%.9g test %.9g/%.9g, uninterrupted %.9g/%.9g %.9g/%.9g",
-          label, e, a->train_loss, a->train_accuracy, a->test_loss, a->test_accuracy,
-          b->train_loss, b->train_accuracy, b->test_loss, b->test_accuracy);
+          "%s: epoch %u: train %.9g/%.9g test %.9g/%.9g, uninterrupted %.9g/%.9g %.9g/%.9g", label,
+          e, a->train_loss, a->train_accuracy, a->test_loss, a->test_accuracy, b->train_loss,
+          b->train_accuracy, b->test_loss, b->test_accuracy);
   }
   td_trainer_free(&t);
   td_jobspec_free(spec);
@@ -250,8 +249,8 @@ static void check_resume(const char *root) {
   CHECK(rc == 0, "full run: %s", err.msg);
   if (rc)
     return;
-  td_train_hooks h = {.user = &full, .on_step = r_step, .on_epoch = r_epoch,
-                      .at_boundary = r_boundary};
+  td_train_hooks h = {
+      .user = &full, .on_step = r_step, .on_epoch = r_epoch, .at_boundary = r_boundary};
   rc = td_trainer_run(&t, &h, NULL, &err);
   CHECK(rc == 0 && full.steps_run == RESUME_STEPS && full.saved == 2,
         "full run: rc %d, %lld steps, %d checkpoints: %s", rc, (long long)full.steps_run,
@@ -280,8 +279,8 @@ static void check_resume(const char *root) {
     h = (td_train_hooks){.user = &part, .on_step = r_step, .should_stop = r_stop};
     rc = td_trainer_run(&t, &h, NULL, &err);
     CHECK(rc == TD_ECANCELLED && t.st.step == 77 && t.epoch == 3 && t.step_in_epoch == 13,
-          "stopped run: rc %d at step %lld, position epoch %u step %u", rc,
-          (long long)t.st.step, t.epoch, t.step_in_epoch);
+          "stopped run: rc %d at step %lld, position epoch %u step %u", rc, (long long)t.st.step,
+          t.epoch, t.step_in_epoch);
     ckpt_path(&part, 77, path, sizeof path);
     snprintf(part.dir, sizeof part.dir, "%s", root);
     ckpt_path(&part, 77, path, sizeof path);
@@ -350,7 +349,8 @@ static const char *dp_fmt =
     "    - dense: {features: 3, kernel_init: HE_NORMAL}\n"
     "  loss: SOFTMAX_CROSS_ENTROPY\n"
     "optimizer:\n"
-    "  chain: [{clip_by_global_norm: {max_norm: 1.0}}, {adamw: {learning_rate: {constant: 0.01}}}]\n"
+    "  chain: [{clip_by_global_norm: {max_norm: 1.0}}, {adamw: {learning_rate: {constant: "
+    "0.01}}}]\n"
     "dataset: {idx: {dir: syn, train_images: train-img, train_labels: train-lab,\n"
     "                test_images: test-img, test_labels: test-lab}}\n"
     "training: {epochs: 10, batch_size: %u, seed: 3, max_steps: %u}\n"
@@ -423,8 +423,7 @@ static void check_data_parallel(void) {
   size_t np = 0;
   td_epoch_point l1;
   int rc = dp_run(1, DP_BATCH, &one, &p1, &np, &l1, &err);
-  CHECK(rc == 0 && one.steps == DP_STEPS, "1 device: rc %d, %d steps: %s", rc, one.steps,
-        err.msg);
+  CHECK(rc == 0 && one.steps == DP_STEPS, "1 device: rc %d, %d steps: %s", rc, one.steps, err.msg);
   for (unsigned d = 2; d <= 4; d++) {
     dp_rec many;
     memset(&many, 0, sizeof many);
@@ -432,8 +431,8 @@ static void check_data_parallel(void) {
     size_t npd = 0;
     td_epoch_point ld;
     rc = dp_run(d, DP_BATCH, &many, &pd, &npd, &ld, &err);
-    CHECK(rc == 0 && many.steps == DP_STEPS, "%u devices: rc %d, %d steps: %s", d, rc,
-          many.steps, err.msg);
+    CHECK(rc == 0 && many.steps == DP_STEPS, "%u devices: rc %d, %d steps: %s", d, rc, many.steps,
+          err.msg);
     if (rc || !p1)
       continue;
     CHECK(many.drift == 0, "%u devices: replicas differed after %d of %d steps", d, many.drift,
@@ -451,14 +450,14 @@ static void check_data_parallel(void) {
       den += (double)p1[i] * p1[i];
     }
     double perr = sqrt(num / den);
-    CHECK(npd == np && perr < 1e-5, "%u devices: parameters after %d steps differ by %.3g (rel)",
-          d, DP_STEPS, perr);
+    CHECK(npd == np && perr < 1e-5, "%u devices: parameters after %d steps differ by %.3g (rel)", d,
+          DP_STEPS, perr);
     CHECK(td_relerr(ld.test_loss, l1.test_loss, 1e-6) < 1e-5 &&
               td_relerr(ld.test_accuracy, l1.test_accuracy, 1e-6) < 1e-5,
           "%u devices: sharded evaluation %.9g/%.9g, 1 device %.9g/%.9g", d, ld.test_loss,
           ld.test_accuracy, l1.test_loss, l1.test_accuracy);
-    printf("%u devices: loss rel err %.2g, params rel err %.2g after %d steps\n", d, worst,
-           perr, DP_STEPS);
+    printf("%u devices: loss rel err %.2g, params rel err %.2g after %d steps\n", d, worst, perr,
+           DP_STEPS);
     free(pd);
   }
   free(p1);

@@ -14,7 +14,7 @@
 #include "pbjson.h"
 #include "traind/v1/job.pb-c.h"
 
-#define CHECK_STR(got, want)                                                  \
+#define CHECK_STR(got, want) \
   CHECK(strcmp((got), (want)) == 0, "got \"%s\", want \"%s\"", (got), (want))
 
 /* Captures what a function writes to a FILE*. */
@@ -362,8 +362,8 @@ static void check_yaml_roundtrip(const ProtobufCMessage *m) {
     uint8_t *b1 = malloc(n1 + 1), *b2 = malloc(n2 + 1);
     protobuf_c_message_pack(m, b1);
     protobuf_c_message_pack(back, b2);
-    CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "%s differs after YAML:\n%s",
-          m->descriptor->name, yaml);
+    CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "%s differs after YAML:\n%s", m->descriptor->name,
+          yaml);
     free(b1);
     free(b2);
     protobuf_c_message_free_unpacked(back, NULL);
@@ -406,8 +406,8 @@ static void test_yaml(void) {
 }
 
 /* A WatchMetricsResponse for steps first..last of a 3 x 10-step job. */
-static Traind__V1__WatchMetricsResponse *watch_msg(Traind__V1__Job *job, points *p,
-                                                   int64_t first, int64_t last) {
+static Traind__V1__WatchMetricsResponse *watch_msg(Traind__V1__Job *job, points *p, int64_t first,
+                                                   int64_t last) {
   static Traind__V1__WatchMetricsResponse m;
   traind__v1__watch_metrics_response__init(&m);
   *p = make_points(first, last, 10);
@@ -515,8 +515,7 @@ static void test_follow_tty(void) {
   CHECK_STR_CONTAINS(rendered,
                      "\u2502  16.7%  step 5/30  epoch 1/3  loss 0.2000  45.0k ex/s  ETA 0:50\n");
   /* log(1/s) for s = 1..5, scaled over [log 0.2, 0]: levels 7, 4, 2, 1, 0. */
-  CHECK_STR_CONTAINS(rendered,
-                     "loss (log) \u2588\u2585\u2583\u2582\u2581  min 0.2000  max 1.0000");
+  CHECK_STR_CONTAINS(rendered, "loss (log) \u2588\u2585\u2583\u2582\u2581  min 0.2000  max 1.0000");
 
   /* Within 0.1 s of the last redraw nothing is drawn; after it, it is. */
   size_t before = 0;

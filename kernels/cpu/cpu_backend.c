@@ -47,9 +47,9 @@ static int cpu_copy(td_backend *be, float *dst, const float *src, size_t n) {
   return cpu_memcpy(be, dst, src, n * sizeof *dst);
 }
 
-static int cpu_gather(td_backend *be, const float *src, const int32_t *src_labels,
-                      size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
-                      float *dst, int32_t *dst_labels) {
+static int cpu_gather(td_backend *be, const float *src, const int32_t *src_labels, size_t dim,
+                      const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
+                      int32_t *dst_labels) {
   (void)be;
   if (off)
     idx += *off;
@@ -60,13 +60,12 @@ static int cpu_gather(td_backend *be, const float *src, const int32_t *src_label
   return TD_OK;
 }
 
-static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n,
-                    int k, float alpha, const float *a, int lda, const float *b,
-                    int ldb, float beta, float *c, int ldc) {
+static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                    const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                    int ldc) {
   (void)be;
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b,
-              ldb, beta, c, ldc);
+              trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   return TD_OK;
 }
 
@@ -82,13 +81,10 @@ static inline float gelu_tanh(float x) {
 static inline float gelu_tanh_grad(float x) {
   float x2 = x * x;
   float t = tanhf(GELU_C * (x + GELU_A * x2 * x));
-  return 0.5f * (1.0f + t) +
-         0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * x2);
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * x2);
 }
 
-static inline float gelu_erf(float x) {
-  return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-}
+static inline float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 static inline float gelu_erf_grad(float x) {
   float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
@@ -96,8 +92,8 @@ static inline float gelu_erf_grad(float x) {
   return cdf + x * pdf;
 }
 
-static int cpu_bias_act_fwd(td_backend *be, td_act act, int rows, int cols,
-                            const float *bias, float *z, float *y) {
+static int cpu_bias_act_fwd(td_backend *be, td_act act, int rows, int cols, const float *bias,
+                            float *z, float *y) {
   (void)be;
   for (int r = 0; r < rows; r++) {
     float *zr = z + (size_t)r * cols, *yr = y + (size_t)r * cols;
@@ -134,9 +130,8 @@ static int cpu_bias_act_fwd(td_backend *be, td_act act, int rows, int cols,
   return TD_OK;
 }
 
-static int cpu_bias_act_bwd(td_backend *be, td_act act, int rows, int cols,
-                            const float *z, const float *y, const float *dy,
-                            float *dz, float *dbias) {
+static int cpu_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, const float *z,
+                            const float *y, const float *dy, float *dz, float *dbias) {
   (void)be;
   if (dbias)
     memset(dbias, 0, (size_t)cols * sizeof *dbias);
@@ -185,9 +180,8 @@ static int argmax_row(const float *x, int cols) {
   return best;
 }
 
-static int cpu_softmax_xent(td_backend *be, int rows, int cols,
-                            const float *logits, const int32_t *labels,
-                            float grad_scale, float *dlogits, float *out) {
+static int cpu_softmax_xent(td_backend *be, int rows, int cols, const float *logits,
+                            const int32_t *labels, float grad_scale, float *dlogits, float *out) {
   (void)be;
   double loss = 0.0;
   int correct = 0;
@@ -216,9 +210,8 @@ static int cpu_softmax_xent(td_backend *be, int rows, int cols,
   return TD_OK;
 }
 
-static int cpu_mse_onehot(td_backend *be, int rows, int cols, const float *y,
-                          const int32_t *labels, float grad_scale, float *dy,
-                          float *out) {
+static int cpu_mse_onehot(td_backend *be, int rows, int cols, const float *y, const int32_t *labels,
+                          float grad_scale, float *dy, float *out) {
   (void)be;
   double loss = 0.0;
   int correct = 0;
@@ -258,8 +251,7 @@ static int cpu_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
   return TD_OK;
 }
 
-static int cpu_mul(td_backend *be, size_t n, const float *a, const float *b,
-                   float *out) {
+static int cpu_mul(td_backend *be, size_t n, const float *a, const float *b, float *out) {
   (void)be;
   for (size_t i = 0; i < n; i++)
     out[i] = a[i] * b[i];
@@ -290,21 +282,20 @@ static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
 
 /* The loop body is specialised on kind and apply so that each variant
  * vectorizes without branches inside. */
-#define OPT_LOOP(KIND_EXPR, APPLY)                                            \
-  for (size_t i = 0; i < n; i++) {                                            \
-    float v = in_scale * g[i];                                                \
-    KIND_EXPR;                                                                \
-    v = out_scale * (mid_scale * v + wd * p[i]);                              \
-    if (APPLY)                                                                \
-      p[i] += v;                                                              \
-    else                                                                      \
-      g[i] = v;                                                               \
+#define OPT_LOOP(KIND_EXPR, APPLY)               \
+  for (size_t i = 0; i < n; i++) {               \
+    float v = in_scale * g[i];                   \
+    KIND_EXPR;                                   \
+    v = out_scale * (mid_scale * v + wd * p[i]); \
+    if (APPLY)                                   \
+      p[i] += v;                                 \
+    else                                         \
+      g[i] = v;                                  \
   }
 
 static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scalars *sc,
-                        const float *norm_sq, const float *guard, size_t n,
-                        float *restrict p, float *restrict g, float *restrict s1,
-                        float *restrict s2) {
+                        const float *norm_sq, const float *guard, size_t n, float *restrict p,
+                        float *restrict g, float *restrict s1, float *restrict s2) {
   (void)be;
   if (guard && !td_opt_guard_ok(*guard))
     return TD_OK;
@@ -312,12 +303,12 @@ static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scala
               mid_scale = sc->mid_scale, wd = a->wd, out_scale = sc->out_scale;
   const float b1 = a->b1, b2 = a->b2, eps = a->eps, eps_root = a->eps_root;
   const float bc1 = sc->bc1, bc2 = sc->bc2, mom = a->momentum;
-#define ADAM_STEP                                                             \
-  s1[i] = (1.0f - b1) * v + b1 * s1[i];                                       \
-  s2[i] = (1.0f - b2) * (v * v) + b2 * s2[i];                                 \
+#define ADAM_STEP                             \
+  s1[i] = (1.0f - b1) * v + b1 * s1[i];       \
+  s2[i] = (1.0f - b2) * (v * v) + b2 * s2[i]; \
   v = (s1[i] / bc1) / (sqrtf(s2[i] / bc2 + eps_root) + eps)
-#define TRACE_STEP                                                            \
-  s1[i] = v + mom * s1[i];                                                    \
+#define TRACE_STEP         \
+  s1[i] = v + mom * s1[i]; \
   v = a->nesterov ? v + mom * s1[i] : s1[i]
   switch (a->kind) {
   case TD_OPT_ADAM:
@@ -347,8 +338,8 @@ static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scala
   return TD_OK;
 }
 
-static int cpu_step_begin(td_backend *be, const void *table, size_t rec_bytes,
-                          uint32_t *counter, void *cur) {
+static int cpu_step_begin(td_backend *be, const void *table, size_t rec_bytes, uint32_t *counter,
+                          void *cur) {
   (void)be;
   memcpy(cur, (const char *)table + (size_t)*counter * rec_bytes, rec_bytes);
   ++*counter;

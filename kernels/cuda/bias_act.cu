@@ -37,8 +37,7 @@ __device__ __forceinline__ float gelu_erf_grad(float x) {
   return cdf + x * pdf;
 }
 
-template <int ACT>
-__device__ __forceinline__ float act_fwd(float z) {
+template <int ACT> __device__ __forceinline__ float act_fwd(float z) {
   switch (ACT) {
   case TD_ACT_RELU:
     return z > 0.0f ? z : 0.0f;
@@ -110,9 +109,9 @@ __global__ void act_bwd_kernel(size_t total, const float *z, const float *y, con
     dz[i] = act_bwd<ACT>(z, y, i, dy[i]);
 }
 
-constexpr int kColTile = 32;      /* columns per block (one warp wide) */
-constexpr int kRowLanes = 8;      /* rows a block works on at once */
-constexpr int kRowsPerBand = 64;  /* rows per band of the first pass */
+constexpr int kColTile = 32;     /* columns per block (one warp wide) */
+constexpr int kRowLanes = 8;     /* rows a block works on at once */
+constexpr int kRowsPerBand = 64; /* rows per band of the first pass */
 constexpr int kMaxBands = 256;
 
 static int bands_for(int rows) {
@@ -189,8 +188,7 @@ static int bwd(cudaStream_t stream, int rows, int cols, const float *z, const fl
   int rc = launch_check("act_bwd_cols_kernel", err);
   if (rc || bands == 1)
     return rc;
-  colsum_kernel<<<grid_for((size_t)cols, kBlock), kBlock, 0, stream>>>(bands, cols, partial,
-                                                                        dbias);
+  colsum_kernel<<<grid_for((size_t)cols, kBlock), kBlock, 0, stream>>>(bands, cols, partial, dbias);
   return launch_check("colsum_kernel", err);
 }
 

@@ -37,8 +37,7 @@ static inline int launch_check(const char *kernel, td_error *err) {
  * size: warp butterflies, then warp 0 over the warps' sums. Every thread
  * must call it (blockDim.x a multiple of 32); the result is valid in thread
  * 0. `shared` holds one T per warp and may be reused by the next call. */
-template <typename T>
-__device__ inline T block_sum(T v, T *shared) {
+template <typename T> __device__ inline T block_sum(T v, T *shared) {
   const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
   __syncthreads(); /* a previous call's readers are done with shared */
   for (int o = 16; o > 0; o >>= 1)
@@ -61,8 +60,7 @@ __device__ __forceinline__ uint32_t rotl32(uint32_t x, unsigned d) {
 
 /* Random123's threefry2x32 with 20 rounds (base/prng.c), unrolled: the
  * dropout masks and the shuffle's sort keys. */
-__device__ __forceinline__ void threefry2x32(uint32_t k0, uint32_t k1, uint32_t &x0,
-                                             uint32_t &x1) {
+__device__ __forceinline__ void threefry2x32(uint32_t k0, uint32_t k1, uint32_t &x0, uint32_t &x1) {
   const uint32_t ks[3] = {k0, k1, 0x1BD11BDAu ^ k0 ^ k1};
   const unsigned rot[8] = {13, 15, 26, 6, 17, 29, 16, 24};
   x0 += ks[0];

@@ -43,14 +43,14 @@ static int cuda_fail(cuda_ctx *c, const char *call, cudaError_t e) {
   /* Reported here, so cleared for the next launch check (a no-op after a
    * fault, which every later call reports again). */
   cudaGetLastError();
-  td_errorf(&c->last, e == cudaErrorMemoryAllocation ? TD_ENOMEM : TD_EBACKEND, "%s: %s",
-            call, cudaGetErrorString(e));
+  td_errorf(&c->last, e == cudaErrorMemoryAllocation ? TD_ENOMEM : TD_EBACKEND, "%s: %s", call,
+            cudaGetErrorString(e));
   return failed(c, c->last.code);
 }
 
 static int blas_fail(cuda_ctx *c, const char *call, cublasStatus_t s) {
-  td_errorf(&c->last, s == CUBLAS_STATUS_ALLOC_FAILED ? TD_ENOMEM : TD_EBACKEND, "%s: %s",
-            call, cublasGetStatusString(s));
+  td_errorf(&c->last, s == CUBLAS_STATUS_ALLOC_FAILED ? TD_ENOMEM : TD_EBACKEND, "%s: %s", call,
+            cublasGetStatusString(s));
   return failed(c, c->last.code);
 }
 
@@ -69,11 +69,11 @@ static int enter(cuda_ctx *c) {
   return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaSetDevice", e);
 }
 
-#define ENTER(c)                                                              \
-  do {                                                                        \
-    int rc_ = enter(c);                                                       \
-    if (rc_)                                                                  \
-      return rc_;                                                             \
+#define ENTER(c)        \
+  do {                  \
+    int rc_ = enter(c); \
+    if (rc_)            \
+      return rc_;       \
   } while (0)
 
 static int sync_stream(cuda_ctx *c) {
@@ -190,45 +190,44 @@ static int cuda_copy(td_backend *be, float *dst, const float *src, size_t n) {
   if (!n || dst == src)
     return TD_OK;
   ENTER(c);
-  cudaError_t e =
-      cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToDevice, c->stream);
+  cudaError_t e = cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToDevice, c->stream);
   return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaMemcpyAsync (copy)", e);
 }
 
 /* -------------------------------------------------------------- compute */
 
-static int cuda_gather(td_backend *be, const float *src, const int32_t *src_labels,
-                       size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
-                       float *dst, int32_t *dst_labels) {
+static int cuda_gather(td_backend *be, const float *src, const int32_t *src_labels, size_t dim,
+                       const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
+                       int32_t *dst_labels) {
   cuda_ctx *c = be->ctx;
   if (!count)
     return TD_OK;
   ENTER(c);
-  return failed(c, td_cuda_gather(c->stream, src, src_labels, dim, idx, off, count, dst,
-                                  dst_labels, &c->last));
+  return failed(c, td_cuda_gather(c->stream, src, src_labels, dim, idx, off, count, dst, dst_labels,
+                                  &c->last));
 }
 
 /* Row-major C = A B is column-major C^T = B^T A^T: the operands swap and
  * the row-major leading dimensions serve as they are. */
-static int cuda_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int k,
-                     float alpha, const float *a, int lda, const float *b, int ldb,
-                     float beta, float *cm, int ldc) {
+static int cuda_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                     const float *a, int lda, const float *b, int ldb, float beta, float *cm,
+                     int ldc) {
   cuda_ctx *c = be->ctx;
   if (m < 0 || n < 0 || k < 0)
     return invalid(c, "gemm", "negative dimension");
   if (!m || !n)
     return TD_OK;
   ENTER(c);
-  cublasStatus_t s = cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                 trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb,
-                                 a, lda, &beta, cm, ldc);
+  cublasStatus_t s =
+      cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                  n, m, k, &alpha, b, ldb, a, lda, &beta, cm, ldc);
   return s == CUBLAS_STATUS_SUCCESS ? TD_OK : blas_fail(c, "cublasSgemm", s);
 }
 
 static int valid_act(td_act act) { return act >= TD_ACT_NONE && act <= TD_ACT_SIGMOID; }
 
-static int cuda_bias_act_fwd(td_backend *be, td_act act, int rows, int cols,
-                             const float *bias, float *z, float *y) {
+static int cuda_bias_act_fwd(td_backend *be, td_act act, int rows, int cols, const float *bias,
+                             float *z, float *y) {
   cuda_ctx *c = be->ctx;
   if (rows < 0 || cols < 0)
     return invalid(c, "bias_act_fwd", "negative dimension");
@@ -253,8 +252,8 @@ static int cuda_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, con
     if (rc)
       return rc;
   }
-  return failed(c, td_cuda_bias_act_bwd(c->stream, act, rows, cols, z, y, dy, dz, dbias, s,
-                                        &c->last));
+  return failed(c,
+                td_cuda_bias_act_bwd(c->stream, act, rows, cols, z, y, dy, dz, dbias, s, &c->last));
 }
 
 static int loss_args(cuda_ctx *c, const char *op, int rows, int cols, void **s) {
@@ -265,15 +264,14 @@ static int loss_args(cuda_ctx *c, const char *op, int rows, int cols, void **s) 
 }
 
 static int cuda_softmax_xent(td_backend *be, int rows, int cols, const float *logits,
-                             const int32_t *labels, float grad_scale, float *dlogits,
-                             float *out) {
+                             const int32_t *labels, float grad_scale, float *dlogits, float *out) {
   cuda_ctx *c = be->ctx;
   void *s = NULL;
   int rc = loss_args(c, "softmax_xent", rows, cols, &s);
   if (rc)
     return rc;
-  return failed(c, td_cuda_softmax_xent(c->stream, rows, cols, logits, labels, grad_scale,
-                                        dlogits, out, s, &c->last));
+  return failed(c, td_cuda_softmax_xent(c->stream, rows, cols, logits, labels, grad_scale, dlogits,
+                                        out, s, &c->last));
 }
 
 static int cuda_mse_onehot(td_backend *be, int rows, int cols, const float *y,
@@ -283,8 +281,8 @@ static int cuda_mse_onehot(td_backend *be, int rows, int cols, const float *y,
   int rc = loss_args(c, "mse_onehot", rows, cols, &s);
   if (rc)
     return rc;
-  return failed(c, td_cuda_mse_onehot(c->stream, rows, cols, y, labels, grad_scale, dy, out, s,
-                                      &c->last));
+  return failed(
+      c, td_cuda_mse_onehot(c->stream, rows, cols, y, labels, grad_scale, dy, out, s, &c->last));
 }
 
 static int cuda_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
@@ -315,18 +313,18 @@ static int cuda_sumsq(td_backend *be, size_t n, const float *x, float *out) {
 }
 
 static int cuda_opt_pass(td_backend *be, const td_opt_pass *pass, const td_opt_scalars *sc,
-                         const float *norm_sq, const float *guard, size_t n, float *p,
-                         float *g, float *s1, float *s2) {
+                         const float *norm_sq, const float *guard, size_t n, float *p, float *g,
+                         float *s1, float *s2) {
   cuda_ctx *c = be->ctx;
   if (!n)
     return TD_OK;
   ENTER(c);
-  return failed(c, td_cuda_opt_pass(c->stream, pass, sc, norm_sq, guard, n, p, g, s1, s2,
-                                    &c->last));
+  return failed(c,
+                td_cuda_opt_pass(c->stream, pass, sc, norm_sq, guard, n, p, g, s1, s2, &c->last));
 }
 
-static int cuda_step_begin(td_backend *be, const void *table, size_t rec_bytes,
-                           uint32_t *counter, void *cur) {
+static int cuda_step_begin(td_backend *be, const void *table, size_t rec_bytes, uint32_t *counter,
+                           void *cur) {
   cuda_ctx *c = be->ctx;
   ENTER(c);
   return failed(c, td_cuda_step_begin(c->stream, table, rec_bytes, counter, cur, &c->last));
@@ -350,8 +348,8 @@ static int cuda_shuffle(td_backend *be, uint32_t n, int rounds, const uint32_t *
   int rc = scratch(c, need, &s);
   if (rc)
     return rc;
-  return failed(c, td_cuda_shuffle(c->stream, n, rounds, round_keys, order, s,
-                                   c->scratch_bytes, &c->last));
+  return failed(
+      c, td_cuda_shuffle(c->stream, n, rounds, round_keys, order, s, c->scratch_bytes, &c->last));
 }
 
 /* ---------------------------------------------------------------- graphs */
@@ -499,8 +497,7 @@ int td_cuda_backend_create(td_backend **out, int device, td_error *err) {
   if (rc)
     return rc;
   if (device < 0 || device >= count)
-    return td_errorf(err, TD_EINVAL, "GPU %d does not exist (this machine has %d)", device,
-                     count);
+    return td_errorf(err, TD_EINVAL, "GPU %d does not exist (this machine has %d)", device, count);
   td_backend *be = calloc(1, sizeof *be);
   cuda_ctx *c = calloc(1, sizeof *c);
   if (!be || !c) {
@@ -558,9 +555,7 @@ void *td_cuda_backend_stream(td_backend *be) { return ((cuda_ctx *)be->ctx)->str
 
 int td_cuda_backend_device(td_backend *be) { return ((cuda_ctx *)be->ctx)->device; }
 
-const char *td_cuda_backend_last_error(td_backend *be) {
-  return ((cuda_ctx *)be->ctx)->last.msg;
-}
+const char *td_cuda_backend_last_error(td_backend *be) { return ((cuda_ctx *)be->ctx)->last.msg; }
 
 int td_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes, td_error *err) {
   *free_bytes = *total_bytes = 0;
@@ -569,8 +564,7 @@ int td_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes, td_err
   if (rc)
     return rc;
   if (device < 0 || device >= count)
-    return td_errorf(err, TD_EINVAL, "GPU %d does not exist (this machine has %d)", device,
-                     count);
+    return td_errorf(err, TD_EINVAL, "GPU %d does not exist (this machine has %d)", device, count);
   int prev = -1;
   int have_prev = cudaGetDevice(&prev) == cudaSuccess;
   cudaError_t e = cudaSetDevice(device);

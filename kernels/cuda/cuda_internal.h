@@ -28,13 +28,13 @@ int td_cuda_mul(cudaStream_t stream, size_t n, const float *a, const float *b, f
 
 /* gather.cu: dst (count, dim) = rows idx[*off + i] of src (off may be
  * NULL: 0), labels likewise; idx and off are device memory. */
-int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels,
-                   size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
-                   float *dst, int32_t *dst_labels, td_error *err);
+int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels, size_t dim,
+                   const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
+                   int32_t *dst_labels, td_error *err);
 
 /* step.cu: backend.h's step_begin and record. */
-int td_cuda_step_begin(cudaStream_t stream, const void *table, size_t rec_bytes,
-                       uint32_t *counter, void *cur, td_error *err);
+int td_cuda_step_begin(cudaStream_t stream, const void *table, size_t rec_bytes, uint32_t *counter,
+                       void *cur, td_error *err);
 int td_cuda_record(cudaStream_t stream, const uint32_t *slot, const float *src, size_t n,
                    float *dst, td_error *err);
 
@@ -47,12 +47,12 @@ int td_cuda_shuffle(cudaStream_t stream, uint32_t n, int rounds, const uint32_t 
 
 /* bias_act.cu: backend.h's bias_act_fwd and bias_act_bwd. The column sums
  * of the backward pass are two fixed-order passes through scratch. */
-int td_cuda_bias_act_fwd(cudaStream_t stream, td_act act, int rows, int cols,
-                         const float *bias, float *z, float *y, td_error *err);
+int td_cuda_bias_act_fwd(cudaStream_t stream, td_act act, int rows, int cols, const float *bias,
+                         float *z, float *y, td_error *err);
 size_t td_cuda_bias_act_bwd_scratch(int rows, int cols);
 int td_cuda_bias_act_bwd(cudaStream_t stream, td_act act, int rows, int cols, const float *z,
-                         const float *y, const float *dy, float *dz, float *dbias,
-                         void *scratch, td_error *err);
+                         const float *y, const float *dy, float *dz, float *dbias, void *scratch,
+                         td_error *err);
 
 /* xent.cu: the losses against integer labels. Per-row values go to
  * scratch, then one block sums them in a fixed order into out[0..1]. */
@@ -66,8 +66,7 @@ int td_cuda_mse_onehot(cudaStream_t stream, int rows, int cols, const float *y,
 
 /* dropout.cu: the counter-based threefry2x32 mask of backend.h. */
 int td_cuda_dropout_fwd(cudaStream_t stream, size_t n, uint64_t first, float rate,
-                        const uint32_t *key, const float *x, float *mask, float *y,
-                        td_error *err);
+                        const uint32_t *key, const float *x, float *mask, float *y, td_error *err);
 
 /* reduce.cu: out[0] = sum of x^2 in double, per-block partials then one
  * block, stored as float. */

@@ -38,7 +38,7 @@ extern "C" int td_cuda_dropout_fwd(cudaStream_t stream, size_t n, uint64_t first
   if (n == 0)
     return TD_OK;
   const float keep = 1.0f - rate, scale = 1.0f / keep;
-  dropout_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, first, keep, scale, key, x,
-                                                             mask, y);
+  dropout_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, first, keep, scale, key, x, mask,
+                                                             y);
   return launch_check("dropout_kernel", err);
 }

@@ -22,8 +22,7 @@ __global__ void mul_kernel(size_t n, const float *a, const float *b, float *out)
 
 using namespace td_cuda;
 
-extern "C" int td_cuda_fill(cudaStream_t stream, float *x, size_t n, float value,
-                            td_error *err) {
+extern "C" int td_cuda_fill(cudaStream_t stream, float *x, size_t n, float value, td_error *err) {
   if (n == 0)
     return TD_OK;
   fill_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(x, n, value);

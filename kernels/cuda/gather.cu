@@ -37,18 +37,18 @@ __global__ void gather_kernel(const float *__restrict__ src, const int32_t *__re
 using namespace td_cuda;
 
 extern "C" int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels,
-                              size_t dim, const uint32_t *idx, const uint32_t *off,
-                              size_t count, float *dst, int32_t *dst_labels, td_error *err) {
+                              size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
+                              float *dst, int32_t *dst_labels, td_error *err) {
   if (count == 0)
     return TD_OK;
   const bool vec4 = dim % 4 == 0 && (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0;
   const unsigned blocks = grid_for(count, 1);
   const int threads = dim >= 512 ? 256 : 128;
   if (vec4)
-    gather_kernel<true><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst,
-                                                        dst_labels);
+    gather_kernel<true>
+        <<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst, dst_labels);
   else
-    gather_kernel<false><<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst,
-                                                         dst_labels);
+    gather_kernel<false>
+        <<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst, dst_labels);
   return launch_check("gather_kernel", err);
 }

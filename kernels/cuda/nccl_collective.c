@@ -6,11 +6,11 @@
 #include <stdlib.h>
 
 typedef struct nccl_ctx {
-  ncclComm_t *comms;       /* (size) */
-  cudaStream_t *streams;   /* (size) */
-  int own_streams;         /* created here (else the callers') */
-  int *gpus;               /* (size) */
-  float **scratch;         /* (size) one float per rank, for barrier() */
+  ncclComm_t *comms;     /* (size) */
+  cudaStream_t *streams; /* (size) */
+  int own_streams;       /* created here (else the callers') */
+  int *gpus;             /* (size) */
+  float **scratch;       /* (size) one float per rank, for barrier() */
 } nccl_ctx;
 
 static int nccl_fail(ncclResult_t r) { return r == ncclSuccess ? TD_OK : TD_EBACKEND; }
@@ -31,8 +31,7 @@ static int nccl_broadcast(td_comm *c, int rank, float *buf, size_t n, int root) 
   nccl_ctx *x = c->ctx;
   if (cudaSetDevice(x->gpus[rank]) != cudaSuccess)
     return TD_EBACKEND;
-  return nccl_fail(ncclBroadcast(buf, buf, n, ncclFloat, root, x->comms[rank],
-                                 x->streams[rank]));
+  return nccl_fail(ncclBroadcast(buf, buf, n, ncclFloat, root, x->comms[rank], x->streams[rank]));
 }
 
 static int nccl_barrier(td_comm *c, int rank) {
@@ -120,8 +119,8 @@ int td_comm_nccl_create(td_comm **out, int size, const int *gpus, void *const *s
         (!streams &&
          (ce = cudaStreamCreateWithFlags(&x->streams[r], cudaStreamNonBlocking)) != cudaSuccess) ||
         (ce = cudaMalloc((void **)&x->scratch[r], sizeof(float))) != cudaSuccess)
-      rc = td_errorf(err, TD_EBACKEND, "GPU %d: setting up the communicator's stream: %s",
-                     gpus[r], cudaGetErrorString(ce));
+      rc = td_errorf(err, TD_EBACKEND, "GPU %d: setting up the communicator's stream: %s", gpus[r],
+                     cudaGetErrorString(ce));
   }
   if (rc) {
     free_ctx(x, size);
@@ -135,6 +134,4 @@ int td_comm_nccl_create(td_comm **out, int size, const int *gpus, void *const *s
   return TD_OK;
 }
 
-void *td_comm_nccl_stream(td_comm *c, int rank) {
-  return ((nccl_ctx *)c->ctx)->streams[rank];
-}
+void *td_comm_nccl_stream(td_comm *c, int rank) { return ((nccl_ctx *)c->ctx)->streams[rank]; }

@@ -12,9 +12,8 @@ namespace td_cuda {
 
 template <int KIND, bool APPLY, bool NESTEROV>
 __global__ void opt_pass_kernel(td_opt_pass a, const td_opt_scalars *__restrict__ sc,
-                                const float *__restrict__ norm_sq,
-                                const float *__restrict__ guard, size_t n,
-                                float *__restrict__ p, float *__restrict__ g,
+                                const float *__restrict__ norm_sq, const float *__restrict__ guard,
+                                size_t n, float *__restrict__ p, float *__restrict__ g,
                                 float *__restrict__ s1, float *__restrict__ s2) {
   if (guard && !td_opt_guard_ok(*guard))
     return;
@@ -60,10 +59,9 @@ static void launch(cudaStream_t stream, const td_opt_pass &a, const td_opt_scala
 
 using namespace td_cuda;
 
-extern "C" int td_cuda_opt_pass(cudaStream_t stream, const td_opt_pass *a,
-                                const td_opt_scalars *sc, const float *norm_sq,
-                                const float *guard, size_t n, float *p, float *g, float *s1,
-                                float *s2, td_error *err) {
+extern "C" int td_cuda_opt_pass(cudaStream_t stream, const td_opt_pass *a, const td_opt_scalars *sc,
+                                const float *norm_sq, const float *guard, size_t n, float *p,
+                                float *g, float *s1, float *s2, td_error *err) {
   if (n == 0)
     return TD_OK;
   if (a->clip && !norm_sq)

@@ -30,10 +30,9 @@ static size_t round_up(size_t b) { return (b + 255) & ~(size_t)255; }
 
 static size_t cub_bytes(uint32_t n) {
   size_t bytes = 0;
-  cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint32_t *>(nullptr),
-                                  static_cast<uint32_t *>(nullptr),
-                                  static_cast<const uint32_t *>(nullptr),
-                                  static_cast<uint32_t *>(nullptr), (int)n);
+  cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const uint32_t *>(nullptr), static_cast<uint32_t *>(nullptr),
+      static_cast<const uint32_t *>(nullptr), static_cast<uint32_t *>(nullptr), (int)n);
   return bytes;
 }
 

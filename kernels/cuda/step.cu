@@ -42,8 +42,8 @@ extern "C" int td_cuda_step_begin(cudaStream_t stream, const void *table, size_t
   return launch_check("step_begin_kernel", err);
 }
 
-extern "C" int td_cuda_record(cudaStream_t stream, const uint32_t *slot, const float *src,
-                              size_t n, float *dst, td_error *err) {
+extern "C" int td_cuda_record(cudaStream_t stream, const uint32_t *slot, const float *src, size_t n,
+                              float *dst, td_error *err) {
   if (n == 0)
     return TD_OK;
   record_kernel<<<1, 32, 0, stream>>>(slot, src, n, dst);

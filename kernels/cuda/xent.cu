@@ -19,8 +19,7 @@ constexpr int kSumThreads = 1024;
 /* The lane's first maximum over its columns, then the warp's: the largest
  * value, ties to the lowest column (the CPU's argmax, which keeps the first
  * maximum). Lanes without a column hold (-inf, INT_MAX). */
-__device__ inline void warp_argmax(const float *x, int cols, int lane, float *best_v,
-                                   int *best_i) {
+__device__ inline void warp_argmax(const float *x, int cols, int lane, float *best_v, int *best_i) {
   float v = -INFINITY;
   int bi = 0x7fffffff;
   if (lane < cols) {
@@ -147,10 +146,9 @@ extern "C" size_t td_cuda_loss_scratch(int rows) {
   return 2 * (size_t)(rows > 0 ? rows : 1) * sizeof(double);
 }
 
-extern "C" int td_cuda_softmax_xent(cudaStream_t stream, int rows, int cols,
-                                    const float *logits, const int32_t *labels,
-                                    float grad_scale, float *dlogits, float *out, void *scratch,
-                                    td_error *err) {
+extern "C" int td_cuda_softmax_xent(cudaStream_t stream, int rows, int cols, const float *logits,
+                                    const int32_t *labels, float grad_scale, float *dlogits,
+                                    float *out, void *scratch, td_error *err) {
   double *row_loss = static_cast<double *>(scratch), *row_hit = row_loss + rows;
   if (rows > 0)
     xent_rows_kernel<<<grid_for((size_t)rows, kRowWarps), kBlock, 0, stream>>>(
@@ -159,8 +157,8 @@ extern "C" int td_cuda_softmax_xent(cudaStream_t stream, int rows, int cols,
 }
 
 extern "C" int td_cuda_mse_onehot(cudaStream_t stream, int rows, int cols, const float *y,
-                                  const int32_t *labels, float grad_scale, float *dy,
-                                  float *out, void *scratch, td_error *err) {
+                                  const int32_t *labels, float grad_scale, float *dy, float *out,
+                                  void *scratch, td_error *err) {
   double *row_loss = static_cast<double *>(scratch), *row_hit = row_loss + rows;
   if (rows > 0)
     mse_rows_kernel<<<grid_for((size_t)rows, kRowWarps), kBlock, 0, stream>>>(

@@ -31,7 +31,8 @@ static inline void td_fuzz_check(int ok, const char *what) {
  * have no JSON form.) */
 static inline void td_fuzz_check_roundtrip(const ProtobufCMessage *m) {
   char *json = pbjson_emit(m, PBJSON_PROTO_NAMES);
-  if (!json) return; /* a Timestamp or Duration outside the mapping's range */
+  if (!json)
+    return; /* a Timestamp or Duration outside the mapping's range */
   ProtobufCMessage *back = NULL;
   td_error err = {0};
   if (pbjson_parse(m->descriptor, json, strlen(json), &back, &err)) {
@@ -59,7 +60,8 @@ static inline void td_fuzz_validate_and_compile(const Traind__V1__JobSpec *spec)
   }
   uint32_t devices = (uint32_t)td_job_device_count(spec);
   uint32_t batch = spec->training->batch_size;
-  if (!devices || batch % devices) return;
+  if (!devices || batch % devices)
+    return;
   td_plan *p = NULL;
   memset(&err, 0, sizeof err);
   if (td_plan_compile(spec->model, spec->optimizer, batch / devices, "fuzz", &p, &err)) {

@@ -31,10 +31,12 @@ static const ProtobufCServiceDescriptor *const services[] = {
 
 static const ProtobufCMethodDescriptor *pick_method(uint8_t b) {
   size_t total = 0;
-  for (size_t i = 0; i < sizeof services / sizeof services[0]; i++) total += services[i]->n_methods;
+  for (size_t i = 0; i < sizeof services / sizeof services[0]; i++)
+    total += services[i]->n_methods;
   size_t k = b % total;
   for (size_t i = 0; i < sizeof services / sizeof services[0]; i++) {
-    if (k < services[i]->n_methods) return &services[i]->methods[k];
+    if (k < services[i]->n_methods)
+      return &services[i]->methods[k];
     k -= services[i]->n_methods;
   }
   return NULL;
@@ -48,7 +50,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (size < 1) return 0;
+  if (size < 1)
+    return 0;
   const ProtobufCMethodDescriptor *m = pick_method(data[0]);
   grpc_slice sl = grpc_slice_from_copied_buffer((const char *)data + 1, size - 1);
   grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
@@ -57,7 +60,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   why[0] = 0;
   ProtobufCMessage *req = td_pbgrpc_unpack(m->input, bb, why, sizeof why);
   grpc_byte_buffer_destroy(bb);
-  if (!req) return 0;
+  if (!req)
+    return 0;
   td_error err = {0};
   if (pbjson_check_utf8(req, NULL, &err)) {
     /* Refused before any handler, as the rpc layer does. */
@@ -68,7 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   td_fuzz_check_roundtrip(req);
   if (m->input == &traind__v1__submit_job_request__descriptor) {
     const Traind__V1__SubmitJobRequest *r = (const void *)req;
-    if (r->spec) td_fuzz_validate_and_compile(r->spec);
+    if (r->spec)
+      td_fuzz_validate_and_compile(r->spec);
   }
   protobuf_c_message_free_unpacked(req, NULL);
   return 0;

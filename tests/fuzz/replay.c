@@ -55,11 +55,13 @@ static int run_dir(const char *dir, size_t *count) {
   size_t n = 0, cap = 0;
   struct dirent *e;
   while ((e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
+    if (e->d_name[0] == '.')
+      continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 64;
       names = realloc(names, cap * sizeof *names);
-      if (!names) abort();
+      if (!names)
+        abort();
     }
     names[n++] = strdup(e->d_name);
   }
@@ -72,7 +74,8 @@ static int run_dir(const char *dir, size_t *count) {
     snprintf(path, sizeof path, "%s/%s", dir, names[i]);
     struct stat st;
     if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-      if (run_file(path)) rc = -1;
+      if (run_file(path))
+        rc = -1;
       (*count)++;
     }
     free(names[i]);
@@ -91,9 +94,11 @@ int main(int argc, char **argv) {
       perror(argv[i]);
       rc = 1;
     } else if (S_ISDIR(st.st_mode)) {
-      if (run_dir(argv[i], &count)) rc = 1;
+      if (run_dir(argv[i], &count))
+        rc = 1;
     } else {
-      if (run_file(argv[i])) rc = 1;
+      if (run_file(argv[i]))
+        rc = 1;
       count++;
     }
   }
