@@ -239,6 +239,9 @@ static void print_summary(const td_trainer *t, const run_report *r, const td_epo
          "\"train_loss\":%.6f,\"train_accuracy\":%.6f,\"devices\":%d",
          steady, steady > 0 ? (double)t->steps_per_epoch * t->batch / steady : 0.0,
          last->train_loss, last->train_accuracy, t->n_rep);
+  printf(",\"arena_bytes\":%zu,\"arena_unplanned_bytes\":%zu,\"step_flops\":%.6g",
+         t->plan->arena_floats * sizeof(float), t->plan->unplanned_floats * sizeof(float),
+         t->plan->flops);
   if (t->allreduce_steps)
     printf(",\"allreduce_ms_per_step\":%.4f", t->allreduce_sec * 1e3 / (double)t->allreduce_steps);
   if (last->evaluated)

@@ -79,11 +79,11 @@ static size_t scratch_need(const td_plan *p, uint32_t train_n) {
   const size_t words = round_up((size_t)train_n * sizeof(uint32_t), 256);
   size_t need = 3 * words + round_up(2 * words + train_n + TD_FOOTPRINT_CUB_SLACK, 256);
   const size_t rows = p->batch;
-  for (size_t i = 0; i < p->n_layers; i++) {
-    const td_layer *L = &p->layers[i];
+  for (size_t i = 0; i < p->n_nodes; i++) {
+    const td_node *L = &p->nodes[i];
     size_t bands = (rows + 63) / 64;
     bands = bands < 1 ? 1 : bands > 256 ? 256 : bands;
-    if (L->kind == TD_LAYER_DENSE && L->b_view != TD_NONE && bands > 1 &&
+    if (L->op == TD_OP_DENSE && L->b_view != TD_NONE && bands > 1 &&
         bands * L->out * sizeof(double) > need)
       need = bands * L->out * sizeof(double);
   }
@@ -196,7 +196,7 @@ static void size_host(td_footprint *f, const td_plan *p, const size_t raw[2], si
   f->host_trainer_bytes =
       (size_t)f->train_n * sizeof(uint32_t) + f->shard * sizeof(uint32_t) + steps * p->rec_bytes +
       (size_t)f->replicas * steps * TD_STEP_METRICS * fl + steps * (sizeof(td_step_point) + fl) +
-      p->n_layers * sizeof(td_layer) + p->n_views * sizeof(td_view);
+      p->n_nodes * sizeof(td_node) + p->n_views * sizeof(td_view);
   /* td_saver_start's snapshot buffer; the spec as JSON in the worker, the
    * saver and the TensorBoard text. */
   f->ckpt_bytes = (np * (1 + p->optim.state_slots) + (np == 0)) * fl + 3 * (json + 16);

@@ -2,6 +2,8 @@
  * the message tree by pbjson_validate. */
 #include "jobspec.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "pbjson.h"
@@ -96,24 +98,69 @@ static const pbjson_rule job_rules[] = {
     MAX("Devices", "count", 4096),
 };
 
+/* The features of layer i's first input (see plan.c's read_layers: named
+ * inputs, else the layer before; "input" the model's), the named layer
+ * found among those before it; -1 when it is none of them (the compile
+ * says why). names[k] is layer k's name (a dense layer's default
+ * "layerN" included). */
+static double input_features(const Traind__V1__Model *m, char (*names)[32], const double *features,
+                             size_t i, double in) {
+  const Traind__V1__Layer *l = m->layers[i];
+  if (l->n_inputs == 0)
+    return i ? features[i - 1] : in;
+  const char *want = l->inputs[0];
+  if (strcmp(want, "input") == 0)
+    return in;
+  for (size_t k = 0; k < i; k++) {
+    const Traind__V1__Layer *o = m->layers[k];
+    const char *name = o->name && *o->name ? o->name : names[k];
+    if (strcmp(name, want) == 0)
+      return features[k];
+  }
+  return -1.0;
+}
+
 /* The model's size against TD_JOB_MAX_*: one pass over the layers,
- * following the features from the input shape (after pbjson_validate, so
- * every layer has its kind). Counted in double: nothing overflows. */
+ * following the features from the input shape through each layer's first
+ * input (after pbjson_validate, so every layer has its kind). A layer
+ * whose input is later in the list or unknown counts the widest features
+ * of any layer (no layer is wider: only dense layers change the width),
+ * so that the figures are never below the model's. Counted in double:
+ * nothing overflows. */
 static int check_model_size(const Traind__V1__JobSpec *spec, td_error *err) {
   const Traind__V1__Model *m = spec->model;
-  double features = 1.0, params = 0.0, weights = 0.0;
+  double in = 1.0, params = 0.0, weights = 0.0, widest = 0.0;
   for (size_t i = 0; i < m->n_input_shape; i++)
-    features *= m->input_shape[i];
+    in *= m->input_shape[i];
+  widest = in;
+  const size_t n = m->n_layers ? m->n_layers : 1;
+  double *features = malloc(n * sizeof *features);
+  char(*names)[32] = calloc(n, sizeof *names);
+  if (!features || !names) {
+    free(features);
+    free(names);
+    return td_errorf(err, TD_ENOMEM, "out of memory");
+  }
+  uint32_t dense = 0;
+  for (size_t i = 0; i < m->n_layers; i++)
+    if (m->layers[i]->kind_case == TRAIND__V1__LAYER__KIND_DENSE)
+      snprintf(names[i], sizeof names[i], "layer%u", ++dense);
   for (size_t i = 0; i < m->n_layers; i++) {
     const Traind__V1__Layer *l = m->layers[i];
-    if (l->kind_case != TRAIND__V1__LAYER__KIND_DENSE)
-      continue;
-    const Traind__V1__Dense *d = l->dense;
-    const double out = d->features;
-    weights += features * out;
-    params += features * out + (!d->use_bias || d->use_bias->value ? out : 0.0);
-    features = out;
+    double f = input_features(m, names, features, i, in);
+    if (f < 0)
+      f = widest;
+    if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE) {
+      const Traind__V1__Dense *d = l->dense;
+      const double out = d->features;
+      weights += f * out;
+      params += f * out + (!d->use_bias || d->use_bias->value ? out : 0.0);
+      f = out;
+    }
+    features[i] = f;
   }
+  free(features);
+  free(names);
   if (params > (double)TD_JOB_MAX_PARAMS)
     return td_errorf(err, TD_EINVAL,
                      "model: %.0f parameters; a model may have at most %llu (2^31, see "

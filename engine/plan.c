@@ -9,28 +9,9 @@
 #include <time.h>
 
 #include "clock.h"
+#include "ops.h"
 
 /* ----------------------------------------------------------- compile */
-
-static int layer_act(const Traind__V1__Layer *l, td_act *act) {
-  switch (l->kind_case) {
-  case TRAIND__V1__LAYER__KIND_RELU:
-    *act = TD_ACT_RELU;
-    return 1;
-  case TRAIND__V1__LAYER__KIND_GELU:
-    *act =
-        (!l->gelu->approximate || l->gelu->approximate->value) ? TD_ACT_GELU_TANH : TD_ACT_GELU_ERF;
-    return 1;
-  case TRAIND__V1__LAYER__KIND_TANH:
-    *act = TD_ACT_TANH;
-    return 1;
-  case TRAIND__V1__LAYER__KIND_SIGMOID:
-    *act = TD_ACT_SIGMOID;
-    return 1;
-  default:
-    return 0;
-  }
-}
 
 /* Builds the signature: the packed model and optimizer messages (protobuf-c
  * packs fields in a fixed order, so equal messages give equal bytes), the
@@ -58,9 +39,9 @@ static uint8_t *make_signature(const Traind__V1__Model *model, const Traind__V1_
   return sig;
 }
 
-/* The names of a plan's views while it compiles: an open-addressing set
- * of view indices (plus one; 0 is empty), at most half full, so that each
- * name is checked against the others in constant time. */
+/* The names of a model's layers while it compiles: an open-addressing set
+ * of node indices (plus one; 0 is empty), at most half full, so that each
+ * name is found in constant time. */
 typedef struct name_set {
   uint32_t *slots;
   size_t mask;
@@ -73,41 +54,21 @@ static uint64_t name_hash(const char *s) {
   return h;
 }
 
-/* Adds view i of p to the set; 0 when a view of that name is in it already. */
-static int name_set_add(name_set *ns, const td_plan *p, size_t i) {
-  const char *name = p->views[i].name;
+/* The node called name, or -1. */
+static int32_t name_find(const name_set *ns, const td_node *nodes, const char *name) {
   for (size_t k = name_hash(name) & ns->mask;; k = (k + 1) & ns->mask) {
-    if (!ns->slots[k]) {
-      ns->slots[k] = (uint32_t)i + 1;
-      return 1;
-    }
-    if (strcmp(p->views[ns->slots[k] - 1].name, name) == 0)
-      return 0;
+    if (!ns->slots[k])
+      return -1;
+    if (strcmp(nodes[ns->slots[k] - 1].name, name) == 0)
+      return (int32_t)ns->slots[k] - 1;
   }
 }
 
-static int add_view(td_plan *p, name_set *names, const char *group, const char *leaf, uint32_t d0,
-                    uint32_t d1, uint32_t ndim, size_t *index, td_error *err) {
-  td_view *v = &p->views[p->n_views];
-  int n = snprintf(v->name, sizeof v->name, "%s/%s", group, leaf);
-  if (n < 0 || (size_t)n >= sizeof v->name)
-    return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)", group,
-                     TD_VIEW_NAME_MAX - 3);
-  if (!name_set_add(names, p, p->n_views))
-    return td_errorf(err, TD_EINVAL,
-                     "model.layers: two layers are both named '%s'; give "
-                     "each dense layer its own name",
-                     group);
-  v->ndim = ndim;
-  v->shape[0] = d0;
-  v->shape[1] = ndim > 1 ? d1 : 0;
-  v->size = (size_t)d0 * (ndim > 1 ? d1 : 1);
-  /* Each tensor starts on a 16-float boundary so that vector loops over
-   * one tensor start aligned. */
-  v->offset = (p->n_params + 15) & ~(size_t)15;
-  p->n_params = v->offset + v->size;
-  *index = p->n_views++;
-  return TD_OK;
+static void name_add(name_set *ns, const td_node *nodes, uint32_t i) {
+  size_t k = name_hash(nodes[i].name) & ns->mask;
+  while (ns->slots[k])
+    k = (k + 1) & ns->mask;
+  ns->slots[k] = i + 1;
 }
 
 static int valid_name(const char *s) {
@@ -120,116 +81,566 @@ static int valid_name(const char *s) {
   return 1;
 }
 
-static int compile_layers(td_plan *p, const Traind__V1__Model *m, name_set *names, td_error *err) {
-  size_t n = m->n_layers;
-  p->layers = calloc(n ? n : 1, sizeof *p->layers);
-  p->views = calloc(2 * (n ? n : 1), sizeof *p->views);
-  /* Two views per layer at most, in a set at most half full. */
-  names->mask = 1;
-  while (names->mask + 1 < 4 * (n ? n : 1))
-    names->mask = names->mask * 2 + 1;
-  names->slots = calloc(names->mask + 1, sizeof *names->slots);
-  if (!p->layers || !p->views || !names->slots)
-    return td_errorf(err, TD_ENOMEM, "compile: out of memory");
+/* The name that refers to the model's input in `inputs`. */
+#define INPUT_NAME "input"
 
-  const size_t B = p->batch;
-  size_t arena = 0;
-#define ARENA(nfloats) \
-  (arena += (((nfloats) + 15) & ~(size_t)15), arena - (((nfloats) + 15) & ~(size_t)15))
-  p->in_off = ARENA(B * p->in_dim);
-  p->labels_off = ARENA(B);
+struct td_compile {
+  td_plan *p;
+  const Traind__V1__Model *m;
+  td_node *nodes; /* one per layer, in the spec's order */
+  size_t n;
+  int *named; /* (n) whether a node's name can be referred to */
+  name_set names;
+  int32_t *order; /* the program: node indices in topological order */
+  size_t n_order;
+};
 
-  uint32_t features = p->in_dim;
-  size_t x = p->in_off, dx = TD_NONE;
-  int dense_count = 0;
-  for (size_t i = 0; i < n; i++) {
-    const Traind__V1__Layer *l = m->layers[i];
-    td_layer *L = &p->layers[p->n_layers];
-    memset(L, 0, sizeof *L);
-    L->spec_index = (uint32_t)i;
-    L->in = features;
-    L->x = x;
-    L->dx = dx;
-    L->w_view = L->b_view = TD_NONE;
-    L->mask = TD_NONE;
-    td_act act;
-    if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE) {
-      const Traind__V1__Dense *d = l->dense;
-      if (d->features == 0)
-        return td_errorf(err, TD_EINVAL, "model.layers[%zu].dense.features: must be > 0", i);
-      dense_count++;
-      char group[TD_VIEW_NAME_MAX];
-      if (l->name && *l->name) {
-        if (!valid_name(l->name))
-          return td_errorf(err, TD_EINVAL,
-                           "model.layers[%zu].name: '%s' may use only letters, "
-                           "digits, '_', '-' and '.'",
-                           i, l->name);
-        if (strlen(l->name) > TD_VIEW_NAME_MAX - 4)
-          return td_errorf(err, TD_EINVAL, "model.layers[%zu].name: longer than %d characters", i,
-                           TD_VIEW_NAME_MAX - 4);
-        snprintf(group, sizeof group, "%.*s", TD_VIEW_NAME_MAX - 4, l->name);
-      } else {
-        snprintf(group, sizeof group, "layer%d", dense_count);
-      }
-      L->kind = TD_LAYER_DENSE;
-      L->out = d->features;
-      L->kernel_init = d->kernel_init ? d->kernel_init : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
-      L->bias_init = d->bias_init ? d->bias_init : TRAIND__V1__INITIALIZER__ZEROS;
-      int rc = add_view(p, names, group, "w", features, d->features, 2, &L->w_view, err);
-      if (!rc && (!d->use_bias || d->use_bias->value))
-        rc = add_view(p, names, group, "b", d->features, 0, 1, &L->b_view, err);
-      if (rc)
-        return rc;
-      /* Fuse the activation that follows, if any. */
-      L->act = TD_ACT_NONE;
-      if (i + 1 < n && layer_act(m->layers[i + 1], &act)) {
-        L->act = act;
-        i++;
-      }
-    } else if (layer_act(l, &act)) {
-      L->kind = TD_LAYER_ACT;
-      L->act = act;
-      L->out = features;
-    } else if (l->kind_case == TRAIND__V1__LAYER__KIND_DROPOUT) {
-      L->kind = TD_LAYER_DROPOUT;
-      L->out = features;
-      L->rate = (float)l->dropout->rate;
-      if (!(l->dropout->rate >= 0.0 && l->dropout->rate < 1.0))
-        return td_errorf(err, TD_EINVAL,
-                         "model.layers[%zu].dropout.rate: must be in [0, 1) "
-                         "(got %g)",
-                         i, l->dropout->rate);
-    } else {
-      return td_errorf(err, TD_EINVAL,
-                       "model.layers[%zu]: set one of: dense, relu, gelu, tanh, "
-                       "sigmoid, dropout",
-                       i);
-    }
-    size_t cells = B * L->out;
-    L->y = ARENA(cells);
-    L->z = (L->kind == TD_LAYER_DENSE && td_act_needs_preact(L->act)) ? ARENA(cells) : L->y;
-    if (L->kind == TD_LAYER_ACT)
-      L->z = L->x; /* the input is the pre-activation */
-    L->dy = ARENA(cells);
-    if (L->kind == TD_LAYER_DROPOUT) {
-      L->mask = ARENA(cells);
-      L->key_slot = p->n_keys++;
-    }
-    features = L->out;
-    x = L->y;
-    dx = L->dy;
-    p->n_layers++;
-  }
-  if (dense_count == 0)
-    return td_errorf(err, TD_EINVAL, "model.layers: the model needs at least one dense layer");
-  p->out_dim = features;
-  p->out_off = x;
-  p->dout_off = dx;
-  p->scalars_off = ARENA(TD_PLAN_SCALARS);
-  p->arena_floats = arena;
-#undef ARENA
+int td_compile_param(td_compile *c, const td_node *n, const char *leaf, uint32_t d0, uint32_t d1,
+                     uint32_t ndim, size_t *index, td_error *err) {
+  td_plan *p = c->p;
+  td_view *v = &p->views[p->n_views];
+  int k = snprintf(v->name, sizeof v->name, "%s/%s", n->name, leaf);
+  if (k < 0 || (size_t)k >= sizeof v->name)
+    return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)", n->name,
+                     TD_VIEW_NAME_MAX - 3);
+  v->ndim = ndim;
+  v->shape[0] = d0;
+  v->shape[1] = ndim > 1 ? d1 : 0;
+  v->size = (size_t)d0 * (ndim > 1 ? d1 : 1);
+  /* Each tensor starts on a 16-float boundary so that vector loops over
+   * one tensor start aligned. */
+  v->offset = (p->n_params + 15) & ~(size_t)15;
+  p->n_params = v->offset + v->size;
+  *index = p->n_views++;
   return TD_OK;
+}
+
+/* How a layer is called in messages: "model.layers[3] ('block1')". */
+static const char *layer_ref(const td_compile *c, size_t i, char *buf, size_t len) {
+  if (c->named[i])
+    snprintf(buf, len, "model.layers[%zu] ('%s')", i, c->nodes[i].name);
+  else
+    snprintf(buf, len, "model.layers[%zu]", i);
+  return buf;
+}
+
+/* Reads every layer into a node: its op's fields, its name (explicit, or
+ * layerN for the N-th dense layer), and its inputs by name. */
+static int read_layers(td_compile *c, td_error *err) {
+  const Traind__V1__Model *m = c->m;
+  uint32_t dense = 0;
+  char ref[TD_VIEW_NAME_MAX + 48];
+  for (size_t i = 0; i < c->n; i++) {
+    const Traind__V1__Layer *l = m->layers[i];
+    td_node *n = &c->nodes[i];
+    n->spec_index = (uint32_t)i;
+    n->w_view = n->b_view = TD_NONE;
+    int op = td_op_of_layer(l);
+    if (op < 0)
+      return td_errorf(err, TD_EINVAL,
+                       "model.layers[%zu]: set one of: dense, relu, gelu, tanh, sigmoid, "
+                       "dropout, add",
+                       i);
+    n->op = (td_op)op;
+    if (n->op == TD_OP_DENSE)
+      n->ordinal = dense++;
+    if (l->name && *l->name) {
+      if (!valid_name(l->name))
+        return td_errorf(err, TD_EINVAL,
+                         "model.layers[%zu].name: '%.64s' may use only letters, digits, '_', "
+                         "'-' and '.'",
+                         i, l->name);
+      if (strlen(l->name) > TD_VIEW_NAME_MAX - 4)
+        return td_errorf(err, TD_EINVAL, "model.layers[%zu].name: longer than %d characters", i,
+                         TD_VIEW_NAME_MAX - 4);
+      if (strcmp(l->name, INPUT_NAME) == 0)
+        return td_errorf(err, TD_EINVAL,
+                         "model.layers[%zu].name: '" INPUT_NAME "' names the model's input in "
+                         "inputs; give the layer another name",
+                         i);
+      snprintf(n->name, sizeof n->name, "%s", l->name);
+      c->named[i] = 1;
+    } else if (n->op == TD_OP_DENSE) {
+      snprintf(n->name, sizeof n->name, "layer%u", n->ordinal + 1);
+      c->named[i] = 1;
+    } else {
+      snprintf(n->name, sizeof n->name, "model.layers[%zu]", i);
+    }
+    if (c->named[i]) {
+      int32_t other = name_find(&c->names, c->nodes, n->name);
+      if (other >= 0)
+        return td_errorf(err, TD_EINVAL,
+                         "model.layers: two layers are both named '%s' (model.layers[%d] and "
+                         "model.layers[%zu]); give each layer its own name",
+                         n->name, other, i);
+      name_add(&c->names, c->nodes, (uint32_t)i);
+    }
+    int rc = td_op_table[n->op].build(n, l, err);
+    if (rc)
+      return rc;
+  }
+  /* The inputs, now that every name is known. */
+  for (size_t i = 0; i < c->n; i++) {
+    const Traind__V1__Layer *l = m->layers[i];
+    td_node *n = &c->nodes[i];
+    const td_op_row *row = &td_op_table[n->op];
+    if (l->n_inputs == 0) {
+      n->n_in = 1;
+      n->in[0] = (int32_t)i - 1; /* the layer before, or the input */
+    } else {
+      if (l->n_inputs > TD_MAX_INPUTS)
+        return td_errorf(err, TD_EINVAL, "%s.inputs: %zu inputs; at most %d",
+                         layer_ref(c, i, ref, sizeof ref), l->n_inputs, TD_MAX_INPUTS);
+      n->n_in = (uint32_t)l->n_inputs;
+      for (size_t k = 0; k < l->n_inputs; k++) {
+        const char *want = l->inputs[k];
+        int32_t src = strcmp(want, INPUT_NAME) == 0 ? -1 : name_find(&c->names, c->nodes, want);
+        if (src < 0 && strcmp(want, INPUT_NAME) != 0)
+          return td_errorf(err, TD_EINVAL,
+                           "%s.inputs[%zu]: no layer is named '%.64s'; name a layer of the "
+                           "model (or '" INPUT_NAME "' for the model's input)",
+                           layer_ref(c, i, ref, sizeof ref), k, want);
+        if (src == (int32_t)i)
+          return td_errorf(err, TD_EINVAL,
+                           "%s.inputs[%zu]: a layer cannot take its own output (a cycle)",
+                           layer_ref(c, i, ref, sizeof ref), k);
+        n->in[k] = src;
+      }
+    }
+    if (n->n_in < row->min_in || n->n_in > row->max_in) {
+      if (row->min_in == row->max_in)
+        return td_errorf(err, TD_EINVAL, "%s: %s takes %u input%s, not %u",
+                         layer_ref(c, i, ref, sizeof ref), row->name, row->min_in,
+                         row->min_in == 1 ? "" : "s", n->n_in);
+      return td_errorf(err, TD_EINVAL, "%s: %s takes %u to %u inputs, not %u; list them in inputs",
+                       layer_ref(c, i, ref, sizeof ref), row->name, row->min_in, row->max_in,
+                       n->n_in);
+    }
+  }
+  if (dense == 0)
+    return td_errorf(err, TD_EINVAL, "model.layers: the model needs at least one dense layer");
+  return TD_OK;
+}
+
+/* The program: the nodes the output depends on, in an order where every
+ * node comes after its inputs (depth first from the output, inputs in
+ * their order, so a sequential model keeps its order). A cycle and a
+ * layer the output does not use are errors naming the layers. */
+static int order_nodes(td_compile *c, size_t out, td_error *err) {
+  enum { WHITE = 0, GRAY, BLACK };
+  unsigned char *color = calloc(c->n, 1);
+  struct frame {
+    uint32_t node, next;
+  } *stack = malloc(c->n * sizeof *stack);
+  c->order = malloc(c->n * sizeof *c->order);
+  if (!color || !stack || !c->order) {
+    free(color);
+    free(stack);
+    return td_errorf(err, TD_ENOMEM, "compile: out of memory");
+  }
+  char ref[TD_VIEW_NAME_MAX + 48], ref2[TD_VIEW_NAME_MAX + 48];
+  int rc = TD_OK;
+  size_t top = 0;
+  stack[top++] = (struct frame){(uint32_t)out, 0};
+  color[out] = GRAY;
+  while (top && !rc) {
+    struct frame *f = &stack[top - 1];
+    const td_node *n = &c->nodes[f->node];
+    if (f->next == n->n_in) {
+      color[f->node] = BLACK;
+      c->order[c->n_order++] = (int32_t)f->node;
+      top--;
+      continue;
+    }
+    int32_t src = n->in[f->next++];
+    if (src < 0 || color[src] == BLACK)
+      continue;
+    if (color[src] == GRAY) {
+      /* The stack from src up to here is the cycle. */
+      rc = td_errorf(err, TD_EINVAL,
+                     "model.layers: the inputs make a cycle: %s takes %s, which depends on it; a "
+                     "layer may take only layers that do not depend on it",
+                     layer_ref(c, f->node, ref, sizeof ref),
+                     layer_ref(c, (size_t)src, ref2, sizeof ref2));
+      break;
+    }
+    color[src] = GRAY;
+    stack[top++] = (struct frame){(uint32_t)src, 0};
+  }
+  for (size_t i = 0; i < c->n && !rc; i++)
+    if (color[i] != BLACK)
+      rc = td_errorf(err, TD_EINVAL,
+                     "%s: its output is not used (the model's output, %s, does not depend on "
+                     "it); remove the layer or name it in another layer's inputs",
+                     layer_ref(c, i, ref, sizeof ref), layer_ref(c, out, ref2, sizeof ref2));
+  free(color);
+  free(stack);
+  return rc;
+}
+
+/* Consumers of each node, counted. */
+static void count_uses(const td_compile *c, uint32_t *uses) {
+  memset(uses, 0, c->n * sizeof *uses);
+  for (size_t k = 0; k < c->n_order; k++) {
+    const td_node *n = &c->nodes[c->order[k]];
+    for (uint32_t i = 0; i < n->n_in; i++)
+      if (n->in[i] >= 0)
+        uses[n->in[i]]++;
+  }
+}
+
+/* Fusion: an activation whose one input is a dense layer that feeds
+ * nothing else becomes that layer's fused activation; the activation's
+ * consumers read the dense node, which takes its place in the program.
+ * Returns the (possibly new) output node. */
+static size_t fuse(td_compile *c, size_t out, const uint32_t *uses) {
+  int32_t *repl = malloc(c->n * sizeof *repl);
+  if (!repl)
+    return out; /* no fusion: still correct */
+  for (size_t i = 0; i < c->n; i++)
+    repl[i] = (int32_t)i;
+  size_t w = 0;
+  for (size_t k = 0; k < c->n_order; k++) {
+    int32_t i = c->order[k];
+    td_node *n = &c->nodes[i];
+    int32_t src = n->in[0];
+    if (n->op == TD_OP_ACT && src >= 0 && c->nodes[src].op == TD_OP_DENSE &&
+        c->nodes[src].act == TD_ACT_NONE && uses[src] == 1) {
+      c->nodes[src].act = n->act;
+      repl[i] = src;
+      continue;
+    }
+    c->order[w++] = i;
+  }
+  c->n_order = w;
+  for (size_t k = 0; k < c->n_order; k++) {
+    td_node *n = &c->nodes[c->order[k]];
+    for (uint32_t i = 0; i < n->n_in; i++)
+      if (n->in[i] >= 0)
+        n->in[i] = repl[n->in[i]];
+  }
+  out = (size_t)repl[out];
+  free(repl);
+  return out;
+}
+
+/* One buffer of the arena and its life in the step's program: forward of
+ * node k at time k, the loss at n, backward of node k at 2n - k. */
+typedef struct buf {
+  size_t *off; /* where its offset goes */
+  size_t floats;
+  uint32_t from, to;
+} buf;
+
+static int buf_by_start(const void *a, const void *b) {
+  const buf *x = a, *y = b;
+  if (x->from != y->from)
+    return x->from < y->from ? -1 : 1;
+  return x->to < y->to ? -1 : x->to > y->to;
+}
+
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* A free range of the arena. */
+typedef struct span {
+  size_t at, len;
+} span;
+
+/* Places the buffers in order of their starts: at each start the buffers
+ * whose lives have ended give back their ranges (kept sorted and merged),
+ * and the new one takes the first free range that holds it, else the end
+ * of the arena (growing a free range that reaches the end). Buffers alive
+ * at the same time never overlap. O(n log n + n f) for f free ranges. */
+static int place(buf *bs, size_t nb, size_t base, size_t *end_out) {
+  qsort(bs, nb, sizeof *bs, buf_by_start);
+  span *fr = malloc((nb + 1) * sizeof *fr);
+  size_t *live = malloc((nb + 1) * sizeof *live); /* indices into bs, a min-heap on .to */
+  if (!fr || !live) {
+    free(fr);
+    free(live);
+    return TD_ENOMEM;
+  }
+  size_t nf = 0, nl = 0, end = base;
+  for (size_t i = 0; i < nb; i++) {
+    /* Give back the ranges of buffers dead before this one starts. */
+    while (nl && bs[live[0]].to < bs[i].from) {
+      const buf *d = &bs[live[0]];
+      span g = {*d->off, round16(d->floats)};
+      live[0] = live[--nl];
+      for (size_t k = 0;;) { /* sift down */
+        size_t l = 2 * k + 1, r = l + 1, m = k;
+        if (l < nl && bs[live[l]].to < bs[live[m]].to)
+          m = l;
+        if (r < nl && bs[live[r]].to < bs[live[m]].to)
+          m = r;
+        if (m == k)
+          break;
+        size_t t = live[k];
+        live[k] = live[m];
+        live[m] = t;
+        k = m;
+      }
+      size_t k = 0;
+      while (k < nf && fr[k].at < g.at)
+        k++;
+      memmove(fr + k + 1, fr + k, (nf - k) * sizeof *fr);
+      fr[k] = g;
+      nf++;
+      if (k + 1 < nf && fr[k].at + fr[k].len == fr[k + 1].at) { /* merge with the next */
+        fr[k].len += fr[k + 1].len;
+        memmove(fr + k + 1, fr + k + 2, (nf - k - 2) * sizeof *fr);
+        nf--;
+      }
+      if (k > 0 && fr[k - 1].at + fr[k - 1].len == fr[k].at) { /* and with the one before */
+        fr[k - 1].len += fr[k].len;
+        memmove(fr + k, fr + k + 1, (nf - k - 1) * sizeof *fr);
+        nf--;
+      }
+    }
+    size_t sz = round16(bs[i].floats), k = 0;
+    while (k < nf && fr[k].len < sz)
+      k++;
+    if (k < nf) {
+      *bs[i].off = fr[k].at;
+      fr[k].at += sz;
+      fr[k].len -= sz;
+      if (!fr[k].len) {
+        memmove(fr + k, fr + k + 1, (nf - k - 1) * sizeof *fr);
+        nf--;
+      }
+    } else if (nf && fr[nf - 1].at + fr[nf - 1].len == end) {
+      *bs[i].off = fr[nf - 1].at; /* the last free range, grown */
+      end = fr[nf - 1].at + sz;
+      nf--;
+    } else {
+      *bs[i].off = end;
+      end += sz;
+    }
+    /* Into the heap of live buffers. */
+    size_t c = nl++;
+    live[c] = i;
+    while (c && bs[live[(c - 1) / 2]].to > bs[live[c]].to) {
+      size_t p = (c - 1) / 2, t = live[p];
+      live[p] = live[c];
+      live[c] = t;
+      c = p;
+    }
+  }
+  free(fr);
+  free(live);
+  *end_out = end;
+  return TD_OK;
+}
+
+/* fanout: whether a value feeds several layers (so that gradients are
+ * summed, through the scratch buffer). */
+static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
+  td_plan *p = c->p;
+  const size_t B = p->batch;
+  const uint32_t T = (uint32_t)c->n_order; /* the loss's time */
+  buf *bs = malloc(4 * c->n_order * sizeof *bs);
+  if (!bs) {
+    return td_errorf(err, TD_ENOMEM, "compile: out of memory");
+  }
+  /* Fixed: the step's input and labels, the scalars, the scratch. */
+  uint32_t widest = p->in_dim;
+  for (uint32_t k = 0; k < T; k++)
+    if (c->nodes[c->order[k]].out > widest)
+      widest = c->nodes[c->order[k]].out;
+  size_t at = 0;
+  p->in_off = at;
+  at += round16(B * p->in_dim);
+  p->labels_off = at;
+  at += round16(B);
+  p->scalars_off = at;
+  at += round16(TD_PLAN_SCALARS);
+  p->scratch_off = at;
+  if (fanout)
+    at += round16(B * widest);
+  size_t fixed = at;
+  /* Each value's last read and its gradient's first write, from its
+   * consumers: their forward, or their backward when they have one (it
+   * reads their inputs and writes the inputs' gradients). */
+  uint32_t *last_read = calloc(c->n, sizeof *last_read);
+  uint32_t *first_grad = malloc(c->n * sizeof *first_grad);
+  if (!last_read || !first_grad) {
+    free(bs);
+    free(last_read);
+    free(first_grad);
+    return td_errorf(err, TD_ENOMEM, "compile: out of memory");
+  }
+  for (uint32_t k = 0; k < T; k++) {
+    const td_node *m = &c->nodes[c->order[k]];
+    first_grad[c->order[k]] = UINT32_MAX;
+    for (uint32_t i = 0; i < m->n_in; i++) {
+      int32_t src = m->in[i];
+      if (src < 0)
+        continue;
+      uint32_t t = m->grad ? 2 * T - k : k;
+      if (t > last_read[src])
+        last_read[src] = t;
+      if (2 * T - k < first_grad[src])
+        first_grad[src] = 2 * T - k;
+    }
+  }
+  size_t nb = 0;
+  for (uint32_t k = 0; k < T; k++) {
+    const int32_t id = c->order[k];
+    td_node *n = &c->nodes[id];
+    const uint32_t fwd = k, bwd = 2 * T - k;
+    const size_t cells = B * n->out;
+    /* y: from its forward to its last read (its own backward, the loss). */
+    uint32_t last = n->grad ? bwd : fwd;
+    if ((size_t)id == out && T > last)
+      last = T;
+    if (last_read[id] > last)
+      last = last_read[id];
+    bs[nb++] = (buf){&n->y, cells, fwd, last};
+    if (n->has_z)
+      bs[nb++] = (buf){&n->z, cells, fwd, bwd};
+    if (n->has_mask)
+      bs[nb++] = (buf){&n->mask, cells, fwd, bwd};
+    if (n->grad) {
+      /* dy: from the first consumer's backward (the loss for the output)
+       * to its own. */
+      uint32_t first = (size_t)id == out ? T : first_grad[id];
+      if (first > bwd)
+        first = bwd;
+      bs[nb++] = (buf){&n->dy, cells, first, bwd};
+    }
+  }
+  free(last_read);
+  free(first_grad);
+  size_t unplanned = fixed;
+  for (size_t i = 0; i < nb; i++)
+    unplanned += round16(bs[i].floats);
+  p->unplanned_floats = unplanned;
+  int rc = place(bs, nb, fixed, &p->arena_floats);
+  free(bs);
+  return rc ? td_errorf(err, TD_ENOMEM, "compile: out of memory") : TD_OK;
+}
+
+static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) {
+  td_compile c = {.p = p, .m = m, .n = m->n_layers};
+  size_t n = c.n ? c.n : 1;
+  c.nodes = calloc(n, sizeof *c.nodes);
+  c.named = calloc(n, sizeof *c.named);
+  p->views = calloc(2 * n, sizeof *p->views); /* two parameters per layer at most */
+  uint32_t *uses = calloc(n, sizeof *uses);
+  c.names.mask = 1;
+  while (c.names.mask + 1 < 2 * n)
+    c.names.mask = c.names.mask * 2 + 1;
+  c.names.slots = calloc(c.names.mask + 1, sizeof *c.names.slots);
+  int rc = c.nodes && c.named && p->views && uses && c.names.slots
+               ? TD_OK
+               : td_errorf(err, TD_ENOMEM, "compile: out of memory");
+  if (!rc && c.n == 0)
+    rc = td_errorf(err, TD_EINVAL, "model.layers: the model needs at least one dense layer");
+  if (!rc)
+    rc = read_layers(&c, err);
+  size_t out = c.n ? c.n - 1 : 0;
+  if (!rc && m->output && *m->output) {
+    int32_t o = name_find(&c.names, c.nodes, m->output);
+    if (o < 0)
+      rc = td_errorf(err, TD_EINVAL,
+                     "model.output: no layer is named '%.64s'; name a layer of "
+                     "the model",
+                     m->output);
+    else
+      out = (size_t)o;
+  }
+  if (!rc)
+    rc = order_nodes(&c, out, err);
+  if (!rc) {
+    count_uses(&c, uses);
+    out = fuse(&c, out, uses);
+  }
+  /* Shapes and parameters, in program order; then which gradients are
+   * needed: a node's, when it has parameters or an input whose is. */
+  for (size_t k = 0; !rc && k < c.n_order; k++) {
+    td_node *nd = &c.nodes[c.order[k]];
+    uint32_t feat[TD_MAX_INPUTS];
+    for (uint32_t i = 0; i < nd->n_in; i++)
+      feat[i] = nd->in[i] < 0 ? p->in_dim : c.nodes[nd->in[i]].out;
+    rc = td_op_table[nd->op].shape(nd, feat, err);
+    if (!rc)
+      rc = td_op_table[nd->op].params(&c, nd, err);
+    if (rc)
+      break;
+    nd->grad = nd->w_view != TD_NONE;
+    for (uint32_t i = 0; i < nd->n_in; i++)
+      if (nd->in[i] >= 0 && c.nodes[nd->in[i]].grad)
+        nd->grad = 1;
+    p->flops += td_op_table[nd->op].flops(nd, p->batch);
+  }
+  if (!rc) {
+    p->out_dim = c.nodes[out].out;
+    int fanout = 0;
+    for (size_t i = 0; i < c.n; i++)
+      fanout |= uses[i] > 1;
+    rc = plan_arena(&c, out, fanout, err);
+  }
+  if (!rc) {
+    /* Bind every input and its gradient; in backward order, the first
+     * consumer to reach a gradient writes it and the others add in. */
+    unsigned char *written = calloc(c.n, 1);
+    if (!written)
+      rc = td_errorf(err, TD_ENOMEM, "compile: out of memory");
+    for (size_t k = c.n_order; !rc && k-- > 0;) {
+      td_node *nd = &c.nodes[c.order[k]];
+      if (!nd->has_z)
+        nd->z = nd->op == TD_OP_ACT ? TD_NONE : nd->y;
+      if (!nd->has_mask)
+        nd->mask = TD_NONE;
+      if (!nd->grad)
+        nd->dy = TD_NONE;
+      for (uint32_t i = 0; i < nd->n_in; i++) {
+        int32_t src = nd->in[i];
+        nd->x[i] = src < 0 ? p->in_off : c.nodes[src].y;
+        nd->dx[i] = TD_NONE;
+        nd->dx_acc[i] = 0;
+        if (src >= 0 && c.nodes[src].grad && nd->grad) {
+          nd->dx[i] = c.nodes[src].dy;
+          nd->dx_acc[i] = written[src];
+          written[src] = 1;
+        }
+      }
+      if (nd->op == TD_OP_ACT)
+        nd->z = nd->x[0]; /* the input is the pre-activation */
+    }
+    free(written);
+  }
+  if (!rc) {
+    p->out_off = c.nodes[out].y;
+    p->dout_off = c.nodes[out].dy;
+    p->nodes = malloc(c.n_order * sizeof *p->nodes);
+    if (!p->nodes)
+      rc = td_errorf(err, TD_ENOMEM, "compile: out of memory");
+    /* The program's nodes; inputs renumbered to program positions. */
+    int32_t *at = malloc(n * sizeof *at);
+    if (!at && !rc)
+      rc = td_errorf(err, TD_ENOMEM, "compile: out of memory");
+    for (size_t k = 0; !rc && k < c.n_order; k++)
+      at[c.order[k]] = (int32_t)k;
+    for (size_t k = 0; !rc && k < c.n_order; k++) {
+      td_node *nd = &p->nodes[k];
+      *nd = c.nodes[c.order[k]];
+      for (uint32_t i = 0; i < nd->n_in; i++)
+        if (nd->in[i] >= 0)
+          nd->in[i] = at[nd->in[i]];
+      if (nd->op == TD_OP_DROPOUT)
+        nd->key_slot = p->n_keys++;
+    }
+    free(at);
+    if (!rc)
+      p->n_nodes = c.n_order;
+  }
+  free(c.nodes);
+  free(c.named);
+  free(c.names.slots);
+  free(c.order);
+  free(uses);
+  return rc;
 }
 
 int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
@@ -261,9 +672,7 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
   p->batch = batch;
   p->in_dim = (uint32_t)in_dim;
   p->loss = model->loss;
-  name_set names = {NULL, 0};
-  int rc = compile_layers(p, model, &names, err);
-  free(names.slots);
+  int rc = compile_graph(p, model, err);
   if (!rc) {
     if (p->loss == TRAIND__V1__LOSS__LOSS_UNSPECIFIED)
       rc = td_errorf(err, TD_EINVAL,
@@ -301,7 +710,7 @@ void td_plan_free(td_plan *p) {
     return;
   free(p->sig);
   free(p->views);
-  free(p->layers);
+  free(p->nodes);
   free(p);
 }
 
@@ -419,69 +828,17 @@ void td_state_free(td_state *st) {
   memset(st, 0, sizeof *st);
 }
 
-/* Fills host buffer h (n) from an initializer. */
-static void draw_init(Traind__V1__Initializer init, td_key key, float *h, size_t n, double fan_in,
-                      double fan_out) {
-  double scale = 0.0;
-  int normal = 1;
-  switch (init) {
-  case TRAIND__V1__INITIALIZER__ONES:
-    for (size_t i = 0; i < n; i++)
-      h[i] = 1.0f;
-    return;
-  case TRAIND__V1__INITIALIZER__HE_NORMAL:
-    scale = sqrt(2.0 / fan_in);
-    break;
-  case TRAIND__V1__INITIALIZER__HE_UNIFORM:
-    scale = sqrt(6.0 / fan_in);
-    normal = 0;
-    break;
-  case TRAIND__V1__INITIALIZER__GLOROT_NORMAL:
-    scale = sqrt(2.0 / (fan_in + fan_out));
-    break;
-  case TRAIND__V1__INITIALIZER__GLOROT_UNIFORM:
-    scale = sqrt(6.0 / (fan_in + fan_out));
-    normal = 0;
-    break;
-  case TRAIND__V1__INITIALIZER__LECUN_NORMAL:
-    scale = sqrt(1.0 / fan_in);
-    break;
-  case TRAIND__V1__INITIALIZER__LECUN_UNIFORM:
-    scale = sqrt(3.0 / fan_in);
-    normal = 0;
-    break;
-  default: /* ZEROS and unset */
-    memset(h, 0, n * sizeof *h);
-    return;
-  }
-  if (normal) {
-    td_prng_normal(key, h, n);
-    for (size_t i = 0; i < n; i++)
-      h[i] = (float)(h[i] * scale);
-  } else {
-    td_prng_uniform(key, h, n, (float)-scale, (float)scale);
-  }
-}
-
 int td_state_init_params(td_state *st, td_key key, td_error *err) {
   const td_plan *p = st->plan;
   const td_backend_ops *ops = st->be->ops;
   float *h = calloc(p->n_params ? p->n_params : 1, sizeof *h);
   if (!h)
     return td_errorf(err, TD_ENOMEM, "init: out of memory");
-  uint32_t k = 0;
-  for (size_t i = 0; i < p->n_layers; i++) {
-    const td_layer *L = &p->layers[i];
-    if (L->kind != TD_LAYER_DENSE)
-      continue;
-    td_key pair[2];
-    td_prng_split(td_prng_fold_in(key, k++), pair, 2);
-    const td_view *w = &p->views[L->w_view];
-    draw_init(L->kernel_init, pair[0], h + w->offset, w->size, L->in, L->out);
-    if (L->b_view != TD_NONE) {
-      const td_view *b = &p->views[L->b_view];
-      draw_init(L->bias_init, pair[1], h + b->offset, b->size, L->in, L->out);
-    }
+  /* Each layer with parameters draws from fold_in(key, its ordinal). */
+  for (size_t i = 0; i < p->n_nodes; i++) {
+    const td_node *n = &p->nodes[i];
+    if (n->w_view != TD_NONE)
+      td_op_table[n->op].init(p, n, td_prng_fold_in(key, n->ordinal), h);
   }
   int rc = ops->upload(st->be, st->params, h, p->n_params * sizeof *h);
   free(h);
@@ -501,12 +858,12 @@ int td_state_init_params(td_state *st, td_key key, td_error *err) {
   } while (0)
 
 void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys) {
-  for (size_t i = 0; i < p->n_layers; i++) {
-    const td_layer *L = &p->layers[i];
-    if (L->kind == TD_LAYER_DROPOUT) {
-      td_key k = td_prng_fold_in(step_key, L->spec_index);
-      keys[2 * L->key_slot] = k.k[0];
-      keys[2 * L->key_slot + 1] = k.k[1];
+  for (size_t i = 0; i < p->n_nodes; i++) {
+    const td_node *n = &p->nodes[i];
+    if (n->op == TD_OP_DROPOUT) {
+      td_key k = td_prng_fold_in(step_key, n->spec_index);
+      keys[2 * n->key_slot] = k.k[0];
+      keys[2 * n->key_slot + 1] = k.k[1];
     }
   }
 }
@@ -523,40 +880,12 @@ void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0,
 int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, uint64_t row0,
                      td_error *err) {
   const td_plan *p = st->plan;
-  td_backend *be = st->be;
-  const td_backend_ops *ops = be->ops;
-  float *a = st->arena;
-  for (size_t i = 0; i < p->n_layers; i++) {
-    const td_layer *L = &p->layers[i];
-    switch (L->kind) {
-    case TD_LAYER_DENSE: {
-      const float *w = st->params + p->views[L->w_view].offset;
-      const float *b = L->b_view == TD_NONE ? NULL : st->params + p->views[L->b_view].offset;
-      CALL(ops->gemm(be, 0, 0, rows, (int)L->out, (int)L->in, 1.0f, a + L->x, (int)L->in, w,
-                     (int)L->out, 0.0f, a + L->z, (int)L->out),
-           "dense forward gemm");
-      CALL(ops->bias_act_fwd(be, L->act, rows, (int)L->out, b, a + L->z, a + L->y),
-           "bias+activation forward");
-      break;
-    }
-    case TD_LAYER_ACT:
-      CALL(ops->bias_act_fwd(be, L->act, rows, (int)L->out, NULL, a + L->x, a + L->y),
-           "activation forward");
-      break;
-    case TD_LAYER_DROPOUT: {
-      size_t cells = (size_t)rows * L->out;
-      if (train && L->rate > 0.0f) {
-        CALL(ops->dropout_fwd(be, cells, row0 * L->out, L->rate, keys + 2 * L->key_slot, a + L->x,
-                              a + L->mask, a + L->y),
-             "dropout forward");
-      } else {
-        CALL(ops->copy(be, a + L->y, a + L->x, cells), "dropout copy");
-        if (train)
-          CALL(ops->fill(be, a + L->mask, cells, 1.0f), "dropout mask");
-      }
-      break;
-    }
-    }
+  const td_run r = {.rows = rows, .train = train, .keys = keys, .row0 = row0};
+  for (size_t i = 0; i < p->n_nodes; i++) {
+    const td_node *n = &p->nodes[i];
+    int rc = td_op_table[n->op].fwd(st, n, &r, err);
+    if (rc)
+      return rc;
   }
   return TD_OK;
 }
@@ -582,43 +911,13 @@ int td_state_loss(td_state *st, int rows, int with_grad, td_error *err) {
 
 int td_state_backward(td_state *st, td_error *err) {
   const td_plan *p = st->plan;
-  td_backend *be = st->be;
-  const td_backend_ops *ops = be->ops;
-  float *a = st->arena;
-  const int B = (int)p->batch;
-  for (size_t i = p->n_layers; i-- > 0;) {
-    const td_layer *L = &p->layers[i];
-    switch (L->kind) {
-    case TD_LAYER_DENSE: {
-      const td_view *wv = &p->views[L->w_view];
-      float *db = L->b_view == TD_NONE ? NULL : st->grads + p->views[L->b_view].offset;
-      /* dz = dy * act'(z), in place, and db = column sums of dz. */
-      CALL(ops->bias_act_bwd(be, L->act, B, (int)L->out, a + L->z, a + L->y, a + L->dy, a + L->dy,
-                             db),
-           "bias+activation backward");
-      /* dw (in, out) = x^T dz */
-      CALL(ops->gemm(be, 1, 0, (int)L->in, (int)L->out, B, 1.0f, a + L->x, (int)L->in, a + L->dy,
-                     (int)L->out, 0.0f, st->grads + wv->offset, (int)L->out),
-           "dense weight gradient gemm");
-      /* dx (B, in) = dz w^T, skipped for the first layer. */
-      if (L->dx != TD_NONE)
-        CALL(ops->gemm(be, 0, 1, B, (int)L->in, (int)L->out, 1.0f, a + L->dy, (int)L->out,
-                       st->params + wv->offset, (int)L->out, 0.0f, a + L->dx, (int)L->in),
-             "dense input gradient gemm");
-      break;
-    }
-    case TD_LAYER_ACT:
-      if (L->dx != TD_NONE)
-        CALL(ops->bias_act_bwd(be, L->act, B, (int)L->out, a + L->x, a + L->y, a + L->dy, a + L->dx,
-                               NULL),
-             "activation backward");
-      break;
-    case TD_LAYER_DROPOUT:
-      if (L->dx != TD_NONE)
-        CALL(ops->mul(be, (size_t)B * L->out, a + L->dy, a + L->mask, a + L->dx),
-             "dropout backward");
-      break;
-    }
+  for (size_t i = p->n_nodes; i-- > 0;) {
+    const td_node *n = &p->nodes[i];
+    if (!n->grad)
+      continue;
+    int rc = td_op_table[n->op].bwd(st, n, err);
+    if (rc)
+      return rc;
   }
   return TD_OK;
 }

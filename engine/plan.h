@@ -3,8 +3,8 @@
  * td_plan_compile turns a JobSpec's model and optimizer, at a given
  * per-device batch size, into a plan: inferred shapes, the parameter pytree
  * as named views into one flat buffer, the layout of the gradient,
- * optimizer-state and activation buffers, and the list of layers that the
- * step runs. A plan holds offsets, not pointers, so it is immutable and can
+ * optimizer-state and activation buffers, and the program of nodes that
+ * the step runs (the model's graph in topological order). A plan holds offsets, not pointers, so it is immutable and can
  * be shared by every job with the same signature (the compile cache).
  *
  * td_state binds a plan to a backend: it allocates the four flat buffers
@@ -34,32 +34,60 @@ typedef struct td_view {
   uint32_t shape[2];
 } td_view;
 
-typedef enum td_layer_kind {
-  TD_LAYER_DENSE = 0, /* z = x w + b, y = act(z): dense and the activation after it */
-  TD_LAYER_ACT,       /* y = act(x), an activation not preceded by a dense layer */
-  TD_LAYER_DROPOUT,
-} td_layer_kind;
-
 #define TD_NONE SIZE_MAX
+/* The most inputs a layer takes (add). */
+#define TD_MAX_INPUTS 8
 
-/* One executed layer. Arena offsets are in floats; every activation buffer
- * is (batch, features) row-major. */
-typedef struct td_layer {
-  td_layer_kind kind;
-  td_act act;
-  uint32_t in, out;      /* features in and out */
-  uint32_t spec_index;   /* index in model.layers (keys dropout masks) */
-  size_t w_view, b_view; /* DENSE: indices into plan->views; b_view TD_NONE without bias */
+/* The op table: X(ID, name, least inputs, most inputs). Each op has its
+ * functions in engine/ops.c, named op_<name>_<part> (ops.h): how it reads
+ * its layer, infers its shape, declares its parameters and buffers,
+ * draws their initial values, counts its FLOPs, and runs forward and
+ * backward on the backend. Adding
+ * an op is adding a row and those functions; the compiler (plan.c) goes
+ * through the table only. */
+#define TD_OPS(X)           \
+  X(DENSE, dense, 1, 1)     \
+  X(ACT, act, 1, 1)         \
+  X(DROPOUT, dropout, 1, 1) \
+  X(ADD, add, 2, TD_MAX_INPUTS)
+
+typedef enum td_op {
+#define TD_OP_ENUM(id, name, min_in, max_in) TD_OP_##id,
+  TD_OPS(TD_OP_ENUM)
+#undef TD_OP_ENUM
+} td_op;
+#define TD_N_OPS (TD_OP_ADD + 1)
+
+/* One node of the compiled graph: a layer of the model (an activation
+ * whose one input is a dense layer that feeds nothing else is fused into
+ * that layer's node). Arena
+ * offsets are in floats; every activation buffer is (batch, features)
+ * row-major. */
+typedef struct td_node {
+  td_op op;
+  td_act act;                  /* DENSE: the activation fused after it; ACT: its own */
+  uint32_t spec_index;         /* index in model.layers (keys dropout masks) */
+  uint32_t ordinal;            /* DENSE: its place among the dense layers as listed (from 0):
+                                   its initializers' key and its default name */
+  char name[TD_VIEW_NAME_MAX]; /* for messages: the layer's name, or "model.layers[i]" */
+  uint32_t n_in;
+  int32_t in[TD_MAX_INPUTS]; /* the nodes it reads, by index in plan->nodes; -1: the input */
+  uint32_t in_features, out; /* features of its (first) input and of its output */
+  int use_bias;              /* DENSE */
+  size_t w_view, b_view;     /* DENSE: indices into plan->views; b_view TD_NONE without bias */
   Traind__V1__Initializer kernel_init, bias_init;
-  size_t x;          /* input (batch, in): the previous layer's y, or the batch */
-  size_t z;          /* pre-activation (batch, out); equals y when not needed */
-  size_t y;          /* output (batch, out) */
-  size_t dy;         /* gradient of y (batch, out); becomes dz in place */
-  size_t dx;         /* gradient of x: the previous layer's dy; TD_NONE for the first */
-  size_t mask;       /* DROPOUT: (batch, out) */
-  float rate;        /* DROPOUT */
-  uint32_t key_slot; /* DROPOUT: its key's place in a step record's keys */
-} td_layer;
+  float rate;                    /* DROPOUT */
+  uint32_t key_slot;             /* DROPOUT: its key's place in a step record's keys */
+  int grad;                      /* whether the gradient of its output is needed */
+  int has_z, has_mask;           /* whether it keeps a pre-activation, a mask */
+  size_t x[TD_MAX_INPUTS];       /* its inputs: the producers' y, or the step's input */
+  size_t dx[TD_MAX_INPUTS];      /* their gradients (the producers' dy); TD_NONE: not needed */
+  uint8_t dx_acc[TD_MAX_INPUTS]; /* 1: add into dx (a later consumer wrote it first) */
+  size_t y;                      /* output (batch, out) */
+  size_t z;                      /* pre-activation (batch, out); equals y when not kept */
+  size_t dy;                     /* gradient of y (batch, out); becomes dz in place */
+  size_t mask;                   /* DROPOUT: (batch, out) */
+} td_node;
 
 typedef struct td_plan {
   /* The cache key: packed model and optimizer, batch and device set. */
@@ -74,15 +102,23 @@ typedef struct td_plan {
   size_t n_params; /* floats in the parameter (and gradient) buffer */
   td_view *views;
   size_t n_views;
-  td_layer *layers;
-  size_t n_layers;
+  /* The program: the graph's nodes in topological order. Forward runs
+   * them in order, backward in reverse, each bound to its offsets. */
+  td_node *nodes;
+  size_t n_nodes;
+  double flops; /* one training step's floating-point operations, forward and backward */
 
-  size_t arena_floats;
+  /* The activation arena, planned by liveness: buffers whose lives in the
+   * step do not overlap share memory. unplanned_floats is what one buffer
+   * each would take. */
+  size_t arena_floats, unplanned_floats;
   size_t in_off;      /* (batch, in_dim) input of the step */
   size_t labels_off;  /* (batch) int32 labels */
   size_t out_off;     /* (batch, out_dim) model output */
   size_t dout_off;    /* its gradient */
   size_t scalars_off; /* TD_PLAN_SCALARS floats written by the step */
+  size_t scratch_off; /* (batch, widest layer): a gradient before it is added in (only
+                         in a model where a value feeds several layers) */
 
   td_optim optim;
   /* The step record (td_step_record): its size in bytes and where its
@@ -156,8 +192,8 @@ typedef struct td_state {
 int td_state_init(td_state *st, const td_plan *plan, td_backend *be, td_error *err);
 void td_state_free(td_state *st);
 
-/* Draws the parameters from their initializers: dense layer k (from 0)
- * uses split(fold_in(key, k), 2) for its kernel and bias. Resets the
+/* Draws the parameters from their initializers: the dense layer listed
+ * k-th (from 0) uses split(fold_in(key, k), 2) for its kernel and bias. Resets the
  * optimizer state and the step count. */
 int td_state_init_params(td_state *st, td_key key, td_error *err);
 

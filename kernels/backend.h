@@ -149,6 +149,9 @@ typedef struct td_backend_ops {
                      const float *x, float *mask, float *y);
   /* dx = dy * mask; dx may equal dy. */
   int (*mul)(td_backend *be, size_t n, const float *a, const float *b, float *out);
+  /* out = a + b elementwise (an add layer, and gradients summed where a
+   * value feeds several layers); out may equal a or b. */
+  int (*add)(td_backend *be, size_t n, const float *a, const float *b, float *out);
 
   /* out[0] = sum of x^2 (accumulated in double, stored as float). */
   int (*sumsq)(td_backend *be, size_t n, const float *x, float *out);

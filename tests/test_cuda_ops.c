@@ -10,7 +10,7 @@
  * explicit tolerances; indices, offsets, dropout keys, optimizer scalars,
  * norms and guards in device memory, as a recorded step reads them:
  *   bitwise      fill, copy, gather (also at an offset read from device
- *                memory), mul, dropout (mask and output), the bias add,
+ *                memory), mul, add, dropout (mask and output), the bias add,
  *                relu, the derivatives taken from y, the squared error's
  *                gradient, step_begin and record (against the table and
  *                slots as written), the shuffle (against
@@ -217,7 +217,7 @@ static void check_memory(void) {
 
 /* ---------------------------------------------------- plain elementwise ops */
 
-static void check_fill_copy_mul(void) {
+static void check_fill_copy_mul_add(void) {
   const size_t sizes[] = {1, 7, 1000, 65537, 3000017};
   const float values[] = {0.0f, -0.0f, 3.5f, -1e-30f};
   for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
@@ -244,6 +244,19 @@ static void check_fill_copy_mul(void) {
       CHECK_OK(G->mul(gpu, n, da, db, d));
       gget(got, d, n * sizeof(float));
       CHECK_BITS("mul", got, want, n);
+      /* The sum, also in place (out = b): as gradients are summed. */
+      C->add(cpu, n, a, b, want);
+      CHECK_OK(G->add(gpu, n, da, db, d));
+      gget(got, d, n * sizeof(float));
+      CHECK_BITS("add", got, want, n);
+      float *db2 = gput(b, n * sizeof(float));
+      if (db2) {
+        CHECK_OK(G->add(gpu, n, da, db2, db2));
+        gget(got, db2, n * sizeof(float));
+        CHECK_BITS("add in place", got, want, n);
+      }
+      gfree(db2);
+      C->mul(cpu, n, a, b, want);
       /* In place, as dropout's backward pass runs it (dx = dy * mask). */
       CHECK_OK(G->mul(gpu, n, da, db, da));
       gget(got, da, n * sizeof(float));
@@ -1597,7 +1610,7 @@ int main(int argc, char **argv) {
   CHECK(td_cuda_backend_last_error(gpu)[0] == '\0', "a fresh backend has no error");
 
   check_memory();
-  check_fill_copy_mul();
+  check_fill_copy_mul_add();
   check_gather();
   check_gemm();
   check_bias_act();

@@ -16,14 +16,14 @@
 #include "plan.h"
 #include "prng.h"
 
-#define MAX_L 8
+#define MAX_L 16
 
 typedef struct ref_model {
   const td_plan *p;
   int B;
   const double *x; /* (B, in_dim) */
   const int32_t *labels;
-  const float *masks[MAX_L]; /* per layer, dropout masks from the engine */
+  const float *masks[MAX_L]; /* per node, dropout masks from the engine */
 } ref_model;
 
 static double act_d(td_act a, double z) {
@@ -44,39 +44,40 @@ static double act_d(td_act a, double z) {
   return NAN;
 }
 
-/* The mean loss of the model in float64, for parameters `w` (flat). */
+/* The mean loss of the model in float64, for parameters `w` (flat): the
+ * plan's graph walked node by node, each output kept (B, out). */
 static double ref_loss(const ref_model *m, const double *w) {
   const td_plan *p = m->p;
   int B = m->B;
-  size_t width = p->in_dim;
-  for (size_t i = 0; i < p->n_layers; i++)
-    if (p->layers[i].out > width)
-      width = p->layers[i].out;
-  double *cur = malloc(sizeof(double) * B * width);
-  double *nxt = malloc(sizeof(double) * B * width);
-  memcpy(cur, m->x, sizeof(double) * B * p->in_dim);
-  for (size_t li = 0; li < p->n_layers; li++) {
-    const td_layer *L = &p->layers[li];
+  double **val = calloc(p->n_nodes, sizeof *val);
+  for (size_t li = 0; li < p->n_nodes; li++) {
+    const td_node *L = &p->nodes[li];
+    const double *in[TD_MAX_INPUTS];
+    for (uint32_t i = 0; i < L->n_in; i++)
+      in[i] = L->in[i] < 0 ? m->x : val[L->in[i]];
+    double *y = val[li] = malloc(sizeof(double) * B * L->out);
     for (int r = 0; r < B; r++)
       for (uint32_t o = 0; o < L->out; o++) {
-        double v;
-        if (L->kind == TD_LAYER_DENSE) {
+        double v = 0;
+        const double *x = in[0] + (size_t)r * L->in_features;
+        if (L->op == TD_OP_DENSE) {
           const td_view *wv = &p->views[L->w_view];
           v = L->b_view == TD_NONE ? 0.0 : w[p->views[L->b_view].offset + o];
-          for (uint32_t k = 0; k < L->in; k++)
-            v += cur[r * L->in + k] * w[wv->offset + (size_t)k * L->out + o];
+          for (uint32_t k = 0; k < L->in_features; k++)
+            v += x[k] * w[wv->offset + (size_t)k * L->out + o];
           v = act_d(L->act, v);
-        } else if (L->kind == TD_LAYER_ACT) {
-          v = act_d(L->act, cur[r * L->in + o]);
+        } else if (L->op == TD_OP_ACT) {
+          v = act_d(L->act, x[o]);
+        } else if (L->op == TD_OP_ADD) {
+          for (uint32_t i = 0; i < L->n_in; i++)
+            v += in[i][(size_t)r * L->out + o];
         } else {
-          v = cur[r * L->in + o] * (double)m->masks[li][r * L->out + o];
+          v = x[o] * (double)m->masks[li][r * L->out + o];
         }
-        nxt[r * L->out + o] = v;
+        y[r * L->out + o] = v;
       }
-    double *t = cur;
-    cur = nxt;
-    nxt = t;
   }
+  const double *cur = val[p->n_nodes - 1];
   double loss = 0;
   int C = (int)p->out_dim;
   for (int r = 0; r < B; r++) {
@@ -95,8 +96,9 @@ static double ref_loss(const ref_model *m, const double *w) {
       }
     }
   }
-  free(cur);
-  free(nxt);
+  for (size_t li = 0; li < p->n_nodes; li++)
+    free(val[li]);
+  free(val);
   return p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY ? loss / B : loss / ((double)B * C);
 }
 
@@ -158,9 +160,9 @@ static void check_case(const char *label, const char *model_yaml, int B, uint32_
   for (size_t i = 0; i < (size_t)B * p->in_dim; i++)
     xd[i] = xin[i];
   ref_model m = {.p = p, .B = B, .x = xd, .labels = labels};
-  for (size_t li = 0; li < p->n_layers && li < MAX_L; li++)
-    if (p->layers[li].kind == TD_LAYER_DROPOUT)
-      m.masks[li] = st.arena + p->layers[li].mask;
+  for (size_t li = 0; li < p->n_nodes && li < MAX_L; li++)
+    if (p->nodes[li].op == TD_OP_DROPOUT)
+      m.masks[li] = st.arena + p->nodes[li].mask;
   double *w = malloc(sizeof(double) * p->n_params);
   for (size_t i = 0; i < p->n_params; i++)
     w[i] = st.params[i];
@@ -278,5 +280,29 @@ int main(void) {
              "{dense: {features: 16, kernel_init: HE_NORMAL}}, {relu: {}},"
              "{dense: {features: 10, kernel_init: HE_NORMAL}}]}\n",
              1, 6);
+  /* Graphs: a value feeding several layers gets the sum of their
+   * gradients, whichever op adds in (gemm, activation, dropout, add). */
+  check_case("residual block (fan-out into dense and add)",
+             "model: {input_shape: [6], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
+             "{name: stem, dense: {features: 8, kernel_init: HE_NORMAL}}, {name: a, relu: {}},"
+             "{name: f1, dense: {features: 8}}, {relu: {}}, {name: f2, dense: {features: 8}},"
+             "{name: sum, add: {}, inputs: [f2, a]}, {relu: {}},"
+             "{name: head, dense: {features: 3}}]}\n",
+             5, 7);
+  check_case("three branches from the input, add of three",
+             "model: {input_shape: [5], loss: MEAN_SQUARED_ERROR, layers: ["
+             "{name: p, dense: {features: 6}, inputs: [input]}, {name: pt, tanh: {}},"
+             "{name: q, dense: {features: 6}, inputs: [input]},"
+             "{name: r, sigmoid: {}, inputs: [q]},"
+             "{name: s, dropout: {rate: 0.25}, inputs: [q]},"
+             "{name: t, add: {}, inputs: [pt, r, s]},"
+             "{name: out, dense: {features: 4}}]}\n",
+             6, 8);
+  check_case("the same input twice, and an output that is not last",
+             "model: {input_shape: [4], loss: SOFTMAX_CROSS_ENTROPY, output: o, layers: ["
+             "{name: h, dense: {features: 5}}, {name: g, gelu: {}, inputs: [h]},"
+             "{name: twice, add: {}, inputs: [g, g]},"
+             "{name: o, dense: {features: 3}, inputs: [twice]}]}\n",
+             3, 9);
   return td_check_exit();
 }

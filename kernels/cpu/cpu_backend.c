@@ -258,6 +258,13 @@ static int cpu_mul(td_backend *be, size_t n, const float *a, const float *b, flo
   return TD_OK;
 }
 
+static int cpu_add(td_backend *be, size_t n, const float *a, const float *b, float *out) {
+  (void)be;
+  for (size_t i = 0; i < n; i++)
+    out[i] = a[i] + b[i];
+  return TD_OK;
+}
+
 static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
   (void)be;
   /* Eight float partial sums vectorize; folding them into a double keeps
@@ -372,6 +379,7 @@ static const td_backend_ops cpu_ops = {
     .mse_onehot = cpu_mse_onehot,
     .dropout_fwd = cpu_dropout_fwd,
     .mul = cpu_mul,
+    .add = cpu_add,
     .sumsq = cpu_sumsq,
     .opt_pass = cpu_opt_pass,
     .step_begin = cpu_step_begin,

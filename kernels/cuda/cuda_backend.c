@@ -302,6 +302,14 @@ static int cuda_mul(td_backend *be, size_t n, const float *a, const float *b, fl
   return failed(c, td_cuda_mul(c->stream, n, a, b, out, &c->last));
 }
 
+static int cuda_add(td_backend *be, size_t n, const float *a, const float *b, float *out) {
+  cuda_ctx *c = be->ctx;
+  if (!n)
+    return TD_OK;
+  ENTER(c);
+  return failed(c, td_cuda_add(c->stream, n, a, b, out, &c->last));
+}
+
 static int cuda_sumsq(td_backend *be, size_t n, const float *x, float *out) {
   cuda_ctx *c = be->ctx;
   ENTER(c);
@@ -452,6 +460,7 @@ static const td_backend_ops cuda_ops = {
     .mse_onehot = cuda_mse_onehot,
     .dropout_fwd = cuda_dropout_fwd,
     .mul = cuda_mul,
+    .add = cuda_add,
     .sumsq = cuda_sumsq,
     .opt_pass = cuda_opt_pass,
     .step_begin = cuda_step_begin,

@@ -25,6 +25,8 @@ extern "C" {
 int td_cuda_fill(cudaStream_t stream, float *x, size_t n, float value, td_error *err);
 int td_cuda_mul(cudaStream_t stream, size_t n, const float *a, const float *b, float *out,
                 td_error *err);
+int td_cuda_add(cudaStream_t stream, size_t n, const float *a, const float *b, float *out,
+                td_error *err);
 
 /* gather.cu: dst (count, dim) = rows idx[*off + i] of src (off may be
  * NULL: 0), labels likewise; idx and off are device memory. */

@@ -1,5 +1,6 @@
-/* Plain elementwise ops: fill and the product of two buffers (dropout's
- * backward pass). Both are bandwidth-bound grid-stride loops. */
+/* Plain elementwise ops: fill, the product of two buffers (dropout's
+ * backward pass) and their sum (add layers, gradients of values that feed
+ * several layers). Both are bandwidth-bound grid-stride loops. */
 #include "common.cuh"
 
 namespace td_cuda {
@@ -16,6 +17,13 @@ __global__ void mul_kernel(size_t n, const float *a, const float *b, float *out)
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x)
     out[i] = a[i] * b[i];
+}
+
+/* out may alias a or b, as mul_kernel's. */
+__global__ void add_kernel(size_t n, const float *a, const float *b, float *out) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
+    out[i] = a[i] + b[i];
 }
 
 } // namespace td_cuda
@@ -35,4 +43,12 @@ extern "C" int td_cuda_mul(cudaStream_t stream, size_t n, const float *a, const 
     return TD_OK;
   mul_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, a, b, out);
   return launch_check("mul_kernel", err);
+}
+
+extern "C" int td_cuda_add(cudaStream_t stream, size_t n, const float *a, const float *b,
+                           float *out, td_error *err) {
+  if (n == 0)
+    return TD_OK;
+  add_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, a, b, out);
+  return launch_check("add_kernel", err);
 }

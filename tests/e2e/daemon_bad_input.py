@@ -15,6 +15,10 @@ a job it knows.
   empty_submit           SubmitJobRequest without a spec: INVALID_ARGUMENT
                          naming "spec"
   invalid_specs          invalid specs: INVALID_ARGUMENT naming the field
+  graph_errors           models as graphs that do not compile (unknown input,
+                         cycle, unused layer, duplicate name, shape mismatch,
+                         arity, reserved name, unknown output): INVALID_ARGUMENT
+                         naming the layer and what to fix
   spec_not_matching_data a spec that does not fit its data (batch larger
                          than the set, wrong input shape) is accepted and
                          the job FAILS with code 3 naming the field
@@ -178,6 +182,52 @@ def invalid_specs(s):
         c.alive("an invalid spec (%s)" % field)
     r = c.d.stub.ListJobs(pb.ListJobsRequest(), timeout=10)
     check(len(r.jobs) == 1, "refused specs created jobs: %d listed", len(r.jobs))
+
+
+@suite.case
+def graph_errors(s):
+    """Models as graphs that do not compile: INVALID_ARGUMENT naming the
+    layer and what to fix, and the daemon serving on."""
+    c = Ctx(s)
+
+    def model(layers, **kw):
+        sp = spec()
+        sp["model"]["layers"] = layers
+        sp["model"].update(kw)
+        return sp
+
+    d = lambda n, **kw: dict(dense={"features": n}, **kw)
+    cases = [
+        (model([d(32, name="a"), d(10, inputs=["nope"])]),
+         "model.layers[1]", "inputs[0]", "no layer is named 'nope'"),
+        (model([d(32, name="a", inputs=["b"]), d(10, name="b", inputs=["a"])]),
+         "the inputs make a cycle", "'a'", "'b'"),
+        (model([d(32, name="a", inputs=["a"]), d(10)]),
+         "model.layers[0] ('a')", "its own output"),
+        (model([d(32, name="a"), d(16, name="unused"), d(10, inputs=["a"])]),
+         "model.layers[1] ('unused')", "not used", "remove the layer"),
+        (model([d(32, name="a"), d(10, name="a")]),
+         "two layers are both named 'a'"),
+        (model([d(32, name="a"), d(16, name="b"), {"add": {}, "inputs": ["a", "b"]}, d(10)]),
+         "add needs inputs of one shape", "(32,)", "(16,)"),
+        (model([d(32, name="a"), {"add": {}}, d(10)]),
+         "model.layers[1]", "add takes 2 to 8 inputs, not 1"),
+        (model([d(32, name="a"), d(10, inputs=["a", "a"])]),
+         "model.layers[1]", "dense takes 1 input, not 2"),
+        (model([d(32, name="input"), d(10)]),
+         "model.layers[0].name", "'input' names the model's input"),
+        (model([d(32), d(10)], output="nothing"),
+         "model.output", "no layer is named 'nothing'"),
+        (model([d(32, name="a")] + [{"add": {}, "inputs": ["a"] * 9}] + [d(10)]),
+         "model.layers[1].inputs", "9 inputs; at most 8"),
+        (model([{"relu": {}}, {"dropout": {"rate": 0.1}}]),
+         "model.layers", "at least one dense layer"),
+    ]
+    for sp, *words in cases:
+        c.submit_error(sp, C.INVALID_ARGUMENT, *words)
+        c.alive("a graph that does not compile (%s)" % words[0])
+    r = c.d.stub.ListJobs(pb.ListJobsRequest(), timeout=10)
+    check(len(r.jobs) == 1, "refused graphs created jobs: %d listed", len(r.jobs))
 
 
 @suite.case

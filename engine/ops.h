@@ -1,0 +1,66 @@
+/* The functions of each op of the op table (TD_OPS, plan.h), for the
+ * compiler (plan.c) and the step it runs. For an op `name`:
+ *   op_name_build   reads the layer's fields into the node (and checks them)
+ *   op_name_shape   the output's features from the inputs' (in_features[i]
+ *                   for input i); a mismatch names both shapes
+ *   op_name_params  declares its parameters (td_compile_param) and its
+ *                   buffers besides y and dy (has_z, has_mask)
+ *   op_name_init    draws its parameters into the host buffer h (the
+ *                   plan's layout) from key, fold_in(the job's init key,
+ *                   its ordinal)
+ *   op_name_flops   floating-point operations of forward and backward
+ *                   over `batch` rows
+ *   op_name_fwd     forward over the first r->rows rows
+ *   op_name_bwd     backward over the full batch: the parameters' gradients
+ *                   and, for each input whose dx is not TD_NONE, its
+ *                   gradient, written or (dx_acc) added in */
+#ifndef TD_OPS_H
+#define TD_OPS_H
+
+#include "plan.h"
+
+typedef struct td_compile td_compile;
+
+/* One forward pass's arguments (td_state_forward). */
+typedef struct td_run {
+  int rows;
+  int train;
+  const uint32_t *keys; /* dropout keys of the step record (backend memory) */
+  uint64_t row0;
+} td_run;
+
+/* Declares parameter `leaf` of n's group: "group/leaf" of shape (d0) or
+ * (d0, d1). */
+int td_compile_param(td_compile *c, const td_node *n, const char *leaf, uint32_t d0, uint32_t d1,
+                     uint32_t ndim, size_t *index, td_error *err);
+
+/* The op of a layer kind, or -1 for none. */
+int td_op_of_layer(const Traind__V1__Layer *l);
+
+#define TD_OP_DECLS(id, name, min_in, max_in)                                          \
+  int op_##name##_build(td_node *n, const Traind__V1__Layer *l, td_error *err);        \
+  int op_##name##_shape(td_node *n, const uint32_t *in_features, td_error *err);       \
+  int op_##name##_params(td_compile *c, td_node *n, td_error *err);                    \
+  void op_##name##_init(const td_plan *p, const td_node *n, td_key key, float *h);     \
+  double op_##name##_flops(const td_node *n, uint32_t batch);                          \
+  int op_##name##_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err); \
+  int op_##name##_bwd(td_state *st, const td_node *n, td_error *err);
+TD_OPS(TD_OP_DECLS)
+#undef TD_OP_DECLS
+
+/* A row of the table, for the compiler. */
+typedef struct td_op_row {
+  const char *name;
+  uint32_t min_in, max_in;
+  int (*build)(td_node *n, const Traind__V1__Layer *l, td_error *err);
+  int (*shape)(td_node *n, const uint32_t *in_features, td_error *err);
+  int (*params)(td_compile *c, td_node *n, td_error *err);
+  void (*init)(const td_plan *p, const td_node *n, td_key key, float *h);
+  double (*flops)(const td_node *n, uint32_t batch);
+  int (*fwd)(td_state *st, const td_node *n, const td_run *r, td_error *err);
+  int (*bwd)(td_state *st, const td_node *n, td_error *err);
+} td_op_row;
+
+extern const td_op_row td_op_table[TD_N_OPS];
+
+#endif
