@@ -45,6 +45,9 @@ int td_op_of_layer(const Traind__V1__Layer *l) {
     return TD_OP_DROPOUT;
   case TRAIND__V1__LAYER__KIND_ADD:
     return TD_OP_ADD;
+  case TRAIND__V1__LAYER__KIND_FLATTEN:
+  case TRAIND__V1__LAYER__KIND_RESHAPE:
+    return TD_OP_RESHAPE;
   default:
     return -1;
   }
@@ -110,6 +113,16 @@ static int grad_finish(td_state *st, const td_node *n, int i, size_t cells, td_e
   return TD_OK;
 }
 
+/* How a node is called in messages: "model.layers[3] ('block1')", or
+ * "model.layers[3]" for a layer without a name. */
+static const char *node_ref(const td_node *n, char *buf, size_t len) {
+  if (strncmp(n->name, "model.layers[", 13) == 0)
+    snprintf(buf, len, "%s", n->name);
+  else
+    snprintf(buf, len, "model.layers[%u] ('%s')", n->spec_index, n->name);
+  return buf;
+}
+
 /* ---- dense: z = x w + b, y = act(z) (the activation fused after it) ---- */
 
 int op_dense_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
@@ -124,9 +137,12 @@ int op_dense_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   return TD_OK;
 }
 
-int op_dense_shape(td_node *n, const uint32_t *in_features, td_error *err) {
+/* A dense layer takes each example's values as one vector (the input's
+ * shape flattened, row-major). */
+int op_dense_shape(td_node *n, const td_shape *in, td_error *err) {
   (void)err;
-  n->in_features = in_features[0];
+  n->in_features = (uint32_t)td_shape_size(&in[0]);
+  n->shape = (td_shape){1, {n->out}};
   return TD_OK;
 }
 
@@ -216,9 +232,10 @@ int op_act_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   return TD_OK;
 }
 
-int op_act_shape(td_node *n, const uint32_t *in_features, td_error *err) {
+int op_act_shape(td_node *n, const td_shape *in, td_error *err) {
   (void)err;
-  n->in_features = n->out = in_features[0];
+  n->shape = in[0];
+  n->in_features = n->out = (uint32_t)td_shape_size(&in[0]);
   return TD_OK;
 }
 
@@ -268,8 +285,8 @@ int op_dropout_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   return TD_OK;
 }
 
-int op_dropout_shape(td_node *n, const uint32_t *in_features, td_error *err) {
-  return op_act_shape(n, in_features, err);
+int op_dropout_shape(td_node *n, const td_shape *in, td_error *err) {
+  return op_act_shape(n, in, err);
 }
 
 int op_dropout_params(td_compile *c, td_node *n, td_error *err) {
@@ -323,26 +340,16 @@ int op_add_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   return TD_OK;
 }
 
-/* How a node is called in messages: "model.layers[3] ('block1')", or
- * "model.layers[3]" for a layer without a name. */
-static const char *node_ref(const td_node *n, char *buf, size_t len) {
-  if (strncmp(n->name, "model.layers[", 13) == 0)
-    snprintf(buf, len, "%s", n->name);
-  else
-    snprintf(buf, len, "model.layers[%u] ('%s')", n->spec_index, n->name);
-  return buf;
-}
-
-int op_add_shape(td_node *n, const uint32_t *in_features, td_error *err) {
-  char ref[TD_VIEW_NAME_MAX + 48];
+int op_add_shape(td_node *n, const td_shape *in, td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48], a[64], b[64];
   for (uint32_t i = 1; i < n->n_in; i++)
-    if (in_features[i] != in_features[0])
+    if (in[i].rank != in[0].rank || memcmp(in[i].d, in[0].d, in[0].rank * sizeof in[0].d[0]))
       return td_errorf(err, TD_EINVAL,
-                       "%s: add needs inputs of one shape, but input 1 is (%u,) and input %u "
-                       "is (%u,); make the layers before it agree",
-                       node_ref(n, ref, sizeof ref), in_features[0], i + 1, in_features[i]);
-  n->in_features = n->out = in_features[0];
-  return TD_OK;
+                       "%s: add needs inputs of one shape, but input 1 is %s and input %u is %s; "
+                       "make the layers before it agree",
+                       node_ref(n, ref, sizeof ref), td_shape_str(&in[0], a, sizeof a), i + 1,
+                       td_shape_str(&in[i], b, sizeof b));
+  return op_act_shape(n, in, err);
 }
 
 int op_add_params(td_compile *c, td_node *n, td_error *err) {
@@ -386,5 +393,102 @@ int op_add_bwd(td_state *st, const td_node *n, td_error *err) {
     else
       CALL(ops->copy(st->be, dx, a + n->dy, cells), "add backward");
   }
+  return TD_OK;
+}
+
+/* ---- flatten and reshape: the input's values in another shape ---------- */
+
+int op_reshape_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  n->infer = -1;
+  if (l->kind_case == TRAIND__V1__LAYER__KIND_FLATTEN) {
+    n->want = (td_shape){1, {0}};
+    n->infer = 0;
+    return TD_OK;
+  }
+  const Traind__V1__Reshape *r = l->reshape;
+  if (r->n_shape == 0 || r->n_shape > TD_MAX_RANK)
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].reshape.shape: give 1 to %d dimensions (one may be -1)",
+                     n->spec_index, TD_MAX_RANK);
+  n->want.rank = (uint32_t)r->n_shape;
+  for (size_t i = 0; i < r->n_shape; i++) {
+    if (r->shape[i] == -1 && n->infer < 0) {
+      n->infer = (int)i;
+      n->want.d[i] = 0;
+    } else if (r->shape[i] > 0) {
+      n->want.d[i] = (uint32_t)r->shape[i];
+    } else {
+      return td_errorf(err, TD_EINVAL,
+                       "model.layers[%u].reshape.shape[%zu]: %d; each dimension is > 0, or "
+                       "-1 once (the size the others leave)",
+                       n->spec_index, i, (int)r->shape[i]);
+    }
+  }
+  return TD_OK;
+}
+
+int op_reshape_shape(td_node *n, const td_shape *in, td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48], a[64], b[64];
+  const size_t size = td_shape_size(&in[0]);
+  td_shape s = n->want;
+  size_t known = 1;
+  for (uint32_t i = 0; i < s.rank; i++)
+    if ((int)i != n->infer)
+      known *= s.d[i];
+  if (n->infer >= 0 && known && size % known == 0)
+    s.d[n->infer] = (uint32_t)(size / known);
+  if (td_shape_size(&s) != size || (n->infer >= 0 && s.d[n->infer] == 0)) {
+    /* The target as written: -1 where a size was to be inferred. */
+    size_t o = (size_t)snprintf(b, sizeof b, "(");
+    for (uint32_t i = 0; i < n->want.rank && o < sizeof b; i++)
+      o += (size_t)snprintf(b + o, sizeof b - o, (int)i == n->infer ? "%s-1" : "%s%u",
+                            i ? ", " : "", n->want.d[i]);
+    if (o < sizeof b)
+      snprintf(b + o, sizeof b - o, n->want.rank == 1 ? ",)" : ")");
+    return td_errorf(err, TD_EINVAL,
+                     "%s: reshape of %s (%zu values) to %s: the sizes differ; give a shape of "
+                     "%zu values",
+                     node_ref(n, ref, sizeof ref), td_shape_str(&in[0], a, sizeof a), size, b,
+                     size);
+  }
+  n->shape = s;
+  n->in_features = n->out = (uint32_t)size;
+  n->alias = 1;
+  return TD_OK;
+}
+
+int op_reshape_params(td_compile *c, td_node *n, td_error *err) {
+  (void)c;
+  (void)n;
+  (void)err;
+  return TD_OK;
+}
+
+void op_reshape_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  (void)p;
+  (void)n;
+  (void)key;
+  (void)h;
+}
+
+double op_reshape_flops(const td_node *n, uint32_t batch) {
+  (void)n;
+  (void)batch;
+  return 0.0;
+}
+
+/* Row-major values are the same in any shape: nothing to run. */
+int op_reshape_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  (void)st;
+  (void)n;
+  (void)r;
+  (void)err;
+  return TD_OK;
+}
+
+int op_reshape_bwd(td_state *st, const td_node *n, td_error *err) {
+  (void)st;
+  (void)n;
+  (void)err;
   return TD_OK;
 }

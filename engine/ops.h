@@ -1,8 +1,8 @@
 /* The functions of each op of the op table (TD_OPS, plan.h), for the
  * compiler (plan.c) and the step it runs. For an op `name`:
  *   op_name_build   reads the layer's fields into the node (and checks them)
- *   op_name_shape   the output's features from the inputs' (in_features[i]
- *                   for input i); a mismatch names both shapes
+ *   op_name_shape   the output's shape (n->shape, n->out) from the inputs'
+ *                   (in[i] for input i); a mismatch names both shapes
  *   op_name_params  declares its parameters (td_compile_param) and its
  *                   buffers besides y and dy (has_z, has_mask)
  *   op_name_init    draws its parameters into the host buffer h (the
@@ -39,7 +39,7 @@ int td_op_of_layer(const Traind__V1__Layer *l);
 
 #define TD_OP_DECLS(id, name, min_in, max_in)                                          \
   int op_##name##_build(td_node *n, const Traind__V1__Layer *l, td_error *err);        \
-  int op_##name##_shape(td_node *n, const uint32_t *in_features, td_error *err);       \
+  int op_##name##_shape(td_node *n, const td_shape *in, td_error *err);                \
   int op_##name##_params(td_compile *c, td_node *n, td_error *err);                    \
   void op_##name##_init(const td_plan *p, const td_node *n, td_key key, float *h);     \
   double op_##name##_flops(const td_node *n, uint32_t batch);                          \
@@ -53,7 +53,7 @@ typedef struct td_op_row {
   const char *name;
   uint32_t min_in, max_in;
   int (*build)(td_node *n, const Traind__V1__Layer *l, td_error *err);
-  int (*shape)(td_node *n, const uint32_t *in_features, td_error *err);
+  int (*shape)(td_node *n, const td_shape *in, td_error *err);
   int (*params)(td_compile *c, td_node *n, td_error *err);
   void (*init)(const td_plan *p, const td_node *n, td_key key, float *h);
   double (*flops)(const td_node *n, uint32_t batch);

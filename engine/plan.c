@@ -39,6 +39,22 @@ static uint8_t *make_signature(const Traind__V1__Model *model, const Traind__V1_
   return sig;
 }
 
+size_t td_shape_size(const td_shape *s) {
+  size_t n = 1;
+  for (uint32_t i = 0; i < s->rank; i++)
+    n *= s->d[i];
+  return n;
+}
+
+const char *td_shape_str(const td_shape *s, char *buf, size_t len) {
+  size_t o = (size_t)snprintf(buf, len, "(");
+  for (uint32_t i = 0; i < s->rank && o < len; i++)
+    o += (size_t)snprintf(buf + o, len - o, "%s%u", i ? ", " : "", s->d[i]);
+  if (o < len)
+    snprintf(buf + o, len - o, s->rank == 1 ? ",)" : ")");
+  return buf;
+}
+
 /* The names of a model's layers while it compiles: an open-addressing set
  * of node indices (plus one; 0 is empty), at most half full, so that each
  * name is found in constant time. */
@@ -92,6 +108,8 @@ struct td_compile {
   int *named; /* (n) whether a node's name can be referred to */
   name_set names;
   int32_t *order; /* the program: node indices in topological order */
+  int32_t *root;  /* (n) whose buffer a node's output is: itself, or for an alias the
+                     root of its input (-1: the step's input) */
   size_t n_order;
 };
 
@@ -139,7 +157,7 @@ static int read_layers(td_compile *c, td_error *err) {
     if (op < 0)
       return td_errorf(err, TD_EINVAL,
                        "model.layers[%zu]: set one of: dense, relu, gelu, tanh, sigmoid, "
-                       "dropout, add",
+                       "dropout, add, flatten, reshape",
                        i);
     n->op = (td_op)op;
     if (n->op == TD_OP_DENSE)
@@ -473,7 +491,7 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
     const td_node *m = &c->nodes[c->order[k]];
     first_grad[c->order[k]] = UINT32_MAX;
     for (uint32_t i = 0; i < m->n_in; i++) {
-      int32_t src = m->in[i];
+      int32_t src = m->in[i] < 0 ? -1 : c->root[m->in[i]];
       if (src < 0)
         continue;
       uint32_t t = m->grad ? 2 * T - k : k;
@@ -483,15 +501,19 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
         first_grad[src] = 2 * T - k;
     }
   }
+  /* The loss reads the output's buffer and writes its gradient. */
+  const int32_t out_root = c->root[out];
   size_t nb = 0;
   for (uint32_t k = 0; k < T; k++) {
     const int32_t id = c->order[k];
     td_node *n = &c->nodes[id];
+    if (n->alias)
+      continue; /* its input's buffers */
     const uint32_t fwd = k, bwd = 2 * T - k;
     const size_t cells = B * n->out;
     /* y: from its forward to its last read (its own backward, the loss). */
     uint32_t last = n->grad ? bwd : fwd;
-    if ((size_t)id == out && T > last)
+    if (id == out_root && T > last)
       last = T;
     if (last_read[id] > last)
       last = last_read[id];
@@ -503,7 +525,7 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
     if (n->grad) {
       /* dy: from the first consumer's backward (the loss for the output)
        * to its own. */
-      uint32_t first = (size_t)id == out ? T : first_grad[id];
+      uint32_t first = id == out_root ? T : first_grad[id];
       if (first > bwd)
         first = bwd;
       bs[nb++] = (buf){&n->dy, cells, first, bwd};
@@ -525,13 +547,14 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
   size_t n = c.n ? c.n : 1;
   c.nodes = calloc(n, sizeof *c.nodes);
   c.named = calloc(n, sizeof *c.named);
+  c.root = calloc(n, sizeof *c.root);
   p->views = calloc(2 * n, sizeof *p->views); /* two parameters per layer at most */
   uint32_t *uses = calloc(n, sizeof *uses);
   c.names.mask = 1;
   while (c.names.mask + 1 < 2 * n)
     c.names.mask = c.names.mask * 2 + 1;
   c.names.slots = calloc(c.names.mask + 1, sizeof *c.names.slots);
-  int rc = c.nodes && c.named && p->views && uses && c.names.slots
+  int rc = c.nodes && c.named && c.root && p->views && uses && c.names.slots
                ? TD_OK
                : td_errorf(err, TD_ENOMEM, "compile: out of memory");
   if (!rc && c.n == 0)
@@ -559,10 +582,10 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
    * needed: a node's, when it has parameters or an input whose is. */
   for (size_t k = 0; !rc && k < c.n_order; k++) {
     td_node *nd = &c.nodes[c.order[k]];
-    uint32_t feat[TD_MAX_INPUTS];
+    td_shape in[TD_MAX_INPUTS];
     for (uint32_t i = 0; i < nd->n_in; i++)
-      feat[i] = nd->in[i] < 0 ? p->in_dim : c.nodes[nd->in[i]].out;
-    rc = td_op_table[nd->op].shape(nd, feat, err);
+      in[i] = nd->in[i] < 0 ? p->in_shape : c.nodes[nd->in[i]].shape;
+    rc = td_op_table[nd->op].shape(nd, in, err);
     if (!rc)
       rc = td_op_table[nd->op].params(&c, nd, err);
     if (rc)
@@ -572,6 +595,8 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
       if (nd->in[i] >= 0 && c.nodes[nd->in[i]].grad)
         nd->grad = 1;
     p->flops += td_op_table[nd->op].flops(nd, p->batch);
+    const int32_t id = c.order[k];
+    c.root[id] = !nd->alias ? id : nd->in[0] < 0 ? -1 : c.root[nd->in[0]];
   }
   if (!rc) {
     p->out_dim = c.nodes[out].out;
@@ -595,7 +620,7 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
       if (!nd->grad)
         nd->dy = TD_NONE;
       for (uint32_t i = 0; i < nd->n_in; i++) {
-        int32_t src = nd->in[i];
+        int32_t src = nd->in[i] < 0 ? -1 : c.root[nd->in[i]];
         nd->x[i] = src < 0 ? p->in_off : c.nodes[src].y;
         nd->dx[i] = TD_NONE;
         nd->dx_acc[i] = 0;
@@ -607,6 +632,10 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
       }
       if (nd->op == TD_OP_ACT)
         nd->z = nd->x[0]; /* the input is the pre-activation */
+      if (nd->alias) {
+        nd->y = nd->z = nd->x[0];
+        nd->dy = nd->dx[0];
+      }
     }
     free(written);
   }
@@ -637,6 +666,7 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
   }
   free(c.nodes);
   free(c.named);
+  free(c.root);
   free(c.names.slots);
   free(c.order);
   free(uses);
@@ -653,6 +683,11 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
     return td_errorf(err, TD_EINVAL, "training.batch_size: must be > 0");
   if (model->n_input_shape == 0)
     return td_errorf(err, TD_EINVAL, "model.input_shape: required (for example [784] or [28, 28])");
+  if (model->n_input_shape > TD_MAX_RANK)
+    return td_errorf(err, TD_EINVAL,
+                     "model.input_shape: %zu dimensions; at most %d (for example [784] or "
+                     "[28, 28, 1])",
+                     model->n_input_shape, TD_MAX_RANK);
   uint64_t in_dim = 1;
   for (size_t i = 0; i < model->n_input_shape; i++) {
     if (model->input_shape[i] == 0)
@@ -671,6 +706,9 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
     return td_errorf(err, TD_ENOMEM, "compile: out of memory");
   p->batch = batch;
   p->in_dim = (uint32_t)in_dim;
+  p->in_shape.rank = (uint32_t)model->n_input_shape;
+  for (size_t i = 0; i < model->n_input_shape; i++)
+    p->in_shape.d[i] = model->input_shape[i];
   p->loss = model->loss;
   int rc = compile_graph(p, model, err);
   if (!rc) {

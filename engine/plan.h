@@ -37,6 +37,19 @@ typedef struct td_view {
 #define TD_NONE SIZE_MAX
 /* The most inputs a layer takes (add). */
 #define TD_MAX_INPUTS 8
+/* The most dimensions of one example's values: (features), (H, W, C), ... */
+#define TD_MAX_RANK 4
+
+/* The shape of one example's values (without the batch), row-major. */
+typedef struct td_shape {
+  uint32_t rank;
+  uint32_t d[TD_MAX_RANK];
+} td_shape;
+
+/* The number of values of one example: the product of the dimensions. */
+size_t td_shape_size(const td_shape *s);
+/* "(28, 28, 1)" into buf. */
+const char *td_shape_str(const td_shape *s, char *buf, size_t len);
 
 /* The op table: X(ID, name, least inputs, most inputs). Each op has its
  * functions in engine/ops.c, named op_<name>_<part> (ops.h): how it reads
@@ -45,24 +58,25 @@ typedef struct td_view {
  * backward on the backend. Adding
  * an op is adding a row and those functions; the compiler (plan.c) goes
  * through the table only. */
-#define TD_OPS(X)           \
-  X(DENSE, dense, 1, 1)     \
-  X(ACT, act, 1, 1)         \
-  X(DROPOUT, dropout, 1, 1) \
-  X(ADD, add, 2, TD_MAX_INPUTS)
+#define TD_OPS(X)               \
+  X(DENSE, dense, 1, 1)         \
+  X(ACT, act, 1, 1)             \
+  X(DROPOUT, dropout, 1, 1)     \
+  X(ADD, add, 2, TD_MAX_INPUTS) \
+  X(RESHAPE, reshape, 1, 1)
 
 typedef enum td_op {
 #define TD_OP_ENUM(id, name, min_in, max_in) TD_OP_##id,
   TD_OPS(TD_OP_ENUM)
 #undef TD_OP_ENUM
 } td_op;
-#define TD_N_OPS (TD_OP_ADD + 1)
+#define TD_N_OPS (TD_OP_RESHAPE + 1)
 
 /* One node of the compiled graph: a layer of the model (an activation
  * whose one input is a dense layer that feeds nothing else is fused into
  * that layer's node). Arena
- * offsets are in floats; every activation buffer is (batch, features)
- * row-major. */
+ * offsets are in floats; every activation buffer is (batch, shape)
+ * row-major: NHWC for images. */
 typedef struct td_node {
   td_op op;
   td_act act;                  /* DENSE: the activation fused after it; ACT: its own */
@@ -72,10 +86,15 @@ typedef struct td_node {
   char name[TD_VIEW_NAME_MAX]; /* for messages: the layer's name, or "model.layers[i]" */
   uint32_t n_in;
   int32_t in[TD_MAX_INPUTS]; /* the nodes it reads, by index in plan->nodes; -1: the input */
-  uint32_t in_features, out; /* features of its (first) input and of its output */
+  uint32_t in_features, out; /* values per example of its (first) input and of its output */
+  td_shape shape;            /* its output's shape per example (out values) */
+  int alias;                 /* its output is its input's buffer, seen in another shape
+                                (y and dy are the input's; forward and backward do nothing) */
   int use_bias;              /* DENSE */
   size_t w_view, b_view;     /* DENSE: indices into plan->views; b_view TD_NONE without bias */
   Traind__V1__Initializer kernel_init, bias_init;
+  td_shape want;                 /* RESHAPE: the target; entry `infer` is to be inferred */
+  int infer;                     /* RESHAPE: that entry, or -1 */
   float rate;                    /* DROPOUT */
   uint32_t key_slot;             /* DROPOUT: its key's place in a step record's keys */
   int grad;                      /* whether the gradient of its output is needed */
@@ -94,9 +113,10 @@ typedef struct td_plan {
   uint8_t *sig;
   size_t sig_len;
 
-  uint32_t batch;   /* per-device batch */
-  uint32_t in_dim;  /* features per example */
-  uint32_t out_dim; /* model outputs (classes) */
+  uint32_t batch;    /* per-device batch */
+  uint32_t in_dim;   /* values per example */
+  td_shape in_shape; /* their shape (model.input_shape) */
+  uint32_t out_dim;  /* model outputs (classes) */
   Traind__V1__Loss loss;
 
   size_t n_params; /* floats in the parameter (and gradient) buffer */

@@ -68,6 +68,8 @@ static double ref_loss(const ref_model *m, const double *w) {
           v = act_d(L->act, v);
         } else if (L->op == TD_OP_ACT) {
           v = act_d(L->act, x[o]);
+        } else if (L->op == TD_OP_RESHAPE) {
+          v = x[o];
         } else if (L->op == TD_OP_ADD) {
           for (uint32_t i = 0; i < L->n_in; i++)
             v += in[i][(size_t)r * L->out + o];
@@ -304,5 +306,14 @@ int main(void) {
              "{name: twice, add: {}, inputs: [g, g]},"
              "{name: o, dense: {features: 3}, inputs: [twice]}]}\n",
              3, 9);
+  check_case("image input, reshape and flatten (aliases) into an add",
+             "model: {input_shape: [2, 3, 2], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
+             "{relu: {}}, {name: a, dense: {features: 12}},"
+             "{name: r1, reshape: {shape: [3, -1]}, inputs: [a]},"
+             "{name: r2, reshape: {shape: [2, 2, 3]}, inputs: [a]},"
+             "{name: f1, flatten: {}, inputs: [r1]}, {name: f2, flatten: {}, inputs: [r2]},"
+             "{name: s, add: {}, inputs: [f1, f2, a]}, {tanh: {}},"
+             "{name: out, dense: {features: 3}}]}\n",
+             4, 10);
   return td_check_exit();
 }

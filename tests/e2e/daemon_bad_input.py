@@ -17,7 +17,8 @@ a job it knows.
   invalid_specs          invalid specs: INVALID_ARGUMENT naming the field
   graph_errors           models as graphs that do not compile (unknown input,
                          cycle, unused layer, duplicate name, shape mismatch,
-                         arity, reserved name, unknown output): INVALID_ARGUMENT
+                         arity, reserved name, unknown output, reshape
+                         sizes): INVALID_ARGUMENT
                          naming the layer and what to fix
   spec_not_matching_data a spec that does not fit its data (batch larger
                          than the set, wrong input shape) is accepted and
@@ -222,6 +223,11 @@ def graph_errors(s):
          "model.layers[1].inputs", "9 inputs; at most 8"),
         (model([{"relu": {}}, {"dropout": {"rate": 0.1}}]),
          "model.layers", "at least one dense layer"),
+        (model([{"name": "v", "reshape": {"shape": [5, -1]}}, d(10)]),
+         "model.layers[0] ('v')", "reshape of (784,) (784 values) to (5, -1)",
+         "the sizes differ"),
+        (model([{"reshape": {"shape": [28, 0]}}, d(10)]),
+         "model.layers[0].reshape.shape[1]", "each dimension is > 0"),
     ]
     for sp, *words in cases:
         c.submit_error(sp, C.INVALID_ARGUMENT, *words)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Models as graphs against JAX: a residual block, where a value feeds two
-layers (its gradient is the sum of theirs), and a branch from the model's
-input with an add of three, each trained by `traind run` for 20 SGD steps
+layers (its gradient is the sum of theirs), a branch from the model's
+input with an add of three, and an image-shaped input through reshape and
+flatten into a skip connection, each trained by `traind run` for 20 SGD steps
 (momentum 0.9) and by the same model written in JAX (jax.grad, optax's sgd
 formulas), from the same initial parameters (written with h5py and given
 to traind as checkpoint.init_from). The loss of every step and every
@@ -86,6 +87,26 @@ def branches(p, x):
     return dense("out", t)
 
 
+# An image-shaped input (4, 5, 1), an activation on it, its values viewed
+# as (5, 4) and flattened, and a skip over a block.
+IMAGE = [
+    {"name": "img", "tanh": {}},
+    {"name": "v", "reshape": {"shape": [5, -1]}},
+    {"name": "flat", "flatten": {}},
+    {"name": "b1", "dense": {"features": IN}},
+    {"name": "g", "gelu": {}},
+    {"name": "skip", "add": {}, "inputs": ["g", "flat"]},
+    {"name": "out", "dense": {"features": CLASSES}},
+]
+
+
+def image(p, x):
+    dense = lambda n, h: h @ p[n]["w"] + p[n]["b"]
+    flat = jnp.tanh(x.reshape(-1, 4, 5, 1)).reshape(x.shape[0], 5, 4).reshape(x.shape[0], -1)
+    h = jax.nn.gelu(dense("b1", flat), approximate=True)
+    return dense("out", h + flat)
+
+
 def shapes(layers):
     """(name, fan_in, features) of each dense layer, following the graph."""
     feat, out, prev = {"input": IN}, [], "input"
@@ -108,7 +129,7 @@ def loss_fn(model):
     return loss
 
 
-def run_case(traind, tmp, label, layers, model, seed):
+def run_case(traind, tmp, label, layers, model, seed, input_shape=(IN,)):
     rng = np.random.default_rng(seed)
     root = os.path.join(tmp, label)
     os.makedirs(root)
@@ -128,7 +149,8 @@ def run_case(traind, tmp, label, layers, model, seed):
 
     spec = {
         "name": "graph-" + label,
-        "model": {"input_shape": [IN], "layers": layers, "loss": "SOFTMAX_CROSS_ENTROPY"},
+        "model": {"input_shape": list(input_shape), "layers": layers,
+                  "loss": "SOFTMAX_CROSS_ENTROPY"},
         "optimizer": {"chain": [{"sgd": {"learning_rate": {"constant": LR},
                                          "momentum": MOMENTUM}}]},
         "dataset": {"hdf5": {"train_file": "train.h5"}},
@@ -183,6 +205,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="td-graph-") as tmp:
         run_case(traind, tmp, "residual", RESIDUAL, residual, 1)
         run_case(traind, tmp, "branches", BRANCHES, branches, 2)
+        run_case(traind, tmp, "image", IMAGE, image, 3, input_shape=(4, 5, 1))
     print("%s" % ("ok" if not failures else "%d failed" % failures))
     return 1 if failures else 0
 
