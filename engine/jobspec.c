@@ -98,69 +98,118 @@ static const pbjson_rule job_rules[] = {
     MAX("Devices", "count", 4096),
 };
 
-/* The features of layer i's first input (see plan.c's read_layers: named
- * inputs, else the layer before; "input" the model's), the named layer
- * found among those before it; -1 when it is none of them (the compile
- * says why). names[k] is layer k's name (a dense layer's default
- * "layerN" included). */
-static double input_features(const Traind__V1__Model *m, char (*names)[32], const double *features,
-                             size_t i, double in) {
-  const Traind__V1__Layer *l = m->layers[i];
-  if (l->n_inputs == 0)
-    return i ? features[i - 1] : in;
-  const char *want = l->inputs[0];
-  if (strcmp(want, "input") == 0)
-    return in;
-  for (size_t k = 0; k < i; k++) {
-    const Traind__V1__Layer *o = m->layers[k];
-    const char *name = o->name && *o->name ? o->name : names[k];
-    if (strcmp(name, want) == 0)
-      return features[k];
-  }
-  return -1.0;
+/* A layer's name and its index, for the size check's lookups. */
+typedef struct named_layer {
+  const char *name;
+  size_t index;
+} named_layer;
+
+static int named_cmp(const void *a, const void *b) {
+  return strcmp(((const named_layer *)a)->name, ((const named_layer *)b)->name);
 }
 
-/* The model's size against TD_JOB_MAX_*: one pass over the layers,
- * following the features from the input shape through each layer's first
- * input (after pbjson_validate, so every layer has its kind). A layer
- * whose input is later in the list or unknown counts the widest features
- * of any layer (no layer is wider: only dense layers change the width),
- * so that the figures are never below the model's. Counted in double:
- * nothing overflows. */
+/* The index of the layer input k of layer i reads (see plan.c's
+ * read_layers: named inputs, else the layer before), -1 for the model's
+ * input, -2 for a name no layer has (the compile says why). */
+static long input_of(const Traind__V1__Model *m, const named_layer *byname, size_t n_named,
+                     size_t i, size_t k) {
+  const Traind__V1__Layer *l = m->layers[i];
+  if (l->n_inputs == 0)
+    return (long)i - 1;
+  if (strcmp(l->inputs[k], "input") == 0)
+    return -1;
+  named_layer key = {l->inputs[k], 0};
+  const named_layer *hit = bsearch(&key, byname, n_named, sizeof *byname, named_cmp);
+  return hit ? (long)hit->index : -2;
+}
+
+/* The model's size against TD_JOB_MAX_*, before anything is compiled
+ * (after pbjson_validate, so every layer has its kind): each layer's
+ * values per example follow from its inputs (a concatenate's are their
+ * sum, a dense layer's its features, every other layer's its first
+ * input's), evaluated depth first in time linear in the model. An input
+ * that names nothing, or one that closes a cycle, counts as the widest of
+ * the input and the dense layers; the compile refuses those models
+ * anyway. Counted in double: nothing overflows. */
 static int check_model_size(const Traind__V1__JobSpec *spec, td_error *err) {
   const Traind__V1__Model *m = spec->model;
   double in = 1.0, params = 0.0, weights = 0.0, widest = 0.0;
   for (size_t i = 0; i < m->n_input_shape; i++)
     in *= m->input_shape[i];
   widest = in;
+  for (size_t i = 0; i < m->n_layers; i++)
+    if (m->layers[i]->kind_case == TRAIND__V1__LAYER__KIND_DENSE &&
+        m->layers[i]->dense->features > widest)
+      widest = m->layers[i]->dense->features;
   const size_t n = m->n_layers ? m->n_layers : 1;
   double *features = malloc(n * sizeof *features);
-  char(*names)[32] = calloc(n, sizeof *names);
-  if (!features || !names) {
+  char(*dflt)[32] = calloc(n, sizeof *dflt);
+  named_layer *byname = malloc(n * sizeof *byname);
+  unsigned char *state = calloc(n, 1); /* 0 to do, 1 on the stack, 2 done */
+  struct frame {
+    size_t layer, next;
+  } *stack = malloc(n * sizeof *stack);
+  if (!features || !dflt || !byname || !state || !stack) {
     free(features);
-    free(names);
+    free(dflt);
+    free(byname);
+    free(state);
+    free(stack);
     return td_errorf(err, TD_ENOMEM, "out of memory");
   }
   uint32_t dense = 0;
-  for (size_t i = 0; i < m->n_layers; i++)
-    if (m->layers[i]->kind_case == TRAIND__V1__LAYER__KIND_DENSE)
-      snprintf(names[i], sizeof names[i], "layer%u", ++dense);
+  size_t n_named = 0;
   for (size_t i = 0; i < m->n_layers; i++) {
     const Traind__V1__Layer *l = m->layers[i];
-    double f = input_features(m, names, features, i, in);
-    if (f < 0)
-      f = widest;
-    if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE) {
-      const Traind__V1__Dense *d = l->dense;
-      const double out = d->features;
-      weights += f * out;
-      params += f * out + (!d->use_bias || d->use_bias->value ? out : 0.0);
-      f = out;
+    if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE)
+      snprintf(dflt[i], sizeof dflt[i], "layer%u", ++dense);
+    const char *name = l->name && *l->name ? l->name : dflt[i];
+    if (*name)
+      byname[n_named++] = (named_layer){name, i};
+  }
+  qsort(byname, n_named, sizeof *byname, named_cmp);
+  for (size_t root = 0; root < m->n_layers; root++) {
+    if (state[root])
+      continue;
+    size_t top = 0;
+    stack[top++] = (struct frame){root, 0};
+    state[root] = 1;
+    while (top) {
+      struct frame *fr = &stack[top - 1];
+      const Traind__V1__Layer *l = m->layers[fr->layer];
+      const size_t n_in = l->n_inputs ? l->n_inputs : 1;
+      if (fr->next < n_in) {
+        long src = input_of(m, byname, n_named, fr->layer, fr->next++);
+        if (src >= 0 && state[src] == 0) {
+          state[src] = 1;
+          stack[top++] = (struct frame){(size_t)src, 0};
+        }
+        continue;
+      }
+      /* Every input known (or on the stack: a cycle): this layer's values. */
+      double f = 0.0;
+      const int concat = l->kind_case == TRAIND__V1__LAYER__KIND_CONCATENATE;
+      for (size_t k = 0; k < (concat ? n_in : 1); k++) {
+        long src = input_of(m, byname, n_named, fr->layer, k);
+        f += src == -1 ? in : src >= 0 && state[src] == 2 ? features[src] : widest;
+      }
+      if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE) {
+        const Traind__V1__Dense *d = l->dense;
+        const double out = d->features;
+        weights += f * out;
+        params += f * out + (!d->use_bias || d->use_bias->value ? out : 0.0);
+        f = out;
+      }
+      features[fr->layer] = f;
+      state[fr->layer] = 2;
+      top--;
     }
-    features[i] = f;
   }
   free(features);
-  free(names);
+  free(dflt);
+  free(byname);
+  free(state);
+  free(stack);
   if (params > (double)TD_JOB_MAX_PARAMS)
     return td_errorf(err, TD_EINVAL,
                      "model: %.0f parameters; a model may have at most %llu (2^31, see "

@@ -45,6 +45,8 @@ int td_op_of_layer(const Traind__V1__Layer *l) {
     return TD_OP_DROPOUT;
   case TRAIND__V1__LAYER__KIND_ADD:
     return TD_OP_ADD;
+  case TRAIND__V1__LAYER__KIND_CONCATENATE:
+    return TD_OP_CONCAT;
   case TRAIND__V1__LAYER__KIND_FLATTEN:
   case TRAIND__V1__LAYER__KIND_RESHAPE:
     return TD_OP_RESHAPE;
@@ -490,5 +492,97 @@ int op_reshape_bwd(td_state *st, const td_node *n, td_error *err) {
   (void)st;
   (void)n;
   (void)err;
+  return TD_OK;
+}
+
+/* ---- concatenate: jnp.concatenate(inputs, axis) -------------------------
+ * Row-major, every input is (outer, cols[i]) per example for the axis: the
+ * dimensions before it make the rows, the axis and those after it the
+ * columns. The output's rows are the inputs' side by side. */
+
+int op_concatenate_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  (void)err;
+  n->axis = l->concatenate->axis ? l->concatenate->axis : -1; /* resolved by shape */
+  return TD_OK;
+}
+
+int op_concatenate_shape(td_node *n, const td_shape *in, td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48], a[64], b[64];
+  const int rank = (int)in[0].rank;
+  int axis = n->axis < 0 ? rank + n->axis : n->axis - 1; /* jnp's axis counts the batch */
+  if (axis < 0 || axis >= rank)
+    return td_errorf(err, TD_EINVAL,
+                     "%s: concatenate.axis %d is outside its inputs' %d dimensions (1 to %d, or "
+                     "-1 to -%d, counting the batch as jnp.concatenate does)",
+                     node_ref(n, ref, sizeof ref), n->axis, rank + 1, rank, rank);
+  td_shape s = in[0];
+  s.d[axis] = 0;
+  for (uint32_t i = 0; i < n->n_in; i++) {
+    int same = in[i].rank == in[0].rank;
+    for (int k = 0; same && k < rank; k++)
+      same = k == axis || in[i].d[k] == in[0].d[k];
+    if (!same)
+      return td_errorf(err, TD_EINVAL,
+                       "%s: concatenate needs inputs that agree but along axis %d, but input 1 "
+                       "is %s and input %u is %s",
+                       node_ref(n, ref, sizeof ref), n->axis, td_shape_str(&in[0], a, sizeof a),
+                       i + 1, td_shape_str(&in[i], b, sizeof b));
+    s.d[axis] += in[i].d[axis];
+  }
+  n->outer = 1;
+  for (int k = 0; k < axis; k++)
+    n->outer *= in[0].d[k];
+  for (uint32_t i = 0; i < n->n_in; i++)
+    n->cols[i] = (uint32_t)(td_shape_size(&in[i]) / n->outer);
+  n->axis = axis;
+  n->shape = s;
+  n->in_features = (uint32_t)td_shape_size(&in[0]);
+  n->out = (uint32_t)td_shape_size(&s);
+  return TD_OK;
+}
+
+int op_concatenate_params(td_compile *c, td_node *n, td_error *err) {
+  return op_reshape_params(c, n, err);
+}
+
+void op_concatenate_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  op_reshape_init(p, n, key, h);
+}
+
+double op_concatenate_flops(const td_node *n, uint32_t batch) {
+  (void)n;
+  (void)batch;
+  return 0.0;
+}
+
+int op_concatenate_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena;
+  const size_t rows = (size_t)r->rows * n->outer, ld = n->out / n->outer;
+  size_t col = 0;
+  for (uint32_t i = 0; i < n->n_in; i++) {
+    CALL(ops->copy2d(st->be, rows, n->cols[i], a + n->y + col, ld, a + n->x[i], n->cols[i]),
+         "concatenate");
+    col += n->cols[i];
+  }
+  return TD_OK;
+}
+
+int op_concatenate_bwd(td_state *st, const td_node *n, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena;
+  const size_t rows = (size_t)st->plan->batch * n->outer, ld = n->out / n->outer;
+  size_t col = 0;
+  for (uint32_t i = 0; i < n->n_in; i++) {
+    if (n->dx[i] != TD_NONE) {
+      CALL(ops->copy2d(st->be, rows, n->cols[i], grad_target(st, n, (int)i), n->cols[i],
+                       a + n->dy + col, ld),
+           "concatenate backward");
+      int rc = grad_finish(st, n, (int)i, rows * n->cols[i], err);
+      if (rc)
+        return rc;
+    }
+    col += n->cols[i];
+  }
   return TD_OK;
 }

@@ -157,7 +157,7 @@ static int read_layers(td_compile *c, td_error *err) {
     if (op < 0)
       return td_errorf(err, TD_EINVAL,
                        "model.layers[%zu]: set one of: dense, relu, gelu, tanh, sigmoid, "
-                       "dropout, add, flatten, reshape",
+                       "dropout, add, flatten, reshape, concatenate",
                        i);
     n->op = (td_op)op;
     if (n->op == TD_OP_DENSE)
@@ -683,11 +683,6 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
     return td_errorf(err, TD_EINVAL, "training.batch_size: must be > 0");
   if (model->n_input_shape == 0)
     return td_errorf(err, TD_EINVAL, "model.input_shape: required (for example [784] or [28, 28])");
-  if (model->n_input_shape > TD_MAX_RANK)
-    return td_errorf(err, TD_EINVAL,
-                     "model.input_shape: %zu dimensions; at most %d (for example [784] or "
-                     "[28, 28, 1])",
-                     model->n_input_shape, TD_MAX_RANK);
   uint64_t in_dim = 1;
   for (size_t i = 0; i < model->n_input_shape; i++) {
     if (model->input_shape[i] == 0)
@@ -706,9 +701,14 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
     return td_errorf(err, TD_ENOMEM, "compile: out of memory");
   p->batch = batch;
   p->in_dim = (uint32_t)in_dim;
-  p->in_shape.rank = (uint32_t)model->n_input_shape;
-  for (size_t i = 0; i < model->n_input_shape; i++)
-    p->in_shape.d[i] = model->input_shape[i];
+  /* More dimensions than a shape holds: the values as one vector. */
+  if (model->n_input_shape > TD_MAX_RANK) {
+    p->in_shape = (td_shape){1, {(uint32_t)in_dim}};
+  } else {
+    p->in_shape.rank = (uint32_t)model->n_input_shape;
+    for (size_t i = 0; i < model->n_input_shape; i++)
+      p->in_shape.d[i] = model->input_shape[i];
+  }
   p->loss = model->loss;
   int rc = compile_graph(p, model, err);
   if (!rc) {

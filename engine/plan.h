@@ -63,14 +63,15 @@ const char *td_shape_str(const td_shape *s, char *buf, size_t len);
   X(ACT, act, 1, 1)             \
   X(DROPOUT, dropout, 1, 1)     \
   X(ADD, add, 2, TD_MAX_INPUTS) \
-  X(RESHAPE, reshape, 1, 1)
+  X(RESHAPE, reshape, 1, 1)     \
+  X(CONCAT, concatenate, 2, TD_MAX_INPUTS)
 
 typedef enum td_op {
 #define TD_OP_ENUM(id, name, min_in, max_in) TD_OP_##id,
   TD_OPS(TD_OP_ENUM)
 #undef TD_OP_ENUM
 } td_op;
-#define TD_N_OPS (TD_OP_RESHAPE + 1)
+#define TD_N_OPS (TD_OP_CONCAT + 1)
 
 /* One node of the compiled graph: a layer of the model (an activation
  * whose one input is a dense layer that feeds nothing else is fused into
@@ -95,6 +96,9 @@ typedef struct td_node {
   Traind__V1__Initializer kernel_init, bias_init;
   td_shape want;                 /* RESHAPE: the target; entry `infer` is to be inferred */
   int infer;                     /* RESHAPE: that entry, or -1 */
+  int axis;                      /* CONCAT: the example's dimension, from 0 */
+  uint32_t outer;                /* CONCAT: rows per example of the (rows, cols) blocks */
+  uint32_t cols[TD_MAX_INPUTS];  /* CONCAT: each input's columns (its values per row) */
   float rate;                    /* DROPOUT */
   uint32_t key_slot;             /* DROPOUT: its key's place in a step record's keys */
   int grad;                      /* whether the gradient of its output is needed */

@@ -152,6 +152,11 @@ typedef struct td_backend_ops {
   /* out = a + b elementwise (an add layer, and gradients summed where a
    * value feeds several layers); out may equal a or b. */
   int (*add)(td_backend *be, size_t n, const float *a, const float *b, float *out);
+  /* Copies a (rows, cols) block between row-major buffers of leading
+   * dimensions src_ld and dst_ld (in floats): concatenation and its
+   * backward. The two do not overlap. */
+  int (*copy2d)(td_backend *be, size_t rows, size_t cols, float *dst, size_t dst_ld,
+                const float *src, size_t src_ld);
 
   /* out[0] = sum of x^2 (accumulated in double, stored as float). */
   int (*sumsq)(td_backend *be, size_t n, const float *x, float *out);

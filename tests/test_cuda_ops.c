@@ -10,7 +10,7 @@
  * explicit tolerances; indices, offsets, dropout keys, optimizer scalars,
  * norms and guards in device memory, as a recorded step reads them:
  *   bitwise      fill, copy, gather (also at an offset read from device
- *                memory), mul, add, dropout (mask and output), the bias add,
+ *                memory), mul, add, copy2d, dropout (mask and output), the bias add,
  *                relu, the derivatives taken from y, the squared error's
  *                gradient, step_begin and record (against the table and
  *                slots as written), the shuffle (against
@@ -256,6 +256,20 @@ static void check_fill_copy_mul_add(void) {
         CHECK_BITS("add in place", got, want, n);
       }
       gfree(db2);
+      /* A block between buffers of other leading dimensions (concatenate):
+       * rows of 5 of a's values into rows of 7 of d, the rest untouched. */
+      if (n >= 35) {
+        size_t rows = n / 7;
+        C->copy(cpu, want, b, n);
+        C->copy2d(cpu, rows, 5, want + 2, 7, a, 5);
+        float *dd = gput(b, n * sizeof(float));
+        if (dd) {
+          CHECK_OK(G->copy2d(gpu, rows, 5, dd + 2, 7, da, 5));
+          gget(got, dd, n * sizeof(float));
+          CHECK_BITS("copy2d", got, want, n);
+        }
+        gfree(dd);
+      }
       C->mul(cpu, n, a, b, want);
       /* In place, as dropout's backward pass runs it (dx = dy * mask). */
       CHECK_OK(G->mul(gpu, n, da, db, da));

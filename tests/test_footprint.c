@@ -896,6 +896,26 @@ static void test_limits(void) {
   rc = td_jobspec_parse(buf, strlen(buf), &spec, &err);
   CHECK(rc == 0, "784-2^19-2048-10: %s", err.msg);
   td_jobspec_free(spec);
+  /* A graph: a concatenate's width is its inputs' sum, here 8 x 2^14 into
+   * a dense layer of 2^14 (2.16e9 parameters with the first layer), whatever order the layers are
+   * listed in. */
+  const char *cat = "{\"model\": {\"input_shape\": [784], \"layers\": [%s], \"loss\": "
+                    "\"SOFTMAX_CROSS_ENTROPY\"}, \"optimizer\": {\"chain\": [{\"sgd\": "
+                    "{\"learning_rate\": {\"constant\": 0.1}}}]}, \"dataset\": {\"idx\": "
+                    "{\"dir\": \"mnist\"}}, \"training\": {\"epochs\": 1, \"batch_size\": 8}}";
+  const char *orders[2] = {
+      "{\"name\": \"a\", \"dense\": {\"features\": 16384}}, {\"name\": \"c\", "
+      "\"concatenate\": {}, \"inputs\": [\"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", "
+      "\"a\"]}, {\"dense\": {\"features\": 16384}, \"inputs\": [\"c\"]}",
+      "{\"dense\": {\"features\": 16384}, \"inputs\": [\"c\"]}, {\"name\": \"c\", "
+      "\"concatenate\": {}, \"inputs\": [\"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", "
+      "\"a\"]}, {\"name\": \"a\", \"dense\": {\"features\": 16384}, \"inputs\": [\"input\"]}"};
+  for (int o = 0; o < 2; o++) {
+    snprintf(buf, sizeof buf, cat, orders[o]);
+    rc = td_jobspec_parse(buf, strlen(buf), &spec, &err);
+    CHECK(rc == TD_EINVAL && strstr(err.msg, "2160361472 parameters"),
+          "concatenate of 8 x 2^14 into 2^14 (order %d): rc %d (%s)", o, rc, err.msg);
+  }
 
   /* Compile time against depth: doubling the layers about doubles it. */
   double ms[3] = {0};

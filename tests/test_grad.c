@@ -70,6 +70,13 @@ static double ref_loss(const ref_model *m, const double *w) {
           v = act_d(L->act, x[o]);
         } else if (L->op == TD_OP_RESHAPE) {
           v = x[o];
+        } else if (L->op == TD_OP_CONCAT) {
+          /* Row q of the (outer, cols) blocks, column c: from the input whose
+           * columns hold c. */
+          uint32_t ld = L->out / L->outer, q = o / ld, col = o % ld, i = 0;
+          while (col >= L->cols[i])
+            col -= L->cols[i++];
+          v = in[i][(size_t)r * L->outer * L->cols[i] + (size_t)q * L->cols[i] + col];
         } else if (L->op == TD_OP_ADD) {
           for (uint32_t i = 0; i < L->n_in; i++)
             v += in[i][(size_t)r * L->out + o];
@@ -315,5 +322,14 @@ int main(void) {
              "{name: s, add: {}, inputs: [f1, f2, a]}, {tanh: {}},"
              "{name: out, dense: {features: 3}}]}\n",
              4, 10);
+  check_case("concatenate along the last axis and along an inner one",
+             "model: {input_shape: [2, 3], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
+             "{name: a, dense: {features: 6}}, {name: ra, reshape: {shape: [2, 3]}},"
+             "{name: b, tanh: {}, inputs: [input]},"
+             "{name: c1, concatenate: {}, inputs: [ra, b]},"
+             "{name: c2, concatenate: {axis: 1}, inputs: [ra, b]},"
+             "{name: c2r, reshape: {shape: [2, 6]}}, {name: s, add: {}, inputs: [c1, c2r]},"
+             "{sigmoid: {}}, {name: out, dense: {features: 4}}]}\n",
+             3, 11);
   return td_check_exit();
 }

@@ -265,6 +265,14 @@ static int cpu_add(td_backend *be, size_t n, const float *a, const float *b, flo
   return TD_OK;
 }
 
+static int cpu_copy2d(td_backend *be, size_t rows, size_t cols, float *dst, size_t dst_ld,
+                      const float *src, size_t src_ld) {
+  (void)be;
+  for (size_t r = 0; r < rows; r++)
+    memcpy(dst + r * dst_ld, src + r * src_ld, cols * sizeof *dst);
+  return TD_OK;
+}
+
 static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
   (void)be;
   /* Eight float partial sums vectorize; folding them into a double keeps
@@ -380,6 +388,7 @@ static const td_backend_ops cpu_ops = {
     .dropout_fwd = cpu_dropout_fwd,
     .mul = cpu_mul,
     .add = cpu_add,
+    .copy2d = cpu_copy2d,
     .sumsq = cpu_sumsq,
     .opt_pass = cpu_opt_pass,
     .step_begin = cpu_step_begin,

@@ -310,6 +310,18 @@ static int cuda_add(td_backend *be, size_t n, const float *a, const float *b, fl
   return failed(c, td_cuda_add(c->stream, n, a, b, out, &c->last));
 }
 
+/* cudaMemcpy2DAsync on the stream: recorded into a graph like a kernel. */
+static int cuda_copy2d(td_backend *be, size_t rows, size_t cols, float *dst, size_t dst_ld,
+                       const float *src, size_t src_ld) {
+  cuda_ctx *c = be->ctx;
+  if (!rows || !cols)
+    return TD_OK;
+  ENTER(c);
+  cudaError_t e = cudaMemcpy2DAsync(dst, dst_ld * sizeof *dst, src, src_ld * sizeof *src,
+                                    cols * sizeof *dst, rows, cudaMemcpyDeviceToDevice, c->stream);
+  return e == cudaSuccess ? TD_OK : cuda_fail(c, "cudaMemcpy2DAsync (copy2d)", e);
+}
+
 static int cuda_sumsq(td_backend *be, size_t n, const float *x, float *out) {
   cuda_ctx *c = be->ctx;
   ENTER(c);
@@ -461,6 +473,7 @@ static const td_backend_ops cuda_ops = {
     .dropout_fwd = cuda_dropout_fwd,
     .mul = cuda_mul,
     .add = cuda_add,
+    .copy2d = cuda_copy2d,
     .sumsq = cuda_sumsq,
     .opt_pass = cuda_opt_pass,
     .step_begin = cuda_step_begin,

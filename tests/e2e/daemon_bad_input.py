@@ -228,6 +228,10 @@ def graph_errors(s):
          "the sizes differ"),
         (model([{"reshape": {"shape": [28, 0]}}, d(10)]),
          "model.layers[0].reshape.shape[1]", "each dimension is > 0"),
+        (model([{"name": "img", "reshape": {"shape": [28, 28]}}, d(16, name="h"),
+                {"name": "c", "concatenate": {}, "inputs": ["img", "h"]}, d(10)]),
+         "model.layers[2] ('c')", "concatenate needs inputs that agree but along axis -1",
+         "(28, 28)", "(16,)"),
     ]
     for sp, *words in cases:
         c.submit_error(sp, C.INVALID_ARGUMENT, *words)

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Models as graphs against JAX: a residual block, where a value feeds two
 layers (its gradient is the sum of theirs), a branch from the model's
-input with an add of three, and an image-shaped input through reshape and
-flatten into a skip connection, each trained by `traind run` for 20 SGD steps
+input with an add of three, an image-shaped input through reshape and
+flatten into a skip connection, and a concatenation of a block's output
+with its input, each trained by `traind run` for 20 SGD steps
 (momentum 0.9) and by the same model written in JAX (jax.grad, optax's sgd
 formulas), from the same initial parameters (written with h5py and given
 to traind as checkpoint.init_from). The loss of every step and every
@@ -107,13 +108,30 @@ def image(p, x):
     return dense("out", h + flat)
 
 
+# A dense block whose output is concatenated with its input (DenseNet's
+# way), feeding the head.
+CONCAT = [
+    {"name": "h", "dense": {"features": 16}},
+    {"name": "hr", "relu": {}},
+    {"name": "cat", "concatenate": {}, "inputs": ["hr", "input"]},
+    {"name": "out", "dense": {"features": CLASSES}},
+]
+
+
+def concat(p, x):
+    dense = lambda n, h: h @ p[n]["w"] + p[n]["b"]
+    return dense("out", jnp.concatenate([jax.nn.relu(dense("h", x)), x], axis=-1))
+
+
 def shapes(layers):
     """(name, fan_in, features) of each dense layer, following the graph."""
     feat, out, prev = {"input": IN}, [], "input"
     for i, l in enumerate(layers):
         name = l.get("name", "_%d" % i)
-        src = l.get("inputs", [prev])[0]
-        f = feat[src]
+        srcs = l.get("inputs", [prev])
+        f = feat[srcs[0]]
+        if "concatenate" in l:
+            f = sum(feat[x] for x in srcs)
         if "dense" in l:
             out.append((name, f, l["dense"]["features"]))
             f = l["dense"]["features"]
@@ -206,6 +224,7 @@ def main():
         run_case(traind, tmp, "residual", RESIDUAL, residual, 1)
         run_case(traind, tmp, "branches", BRANCHES, branches, 2)
         run_case(traind, tmp, "image", IMAGE, image, 3, input_shape=(4, 5, 1))
+        run_case(traind, tmp, "concat", CONCAT, concat, 4)
     print("%s" % ("ok" if not failures else "%d failed" % failures))
     return 1 if failures else 0
 
