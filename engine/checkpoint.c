@@ -26,12 +26,13 @@ typedef struct leaf {
 } leaf;
 
 /* Every float leaf of a plan, in plan order: /params/<view>, then for each
- * stage with state /opt_state/<i>_<label>/<slot>/<view>. Data pointers are
- * set into params (n_params) and opt (state_slots * n_params) host buffers;
- * opt may be NULL when only /params is wanted. */
-static int plan_leaves(const td_plan *p, float *params, float *opt, leaf **out, size_t *n_out,
-                       td_error *err) {
-  size_t cap = p->n_views * (1 + (opt ? p->optim.state_slots : 0));
+ * stage with state /opt_state/<i>_<label>/<slot>/<view>, then
+ * /batch_stats/<view>. Data pointers are set into params (n_params), opt
+ * (state_slots * n_params) and stats (n_stats) host buffers; opt and stats
+ * may be NULL when only /params is wanted. */
+static int plan_leaves(const td_plan *p, float *params, float *opt, float *stats, leaf **out,
+                       size_t *n_out, td_error *err) {
+  size_t cap = p->n_views * (1 + (opt ? p->optim.state_slots : 0)) + (stats ? p->n_stat_views : 0);
   leaf *ls = calloc(cap ? cap : 1, sizeof *ls);
   if (!ls)
     return td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
@@ -55,6 +56,11 @@ static int plan_leaves(const td_plan *p, float *params, float *opt, leaf **out, 
         ls[n].data = opt + offs[k] * p->n_params + p->views[v].offset;
       }
     }
+  }
+  for (size_t v = 0; stats && v < p->n_stat_views; v++, n++) {
+    snprintf(ls[n].path, sizeof ls[n].path, "/batch_stats/%s", p->stat_views[v].name);
+    ls[n].view = &p->stat_views[v];
+    ls[n].data = stats + p->stat_views[v].offset;
   }
   *out = ls;
   *n_out = n;
@@ -211,7 +217,9 @@ static void shape_str(int rank, const hsize_t *dims, char *buf, size_t len) {
 }
 
 static void view_shape_str(const td_view *v, char *buf, size_t len) {
-  hsize_t d[2] = {v->shape[0], v->shape[1]};
+  hsize_t d[TD_MAX_RANK];
+  for (int i = 0; i < TD_MAX_RANK; i++)
+    d[i] = v->shape[i];
   shape_str((int)v->ndim, d, buf, len);
 }
 
@@ -321,7 +329,9 @@ done:
 /* ---- writing ------------------------------------------------------------ */
 
 static int write_leaf(hid_t fid, hid_t lcpl, const leaf *l) {
-  hsize_t dims[2] = {l->view->shape[0], l->view->shape[1]};
+  hsize_t dims[TD_MAX_RANK];
+  for (int i = 0; i < TD_MAX_RANK; i++)
+    dims[i] = l->view->shape[i];
   hid_t sp = H5Screate_simple((int)l->view->ndim, dims, NULL);
   if (sp < 0)
     return -1;
@@ -452,14 +462,15 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
   size_t n = 0;
   char digest[TD_CKPT_HASH_HEX];
   /* The image is const; the leaves only read through their pointers. */
-  int rc = plan_leaves(p, (float *)img->params, (float *)img->opt_state, &ls, &n, err);
+  int rc = plan_leaves(p, (float *)img->params, (float *)img->opt_state, (float *)img->stats, &ls,
+                       &n, err);
   if (rc)
     return rc;
   if ((rc = ckpt_digest(meta, img->count, ls, n, digest, err))) {
     free(ls);
     return rc;
   }
-  size_t floats = p->n_params * (1 + p->optim.state_slots);
+  size_t floats = p->n_params * (1 + p->optim.state_slots) + p->n_stats;
   image_mem mem = {NULL, img->reuse};
   H5FD_file_image_callbacks_t cb = {img_malloc,     img_memcpy,     img_realloc, img_free,
                                     img_udata_copy, img_udata_free, &mem};
@@ -476,8 +487,9 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
   }
   if (!bad) {
     what = "H5Gcreate";
-    for (int i = 0; i < 2 && !bad; i++) {
-      g = H5Gcreate2(fid, i ? "/opt_state" : "/params", lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    static const char *const groups[3] = {"/params", "/opt_state", "/batch_stats"};
+    for (int i = 0; i < (p->n_stat_views ? 3 : 2) && !bad; i++) {
+      g = H5Gcreate2(fid, groups[i], lcpl, H5P_DEFAULT, H5P_DEFAULT);
       bad = g < 0 || H5Gclose(g) < 0;
     }
   }
@@ -613,20 +625,26 @@ int td_ckpt_write_image(const char *path, const td_ckpt_image *img, const td_ckp
 int td_ckpt_write(const char *path, const td_state *st, const td_ckpt_meta *meta, td_error *err) {
   const td_plan *p = st->plan;
   const td_backend_ops *ops = st->be->ops;
-  size_t np = p->n_params, no = p->optim.state_slots * np;
-  float *host = malloc((np + no + 1) * sizeof(float));
+  size_t np = p->n_params, no = p->optim.state_slots * np, ns = p->n_stats;
+  float *host = malloc((np + no + ns + 1) * sizeof(float));
   if (!host)
     return td_errorf(err, TD_ENOMEM, "checkpoint: cannot allocate %.1f MiB of host memory",
-                     (double)(np + no) * 4.0 / (1024.0 * 1024.0));
+                     (double)(np + no + ns) * 4.0 / (1024.0 * 1024.0));
   int rc = ops->download(st->be, host, st->params, np * sizeof(float));
   if (!rc && no)
     rc = ops->download(st->be, host + np, st->opt_state, no * sizeof(float));
+  if (!rc && ns)
+    rc = ops->download(st->be, host + np + no, st->stats, ns * sizeof(float));
   if (rc) {
     free(host);
     return td_errorf(err, rc, "checkpoint: copying the state from the %s backend failed",
                      ops->name);
   }
-  td_ckpt_image img = {.plan = p, .params = host, .opt_state = host + np, .count = st->step};
+  td_ckpt_image img = {.plan = p,
+                       .params = host,
+                       .opt_state = host + np,
+                       .stats = host + np + no,
+                       .count = st->step};
   rc = td_ckpt_write_image(path, &img, meta, err);
   free(host);
   return rc;
@@ -902,9 +920,12 @@ static int upload_state(td_state *st, const float *host, int with_opt, td_error 
   const td_plan *p = st->plan;
   const td_backend_ops *ops = st->be->ops;
   size_t np = p->n_params, no = with_opt ? p->optim.state_slots * np : 0;
+  size_t ns = with_opt ? p->n_stats : 0;
   int rc = ops->upload(st->be, st->params, host, np * sizeof(float));
   if (!rc && no)
     rc = ops->upload(st->be, st->opt_state, host + np, no * sizeof(float));
+  if (!rc && ns)
+    rc = ops->upload(st->be, st->stats, host + np + no, ns * sizeof(float));
   if (rc)
     return td_errorf(err, rc, "checkpoint: copying the state to the %s backend failed", ops->name);
   return TD_OK;
@@ -912,7 +933,7 @@ static int upload_state(td_state *st, const float *host, int with_opt, td_error 
 
 static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_error *err) {
   const td_plan *p = st->plan;
-  size_t np = p->n_params, no = p->optim.state_slots * np;
+  size_t np = p->n_params, no = p->optim.state_slots * np, ns = p->n_stats;
   hid_t fid = -1;
   int rc = open_h5(path, &fid, err);
   if (rc)
@@ -926,11 +947,11 @@ static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_erro
   if ((rc = read_meta(fid, path, &m, want_digest, err)) ||
       (rc = read_count(fid, path, &count, err)))
     goto done;
-  if (!(host = malloc((np + no + 1) * sizeof(float)))) {
+  if (!(host = malloc((np + no + ns + 1) * sizeof(float)))) {
     rc = td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
     goto done;
   }
-  if ((rc = plan_leaves(p, host, host + np, &ls, &n, err)))
+  if ((rc = plan_leaves(p, host, host + np, host + np + no, &ls, &n, err)))
     goto done;
   problems pr = {{0}, 0, 0};
   if (H5Lexists(fid, "/params", td_h5_lapl()) <= 0)
@@ -939,6 +960,7 @@ static int ckpt_read(const char *path, td_state *st, td_ckpt_meta *meta, td_erro
     goto done;
   check_extras(fid, "/params", ls, n, &pr);
   check_extras(fid, "/opt_state", ls, n, &pr);
+  check_extras(fid, "/batch_stats", ls, n, &pr);
   if (pr.n) {
     rc = td_errorf(err, TD_EDATA,
                    "checkpoint '%s' does not match this job's model (%d problem%s): %s", path, pr.n,
@@ -1007,7 +1029,7 @@ static int load_params(const char *path, const td_plan *p, td_state *st, td_erro
     rc = td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
     goto done;
   }
-  if ((rc = plan_leaves(p, host, NULL, &ls, &n, err)))
+  if ((rc = plan_leaves(p, host, NULL, NULL, &ls, &n, err)))
     goto done;
   problems pr = {{0}, 0, 0};
   if (H5Lexists(fid, "/params", td_h5_lapl()) <= 0) {

@@ -73,6 +73,7 @@ typedef struct td_ckpt_image {
   const td_plan *plan;
   const float *params;    /* (n_params) host memory */
   const float *opt_state; /* (optim.state_slots * n_params) host memory */
+  const float *stats;     /* (n_stats) host memory: batch norms' running statistics */
   int64_t count;          /* updates applied: /opt_state/count */
   td_ckpt_buffer *reuse;  /* optional: build the file in this memory */
 } td_ckpt_image;

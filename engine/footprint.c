@@ -111,9 +111,14 @@ static size_t take(const td_footprint *f, size_t b) {
 static void size_engine(td_footprint *f, const td_plan *p) {
   const size_t np = p->n_params, fl = sizeof(float);
   /* td_state_init: params, grads, opt_state (one float more than the
-   * slots: never an empty buffer), arena. */
+   * slots: never an empty buffer), arena, stats. */
   f->model_bytes = 2 * take(f, np * fl) + take(f, (p->optim.state_slots * np + 1) * fl);
   f->arena_bytes = take(f, p->arena_floats * fl);
+  /* The running statistics, when the model has batch norms. (A backend's
+   * own kernels, oneDNN's reordered copies and workspaces on the CPU, are
+   * not counted.) */
+  if (p->n_stats)
+    f->model_bytes += take(f, p->n_stats * fl);
   /* replica_data, through replica_alloc (which asks for at least 1 byte):
    * the step record, the step counter, the per-step metrics. */
   const size_t steps = f->steps_per_epoch;

@@ -16,8 +16,10 @@
                        td_strerror(rc_));                                                      \
   } while (0)
 
+#define TD_OP_PREP_KERNEL(nm) op_##nm##_prepare
+#define TD_OP_PREP_NONE(nm) NULL
 const td_op_row td_op_table[TD_N_OPS] = {
-#define TD_OP_ROW(id, nm, min_in, max_in) \
+#define TD_OP_ROW(id, nm, min_in, max_in, kernel) \
   [TD_OP_##id] = {#nm,                    \
                   min_in,                 \
                   max_in,                 \
@@ -27,7 +29,8 @@ const td_op_row td_op_table[TD_N_OPS] = {
                   op_##nm##_init,         \
                   op_##nm##_flops,        \
                   op_##nm##_fwd,          \
-                  op_##nm##_bwd},
+                  op_##nm##_bwd,          \
+                  TD_OP_PREP_##kernel(nm)},
     TD_OPS(TD_OP_ROW)
 #undef TD_OP_ROW
 };
@@ -50,6 +53,17 @@ int td_op_of_layer(const Traind__V1__Layer *l) {
   case TRAIND__V1__LAYER__KIND_FLATTEN:
   case TRAIND__V1__LAYER__KIND_RESHAPE:
     return TD_OP_RESHAPE;
+  case TRAIND__V1__LAYER__KIND_CONV:
+    return TD_OP_CONV;
+  case TRAIND__V1__LAYER__KIND_MAX_POOL:
+  case TRAIND__V1__LAYER__KIND_AVG_POOL:
+    return TD_OP_POOL;
+  case TRAIND__V1__LAYER__KIND_GLOBAL_AVG_POOL:
+    return TD_OP_GAP;
+  case TRAIND__V1__LAYER__KIND_BATCH_NORM:
+    return TD_OP_BATCH_NORM;
+  case TRAIND__V1__LAYER__KIND_LAYER_NORM:
+    return TD_OP_LAYER_NORM;
   default:
     return -1;
   }
@@ -585,4 +599,587 @@ int op_concatenate_bwd(td_state *st, const td_node *n, td_error *err) {
     col += n->cols[i];
   }
   return TD_OK;
+}
+
+/* ---- window ops over images (H, W, C): conv, max_pool and avg_pool ---- */
+
+/* A spatial argument: none (dflt for both dimensions), one value for
+ * both, or (height, width); each > 0. */
+static int spatial(const uint32_t *v, size_t n, uint32_t dflt, int out[2], const td_node *nd,
+                   const char *field, td_error *err) {
+  if (n > 2)
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].%s: %zu values; give one for both dimensions or two "
+                     "(height, width)",
+                     nd->spec_index, field, n);
+  for (int i = 0; i < 2; i++) {
+    uint32_t x = n == 0 ? dflt : v[n == 1 ? 0 : i];
+    if (x == 0 || x > 65536)
+      return td_errorf(err, TD_EINVAL, "model.layers[%u].%s: must be in 1..65536 (got %u)",
+                       nd->spec_index, field, x);
+    out[i] = (int)x;
+  }
+  return TD_OK;
+}
+
+/* The padding of a window op: kind "SAME"/"VALID" (or empty: the default)
+ * or explicit values; resolved against the input in op_*_shape. */
+enum { PAD_SAME = 0, PAD_VALID, PAD_EXPLICIT };
+
+static int read_padding(td_node *n, const char *kind, const uint32_t *expl, size_t n_expl,
+                        int dflt, const char *layer, td_error *err) {
+  if (n_expl) {
+    if (kind && *kind)
+      return td_errorf(err, TD_EINVAL,
+                       "model.layers[%u].%s: set padding or explicit_padding, not both",
+                       n->spec_index, layer);
+    if (n_expl != 2 && n_expl != 4)
+      return td_errorf(err, TD_EINVAL,
+                       "model.layers[%u].%s.explicit_padding: %zu values; give [low, high] for "
+                       "both dimensions or [top, bottom, left, right]",
+                       n->spec_index, layer, n_expl);
+    for (size_t i = 0; i < n_expl; i++)
+      if (expl[i] > 65536)
+        return td_errorf(err, TD_EINVAL,
+                         "model.layers[%u].%s.explicit_padding[%zu]: %u is too large",
+                         n->spec_index, layer, i, expl[i]);
+    int *p = &n->win.pt; /* pt, pb, pl, pr */
+    for (int i = 0; i < 4; i++)
+      p[i] = (int)expl[n_expl == 2 ? i % 2 : i];
+    n->infer = PAD_EXPLICIT;
+    return TD_OK;
+  }
+  if (!kind || !*kind)
+    n->infer = dflt;
+  else if (strcmp(kind, "SAME") == 0)
+    n->infer = PAD_SAME;
+  else if (strcmp(kind, "VALID") == 0)
+    n->infer = PAD_VALID;
+  else
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].%s.padding: '%.32s'; use \"SAME\", \"VALID\" or "
+                     "explicit_padding",
+                     n->spec_index, layer, kind);
+  return TD_OK;
+}
+
+/* The window's geometry on an input of shape in (H, W, C): the padding
+ * resolved (SAME as lax.padtype_to_pads: out = ceil(in / stride), the
+ * padding split with the extra one at the end), the output's size. */
+static int window_shape(td_node *n, const td_shape *in, const char *layer, td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48], sh[64];
+  if (in->rank != 3)
+    return td_errorf(err, TD_EINVAL,
+                     "%s: %s takes images (height, width, channels), not values of shape %s; "
+                     "give model.input_shape three dimensions or reshape the input",
+                     node_ref(n, ref, sizeof ref), layer, td_shape_str(in, sh, sizeof sh));
+  td_window *g = &n->win;
+  g->h = (int)in->d[0];
+  g->w = (int)in->d[1];
+  g->c = (int)in->d[2];
+  const int insz[2] = {g->h, g->w}, k[2] = {g->kh, g->kw}, s[2] = {g->sh, g->sw},
+            d[2] = {g->dh, g->dw};
+  int *lo[2] = {&g->pt, &g->pl}, *hi[2] = {&g->pb, &g->pr}, out[2];
+  for (int i = 0; i < 2; i++) {
+    if (n->infer == PAD_SAME) {
+      int o = (insz[i] + s[i] - 1) / s[i];
+      int total = (o - 1) * s[i] + (k[i] - 1) * d[i] + 1 - insz[i];
+      if (total < 0)
+        total = 0;
+      *lo[i] = total / 2;
+      *hi[i] = total - total / 2;
+    } else if (n->infer == PAD_VALID) {
+      *lo[i] = *hi[i] = 0;
+    }
+    out[i] = td_window_out(insz[i], *lo[i], *hi[i], k[i], s[i], d[i]);
+    if (out[i] == 0)
+      return td_errorf(err, TD_EINVAL,
+                       "%s: the %s window (%d taps%s) does not fit the input's %s of %d (padded "
+                       "%d + %d); use a smaller window or more padding",
+                       node_ref(n, ref, sizeof ref), layer, k[i], d[i] > 1 ? ", dilated" : "",
+                       i ? "width" : "height", insz[i], *lo[i], *hi[i]);
+  }
+  g->oh = out[0];
+  g->ow = out[1];
+  if ((double)g->oh * g->ow * (g->oc > g->c ? g->oc : g->c) > (double)(1u << 24))
+    return td_errorf(err, TD_EINVAL,
+                     "%s: its output (%d, %d, %d) has more than %u values per example; use "
+                     "larger strides or fewer features",
+                     node_ref(n, ref, sizeof ref), g->oh, g->ow, g->oc > g->c ? g->oc : g->c,
+                     1u << 24);
+  return TD_OK;
+}
+
+/* Prepares n's window kernel on the state's backend (over the full batch). */
+static int window_prepare(td_state *st, const td_node *n, void **kernel, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  char ref[TD_VIEW_NAME_MAX + 48];
+  int conv = n->op == TD_OP_CONV;
+  if (conv ? !ops->conv_create : !ops->pool_create)
+    return td_errorf(err, TD_EUNSUPPORTED,
+                     "%s: the %s backend has no %s kernels yet; run this job on CPU devices",
+                     node_ref(n, ref, sizeof ref), ops->name, conv ? "convolution" : "pooling");
+  td_window g = n->win;
+  g.n = (int)st->plan->batch;
+  int rc = conv ? ops->conv_create(st->be, &g, kernel) : ops->pool_create(st->be, &g, n->pool, kernel);
+  if (rc) {
+    const char *why = ops->last_error ? ops->last_error(st->be) : "";
+    return td_errorf(err, rc, "%s backend: preparing the kernel of %s failed%s%s", ops->name,
+                     node_ref(n, ref, sizeof ref), *why ? ": " : "", why);
+  }
+  return TD_OK;
+}
+
+/* A call to a prepared kernel, failing with the backend's reason. */
+#define KCALL(expr, what)                                                               \
+  do {                                                                                  \
+    int rc_ = (expr);                                                                   \
+    if (rc_) {                                                                          \
+      const char *why_ = ops->last_error ? ops->last_error(st->be) : "";                \
+      return td_errorf(err, rc_, "%s backend: %s of %s failed (%s)", ops->name, what,   \
+                       n->name, *why_ ? why_ : td_strerror(rc_));                       \
+    }                                                                                   \
+  } while (0)
+
+int op_conv_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  const Traind__V1__Conv *cv = l->conv;
+  if (cv->features == 0 || cv->features > (1u << 20))
+    return td_errorf(err, TD_EINVAL, "model.layers[%u].conv.features: must be in 1..%u",
+                     n->spec_index, 1u << 20);
+  if (cv->n_kernel_size == 0)
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].conv.kernel_size: required (for example [3, 3])",
+                     n->spec_index);
+  int k[2] = {1, 1}, s[2] = {1, 1}, d[2] = {1, 1};
+  int rc = spatial(cv->kernel_size, cv->n_kernel_size, 1, k, n, "conv.kernel_size", err);
+  if (!rc)
+    rc = spatial(cv->strides, cv->n_strides, 1, s, n, "conv.strides", err);
+  if (!rc)
+    rc = spatial(cv->kernel_dilation, cv->n_kernel_dilation, 1, d, n, "conv.kernel_dilation", err);
+  if (!rc)
+    rc = read_padding(n, cv->padding, cv->explicit_padding, cv->n_explicit_padding, PAD_SAME,
+                      "conv", err);
+  if (rc)
+    return rc;
+  n->win.kh = k[0];
+  n->win.kw = k[1];
+  n->win.sh = s[0];
+  n->win.sw = s[1];
+  n->win.dh = d[0];
+  n->win.dw = d[1];
+  n->win.oc = (int)cv->features;
+  n->act = TD_ACT_NONE;
+  n->kernel_init = cv->kernel_init ? cv->kernel_init : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
+  n->bias_init = cv->bias_init ? cv->bias_init : TRAIND__V1__INITIALIZER__ZEROS;
+  n->use_bias = !cv->use_bias || cv->use_bias->value;
+  return TD_OK;
+}
+
+int op_conv_shape(td_node *n, const td_shape *in, td_error *err) {
+  int rc = window_shape(n, in, "conv", err);
+  if (rc)
+    return rc;
+  n->in_features = (uint32_t)td_shape_size(in);
+  n->shape = (td_shape){3, {(uint32_t)n->win.oh, (uint32_t)n->win.ow, (uint32_t)n->win.oc}};
+  n->out = (uint32_t)td_shape_size(&n->shape);
+  return TD_OK;
+}
+
+int op_conv_params(td_compile *c, td_node *n, td_error *err) {
+  const td_window *g = &n->win;
+  const uint32_t dims[4] = {(uint32_t)g->kh, (uint32_t)g->kw, (uint32_t)g->c, (uint32_t)g->oc};
+  int rc = td_compile_tensor(c, n, "w", dims, 4, &n->w_view, err);
+  if (!rc && n->use_bias)
+    rc = td_compile_param(c, n, "b", (uint32_t)g->oc, 0, 1, &n->b_view, err);
+  n->has_z = td_act_needs_preact(n->act);
+  return rc;
+}
+
+void op_conv_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  td_key pair[2];
+  td_prng_split(key, pair, 2);
+  const td_window *g = &n->win;
+  const double field = (double)g->kh * g->kw;
+  const td_view *w = &p->views[n->w_view];
+  draw_init(n->kernel_init, pair[0], h + w->offset, w->size, field * g->c, field * g->oc);
+  if (n->b_view != TD_NONE) {
+    const td_view *b = &p->views[n->b_view];
+    draw_init(n->bias_init, pair[1], h + b->offset, b->size, field * g->c, field * g->oc);
+  }
+}
+
+double op_conv_flops(const td_node *n, uint32_t batch) {
+  /* Forward, backward data and backward weights: 2 flops a tap each. */
+  const td_window *g = &n->win;
+  return 6.0 * batch * (double)g->oh * g->ow * g->oc * g->kh * g->kw * g->c;
+}
+
+int op_conv_prepare(td_state *st, const td_node *n, void **kernel, td_error *err) {
+  return window_prepare(st, n, kernel, err);
+}
+
+int op_conv_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  const td_plan *p = st->plan;
+  const td_backend_ops *ops = st->be->ops;
+  void *k = st->kernels[n - p->nodes];
+  float *a = st->arena;
+  const float *b = n->b_view == TD_NONE ? NULL : st->params + p->views[n->b_view].offset;
+  KCALL(ops->conv_fwd(st->be, k, a + n->x[0], st->params + p->views[n->w_view].offset, a + n->z),
+        "convolution forward");
+  const int positions = n->win.oh * n->win.ow;
+  CALL(ops->bias_act_fwd(st->be, n->act, r->rows * positions, n->win.oc, b, a + n->z, a + n->y),
+       "bias+activation forward");
+  return TD_OK;
+}
+
+int op_conv_bwd(td_state *st, const td_node *n, td_error *err) {
+  const td_plan *p = st->plan;
+  const td_backend_ops *ops = st->be->ops;
+  void *k = st->kernels[n - p->nodes];
+  float *a = st->arena;
+  const int rows = (int)p->batch * n->win.oh * n->win.ow;
+  float *db = n->b_view == TD_NONE ? NULL : st->grads + p->views[n->b_view].offset;
+  CALL(ops->bias_act_bwd(st->be, n->act, rows, n->win.oc, a + n->z, a + n->y, a + n->dy, a + n->dy,
+                         db),
+       "bias+activation backward");
+  float *dx = n->dx[0] == TD_NONE ? NULL : grad_target(st, n, 0);
+  KCALL(ops->conv_bwd(st->be, k, a + n->x[0], st->params + p->views[n->w_view].offset, a + n->dy,
+                      dx, st->grads + p->views[n->w_view].offset),
+        "convolution backward");
+  return dx ? grad_finish(st, n, 0, (size_t)p->batch * n->in_features, err) : TD_OK;
+}
+
+/* max_pool and avg_pool: one op, the kind in n->pool. */
+int op_pool_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  int max = l->kind_case == TRAIND__V1__LAYER__KIND_MAX_POOL;
+  const Traind__V1__Pool *pl = max ? l->max_pool : l->avg_pool;
+  const char *layer = max ? "max_pool" : "avg_pool";
+  char field[32];
+  int k[2] = {1, 1}, s[2] = {1, 1};
+  if (pl->n_window_shape == 0)
+    return td_errorf(err, TD_EINVAL, "model.layers[%u].%s.window_shape: required (for example [2, 2])",
+                     n->spec_index, layer);
+  snprintf(field, sizeof field, "%s.window_shape", layer);
+  int rc = spatial(pl->window_shape, pl->n_window_shape, 1, k, n, field, err);
+  snprintf(field, sizeof field, "%s.strides", layer);
+  if (!rc)
+    rc = spatial(pl->strides, pl->n_strides, 1, s, n, field, err);
+  if (!rc)
+    rc = read_padding(n, pl->padding, pl->explicit_padding, pl->n_explicit_padding, PAD_VALID,
+                      layer, err);
+  if (rc)
+    return rc;
+  if (max && pl->count_include_pad)
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].max_pool.count_include_pad: only avg_pool takes it",
+                     n->spec_index);
+  n->win.kh = k[0];
+  n->win.kw = k[1];
+  n->win.sh = s[0];
+  n->win.sw = s[1];
+  n->win.dh = n->win.dw = 1;
+  n->pool = max ? TD_POOL_MAX
+            : (!pl->count_include_pad || pl->count_include_pad->value) ? TD_POOL_AVG
+                                                                        : TD_POOL_AVG_VALID;
+  return TD_OK;
+}
+
+int op_pool_shape(td_node *n, const td_shape *in, td_error *err) {
+  int rc = window_shape(n, in, n->pool == TD_POOL_MAX ? "max_pool" : "avg_pool", err);
+  if (rc)
+    return rc;
+  n->win.oc = n->win.c;
+  n->in_features = (uint32_t)td_shape_size(in);
+  n->shape = (td_shape){3, {(uint32_t)n->win.oh, (uint32_t)n->win.ow, (uint32_t)n->win.c}};
+  n->out = (uint32_t)td_shape_size(&n->shape);
+  return TD_OK;
+}
+
+int op_pool_params(td_compile *c, td_node *n, td_error *err) {
+  (void)c;
+  (void)n;
+  (void)err;
+  return TD_OK;
+}
+
+void op_pool_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  (void)p;
+  (void)n;
+  (void)key;
+  (void)h;
+}
+
+double op_pool_flops(const td_node *n, uint32_t batch) {
+  const td_window *g = &n->win;
+  return 2.0 * batch * (double)g->oh * g->ow * g->c * g->kh * g->kw;
+}
+
+int op_pool_prepare(td_state *st, const td_node *n, void **kernel, td_error *err) {
+  return window_prepare(st, n, kernel, err);
+}
+
+int op_pool_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  (void)r;
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena;
+  KCALL(ops->pool_fwd(st->be, st->kernels[n - st->plan->nodes], a + n->x[0], a + n->y),
+        "pooling forward");
+  return TD_OK;
+}
+
+int op_pool_bwd(td_state *st, const td_node *n, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  if (n->dx[0] == TD_NONE)
+    return TD_OK;
+  KCALL(ops->pool_bwd(st->be, st->kernels[n - st->plan->nodes], st->arena + n->dy,
+                      grad_target(st, n, 0)),
+        "pooling backward");
+  return grad_finish(st, n, 0, (size_t)st->plan->batch * n->in_features, err);
+}
+
+/* global_avg_pool: an average pooling whose window is the whole image. */
+int op_global_avg_pool_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  (void)l;
+  (void)err;
+  n->pool = TD_POOL_AVG;
+  n->infer = PAD_VALID;
+  n->win.sh = n->win.sw = n->win.dh = n->win.dw = 1;
+  return TD_OK;
+}
+
+int op_global_avg_pool_shape(td_node *n, const td_shape *in, td_error *err) {
+  if (in->rank == 3) {
+    n->win.kh = (int)in->d[0];
+    n->win.kw = (int)in->d[1];
+  }
+  int rc = window_shape(n, in, "global_avg_pool", err);
+  if (rc)
+    return rc;
+  n->win.oc = n->win.c;
+  n->in_features = (uint32_t)td_shape_size(in);
+  n->shape = (td_shape){1, {(uint32_t)n->win.c}};
+  n->out = (uint32_t)n->win.c;
+  return TD_OK;
+}
+
+int op_global_avg_pool_params(td_compile *c, td_node *n, td_error *err) {
+  return op_pool_params(c, n, err);
+}
+
+void op_global_avg_pool_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  op_pool_init(p, n, key, h);
+}
+
+double op_global_avg_pool_flops(const td_node *n, uint32_t batch) {
+  return op_pool_flops(n, batch);
+}
+
+int op_global_avg_pool_prepare(td_state *st, const td_node *n, void **kernel, td_error *err) {
+  return window_prepare(st, n, kernel, err);
+}
+
+int op_global_avg_pool_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  return op_pool_fwd(st, n, r, err);
+}
+
+int op_global_avg_pool_bwd(td_state *st, const td_node *n, td_error *err) {
+  return op_pool_bwd(st, n, err);
+}
+
+/* ---- normalization: batch_norm over the batch, layer_norm per position -- */
+
+/* The backend functions a norm needs, or a refusal naming the layer. */
+static int norm_supported(const td_state *st, const td_node *n, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  int ok = n->op == TD_OP_BATCH_NORM
+               ? ops->col_moments && ops->bn_fwd && ops->bn_bwd_sums && ops->bn_bwd_dx
+               : ops->ln_fwd && ops->ln_bwd;
+  char ref[TD_VIEW_NAME_MAX + 48];
+  if (!ok)
+    return td_errorf(err, TD_EUNSUPPORTED,
+                     "%s: the %s backend has no normalization kernels yet; run this job on CPU "
+                     "devices",
+                     node_ref(n, ref, sizeof ref), ops->name);
+  return TD_OK;
+}
+
+static int norm_eps(td_node *n, const Google__Protobuf__DoubleValue *eps, double dflt,
+                    const char *layer, td_error *err) {
+  double e = eps ? eps->value : dflt;
+  if (!(e > 0.0 && e < 1.0))
+    return td_errorf(err, TD_EINVAL, "model.layers[%u].%s.epsilon: must be in (0, 1) (got %g)",
+                     n->spec_index, layer, e);
+  n->eps = (float)e;
+  return TD_OK;
+}
+
+/* Both norms: the last dimension is the channels; scale and bias per channel. */
+static int norm_shape(td_node *n, const td_shape *in) {
+  n->shape = in[0];
+  n->in_features = n->out = (uint32_t)td_shape_size(&in[0]);
+  n->channels = in->d[in->rank - 1];
+  return TD_OK;
+}
+
+static int norm_params(td_compile *c, td_node *n, td_error *err) {
+  int rc = TD_OK;
+  if (n->use_scale)
+    rc = td_compile_param(c, n, "scale", n->channels, 0, 1, &n->w_view, err);
+  if (!rc && n->use_bias)
+    rc = td_compile_param(c, n, "bias", n->channels, 0, 1, &n->b_view, err);
+  return rc;
+}
+
+static void norm_init(const td_plan *p, const td_node *n, float *h) {
+  if (n->w_view != TD_NONE)
+    draw_init(TRAIND__V1__INITIALIZER__ONES, (td_key){{0, 0}}, h + p->views[n->w_view].offset,
+              n->channels, 1, 1);
+  if (n->b_view != TD_NONE)
+    memset(h + p->views[n->b_view].offset, 0, n->channels * sizeof *h);
+}
+
+static double norm_flops(const td_node *n, uint32_t batch) { return 16.0 * batch * (double)n->out; }
+
+static const float *param_or_null(const td_state *st, size_t view) {
+  return view == TD_NONE ? NULL : st->params + st->plan->views[view].offset;
+}
+
+static float *grad_or_null(const td_state *st, size_t view) {
+  return view == TD_NONE ? NULL : st->grads + st->plan->views[view].offset;
+}
+
+/* The mean over replicas of buf (n floats), one of the step's collectives. */
+static int replicas_mean(td_state *st, const td_node *n, float *buf, size_t len, td_error *err) {
+  if (!st->comm || st->comm->size < 2)
+    return TD_OK;
+  st->collectives++;
+  int rc = st->comm->ops->allreduce(st->comm, st->rank, buf, len, TD_REDUCE_MEAN);
+  if (rc)
+    return td_errorf(err, rc, "%s: reducing its statistics across replicas failed", n->name);
+  return TD_OK;
+}
+
+int op_batch_norm_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  const Traind__V1__BatchNorm *b = l->batch_norm;
+  double m = b->momentum ? b->momentum->value : 0.99;
+  if (!(m >= 0.0 && m <= 1.0))
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].batch_norm.momentum: must be in [0, 1] (got %g)",
+                     n->spec_index, m);
+  n->momentum = (float)m;
+  n->use_scale = !b->use_scale || b->use_scale->value;
+  n->use_bias = !b->use_bias || b->use_bias->value;
+  return norm_eps(n, b->epsilon, 1e-5, "batch_norm", err);
+}
+
+int op_batch_norm_shape(td_node *n, const td_shape *in, td_error *err) {
+  (void)err;
+  return norm_shape(n, in);
+}
+
+int op_batch_norm_params(td_compile *c, td_node *n, td_error *err) {
+  int rc = norm_params(c, n, err);
+  if (!rc)
+    rc = td_compile_stats(c, n, n->channels, &n->stat_view, err);
+  /* Saved mean and 1/std, then the batch's moments (or backward's means). */
+  n->aux_floats = 4 * (size_t)n->channels;
+  return rc;
+}
+
+void op_batch_norm_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  (void)key;
+  norm_init(p, n, h);
+}
+
+double op_batch_norm_flops(const td_node *n, uint32_t batch) { return norm_flops(n, batch); }
+
+int op_batch_norm_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  const td_plan *p = st->plan;
+  const td_backend_ops *ops = st->be->ops;
+  int rc = norm_supported(st, n, err);
+  if (rc)
+    return rc;
+  float *a = st->arena, *saved = a + n->aux, *mom = saved + 2 * n->channels;
+  const int C = (int)n->channels, rows = r->rows * (int)(n->out / n->channels);
+  float *running = st->stats + p->stat_views[n->stat_view].offset;
+  if (r->train) {
+    CALL(ops->col_moments(st->be, rows, C, a + n->x[0], mom), "batch statistics");
+    if ((rc = replicas_mean(st, n, mom, 2 * (size_t)C, err)))
+      return rc;
+  }
+  CALL(ops->bn_fwd(st->be, r->train, rows, C, a + n->x[0], mom, running, n->momentum, n->eps,
+                   param_or_null(st, n->w_view), param_or_null(st, n->b_view), a + n->y, saved),
+       "batch norm forward");
+  return TD_OK;
+}
+
+int op_batch_norm_bwd(td_state *st, const td_node *n, td_error *err) {
+  const td_plan *p = st->plan;
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena, *saved = a + n->aux, *s = saved + 2 * n->channels;
+  const int C = (int)n->channels, rows = (int)p->batch * (int)(n->out / n->channels);
+  CALL(ops->bn_bwd_sums(st->be, rows, C, a + n->x[0], a + n->dy, saved, grad_or_null(st, n->w_view),
+                        grad_or_null(st, n->b_view), s),
+       "batch norm backward");
+  if (n->dx[0] == TD_NONE)
+    return TD_OK;
+  int rc = replicas_mean(st, n, s, 2 * (size_t)C, err);
+  if (rc)
+    return rc;
+  CALL(ops->bn_bwd_dx(st->be, rows, C, a + n->x[0], a + n->dy, saved, param_or_null(st, n->w_view),
+                      s, grad_target(st, n, 0)),
+       "batch norm input gradient");
+  return grad_finish(st, n, 0, (size_t)p->batch * n->out, err);
+}
+
+int op_layer_norm_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  const Traind__V1__LayerNorm *ln = l->layer_norm;
+  n->use_scale = !ln->use_scale || ln->use_scale->value;
+  n->use_bias = !ln->use_bias || ln->use_bias->value;
+  return norm_eps(n, ln->epsilon, 1e-6, "layer_norm", err);
+}
+
+int op_layer_norm_shape(td_node *n, const td_shape *in, td_error *err) {
+  (void)err;
+  return norm_shape(n, in);
+}
+
+int op_layer_norm_params(td_compile *c, td_node *n, td_error *err) {
+  int rc = norm_params(c, n, err);
+  /* Each position's mean and 1/std, over the full batch. */
+  n->aux_floats = 2 * (size_t)td_compile_batch(c) * (n->out / n->channels);
+  return rc;
+}
+
+void op_layer_norm_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  (void)key;
+  norm_init(p, n, h);
+}
+
+double op_layer_norm_flops(const td_node *n, uint32_t batch) { return norm_flops(n, batch); }
+
+int op_layer_norm_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  int rc = norm_supported(st, n, err);
+  if (rc)
+    return rc;
+  float *a = st->arena;
+  const int C = (int)n->channels, rows = r->rows * (int)(n->out / n->channels);
+  CALL(ops->ln_fwd(st->be, rows, C, n->eps, a + n->x[0], param_or_null(st, n->w_view),
+                   param_or_null(st, n->b_view), a + n->y, a + n->aux),
+       "layer norm forward");
+  return TD_OK;
+}
+
+int op_layer_norm_bwd(td_state *st, const td_node *n, td_error *err) {
+  const td_plan *p = st->plan;
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena;
+  const int C = (int)n->channels, rows = (int)p->batch * (int)(n->out / n->channels);
+  float *dx = n->dx[0] == TD_NONE ? NULL : grad_target(st, n, 0);
+  CALL(ops->ln_bwd(st->be, rows, C, a + n->x[0], a + n->dy, a + n->aux,
+                   param_or_null(st, n->w_view), dx, grad_or_null(st, n->w_view),
+                   grad_or_null(st, n->b_view)),
+       "layer norm backward");
+  return dx ? grad_finish(st, n, 0, (size_t)p->batch * n->out, err) : TD_OK;
 }

@@ -115,6 +115,12 @@ struct td_compile {
 
 int td_compile_param(td_compile *c, const td_node *n, const char *leaf, uint32_t d0, uint32_t d1,
                      uint32_t ndim, size_t *index, td_error *err) {
+  const uint32_t dims[2] = {d0, d1};
+  return td_compile_tensor(c, n, leaf, dims, ndim, index, err);
+}
+
+int td_compile_tensor(td_compile *c, const td_node *n, const char *leaf, const uint32_t *dims,
+                      uint32_t ndim, size_t *index, td_error *err) {
   td_plan *p = c->p;
   td_view *v = &p->views[p->n_views];
   int k = snprintf(v->name, sizeof v->name, "%s/%s", n->name, leaf);
@@ -122,15 +128,54 @@ int td_compile_param(td_compile *c, const td_node *n, const char *leaf, uint32_t
     return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)", n->name,
                      TD_VIEW_NAME_MAX - 3);
   v->ndim = ndim;
-  v->shape[0] = d0;
-  v->shape[1] = ndim > 1 ? d1 : 0;
-  v->size = (size_t)d0 * (ndim > 1 ? d1 : 1);
+  double size = 1.0;
+  for (uint32_t i = 0; i < TD_MAX_RANK; i++) {
+    v->shape[i] = i < ndim ? dims[i] : 0;
+    if (i < ndim)
+      size *= dims[i];
+  }
+  if (size + (double)p->n_params > (double)TD_PLAN_MAX_PARAMS)
+    return td_errorf(err, TD_EINVAL,
+                     "model: with %s (%.0f values) the model has more than 2^31 parameters; make "
+                     "the layers smaller",
+                     v->name, size);
+  v->size = (size_t)size;
   /* Each tensor starts on a 16-float boundary so that vector loops over
    * one tensor start aligned. */
   v->offset = (p->n_params + 15) & ~(size_t)15;
   p->n_params = v->offset + v->size;
   *index = p->n_views++;
   return TD_OK;
+}
+
+int td_compile_stats(td_compile *c, const td_node *n, uint32_t channels, size_t *index,
+                     td_error *err) {
+  td_plan *p = c->p;
+  size_t at = (p->n_stats + 15) & ~(size_t)15;
+  for (int i = 0; i < 2; i++) {
+    td_view *v = &p->stat_views[p->n_stat_views + i];
+    int k = snprintf(v->name, sizeof v->name, "%s/%s", n->name, i ? "var" : "mean");
+    if (k < 0 || (size_t)k >= sizeof v->name)
+      return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)",
+                       n->name, TD_VIEW_NAME_MAX - 5);
+    v->ndim = 1;
+    v->shape[0] = channels;
+    v->size = channels;
+    v->offset = at + (size_t)i * channels;
+  }
+  p->n_stats = at + 2 * (size_t)channels;
+  *index = p->n_stat_views;
+  p->n_stat_views += 2;
+  return TD_OK;
+}
+
+uint32_t td_compile_batch(const td_compile *c) { return c->p->batch; }
+
+/* Whether a layer of this op has parameters (and so a default name and
+ * an initializer key). */
+static int op_has_params(td_op op) {
+  return op == TD_OP_DENSE || op == TD_OP_CONV || op == TD_OP_BATCH_NORM ||
+         op == TD_OP_LAYER_NORM;
 }
 
 /* How a layer is called in messages: "model.layers[3] ('block1')". */
@@ -143,10 +188,10 @@ static const char *layer_ref(const td_compile *c, size_t i, char *buf, size_t le
 }
 
 /* Reads every layer into a node: its op's fields, its name (explicit, or
- * layerN for the N-th dense layer), and its inputs by name. */
+ * layerN for the N-th layer with parameters), and its inputs by name. */
 static int read_layers(td_compile *c, td_error *err) {
   const Traind__V1__Model *m = c->m;
-  uint32_t dense = 0;
+  uint32_t dense = 0, with_params = 0;
   char ref[TD_VIEW_NAME_MAX + 48];
   for (size_t i = 0; i < c->n; i++) {
     const Traind__V1__Layer *l = m->layers[i];
@@ -156,12 +201,14 @@ static int read_layers(td_compile *c, td_error *err) {
     int op = td_op_of_layer(l);
     if (op < 0)
       return td_errorf(err, TD_EINVAL,
-                       "model.layers[%zu]: set one of: dense, relu, gelu, tanh, sigmoid, "
+                       "model.layers[%zu]: set one of: dense, conv, max_pool, avg_pool, "
+                       "global_avg_pool, batch_norm, layer_norm, relu, gelu, tanh, sigmoid, "
                        "dropout, add, flatten, reshape, concatenate",
                        i);
     n->op = (td_op)op;
-    if (n->op == TD_OP_DENSE)
-      n->ordinal = dense++;
+    dense += n->op == TD_OP_DENSE;
+    if (op_has_params(n->op))
+      n->ordinal = with_params++;
     if (l->name && *l->name) {
       if (!valid_name(l->name))
         return td_errorf(err, TD_EINVAL,
@@ -178,7 +225,7 @@ static int read_layers(td_compile *c, td_error *err) {
                          i);
       snprintf(n->name, sizeof n->name, "%s", l->name);
       c->named[i] = 1;
-    } else if (n->op == TD_OP_DENSE) {
+    } else if (op_has_params(n->op)) {
       snprintf(n->name, sizeof n->name, "layer%u", n->ordinal + 1);
       c->named[i] = 1;
     } else {
@@ -307,8 +354,8 @@ static void count_uses(const td_compile *c, uint32_t *uses) {
   }
 }
 
-/* Fusion: an activation whose one input is a dense layer that feeds
- * nothing else becomes that layer's fused activation; the activation's
+/* Fusion: an activation whose one input is a dense or conv layer that
+ * feeds nothing else becomes that layer's fused activation; the activation's
  * consumers read the dense node, which takes its place in the program.
  * Returns the (possibly new) output node. */
 static size_t fuse(td_compile *c, size_t out, const uint32_t *uses) {
@@ -322,7 +369,8 @@ static size_t fuse(td_compile *c, size_t out, const uint32_t *uses) {
     int32_t i = c->order[k];
     td_node *n = &c->nodes[i];
     int32_t src = n->in[0];
-    if (n->op == TD_OP_ACT && src >= 0 && c->nodes[src].op == TD_OP_DENSE &&
+    if (n->op == TD_OP_ACT && src >= 0 &&
+        (c->nodes[src].op == TD_OP_DENSE || c->nodes[src].op == TD_OP_CONV) &&
         c->nodes[src].act == TD_ACT_NONE && uses[src] == 1) {
       c->nodes[src].act = n->act;
       repl[i] = src;
@@ -456,7 +504,7 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
   td_plan *p = c->p;
   const size_t B = p->batch;
   const uint32_t T = (uint32_t)c->n_order; /* the loss's time */
-  buf *bs = malloc(4 * c->n_order * sizeof *bs);
+  buf *bs = malloc(5 * c->n_order * sizeof *bs);
   if (!bs) {
     return td_errorf(err, TD_ENOMEM, "compile: out of memory");
   }
@@ -522,6 +570,8 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
       bs[nb++] = (buf){&n->z, cells, fwd, bwd};
     if (n->has_mask)
       bs[nb++] = (buf){&n->mask, cells, fwd, bwd};
+    if (n->aux_floats)
+      bs[nb++] = (buf){&n->aux, n->aux_floats, fwd, n->grad ? bwd : fwd};
     if (n->grad) {
       /* dy: from the first consumer's backward (the loss for the output)
        * to its own. */
@@ -549,12 +599,13 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
   c.named = calloc(n, sizeof *c.named);
   c.root = calloc(n, sizeof *c.root);
   p->views = calloc(2 * n, sizeof *p->views); /* two parameters per layer at most */
+  p->stat_views = calloc(2 * n, sizeof *p->stat_views);
   uint32_t *uses = calloc(n, sizeof *uses);
   c.names.mask = 1;
   while (c.names.mask + 1 < 2 * n)
     c.names.mask = c.names.mask * 2 + 1;
   c.names.slots = calloc(c.names.mask + 1, sizeof *c.names.slots);
-  int rc = c.nodes && c.named && c.root && p->views && uses && c.names.slots
+  int rc = c.nodes && c.named && c.root && p->views && p->stat_views && uses && c.names.slots
                ? TD_OK
                : td_errorf(err, TD_ENOMEM, "compile: out of memory");
   if (!rc && c.n == 0)
@@ -590,7 +641,7 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
       rc = td_op_table[nd->op].params(&c, nd, err);
     if (rc)
       break;
-    nd->grad = nd->w_view != TD_NONE;
+    nd->grad = nd->w_view != TD_NONE || nd->b_view != TD_NONE;
     for (uint32_t i = 0; i < nd->n_in; i++)
       if (nd->in[i] >= 0 && c.nodes[nd->in[i]].grad)
         nd->grad = 1;
@@ -598,6 +649,12 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
     const int32_t id = c.order[k];
     c.root[id] = !nd->alias ? id : nd->in[0] < 0 ? -1 : c.root[nd->in[0]];
   }
+  if (!rc && p->flops > TD_PLAN_MAX_STEP_FLOPS)
+    rc = td_errorf(err, TD_EINVAL,
+                   "model: a training step takes %.3g floating-point operations at "
+                   "training.batch_size %u; at most %.0e (see docs/job-spec.md, Limits): make the "
+                   "batch or the layers smaller",
+                   p->flops, p->batch, TD_PLAN_MAX_STEP_FLOPS);
   if (!rc) {
     p->out_dim = c.nodes[out].out;
     int fanout = 0;
@@ -617,6 +674,8 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
         nd->z = nd->op == TD_OP_ACT ? TD_NONE : nd->y;
       if (!nd->has_mask)
         nd->mask = TD_NONE;
+      if (!nd->aux_floats)
+        nd->aux = TD_NONE;
       if (!nd->grad)
         nd->dy = TD_NONE;
       for (uint32_t i = 0; i < nd->n_in; i++) {
@@ -659,6 +718,10 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
           nd->in[i] = at[nd->in[i]];
       if (nd->op == TD_OP_DROPOUT)
         nd->key_slot = p->n_keys++;
+      /* A batch norm's statistics: in forward, and in backward when its
+       * input's gradient is needed. */
+      if (nd->op == TD_OP_BATCH_NORM)
+        p->n_collectives += 1 + (nd->dx[0] != TD_NONE);
     }
     free(at);
     if (!rc)
@@ -748,6 +811,7 @@ void td_plan_free(td_plan *p) {
     return;
   free(p->sig);
   free(p->views);
+  free(p->stat_views);
   free(p->nodes);
   free(p);
 }
@@ -846,11 +910,25 @@ int td_state_init(td_state *st, const td_plan *plan, td_backend *be, td_error *e
   st->grads = ops->alloc(be, np * sizeof(float));
   st->opt_state = ops->alloc(be, (plan->optim.state_slots * np + 1) * sizeof(float));
   st->arena = ops->alloc(be, plan->arena_floats * sizeof(float));
-  if (!st->params || !st->grads || !st->opt_state || !st->arena) {
+  st->stats = plan->n_stats ? ops->alloc(be, plan->n_stats * sizeof(float)) : NULL;
+  st->kernels = calloc(plan->n_nodes ? plan->n_nodes : 1, sizeof *st->kernels);
+  if (!st->params || !st->grads || !st->opt_state || !st->arena ||
+      (plan->n_stats && !st->stats) || !st->kernels) {
     td_state_free(st);
     return td_errorf(err, TD_ENOMEM, "%s backend: cannot allocate %.1f MiB of buffers", ops->name,
-                     (double)((2 + plan->optim.state_slots) * np + plan->arena_floats) * 4.0 /
-                         (1024.0 * 1024.0));
+                     (double)((2 + plan->optim.state_slots) * np + plan->arena_floats +
+                              plan->n_stats) *
+                         4.0 / (1024.0 * 1024.0));
+  }
+  /* The kernels the ops prepare on this backend. */
+  for (size_t i = 0; i < plan->n_nodes; i++) {
+    const td_node *n = &plan->nodes[i];
+    const td_op_row *row = &td_op_table[n->op];
+    int rc = row->prepare ? row->prepare(st, n, &st->kernels[i], err) : TD_OK;
+    if (rc) {
+      td_state_free(st);
+      return rc;
+    }
   }
   return TD_OK;
 }
@@ -859,6 +937,12 @@ void td_state_free(td_state *st) {
   if (!st->be)
     return;
   const td_backend_ops *ops = st->be->ops;
+  for (size_t i = 0; st->kernels && i < st->plan->n_nodes; i++)
+    if (st->kernels[i])
+      ops->kernel_free(st->be, st->kernels[i]);
+  free(st->kernels);
+  if (st->stats)
+    ops->release(st->be, st->stats);
   ops->release(st->be, st->params);
   ops->release(st->be, st->grads);
   ops->release(st->be, st->opt_state);
@@ -875,11 +959,16 @@ int td_state_init_params(td_state *st, td_key key, td_error *err) {
   /* Each layer with parameters draws from fold_in(key, its ordinal). */
   for (size_t i = 0; i < p->n_nodes; i++) {
     const td_node *n = &p->nodes[i];
-    if (n->w_view != TD_NONE)
+    if (n->w_view != TD_NONE || n->b_view != TD_NONE)
       td_op_table[n->op].init(p, n, td_prng_fold_in(key, n->ordinal), h);
   }
   int rc = ops->upload(st->be, st->params, h, p->n_params * sizeof *h);
   free(h);
+  /* Running statistics start at mean 0, variance 1 (Flax's). */
+  for (size_t i = 0; !rc && i < p->n_stat_views; i++) {
+    const td_view *v = &p->stat_views[i];
+    rc = ops->fill(st->be, st->stats + v->offset, v->size, i % 2 ? 1.0f : 0.0f);
+  }
   if (!rc)
     rc = ops->fill(st->be, st->opt_state, p->optim.state_slots * p->n_params, 0.0f);
   if (rc)
@@ -919,6 +1008,8 @@ int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, ui
                      td_error *err) {
   const td_plan *p = st->plan;
   const td_run r = {.rows = rows, .train = train, .keys = keys, .row0 = row0};
+  if (train)
+    st->collectives = 0;
   for (size_t i = 0; i < p->n_nodes; i++) {
     const td_node *n = &p->nodes[i];
     int rc = td_op_table[n->op].fwd(st, n, &r, err);
@@ -958,4 +1049,25 @@ int td_state_backward(td_state *st, td_error *err) {
       return rc;
   }
   return TD_OK;
+}
+
+void td_state_finish_collectives(td_state *st) {
+  const td_plan *p = st->plan;
+  if (!st->comm || st->comm->size < 2)
+    return;
+  /* The step's collectives in order: each batch norm's in forward, then in
+   * backward (in reverse order) those that reduce an input gradient; each
+   * has 2 * channels floats, made here on the node's own buffer. */
+  uint32_t k = 0;
+  for (size_t pass = 0; pass < 2; pass++)
+    for (size_t j = 0; j < p->n_nodes; j++) {
+      const td_node *n = &p->nodes[pass ? p->n_nodes - 1 - j : j];
+      if (n->op != TD_OP_BATCH_NORM || (pass && n->dx[0] == TD_NONE))
+        continue;
+      if (k++ < st->collectives)
+        continue;
+      st->comm->ops->allreduce(st->comm, st->rank, st->arena + n->aux + 2 * n->channels,
+                               2 * (size_t)n->channels, TD_REDUCE_MEAN);
+    }
+  st->collectives = k;
 }

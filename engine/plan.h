@@ -18,12 +18,16 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "collective.h"
 #include "error.h"
 #include "optim.h"
 #include "prng.h"
 #include "traind/v1/job.pb-c.h"
 
 #define TD_VIEW_NAME_MAX 64
+/* The most dimensions of one example's values: (features), (H, W, C), ...
+ * and of a parameter: a convolution's kernel (kh, kw, C, features). */
+#define TD_MAX_RANK 4
 
 /* A named tensor inside a flat buffer: "layer1/w" (784, 256) at offset 0. */
 typedef struct td_view {
@@ -31,14 +35,17 @@ typedef struct td_view {
   size_t offset; /* in floats */
   size_t size;   /* in floats */
   uint32_t ndim;
-  uint32_t shape[2];
+  uint32_t shape[TD_MAX_RANK];
 } td_view;
 
 #define TD_NONE SIZE_MAX
+/* What a compiled model may hold: parameters, and floating-point
+ * operations in one training step (jobspec.h's TD_JOB_MAX_* for what
+ * compiling finds). */
+#define TD_PLAN_MAX_PARAMS ((uint64_t)1 << 31)
+#define TD_PLAN_MAX_STEP_FLOPS 1e15
 /* The most inputs a layer takes (add). */
 #define TD_MAX_INPUTS 8
-/* The most dimensions of one example's values: (features), (H, W, C), ... */
-#define TD_MAX_RANK 4
 
 /* The shape of one example's values (without the batch), row-major. */
 typedef struct td_shape {
@@ -51,27 +58,33 @@ size_t td_shape_size(const td_shape *s);
 /* "(28, 28, 1)" into buf. */
 const char *td_shape_str(const td_shape *s, char *buf, size_t len);
 
-/* The op table: X(ID, name, least inputs, most inputs). Each op has its
- * functions in engine/ops.c, named op_<name>_<part> (ops.h): how it reads
- * its layer, infers its shape, declares its parameters and buffers,
- * draws their initial values, counts its FLOPs, and runs forward and
- * backward on the backend. Adding
- * an op is adding a row and those functions; the compiler (plan.c) goes
+/* The op table: X(ID, name, least inputs, most inputs, kernel). Each op
+ * has its functions in engine/ops.c, named op_<name>_<part> (ops.h): how
+ * it reads its layer, infers its shape, declares its parameters and
+ * buffers, draws their initial values, counts its FLOPs, and runs forward
+ * and backward on the backend; an op whose kernel column is KERNEL also
+ * prepares a backend kernel for each state (op_<name>_prepare). Adding an
+ * op is adding a row and those functions; the compiler (plan.c) goes
  * through the table only. */
-#define TD_OPS(X)               \
-  X(DENSE, dense, 1, 1)         \
-  X(ACT, act, 1, 1)             \
-  X(DROPOUT, dropout, 1, 1)     \
-  X(ADD, add, 2, TD_MAX_INPUTS) \
-  X(RESHAPE, reshape, 1, 1)     \
-  X(CONCAT, concatenate, 2, TD_MAX_INPUTS)
+#define TD_OPS(X)                                \
+  X(DENSE, dense, 1, 1, NONE)                    \
+  X(ACT, act, 1, 1, NONE)                        \
+  X(DROPOUT, dropout, 1, 1, NONE)                \
+  X(ADD, add, 2, TD_MAX_INPUTS, NONE)            \
+  X(RESHAPE, reshape, 1, 1, NONE)                \
+  X(CONCAT, concatenate, 2, TD_MAX_INPUTS, NONE) \
+  X(CONV, conv, 1, 1, KERNEL)                    \
+  X(POOL, pool, 1, 1, KERNEL)                    \
+  X(GAP, global_avg_pool, 1, 1, KERNEL)          \
+  X(BATCH_NORM, batch_norm, 1, 1, NONE)          \
+  X(LAYER_NORM, layer_norm, 1, 1, NONE)
 
 typedef enum td_op {
-#define TD_OP_ENUM(id, name, min_in, max_in) TD_OP_##id,
+#define TD_OP_ENUM(id, name, min_in, max_in, kernel) TD_OP_##id,
   TD_OPS(TD_OP_ENUM)
 #undef TD_OP_ENUM
 } td_op;
-#define TD_N_OPS (TD_OP_CONCAT + 1)
+#define TD_N_OPS (TD_OP_LAYER_NORM + 1)
 
 /* One node of the compiled graph: a layer of the model (an activation
  * whose one input is a dense layer that feeds nothing else is fused into
@@ -80,10 +93,10 @@ typedef enum td_op {
  * row-major: NHWC for images. */
 typedef struct td_node {
   td_op op;
-  td_act act;                  /* DENSE: the activation fused after it; ACT: its own */
+  td_act act;                  /* DENSE, CONV: the activation fused after it; ACT: its own */
   uint32_t spec_index;         /* index in model.layers (keys dropout masks) */
-  uint32_t ordinal;            /* DENSE: its place among the dense layers as listed (from 0):
-                                   its initializers' key and its default name */
+  uint32_t ordinal;            /* a layer with parameters: its place among those listed
+                                  (from 0): its initializers' key and its default name */
   char name[TD_VIEW_NAME_MAX]; /* for messages: the layer's name, or "model.layers[i]" */
   uint32_t n_in;
   int32_t in[TD_MAX_INPUTS]; /* the nodes it reads, by index in plan->nodes; -1: the input */
@@ -91,8 +104,15 @@ typedef struct td_node {
   td_shape shape;            /* its output's shape per example (out values) */
   int alias;                 /* its output is its input's buffer, seen in another shape
                                 (y and dy are the input's; forward and backward do nothing) */
-  int use_bias;              /* DENSE */
-  size_t w_view, b_view;     /* DENSE: indices into plan->views; b_view TD_NONE without bias */
+  int use_bias;              /* DENSE, CONV, BATCH_NORM, LAYER_NORM */
+  int use_scale;             /* BATCH_NORM, LAYER_NORM */
+  size_t w_view, b_view;     /* indices into plan->views (TD_NONE: none): the kernel or
+                                scale, the bias */
+  td_window win;             /* CONV, POOL, GAP: the geometry over the full batch */
+  td_pool_kind pool;         /* POOL, GAP */
+  uint32_t channels;         /* BATCH_NORM, LAYER_NORM: the last dimension's size */
+  float eps, momentum;       /* BATCH_NORM, LAYER_NORM */
+  size_t stat_view;          /* BATCH_NORM: its running mean in plan->stat_views (var next) */
   Traind__V1__Initializer kernel_init, bias_init;
   td_shape want;                 /* RESHAPE: the target; entry `infer` is to be inferred */
   int infer;                     /* RESHAPE: that entry, or -1 */
@@ -110,6 +130,8 @@ typedef struct td_node {
   size_t z;                      /* pre-activation (batch, out); equals y when not kept */
   size_t dy;                     /* gradient of y (batch, out); becomes dz in place */
   size_t mask;                   /* DROPOUT: (batch, out) */
+  size_t aux, aux_floats;        /* a buffer from forward to backward (aux_floats floats;
+                                    TD_NONE: none): the statistics a norm keeps */
 } td_node;
 
 typedef struct td_plan {
@@ -126,6 +148,14 @@ typedef struct td_plan {
   size_t n_params; /* floats in the parameter (and gradient) buffer */
   td_view *views;
   size_t n_views;
+  /* State that is not trained: batch norms' running means and variances,
+   * in their own buffer (n_stats floats), checkpointed as /batch_stats. */
+  size_t n_stats;
+  td_view *stat_views;
+  size_t n_stat_views;
+  /* Collectives of one training step inside forward and backward (batch
+   * norms' statistics across replicas), in the order they are made. */
+  uint32_t n_collectives;
   /* The program: the graph's nodes in topological order. Forward runs
    * them in order, backward in reverse, each bound to its offsets. */
   td_node *nodes;
@@ -206,6 +236,13 @@ void td_plan_cache_release(td_plan_cache *c, const td_plan *p);
 typedef struct td_state {
   const td_plan *plan;
   td_backend *be;
+  /* The replicas' communicator and this one's rank, when the step's
+   * statistics are reduced across replicas (NULL: one replica). */
+  td_comm *comm;
+  int rank;
+  uint32_t collectives; /* made so far in the current step */
+  void **kernels;   /* (n_nodes) the backend's prepared kernels, NULL for none */
+  float *stats;     /* (n_stats) */
   float *params;    /* (n_params) */
   float *grads;     /* (n_params) */
   float *opt_state; /* (optim.state_slots * n_params) */
@@ -233,6 +270,9 @@ int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, ui
 int td_state_loss(td_state *st, int rows, int with_grad, td_error *err);
 /* Backward over the full batch: fills grads. */
 int td_state_backward(td_state *st, td_error *err);
+/* A replica whose step failed makes the step's collectives it has not
+ * made (with any contents), so that the others do not wait for it. */
+void td_state_finish_collectives(td_state *st);
 
 static inline float *td_state_at(const td_state *st, size_t off) { return st->arena + off; }
 

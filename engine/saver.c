@@ -137,10 +137,11 @@ static void write_snapshot(td_saver *s) {
   td_error err = {0};
   char path[PATH_MAX];
   double t0 = td_mono_sec();
-  const size_t np = s->plan->n_params;
+  const size_t np = s->plan->n_params, no = s->plan->optim.state_slots * np;
   td_ckpt_image img = {.plan = s->plan,
                        .params = s->host,
                        .opt_state = s->host + np,
+                       .stats = s->host + np + no,
                        .count = s->meta.step,
                        .reuse = &s->file_mem};
   if ((size_t)snprintf(path, sizeof path, "%s/%s", s->dir, r->name) >= sizeof path)
@@ -206,7 +207,7 @@ int td_saver_start(td_saver *s, const td_saver_opts *o, td_error *err) {
   s->last_step = -1;
   s->written_step = -1;
   s->last_sec = td_mono_sec();
-  size_t floats = plan->n_params * (1 + plan->optim.state_slots);
+  size_t floats = plan->n_params * (1 + plan->optim.state_slots) + plan->n_stats;
   s->host = malloc((floats ? floats : 1) * sizeof(float));
   s->spec_json = strdup(o->spec_json ? o->spec_json : "");
   if (!s->host || !s->spec_json) {
@@ -247,6 +248,8 @@ int td_saver_snapshot(td_saver *s, td_trainer *t, td_ckpt_reason reason, uint64_
   int rc = ops->download(st->be, s->host, st->params, np * sizeof(float));
   if (!rc && no)
     rc = ops->download(st->be, s->host + np, st->opt_state, no * sizeof(float));
+  if (!rc && s->plan->n_stats)
+    rc = ops->download(st->be, s->host + np + no, st->stats, s->plan->n_stats * sizeof(float));
   if (rc)
     return td_errorf(err, rc, "checkpoint: copying the state from the %s backend failed",
                      ops->name);

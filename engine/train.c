@@ -286,7 +286,9 @@ static int step_body(td_replica *r) {
       !(rc = td_state_loss(st, (int)t->shard, 1, err)))
     rc = td_state_backward(st, err);
   if (t->n_rep > 1) {
-    /* Every replica joins the allreduce, also after a failure. */
+    /* Every replica joins the allreduces, also after a failure. */
+    if (rc)
+      td_state_finish_collectives(st);
     double a0 = r->rank == 0 ? td_mono_sec() : 0.0;
     int crc = t->comm->ops->allreduce(t->comm, r->rank, st->grads, p->n_params, TD_REDUCE_MEAN);
     if (r->rank == 0 && !r->recording) {
@@ -383,8 +385,11 @@ static int task_chunk(td_trainer *t, int rank) {
       td_errorf(&r->err, rc, "step: replaying the recorded step failed");
   }
   if (rc) {
-    for (; left && t->n_rep > 1; left--)
+    for (; left && t->n_rep > 1; left--) {
+      r->st->collectives = 0;
+      td_state_finish_collectives(r->st);
       t->comm->ops->allreduce(t->comm, rank, r->st->grads, t->plan->n_params, TD_REDUCE_MEAN);
+    }
     return rc;
   }
   size_t m = TD_STEP_METRICS;
@@ -447,7 +452,8 @@ static int task_eval(td_trainer *t, int rank) {
   return TD_OK;
 }
 
-/* Replica 0's parameters, optimizer state and step to every replica. */
+/* Replica 0's parameters, optimizer state, running statistics and step to
+ * every replica. */
 static int task_sync(td_trainer *t, int rank) {
   td_replica *r = &t->rep[rank];
   const td_plan *p = t->plan;
@@ -455,6 +461,8 @@ static int task_sync(td_trainer *t, int rank) {
   td_comm *c = t->comm;
   int rc = c->ops->broadcast(c, rank, r->st->params, np, 0);
   int rc2 = c->ops->broadcast(c, rank, r->st->opt_state, no, 0);
+  if (!rc && p->n_stats)
+    rc = c->ops->broadcast(c, rank, r->st->stats, p->n_stats, 0);
   if (rc || rc2)
     return td_errorf(&r->err, rc ? rc : rc2, "broadcasting the parameters failed");
   r->st->step = t->st.step;
@@ -580,6 +588,11 @@ static int replicas_start(td_trainer *t, const td_trainer_opts *o, td_error *err
     return rc;
   if (n == 1)
     return TD_OK;
+  /* Batch norms reduce their statistics across the replicas. */
+  for (int r = 0; r < n; r++) {
+    t->rep[r].st->comm = t->comm;
+    t->rep[r].st->rank = r;
+  }
   pthread_mutex_init(&t->mu, NULL);
   pthread_cond_init(&t->go, NULL);
   pthread_cond_init(&t->done, NULL);

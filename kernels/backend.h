@@ -92,6 +92,32 @@ static inline TD_HOST_DEVICE int td_opt_guard_ok(float norm_sq) {
   return norm_sq - norm_sq == 0.0f; /* false for NaN and infinities */
 }
 
+/* The geometry of a window op over a batch of NHWC images (a convolution,
+ * a pooling): y (n, oh, ow, oc) from x (n, h, w, c), a kh x kw window
+ * moved by (sh, sw), its taps dh, dw apart (1: adjacent), over the input
+ * with pt, pb, pl, pr zeros added on the top, bottom, left and right. A
+ * convolution's kernel is (kh, kw, c, oc), HWIO; a pooling has oc == c. */
+typedef struct td_window {
+  int n, h, w, c;
+  int oh, ow, oc;
+  int kh, kw, sh, sw, dh, dw;
+  int pt, pb, pl, pr;
+} td_window;
+
+typedef enum td_pool_kind {
+  TD_POOL_MAX = 0,     /* the window's largest value (padding is never picked) */
+  TD_POOL_AVG,         /* the window's sum / its size (padding counts as zeros) */
+  TD_POOL_AVG_VALID,   /* the sum / the number of the window's positions inside the input */
+} td_pool_kind;
+
+/* The output size of a window along one dimension: in, plus padding lo and
+ * hi, swept by a window of k taps d apart moved by s; 0 when it does not
+ * fit. */
+static inline int td_window_out(int in, int lo, int hi, int k, int s, int d) {
+  int span = (k - 1) * d + 1, padded = in + lo + hi;
+  return padded < span ? 0 : (padded - span) / s + 1;
+}
+
 typedef struct td_backend td_backend;
 
 typedef struct td_backend_ops {
@@ -157,6 +183,58 @@ typedef struct td_backend_ops {
    * backward. The two do not overlap. */
   int (*copy2d)(td_backend *be, size_t rows, size_t cols, float *dst, size_t dst_ld,
                 const float *src, size_t src_ld);
+
+  /* Window ops (optional: NULL when the backend has none; the engine then
+   * refuses models that use them on this backend). A kernel is prepared
+   * once for the full batch of its geometry and used by every step, with
+   * whatever buffers it is given; kernel_free releases it. Forward runs
+   * over the whole batch (rows past those an evaluation reads are
+   * computed and ignored). */
+  int (*conv_create)(td_backend *be, const td_window *g, void **kernel);
+  /* y = x convolved with w (HWIO), no bias. */
+  int (*conv_fwd)(td_backend *be, void *kernel, const float *x, const float *w, float *y);
+  /* dw = the kernel's gradient, and dx = the input's (not when NULL). */
+  int (*conv_bwd)(td_backend *be, void *kernel, const float *x, const float *w, const float *dy,
+                  float *dx, float *dw);
+  int (*pool_create)(td_backend *be, const td_window *g, td_pool_kind kind, void **kernel);
+  int (*pool_fwd)(td_backend *be, void *kernel, const float *x, float *y);
+  /* dx from dy; a max pooling reads where its last forward found the maxima. */
+  int (*pool_bwd)(td_backend *be, void *kernel, const float *dy, float *dx);
+  void (*kernel_free)(td_backend *be, void *kernel);
+
+  /* Normalization over (rows, cols) row-major buffers (optional: NULL when
+   * the backend has none). Sums are accumulated in double.
+   * Batch norm normalizes each column, layer norm each row; scale and
+   * bias (one per column) may be NULL (1 and 0).
+   *
+   * col_moments: m[c] = mean over rows of x[., c], m[cols + c] = mean of
+   * x^2: a batch's moments, which replicas average into the whole batch's. */
+  int (*col_moments)(td_backend *be, int rows, int cols, const float *x, float *m);
+  /* Batch norm forward. train: mean and var from the moments m (var =
+   * max(0, mean(x^2) - mean^2)), and, when running (2 * cols: mean, var)
+   * is not NULL, running = momentum * running + (1 - momentum) * (mean,
+   * var); otherwise mean and var are running's. y = (x - mean) /
+   * sqrt(var + eps) * scale + bias; saved (2 * cols) = mean, 1/sqrt(var +
+   * eps) for backward. */
+  int (*bn_fwd)(td_backend *be, int train, int rows, int cols, const float *x, const float *m,
+                float *running, float momentum, float eps, const float *scale, const float *bias,
+                float *y, float *saved);
+  /* Batch norm backward, first half: with xhat = (x - mean) * rstd,
+   * dscale = sum dy * xhat and dbias = sum dy over rows (when not NULL), and
+   * s (2 * cols) = their means over rows, which replicas average. */
+  int (*bn_bwd_sums)(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                     const float *saved, float *dscale, float *dbias, float *s);
+  /* Second half: dx = scale * rstd * (dy - s[c] - xhat * s[cols + c]);
+   * dx may equal dy. */
+  int (*bn_bwd_dx)(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                   const float *saved, const float *scale, const float *s, float *dx);
+  /* Layer norm: each row by its own mean and variance (as batch norm's
+   * train mode, over cols); saved (2 * rows) = each row's mean and rstd. */
+  int (*ln_fwd)(td_backend *be, int rows, int cols, float eps, const float *x, const float *scale,
+                const float *bias, float *y, float *saved);
+  /* dx (not when NULL; not equal to dy), and dscale, dbias summed over rows (when not NULL). */
+  int (*ln_bwd)(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                const float *saved, const float *scale, float *dx, float *dscale, float *dbias);
 
   /* out[0] = sum of x^2 (accumulated in double, stored as float). */
   int (*sumsq)(td_backend *be, size_t n, const float *x, float *out);

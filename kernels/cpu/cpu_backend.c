@@ -4,10 +4,13 @@
  * same outputs run to run (reductions run in a fixed order). */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "cpu_internal.h"
 #include "prng.h"
 
 /* OpenBLAS's own thread-count control (declared in its cblas.h on Debian,
@@ -132,9 +135,12 @@ static int cpu_bias_act_fwd(td_backend *be, td_act act, int rows, int cols, cons
 
 static int cpu_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, const float *z,
                             const float *y, const float *dy, float *dz, float *dbias) {
-  (void)be;
-  if (dbias)
-    memset(dbias, 0, (size_t)cols * sizeof *dbias);
+  /* The bias gradient is summed in double: a convolution's sums over every
+   * position of the batch (100,352 for MNIST's first) would lose digits in
+   * float. */
+  double *acc = NULL;
+  if (dbias && !(acc = cpu_doubles(be->ctx, (size_t)cols)))
+    return cpu_fail(be->ctx, "out of memory for %d column sums", cols);
   for (int r = 0; r < rows; r++) {
     size_t o = (size_t)r * cols;
     const float *zr = z + o, *yr = y + o, *dyr = dy + o;
@@ -165,10 +171,12 @@ static int cpu_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, cons
         dzr[c] = dyr[c] * yr[c] * (1.0f - yr[c]);
       break;
     }
-    if (dbias)
+    if (acc)
       for (int c = 0; c < cols; c++)
-        dbias[c] += dzr[c];
+        acc[c] += dzr[c];
   }
+  for (int c = 0; acc && c < cols; c++)
+    dbias[c] = (float)acc[c];
   return TD_OK;
 }
 
@@ -368,7 +376,35 @@ static int cpu_record(td_backend *be, const uint32_t *slot, const float *src, si
   return TD_OK;
 }
 
-static void cpu_destroy(td_backend *be) { free(be); }
+int cpu_fail(cpu_ctx *ctx, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ctx->last, sizeof ctx->last, fmt, ap);
+  va_end(ap);
+  return TD_EBACKEND;
+}
+
+double *cpu_doubles(cpu_ctx *ctx, size_t n) {
+  if (n > ctx->dbuf_n) {
+    double *p = realloc(ctx->dbuf, n * sizeof *p);
+    if (!p)
+      return NULL;
+    ctx->dbuf = p;
+    ctx->dbuf_n = n;
+  }
+  memset(ctx->dbuf, 0, n * sizeof *ctx->dbuf);
+  return ctx->dbuf;
+}
+
+static const char *cpu_last_error(td_backend *be) { return ((cpu_ctx *)be->ctx)->last; }
+
+static void cpu_destroy(td_backend *be) {
+  cpu_ctx *ctx = be->ctx;
+  cpu_window_teardown(ctx);
+  free(ctx->dbuf);
+  free(ctx);
+  free(be);
+}
 
 static const td_backend_ops cpu_ops = {
     .name = "cpu",
@@ -393,12 +429,32 @@ static const td_backend_ops cpu_ops = {
     .opt_pass = cpu_opt_pass,
     .step_begin = cpu_step_begin,
     .record = cpu_record,
+    .conv_create = cpu_conv_create,
+    .conv_fwd = cpu_conv_fwd,
+    .conv_bwd = cpu_conv_bwd,
+    .pool_create = cpu_pool_create,
+    .pool_fwd = cpu_pool_fwd,
+    .pool_bwd = cpu_pool_bwd,
+    .kernel_free = cpu_kernel_free,
+    .col_moments = cpu_col_moments,
+    .bn_fwd = cpu_bn_fwd,
+    .bn_bwd_sums = cpu_bn_bwd_sums,
+    .bn_bwd_dx = cpu_bn_bwd_dx,
+    .ln_fwd = cpu_ln_fwd,
+    .ln_bwd = cpu_ln_bwd,
+    .last_error = cpu_last_error,
 };
 
 int td_cpu_backend_create(td_backend **out, int threads, td_error *err) {
   td_backend *be = calloc(1, sizeof *be);
-  if (!be)
+  cpu_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!be || !ctx) {
+    free(be);
+    free(ctx);
     return td_errorf(err, TD_ENOMEM, "cpu backend: out of memory");
+  }
+  ctx->threads = threads > 0 ? threads : omp_get_num_procs();
+  be->ctx = ctx;
   be->ops = &cpu_ops;
   be->threads = threads;
   be->host_memory = 1;

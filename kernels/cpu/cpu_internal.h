@@ -1,0 +1,49 @@
+/* The CPU backend's parts: its context and the ops kept in their own
+ * files (window ops on oneDNN, normalization loops). */
+#ifndef TD_CPU_INTERNAL_H
+#define TD_CPU_INTERNAL_H
+
+#include "backend.h"
+
+typedef struct cpu_ctx {
+  int threads; /* this backend's threads (at least 1) */
+  char last[512]; /* the last failure, for last_error */
+  /* oneDNN's engine, stream and attributes, made by the first window kernel. */
+  void *dn_eng, *dn_strm, *dn_attr;
+  double *dbuf; /* accumulators of the normalization ops, grown on first use */
+  size_t dbuf_n;
+} cpu_ctx;
+
+/* n zeroed doubles of ctx's accumulator buffer (valid until the next call),
+ * or NULL when out of memory. */
+double *cpu_doubles(cpu_ctx *ctx, size_t n);
+
+/* Records the failure in ctx->last and returns TD_EBACKEND. */
+int cpu_fail(cpu_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* cpu_window.c */
+int cpu_conv_create(td_backend *be, const td_window *g, void **kernel);
+int cpu_conv_fwd(td_backend *be, void *kernel, const float *x, const float *w, float *y);
+int cpu_conv_bwd(td_backend *be, void *kernel, const float *x, const float *w, const float *dy,
+                 float *dx, float *dw);
+int cpu_pool_create(td_backend *be, const td_window *g, td_pool_kind kind, void **kernel);
+int cpu_pool_fwd(td_backend *be, void *kernel, const float *x, float *y);
+int cpu_pool_bwd(td_backend *be, void *kernel, const float *dy, float *dx);
+void cpu_kernel_free(td_backend *be, void *kernel);
+void cpu_window_teardown(cpu_ctx *ctx);
+
+/* cpu_norm.c */
+int cpu_col_moments(td_backend *be, int rows, int cols, const float *x, float *m);
+int cpu_bn_fwd(td_backend *be, int train, int rows, int cols, const float *x, const float *m,
+               float *running, float momentum, float eps, const float *scale, const float *bias,
+               float *y, float *saved);
+int cpu_bn_bwd_sums(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                    const float *saved, float *dscale, float *dbias, float *s);
+int cpu_bn_bwd_dx(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                  const float *saved, const float *scale, const float *s, float *dx);
+int cpu_ln_fwd(td_backend *be, int rows, int cols, float eps, const float *x, const float *scale,
+               const float *bias, float *y, float *saved);
+int cpu_ln_bwd(td_backend *be, int rows, int cols, const float *x, const float *dy,
+               const float *saved, const float *scale, float *dx, float *dscale, float *dbias);
+
+#endif

@@ -1,0 +1,374 @@
+/* The CPU backend's window ops (convolution and pooling) on oneDNN.
+ *
+ * Each kernel holds oneDNN primitives for its geometry, created once:
+ * convolutions with format_tag any (oneDNN picks its blocked layouts, the
+ * fastest here; docs/BENCHMARKS.md, "Convolution kernels on the CPU") and
+ * reorders between those and the engine's NHWC activations and HWIO
+ * kernels around each call; poolings on NHWC directly. Scratchpads are
+ * the kernel's own (user mode), so replicas calling oneDNN at the same
+ * time share nothing. oneDNN runs on OpenMP: each call first sets the
+ * calling thread's team size to the backend's thread count. */
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+/* Fails the enclosing function with the oneDNN call and its status. */
+#define DN(ctx, call)                                                                   \
+  do {                                                                                  \
+    dnnl_status_t st_ = (call);                                                         \
+    if (st_ != dnnl_success)                                                            \
+      return cpu_fail(ctx, "oneDNN %s failed (status %d)", dn_call_name(#call), (int)st_); \
+  } while (0)
+
+/* "dnnl_primitive_create" from "dnnl_primitive_create(&p, pd)". */
+static const char *dn_call_name(const char *expr) {
+  static __thread char buf[64];
+  size_t n = strcspn(expr, "(");
+  snprintf(buf, sizeof buf, "%.*s", (int)(n < sizeof buf ? n : sizeof buf - 1), expr);
+  return buf;
+}
+
+/* One argument of a primitive: the engine's buffer as oneDNN memory in the
+ * engine's layout and, when the primitive wants another, the primitive's
+ * own memory and the reorder between them. */
+typedef struct dn_arg {
+  int arg, is_out;
+  dnnl_memory_t user, prim; /* prim == user when no reorder is needed */
+  dnnl_primitive_t reorder;
+} dn_arg;
+
+typedef struct dn_op {
+  dnnl_primitive_t prim;
+  dn_arg a[4];
+  int na;
+  dnnl_memory_t scratch, ws; /* scratchpad, pooling workspace; may be NULL */
+} dn_op;
+
+typedef struct dn_kernel {
+  int pool;
+  td_window g;
+  dn_op fwd, bwd_data, bwd_w; /* pooling: fwd and bwd_data */
+} dn_kernel;
+
+static int dn_setup(cpu_ctx *ctx) {
+  if (ctx->dn_eng)
+    return TD_OK;
+  dnnl_engine_t eng;
+  DN(ctx, dnnl_engine_create(&eng, dnnl_cpu, 0));
+  dnnl_stream_t strm;
+  if (dnnl_stream_create(&strm, eng, dnnl_stream_default_flags) != dnnl_success) {
+    dnnl_engine_destroy(eng);
+    return cpu_fail(ctx, "oneDNN dnnl_stream_create failed");
+  }
+  dnnl_primitive_attr_t attr;
+  if (dnnl_primitive_attr_create(&attr) != dnnl_success ||
+      dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success) {
+    dnnl_stream_destroy(strm);
+    dnnl_engine_destroy(eng);
+    return cpu_fail(ctx, "oneDNN attributes failed");
+  }
+  ctx->dn_eng = eng;
+  ctx->dn_strm = strm;
+  ctx->dn_attr = attr;
+  return TD_OK;
+}
+
+void cpu_window_teardown(cpu_ctx *ctx) {
+  if (!ctx->dn_eng)
+    return;
+  dnnl_primitive_attr_destroy(ctx->dn_attr);
+  dnnl_stream_destroy(ctx->dn_strm);
+  dnnl_engine_destroy(ctx->dn_eng);
+  ctx->dn_eng = NULL;
+}
+
+static int dn_memory(cpu_ctx *ctx, const_dnnl_primitive_desc_t pd, dnnl_query_t what,
+                     dnnl_memory_t *out) {
+  *out = NULL;
+  const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, what, 0);
+  if (md == NULL || dnnl_memory_desc_get_size(md) == 0)
+    return TD_OK;
+  DN(ctx, dnnl_memory_create(out, md, ctx->dn_eng, DNNL_MEMORY_ALLOCATE));
+  return TD_OK;
+}
+
+/* Adds argument `arg` of pd to op, the engine's side in layout user_md. */
+static int dn_add_arg(cpu_ctx *ctx, dn_op *op, const_dnnl_primitive_desc_t pd, int arg,
+                      const dnnl_memory_desc_t *user_md, int is_out) {
+  dn_arg *a = &op->a[op->na++];
+  a->arg = arg;
+  a->is_out = is_out;
+  DN(ctx, dnnl_memory_create(&a->user, user_md, ctx->dn_eng, DNNL_MEMORY_NONE));
+  const dnnl_memory_desc_t *pmd = dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md, arg);
+  if (dnnl_memory_desc_equal(pmd, user_md)) {
+    a->prim = a->user;
+    return TD_OK;
+  }
+  DN(ctx, dnnl_memory_create(&a->prim, pmd, ctx->dn_eng, DNNL_MEMORY_ALLOCATE));
+  dnnl_primitive_desc_t rpd;
+  /* Reorders run without a scratchpad of their own (plain layouts need none). */
+  if (is_out)
+    DN(ctx, dnnl_reorder_primitive_desc_create(&rpd, pmd, ctx->dn_eng, user_md, ctx->dn_eng, NULL));
+  else
+    DN(ctx, dnnl_reorder_primitive_desc_create(&rpd, user_md, ctx->dn_eng, pmd, ctx->dn_eng, NULL));
+  dnnl_status_t st = dnnl_primitive_create(&a->reorder, rpd);
+  dnnl_primitive_desc_destroy(rpd);
+  if (st != dnnl_success)
+    return cpu_fail(ctx, "oneDNN reorder creation failed (status %d)", (int)st);
+  return TD_OK;
+}
+
+/* Creates op's primitive from pd (which it destroys), with its scratchpad
+ * and, when ws, its workspace. */
+static int dn_finish(cpu_ctx *ctx, dn_op *op, dnnl_primitive_desc_t pd, int ws) {
+  int rc = dn_memory(ctx, pd, dnnl_query_scratchpad_md, &op->scratch);
+  if (!rc && ws)
+    rc = dn_memory(ctx, pd, dnnl_query_workspace_md, &op->ws);
+  dnnl_status_t st = rc ? dnnl_success : dnnl_primitive_create(&op->prim, pd);
+  dnnl_primitive_desc_destroy(pd);
+  if (!rc && st != dnnl_success)
+    rc = cpu_fail(ctx, "oneDNN dnnl_primitive_create failed (status %d)", (int)st);
+  return rc;
+}
+
+static void dn_op_free(dn_op *op) {
+  for (int i = 0; i < op->na; i++) {
+    dn_arg *a = &op->a[i];
+    if (a->reorder) {
+      dnnl_primitive_destroy(a->reorder);
+      dnnl_memory_destroy(a->prim);
+    }
+    dnnl_memory_destroy(a->user);
+  }
+  if (op->prim)
+    dnnl_primitive_destroy(op->prim);
+  if (op->scratch)
+    dnnl_memory_destroy(op->scratch);
+  if (op->ws && op->ws != op->scratch)
+    dnnl_memory_destroy(op->ws);
+  memset(op, 0, sizeof *op);
+}
+
+/* Runs op on buffers (one per argument, in the order they were added):
+ * inputs reordered in, the primitive, outputs reordered out. ws: the
+ * workspace memory to pass (a pooling's, from its forward), or NULL. */
+static int dn_exec(cpu_ctx *ctx, dn_op *op, void *const *bufs, dnnl_memory_t ws) {
+  omp_set_num_threads(ctx->threads);
+  dnnl_exec_arg_t args[8];
+  int n = 0;
+  for (int i = 0; i < op->na; i++) {
+    dn_arg *a = &op->a[i];
+    DN(ctx, dnnl_memory_set_data_handle(a->user, bufs[i]));
+    if (a->reorder && !a->is_out) {
+      dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, a->user}, {DNNL_ARG_TO, a->prim}};
+      DN(ctx, dnnl_primitive_execute(a->reorder, ctx->dn_strm, 2, r));
+    }
+    args[n++] = (dnnl_exec_arg_t){a->arg, a->prim};
+  }
+  if (op->scratch)
+    args[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, op->scratch};
+  if (ws)
+    args[n++] = (dnnl_exec_arg_t){DNNL_ARG_WORKSPACE, ws};
+  DN(ctx, dnnl_primitive_execute(op->prim, ctx->dn_strm, n, args));
+  for (int i = 0; i < op->na; i++) {
+    dn_arg *a = &op->a[i];
+    if (a->reorder && a->is_out) {
+      dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, a->prim}, {DNNL_ARG_TO, a->user}};
+      DN(ctx, dnnl_primitive_execute(a->reorder, ctx->dn_strm, 2, r));
+    }
+  }
+  DN(ctx, dnnl_stream_wait(ctx->dn_strm));
+  return TD_OK;
+}
+
+static int dn_md(cpu_ctx *ctx, dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims,
+                 dnnl_format_tag_t tag) {
+  DN(ctx, dnnl_memory_desc_init_by_tag(md, nd, dims, dnnl_f32, tag));
+  return TD_OK;
+}
+
+static void kernel_destroy(dn_kernel *k) {
+  dn_op_free(&k->fwd);
+  dn_op_free(&k->bwd_data);
+  dn_op_free(&k->bwd_w);
+  free(k);
+}
+
+static int conv_build(cpu_ctx *ctx, dn_kernel *k) {
+  const td_window *g = &k->g;
+  dnnl_dims_t xd = {g->n, g->c, g->h, g->w}, yd = {g->n, g->oc, g->oh, g->ow};
+  dnnl_dims_t wd = {g->oc, g->c, g->kh, g->kw};
+  dnnl_dims_t strides = {g->sh, g->sw}, dil = {g->dh - 1, g->dw - 1};
+  dnnl_dims_t pad_l = {g->pt, g->pl}, pad_r = {g->pb, g->pr};
+  dnnl_memory_desc_t ux, uy, uw, px, py, pw;
+  int rc = dn_md(ctx, &ux, 4, xd, dnnl_nhwc);
+  if (!rc)
+    rc = dn_md(ctx, &uy, 4, yd, dnnl_nhwc);
+  if (!rc)
+    rc = dn_md(ctx, &uw, 4, wd, dnnl_hwio);
+  if (!rc)
+    rc = dn_md(ctx, &px, 4, xd, dnnl_format_tag_any);
+  if (!rc)
+    rc = dn_md(ctx, &py, 4, yd, dnnl_format_tag_any);
+  if (!rc)
+    rc = dn_md(ctx, &pw, 4, wd, dnnl_format_tag_any);
+  if (rc)
+    return rc;
+  dnnl_convolution_desc_t fd, dd, wdesc;
+  dnnl_primitive_desc_t fpd, pd;
+  DN(ctx, dnnl_dilated_convolution_forward_desc_init(&fd, dnnl_forward_training,
+                                                     dnnl_convolution_direct, &px, &pw, NULL, &py,
+                                                     strides, dil, pad_l, pad_r));
+  DN(ctx, dnnl_primitive_desc_create(&fpd, &fd, ctx->dn_attr, ctx->dn_eng, NULL));
+  /* Forward: x, w -> y. */
+  if (dnnl_primitive_desc_clone(&pd, fpd) != dnnl_success) {
+    dnnl_primitive_desc_destroy(fpd);
+    return cpu_fail(ctx, "oneDNN dnnl_primitive_desc_clone failed");
+  }
+  rc = dn_add_arg(ctx, &k->fwd, pd, DNNL_ARG_SRC, &ux, 0);
+  if (!rc)
+    rc = dn_add_arg(ctx, &k->fwd, pd, DNNL_ARG_WEIGHTS, &uw, 0);
+  if (!rc)
+    rc = dn_add_arg(ctx, &k->fwd, pd, DNNL_ARG_DST, &uy, 1);
+  rc = rc ? (dnnl_primitive_desc_destroy(pd), rc) : dn_finish(ctx, &k->fwd, pd, 0);
+  /* Backward data: dy, w -> dx. */
+  if (!rc && dnnl_dilated_convolution_backward_data_desc_init(&dd, dnnl_convolution_direct, &px,
+                                                               &pw, &py, strides, dil, pad_l,
+                                                               pad_r) == dnnl_success &&
+      dnnl_primitive_desc_create(&pd, &dd, ctx->dn_attr, ctx->dn_eng, fpd) == dnnl_success) {
+    rc = dn_add_arg(ctx, &k->bwd_data, pd, DNNL_ARG_DIFF_DST, &uy, 0);
+    if (!rc)
+      rc = dn_add_arg(ctx, &k->bwd_data, pd, DNNL_ARG_WEIGHTS, &uw, 0);
+    if (!rc)
+      rc = dn_add_arg(ctx, &k->bwd_data, pd, DNNL_ARG_DIFF_SRC, &ux, 1);
+    rc = rc ? (dnnl_primitive_desc_destroy(pd), rc) : dn_finish(ctx, &k->bwd_data, pd, 0);
+  } else if (!rc) {
+    rc = cpu_fail(ctx, "oneDNN: no convolution backward-data primitive for this geometry");
+  }
+  /* Backward weights: x, dy -> dw. */
+  if (!rc && dnnl_dilated_convolution_backward_weights_desc_init(
+                 &wdesc, dnnl_convolution_direct, &px, &pw, NULL, &py, strides, dil, pad_l,
+                 pad_r) == dnnl_success &&
+      dnnl_primitive_desc_create(&pd, &wdesc, ctx->dn_attr, ctx->dn_eng, fpd) == dnnl_success) {
+    rc = dn_add_arg(ctx, &k->bwd_w, pd, DNNL_ARG_SRC, &ux, 0);
+    if (!rc)
+      rc = dn_add_arg(ctx, &k->bwd_w, pd, DNNL_ARG_DIFF_DST, &uy, 0);
+    if (!rc)
+      rc = dn_add_arg(ctx, &k->bwd_w, pd, DNNL_ARG_DIFF_WEIGHTS, &uw, 1);
+    rc = rc ? (dnnl_primitive_desc_destroy(pd), rc) : dn_finish(ctx, &k->bwd_w, pd, 0);
+  } else if (!rc) {
+    rc = cpu_fail(ctx, "oneDNN: no convolution backward-weights primitive for this geometry");
+  }
+  dnnl_primitive_desc_destroy(fpd);
+  return rc;
+}
+
+static int pool_build(cpu_ctx *ctx, dn_kernel *k, td_pool_kind kind) {
+  const td_window *g = &k->g;
+  dnnl_dims_t xd = {g->n, g->c, g->h, g->w}, yd = {g->n, g->c, g->oh, g->ow};
+  dnnl_dims_t strides = {g->sh, g->sw}, win = {g->kh, g->kw}, dil = {0, 0};
+  dnnl_dims_t pad_l = {g->pt, g->pl}, pad_r = {g->pb, g->pr};
+  dnnl_memory_desc_t ux, uy;
+  int rc = dn_md(ctx, &ux, 4, xd, dnnl_nhwc);
+  if (!rc)
+    rc = dn_md(ctx, &uy, 4, yd, dnnl_nhwc);
+  if (rc)
+    return rc;
+  dnnl_alg_kind_t alg = kind == TD_POOL_MAX   ? dnnl_pooling_max
+                        : kind == TD_POOL_AVG ? dnnl_pooling_avg_include_padding
+                                              : dnnl_pooling_avg_exclude_padding;
+  dnnl_pooling_v2_desc_t fd, bd;
+  dnnl_primitive_desc_t fpd, pd;
+  DN(ctx, dnnl_pooling_v2_forward_desc_init(&fd, dnnl_forward_training, alg, &ux, &uy, strides,
+                                            win, dil, pad_l, pad_r));
+  DN(ctx, dnnl_primitive_desc_create(&fpd, &fd, ctx->dn_attr, ctx->dn_eng, NULL));
+  if (dnnl_primitive_desc_clone(&pd, fpd) != dnnl_success) {
+    dnnl_primitive_desc_destroy(fpd);
+    return cpu_fail(ctx, "oneDNN dnnl_primitive_desc_clone failed");
+  }
+  rc = dn_add_arg(ctx, &k->fwd, pd, DNNL_ARG_SRC, &ux, 0);
+  if (!rc)
+    rc = dn_add_arg(ctx, &k->fwd, pd, DNNL_ARG_DST, &uy, 1);
+  rc = rc ? (dnnl_primitive_desc_destroy(pd), rc) : dn_finish(ctx, &k->fwd, pd, 1);
+  if (!rc && dnnl_pooling_v2_backward_desc_init(&bd, alg, &ux, &uy, strides, win, dil, pad_l,
+                                                pad_r) == dnnl_success &&
+      dnnl_primitive_desc_create(&pd, &bd, ctx->dn_attr, ctx->dn_eng, fpd) == dnnl_success) {
+    rc = dn_add_arg(ctx, &k->bwd_data, pd, DNNL_ARG_DIFF_DST, &uy, 0);
+    if (!rc)
+      rc = dn_add_arg(ctx, &k->bwd_data, pd, DNNL_ARG_DIFF_SRC, &ux, 1);
+    rc = rc ? (dnnl_primitive_desc_destroy(pd), rc) : dn_finish(ctx, &k->bwd_data, pd, 0);
+  } else if (!rc) {
+    rc = cpu_fail(ctx, "oneDNN: no pooling backward primitive for this geometry");
+  }
+  dnnl_primitive_desc_destroy(fpd);
+  return rc;
+}
+
+static int kernel_new(td_backend *be, const td_window *g, int pool, td_pool_kind kind,
+                      void **out) {
+  cpu_ctx *ctx = be->ctx;
+  int rc = dn_setup(ctx);
+  if (rc)
+    return rc;
+  dn_kernel *k = calloc(1, sizeof *k);
+  if (!k)
+    return cpu_fail(ctx, "out of memory for a window kernel");
+  k->pool = pool;
+  k->g = *g;
+  omp_set_num_threads(ctx->threads);
+  rc = pool ? pool_build(ctx, k, kind) : conv_build(ctx, k);
+  if (rc) {
+    kernel_destroy(k);
+    return rc;
+  }
+  *out = k;
+  return TD_OK;
+}
+
+int cpu_conv_create(td_backend *be, const td_window *g, void **kernel) {
+  return kernel_new(be, g, 0, TD_POOL_MAX, kernel);
+}
+
+int cpu_conv_fwd(td_backend *be, void *kernel, const float *x, const float *w, float *y) {
+  dn_kernel *k = kernel;
+  void *bufs[3] = {(void *)x, (void *)w, y};
+  return dn_exec(be->ctx, &k->fwd, bufs, NULL);
+}
+
+int cpu_conv_bwd(td_backend *be, void *kernel, const float *x, const float *w, const float *dy,
+                 float *dx, float *dw) {
+  dn_kernel *k = kernel;
+  void *wb[3] = {(void *)x, (void *)dy, dw};
+  int rc = dn_exec(be->ctx, &k->bwd_w, wb, NULL);
+  if (!rc && dx) {
+    void *db[3] = {(void *)dy, (void *)w, dx};
+    rc = dn_exec(be->ctx, &k->bwd_data, db, NULL);
+  }
+  return rc;
+}
+
+int cpu_pool_create(td_backend *be, const td_window *g, td_pool_kind kind, void **kernel) {
+  return kernel_new(be, g, 1, kind, kernel);
+}
+
+int cpu_pool_fwd(td_backend *be, void *kernel, const float *x, float *y) {
+  dn_kernel *k = kernel;
+  void *bufs[2] = {(void *)x, y};
+  return dn_exec(be->ctx, &k->fwd, bufs, k->fwd.ws);
+}
+
+int cpu_pool_bwd(td_backend *be, void *kernel, const float *dy, float *dx) {
+  dn_kernel *k = kernel;
+  void *bufs[2] = {(void *)dy, dx};
+  return dn_exec(be->ctx, &k->bwd_data, bufs, k->fwd.ws);
+}
+
+void cpu_kernel_free(td_backend *be, void *kernel) {
+  (void)be;
+  if (kernel)
+    kernel_destroy(kernel);
+}
