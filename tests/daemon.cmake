@@ -17,6 +17,9 @@
 #   daemon_tensorboard         jobs' TensorBoard event files read back: equal
 #                              to GetMetrics, a second file after a resume
 #   daemon_checkpoint          HDF5 checkpoints: retention, export, bit-exact resume
+#   daemon_cnn                 conv nets and batch norm: Flax's MNIST CNN and a
+#                              residual net for an epoch (10 epochs: long), batch
+#                              norm on 2 devices, kill -9 resume, h5py accuracy
 #   daemon_trainctl            the CLI: --follow over unix and TCP, -o json,
 #                              exit codes, errors, TRAIND_ADDR
 #   daemon_reference_2devices_10epochs
@@ -53,6 +56,8 @@ td_daemon_test(daemon_prometheus daemon_prometheus.py "daemon;mnist" 600)
 td_daemon_test(daemon_sdnotify daemon_sdnotify.py "daemon" 120)
 td_daemon_test(daemon_checkpoint daemon_checkpoint.py "daemon;mnist" 600)
 td_daemon_test(daemon_trainctl daemon_trainctl.py "daemon;mnist" 600)
+td_daemon_test(daemon_cnn daemon_cnn.py "daemon;mnist" 900)
+td_daemon_test(daemon_cnn_10epochs daemon_cnn.py "daemon;mnist;long" 2400 cnn_10_epochs)
 td_daemon_test(daemon_reference_10epochs daemon_trainctl.py "daemon;mnist;long" 1200
                reference_10_epochs)
 td_daemon_test(daemon_reference_2devices_10epochs daemon_trainctl.py "daemon;mnist;long" 1200
