@@ -130,7 +130,12 @@ static long input_of(const Traind__V1__Model *m, const named_layer *byname, size
  * input's), evaluated depth first in time linear in the model. An input
  * that names nothing, or one that closes a cycle, counts as the widest of
  * the input and the dense layers; the compile refuses those models
- * anyway. Counted in double: nothing overflows. */
+ * anyway. The width after a conv or pooling layer depends on its geometry
+ * (kernel, strides, padding, features), which only the compile's shape
+ * inference knows: it is unknown here (negative), and so are the weights
+ * of a dense layer that reads it; the compile counts every parameter and
+ * FLOP exactly against the same limits. Counted in double: nothing
+ * overflows. */
 static int check_model_size(const Traind__V1__JobSpec *spec, td_error *err) {
   const Traind__V1__Model *m = spec->model;
   double in = 1.0, params = 0.0, weights = 0.0, widest = 0.0;
@@ -157,12 +162,16 @@ static int check_model_size(const Traind__V1__JobSpec *spec, td_error *err) {
     free(stack);
     return td_errorf(err, TD_ENOMEM, "out of memory");
   }
-  uint32_t dense = 0;
+  /* The names plan.c's read_layers gives: layerN for the N-th layer with
+   * parameters (dense, conv, batch_norm, layer_norm). */
+  uint32_t with_params = 0;
   size_t n_named = 0;
   for (size_t i = 0; i < m->n_layers; i++) {
     const Traind__V1__Layer *l = m->layers[i];
-    if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE)
-      snprintf(dflt[i], sizeof dflt[i], "layer%u", ++dense);
+    const int k = l->kind_case;
+    if (k == TRAIND__V1__LAYER__KIND_DENSE || k == TRAIND__V1__LAYER__KIND_CONV ||
+        k == TRAIND__V1__LAYER__KIND_BATCH_NORM || k == TRAIND__V1__LAYER__KIND_LAYER_NORM)
+      snprintf(dflt[i], sizeof dflt[i], "layer%u", ++with_params);
     const char *name = l->name && *l->name ? l->name : dflt[i];
     if (*name)
       byname[n_named++] = (named_layer){name, i};
@@ -189,16 +198,31 @@ static int check_model_size(const Traind__V1__JobSpec *spec, td_error *err) {
       /* Every input known (or on the stack: a cycle): this layer's values. */
       double f = 0.0;
       const int concat = l->kind_case == TRAIND__V1__LAYER__KIND_CONCATENATE;
-      for (size_t k = 0; k < (concat ? n_in : 1); k++) {
+      for (size_t k = 0; k < (concat ? n_in : 1) && f >= 0.0; k++) {
         long src = input_of(m, byname, n_named, fr->layer, k);
-        f += src == -1 ? in : src >= 0 && state[src] == 2 ? features[src] : widest;
+        double w = src == -1 ? in : src >= 0 && state[src] == 2 ? features[src] : widest;
+        f = w < 0.0 ? -1.0 : f + w;
       }
-      if (l->kind_case == TRAIND__V1__LAYER__KIND_DENSE) {
+      switch (l->kind_case) {
+      case TRAIND__V1__LAYER__KIND_CONV:
+      case TRAIND__V1__LAYER__KIND_MAX_POOL:
+      case TRAIND__V1__LAYER__KIND_AVG_POOL:
+      case TRAIND__V1__LAYER__KIND_GLOBAL_AVG_POOL:
+        f = -1.0;
+        break;
+      case TRAIND__V1__LAYER__KIND_DENSE: {
         const Traind__V1__Dense *d = l->dense;
         const double out = d->features;
-        weights += f * out;
-        params += f * out + (!d->use_bias || d->use_bias->value ? out : 0.0);
+        if (f >= 0.0) {
+          weights += f * out;
+          params += f * out;
+        }
+        params += !d->use_bias || d->use_bias->value ? out : 0.0;
         f = out;
+        break;
+      }
+      default:
+        break;
       }
       features[fr->layer] = f;
       state[fr->layer] = 2;

@@ -641,7 +641,8 @@ static int read_padding(td_node *n, const char *kind, const uint32_t *expl, size
     for (size_t i = 0; i < n_expl; i++)
       if (expl[i] > 65536)
         return td_errorf(err, TD_EINVAL,
-                         "model.layers[%u].%s.explicit_padding[%zu]: %u is too large",
+                         "model.layers[%u].%s.explicit_padding[%zu]: %u is too large (at most "
+                         "65536)",
                          n->spec_index, layer, i, expl[i]);
     int *p = &n->win.pt; /* pt, pb, pl, pr */
     for (int i = 0; i < 4; i++)
@@ -698,6 +699,17 @@ static int window_shape(td_node *n, const td_shape *in, const char *layer, td_er
                        "%d + %d); use a smaller window or more padding",
                        node_ref(n, ref, sizeof ref), layer, k[i], d[i] > 1 ? ", dilated" : "",
                        i ? "width" : "height", insz[i], *lo[i], *hi[i]);
+    /* A pooling window wholly in the padding has no value to take: max
+     * pooling would give -inf and average pooling without the padding
+     * 0 / 0 (with it, 0, as in Flax). SAME padding never does this. */
+    if (n->op == TD_OP_POOL && n->pool != TD_POOL_AVG &&
+        (*lo[i] >= k[i] || (out[i] - 1) * s[i] - *lo[i] >= insz[i]))
+      return td_errorf(err, TD_EINVAL,
+                       "%s: with padding %d + %d on the input's %s of %d, some %s windows (%d "
+                       "taps) lie wholly in the padding; pad each side by less than the window%s",
+                       node_ref(n, ref, sizeof ref), *lo[i], *hi[i], i ? "width" : "height",
+                       insz[i], n->pool == TD_POOL_MAX ? "max_pool" : "avg_pool", k[i],
+                       n->pool == TD_POOL_MAX ? "" : " or count the padding (count_include_pad)");
   }
   g->oh = out[0];
   g->ow = out[1];
@@ -744,8 +756,8 @@ static int window_prepare(td_state *st, const td_node *n, void **kernel, td_erro
 int op_conv_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   const Traind__V1__Conv *cv = l->conv;
   if (cv->features == 0 || cv->features > (1u << 20))
-    return td_errorf(err, TD_EINVAL, "model.layers[%u].conv.features: must be in 1..%u",
-                     n->spec_index, 1u << 20);
+    return td_errorf(err, TD_EINVAL, "model.layers[%u].conv.features: must be in 1..%u (got %u)",
+                     n->spec_index, 1u << 20, cv->features);
   if (cv->n_kernel_size == 0)
     return td_errorf(err, TD_EINVAL,
                      "model.layers[%u].conv.kernel_size: required (for example [3, 3])",

@@ -113,6 +113,17 @@ struct td_compile {
   size_t n_order;
 };
 
+/* A view name "<layer>/<leaf>" that does not fit TD_VIEW_NAME_MAX: the
+ * message gives the longest name this leaf allows (57 characters for a
+ * norm's "scale", where read_layers admits 60 for every layer). */
+static int name_too_long(const td_node *n, const char *leaf, td_error *err) {
+  return td_errorf(err, TD_EINVAL,
+                   "model.layers[%u].name: %zu characters are too many for its parameter "
+                   "'%s/%s'; give this layer a name of at most %zu characters",
+                   n->spec_index, strlen(n->name), n->name, leaf,
+                   TD_VIEW_NAME_MAX - 2 - strlen(leaf));
+}
+
 int td_compile_param(td_compile *c, const td_node *n, const char *leaf, uint32_t d0, uint32_t d1,
                      uint32_t ndim, size_t *index, td_error *err) {
   const uint32_t dims[2] = {d0, d1};
@@ -125,8 +136,7 @@ int td_compile_tensor(td_compile *c, const td_node *n, const char *leaf, const u
   td_view *v = &p->views[p->n_views];
   int k = snprintf(v->name, sizeof v->name, "%s/%s", n->name, leaf);
   if (k < 0 || (size_t)k >= sizeof v->name)
-    return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)", n->name,
-                     TD_VIEW_NAME_MAX - 3);
+    return name_too_long(n, leaf, err);
   v->ndim = ndim;
   double size = 1.0;
   for (uint32_t i = 0; i < TD_MAX_RANK; i++) {
@@ -156,8 +166,7 @@ int td_compile_stats(td_compile *c, const td_node *n, uint32_t channels, size_t 
     td_view *v = &p->stat_views[p->n_stat_views + i];
     int k = snprintf(v->name, sizeof v->name, "%s/%s", n->name, i ? "var" : "mean");
     if (k < 0 || (size_t)k >= sizeof v->name)
-      return td_errorf(err, TD_EINVAL, "layer name '%s' is too long (at most %d characters)",
-                       n->name, TD_VIEW_NAME_MAX - 5);
+      return name_too_long(n, i ? "var" : "mean", err);
     v->ndim = 1;
     v->shape[0] = channels;
     v->size = channels;
