@@ -40,9 +40,22 @@
  * reductions give the same bits twice, bad arguments and a failing cuBLAS
  * call come back as errors with the call named, and a kernel that faults on
  * a bad pointer is reported as an error (in a child process, since a fault
- * ends the CUDA context). Last, 20 training steps of two small models on
- * both backends from the same parameters and batches: parameters agree to
- * a relative error below 1e-4. */
+ * ends the CUDA context).
+ * The conv-net ops: convolutions of ten geometries (SAME, VALID, stride 2
+ * with asymmetric padding, dilation 2, 1x1, 5x5, an even window, explicit
+ * padding different on every side; 1 to 32 channels) and poolings (max,
+ * average with and without the padding, global; overlapping windows,
+ * padding, ties everywhere) on both backends against float64 by the
+ * definition and the GPU against the CPU, within 1e-5 of the sum of the
+ * terms' magnitudes (1e-4 for a convolution's kernel gradient, 1e-6 for
+ * pooling; max pooling forward bit for bit); every output written, none
+ * added to (they start as NaN); the same bits on a second run. Without a
+ * GPU the CPU half of these runs too, so the references are checked
+ * everywhere. Batch and layer norm: see check_norm.
+ * Last, 20 training steps of small models on both backends from the same
+ * parameters and batches: parameters (and batch norms' running statistics)
+ * agree to a relative error below 1e-4; the conv nets also op by op
+ * against a recorded graph of the step, and in an evaluation pass. */
 #include <spawn.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1374,6 +1387,784 @@ done:
   free(c);
 }
 
+/* ------------------------------------------------------------- window ops */
+
+/* Copies between host memory and any backend's memory, through its table
+ * (the CPU backend's upload and download are copies), so that one runner
+ * drives both backends. */
+static void *bput(td_backend *be, const void *h, size_t bytes) {
+  void *d = be->ops->alloc(be, bytes ? bytes : 4);
+  CHECK(d != NULL, "%s alloc of %zu bytes", be->ops->name, bytes);
+  if (d && bytes)
+    CHECK(be->ops->upload(be, d, h, bytes) == 0, "%s upload", be->ops->name);
+  return d;
+}
+
+static void bget(td_backend *be, void *h, const void *d, size_t bytes) {
+  int rc = d ? be->ops->download(be, h, d, bytes) : -1;
+  CHECK(rc == 0, "%s download", be->ops->name);
+  if (rc)
+    memset(h, 0xff, bytes);
+}
+
+static void bfree(td_backend *be, void *d) {
+  if (d)
+    be->ops->release(be, d);
+}
+
+static const char *be_error(td_backend *be) {
+  return be->ops->last_error ? be->ops->last_error(be) : "";
+}
+
+#define CHECK_BE(be, expr)                                                                      \
+  do {                                                                                          \
+    int rc_ = (expr);                                                                           \
+    CHECK(rc_ == 0, "%s: %s: %s (%s)", (be)->ops->name, #expr, td_strerror(rc_), be_error(be)); \
+  } while (0)
+
+/* A geometry with its output size; SAME padding as the engine resolves it
+ * (lax.padtype_to_pads: the extra one at the end). */
+static td_window mkwin(int n, int h, int w, int c, int oc, int kh, int kw, int sh, int sw, int dh,
+                       int dw, int pt, int pb, int pl, int pr) {
+  td_window g = {n, h, w, c, 0, 0, oc, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr};
+  g.oh = td_window_out(h, pt, pb, kh, sh, dh);
+  g.ow = td_window_out(w, pl, pr, kw, sw, dw);
+  return g;
+}
+
+static td_window mkwin_same(int n, int h, int w, int c, int oc, int kh, int kw, int sh, int sw,
+                            int dh, int dw) {
+  int th = ((h + sh - 1) / sh - 1) * sh + (kh - 1) * dh + 1 - h;
+  int tw = ((w + sw - 1) / sw - 1) * sw + (kw - 1) * dw + 1 - w;
+  th = th < 0 ? 0 : th;
+  tw = tw < 0 ? 0 : tw;
+  return mkwin(n, h, w, c, oc, kh, kw, sh, sw, dh, dw, th / 2, th - th / 2, tw / 2, tw - tw / 2);
+}
+
+static void win_str(const td_window *g, char *buf, size_t len) {
+  snprintf(buf, len, "%dx%dx%dx%d -> %dx%dx%d, k %dx%d s %d,%d d %d,%d pad %d,%d,%d,%d", g->n, g->h,
+           g->w, g->c, g->oh, g->ow, g->oc, g->kh, g->kw, g->sh, g->sw, g->dh, g->dw, g->pt, g->pb,
+           g->pl, g->pr);
+}
+
+/* The largest |got - want| / bound over an array (bound: the sum of the
+ * magnitudes of the terms of want, the scale of any summation order's
+ * error); where the bound is 0 got must be exactly want. */
+static void check_bound(const char *label, const float *got, const double *want,
+                        const double *bound, size_t n, double tol) {
+  double worst = 0.0;
+  size_t at = 0;
+  for (size_t i = 0; i < n; i++) {
+    double e = fabs((double)got[i] - want[i]) / (bound[i] > 1e-30 ? bound[i] : 1e-30);
+    if (!(e <= worst)) {
+      worst = isnan(e) ? INFINITY : e;
+      at = i;
+      if (isnan(e))
+        break;
+    }
+  }
+  CHECK(worst <= tol, "%s: element %zu: %.9g, want %.9g (error %.3g of the bound %.3g > %.3g)",
+        label, at, (double)got[at], want[at], worst, bound[at], tol);
+}
+
+static double *to_double(const float *x, size_t n) {
+  double *d = malloc((n ? n : 1) * sizeof *d);
+  for (size_t i = 0; i < n; i++)
+    d[i] = x[i];
+  return d;
+}
+
+static size_t win_in(const td_window *g) { return (size_t)g->n * g->h * g->w * g->c; }
+static size_t win_out(const td_window *g) { return (size_t)g->n * g->oh * g->ow * g->oc; }
+static size_t win_taps(const td_window *g) { return (size_t)g->kh * g->kw * g->c * g->oc; }
+
+/* Float64 convolution, its two gradients and their bounds, by the
+ * definition: y[b, oy, ox, o] = sum over i, j, ci of x[b, oy sh - pt + i
+ * dh, ox sw - pl + j dw, ci] w[i, j, ci, o] (zeros outside x). */
+static void conv_ref(const td_window *g, const float *x, const float *w, const float *dy, double *y,
+                     double *yb, double *dx, double *dxb, double *dw, double *dwb) {
+  memset(y, 0, win_out(g) * sizeof *y);
+  memset(yb, 0, win_out(g) * sizeof *yb);
+  memset(dx, 0, win_in(g) * sizeof *dx);
+  memset(dxb, 0, win_in(g) * sizeof *dxb);
+  memset(dw, 0, win_taps(g) * sizeof *dw);
+  memset(dwb, 0, win_taps(g) * sizeof *dwb);
+  for (int b = 0; b < g->n; b++)
+    for (int oy = 0; oy < g->oh; oy++)
+      for (int ox = 0; ox < g->ow; ox++) {
+        const size_t yo = (((size_t)b * g->oh + oy) * g->ow + ox) * g->oc;
+        for (int i = 0; i < g->kh; i++) {
+          const int iy = oy * g->sh - g->pt + i * g->dh;
+          if (iy < 0 || iy >= g->h)
+            continue;
+          for (int j = 0; j < g->kw; j++) {
+            const int ix = ox * g->sw - g->pl + j * g->dw;
+            if (ix < 0 || ix >= g->w)
+              continue;
+            const size_t xo = (((size_t)b * g->h + iy) * g->w + ix) * g->c;
+            for (int ci = 0; ci < g->c; ci++) {
+              const size_t wo = (((size_t)i * g->kw + j) * g->c + ci) * g->oc;
+              for (int o = 0; o < g->oc; o++) {
+                const double xv = x[xo + ci], wv = w[wo + o], dv = dy[yo + o];
+                y[yo + o] += xv * wv;
+                yb[yo + o] += fabs(xv * wv);
+                dx[xo + ci] += dv * wv;
+                dxb[xo + ci] += fabs(dv * wv);
+                dw[wo + o] += xv * dv;
+                dwb[wo + o] += fabs(xv * dv);
+              }
+            }
+          }
+        }
+      }
+}
+
+/* y, dx, dw of one geometry on a backend, outputs filled with NaN first
+ * (every value must be written, none added to); then the same calls
+ * again, which must give the same bits, and backward without dx, which
+ * must give the same dw. */
+static int conv_run(td_backend *be, const td_window *g, const float *x, const float *w,
+                    const float *dy, float *y, float *dx, float *dw, const char *label) {
+  const td_backend_ops *o = be->ops;
+  void *k = NULL;
+  int rc = o->conv_create(be, g, &k);
+  CHECK(rc == 0 && k, "%s: %s conv_create: %s (%s)", label, o->name, td_strerror(rc), be_error(be));
+  if (rc || !k)
+    return -1;
+  const size_t ni = win_in(g), no = win_out(g), nt = win_taps(g);
+  float *bx = bput(be, x, ni * 4), *bw = bput(be, w, nt * 4), *bdy = bput(be, dy, no * 4);
+  float *by = o->alloc(be, no * 4), *bdx = o->alloc(be, ni * 4), *bdw = o->alloc(be, nt * 4);
+  float *again = hmalloc(ni > no ? (ni > nt ? ni : nt) : (no > nt ? no : nt));
+  int ok = bx && bw && bdy && by && bdx && bdw;
+  for (int run = 0; run < 2 && ok; run++) {
+    CHECK_BE(be, o->fill(be, by, no, NAN));
+    CHECK_BE(be, o->fill(be, bdx, ni, NAN));
+    CHECK_BE(be, o->fill(be, bdw, nt, NAN));
+    CHECK_BE(be, o->conv_fwd(be, k, bx, bw, by));
+    CHECK_BE(be, o->conv_bwd(be, k, bx, bw, bdy, bdx, bdw));
+    char l2[256];
+    if (run == 0) {
+      bget(be, y, by, no * 4);
+      bget(be, dx, bdx, ni * 4);
+      bget(be, dw, bdw, nt * 4);
+      continue;
+    }
+    snprintf(l2, sizeof l2, "%s: %s run to run: y", label, o->name);
+    bget(be, again, by, no * 4);
+    CHECK_BITS(l2, again, y, no);
+    snprintf(l2, sizeof l2, "%s: %s run to run: dx", label, o->name);
+    bget(be, again, bdx, ni * 4);
+    CHECK_BITS(l2, again, dx, ni);
+    snprintf(l2, sizeof l2, "%s: %s run to run: dw", label, o->name);
+    bget(be, again, bdw, nt * 4);
+    CHECK_BITS(l2, again, dw, nt);
+    /* Backward without dx: the same kernel gradient, dx untouched. */
+    CHECK_BE(be, o->fill(be, bdw, nt, NAN));
+    CHECK_BE(be, o->fill(be, bdx, ni, 5.0f));
+    CHECK_BE(be, o->conv_bwd(be, k, bx, bw, bdy, NULL, bdw));
+    snprintf(l2, sizeof l2, "%s: %s dw without dx", label, o->name);
+    bget(be, again, bdw, nt * 4);
+    CHECK_BITS(l2, again, dw, nt);
+    bget(be, again, bdx, ni * 4);
+    size_t touched = 0;
+    for (size_t i = 0; i < ni; i++)
+      touched += again[i] != 5.0f;
+    CHECK(touched == 0, "%s: %s backward without dx wrote %zu values of dx", label, o->name,
+          touched);
+  }
+  o->kernel_free(be, k);
+  bfree(be, bx);
+  bfree(be, bw);
+  bfree(be, bdy);
+  bfree(be, by);
+  bfree(be, bdx);
+  bfree(be, bdw);
+  free(again);
+  return ok ? 0 : -1;
+}
+
+/* Convolutions of several geometries on the CPU backend and (when there is
+ * one) the GPU, against float64 by the definition and the GPU against the
+ * CPU: y and dx within 1e-5 of the bound, dw within 1e-4 (its sums run
+ * over every position of the batch); TF32 would miss them by far. */
+static void check_conv(td_backend *gpu_be) {
+  const td_window cases[] = {
+      mkwin_same(3, 28, 28, 1, 32, 3, 3, 1, 1, 1, 1),        /* Flax's MNIST CNN, first layer */
+      mkwin(2, 13, 11, 3, 16, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0), /* VALID, odd sizes */
+      mkwin_same(3, 14, 14, 16, 32, 3, 3, 2, 2, 1, 1),       /* stride 2 SAME: pads 0 and 1 */
+      mkwin_same(2, 12, 12, 16, 16, 3, 3, 1, 1, 2, 2),       /* dilation 2 */
+      mkwin(2, 9, 9, 32, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0),  /* 1x1 */
+      mkwin_same(2, 8, 8, 32, 32, 1, 1, 2, 2, 1, 1),         /* 1x1 stride 2 (a projection) */
+      mkwin_same(2, 9, 9, 3, 32, 5, 5, 1, 1, 1, 1),          /* 5x5 */
+      mkwin_same(2, 10, 10, 16, 3, 2, 2, 1, 1, 1, 1),        /* an even window: pads 0 and 1 */
+      mkwin(3, 7, 9, 3, 5, 3, 2, 2, 1, 1, 1, 1, 2, 0, 3),    /* explicit, every side differs */
+      mkwin(1, 6, 6, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),    /* one channel in and out */
+  };
+  for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+    const td_window *g = &cases[t];
+    char label[160];
+    win_str(g, label, sizeof label);
+    const size_t ni = win_in(g), no = win_out(g), nt = win_taps(g);
+    float *x = hmalloc(ni), *w = hmalloc(nt), *dy = hmalloc(no);
+    randn(x, ni, 1.0f);
+    randn(w, nt, 0.3f);
+    randn(dy, no, 1.0f);
+    double *y = malloc(no * 8), *yb = malloc(no * 8), *dx = malloc(ni * 8), *dxb = malloc(ni * 8),
+           *dw = malloc(nt * 8), *dwb = malloc(nt * 8);
+    conv_ref(g, x, w, dy, y, yb, dx, dxb, dw, dwb);
+    float *cy = hmalloc(no), *cdx = hmalloc(ni), *cdw = hmalloc(nt);
+    float *gy = hmalloc(no), *gdx = hmalloc(ni), *gdw = hmalloc(nt);
+    char l2[200];
+    if (conv_run(cpu, g, x, w, dy, cy, cdx, cdw, label) == 0) {
+      snprintf(l2, sizeof l2, "cpu conv %s: y", label);
+      check_bound(l2, cy, y, yb, no, 1e-5);
+      snprintf(l2, sizeof l2, "cpu conv %s: dx", label);
+      check_bound(l2, cdx, dx, dxb, ni, 1e-5);
+      snprintf(l2, sizeof l2, "cpu conv %s: dw", label);
+      check_bound(l2, cdw, dw, dwb, nt, 1e-4);
+    }
+    if (gpu_be && conv_run(gpu_be, g, x, w, dy, gy, gdx, gdw, label) == 0) {
+      snprintf(l2, sizeof l2, "cuda conv %s: y", label);
+      check_bound(l2, gy, y, yb, no, 1e-5);
+      snprintf(l2, sizeof l2, "cuda conv %s: dx", label);
+      check_bound(l2, gdx, dx, dxb, ni, 1e-5);
+      snprintf(l2, sizeof l2, "cuda conv %s: dw", label);
+      check_bound(l2, gdw, dw, dwb, nt, 1e-4);
+      /* The GPU against the CPU backend, relative to the same bounds. */
+      double *c = to_double(cy, no);
+      snprintf(l2, sizeof l2, "cuda vs cpu conv %s: y", label);
+      check_bound(l2, gy, c, yb, no, 1e-5);
+      free(c);
+      c = to_double(cdx, ni);
+      snprintf(l2, sizeof l2, "cuda vs cpu conv %s: dx", label);
+      check_bound(l2, gdx, c, dxb, ni, 1e-5);
+      free(c);
+      c = to_double(cdw, nt);
+      snprintf(l2, sizeof l2, "cuda vs cpu conv %s: dw", label);
+      check_bound(l2, gdw, c, dwb, nt, 1e-4);
+      free(c);
+    }
+    free(x);
+    free(w);
+    free(dy);
+    free(y);
+    free(yb);
+    free(dx);
+    free(dxb);
+    free(dw);
+    free(dwb);
+    free(cy);
+    free(cdx);
+    free(cdw);
+    free(gy);
+    free(gdx);
+    free(gdw);
+  }
+}
+
+/* Float64 pooling by the definition: max takes the first largest value of
+ * each window (rows, then columns), as the CPU's oneDNN and the CUDA
+ * kernels do, so ties (a ReLU's zeros) go the same way; its y bound is
+ * 0 (exact). */
+static void pool_ref(const td_window *g, td_pool_kind kind, const float *x, const float *dy,
+                     double *y, double *yb, double *dx, double *dxb) {
+  memset(dx, 0, win_in(g) * sizeof *dx);
+  memset(dxb, 0, win_in(g) * sizeof *dxb);
+  for (int b = 0; b < g->n; b++)
+    for (int oy = 0; oy < g->oh; oy++)
+      for (int ox = 0; ox < g->ow; ox++)
+        for (int ch = 0; ch < g->c; ch++) {
+          const size_t o = (((size_t)b * g->oh + oy) * g->ow + ox) * g->c + ch;
+          double s = 0.0, sb = 0.0;
+          float best = 0.0f;
+          size_t at = SIZE_MAX;
+          int valid = 0;
+          for (int i = 0; i < g->kh; i++)
+            for (int j = 0; j < g->kw; j++) {
+              const int iy = oy * g->sh - g->pt + i, ix = ox * g->sw - g->pl + j;
+              if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+                continue;
+              const size_t xi = (((size_t)b * g->h + iy) * g->w + ix) * g->c + ch;
+              valid++;
+              s += x[xi];
+              sb += fabs(x[xi]);
+              if (at == SIZE_MAX || x[xi] > best) {
+                best = x[xi];
+                at = xi;
+              }
+            }
+          const double count = kind == TD_POOL_AVG ? (double)g->kh * g->kw : valid;
+          if (kind == TD_POOL_MAX) {
+            y[o] = best;
+            yb[o] = 0.0;
+            dx[at] += dy[o];
+            dxb[at] += fabs(dy[o]);
+            continue;
+          }
+          y[o] = s / count;
+          yb[o] = sb / count;
+          for (int i = 0; i < g->kh; i++)
+            for (int j = 0; j < g->kw; j++) {
+              const int iy = oy * g->sh - g->pt + i, ix = ox * g->sw - g->pl + j;
+              if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+                continue;
+              const size_t xi = (((size_t)b * g->h + iy) * g->w + ix) * g->c + ch;
+              dx[xi] += dy[o] / count;
+              dxb[xi] += fabs(dy[o]) / count;
+            }
+        }
+}
+
+/* y and dx on a backend (NaN first), run twice: the same bits. */
+static int pool_run(td_backend *be, const td_window *g, td_pool_kind kind, const float *x,
+                    const float *dy, float *y, float *dx, const char *label) {
+  const td_backend_ops *o = be->ops;
+  void *k = NULL;
+  int rc = o->pool_create(be, g, kind, &k);
+  CHECK(rc == 0 && k, "%s: %s pool_create: %s (%s)", label, o->name, td_strerror(rc), be_error(be));
+  if (rc || !k)
+    return -1;
+  const size_t ni = win_in(g), no = win_out(g);
+  float *bx = bput(be, x, ni * 4), *bdy = bput(be, dy, no * 4);
+  float *by = o->alloc(be, no * 4), *bdx = o->alloc(be, ni * 4);
+  float *again = hmalloc(ni > no ? ni : no);
+  int ok = bx && bdy && by && bdx;
+  for (int run = 0; run < 2 && ok; run++) {
+    CHECK_BE(be, o->fill(be, by, no, NAN));
+    CHECK_BE(be, o->fill(be, bdx, ni, NAN));
+    CHECK_BE(be, o->pool_fwd(be, k, bx, by));
+    CHECK_BE(be, o->pool_bwd(be, k, bdy, bdx));
+    if (run == 0) {
+      bget(be, y, by, no * 4);
+      bget(be, dx, bdx, ni * 4);
+      continue;
+    }
+    char l2[256];
+    snprintf(l2, sizeof l2, "%s: %s run to run: y", label, o->name);
+    bget(be, again, by, no * 4);
+    CHECK_BITS(l2, again, y, no);
+    snprintf(l2, sizeof l2, "%s: %s run to run: dx", label, o->name);
+    bget(be, again, bdx, ni * 4);
+    CHECK_BITS(l2, again, dx, ni);
+  }
+  o->kernel_free(be, k);
+  bfree(be, bx);
+  bfree(be, bdy);
+  bfree(be, by);
+  bfree(be, bdx);
+  free(again);
+  return ok ? 0 : -1;
+}
+
+/* Max, average (padding counted) and average over the valid taps, on the
+ * CPU backend and the GPU, against float64 and the GPU against the CPU:
+ * max forward bit for bit, its backward (each value gets the gradients of
+ * the windows whose first maximum it is) within 1e-6 of the bound, the
+ * averages within 1e-6. Inputs are ReLU'd with runs of equal values, so
+ * that ties are everywhere. */
+static void check_pool(td_backend *gpu_be) {
+  /* kind; n, h, w, c; window kh, kw; strides; padding top, bottom, left, right */
+  static const int cases[][13] = {
+      {TD_POOL_MAX, 3, 28, 28, 32, 2, 2, 2, 2, 0, 0, 0, 0},
+      {TD_POOL_MAX, 2, 15, 15, 16, 3, 3, 2, 2, 1, 1, 1, 1},
+      {TD_POOL_MAX, 2, 9, 8, 3, 2, 3, 1, 2, 0, 1, 1, 0},
+      {TD_POOL_AVG, 3, 14, 14, 64, 2, 2, 2, 2, 0, 0, 0, 0},
+      {TD_POOL_AVG, 2, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1},
+      {TD_POOL_AVG_VALID, 2, 10, 10, 3, 3, 3, 2, 2, 0, 1, 0, 1},
+      {TD_POOL_AVG_VALID, 2, 7, 6, 5, 3, 2, 1, 1, 1, 1, 1, 0},
+      {TD_POOL_AVG, 4, 7, 7, 32, 7, 7, 1, 1, 0, 0, 0, 0}, /* global average pooling */
+      {TD_POOL_AVG, 2, 1, 1, 300, 1, 1, 1, 1, 0, 0, 0, 0},
+  };
+  static const char *const names[] = {"max", "avg", "avg_valid"};
+  for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+    const int *k = cases[t];
+    const td_pool_kind kind = (td_pool_kind)k[0];
+    const td_window g = mkwin(k[1], k[2], k[3], k[4], k[4], k[5], k[6], k[7], k[8], 1, 1, k[9],
+                              k[10], k[11], k[12]);
+    char geo[160], label[200];
+    win_str(&g, geo, sizeof geo);
+    snprintf(label, sizeof label, "%s pool %s", names[kind], geo);
+    const size_t ni = win_in(&g), no = win_out(&g);
+    float *x = hmalloc(ni), *dy = hmalloc(no);
+    randn(x, ni, 1.0f);
+    randn(dy, no, 1.0f);
+    for (size_t i = 0; i < ni; i++) {
+      if (x[i] < 0.0f)
+        x[i] = 0.0f; /* a ReLU's output: ties at 0 */
+      if (i % 7 == 3)
+        x[i] = x[i - 1]; /* and ties between positive values */
+    }
+    double *y = malloc(no * 8), *yb = malloc(no * 8), *dx = malloc(ni * 8), *dxb = malloc(ni * 8);
+    pool_ref(&g, kind, x, dy, y, yb, dx, dxb);
+    float *cy = hmalloc(no), *cdx = hmalloc(ni), *gy = hmalloc(no), *gdx = hmalloc(ni);
+    char l2[240];
+    if (pool_run(cpu, &g, kind, x, dy, cy, cdx, label) == 0) {
+      snprintf(l2, sizeof l2, "cpu %s: y", label);
+      check_bound(l2, cy, y, yb, no, 1e-6);
+      snprintf(l2, sizeof l2, "cpu %s: dx", label);
+      check_bound(l2, cdx, dx, dxb, ni, 1e-6);
+    }
+    if (gpu_be && pool_run(gpu_be, &g, kind, x, dy, gy, gdx, label) == 0) {
+      snprintf(l2, sizeof l2, "cuda %s: y", label);
+      check_bound(l2, gy, y, yb, no, 1e-6);
+      snprintf(l2, sizeof l2, "cuda %s: dx", label);
+      check_bound(l2, gdx, dx, dxb, ni, 1e-6);
+      if (kind == TD_POOL_MAX) {
+        snprintf(l2, sizeof l2, "cuda vs cpu %s: y", label);
+        CHECK_BITS(l2, gy, cy, no);
+      }
+      double *c = to_double(cdx, ni);
+      snprintf(l2, sizeof l2, "cuda vs cpu %s: dx", label);
+      check_bound(l2, gdx, c, dxb, ni, 1e-6);
+      free(c);
+    }
+    free(x);
+    free(dy);
+    free(y);
+    free(yb);
+    free(dx);
+    free(dxb);
+    free(cy);
+    free(cdx);
+    free(gy);
+    free(gdx);
+  }
+}
+
+/* ----------------------------------------------------------- normalization */
+
+/* Every normalization op on the GPU against the CPU backend, on shapes from
+ * one column to thousands, rows from 1 to a MNIST batch's positions:
+ *   bit for bit  the elementwise parts given the same statistics: batch
+ *                norm's saved mean and 1/std, running statistics and y
+ *                (train and evaluation), its dx (also in place)
+ *   1e-6         the moments (double sums; relative to the mean of |x|,
+ *                of x^2), layer norm's saved mean (of the row's mean |x|)
+ *                and 1/std
+ *   1e-5         the column sums (dscale, dbias, their means) relative to
+ *                the sums of their terms' magnitudes, layer norm's y and
+ *                dx relative to the magnitude of their formula's terms
+ * and every reduction gives the same bits twice. */
+static void check_norm(void) {
+  const int shapes[][2] = {{1, 1},     {7, 3},    {300, 1},     {4099, 33},
+                           {64, 1000}, {3, 4096}, {100352, 32}, {513, 257}};
+  for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++) {
+    const int rows = shapes[t][0], cols = shapes[t][1];
+    const size_t n = (size_t)rows * cols, nc = (size_t)cols;
+    char label[96];
+    float *x = hmalloc(n), *dy = hmalloc(n), *scale = hmalloc(nc), *bias = hmalloc(nc);
+    randn(x, n, 2.0f);
+    for (size_t i = 0; i < n; i++)
+      x[i] += 1.5f + (float)(i % nc) * 0.01f; /* means away from 0, per column */
+    randn(dy, n, 1.0f);
+    randn(scale, nc, 1.0f);
+    randn(bias, nc, 1.0f);
+    float *gx = gput(x, n * 4), *gdy = gput(dy, n * 4), *gscale = gput(scale, nc * 4),
+          *gbias = gput(bias, nc * 4);
+    float *gy = G->alloc(gpu, n * 4), *gm = G->alloc(gpu, 2 * nc * 4),
+          *gsaved = G->alloc(gpu, 2 * (nc > (size_t)rows ? nc : (size_t)rows) * 4),
+          *grun = G->alloc(gpu, 2 * nc * 4), *gds = G->alloc(gpu, nc * 4),
+          *gdb = G->alloc(gpu, nc * 4), *gs = G->alloc(gpu, 2 * nc * 4);
+    float *cy = hmalloc(n), *cm = hmalloc(2 * nc), *csaved = hmalloc(2 * (nc + rows)),
+          *crun = hmalloc(2 * nc), *cds = hmalloc(nc), *cdb = hmalloc(nc), *cs = hmalloc(2 * nc);
+    /* Room for a (rows, cols) buffer and for 2 values per row or column. */
+    const size_t nbig = n > 2 * nc + 2 * (size_t)rows ? n : 2 * nc + 2 * (size_t)rows;
+    float *got = hmalloc(nbig), *got2 = hmalloc(nbig);
+    double *sc1 = calloc(2 * nc, sizeof(double)), *esc = calloc(n, sizeof(double));
+    if (!gx || !gdy || !gscale || !gbias || !gy || !gm || !gsaved || !grun || !gds || !gdb || !gs)
+      goto done;
+
+    /* Moments. */
+    C->col_moments(cpu, rows, cols, x, cm);
+    CHECK_OK(G->col_moments(gpu, rows, cols, gx, gm));
+    gget(got, gm, 2 * nc * 4);
+    for (size_t c = 0; c < 2 * nc; c++)
+      sc1[c] = 0.0;
+    for (int r = 0; r < rows; r++)
+      for (int c = 0; c < cols; c++) {
+        const double v = x[(size_t)r * cols + c];
+        sc1[c] += fabs(v) / rows;
+        sc1[nc + c] += v * v / rows;
+      }
+    snprintf(label, sizeof label, "col_moments (%dx%d)", rows, cols);
+    check_scaled(label, got, cm, sc1, 2 * nc, 1e-6);
+    CHECK_OK(G->col_moments(gpu, rows, cols, gx, gm));
+    gget(got2, gm, 2 * nc * 4);
+    CHECK_BITS("col_moments run to run", got2, got, 2 * nc);
+
+    /* Batch norm forward from the CPU's moments: train with and without
+     * running statistics, scale and bias; then evaluation. */
+    CHECK_OK(G->upload(gpu, gm, cm, 2 * nc * 4));
+    for (int mode = 0; mode < 3; mode++) {
+      const int train = mode < 2, affine = mode != 1;
+      for (size_t c = 0; c < nc; c++) {
+        crun[c] = 0.25f * (float)c;
+        crun[nc + c] = 1.0f + 0.5f * (float)c;
+      }
+      CHECK_OK(G->upload(gpu, grun, crun, 2 * nc * 4));
+      C->bn_fwd(cpu, train, rows, cols, x, cm, crun, 0.9f, 1e-5f, affine ? scale : NULL,
+                affine ? bias : NULL, cy, csaved);
+      CHECK_OK(G->fill(gpu, gy, n, NAN));
+      CHECK_OK(G->bn_fwd(gpu, train, rows, cols, gx, train ? gm : NULL, grun, 0.9f, 1e-5f,
+                         affine ? gscale : NULL, affine ? gbias : NULL, gy, gsaved));
+      snprintf(label, sizeof label, "bn_fwd (%dx%d, train %d, affine %d)", rows, cols, train,
+               affine);
+      gget(got, gy, n * 4);
+      CHECK_BITS(label, got, cy, n);
+      gget(got2, gsaved, 2 * nc * 4);
+      CHECK_BITS("bn_fwd saved mean and 1/std", got2, csaved, 2 * nc);
+      gget(got2, grun, 2 * nc * 4);
+      CHECK_BITS("bn_fwd running statistics", got2, crun, 2 * nc);
+    }
+    /* In place (y = x), as an evaluation may run it. */
+    {
+      float *gx2 = gput(x, n * 4);
+      C->bn_fwd(cpu, 1, rows, cols, x, cm, NULL, 0.9f, 1e-5f, scale, bias, cy, csaved);
+      if (gx2) {
+        CHECK_OK(
+            G->bn_fwd(gpu, 1, rows, cols, gx2, gm, NULL, 0.9f, 1e-5f, gscale, gbias, gx2, gsaved));
+        gget(got, gx2, n * 4);
+        CHECK_BITS("bn_fwd in place", got, cy, n);
+      }
+      gfree(gx2);
+    }
+
+    /* Backward sums from the CPU's saved statistics (train, affine). */
+    CHECK_OK(G->upload(gpu, gsaved, csaved, 2 * nc * 4));
+    for (int with = 0; with < 2; with++) {
+      C->bn_bwd_sums(cpu, rows, cols, x, dy, csaved, with ? cds : NULL, with ? cdb : NULL, cs);
+      CHECK_OK(G->fill(gpu, gds, nc, NAN));
+      CHECK_OK(G->fill(gpu, gdb, nc, NAN));
+      CHECK_OK(G->bn_bwd_sums(gpu, rows, cols, gx, gdy, gsaved, with ? gds : NULL,
+                              with ? gdb : NULL, gs));
+      for (size_t c = 0; c < 2 * nc; c++)
+        sc1[c] = 0.0;
+      for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+          const size_t i = (size_t)r * cols + c;
+          const double xh = ((double)x[i] - csaved[c]) * csaved[nc + c];
+          sc1[c] += fabs(dy[i]);
+          sc1[nc + c] += fabs(dy[i] * xh);
+        }
+      if (with) {
+        snprintf(label, sizeof label, "bn_bwd_sums dbias (%dx%d)", rows, cols);
+        gget(got, gdb, nc * 4);
+        check_scaled(label, got, cdb, sc1, nc, 1e-5);
+        snprintf(label, sizeof label, "bn_bwd_sums dscale (%dx%d)", rows, cols);
+        gget(got, gds, nc * 4);
+        check_scaled(label, got, cds, sc1 + nc, nc, 1e-5);
+      } else {
+        gget(got, gds, nc * 4);
+        gget(got2, gdb, nc * 4);
+        size_t written = 0;
+        for (size_t c = 0; c < nc; c++)
+          written += !isnan(got[c]) + !isnan(got2[c]);
+        CHECK(written == 0, "bn_bwd_sums without dscale and dbias wrote %zu of them", written);
+      }
+      for (size_t c = 0; c < 2 * nc; c++)
+        sc1[c] /= rows;
+      snprintf(label, sizeof label, "bn_bwd_sums means (%dx%d)", rows, cols);
+      gget(got, gs, 2 * nc * 4);
+      check_scaled(label, got, cs, sc1, 2 * nc, 1e-5);
+      CHECK_OK(G->bn_bwd_sums(gpu, rows, cols, gx, gdy, gsaved, with ? gds : NULL,
+                              with ? gdb : NULL, gs));
+      gget(got2, gs, 2 * nc * 4);
+      CHECK_BITS("bn_bwd_sums run to run", got2, got, 2 * nc);
+    }
+
+    /* dx from the CPU's means, with and without scale, separate and in place. */
+    CHECK_OK(G->upload(gpu, gs, cs, 2 * nc * 4));
+    for (int affine = 0; affine < 2; affine++)
+      for (int inplace = 0; inplace < 2; inplace++) {
+        C->bn_bwd_dx(cpu, rows, cols, x, dy, csaved, affine ? scale : NULL, cs, cy);
+        float *gd = inplace ? gput(dy, n * 4) : gy;
+        if (!gd)
+          continue;
+        CHECK_OK(G->bn_bwd_dx(gpu, rows, cols, gx, inplace ? gd : gdy, gsaved,
+                              affine ? gscale : NULL, gs, gd));
+        snprintf(label, sizeof label, "bn_bwd_dx (%dx%d, scale %d, dx=dy %d)", rows, cols, affine,
+                 inplace);
+        gget(got, gd, n * 4);
+        CHECK_BITS(label, got, cy, n);
+        if (inplace)
+          gfree(gd);
+      }
+
+    /* Layer norm, with and without scale and bias. */
+    for (int affine = 0; affine < 2; affine++) {
+      const float *s = affine ? scale : NULL, *b = affine ? bias : NULL;
+      C->ln_fwd(cpu, rows, cols, 1e-6f, x, s, b, cy, csaved);
+      CHECK_OK(G->fill(gpu, gy, n, NAN));
+      CHECK_OK(G->ln_fwd(gpu, rows, cols, 1e-6f, gx, affine ? gscale : NULL, affine ? gbias : NULL,
+                         gy, gsaved));
+      gget(got2, gsaved, 2 * (size_t)rows * 4);
+      double worst_mu = 0.0, worst_rstd = 0.0;
+      for (int r = 0; r < rows; r++) {
+        double mabs = 0.0;
+        for (int c = 0; c < cols; c++)
+          mabs += fabs(x[(size_t)r * cols + c]) / cols;
+        const double em = fabs((double)got2[2 * r] - csaved[2 * r]) / (mabs > 1e-30 ? mabs : 1e-30);
+        const double er = td_relerr(got2[2 * r + 1], csaved[2 * r + 1], 1e-30);
+        worst_mu = em > worst_mu || isnan(em) ? em : worst_mu;
+        worst_rstd = er > worst_rstd || isnan(er) ? er : worst_rstd;
+      }
+      CHECK(worst_mu <= 1e-6 && worst_rstd <= 1e-6,
+            "ln_fwd saved (%dx%d, affine %d): mean off by %.3g, 1/std by %.3g", rows, cols, affine,
+            worst_mu, worst_rstd);
+      for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+          const size_t i = (size_t)r * cols + c;
+          const double xh = fabs(((double)x[i] - csaved[2 * r]) * csaved[2 * r + 1]);
+          esc[i] = (xh + fabs((double)csaved[2 * r]) * csaved[2 * r + 1]) *
+                       (affine ? fabs(scale[c]) : 1.0) +
+                   (affine ? fabs(bias[c]) : 0.0);
+        }
+      snprintf(label, sizeof label, "ln_fwd y (%dx%d, affine %d)", rows, cols, affine);
+      gget(got, gy, n * 4);
+      check_scaled(label, got, cy, esc, n, 1e-5);
+
+      /* Backward from the CPU's saved statistics. */
+      CHECK_OK(G->upload(gpu, gsaved, csaved, 2 * (size_t)rows * 4));
+      for (int with = 0; with < 2; with++) {
+        C->ln_bwd(cpu, rows, cols, x, dy, csaved, s, cy, with ? cds : NULL, with ? cdb : NULL);
+        CHECK_OK(G->fill(gpu, gy, n, NAN));
+        CHECK_OK(G->ln_bwd(gpu, rows, cols, gx, gdy, gsaved, affine ? gscale : NULL, gy,
+                           with ? gds : NULL, with ? gdb : NULL));
+        for (int r = 0; r < rows; r++) {
+          const double mu = csaved[2 * r], rs = csaved[2 * r + 1];
+          double m1 = 0.0, m2 = 0.0;
+          for (int c = 0; c < cols; c++) {
+            const size_t i = (size_t)r * cols + c;
+            const double g = fabs((double)dy[i] * (affine ? scale[c] : 1.0));
+            m1 += g / cols;
+            m2 += g * fabs((x[i] - mu) * rs) / cols;
+          }
+          for (int c = 0; c < cols; c++) {
+            const size_t i = (size_t)r * cols + c;
+            esc[i] = rs * (fabs((double)dy[i] * (affine ? scale[c] : 1.0)) + m1 +
+                           fabs((x[i] - mu) * rs) * m2);
+          }
+        }
+        snprintf(label, sizeof label, "ln_bwd dx (%dx%d, affine %d, sums %d)", rows, cols, affine,
+                 with);
+        gget(got, gy, n * 4);
+        check_scaled(label, got, cy, esc, n, 1e-5);
+        if (with) {
+          for (size_t c = 0; c < 2 * nc; c++)
+            sc1[c] = 0.0;
+          for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) {
+              const size_t i = (size_t)r * cols + c;
+              sc1[c] += fabs(dy[i]);
+              sc1[nc + c] += fabs(dy[i] * ((x[i] - csaved[2 * r]) * csaved[2 * r + 1]));
+            }
+          snprintf(label, sizeof label, "ln_bwd dbias (%dx%d)", rows, cols);
+          gget(got, gdb, nc * 4);
+          check_scaled(label, got, cdb, sc1, nc, 1e-5);
+          snprintf(label, sizeof label, "ln_bwd dscale (%dx%d)", rows, cols);
+          gget(got, gds, nc * 4);
+          check_scaled(label, got, cds, sc1 + nc, nc, 1e-5);
+          CHECK_OK(
+              G->ln_bwd(gpu, rows, cols, gx, gdy, gsaved, affine ? gscale : NULL, gy, gds, gdb));
+          gget(got2, gds, nc * 4);
+          CHECK_BITS("ln_bwd dscale run to run", got2, got, nc);
+        }
+      }
+      /* Without dx: only the sums. */
+      CHECK_OK(G->fill(gpu, gy, n, 5.0f));
+      CHECK_OK(G->ln_bwd(gpu, rows, cols, gx, gdy, gsaved, NULL, NULL, gds, gdb));
+      gget(got, gy, n * 4);
+      size_t touched = 0;
+      for (size_t i = 0; i < n; i++)
+        touched += got[i] != 5.0f;
+      CHECK(touched == 0, "ln_bwd without dx wrote %zu values", touched);
+    }
+  done:
+    gfree(gx);
+    gfree(gdy);
+    gfree(gscale);
+    gfree(gbias);
+    gfree(gy);
+    gfree(gm);
+    gfree(gsaved);
+    gfree(grun);
+    gfree(gds);
+    gfree(gdb);
+    gfree(gs);
+    free(x);
+    free(dy);
+    free(scale);
+    free(bias);
+    free(cy);
+    free(cm);
+    free(csaved);
+    free(crun);
+    free(cds);
+    free(cdb);
+    free(cs);
+    free(got);
+    free(got2);
+    free(sc1);
+    free(esc);
+  }
+}
+
+/* Bad arguments to the window and normalization ops: error values naming
+ * the op, and the backend goes on working. */
+static void check_window_errors(void) {
+  void *k = NULL;
+  td_window g = mkwin_same(2, 8, 8, 3, 4, 3, 3, 1, 1, 1, 1);
+  td_window bad = g;
+  bad.oh = 9; /* does not follow from the rest */
+  int rc = G->pool_create(gpu, &bad, TD_POOL_MAX, &k);
+  CHECK(rc == TD_EINVAL && !k, "pool_create with a wrong output size: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "pool_create");
+  bad = g;
+  bad.oc = g.c;
+  bad.dh = 2;
+  bad.oh = td_window_out(bad.h, bad.pt, bad.pb, bad.kh, bad.sh, 2);
+  rc = G->pool_create(gpu, &bad, TD_POOL_AVG, &k);
+  CHECK(rc == TD_EUNSUPPORTED && !k, "dilated pooling: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "dilated");
+  bad = g;
+  bad.sh = 0;
+  rc = G->pool_create(gpu, &bad, TD_POOL_AVG, &k);
+  CHECK(rc == TD_EINVAL && !k, "stride 0: rc %d", rc);
+  float *a = G->alloc(gpu, 64 * sizeof(float));
+  rc = G->ln_bwd(gpu, 2, 4, a, a, a, NULL, a, NULL, NULL);
+  CHECK(rc == TD_EINVAL, "ln_bwd with dx = dy: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "ln_bwd");
+  rc = G->col_moments(gpu, -1, 4, a, a);
+  CHECK(rc == TD_EINVAL, "col_moments with negative rows: rc %d", rc);
+  rc = G->bn_fwd(gpu, 0, 2, 4, a, NULL, NULL, 0.9f, 1e-5f, NULL, NULL, a, a);
+  CHECK(rc == TD_EINVAL, "bn_fwd evaluation without running statistics: rc %d", rc);
+#ifdef TRAIND_HAVE_CUDNN
+  bad = g;
+  bad.ow = 3;
+  rc = G->conv_create(gpu, &bad, &k);
+  CHECK(rc == TD_EINVAL && !k, "conv_create with a wrong output size: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "conv_create");
+  /* A pooling kernel is not a convolution's. */
+  td_window pg = g;
+  pg.oc = pg.c;
+  if (G->pool_create(gpu, &pg, TD_POOL_MAX, &k) == 0) {
+    rc = G->conv_fwd(gpu, k, a, a, a);
+    CHECK(rc == TD_EINVAL, "conv_fwd with a pooling kernel: rc %d", rc);
+    G->kernel_free(gpu, k);
+    k = NULL;
+  }
+#else
+  CHECK(G->conv_create == NULL && G->conv_fwd == NULL && G->conv_bwd == NULL,
+        "a build without cuDNN has no convolution kernels");
+#endif
+  float h[64];
+  CHECK_OK(G->fill(gpu, a, 64, 1.5f));
+  gget(h, a, sizeof h);
+  CHECK(h[0] == 1.5f && h[63] == 1.5f, "the backend after refused calls: %g %g", (double)h[0],
+        (double)h[63]);
+  gfree(a);
+}
+
 /* ---------------------------------------------------------------- errors */
 
 static void check_errors(void) {
@@ -1461,9 +2252,52 @@ static void check_fault(const char *self) {
 static const char *train_opt_tail = "dataset: {idx: {dir: none}}\n"
                                     "training: {epochs: 1, batch_size: 1}\n";
 
+/* One step's work up to the optimizer on one backend: the batch gathered
+ * at the order's start, forward, loss, backward and the squared gradient
+ * norm into the scalars. On the GPU it may be recorded as a graph and
+ * replayed (the order and keys are device buffers it reads at replay). */
+typedef struct train_body {
+  td_state *st;
+  const float *x;
+  const int32_t *y;
+  const uint32_t *order, *keys;
+  uint32_t batch;
+  td_error *err;
+} train_body;
+
+static int train_body_run(void *arg) {
+  train_body *t = arg;
+  td_state *st = t->st;
+  td_backend *be = st->be;
+  const td_plan *p = st->plan;
+  float *a = st->arena;
+  int rc = be->ops->gather(be, t->x, t->y, p->in_dim, t->order, NULL, t->batch, a + p->in_off,
+                           (int32_t *)(a + p->labels_off));
+  if (!rc && !(rc = td_state_forward(st, (int)t->batch, 1, t->keys, 0, t->err)) &&
+      !(rc = td_state_loss(st, (int)t->batch, 1, t->err)) && !(rc = td_state_backward(st, t->err)))
+    rc = be->ops->sumsq(be, p->n_params, st->grads, a + p->scalars_off + TD_SC_GRAD_SUMSQ);
+  return rc;
+}
+
+/* The relative distance between two flat buffers (a norm of the difference
+ * over the norm of want). */
+static double rel_dist(const float *got, const float *want, size_t n) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double d = (double)got[i] - want[i];
+    num += d * d;
+    den += (double)want[i] * want[i];
+  }
+  return isnan(num) ? INFINITY : sqrt(num / (den > 0 ? den : 1e-30));
+}
+
 /* 20 steps on both backends from the same parameters, batches and dropout
- * keys; the parameters must agree to a relative error below 1e-4. */
-static void check_training(const char *label, const char *doc_head, uint32_t batch) {
+ * keys; the parameters (and batch norms' running statistics) must agree to
+ * a relative error below 1e-4, and so must an evaluation pass after them
+ * (batch norm on its running statistics). record: on the GPU, the first
+ * step runs op by op (the warm-up) and the rest replay one recorded graph
+ * of the step up to the optimizer. */
+static void check_training(const char *label, const char *doc_head, uint32_t batch, int record) {
   enum { N_EX = 517, STEPS = 20 };
   char doc[4096];
   snprintf(doc, sizeof doc, "%s%s", doc_head, train_opt_tail);
@@ -1471,6 +2305,7 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
   Traind__V1__JobSpec *spec = NULL;
   td_plan *p = NULL;
   td_state sc = {0}, sg = {0};
+  void *graph = NULL;
   int rc = td_jobspec_parse(doc, strlen(doc), &spec, &err);
   if (!rc)
     rc = td_plan_compile(spec->model, spec->optimizer, batch, "cuda:0", &p, &err);
@@ -1484,8 +2319,8 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
   const td_key key = td_prng_key(77);
   CHECK_OK(td_state_init_params(&sc, key, &err));
   CHECK_OK(td_state_init_params(&sg, key, &err));
-  const size_t np = p->n_params, dim = p->in_dim;
-  float *p0 = hmalloc(np), *pg = hmalloc(np);
+  const size_t np = p->n_params, dim = p->in_dim, ns = p->n_stats;
+  float *p0 = hmalloc(np), *pg = hmalloc(np), *sgot = hmalloc(ns);
   memcpy(p0, sc.params, np * sizeof(float));
   gget(pg, sg.params, np * sizeof(float));
   CHECK_BITS("initial parameters", pg, p0, np);
@@ -1505,6 +2340,10 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
   uint32_t *gkeys = G->alloc(gpu, (key_words + 2) * sizeof *keys);
   CHECK(gorder && gkeys, "alloc: %s", td_cuda_backend_last_error(gpu));
   td_state *both[2] = {&sc, &sg};
+  train_body bodies[2] = {
+      {&sc, x, y, order, p->n_keys ? keys : NULL, batch, &err},
+      {&sg, gx, gy, gorder, p->n_keys ? gkeys : NULL, batch, &err},
+  };
   float scal[2][TD_PLAN_SCALARS];
   double worst_loss = 0.0;
   for (int step = 0; step < STEPS && gx && gy && gorder && gkeys; step++) {
@@ -1512,16 +2351,18 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
     td_plan_dropout_keys(p, td_prng_fold_in(key, 2000 + step), keys);
     CHECK_OK(G->upload(gpu, gorder, order, sizeof order));
     CHECK_OK(G->upload(gpu, gkeys, keys, (key_words + 2) * sizeof *keys));
+    if (record && step == 1) {
+      rc = G->graph_record(gpu, train_body_run, &bodies[1], &graph);
+      CHECK(rc == 0 && graph, "%s: recording the step: %s (%s)", label, err.msg,
+            td_cuda_backend_last_error(gpu));
+      if (rc)
+        goto done;
+    }
     for (int b = 0; b < 2; b++) {
       td_state *st = both[b];
       td_backend *be = st->be;
-      float *a = st->arena, *sca = a + p->scalars_off;
-      const uint32_t *k = p->n_keys ? (b ? gkeys : keys) : NULL;
-      rc = be->ops->gather(be, b ? gx : x, b ? gy : y, dim, b ? gorder : order, NULL, batch,
-                           a + p->in_off, (int32_t *)(a + p->labels_off));
-      if (!rc && !(rc = td_state_forward(st, (int)batch, 1, k, 0, &err)) &&
-          !(rc = td_state_loss(st, (int)batch, 1, &err)) && !(rc = td_state_backward(st, &err)))
-        rc = be->ops->sumsq(be, np, st->grads, sca + TD_SC_GRAD_SUMSQ);
+      float *sca = st->arena + p->scalars_off;
+      rc = b && graph ? G->graph_replay(gpu, graph) : train_body_run(&bodies[b]);
       if (!rc)
         rc = be->ops->download(be, scal[b], sca, sizeof scal[b]);
       if (!rc) {
@@ -1545,21 +2386,38 @@ static void check_training(const char *label, const char *doc_head, uint32_t bat
   }
   {
     gget(pg, sg.params, np * sizeof(float));
-    double num = 0.0, den = 0.0, moved = 0.0;
-    for (size_t i = 0; i < np; i++) {
-      double d = (double)pg[i] - sc.params[i];
-      num += d * d;
-      den += (double)sc.params[i] * sc.params[i];
-      moved += ((double)sc.params[i] - p0[i]) * ((double)sc.params[i] - p0[i]);
-    }
-    double rel = sqrt(num / (den > 0 ? den : 1e-30));
+    const double rel = rel_dist(pg, sc.params, np), moved = rel_dist(p0, sc.params, np);
     CHECK(rel < 1e-4, "%s: after %d steps the parameters differ by %.3g (relative)", label, STEPS,
           rel);
-    CHECK(sqrt(moved / den) > 1e-3, "%s: training did not move the parameters", label);
-    printf("%s: %d steps, parameters agree to %.3g, losses to %.3g\n", label, STEPS, rel,
-           worst_loss);
+    CHECK(moved > 1e-3, "%s: training did not move the parameters", label);
+    double srel = 0.0;
+    if (ns) {
+      gget(sgot, sg.stats, ns * sizeof(float));
+      srel = rel_dist(sgot, sc.stats, ns);
+      CHECK(srel < 1e-4, "%s: the running statistics differ by %.3g (relative)", label, srel);
+    }
+    /* An evaluation pass over the last batch: batch norms use their
+     * running statistics. */
+    float ev[2][TD_PLAN_SCALARS];
+    for (int b = 0; b < 2; b++) {
+      td_state *st = both[b];
+      rc = td_state_forward(st, (int)batch, 0, NULL, 0, &err);
+      if (!rc)
+        rc = td_state_loss(st, (int)batch, 0, &err);
+      if (!rc)
+        rc = st->be->ops->download(st->be, ev[b], st->arena + p->scalars_off, sizeof ev[b]);
+      CHECK(rc == 0, "%s: evaluation on %s: %s", label, st->be->ops->name, err.msg);
+    }
+    if (!rc)
+      CHECK(td_relerr(ev[1][TD_SC_LOSS_SUM], ev[0][TD_SC_LOSS_SUM], 1e-6) < 1e-4,
+            "%s: evaluation loss %.9g on the GPU, %.9g on the CPU", label,
+            (double)ev[1][TD_SC_LOSS_SUM], (double)ev[0][TD_SC_LOSS_SUM]);
+    printf("%s%s: %d steps, parameters agree to %.3g, statistics to %.3g, losses to %.3g\n", label,
+           record ? " (recorded)" : "", STEPS, rel, srel, worst_loss);
   }
 done:
+  if (graph)
+    G->graph_free(gpu, graph);
   gfree(gx);
   gfree(gy);
   gfree(gorder);
@@ -1568,11 +2426,91 @@ done:
   free(x);
   free(p0);
   free(pg);
+  free(sgot);
 out:
   td_state_free(&sc);
   td_state_free(&sg);
   td_plan_free(p);
   td_jobspec_free(spec);
+}
+
+/* The conv-net models of the training checks. The first has every new
+ * layer: convolutions with bias, dilation, stride 2 (asymmetric SAME
+ * padding) and explicit padding, batch norm, layer norm, max, average
+ * (with and without the padding) and global average pooling, and a
+ * residual add; the second is Flax's MNIST CNN, smaller. */
+static const char *const cnn_models[][2] = {
+    {"conv net with batch norm, layer norm and every pooling",
+     "model: {input_shape: [12, 12, 3], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
+     "{name: c1, conv: {features: 8, kernel_size: [3, 3]}},"
+     "{name: bn1, batch_norm: {momentum: 0.9}}, {relu: {}},"
+     "{name: mp, max_pool: {window_shape: [2, 2], strides: [2, 2]}},"
+     "{name: c2, conv: {features: 16, kernel_size: [3, 3], strides: [2, 2], use_bias: false}},"
+     "{name: bn2, batch_norm: {}}, {name: r2, relu: {}},"
+     "{name: c3, conv: {features: 16, kernel_size: [3, 3], kernel_dilation: [2, 2]}},"
+     "{name: ln, layer_norm: {}},"
+     "{name: sum, add: {}, inputs: [ln, r2]},"
+     "{name: c4, conv: {features: 12, kernel_size: [2, 2], explicit_padding: [0, 1, 1, 0]}},"
+     "{relu: {}},"
+     "{avg_pool: {window_shape: [2, 2], padding: SAME, count_include_pad: false}},"
+     "{avg_pool: {window_shape: [3, 3], padding: SAME}},"
+     "{global_avg_pool: {}},"
+     "{dense: {features: 10}}]}\n"
+     "optimizer: {chain: [{sgd: {learning_rate: {constant: 0.05}, momentum: 0.9}}]}\n"},
+    {"Flax's MNIST CNN (smaller)",
+     "model: {input_shape: [28, 28, 1], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
+     "{conv: {features: 8, kernel_size: [3, 3]}}, {relu: {}},"
+     "{avg_pool: {window_shape: [2, 2], strides: [2, 2]}},"
+     "{conv: {features: 16, kernel_size: [3, 3]}}, {relu: {}},"
+     "{avg_pool: {window_shape: [2, 2], strides: [2, 2]}},"
+     "{flatten: {}}, {dense: {features: 32}}, {relu: {}}, {dense: {features: 10}}]}\n"
+     "optimizer: {chain: [{sgd: {learning_rate: {constant: 0.1}, momentum: 0.9}}]}\n"},
+};
+
+/* A build without cuDNN: a model with a convolution is refused on the GPU
+ * when its state is made, naming the layer. */
+static void check_cnn_refused(void) {
+  char doc[4096];
+  snprintf(doc, sizeof doc, "%s%s", cnn_models[0][1], train_opt_tail);
+  td_error err = {0};
+  Traind__V1__JobSpec *spec = NULL;
+  td_plan *p = NULL;
+  td_state st = {0};
+  int rc = td_jobspec_parse(doc, strlen(doc), &spec, &err);
+  if (!rc)
+    rc = td_plan_compile(spec->model, spec->optimizer, 16, "cuda:0", &p, &err);
+  CHECK(rc == 0, "compile: %s", err.msg);
+  if (!rc) {
+    rc = td_state_init(&st, p, gpu, &err);
+    CHECK(rc == TD_EUNSUPPORTED, "a conv layer on a GPU without cuDNN: rc %d", rc);
+    CHECK_STR_CONTAINS(err.msg, "c1");
+    CHECK_STR_CONTAINS(err.msg, "convolution");
+  }
+  td_state_free(&st);
+  td_plan_free(p);
+  td_jobspec_free(spec);
+}
+
+/* Without a GPU: the conv-net models compile and take their kernels on the
+ * CPU backend, so that the GPU's training checks meet no error of their own. */
+static void check_cnn_models_compile(void) {
+  for (size_t m = 0; m < sizeof cnn_models / sizeof *cnn_models; m++) {
+    char doc[4096];
+    snprintf(doc, sizeof doc, "%s%s", cnn_models[m][1], train_opt_tail);
+    td_error err = {0};
+    Traind__V1__JobSpec *spec = NULL;
+    td_plan *p = NULL;
+    td_state st = {0};
+    int rc = td_jobspec_parse(doc, strlen(doc), &spec, &err);
+    if (!rc)
+      rc = td_plan_compile(spec->model, spec->optimizer, 16, "cpu:0", &p, &err);
+    if (!rc)
+      rc = td_state_init(&st, p, cpu, &err);
+    CHECK(rc == 0, "%s: %s", cnn_models[m][0], err.msg);
+    td_state_free(&st);
+    td_plan_free(p);
+    td_jobspec_free(spec);
+  }
 }
 
 /* ---------------------------------------------------------------- main */
@@ -1591,6 +2529,17 @@ static int no_gpu(const char *why) {
   rc = td_cuda_mem_info(0, &fr, &total, &err2);
   CHECK(rc == TD_EUNSUPPORTED && fr == 0 && total == 0, "memory info without a GPU: rc %d", rc);
   CHECK_STR_CONTAINS(err2.msg, "no usable GPU");
+  /* The window checks' float64 references against the CPU backend, and the
+   * training checks' models on it: what the GPU run will compare with. */
+  if (td_cpu_backend_create(&cpu, 0, &err2) == 0) {
+    C = cpu->ops;
+    check_conv(NULL);
+    check_pool(NULL);
+    check_cnn_models_compile();
+    td_backend_destroy(cpu);
+  } else {
+    CHECK(0, "CPU backend: %s", err2.msg);
+  }
   int failed = td_check_exit();
   printf("no GPU here (%s): the CUDA backend's GPU checks are skipped\n", err.msg);
   return failed ? 1 : 77;
@@ -1639,6 +2588,10 @@ int main(int argc, char **argv) {
   check_shuffle();
   check_graph();
   check_errors();
+  check_conv(G->conv_create ? gpu : NULL);
+  check_pool(gpu);
+  check_norm();
+  check_window_errors();
   check_training("relu + dropout + gelu, softmax xent, clip + adamw",
                  "model: {input_shape: [20], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
                  "{dense: {features: 33, kernel_init: HE_NORMAL}}, {relu: {}},"
@@ -1647,7 +2600,7 @@ int main(int argc, char **argv) {
                  "{dense: {features: 7, kernel_init: LECUN_NORMAL}}]}\n"
                  "optimizer: {chain: [{clip_by_global_norm: {max_norm: 1.0}},"
                  "{adamw: {learning_rate: {constant: 0.003}}}]}\n",
-                 24);
+                 24, 0);
   check_training("tanh + exact gelu + sigmoid, mse, nesterov sgd",
                  "model: {input_shape: [3, 5], loss: MEAN_SQUARED_ERROR, layers: ["
                  "{tanh: {}}, {dense: {features: 19, kernel_init: GLOROT_NORMAL}},"
@@ -1655,7 +2608,12 @@ int main(int argc, char **argv) {
                  "{sigmoid: {}}, {dense: {features: 5, kernel_init: HE_UNIFORM}}]}\n"
                  "optimizer: {chain: [{sgd: {learning_rate: {constant: 0.05}, momentum: 0.9,"
                  " nesterov: true}}]}\n",
-                 31);
+                 31, 0);
+  for (size_t m = 0; m < sizeof cnn_models / sizeof *cnn_models && G->conv_create; m++)
+    for (int record = 0; record < 2; record++)
+      check_training(cnn_models[m][0], cnn_models[m][1], 16, record);
+  if (!G->conv_create)
+    check_cnn_refused();
   check_fault(argv[0]);
 
   td_backend_destroy(gpu);

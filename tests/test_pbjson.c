@@ -1426,7 +1426,9 @@ static void test_validate(void) {
       {"        weight_decay: 0\n", "        weight_decay: -0.1\n",
        "optimizer.chain[1].adamw.weight_decay: must be >= 0 (got -0.1)"},
       {"    - relu: {}\n", "    - name: act\n",
-       "model.layers[1]: set one of: dense, relu, gelu, tanh, sigmoid, dropout, add, flatten, reshape, concatenate"},
+       "model.layers[1]: set one of: dense, relu, gelu, tanh, sigmoid, dropout, add, flatten, "
+       "reshape, concatenate, conv, max_pool, avg_pool, global_avg_pool, batch_norm, "
+       "layer_norm"},
       {"batch_size: 64", "batch_size: 0", "training.batch_size: required"},
       {"training: {epochs: 2, batch_size: 64, seed: 42}\n", "",
        "training: required; say how long to train"},

@@ -4,6 +4,9 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#ifdef TRAIND_HAVE_CUDNN
+#include <cudnn.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +30,11 @@ typedef struct cuda_ctx {
    * it, in stream order. */
   void *scratch;
   size_t scratch_bytes;
+#ifdef TRAIND_HAVE_CUDNN
+  /* cuDNN for the convolutions, bound to the stream; made by the first
+   * convolution kernel. */
+  cudnnHandle_t dnn;
+#endif
   td_error last; /* the last failure, for td_cuda_backend_last_error */
 } cuda_ctx;
 
@@ -372,6 +380,211 @@ static int cuda_shuffle(td_backend *be, uint32_t n, int rounds, const uint32_t *
       c, td_cuda_shuffle(c->stream, n, rounds, round_keys, order, s, c->scratch_bytes, &c->last));
 }
 
+/* ------------------------------------------------------------ window ops */
+
+/* A geometry the kernels can take: positive sizes, non-negative padding,
+ * and output sizes that follow from the rest (td_window_out). */
+static int window_check(cuda_ctx *c, const char *op, const td_window *g, int pool) {
+  char what[160];
+  if (g->n < 1 || g->h < 1 || g->w < 1 || g->c < 1 || g->oc < 1 || g->kh < 1 || g->kw < 1 ||
+      g->sh < 1 || g->sw < 1 || g->dh < 1 || g->dw < 1 || g->pt < 0 || g->pb < 0 || g->pl < 0 ||
+      g->pr < 0)
+    return invalid(c, op, "sizes, strides and dilations must be positive, padding non-negative");
+  const int oh = td_window_out(g->h, g->pt, g->pb, g->kh, g->sh, g->dh);
+  const int ow = td_window_out(g->w, g->pl, g->pr, g->kw, g->sw, g->dw);
+  if (oh < 1 || ow < 1 || g->oh != oh || g->ow != ow || (pool && g->oc != g->c)) {
+    snprintf(what, sizeof what,
+             "output (%d, %d, %d) does not follow from the geometry (%d, %d, %d)", g->oh, g->ow,
+             g->oc, oh, ow, pool ? g->c : g->oc);
+    return invalid(c, op, what);
+  }
+  return TD_OK;
+}
+
+#ifdef TRAIND_HAVE_CUDNN
+static int dnn_handle(cuda_ctx *c) {
+  if (c->dnn)
+    return TD_OK;
+  cudnnHandle_t h = NULL;
+  cudnnStatus_t s = cudnnCreate(&h);
+  if (s == CUDNN_STATUS_SUCCESS && (s = cudnnSetStream(h, c->stream)) != CUDNN_STATUS_SUCCESS) {
+    cudnnDestroy(h);
+    td_errorf(&c->last, TD_EBACKEND, "cudnnSetStream: %s", cudnnGetErrorString(s));
+    return failed(c, TD_EBACKEND);
+  }
+  if (s != CUDNN_STATUS_SUCCESS) {
+    td_errorf(&c->last, s == CUDNN_STATUS_ALLOC_FAILED ? TD_ENOMEM : TD_EBACKEND, "cudnnCreate: %s",
+              cudnnGetErrorString(s));
+    return failed(c, c->last.code);
+  }
+  c->dnn = h;
+  return TD_OK;
+}
+
+static int cuda_conv_create(td_backend *be, const td_window *g, void **kernel) {
+  cuda_ctx *c = be->ctx;
+  *kernel = NULL;
+  int rc = window_check(c, "conv_create", g, 0);
+  if (rc)
+    return rc;
+  ENTER(c);
+  if ((rc = dnn_handle(c)))
+    return rc;
+  return failed(c, td_cuda_conv_create(c->dnn, g, kernel, &c->last));
+}
+
+static int cuda_conv_fwd(td_backend *be, void *kernel, const float *x, const float *w, float *y) {
+  cuda_ctx *c = be->ctx;
+  if (!kernel || td_cuda_kernel_kind(kernel) != TD_CUDA_KERNEL_CONV)
+    return invalid(c, "conv_fwd", "not a convolution kernel");
+  ENTER(c);
+  return failed(c, td_cuda_conv_fwd(c->dnn, c->stream, kernel, x, w, y, &c->last));
+}
+
+static int cuda_conv_bwd(td_backend *be, void *kernel, const float *x, const float *w,
+                         const float *dy, float *dx, float *dw) {
+  cuda_ctx *c = be->ctx;
+  if (!kernel || td_cuda_kernel_kind(kernel) != TD_CUDA_KERNEL_CONV)
+    return invalid(c, "conv_bwd", "not a convolution kernel");
+  ENTER(c);
+  return failed(c, td_cuda_conv_bwd(c->dnn, c->stream, kernel, x, w, dy, dx, dw, &c->last));
+}
+#endif
+
+static int cuda_pool_create(td_backend *be, const td_window *g, td_pool_kind kind, void **kernel) {
+  cuda_ctx *c = be->ctx;
+  *kernel = NULL;
+  int rc = window_check(c, "pool_create", g, 1);
+  if (rc)
+    return rc;
+  ENTER(c);
+  return failed(c, td_cuda_pool_create(g, kind, kernel, &c->last));
+}
+
+static int cuda_pool_fwd(td_backend *be, void *kernel, const float *x, float *y) {
+  cuda_ctx *c = be->ctx;
+  if (!kernel || td_cuda_kernel_kind(kernel) != TD_CUDA_KERNEL_POOL)
+    return invalid(c, "pool_fwd", "not a pooling kernel");
+  ENTER(c);
+  return failed(c, td_cuda_pool_fwd(c->stream, kernel, x, y, &c->last));
+}
+
+static int cuda_pool_bwd(td_backend *be, void *kernel, const float *dy, float *dx) {
+  cuda_ctx *c = be->ctx;
+  if (!kernel || td_cuda_kernel_kind(kernel) != TD_CUDA_KERNEL_POOL)
+    return invalid(c, "pool_bwd", "not a pooling kernel");
+  ENTER(c);
+  return failed(c, td_cuda_pool_bwd(c->stream, kernel, dy, dx, &c->last));
+}
+
+/* Waits for the stream first: queued work or a replaying graph may still
+ * use the kernel's buffers. */
+static void cuda_kernel_free(td_backend *be, void *kernel) {
+  cuda_ctx *c = be->ctx;
+  if (!kernel)
+    return;
+  if (!enter(c))
+    cudaStreamSynchronize(c->stream);
+  switch (td_cuda_kernel_kind(kernel)) {
+#ifdef TRAIND_HAVE_CUDNN
+  case TD_CUDA_KERNEL_CONV:
+    td_cuda_conv_free(kernel);
+    break;
+#endif
+  case TD_CUDA_KERNEL_POOL:
+    td_cuda_pool_free(kernel);
+    break;
+  default:
+    td_log_error("CUDA backend: kernel_free of an unknown kernel", "gpu=%d", c->device);
+  }
+}
+
+/* --------------------------------------------------------- normalization */
+
+static int norm_args(cuda_ctx *c, const char *op, int rows, int cols) {
+  if (rows < 0 || cols < 0)
+    return invalid(c, op, "negative dimension");
+  ENTER(c);
+  return TD_OK;
+}
+
+/* The scratch of a column pass (sized by the warm-up step). */
+static int colsum_scratch(cuda_ctx *c, int rows, int cols, void **s) {
+  return scratch(c, td_cuda_colsum_scratch(rows, cols), s);
+}
+
+static int cuda_col_moments(td_backend *be, int rows, int cols, const float *x, float *m) {
+  cuda_ctx *c = be->ctx;
+  void *s = NULL;
+  int rc = norm_args(c, "col_moments", rows, cols);
+  if (!rc)
+    rc = colsum_scratch(c, rows, cols, &s);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_col_moments(c->stream, rows, cols, x, m, s, &c->last));
+}
+
+static int cuda_bn_fwd(td_backend *be, int train, int rows, int cols, const float *x,
+                       const float *m, float *running, float momentum, float eps,
+                       const float *scale, const float *bias, float *y, float *saved) {
+  cuda_ctx *c = be->ctx;
+  int rc = norm_args(c, "bn_fwd", rows, cols);
+  if (rc)
+    return rc;
+  if (!train && !running)
+    return invalid(c, "bn_fwd", "evaluation needs the running statistics");
+  return failed(c, td_cuda_bn_fwd(c->stream, train, rows, cols, x, m, running, momentum, eps, scale,
+                                  bias, y, saved, &c->last));
+}
+
+static int cuda_bn_bwd_sums(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                            const float *saved, float *dscale, float *dbias, float *sums) {
+  cuda_ctx *c = be->ctx;
+  void *s = NULL;
+  int rc = norm_args(c, "bn_bwd_sums", rows, cols);
+  if (!rc)
+    rc = colsum_scratch(c, rows, cols, &s);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_bn_bwd_sums(c->stream, rows, cols, x, dy, saved, dscale, dbias, sums, s,
+                                       &c->last));
+}
+
+static int cuda_bn_bwd_dx(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                          const float *saved, const float *scale, const float *sums, float *dx) {
+  cuda_ctx *c = be->ctx;
+  int rc = norm_args(c, "bn_bwd_dx", rows, cols);
+  if (rc)
+    return rc;
+  return failed(c,
+                td_cuda_bn_bwd_dx(c->stream, rows, cols, x, dy, saved, scale, sums, dx, &c->last));
+}
+
+static int cuda_ln_fwd(td_backend *be, int rows, int cols, float eps, const float *x,
+                       const float *scale, const float *bias, float *y, float *saved) {
+  cuda_ctx *c = be->ctx;
+  int rc = norm_args(c, "ln_fwd", rows, cols);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_ln_fwd(c->stream, rows, cols, eps, x, scale, bias, y, saved, &c->last));
+}
+
+static int cuda_ln_bwd(td_backend *be, int rows, int cols, const float *x, const float *dy,
+                       const float *saved, const float *scale, float *dx, float *dscale,
+                       float *dbias) {
+  cuda_ctx *c = be->ctx;
+  void *s = NULL;
+  int rc = norm_args(c, "ln_bwd", rows, cols);
+  if (rc)
+    return rc;
+  if (dx && dx == dy)
+    return invalid(c, "ln_bwd", "dx must not be dy");
+  if ((dscale || dbias) && (rc = colsum_scratch(c, rows, cols, &s)))
+    return rc;
+  return failed(c, td_cuda_ln_bwd(c->stream, rows, cols, x, dy, saved, scale, dx, dscale, dbias, s,
+                                  &c->last));
+}
+
 /* ---------------------------------------------------------------- graphs */
 
 /* The ops body issues are captured from the stream into a graph (nothing
@@ -440,6 +653,10 @@ static void free_ctx(cuda_ctx *c) {
       cudaStreamSynchronize(c->stream);
     if (c->blas)
       cublasDestroy(c->blas);
+#ifdef TRAIND_HAVE_CUDNN
+    if (c->dnn)
+      cudnnDestroy(c->dnn);
+#endif
     cudaFree(c->blas_workspace);
     cudaFree(c->scratch);
     if (c->stream)
@@ -474,6 +691,21 @@ static const td_backend_ops cuda_ops = {
     .mul = cuda_mul,
     .add = cuda_add,
     .copy2d = cuda_copy2d,
+#ifdef TRAIND_HAVE_CUDNN
+    .conv_create = cuda_conv_create,
+    .conv_fwd = cuda_conv_fwd,
+    .conv_bwd = cuda_conv_bwd,
+#endif
+    .pool_create = cuda_pool_create,
+    .pool_fwd = cuda_pool_fwd,
+    .pool_bwd = cuda_pool_bwd,
+    .kernel_free = cuda_kernel_free,
+    .col_moments = cuda_col_moments,
+    .bn_fwd = cuda_bn_fwd,
+    .bn_bwd_sums = cuda_bn_bwd_sums,
+    .bn_bwd_dx = cuda_bn_bwd_dx,
+    .ln_fwd = cuda_ln_fwd,
+    .ln_bwd = cuda_ln_bwd,
     .sumsq = cuda_sumsq,
     .opt_pass = cuda_opt_pass,
     .step_begin = cuda_step_begin,

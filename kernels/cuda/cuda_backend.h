@@ -1,12 +1,15 @@
 /* The CUDA backend: the td_backend interface (backend.h) on one GPU.
  *
  * Each backend owns a non-blocking stream, a cuBLAS handle bound to it (FP32
- * math, no TF32, its own workspace) and a device scratch buffer for
- * reductions and gather indices. Every op is enqueued on the stream and
- * returns at once, except: alloc, release, upload and download, which
- * return when the stream has drained (so host buffers may be reused and
- * results read as soon as they return). All pointers the ops take are
- * device memory from this backend's alloc, except host_ arguments.
+ * math, no TF32, its own workspace), a cuDNN handle bound to it once a
+ * convolution kernel is made (builds with cuDNN), and a device scratch
+ * buffer for reductions and gather indices. Every op is enqueued on the
+ * stream and returns at once, except: alloc, release, upload, download and
+ * kernel_free, which return when the stream has drained (so host buffers
+ * may be reused and results read as soon as they return); making a window
+ * kernel allocates its device buffers, so, like alloc, it never happens
+ * while a step is recorded. All pointers the ops take are device memory
+ * from this backend's alloc, except host_ arguments.
  *
  * Results match the CPU backend: elementwise arithmetic rounds as the CPU
  * code does (no FMA contraction; transcendental functions differ by at most

@@ -81,6 +81,64 @@ int td_cuda_opt_pass(cudaStream_t stream, const td_opt_pass *pass, const td_opt_
                      const float *norm_sq, const float *guard, size_t n, float *p, float *g,
                      float *s1, float *s2, td_error *err);
 
+/* Window kernels (pool.cu, conv.cu): what pool_create and conv_create
+ * hand the engine. Each begins with its kind, so that kernel_free can tell
+ * them apart. A kernel owns every buffer it uses (allocated when it is
+ * created, none in forward or backward), so that recorded steps replay
+ * with nothing to allocate. Creating and freeing wait for the device;
+ * forward and backward only enqueue. */
+enum { TD_CUDA_KERNEL_POOL = 0x706f6f6c, TD_CUDA_KERNEL_CONV = 0x636f6e76 };
+
+static inline int td_cuda_kernel_kind(const void *kernel) { return *(const int *)kernel; }
+
+/* pool.cu: max and average pooling over NHWC on the backend's own
+ * kernels, forward over the whole batch of the geometry. Max pooling
+ * takes the first largest value of each window (rows, then columns, as
+ * the CPU's oneDNN does) and keeps where it was for backward. Backward
+ * gathers, for each input value, the gradients of the windows that cover
+ * it, in a fixed order: no atomics, the same bits every run. */
+int td_cuda_pool_create(const td_window *g, td_pool_kind kind, void **kernel, td_error *err);
+int td_cuda_pool_fwd(cudaStream_t stream, void *kernel, const float *x, float *y, td_error *err);
+int td_cuda_pool_bwd(cudaStream_t stream, void *kernel, const float *dy, float *dx, td_error *err);
+void td_cuda_pool_free(void *kernel);
+
+/* conv.cu (built with cuDNN only): convolutions with cuDNN on NHWC
+ * activations, deterministic FP32 algorithms (no TF32), the kernel
+ * transposed from HWIO to cuDNN's KRSC into the kernel's own buffer.
+ * Asymmetric padding (SAME with an even window or stride 2, or explicit)
+ * goes through a zero-padded copy of the input owned by the kernel. dnn is
+ * the backend's cuDNN handle, bound to its stream. */
+struct cudnnContext;
+int td_cuda_conv_create(struct cudnnContext *dnn, const td_window *g, void **kernel, td_error *err);
+int td_cuda_conv_fwd(struct cudnnContext *dnn, cudaStream_t stream, void *kernel, const float *x,
+                     const float *w, float *y, td_error *err);
+int td_cuda_conv_bwd(struct cudnnContext *dnn, cudaStream_t stream, void *kernel, const float *x,
+                     const float *w, const float *dy, float *dx, float *dw, td_error *err);
+void td_cuda_conv_free(void *kernel);
+
+/* norm.cu: batch norm and layer norm (backend.h's col_moments, bn_*,
+ * ln_*), with the CPU backend's float operations and double sums.
+ * Column sums (batch statistics, scale and bias gradients) are two
+ * fixed-order passes through scratch, td_cuda_colsum_scratch(rows, cols)
+ * bytes; row sums (layer norm) one block per row. */
+size_t td_cuda_colsum_scratch(int rows, int cols);
+int td_cuda_col_moments(cudaStream_t stream, int rows, int cols, const float *x, float *m,
+                        void *scratch, td_error *err);
+int td_cuda_bn_fwd(cudaStream_t stream, int train, int rows, int cols, const float *x,
+                   const float *m, float *running, float momentum, float eps, const float *scale,
+                   const float *bias, float *y, float *saved, td_error *err);
+int td_cuda_bn_bwd_sums(cudaStream_t stream, int rows, int cols, const float *x, const float *dy,
+                        const float *saved, float *dscale, float *dbias, float *s, void *scratch,
+                        td_error *err);
+int td_cuda_bn_bwd_dx(cudaStream_t stream, int rows, int cols, const float *x, const float *dy,
+                      const float *saved, const float *scale, const float *s, float *dx,
+                      td_error *err);
+int td_cuda_ln_fwd(cudaStream_t stream, int rows, int cols, float eps, const float *x,
+                   const float *scale, const float *bias, float *y, float *saved, td_error *err);
+int td_cuda_ln_bwd(cudaStream_t stream, int rows, int cols, const float *x, const float *dy,
+                   const float *saved, const float *scale, float *dx, float *dscale, float *dbias,
+                   void *scratch, td_error *err);
+
 #ifdef __cplusplus
 }
 #endif
