@@ -17,8 +17,8 @@
 #   daemon_tensorboard         jobs' TensorBoard event files read back: equal
 #                              to GetMetrics, a second file after a resume
 #   daemon_checkpoint          HDF5 checkpoints: retention, export, bit-exact resume
-#   daemon_cnn                 conv nets and batch norm: Flax's MNIST CNN and a
-#                              residual net for an epoch (10 epochs: long), batch
+#   daemon_cnn                 conv nets and batch norm: Flax's MNIST CNN for an
+#                              epoch (10 epochs: long), a residual net, batch
 #                              norm on 2 devices, kill -9 resume, h5py accuracy
 #   daemon_trainctl            the CLI: --follow over unix and TCP, -o json,
 #                              exit codes, errors, TRAIND_ADDR
