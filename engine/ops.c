@@ -20,16 +20,16 @@
 #define TD_OP_PREP_NONE(nm) NULL
 const td_op_row td_op_table[TD_N_OPS] = {
 #define TD_OP_ROW(id, nm, min_in, max_in, kernel) \
-  [TD_OP_##id] = {#nm,                    \
-                  min_in,                 \
-                  max_in,                 \
-                  op_##nm##_build,        \
-                  op_##nm##_shape,        \
-                  op_##nm##_params,       \
-                  op_##nm##_init,         \
-                  op_##nm##_flops,        \
-                  op_##nm##_fwd,          \
-                  op_##nm##_bwd,          \
+  [TD_OP_##id] = {#nm,                            \
+                  min_in,                         \
+                  max_in,                         \
+                  op_##nm##_build,                \
+                  op_##nm##_shape,                \
+                  op_##nm##_params,               \
+                  op_##nm##_init,                 \
+                  op_##nm##_flops,                \
+                  op_##nm##_fwd,                  \
+                  op_##nm##_bwd,                  \
                   TD_OP_PREP_##kernel(nm)},
     TD_OPS(TD_OP_ROW)
 #undef TD_OP_ROW
@@ -626,8 +626,8 @@ static int spatial(const uint32_t *v, size_t n, uint32_t dflt, int out[2], const
  * or explicit values; resolved against the input in op_*_shape. */
 enum { PAD_SAME = 0, PAD_VALID, PAD_EXPLICIT };
 
-static int read_padding(td_node *n, const char *kind, const uint32_t *expl, size_t n_expl,
-                        int dflt, const char *layer, td_error *err) {
+static int read_padding(td_node *n, const char *kind, const uint32_t *expl, size_t n_expl, int dflt,
+                        const char *layer, td_error *err) {
   if (n_expl) {
     if (kind && *kind)
       return td_errorf(err, TD_EINVAL,
@@ -733,7 +733,8 @@ static int window_prepare(td_state *st, const td_node *n, void **kernel, td_erro
                      node_ref(n, ref, sizeof ref), ops->name, conv ? "convolution" : "pooling");
   td_window g = n->win;
   g.n = (int)st->plan->batch;
-  int rc = conv ? ops->conv_create(st->be, &g, kernel) : ops->pool_create(st->be, &g, n->pool, kernel);
+  int rc =
+      conv ? ops->conv_create(st->be, &g, kernel) : ops->pool_create(st->be, &g, n->pool, kernel);
   if (rc) {
     const char *why = ops->last_error ? ops->last_error(st->be) : "";
     return td_errorf(err, rc, "%s backend: preparing the kernel of %s failed%s%s", ops->name,
@@ -743,14 +744,14 @@ static int window_prepare(td_state *st, const td_node *n, void **kernel, td_erro
 }
 
 /* A call to a prepared kernel, failing with the backend's reason. */
-#define KCALL(expr, what)                                                               \
-  do {                                                                                  \
-    int rc_ = (expr);                                                                   \
-    if (rc_) {                                                                          \
-      const char *why_ = ops->last_error ? ops->last_error(st->be) : "";                \
-      return td_errorf(err, rc_, "%s backend: %s of %s failed (%s)", ops->name, what,   \
-                       n->name, *why_ ? why_ : td_strerror(rc_));                       \
-    }                                                                                   \
+#define KCALL(expr, what)                                                                      \
+  do {                                                                                         \
+    int rc_ = (expr);                                                                          \
+    if (rc_) {                                                                                 \
+      const char *why_ = ops->last_error ? ops->last_error(st->be) : "";                       \
+      return td_errorf(err, rc_, "%s backend: %s of %s failed (%s)", ops->name, what, n->name, \
+                       *why_ ? why_ : td_strerror(rc_));                                       \
+    }                                                                                          \
   } while (0)
 
 int op_conv_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
@@ -869,7 +870,8 @@ int op_pool_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   char field[32];
   int k[2] = {1, 1}, s[2] = {1, 1};
   if (pl->n_window_shape == 0)
-    return td_errorf(err, TD_EINVAL, "model.layers[%u].%s.window_shape: required (for example [2, 2])",
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].%s.window_shape: required (for example [2, 2])",
                      n->spec_index, layer);
   snprintf(field, sizeof field, "%s.window_shape", layer);
   int rc = spatial(pl->window_shape, pl->n_window_shape, 1, k, n, field, err);
@@ -890,9 +892,9 @@ int op_pool_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   n->win.sh = s[0];
   n->win.sw = s[1];
   n->win.dh = n->win.dw = 1;
-  n->pool = max ? TD_POOL_MAX
+  n->pool = max                                                        ? TD_POOL_MAX
             : (!pl->count_include_pad || pl->count_include_pad->value) ? TD_POOL_AVG
-                                                                        : TD_POOL_AVG_VALID;
+                                                                       : TD_POOL_AVG_VALID;
   return TD_OK;
 }
 

@@ -55,14 +55,14 @@ int td_op_of_layer(const Traind__V1__Layer *l);
 #define TD_OP_DECL_KERNEL(name) \
   int op_##name##_prepare(td_state *st, const td_node *n, void **kernel, td_error *err);
 #define TD_OP_DECL_NONE(name)
-#define TD_OP_DECLS(id, name, min_in, max_in, kernel)                                  \
-  TD_OP_DECL_##kernel(name)                                                            \
-  int op_##name##_build(td_node *n, const Traind__V1__Layer *l, td_error *err);        \
-  int op_##name##_shape(td_node *n, const td_shape *in, td_error *err);                \
-  int op_##name##_params(td_compile *c, td_node *n, td_error *err);                    \
-  void op_##name##_init(const td_plan *p, const td_node *n, td_key key, float *h);     \
-  double op_##name##_flops(const td_node *n, uint32_t batch);                          \
-  int op_##name##_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err); \
+#define TD_OP_DECLS(id, name, min_in, max_in, kernel)                                     \
+  TD_OP_DECL_##kernel(name) int op_##name##_build(td_node *n, const Traind__V1__Layer *l, \
+                                                  td_error *err);                         \
+  int op_##name##_shape(td_node *n, const td_shape *in, td_error *err);                   \
+  int op_##name##_params(td_compile *c, td_node *n, td_error *err);                       \
+  void op_##name##_init(const td_plan *p, const td_node *n, td_key key, float *h);        \
+  double op_##name##_flops(const td_node *n, uint32_t batch);                             \
+  int op_##name##_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err);    \
   int op_##name##_bwd(td_state *st, const td_node *n, td_error *err);
 TD_OPS(TD_OP_DECLS)
 #undef TD_OP_DECLS

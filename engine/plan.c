@@ -183,8 +183,7 @@ uint32_t td_compile_batch(const td_compile *c) { return c->p->batch; }
 /* Whether a layer of this op has parameters (and so a default name and
  * an initializer key). */
 static int op_has_params(td_op op) {
-  return op == TD_OP_DENSE || op == TD_OP_CONV || op == TD_OP_BATCH_NORM ||
-         op == TD_OP_LAYER_NORM;
+  return op == TD_OP_DENSE || op == TD_OP_CONV || op == TD_OP_BATCH_NORM || op == TD_OP_LAYER_NORM;
 }
 
 /* How a layer is called in messages: "model.layers[3] ('block1')". */
@@ -921,13 +920,13 @@ int td_state_init(td_state *st, const td_plan *plan, td_backend *be, td_error *e
   st->arena = ops->alloc(be, plan->arena_floats * sizeof(float));
   st->stats = plan->n_stats ? ops->alloc(be, plan->n_stats * sizeof(float)) : NULL;
   st->kernels = calloc(plan->n_nodes ? plan->n_nodes : 1, sizeof *st->kernels);
-  if (!st->params || !st->grads || !st->opt_state || !st->arena ||
-      (plan->n_stats && !st->stats) || !st->kernels) {
+  if (!st->params || !st->grads || !st->opt_state || !st->arena || (plan->n_stats && !st->stats) ||
+      !st->kernels) {
     td_state_free(st);
-    return td_errorf(err, TD_ENOMEM, "%s backend: cannot allocate %.1f MiB of buffers", ops->name,
-                     (double)((2 + plan->optim.state_slots) * np + plan->arena_floats +
-                              plan->n_stats) *
-                         4.0 / (1024.0 * 1024.0));
+    return td_errorf(
+        err, TD_ENOMEM, "%s backend: cannot allocate %.1f MiB of buffers", ops->name,
+        (double)((2 + plan->optim.state_slots) * np + plan->arena_floats + plan->n_stats) * 4.0 /
+            (1024.0 * 1024.0));
   }
   /* The kernels the ops prepare on this backend. */
   for (size_t i = 0; i < plan->n_nodes; i++) {

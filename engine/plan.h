@@ -241,13 +241,13 @@ typedef struct td_state {
   td_comm *comm;
   int rank;
   uint32_t collectives; /* made so far in the current step */
-  void **kernels;   /* (n_nodes) the backend's prepared kernels, NULL for none */
-  float *stats;     /* (n_stats) */
-  float *params;    /* (n_params) */
-  float *grads;     /* (n_params) */
-  float *opt_state; /* (optim.state_slots * n_params) */
-  float *arena;     /* (arena_floats) */
-  int64_t step;     /* updates applied so far */
+  void **kernels;       /* (n_nodes) the backend's prepared kernels, NULL for none */
+  float *stats;         /* (n_stats) */
+  float *params;        /* (n_params) */
+  float *grads;         /* (n_params) */
+  float *opt_state;     /* (optim.state_slots * n_params) */
+  float *arena;         /* (arena_floats) */
+  int64_t step;         /* updates applied so far */
 } td_state;
 
 int td_state_init(td_state *st, const td_plan *plan, td_backend *be, td_error *err);

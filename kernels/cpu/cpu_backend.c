@@ -5,8 +5,6 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -374,26 +372,6 @@ static int cpu_record(td_backend *be, const uint32_t *slot, const float *src, si
   (void)be;
   memcpy(dst + (size_t)*slot * n, src, n * sizeof *dst);
   return TD_OK;
-}
-
-int cpu_fail(cpu_ctx *ctx, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(ctx->last, sizeof ctx->last, fmt, ap);
-  va_end(ap);
-  return TD_EBACKEND;
-}
-
-double *cpu_doubles(cpu_ctx *ctx, size_t n) {
-  if (n > ctx->dbuf_n) {
-    double *p = realloc(ctx->dbuf, n * sizeof *p);
-    if (!p)
-      return NULL;
-    ctx->dbuf = p;
-    ctx->dbuf_n = n;
-  }
-  memset(ctx->dbuf, 0, n * sizeof *ctx->dbuf);
-  return ctx->dbuf;
 }
 
 static const char *cpu_last_error(td_backend *be) { return ((cpu_ctx *)be->ctx)->last; }

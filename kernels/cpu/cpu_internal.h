@@ -6,7 +6,7 @@
 #include "backend.h"
 
 typedef struct cpu_ctx {
-  int threads; /* this backend's threads (at least 1) */
+  int threads;    /* this backend's threads (at least 1) */
   char last[512]; /* the last failure, for last_error */
   /* oneDNN's engine, stream and attributes, made by the first window kernel. */
   void *dn_eng, *dn_strm, *dn_attr;
@@ -21,7 +21,7 @@ double *cpu_doubles(cpu_ctx *ctx, size_t n);
 /* Records the failure in ctx->last and returns TD_EBACKEND. */
 int cpu_fail(cpu_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* cpu_window.c */
+/* cpu_ctx.c: cpu_fail, cpu_doubles (above). cpu_window.c: */
 int cpu_conv_create(td_backend *be, const td_window *g, void **kernel);
 int cpu_conv_fwd(td_backend *be, void *kernel, const float *x, const float *w, float *y);
 int cpu_conv_bwd(td_backend *be, void *kernel, const float *x, const float *w, const float *dy,

@@ -8,8 +8,8 @@
  * the kernel's own (user mode), so replicas calling oneDNN at the same
  * time share nothing. oneDNN runs on OpenMP: each call first sets the
  * calling thread's team size to the backend's thread count. */
-#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +17,10 @@
 #include "cpu_internal.h"
 
 /* Fails the enclosing function with the oneDNN call and its status. */
-#define DN(ctx, call)                                                                   \
-  do {                                                                                  \
-    dnnl_status_t st_ = (call);                                                         \
-    if (st_ != dnnl_success)                                                            \
+#define DN(ctx, call)                                                                      \
+  do {                                                                                     \
+    dnnl_status_t st_ = (call);                                                            \
+    if (st_ != dnnl_success)                                                               \
       return cpu_fail(ctx, "oneDNN %s failed (status %d)", dn_call_name(#call), (int)st_); \
   } while (0)
 
@@ -220,9 +220,9 @@ static int conv_build(cpu_ctx *ctx, dn_kernel *k) {
     return rc;
   dnnl_convolution_desc_t fd, dd, wdesc;
   dnnl_primitive_desc_t fpd, pd;
-  DN(ctx, dnnl_dilated_convolution_forward_desc_init(&fd, dnnl_forward_training,
-                                                     dnnl_convolution_direct, &px, &pw, NULL, &py,
-                                                     strides, dil, pad_l, pad_r));
+  DN(ctx,
+     dnnl_dilated_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct,
+                                                &px, &pw, NULL, &py, strides, dil, pad_l, pad_r));
   DN(ctx, dnnl_primitive_desc_create(&fpd, &fd, ctx->dn_attr, ctx->dn_eng, NULL));
   /* Forward: x, w -> y. */
   if (dnnl_primitive_desc_clone(&pd, fpd) != dnnl_success) {
@@ -236,9 +236,10 @@ static int conv_build(cpu_ctx *ctx, dn_kernel *k) {
     rc = dn_add_arg(ctx, &k->fwd, pd, DNNL_ARG_DST, &uy, 1);
   rc = rc ? (dnnl_primitive_desc_destroy(pd), rc) : dn_finish(ctx, &k->fwd, pd, 0);
   /* Backward data: dy, w -> dx. */
-  if (!rc && dnnl_dilated_convolution_backward_data_desc_init(&dd, dnnl_convolution_direct, &px,
-                                                               &pw, &py, strides, dil, pad_l,
-                                                               pad_r) == dnnl_success &&
+  if (!rc &&
+      dnnl_dilated_convolution_backward_data_desc_init(&dd, dnnl_convolution_direct, &px, &pw, &py,
+                                                       strides, dil, pad_l,
+                                                       pad_r) == dnnl_success &&
       dnnl_primitive_desc_create(&pd, &dd, ctx->dn_attr, ctx->dn_eng, fpd) == dnnl_success) {
     rc = dn_add_arg(ctx, &k->bwd_data, pd, DNNL_ARG_DIFF_DST, &uy, 0);
     if (!rc)
@@ -250,9 +251,10 @@ static int conv_build(cpu_ctx *ctx, dn_kernel *k) {
     rc = cpu_fail(ctx, "oneDNN: no convolution backward-data primitive for this geometry");
   }
   /* Backward weights: x, dy -> dw. */
-  if (!rc && dnnl_dilated_convolution_backward_weights_desc_init(
-                 &wdesc, dnnl_convolution_direct, &px, &pw, NULL, &py, strides, dil, pad_l,
-                 pad_r) == dnnl_success &&
+  if (!rc &&
+      dnnl_dilated_convolution_backward_weights_desc_init(&wdesc, dnnl_convolution_direct, &px, &pw,
+                                                          NULL, &py, strides, dil, pad_l,
+                                                          pad_r) == dnnl_success &&
       dnnl_primitive_desc_create(&pd, &wdesc, ctx->dn_attr, ctx->dn_eng, fpd) == dnnl_success) {
     rc = dn_add_arg(ctx, &k->bwd_w, pd, DNNL_ARG_SRC, &ux, 0);
     if (!rc)
@@ -283,8 +285,8 @@ static int pool_build(cpu_ctx *ctx, dn_kernel *k, td_pool_kind kind) {
                                               : dnnl_pooling_avg_exclude_padding;
   dnnl_pooling_v2_desc_t fd, bd;
   dnnl_primitive_desc_t fpd, pd;
-  DN(ctx, dnnl_pooling_v2_forward_desc_init(&fd, dnnl_forward_training, alg, &ux, &uy, strides,
-                                            win, dil, pad_l, pad_r));
+  DN(ctx, dnnl_pooling_v2_forward_desc_init(&fd, dnnl_forward_training, alg, &ux, &uy, strides, win,
+                                            dil, pad_l, pad_r));
   DN(ctx, dnnl_primitive_desc_create(&fpd, &fd, ctx->dn_attr, ctx->dn_eng, NULL));
   if (dnnl_primitive_desc_clone(&pd, fpd) != dnnl_success) {
     dnnl_primitive_desc_destroy(fpd);
@@ -294,8 +296,9 @@ static int pool_build(cpu_ctx *ctx, dn_kernel *k, td_pool_kind kind) {
   if (!rc)
     rc = dn_add_arg(ctx, &k->fwd, pd, DNNL_ARG_DST, &uy, 1);
   rc = rc ? (dnnl_primitive_desc_destroy(pd), rc) : dn_finish(ctx, &k->fwd, pd, 1);
-  if (!rc && dnnl_pooling_v2_backward_desc_init(&bd, alg, &ux, &uy, strides, win, dil, pad_l,
-                                                pad_r) == dnnl_success &&
+  if (!rc &&
+      dnnl_pooling_v2_backward_desc_init(&bd, alg, &ux, &uy, strides, win, dil, pad_l, pad_r) ==
+          dnnl_success &&
       dnnl_primitive_desc_create(&pd, &bd, ctx->dn_attr, ctx->dn_eng, fpd) == dnnl_success) {
     rc = dn_add_arg(ctx, &k->bwd_data, pd, DNNL_ARG_DIFF_DST, &uy, 0);
     if (!rc)
@@ -308,8 +311,7 @@ static int pool_build(cpu_ctx *ctx, dn_kernel *k, td_pool_kind kind) {
   return rc;
 }
 
-static int kernel_new(td_backend *be, const td_window *g, int pool, td_pool_kind kind,
-                      void **out) {
+static int kernel_new(td_backend *be, const td_window *g, int pool, td_pool_kind kind, void **out) {
   cpu_ctx *ctx = be->ctx;
   int rc = dn_setup(ctx);
   if (rc)
