@@ -60,7 +60,8 @@ BASE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6"}
 # CUDA libraries when the toolkit is not a Debian package (/usr/local/cuda):
 # the package of NVIDIA's repository that provides them.
 CUDA_LIB_PACKAGES = (("libcudart", "cuda-cudart-"), ("libcublasLt", "libcublas-"),
-                     ("libcublas", "libcublas-"), ("libnccl", "libnccl2"))
+                     ("libcublas", "libcublas-"), ("libcudnn", "libcudnn9-cuda-"),
+                     ("libnccl", "libnccl2"))
 
 
 class Failure(Exception):
