@@ -273,6 +273,7 @@ static int step_body(td_replica *r) {
   float *a = st->arena, *sc = a + p->scalars_off;
   td_error *err = &r->err;
   const td_step_record *cur = r->cur;
+  st->collectives = 0; /* none of this step's made yet, whatever fails first */
   int rc = ops->step_begin(be, r->table, p->rec_bytes, r->counter, r->cur);
   if (rc)
     rc = td_errorf(err, rc, "step: reading the step table failed");
