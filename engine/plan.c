@@ -1016,8 +1016,6 @@ int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, ui
                      td_error *err) {
   const td_plan *p = st->plan;
   const td_run r = {.rows = rows, .train = train, .keys = keys, .row0 = row0};
-  if (train)
-    st->collectives = 0;
   for (size_t i = 0; i < p->n_nodes; i++) {
     const td_node *n = &p->nodes[i];
     int rc = td_op_table[n->op].fwd(st, n, &r, err);

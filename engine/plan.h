@@ -240,7 +240,7 @@ typedef struct td_state {
    * statistics are reduced across replicas (NULL: one replica). */
   td_comm *comm;
   int rank;
-  uint32_t collectives; /* made so far in the current step */
+  uint32_t collectives; /* made so far in the current step (the trainer zeroes it) */
   void **kernels;       /* (n_nodes) the backend's prepared kernels, NULL for none */
   float *stats;         /* (n_stats) */
   float *params;        /* (n_params) */
