@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,119 @@ static const pbjson_rule config_rules[] = {
 #define DEFAULT_CONNECTION_IDLE_SEC 600
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static int set(const char *s) { return s && *s; }
+
+static const char *const roles[] = {"admin", "user", "viewer"};
+
+static int role_ok(const char *r, int allow_none) {
+  for (size_t i = 0; i < 3; i++)
+    if (strcmp(r, roles[i]) == 0)
+      return 1;
+  return allow_none && strcmp(r, "none") == 0;
+}
+
+/* A principal's or role's data roots: absolute, each inside one of the
+ * daemon's data_dirs (compared as written, on path components). */
+static int check_roots(const Traind__V1__DaemonConfig *c, const char *what, char *const *dirs,
+                       size_t n, td_error *err) {
+  for (size_t i = 0; i < n; i++) {
+    const char *d = dirs[i];
+    if (d[0] != '/' || strstr(d, "/../") || strstr(d, "/./") ||
+        (strlen(d) >= 3 && strcmp(d + strlen(d) - 3, "/..") == 0))
+      return td_errorf(err, TD_EINVAL,
+                       "%s.data_dirs[%zu]: '%s' must be an absolute path without . or ..", what, i,
+                       d);
+    int inside = 0;
+    for (size_t k = 0; k < c->n_data_dirs && !inside; k++) {
+      size_t rl = strlen(c->data_dirs[k]);
+      while (rl > 1 && c->data_dirs[k][rl - 1] == '/')
+        rl--;
+      inside = strncmp(d, c->data_dirs[k], rl) == 0 && (d[rl] == 0 || d[rl] == '/');
+    }
+    if (!inside)
+      return td_errorf(err, TD_EINVAL,
+                       "%s.data_dirs[%zu]: '%s' is not inside any of data_dirs; a principal's "
+                       "roots narrow the daemon's",
+                       what, i, d);
+  }
+  return TD_OK;
+}
+
+/* listeners, auth and health_listen. */
+static int check_security(Traind__V1__DaemonConfig *c, td_error *err) {
+  const Traind__V1__Auth *a = c->auth;
+  const int tokens = a && set(a->token_file);
+  for (size_t i = 0; i < c->n_listeners; i++) {
+    Traind__V1__Listener *l = c->listeners[i];
+    if (!set(l->address))
+      return td_errorf(err, TD_EINVAL, "listeners[%zu].address: required (unix:/path or host:port)",
+                       i);
+    Traind__V1__Tls *t = l->tls;
+    if (!t)
+      continue;
+    if (l->insecure)
+      return td_errorf(err, TD_EINVAL,
+                       "listeners[%zu] (%s): insecure is for plaintext listeners; this one has tls",
+                       i, l->address);
+    if (!set(t->cert_file) || !set(t->key_file))
+      return td_errorf(err, TD_EINVAL, "listeners[%zu] (%s): tls needs cert_file and key_file", i,
+                       l->address);
+    const char *cc = set(t->client_cert)      ? t->client_cert
+                     : set(t->client_ca_file) ? "require"
+                                              : "none";
+    if (strcmp(cc, "require") && strcmp(cc, "request") && strcmp(cc, "none"))
+      return td_errorf(err, TD_EINVAL,
+                       "listeners[%zu] (%s): tls.client_cert: '%s' is not require, request or none",
+                       i, l->address, t->client_cert);
+    if (strcmp(cc, "none") && !set(t->client_ca_file))
+      return td_errorf(err, TD_EINVAL,
+                       "listeners[%zu] (%s): tls.client_cert %s needs tls.client_ca_file (the CAs "
+                       "that sign client certificates)",
+                       i, l->address, cc);
+    if (strcmp(cc, "none") == 0 && !tokens)
+      return td_errorf(err, TD_EINVAL,
+                       "listeners[%zu] (%s): with no client certificates and no auth.token_file "
+                       "nobody could call; give tls.client_ca_file or auth.token_file",
+                       i, l->address);
+  }
+  if (set(c->health_listen) &&
+      (strncmp(c->health_listen, "unix", 4) == 0 || !strchr(c->health_listen, ':')))
+    return td_errorf(err, TD_EINVAL, "health_listen: '%s' is not host:port", c->health_listen);
+  if (!a)
+    return TD_OK;
+  if (set(a->local_role) && !role_ok(a->local_role, 1))
+    return td_errorf(err, TD_EINVAL, "auth.local_role: '%s' is not admin, user, viewer or none",
+                     a->local_role);
+  char what[64];
+  for (size_t i = 0; i < a->n_principals; i++) {
+    const Traind__V1__Principal *p = a->principals[i];
+    if (!set(p->name))
+      return td_errorf(err, TD_EINVAL, "auth.principals[%zu].name: required", i);
+    if (!set(p->role) || !role_ok(p->role, 0))
+      return td_errorf(err, TD_EINVAL,
+                       "auth.principals[%zu] (%s).role: '%s' is not admin, user or viewer", i,
+                       p->name, p->role ? p->role : "");
+    for (size_t k = 0; k < i; k++)
+      if (strcmp(a->principals[k]->name, p->name) == 0)
+        return td_errorf(err, TD_EINVAL, "auth.principals: '%s' is listed twice", p->name);
+    snprintf(what, sizeof what, "auth.principals[%zu]", i);
+    int rc = check_roots(c, what, p->data_dirs, p->n_data_dirs, err);
+    if (rc)
+      return rc;
+  }
+  for (size_t i = 0; i < a->n_roles; i++) {
+    const Traind__V1__RoleData *r = a->roles[i];
+    if (!set(r->role) || !role_ok(r->role, 0))
+      return td_errorf(err, TD_EINVAL, "auth.roles[%zu].role: '%s' is not admin, user or viewer", i,
+                       r->role ? r->role : "");
+    snprintf(what, sizeof what, "auth.roles[%zu]", i);
+    int rc = check_roots(c, what, r->data_dirs, r->n_data_dirs, err);
+    if (rc)
+      return rc;
+  }
+  return TD_OK;
+}
 
 int td_config_set_string(char **field, const char *value, td_error *err) {
   char *copy = dup_or_null(value);
@@ -99,7 +213,9 @@ int td_config_finish(Traind__V1__DaemonConfig *c, td_error *err) {
     return td_errorf(err, TD_EINVAL,
                      "log_level: '%s' is not a level (use error, warn, info or debug)",
                      c->log_level);
-  if (c->n_listen == 0) {
+  if ((rc = check_security(c, err)))
+    return rc;
+  if (c->n_listen == 0 && c->n_listeners == 0) {
     char *const dflt[] = {DEFAULT_LISTEN};
     if ((rc = td_config_set_list(&c->listen, &c->n_listen, dflt, 1, err)))
       return rc;

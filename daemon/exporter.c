@@ -144,8 +144,8 @@ static void job_family(td_prom_buf *b, const td_exporter_view *v, const char *na
       continue;
     td_metrics_latest l;
     td_metrics_latest_get((td_metrics *)&j->metrics, &l);
-    td_prom_label lab[2] = {{"job", j->id}, {"name", j->name}};
-    td_prom_sample(b, lab, 2, fn(j, &l));
+    td_prom_label lab[3] = {{"job", j->id}, {"name", j->name}, {"owner", j->owner}};
+    td_prom_sample(b, lab, 3, fn(j, &l));
   }
 }
 
@@ -158,6 +158,12 @@ int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err
   td_prom_label ver = {"version", v->version};
   td_prom_sample(b, &ver, 1, 1);
   td_prom_gauge(b, "traind_uptime_seconds", "Seconds since the daemon started.", v->uptime_sec);
+  td_prom_family(b, "traind_insecure_listener", TD_PROM_GAUGE,
+                 "1 for each plaintext listener on a network address (insecure: true).");
+  for (size_t i = 0; i < v->n_insecure; i++) {
+    td_prom_label a = {"addr", v->insecure[i]};
+    td_prom_sample(b, &a, 1, 1);
+  }
 
   static const Traind__V1__JobState states[] = {
       TRAIND__V1__JOB_STATE__QUEUED, TRAIND__V1__JOB_STATE__RUNNING,

@@ -39,6 +39,8 @@ typedef struct td_exporter_view {
   uint64_t cache_entries, cache_hits, cache_misses;
   double uptime_sec;
   const char *version;
+  char *const *insecure; /* insecure listen addresses */
+  size_t n_insecure;
 } td_exporter_view;
 
 /* Starts the HTTP endpoint on addr ("host:port"). */

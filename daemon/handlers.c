@@ -50,8 +50,11 @@ typedef struct submit_work {
   td_rpc_call *call;         /* answered by submit_done */
   Traind__V1__JobSpec *spec; /* owned until it goes to the job */
   char *name;                /* owned */
-  char **roots;              /* the data roots at submission, owned */
+  char **roots;              /* the data roots the owner may read, owned */
   size_t n_roots;
+  char **all_roots; /* every data root, when the owner's are fewer; owned */
+  size_t n_all_roots;
+  char owner[TD_JOB_OWNER_MAX];
   int n_cpus, n_gpus; /* the device pools (fixed while the daemon runs) */
   char gpu_why[256];
   unsigned char *gpu_held; /* (n_gpus) whether a job holds each GPU now; owned */
@@ -75,6 +78,9 @@ static void submit_work_free(submit_work *w) {
   for (size_t i = 0; i < w->n_roots; i++)
     free(w->roots[i]);
   free(w->roots);
+  for (size_t i = 0; i < w->n_all_roots; i++)
+    free(w->all_roots[i]);
+  free(w->all_roots);
   free(w->gpu_held);
   free(w);
 }
@@ -171,7 +177,27 @@ static void submit_check(uv_work_t *req) {
                        .backend = gpu ? td_gpu_backend : NULL,
                        .comm = gpu ? td_gpu_comm() : NULL};
   if ((rc = td_trainer_check(spec, &o, &err))) {
-    submit_refuse(w, td_grpc_status(rc), err.msg);
+    /* A file the owner's roots do not have but another root does: the
+     * owner may not read it. */
+    const int code = td_grpc_status(rc);
+    td_error aerr = {0};
+    td_trainer_opts all = o;
+    all.data_roots = (const char *const *)w->all_roots;
+    all.n_data_roots = w->n_all_roots;
+    if (w->all_roots && (code == TD_GRPC_NOT_FOUND || code == TD_GRPC_PERMISSION_DENIED) &&
+        td_grpc_status(td_trainer_check(spec, &all, &aerr)) != code) {
+      char roots[512] = "";
+      for (size_t i = 0, k = 0; i < w->n_roots && k < sizeof roots; i++)
+        k += (size_t)snprintf(roots + k, sizeof roots - k, "%s%s", i ? ", " : "", w->roots[i]);
+      char denied[TD_ERRMSG_MAX];
+      snprintf(denied, sizeof denied,
+               "principal '%.120s' may read data only under its data roots (%.200s); the job "
+               "names a file outside them: %.560s",
+               w->owner, w->n_roots ? roots : "none", err.msg);
+      submit_refuse(w, TD_GRPC_PERMISSION_DENIED, denied);
+      return;
+    }
+    submit_refuse(w, code, err.msg);
     return;
   }
   /* The format of the ids is checked; now whether the daemon has them. */
@@ -240,8 +266,10 @@ static void submit_done(uv_work_t *req, int status) {
   td_error err = {0};
   const size_t mem_bytes = w->mem_bytes;
   td_job *j = td_job_new(w->spec, w->name, s->next_seq++);
-  if (j)
+  if (j) {
     w->spec = NULL; /* the job's now */
+    snprintf(j->owner, sizeof j->owner, "%s", w->owner);
+  }
   if (j && s->n_jobs == s->cap_jobs) {
     size_t cap = s->cap_jobs ? s->cap_jobs * 2 : 64;
     td_job **nj = realloc(s->jobs, cap * sizeof *nj);
@@ -267,7 +295,8 @@ static void submit_done(uv_work_t *req, int status) {
     return;
   }
   s->jobs[s->n_jobs++] = j;
-  td_log_info("job queued", "job=%s name=\"%s\" peer=%s", j->id, j->name, td_rpc_peer(call));
+  td_log_info("job queued", "job=%s name=\"%s\" owner=%s peer=%s", j->id, j->name, j->owner,
+              td_rpc_peer(call));
   srv_schedule(s);
   td_job_msg m;
   td_job_msg_fill(&m, j, s->cfg->state_dir);
@@ -310,10 +339,19 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   submit_work *w = calloc(1, sizeof *w);
   const char *name = req->name && *req->name ? req->name : req->spec->name;
   int ok = w && (w->spec = copy_spec(req->spec)) && (w->name = strdup(name ? name : "")) &&
-           (w->gpu_held = calloc((size_t)(s->n_gpus ? s->n_gpus : 1), 1)) &&
-           (w->roots = calloc(s->cfg->n_data_dirs ? s->cfg->n_data_dirs : 1, sizeof *w->roots));
-  for (size_t i = 0; ok && i < s->cfg->n_data_dirs; i++)
-    ok = (w->roots[w->n_roots++] = strdup(s->cfg->data_dirs[i])) != NULL;
+           (w->gpu_held = calloc((size_t)(s->n_gpus ? s->n_gpus : 1), 1));
+  const char *owner = td_rpc_identity(call, NULL);
+  if (ok) {
+    snprintf(w->owner, sizeof w->owner, "%s", owner ? owner : "");
+    ok = srv_job_roots(s, w->owner, &w->roots, &w->n_roots) == 0;
+  }
+  const char *const *mine = NULL;
+  size_t n_mine = 0;
+  if (ok && td_auth_roots(s->auth, w->owner, &mine, &n_mine)) {
+    ok = (w->all_roots = calloc(s->cfg->n_data_dirs + 1, sizeof *w->all_roots)) != NULL;
+    for (size_t i = 0; ok && i < s->cfg->n_data_dirs; i++)
+      ok = (w->all_roots[w->n_all_roots++] = strdup(s->cfg->data_dirs[i])) != NULL;
+  }
   if (ok) {
     w->req.data = w;
     w->srv = s;
@@ -343,14 +381,20 @@ static void h_get(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     srv_fail_not_found(call, req->id);
     return;
   }
+  if (!srv_job_allowed(s, call, j, TD_JOB_READ))
+    return;
   srv_reply_job(s, call, j);
 }
 
-static int state_wanted(const Traind__V1__ListJobsRequest *req, Traind__V1__JobState st) {
+/* A job in one of the states asked for, and one the caller may read: its
+ * own when `me` is set (a user that reads only its own jobs). */
+static int wanted(const Traind__V1__ListJobsRequest *req, const td_job *j, const char *me) {
+  if (me && strcmp(j->owner, me) != 0)
+    return 0;
   if (req->n_states == 0)
     return 1;
   for (size_t i = 0; i < req->n_states; i++)
-    if (req->states[i] == st)
+    if (req->states[i] == j->state)
       return 1;
   return 0;
 }
@@ -373,6 +417,9 @@ static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     limit = LIST_MAX;
   /* Newest first; a page token is the id of the last job of the previous
    * page, and the next page starts after it. */
+  const char *me = td_auth_reads_all(s->auth, call) ? NULL : td_rpc_identity(call, NULL);
+  if (!me && !td_auth_reads_all(s->auth, call))
+    me = ""; /* no principal: no job */
   size_t start = s->n_jobs;
   if (req->page_token && *req->page_token) {
     size_t i = 0;
@@ -399,7 +446,7 @@ static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   size_t n = 0, i = start, bytes = 0;
   while (i > 0 && n < limit) {
     td_job *j = s->jobs[i - 1];
-    if (!state_wanted(req, j->state)) {
+    if (!wanted(req, j, me)) {
       i--;
       continue;
     }
@@ -416,7 +463,7 @@ static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   /* A next page exists when an older matching job remains. */
   int more = 0;
   for (size_t k = i; k > 0 && !more; k--)
-    more = state_wanted(req, s->jobs[k - 1]->state);
+    more = wanted(req, s->jobs[k - 1], me);
   Traind__V1__ListJobsResponse resp = TRAIND__V1__LIST_JOBS_RESPONSE__INIT;
   resp.n_jobs = n;
   resp.jobs = ptrs;
@@ -435,6 +482,8 @@ static void h_cancel(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
     srv_fail_not_found(call, req->id);
     return;
   }
+  if (!srv_job_allowed(s, call, j, TD_JOB_WRITE))
+    return;
   if (td_job_is_final(j)) {
     char msg[128];
     snprintf(msg, sizeof msg, "job %s already ended (%s); nothing to cancel", j->id,
@@ -470,6 +519,8 @@ static void h_save(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     srv_fail_not_found(call, req->id);
     return;
   }
+  if (!srv_job_allowed(s, call, j, TD_JOB_WRITE))
+    return;
   if (j->state != TRAIND__V1__JOB_STATE__RUNNING || atomic_load(&j->stop) != TD_STOP_NONE) {
     char msg[512];
     if (td_job_is_final(j) && j->ckpt.file[0])
@@ -573,6 +624,8 @@ static void h_export(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
     srv_fail_not_found(call, req->id);
     return;
   }
+  if (!srv_job_allowed(s, call, j, TD_JOB_EXPORT))
+    return;
   char dir[4096], path[4200], msg[4400];
   td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);
   td_ckpt_file *fs = NULL;
@@ -699,11 +752,20 @@ static void h_info(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     r.jobs_running += s->jobs[i]->state == TRAIND__V1__JOB_STATE__RUNNING;
   }
   r.jobs_total = (uint32_t)s->n_jobs;
+  r.n_insecure_listen = s->n_insecure_shown;
+  r.insecure_listen = s->insecure_shown;
+  int role = 0;
+  const char *me = td_rpc_identity(call, &role);
+  r.caller = (char *)(me ? me : "");
+  r.caller_role = (char *)td_role_name((td_role)role);
   td_rpc_reply(call, &r.base);
 }
 
-#define TRAINER(rpc, kind, req, fn) \
-  { "/" TRAINER_SERVICE "/" rpc, kind, &traind__v1__##req##__descriptor, fn, NULL }
+#define TRAINER(rpc, k, req, fn)                                                                 \
+  {                                                                                              \
+    .path = "/" TRAINER_SERVICE "/" rpc, .kind = k, .request = &traind__v1__##req##__descriptor, \
+    .handler = fn                                                                                \
+  }
 
 const td_rpc_method srv_trainer_methods[SRV_N_TRAINER] = {
     TRAINER("SubmitJob", TD_RPC_UNARY, submit_job_request, h_submit),

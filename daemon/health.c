@@ -159,6 +159,7 @@ void td_health_methods(td_health *h, td_rpc_method out[2]) {
       .request = &grpc__health__v1__health_check_request__descriptor,
       .handler = on_check,
       .ctx = h,
+      .health = 1,
   };
   out[1] = (td_rpc_method){
       .path = "/grpc.health.v1.Health/Watch",
@@ -166,5 +167,6 @@ void td_health_methods(td_health *h, td_rpc_method out[2]) {
       .request = &grpc__health__v1__health_check_request__descriptor,
       .handler = on_watch,
       .ctx = h,
+      .health = 1,
   };
 }

@@ -196,6 +196,7 @@ void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir) {
   traind__v1__job__init(p);
   p->id = j->id;
   p->name = j->name;
+  p->owner = j->owner;
   p->state = j->state;
   p->spec = j->spec;
   td_timestamp_set(&m->created, j->created_ns);
@@ -508,6 +509,7 @@ static td_job *job_from_record(Traind__V1__Job *r) {
   j->compile_ms = r->compile_ms;
   j->cache_hit = r->compile_cache_hit;
   j->crashes = r->crash_count;
+  snprintf(j->owner, sizeof j->owner, "%s", r->owner ? r->owner : "");
   td_metrics_latest l = {0};
   if (r->progress) {
     l.step = r->progress->step;

@@ -16,6 +16,7 @@
 #define TD_JOB_ID_MAX 32
 #define TD_JOB_MAX_RESUMES 16 /* the newest are kept */
 #define TD_JOB_NAME_MAX 32    /* checkpoint file names */
+#define TD_JOB_OWNER_MAX 160  /* a principal: "unix:" and a user, or a name */
 /* The largest job record read from the state directory (bytes). */
 #define TD_JOB_RECORD_MAX (8u << 20)
 
@@ -55,9 +56,10 @@ typedef struct td_save_wait {
  * checkpoints/ID, tensorboard/ID. */
 typedef struct td_job {
   char id[TD_JOB_ID_MAX];
-  int on_disk;               /* its record file exists (claimed) */
-  char *name;                /* owned */
-  Traind__V1__JobSpec *spec; /* owned */
+  int on_disk;                  /* its record file exists (claimed) */
+  char *name;                   /* owned */
+  char owner[TD_JOB_OWNER_MAX]; /* the submitting principal; "" in old records */
+  Traind__V1__JobSpec *spec;    /* owned */
   Traind__V1__JobState state;
   int64_t created_ns, started_ns, finished_ns; /* wall clock; 0: not yet */
   uint64_t seq;                                /* submission order */

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "pbgrpc.h"
 #include "pbjson.h"
+#include "rpc_tls.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -38,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -98,6 +100,10 @@ typedef struct rpc_conn {
   ino_t ino;
   dev_t dev;
   char peer[80];
+  size_t index; /* into the listen addresses */
+  td_rpc_transport transport;
+  unsigned uid; /* unix sockets: the peer's user (has_uid) */
+  int has_uid;
 } rpc_conn;
 
 struct td_rpc_call {
@@ -112,6 +118,8 @@ struct td_rpc_call {
 
   char *peer;         /* gpr_malloc'd by grpc_call_get_peer */
   char peer_name[80]; /* the address accepted, when gRPC says only "fd:N" */
+  char *ident;        /* td_rpc_set_identity */
+  int ident_tag;
   grpc_byte_buffer *request_bb;
   ProtobufCMessage *request; /* unpacked with method->request */
   grpc_byte_buffer *reply_bb;
@@ -154,6 +162,10 @@ struct td_rpc_server {
   char **listen; /* copies of the addresses, one block */
   int *ports;
   size_t n_listen;
+  td_rpc_listen_opts *lopts; /* (n_listen); tls points nowhere: see tls */
+  rpc_tls **tls;             /* (n_listen); NULL for plaintext addresses */
+  td_rpc_authorize authorize;
+  void *authorize_arg;
 
   /* rpc thread → loop */
   uv_thread_t thread;
@@ -197,6 +209,17 @@ struct td_rpc_server {
 };
 
 /* ---- small helpers */
+
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+static int is_loopback(const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+  if (ss->ss_family == AF_INET6) {
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+  }
+  return 0;
+}
 
 /* Called by the rpc thread (and by the loop for batches that gRPC refused
  * to start): queues a completion for the loop and wakes it. */
@@ -305,6 +328,7 @@ static void call_release(td_rpc_call *c) {
   if (c->has_status_details)
     grpc_slice_unref(c->status_details);
   free(c->finish_message);
+  free(c->ident);
   if (c->peer)
     gpr_free(c->peer);
   grpc_call_details_destroy(&c->details);
@@ -508,6 +532,94 @@ static const td_rpc_method *find_method(const td_rpc_server *s, grpc_slice path)
 
 static void arm_request(td_rpc_server *s);
 static void resolve_peer(td_rpc_call *c);
+static const rpc_conn *conn_of(const td_rpc_call *c);
+
+/* A verified client certificate's name: its common name, else its first
+ * subject alternative name; NULL without one. malloc'd. */
+static char *cert_name_of(grpc_call *call) {
+  grpc_auth_context *ctx = grpc_call_auth_context(call);
+  if (!ctx)
+    return NULL;
+  char *name = NULL;
+  if (grpc_auth_context_peer_is_authenticated(ctx)) {
+    static const char *const props[] = {GRPC_X509_CN_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME};
+    for (size_t i = 0; i < 2 && !name; i++) {
+      grpc_auth_property_iterator it = grpc_auth_context_find_properties_by_name(ctx, props[i]);
+      const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
+      if (p && p->value && p->value_length)
+        name = strndup(p->value, p->value_length);
+    }
+  }
+  grpc_auth_context_release(ctx);
+  return name;
+}
+
+/* The credential of an `authorization: Bearer CRED` header (malloc'd);
+ * *bad when the header is there in another form or more than once. */
+static char *bearer_of(const grpc_metadata_array *md, int *bad) {
+  char *cred = NULL;
+  int seen = 0;
+  *bad = 0;
+  for (size_t i = 0; i < md->count; i++) {
+    if (grpc_slice_str_cmp(md->metadata[i].key, "authorization") != 0)
+      continue;
+    const grpc_slice v = md->metadata[i].value;
+    const char *p = (const char *)GRPC_SLICE_START_PTR(v);
+    size_t n = GRPC_SLICE_LENGTH(v);
+    if (seen++ || n <= 7 || strncasecmp(p, "Bearer ", 7) != 0) {
+      *bad = 1;
+      continue;
+    }
+    cred = strndup(p + 7, n - 7);
+  }
+  if (*bad) {
+    free(cred);
+    return NULL;
+  }
+  return cred;
+}
+
+/* Whether the call may reach its method: health-only listeners serve their
+ * methods to anyone and nothing else; everything else goes through the
+ * authorize callback. Answers a refused call and returns 0. */
+static int admit_call(td_rpc_call *c) {
+  td_rpc_server *s = c->srv;
+  const rpc_conn *conn = conn_of(c);
+  const int ours = c->peer && strncmp(c->peer, "fd:", 3) == 0;
+  if (ours && !conn) {
+    answer_early(c, TD_GRPC_UNAVAILABLE, "the connection closed");
+    return 0;
+  }
+  if (conn && s->lopts[conn->index].health_only) {
+    if (c->method->health)
+      return 1;
+    answer_early(c, TD_GRPC_UNIMPLEMENTED,
+                 "%s: this address (%s) serves only grpc.health.v1.Health; call the API on a "
+                 "listen address",
+                 c->method->path, s->listen[conn->index]);
+    return 0;
+  }
+  if (!s->authorize)
+    return 1;
+  td_rpc_caller who = {.transport = conn ? conn->transport : TD_RPC_TLS,
+                       .uid = conn ? conn->uid : 0,
+                       .has_uid = conn ? conn->has_uid : 0};
+  char *cert = conn ? NULL : cert_name_of(c->call);
+  char *bearer = bearer_of(&c->request_md, &who.bad_authorization);
+  who.cert_name = cert;
+  who.bearer = bearer;
+  char why[512] = "";
+  int code = s->authorize(s->authorize_arg, c, c->method, &who, why, sizeof why);
+  if (bearer) {
+    memset(bearer, 0, strlen(bearer));
+    free(bearer);
+  }
+  free(cert);
+  if (code == TD_GRPC_OK)
+    return 1;
+  answer_early(c, code, "%s", why[0] ? why : "the call is not allowed");
+  return 0;
+}
 
 static void on_new_call(rpc_tag *t, int ok) {
   td_rpc_call *c = t->call;
@@ -531,6 +643,8 @@ static void on_new_call(rpc_tag *t, int ok) {
     gpr_free(path);
     return;
   }
+  if (!admit_call(c))
+    return;
   grpc_op ops[2];
   size_t n = 0;
   memset(ops, 0, sizeof ops);
@@ -815,8 +929,21 @@ static int listen_tcp(td_rpc_server *s, size_t i, const char *addr, const char *
   if (rc != 0)
     return td_errorf(err, TD_EINVAL, "cannot listen on %s: %s", addr, gai_strerror(rc));
   int families = 0;
-  for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
     families |= ai->ai_family == AF_INET6 ? 2 : 1;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, ai->ai_addr, ai->ai_addrlen < sizeof ss ? ai->ai_addrlen : sizeof ss);
+    if (!is_loopback(&ss) && !s->lopts[i].insecure && !s->lopts[i].health_only) {
+      freeaddrinfo(res);
+      return td_errorf(err, TD_EPERM,
+                       "cannot listen on %s: plaintext on an address that is not loopback lets "
+                       "anyone who reaches it call; give the listener tls (listeners: - "
+                       "address: %s, tls: {cert_file, key_file, client_ca_file}) or, to accept "
+                       "that, insecure: true",
+                       addr, addr);
+    }
+  }
   int bound = 0, chosen = 0, first_errno = 0;
   rc = TD_OK;
   for (struct addrinfo *ai = res; ai && rc == TD_OK; ai = ai->ai_next) {
@@ -868,10 +995,34 @@ static int listen_tcp(td_rpc_server *s, size_t i, const char *addr, const char *
   return rc;
 }
 
+/* A TLS address: gRPC binds it, with credentials that fetch from the
+ * listener's rpc_tls. */
+static int listen_tls(td_rpc_server *s, size_t i, const char *addr, const char *hostport,
+                      td_error *err) {
+  grpc_server_credentials *cr = rpc_tls_credentials(s->tls[i]);
+  if (!cr)
+    return td_errorf(err, TD_EINVAL, "cannot listen on %s: gRPC refused the TLS credentials", addr);
+  int port = grpc_server_add_http2_port(s->server, hostport, cr);
+  grpc_server_credentials_release(cr);
+  if (port <= 0)
+    return td_errorf(err, TD_EIO,
+                     "cannot listen on %s with TLS: gRPC could not bind it (an address in use, "
+                     "one this host does not have, or certificates gRPC refused; its log says "
+                     "which)",
+                     addr);
+  s->ports[i] = port;
+  return TD_OK;
+}
+
 static int add_listener(td_rpc_server *s, size_t i, int unix_mode, td_error *err) {
   const char *addr = s->listen[i];
   const char *path = unix_path_of(addr);
   s->ports[i] = 0;
+  if (s->tls[i] && (path || strncmp(addr, "unix", 4) == 0))
+    return td_errorf(err, TD_EINVAL,
+                     "cannot listen on %s: tls is for TCP addresses (a unix socket is guarded "
+                     "by its file mode)",
+                     addr);
   if (path)
     return listen_unix(s, i, addr, path, 0, unix_mode, err);
   if (strncmp(addr, "unix-abstract:", 14) == 0)
@@ -881,6 +1032,8 @@ static int add_listener(td_rpc_server *s, size_t i, int unix_mode, td_error *err
     hp += 7;
   else if (strncmp(hp, "ipv4:", 5) == 0 || strncmp(hp, "ipv6:", 5) == 0)
     hp += 5;
+  if (s->tls[i])
+    return listen_tls(s, i, addr, hp, err);
   return listen_tcp(s, i, addr, hp, err);
 }
 
@@ -1037,10 +1190,29 @@ static void on_accept(uv_poll_t *h, int status, int events) {
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     rpc_conn *c = &s->conns[s->n_conns++];
+    memset(c, 0, sizeof *c);
     c->fd = fd;
     c->ino = st.st_ino;
     c->dev = st.st_dev;
+    c->index = l->index;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
+    if (ss.ss_family == AF_UNIX) {
+      c->transport = TD_RPC_UNIX;
+      struct ucred cred;
+      socklen_t cl = sizeof cred;
+      if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+        c->uid = (unsigned)cred.uid;
+        c->has_uid = 1;
+      }
+    } else {
+      /* The address the client reached: a connection to a loopback
+       * address never left the machine. */
+      struct sockaddr_storage local;
+      socklen_t ll = sizeof local;
+      c->transport = getsockname(fd, (struct sockaddr *)&local, &ll) == 0 && is_loopback(&local)
+                         ? TD_RPC_LOOPBACK
+                         : TD_RPC_PLAINTEXT;
+    }
     grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
     grpc_server_add_channel_from_fd(s->server, fd, cr);
     grpc_server_credentials_release(cr);
@@ -1049,18 +1221,22 @@ static void on_accept(uv_poll_t *h, int status, int events) {
 
 /* gRPC names a connection it was handed "fd:N"; the address recorded at
  * accept replaces that. */
-static void resolve_peer(td_rpc_call *c) {
+static const rpc_conn *conn_of(const td_rpc_call *c) {
   const char *p = c->peer;
   if (!p || strncmp(p, "fd:", 3) != 0)
-    return;
-  char *end;
-  long fd = strtol(p + 3, &end, 10);
-  td_rpc_server *s = c->srv;
+    return NULL;
+  long fd = strtol(p + 3, NULL, 10);
+  const td_rpc_server *s = c->srv;
   for (size_t i = 0; i < s->n_conns; i++)
-    if (s->conns[i].fd == fd && conn_alive(&s->conns[i])) {
-      snprintf(c->peer_name, sizeof c->peer_name, "%s", s->conns[i].peer);
-      return;
-    }
+    if (s->conns[i].fd == fd && conn_alive(&s->conns[i]))
+      return &s->conns[i];
+  return NULL;
+}
+
+static void resolve_peer(td_rpc_call *c) {
+  const rpc_conn *conn = conn_of(c);
+  if (conn)
+    snprintf(c->peer_name, sizeof c->peer_name, "%s", conn->peer);
 }
 
 size_t td_rpc_server_connections(td_rpc_server *s) {
@@ -1082,8 +1258,22 @@ static int copy_opts(td_rpc_server *s, const td_rpc_server_opts *o, td_error *er
     lbytes += strlen(o->listen[i]) + 1;
   s->listen = malloc(lbytes);
   s->ports = calloc(o->n_listen, sizeof(int));
-  if (!s->methods || !s->listen || !s->ports)
+  s->lopts = calloc(o->n_listen, sizeof *s->lopts);
+  s->tls = calloc(o->n_listen, sizeof *s->tls);
+  if (!s->methods || !s->listen || !s->ports || !s->lopts || !s->tls)
     return td_errorf(err, TD_ENOMEM, "out of memory starting the rpc server");
+  s->n_listen = o->n_listen; /* the tls rows are freed by count */
+  for (size_t i = 0; o->listen_opts && i < o->n_listen; i++) {
+    s->lopts[i] = o->listen_opts[i];
+    s->lopts[i].tls = NULL;
+    if (o->listen_opts[i].tls) {
+      char where[160];
+      snprintf(where, sizeof where, "listener %s", o->listen[i]);
+      int rc = rpc_tls_new(&s->tls[i], o->listen_opts[i].tls, where, err);
+      if (rc)
+        return rc;
+    }
+  }
 
   char *p = (char *)(s->methods + o->n_methods);
   for (size_t i = 0; i < o->n_methods; i++) {
@@ -1174,6 +1364,8 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop, const td_rpc_serve
   s->t_shutdown.done = on_server_shutdown;
   s->on_end = opts->on_end;
   s->on_end_arg = opts->on_end_arg;
+  s->authorize = opts->authorize;
+  s->authorize_arg = opts->authorize_arg;
   rc = copy_opts(s, opts, err);
   if (rc) {
     td_rpc_server_free(s);
@@ -1254,6 +1446,16 @@ int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop, const td_rpc_serve
   return TD_OK;
 }
 
+int td_rpc_server_reload_tls(td_rpc_server *s, td_error *err) {
+  for (size_t i = 0; i < s->n_listen; i++)
+    if (s->tls[i]) {
+      int rc = rpc_tls_reload(s->tls[i], err);
+      if (rc)
+        return rc;
+    }
+  return TD_OK;
+}
+
 int td_rpc_server_port(const td_rpc_server *s, size_t i) {
   return s && i < s->n_listen ? s->ports[i] : 0;
 }
@@ -1306,6 +1508,10 @@ void td_rpc_server_free(td_rpc_server *s) {
   free(s->methods);
   free(s->listen);
   free(s->ports);
+  free(s->lopts);
+  for (size_t i = 0; s->tls && i < s->n_listen; i++)
+    rpc_tls_free(s->tls[i]);
+  free(s->tls);
   if (s->grpc_inited)
     grpc_shutdown();
   free(s);
@@ -1424,3 +1630,15 @@ const char *td_rpc_peer(const td_rpc_call *c) {
 }
 
 const td_rpc_method *td_rpc_method_of(const td_rpc_call *c) { return c->method; }
+
+void td_rpc_set_identity(td_rpc_call *c, const char *name, int tag) {
+  free(c->ident);
+  c->ident = name ? strdup(name) : NULL;
+  c->ident_tag = tag;
+}
+
+const char *td_rpc_identity(const td_rpc_call *c, int *tag) {
+  if (tag)
+    *tag = c->ident_tag;
+  return c->ident;
+}

@@ -13,8 +13,15 @@
  * field's path), requests over the size limit RESOURCE_EXHAUSTED, all
  * without reaching a handler.
  *
- * The server binds its listen addresses itself and hands each accepted
- * connection to gRPC, so that connections are counted (max_connections). */
+ * The server binds its plaintext listen addresses itself and hands each
+ * accepted connection to gRPC, so that connections are counted
+ * (max_connections). TLS addresses are bound by gRPC (1.51 takes an accepted
+ * descriptor only with insecure credentials), so their connections are not
+ * counted; their certificates are read again by td_rpc_server_reload_tls.
+ *
+ * Before a method's handler runs, the authorize callback sees who calls
+ * (td_rpc_caller) and may refuse the call; the handler then reads the
+ * identity it recorded with td_rpc_identity. */
 #ifndef TD_RPC_H
 #define TD_RPC_H
 
@@ -43,12 +50,71 @@ typedef struct td_rpc_method {
   td_rpc_kind kind;
   const ProtobufCMessageDescriptor *request;
   td_rpc_handler handler;
-  void *ctx; /* passed to the handler */
+  void *ctx;  /* passed to the handler */
+  int health; /* also served on health-only listeners, without authorize */
 } td_rpc_method;
+
+/* Client certificates on a TLS listener. */
+typedef enum td_rpc_client_cert {
+  TD_RPC_CLIENT_CERT_NONE = 0,
+  TD_RPC_CLIENT_CERT_REQUEST, /* verified when the client sends one */
+  TD_RPC_CLIENT_CERT_REQUIRE, /* a handshake without a valid one fails */
+} td_rpc_client_cert;
+
+typedef struct td_rpc_tls {
+  const char *cert_file;      /* PEM certificate chain */
+  const char *key_file;       /* PEM private key */
+  const char *client_ca_file; /* PEM CAs of client certificates; NULL: none */
+  td_rpc_client_cert client_cert;
+} td_rpc_tls;
+
+/* How one listen address is served. */
+typedef struct td_rpc_listen_opts {
+  const td_rpc_tls *tls; /* NULL: plaintext */
+  /* Plaintext on a TCP address that is not loopback: refused without this
+   * (anyone who can reach the address could call). */
+  int insecure;
+  /* Serves only the methods marked `health`, to anyone. */
+  int health_only;
+} td_rpc_listen_opts;
+
+/* How a call reached the server. */
+typedef enum td_rpc_transport {
+  TD_RPC_UNIX = 0,  /* a unix socket */
+  TD_RPC_LOOPBACK,  /* plaintext TCP on a loopback address */
+  TD_RPC_PLAINTEXT, /* plaintext TCP on a network address (insecure) */
+  TD_RPC_TLS,       /* TLS */
+} td_rpc_transport;
+
+/* Who calls, as the transport tells; valid during the authorize callback. */
+typedef struct td_rpc_caller {
+  td_rpc_transport transport;
+  /* A verified client certificate's subject common name, else its first
+   * subject alternative name; NULL without one. */
+  const char *cert_name;
+  /* The credential of `authorization: Bearer CRED`; NULL without the
+   * header. bad_authorization: the header is there in another form. */
+  const char *bearer;
+  int bad_authorization;
+  /* A unix socket peer's user id (has_uid 0 when it could not be read). */
+  unsigned uid;
+  int has_uid;
+} td_rpc_caller;
+
+/* Decides whether a call may reach its method: returns a gRPC status (0:
+ * go on; the callback records the identity with td_rpc_set_identity) or
+ * refuses with that status and the message in why. */
+typedef int (*td_rpc_authorize)(void *arg, td_rpc_call *call, const td_rpc_method *m,
+                                const td_rpc_caller *caller, char *why, size_t why_len);
 
 typedef struct td_rpc_server_opts {
   const char *const *listen; /* "unix:/run/traind/traind.sock", "127.0.0.1:0" */
   size_t n_listen;
+  const td_rpc_listen_opts *listen_opts; /* n_listen rows; NULL: all plaintext */
+  /* Called for every call of a method not marked `health` (and for health
+   * methods off the health-only listeners); NULL: every call goes on. */
+  td_rpc_authorize authorize;
+  void *authorize_arg;
   const td_rpc_method *methods; /* copied */
   size_t n_methods;
   size_t max_request_bytes; /* 0: 4 MiB; a larger request: RESOURCE_EXHAUSTED */
@@ -74,6 +140,11 @@ typedef struct td_rpc_server_opts {
  * fails the whole start with a message naming it. */
 int td_rpc_server_start(td_rpc_server **out, uv_loop_t *loop, const td_rpc_server_opts *opts,
                         td_error *err);
+/* Reads the certificate, key and CA files of every TLS listener again; the
+ * next handshakes use them (open connections keep theirs). On an error
+ * (a file that cannot be read, a key that does not match its certificate)
+ * nothing changes and err says which file. */
+int td_rpc_server_reload_tls(td_rpc_server *s, td_error *err);
 /* The TCP port bound for listen address i (0 for unix sockets); resolves
  * "host:0" to the port the system chose. */
 int td_rpc_server_port(const td_rpc_server *s, size_t i);
@@ -130,6 +201,10 @@ void td_rpc_on_drain(td_rpc_call *c, void (*cb)(void *arg, td_rpc_call *c), void
 int td_rpc_is_cancelled(const td_rpc_call *c);
 /* The client's address ("unix:", "ipv4:127.0.0.1:5555") for logs. */
 const char *td_rpc_peer(const td_rpc_call *c);
+/* The identity authorize recorded for the call (a principal's name and an
+ * opaque tag, its role); NULL before or without one. */
+void td_rpc_set_identity(td_rpc_call *c, const char *name, int tag);
+const char *td_rpc_identity(const td_rpc_call *c, int *tag);
 /* The method row the call came in on. */
 const td_rpc_method *td_rpc_method_of(const td_rpc_call *c);
 

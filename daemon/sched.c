@@ -150,13 +150,20 @@ void srv_add_ring(void *user, td_footprint *f) {
 static int job_sized(td_server *s, td_job *j) {
   td_error err = {0};
   if (!j->mem_known) {
-    td_trainer_opts o = {.data_roots = (const char *const *)s->cfg->data_dirs,
-                         .n_data_roots = s->cfg->n_data_dirs};
+    char **roots = NULL;
+    size_t n_roots = 0;
+    if (srv_job_roots(s, j->owner, &roots, &n_roots))
+      return 1; /* out of memory: sized when it starts */
+    td_trainer_opts o = {.data_roots = (const char *const *)roots, .n_data_roots = n_roots};
     uint32_t retention = s->cfg->metrics_retention;
     td_admission a = {.checkpoints = 1, .add = srv_add_ring, .add_user = &retention};
     td_footprint f;
     j->mem_known = 1;
-    if (td_job_admit(j->spec, &o, &a, &f, &err)) {
+    int rc = td_job_admit(j->spec, &o, &a, &f, &err);
+    for (size_t i = 0; i < n_roots; i++)
+      free(roots[i]);
+    free(roots);
+    if (rc) {
       j->mem_bytes = 0;
       return 1;
     }

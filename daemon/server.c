@@ -67,6 +67,42 @@ void srv_fail_not_found(td_rpc_call *call, const char *id) {
   }
 }
 
+int srv_job_allowed(td_server *s, td_rpc_call *call, const td_job *j, td_job_action action) {
+  char why[512];
+  int code = td_auth_job(s->auth, call, j->id, j->owner, action, why, sizeof why);
+  if (code == TD_GRPC_OK)
+    return 1;
+  td_log_info("call refused", "job=%s principal=%s code=%s", j->id,
+              td_rpc_identity(call, NULL) ? td_rpc_identity(call, NULL) : "",
+              td_grpc_code_name(code));
+  td_rpc_fail(call, code, why);
+  return 0;
+}
+
+int srv_job_roots(const td_server *s, const char *owner, char ***roots, size_t *n) {
+  const char *const *mine = NULL;
+  size_t k = 0;
+  if (!td_auth_roots(s->auth, owner, &mine, &k)) {
+    mine = (const char *const *)s->cfg->data_dirs;
+    k = s->cfg->n_data_dirs;
+  }
+  *n = 0;
+  *roots = calloc(k ? k : 1, sizeof **roots);
+  if (!*roots)
+    return -1;
+  for (size_t i = 0; i < k; i++) {
+    if (!((*roots)[i] = strdup(mine[i]))) {
+      for (size_t j = 0; j < i; j++)
+        free((*roots)[j]);
+      free(*roots);
+      *roots = NULL;
+      return -1;
+    }
+    *n = i + 1;
+  }
+  return 0;
+}
+
 /* ---------------------------------------------------------- metrics */
 
 static void on_rpc_end(void *arg, const char *method, int code, double sec) {
@@ -81,7 +117,9 @@ static void prom_publish(td_server *s) {
                         .n_devices = s->n_devices,
                         .device_owner = s->device_owner,
                         .uptime_sec = (double)(td_wall_ns() - s->started_ns) / 1e9,
-                        .version = TRAIND_VERSION};
+                        .version = TRAIND_VERSION,
+                        .insecure = s->insecure_shown,
+                        .n_insecure = s->n_insecure_shown};
   pthread_mutex_lock(&s->cache.mu);
   v.cache_entries = s->cache.n_entries;
   v.cache_hits = s->cache.hits;
@@ -199,10 +237,29 @@ static void on_hup(uv_signal_t *h, int signum) {
     return;
   }
   Traind__V1__DaemonConfig *old = s->cfg;
+  /* Tokens, principals and roles change now; a token file that does not
+   * load keeps the whole configuration as it was. */
+  td_auth *auth = NULL;
+  if (td_auth_load(&auth, fresh, &err)) {
+    td_log_error("reload failed; keeping the current configuration", "err=\"%s\"", err.msg);
+    td_config_free(fresh);
+    td_sd_reloaded();
+    return;
+  }
+  /* TLS listeners read their certificate files again: the next
+   * handshakes use them. */
+  if (td_rpc_server_reload_tls(s->rpc, &err))
+    td_log_error("TLS certificates not reloaded; the listeners keep the previous ones",
+                 "err=\"%s\"", err.msg);
+  td_auth_free(s->auth);
+  s->auth = auth;
   /* These need a restart: keep the running values. */
   if (fresh->cpu_devices != old->cpu_devices || fresh->threads != old->threads ||
-      strcmp(fresh->state_dir, old->state_dir) != 0 || fresh->n_listen != old->n_listen)
-    td_log_warn("listen, state_dir, cpu_devices and threads change only at restart", NULL);
+      strcmp(fresh->state_dir, old->state_dir) != 0 || fresh->n_listen != old->n_listen ||
+      fresh->n_listeners != old->n_listeners)
+    td_log_warn("listen, listeners, health_listen, state_dir, cpu_devices and threads change "
+                "only at restart",
+                NULL);
   fresh->cpu_devices = old->cpu_devices;
   fresh->threads = old->threads;
   char *keep_state = fresh->state_dir;
@@ -214,8 +271,9 @@ static void on_hup(uv_signal_t *h, int signum) {
   s->cfg = fresh;
   td_config_free(old);
   mem_limit_update(s);
-  td_log_info("configuration reloaded", "max_concurrent_jobs=%u data_dirs=%zu log_level=%s",
-              srv_max_jobs(s), fresh->n_data_dirs, fresh->log_level);
+  td_log_info("configuration reloaded",
+              "max_concurrent_jobs=%u data_dirs=%zu log_level=%s tokens=%zu", srv_max_jobs(s),
+              fresh->n_data_dirs, fresh->log_level, td_auth_tokens(s->auth));
   td_sd_reloaded();
   srv_schedule(s);
 }
@@ -344,6 +402,10 @@ static void free_server(td_server *s) {
   for (size_t i = 0; i < s->n_listen_shown; i++)
     free(s->listen_shown[i]);
   free(s->listen_shown);
+  for (size_t i = 0; i < s->n_insecure_shown; i++)
+    free(s->insecure_shown[i]);
+  free(s->insecure_shown);
+  td_auth_free(s->auth);
   event *e = s->ev_head;
   while (e) {
     event *next = e->next;
@@ -374,23 +436,85 @@ static void raise_fd_limit(uint32_t max_connections) {
                 "max_connections=%u nofile=%llu", max_connections, (unsigned long long)rl.rlim_cur);
 }
 
-/* The listen addresses as bound ("127.0.0.1:0" becomes the chosen port). */
-static int show_listen(td_server *s) {
-  s->listen_shown = calloc(s->cfg->n_listen, sizeof *s->listen_shown);
-  if (!s->listen_shown)
+/* Every address the rpc server binds: `listen` (plaintext), `listeners`,
+ * then health_listen; rows point into the config. */
+typedef struct srv_listen {
+  const char **addrs;
+  td_rpc_listen_opts *opts;
+  td_rpc_tls *tls;
+  size_t n, n_api; /* all; those that serve the API (not health_listen) */
+} srv_listen;
+
+static void srv_listen_free(srv_listen *l) {
+  free(l->addrs);
+  free(l->opts);
+  free(l->tls);
+}
+
+static int srv_listen_build(const Traind__V1__DaemonConfig *c, srv_listen *l) {
+  size_t n = c->n_listen + c->n_listeners + 1;
+  memset(l, 0, sizeof *l);
+  l->addrs = calloc(n, sizeof *l->addrs);
+  l->opts = calloc(n, sizeof *l->opts);
+  l->tls = calloc(n, sizeof *l->tls);
+  if (!l->addrs || !l->opts || !l->tls)
     return -1;
-  for (size_t i = 0; i < s->cfg->n_listen; i++) {
-    const char *a = s->cfg->listen[i];
-    int port = td_rpc_server_port(s->rpc, i);
-    const char *colon = strrchr(a, ':');
-    char buf[512];
-    if (port > 0 && colon && strncmp(a, "unix:", 5) != 0)
-      snprintf(buf, sizeof buf, "%.*s:%d", (int)(colon - a), a, port);
-    else
-      snprintf(buf, sizeof buf, "%s", a);
-    if (!(s->listen_shown[i] = strdup(buf)))
+  for (size_t i = 0; i < c->n_listen; i++)
+    l->addrs[l->n++] = c->listen[i];
+  for (size_t i = 0; i < c->n_listeners; i++) {
+    const Traind__V1__Listener *x = c->listeners[i];
+    td_rpc_listen_opts *o = &l->opts[l->n];
+    o->insecure = x->insecure;
+    if (x->tls) {
+      td_rpc_tls *t = &l->tls[l->n];
+      const char *cc = x->tls->client_cert;
+      t->cert_file = x->tls->cert_file;
+      t->key_file = x->tls->key_file;
+      t->client_ca_file =
+          x->tls->client_ca_file && *x->tls->client_ca_file ? x->tls->client_ca_file : NULL;
+      t->client_cert = cc && strcmp(cc, "require") == 0   ? TD_RPC_CLIENT_CERT_REQUIRE
+                       : cc && strcmp(cc, "request") == 0 ? TD_RPC_CLIENT_CERT_REQUEST
+                       : cc && strcmp(cc, "none") == 0    ? TD_RPC_CLIENT_CERT_NONE
+                       : t->client_ca_file                ? TD_RPC_CLIENT_CERT_REQUIRE
+                                                          : TD_RPC_CLIENT_CERT_NONE;
+      o->tls = t;
+    }
+    l->addrs[l->n++] = x->address;
+  }
+  l->n_api = l->n;
+  if (c->health_listen && *c->health_listen) {
+    l->opts[l->n].health_only = 1;
+    l->addrs[l->n++] = c->health_listen;
+  }
+  return 0;
+}
+
+/* An address as bound ("127.0.0.1:0" becomes the chosen port). */
+static char *bound_addr(td_server *s, const char *a, size_t i) {
+  int port = td_rpc_server_port(s->rpc, i);
+  const char *colon = strrchr(a, ':');
+  char buf[512];
+  if (port > 0 && colon && strncmp(a, "unix:", 5) != 0)
+    snprintf(buf, sizeof buf, "%.*s:%d", (int)(colon - a), a, port);
+  else
+    snprintf(buf, sizeof buf, "%s", a);
+  return strdup(buf);
+}
+
+static int show_listen(td_server *s, const srv_listen *l) {
+  s->listen_shown = calloc(l->n_api ? l->n_api : 1, sizeof *s->listen_shown);
+  s->insecure_shown = calloc(l->n_api ? l->n_api : 1, sizeof *s->insecure_shown);
+  if (!s->listen_shown || !s->insecure_shown)
+    return -1;
+  for (size_t i = 0; i < l->n_api; i++) {
+    if (!(s->listen_shown[i] = bound_addr(s, l->addrs[i], i)))
       return -1;
     s->n_listen_shown = i + 1;
+    if (l->opts[i].insecure) {
+      if (!(s->insecure_shown[s->n_insecure_shown] = strdup(s->listen_shown[i])))
+        return -1;
+      s->n_insecure_shown++;
+    }
   }
   return 0;
 }
@@ -427,6 +551,10 @@ int td_server_main(const td_server_opts *opts) {
   pthread_mutex_init(&s->ev_mu, NULL);
   td_plan_cache_init(&s->cache);
   int exit_code = 0;
+  /* Job records, checkpoints and event files admit the daemon's user and
+   * group only (docs/security.md): other users of the machine read jobs'
+   * data only through the API, which checks who they are. */
+  umask(027);
   if (!s->device_owner || !s->gpu_owner || load_jobs(s, &err)) {
     fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
     free_server(s);
@@ -434,6 +562,11 @@ int td_server_main(const td_server_opts *opts) {
     return 1;
   }
 
+  struct stat sd;
+  if (stat(s->cfg->state_dir, &sd) == 0 && (sd.st_mode & 0007))
+    td_log_warn("state_dir can be read by every user of this machine (job records and "
+                "checkpoints); chmod o-rwx it",
+                "state_dir=%s mode=%o", s->cfg->state_dir, (unsigned)(sd.st_mode & 0777));
   uv_loop_init(&s->loop);
   uv_async_init(&s->loop, &s->wake, srv_on_wake);
   s->wake.data = s;
@@ -461,8 +594,16 @@ int td_server_main(const td_server_opts *opts) {
   }
   td_health_methods(s->health, methods + SRV_N_TRAINER);
   raise_fd_limit(s->cfg->max_connections);
-  td_rpc_server_opts ro = {.listen = (const char *const *)s->cfg->listen,
-                           .n_listen = s->cfg->n_listen,
+  srv_listen ls;
+  if (srv_listen_build(s->cfg, &ls) || td_auth_load(&s->auth, s->cfg, &err)) {
+    fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
+    exit_code = 2;
+  }
+  td_rpc_server_opts ro = {.listen = ls.addrs,
+                           .n_listen = ls.n,
+                           .listen_opts = ls.opts,
+                           .authorize = td_auth_authorize,
+                           .authorize_arg = &s->auth,
                            .methods = methods,
                            .n_methods = SRV_N_TRAINER + 2,
                            .max_request_bytes = MAX_REQUEST_BYTES,
@@ -476,14 +617,15 @@ int td_server_main(const td_server_opts *opts) {
     prom_rc = td_exporter_start(&s->prom, s->cfg->metrics_listen, &err);
     s->prom_on = prom_rc == TD_OK;
   }
-  if (prom_rc || !s->health || td_rpc_server_start(&s->rpc, &s->loop, &ro, &err) ||
-      show_listen(s)) {
+  if (exit_code || prom_rc || !s->health || td_rpc_server_start(&s->rpc, &s->loop, &ro, &err) ||
+      show_listen(s, &ls)) {
     if (s->prom_on) {
       td_exporter_stop(&s->prom);
       s->prom_on = 0;
     }
-    fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
-    exit_code = 1;
+    if (!exit_code)
+      fprintf(stderr, "traind: %s\n", err.msg[0] ? err.msg : "out of memory");
+    exit_code = exit_code ? exit_code : 1;
     s->draining = 1;
     td_health_free(s->health);
     s->health = NULL;
@@ -495,7 +637,21 @@ int td_server_main(const td_server_opts *opts) {
     }
   } else {
     for (size_t i = 0; i < s->n_listen_shown; i++)
-      td_log_info("listening", "addr=%s", s->listen_shown[i]);
+      td_log_info("listening", "addr=%s tls=%s", s->listen_shown[i],
+                  ls.opts[i].tls
+                      ? (ls.tls[i].client_cert == TD_RPC_CLIENT_CERT_REQUIRE ? "mutual" : "server")
+                      : "off");
+    for (size_t i = 0; i < s->n_insecure_shown; i++)
+      td_log_warn("insecure listener: plaintext on a network address; anyone who can reach it "
+                  "may do everything an admin may",
+                  "addr=%s", s->insecure_shown[i]);
+    for (size_t i = ls.n_api; i < ls.n; i++) {
+      char *h = bound_addr(s, ls.addrs[i], i);
+      td_log_info("health listening", "addr=%s service=grpc.health.v1.Health", h ? h : ls.addrs[i]);
+      free(h);
+    }
+    if (td_auth_tokens(s->auth))
+      td_log_info("bearer tokens loaded", "tokens=%zu", td_auth_tokens(s->auth));
     if (s->prom_on) {
       td_log_info("metrics listening", "addr=%s port=%d path=/metrics", s->cfg->metrics_listen,
                   td_exporter_port(&s->prom));
@@ -520,6 +676,7 @@ int td_server_main(const td_server_opts *opts) {
     }
     srv_schedule(s);
   }
+  srv_listen_free(&ls); /* the rpc server keeps copies */
   uv_run(&s->loop, UV_RUN_DEFAULT);
   /* Every handle is closed; workers have all reported. */
   if (s->rpc)

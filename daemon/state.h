@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "exporter.h"
 #include "footprint.h"
 #include "health.h"
@@ -91,8 +92,13 @@ typedef struct td_server {
   td_exporter prom;
   int prom_on;
   int draining, rpc_down;
-  char **listen_shown; /* listen addresses with bound ports filled in */
+  char **listen_shown; /* API addresses with bound ports filled in */
   size_t n_listen_shown;
+  char **insecure_shown; /* those of them that are insecure: true */
+  size_t n_insecure_shown;
+  /* Who may call what (auth.h): rebuilt at SIGHUP; the rpc server's
+   * authorize callback reads it through &auth. */
+  td_auth *auth;
   /* The host memory the daemon's jobs may hold together (memory_limit_bytes,
    * else the cgroup limit or MemAvailable, read at start and at SIGHUP);
    * mem_on 0 when it could not be told: no memory admission. */
@@ -106,6 +112,12 @@ void srv_save_job(td_server *s, td_job *j);
 td_job *srv_find_job(td_server *s, const char *id);
 /* The answer to a request whose job id srv_find_job did not find. */
 void srv_fail_not_found(td_rpc_call *call, const char *id);
+/* Whether the call may do `action` to job j; answers the call with
+ * PERMISSION_DENIED and returns 0 when not. */
+int srv_job_allowed(td_server *s, td_rpc_call *call, const td_job *j, td_job_action action);
+/* The data roots job j (or a job of `owner`) may read, as copies: the
+ * owner's (auth.h), else the config's. Returns 0, or -1 out of memory. */
+int srv_job_roots(const td_server *s, const char *owner, char ***roots, size_t *n);
 /* Ends the stop once no job runs and no stream is open. */
 void srv_maybe_finish_shutdown(td_server *s);
 

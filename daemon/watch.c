@@ -186,6 +186,8 @@ void srv_h_metrics(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     srv_fail_not_found(call, req->id);
     return;
   }
+  if (!srv_job_allowed(s, call, j, TD_JOB_READ))
+    return;
   size_t max = req->max_points ? req->max_points : METRICS_DEFAULT;
   if (max > METRICS_MAX)
     max = METRICS_MAX;
@@ -216,6 +218,8 @@ void srv_h_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     srv_fail_not_found(call, req->id);
     return;
   }
+  if (!srv_job_allowed(s, call, j, TD_JOB_READ))
+    return;
   td_watch *w = calloc(1, sizeof *w);
   if (!w) {
     td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");

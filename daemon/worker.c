@@ -292,11 +292,8 @@ int srv_worker_start(td_server *s, td_job *j) {
       w->gpus[i] = j->devices[i];
     td_job_ckpt_dir(j, s->cfg->state_dir, w->ckpt_dir, sizeof w->ckpt_dir);
     snprintf(w->tb_dir, sizeof w->tb_dir, "%s/tensorboard/%s", s->cfg->state_dir, j->id);
-    w->n_roots = s->cfg->n_data_dirs;
-    w->roots = calloc(w->n_roots ? w->n_roots : 1, sizeof *w->roots);
-    ok = w->roots != NULL;
-    for (size_t i = 0; ok && i < w->n_roots; i++)
-      ok = (w->roots[i] = strdup(s->cfg->data_dirs[i])) != NULL;
+    /* The roots its owner may read now (auth.h). */
+    ok = srv_job_roots(s, j->owner, &w->roots, &w->n_roots) == 0;
   }
   if (ok)
     ok = pthread_create(&j->thread, NULL, worker_main, w) == 0;

@@ -417,7 +417,7 @@ static herr_t img_udata_free(void *ud) {
 /* Creates path with the bytes of b and fsyncs it. */
 static int write_fsync(const char *path, const void *b, size_t len, td_error *err) {
   char et[ERRNO_TEXT_MAX];
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0) {
     int e = errno;
     return td_errorf(err, e == EACCES || e == EROFS ? TD_EPERM : TD_EIO,

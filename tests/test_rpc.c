@@ -276,13 +276,13 @@ static int fixture_start(fixture *fx, const char *sock, size_t max_request) {
 
   td_rpc_method methods[6] = {
       {"/traind.v1.Trainer/GetJob", TD_RPC_UNARY, &traind__v1__get_job_request__descriptor,
-       h_get_job, fx},
+       h_get_job, fx, 0},
       {"/traind.v1.Trainer/CancelJob", TD_RPC_UNARY, &traind__v1__cancel_job_request__descriptor,
-       h_cancel_job, fx},
+       h_cancel_job, fx, 0},
       {"/traind.test.Echo/GetJobLater", TD_RPC_UNARY, &traind__v1__get_job_request__descriptor,
-       h_get_job_later, fx},
+       h_get_job_later, fx, 0},
       {"/traind.v1.Trainer/WatchMetrics", TD_RPC_SERVER_STREAM,
-       &traind__v1__watch_metrics_request__descriptor, h_watch_metrics, fx},
+       &traind__v1__watch_metrics_request__descriptor, h_watch_metrics, fx, 0},
   };
   td_health_methods(fx->health, methods + 4);
   const char *listen[2] = {fx->unix_addr, "127.0.0.1:0"};
@@ -812,8 +812,8 @@ static void test_addresses(fixture *fx) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   td_rpc_server *s = NULL;
-  td_rpc_method m = {"/x.Y/Z", TD_RPC_UNARY, &traind__v1__get_job_request__descriptor, h_get_job,
-                     fx};
+  td_rpc_method m = {"/x.Y/Z",  TD_RPC_UNARY, &traind__v1__get_job_request__descriptor,
+                     h_get_job, fx,           0};
   td_rpc_server_opts opts = {
       .listen = a4, .n_listen = 1, .methods = &m, .n_methods = 1, .unix_mode = 0600};
   int rc = td_rpc_server_start(&s, &loop, &opts, &err);

@@ -337,7 +337,7 @@ def log_escaping(s):
     th.check(len(queued) == 1, "%d 'job queued' records", len(queued))
     fields = logfmt(queued[0])
     keys = [k for k, _ in fields]
-    th.check(keys == ["time", "level", "msg", "job", "name", "peer"], "keys %r in %s", keys,
+    th.check(keys == ["time", "level", "msg", "job", "name", "owner", "peer"], "keys %r in %s", keys,
              queued[0])
     got = dict(fields)
     th.check(got["name"] == forged, "name read back as %r", got["name"])
