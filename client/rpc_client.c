@@ -10,6 +10,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
 #include <stdarg.h>
@@ -23,6 +24,10 @@
 struct td_rpc_client {
   grpc_channel *channel;
   char *target;
+  /* "authorization: Bearer TOKEN", sent with every call; n_md 0 without a
+   * token. The slices are owned here. */
+  grpc_metadata md[1];
+  size_t n_md;
 };
 
 /* One call in progress: its queue and its gRPC call. */
@@ -41,7 +46,31 @@ static void set_status(td_rpc_status *st, int code, const char *fmt, ...) {
   va_end(ap);
 }
 
+static void drop_log(gpr_log_func_args *args) { (void)args; }
+
+void td_rpc_client_quiet(void) {
+  const char *v = getenv("GRPC_VERBOSITY");
+  if (!v || !*v)
+    gpr_set_log_function(drop_log);
+}
+
 td_rpc_client *td_rpc_client_open(const char *target) {
+  return td_rpc_client_open_opts(target, NULL);
+}
+
+/* The channel's credentials: TLS with the given roots, key pair and name,
+ * or plaintext. NULL when a key pair has one half missing. */
+static grpc_channel_credentials *channel_credentials(const td_rpc_client_opts *o) {
+  int tls = o && (o->tls || o->ca_pem || o->cert_pem || o->key_pem || o->server_name);
+  if (!tls)
+    return grpc_insecure_credentials_create();
+  if (!o->cert_pem != !o->key_pem)
+    return NULL;
+  grpc_ssl_pem_key_cert_pair pair = {o->key_pem, o->cert_pem};
+  return grpc_ssl_credentials_create_ex(o->ca_pem, o->cert_pem ? &pair : NULL, NULL, NULL);
+}
+
+td_rpc_client *td_rpc_client_open_opts(const char *target, const td_rpc_client_opts *opts) {
   if (!target || !*target)
     return NULL;
   td_rpc_client *c = calloc(1, sizeof *c);
@@ -53,17 +82,32 @@ td_rpc_client *td_rpc_client_open(const char *target) {
     return NULL;
   }
   grpc_init();
-  grpc_arg args[2];
+  grpc_channel_credentials *cr = channel_credentials(opts);
+  if (!cr) {
+    grpc_shutdown();
+    free(c->target);
+    free(c);
+    return NULL;
+  }
+  grpc_arg args[3];
+  size_t nargs = 0;
   memset(args, 0, sizeof args);
-  args[0].type = GRPC_ARG_INTEGER;
-  args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-  args[0].value.integer = CLIENT_MAX_REPLY;
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+  args[nargs].value.integer = CLIENT_MAX_REPLY;
+  nargs++;
   /* A daemon that is down should be reported at once, not retried. */
-  args[1].type = GRPC_ARG_INTEGER;
-  args[1].key = (char *)GRPC_ARG_ENABLE_RETRIES;
-  args[1].value.integer = 0;
-  grpc_channel_args chargs = {2, args};
-  grpc_channel_credentials *cr = grpc_insecure_credentials_create();
+  args[nargs].type = GRPC_ARG_INTEGER;
+  args[nargs].key = (char *)GRPC_ARG_ENABLE_RETRIES;
+  args[nargs].value.integer = 0;
+  nargs++;
+  if (opts && opts->server_name && *opts->server_name) {
+    args[nargs].type = GRPC_ARG_STRING;
+    args[nargs].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+    args[nargs].value.string = (char *)opts->server_name;
+    nargs++;
+  }
+  grpc_channel_args chargs = {nargs, args};
   c->channel = grpc_channel_create(target, cr, &chargs);
   grpc_channel_credentials_release(cr);
   if (!c->channel) {
@@ -72,6 +116,15 @@ td_rpc_client *td_rpc_client_open(const char *target) {
     free(c);
     return NULL;
   }
+  if (opts && opts->token && *opts->token) {
+    size_t n = strlen(opts->token);
+    grpc_slice v = grpc_slice_malloc(7 + n);
+    memcpy(GRPC_SLICE_START_PTR(v), "Bearer ", 7);
+    memcpy(GRPC_SLICE_START_PTR(v) + 7, opts->token, n);
+    c->md[0].key = grpc_slice_from_static_string("authorization");
+    c->md[0].value = v;
+    c->n_md = 1;
+  }
   return c;
 }
 
@@ -79,9 +132,20 @@ void td_rpc_client_close(td_rpc_client *c) {
   if (!c)
     return;
   grpc_channel_destroy(c->channel);
+  for (size_t i = 0; i < c->n_md; i++) {
+    grpc_slice_unref(c->md[i].key);
+    grpc_slice_unref(c->md[i].value);
+  }
   grpc_shutdown();
   free(c->target);
   free(c);
+}
+
+/* Fills a SEND_INITIAL_METADATA op with the client's metadata. */
+static void initial_metadata(td_rpc_client *c, grpc_op *op) {
+  op->op = GRPC_OP_SEND_INITIAL_METADATA;
+  op->data.send_initial_metadata.count = c->n_md;
+  op->data.send_initial_metadata.metadata = c->n_md ? c->md : NULL;
 }
 
 static int call_begin(td_rpc_client *c, client_call *cc, const char *method, double timeout_sec) {
@@ -158,7 +222,7 @@ static int unary_bytes(td_rpc_client *c, const char *method, grpc_byte_buffer *r
   grpc_op ops[6];
   size_t n = 0;
   memset(ops, 0, sizeof ops);
-  ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+  initial_metadata(c, &ops[n++]);
   if (request) {
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n].data.send_message.send_message = request;
@@ -252,7 +316,7 @@ int td_rpc_call_stream(td_rpc_client *c, const char *method, const ProtobufCMess
 
   grpc_op ops[4];
   memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  initial_metadata(c, &ops[0]);
   ops[1].op = GRPC_OP_SEND_MESSAGE;
   ops[1].data.send_message.send_message = req;
   ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

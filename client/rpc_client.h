@@ -10,9 +10,37 @@
 typedef struct td_rpc_client td_rpc_client;
 
 /* target: gRPC target syntax, "unix:/run/traind/traind.sock" or
- * "host:port". Creating a client does not connect yet. NULL on failure. */
+ * "host:port". Creating a client does not connect yet. NULL on failure.
+ * Plaintext, without credentials. */
 td_rpc_client *td_rpc_client_open(const char *target);
+
+/* How a client proves who it is and checks whom it talks to. Every string
+ * is NUL-terminated and is copied by td_rpc_client_open_opts. */
+typedef struct td_rpc_client_opts {
+  /* TLS when set, or when any of the four below is set; plaintext otherwise. */
+  int tls;
+  /* PEM certificates that verify the server; NULL: the system's roots. */
+  const char *ca_pem;
+  /* The client's certificate chain and private key (PEM), both or neither. */
+  const char *cert_pem, *key_pem;
+  /* The name the server's certificate must hold (and the call authority)
+   * instead of the target's host; NULL: the target's. */
+  const char *server_name;
+  /* Sent as "authorization: Bearer TOKEN" in the initial metadata of every
+   * call (also over a unix socket); NULL: none. */
+  const char *token;
+} td_rpc_client_opts;
+
+/* As td_rpc_client_open, with credentials (opts NULL: none). NULL on
+ * failure (an empty target, a key pair with one half missing). */
+td_rpc_client *td_rpc_client_open_opts(const char *target, const td_rpc_client_opts *opts);
 void td_rpc_client_close(td_rpc_client *c);
+
+/* Keeps gRPC's own log lines (a failed TLS handshake, ...) off stderr,
+ * since every failure comes back as a status to report; GRPC_VERBOSITY in
+ * the environment brings them back. Process-wide: for a command-line
+ * program, called once before any client is opened. */
+void td_rpc_client_quiet(void);
 
 /* The result of a call: grpc status code and its message. */
 typedef struct td_rpc_status {

@@ -5,8 +5,13 @@
  *   trainctl metrics JOB [--follow] [--since STEP]
  *   trainctl checkpoint JOB | export JOB FILE [--step N] [--no-save]
  *   trainctl devices | health [--service NAME] | info | version [--client]
+ *   trainctl config get-contexts | current-context | use-context NAME
+ *   trainctl config set-context NAME [--addr ADDR] [--tls-ca FILE] ...
  *
- * Global flags go anywhere on the line: --addr, --timeout, -o/--output.
+ * Global flags go anywhere on the line: --addr, --timeout, -o/--output, the
+ * TLS and token flags, --context. Connection settings come from the flags,
+ * the environment, the context (client/context.h) and the defaults, in that
+ * order; credentials are checked before connecting (client/credentials.h).
  * Every call goes through client/rpc_client.h; everything shown to a person
  * is formatted by client/view.c. Exit status: see usage_exit_codes below. */
 #include <errno.h>
@@ -25,6 +30,8 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "context.h"
+#include "credentials.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbjson.h"
 #include "rpc_client.h"
@@ -57,9 +64,10 @@ enum {
   GRPC_OUT_OF_RANGE = 11,
   GRPC_UNIMPLEMENTED = 12,
   GRPC_UNAVAILABLE = 14,
+  GRPC_UNAUTHENTICATED = 16,
 };
 
-#define DEFAULT_ADDR "unix:/run/traind/traind.sock"
+#define DEFAULT_ADDR TD_CTX_DEFAULT_ADDR
 #define DEFAULT_TIMEOUT 10.0
 #define METHOD(rpc) "/traind.v1.Trainer/" rpc
 #define HEALTH_CHECK "/grpc.health.v1.Health/Check"
@@ -83,9 +91,19 @@ enum {
   FL_CLIENT,
   FL_STEP,
   FL_NO_SAVE,
+  FL_TLS_CA,
+  FL_TLS_CERT,
+  FL_TLS_KEY,
+  FL_TLS_SERVER_NAME,
+  FL_TLS,
+  FL_TOKEN_FILE,
+  FL_CONTEXT,
   FL_COUNT
 };
-#define GLOBAL_FLAGS ((1u << FL_ADDR) | (1u << FL_TIMEOUT) | (1u << FL_OUTPUT) | (1u << FL_HELP))
+#define CONN_FLAGS                                                                  \
+  ((1u << FL_ADDR) | (1u << FL_TLS_CA) | (1u << FL_TLS_CERT) | (1u << FL_TLS_KEY) | \
+   (1u << FL_TLS_SERVER_NAME) | (1u << FL_TLS) | (1u << FL_TOKEN_FILE) | (1u << FL_CONTEXT))
+#define GLOBAL_FLAGS (CONN_FLAGS | (1u << FL_TIMEOUT) | (1u << FL_OUTPUT) | (1u << FL_HELP))
 
 typedef struct flag_def {
   const char *name; /* long name, without "--" */
@@ -97,7 +115,7 @@ typedef struct flag_def {
 static const flag_def flag_defs[FL_COUNT] = {
     [FL_ADDR] = {"addr", 0, "ADDR",
                  "traind's address: unix:/path/to/sock or host:port (default: "
-                 "$TRAIND_ADDR, else " DEFAULT_ADDR ")"},
+                 "$TRAIND_ADDR, else the context's, else " DEFAULT_ADDR ")"},
     [FL_TIMEOUT] = {"timeout", 0, "SECONDS",
                     "deadline of each call (default 10; 0 means none); --follow streams "
                     "have none unless this is given. Accepts 2.5, 30s, 500ms, 2m"},
@@ -118,6 +136,28 @@ static const flag_def flag_defs[FL_COUNT] = {
     [FL_NO_SAVE] = {"no-save", 0, NULL,
                     "export the newest checkpoint as it is, without first checkpointing a "
                     "running job"},
+    [FL_TLS_CA] = {"tls-ca", 0, "FILE",
+                   "connect with TLS, verifying the daemon's certificate against the PEM CA "
+                   "certificates in FILE ($TRAINCTL_TLS_CA)"},
+    [FL_TLS_CERT] = {"tls-cert", 0, "FILE",
+                     "the client certificate (PEM) shown to the daemon, with --tls-key "
+                     "($TRAINCTL_TLS_CERT)"},
+    [FL_TLS_KEY] = {"tls-key", 0, "FILE",
+                    "the client certificate's private key (PEM, unencrypted) "
+                    "($TRAINCTL_TLS_KEY)"},
+    [FL_TLS_SERVER_NAME] = {"tls-server-name", 0, "NAME",
+                            "the name the daemon's certificate must hold, when it is not the "
+                            "address's host ($TRAINCTL_TLS_SERVER_NAME)"},
+    [FL_TLS] = {"tls", 0, NULL,
+                "connect with TLS, verifying the daemon against the system's CA roots when "
+                "--tls-ca is not given; --tls=false: plaintext, whatever the environment and "
+                "the context say"},
+    [FL_TOKEN_FILE] = {"token-file", 0, "FILE",
+                       "send the bearer token held in FILE with every call "
+                       "($TRAINCTL_TOKEN_FILE); only over TLS or to a local address"},
+    [FL_CONTEXT] = {"context", 0, "NAME",
+                    "use the named context of the config file ($TRAINCTL_CONTEXT; default: its "
+                    "current context; \"\" for none); see 'trainctl config --help'"},
 };
 
 typedef struct ctl ctl;
@@ -138,6 +178,16 @@ struct ctl {
   const command *cmd;
   const char *args[2];
   int nargs;
+  /* Connection settings: those the flags gave and the environment's, the
+   * context asked for (NULL: the file's current one), the config file
+   * (loaded on first use) and what they resolve to. addr is the address
+   * in use, for messages. */
+  td_ctx_settings flags, env;
+  const char *context;
+  td_ctx_file file;
+  int file_loaded;
+  td_ctx_conn conn;
+  int resolved;
   char addr[1024];
   double timeout;
   int timeout_given;
@@ -192,7 +242,8 @@ static int exit_for_status(int code) {
   switch (code) {
   case GRPC_INVALID_ARGUMENT:
   case GRPC_OUT_OF_RANGE:
-  case GRPC_PERMISSION_DENIED:   /* a dataset path outside the data roots */
+  case GRPC_PERMISSION_DENIED:   /* a role or a data root that does not allow it */
+  case GRPC_UNAUTHENTICATED:     /* no credentials, or ones the daemon does not know */
   case GRPC_FAILED_PRECONDITION: /* more devices than the daemon has, ... */
     return EXIT_USAGE;
   case GRPC_UNAVAILABLE:
@@ -207,6 +258,61 @@ static int exit_for_status(int code) {
 
 static int is_cmd(const ctl *c, const char *name) { return strcmp(c->cmd->name, name) == 0; }
 
+/* An UNAVAILABLE call over TLS: what gRPC's detail says about the
+ * certificates, as one line with the fix (gRPC's words in brackets at the
+ * end). Returns 0 when it says nothing about them. */
+static int tls_fail(const ctl *c, const char *msg) {
+  const td_ctx_conn *k = &c->conn;
+  const char *detail = td_cred_tls_detail(msg);
+  const char *cert = k->str[TD_CTX_TLS_CERT], *sni = k->str[TD_CTX_TLS_SERVER_NAME];
+  char name[512], ca[1200];
+  if (k->str[TD_CTX_TLS_CA])
+    snprintf(ca, sizeof ca, "the CA in %s (from %s)", k->str[TD_CTX_TLS_CA],
+             k->origin[TD_CTX_TLS_CA]);
+  else
+    snprintf(ca, sizeof ca, "the system's CA roots (no --tls-ca)");
+  switch (td_cred_tls_failure(msg)) {
+  case TD_CRED_TLS_SERVER_CERT:
+    return fail(EXIT_UNREACHABLE,
+                "cannot reach traind at %s: its TLS certificate did not verify against %s: it "
+                "comes from another CA, or has expired; give --tls-ca the CA that signed the "
+                "daemon's certificate [%s]",
+                c->addr, ca, detail);
+  case TD_CRED_TLS_SERVER_NAME:
+    td_cred_checked_name(c->addr, sni, name, sizeof name);
+    if (sni)
+      return fail(EXIT_UNREACHABLE,
+                  "cannot reach traind at %s: its TLS certificate verified but is not for the "
+                  "name '%s' that was checked (from %s); give --tls-server-name a name the "
+                  "certificate holds [%s]",
+                  c->addr, name, k->origin[TD_CTX_TLS_SERVER_NAME], detail);
+    return fail(EXIT_UNREACHABLE,
+                "cannot reach traind at %s: its TLS certificate verified but is not for the "
+                "name '%s' that was checked (the address's host); connect by a name the "
+                "certificate holds, or check another with --tls-server-name NAME [%s]",
+                c->addr, name, detail);
+  case TD_CRED_TLS_CLIENT_CERT:
+  case TD_CRED_TLS_CLOSED:
+    if (!cert)
+      return fail(EXIT_UNREACHABLE,
+                  "cannot reach traind at %s: the daemon closed the TLS connection; it wants "
+                  "a client certificate, most likely: give --tls-cert and --tls-key [%s]",
+                  c->addr, detail);
+    return fail(EXIT_UNREACHABLE,
+                "cannot reach traind at %s: the daemon closed the TLS connection; it refused "
+                "the client certificate %s (from %s), most likely: give one signed by a CA "
+                "the daemon trusts for clients (its client_ca_file) [%s]",
+                c->addr, cert, k->origin[TD_CTX_TLS_CERT], detail);
+  case TD_CRED_TLS_HANDSHAKE:
+    return fail(EXIT_UNREACHABLE,
+                "cannot reach traind at %s: the TLS handshake failed; check that the daemon "
+                "serves TLS at this address (TLS is on through %s) [%s]",
+                c->addr, k->tls_origin ? k->tls_origin : "a TLS setting", detail);
+  default:
+    return 0;
+  }
+}
+
 /* Reports a failed call (`what`: "get job j-1") with a hint that fits the
  * status and the command, and returns the exit status. */
 static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
@@ -214,6 +320,17 @@ static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
   const char *hint;
   switch (st->code) {
   case GRPC_UNAVAILABLE:
+    if (c->conn.tls) {
+      int rc = tls_fail(c, msg);
+      if (rc)
+        return rc;
+    } else if (strncmp(c->addr, "unix", 4) != 0 && td_cred_tls_failure(msg) == TD_CRED_TLS_CLOSED) {
+      /* What a TLS listener does with a plaintext client. */
+      return fail(EXIT_UNREACHABLE,
+                  "cannot reach traind at %s: the daemon closed the connection; if it serves "
+                  "TLS there, connect with --tls-ca FILE (or --tls) [%s]",
+                  c->addr, td_cred_tls_detail(msg));
+    }
     /* The client library names the address itself when it never connected. */
     if (strncmp(msg, "cannot reach traind", 19) == 0)
       return fail(EXIT_UNREACHABLE, "%s; is the daemon running? set --addr or TRAIND_ADDR", msg);
@@ -238,7 +355,11 @@ static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
   case GRPC_PERMISSION_DENIED:
     hint = is_cmd(c, "submit") ? "dataset paths must lie under the daemon's data dirs "
                                  "(trainctl info lists them)"
-                               : "check the daemon's configuration";
+                               : "'trainctl info' shows who the daemon takes you for and "
+                                 "your role; ask its admin";
+    break;
+  case GRPC_UNAUTHENTICATED:
+    hint = "give a token (--token-file) or a client certificate (--tls-cert, --tls-key)";
     break;
   case GRPC_FAILED_PRECONDITION:
     hint = is_cmd(c, "submit")   ? "the daemon cannot run the job as written; "
@@ -260,20 +381,111 @@ static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
    * with trainctl list"); then they stand as they are. */
   if (strstr(msg, "; "))
     return fail(exit_for_status(st->code), "%s: %s", what, msg);
+  /* A refusal of the credentials says which ones the daemon wants. */
+  if (st->code == GRPC_UNAUTHENTICATED && st->message[0])
+    return fail(exit_for_status(st->code), "%s: %s (%s)", what, msg, td_grpc_code_name(st->code));
   return fail(exit_for_status(st->code), "%s: %s (%s); %s", what, msg, td_grpc_code_name(st->code),
               hint);
 }
 
 /* ------------------------------------------------------------ calls */
 
+/* Loads the config file (once). */
+static int load_config(ctl *c) {
+  if (c->file_loaded)
+    return 0;
+  td_error err;
+  memset(&err, 0, sizeof err);
+  if (td_ctx_load(&c->file, NULL, &err))
+    return fail(EXIT_USAGE, "%s", err.msg);
+  c->file_loaded = 1;
+  return 0;
+}
+
+/* Resolves the connection settings (once): flag > environment > context >
+ * default. */
+static int resolve_conn(ctl *c) {
+  if (c->resolved)
+    return 0;
+  int rc = load_config(c);
+  if (rc)
+    return rc;
+  td_error err;
+  memset(&err, 0, sizeof err);
+  if (td_ctx_resolve(&c->flags, &c->env, c->context, &c->file, &c->conn, &err))
+    return fail(EXIT_USAGE, "%s", err.msg);
+  c->resolved = 1;
+  snprintf(c->addr, sizeof c->addr, "%s", c->conn.str[TD_CTX_ADDR]);
+  return 0;
+}
+
+/* Frees a secret's text after wiping it. */
+static void free_secret(char *s) {
+  if (s) {
+    volatile char *p = s;
+    while (*p)
+      *p++ = 0;
+  }
+  free(s);
+}
+
+/* Reads and checks the credentials the settings name, then makes the
+ * client. Every problem with a file is reported here, before connecting. */
 static int open_rpc(ctl *c) {
   if (c->rpc)
     return 0;
-  if (!(c->rpc = td_rpc_client_open(c->addr)))
+  int rc = resolve_conn(c);
+  if (rc)
+    return rc;
+  const td_ctx_conn *k = &c->conn;
+  td_rpc_client_opts o;
+  memset(&o, 0, sizeof o);
+  char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
+  td_error err;
+  memset(&err, 0, sizeof err);
+  const char *cert_path = k->str[TD_CTX_TLS_CERT], *key_path = k->str[TD_CTX_TLS_KEY];
+  if (!cert_path != !key_path) {
+    int have = cert_path ? TD_CTX_TLS_CERT : TD_CTX_TLS_KEY;
     return fail(EXIT_USAGE,
-                "cannot use '%s' as traind's address; give --addr as unix:/path/to/sock or "
-                "host:port",
-                c->addr);
+                "%s %s (from %s) needs %s too: a client certificate and its key go together; "
+                "give both or neither",
+                cert_path ? "the client certificate" : "the key", k->str[have], k->origin[have],
+                cert_path ? "--tls-key" : "--tls-cert");
+  }
+  if (k->str[TD_CTX_TLS_CA])
+    rc = td_cred_read_ca(k->str[TD_CTX_TLS_CA], k->origin[TD_CTX_TLS_CA], &ca, &err);
+  if (!rc && cert_path)
+    rc = td_cred_read_pair(cert_path, k->origin[TD_CTX_TLS_CERT], key_path,
+                           k->origin[TD_CTX_TLS_KEY], &cert, &key, &err);
+  if (!rc && k->str[TD_CTX_TOKEN_FILE])
+    rc = td_cred_read_token(k->str[TD_CTX_TOKEN_FILE], k->origin[TD_CTX_TOKEN_FILE], &token, &err);
+  if (!rc && token && !k->tls && !td_cred_target_is_local(c->addr)) {
+    rc = td_errorf(&err, TD_EINVAL,
+                   "refusing to send the token from %s (%s) in plain text to %s, which is not a "
+                   "loopback address; connect with TLS: --tls-ca FILE (the CA of the daemon's "
+                   "certificate), or --tls for the system's CAs",
+                   k->str[TD_CTX_TOKEN_FILE], k->origin[TD_CTX_TOKEN_FILE], c->addr);
+  }
+  if (!rc) {
+    o.tls = k->tls;
+    o.ca_pem = ca;
+    o.cert_pem = cert;
+    o.key_pem = key;
+    o.server_name = k->str[TD_CTX_TLS_SERVER_NAME];
+    o.token = token;
+    c->rpc = td_rpc_client_open_opts(c->addr, &o);
+  }
+  free(ca);
+  free(cert);
+  free_secret(key);
+  free_secret(token);
+  if (rc)
+    return fail(EXIT_USAGE, "%s", err.msg);
+  if (!c->rpc)
+    return fail(EXIT_USAGE,
+                "cannot use '%s' (from %s) as traind's address; give --addr as "
+                "unix:/path/to/sock or host:port",
+                c->addr, k->origin[TD_CTX_ADDR]);
   return 0;
 }
 
@@ -1084,6 +1296,113 @@ static int cmd_export(ctl *c) {
   return rc;
 }
 
+/* `config get-contexts`: one row per context, * marking the current one. */
+static int config_get_contexts(ctl *c) {
+  const Traind__V1__ClientConfig *cfg = c->file.cfg;
+  if (c->output != OUT_TABLE)
+    return print_message(c, &cfg->base, 0);
+  if (cfg->n_contexts == 0) {
+    fprintf(stderr,
+            "no contexts in %s ('trainctl config set-context NAME --addr ADDR' makes one)\n",
+            c->file.path);
+    return 0;
+  }
+  static const char *const header[] = {"CURRENT", "NAME",        "ADDRESS",
+                                       "TLS CA",  "CLIENT CERT", "TOKEN FILE"};
+  td_table t;
+  int rc = td_table_init(&t, 6, header, NULL) ? -1 : 0;
+  for (size_t i = 0; !rc && i < cfg->n_contexts; i++) {
+    const Traind__V1__ClientContext *x = cfg->contexts[i];
+    const char *ca = *x->tls_ca                                      ? x->tls_ca
+                     : x->tls || *x->tls_cert || *x->tls_server_name ? "(system roots)"
+                                                                     : "-";
+    const char *row[] = {strcmp(x->name, cfg->current_context) == 0 ? "*" : "",
+                         x->name,
+                         *x->address ? x->address : "-",
+                         ca,
+                         *x->tls_cert ? x->tls_cert : "-",
+                         *x->token_file ? x->token_file : "-"};
+    rc = td_table_add(&t, row);
+  }
+  if (!rc)
+    td_table_print(&t, stdout);
+  td_table_free(&t);
+  return rc ? fail(EXIT_RPC, "out of memory formatting the contexts; free some memory") : 0;
+}
+
+/* `trainctl config SUBCOMMAND [NAME]`: reads and rewrites the contexts
+ * file; never connects. */
+static int cmd_config(ctl *c) {
+  const char *sub = c->args[0], *name = c->nargs > 1 ? c->args[1] : NULL;
+  static const char *const subs[] = {"get-contexts", "current-context", "use-context",
+                                     "set-context"};
+  int k = -1;
+  for (int i = 0; i < 4; i++)
+    if (strcmp(sub, subs[i]) == 0)
+      k = i;
+  if (k < 0)
+    return usage_error(c,
+                       "unknown config command '%s'; use get-contexts, current-context, "
+                       "use-context or set-context",
+                       sub);
+  if (k >= 2 && !name)
+    return usage_error(c, "config %s needs the context's NAME", sub);
+  if (k < 2 && name)
+    return usage_error(c, "config %s takes no NAME (got '%s')", sub, name);
+  unsigned set = 0;
+  for (int i = 0; i < TD_CTX_NSTR; i++)
+    if (c->flags.str[i])
+      set |= 1u << i;
+  if (k != 3 && (set || c->flags.tls >= 0))
+    return usage_error(c, "config %s takes no connection flags; they go with set-context", sub);
+  int rc = load_config(c);
+  if (rc)
+    return rc;
+  td_error err;
+  memset(&err, 0, sizeof err);
+  Traind__V1__ClientConfig *cfg = c->file.cfg;
+  switch (k) {
+  case 0:
+    return config_get_contexts(c);
+  case 1:
+    if (!*cfg->current_context)
+      return fail(EXIT_NOT_FOUND,
+                  "%s sets no current context; 'trainctl config use-context NAME' sets one",
+                  c->file.path);
+    if (c->output == OUT_TABLE) {
+      printf("%s\n", cfg->current_context);
+      return 0;
+    } else {
+      Traind__V1__ClientConfig only = TRAIND__V1__CLIENT_CONFIG__INIT;
+      only.current_context = cfg->current_context;
+      return print_message(c, &only.base, 0);
+    }
+  case 2:
+    if (td_ctx_use(&c->file, name, &err))
+      return fail(EXIT_USAGE, "%s", err.msg);
+    if (td_ctx_save(&c->file, &err))
+      return fail(EXIT_RPC, "%s", err.msg);
+    if (c->output == OUT_TABLE)
+      printf("switched to context '%s'\n", name);
+    else
+      return print_message(c, &cfg->base, 0);
+    return 0;
+  default: {
+    int created = 0;
+    if (td_ctx_set(&c->file, name, &c->flags, &created, &err))
+      return fail(err.code == TD_ENOMEM ? EXIT_RPC : EXIT_USAGE, "%s", err.msg);
+    if (td_ctx_save(&c->file, &err))
+      return fail(EXIT_RPC, "%s", err.msg);
+    if (c->output != OUT_TABLE)
+      return print_message(c, &td_ctx_find(&c->file, name)->base, 0);
+    printf("context '%s' %s in %s\n", name, created ? "created" : "updated", c->file.path);
+    if (created && strcmp(cfg->current_context, name) != 0)
+      printf("'trainctl config use-context %s' makes it the current context\n", name);
+    return 0;
+  }
+  }
+}
+
 static const command commands[] = {
     {"submit", cmd_submit, "FILE [--follow] [--name NAME]", 1, 1,
      (1u << FL_FOLLOW) | (1u << FL_NAME), OUT_TABLE | OUT_JSON | OUT_YAML,
@@ -1143,6 +1462,27 @@ static const command commands[] = {
     {"version", cmd_version, "[--client]", 0, 0, 1u << FL_CLIENT, OUT_TABLE | OUT_JSON | OUT_YAML,
      "print trainctl's and the daemon's versions",
      "Prints trainctl's version and the daemon's (from GetDaemonInfo).\n"},
+    {"config", cmd_config,
+     "get-contexts | current-context | use-context NAME | set-context NAME [flags]", 1, 2, 0,
+     OUT_TABLE | OUT_JSON | OUT_YAML,
+     "show or change the contexts: named daemons and how to reach them",
+     "A context names a daemon's address and the credentials for it, so that\n"
+     "'--context NAME' (or the current context) stands for all of them. The\n"
+     "contexts live in $TRAINCTL_CONFIG, else $XDG_CONFIG_HOME/trainctl/config.yaml,\n"
+     "else ~/.config/trainctl/config.yaml (a traind.v1.ClientConfig in YAML).\n"
+     "Flags and environment variables override a context's settings.\n"
+     "\n"
+     "  get-contexts        list the contexts; * marks the current one\n"
+     "  current-context     print the current context's name (exit 4: none)\n"
+     "  use-context NAME    make NAME the current context\n"
+     "  set-context NAME    create NAME, or change the settings given as flags:\n"
+     "                      --addr, --tls-ca, --tls-cert, --tls-key,\n"
+     "                      --tls-server-name, --tls[=false], --token-file\n"
+     "                      (relative paths are stored as absolute ones; an\n"
+     "                      empty value such as --tls-ca= clears a setting;\n"
+     "                      the environment's values are not stored)\n"
+     "\n"
+     "The file is rewritten whole (mode 0600) by use-context and set-context.\n"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -1153,10 +1493,11 @@ static const char usage_exit_codes[] =
     "  0  success (with --follow: the job SUCCEEDED)\n"
     "  1  the followed job FAILED (health: the daemon is not SERVING)\n"
     "  2  bad usage or bad input: unknown flag, unreadable or invalid job file,\n"
-    "     INVALID_ARGUMENT, OUT_OF_RANGE, PERMISSION_DENIED or\n"
+    "     credentials that do not check out (before connecting),\n"
+    "     INVALID_ARGUMENT, OUT_OF_RANGE, PERMISSION_DENIED, UNAUTHENTICATED or\n"
     "     FAILED_PRECONDITION from the daemon\n"
     "  3  the daemon cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED)\n"
-    "  4  not found (NOT_FOUND): no such job\n"
+    "  4  not found (NOT_FOUND): no such job; config current-context: none set\n"
     "  5  the followed job was CANCELLED\n"
     "  6  any other error from the daemon\n"
     "  130  interrupted while following (the job goes on)\n";
@@ -1170,6 +1511,9 @@ static void print_flag(FILE *out, int id) {
            d->short_name ? d->short_name : ' ', d->short_name ? ", " : "  ", d->name,
            d->arg ? " " : "", d->arg ? d->arg : "");
   fprintf(out, "  %-*s", INDENT - 3, left);
+  /* A long flag gets its text on the next line. */
+  if ((int)strlen(left) > INDENT - 4)
+    fprintf(out, "\n%*s", INDENT - 1, "");
   int col = INDENT - 1;
   for (const char *w = d->help; *w;) {
     size_t n = strcspn(w, " ");
@@ -1230,8 +1574,17 @@ static void main_help(FILE *out) {
   for (int i = 0; i < FL_COUNT; i++)
     if (GLOBAL_FLAGS & (1u << i))
       print_flag(out, i);
-  fputs("\nenvironment:\n"
-        "  TRAIND_ADDR            the daemon's address when --addr is not given\n"
+  fputs("\nenvironment (a flag overrides its variable, which overrides the context):\n"
+        "  TRAIND_ADDR               the daemon's address (--addr)\n"
+        "  TRAINCTL_TLS_CA           --tls-ca\n"
+        "  TRAINCTL_TLS_CERT         --tls-cert\n"
+        "  TRAINCTL_TLS_KEY          --tls-key\n"
+        "  TRAINCTL_TLS_SERVER_NAME  --tls-server-name\n"
+        "  TRAINCTL_TOKEN_FILE       --token-file\n"
+        "  TRAINCTL_CONTEXT          --context\n"
+        "  TRAINCTL_CONFIG           the contexts file (default:\n"
+        "                            $XDG_CONFIG_HOME/trainctl/config.yaml, else\n"
+        "                            ~/.config/trainctl/config.yaml)\n"
         "\n'trainctl COMMAND --help' describes each command.\n\n",
         out);
   fputs(usage_exit_codes, out);
@@ -1279,10 +1632,36 @@ static int apply_flag(ctl *c, int id, const char *flag, const char *val) {
   uint64_t u;
   switch (id) {
   case FL_ADDR:
-    if (!*val)
-      return usage_error(c, "--addr is empty; give unix:/path/to/sock or host:port");
-    /* A bare socket path is taken as a unix: address. */
-    snprintf(c->addr, sizeof c->addr, "%s%s", val[0] == '/' ? "unix:" : "", val);
+    /* Empty values are refused after parsing, except by set-context, where
+     * they clear a setting. A bare socket path is taken as a unix:
+     * address when the settings are resolved. */
+    c->flags.str[TD_CTX_ADDR] = val;
+    return 0;
+  case FL_TLS_CA:
+    c->flags.str[TD_CTX_TLS_CA] = val;
+    return 0;
+  case FL_TLS_CERT:
+    c->flags.str[TD_CTX_TLS_CERT] = val;
+    return 0;
+  case FL_TLS_KEY:
+    c->flags.str[TD_CTX_TLS_KEY] = val;
+    return 0;
+  case FL_TLS_SERVER_NAME:
+    c->flags.str[TD_CTX_TLS_SERVER_NAME] = val;
+    return 0;
+  case FL_TOKEN_FILE:
+    c->flags.str[TD_CTX_TOKEN_FILE] = val;
+    return 0;
+  case FL_TLS:
+    if (!val || strcmp(val, "true") == 0)
+      c->flags.tls = 1;
+    else if (strcmp(val, "false") == 0)
+      c->flags.tls = 0;
+    else
+      return usage_error(c, "--tls takes no value, or =true or =false; got '%s'", val);
+    return 0;
+  case FL_CONTEXT:
+    c->context = val;
     return 0;
   case FL_TIMEOUT: {
     double t = parse_seconds(val);
@@ -1416,7 +1795,7 @@ static int parse_args(ctl *c, int argc, char **argv) {
                          c->cmd ? c->cmd->name : "");
     }
     const flag_def *d = &flag_defs[id];
-    if (!d->arg && val)
+    if (!d->arg && val && id != FL_TLS)
       return usage_error(c, "flag --%s takes no value", d->name);
     if (d->arg && !val) {
       if (i + 1 >= argc)
@@ -1439,6 +1818,15 @@ static int parse_args(ctl *c, int argc, char **argv) {
   }
   if (c->nargs < c->cmd->min_args)
     return usage_error(c, "%s needs %s", c->cmd->name, c->cmd->synopsis);
+  /* An empty value clears a context's setting in set-context; elsewhere
+   * it is a mistake (--context "" alone means no context). */
+  if (!is_cmd(c, "config"))
+    for (int i = 0; i < TD_CTX_NSTR; i++)
+      if (c->flags.str[i] && !*c->flags.str[i])
+        return usage_error(c, "%s is empty; give %s", td_ctx_flag_name(i),
+                           i == TD_CTX_ADDR              ? "unix:/path/to/sock or host:port"
+                           : i == TD_CTX_TLS_SERVER_NAME ? "a name"
+                                                         : "a file");
   if (!(c->cmd->outputs & (unsigned)c->output)) {
     char formats[64];
     outputs_text(c->cmd->outputs, formats, sizeof formats);
@@ -1466,9 +1854,11 @@ int main(int argc, char **argv) {
   memset(&c, 0, sizeof c);
   c.output = OUT_TABLE;
   c.timeout = DEFAULT_TIMEOUT;
-  const char *env = getenv("TRAIND_ADDR");
-  snprintf(c.addr, sizeof c.addr, "%s%s", env && env[0] == '/' ? "unix:" : "",
-           env && *env ? env : DEFAULT_ADDR);
+  td_ctx_settings_init(&c.flags);
+  td_ctx_settings_from_env(&c.env);
+  const char *env = getenv("TRAINCTL_CONTEXT");
+  c.context = env && *env ? env : NULL;
+  snprintf(c.addr, sizeof c.addr, "%s", DEFAULT_ADDR);
 
   if (argc >= 2 && strcmp(argv[1], "help") == 0)
     return help_command(argc, argv);
@@ -1479,6 +1869,7 @@ int main(int argc, char **argv) {
   int rc = parse_args(&c, argc, argv);
   if (rc)
     return rc < 0 ? EXIT_OK : rc;
+  td_rpc_client_quiet();
 
   /* Unicode blocks for bars and curves only where the terminal takes UTF-8;
    * only LC_CTYPE is set, so numbers keep their '.'. */
@@ -1488,6 +1879,8 @@ int main(int argc, char **argv) {
   rc = c.cmd->run(&c);
   if (c.rpc)
     td_rpc_client_close(c.rpc);
+  td_ctx_conn_free(&c.conn);
+  td_ctx_file_free(&c.file);
   if (fflush(stdout) != 0 || ferror(stdout)) {
     fprintf(stderr, "trainctl: cannot write the output: %s; check stdout\n", strerror(errno));
     return rc ? rc : EXIT_RPC;

@@ -389,9 +389,9 @@ static int has_test(const Traind__V1__LatestMetrics *m) {
 }
 
 int td_view_jobs_table(td_table *t, Traind__V1__Job *const *jobs, size_t n, double now) {
-  static const char *const header[] = {"ID",   "NAME",     "STATE", "PROGRESS",
-                                       "LOSS", "TEST ACC", "AGE"};
-  if (td_table_init(t, 7, header, "llllrrr"))
+  static const char *const header[] = {"ID",       "NAME", "OWNER",    "STATE",
+                                       "PROGRESS", "LOSS", "TEST ACC", "AGE"};
+  if (td_table_init(t, 8, header, "lllllrrr"))
     return -1;
   for (size_t i = 0; i < n; i++) {
     const Traind__V1__Job *j = jobs[i];
@@ -404,7 +404,9 @@ int td_view_jobs_table(td_table *t, Traind__V1__Job *const *jobs, size_t n, doub
       snprintf(acc, sizeof acc, "%.2f%%", j->metrics->test_accuracy * 100.0);
     if (j->created)
       td_view_age(now - td_view_ts_seconds(j->created), age, sizeof age);
-    const char *row[] = {j->id, j->name, state, progress, loss, acc, age};
+    /* Jobs from before owners were kept have none. */
+    const char *owner = j->owner && *j->owner ? j->owner : "-";
+    const char *row[] = {j->id, j->name, owner, state, progress, loss, acc, age};
     if (td_table_add(t, row))
       return -1;
   }
@@ -533,6 +535,9 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
   fprintf(out, "id:            %s\n", buf);
   td_view_sanitize(job->name, buf, sizeof buf);
   fprintf(out, "name:          %s\n", buf);
+  td_view_sanitize(job->owner && *job->owner ? job->owner : "- (submitted before owners were kept)",
+                   buf, sizeof buf);
+  fprintf(out, "owner:         %s\n", buf);
   fprintf(out, "state:         %s\n", td_view_state_name(job->state, a, sizeof a));
   if (job->error && *job->error) {
     td_view_sanitize(job->error, buf, sizeof buf);
@@ -641,6 +646,15 @@ void td_view_daemon_info(FILE *out, const Traind__V1__DaemonInfo *info, double n
                      b, sizeof b);
   fprintf(out, "started:        %s (up %s)\n", a, b);
   string_list(out, "listen:         ", info->listen, info->n_listen);
+  if (info->n_insecure_listen)
+    string_list(out, "insecure:       ", info->insecure_listen, info->n_insecure_listen);
+  if (info->caller && *info->caller) {
+    char who[512], role[64];
+    td_view_sanitize(info->caller, who, sizeof who);
+    td_view_sanitize(info->caller_role && *info->caller_role ? info->caller_role : "-", role,
+                     sizeof role);
+    fprintf(out, "you are:        %s (role %s)\n", who, role);
+  }
   string_list(out, "data dirs:      ", info->data_dirs, info->n_data_dirs);
   fprintf(out,
           "jobs:           %" PRIu32 " running, %" PRIu32 " queued, %" PRIu32

@@ -89,7 +89,8 @@ void td_view_csv_field(FILE *out, const char *s);
 
 /* ------------------------------------------------------------ records */
 
-/* `trainctl list`: ID, NAME, STATE, PROGRESS, LOSS, TEST ACC, AGE. */
+/* `trainctl list`: ID, NAME, OWNER, STATE, PROGRESS, LOSS, TEST ACC, AGE
+ * (OWNER "-" for jobs kept from before owners were). */
 int td_view_jobs_table(td_table *t, Traind__V1__Job *const *jobs, size_t n, double now);
 /* `trainctl get`: one "key: value" line per fact, the error when there is one,
  * and a summary of the spec. */
@@ -98,7 +99,8 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
 void td_view_checkpoint(const Traind__V1__CheckpointInfo *c, double now, char *buf, size_t cap);
 /* `trainctl devices`: ID, KIND, THREADS, JOB, DESCRIPTION. */
 int td_view_devices_table(td_table *t, const Traind__V1__ListDevicesResponse *r);
-/* `trainctl info`: key: value lines. */
+/* `trainctl info`: key: value lines, with the caller as the daemon sees it
+ * and its plaintext network addresses when it has any. */
 void td_view_daemon_info(FILE *out, const Traind__V1__DaemonInfo *info, double now);
 
 /* `trainctl metrics`: step rows in order of step, each epoch's summary as a

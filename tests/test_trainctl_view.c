@@ -199,19 +199,50 @@ static void test_jobs_table(void) {
   jobs[0]->metrics->loss = 0.12345f;
   jobs[0]->metrics->test_accuracy = 0.9701f;
   jobs[0]->metrics->test_loss = 0.1f;
+  /* The second job predates owners: it has none. */
+  jobs[0]->owner = strdup("alice\x1b[2J");
   td_table t;
   CHECK(td_view_jobs_table(&t, jobs, 2, 1714564800.0 + 600) == 0, "jobs table");
   capture c;
   cap_open(&c);
   td_table_print(&t, c.f);
   char *s = cap_close(&c);
-  CHECK_STR(s, "ID    NAME       STATE    PROGRESS       LOSS  TEST ACC  AGE\n"
-               "j-1   mnist-mlp  RUNNING  2/10 epochs  0.1235    97.01%  10m\n"
-               "j-22  mnist-mlp  QUEUED   0/10 epochs       -         -  10m\n");
+  CHECK_STR(s, "ID    NAME       OWNER      STATE    PROGRESS       LOSS  TEST ACC  AGE\n"
+               "j-1   mnist-mlp  alice?[2J  RUNNING  2/10 epochs  0.1235    97.01%  10m\n"
+               "j-22  mnist-mlp  -          QUEUED   0/10 epochs       -         -  10m\n");
   free(s);
   td_table_free(&t);
   for (int i = 0; i < 2; i++)
     traind__v1__job__free_unpacked(jobs[i], NULL); /* all calloc/strdup: frees the same way */
+}
+
+/* `trainctl info`: the caller line and the plaintext network addresses
+ * appear only when the daemon reports them. */
+static void test_daemon_info(void) {
+  Traind__V1__DaemonInfo info = TRAIND__V1__DAEMON_INFO__INIT;
+  char *listen[] = {"unix:/run/traind/traind.sock", "0.0.0.0:7070"};
+  info.version = "0.1.0";
+  info.n_listen = 2;
+  info.listen = listen;
+  info.uptime_sec = 3723;
+  capture c;
+  cap_open(&c);
+  td_view_daemon_info(c.f, &info, 0);
+  char *s = cap_close(&c);
+  CHECK_STR_CONTAINS(s, "version:        0.1.0\n");
+  CHECK_STR_CONTAINS(s, "listen:         unix:/run/traind/traind.sock, 0.0.0.0:7070\n");
+  CHECK(!strstr(s, "you are:") && !strstr(s, "insecure:"), "no caller, no insecure line:\n%s", s);
+  free(s);
+  info.n_insecure_listen = 1;
+  info.insecure_listen = listen + 1;
+  info.caller = "alice";
+  info.caller_role = "user";
+  cap_open(&c);
+  td_view_daemon_info(c.f, &info, 0);
+  s = cap_close(&c);
+  CHECK_STR_CONTAINS(s, "insecure:       0.0.0.0:7070\n");
+  CHECK_STR_CONTAINS(s, "you are:        alice (role user)\n");
+  free(s);
 }
 
 static Traind__V1__JobSpec *load_reference_spec(void) {
@@ -232,12 +263,13 @@ static void test_job_detail(void) {
   j->error = strdup("step 123: loss is NaN");
   j->error_code = 13;
   j->spec = load_reference_spec();
+  j->owner = strdup("unix:bob");
   capture c;
   cap_open(&c);
   td_view_job_detail(c.f, j, 1714564800.0 + 7200, 1);
   char *s = cap_close(&c);
   CHECK_STR_CONTAINS(s, "id:            j-7\n");
-  CHECK_STR_CONTAINS(s, "name:          mnist?mlp\n");
+  CHECK_STR_CONTAINS(s, "name:          mnist?mlp\nowner:         unix:bob\n");
   CHECK_STR_CONTAINS(s, "state:         FAILED\n");
   CHECK_STR_CONTAINS(s, "error:         step 123: loss is NaN (INTERNAL)\n");
   CHECK_STR_CONTAINS(s, "progress:      0/10 epochs, step 123/4680 (3%)\n");
@@ -248,6 +280,15 @@ static void test_job_detail(void) {
   CHECK_STR_CONTAINS(s, "dataset:       idx mnist\n");
   CHECK_STR_CONTAINS(s, "training:      10 epochs, batch 128, seed 0\n");
   CHECK(!strstr(s, "test:"), "no test line before an evaluation:\n%s", s);
+  free(s);
+
+  /* A record from before owners were kept. */
+  free(j->owner);
+  j->owner = strdup("");
+  cap_open(&c);
+  td_view_job_detail(c.f, j, 1714564800.0 + 7200, 1);
+  s = cap_close(&c);
+  CHECK_STR_CONTAINS(s, "owner:         - (submitted before owners were kept)\n");
   free(s);
 
   CHECK_STR(td_view_oneof_name(&j->spec->model->layers[1]->base), "relu");
@@ -601,6 +642,7 @@ int main(void) {
   test_table();
   test_jobs_table();
   test_job_detail();
+  test_daemon_info();
   test_metrics();
   test_yaml();
   test_follow_plain();
