@@ -50,7 +50,8 @@ Jobs are tiny (2 steps on a synthetic HDF5 dataset), so no MNIST is needed.
                        handshakes
   secure_by_default    plaintext on 0.0.0.0 is refused (flag and listeners
                        entry) naming tls/insecure; insecure: true starts
-                       with a warning, shows in GetDaemonInfo.insecure_listen,
+                       with a warning, shows in GetDaemonInfo.insecure_listen
+                       and in /metrics (traind_insecure_listener),
                        and a token sent to the host's non-loopback address
                        is UNAUTHENTICATED (accepted over loopback)
   refused_configs      TLS without client certificates and without a token
@@ -95,6 +96,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import urllib.request
 
 import grpc
 import yaml
@@ -1112,6 +1114,7 @@ def secure_by_default(s):
     tok = secrets.token_hex(32)
     d = SecDaemon(s, {"data_dirs": [root],
                       "listeners": [{"address": "0.0.0.0:0", "insecure": True}],
+                      "metrics_listen": "127.0.0.1:0",
                       "auth": {"token_file": token_file(os.path.join(s.tmp, "tokens"),
                                                         [(tok, "dave", "user")])}}).start()
     check(len(d.plain) == 1 and d.plain[0].startswith("0.0.0.0:"), "listening on %s", d.plain)
@@ -1133,6 +1136,19 @@ def secure_by_default(s):
         expect(plain_client(d, "%s:%d" % (ip, port), token=tok).call(method, req),
                C.UNAUTHENTICATED, "plaintext", "TLS",
                what="%s with a valid token over plaintext to %s" % (method, ip))
+    # /metrics names it too.
+    m = re.search(r'msg="metrics listening" addr=\S+ port=(\d+)', d.log())
+    check(m, "no 'metrics listening' line:\n%s", th.tail(d.log(), 8))
+    url = "http://127.0.0.1:%s/metrics" % m.group(1)
+
+    def scraped():
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        return text if "traind_insecure_listener" in text else None
+    text = th.wait_for(scraped, 30, "/metrics to show traind_insecure_listener")
+    check('traind_insecure_listener{addr="%s"} 1' % addr in text,
+          "/metrics does not list %s as insecure:\n%s", addr,
+          "\n".join(l for l in text.splitlines() if "insecure" in l))
     # The same token over loopback is fine: it never left the machine.
     lo = plain_client(d, "127.0.0.1:%d" % port, token=tok).info()
     check(lo.caller == "dave" and lo.caller_role == "user",
