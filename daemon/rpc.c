@@ -534,6 +534,17 @@ static void arm_request(td_rpc_server *s);
 static void resolve_peer(td_rpc_call *c);
 static const rpc_conn *conn_of(const td_rpc_call *c);
 
+/* A copy of n bytes as a string (the bytes need not end in NUL, and are
+ * never read past n). */
+static char *dup_bytes(const char *p, size_t n) {
+  char *s = malloc(n + 1);
+  if (s) {
+    memcpy(s, p, n);
+    s[n] = 0;
+  }
+  return s;
+}
+
 /* A verified client certificate's name: its common name, else its first
  * subject alternative name; NULL without one. malloc'd. */
 static char *cert_name_of(grpc_call *call) {
@@ -547,7 +558,7 @@ static char *cert_name_of(grpc_call *call) {
       grpc_auth_property_iterator it = grpc_auth_context_find_properties_by_name(ctx, props[i]);
       const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
       if (p && p->value && p->value_length)
-        name = strndup(p->value, p->value_length);
+        name = dup_bytes(p->value, p->value_length);
     }
   }
   grpc_auth_context_release(ctx);
@@ -570,7 +581,7 @@ static char *bearer_of(const grpc_metadata_array *md, int *bad) {
       *bad = 1;
       continue;
     }
-    cred = strndup(p + 7, n - 7);
+    cred = dup_bytes(p + 7, n - 7);
   }
   if (*bad) {
     free(cred);
