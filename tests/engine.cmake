@@ -1,6 +1,9 @@
 # The engine: gradients, optimizers, training runs.
 td_test(test_grad SOURCES test_grad.c)
 td_test(test_optim SOURCES test_optim.c)
+# The CPU backend's thread pool, and its ops bitwise equal at 1 to 5 threads.
+td_test(test_pool SOURCES test_pool.c LIBS td_kernels)
+target_include_directories(test_pool PRIVATE ${CMAKE_SOURCE_DIR}/kernels/cpu)
 td_test(test_train SOURCES test_train.c)
 # Recorded steps (graph_record/replay) through a CPU "tape" backend.
 td_test(test_record SOURCES test_record.c)

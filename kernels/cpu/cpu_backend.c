@@ -1,7 +1,11 @@
 /* The CPU backend: OpenBLAS sgemm plus fused elementwise loops written so
  * that gcc vectorizes them. It is the reference every other backend is
  * tested against, and it is deterministic: the same inputs give bitwise the
- * same outputs run to run (reductions run in a fixed order). */
+ * same outputs run to run and at any thread count. Its parallel loops run
+ * on the backend's own pool (cpu_pool.h), split into tasks by shape alone;
+ * OpenBLAS runs single-threaded inside those tasks (a GEMM is cut into
+ * tiles of C, each one sgemm call), and reductions add the tasks' partial
+ * sums in task order. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -61,12 +65,68 @@ static int cpu_gather(td_backend *be, const float *src, const int32_t *src_label
   return TD_OK;
 }
 
+/* ---- GEMM: tiles of C, one single-threaded sgemm each */
+
+/* FLOPs a tile should have at least: enough to amortize packing its
+ * operands (each tile packs its own; 6 MFLOP tiles cost the reference
+ * program 20% on 2 cores, 12 to 25 MFLOP tiles are level with OpenBLAS's
+ * own threading), few enough that the large GEMMs feed several threads. */
+#define GEMM_TILE_FLOPS (20.0e6)
+#define GEMM_MAX_TILES 64
+#define GEMM_ALIGN 16 /* tile edges on multiples of the kernels' widths */
+
+typedef struct gemm_job {
+  int trans_a, trans_b, m, n, k, lda, ldb, ldc, along_n, tile;
+  float alpha, beta;
+  const float *a, *b;
+  float *c;
+} gemm_job;
+
+static void gemm_tile(void *arg, size_t t) {
+  const gemm_job *g = arg;
+  int lo = (int)t * g->tile;
+  int span = (g->along_n ? g->n : g->m) - lo;
+  if (span > g->tile)
+    span = g->tile;
+  const float *a = g->a, *b = g->b;
+  float *c = g->c;
+  int m = g->m, n = g->n;
+  if (g->along_n) {
+    b += g->trans_b ? (size_t)lo * g->ldb : (size_t)lo;
+    c += lo;
+    n = span;
+  } else {
+    a += g->trans_a ? (size_t)lo : (size_t)lo * g->lda;
+    c += (size_t)lo * g->ldc;
+    m = span;
+  }
+  cblas_sgemm(CblasRowMajor, g->trans_a ? CblasTrans : CblasNoTrans,
+              g->trans_b ? CblasTrans : CblasNoTrans, m, n, g->k, g->alpha, a, g->lda, b, g->ldb,
+              g->beta, c, g->ldc);
+}
+
 static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int k, float alpha,
                     const float *a, int lda, const float *b, int ldb, float beta, float *c,
                     int ldc) {
-  (void)be;
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  cpu_ctx *ctx = be->ctx;
+  gemm_job g = {trans_a, trans_b, m, n, k, lda, ldb, ldc, n >= m, 0, alpha, beta, a, b, c};
+  /* The tiles follow from the shape alone; each element of C is one
+   * sgemm's dot product of the same K values whichever thread runs it. */
+  const int dim = g.along_n ? n : m;
+  double flops = 2.0 * m * n * (double)k;
+  size_t tiles = cpu_tasks((size_t)(flops / GEMM_TILE_FLOPS), 1, GEMM_MAX_TILES);
+  if ((size_t)dim < tiles * GEMM_ALIGN)
+    tiles = (size_t)(dim / GEMM_ALIGN) > 0 ? (size_t)(dim / GEMM_ALIGN) : 1;
+  int tile = (dim + (int)tiles - 1) / (int)tiles;
+  tile = (tile + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN;
+  g.tile = tile > 0 ? tile : 1;
+  tiles = (size_t)((dim + g.tile - 1) / g.tile);
+  if (dim == 0 || tiles <= 1) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return TD_OK;
+  }
+  cpu_pool_run(ctx->pool, tiles, gemm_tile, &g);
   return TD_OK;
 }
 
@@ -93,11 +153,60 @@ static inline float gelu_erf_grad(float x) {
   return cdf + x * pdf;
 }
 
-static int cpu_bias_act_fwd(td_backend *be, td_act act, int rows, int cols, const float *bias,
-                            float *z, float *y) {
-  (void)be;
-  for (int r = 0; r < rows; r++) {
-    float *zr = z + (size_t)r * cols, *yr = y + (size_t)r * cols;
+/* ---- parallel loops: tasks of rows or of elements, sized by shape */
+
+/* Elements a task of an elementwise loop should have at least. */
+#define ELEM_GRAIN 16384
+#define MAX_TASKS 256
+
+/* Rows per task for rows of `cols` elements, and the tasks for `rows`. */
+static int rows_per_task(int cols) {
+  int r = cols > 0 ? ELEM_GRAIN / cols : 1;
+  return r > 0 ? r : 1;
+}
+
+static size_t row_tasks(int rows, int cols) {
+  int rpt = rows_per_task(cols);
+  size_t t = (size_t)((rows + rpt - 1) / rpt);
+  return t ? t : 1;
+}
+
+static void task_rows(int rows, int cols, size_t t, int *r0, int *r1) {
+  int rpt = rows_per_task(cols);
+  *r0 = (int)t * rpt;
+  *r1 = *r0 + rpt < rows ? *r0 + rpt : rows;
+}
+
+/* Element ranges: ELEM_GRAIN each (the last shorter), at most MAX_TASKS
+ * (then longer). */
+static size_t elem_tasks(size_t n) {
+  size_t t = (n + ELEM_GRAIN - 1) / ELEM_GRAIN;
+  return t < 1 ? 1 : t > MAX_TASKS ? MAX_TASKS : t;
+}
+
+static void task_elems(size_t n, size_t t, size_t *i0, size_t *i1) {
+  size_t tasks = elem_tasks(n), per = (n + tasks - 1) / tasks;
+  *i0 = t * per < n ? t * per : n;
+  *i1 = *i0 + per < n ? *i0 + per : n;
+}
+
+typedef struct bias_act_job {
+  td_act act;
+  int rows, cols;
+  const float *bias, *z_in, *y_in, *dy;
+  float *z, *y, *dz;
+  double *acc; /* bwd: (tasks, cols) partial bias sums */
+} bias_act_job;
+
+static void bias_act_fwd_task(void *arg, size_t t) {
+  const bias_act_job *j = arg;
+  const int cols = j->cols;
+  const td_act act = j->act;
+  const float *bias = j->bias;
+  int r0, r1;
+  task_rows(j->rows, cols, t, &r0, &r1);
+  for (int r = r0; r < r1; r++) {
+    float *zr = j->z + (size_t)r * cols, *yr = j->y + (size_t)r * cols;
     if (bias)
       for (int c = 0; c < cols; c++)
         zr[c] += bias[c];
@@ -128,22 +237,27 @@ static int cpu_bias_act_fwd(td_backend *be, td_act act, int rows, int cols, cons
       break;
     }
   }
+}
+
+static int cpu_bias_act_fwd(td_backend *be, td_act act, int rows, int cols, const float *bias,
+                            float *z, float *y) {
+  cpu_ctx *ctx = be->ctx;
+  bias_act_job j = {.act = act, .rows = rows, .cols = cols, .bias = bias, .z = z, .y = y};
+  cpu_pool_run(ctx->pool, row_tasks(rows, cols), bias_act_fwd_task, &j);
   return TD_OK;
 }
 
-static int cpu_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, const float *z,
-                            const float *y, const float *dy, float *dz, float *dbias) {
-  /* The bias gradient is summed in double: a convolution's sums over every
-   * position of the batch (100,352 for MNIST's first) would lose digits in
-   * float. */
-  double *acc = NULL;
-  if (dbias && !(acc = cpu_doubles(be->ctx, (size_t)cols)))
-    return cpu_fail(be->ctx, "out of memory for %d column sums", cols);
-  for (int r = 0; r < rows; r++) {
+static void bias_act_bwd_task(void *arg, size_t t) {
+  const bias_act_job *j = arg;
+  const int cols = j->cols;
+  int r0, r1;
+  task_rows(j->rows, cols, t, &r0, &r1);
+  double *acc = j->acc ? j->acc + t * (size_t)cols : NULL;
+  for (int r = r0; r < r1; r++) {
     size_t o = (size_t)r * cols;
-    const float *zr = z + o, *yr = y + o, *dyr = dy + o;
-    float *dzr = dz + o;
-    switch (act) {
+    const float *zr = j->z_in + o, *yr = j->y_in + o, *dyr = j->dy + o;
+    float *dzr = j->dz + o;
+    switch (j->act) {
     case TD_ACT_NONE:
       if (dzr != dyr)
         memcpy(dzr, dyr, (size_t)cols * sizeof *dzr);
@@ -173,8 +287,26 @@ static int cpu_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, cons
       for (int c = 0; c < cols; c++)
         acc[c] += dzr[c];
   }
-  for (int c = 0; acc && c < cols; c++)
-    dbias[c] = (float)acc[c];
+}
+
+static int cpu_bias_act_bwd(td_backend *be, td_act act, int rows, int cols, const float *z,
+                            const float *y, const float *dy, float *dz, float *dbias) {
+  cpu_ctx *ctx = be->ctx;
+  /* The bias gradient is summed in double, per task, then over the tasks
+   * in their order: a convolution's sums over every position of the batch
+   * (100,352 for MNIST's first) would lose digits in float. */
+  const size_t tasks = row_tasks(rows, cols);
+  bias_act_job j = {
+      .act = act, .rows = rows, .cols = cols, .z_in = z, .y_in = y, .dy = dy, .dz = dz};
+  if (dbias && !(j.acc = cpu_doubles(ctx, tasks * (size_t)cols)))
+    return cpu_fail(ctx, "out of memory for %d column sums", cols);
+  cpu_pool_run(ctx->pool, tasks, bias_act_bwd_task, &j);
+  for (int c = 0; dbias && c < cols; c++) {
+    double sum = 0.0;
+    for (size_t t = 0; t < tasks; t++)
+      sum += j.acc[t * (size_t)cols + c];
+    dbias[c] = (float)sum;
+  }
   return TD_OK;
 }
 
@@ -186,89 +318,153 @@ static int argmax_row(const float *x, int cols) {
   return best;
 }
 
-static int cpu_softmax_xent(td_backend *be, int rows, int cols, const float *logits,
-                            const int32_t *labels, float grad_scale, float *dlogits, float *out) {
-  (void)be;
+/* Losses: each task sums its rows' loss (double) and correct count; the
+ * tasks' sums are added in task order. */
+typedef struct loss_job {
+  int rows, cols, mse;
+  const float *x;
+  const int32_t *labels;
+  float grad_scale;
+  float *d;
+  double *part; /* (tasks, 2): loss, correct */
+} loss_job;
+
+static void loss_task(void *arg, size_t t) {
+  const loss_job *j = arg;
+  const int cols = j->cols;
+  const float grad_scale = j->grad_scale;
+  int r0, r1;
+  task_rows(j->rows, cols, t, &r0, &r1);
   double loss = 0.0;
   int correct = 0;
-  for (int r = 0; r < rows; r++) {
-    const float *x = logits + (size_t)r * cols;
-    int label = labels[r];
-    float mx = x[0];
-    for (int c = 1; c < cols; c++)
-      mx = x[c] > mx ? x[c] : mx;
-    float sum = 0.0f;
-    for (int c = 0; c < cols; c++)
-      sum += expf(x[c] - mx);
-    float lse = mx + logf(sum);
-    loss += (double)(lse - x[label]);
-    correct += argmax_row(x, cols) == label;
-    if (dlogits) {
-      float *d = dlogits + (size_t)r * cols;
-      float inv = 1.0f / sum;
+  for (int r = r0; r < r1; r++) {
+    const float *x = j->x + (size_t)r * cols;
+    const int label = j->labels[r];
+    float *d = j->d ? j->d + (size_t)r * cols : NULL;
+    if (j->mse) {
+      for (int c = 0; c < cols; c++) {
+        float e = x[c] - (c == label ? 1.0f : 0.0f);
+        loss += (double)e * e;
+        if (d)
+          d[c] = 2.0f * e * grad_scale;
+      }
+    } else {
+      float mx = x[0];
+      for (int c = 1; c < cols; c++)
+        mx = x[c] > mx ? x[c] : mx;
+      float sum = 0.0f;
       for (int c = 0; c < cols; c++)
-        d[c] = expf(x[c] - mx) * inv * grad_scale;
-      d[label] -= grad_scale;
+        sum += expf(x[c] - mx);
+      float lse = mx + logf(sum);
+      loss += (double)(lse - x[label]);
+      if (d) {
+        float inv = 1.0f / sum;
+        for (int c = 0; c < cols; c++)
+          d[c] = expf(x[c] - mx) * inv * grad_scale;
+        d[label] -= grad_scale;
+      }
     }
+    correct += argmax_row(x, cols) == label;
+  }
+  j->part[2 * t] = loss;
+  j->part[2 * t + 1] = correct;
+}
+
+static int run_loss(td_backend *be, int mse, int rows, int cols, const float *x,
+                    const int32_t *labels, float grad_scale, float *d, float *out) {
+  cpu_ctx *ctx = be->ctx;
+  const size_t tasks = row_tasks(rows, cols);
+  loss_job j = {rows, cols, mse, x, labels, grad_scale, d, cpu_doubles(ctx, 2 * tasks)};
+  if (!j.part)
+    return cpu_fail(ctx, "out of memory for %zu loss sums", tasks);
+  cpu_pool_run(ctx->pool, tasks, loss_task, &j);
+  double loss = 0.0, correct = 0.0;
+  for (size_t t = 0; t < tasks; t++) {
+    loss += j.part[2 * t];
+    correct += j.part[2 * t + 1];
   }
   out[0] = (float)loss;
   out[1] = (float)correct;
   return TD_OK;
 }
 
+static int cpu_softmax_xent(td_backend *be, int rows, int cols, const float *logits,
+                            const int32_t *labels, float grad_scale, float *dlogits, float *out) {
+  return run_loss(be, 0, rows, cols, logits, labels, grad_scale, dlogits, out);
+}
+
 static int cpu_mse_onehot(td_backend *be, int rows, int cols, const float *y, const int32_t *labels,
                           float grad_scale, float *dy, float *out) {
-  (void)be;
-  double loss = 0.0;
-  int correct = 0;
-  for (int r = 0; r < rows; r++) {
-    const float *yr = y + (size_t)r * cols;
-    float *dr = dy ? dy + (size_t)r * cols : NULL;
-    for (int c = 0; c < cols; c++) {
-      float e = yr[c] - (c == labels[r] ? 1.0f : 0.0f);
-      loss += (double)e * e;
-      if (dr)
-        dr[c] = 2.0f * e * grad_scale;
+  return run_loss(be, 1, rows, cols, y, labels, grad_scale, dy, out);
+}
+
+/* Elementwise ops: ranges of elements. */
+typedef struct elem_job {
+  size_t n;
+  const float *a, *b;
+  float *out, *mask;
+  uint64_t first;
+  float rate;
+  const uint32_t *key_words;
+  int op; /* 0 mul, 1 add, 2 dropout */
+} elem_job;
+
+static void elem_task(void *arg, size_t t) {
+  const elem_job *j = arg;
+  size_t i0, i1;
+  task_elems(j->n, t, &i0, &i1);
+  const float *restrict a = j->a, *restrict b = j->b;
+  float *restrict out = j->out;
+  if (j->op == 0) {
+    for (size_t i = i0; i < i1; i++)
+      out[i] = a[i] * b[i];
+  } else if (j->op == 1) {
+    for (size_t i = i0; i < i1; i++)
+      out[i] = a[i] + b[i];
+  } else {
+    td_key key = {{j->key_words[0], j->key_words[1]}};
+    float keep = 1.0f - j->rate, scale = 1.0f / keep;
+    for (size_t i = i0; i < i1; i++) {
+      uint64_t c = j->first + i;
+      uint32_t ctr[2] = {(uint32_t)(c >> 32), (uint32_t)c};
+      td_threefry2x32(key, ctr);
+      /* jax.random.uniform's float: 23 bits of the two words' xor as the
+       * mantissa of a number in [1, 2), minus 1. */
+      uint32_t bits = ((ctr[0] ^ ctr[1]) >> 9) | 0x3f800000u;
+      float u;
+      memcpy(&u, &bits, sizeof u);
+      j->mask[i] = u - 1.0f < keep ? scale : 0.0f;
+      out[i] = a[i] * j->mask[i];
     }
-    correct += argmax_row(yr, cols) == labels[r];
   }
-  out[0] = (float)loss;
-  out[1] = (float)correct;
+}
+
+static int run_elem(td_backend *be, elem_job *j) {
+  cpu_pool_run(((cpu_ctx *)be->ctx)->pool, elem_tasks(j->n), elem_task, j);
   return TD_OK;
 }
 
 static int cpu_dropout_fwd(td_backend *be, size_t n, uint64_t first, float rate,
                            const uint32_t *key_words, const float *x, float *mask, float *y) {
-  (void)be;
-  td_key key = {{key_words[0], key_words[1]}};
-  float keep = 1.0f - rate, scale = 1.0f / keep;
-  for (size_t i = 0; i < n; i++) {
-    uint64_t c = first + i;
-    uint32_t ctr[2] = {(uint32_t)(c >> 32), (uint32_t)c};
-    td_threefry2x32(key, ctr);
-    /* jax.random.uniform's float: 23 bits of the two words' xor as the
-     * mantissa of a number in [1, 2), minus 1. */
-    uint32_t bits = ((ctr[0] ^ ctr[1]) >> 9) | 0x3f800000u;
-    float u;
-    memcpy(&u, &bits, sizeof u);
-    mask[i] = u - 1.0f < keep ? scale : 0.0f;
-    y[i] = x[i] * mask[i];
-  }
-  return TD_OK;
+  elem_job j = {.n = n,
+                .a = x,
+                .out = y,
+                .mask = mask,
+                .first = first,
+                .rate = rate,
+                .key_words = key_words,
+                .op = 2};
+  return run_elem(be, &j);
 }
 
 static int cpu_mul(td_backend *be, size_t n, const float *a, const float *b, float *out) {
-  (void)be;
-  for (size_t i = 0; i < n; i++)
-    out[i] = a[i] * b[i];
-  return TD_OK;
+  elem_job j = {.n = n, .a = a, .b = b, .out = out, .op = 0};
+  return run_elem(be, &j);
 }
 
 static int cpu_add(td_backend *be, size_t n, const float *a, const float *b, float *out) {
-  (void)be;
-  for (size_t i = 0; i < n; i++)
-    out[i] = a[i] + b[i];
-  return TD_OK;
+  elem_job j = {.n = n, .a = a, .b = b, .out = out, .op = 1};
+  return run_elem(be, &j);
 }
 
 static int cpu_copy2d(td_backend *be, size_t rows, size_t cols, float *dst, size_t dst_ld,
@@ -279,14 +475,27 @@ static int cpu_copy2d(td_backend *be, size_t rows, size_t cols, float *dst, size
   return TD_OK;
 }
 
-static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
-  (void)be;
-  /* Eight float partial sums vectorize; folding them into a double keeps
-   * the result order-fixed and accurate for buffers of millions. */
-  enum { LANES = 8, BLOCK = 4096 };
-  double total = 0.0;
-  for (size_t base = 0; base < n; base += BLOCK) {
-    size_t end = base + BLOCK < n ? base + BLOCK : n;
+/* Sums of squares: blocks of 4096, each summed in eight float lanes (they
+ * vectorize) and folded into a double; the blocks' sums are added in block
+ * order, so the result is order-fixed and accurate for buffers of
+ * millions. */
+#define SUMSQ_BLOCK 4096
+#define SUMSQ_BLOCKS_PER_TASK 8
+
+typedef struct sumsq_job {
+  size_t n;
+  const float *x;
+  double *part; /* one per block */
+} sumsq_job;
+
+static void sumsq_task(void *arg, size_t t) {
+  const sumsq_job *j = arg;
+  enum { LANES = 8 };
+  const float *x = j->x;
+  size_t nb = (j->n + SUMSQ_BLOCK - 1) / SUMSQ_BLOCK;
+  for (size_t blk = t * SUMSQ_BLOCKS_PER_TASK; blk < nb && blk < (t + 1) * SUMSQ_BLOCKS_PER_TASK;
+       blk++) {
+    size_t base = blk * SUMSQ_BLOCK, end = base + SUMSQ_BLOCK < j->n ? base + SUMSQ_BLOCK : j->n;
     float acc[LANES] = {0};
     size_t i = base;
     for (; i + LANES <= end; i += LANES)
@@ -294,17 +503,32 @@ static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
         acc[l] += x[i + l] * x[i + l];
     for (; i < end; i++)
       acc[0] += x[i] * x[i];
+    double s = 0.0;
     for (int l = 0; l < LANES; l++)
-      total += acc[l];
+      s += acc[l];
+    j->part[blk] = s;
   }
+}
+
+static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
+  cpu_ctx *ctx = be->ctx;
+  size_t nb = (n + SUMSQ_BLOCK - 1) / SUMSQ_BLOCK;
+  sumsq_job j = {n, x, cpu_doubles(ctx, nb ? nb : 1)};
+  if (!j.part)
+    return cpu_fail(ctx, "out of memory for %zu block sums", nb);
+  cpu_pool_run(ctx->pool, (nb + SUMSQ_BLOCKS_PER_TASK - 1) / SUMSQ_BLOCKS_PER_TASK, sumsq_task, &j);
+  double total = 0.0;
+  for (size_t b = 0; b < nb; b++)
+    total += j.part[b];
   out[0] = (float)total;
   return TD_OK;
 }
 
-/* The loop body is specialised on kind and apply so that each variant
- * vectorizes without branches inside. */
+/* The optimizer pass: ranges of the flat buffers. The loop body is
+ * specialised on kind and apply so that each variant vectorizes without
+ * branches inside. */
 #define OPT_LOOP(KIND_EXPR, APPLY)               \
-  for (size_t i = 0; i < n; i++) {               \
+  for (size_t i = i0; i < i1; i++) {             \
     float v = in_scale * g[i];                   \
     KIND_EXPR;                                   \
     v = out_scale * (mid_scale * v + wd * p[i]); \
@@ -314,16 +538,23 @@ static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
       g[i] = v;                                  \
   }
 
-static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scalars *sc,
-                        const float *norm_sq, const float *guard, size_t n, float *restrict p,
-                        float *restrict g, float *restrict s1, float *restrict s2) {
-  (void)be;
-  if (guard && !td_opt_guard_ok(*guard))
-    return TD_OK;
-  const float in_scale = td_opt_in_scale(a, sc, a->clip ? *norm_sq : 0.0f),
-              mid_scale = sc->mid_scale, wd = a->wd, out_scale = sc->out_scale;
+typedef struct opt_job {
+  const td_opt_pass *a;
+  float in_scale, mid_scale, out_scale, bc1, bc2;
+  size_t n;
+  float *p, *g, *s1, *s2;
+} opt_job;
+
+static void opt_task(void *arg, size_t t) {
+  const opt_job *j = arg;
+  const td_opt_pass *a = j->a;
+  size_t i0, i1;
+  task_elems(j->n, t, &i0, &i1);
+  float *restrict p = j->p, *restrict g = j->g, *restrict s1 = j->s1, *restrict s2 = j->s2;
+  const float in_scale = j->in_scale, mid_scale = j->mid_scale, wd = a->wd,
+              out_scale = j->out_scale;
   const float b1 = a->b1, b2 = a->b2, eps = a->eps, eps_root = a->eps_root;
-  const float bc1 = sc->bc1, bc2 = sc->bc2, mom = a->momentum;
+  const float bc1 = j->bc1, bc2 = j->bc2, mom = a->momentum;
 #define ADAM_STEP                             \
   s1[i] = (1.0f - b1) * v + b1 * s1[i];       \
   s2[i] = (1.0f - b2) * (v * v) + b2 * s2[i]; \
@@ -356,6 +587,25 @@ static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scala
   }
 #undef ADAM_STEP
 #undef TRACE_STEP
+}
+
+static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scalars *sc,
+                        const float *norm_sq, const float *guard, size_t n, float *restrict p,
+                        float *restrict g, float *restrict s1, float *restrict s2) {
+  if (guard && !td_opt_guard_ok(*guard))
+    return TD_OK;
+  opt_job j = {a,
+               td_opt_in_scale(a, sc, a->clip ? *norm_sq : 0.0f),
+               sc->mid_scale,
+               sc->out_scale,
+               sc->bc1,
+               sc->bc2,
+               n,
+               p,
+               g,
+               s1,
+               s2};
+  cpu_pool_run(((cpu_ctx *)be->ctx)->pool, elem_tasks(n), opt_task, &j);
   return TD_OK;
 }
 
@@ -379,6 +629,7 @@ static const char *cpu_last_error(td_backend *be) { return ((cpu_ctx *)be->ctx)-
 static void cpu_destroy(td_backend *be) {
   cpu_ctx *ctx = be->ctx;
   cpu_window_teardown(ctx);
+  cpu_pool_free(ctx->pool);
   free(ctx->dbuf);
   free(ctx);
   free(be);
@@ -432,12 +683,18 @@ int td_cpu_backend_create(td_backend **out, int threads, td_error *err) {
     return td_errorf(err, TD_ENOMEM, "cpu backend: out of memory");
   }
   ctx->threads = threads > 0 ? threads : omp_get_num_procs();
+  /* OpenBLAS runs in the calling thread, inside the pool's tasks: one
+   * pool per backend does all of its parallel work. */
+  openblas_set_num_threads(1);
+  if (!(ctx->pool = cpu_pool_new(ctx->threads))) {
+    free(be);
+    free(ctx);
+    return td_errorf(err, TD_ENOMEM, "cpu backend: cannot start %d threads", threads);
+  }
   be->ctx = ctx;
   be->ops = &cpu_ops;
   be->threads = threads;
   be->host_memory = 1;
-  if (threads > 0)
-    openblas_set_num_threads(threads);
   *out = be;
   return TD_OK;
 }

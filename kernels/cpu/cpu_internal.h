@@ -4,9 +4,11 @@
 #define TD_CPU_INTERNAL_H
 
 #include "backend.h"
+#include "cpu_pool.h"
 
 typedef struct cpu_ctx {
   int threads;    /* this backend's threads (at least 1) */
+  cpu_pool *pool; /* they run every parallel loop of the backend's own ops */
   char last[512]; /* the last failure, for last_error */
   /* oneDNN's engine, stream and attributes, made by the first window kernel. */
   void *dn_eng, *dn_strm, *dn_attr;

@@ -3,11 +3,13 @@
 
 usage: determinism.py TRAIND JOBFILE
 
-Runs the job (cut to one epoch over the first 6000 training examples) three
-times through the binary with two compute threads: twice with seed 0, once
-with seed 1. The per-step loss sequences (printed with 9 significant digits,
-which round-trips float32) must be identical for the equal seeds and differ
-for the other one. MNIST comes from $TRAIND_DATA_DIR (fail under CI=true when
+Runs the job (cut to one epoch over the first 6000 training examples)
+through the binary: with seed 0 on two compute threads twice, on one and on
+three threads once each, and with seed 1 on two threads. The per-step loss
+sequences (printed with 9 significant digits, which round-trips float32) and
+the epoch's figures must be identical for seed 0 at every thread count (the
+CPU backend's work is split by shape, never by thread count) and differ for
+the other seed. MNIST comes from $TRAIND_DATA_DIR (fail under CI=true when
 missing, skip otherwise).
 """
 import json
@@ -18,12 +20,12 @@ import sys
 import tempfile
 
 
-def run(traind, job_text, seed, tmp):
-    job = os.path.join(tmp, "job-%d.yaml" % seed)
+def run(traind, job_text, seed, tmp, threads=2):
+    job = os.path.join(tmp, "job-%d-t%d.yaml" % (seed, threads))
     with open(job, "w") as f:
         f.write(re.sub(r"(?m)^(\s*seed:\s*)\d+", r"\g<1>%d" % seed, job_text))
     metrics = job + ".jsonl"
-    proc = subprocess.run([traind, "run", job, "--threads", "2", "--metrics", metrics],
+    proc = subprocess.run([traind, "run", job, "--threads", str(threads), "--metrics", metrics],
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
@@ -51,6 +53,7 @@ def main():
         a, ea = run(traind, text, 0, tmp)
         b, eb = run(traind, text, 0, tmp)
         c, _ = run(traind, text, 1, tmp)
+        by_threads = {t: run(traind, text, 0, tmp, threads=t) for t in (1, 3)}
     ok = True
     if len(a) != 6000 // 128:
         print("FAIL: %d step points, expected %d" % (len(a), 6000 // 128))
@@ -59,12 +62,20 @@ def main():
         first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
         print("FAIL: same seed, different losses (first at step %s)" % first)
         ok = False
+    for t, (lt, et) in sorted(by_threads.items()):
+        if lt != a or et != ea:
+            first = next((i for i, (x, y) in enumerate(zip(a, lt)) if x != y), None)
+            print("FAIL: %d threads give other losses than 2 threads (first at step %s: %r vs %r)"
+                  % (t, first, lt[first] if first is not None else None,
+                     a[first] if first is not None else None))
+            ok = False
     same = sum(x == y for x, y in zip(a, c))
     if same > len(a) // 10:
         print("FAIL: seed 1 repeats %d of %d losses of seed 0" % (same, len(a)))
         ok = False
     if ok:
-        print("%d steps: seed 0 twice identical, seed 1 differs in %d" % (len(a), len(a) - same))
+        print("%d steps: seed 0 identical twice and on 1, 2 and 3 threads; seed 1 differs in %d"
+              % (len(a), len(a) - same))
     return 0 if ok else 1
 
 
