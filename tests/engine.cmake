@@ -33,6 +33,12 @@ add_test(NAME mnist_determinism
   COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/determinism.py
           $<TARGET_FILE:traind> ${CMAKE_SOURCE_DIR}/config/jobs/mnist_mlp.yaml)
 set_tests_properties(mnist_determinism PROPERTIES LABELS "mnist" TIMEOUT 600 SKIP_RETURN_CODE 77)
+# The same for a model with every layer the engine has (tests/jobs/every_op.yaml).
+add_test(NAME mnist_determinism_every_op
+  COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/determinism.py
+          $<TARGET_FILE:traind> ${CMAKE_CURRENT_SOURCE_DIR}/jobs/every_op.yaml)
+set_tests_properties(mnist_determinism_every_op PROPERTIES LABELS "mnist" TIMEOUT 600
+                     SKIP_RETURN_CODE 77)
 
 # NCCL collectives: the no-GPU refusal everywhere; the collectives on GPUs
 # where there are any (exit 77 = skipped elsewhere).

@@ -55,8 +55,9 @@ def main():
         c, _ = run(traind, text, 1, tmp)
         by_threads = {t: run(traind, text, 0, tmp, threads=t) for t in (1, 3)}
     ok = True
-    if len(a) != 6000 // 128:
-        print("FAIL: %d step points, expected %d" % (len(a), 6000 // 128))
+    batch = int(re.search(r"(?m)^\s*batch_size:\s*(\d+)", text).group(1))
+    if len(a) != 6000 // batch:
+        print("FAIL: %d step points, expected %d" % (len(a), 6000 // batch))
         ok = False
     if a != b or ea != eb:
         first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
