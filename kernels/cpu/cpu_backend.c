@@ -155,28 +155,6 @@ static inline float gelu_erf_grad(float x) {
 
 /* ---- parallel loops: tasks of rows or of elements, sized by shape */
 
-/* Elements a task of an elementwise loop should have at least. */
-#define ELEM_GRAIN 16384
-#define MAX_TASKS 256
-
-/* Rows per task for rows of `cols` elements, and the tasks for `rows`. */
-static int rows_per_task(int cols) {
-  int r = cols > 0 ? ELEM_GRAIN / cols : 1;
-  return r > 0 ? r : 1;
-}
-
-static size_t row_tasks(int rows, int cols) {
-  int rpt = rows_per_task(cols);
-  size_t t = (size_t)((rows + rpt - 1) / rpt);
-  return t ? t : 1;
-}
-
-static void task_rows(int rows, int cols, size_t t, int *r0, int *r1) {
-  int rpt = rows_per_task(cols);
-  *r0 = (int)t * rpt;
-  *r1 = *r0 + rpt < rows ? *r0 + rpt : rows;
-}
-
 /* Element ranges: ELEM_GRAIN each (the last shorter), at most MAX_TASKS
  * (then longer). */
 static size_t elem_tasks(size_t n) {

@@ -16,6 +16,30 @@ typedef struct cpu_ctx {
   size_t dbuf_n;
 } cpu_ctx;
 
+/* Parallel loops over rows: tasks of whole rows, about ELEM_GRAIN
+ * elements each, a function of the shape alone. */
+/* Elements a task of an elementwise loop should have at least. */
+#define ELEM_GRAIN 16384
+#define MAX_TASKS 256
+
+/* Rows per task for rows of `cols` elements, and the tasks for `rows`. */
+static inline int rows_per_task(int cols) {
+  int r = cols > 0 ? ELEM_GRAIN / cols : 1;
+  return r > 0 ? r : 1;
+}
+
+static inline size_t row_tasks(int rows, int cols) {
+  int rpt = rows_per_task(cols);
+  size_t t = (size_t)((rows + rpt - 1) / rpt);
+  return t ? t : 1;
+}
+
+static inline void task_rows(int rows, int cols, size_t t, int *r0, int *r1) {
+  int rpt = rows_per_task(cols);
+  *r0 = (int)t * rpt;
+  *r1 = *r0 + rpt < rows ? *r0 + rpt : rows;
+}
+
 /* n zeroed doubles of ctx's accumulator buffer (valid until the next call),
  * or NULL when out of memory. */
 double *cpu_doubles(cpu_ctx *ctx, size_t n);

@@ -180,7 +180,14 @@ def resnet_subset(s):
     d = s.daemon(cpu_devices=1)
     spec = shipped("mnist_resnet.yaml", 1)
     spec["dataset"]["train_limit"] = 12800
-    job = follow(s, d, job_file(s, "resnet.yaml", spec), 1, 0.90, steps_per_epoch=100)
+    # After one epoch of 100 steps at learning rate 0.1 the running
+    # averages (momentum 0.9) lag weights that still move fast: the test
+    # accuracy they give ranges from 0.61 to 0.95 over seeds 0-2 (measured,
+    # with float32 rounding alone moving it by 0.08), so it only has to be
+    # far above chance here; the training loss says that the net learned.
+    job = follow(s, d, job_file(s, "resnet.yaml", spec), 1, 0.50, steps_per_epoch=100)
+    check(job.metrics.train_loss < 1.0, "train loss %.4f after an epoch (from 2.3)",
+          job.metrics.train_loss)
     got = leaves(job.last_checkpoint.path, ("batch_stats",))
     bns = [ly["name"] for ly in spec["model"]["layers"] if "batch_norm" in ly]
     want = sorted("batch_stats/%s/%s" % (n, k) for n in bns for k in ("mean", "var"))
