@@ -1,4 +1,4 @@
-// Candidate CPU kernels for the convolution layers of issue 13, timed on
+// Candidate CPU kernels for the convolution layers, timed on
 // the shapes of Flax's MNIST CNN (NHWC, float32, batch 128).
 //
 // One process runs one candidate at one thread count; bench/conv_kernels.sh

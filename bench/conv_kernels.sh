@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Candidate CPU kernels for the convolution and dense layers of the MNIST
-# CNN (issue 13, item 5): oneDNN (format any + reorders, and NHWC direct),
+# CNN: oneDNN (format any + reorders, and NHWC direct),
 # im2col + OpenBLAS sgemm, im2col + BLIS sgemm, libxsmm's DNN convolution.
 #   bench/conv_kernels.sh [ROUNDS] [OUT]
 # Builds build-bench/conv_kernels from bench/conv_kernels.c with a plain cc

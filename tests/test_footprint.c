@@ -872,7 +872,7 @@ static void test_limits(void) {
             strstr(err.msg, "at most 4096"),
         "%d layers: rc %d (%s)", TD_JOB_MAX_LAYERS + 1, rc, err.msg);
   free(doc);
-  /* Parameters: the 784-2^20-2048-10 (2.97e9) is over 2^31. */
+  /* Parameters: 784-2^20-2048-10 (2.97e9) is over 2^31. */
   const char *mlp = "{\"model\": {\"input_shape\": [784], \"layers\": [{\"dense\": {\"features\": "
                     "%u}}, {\"relu\": {}}, {\"dense\": {\"features\": 2048}}, {\"relu\": {}}, "
                     "{\"dense\": {\"features\": 10}}], \"loss\": \"SOFTMAX_CROSS_ENTROPY\"}, "

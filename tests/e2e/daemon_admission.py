@@ -9,7 +9,7 @@
                              with a smaller limit fails instead of starting
   default_limit              no config: the limit is the cgroup's or MemAvailable;
                              1 TiB of activations is refused, the daemon serves on;
-                             the issue's 784-2^20-2048-10 Adam model hits the
+                             a 784-2^20-2048-10 Adam model hits the
                              parameter limit
   cgroup_limit               a daemon in a 256 MiB memory cgroup (v2 or v1) takes
                              the cgroup's limit (skipped where none can be made)
