@@ -13,12 +13,11 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
+#include <openssl/crypto.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+
+#include "pem.h"
 
 /* " (--tls-ca)" or "". */
 static void origin(const char *what, char *buf, size_t cap) {
@@ -66,60 +65,18 @@ static int read_text(const char *path, const char *kind, const char *what, size_
   return 0;
 }
 
-/* Whether the last OpenSSL error is a clean end of PEM input. */
-static int pem_at_end(void) {
-  unsigned long e = ERR_peek_last_error();
-  return e && ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE;
-}
-
-/* The OpenSSL error queue's last reason, for messages; clears the queue. */
-static void ssl_reason(char *buf, size_t cap) {
-  unsigned long e = ERR_peek_last_error();
-  const char *r = e ? ERR_reason_error_string(e) : NULL;
-  snprintf(buf, cap, "%s", r ? r : "unknown error");
-  ERR_clear_error();
-}
-
 int td_cred_read_ca(const char *path, const char *what, char **pem, td_error *err) {
-  char from[256];
-  origin(what, from, sizeof from);
   size_t len = 0;
   int rc = read_text(path, "CA file", what, TD_CRED_MAX_PEM, pem, &len, err);
   if (rc)
     return rc;
-  BIO *bio = BIO_new_mem_buf(*pem, (int)len);
-  if (!bio) {
+  const td_pem_src src = {.noun = "CA file", .path = path, .from = what};
+  rc = td_pem_check_ca(*pem, len, &src, err);
+  if (rc) {
     free(*pem);
     *pem = NULL;
-    return td_errorf(err, TD_ENOMEM, "out of memory reading %s; free some memory", path);
   }
-  int count = 0;
-  ERR_clear_error();
-  for (;;) {
-    X509 *x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-    if (!x)
-      break;
-    X509_free(x);
-    count++;
-  }
-  int clean_end = pem_at_end();
-  char why[256];
-  ssl_reason(why, sizeof why);
-  BIO_free(bio);
-  if (!clean_end || count == 0) {
-    free(*pem);
-    *pem = NULL;
-    if (count == 0 && clean_end)
-      return td_errorf(err, TD_EINVAL,
-                       "the CA file %s%s holds no PEM certificate; give the CA's certificate in "
-                       "PEM form (-----BEGIN CERTIFICATE-----)",
-                       path, from);
-    return td_errorf(err, TD_EINVAL,
-                     "the CA file %s%s holds a certificate that does not parse (certificate %d: "
-                     "%s); give the CA's certificates in PEM form",
-                     path, from, count + 1, why);
-  }
-  return 0;
+  return rc;
 }
 
 /* An ASN.1 time as "2024-05-01 12:00:00 UTC". */
@@ -130,41 +87,18 @@ static void asn1_time_text(const ASN1_TIME *t, char *buf, size_t cap) {
     snprintf(buf, cap, "an unreadable date");
 }
 
-/* A passphrase callback that gives none: an encrypted key fails instead of
- * prompting on the terminal. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u) {
-  (void)buf;
-  (void)size;
-  (void)rwflag;
-  (void)u;
-  return 0;
-}
-
 /* The checks of the leaf certificate and its key. */
-static int check_pair(const char *cert_path, const char *from, const char *key_path,
-                      const char *key_from, const char *cert_pem, const char *key_pem,
+static int check_pair(const char *cert_path, const char *cert_what, const char *key_path,
+                      const char *key_what, const char *cert_pem, const char *key_pem,
                       td_error *err) {
-  char why[256], date[64];
-  BIO *bio = BIO_new_mem_buf(cert_pem, -1);
-  if (!bio)
-    return td_errorf(err, TD_ENOMEM, "out of memory reading %s; free some memory", cert_path);
-  ERR_clear_error();
-  X509 *x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
-  BIO_free(bio);
-  if (!x) {
-    int none = pem_at_end();
-    ssl_reason(why, sizeof why);
-    if (none)
-      return td_errorf(err, TD_EINVAL,
-                       "the client certificate %s%s holds no PEM certificate; give the "
-                       "certificate in PEM form (-----BEGIN CERTIFICATE-----)",
-                       cert_path, from);
-    return td_errorf(err, TD_EINVAL,
-                     "the client certificate %s%s does not parse (%s); give the certificate in "
-                     "PEM form",
-                     cert_path, from, why);
-  }
-  int rc = 0;
+  char from[256], date[64];
+  origin(cert_what, from, sizeof from);
+  const td_pem_src cert_src = {.noun = "client certificate", .path = cert_path, .from = cert_what};
+  const td_pem_src key_src = {.noun = "key", .path = key_path, .from = key_what};
+  X509 *x = NULL;
+  int rc = td_pem_read_cert(cert_pem, &cert_src, &x, err);
+  if (rc)
+    return rc;
   if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0) {
     asn1_time_text(X509_get0_notAfter(x), date, sizeof date);
     rc =
@@ -180,60 +114,21 @@ static int check_pair(const char *cert_path, const char *from, const char *key_p
                    "extended key usage leaves out clientAuth); get a client certificate",
                    cert_path, from);
   }
-  if (rc) {
-    X509_free(x);
-    return rc;
-  }
-
-  bio = BIO_new_mem_buf(key_pem, -1);
-  if (!bio) {
-    X509_free(x);
-    return td_errorf(err, TD_ENOMEM, "out of memory reading %s; free some memory", key_path);
-  }
-  ERR_clear_error();
-  EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
-  BIO_free(bio);
-  if (!key) {
-    ssl_reason(why, sizeof why);
-    X509_free(x);
-    if (strstr(key_pem, "ENCRYPTED"))
-      return td_errorf(err, TD_EINVAL,
-                       "the key %s%s is encrypted; give it unencrypted (openssl pkey -in %s -out "
-                       "FILE) and keep that file private",
-                       key_path, key_from, key_path);
-    if (!strstr(key_pem, "PRIVATE KEY-----"))
-      return td_errorf(err, TD_EINVAL,
-                       "the key %s%s holds no PEM private key (-----BEGIN PRIVATE KEY-----); "
-                       "give the private key of %s",
-                       key_path, key_from, cert_path);
-    return td_errorf(err, TD_EINVAL,
-                     "the key %s%s does not parse (%s); give the private key of %s in PEM form",
-                     key_path, key_from, why, cert_path);
-  }
-  if (X509_check_private_key(x, key) != 1) {
-    ERR_clear_error();
-    rc = td_errorf(err, TD_EINVAL,
-                   "the key %s does not belong to the client certificate %s; give the key the "
-                   "certificate was made for",
-                   key_path, cert_path);
-  }
-  EVP_PKEY_free(key);
+  if (!rc)
+    rc = td_pem_check_key(key_pem, &key_src, x, &cert_src, err);
   X509_free(x);
   return rc;
 }
 
 int td_cred_read_pair(const char *cert_path, const char *cert_what, const char *key_path,
                       const char *key_what, char **cert_pem, char **key_pem, td_error *err) {
-  char cert_from[256], key_from[256];
-  origin(cert_what, cert_from, sizeof cert_from);
-  origin(key_what, key_from, sizeof key_from);
   *cert_pem = *key_pem = NULL;
   int rc =
       read_text(cert_path, "client certificate", cert_what, TD_CRED_MAX_PEM, cert_pem, NULL, err);
   if (!rc)
     rc = read_text(key_path, "key", key_what, TD_CRED_MAX_PEM, key_pem, NULL, err);
   if (!rc)
-    rc = check_pair(cert_path, cert_from, key_path, key_from, *cert_pem, *key_pem, err);
+    rc = check_pair(cert_path, cert_what, key_path, key_what, *cert_pem, *key_pem, err);
   if (rc) {
     free(*cert_pem);
     if (*key_pem)

@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,12 +19,19 @@
 #define TOKEN_FILE_MAX ((size_t)4 << 20)
 #define TOKEN_MIN 16
 #define NAME_MAX_LEN 128
+#define UID_NAMES 64
 
 typedef struct auth_token {
   unsigned char hash[32]; /* SHA-256 of the token: compared, never the token */
   char name[NAME_MAX_LEN + 1];
   td_role role;
 } auth_token;
+
+/* A unix socket peer's principal name, as looked up for its uid. */
+typedef struct uid_name {
+  unsigned uid;
+  char name[160]; /* "unix:alice", or "unix:uid=1000" for a uid no user has */
+} uid_name;
 
 typedef struct auth_principal {
   char *name;
@@ -42,6 +50,13 @@ struct td_auth {
   size_t n_role_roots[TD_ROLE_ADMIN + 1];
   td_role local_role;
   int users_read_all;
+  /* Unix socket peers' names by uid, looked up once per td_auth: the
+   * lookup may ask NSS (LDAP, sssd) and take a while, and a reload builds a
+   * new td_auth, so a renamed user shows after the next SIGHUP. At most
+   * UID_NAMES, the oldest replaced first. Guarded by uid_mu. */
+  pthread_mutex_t uid_mu;
+  uid_name uids[UID_NAMES];
+  size_t n_uids, next_uid;
 };
 
 static const char *const role_names[] = {"none", "viewer", "user", "admin"};
@@ -79,6 +94,7 @@ void td_auth_free(td_auth *a) {
   free(a->principals);
   for (int r = 0; r <= TD_ROLE_ADMIN; r++)
     free_list(a->role_roots[r], a->n_role_roots[r]);
+  pthread_mutex_destroy(&a->uid_mu);
   free(a);
 }
 
@@ -214,6 +230,7 @@ int td_auth_load(td_auth **out, const Traind__V1__DaemonConfig *cfg, td_error *e
   td_auth *a = calloc(1, sizeof *a);
   if (!a)
     return td_errorf(err, TD_ENOMEM, "auth: out of memory");
+  pthread_mutex_init(&a->uid_mu, NULL);
   const Traind__V1__Auth *c = cfg->auth;
   a->local_role = TD_ROLE_ADMIN;
   int rc = TD_OK;
@@ -325,7 +342,42 @@ static int refused(const td_rpc_call *call, const td_rpc_method *m, int code, co
   return code;
 }
 
-static int authorize(const td_auth *a, td_rpc_call *call, const td_rpc_method *m,
+void td_auth_unix_name(td_auth *a, unsigned uid, char *buf, size_t n) {
+  pthread_mutex_lock(&a->uid_mu);
+  for (size_t i = 0; i < a->n_uids; i++)
+    if (a->uids[i].uid == uid) {
+      snprintf(buf, n, "%s", a->uids[i].name);
+      pthread_mutex_unlock(&a->uid_mu);
+      return;
+    }
+  pthread_mutex_unlock(&a->uid_mu);
+  /* Looked up outside the lock: two callers may both look up a new uid,
+   * and the second finds the first one's entry. */
+  uid_name u = {.uid = uid};
+  struct passwd pw, *res = NULL;
+  char pwbuf[1024];
+  int rc = getpwuid_r((uid_t)uid, &pw, pwbuf, sizeof pwbuf, &res);
+  if (rc == 0 && res)
+    snprintf(u.name, sizeof u.name, "unix:%.120s", res->pw_name);
+  else
+    snprintf(u.name, sizeof u.name, "unix:uid=%u", uid);
+  snprintf(buf, n, "%s", u.name);
+  /* A uid no user has is remembered too; a failed lookup (rc set) is not,
+   * so that it is tried again. */
+  if (rc != 0)
+    return;
+  pthread_mutex_lock(&a->uid_mu);
+  int seen = 0;
+  for (size_t i = 0; i < a->n_uids && !seen; i++)
+    seen = a->uids[i].uid == uid;
+  if (!seen) {
+    size_t slot = a->n_uids < UID_NAMES ? a->n_uids++ : a->next_uid++ % UID_NAMES;
+    a->uids[slot] = u;
+  }
+  pthread_mutex_unlock(&a->uid_mu);
+}
+
+static int authorize(td_auth *a, td_rpc_call *call, const td_rpc_method *m,
                      const td_rpc_caller *who, char *why, size_t n);
 
 int td_auth_authorize(void *arg, td_rpc_call *call, const td_rpc_method *m,
@@ -338,7 +390,7 @@ int td_auth_authorize(void *arg, td_rpc_call *call, const td_rpc_method *m,
   return code;
 }
 
-static int authorize(const td_auth *a, td_rpc_call *call, const td_rpc_method *m,
+static int authorize(td_auth *a, td_rpc_call *call, const td_rpc_method *m,
                      const td_rpc_caller *who, char *why, size_t n) {
   char name[160];
   td_role role = TD_ROLE_NONE;
@@ -388,15 +440,10 @@ static int authorize(const td_auth *a, td_rpc_call *call, const td_rpc_method *m
     }
     if (who->transport == TD_RPC_LOOPBACK) {
       snprintf(name, sizeof name, "local");
+    } else if (who->has_uid) {
+      td_auth_unix_name(a, who->uid, name, sizeof name);
     } else {
-      struct passwd pw, *res = NULL;
-      char buf[1024];
-      if (who->has_uid && getpwuid_r((uid_t)who->uid, &pw, buf, sizeof buf, &res) == 0 && res)
-        snprintf(name, sizeof name, "unix:%.120s", res->pw_name);
-      else if (who->has_uid)
-        snprintf(name, sizeof name, "unix:uid=%u", who->uid);
-      else
-        snprintf(name, sizeof name, "unix:");
+      snprintf(name, sizeof name, "unix:");
     }
     role = a->local_role;
     via = "local";

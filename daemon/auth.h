@@ -47,6 +47,11 @@ int td_role_parse(const char *s);
 int td_auth_authorize(void *arg, td_rpc_call *call, const td_rpc_method *m,
                       const td_rpc_caller *caller, char *why, size_t why_len);
 
+/* The principal name of a unix socket peer with this uid: "unix:NAME", or
+ * "unix:uid=N" when no user has it. Looked up once per td_auth (a SIGHUP
+ * reload builds a new one and looks up again); safe from any thread. */
+void td_auth_unix_name(td_auth *a, unsigned uid, char *buf, size_t n);
+
 /* Whether the call's principal may do `action` to a job owned by `owner`;
  * 0 when it may, else a gRPC status with the reason in why. */
 int td_auth_job(const td_auth *a, const td_rpc_call *call, const char *job_id, const char *owner,

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "pbjson.h"
 
 #define ROW(field, kind, v) \
@@ -39,13 +40,11 @@ static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 static int set(const char *s) { return s && *s; }
 
-static const char *const roles[] = {"admin", "user", "viewer"};
-
+/* Whether r names a role (auth.h): admin, user or viewer, and none too
+ * when allow_none. */
 static int role_ok(const char *r, int allow_none) {
-  for (size_t i = 0; i < 3; i++)
-    if (strcmp(r, roles[i]) == 0)
-      return 1;
-  return allow_none && strcmp(r, "none") == 0;
+  int role = td_role_parse(r);
+  return role > TD_ROLE_NONE || (allow_none && role == TD_ROLE_NONE);
 }
 
 /* A principal's or role's data roots: absolute, each inside one of the
@@ -94,13 +93,18 @@ static int check_security(Traind__V1__DaemonConfig *c, td_error *err) {
     if (!set(t->cert_file) || !set(t->key_file))
       return td_errorf(err, TD_EINVAL, "listeners[%zu] (%s): tls needs cert_file and key_file", i,
                        l->address);
-    const char *cc = set(t->client_cert)      ? t->client_cert
-                     : set(t->client_ca_file) ? "require"
-                                              : "none";
+    /* The default: require client certificates when a CA is given. */
+    if (!set(t->client_cert)) {
+      int rc =
+          td_config_set_string(&t->client_cert, set(t->client_ca_file) ? "require" : "none", err);
+      if (rc)
+        return rc;
+    }
+    const char *cc = t->client_cert;
     if (strcmp(cc, "require") && strcmp(cc, "request") && strcmp(cc, "none"))
       return td_errorf(err, TD_EINVAL,
                        "listeners[%zu] (%s): tls.client_cert: '%s' is not require, request or none",
-                       i, l->address, t->client_cert);
+                       i, l->address, cc);
     if (strcmp(cc, "none") && !set(t->client_ca_file))
       return td_errorf(err, TD_EINVAL,
                        "listeners[%zu] (%s): tls.client_cert %s needs tls.client_ca_file (the CAs "

@@ -341,13 +341,12 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   int ok = w && (w->spec = copy_spec(req->spec)) && (w->name = strdup(name ? name : "")) &&
            (w->gpu_held = calloc((size_t)(s->n_gpus ? s->n_gpus : 1), 1));
   const char *owner = td_rpc_identity(call, NULL);
+  int narrowed = 0;
   if (ok) {
     snprintf(w->owner, sizeof w->owner, "%s", owner ? owner : "");
-    ok = srv_job_roots(s, w->owner, &w->roots, &w->n_roots) == 0;
+    ok = srv_job_roots_narrowed(s, w->owner, &w->roots, &w->n_roots, &narrowed) == 0;
   }
-  const char *const *mine = NULL;
-  size_t n_mine = 0;
-  if (ok && td_auth_roots(s->auth, w->owner, &mine, &n_mine)) {
+  if (ok && narrowed) {
     ok = (w->all_roots = calloc(s->cfg->n_data_dirs + 1, sizeof *w->all_roots)) != NULL;
     for (size_t i = 0; ok && i < s->cfg->n_data_dirs; i++)
       ok = (w->all_roots[w->n_all_roots++] = strdup(s->cfg->data_dirs[i])) != NULL;
@@ -417,8 +416,9 @@ static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
     limit = LIST_MAX;
   /* Newest first; a page token is the id of the last job of the previous
    * page, and the next page starts after it. */
-  const char *me = td_auth_reads_all(s->auth, call) ? NULL : td_rpc_identity(call, NULL);
-  if (!me && !td_auth_reads_all(s->auth, call))
+  const int reads_all = td_auth_reads_all(s->auth, call);
+  const char *me = reads_all ? NULL : td_rpc_identity(call, NULL);
+  if (!me && !reads_all)
     me = ""; /* no principal: no job */
   size_t start = s->n_jobs;
   if (req->page_token && *req->page_token) {

@@ -531,7 +531,6 @@ static const td_rpc_method *find_method(const td_rpc_server *s, grpc_slice path)
 }
 
 static void arm_request(td_rpc_server *s);
-static void resolve_peer(td_rpc_call *c);
 static const rpc_conn *conn_of(const td_rpc_call *c);
 
 /* A copy of n bytes as a string (the bytes need not end in NUL, and are
@@ -592,10 +591,10 @@ static char *bearer_of(const grpc_metadata_array *md, int *bad) {
 
 /* Whether the call may reach its method: health-only listeners serve their
  * methods to anyone and nothing else; everything else goes through the
- * authorize callback. Answers a refused call and returns 0. */
-static int admit_call(td_rpc_call *c) {
+ * authorize callback. conn is the call's connection (conn_of). Answers a
+ * refused call and returns 0. */
+static int admit_call(td_rpc_call *c, const rpc_conn *conn) {
   td_rpc_server *s = c->srv;
-  const rpc_conn *conn = conn_of(c);
   const int ours = c->peer && strncmp(c->peer, "fd:", 3) == 0;
   if (ours && !conn) {
     answer_early(c, TD_GRPC_UNAVAILABLE, "the connection closed");
@@ -646,7 +645,11 @@ static void on_new_call(rpc_tag *t, int ok) {
 
   c->t0_ns = mono_ns();
   c->peer = grpc_call_get_peer(c->call);
-  resolve_peer(c);
+  /* The connection it came on (NULL for one gRPC accepted itself): the
+   * address recorded at accept replaces gRPC's "fd:N". */
+  const rpc_conn *conn = conn_of(c);
+  if (conn)
+    snprintf(c->peer_name, sizeof c->peer_name, "%s", conn->peer);
   c->method = find_method(s, c->details.method);
   if (!c->method) {
     char *path = grpc_slice_to_c_string(c->details.method);
@@ -654,7 +657,7 @@ static void on_new_call(rpc_tag *t, int ok) {
     gpr_free(path);
     return;
   }
-  if (!admit_call(c))
+  if (!admit_call(c, conn))
     return;
   grpc_op ops[2];
   size_t n = 0;
@@ -1242,12 +1245,6 @@ static const rpc_conn *conn_of(const td_rpc_call *c) {
     if (s->conns[i].fd == fd && conn_alive(&s->conns[i]))
       return &s->conns[i];
   return NULL;
-}
-
-static void resolve_peer(td_rpc_call *c) {
-  const rpc_conn *conn = conn_of(c);
-  if (conn)
-    snprintf(c->peer_name, sizeof c->peer_name, "%s", conn->peer);
 }
 
 size_t td_rpc_server_connections(td_rpc_server *s) {

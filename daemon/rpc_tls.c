@@ -1,9 +1,6 @@
 /* TLS listeners' certificates (see rpc_tls.h). */
 #include "rpc_tls.h"
 
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include <errno.h>
@@ -13,6 +10,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "pem.h"
 
 /* A PEM file larger than this is not a certificate or a key. */
 #define PEM_MAX_BYTES ((size_t)1 << 20)
@@ -67,81 +65,36 @@ static int read_text(const char *what, const char *path, char **out, td_error *e
   return TD_OK;
 }
 
-/* OpenSSL's reason for the last failure, for a message. */
-static const char *ssl_reason(char *buf, size_t n) {
-  unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  if (!e)
-    return "no PEM data found";
-  ERR_error_string_n(e, buf, n);
-  return buf;
-}
-
-/* The certificates in text; 0 when none parse. */
-static int count_certs(const char *text, X509 **first) {
-  BIO *b = BIO_new_mem_buf(text, -1);
-  int n = 0;
-  X509 *x;
-  while (b && (x = PEM_read_bio_X509(b, NULL, NULL, NULL))) {
-    if (n == 0 && first)
-      *first = x;
-    else
-      X509_free(x);
-    n++;
-  }
-  BIO_free(b);
-  ERR_clear_error(); /* the end of the text reads as an error */
-  return n;
-}
-
 /* Reads the three files and checks that the certificate parses, the key is
  * its key and the CA file holds certificates. */
 static int load(const rpc_tls *t, pem_set *out, td_error *err) {
   memset(out, 0, sizeof *out);
-  char why[256];
+  const td_pem_src cert_src = {.noun = "tls.cert_file", .path = t->cert_file};
+  const td_pem_src key_src = {.noun = "tls.key_file", .path = t->key_file};
+  const td_pem_src ca_src = {.noun = "tls.client_ca_file", .path = t->ca_file};
+  X509 *cert = NULL;
   int rc = read_text("tls.cert_file", t->cert_file, &out->cert, err);
   if (!rc)
     rc = read_text("tls.key_file", t->key_file, &out->key, err);
   if (!rc && t->ca_file)
     rc = read_text("tls.client_ca_file", t->ca_file, &out->ca, err);
-  if (rc)
-    goto fail;
-  X509 *cert = NULL;
-  if (count_certs(out->cert, &cert) == 0) {
-    rc = td_errorf(err, TD_EINVAL, "tls.cert_file %s: no PEM certificate in it", t->cert_file);
-    goto fail;
-  }
-  BIO *kb = BIO_new_mem_buf(out->key, -1);
-  EVP_PKEY *key = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
-  BIO_free(kb);
-  if (!key) {
+  if (!rc)
+    rc = td_pem_read_cert(out->cert, &cert_src, &cert, err);
+  if (!rc)
+    rc = td_pem_check_key(out->key, &key_src, cert, &cert_src, err);
+  if (!rc && out->ca)
+    rc = td_pem_check_ca(out->ca, strlen(out->ca), &ca_src, err);
+  if (rc) {
     X509_free(cert);
-    rc = td_errorf(err, TD_EINVAL, "tls.key_file %s: not a PEM private key (%s)", t->key_file,
-                   ssl_reason(why, sizeof why));
-    goto fail;
+    pem_set_free(out);
+    td_error_prefix(err, "%s", t->where);
+    return rc;
   }
-  int match = X509_check_private_key(cert, key);
-  ERR_clear_error();
-  int expired = X509_cmp_current_time(X509_get0_notAfter(cert)) < 0;
-  X509_free(cert);
-  EVP_PKEY_free(key);
-  if (!match) {
-    rc = td_errorf(err, TD_EINVAL, "tls.key_file %s is not the key of tls.cert_file %s",
-                   t->key_file, t->cert_file);
-    goto fail;
-  }
-  if (expired)
+  if (X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
     td_log_warn("the TLS certificate has expired; clients will refuse it", "listener=%s file=%s",
                 t->where, t->cert_file);
-  if (out->ca && count_certs(out->ca, NULL) == 0) {
-    rc = td_errorf(err, TD_EINVAL, "tls.client_ca_file %s: no PEM certificate in it", t->ca_file);
-    goto fail;
-  }
+  X509_free(cert);
   return TD_OK;
-fail:
-  pem_set_free(out);
-  td_error_prefix(err, "%s", t->where);
-  return rc;
 }
 
 static char *dup_opt(const char *s) { return s && *s ? strdup(s) : NULL; }

@@ -80,9 +80,17 @@ int srv_job_allowed(td_server *s, td_rpc_call *call, const td_job *j, td_job_act
 }
 
 int srv_job_roots(const td_server *s, const char *owner, char ***roots, size_t *n) {
+  return srv_job_roots_narrowed(s, owner, roots, n, NULL);
+}
+
+int srv_job_roots_narrowed(const td_server *s, const char *owner, char ***roots, size_t *n,
+                           int *narrowed) {
   const char *const *mine = NULL;
   size_t k = 0;
-  if (!td_auth_roots(s->auth, owner, &mine, &k)) {
+  int own = td_auth_roots(s->auth, owner, &mine, &k);
+  if (narrowed)
+    *narrowed = own;
+  if (!own) {
     mine = (const char *const *)s->cfg->data_dirs;
     k = s->cfg->n_data_dirs;
   }
@@ -467,16 +475,15 @@ static int srv_listen_build(const Traind__V1__DaemonConfig *c, srv_listen *l) {
     o->insecure = x->insecure;
     if (x->tls) {
       td_rpc_tls *t = &l->tls[l->n];
+      /* td_config_finish filled in the default and checked the value. */
       const char *cc = x->tls->client_cert;
       t->cert_file = x->tls->cert_file;
       t->key_file = x->tls->key_file;
       t->client_ca_file =
           x->tls->client_ca_file && *x->tls->client_ca_file ? x->tls->client_ca_file : NULL;
-      t->client_cert = cc && strcmp(cc, "require") == 0   ? TD_RPC_CLIENT_CERT_REQUIRE
-                       : cc && strcmp(cc, "request") == 0 ? TD_RPC_CLIENT_CERT_REQUEST
-                       : cc && strcmp(cc, "none") == 0    ? TD_RPC_CLIENT_CERT_NONE
-                       : t->client_ca_file                ? TD_RPC_CLIENT_CERT_REQUIRE
-                                                          : TD_RPC_CLIENT_CERT_NONE;
+      t->client_cert = strcmp(cc, "require") == 0   ? TD_RPC_CLIENT_CERT_REQUIRE
+                       : strcmp(cc, "request") == 0 ? TD_RPC_CLIENT_CERT_REQUEST
+                                                    : TD_RPC_CLIENT_CERT_NONE;
       o->tls = t;
     }
     l->addrs[l->n++] = x->address;

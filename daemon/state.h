@@ -118,6 +118,11 @@ int srv_job_allowed(td_server *s, td_rpc_call *call, const td_job *j, td_job_act
 /* The data roots job j (or a job of `owner`) may read, as copies: the
  * owner's (auth.h), else the config's. Returns 0, or -1 out of memory. */
 int srv_job_roots(const td_server *s, const char *owner, char ***roots, size_t *n);
+/* The same, and *narrowed (when not NULL): 1 when auth narrows them to the
+ * owner's or its role's roots (possibly none), 0 when they are all of the
+ * config's. */
+int srv_job_roots_narrowed(const td_server *s, const char *owner, char ***roots, size_t *n,
+                           int *narrowed);
 /* Ends the stop once no job runs and no stream is open. */
 void srv_maybe_finish_shutdown(td_server *s);
 

@@ -3,6 +3,7 @@
  * checks of listeners, TLS, roles and principals' data roots; which data
  * roots a job owner's jobs read. Calls over real sockets, certificates and
  * the role matrix are tests/e2e/daemon_security.py. */
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,29 @@ static void test_config_checks(void) {
         "good config: %s", err.msg);
   CHECK(c && c->n_listen == 0 && c->n_listeners == 2, "listen %zu listeners %zu",
         c ? c->n_listen : 0, c ? c->n_listeners : 0);
+  /* tls.client_cert's default is filled in: require with a CA. */
+  CHECK(c && c->n_listeners == 2 && strcmp(c->listeners[0]->tls->client_cert, "require") == 0,
+        "client_cert with a CA: '%s'",
+        c && c->n_listeners ? c->listeners[0]->tls->client_cert : "");
+  td_config_free(c);
+  /* None without one; a value given stays, and a second finish keeps both. */
+  const char *tok = write_file("tokens", "0123456789abcdef0123,alice,user\n");
+  char yaml[1024];
+  snprintf(yaml, sizeof yaml,
+           "listeners: [{address: '0.0.0.0:7443', tls: {cert_file: c, key_file: k}}, "
+           "{address: '0.0.0.0:7444', tls: {cert_file: c, key_file: k, client_ca_file: a, "
+           "client_cert: request}}]\n"
+           "auth: {token_file: %s}\n",
+           tok);
+  c = NULL;
+  CHECK(load_config(yaml, &c, &err) == TD_OK, "config with a token file: %s", err.msg);
+  for (int pass = 0; c && pass < 2; pass++) {
+    CHECK(strcmp(c->listeners[0]->tls->client_cert, "none") == 0, "client_cert without a CA: '%s'",
+          c->listeners[0]->tls->client_cert);
+    CHECK(strcmp(c->listeners[1]->tls->client_cert, "request") == 0, "client_cert given: '%s'",
+          c->listeners[1]->tls->client_cert);
+    CHECK(td_config_finish(c, &err) == TD_OK, "finish again: %s", err.msg);
+  }
   td_config_free(c);
 }
 
@@ -186,6 +210,59 @@ static void test_role_names(void) {
   CHECK(strcmp(td_role_name(TD_ROLE_USER), "user") == 0, "td_role_name");
 }
 
+/* What the uid's name is, read here directly. */
+static void unix_name_of(unsigned uid, char *buf, size_t n) {
+  struct passwd pw, *res = NULL;
+  char pwbuf[1024];
+  if (getpwuid_r((uid_t)uid, &pw, pwbuf, sizeof pwbuf, &res) == 0 && res)
+    snprintf(buf, n, "unix:%.120s", res->pw_name);
+  else
+    snprintf(buf, n, "unix:uid=%u", uid);
+}
+
+/* Unix socket peers' names, remembered by uid: the same names as a direct
+ * lookup, also for uids no user has, after the table of 64 has turned over
+ * and on the second look. */
+static void test_unix_names(void) {
+  td_auth *a = NULL;
+  td_error err = {0};
+  CHECK(load_auth("{}\n", &a, &err) == TD_OK, "auth: %s", err.msg);
+  if (!a)
+    return;
+  char got[160], want[160];
+  td_auth_unix_name(a, 0, got, sizeof got);
+  CHECK(strcmp(got, "unix:root") == 0, "uid 0: %s", got);
+  unsigned me = (unsigned)getuid();
+  unix_name_of(me, want, sizeof want);
+  for (int pass = 0; pass < 2; pass++) {
+    td_auth_unix_name(a, me, got, sizeof got);
+    CHECK(strcmp(got, want) == 0, "uid %u, look %d: %s, want %s", me, pass, got, want);
+  }
+  /* Uids no user has (checked), more of them than the table holds. */
+  unsigned base = 3999999000u;
+  for (unsigned k = 0; k < 100; k++) {
+    char direct[160], expect[160];
+    unix_name_of(base + k, direct, sizeof direct);
+    snprintf(expect, sizeof expect, "unix:uid=%u", base + k);
+    CHECK(strcmp(direct, expect) == 0, "uid %u has a user: %s", base + k, direct);
+    td_auth_unix_name(a, base + k, got, sizeof got);
+    CHECK(strcmp(got, expect) == 0, "uid %u: %s", base + k, got);
+  }
+  for (int pass = 0; pass < 2; pass++) {
+    td_auth_unix_name(a, 0, got, sizeof got);
+    CHECK(strcmp(got, "unix:root") == 0, "uid 0 after the table turned over: %s", got);
+    td_auth_unix_name(a, me, got, sizeof got);
+    CHECK(strcmp(got, want) == 0, "uid %u after the table turned over: %s", me, got);
+    td_auth_unix_name(a, base + 99, got, sizeof got);
+    CHECK(strcmp(got, "unix:uid=3999999099") == 0, "uid %u again: %s", base + 99, got);
+  }
+  /* A short buffer gets a truncated, terminated name. */
+  char shortbuf[8];
+  td_auth_unix_name(a, 0, shortbuf, sizeof shortbuf);
+  CHECK(strcmp(shortbuf, "unix:ro") == 0, "short buffer: %s", shortbuf);
+  td_auth_free(a);
+}
+
 int main(void) {
   if (!mkdtemp(dir)) {
     perror("mkdtemp");
@@ -195,6 +272,7 @@ int main(void) {
   test_config_checks();
   test_roots();
   test_role_names();
+  test_unix_names();
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0)

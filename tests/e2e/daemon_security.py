@@ -56,9 +56,11 @@ Jobs are tiny (2 steps on a synthetic HDF5 dataset), so no MNIST is needed.
                        is UNAUTHENTICATED (accepted over loopback)
   refused_configs      TLS without client certificates and without a token
                        file, client_cert require without a CA, a key that is
-                       not the certificate's, a missing certificate or CA
-                       file, a malformed token file: the daemon does not
-                       start and names the field or file
+                       not the certificate's, an encrypted key (refused,
+                       never prompted for), a certificate that does not
+                       parse, a CA file without certificates, a missing
+                       certificate or CA file, a malformed token file: the
+                       daemon does not start and names the field or file
   health_listener      health_listen answers grpc.health.v1.Health without
                        credentials while the API is mutual TLS only; Trainer
                        methods there are UNIMPLEMENTED
@@ -1164,6 +1166,18 @@ def refused_configs(s):
     p = pki()
     tf = token_file(os.path.join(s.tmp, "tokens"), [(secrets.token_hex(32), "x", "admin")])
     missing = os.path.join(s.tmp, "no-such-cert.pem")
+    encrypted = os.path.join(s.tmp, "encrypted.key")
+    out = subprocess.run(["openssl", "pkey", "-in", p.path("server", "key"), "-aes256",
+                          "-passout", "pass:secret", "-out", encrypted],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    check(out.returncode == 0, "openssl pkey -aes256: %s", out.stderr)
+    broken = os.path.join(s.tmp, "broken.crt")
+    with open(broken, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+    def with_tls(**files):
+        return {"listeners": [dict(tls_listener(), tls=dict(tls_listener()["tls"], **files))]}
+
     cases = [
         ("TLS without client certificates and without a token file",
          {"listeners": [tls_listener(ca=None, client_cert="none")]},
@@ -1177,6 +1191,12 @@ def refused_configs(s):
          {"listeners": [dict(tls_listener(), tls=dict(tls_listener()["tls"],
                                                       key_file=p.path("alice", "key")))]},
          ("key_file", p.path("alice", "key"), p.path("server", "crt"))),
+        ("an encrypted key", with_tls(key_file=encrypted),
+         ("key_file", encrypted, "is encrypted", "openssl pkey")),
+        ("a certificate that does not parse", with_tls(cert_file=broken),
+         ("cert_file", broken, "does not parse")),
+        ("a CA file without certificates", with_tls(client_ca_file=p.path("ca", "key")),
+         ("client_ca_file", p.path("ca", "key"), "holds no PEM certificate")),
         ("a missing certificate file",
          {"listeners": [dict(tls_listener(), tls=dict(tls_listener()["tls"],
                                                       cert_file=missing))]},
