@@ -441,8 +441,8 @@ void td_optim_scalars(const td_optim *o, int64_t count, td_opt_scalars *out) {
         .post = c >= 0 ? fold_scalars(s->pre, c + 1, s->n_pre, count) : 1.0,
         .mid_scale = (float)fold_scalars(s->mid, 0, s->n_mid, count),
         .out_scale = (float)fold_scalars(s->post, 0, s->n_post, count),
-        .bc1 = (float)(1.0 - pow(s->b1, (double)inc)),
-        .bc2 = (float)(1.0 - pow(s->b2, (double)inc)),
+        .rbc1 = (float)(1.0 / (1.0 - pow(s->b1, (double)inc))),
+        .rbc2 = (float)(1.0 / (1.0 - pow(s->b2, (double)inc))),
     };
     out[i] = a;
   }

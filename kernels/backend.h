@@ -42,7 +42,7 @@ const char *td_act_name(td_act act);
  *   v = out_scale * (mid_scale * v + wd * p)
  *   apply ? p += v : g = v
  * adam:  s1 = (1-b1) v + b1 s1;  s2 = (1-b2) v^2 + b2 s2;
- *        v = (s1 / bc1) / (sqrt(s2 / bc2 + eps_root) + eps)
+ *        v = (s1 * rbc1) / (sqrt(s2 * rbc2 + eps_root) + eps)
  * trace: s1 = v + momentum s1;  v = nesterov ? v + momentum s1 : s1
  *
  * What is fixed for a job (td_opt_pass) is an argument; what changes from
@@ -69,7 +69,9 @@ typedef struct td_opt_pass {
 typedef struct td_opt_scalars {
   double pre, post; /* the factors of in_scale before and after the clip */
   float mid_scale, out_scale;
-  float bc1, bc2; /* 1 - b1^count, 1 - b2^count, count after this update */
+  /* 1 / (1 - b1^count), 1 / (1 - b2^count), count after this update: the
+   * bias corrections as factors, so that the pass divides once, not thrice. */
+  float rbc1, rbc2;
 } td_opt_scalars;
 
 /* in_scale = (float)((pre * k) * post), k = 1 without a clip, else

@@ -808,8 +808,8 @@ static td_opt_scalars test_scalars(int step) {
       .post = 1.0,
       .mid_scale = -1e-3f,
       .out_scale = 1.5f,
-      .bc1 = (float)(1.0 - pow(0.9, step)),
-      .bc2 = (float)(1.0 - pow(0.999, step)),
+      .rbc1 = (float)(1.0 / (1.0 - pow(0.9, step))),
+      .rbc2 = (float)(1.0 / (1.0 - pow(0.999, step))),
   };
   return s;
 }
@@ -922,8 +922,8 @@ static void check_opt_clip(void) {
                                  .post = 2.0,
                                  .mid_scale = 1.0f,
                                  .out_scale = 1.0f,
-                                 .bc1 = 1.0f,
-                                 .bc2 = 1.0f};
+                                 .rbc1 = 1.0f,
+                                 .rbc2 = 1.0f};
       const double norm = fabs(sc.pre) * sqrt((double)norm_sq);
       CHECK(c == 0 ? norm > clips[c] : norm < clips[c],
             "clip test: |pre| * norm %.6g is on the wrong side of %g", norm, clips[c]);

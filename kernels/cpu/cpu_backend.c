@@ -72,6 +72,11 @@ static int cpu_gather(td_backend *be, const float *src, const int32_t *src_label
  * program 20% on 2 cores, 12 to 25 MFLOP tiles are level with OpenBLAS's
  * own threading), few enough that the large GEMMs feed several threads. */
 #define GEMM_TILE_FLOPS (20.0e6)
+/* A GEMM of at least this many FLOPs is cut in two at least, so that the
+ * small GEMMs of small batches and narrow layers (the reference program's
+ * second layer, batch 32's every layer) use two threads: at batch 32 the
+ * step takes 0.47 ms instead of 0.78 on 2 cores. */
+#define GEMM_SPLIT_FLOPS (2.0e6)
 #define GEMM_MAX_TILES 64
 #define GEMM_ALIGN 16 /* tile edges on multiples of the kernels' widths */
 
@@ -115,6 +120,8 @@ static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int 
   const int dim = g.along_n ? n : m;
   double flops = 2.0 * m * n * (double)k;
   size_t tiles = cpu_tasks((size_t)(flops / GEMM_TILE_FLOPS), 1, GEMM_MAX_TILES);
+  if (flops >= GEMM_SPLIT_FLOPS && tiles < 2)
+    tiles = 2;
   if ((size_t)dim < tiles * GEMM_ALIGN)
     tiles = (size_t)(dim / GEMM_ALIGN) > 0 ? (size_t)(dim / GEMM_ALIGN) : 1;
   int tile = (dim + (int)tiles - 1) / (int)tiles;
@@ -453,12 +460,14 @@ static int cpu_copy2d(td_backend *be, size_t rows, size_t cols, float *dst, size
   return TD_OK;
 }
 
-/* Sums of squares: blocks of 4096, each summed in eight float lanes (they
- * vectorize) and folded into a double; the blocks' sums are added in block
- * order, so the result is order-fixed and accurate for buffers of
- * millions. */
+/* Sums of squares: blocks of 4096, each summed in 32 float lanes (four
+ * vectors of eight, enough to keep the adds' latency hidden) and folded
+ * into a double; the blocks' sums are added in block order, so the result
+ * is order-fixed and accurate for buffers of millions. */
 #define SUMSQ_BLOCK 4096
 #define SUMSQ_BLOCKS_PER_TASK 8
+
+typedef float v8f __attribute__((vector_size(32)));
 
 typedef struct sumsq_job {
   size_t n;
@@ -466,25 +475,33 @@ typedef struct sumsq_job {
   double *part; /* one per block */
 } sumsq_job;
 
+static double sumsq_block(const float *x, size_t n) {
+  enum { VW = 8, NV = 4 };
+  v8f acc[NV] = {{0}};
+  size_t i = 0;
+  for (; i + VW * NV <= n; i += VW * NV)
+    for (int v = 0; v < NV; v++) {
+      v8f a;
+      memcpy(&a, x + i + (size_t)v * VW, sizeof a);
+      acc[v] += a * a;
+    }
+  float tail = 0.0f;
+  for (; i < n; i++)
+    tail += x[i] * x[i];
+  double s = tail;
+  for (int v = 0; v < NV; v++)
+    for (int l = 0; l < VW; l++)
+      s += acc[v][l];
+  return s;
+}
+
 static void sumsq_task(void *arg, size_t t) {
   const sumsq_job *j = arg;
-  enum { LANES = 8 };
-  const float *x = j->x;
   size_t nb = (j->n + SUMSQ_BLOCK - 1) / SUMSQ_BLOCK;
   for (size_t blk = t * SUMSQ_BLOCKS_PER_TASK; blk < nb && blk < (t + 1) * SUMSQ_BLOCKS_PER_TASK;
        blk++) {
     size_t base = blk * SUMSQ_BLOCK, end = base + SUMSQ_BLOCK < j->n ? base + SUMSQ_BLOCK : j->n;
-    float acc[LANES] = {0};
-    size_t i = base;
-    for (; i + LANES <= end; i += LANES)
-      for (int l = 0; l < LANES; l++)
-        acc[l] += x[i + l] * x[i + l];
-    for (; i < end; i++)
-      acc[0] += x[i] * x[i];
-    double s = 0.0;
-    for (int l = 0; l < LANES; l++)
-      s += acc[l];
-    j->part[blk] = s;
+    j->part[blk] = sumsq_block(j->x + base, end - base);
   }
 }
 
@@ -518,7 +535,7 @@ static int cpu_sumsq(td_backend *be, size_t n, const float *x, float *out) {
 
 typedef struct opt_job {
   const td_opt_pass *a;
-  float in_scale, mid_scale, out_scale, bc1, bc2;
+  float in_scale, mid_scale, out_scale, rbc1, rbc2;
   size_t n;
   float *p, *g, *s1, *s2;
 } opt_job;
@@ -532,11 +549,11 @@ static void opt_task(void *arg, size_t t) {
   const float in_scale = j->in_scale, mid_scale = j->mid_scale, wd = a->wd,
               out_scale = j->out_scale;
   const float b1 = a->b1, b2 = a->b2, eps = a->eps, eps_root = a->eps_root;
-  const float bc1 = j->bc1, bc2 = j->bc2, mom = a->momentum;
+  const float rbc1 = j->rbc1, rbc2 = j->rbc2, mom = a->momentum;
 #define ADAM_STEP                             \
   s1[i] = (1.0f - b1) * v + b1 * s1[i];       \
   s2[i] = (1.0f - b2) * (v * v) + b2 * s2[i]; \
-  v = (s1[i] / bc1) / (sqrtf(s2[i] / bc2 + eps_root) + eps)
+  v = (s1[i] * rbc1) / (sqrtf(s2[i] * rbc2 + eps_root) + eps)
 #define TRACE_STEP         \
   s1[i] = v + mom * s1[i]; \
   v = a->nesterov ? v + mom * s1[i] : s1[i]
@@ -576,8 +593,8 @@ static int cpu_opt_pass(td_backend *be, const td_opt_pass *a, const td_opt_scala
                td_opt_in_scale(a, sc, a->clip ? *norm_sq : 0.0f),
                sc->mid_scale,
                sc->out_scale,
-               sc->bc1,
-               sc->bc2,
+               sc->rbc1,
+               sc->rbc2,
                n,
                p,
                g,

@@ -10,8 +10,9 @@ typedef struct cpu_ctx {
   int threads;    /* this backend's threads (at least 1) */
   cpu_pool *pool; /* they run every parallel loop of the backend's own ops */
   char last[512]; /* the last failure, for last_error */
-  /* oneDNN's engine, stream and attributes, made by the first window kernel. */
-  void *dn_eng, *dn_strm, *dn_attr;
+  /* oneDNN's engine and attributes, made by the first window kernel (each
+   * tile's primitive has its own stream). */
+  void *dn_eng, *dn_attr;
   double *dbuf; /* accumulators of the normalization ops, grown on first use */
   size_t dbuf_n;
 } cpu_ctx;

@@ -73,20 +73,15 @@ static int dn_setup(cpu_ctx *ctx) {
     return TD_OK;
   dnnl_engine_t eng;
   DN(ctx, dnnl_engine_create(&eng, dnnl_cpu, 0));
-  dnnl_stream_t strm;
-  if (dnnl_stream_create(&strm, eng, dnnl_stream_default_flags) != dnnl_success) {
-    dnnl_engine_destroy(eng);
-    return cpu_fail(ctx, "oneDNN dnnl_stream_create failed");
-  }
-  dnnl_primitive_attr_t attr;
+  dnnl_primitive_attr_t attr = NULL;
   if (dnnl_primitive_attr_create(&attr) != dnnl_success ||
       dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success) {
-    dnnl_stream_destroy(strm);
+    if (attr)
+      dnnl_primitive_attr_destroy(attr);
     dnnl_engine_destroy(eng);
     return cpu_fail(ctx, "oneDNN attributes failed");
   }
   ctx->dn_eng = eng;
-  ctx->dn_strm = strm;
   ctx->dn_attr = attr;
   return TD_OK;
 }
@@ -95,7 +90,6 @@ void cpu_window_teardown(cpu_ctx *ctx) {
   if (!ctx->dn_eng)
     return;
   dnnl_primitive_attr_destroy(ctx->dn_attr);
-  dnnl_stream_destroy(ctx->dn_strm);
   dnnl_engine_destroy(ctx->dn_eng);
   ctx->dn_eng = NULL;
 }

@@ -19,7 +19,7 @@ __global__ void opt_pass_kernel(td_opt_pass a, const td_opt_scalars *__restrict_
     return;
   const td_opt_scalars k = *sc;
   const float in_scale = td_opt_in_scale(&a, &k, a.clip ? *norm_sq : 0.0f);
-  const float bc1 = k.bc1, bc2 = k.bc2, mid_scale = k.mid_scale, out_scale = k.out_scale;
+  const float rbc1 = k.rbc1, rbc2 = k.rbc2, mid_scale = k.mid_scale, out_scale = k.out_scale;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     float v = in_scale * g[i];
@@ -28,7 +28,7 @@ __global__ void opt_pass_kernel(td_opt_pass a, const td_opt_scalars *__restrict_
       const float s = (1.0f - a.b2) * (v * v) + a.b2 * s2[i];
       s1[i] = m;
       s2[i] = s;
-      v = (m / bc1) / (sqrtf(s / bc2 + a.eps_root) + a.eps);
+      v = (m * rbc1) / (sqrtf(s * rbc2 + a.eps_root) + a.eps);
     } else if (KIND == TD_OPT_TRACE) {
       const float t = v + a.momentum * s1[i];
       s1[i] = t;
