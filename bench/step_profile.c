@@ -129,7 +129,8 @@ static int run_step(prof *pr, int rep, td_error *err) {
       t0 = t;               \
     }                       \
   } while (0)
-  int rc = ops->gather(be, pr->src, pr->labels, p->in_dim, pr->idx, NULL, p->batch, a + p->in_off,
+  const td_rows rl = {p->in_dim, p->in_dim, 1, 1};
+  int rc = ops->gather(be, &rl, pr->src, pr->labels, pr->idx, NULL, p->batch, a + p->in_off,
                        (int32_t *)(a + p->labels_off));
   if (rc)
     return td_errorf(err, rc, "gather failed");

@@ -98,6 +98,11 @@ enum {
   FL_TLS,
   FL_TOKEN_FILE,
   FL_CONTEXT,
+  FL_PROMPT,
+  FL_TOKENS,
+  FL_TEMPERATURE,
+  FL_TOP_K,
+  FL_SEED,
   FL_COUNT
 };
 #define CONN_FLAGS                                                                  \
@@ -158,6 +163,12 @@ static const flag_def flag_defs[FL_COUNT] = {
     [FL_CONTEXT] = {"context", 0, "NAME",
                     "use the named context of the config file ($TRAINCTL_CONTEXT; default: its "
                     "current context; \"\" for none); see 'trainctl config --help'"},
+    [FL_PROMPT] = {"prompt", 0, "TEXT", "the text to continue (default: a new line)"},
+    [FL_TOKENS] = {"tokens", 0, "N", "how many tokens to generate (default 200)"},
+    [FL_TEMPERATURE] = {"temperature", 0, "T",
+                        "divide the logits by T (default 1; below 1 is more conservative)"},
+    [FL_TOP_K] = {"top-k", 0, "K", "draw only among the K likeliest tokens (default: all)"},
+    [FL_SEED] = {"seed", 0, "S", "the draws' seed: the same seed gives the same text (default 0)"},
 };
 
 typedef struct ctl ctl;
@@ -199,6 +210,10 @@ struct ctl {
   uint32_t limit;
   int64_t since, step;
   int no_save;
+  const char *prompt;
+  uint32_t tokens, top_k;
+  double temperature;
+  uint64_t seed;
   int utf8;
   td_rpc_client *rpc;
 };
@@ -1296,6 +1311,57 @@ static int cmd_export(ctl *c) {
   return rc;
 }
 
+/* Text from a job's language model: a running job is checkpointed first,
+ * so that the text comes from its latest parameters. */
+static int cmd_sample(ctl *c) {
+  const char *id = c->args[0];
+  char clean[256], what[300];
+  td_view_sanitize(id, clean, sizeof clean);
+  if (!c->step) {
+    Traind__V1__GetJobRequest greq = TRAIND__V1__GET_JOB_REQUEST__INIT;
+    greq.id = (char *)id;
+    Traind__V1__Job *job = NULL;
+    snprintf(what, sizeof what, "get job %s", clean);
+    int rc = unary(c, METHOD("GetJob"), &greq.base, &traind__v1__job__descriptor,
+                   (ProtobufCMessage **)&job, what);
+    if (rc)
+      return rc;
+    int running = job->state == TRAIND__V1__JOB_STATE__RUNNING;
+    protobuf_c_message_free_unpacked(&job->base, NULL);
+    if (running) {
+      Traind__V1__CheckpointInfo *info = NULL;
+      if ((rc = save_checkpoint(c, id, &info)))
+        return rc;
+      c->step = info->step;
+      protobuf_c_message_free_unpacked(&info->base, NULL);
+    }
+  }
+  Traind__V1__SampleRequest req = TRAIND__V1__SAMPLE_REQUEST__INIT;
+  req.id = (char *)id;
+  req.prompt = (char *)(c->prompt ? c->prompt : "\n");
+  req.tokens = c->tokens;
+  req.temperature = c->temperature;
+  req.top_k = c->top_k;
+  req.seed = c->seed;
+  req.step = c->step;
+  Traind__V1__SampleResponse *r = NULL;
+  snprintf(what, sizeof what, "sample job %s", clean);
+  double keep = c->timeout;
+  if (!c->timeout_given)
+    c->timeout = CHECKPOINT_TIMEOUT;
+  int rc = unary(c, METHOD("Sample"), &req.base, &traind__v1__sample_response__descriptor,
+                 (ProtobufCMessage **)&r, what);
+  c->timeout = keep;
+  if (rc)
+    return rc;
+  if (c->output == OUT_TABLE)
+    printf("%s\n", r->text);
+  else
+    rc = print_message(c, &r->base, 0);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return rc;
+}
+
 /* `config get-contexts`: one row per context, * marking the current one. */
 static int config_get_contexts(ctl *c) {
   const Traind__V1__ClientConfig *cfg = c->file.cfg;
@@ -1448,6 +1514,18 @@ static const command commands[] = {
      "appears only once complete. Its /params open with h5py (see\n"
      "docs/checkpoint-format.md) and can warm-start another job\n"
      "(checkpoint.init_from).\n"},
+    {"sample", cmd_sample,
+     "JOB [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S] [--step N]", 1, 1,
+     (1u << FL_PROMPT) | (1u << FL_TOKENS) | (1u << FL_TEMPERATURE) | (1u << FL_TOP_K) |
+         (1u << FL_SEED) | (1u << FL_STEP),
+     OUT_TABLE | OUT_JSON | OUT_YAML, "print text from a job's language model",
+     "Continues the prompt with text from a job trained on a text dataset: the\n"
+     "model runs token by token (with a cache of the attention layers' keys and\n"
+     "values) from the job's newest checkpoint, or the one at --step; a running\n"
+     "job is checkpointed first, so the text comes from its latest parameters.\n"
+     "Every character of the prompt must be in the model's vocabulary. The same\n"
+     "--seed (and options) gives the same text. For a checkpoint file on this\n"
+     "machine (trainctl export), 'traind sample FILE' does the same locally.\n"},
     {"devices", cmd_devices, "", 0, 0, 0, OUT_TABLE | OUT_JSON | OUT_YAML | OUT_CSV,
      "list the daemon's devices and the jobs holding them",
      "Lists the devices the daemon can run jobs on and the job holding each.\n"},
@@ -1700,6 +1778,33 @@ static int apply_flag(ctl *c, int id, const char *flag, const char *val) {
   case FL_NAME:
     c->name = val;
     return 0;
+  case FL_PROMPT:
+    c->prompt = val;
+    return 0;
+  case FL_TOKENS:
+    if (parse_uint(val, 10000, &u) || u == 0)
+      return usage_error(c, "--tokens takes a count from 1 to 10000, got '%s'", val);
+    c->tokens = (uint32_t)u;
+    return 0;
+  case FL_TOP_K:
+    if (parse_uint(val, UINT32_MAX, &u))
+      return usage_error(c, "--top-k takes a count (0: all tokens), got '%s'", val);
+    c->top_k = (uint32_t)u;
+    return 0;
+  case FL_SEED:
+    if (parse_uint(val, UINT64_MAX, &u))
+      return usage_error(c, "--seed takes a number, got '%s'", val);
+    c->seed = (uint64_t)u;
+    return 0;
+  case FL_TEMPERATURE: {
+    char *end = NULL;
+    errno = 0;
+    double t = strtod(val, &end);
+    if (errno || end == val || *end || !(t > 0.0) || !isfinite(t))
+      return usage_error(c, "--temperature takes a number above 0 (like 0.8), got '%s'", val);
+    c->temperature = t;
+    return 0;
+  }
   case FL_SERVICE:
     c->service = val;
     return 0;

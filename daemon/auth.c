@@ -302,6 +302,7 @@ static td_role method_role(const char *path, const char **needs) {
       {"/traind.v1.Trainer/CancelJob", TD_ROLE_USER},
       {"/traind.v1.Trainer/SaveCheckpoint", TD_ROLE_USER},
       {"/traind.v1.Trainer/ExportCheckpoint", TD_ROLE_USER},
+      {"/traind.v1.Trainer/Sample", TD_ROLE_USER},
       {"/traind.v1.Trainer/GetJob", TD_ROLE_VIEWER},
       {"/traind.v1.Trainer/ListJobs", TD_ROLE_VIEWER},
       {"/traind.v1.Trainer/GetMetrics", TD_ROLE_VIEWER},

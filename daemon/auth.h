@@ -25,7 +25,7 @@ typedef enum td_role {
 typedef enum td_job_action {
   TD_JOB_READ = 0, /* GetJob, ListJobs, GetMetrics, WatchMetrics */
   TD_JOB_WRITE,    /* CancelJob, SaveCheckpoint */
-  TD_JOB_EXPORT,   /* ExportCheckpoint */
+  TD_JOB_EXPORT,   /* ExportCheckpoint, Sample */
 } td_job_action;
 
 typedef struct td_auth td_auth;

@@ -1,6 +1,6 @@
 /* The traind.v1.Trainer RPCs but the metric ones (watch.c): submissions,
  * checked on libuv's thread pool, jobs, cancels, devices, the daemon's
- * info, checkpoints and their export. */
+ * info, checkpoints and their export, and text sampled from them. */
 #include "state.h"
 
 #include <errno.h>
@@ -21,6 +21,7 @@
 #include "jobspec.h"
 #include "log.h"
 #include "pbjson.h"
+#include "sample.h"
 #include "traind/v1/trainer.pb-c.h"
 
 #define LIST_DEFAULT 100
@@ -687,6 +688,129 @@ static void h_export(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   export_more(x, call);
 }
 
+/* A Sample call: the checkpoint is loaded and the text generated on
+ * libuv's thread pool (sample_run), from a copy of the request; the loop
+ * replies in sample_done. */
+typedef struct sample_work {
+  uv_work_t req;
+  td_rpc_call *call;
+  char path[4200], file[TD_CKPT_NAME_MAX];
+  int64_t step;
+  char *prompt;
+  td_sample_opts opts;
+  /* The outcome. */
+  int code;
+  char msg[TD_ERRMSG_MAX];
+  char *text;
+  double sec;
+} sample_work;
+
+static void sample_run(uv_work_t *req) {
+  sample_work *w = req->data;
+  td_error err = {0};
+  td_sampler *s = NULL;
+  double t0 = td_mono_sec();
+  int rc = td_sampler_open(w->path, &s, &err);
+  if (!rc)
+    rc = td_sampler_run(s, &w->opts, &w->text, &err);
+  td_sampler_free(s);
+  w->sec = td_mono_sec() - t0;
+  if (rc) {
+    /* A model that cannot be sampled is the job's state, not the request's. */
+    w->code = rc == TD_EUNSUPPORTED ? TD_GRPC_FAILED_PRECONDITION : td_grpc_status(rc);
+    snprintf(w->msg, sizeof w->msg, "%s", err.msg);
+  }
+}
+
+static void sample_done(uv_work_t *req, int status) {
+  sample_work *w = req->data;
+  if (status != 0) {
+    td_rpc_fail(w->call, TD_GRPC_INTERNAL, "the sampling did not run");
+  } else if (w->code != TD_GRPC_OK) {
+    td_rpc_fail(w->call, w->code, w->msg);
+  } else {
+    Traind__V1__SampleResponse r = TRAIND__V1__SAMPLE_RESPONSE__INIT;
+    r.text = w->text;
+    r.step = w->step;
+    r.file = w->file;
+    r.tokens = w->opts.tokens;
+    r.tokens_per_sec = w->sec > 0.0 ? w->opts.tokens / w->sec : 0.0;
+    td_rpc_reply(w->call, &r.base);
+  }
+  free(w->prompt);
+  free(w->text);
+  free(w);
+}
+
+static void h_sample(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
+  td_server *s = ctx;
+  const Traind__V1__SampleRequest *req = (const void *)req_;
+  td_job *j = srv_find_job(s, req->id);
+  if (!j) {
+    srv_fail_not_found(call, req->id);
+    return;
+  }
+  if (!srv_job_allowed(s, call, j, TD_JOB_EXPORT))
+    return;
+  char msg[512];
+  if (req->tokens > TD_SAMPLE_MAX_TOKENS) {
+    snprintf(msg, sizeof msg, "tokens: %u; at most %d per call", req->tokens, TD_SAMPLE_MAX_TOKENS);
+    td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, msg);
+    return;
+  }
+  char dir[4096];
+  td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);
+  td_ckpt_file *fs = NULL;
+  size_t n = 0;
+  td_error err = {0};
+  if (td_ckpt_list(dir, &fs, &n, &err)) {
+    td_rpc_fail(call, TD_GRPC_INTERNAL, err.msg);
+    return;
+  }
+  size_t pick = 0;
+  while (req->step && pick < n && fs[pick].step != req->step)
+    pick++;
+  if (pick >= n) {
+    if (req->step)
+      snprintf(msg, sizeof msg, "job %s has no checkpoint at step %lld", j->id,
+               (long long)req->step);
+    else
+      snprintf(msg, sizeof msg, "job %s has no checkpoint yet to sample from%s", j->id,
+               j->state == TRAIND__V1__JOB_STATE__RUNNING ? "; take one with trainctl checkpoint"
+                                                          : "");
+    free(fs);
+    td_rpc_fail(call, req->step ? TD_GRPC_NOT_FOUND : TD_GRPC_FAILED_PRECONDITION, msg);
+    return;
+  }
+  sample_work *w = calloc(1, sizeof *w);
+  if (w && !(w->prompt = strdup(req->prompt ? req->prompt : ""))) {
+    free(w);
+    w = NULL;
+  }
+  if (w) {
+    w->req.data = w;
+    w->call = call;
+    snprintf(w->path, sizeof w->path, "%s/%s", dir, fs[pick].name);
+    snprintf(w->file, sizeof w->file, "%s", fs[pick].name);
+    w->step = fs[pick].step;
+    w->opts = (td_sample_opts){.prompt = w->prompt,
+                               .tokens = req->tokens ? req->tokens : 200,
+                               .temperature = req->temperature != 0.0 ? req->temperature : 1.0,
+                               .top_k = req->top_k,
+                               .seed = req->seed};
+  }
+  free(fs);
+  if (!w || uv_queue_work(&s->loop, &w->req, sample_run, sample_done) != 0) {
+    if (w)
+      free(w->prompt);
+    free(w);
+    td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
+    return;
+  }
+  td_log_info("sampling", "job=%s file=%s tokens=%u peer=%s", j->id, w->file, w->opts.tokens,
+              td_rpc_peer(call));
+}
+
 static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   (void)req_;
   td_server *s = ctx;
@@ -778,4 +902,5 @@ const td_rpc_method srv_trainer_methods[SRV_N_TRAINER] = {
     TRAINER("GetDaemonInfo", TD_RPC_UNARY, get_daemon_info_request, h_info),
     TRAINER("SaveCheckpoint", TD_RPC_UNARY, save_checkpoint_request, h_save),
     TRAINER("ExportCheckpoint", TD_RPC_SERVER_STREAM, export_checkpoint_request, h_export),
+    TRAINER("Sample", TD_RPC_UNARY, sample_request, h_sample),
 };

@@ -3,6 +3,8 @@
  *   traind [serve] [--listen ADDR]... [--state-dir DIR] [common options]
  *   traind run JOBFILE [--json] [--metrics FILE] [--checkpoint-dir DIR]
  *              [common options]
+ *   traind sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T]
+ *                 [--top-k K] [--seed S]
  *   common: --config FILE, --data-dir DIR (repeatable), --cpu-devices N,
  *           --threads N
  *
@@ -31,6 +33,7 @@
 #include "jobspec.h"
 #include "pbjson.h"
 #include "progress.h"
+#include "sample.h"
 #include "saver.h"
 #include "server.h"
 #include "train.h"
@@ -54,6 +57,9 @@ static int should_stop(void *user) {
 static void usage(FILE *f) {
   fputs("usage: traind [serve] [options]      run the daemon\n"
         "       traind run JOBFILE [options]   train one job in the foreground\n"
+        "       traind sample CHECKPOINT [--prompt TEXT] [--tokens N]\n"
+        "              [--temperature T] [--top-k K] [--seed S]\n"
+        "                                      text from a language model's checkpoint\n"
         "       traind --version\n"
         "\n"
         "options (both):\n"
@@ -600,6 +606,66 @@ static int cmd_run(int argc, char **argv) {
   return rc ? (bad_input ? EXIT_BAD_INPUT : final_lost ? EXIT_FAILED : exit_for(rc)) : 0;
 }
 
+/* traind sample CHECKPOINT: text from a checkpoint file (an exported one,
+ * for example), printed on stdout. */
+static int cmd_sample(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"prompt", required_argument, NULL, 'p'},      {"tokens", required_argument, NULL, 'n'},
+      {"temperature", required_argument, NULL, 't'}, {"top-k", required_argument, NULL, 'k'},
+      {"seed", required_argument, NULL, 's'},        {NULL, 0, NULL, 0}};
+  td_sample_opts o = {.prompt = "\n", .tokens = 200, .temperature = 1.0};
+  int c;
+  char *end = NULL;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    errno = 0;
+    switch (c) {
+    case 'p':
+      o.prompt = optarg;
+      break;
+    case 'n':
+      o.tokens = (uint32_t)strtoul(optarg, &end, 10);
+      break;
+    case 't':
+      o.temperature = strtod(optarg, &end);
+      break;
+    case 'k':
+      o.top_k = (uint32_t)strtoul(optarg, &end, 10);
+      break;
+    case 's':
+      o.seed = strtoull(optarg, &end, 10);
+      break;
+    default:
+      fprintf(stderr, "traind sample: see traind --help\n");
+      return EXIT_BAD_INPUT;
+    }
+    if (c != 'p' && (errno || !end || *end || end == optarg)) {
+      fprintf(stderr, "traind sample: '%s' is not a number\n", optarg);
+      return EXIT_BAD_INPUT;
+    }
+  }
+  if (optind != argc - 1) {
+    fprintf(stderr, "usage: traind sample CHECKPOINT [--prompt TEXT] [--tokens N] "
+                    "[--temperature T] [--top-k K] [--seed S]\n");
+    return EXIT_BAD_INPUT;
+  }
+  td_error err = {0};
+  td_sampler *s = NULL;
+  char *text = NULL;
+  int rc = td_sampler_open(argv[optind], &s, &err);
+  if (!rc)
+    rc = td_sampler_run(s, &o, &text, &err);
+  td_sampler_free(s);
+  if (rc) {
+    fprintf(stderr, "traind sample: %s\n", err.msg);
+    return rc == TD_ENOTFOUND || rc == TD_EIO ? EXIT_DATA : EXIT_BAD_INPUT;
+  }
+  fputs(text, stdout);
+  fputc('\n', stdout);
+  free(text);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   /* Writes past RLIMIT_FSIZE fail with EFBIG instead of killing us. */
   signal(SIGXFSZ, SIG_IGN);
@@ -618,6 +684,8 @@ int main(int argc, char **argv) {
     return cmd_run(argc - 1, argv + 1);
   if (strcmp(argv[1], "serve") == 0)
     return cmd_serve(argc - 1, argv + 1);
+  if (strcmp(argv[1], "sample") == 0)
+    return cmd_sample(argc - 1, argv + 1);
   if (argv[1][0] == '-')
     return cmd_serve(argc, argv); /* `traind --listen ...` is serve */
   fprintf(stderr, "traind: unknown command '%s' (see traind --help)\n", argv[1]);

@@ -34,7 +34,7 @@
 #include "server.h"
 
 #define TRAINER_SERVICE "traind.v1.Trainer"
-#define SRV_N_TRAINER 10 /* the methods of traind.v1.Trainer */
+#define SRV_N_TRAINER 11 /* the methods of traind.v1.Trainer */
 
 /* A worker's report to the loop. */
 typedef enum { EV_STARTED, EV_RESUMED, EV_CHECKPOINT, EV_DONE } event_kind;

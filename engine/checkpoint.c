@@ -509,6 +509,19 @@ static int write_file(const char *name, const td_ckpt_image *img, const td_ckpt_
     if (sp >= 0)
       H5Sclose(sp);
   }
+  if (!bad && meta->n_vocab) {
+    what = "writing /vocab";
+    const hsize_t dim = meta->n_vocab;
+    hid_t sp = H5Screate_simple(1, &dim, NULL);
+    hid_t d =
+        sp < 0 ? -1 : H5Dcreate2(fid, "/vocab", H5T_STD_U32LE, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    bad = d < 0 || H5Dwrite(d, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, meta->vocab) < 0 ||
+          write_str_attr(d, "tokens", meta->vocab_bytes ? "byte" : "char") < 0;
+    if (d >= 0)
+      bad |= H5Dclose(d) < 0;
+    if (sp >= 0)
+      H5Sclose(sp);
+  }
   if (!bad) {
     what = "writing the root attributes";
     const int32_t version = TD_CKPT_VERSION;
@@ -1064,6 +1077,63 @@ int td_ckpt_load_params(const char *path, td_state *st, td_error *err) {
 int td_ckpt_check_params(const char *path, const td_plan *plan, td_error *err) {
   td_h5_quiet q = td_h5_silence();
   int rc = load_params(path, plan, NULL, err);
+  td_h5_restore(q);
+  return rc;
+}
+
+int td_ckpt_read_vocab(const char *path, uint32_t **vocab, uint32_t *n, int *bytes, td_error *err) {
+  *vocab = NULL;
+  *n = 0;
+  *bytes = 0;
+  td_h5_quiet q = td_h5_silence();
+  hid_t fid = -1, d = -1, sp = -1;
+  int rc = open_h5(path, &fid, err);
+  if (rc) {
+    td_h5_restore(q);
+    return rc;
+  }
+  if (H5Lexists(fid, "/vocab", td_h5_lapl()) <= 0) {
+    rc = td_errorf(err, TD_ENOTFOUND,
+                   "checkpoint '%s' holds no vocabulary (/vocab): its job was not trained on a "
+                   "text dataset",
+                   path);
+    goto done;
+  }
+  d = H5Dopen2(fid, "/vocab", td_h5_dapl());
+  sp = d < 0 ? -1 : H5Dget_space(d);
+  hssize_t count = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+  if (d < 0 || sp < 0 || H5Sget_simple_extent_ndims(sp) != 1 || count < 1 || count > (1 << 24)) {
+    rc =
+        td_errorf(err, TD_EDATA, "checkpoint '%s': /vocab is not a list of 1 to 2^24 tokens", path);
+    goto done;
+  }
+  char *tokens = NULL;
+  if (read_str_attr(d, "tokens", &tokens) ||
+      (strcmp(tokens, "char") != 0 && strcmp(tokens, "byte") != 0)) {
+    rc = td_errorf(err, TD_EDATA, "checkpoint '%s': /vocab's attribute tokens is not char or byte",
+                   path);
+    free(tokens);
+    goto done;
+  }
+  *bytes = strcmp(tokens, "byte") == 0;
+  free(tokens);
+  if (!(*vocab = malloc((size_t)count * sizeof **vocab))) {
+    rc = td_errorf(err, TD_ENOMEM, "checkpoint: out of memory");
+    goto done;
+  }
+  if (H5Dread(d, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, *vocab) < 0) {
+    free(*vocab);
+    *vocab = NULL;
+    rc = td_errorf(err, TD_EDATA, "checkpoint '%s': /vocab cannot be read as uint32", path);
+    goto done;
+  }
+  *n = (uint32_t)count;
+done:
+  if (sp >= 0)
+    H5Sclose(sp);
+  if (d >= 0)
+    H5Dclose(d);
+  H5Fclose(fid);
   td_h5_restore(q);
   return rc;
 }

@@ -46,6 +46,12 @@ typedef struct td_ckpt_meta {
   char job_id[TD_CKPT_JOB_ID_MAX];
   char spec_hash[TD_CKPT_HASH_HEX];
   char *spec_json; /* the job spec as JSON; owned, may be NULL on write */
+  /* A language model's tokens, written as /vocab (uint32, the code point
+   * or byte of each token id) with attribute tokens "char" or "byte";
+   * borrowed, written only (n_vocab 0: none). */
+  const uint32_t *vocab;
+  uint32_t n_vocab;
+  int vocab_bytes;
 } td_ckpt_meta;
 
 /* The SHA-256 (lowercase hex) of the parts of spec that determine a job's
@@ -110,5 +116,10 @@ int td_ckpt_read_binding(const char *path, td_ckpt_meta *meta, td_error *err);
 int td_ckpt_load_params(const char *path, td_state *st, td_error *err);
 /* The same checks without loading: whether path's /params fit plan. */
 int td_ckpt_check_params(const char *path, const td_plan *plan, td_error *err);
+
+/* A language model's vocabulary (/vocab): *vocab (malloc'd, *n entries)
+ * the code point or byte of each token id, *bytes whether they are bytes.
+ * TD_ENOTFOUND when the file has none (a job not trained on text). */
+int td_ckpt_read_vocab(const char *path, uint32_t **vocab, uint32_t *n, int *bytes, td_error *err);
 
 #endif

@@ -24,16 +24,34 @@ void td_dataset_free(td_dataset *ds) {
     return;
   free(ds->x);
   free(ds->y);
+  free(ds->vocab);
   memset(ds, 0, sizeof *ds);
 }
 
+void td_dataset_examples_layout(td_dataset *ds) {
+  ds->stride = ds->dim;
+  ds->label_dim = 1;
+  ds->label_stride = 1;
+  ds->n_values = (size_t)ds->n * ds->dim;
+}
+
+/* A dataset whose layout fields are all zero (one put together by hand
+ * rather than by a loader) is taken as examples: stride dim, one label. */
 void td_dataset_gather(const td_dataset *ds, const uint32_t *idx, size_t count, float *dst,
                        int32_t *labels) {
   const size_t dim = ds->dim;
+  const size_t stride = ds->stride ? ds->stride : dim;
+  const size_t label_dim = ds->label_dim ? ds->label_dim : 1;
+  const size_t label_stride = ds->label_stride ? ds->label_stride : 1;
   for (size_t k = 0; k < count; k++) {
-    memcpy(dst + k * dim, ds->x + (size_t)idx[k] * dim, dim * sizeof *dst);
-    if (labels)
-      labels[k] = ds->y[idx[k]];
+    memcpy(dst + k * dim, ds->x + (size_t)idx[k] * stride, dim * sizeof *dst);
+    if (!labels)
+      continue;
+    if (label_dim == 1)
+      labels[k] = ds->y[(size_t)idx[k] * label_stride];
+    else
+      memcpy(labels + k * label_dim, ds->y + (size_t)idx[k] * label_stride,
+             label_dim * sizeof *labels);
   }
 }
 
@@ -446,6 +464,7 @@ int td_idx_shape(const char *images_path, const char *labels_path, uint32_t limi
   if (rc)
     return rc;
   idx_set_shape(&im, kept(im.count, limit), ds);
+  td_dataset_examples_layout(ds);
   idx_close(&lb);
   idx_close(&im);
   return 0;
@@ -488,6 +507,7 @@ int td_idx_load(const char *images_path, const char *labels_path, uint32_t limit
       max_label = lab[i];
   }
   idx_set_shape(&im, keep, ds);
+  td_dataset_examples_layout(ds);
   ds->max_label = max_label;
 
 done:
@@ -788,6 +808,7 @@ static int hdf5_load(const char *path, const char *features, const char *labels,
       max_label = ds->y[i];
   }
   h5_set_shape(&pr, ds);
+  td_dataset_examples_layout(ds);
   ds->max_label = max_label;
 
 done:
@@ -820,6 +841,7 @@ int td_hdf5_shape(const char *path, const char *features, const char *labels, ui
   int rc = h5_pair_open(&pr, path, features, labels, limit, err);
   if (!rc) {
     h5_set_shape(&pr, ds);
+    td_dataset_examples_layout(ds);
     h5_pair_close(&pr);
   }
   td_h5_restore(q);

@@ -9,14 +9,43 @@
 
 #include "error.h"
 
+/* A dataset is one of two kinds, told apart by label_dim:
+ *  - examples (label_dim 1): x holds n rows of dim features, y one label
+ *    per example; stride = dim, label_stride = 1.
+ *  - token windows (label_dim = dim, a language model's data): x holds
+ *    n_values token ids (as floats, exact below 2^24) and y the id that
+ *    follows each (y[k] = id[k + 1]); example i is the window
+ *    x[i * stride .. + dim) and its labels y[i * stride .. + dim), with
+ *    stride 1 (every position a window may start at) or dim (tiles).
+ * Either way example i's features start at x + i * stride and its labels
+ * at y + i * label_stride. */
 typedef struct td_dataset {
   uint32_t n;              /* examples */
   uint32_t dim;            /* features per example, flattened */
   uint32_t ndim, shape[4]; /* per-example shape, e.g. {28, 28}; dim is its product */
-  float *x;                /* (n, dim) row-major, owned; uint8 pixels scaled to [0, 1] */
-  int32_t *y;              /* (n) integer labels, each >= 0, owned */
+  float *x;                /* (n_values) row-major, owned; uint8 pixels scaled to [0, 1] */
+  int32_t *y;              /* labels, each >= 0, owned: (n) or (n_values) */
   int32_t max_label;       /* largest label present */
+  size_t n_values;         /* floats in x (and, for windows, labels in y) */
+  uint32_t stride;         /* distance in x between examples' first features */
+  uint32_t label_dim;      /* labels per example */
+  uint32_t label_stride;   /* distance in y between examples' first labels */
+  /* Token windows: ids are < vocab_size (max_label < vocab_size too). A
+   * character vocabulary's code points by id (n_vocab = vocab_size), or
+   * NULL for bytes (id = byte) and for token ids from HDF5. Owned. */
+  uint32_t vocab_size;
+  uint32_t *vocab;
+  uint32_t n_vocab;
 } td_dataset;
+
+/* The labels a dataset holds: n, or for token windows n_values. */
+static inline size_t td_dataset_n_labels(const td_dataset *ds) {
+  return ds->label_dim == 1 ? ds->n : ds->n_values;
+}
+
+/* Sets the layout fields of a dataset of n examples of dim features with one
+ * label each (stride dim, label_dim 1, label_stride 1, n_values n * dim). */
+void td_dataset_examples_layout(td_dataset *ds);
 
 /* Frees what a loader allocated and zeroes *ds; safe on a zeroed dataset. */
 void td_dataset_free(td_dataset *ds);
@@ -79,8 +108,8 @@ int td_hdf5_shape(const char *path, const char *features, const char *labels, ui
                   td_dataset *ds, td_error *err);
 
 /* Copies the examples idx[0..count) into dst (count, dim) and, when labels is
- * not NULL, their labels into labels (count). Every idx[k] must be < ds->n.
- * Allocates nothing. */
+ * not NULL, their labels into labels (count, label_dim). Every idx[k] must be
+ * < ds->n. Allocates nothing. */
 void td_dataset_gather(const td_dataset *ds, const uint32_t *idx, size_t count, float *dst,
                        int32_t *labels);
 

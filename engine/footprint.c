@@ -11,10 +11,33 @@
 #include "data.h"
 #include "pbjson.h"
 #include "plan.h"
+#include "text.h"
 
 /* The epoch points a job's metric ring keeps (metrics.c EPOCH_CAP). */
 
 /* ---- the datasets' shapes ------------------------------------------------ */
+
+/* The shapes of a token dataset's training and validation parts (its
+ * file resolved in f) through td_text_shape and td_h5tokens_shape: a text
+ * file of characters is read through, in small pieces, to count them; an
+ * HDF5 file's headers only. Both parts are loaded together, with at most
+ * TD_TEXT_SCRATCH_BYTES more. */
+static int read_token_shapes(const Traind__V1__JobSpec *spec, const td_data_files *f,
+                             td_dataset *train, td_dataset *test, size_t raw[2], td_error *err) {
+  const Traind__V1__Dataset *d = spec->dataset;
+  td_text_opts to;
+  int rc = td_text_opts_of(spec, &to, err);
+  if (rc)
+    return rc;
+  if (d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT)
+    rc = td_text_shape(f->train[0], &to, train, test, err);
+  else
+    rc = td_h5tokens_shape(f->train[0], d->hdf5_tokens->train, d->hdf5_tokens->val,
+                           d->hdf5_tokens->vocab_size, &to, train, test, err);
+  if (!rc)
+    raw[0] = raw[1] = TD_TEXT_SCRATCH_BYTES;
+  return rc;
+}
 
 /* The shapes of the job's training and test sets (test: zeroed when the
  * job has none), from the files the trainer would load, and what loading
@@ -22,9 +45,10 @@
  * reads the whole file's pixels and labels as bytes, limit or not; an
  * HDF5 loader reads the kept rows' labels as int64 and, for uint8
  * features, their bytes (counted for every type: the header reader does
- * not say which). */
-static int read_shapes(const Traind__V1__Dataset *d, const td_trainer_opts *o, td_dataset *train,
+ * not say which). Token datasets: see read_token_shapes. */
+static int read_shapes(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, td_dataset *train,
                        td_dataset *test, size_t raw[2], td_error *err) {
+  const Traind__V1__Dataset *d = spec->dataset;
   memset(train, 0, sizeof *train);
   memset(test, 0, sizeof *test);
   raw[0] = raw[1] = 0;
@@ -36,7 +60,10 @@ static int read_shapes(const Traind__V1__Dataset *d, const td_trainer_opts *o, t
   int rc = td_data_files_resolve(d, o, f, err);
   td_dataset *set[2] = {train, test};
   const uint32_t limit[2] = {d->train_limit, d->test_limit};
-  if (!rc && d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
+  if (!rc && (d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT ||
+              d->source_case == TRAIND__V1__DATASET__SOURCE_HDF5_TOKENS)) {
+    rc = read_token_shapes(spec, f, train, test, raw, err);
+  } else if (!rc && d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
     for (int k = 0; k < 2 && !rc; k++) {
       const char(*files)[4096] = k ? f->test : f->train;
       td_dataset all;
@@ -99,6 +126,19 @@ static size_t scratch_need(const td_plan *p, uint32_t train_n) {
 
 /* ---- the footprint -------------------------------------------------------- */
 
+/* The bytes of a set as loaded: x, its float32 features (n * dim for
+ * examples, n_values for token windows, which alone have a vocab_size);
+ * y, its int32 labels (one per example, or per token of windows). */
+typedef struct set_size {
+  size_t x, y;
+} set_size;
+
+static set_size set_size_of(const td_dataset *ds) {
+  if (ds->vocab_size)
+    return (set_size){ds->n_values * sizeof(float), ds->n_values * sizeof(int32_t)};
+  return (set_size){(size_t)ds->n * ds->dim * sizeof(float), (size_t)ds->n * sizeof(int32_t)};
+}
+
 /* What an allocation of b bytes takes on the job's backend: whole granules
  * on a GPU (cuda_alloc); as asked on the host. */
 static size_t take(const td_footprint *f, size_t b) {
@@ -107,8 +147,9 @@ static size_t take(const td_footprint *f, size_t b) {
   return b ? round_up(b, TD_FOOTPRINT_GRANULE) : TD_FOOTPRINT_GRANULE;
 }
 
-/* The engine's buffers, in the order it allocates them. */
-static void size_engine(td_footprint *f, const td_plan *p) {
+/* The engine's buffers, in the order it allocates them; set[k]: the
+ * training and test sets' sizes. */
+static void size_engine(td_footprint *f, const td_plan *p, const set_size set[2]) {
   const size_t np = p->n_params, fl = sizeof(float);
   /* td_state_init: params, grads, opt_state (one float more than the
    * slots: never an empty buffer), arena, stats. */
@@ -131,12 +172,11 @@ static void size_engine(td_footprint *f, const td_plan *p) {
     step += take(f, f->train_n ? (size_t)f->train_n * sizeof(uint32_t) : 1) +
             take(f, f->shard ? (size_t)f->shard * sizeof(uint32_t) : 1) +
             take(f, steps ? steps * p->rec_bytes : 1);
-    const uint32_t n[2] = {f->train_n, f->test_n}, dim[2] = {f->train_dim, f->test_dim};
+    const uint32_t n[2] = {f->train_n, f->test_n};
     f->data_bytes = 0;
     for (int k = 0; k < 2; k++)
       if (n[k])
-        f->data_bytes +=
-            take(f, (size_t)n[k] * dim[k] * fl) + take(f, (size_t)n[k] * sizeof(int32_t));
+        f->data_bytes += take(f, set[k].x) + take(f, set[k].y);
   }
   f->step_bytes = step;
   f->engine_bytes = f->model_bytes + f->arena_bytes + f->step_bytes + f->data_bytes;
@@ -179,10 +219,10 @@ static size_t image_size(const td_plan *p, size_t json) {
 static void host_total(td_footprint *f, int with_ckpt);
 
 /* The job's host memory (see td_footprint). */
-static void size_host(td_footprint *f, const td_plan *p, const size_t raw[2], size_t json) {
+static void size_host(td_footprint *f, const td_plan *p, const set_size sets[2],
+                      const size_t raw[2], size_t json) {
   const size_t fl = sizeof(float), np = p->n_params, steps = f->steps_per_epoch;
-  const size_t set[2] = {(size_t)f->train_n * f->train_dim * fl + (size_t)f->train_n * 4,
-                         (size_t)f->test_n * f->test_dim * fl + (size_t)f->test_n * 4};
+  const size_t set[2] = {sets[0].x + sets[0].y, sets[1].x + sets[1].y};
   f->host_data_bytes = set[0] + set[1];
   /* td_idx_load / td_hdf5_load, the training set first. */
   f->load_bytes = set[0] + raw[0];
@@ -274,7 +314,7 @@ int td_job_footprint(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
     return rc;
   td_dataset train, test;
   size_t raw[2];
-  if ((rc = read_shapes(spec->dataset, o, &train, &test, raw, err))) {
+  if ((rc = read_shapes(spec, o, &train, &test, raw, err))) {
     td_plan_free(p);
     return rc;
   }
@@ -294,10 +334,11 @@ int td_job_footprint(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
   f->total_steps = (int64_t)f->steps_per_epoch * spec->training->epochs;
   if (spec->training->max_steps && spec->training->max_steps < f->total_steps)
     f->total_steps = spec->training->max_steps;
-  size_engine(f, p);
+  const set_size sets[2] = {set_size_of(&train), set_size_of(&test)};
+  size_engine(f, p, sets);
   size_fixed(f, p);
   f->total_bytes = f->engine_bytes + f->fixed_bytes;
-  size_host(f, p, raw, json_len);
+  size_host(f, p, sets, raw, json_len);
   find_largest(f, p);
   td_plan_free(p);
   return TD_OK;

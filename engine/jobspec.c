@@ -205,6 +205,10 @@ static int check_model_size(const Traind__V1__JobSpec *spec, td_error *err) {
       }
       switch (l->kind_case) {
       case TRAIND__V1__LAYER__KIND_CONV:
+      case TRAIND__V1__LAYER__KIND_EMBED:
+      case TRAIND__V1__LAYER__KIND_POSITION_EMBEDDING:
+      case TRAIND__V1__LAYER__KIND_CAUSAL_SELF_ATTENTION:
+      case TRAIND__V1__LAYER__KIND_REPEAT:
       case TRAIND__V1__LAYER__KIND_MAX_POOL:
       case TRAIND__V1__LAYER__KIND_AVG_POOL:
       case TRAIND__V1__LAYER__KIND_GLOBAL_AVG_POOL:

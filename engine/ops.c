@@ -64,6 +64,12 @@ int td_op_of_layer(const Traind__V1__Layer *l) {
     return TD_OP_BATCH_NORM;
   case TRAIND__V1__LAYER__KIND_LAYER_NORM:
     return TD_OP_LAYER_NORM;
+  case TRAIND__V1__LAYER__KIND_EMBED:
+    return TD_OP_EMBED;
+  case TRAIND__V1__LAYER__KIND_POSITION_EMBEDDING:
+    return TD_OP_POS_EMBED;
+  case TRAIND__V1__LAYER__KIND_CAUSAL_SELF_ATTENTION:
+    return TD_OP_ATTENTION;
   default:
     return -1;
   }
@@ -145,7 +151,7 @@ int op_dense_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   const Traind__V1__Dense *d = l->dense;
   if (d->features == 0)
     return td_errorf(err, TD_EINVAL, "model.layers[%u].dense.features: must be > 0", n->spec_index);
-  n->out = d->features;
+  n->out = n->channels = d->features;
   n->act = TD_ACT_NONE;
   n->kernel_init = d->kernel_init ? d->kernel_init : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
   n->bias_init = d->bias_init ? d->bias_init : TRAIND__V1__INITIALIZER__ZEROS;
@@ -154,18 +160,28 @@ int op_dense_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
 }
 
 /* A dense layer takes each example's values as one vector (the input's
- * shape flattened, row-major). */
+ * shape flattened, row-major), or, over a sequence (time, features), each
+ * position's features: the positions are rows of its GEMMs. Its
+ * features are n->channels; n->out counts every position's. */
 int op_dense_shape(td_node *n, const td_shape *in, td_error *err) {
   (void)err;
-  n->in_features = (uint32_t)td_shape_size(&in[0]);
-  n->shape = (td_shape){1, {n->out}};
+  if (in[0].seq) {
+    n->positions = in[0].d[0];
+    n->in_features = in[0].d[1];
+    n->shape = (td_shape){2, {n->positions, n->channels}, 1};
+  } else {
+    n->positions = 1;
+    n->in_features = (uint32_t)td_shape_size(&in[0]);
+    n->shape = (td_shape){1, {n->channels}, 0};
+  }
+  n->out = n->positions * n->channels;
   return TD_OK;
 }
 
 int op_dense_params(td_compile *c, td_node *n, td_error *err) {
-  int rc = td_compile_param(c, n, "w", n->in_features, n->out, 2, &n->w_view, err);
+  int rc = td_compile_param(c, n, "w", n->in_features, n->channels, 2, &n->w_view, err);
   if (!rc && n->use_bias)
-    rc = td_compile_param(c, n, "b", n->out, 0, 1, &n->b_view, err);
+    rc = td_compile_param(c, n, "b", n->channels, 0, 1, &n->b_view, err);
   n->has_z = td_act_needs_preact(n->act);
   return rc;
 }
@@ -174,10 +190,10 @@ void op_dense_init(const td_plan *p, const td_node *n, td_key key, float *h) {
   td_key pair[2];
   td_prng_split(key, pair, 2);
   const td_view *w = &p->views[n->w_view];
-  draw_init(n->kernel_init, pair[0], h + w->offset, w->size, n->in_features, n->out);
+  draw_init(n->kernel_init, pair[0], h + w->offset, w->size, n->in_features, n->channels);
   if (n->b_view != TD_NONE) {
     const td_view *b = &p->views[n->b_view];
-    draw_init(n->bias_init, pair[1], h + b->offset, b->size, n->in_features, n->out);
+    draw_init(n->bias_init, pair[1], h + b->offset, b->size, n->in_features, n->channels);
   }
 }
 
@@ -193,11 +209,11 @@ int op_dense_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err)
   float *a = st->arena;
   const float *w = st->params + p->views[n->w_view].offset;
   const float *b = n->b_view == TD_NONE ? NULL : st->params + p->views[n->b_view].offset;
-  CALL(ops->gemm(be, 0, 0, r->rows, (int)n->out, (int)n->in_features, 1.0f, a + n->x[0],
-                 (int)n->in_features, w, (int)n->out, 0.0f, a + n->z, (int)n->out),
+  const int rows = r->rows * (int)n->positions, cols = (int)n->channels;
+  CALL(ops->gemm(be, 0, 0, rows, cols, (int)n->in_features, 1.0f, a + n->x[0], (int)n->in_features,
+                 w, cols, 0.0f, a + n->z, cols),
        "forward gemm");
-  CALL(ops->bias_act_fwd(be, n->act, r->rows, (int)n->out, b, a + n->z, a + n->y),
-       "bias+activation forward");
+  CALL(ops->bias_act_fwd(be, n->act, rows, cols, b, a + n->z, a + n->y), "bias+activation forward");
   return TD_OK;
 }
 
@@ -206,21 +222,20 @@ int op_dense_bwd(td_state *st, const td_node *n, td_error *err) {
   td_backend *be = st->be;
   const td_backend_ops *ops = be->ops;
   float *a = st->arena;
-  const int B = (int)p->batch;
+  const int B = (int)p->batch * (int)n->positions, cols = (int)n->channels;
   const td_view *wv = &p->views[n->w_view];
   float *db = n->b_view == TD_NONE ? NULL : st->grads + p->views[n->b_view].offset;
   /* dz = dy * act'(z), in place, and db = column sums of dz. */
-  CALL(ops->bias_act_bwd(be, n->act, B, (int)n->out, a + n->z, a + n->y, a + n->dy, a + n->dy, db),
+  CALL(ops->bias_act_bwd(be, n->act, B, cols, a + n->z, a + n->y, a + n->dy, a + n->dy, db),
        "bias+activation backward");
   /* dw (in, out) = x^T dz */
-  CALL(ops->gemm(be, 1, 0, (int)n->in_features, (int)n->out, B, 1.0f, a + n->x[0],
-                 (int)n->in_features, a + n->dy, (int)n->out, 0.0f, st->grads + wv->offset,
-                 (int)n->out),
+  CALL(ops->gemm(be, 1, 0, (int)n->in_features, cols, B, 1.0f, a + n->x[0], (int)n->in_features,
+                 a + n->dy, cols, 0.0f, st->grads + wv->offset, cols),
        "weight gradient gemm");
   /* dx (B, in) = dz w^T, added in when another consumer wrote dx first. */
   if (n->dx[0] != TD_NONE)
-    CALL(ops->gemm(be, 0, 1, B, (int)n->in_features, (int)n->out, 1.0f, a + n->dy, (int)n->out,
-                   st->params + wv->offset, (int)n->out, n->dx_acc[0] ? 1.0f : 0.0f, a + n->dx[0],
+    CALL(ops->gemm(be, 0, 1, B, (int)n->in_features, cols, 1.0f, a + n->dy, cols,
+                   st->params + wv->offset, cols, n->dx_acc[0] ? 1.0f : 0.0f, a + n->dx[0],
                    (int)n->in_features),
          "input gradient gemm");
   return TD_OK;
@@ -417,7 +432,7 @@ int op_add_bwd(td_state *st, const td_node *n, td_error *err) {
 int op_reshape_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
   n->infer = -1;
   if (l->kind_case == TRAIND__V1__LAYER__KIND_FLATTEN) {
-    n->want = (td_shape){1, {0}};
+    n->want = (td_shape){1, {0}, 0};
     n->infer = 0;
     return TD_OK;
   }
@@ -793,7 +808,7 @@ int op_conv_shape(td_node *n, const td_shape *in, td_error *err) {
   if (rc)
     return rc;
   n->in_features = (uint32_t)td_shape_size(in);
-  n->shape = (td_shape){3, {(uint32_t)n->win.oh, (uint32_t)n->win.ow, (uint32_t)n->win.oc}};
+  n->shape = (td_shape){3, {(uint32_t)n->win.oh, (uint32_t)n->win.ow, (uint32_t)n->win.oc}, 0};
   n->out = (uint32_t)td_shape_size(&n->shape);
   return TD_OK;
 }
@@ -904,7 +919,7 @@ int op_pool_shape(td_node *n, const td_shape *in, td_error *err) {
     return rc;
   n->win.oc = n->win.c;
   n->in_features = (uint32_t)td_shape_size(in);
-  n->shape = (td_shape){3, {(uint32_t)n->win.oh, (uint32_t)n->win.ow, (uint32_t)n->win.c}};
+  n->shape = (td_shape){3, {(uint32_t)n->win.oh, (uint32_t)n->win.ow, (uint32_t)n->win.c}, 0};
   n->out = (uint32_t)td_shape_size(&n->shape);
   return TD_OK;
 }
@@ -971,7 +986,7 @@ int op_global_avg_pool_shape(td_node *n, const td_shape *in, td_error *err) {
     return rc;
   n->win.oc = n->win.c;
   n->in_features = (uint32_t)td_shape_size(in);
-  n->shape = (td_shape){1, {(uint32_t)n->win.c}};
+  n->shape = (td_shape){1, {(uint32_t)n->win.c}, 0};
   n->out = (uint32_t)n->win.c;
   return TD_OK;
 }
@@ -1196,4 +1211,320 @@ int op_layer_norm_bwd(td_state *st, const td_node *n, td_error *err) {
                    grad_or_null(st, n->b_view)),
        "layer norm backward");
   return dx ? grad_finish(st, n, 0, (size_t)p->batch * n->out, err) : TD_OK;
+}
+
+/* ---- sequences: token and position embeddings, causal self-attention --- */
+
+/* A sequence's layer needs a (time, features) input. */
+static int need_sequence(const td_node *n, const td_shape *in, const char *what, td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48], b[64];
+  if (in[0].seq && in[0].rank == 2)
+    return TD_OK;
+  return td_errorf(err, TD_EINVAL,
+                   "%s: %s needs a sequence (time, features), such as an embed layer's "
+                   "output, but its input is %s",
+                   node_ref(n, ref, sizeof ref), what, td_shape_str(&in[0], b, sizeof b));
+}
+
+static int seq_supported(const td_state *st, const td_node *n, int ok, const char *what,
+                         td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48];
+  if (ok)
+    return TD_OK;
+  return td_errorf(err, TD_EUNSUPPORTED,
+                   "%s: the %s backend has no %s kernels yet; run this job on CPU devices",
+                   node_ref(n, ref, sizeof ref), st->be->ops->name, what);
+}
+
+/* embed: y[t] = embedding[id[t]] for the token ids of the model's input. */
+
+int op_embed_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  const Traind__V1__Embed *e = l->embed;
+  if (e->num_embeddings == 0 || e->num_embeddings > (1u << 24))
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].embed.num_embeddings: must be in 1..%u (the vocabulary's "
+                     "size)",
+                     n->spec_index, 1u << 24);
+  if (e->features == 0)
+    return td_errorf(err, TD_EINVAL, "model.layers[%u].embed.features: must be > 0", n->spec_index);
+  n->vocab = e->num_embeddings;
+  n->channels = e->features;
+  n->kernel_init = e->embedding_init ? e->embedding_init : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
+  return TD_OK;
+}
+
+int op_embed_shape(td_node *n, const td_shape *in, td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48], b[64];
+  if (n->in[0] >= 0 || in[0].rank != 1)
+    return td_errorf(err, TD_EINVAL,
+                     "%s: embed reads the model's input, token ids of shape (time); make it "
+                     "a first layer (its input is %s)",
+                     node_ref(n, ref, sizeof ref), td_shape_str(&in[0], b, sizeof b));
+  n->positions = in[0].d[0];
+  n->in_features = n->positions;
+  n->shape = (td_shape){2, {n->positions, n->channels}, 1};
+  n->out = n->positions * n->channels;
+  return TD_OK;
+}
+
+int op_embed_params(td_compile *c, td_node *n, td_error *err) {
+  return td_compile_param(c, n, "embedding", n->vocab, n->channels, 2, &n->w_view, err);
+}
+
+void op_embed_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  const td_view *w = &p->views[n->w_view];
+  draw_init(n->kernel_init, key, h + w->offset, w->size, n->channels, n->vocab);
+}
+
+double op_embed_flops(const td_node *n, uint32_t batch) { return 2.0 * batch * (double)n->out; }
+
+int op_embed_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  int rc = seq_supported(st, n, ops->embed_fwd && ops->embed_bwd, "embedding", err);
+  if (rc)
+    return rc;
+  float *a = st->arena;
+  CALL(ops->embed_fwd(st->be, r->rows * (int)n->positions, (int)n->channels, (int)n->vocab,
+                      a + n->x[0], param_or_null(st, n->w_view), a + n->y),
+       "embedding forward");
+  return TD_OK;
+}
+
+int op_embed_bwd(td_state *st, const td_node *n, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena;
+  CALL(ops->embed_bwd(st->be, (int)(st->plan->batch * n->positions), (int)n->channels,
+                      (int)n->vocab, a + n->x[0], a + n->dy, grad_or_null(st, n->w_view)),
+       "embedding backward");
+  return TD_OK;
+}
+
+/* position_embedding: y[t] = x[t] + embedding[t], a bias over the whole
+ * (time, features) example. */
+
+int op_position_embedding_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  (void)err;
+  const Traind__V1__PositionEmbedding *e = l->position_embedding;
+  n->kernel_init = e->embedding_init ? e->embedding_init : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
+  return TD_OK;
+}
+
+int op_position_embedding_shape(td_node *n, const td_shape *in, td_error *err) {
+  int rc = need_sequence(n, in, "position_embedding", err);
+  if (rc)
+    return rc;
+  n->positions = in[0].d[0];
+  n->channels = in[0].d[1];
+  return op_act_shape(n, in, err);
+}
+
+int op_position_embedding_params(td_compile *c, td_node *n, td_error *err) {
+  return td_compile_param(c, n, "embedding", n->positions, n->channels, 2, &n->w_view, err);
+}
+
+void op_position_embedding_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  const td_view *w = &p->views[n->w_view];
+  draw_init(n->kernel_init, key, h + w->offset, w->size, n->channels, n->positions);
+}
+
+double op_position_embedding_flops(const td_node *n, uint32_t batch) {
+  return 2.0 * batch * (double)n->out;
+}
+
+int op_position_embedding_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena;
+  CALL(ops->copy(st->be, a + n->y, a + n->x[0], (size_t)r->rows * n->out), "copy");
+  CALL(ops->bias_act_fwd(st->be, TD_ACT_NONE, r->rows, (int)n->out, param_or_null(st, n->w_view),
+                         a + n->y, a + n->y),
+       "position embedding forward");
+  return TD_OK;
+}
+
+int op_position_embedding_bwd(td_state *st, const td_node *n, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena;
+  const size_t cells = (size_t)st->plan->batch * n->out;
+  float *dx = n->dx[0] == TD_NONE ? a + n->dy : grad_target(st, n, 0);
+  CALL(ops->bias_act_bwd(st->be, TD_ACT_NONE, (int)st->plan->batch, (int)n->out, a + n->y, a + n->y,
+                         a + n->dy, dx, grad_or_null(st, n->w_view)),
+       "position embedding backward");
+  return n->dx[0] == TD_NONE ? TD_OK : grad_finish(st, n, 0, cells, err);
+}
+
+/* causal_self_attention: qkv = x w + b; each head's softmax(q k^T /
+ * sqrt(d)) over the positions up to its own, dropout on those weights in
+ * training, times v; then o w2 + b2. Its aux buffer keeps, per example,
+ * qkv (t, 3f), the weights p (h, t, t), o (t, f) and, with dropout, the
+ * mask and the dropped weights (h, t, t) each; its tmp buffer holds
+ * backward's do (t, f), dp (h, t, t) and dqkv (t, 3f). */
+
+typedef struct attn_bufs {
+  float *qkv, *p, *o, *mask, *pd; /* pd: the weights o was made from */
+  float *dout, *dp, *dqkv;
+} attn_bufs;
+
+static attn_bufs attn_at(const td_state *st, const td_node *n) {
+  const size_t B = st->plan->batch, T = n->positions, F = n->channels, H = n->heads;
+  float *aux = st->arena + n->aux;
+  attn_bufs b;
+  b.qkv = aux;
+  b.p = b.qkv + B * T * 3 * F;
+  b.o = b.p + B * H * T * T;
+  b.mask = n->rate > 0.0f ? b.o + B * T * F : NULL;
+  b.pd = n->rate > 0.0f ? b.mask + B * H * T * T : b.p;
+  float *tmp = st->arena + n->tmp;
+  b.dout = tmp;
+  b.dp = b.dout + B * T * F;
+  b.dqkv = b.dp + B * H * T * T;
+  return b;
+}
+
+int op_causal_self_attention_build(td_node *n, const Traind__V1__Layer *l, td_error *err) {
+  const Traind__V1__CausalSelfAttention *at = l->causal_self_attention;
+  if (at->num_heads == 0)
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].causal_self_attention.num_heads: must be > 0",
+                     n->spec_index);
+  if (!(at->dropout_rate >= 0.0 && at->dropout_rate < 1.0))
+    return td_errorf(err, TD_EINVAL,
+                     "model.layers[%u].causal_self_attention.dropout_rate: must be in [0, 1) "
+                     "(got %g)",
+                     n->spec_index, at->dropout_rate);
+  n->heads = at->num_heads;
+  n->rate = (float)at->dropout_rate;
+  n->use_bias = !at->use_bias || at->use_bias->value;
+  n->kernel_init = at->kernel_init ? at->kernel_init : TRAIND__V1__INITIALIZER__LECUN_NORMAL;
+  n->bias_init = at->bias_init ? at->bias_init : TRAIND__V1__INITIALIZER__ZEROS;
+  return TD_OK;
+}
+
+int op_causal_self_attention_shape(td_node *n, const td_shape *in, td_error *err) {
+  char ref[TD_VIEW_NAME_MAX + 48];
+  int rc = need_sequence(n, in, "causal_self_attention", err);
+  if (rc)
+    return rc;
+  n->positions = in[0].d[0];
+  n->channels = in[0].d[1];
+  if (n->channels % n->heads)
+    return td_errorf(err, TD_EINVAL,
+                     "%s: causal_self_attention.num_heads %u does not divide its %u features; "
+                     "use a number of heads that does (for example %u)",
+                     node_ref(n, ref, sizeof ref), n->heads, n->channels,
+                     n->channels % 4 == 0 ? 4u : 1u);
+  return op_act_shape(n, in, err);
+}
+
+int op_causal_self_attention_params(td_compile *c, td_node *n, td_error *err) {
+  const uint32_t F = n->channels;
+  int rc = td_compile_param(c, n, "qkv/w", F, 3 * F, 2, &n->w_view, err);
+  if (!rc && n->use_bias)
+    rc = td_compile_param(c, n, "qkv/b", 3 * F, 0, 1, &n->b_view, err);
+  if (!rc)
+    rc = td_compile_param(c, n, "proj/w", F, F, 2, &n->w2_view, err);
+  if (!rc && n->use_bias)
+    rc = td_compile_param(c, n, "proj/b", F, 0, 1, &n->b2_view, err);
+  const size_t B = td_compile_batch(c), T = n->positions, H = n->heads;
+  const size_t tt = B * H * T * T, tf = B * T * F;
+  n->aux_floats = 3 * tf + tt + tf + (n->rate > 0.0f ? 2 * tt : 0);
+  n->tmp_floats = tf + tt + 3 * tf;
+  return rc;
+}
+
+void op_causal_self_attention_init(const td_plan *p, const td_node *n, td_key key, float *h) {
+  td_key k[4];
+  td_prng_split(key, k, 4);
+  const size_t views[4] = {n->w_view, n->b_view, n->w2_view, n->b2_view};
+  const uint32_t fan_out[4] = {3 * n->channels, 3 * n->channels, n->channels, n->channels};
+  for (int i = 0; i < 4; i++) {
+    if (views[i] == TD_NONE)
+      continue;
+    const td_view *v = &p->views[views[i]];
+    draw_init(i % 2 ? n->bias_init : n->kernel_init, k[i], h + v->offset, v->size, n->channels,
+              fan_out[i]);
+  }
+}
+
+double op_causal_self_attention_flops(const td_node *n, uint32_t batch) {
+  const double T = n->positions, F = n->channels;
+  /* The projections (3f and f columns) as a dense layer's 6 flops per
+   * weight and row; the scores and the mix 2 t t f each forward, twice
+   * that backward. */
+  return batch * (6.0 * T * F * 4.0 * F + 12.0 * T * T * F);
+}
+
+int op_causal_self_attention_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err) {
+  td_backend *be = st->be;
+  const td_backend_ops *ops = be->ops;
+  int rc = seq_supported(
+      st, n, ops->attn_probs && ops->attn_mix && ops->attn_mix_bwd && ops->attn_probs_bwd,
+      "attention", err);
+  if (rc)
+    return rc;
+  float *a = st->arena;
+  const int R = r->rows, T = (int)n->positions, F = (int)n->channels, H = (int)n->heads;
+  const attn_bufs b = attn_at(st, n);
+  CALL(ops->gemm(be, 0, 0, R * T, 3 * F, F, 1.0f, a + n->x[0], F, param_or_null(st, n->w_view),
+                 3 * F, 0.0f, b.qkv, 3 * F),
+       "query, key and value gemm");
+  if (n->b_view != TD_NONE)
+    CALL(ops->bias_act_fwd(be, TD_ACT_NONE, R * T, 3 * F, param_or_null(st, n->b_view), b.qkv,
+                           b.qkv),
+         "query, key and value bias");
+  CALL(ops->attn_probs(be, R, T, H, F / H, b.qkv, b.p), "attention weights");
+  const float *mix = b.p;
+  if (n->rate > 0.0f) {
+    const size_t per = (size_t)H * T * T;
+    if (r->train) {
+      CALL(ops->dropout_fwd(be, (size_t)R * per, r->row0 * per, n->rate, r->keys + 2 * n->key_slot,
+                            b.p, b.mask, b.pd),
+           "attention dropout");
+      mix = b.pd;
+    }
+  }
+  CALL(ops->attn_mix(be, R, T, H, F / H, mix, b.qkv, b.o), "attention mix");
+  CALL(ops->gemm(be, 0, 0, R * T, F, F, 1.0f, b.o, F, param_or_null(st, n->w2_view), F, 0.0f,
+                 a + n->y, F),
+       "output projection gemm");
+  if (n->b2_view != TD_NONE)
+    CALL(ops->bias_act_fwd(be, TD_ACT_NONE, R * T, F, param_or_null(st, n->b2_view), a + n->y,
+                           a + n->y),
+         "output projection bias");
+  return TD_OK;
+}
+
+int op_causal_self_attention_bwd(td_state *st, const td_node *n, td_error *err) {
+  td_backend *be = st->be;
+  const td_backend_ops *ops = be->ops;
+  float *a = st->arena;
+  const int B = (int)st->plan->batch, T = (int)n->positions, F = (int)n->channels;
+  const int H = (int)n->heads, D = F / H, BT = B * T;
+  const attn_bufs b = attn_at(st, n);
+  if (n->b2_view != TD_NONE)
+    CALL(ops->bias_act_bwd(be, TD_ACT_NONE, BT, F, a + n->y, a + n->y, a + n->dy, a + n->dy,
+                           grad_or_null(st, n->b2_view)),
+         "output projection bias gradient");
+  CALL(ops->gemm(be, 1, 0, F, F, BT, 1.0f, b.o, F, a + n->dy, F, 0.0f, grad_or_null(st, n->w2_view),
+                 F),
+       "output projection weight gradient gemm");
+  CALL(ops->gemm(be, 0, 1, BT, F, F, 1.0f, a + n->dy, F, param_or_null(st, n->w2_view), F, 0.0f,
+                 b.dout, F),
+       "output projection input gradient gemm");
+  CALL(ops->attn_mix_bwd(be, B, T, H, D, b.pd, b.qkv, b.dout, b.dp, b.dqkv),
+       "attention mix backward");
+  if (n->rate > 0.0f)
+    CALL(ops->mul(be, (size_t)B * H * T * T, b.dp, b.mask, b.dp), "attention dropout backward");
+  CALL(ops->attn_probs_bwd(be, B, T, H, D, b.p, b.dp, b.qkv, b.dqkv), "attention weights backward");
+  if (n->b_view != TD_NONE)
+    CALL(ops->bias_act_bwd(be, TD_ACT_NONE, BT, 3 * F, b.qkv, b.qkv, b.dqkv, b.dqkv,
+                           grad_or_null(st, n->b_view)),
+         "query, key and value bias gradient");
+  CALL(ops->gemm(be, 1, 0, F, 3 * F, BT, 1.0f, a + n->x[0], F, b.dqkv, 3 * F, 0.0f,
+                 grad_or_null(st, n->w_view), 3 * F),
+       "query, key and value weight gradient gemm");
+  if (n->dx[0] != TD_NONE)
+    CALL(ops->gemm(be, 0, 1, BT, F, 3 * F, 1.0f, b.dqkv, 3 * F, param_or_null(st, n->w_view), 3 * F,
+                   n->dx_acc[0] ? 1.0f : 0.0f, a + n->dx[0], F),
+         "query, key and value input gradient gemm");
+  return TD_OK;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "expand.h"
 #include "ops.h"
 
 /* ----------------------------------------------------------- compile */
@@ -183,7 +184,9 @@ uint32_t td_compile_batch(const td_compile *c) { return c->p->batch; }
 /* Whether a layer of this op has parameters (and so a default name and
  * an initializer key). */
 static int op_has_params(td_op op) {
-  return op == TD_OP_DENSE || op == TD_OP_CONV || op == TD_OP_BATCH_NORM || op == TD_OP_LAYER_NORM;
+  return op == TD_OP_DENSE || op == TD_OP_CONV || op == TD_OP_BATCH_NORM ||
+         op == TD_OP_LAYER_NORM || op == TD_OP_EMBED || op == TD_OP_POS_EMBED ||
+         op == TD_OP_ATTENTION;
 }
 
 /* How a layer is called in messages: "model.layers[3] ('block1')". */
@@ -205,13 +208,15 @@ static int read_layers(td_compile *c, td_error *err) {
     const Traind__V1__Layer *l = m->layers[i];
     td_node *n = &c->nodes[i];
     n->spec_index = (uint32_t)i;
-    n->w_view = n->b_view = TD_NONE;
+    n->w_view = n->b_view = n->w2_view = n->b2_view = TD_NONE;
+    n->positions = 1;
     int op = td_op_of_layer(l);
     if (op < 0)
       return td_errorf(err, TD_EINVAL,
                        "model.layers[%zu]: set one of: dense, conv, max_pool, avg_pool, "
-                       "global_avg_pool, batch_norm, layer_norm, relu, gelu, tanh, sigmoid, "
-                       "dropout, add, flatten, reshape, concatenate",
+                       "global_avg_pool, batch_norm, layer_norm, embed, position_embedding, "
+                       "causal_self_attention, repeat, relu, gelu, tanh, sigmoid, dropout, add, "
+                       "flatten, reshape, concatenate",
                        i);
     n->op = (td_op)op;
     dense += n->op == TD_OP_DENSE;
@@ -512,7 +517,7 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
   td_plan *p = c->p;
   const size_t B = p->batch;
   const uint32_t T = (uint32_t)c->n_order; /* the loss's time */
-  buf *bs = malloc(5 * c->n_order * sizeof *bs);
+  buf *bs = malloc(6 * c->n_order * sizeof *bs);
   if (!bs) {
     return td_errorf(err, TD_ENOMEM, "compile: out of memory");
   }
@@ -525,7 +530,7 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
   p->in_off = at;
   at += round16(B * p->in_dim);
   p->labels_off = at;
-  at += round16(B);
+  at += round16(B * p->positions);
   p->scalars_off = at;
   at += round16(TD_PLAN_SCALARS);
   p->scratch_off = at;
@@ -580,6 +585,8 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
       bs[nb++] = (buf){&n->mask, cells, fwd, bwd};
     if (n->aux_floats)
       bs[nb++] = (buf){&n->aux, n->aux_floats, fwd, n->grad ? bwd : fwd};
+    if (n->tmp_floats && n->grad)
+      bs[nb++] = (buf){&n->tmp, n->tmp_floats, bwd, bwd};
     if (n->grad) {
       /* dy: from the first consumer's backward (the loss for the output)
        * to its own. */
@@ -606,7 +613,7 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
   c.nodes = calloc(n, sizeof *c.nodes);
   c.named = calloc(n, sizeof *c.named);
   c.root = calloc(n, sizeof *c.root);
-  p->views = calloc(2 * n, sizeof *p->views); /* two parameters per layer at most */
+  p->views = calloc(4 * n, sizeof *p->views); /* four parameters per layer at most */
   p->stat_views = calloc(2 * n, sizeof *p->stat_views);
   uint32_t *uses = calloc(n, sizeof *uses);
   c.names.mask = 1;
@@ -664,7 +671,15 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
                    "batch or the layers smaller",
                    p->flops, p->batch, TD_PLAN_MAX_STEP_FLOPS);
   if (!rc) {
-    p->out_dim = c.nodes[out].out;
+    /* A sequence's output: a prediction (and a label) per position. */
+    const td_node *o = &c.nodes[out];
+    p->positions = o->shape.seq ? o->shape.d[0] : 1;
+    p->out_dim = o->out / p->positions;
+    for (size_t k = 0; k < c.n_order; k++) {
+      const td_node *nd = &c.nodes[c.order[k]];
+      if (nd->op == TD_OP_EMBED && (p->vocab == 0 || nd->vocab < p->vocab))
+        p->vocab = nd->vocab;
+    }
     int fanout = 0;
     for (size_t i = 0; i < c.n; i++)
       fanout |= uses[i] > 1;
@@ -684,6 +699,8 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
         nd->mask = TD_NONE;
       if (!nd->aux_floats)
         nd->aux = TD_NONE;
+      if (!nd->tmp_floats || !nd->grad)
+        nd->tmp = TD_NONE;
       if (!nd->grad)
         nd->dy = TD_NONE;
       for (uint32_t i = 0; i < nd->n_in; i++) {
@@ -724,7 +741,7 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
       for (uint32_t i = 0; i < nd->n_in; i++)
         if (nd->in[i] >= 0)
           nd->in[i] = at[nd->in[i]];
-      if (nd->op == TD_OP_DROPOUT)
+      if (nd->op == TD_OP_DROPOUT || (nd->op == TD_OP_ATTENTION && nd->rate > 0.0f))
         nd->key_slot = p->n_keys++;
       /* A batch norm's statistics: in forward, and in backward when its
        * input's gradient is needed. */
@@ -774,14 +791,19 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
   p->in_dim = (uint32_t)in_dim;
   /* More dimensions than a shape holds: the values as one vector. */
   if (model->n_input_shape > TD_MAX_RANK) {
-    p->in_shape = (td_shape){1, {(uint32_t)in_dim}};
+    p->in_shape = (td_shape){1, {(uint32_t)in_dim}, 0};
   } else {
     p->in_shape.rank = (uint32_t)model->n_input_shape;
     for (size_t i = 0; i < model->n_input_shape; i++)
       p->in_shape.d[i] = model->input_shape[i];
   }
   p->loss = model->loss;
-  int rc = compile_graph(p, model, err);
+  /* Repeated blocks written out; the signature stays the model as given. */
+  Traind__V1__Model *flat = NULL, *owned = NULL;
+  int rc = td_model_expand(model, &flat, &owned, err);
+  if (!rc)
+    rc = compile_graph(p, flat, err);
+  td_model_expanded_free(owned);
   if (!rc) {
     if (p->loss == TRAIND__V1__LOSS__LOSS_UNSPECIFIED)
       rc = td_errorf(err, TD_EINVAL,
@@ -1033,13 +1055,17 @@ int td_state_loss(td_state *st, int rows, int with_grad, td_error *err) {
   const int32_t *labels = (const int32_t *)(a + p->labels_off);
   float *dout = with_grad ? a + p->dout_off : NULL;
   float *sc = a + p->scalars_off;
+  /* Every position of a sequence is a row with its own label; the loss is
+   * the mean over the batch's positions. */
+  const int R = rows * (int)p->positions;
+  const float per = (float)p->batch * (float)p->positions;
   if (p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY)
-    CALL(ops->softmax_xent(be, rows, (int)p->out_dim, a + p->out_off, labels,
-                           1.0f / (float)p->batch, dout, sc + TD_SC_LOSS_SUM),
+    CALL(ops->softmax_xent(be, R, (int)p->out_dim, a + p->out_off, labels, 1.0f / per, dout,
+                           sc + TD_SC_LOSS_SUM),
          "softmax cross-entropy");
   else
-    CALL(ops->mse_onehot(be, rows, (int)p->out_dim, a + p->out_off, labels,
-                         1.0f / ((float)p->batch * (float)p->out_dim), dout, sc + TD_SC_LOSS_SUM),
+    CALL(ops->mse_onehot(be, R, (int)p->out_dim, a + p->out_off, labels,
+                         1.0f / (per * (float)p->out_dim), dout, sc + TD_SC_LOSS_SUM),
          "mean squared error");
   return TD_OK;
 }

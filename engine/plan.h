@@ -51,6 +51,9 @@ typedef struct td_view {
 typedef struct td_shape {
   uint32_t rank;
   uint32_t d[TD_MAX_RANK];
+  /* 1: a sequence (time, features), the values of an embed layer and of
+   * the layers after it; a dense layer maps its positions one by one. */
+  uint32_t seq;
 } td_shape;
 
 /* The number of values of one example: the product of the dimensions. */
@@ -77,14 +80,17 @@ const char *td_shape_str(const td_shape *s, char *buf, size_t len);
   X(POOL, pool, 1, 1, KERNEL)                    \
   X(GAP, global_avg_pool, 1, 1, KERNEL)          \
   X(BATCH_NORM, batch_norm, 1, 1, NONE)          \
-  X(LAYER_NORM, layer_norm, 1, 1, NONE)
+  X(LAYER_NORM, layer_norm, 1, 1, NONE)          \
+  X(EMBED, embed, 1, 1, NONE)                    \
+  X(POS_EMBED, position_embedding, 1, 1, NONE)   \
+  X(ATTENTION, causal_self_attention, 1, 1, NONE)
 
 typedef enum td_op {
 #define TD_OP_ENUM(id, name, min_in, max_in, kernel) TD_OP_##id,
   TD_OPS(TD_OP_ENUM)
 #undef TD_OP_ENUM
 } td_op;
-#define TD_N_OPS (TD_OP_LAYER_NORM + 1)
+#define TD_N_OPS (TD_OP_ATTENTION + 1)
 
 /* One node of the compiled graph: a layer of the model (an activation
  * whose one input is a dense layer that feeds nothing else is fused into
@@ -119,8 +125,14 @@ typedef struct td_node {
   int axis;                      /* CONCAT: the example's dimension, from 0 */
   uint32_t outer;                /* CONCAT: rows per example of the (rows, cols) blocks */
   uint32_t cols[TD_MAX_INPUTS];  /* CONCAT: each input's columns (its values per row) */
-  float rate;                    /* DROPOUT */
-  uint32_t key_slot;             /* DROPOUT: its key's place in a step record's keys */
+  float rate;                    /* DROPOUT, ATTENTION (on its weights) */
+  uint32_t key_slot;             /* DROPOUT, ATTENTION with a rate: its key's place in a step
+                                    record's keys */
+  uint32_t positions;            /* values of a sequence: its time steps (else 1); a dense
+                                    layer's rows per example */
+  uint32_t heads;                /* ATTENTION */
+  uint32_t vocab;                /* EMBED: num_embeddings */
+  size_t w2_view, b2_view;       /* ATTENTION: the output projection's kernel and bias */
   int grad;                      /* whether the gradient of its output is needed */
   int has_z, has_mask;           /* whether it keeps a pre-activation, a mask */
   size_t x[TD_MAX_INPUTS];       /* its inputs: the producers' y, or the step's input */
@@ -132,6 +144,7 @@ typedef struct td_node {
   size_t mask;                   /* DROPOUT: (batch, out) */
   size_t aux, aux_floats;        /* a buffer from forward to backward (aux_floats floats;
                                     TD_NONE: none): the statistics a norm keeps */
+  size_t tmp, tmp_floats;        /* a buffer of its backward alone (TD_NONE: none) */
 } td_node;
 
 typedef struct td_plan {
@@ -139,10 +152,14 @@ typedef struct td_plan {
   uint8_t *sig;
   size_t sig_len;
 
-  uint32_t batch;    /* per-device batch */
-  uint32_t in_dim;   /* values per example */
-  td_shape in_shape; /* their shape (model.input_shape) */
-  uint32_t out_dim;  /* model outputs (classes) */
+  uint32_t batch;     /* per-device batch */
+  uint32_t in_dim;    /* values per example */
+  td_shape in_shape;  /* their shape (model.input_shape) */
+  uint32_t out_dim;   /* model outputs (classes) per position */
+  uint32_t positions; /* positions of the output, each with its own label (1, or a
+                         sequence's time steps) */
+  uint32_t vocab;     /* the least num_embeddings of the embed layers (reading the input's
+                         token ids), 0 without */
   Traind__V1__Loss loss;
 
   size_t n_params; /* floats in the parameter (and gradient) buffer */
@@ -167,7 +184,7 @@ typedef struct td_plan {
    * each would take. */
   size_t arena_floats, unplanned_floats;
   size_t in_off;      /* (batch, in_dim) input of the step */
-  size_t labels_off;  /* (batch) int32 labels */
+  size_t labels_off;  /* (batch, positions) int32 labels */
   size_t out_off;     /* (batch, out_dim) model output */
   size_t dout_off;    /* its gradient */
   size_t scalars_off; /* TD_PLAN_SCALARS floats written by the step */

@@ -47,8 +47,12 @@ static void on_epoch(void *user, const td_trainer *t, const td_epoch_point *ep) 
   if (p->drawn)
     fputs("\r\033[K", p->out);
   p->drawn = 0;
-  fprintf(p->out, "epoch %u/%u  train loss %.4f acc %.2f%%", ep->epoch, t->epochs, ep->train_loss,
-          ep->train_accuracy * 100.0);
+  if (ep->mid_epoch)
+    fprintf(p->out, "step %lld  train loss %.4f acc %.2f%%", (long long)ep->step, ep->train_loss,
+            ep->train_accuracy * 100.0);
+  else
+    fprintf(p->out, "epoch %u/%u  train loss %.4f acc %.2f%%", ep->epoch, t->epochs, ep->train_loss,
+            ep->train_accuracy * 100.0);
   if (ep->evaluated)
     fprintf(p->out, "  test loss %.4f acc %.2f%%", ep->test_loss, ep->test_accuracy * 100.0);
   fprintf(p->out, "  %.2f s  %.0f ex/s\n", ep->epoch_sec, ep->examples_per_sec);

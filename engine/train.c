@@ -11,8 +11,14 @@
 
 #include "clock.h"
 #include "log.h"
+#include "text.h"
 
 static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o, td_error *err);
+
+/* Where a dataset's examples lie, for gather. */
+static td_rows td_dataset_rows(const td_dataset *ds) {
+  return (td_rows){ds->dim, ds->stride, ds->label_dim, ds->label_stride};
+}
 
 /* Resolves one dataset file under the data roots. */
 static int resolve(const td_trainer_opts *o, const char *dir, const char *name, char *out,
@@ -48,6 +54,18 @@ int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o
     f->has_test = 1;
     return TD_OK;
   }
+  if (d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT ||
+      d->source_case == TRAIND__V1__DATASET__SOURCE_HDF5_TOKENS) {
+    const int text = d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT;
+    const char *file = text ? d->text->file : d->hdf5_tokens->file;
+    if (!file || !*file)
+      return td_errorf(err, TD_EINVAL, "dataset.%s.file: required (a file under a data root)",
+                       text ? "text" : "hdf5_tokens");
+    if ((rc = resolve(o, NULL, file, f->train[0], sizeof f->train[0], err)))
+      return rc;
+    f->has_test = 1; /* the held-out part */
+    return TD_OK;
+  }
   const Traind__V1__Hdf5Dataset *h = d->hdf5;
   f->features = or_default(h->features, "features");
   f->labels = or_default(h->labels, "labels");
@@ -61,20 +79,51 @@ int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o
   return TD_OK;
 }
 
+int td_text_opts_of(const Traind__V1__JobSpec *spec, td_text_opts *o, td_error *err) {
+  const Traind__V1__Dataset *d = spec->dataset;
+  const Traind__V1__Model *m = spec->model;
+  const int text = d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT;
+  const char *field = text ? "dataset.text" : "dataset.hdf5_tokens";
+  if (!m || m->n_input_shape != 1)
+    return td_errorf(err, TD_EINVAL,
+                     "model.input_shape: a model of %s takes windows of tokens: give [block_size], "
+                     "for example [64]",
+                     field);
+  const Google__Protobuf__DoubleValue *vf =
+      text ? d->text->val_fraction : d->hdf5_tokens->val_fraction;
+  int rc = td_text_opts_parse(field, text ? d->text->tokens : NULL,
+                              text ? d->text->sampling : d->hdf5_tokens->sampling,
+                              vf ? &vf->value : NULL, m->input_shape[0], o, err);
+  o->train_limit = d->train_limit;
+  o->test_limit = d->test_limit;
+  return rc;
+}
+
 static int load_data(td_trainer *t, const td_trainer_opts *o, td_error *err) {
   const Traind__V1__Dataset *d = t->spec->dataset;
   td_data_files *f = malloc(sizeof *f);
   if (!f)
     return td_errorf(err, TD_ENOMEM, "out of memory");
   int rc = td_data_files_resolve(d, o, f, err);
-  if (!rc && d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
+  const int tokens = d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT ||
+                     d->source_case == TRAIND__V1__DATASET__SOURCE_HDF5_TOKENS;
+  td_text_opts to;
+  if (!rc && tokens && !(rc = td_text_opts_of(t->spec, &to, err))) {
+    if (d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT)
+      rc = td_text_load(f->train[0], &to, &t->train, &t->test, err);
+    else
+      rc = td_h5tokens_load(f->train[0], d->hdf5_tokens->train, d->hdf5_tokens->val,
+                            d->hdf5_tokens->vocab_size, &to, &t->train, &t->test, err);
+  } else if (!rc && !tokens && d->source_case == TRAIND__V1__DATASET__SOURCE_IDX) {
     if (!(rc = td_idx_load(f->train[0], f->train[1], d->train_limit, &t->train, err)))
       rc = td_idx_load(f->test[0], f->test[1], d->test_limit, &t->test, err);
-  } else if (!rc) {
+  } else if (!rc && !tokens) {
     if (!(rc = td_hdf5_load(f->train[0], f->features, f->labels, d->train_limit, &t->train, err)) &&
         f->has_test)
       rc = td_hdf5_load(f->test[0], f->features, f->labels, d->test_limit, &t->test, err);
   }
+  for (uint32_t i = 0; i < 256; i++)
+    t->byte_vocab[i] = i;
   t->has_test = !rc && f->has_test;
   free(f);
   return rc;
@@ -143,6 +192,24 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
 
 static int check_data(const td_trainer *t, const td_dataset *ds, const char *which, td_error *err) {
   const td_plan *p = t->plan;
+  if (ds->label_dim != p->positions) {
+    if (p->positions > 1)
+      return td_errorf(err, TD_EINVAL,
+                       "model: its output is a sequence of %u positions, each with a prediction, "
+                       "but the %s set has %u label%s per example; train it on a text or "
+                       "hdf5_tokens dataset",
+                       p->positions, which, ds->label_dim, ds->label_dim == 1 ? "" : "s");
+    return td_errorf(err, TD_EINVAL,
+                     "model: it makes one prediction per example, but the %s set has a label "
+                     "for each of %u positions; end the model with a sequence (a dense layer "
+                     "over an embed layer's output, without flatten)",
+                     which, ds->label_dim);
+  }
+  if (p->vocab && ds->vocab_size > p->vocab)
+    return td_errorf(err, TD_EINVAL,
+                     "model: an embed layer has num_embeddings %u, fewer than the %s set's "
+                     "vocabulary of %u tokens; make num_embeddings at least %u",
+                     p->vocab, which, ds->vocab_size, ds->vocab_size);
   if (ds->dim != p->in_dim)
     return td_errorf(err, TD_EINVAL,
                      "model.input_shape: gives %u features per example, but the "
@@ -277,9 +344,10 @@ static int step_body(td_replica *r) {
   int rc = ops->step_begin(be, r->table, p->rec_bytes, r->counter, r->cur);
   if (rc)
     rc = td_errorf(err, rc, "step: reading the step table failed");
-  if (!rc && (rc = ops->gather(be, r->train_x, r->train_y, t->train.dim,
-                               r->order + (size_t)r->rank * t->shard, &cur->row0, t->shard,
-                               a + p->in_off, (int32_t *)(a + p->labels_off))))
+  const td_rows rows = td_dataset_rows(&t->train);
+  if (!rc &&
+      (rc = ops->gather(be, &rows, r->train_x, r->train_y, r->order + (size_t)r->rank * t->shard,
+                        &cur->row0, t->shard, a + p->in_off, (int32_t *)(a + p->labels_off))))
     rc = td_errorf(err, rc, "step: gather failed");
   if (!rc &&
       !(rc =
@@ -437,8 +505,10 @@ static int task_eval(td_trainer *t, int rank) {
     uint32_t rows = hi - start < t->shard ? hi - start : t->shard;
     /* Rows start..start+rows: the dataset pointer is offset instead of the
      * indices, so the one iota buffer serves every chunk. */
-    int rc = be->ops->gather(be, x + (size_t)start * ds->dim, y + start, ds->dim, r->iota, NULL,
-                             rows, a + p->in_off, (int32_t *)(a + p->labels_off));
+    const td_rows l = td_dataset_rows(ds);
+    int rc = be->ops->gather(be, &l, x + (size_t)start * ds->stride,
+                             y + (size_t)start * ds->label_stride, r->iota, NULL, rows,
+                             a + p->in_off, (int32_t *)(a + p->labels_off));
     if (rc)
       return td_errorf(&r->err, rc, "evaluate: gather failed");
     if ((rc = td_state_forward(r->st, (int)rows, 0, NULL, 0, &r->err)) ||
@@ -520,7 +590,7 @@ static int replica_data(td_trainer *t, td_replica *x, td_error *err) {
     return td_errorf(err, rc, "%s backend: uploading the offsets failed", be->ops->name);
   const td_dataset *ds[2] = {&t->train, &t->test};
   for (int k = 0; k < 2; k++) {
-    size_t nx = (size_t)ds[k]->n * ds[k]->dim * sizeof(float), ny = ds[k]->n * sizeof(int32_t);
+    size_t nx = ds[k]->n_values * sizeof(float), ny = td_dataset_n_labels(ds[k]) * sizeof(int32_t);
     if (!ds[k]->n)
       continue;
     const char *what = k ? "the test set" : "the training set";
@@ -651,6 +721,7 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_tra
   t->shard = t->batch / (uint32_t)t->n_rep;
   t->epochs = tr->epochs;
   t->eval_every = tr->eval_every_epochs ? tr->eval_every_epochs : 1;
+  t->eval_steps = tr->eval_every_steps;
   t->log_every = tr->log_every_steps ? tr->log_every_steps : 1;
 
   if (o->cache) {
@@ -758,7 +829,7 @@ int td_trainer_evaluate(td_trainer *t, const td_dataset *ds, float *loss, float 
     loss_sum += t->rep[r].sums[0];
     correct += t->rep[r].sums[1];
   }
-  double denom = ds->n ? (double)ds->n : 1.0;
+  double denom = ds->n ? (double)ds->n * p->positions : 1.0;
   if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
     *loss = (float)(loss_sum / (denom * p->out_dim));
   else
@@ -810,7 +881,7 @@ static int run_chunk(td_trainer *t, uint32_t first, uint32_t count, td_step_poin
     }
     /* Of the averaged gradients: the same on every replica. */
     const float sumsq = t->rep[0].metrics_host[at + TD_SC_GRAD_SUMSQ];
-    float loss = loss_sum / (float)t->batch;
+    float loss = loss_sum / ((float)t->batch * (float)p->positions);
     if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
       loss /= (float)p->out_dim;
     int64_t step = step0 + i;
@@ -846,6 +917,11 @@ static uint32_t chunk_len(const td_trainer *t, uint32_t s) {
   int64_t left = t->total_steps - t->st.step;
   if (left < n)
     n = left;
+  if (t->eval_steps && t->has_test) {
+    int64_t to = (int64_t)t->eval_steps - t->st.step % (int64_t)t->eval_steps;
+    if (to < n)
+      n = to;
+  }
   const Traind__V1__Checkpointing *c = t->spec->checkpoint;
   if (c && c->every_steps) {
     int64_t to = (int64_t)c->every_steps - t->st.step % (int64_t)c->every_steps;
@@ -923,6 +999,14 @@ void td_trainer_meta(const td_trainer *t, td_ckpt_meta *m) {
   m->epoch_loss_sum = t->epoch_loss_sum;
   m->epoch_correct_sum = t->epoch_correct_sum;
   m->root_key = td_prng_key(t->spec->training->seed);
+  if (t->train.vocab) {
+    m->vocab = t->train.vocab;
+    m->n_vocab = t->train.n_vocab;
+  } else if (t->spec->dataset->source_case == TRAIND__V1__DATASET__SOURCE_TEXT) {
+    m->vocab = t->byte_vocab;
+    m->n_vocab = 256;
+    m->vocab_bytes = 1;
+  }
   m->seed = t->spec->training->seed;
 }
 
@@ -973,6 +1057,25 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
       t->step_in_epoch = s + done;
       if (rc)
         break;
+      /* An evaluation inside the epoch (training.eval_every_steps): a
+       * point with the epoch's training figures so far. */
+      if (t->eval_steps && t->has_test && t->st.step % t->eval_steps == 0 &&
+          t->step_in_epoch < t->steps_per_epoch && t->st.step < t->total_steps) {
+        td_epoch_point mid = {.epoch = epoch, .step = t->st.step, .mid_epoch = 1};
+        const double v0 = td_mono_sec();
+        mid.train_loss = (float)(t->epoch_loss_sum / t->step_in_epoch);
+        mid.train_accuracy = (float)(t->epoch_correct_sum /
+                                     ((double)t->step_in_epoch * t->batch * t->plan->positions));
+        mid.epoch_sec = v0 - e0;
+        mid.examples_per_sec = (double)steps * t->batch / (v0 - e0);
+        if ((rc = td_trainer_evaluate(t, &t->test, &mid.test_loss, &mid.test_accuracy, err)))
+          break;
+        mid.evaluated = 1;
+        mid.eval_sec = td_mono_sec() - v0;
+        e0 += mid.eval_sec; /* training time only */
+        if (hooks->on_epoch)
+          hooks->on_epoch(hooks->user, t, &mid);
+      }
       if (hooks->at_boundary && t->step_in_epoch < t->steps_per_epoch &&
           t->st.step < t->total_steps)
         hooks->at_boundary(hooks->user, t);
@@ -988,7 +1091,9 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
     ep.epoch_sec = e1 - e0;
     ep.examples_per_sec = (double)steps * t->batch / (e1 - e0);
     ep.train_loss = taken ? (float)(t->epoch_loss_sum / taken) : 0.0f;
-    ep.train_accuracy = taken ? (float)(t->epoch_correct_sum / ((double)taken * t->batch)) : 0.0f;
+    ep.train_accuracy =
+        taken ? (float)(t->epoch_correct_sum / ((double)taken * t->batch * t->plan->positions))
+              : 0.0f;
     int final = epoch == t->epochs || t->st.step >= t->total_steps;
     if (t->has_test && (epoch % t->eval_every == 0 || final)) {
       if ((rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err)))

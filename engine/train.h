@@ -35,6 +35,8 @@ typedef struct td_epoch_point {
   int64_t step;
   float train_loss, train_accuracy;
   int evaluated; /* test figures are present */
+  int mid_epoch; /* an evaluation inside the epoch (training.eval_every_steps): the
+                    training figures are of its steps so far */
   float test_loss, test_accuracy;
   double epoch_sec; /* training steps only */
   double eval_sec;
@@ -144,6 +146,8 @@ struct td_trainer {
   uint32_t *order; /* (train.n) this epoch's example order */
   uint32_t *iota;  /* (batch) 0..batch-1, offsets for evaluation */
   uint32_t batch, steps_per_epoch, epochs, eval_every, log_every;
+  uint32_t eval_steps;      /* training.eval_every_steps (0: none) */
+  uint32_t byte_vocab[256]; /* a byte-token text's vocabulary, for checkpoints */
   int64_t total_steps;
   /* The position: the epoch the next step belongs to (1-based), the steps
    * of it already taken, and that epoch's running sums of batch loss and
@@ -209,6 +213,12 @@ typedef struct td_data_files {
   int has_test;
   const char *features, *labels; /* HDF5; borrowed from the spec or static */
 } td_data_files;
+
+/* The windows of a job's text or hdf5_tokens dataset: the spec's fields
+ * checked (td_text_opts_parse), the block from model.input_shape ([T]),
+ * the limits from dataset.train_limit and test_limit. */
+struct td_text_opts;
+int td_text_opts_of(const Traind__V1__JobSpec *spec, struct td_text_opts *o, td_error *err);
 
 int td_data_files_resolve(const Traind__V1__Dataset *d, const td_trainer_opts *o, td_data_files *f,
                           td_error *err);

@@ -107,9 +107,9 @@ typedef struct td_window {
 } td_window;
 
 typedef enum td_pool_kind {
-  TD_POOL_MAX = 0,     /* the window's largest value (padding is never picked) */
-  TD_POOL_AVG,         /* the window's sum / its size (padding counts as zeros) */
-  TD_POOL_AVG_VALID,   /* the sum / the number of the window's positions inside the input */
+  TD_POOL_MAX = 0,   /* the window's largest value (padding is never picked) */
+  TD_POOL_AVG,       /* the window's sum / its size (padding counts as zeros) */
+  TD_POOL_AVG_VALID, /* the sum / the number of the window's positions inside the input */
 } td_pool_kind;
 
 /* The output size of a window along one dimension: in, plus padding lo and
@@ -122,6 +122,12 @@ static inline int td_window_out(int in, int lo, int hi, int k, int s, int d) {
 
 typedef struct td_backend td_backend;
 
+/* Where a dataset's examples lie in its values and labels (gather). */
+typedef struct td_rows {
+  size_t dim, stride;             /* values per example, and between examples' first */
+  size_t label_dim, label_stride; /* labels per example, and between examples' first */
+} td_rows;
+
 typedef struct td_backend_ops {
   const char *name;
   void (*destroy)(td_backend *be);
@@ -133,11 +139,14 @@ typedef struct td_backend_ops {
   int (*fill)(td_backend *be, float *x, size_t n, float value);
   int (*copy)(td_backend *be, float *dst, const float *src, size_t n);
 
-  /* dst (count, dim) = rows idx[off + i] of src (n, dim); labels likewise.
-   * idx lives in backend memory, and so does the offset *off (none when
-   * off is NULL), so that a recorded step reads its batch's place in the
-   * epoch's order at replay. */
-  int (*gather)(td_backend *be, const float *src, const int32_t *src_labels, size_t dim,
+  /* dst (count, dim) = for each i, the dim values of src from
+   * idx[off + i] * l->stride; dst_labels (count, label_dim) likewise the
+   * label_dim labels of src_labels from idx[off + i] * label_stride (an
+   * example dataset: stride dim, one label; token windows: overlapping or
+   * tiled windows of one sequence). idx lives in backend memory, and so
+   * does the offset *off (none when off is NULL), so that a recorded step
+   * reads its batch's place in the epoch's order at replay. */
+  int (*gather)(td_backend *be, const td_rows *l, const float *src, const int32_t *src_labels,
                 const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
                 int32_t *dst_labels);
 
@@ -237,6 +246,35 @@ typedef struct td_backend_ops {
   /* dx (not when NULL; not equal to dy), and dscale, dbias summed over rows (when not NULL). */
   int (*ln_bwd)(td_backend *be, int rows, int cols, const float *x, const float *dy,
                 const float *saved, const float *scale, float *dx, float *dscale, float *dbias);
+
+  /* Token embedding: y (rows, cols) = row ids[r] of table (vocab, cols),
+   * the ids held as floats (an id outside [0, vocab) gives a zero row).
+   * Backward: dtable (vocab, cols) = the sum, in row order, of dy's rows
+   * into their ids' rows (dtable is written, not added to). Optional (NULL:
+   * models with embed layers are refused on this backend). */
+  int (*embed_fwd)(td_backend *be, int rows, int cols, int vocab, const float *ids,
+                   const float *table, float *y);
+  int (*embed_bwd)(td_backend *be, int rows, int cols, int vocab, const float *ids, const float *dy,
+                   float *dtable);
+
+  /* Causal self-attention of `batch` sequences of t positions, h heads of
+   * d values each (f = h d). qkv (batch, t, 3f) holds each position's
+   * query, key and value, head k's at columns k d, f + k d and 2f + k d.
+   * Optional, all four or none (NULL: attention layers are refused).
+   * attn_probs: p (batch, h, t, t) = softmax over j <= i of
+   *   q_i . k_j / sqrt(d), zero for j > i.
+   * attn_mix: o (batch, t, f), head k's columns = sum_j p[i, j] v_j.
+   * attn_mix_bwd: from do (batch, t, f): dp[i, j] = do_i . v_j (j <= i,
+   *   else 0), and the values' part of dqkv = sum_i p[i, j] do_i.
+   * attn_probs_bwd: ds = p (dp - sum_j p dp) (in place of dp), and the
+   *   queries' and keys' parts of dqkv = ds k / sqrt(d), ds^T q / sqrt(d). */
+  int (*attn_probs)(td_backend *be, int batch, int t, int h, int d, const float *qkv, float *p);
+  int (*attn_mix)(td_backend *be, int batch, int t, int h, int d, const float *p, const float *qkv,
+                  float *o);
+  int (*attn_mix_bwd)(td_backend *be, int batch, int t, int h, int d, const float *p,
+                      const float *qkv, const float *dout, float *dp, float *dqkv);
+  int (*attn_probs_bwd)(td_backend *be, int batch, int t, int h, int d, const float *p, float *dp,
+                        const float *qkv, float *dqkv);
 
   /* out[0] = sum of x^2 (accumulated in double, stored as float). */
   int (*sumsq)(td_backend *be, size_t n, const float *x, float *out);

@@ -6,3 +6,6 @@ add_test(NAME checkpoint_h5py
   COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/checkpoint_h5py.py
           $<TARGET_FILE:test_checkpoint>)
 set_tests_properties(checkpoint_h5py PROPERTIES LABELS unit TIMEOUT 120 SKIP_RETURN_CODE 77)
+# Text from a language model's checkpoint: the cached position-by-position
+# path against the training forward, the sampled text, the refusals.
+td_test(test_sample SOURCES test_sample.c)

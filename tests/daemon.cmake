@@ -20,6 +20,9 @@
 #   daemon_cnn                 conv nets and batch norm: Flax's MNIST CNN for an
 #                              epoch (10 epochs: long), a residual net, batch
 #                              norm on 2 devices, kill -9 resume, h5py accuracy
+#   daemon_gpt                 character GPTs on Shakespeare: the baby GPT for 100
+#                              steps, 2 devices equal 1, vocabulary and parameters
+#                              in checkpoints, bad text jobs
 #   daemon_trainctl            the CLI: --follow over unix and TCP, -o json,
 #                              exit codes, errors, TRAIND_ADDR
 #   daemon_reference_2devices_10epochs
@@ -57,6 +60,7 @@ td_daemon_test(daemon_sdnotify daemon_sdnotify.py "daemon" 120)
 td_daemon_test(daemon_checkpoint daemon_checkpoint.py "daemon;mnist" 600)
 td_daemon_test(daemon_trainctl daemon_trainctl.py "daemon;mnist" 600)
 td_daemon_test(daemon_cnn daemon_cnn.py "daemon;mnist" 900)
+td_daemon_test(daemon_gpt daemon_gpt.py "daemon;mnist" 900)
 td_daemon_test(daemon_cnn_10epochs daemon_cnn.py "daemon;mnist;long" 2400 cnn_10_epochs)
 td_daemon_test(daemon_reference_10epochs daemon_trainctl.py "daemon;mnist;long" 1200
                reference_10_epochs)

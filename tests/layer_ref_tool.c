@@ -8,9 +8,13 @@
  *           and optimizer are used.
  *   IN.h5   /params/<layer>/<leaf> (float32 or float64, traind's names and
  *           shapes), /x (float32, (B, ...): B examples of the model's input
- *           values, row-major, NHWC for images) and /labels (integers, (B)).
- *   OUT.h5  written: /output (B, outputs) the model's output, /loss_sum
- *           (float32 scalar) the loss summed over the batch, /grads/<view>
+ *           values, row-major, NHWC for images; token ids, as floats, for a
+ *           model that starts with an embed layer) and /labels (integers,
+ *           (B), or (B, T) for a model whose output is a sequence of T
+ *           positions, a label for each).
+ *   OUT.h5  written: /output (B, outputs), or (B, T, outputs) for a
+ *           sequence, the model's output, /loss_sum (float32 scalar) the
+ *           loss summed over the batch (and its positions), /grads/<view>
  *           the gradient of the mean loss for every parameter in its shape,
  *           /stats/<view> the batch norms' running statistics after the
  *           training forward pass (they start at mean 0, variance 1).
@@ -33,10 +37,11 @@
 
 /* The tool's inputs as read from IN.h5: host memory, owned here. */
 typedef struct ref_input {
-  uint32_t rows;   /* B */
-  size_t values;   /* values per example (the product of /x's other dimensions) */
-  float *x;        /* (B, values) */
-  int32_t *labels; /* (B) */
+  uint32_t rows;       /* B */
+  size_t values;       /* values per example (the product of /x's other dimensions) */
+  uint32_t label_cols; /* labels per example: 1, or a sequence's positions */
+  float *x;            /* (B, values) */
+  int32_t *labels;     /* (B, label_cols) */
 } ref_input;
 
 static int read_dataset(hid_t fid, const char *path, const char *name, hid_t mtype, int min_rank,
@@ -72,7 +77,8 @@ done:
   return rc;
 }
 
-/* Reads /x and /labels of path; their first dimensions must agree. */
+/* Reads /x and /labels of path; their first dimensions must agree, and
+ * /labels is (B) or (B, T). */
 static int read_input(const char *path, ref_input *in, td_error *err) {
   td_h5_quiet q = td_h5_silence();
   hid_t fid = -1;
@@ -85,13 +91,17 @@ static int read_input(const char *path, ref_input *in, td_error *err) {
   if (!rc)
     rc = read_dataset(fid, path, "/labels", H5T_NATIVE_INT32, 1, ld, &lr, (void **)&in->labels,
                       sizeof(int32_t), err);
-  if (!rc && (lr != 1 || ld[0] != xd[0]))
-    rc = td_errorf(err, TD_EDATA, "'%s': /labels must have shape (%llu) like /x's rows", path,
-                   (unsigned long long)xd[0]);
+  if (!rc &&
+      (lr < 1 || lr > 2 || ld[0] != xd[0] || (lr == 2 && (ld[1] == 0 || ld[1] > UINT32_MAX))))
+    rc = td_errorf(err, TD_EDATA,
+                   "'%s': /labels must have shape (%llu), or (%llu, T) for a sequence, like "
+                   "/x's rows",
+                   path, (unsigned long long)xd[0], (unsigned long long)xd[0]);
   if (!rc && (xd[0] == 0 || xd[0] > UINT32_MAX))
     rc = td_errorf(err, TD_EDATA, "'%s': /x must have between 1 and %u rows", path, UINT32_MAX);
   if (!rc) {
     in->rows = (uint32_t)xd[0];
+    in->label_cols = lr == 2 ? (uint32_t)ld[1] : 1;
     in->values = 1;
     for (int i = 1; i < xr; i++)
       in->values *= (size_t)xd[i];
@@ -132,7 +142,7 @@ static int write_views(hid_t fid, hid_t lcpl, const char *group, const td_view *
 
 /* The step's results, downloaded to host memory by the caller. */
 typedef struct ref_output {
-  float *output; /* (B, out_dim) */
+  float *output; /* (B, positions, out_dim) */
   float loss_sum;
   float *grads; /* (n_params) */
   float *stats; /* (n_stats) */
@@ -142,9 +152,11 @@ static int write_output(const char *path, const td_plan *p, const ref_output *o,
   td_h5_quiet q = td_h5_silence();
   hid_t fid = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-  hsize_t od[2] = {p->batch, p->out_dim};
+  /* (B, out_dim), or (B, T, out_dim) for a sequence. */
+  const int seq = p->positions > 1;
+  hsize_t od[3] = {p->batch, seq ? p->positions : p->out_dim, p->out_dim};
   int bad = fid < 0 || lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
-            write_floats(fid, lcpl, "/output", 2, od, o->output) ||
+            write_floats(fid, lcpl, "/output", seq ? 3 : 2, od, o->output) ||
             write_floats(fid, lcpl, "/loss_sum", 0, NULL, &o->loss_sum) ||
             write_views(fid, lcpl, "grads", p->views, p->n_views, o->grads) ||
             write_views(fid, lcpl, "stats", p->stat_views, p->n_stat_views, o->stats);
@@ -180,7 +192,7 @@ static int run_step(td_state *st, const ref_input *in, ref_output *o, td_error *
       ops->upload(st->be, td_state_at(st, p->in_off), in->x,
                   (size_t)in->rows * in->values * sizeof(float)) ||
       ops->upload(st->be, td_state_at(st, p->labels_off), in->labels,
-                  (size_t)in->rows * sizeof(int32_t))) {
+                  (size_t)in->rows * in->label_cols * sizeof(int32_t))) {
     rc = td_errorf(err, TD_EIO, "uploading the inputs failed");
     goto done;
   }
@@ -189,7 +201,7 @@ static int run_step(td_state *st, const ref_input *in, ref_output *o, td_error *
   if ((rc = td_state_forward(st, (int)in->rows, 1, keys, 0, err)))
     goto done;
   if (ops->download(st->be, o->output, td_state_at(st, p->out_off),
-                    (size_t)p->batch * p->out_dim * sizeof(float))) {
+                    (size_t)p->batch * p->positions * p->out_dim * sizeof(float))) {
     rc = td_errorf(err, TD_EIO, "downloading the output failed");
     goto done;
   }
@@ -226,11 +238,30 @@ static int run(const char *job, const char *in_path, const char *out_path, td_er
   if (!rc && in.values != p->in_dim)
     rc = td_errorf(err, TD_EDATA, "'%s': /x has %zu values per example; the model takes %u",
                    in_path, in.values, p->in_dim);
-  for (uint32_t r = 0; !rc && p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY && r < in.rows;
-       r++)
+  if (!rc && in.label_cols != p->positions && p->positions == 1)
+    rc = td_errorf(err, TD_EDATA,
+                   "'%s': /labels has %u labels per example, but the model makes one prediction "
+                   "per example; give /labels the shape (%u)",
+                   in_path, in.label_cols, in.rows);
+  else if (!rc && in.label_cols != p->positions)
+    rc = td_errorf(err, TD_EDATA,
+                   "'%s': /labels has %u label%s per example, but the model's output is a "
+                   "sequence of %u positions; give /labels the shape (%u, %u)",
+                   in_path, in.label_cols, in.label_cols == 1 ? "" : "s", p->positions, in.rows,
+                   p->positions);
+  /* Token ids: an id outside the vocabulary would embed as zeros. */
+  for (size_t k = 0; !rc && p->vocab && k < (size_t)in.rows * in.values; k++)
+    if (!(in.x[k] >= 0.0f && in.x[k] < (float)p->vocab && in.x[k] == (float)(uint32_t)in.x[k]))
+      rc = td_errorf(err, TD_EDATA,
+                     "'%s': /x[%zu] is %g (row-major); token ids must be integers in [0, %u), "
+                     "the embed layer's num_embeddings",
+                     in_path, k, (double)in.x[k], p->vocab);
+  const size_t n_labels = (size_t)in.rows * in.label_cols;
+  for (size_t r = 0; !rc && p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY && r < n_labels; r++)
     if (in.labels[r] < 0 || (uint32_t)in.labels[r] >= p->out_dim)
-      rc = td_errorf(err, TD_EDATA, "'%s': /labels[%u] is %d; labels must be in [0, %u)", in_path,
-                     r, in.labels[r], p->out_dim);
+      rc = td_errorf(err, TD_EDATA,
+                     "'%s': /labels[%zu] is %d (row-major); labels must be in [0, %u)", in_path, r,
+                     in.labels[r], p->out_dim);
   if (!rc)
     rc = td_cpu_backend_create(&be, 1, err);
   if (!rc && !(rc = td_state_init(&st, p, be, err)))
@@ -242,7 +273,7 @@ static int run(const char *job, const char *in_path, const char *out_path, td_er
   if (!rc)
     rc = td_ckpt_load_params(in_path, &st, err);
   if (!rc) {
-    o.output = malloc(((size_t)p->batch * p->out_dim + 1) * sizeof(float));
+    o.output = malloc(((size_t)p->batch * p->positions * p->out_dim + 1) * sizeof(float));
     o.grads = malloc((p->n_params + 1) * sizeof(float));
     o.stats = malloc((p->n_stats + 1) * sizeof(float));
     if (!o.output || !o.grads || !o.stats)

@@ -304,6 +304,7 @@ static void check_gather(void) {
   enum { ROWS = 1001, COUNT = 300, OFF = 10 };
   for (size_t t = 0; t < sizeof dims / sizeof *dims; t++) {
     size_t dim = dims[t];
+    const td_rows rl = {dim, dim, 1, 1};
     float *src = hmalloc(ROWS * dim), *want = hmalloc(COUNT * dim), *got = hmalloc(COUNT * dim);
     int32_t labels[ROWS], want_l[COUNT], got_l[COUNT];
     uint32_t idx[COUNT], idx2[COUNT], bits[COUNT];
@@ -316,7 +317,7 @@ static void check_gather(void) {
     idx[COUNT - 1] = ROWS - 1;
     for (int i = 0; i < COUNT; i++)
       idx2[i] = (uint32_t)(ROWS - 1 - i);
-    C->gather(cpu, src, labels, dim, idx, NULL, COUNT, want, want_l);
+    C->gather(cpu, &rl, src, labels, idx, NULL, COUNT, want, want_l);
     /* The indices and the offset live in device memory. */
     const uint32_t off = OFF;
     float *dsrc = gput(src, ROWS * dim * sizeof(float));
@@ -326,13 +327,13 @@ static void check_gather(void) {
     float *dst = G->alloc(gpu, COUNT * dim * sizeof(float));
     int32_t *dstl = G->alloc(gpu, sizeof got_l);
     if (dsrc && dl && didx && didx2 && doff && dst && dstl) {
-      CHECK_OK(G->gather(gpu, dsrc, dl, dim, didx, NULL, COUNT, dst, dstl));
+      CHECK_OK(G->gather(gpu, &rl, dsrc, dl, didx, NULL, COUNT, dst, dstl));
       /* A second gather of other rows, queued at once, into other buffers:
        * it must not disturb the first's result. */
       float *dst2 = G->alloc(gpu, COUNT * dim * sizeof(float));
       int32_t *dst2l = G->alloc(gpu, sizeof got_l);
       if (dst2 && dst2l)
-        CHECK_OK(G->gather(gpu, dsrc, dl, dim, didx2, NULL, COUNT, dst2, dst2l));
+        CHECK_OK(G->gather(gpu, &rl, dsrc, dl, didx2, NULL, COUNT, dst2, dst2l));
       gget(got, dst, COUNT * dim * sizeof(float));
       gget(got_l, dstl, sizeof got_l);
       char label[64];
@@ -340,7 +341,7 @@ static void check_gather(void) {
       CHECK_BITS(label, got, want, COUNT * dim);
       CHECK(memcmp(got_l, want_l, sizeof got_l) == 0, "%s: labels differ", label);
       if (dst2 && dst2l) {
-        C->gather(cpu, src, labels, dim, idx2, NULL, COUNT, want, want_l);
+        C->gather(cpu, &rl, src, labels, idx2, NULL, COUNT, want, want_l);
         gget(got, dst2, COUNT * dim * sizeof(float));
         gget(got_l, dst2l, sizeof got_l);
         CHECK_BITS("second gather", got, want, COUNT * dim);
@@ -351,8 +352,8 @@ static void check_gather(void) {
       /* A dataset offset by rows, as evaluation reads it (odd offset:
        * the rows are no longer 16-byte aligned). */
       CHECK_OK(
-          G->gather(gpu, dsrc + 3 * dim, dl + 3, dim, didx2 + OFF, NULL, COUNT - OFF, dst, dstl));
-      C->gather(cpu, src + 3 * dim, labels + 3, dim, idx2 + OFF, NULL, COUNT - OFF, want, want_l);
+          G->gather(gpu, &rl, dsrc + 3 * dim, dl + 3, didx2 + OFF, NULL, COUNT - OFF, dst, dstl));
+      C->gather(cpu, &rl, src + 3 * dim, labels + 3, idx2 + OFF, NULL, COUNT - OFF, want, want_l);
       gget(got, dst, (COUNT - OFF) * dim * sizeof(float));
       CHECK_BITS("gather from an offset dataset", got, want, (COUNT - OFF) * dim);
       /* The place in the order read from device memory, as a step reads
@@ -361,11 +362,11 @@ static void check_gather(void) {
        * the rows at idx + off. */
       memset(got_l, 0xff, sizeof got_l);
       CHECK_OK(G->fill(gpu, dst, COUNT * dim, -1.0f));
-      CHECK_OK(G->gather(gpu, dsrc, dl, dim, didx, doff, COUNT - OFF, dst, dstl));
-      C->gather(cpu, src, labels, dim, idx, &off, COUNT - OFF, want, want_l);
+      CHECK_OK(G->gather(gpu, &rl, dsrc, dl, didx, doff, COUNT - OFF, dst, dstl));
+      C->gather(cpu, &rl, src, labels, idx, &off, COUNT - OFF, want, want_l);
       float *direct = hmalloc(COUNT * dim);
       int32_t direct_l[COUNT];
-      C->gather(cpu, src, labels, dim, idx + OFF, NULL, COUNT - OFF, direct, direct_l);
+      C->gather(cpu, &rl, src, labels, idx + OFF, NULL, COUNT - OFF, direct, direct_l);
       CHECK_BITS("CPU gather at an offset", want, direct, (COUNT - OFF) * dim);
       gget(got, dst, (COUNT - OFF) * dim * sizeof(float));
       gget(got_l, dstl, (COUNT - OFF) * sizeof(int32_t));
@@ -1238,7 +1239,8 @@ static int graph_body(void *arg) {
   int rc = 0;
   for (int s = 0; s < b->steps && !rc; s++) {
     if ((rc = G->step_begin(gpu, b->table, sizeof(graph_rec), b->counter, b->cur)) ||
-        (rc = G->gather(gpu, b->src, b->labels, G_D, b->idx, &b->cur->row0, G_B, b->x, b->xl)) ||
+        (rc = G->gather(gpu, &(td_rows){G_D, G_D, 1, 1}, b->src, b->labels, b->idx, &b->cur->row0,
+                        G_B, b->x, b->xl)) ||
         (rc = G->dropout_fwd(gpu, (size_t)G_B * G_D, 0, 0.25f, b->cur->key, b->x, b->mask, b->y)) ||
         (rc = G->gemm(gpu, 0, 0, G_B, G_H, G_D, 1.0f, b->y, G_D, b->w, G_H, 1.0f, b->c, G_H)) ||
         (rc = G->sumsq(gpu, (size_t)G_B * G_H, b->c, b->c + G_B * G_H)))
@@ -2271,7 +2273,8 @@ static int train_body_run(void *arg) {
   td_backend *be = st->be;
   const td_plan *p = st->plan;
   float *a = st->arena;
-  int rc = be->ops->gather(be, t->x, t->y, p->in_dim, t->order, NULL, t->batch, a + p->in_off,
+  const td_rows rl = {p->in_dim, p->in_dim, 1, 1};
+  int rc = be->ops->gather(be, &rl, t->x, t->y, t->order, NULL, t->batch, a + p->in_off,
                            (int32_t *)(a + p->labels_off));
   if (!rc && !(rc = td_state_forward(st, (int)t->batch, 1, t->keys, 0, t->err)) &&
       !(rc = td_state_loss(st, (int)t->batch, 1, t->err)) && !(rc = td_state_backward(st, t->err)))

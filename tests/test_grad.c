@@ -7,7 +7,9 @@
  * central finite differences: dense, activations, dropout, add, reshape,
  * concatenate, conv, max and average pooling, global average pooling, batch
  * norm (training: the batch's statistics, recomputed for each perturbation)
- * and layer norm. Dropout masks are read back from the engine so that both
+ * layer norm, token and position embeddings and causal self-attention
+ * (its weights' dropout included), and dense layers over sequences with a
+ * loss at every position. Dropout masks are read back from the engine so that both
  * see the same mask. Checked: the loss value, and for every parameter
  * tensor the norm-wise relative error and each element's relative error.
  * Also checked: batch norm's running statistics after a training forward,
@@ -157,6 +159,62 @@ static void ref_norm(int by_col, size_t rows, size_t C, double eps, const double
   }
 }
 
+/* Causal self-attention by its definition, for each sequence b and head
+ * h: qkv = x w + b; p = softmax over j <= i of q_i . k_j / sqrt(d), times
+ * the dropout mask (when given); o_i = sum_j p_ij v_j; y = o w2 + b2. */
+static void ref_attention(const td_plan *p, const td_node *L, int B, const double *x,
+                          const double *w, const float *mask, double *y) {
+  const int T = (int)L->positions, F = (int)L->channels, H = (int)L->heads, D = F / H;
+  const double *wq = ref_param(p, w, L->w_view), *bq = ref_param(p, w, L->b_view);
+  const double *wo = ref_param(p, w, L->w2_view), *bo = ref_param(p, w, L->b2_view);
+  double *qkv = malloc(sizeof(double) * (size_t)T * 3 * F), *o = malloc(sizeof(double) * T * F);
+  double *pr = malloc(sizeof(double) * T);
+  for (int b = 0; b < B; b++) {
+    const double *xb = x + (size_t)b * T * F;
+    for (int t = 0; t < T; t++)
+      for (int c = 0; c < 3 * F; c++) {
+        double v = bq ? bq[c] : 0.0;
+        for (int k = 0; k < F; k++)
+          v += xb[t * F + k] * wq[(size_t)k * 3 * F + c];
+        qkv[(size_t)t * 3 * F + c] = v;
+      }
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < T; i++) {
+        double mx = -INFINITY, sum = 0.0;
+        for (int j = 0; j <= i; j++) {
+          double s = 0.0;
+          for (int d = 0; d < D; d++)
+            s += qkv[(size_t)i * 3 * F + h * D + d] * qkv[(size_t)j * 3 * F + F + h * D + d];
+          pr[j] = s / sqrt((double)D);
+          mx = fmax(mx, pr[j]);
+        }
+        for (int j = 0; j <= i; j++)
+          sum += (pr[j] = exp(pr[j] - mx));
+        for (int j = 0; j <= i; j++) {
+          pr[j] /= sum;
+          if (mask)
+            pr[j] *= mask[(((size_t)b * H + h) * T + i) * T + j];
+        }
+        for (int d = 0; d < D; d++) {
+          double v = 0.0;
+          for (int j = 0; j <= i; j++)
+            v += pr[j] * qkv[(size_t)j * 3 * F + 2 * F + h * D + d];
+          o[(size_t)i * F + h * D + d] = v;
+        }
+      }
+    for (int t = 0; t < T; t++)
+      for (int c = 0; c < F; c++) {
+        double v = bo ? bo[c] : 0.0;
+        for (int k = 0; k < F; k++)
+          v += o[t * F + k] * wo[(size_t)k * F + c];
+        y[((size_t)b * T + t) * F + c] = v;
+      }
+  }
+  free(qkv);
+  free(o);
+  free(pr);
+}
+
 /* The model's values in float64 for parameters `w` (flat): the plan's graph
  * walked node by node, each output kept (B, out). The caller frees each
  * and the array (plan->n_nodes). */
@@ -180,6 +238,37 @@ static double **ref_forward(const ref_model *m, const double *w) {
     case TD_OP_GAP:
       ref_gap(L, B, in[0], y);
       continue;
+    case TD_OP_ATTENTION:
+      ref_attention(p, L, B, in[0], w, m->masks[li], y);
+      continue;
+    case TD_OP_EMBED: {
+      const double *table = ref_param(p, w, L->w_view);
+      for (size_t r = 0; r < (size_t)B * L->positions; r++)
+        for (uint32_t c = 0; c < L->channels; c++)
+          y[r * L->channels + c] = table[(size_t)in[0][r] * L->channels + c];
+      continue;
+    }
+    case TD_OP_POS_EMBED: {
+      const double *table = ref_param(p, w, L->w_view);
+      for (size_t r = 0; r < (size_t)B; r++)
+        for (uint32_t k = 0; k < L->out; k++)
+          y[r * L->out + k] = in[0][r * L->out + k] + table[k];
+      continue;
+    }
+    case TD_OP_DENSE: {
+      /* Each row: an example, or a position of a sequence. */
+      const td_view *wv = &p->views[L->w_view];
+      const uint32_t C = L->channels;
+      for (size_t r = 0; r < (size_t)B * L->positions; r++)
+        for (uint32_t o = 0; o < C; o++) {
+          const double *x = in[0] + r * L->in_features;
+          double v = L->b_view == TD_NONE ? 0.0 : w[p->views[L->b_view].offset + o];
+          for (uint32_t k = 0; k < L->in_features; k++)
+            v += x[k] * w[wv->offset + (size_t)k * C + o];
+          y[r * C + o] = act_d(L->act, v);
+        }
+      continue;
+    }
     case TD_OP_BATCH_NORM:
     case TD_OP_LAYER_NORM: {
       size_t C = L->channels, rows = (size_t)B * L->out / C;
@@ -202,13 +291,7 @@ static double **ref_forward(const ref_model *m, const double *w) {
       for (uint32_t o = 0; o < L->out; o++) {
         double v = 0;
         const double *x = in[0] + (size_t)r * L->in_features;
-        if (L->op == TD_OP_DENSE) {
-          const td_view *wv = &p->views[L->w_view];
-          v = L->b_view == TD_NONE ? 0.0 : w[p->views[L->b_view].offset + o];
-          for (uint32_t k = 0; k < L->in_features; k++)
-            v += x[k] * w[wv->offset + (size_t)k * L->out + o];
-          v = act_d(L->act, v);
-        } else if (L->op == TD_OP_ACT) {
+        if (L->op == TD_OP_ACT) {
           v = act_d(L->act, x[o]);
         } else if (L->op == TD_OP_RESHAPE) {
           v = x[o];
@@ -245,6 +328,8 @@ static double ref_loss(const ref_model *m, const double *w) {
   const double *cur = val[p->n_nodes - 1];
   double loss = 0;
   int C = (int)p->out_dim;
+  /* A sequence's output: a row and a label per position. */
+  B *= (int)p->positions;
   for (int r = 0; r < B; r++) {
     const double *y = cur + (size_t)r * C;
     if (p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY) {
@@ -332,11 +417,19 @@ static int env_open(grad_env *e, const char *label, const char *model_yaml, int 
 
   float *xin = st->arena + p->in_off;
   int32_t *labels = (int32_t *)(st->arena + p->labels_off);
-  td_prng_normal(td_prng_fold_in(e->key, 200), xin, (size_t)B * p->in_dim);
-  uint32_t bits[64];
-  td_prng_bits(td_prng_fold_in(e->key, 300), bits, (size_t)B);
-  for (int r = 0; r < B; r++)
+  const size_t n_in = (size_t)B * p->in_dim, n_labels = (size_t)B * p->positions;
+  uint32_t *bits = malloc(sizeof *bits * (n_in > n_labels ? n_in : n_labels));
+  td_prng_normal(td_prng_fold_in(e->key, 200), xin, n_in);
+  if (p->vocab) {
+    /* Token ids for the embed layers. */
+    td_prng_bits(td_prng_fold_in(e->key, 250), bits, n_in);
+    for (size_t i = 0; i < n_in; i++)
+      xin[i] = (float)(bits[i] % p->vocab);
+  }
+  td_prng_bits(td_prng_fold_in(e->key, 300), bits, n_labels);
+  for (size_t r = 0; r < n_labels; r++)
     labels[r] = (int32_t)(bits[r] % p->out_dim);
+  free(bits);
   return 0;
 }
 
@@ -366,15 +459,23 @@ static void check_case(const char *label, const char *model_yaml, int B, uint32_
   CHECK(td_state_loss(st, B, 1, &err) == 0, "%s", err.msg);
   CHECK(td_state_backward(st, &err) == 0, "%s", err.msg);
   float loss_sum = st->arena[p->scalars_off + TD_SC_LOSS_SUM];
+  const double rows = (double)B * p->positions;
   double engine_loss = p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY
-                           ? loss_sum / B
-                           : loss_sum / ((double)B * p->out_dim);
+                           ? loss_sum / rows
+                           : loss_sum / (rows * p->out_dim);
 
   double *xd = to_double(xin, (size_t)B * p->in_dim);
   ref_model m = {.p = p, .B = B, .x = xd, .labels = labels};
   for (size_t li = 0; li < p->n_nodes && li < MAX_L; li++)
     if (p->nodes[li].op == TD_OP_DROPOUT)
       m.masks[li] = st->arena + p->nodes[li].mask;
+    else if (p->nodes[li].op == TD_OP_ATTENTION && p->nodes[li].rate > 0.0f) {
+      /* Its mask in its aux buffer, after qkv, the weights and o. */
+      const td_node *L = &p->nodes[li];
+      const size_t tf = (size_t)B * L->positions * L->channels;
+      m.masks[li] = st->arena + L->aux + 3 * tf + (size_t)B * L->heads * L->positions *
+                                                       L->positions + tf;
+    }
   double *w = to_double(st->params, p->n_params);
 
   double ref = ref_loss(&m, w);
@@ -635,6 +736,33 @@ int main(void) {
              "{name: c2r, reshape: {shape: [2, 6]}}, {name: s, add: {}, inputs: [c1, c2r]},"
              "{sigmoid: {}}, {name: out, dense: {features: 4}}]}\n",
              3, 11);
+
+  /* Sequences: token ids into embeddings, attention, dense layers over
+   * every position and a loss at each. */
+  check_case("embed, position embedding, attention, per-position head",
+             "model: {input_shape: [5], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
+             "{name: tok, embed: {num_embeddings: 7, features: 8}},"
+             "{name: pos, position_embedding: {}},"
+             "{name: ln, layer_norm: {}},"
+             "{name: attn, causal_self_attention: {num_heads: 2}},"
+             "{name: res, add: {}, inputs: [pos, attn]},"
+             "{name: fc, dense: {features: 12}}, {gelu: {}},"
+             "{name: head, dense: {features: 7}}]}\n",
+             3, 30);
+  check_case("attention with dropout on its weights, one head, no bias",
+             "model: {input_shape: [4], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
+             "{name: tok, embed: {num_embeddings: 5, features: 6}},"
+             "{name: attn, causal_self_attention: {num_heads: 1, dropout_rate: 0.3, "
+             "use_bias: false}},"
+             "{name: attn2, causal_self_attention: {num_heads: 3}},"
+             "{name: head, dense: {features: 5}}]}\n",
+             4, 31);
+  check_case("a sequence flattened into one prediction, mse",
+             "model: {input_shape: [3], loss: MEAN_SQUARED_ERROR, layers: ["
+             "{name: tok, embed: {num_embeddings: 4, features: 4}},"
+             "{name: attn, causal_self_attention: {num_heads: 2}},"
+             "{flatten: {}}, {name: head, dense: {features: 3}}]}\n",
+             2, 32);
 
   /* Convolutions, each behind another layer with parameters so that its
    * input gradient is checked too. Images are (5, 6, 2), NHWC. */

@@ -1428,7 +1428,7 @@ static void test_validate(void) {
       {"    - relu: {}\n", "    - name: act\n",
        "model.layers[1]: set one of: dense, relu, gelu, tanh, sigmoid, dropout, add, flatten, "
        "reshape, concatenate, conv, max_pool, avg_pool, global_avg_pool, batch_norm, "
-       "layer_norm"},
+       "layer_norm, embed, position_embedding, causal_self_attention, repeat"},
       {"batch_size: 64", "batch_size: 0", "training.batch_size: required"},
       {"training: {epochs: 2, batch_size: 64, seed: 42}\n", "",
        "training: required; say how long to train"},

@@ -81,9 +81,9 @@ typedef struct tape_op {
       size_t n;
     } copy;
     struct {
+      td_rows l;
       const float *src;
       const int32_t *src_labels;
-      size_t dim;
       const uint32_t *idx, *off;
       size_t count;
       float *dst;
@@ -251,7 +251,7 @@ static int run_op(tape_be *b, const tape_op *o) {
     return x->copy(c, o->u.copy.dst, o->u.copy.src, o->u.copy.n);
   case OP_GATHER: {
     const __typeof__(o->u.gather) *a = &o->u.gather;
-    return x->gather(c, a->src, a->src_labels, a->dim, a->idx, a->off, a->count, a->dst,
+    return x->gather(c, &a->l, a->src, a->src_labels, a->idx, a->off, a->count, a->dst,
                      a->dst_labels);
   }
   case OP_GEMM: {
@@ -393,19 +393,19 @@ static int t_copy(td_backend *be, float *dst, const float *src, size_t n) {
   return issue(b, &o);
 }
 
-static int t_gather(td_backend *be, const float *src, const int32_t *src_labels, size_t dim,
+static int t_gather(td_backend *be, const td_rows *l, const float *src, const int32_t *src_labels,
                     const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
                     int32_t *dst_labels) {
   tape_be *b = tb(be);
-  if (!mine(b, src, dim * sizeof *src, "gather src") ||
-      !mine(b, src_labels, sizeof *src_labels, "gather src_labels") ||
+  if (!mine(b, src, l->dim * sizeof *src, "gather src") ||
+      !mine(b, src_labels, l->label_dim * sizeof *src_labels, "gather src_labels") ||
       !mine(b, idx, count * sizeof *idx, "gather idx") ||
       !mine_opt(b, off, sizeof *off, "gather off") ||
-      !mine(b, dst, count * dim * sizeof *dst, "gather dst") ||
-      !mine(b, dst_labels, count * sizeof *dst_labels, "gather dst_labels"))
+      !mine(b, dst, count * l->dim * sizeof *dst, "gather dst") ||
+      !mine(b, dst_labels, count * l->label_dim * sizeof *dst_labels, "gather dst_labels"))
     return TD_EINTERNAL;
   tape_op o = {.tag = OP_GATHER,
-               .u.gather = {src, src_labels, dim, idx, off, count, dst, dst_labels}};
+               .u.gather = {*l, src, src_labels, idx, off, count, dst, dst_labels}};
   return issue(b, &o);
 }
 

@@ -52,15 +52,16 @@ static int cpu_copy(td_backend *be, float *dst, const float *src, size_t n) {
   return cpu_memcpy(be, dst, src, n * sizeof *dst);
 }
 
-static int cpu_gather(td_backend *be, const float *src, const int32_t *src_labels, size_t dim,
+static int cpu_gather(td_backend *be, const td_rows *l, const float *src, const int32_t *src_labels,
                       const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
                       int32_t *dst_labels) {
   (void)be;
   if (off)
     idx += *off;
   for (size_t i = 0; i < count; i++) {
-    memcpy(dst + i * dim, src + (size_t)idx[i] * dim, dim * sizeof *dst);
-    dst_labels[i] = src_labels[idx[i]];
+    memcpy(dst + i * l->dim, src + (size_t)idx[i] * l->stride, l->dim * sizeof *dst);
+    memcpy(dst_labels + i * l->label_dim, src_labels + (size_t)idx[i] * l->label_stride,
+           l->label_dim * sizeof *dst_labels);
   }
   return TD_OK;
 }
@@ -666,6 +667,12 @@ static const td_backend_ops cpu_ops = {
     .bn_bwd_dx = cpu_bn_bwd_dx,
     .ln_fwd = cpu_ln_fwd,
     .ln_bwd = cpu_ln_bwd,
+    .embed_fwd = cpu_embed_fwd,
+    .embed_bwd = cpu_embed_bwd,
+    .attn_probs = cpu_attn_probs,
+    .attn_mix = cpu_attn_mix,
+    .attn_mix_bwd = cpu_attn_mix_bwd,
+    .attn_probs_bwd = cpu_attn_probs_bwd,
     .last_error = cpu_last_error,
 };
 

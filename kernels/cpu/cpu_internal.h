@@ -73,4 +73,17 @@ int cpu_ln_fwd(td_backend *be, int rows, int cols, float eps, const float *x, co
 int cpu_ln_bwd(td_backend *be, int rows, int cols, const float *x, const float *dy,
                const float *saved, const float *scale, float *dx, float *dscale, float *dbias);
 
+/* cpu_seq.c */
+int cpu_embed_fwd(td_backend *be, int rows, int cols, int vocab, const float *ids,
+                  const float *table, float *y);
+int cpu_embed_bwd(td_backend *be, int rows, int cols, int vocab, const float *ids, const float *dy,
+                  float *dtable);
+int cpu_attn_probs(td_backend *be, int batch, int t, int h, int d, const float *qkv, float *p);
+int cpu_attn_mix(td_backend *be, int batch, int t, int h, int d, const float *p, const float *qkv,
+                 float *o);
+int cpu_attn_mix_bwd(td_backend *be, int batch, int t, int h, int d, const float *p,
+                     const float *qkv, const float *dout, float *dp, float *dqkv);
+int cpu_attn_probs_bwd(td_backend *be, int batch, int t, int h, int d, const float *p, float *dp,
+                       const float *qkv, float *dqkv);
+
 #endif

@@ -204,15 +204,15 @@ static int cuda_copy(td_backend *be, float *dst, const float *src, size_t n) {
 
 /* -------------------------------------------------------------- compute */
 
-static int cuda_gather(td_backend *be, const float *src, const int32_t *src_labels, size_t dim,
-                       const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
-                       int32_t *dst_labels) {
+static int cuda_gather(td_backend *be, const td_rows *l, const float *src,
+                       const int32_t *src_labels, const uint32_t *idx, const uint32_t *off,
+                       size_t count, float *dst, int32_t *dst_labels) {
   cuda_ctx *c = be->ctx;
   if (!count)
     return TD_OK;
   ENTER(c);
-  return failed(c, td_cuda_gather(c->stream, src, src_labels, dim, idx, off, count, dst, dst_labels,
-                                  &c->last));
+  return failed(
+      c, td_cuda_gather(c->stream, l, src, src_labels, idx, off, count, dst, dst_labels, &c->last));
 }
 
 /* Row-major C = A B is column-major C^T = B^T A^T: the operands swap and

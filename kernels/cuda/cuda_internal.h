@@ -30,9 +30,9 @@ int td_cuda_add(cudaStream_t stream, size_t n, const float *a, const float *b, f
 
 /* gather.cu: dst (count, dim) = rows idx[*off + i] of src (off may be
  * NULL: 0), labels likewise; idx and off are device memory. */
-int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels, size_t dim,
-                   const uint32_t *idx, const uint32_t *off, size_t count, float *dst,
-                   int32_t *dst_labels, td_error *err);
+int td_cuda_gather(cudaStream_t stream, const td_rows *l, const float *src,
+                   const int32_t *src_labels, const uint32_t *idx, const uint32_t *off,
+                   size_t count, float *dst, int32_t *dst_labels, td_error *err);
 
 /* step.cu: backend.h's step_begin and record. */
 int td_cuda_step_begin(cudaStream_t stream, const void *table, size_t rec_bytes, uint32_t *counter,

@@ -9,26 +9,28 @@ namespace td_cuda {
 
 template <bool VEC4>
 __global__ void gather_kernel(const float *__restrict__ src, const int32_t *__restrict__ src_labels,
-                              size_t dim, const uint32_t *__restrict__ idx,
+                              td_rows l, const uint32_t *__restrict__ idx,
                               const uint32_t *__restrict__ off, size_t count,
                               float *__restrict__ dst, int32_t *__restrict__ dst_labels) {
   if (off)
     idx += *off;
+  const size_t dim = l.dim;
   for (size_t r = blockIdx.x; r < count; r += gridDim.x) {
-    const size_t from = idx[r];
+    const size_t from = idx[r] * l.stride;
     if (VEC4) {
-      const float4 *s = reinterpret_cast<const float4 *>(src + from * dim);
+      const float4 *s = reinterpret_cast<const float4 *>(src + from);
       float4 *d = reinterpret_cast<float4 *>(dst + r * dim);
       for (size_t c = threadIdx.x; c < dim / 4; c += blockDim.x)
         d[c] = s[c];
     } else {
-      const float *s = src + from * dim;
+      const float *s = src + from;
       float *d = dst + r * dim;
       for (size_t c = threadIdx.x; c < dim; c += blockDim.x)
         d[c] = s[c];
     }
-    if (threadIdx.x == 0)
-      dst_labels[r] = src_labels[from];
+    const int32_t *sl = src_labels + idx[r] * l.label_stride;
+    for (size_t c = threadIdx.x; c < l.label_dim; c += blockDim.x)
+      dst_labels[r * l.label_dim + c] = sl[c];
   }
 }
 
@@ -36,19 +38,23 @@ __global__ void gather_kernel(const float *__restrict__ src, const int32_t *__re
 
 using namespace td_cuda;
 
-extern "C" int td_cuda_gather(cudaStream_t stream, const float *src, const int32_t *src_labels,
-                              size_t dim, const uint32_t *idx, const uint32_t *off, size_t count,
-                              float *dst, int32_t *dst_labels, td_error *err) {
+extern "C" int td_cuda_gather(cudaStream_t stream, const td_rows *l, const float *src,
+                              const int32_t *src_labels, const uint32_t *idx, const uint32_t *off,
+                              size_t count, float *dst, int32_t *dst_labels, td_error *err) {
   if (count == 0)
     return TD_OK;
-  const bool vec4 = dim % 4 == 0 && (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0;
+  const size_t dim = l->dim;
+  /* float4 rows: every row's start aligned, which a stride of a multiple
+   * of 4 keeps. */
+  const bool vec4 = dim % 4 == 0 && l->stride % 4 == 0 && (uintptr_t)src % 16 == 0 &&
+                    (uintptr_t)dst % 16 == 0;
   const unsigned blocks = grid_for(count, 1);
   const int threads = dim >= 512 ? 256 : 128;
   if (vec4)
     gather_kernel<true>
-        <<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst, dst_labels);
+        <<<blocks, threads, 0, stream>>>(src, src_labels, *l, idx, off, count, dst, dst_labels);
   else
     gather_kernel<false>
-        <<<blocks, threads, 0, stream>>>(src, src_labels, dim, idx, off, count, dst, dst_labels);
+        <<<blocks, threads, 0, stream>>>(src, src_labels, *l, idx, off, count, dst, dst_labels);
   return launch_check("gather_kernel", err);
 }

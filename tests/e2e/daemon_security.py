@@ -115,11 +115,11 @@ S = pb.JobState
 C = grpc.StatusCode
 
 TRAINER_METHODS = ("SubmitJob", "GetJob", "ListJobs", "CancelJob", "GetMetrics", "WatchMetrics",
-                   "ListDevices", "GetDaemonInfo", "SaveCheckpoint", "ExportCheckpoint")
+                   "ListDevices", "GetDaemonInfo", "SaveCheckpoint", "ExportCheckpoint", "Sample")
 HEALTH_METHODS = ("Health/Check", "Health/Watch")
 ALL_METHODS = TRAINER_METHODS + HEALTH_METHODS
 READS = {"GetJob", "GetMetrics", "WatchMetrics"}
-WRITES = {"CancelJob", "SaveCheckpoint", "ExportCheckpoint"}
+WRITES = {"CancelJob", "SaveCheckpoint", "ExportCheckpoint", "Sample"}
 DENIALS = (C.PERMISSION_DENIED, C.UNAUTHENTICATED)
 SHORT = {C.OK: "OK", C.PERMISSION_DENIED: "DENIED", C.UNAUTHENTICATED: "UNAUTH",
          C.FAILED_PRECONDITION: "PRECOND", C.NOT_FOUND: "NOTFOUND", C.UNAVAILABLE: "UNAVAIL",
@@ -476,6 +476,7 @@ def every_rpc(job_id, spec):
         ("GetDaemonInfo", pb.GetDaemonInfoRequest()),
         ("SaveCheckpoint", pb.SaveCheckpointRequest(id=job_id)),
         ("ExportCheckpoint", pb.ExportCheckpointRequest(id=job_id)),
+        ("Sample", pb.SampleRequest(id=job_id, prompt="A", tokens=1)),
         ("Health/Check", hpb.HealthCheckRequest(service="")),
         ("Health/Watch", hpb.HealthCheckRequest(service="")),
     ]
