@@ -388,6 +388,18 @@ static int has_test(const Traind__V1__LatestMetrics *m) {
   return m && (m->test_accuracy != 0.0f || m->test_loss != 0.0f);
 }
 
+/* A per-token loss (nats) in bits. */
+static double bits_of(float nats) { return (double)nats / 0.69314718055994530942; }
+
+/* The unit of a language model's loss in bits: per character for a text
+ * dataset's characters, per byte for its bytes, else per token. */
+static const char *bits_unit(const Traind__V1__JobSpec *s) {
+  const Traind__V1__Dataset *d = s ? s->dataset : NULL;
+  if (d && d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT && d->text)
+    return d->text->tokens && strcmp(d->text->tokens, "byte") == 0 ? "bits/byte" : "bpc";
+  return "bits/token";
+}
+
 int td_view_jobs_table(td_table *t, Traind__V1__Job *const *jobs, size_t n, double now) {
   static const char *const header[] = {"ID",       "NAME", "OWNER",    "STATE",
                                        "PROGRESS", "LOSS", "TEST ACC", "AGE"};
@@ -471,6 +483,10 @@ static void spec_lines(FILE *out, const Traind__V1__JobSpec *s, int utf8) {
       td_view_sanitize(d->idx->dir, clean, sizeof clean);
     else if (d->source_case == TRAIND__V1__DATASET__SOURCE_HDF5 && d->hdf5)
       td_view_sanitize(d->hdf5->train_file, clean, sizeof clean);
+    else if (d->source_case == TRAIND__V1__DATASET__SOURCE_TEXT && d->text)
+      td_view_sanitize(d->text->file, clean, sizeof clean);
+    else if (d->source_case == TRAIND__V1__DATASET__SOURCE_HDF5_TOKENS && d->hdf5_tokens)
+      td_view_sanitize(d->hdf5_tokens->file, clean, sizeof clean);
     const char *k = td_view_oneof_name(&d->base);
     fprintf(out, "dataset:       %s %s\n", k ? k : "?", clean);
   }
@@ -554,16 +570,34 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
   else
     fprintf(out, "progress:      %s\n", a);
   const Traind__V1__LatestMetrics *m = job->metrics;
+  /* A language model's losses are per token: each also in bits. */
+  const int per_token = m && m->per_token;
+  const char *unit = bits_unit(job->spec);
   if (m && p && p->step > 0) {
-    fprintf(out, "loss:          %.4f (last step), learning rate %.3g, grad norm %.3g\n", m->loss,
-            m->learning_rate, m->grad_norm);
-    if (p->epoch > 0)
+    if (per_token)
+      fprintf(out, "loss:          %.4f (last step; %.4f %s), learning rate %.3g, grad norm %.3g\n",
+              m->loss, bits_of(m->loss), unit, m->learning_rate, m->grad_norm);
+    else
+      fprintf(out, "loss:          %.4f (last step), learning rate %.3g, grad norm %.3g\n", m->loss,
+              m->learning_rate, m->grad_norm);
+    if (p->epoch > 0 && per_token)
+      fprintf(out, "train:         loss %.4f (%.4f %s), accuracy %.2f%%\n", m->train_loss,
+              m->train_bits_per_token, unit, m->train_accuracy * 100.0);
+    else if (p->epoch > 0)
       fprintf(out, "train:         loss %.4f, accuracy %.2f%%\n", m->train_loss,
               m->train_accuracy * 100.0);
     td_view_count(m->examples_per_sec, a, sizeof a);
-    fprintf(out, "throughput:    %s examples/s\n", a);
+    if (per_token) {
+      td_view_count(m->tokens_per_sec, b, sizeof b);
+      fprintf(out, "throughput:    %s tokens/s (%s examples/s)\n", b, a);
+    } else {
+      fprintf(out, "throughput:    %s examples/s\n", a);
+    }
   }
-  if (has_test(m))
+  if (has_test(m) && per_token)
+    fprintf(out, "test:          loss %.4f (%.4f %s), accuracy %.2f%%\n", m->test_loss,
+            m->test_bits_per_token, unit, m->test_accuracy * 100.0);
+  else if (has_test(m))
     fprintf(out, "test:          loss %.4f, accuracy %.2f%%\n", m->test_loss,
             m->test_accuracy * 100.0);
   if (job->n_devices) {
@@ -664,23 +698,46 @@ void td_view_daemon_info(FILE *out, const Traind__V1__DaemonInfo *info, double n
           info->compile_cache_entries, info->compile_cache_hits, info->compile_cache_misses);
 }
 
-void td_view_epoch_line(const Traind__V1__EpochPoint *e, uint32_t total_epochs, char *buf,
-                        size_t cap) {
+/* An epoch point's line (td_view_epoch_line): an evaluation inside an
+ * epoch as "step N/total_steps" (total_steps 0: unknown), a language
+ * model's losses also in bits (unit NULL: "bits/token"). */
+static void point_line(const Traind__V1__EpochPoint *e, uint32_t total_epochs, int64_t total_steps,
+                       const char *unit, char *buf, size_t cap) {
   size_t len = 0;
   char rate[32];
   buf[0] = '\0';
-  if (total_epochs)
+  unit = unit ? unit : "bits/token";
+  if (e->mid_epoch && total_steps > 0)
+    appendf(buf, cap, &len, "step %" PRId64 "/%" PRId64, e->step, total_steps);
+  else if (e->mid_epoch)
+    appendf(buf, cap, &len, "step %" PRId64, e->step);
+  else if (total_epochs)
     appendf(buf, cap, &len, "epoch %" PRIu32 "/%" PRIu32, e->epoch, total_epochs);
   else
     appendf(buf, cap, &len, "epoch %" PRIu32, e->epoch);
-  appendf(buf, cap, &len, "  train loss %.4f acc %.2f%%", e->train_loss, e->train_accuracy * 100.0);
-  if (e->evaluated)
-    appendf(buf, cap, &len, "  test loss %.4f acc %.2f%%", e->test_loss, e->test_accuracy * 100.0);
+  appendf(buf, cap, &len, "  train loss %.4f", e->train_loss);
+  if (e->per_token)
+    appendf(buf, cap, &len, " (%.4f %s)", e->train_bits_per_token, unit);
+  appendf(buf, cap, &len, " acc %.2f%%", e->train_accuracy * 100.0);
+  if (e->evaluated) {
+    appendf(buf, cap, &len, "  test loss %.4f", e->test_loss);
+    if (e->per_token)
+      appendf(buf, cap, &len, " (%.4f %s)", e->test_bits_per_token, unit);
+    appendf(buf, cap, &len, " acc %.2f%%", e->test_accuracy * 100.0);
+  }
   appendf(buf, cap, &len, "  %.2f s", e->epoch_sec);
-  if (e->examples_per_sec > 0) {
+  if (e->per_token && e->tokens_per_sec > 0) {
+    td_view_count(e->tokens_per_sec, rate, sizeof rate);
+    appendf(buf, cap, &len, "  %s tok/s", rate);
+  } else if (e->examples_per_sec > 0) {
     td_view_count(e->examples_per_sec, rate, sizeof rate);
     appendf(buf, cap, &len, "  %s ex/s", rate);
   }
+}
+
+void td_view_epoch_line(const Traind__V1__EpochPoint *e, uint32_t total_epochs, char *buf,
+                        size_t cap) {
+  point_line(e, total_epochs, 0, NULL, buf, cap);
 }
 
 /* Visits step and epoch points in order of step, an epoch after the step
@@ -727,7 +784,10 @@ static void table_epoch(void *arg, const Traind__V1__EpochPoint *e) {
   metrics_table_ctx *c = arg;
   char line[512], span[600];
   td_view_epoch_line(e, 0, line, sizeof line);
-  snprintf(span, sizeof span, "-- %s (step %" PRId64 ")", line, e->step);
+  if (e->mid_epoch) /* the line starts with its step */
+    snprintf(span, sizeof span, "-- %s", line);
+  else
+    snprintf(span, sizeof span, "-- %s (step %" PRId64 ")", line, e->step);
   if (td_table_add_span(c->t, span))
     c->rc = -1;
 }
@@ -989,7 +1049,11 @@ static void follow_job(td_follow *f, const Traind__V1__Job *j) {
       f->loss = j->metrics->loss;
     f->test_accuracy = j->metrics->test_accuracy;
     f->test_loss = j->metrics->test_loss;
+    if (j->metrics->per_token)
+      f->per_token = 1;
   }
+  if (j->spec)
+    f->bits_unit = bits_unit(j->spec);
   td_view_sanitize(j->error, f->error, sizeof f->error);
   f->error_code = j->error_code;
 }
@@ -1004,6 +1068,9 @@ static void follow_step(td_follow *f, const Traind__V1__StepPoint *s) {
   f->epoch = s->epoch;
   f->loss = s->loss;
   f->examples_per_sec = s->examples_per_sec;
+  f->tokens_per_sec = s->tokens_per_sec;
+  if (s->tokens_per_sec > 0)
+    f->per_token = 1;
   f->step_ms = s->step_ms;
   f->point_time = td_view_ts_seconds(s->time);
   curve_add(f, s->loss);
@@ -1047,8 +1114,15 @@ int td_follow_render(const td_follow *f, char *buf, size_t cap) {
   fig[1][0] = '\0';
   if (f->total_epochs)
     snprintf(fig[1], sizeof fig[1], "epoch %" PRIu32 "/%" PRIu32, f->epoch, f->total_epochs);
-  snprintf(fig[2], sizeof fig[2], "loss %.4f", f->loss);
-  snprintf(fig[3], sizeof fig[3], "%s ex/s", rate);
+  if (f->per_token) {
+    snprintf(fig[2], sizeof fig[2], "loss %.4f (%.3f %s)", f->loss, bits_of(f->loss),
+             f->bits_unit ? f->bits_unit : "bits/token");
+    td_view_count(f->tokens_per_sec, rate, sizeof rate);
+    snprintf(fig[3], sizeof fig[3], "%s tok/s", rate);
+  } else {
+    snprintf(fig[2], sizeof fig[2], "loss %.4f", f->loss);
+    snprintf(fig[3], sizeof fig[3], "%s ex/s", rate);
+  }
   snprintf(fig[4], sizeof fig[4], "ETA %s", eta);
   int budget = f->cols - 1, shown[5], figs_w = 0;
   for (int i = 0; i < 5; i++) {
@@ -1154,13 +1228,20 @@ void td_follow_feed(td_follow *f, const Traind__V1__WatchMetricsResponse *m, dou
     int64_t upto = i < m->n_steps ? m->steps[i]->step : INT64_MAX;
     for (; j < m->n_epochs && m->epochs[j]->step < upto; j++) {
       const Traind__V1__EpochPoint *e = m->epochs[j];
-      if (e->epoch <= f->epochs_printed)
+      /* An evaluation inside an epoch prints as a step, before the
+       * epoch's own line. */
+      if (e->epoch <= f->epochs_printed || (e->mid_epoch && e->step <= f->mid_printed))
         continue;
+      if (e->per_token)
+        f->per_token = 1;
       char line[512];
-      td_view_epoch_line(e, f->total_epochs, line, sizeof line);
+      point_line(e, f->total_epochs, f->total_steps, f->bits_unit, line, sizeof line);
       erase_block(f);
       fprintf(f->out, "%s\n", line);
-      f->epochs_printed = e->epoch;
+      if (e->mid_epoch)
+        f->mid_printed = e->step;
+      else
+        f->epochs_printed = e->epoch;
       if (e->evaluated) {
         f->have_test = 1;
         f->last_test_accuracy = e->test_accuracy;
@@ -1199,7 +1280,17 @@ void td_follow_finish(td_follow *f) {
   case TRAIND__V1__JOB_STATE__SUCCEEDED:
     if (dur[0])
       appendf(line, sizeof line, &len, " in %s", dur);
-    if (f->test_accuracy != 0.0f || f->test_loss != 0.0f)
+    /* A language model's result is its loss in bits. */
+    if (f->per_token && (f->test_loss != 0.0f || f->have_test))
+      appendf(line, sizeof line, &len, "  test %.4f %s (loss %.4f, accuracy %.2f%%)",
+              bits_of(f->test_loss != 0.0f ? f->test_loss : f->last_test_loss),
+              f->bits_unit ? f->bits_unit : "bits/token",
+              f->test_loss != 0.0f ? f->test_loss : f->last_test_loss,
+              (f->test_loss != 0.0f ? f->test_accuracy : f->last_test_accuracy) * 100.0);
+    else if (f->per_token)
+      appendf(line, sizeof line, &len, "  final loss %.4f (%.4f %s)", f->loss, bits_of(f->loss),
+              f->bits_unit ? f->bits_unit : "bits/token");
+    else if (f->test_accuracy != 0.0f || f->test_loss != 0.0f)
       appendf(line, sizeof line, &len, "  test accuracy %.2f%% (loss %.4f)",
               f->test_accuracy * 100.0, f->test_loss);
     else if (f->have_test)

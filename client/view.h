@@ -114,7 +114,10 @@ void td_view_metrics_csv(FILE *out, Traind__V1__StepPoint *const *steps, size_t 
                          Traind__V1__EpochPoint *const *epochs, size_t n_epochs, int header);
 
 /* The permanent line for a finished epoch:
- * "epoch 3/10  train loss 0.1234 acc 96.12%  test loss ... acc ...  12.3 s  45.1k ex/s". */
+ * "epoch 3/10  train loss 0.1234 acc 96.12%  test loss ... acc ...  12.3 s  45.1k ex/s";
+ * a language model's (per_token) adds each loss in bits and counts tokens:
+ * "train loss 1.3863 (2.0000 bits/token) acc ...  ...  12.3k tok/s". An
+ * evaluation inside an epoch (mid_epoch) reads "step 500  train loss ...". */
 void td_view_epoch_line(const Traind__V1__EpochPoint *e, uint32_t total_epochs, char *buf,
                         size_t cap);
 
@@ -154,11 +157,18 @@ typedef struct td_follow {
   float loss, test_accuracy, test_loss;
   double examples_per_sec, step_ms, point_time;
   int have_step;
+  /* A language model's figures: its losses are per token, shown also in
+   * bits_unit ("bpc" for characters), its rate in tokens. */
+  int per_token;
+  double tokens_per_sec;
+  const char *bits_unit;
   char error[512];
   int error_code;
 
-  /* Epoch lines already printed (a stream may repeat points). */
+  /* Epoch lines already printed (a stream may repeat points), and the
+   * step of the last evaluation inside an epoch printed. */
   uint32_t epochs_printed;
+  int64_t mid_printed;
   int64_t last_step_seen;
   float last_test_accuracy, last_test_loss;
   int have_test;

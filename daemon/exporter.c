@@ -149,6 +149,46 @@ static void job_family(td_prom_buf *b, const td_exporter_view *v, const char *na
   }
 }
 
+/* The per-token figures of the running language models (jobs whose losses
+ * are per token): tokens a second, and bits per token of the last step's
+ * loss (set="train") and of the last evaluation (set="test", once there
+ * is one). */
+static void token_families(td_prom_buf *b, const td_exporter_view *v) {
+  td_prom_family(b, "traind_job_tokens_per_second", TD_PROM_GAUGE,
+                 "Training throughput in tokens of the running language model's current epoch.");
+  for (size_t i = 0; i < v->n_jobs; i++) {
+    const td_job *j = v->jobs[i];
+    if (j->state != TRAIND__V1__JOB_STATE__RUNNING)
+      continue;
+    td_metrics_latest l;
+    td_metrics_latest_get((td_metrics *)&j->metrics, &l);
+    td_prom_label lab[3] = {{"job", j->id}, {"name", j->name}, {"owner", j->owner}};
+    if (l.per_token && l.step > 0)
+      td_prom_sample(b, lab, 3, l.tokens_per_sec);
+  }
+  td_prom_family(b, "traind_job_bits_per_token", TD_PROM_GAUGE,
+                 "The running language model's loss in bits per token: set=\"train\" the last "
+                 "step's, set=\"test\" the last evaluation's.");
+  for (size_t i = 0; i < v->n_jobs; i++) {
+    const td_job *j = v->jobs[i];
+    if (j->state != TRAIND__V1__JOB_STATE__RUNNING)
+      continue;
+    td_metrics_latest l;
+    td_metrics_latest_get((td_metrics *)&j->metrics, &l);
+    if (!l.per_token)
+      continue;
+    td_prom_label lab[4] = {{"job", j->id}, {"name", j->name}, {"owner", j->owner}, {"set", ""}};
+    if (l.step > 0) {
+      lab[3].value = "train";
+      td_prom_sample(b, lab, 4, td_metrics_bits(l.loss));
+    }
+    if (l.have_eval) {
+      lab[3].value = "test";
+      td_prom_sample(b, lab, 4, td_metrics_bits(l.test_loss));
+    }
+  }
+}
+
 int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err) {
   observe_steps(e, v);
   td_prom_buf *b = &e->buf;
@@ -188,6 +228,7 @@ int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err
              "The running job's last completed epoch's train accuracy.", v_train_acc);
   job_family(b, v, "traind_job_test_accuracy", "The running job's last test accuracy.", v_test_acc);
   job_family(b, v, "traind_job_test_loss", "The running job's last test loss.", v_test_loss);
+  token_families(b, v);
 
   td_prom_family(b, "traind_step_seconds", TD_PROM_HISTOGRAM, "Time of a training step, all jobs.");
   td_prom_histogram(b, NULL, 0, &e->step_sec);

@@ -227,6 +227,12 @@ void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir) {
   m->metrics.train_accuracy = l.train_accuracy;
   m->metrics.test_loss = l.test_loss;
   m->metrics.test_accuracy = l.test_accuracy;
+  if (l.per_token) {
+    m->metrics.per_token = 1;
+    m->metrics.train_bits_per_token = td_metrics_bits(l.train_loss);
+    m->metrics.test_bits_per_token = td_metrics_bits(l.test_loss);
+    m->metrics.tokens_per_sec = l.tokens_per_sec;
+  }
   p->metrics = &m->metrics;
   p->error = j->error;
   p->error_code = j->error_code;
@@ -527,6 +533,9 @@ static td_job *job_from_record(Traind__V1__Job *r) {
     l.train_accuracy = r->metrics->train_accuracy;
     l.test_loss = r->metrics->test_loss;
     l.test_accuracy = r->metrics->test_accuracy;
+    /* The bits follow from the losses. */
+    l.per_token = r->metrics->per_token;
+    l.tokens_per_sec = r->metrics->tokens_per_sec;
   }
   td_metrics_latest_set(&j->metrics, &l);
   const Traind__V1__CheckpointInfo *c = r->last_checkpoint;

@@ -21,7 +21,7 @@ void td_metrics_free(td_metrics *m) {
   m->epochs = NULL;
 }
 
-int td_metrics_reserve(td_metrics *m, size_t step_capacity) {
+int td_metrics_reserve(td_metrics *m, size_t step_capacity, uint32_t positions) {
   size_t cap = step_capacity ? step_capacity : 1;
   td_step_rec *steps = malloc(cap * sizeof *steps);
   td_epoch_rec *epochs = malloc(EPOCH_CAP * sizeof *epochs);
@@ -39,6 +39,8 @@ int td_metrics_reserve(td_metrics *m, size_t step_capacity) {
   m->epoch_cap = EPOCH_CAP;
   m->n_steps = m->n_epochs = 0;
   m->n_stage = m->n_estage = 0;
+  m->positions = positions ? positions : 1;
+  m->wlatest.per_token = m->latest.per_token = m->positions > 1;
   pthread_mutex_unlock(&m->mu);
   return 0;
 }
@@ -76,6 +78,7 @@ int td_metrics_add_step(td_metrics *m, const td_step_point *p) {
   l->grad_norm = p->grad_norm;
   l->lr = p->lr;
   l->examples_per_sec = p->examples_per_sec;
+  l->tokens_per_sec = l->per_token ? p->examples_per_sec * m->positions : 0.0;
   return try_publish(m);
 }
 
@@ -86,11 +89,16 @@ int td_metrics_add_epoch(td_metrics *m, const td_epoch_point *p) {
   r->p = *p;
   r->time_ns = td_wall_ns();
   td_metrics_latest *l = &m->wlatest;
-  l->epoch = p->epoch;
-  l->have_epoch = 1;
-  l->train_loss = p->train_loss;
-  l->train_accuracy = p->train_accuracy;
+  /* An evaluation inside an epoch brings test figures; the epoch's
+   * training figures wait for its end. */
+  if (!p->mid_epoch) {
+    l->epoch = p->epoch;
+    l->have_epoch = 1;
+    l->train_loss = p->train_loss;
+    l->train_accuracy = p->train_accuracy;
+  }
   l->examples_per_sec = p->examples_per_sec;
+  l->tokens_per_sec = l->per_token ? p->examples_per_sec * m->positions : 0.0;
   if (p->evaluated) {
     l->have_eval = 1;
     l->test_loss = p->test_loss;
@@ -142,6 +150,13 @@ void td_metrics_latest_get(td_metrics *m, td_metrics_latest *out) {
   pthread_mutex_lock(&m->mu);
   *out = m->latest;
   pthread_mutex_unlock(&m->mu);
+}
+
+uint32_t td_metrics_positions(td_metrics *m) {
+  pthread_mutex_lock(&m->mu);
+  uint32_t n = m->positions ? m->positions : 1;
+  pthread_mutex_unlock(&m->mu);
+  return n;
 }
 
 void td_metrics_latest_set(td_metrics *m, const td_metrics_latest *l) {

@@ -32,7 +32,17 @@ typedef struct td_metrics_latest {
   double examples_per_sec;
   int have_epoch, have_eval;
   float train_loss, train_accuracy, test_loss, test_accuracy;
+  /* A language model's (its losses are per token): tokens a second,
+   * examples_per_sec times the positions of an example. */
+  int per_token;
+  double tokens_per_sec;
 } td_metrics_latest;
+
+/* A per-token loss in bits: nats / ln 2, rounded once to float so that
+ * every place that reports it reports the same value. */
+static inline float td_metrics_bits(float nats) {
+  return (float)((double)nats / 0.69314718055994530942);
+}
 
 #define TD_METRICS_STAGE 256
 
@@ -46,6 +56,9 @@ typedef struct td_metrics {
   size_t epoch_cap;
   uint64_t n_epochs;
   td_metrics_latest latest;
+  /* Tokens per example: the positions of a sequence model's output, each
+   * with its own label and loss (1 otherwise). Set with the rings. */
+  uint32_t positions;
   /* Writer-private staging. */
   td_step_rec stage[TD_METRICS_STAGE];
   size_t n_stage;
@@ -59,8 +72,10 @@ typedef struct td_metrics {
 void td_metrics_init(td_metrics *m);
 void td_metrics_free(td_metrics *m);
 /* Allocates the rings (step_capacity step points), dropping any earlier
- * points; the worker calls it before its first step. -1 when out of memory. */
-int td_metrics_reserve(td_metrics *m, size_t step_capacity);
+ * points, for a run whose examples have `positions` tokens (the plan's
+ * positions: more than 1 makes the job's figures per token); the worker
+ * calls it before its first step. -1 when out of memory. */
+int td_metrics_reserve(td_metrics *m, size_t step_capacity, uint32_t positions);
 
 /* Writer side (one thread). Returns nonzero when something was published,
  * so the caller knows to wake readers. */
@@ -75,9 +90,12 @@ void td_metrics_flush(td_metrics *m);
  * exist; *oldest is the oldest step still held (0 when none). */
 size_t td_metrics_read_steps(td_metrics *m, int64_t since_step, td_step_rec *out, size_t max,
                              int *more, int64_t *oldest);
-/* Epoch points with step > since_step (all the ring holds). */
+/* Epoch points with step > since_step (all the ring holds), evaluations
+ * inside an epoch (mid_epoch) among them. */
 size_t td_metrics_read_epochs(td_metrics *m, int64_t since_step, td_epoch_rec *out, size_t max);
 void td_metrics_latest_get(td_metrics *m, td_metrics_latest *out);
+/* The positions of the run the rings hold (1 before any). */
+uint32_t td_metrics_positions(td_metrics *m);
 /* Restores the latest figures (from a persisted job record). */
 void td_metrics_latest_set(td_metrics *m, const td_metrics_latest *l);
 

@@ -60,6 +60,10 @@ static int page_read(page *p, td_job *j, int64_t since_step, int64_t since_epoch
   p->times = calloc(nt + 1, sizeof *p->times);
   if (!p->steps || !p->step_ptrs || !p->epochs || !p->epoch_ptrs || !p->times)
     return -1;
+  /* A language model's figures are per token: also in bits, and its rates
+   * in tokens. */
+  const uint32_t positions = td_metrics_positions(&j->metrics);
+  const int per_token = positions > 1;
   for (size_t i = 0; i < p->n_steps; i++) {
     const td_step_rec *r = &p->srec[i];
     Traind__V1__StepPoint *m = &p->steps[i];
@@ -71,6 +75,10 @@ static int page_read(page *p, td_job *j, int64_t since_step, int64_t since_epoch
     m->learning_rate = r->p.lr;
     m->examples_per_sec = r->p.examples_per_sec;
     m->step_ms = r->p.step_ms;
+    if (per_token) {
+      m->tokens_per_sec = r->p.examples_per_sec * positions;
+      m->bits_per_token = td_metrics_bits(r->p.loss);
+    }
     td_timestamp_set(&p->times[i], r->time_ns);
     m->time = &p->times[i];
     p->step_ptrs[i] = m;
@@ -88,6 +96,14 @@ static int page_read(page *p, td_job *j, int64_t since_step, int64_t since_epoch
     m->test_accuracy = r->p.test_accuracy;
     m->epoch_sec = r->p.epoch_sec;
     m->examples_per_sec = r->p.examples_per_sec;
+    m->mid_epoch = r->p.mid_epoch;
+    if (per_token) {
+      m->per_token = 1;
+      m->tokens_per_sec = r->p.examples_per_sec * positions;
+      m->train_bits_per_token = td_metrics_bits(r->p.train_loss);
+      if (r->p.evaluated)
+        m->test_bits_per_token = td_metrics_bits(r->p.test_loss);
+    }
     td_timestamp_set(&p->times[p->n_steps + i], r->time_ns);
     m->time = &p->times[p->n_steps + i];
     p->epoch_ptrs[i] = m;

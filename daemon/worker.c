@@ -72,7 +72,6 @@ static void tb_maybe_flush(worker_ctx *w, double now, int force) {
 }
 
 static void w_step(void *user, const td_trainer *t, const td_step_point *p) {
-  (void)t;
   worker_ctx *w = user;
   td_metrics_add_step(&w->job->metrics, p);
   if (!w->tb)
@@ -82,21 +81,34 @@ static void w_step(void *user, const td_trainer *t, const td_step_point *p) {
   tb_scalar(w, "learning_rate", p->step, p->lr, now);
   tb_scalar(w, "grad_norm", p->step, p->grad_norm, now);
   tb_scalar(w, "examples_per_sec", p->step, (float)p->examples_per_sec, now);
+  /* A language model's loss is per token: also in bits, and the rate in
+   * tokens (examples times positions). */
+  const uint32_t positions = t->plan->positions;
+  if (positions > 1) {
+    tb_scalar(w, "step/tokens_per_sec", p->step, (float)(p->examples_per_sec * positions), now);
+    tb_scalar(w, "step/bits_per_token", p->step, td_metrics_bits(p->loss), now);
+  }
   tb_maybe_flush(w, now, 0);
 }
 
+/* An epoch's end, or an evaluation inside one (training.eval_every_steps):
+ * both at the step they follow. */
 static void w_epoch(void *user, const td_trainer *t, const td_epoch_point *p) {
-  (void)t;
   worker_ctx *w = user;
   td_metrics_add_epoch(&w->job->metrics, p);
   if (!w->tb)
     return;
   double now = td_wall_sec();
+  const int per_token = t->plan->positions > 1;
   tb_scalar(w, "epoch/train_loss", p->step, p->train_loss, now);
   tb_scalar(w, "epoch/train_accuracy", p->step, p->train_accuracy, now);
+  if (per_token)
+    tb_scalar(w, "epoch/train_bits_per_token", p->step, td_metrics_bits(p->train_loss), now);
   if (p->evaluated) {
     tb_scalar(w, "epoch/test_loss", p->step, p->test_loss, now);
     tb_scalar(w, "epoch/test_accuracy", p->step, p->test_accuracy, now);
+    if (per_token)
+      tb_scalar(w, "epoch/test_bits_per_token", p->step, td_metrics_bits(p->test_loss), now);
   }
   tb_maybe_flush(w, now, 1);
 }
@@ -205,10 +217,12 @@ static void *worker_main(void *arg) {
                        .device_set = w->on_gpu ? "gpu" : NULL};
   event *done = calloc(1, sizeof *done);
   int rc = td_trainer_init(&t, j->spec, &o, &err);
-  /* Room for every step of the job, up to the retention. */
-  if (!rc &&
-      td_metrics_reserve(&j->metrics, (size_t)t.total_steps < w->retention ? (size_t)t.total_steps
-                                                                           : w->retention) != 0) {
+  /* Room for every step of the job, up to the retention; the figures are
+   * per token when the model's output has positions. */
+  if (!rc && td_metrics_reserve(&j->metrics,
+                                (size_t)t.total_steps < w->retention ? (size_t)t.total_steps
+                                                                     : w->retention,
+                                t.plan->positions) != 0) {
     td_trainer_free(&t);
     rc = td_errorf(&err, TD_ENOMEM, "no memory for the job's metrics");
   }

@@ -23,6 +23,9 @@
 #   daemon_gpt                 character GPTs on Shakespeare: the baby GPT for 100
 #                              steps, 2 devices equal 1, vocabulary and parameters
 #                              in checkpoints, bad text jobs
+#   daemon_lm_metrics          language models' metrics: per-token losses in bits,
+#                              tokens/s, mid-epoch evaluations, in RPC points,
+#                              TensorBoard, Prometheus and trainctl
 #   daemon_trainctl            the CLI: --follow over unix and TCP, -o json,
 #                              exit codes, errors, TRAIND_ADDR
 #   daemon_reference_2devices_10epochs
@@ -66,3 +69,4 @@ td_daemon_test(daemon_reference_10epochs daemon_trainctl.py "daemon;mnist;long" 
                reference_10_epochs)
 td_daemon_test(daemon_reference_2devices_10epochs daemon_trainctl.py "daemon;mnist;long" 1200
                reference_2_devices_10_epochs)
+td_daemon_test(daemon_lm_metrics daemon_lm_metrics.py "daemon;mnist" 600)

@@ -39,6 +39,12 @@ add_test(NAME mnist_determinism_every_op
           $<TARGET_FILE:traind> ${CMAKE_CURRENT_SOURCE_DIR}/jobs/every_op.yaml)
 set_tests_properties(mnist_determinism_every_op PROPERTIES LABELS "mnist" TIMEOUT 600
                      SKIP_RETURN_CODE 77)
+# And for a small GPT with every sequence layer, on Shakespeare's text.
+add_test(NAME mnist_determinism_gpt
+  COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/determinism.py
+          $<TARGET_FILE:traind> ${CMAKE_CURRENT_SOURCE_DIR}/jobs/gpt_every_op.yaml)
+set_tests_properties(mnist_determinism_gpt PROPERTIES LABELS "mnist" TIMEOUT 600
+                     SKIP_RETURN_CODE 77)
 
 # NCCL collectives: the no-GPU refusal everywhere; the collectives on GPUs
 # where there are any (exit 77 = skipped elsewhere).

@@ -20,6 +20,10 @@ Python grpcio; checkpoints opened with h5py:
   two_devices        a small GPT on 2 CPU devices equals the same job on 1
                      device after 20 steps: every parameter within a
                      relative error of 1e-5
+  kill9_bitwise      SIGKILL of a small GPT's job mid-run (checkpoint every
+                     10 steps, attention dropout on), a restart, a resume: its
+                     end is bit for bit the uninterrupted run's (/params,
+                     /opt_state, /vocab, final metrics)
   bad_input          heads that do not divide the features, an empty text
                      file, a text shorter than one window, a vocabulary
                      larger than the embedding: each a clear status or job
@@ -30,8 +34,8 @@ The corpus comes from $TRAIND_DATA_DIR/shakespeare (skipped without it, exit
 python3-h5py, python3-numpy, python3-yaml). Prints one line per case, then
 "N passed, N failed".
 """
-import copy
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -196,6 +200,44 @@ def two_devices(s):
         check(err < 1e-5, "%s: 2 devices differ from 1 by %.3g", k, err)
         worst = max(worst, err)
     print("  20 steps: worst relative difference %.3g" % worst)
+
+
+def leaves(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
+                     else None)
+    return out
+
+
+@suite.case
+def kill9_bitwise(s):
+    d = s.daemon(cpu_devices=1)
+    spec = small_gpt(steps=400)
+    spec["model"]["layers"][2]["repeat"]["layers"][1]["causal_self_attention"][
+        "dropout_rate"] = 0.1
+    spec["checkpoint"] = {"every_steps": 10}
+    want = run_to_end(s, d, spec)
+    j = s.submit(d, spec)
+    s.wait_steps(d, j.id, 35)
+    os.kill(d.pid(), signal.SIGKILL)
+    d.kill()
+    rec = d.records()[j.id]
+    check(rec.state == S.RUNNING, "the record says %s after the kill", S.Name(rec.state))
+    d.start()
+    jj = s.wait_state(d, j.id, FINAL, 600)
+    check(jj.state == S.SUCCEEDED, "after the kill the job is %s: %s", S.Name(jj.state), jj.error)
+    check(len(jj.resumes) == 1 and jj.resumes[0].step > 0, "resumes: %s", list(jj.resumes))
+    a, b = leaves(jj.last_checkpoint.path), leaves(want.last_checkpoint.path)
+    check(sorted(a) == sorted(b), "leaves differ: %s / %s", sorted(a), sorted(b))
+    check("vocab" in a, "no /vocab in the resumed run's checkpoint")
+    differ = [k for k in sorted(b) if a[k].tobytes() != b[k].tobytes()]
+    check(not differ, "resumed at step %d, %d of %d leaves differ from the uninterrupted run: %s",
+          jj.resumes[0].step, len(differ), len(b), differ[:4])
+    for f in ("train_loss", "test_loss", "test_accuracy"):
+        check(getattr(jj.metrics, f) == getattr(want.metrics, f), "final %s %r, uninterrupted %r",
+              f, getattr(jj.metrics, f), getattr(want.metrics, f))
+    print("  resumed at step %d: bitwise the uninterrupted run" % jj.resumes[0].step)
 
 
 def refused_or_failed(s, d, spec, *words):
