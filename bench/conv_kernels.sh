@@ -25,18 +25,8 @@ cd "$(dirname "$0")/.."
 rounds="${1:-5}"
 out="${2:-bench/results/conv_kernels-$(date -u +%F).txt}"
 mkdir -p build-bench bench/results
-# The candidates' Debian packages (not needed to build traind).
-missing=()
-for p in libdnnl-dev libxsmm-dev libblis-dev libopenblas-dev; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+. bench/kernel_libs.sh
 bin=build-bench/conv_kernels
-blis_inc=/usr/include/x86_64-linux-gnu/blis-openmp
 # -isystem: blis.h itself does not build with -Wextra -Werror.
 cc -Wall -Wextra -Werror -O3 -march=native -fopenmp -isystem "$blis_inc" \
   -o "$bin" bench/conv_kernels.c $(pkg-config --libs openblas) -lblis -ldnnl \

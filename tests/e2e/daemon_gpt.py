@@ -28,8 +28,10 @@ Python grpcio; checkpoints opened with h5py:
                      /opt_state, /vocab, final metrics)
   bad_input          heads that do not divide the features, an empty text
                      file, a text shorter than one window, a vocabulary
-                     larger than the embedding: each a clear status or job
-                     error, and the daemon still serves
+                     larger than the embedding, a token id out of range in
+                     an HDF5 token dataset: each a clear status or job
+                     error, and the daemon still serves; an HDF5 token
+                     dataset in range trains
 
 The corpus comes from $TRAIND_DATA_DIR/shakespeare (skipped without it, exit
 77; a failure under CI=true). Needs h5py, numpy and yaml (Debian
@@ -281,6 +283,19 @@ def bad_input(s):
     spec = small_gpt()
     spec["model"]["layers"][0]["embed"]["num_embeddings"] = 16
     refused_or_failed(s, d, spec, "num_embeddings")
+    # Token ids from HDF5 (a tokenizer's output): one out of range.
+    ids = (np.arange(4000) * 7919 % 100).astype(np.int32)
+    ids[1234] = 300
+    with h5py.File(os.path.join(data, "tokens.h5"), "w") as f:
+        f["train"] = ids
+    spec = small_gpt()
+    spec["dataset"] = {"hdf5_tokens": {"file": "tokens.h5", "vocab_size": 128},
+                       "test_limit": 16}
+    refused_or_failed(s, d, spec, "300", "1234", "vocab_size")
+    ids[1234] = 3
+    with h5py.File(os.path.join(data, "tokens.h5"), "w") as f:
+        f["train"] = ids
+    run_to_end(s, d, spec)
     # Still serving: a good job runs to the end.
     run_to_end(s, d, small_gpt(steps=2))
     # Sampling a model that is not a language model.
