@@ -138,8 +138,9 @@ static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int 
   return TD_OK;
 }
 
-/* exp and tanh on 16 floats at a time (GCC vector extensions; one
- * AVX-512 register, or two or four narrower ones): libm's expf and tanhf
+/* exp and tanh on a vector register of floats at a time (GCC vector
+ * extensions: 16 lanes with AVX-512, 8 with AVX, else 4; each lane the
+ * same arithmetic, so the lane count does not change a result): libm's expf and tanhf
  * are scalar calls, and GELU's tanh was 40% of a GPT step. Cephes's expf
  * and tanhf, within 2 ulp of the exact values (1.3e-7 relative, measured
  * over [-10, 10]). exp: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two
@@ -148,39 +149,46 @@ static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int 
  * subnormal. tanh: an odd polynomial below |x| = 0.625 (where
  * 1 - 2 / (exp(2x) + 1) would cancel), that form above, clamped at 9
  * (where tanh is 1 in float). */
-typedef float vf16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+#define VLANES 16
+#elif defined(__AVX__)
+#define VLANES 8
+#else
+#define VLANES 4
+#endif
+typedef float vfl __attribute__((vector_size(VLANES * 4)));
+typedef int32_t vil __attribute__((vector_size(VLANES * 4)));
 
-static inline vf16 vsel(vi16 m, vf16 a, vf16 b) { return (vf16)(((vi16)a & m) | ((vi16)b & ~m)); }
+static inline vfl vsel(vil m, vfl a, vfl b) { return (vfl)(((vil)a & m) | ((vil)b & ~m)); }
 
-static inline vf16 vexp16(vf16 x) {
-  const vf16 zero = x - x, hi = zero + 88.7f, lo = zero - 87.3f;
+static inline vfl vexpl(vfl x) {
+  const vfl zero = x - x, hi = zero + 88.7f, lo = zero - 87.3f;
   x = vsel(x > hi, hi, x);
   x = vsel(x < lo, lo, x);
-  const vf16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  vf16 r = x - n * 0.693359375f;
+  const vfl n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  vfl r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  const vf16 z = r * r;
-  vf16 y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  const vfl z = r * r;
+  vfl y = r * 1.9875691500e-4f + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
-  return y * (vf16)bits;
+  const vil bits = (__builtin_convertvector(n, vil) + 127) << 23;
+  return y * (vfl)bits;
 }
 
-static inline vf16 vtanh16(vf16 x) {
-  const vi16 neg = x < 0.0f;
-  const vf16 a = vsel(neg, -x, x), z = x * x, nine = a - a + 9.0f;
-  vf16 p = z * -5.70498872745e-3f + 2.06390887954e-2f;
+static inline vfl vtanhl(vfl x) {
+  const vil neg = x < 0.0f;
+  const vfl a = vsel(neg, -x, x), z = x * x, nine = a - a + 9.0f;
+  vfl p = z * -5.70498872745e-3f + 2.06390887954e-2f;
   p = p * z - 5.37397155531e-2f;
   p = p * z + 1.33314422036e-1f;
   p = p * z - 3.33332819422e-1f;
-  const vf16 small = p * z * x + x;
-  const vf16 e = vexp16(2.0f * vsel(a < nine, a, nine));
-  const vf16 big = 1.0f - 2.0f / (e + 1.0f);
+  const vfl small = p * z * x + x;
+  const vfl e = vexpl(2.0f * vsel(a < nine, a, nine));
+  const vfl big = 1.0f - 2.0f / (e + 1.0f);
   return vsel(a < 0.625f, small, vsel(neg, -big, big));
 }
 
@@ -190,28 +198,28 @@ static inline vf16 vtanh16(vf16 x) {
 
 typedef enum { V_GELU, V_GELU_GRAD, V_TANH, V_SIGMOID } vec_fn;
 
-static inline vf16 vec_apply(vec_fn fn, vf16 x, vf16 g) {
+static inline vfl vec_apply(vec_fn fn, vfl x, vfl g) {
   switch (fn) {
   case V_GELU:
-    return 0.5f * x * (1.0f + vtanh16(GELU_C * (x + GELU_A * x * x * x)));
+    return 0.5f * x * (1.0f + vtanhl(GELU_C * (x + GELU_A * x * x * x)));
   case V_GELU_GRAD: {
-    const vf16 x2 = x * x, t = vtanh16(GELU_C * (x + GELU_A * x2 * x));
+    const vfl x2 = x * x, t = vtanhl(GELU_C * (x + GELU_A * x2 * x));
     return g *
            (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * x2));
   }
   case V_TANH:
-    return vtanh16(x);
+    return vtanhl(x);
   default:
-    return 1.0f / (1.0f + vexp16(-x));
+    return 1.0f / (1.0f + vexpl(-x));
   }
 }
 
-/* out[i] = fn(x[i]) (times g[i] for a gradient) for i < n, 16 at a time;
- * out may equal x or g. */
+/* out[i] = fn(x[i]) (times g[i] for a gradient) for i < n, VLANES at a
+ * time; out may equal x or g. */
 static void vec_row(vec_fn fn, const float *x, const float *g, float *out, int n) {
   int i = 0;
-  vf16 v, w = {0};
-  for (; i + 16 <= n; i += 16) {
+  vfl v, w = {0};
+  for (; i + VLANES <= n; i += VLANES) {
     memcpy(&v, x + i, sizeof v);
     if (g)
       memcpy(&w, g + i, sizeof w);
