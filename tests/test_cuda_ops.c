@@ -51,7 +51,11 @@
  * pooling; max pooling forward bit for bit); every output written, none
  * added to (they start as NaN); the same bits on a second run. Without a
  * GPU the CPU half of these runs too, so the references are checked
- * everywhere. Batch and layer norm: see check_norm.
+ * everywhere. Batch and layer norm: see check_norm. The sequence ops
+ * (check_embed, check_attention, check_gather_windows): the embedding bit
+ * for bit, attention within explicit bounds of float64 references, token
+ * windows gathered bit for bit, the CPU against the references everywhere;
+ * on a GPU also recorded into a graph and replayed.
  * Last, 20 training steps of small models on both backends from the same
  * parameters and batches: parameters (and batch norms' running statistics)
  * agree to a relative error below 1e-4; the conv nets also op by op
@@ -2111,6 +2115,700 @@ static void check_norm(void) {
   }
 }
 
+/* ----------------------------------------------------------- sequence ops */
+
+/* The CPU's token id of a float (cpu_seq.c): -1 outside [0, vocab). */
+static int test_token(float v, int vocab) { return v >= 0.0f && v < (float)vocab ? (int)v : -1; }
+
+/* The embedding on shapes from one value to a vocabulary wider than a
+ * grid's y dimension (70000 ids) and no rows at all, with ids outside the
+ * vocabulary (negative, vocab, vocab + 0.5, NaN), fractional ones (which
+ * truncate, as the CPU's do) and a quarter of the rows on id 0:
+ *   bit for bit  forward against the definition (the id's row of the
+ *                table, or zeros); backward against the definition (each
+ *                id's rows of dy added in row order from zero, in float,
+ *                here); the GPU against the CPU; the GPU's backward twice
+ * Every output starts as NaN, so every element must be written; backward
+ * writes the table's gradient, never adds to it. Without a GPU the CPU
+ * half runs. */
+static void check_embed(td_backend *gb) {
+  const int shapes[][3] = {{1, 1, 1},         {300, 37, 65},   {4099, 64, 65},
+                           {1000, 384, 5000}, {257, 3, 70000}, {0, 8, 11}};
+  td_backend *bes[2] = {cpu, gb};
+  for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+    const int rows = shapes[s][0], cols = shapes[s][1], vocab = shapes[s][2];
+    const size_t n = (size_t)rows * cols, nt = (size_t)vocab * cols;
+    char label[128];
+    float *ids = hmalloc((size_t)rows), *table = hmalloc(nt), *dy = hmalloc(n);
+    float *want_y = hmalloc(n), *want_dt = hmalloc(nt), *got = hmalloc(n > nt ? n : nt);
+    float *cpu_y = hmalloc(n), *cpu_dt = hmalloc(nt);
+    uint32_t *bits = calloc((size_t)rows + 1, sizeof *bits);
+    td_prng_bits(td_prng_fold_in(td_prng_key(11), draws++), bits, (size_t)rows);
+    for (int r = 0; r < rows; r++) {
+      const uint32_t u = bits[r];
+      switch (u % 16) {
+      case 0:
+        ids[r] = -1.0f;
+        break;
+      case 1:
+        ids[r] = (float)vocab;
+        break;
+      case 2:
+        ids[r] = NAN;
+        break;
+      case 3:
+        ids[r] = (float)vocab + 0.5f;
+        break;
+      case 4:
+        ids[r] = -0.5f;
+        break;
+      case 5:
+        ids[r] = (float)((u >> 4) % (uint32_t)vocab) + 0.75f;
+        break;
+      case 6:
+      case 7:
+      case 8:
+      case 9:
+        ids[r] = 0.0f;
+        break;
+      default:
+        ids[r] = (float)((u >> 4) % (uint32_t)vocab);
+      }
+    }
+    randn(table, nt, 1.0f);
+    randn(dy, n, 1.0f);
+    /* The definitions. */
+    for (int r = 0; r < rows; r++) {
+      const int id = test_token(ids[r], vocab);
+      for (int c = 0; c < cols; c++)
+        want_y[(size_t)r * cols + c] = id < 0 ? 0.0f : table[(size_t)id * cols + c];
+    }
+    for (int r = 0; r < rows; r++) {
+      const int id = test_token(ids[r], vocab);
+      if (id >= 0)
+        for (int c = 0; c < cols; c++)
+          want_dt[(size_t)id * cols + c] += dy[(size_t)r * cols + c];
+    }
+    for (int b = 0; b < 2; b++) {
+      td_backend *be = bes[b];
+      if (!be)
+        continue;
+      const td_backend_ops *o = be->ops;
+      float *bids = bput(be, ids, (size_t)rows * 4), *btab = bput(be, table, nt * 4),
+            *bdy = bput(be, dy, n * 4), *by = o->alloc(be, n * 4 + 4),
+            *bdt = o->alloc(be, nt * 4 + 4);
+      if (!bids || !btab || !bdy || !by || !bdt) {
+        CHECK(0, "%s: embedding buffers", o->name);
+      } else {
+        CHECK_BE(be, o->fill(be, by, n, NAN));
+        CHECK_BE(be, o->fill(be, bdt, nt, NAN));
+        CHECK_BE(be, o->embed_fwd(be, rows, cols, vocab, bids, btab, by));
+        bget(be, got, by, n * 4);
+        snprintf(label, sizeof label, "%s embed_fwd (%d rows, %d cols, vocab %d)", o->name, rows,
+                 cols, vocab);
+        CHECK_BITS(label, got, want_y, n);
+        if (b == 0)
+          memcpy(cpu_y, got, n * 4);
+        else
+          CHECK_BITS("embed_fwd against the CPU", got, cpu_y, n);
+        CHECK_BE(be, o->embed_bwd(be, rows, cols, vocab, bids, bdy, bdt));
+        bget(be, got, bdt, nt * 4);
+        snprintf(label, sizeof label, "%s embed_bwd (%d rows, %d cols, vocab %d)", o->name, rows,
+                 cols, vocab);
+        CHECK_BITS(label, got, want_dt, nt);
+        if (b == 0) {
+          memcpy(cpu_dt, got, nt * 4);
+        } else {
+          CHECK_BITS("embed_bwd against the CPU", got, cpu_dt, nt);
+          CHECK_BE(be, o->fill(be, bdt, nt, NAN));
+          CHECK_BE(be, o->embed_bwd(be, rows, cols, vocab, bids, bdy, bdt));
+          bget(be, got, bdt, nt * 4);
+          CHECK_BITS("embed_bwd run to run", got, cpu_dt, nt);
+        }
+      }
+      bfree(be, bids);
+      bfree(be, btab);
+      bfree(be, bdy);
+      bfree(be, by);
+      bfree(be, bdt);
+    }
+    free(ids);
+    free(table);
+    free(dy);
+    free(want_y);
+    free(want_dt);
+    free(got);
+    free(cpu_y);
+    free(cpu_dt);
+    free(bits);
+  }
+}
+
+/* One attention shape: batch sequences of t positions, h heads of d. */
+typedef struct seq_shape {
+  int batch, t, h, d;
+} seq_shape;
+
+/* What the four attention ops give on one backend (host copies). */
+typedef struct attn_res {
+  float *p;     /* attn_probs (batch, h, t, t) */
+  float *o;     /* attn_mix (batch, t, f) */
+  float *dp;    /* attn_mix_bwd's dp (batch, h, t, t) */
+  float *dqkv1; /* dqkv (batch, t, 3f) after attn_mix_bwd, from NaNs */
+  float *ds;    /* attn_probs_bwd's ds, in place of dp */
+  float *dqkv;  /* dqkv after attn_probs_bwd too */
+} attn_res;
+
+static size_t seq_qkv(seq_shape s) { return (size_t)s.batch * s.t * 3 * s.h * s.d; }
+static size_t seq_out(seq_shape s) { return (size_t)s.batch * s.t * s.h * s.d; }
+static size_t seq_probs(seq_shape s) { return (size_t)s.batch * s.h * s.t * s.t; }
+
+static void attn_res_init(attn_res *r, seq_shape s) {
+  r->p = hmalloc(seq_probs(s));
+  r->o = hmalloc(seq_out(s));
+  r->dp = hmalloc(seq_probs(s));
+  r->dqkv1 = hmalloc(seq_qkv(s));
+  r->ds = hmalloc(seq_probs(s));
+  r->dqkv = hmalloc(seq_qkv(s));
+}
+
+static void attn_res_free(attn_res *r) {
+  free(r->p);
+  free(r->o);
+  free(r->dp);
+  free(r->dqkv1);
+  free(r->ds);
+  free(r->dqkv);
+}
+
+/* The four ops on be, in the engine's order. Each op after attn_probs
+ * takes the weights p_in and attn_probs_bwd takes dp_in when they are not
+ * NULL (the CPU's, so that the GPU's ops are compared one at a time), else
+ * the backend's own. Outputs start as NaN. */
+static void attn_chain(td_backend *be, seq_shape s, const float *qkv, const float *dout,
+                       const float *p_in, const float *dp_in, attn_res *r) {
+  const td_backend_ops *o = be->ops;
+  const size_t nq = seq_qkv(s), no = seq_out(s), np = seq_probs(s);
+  float *bq = bput(be, qkv, nq * 4), *bdo = bput(be, dout, no * 4);
+  float *bp = o->alloc(be, np * 4), *bo = o->alloc(be, no * 4), *bdp = o->alloc(be, np * 4),
+        *bdq = o->alloc(be, nq * 4);
+  float *bpin = p_in ? bput(be, p_in, np * 4) : NULL;
+  if (!bq || !bdo || !bp || !bo || !bdp || !bdq || (p_in && !bpin)) {
+    CHECK(0, "%s: attention buffers", o->name);
+    goto done;
+  }
+  CHECK_BE(be, o->fill(be, bp, np, NAN));
+  CHECK_BE(be, o->fill(be, bo, no, NAN));
+  CHECK_BE(be, o->fill(be, bdp, np, NAN));
+  CHECK_BE(be, o->fill(be, bdq, nq, NAN));
+  CHECK_BE(be, o->attn_probs(be, s.batch, s.t, s.h, s.d, bq, bp));
+  bget(be, r->p, bp, np * 4);
+  const float *pw = p_in ? bpin : bp;
+  CHECK_BE(be, o->attn_mix(be, s.batch, s.t, s.h, s.d, pw, bq, bo));
+  bget(be, r->o, bo, no * 4);
+  CHECK_BE(be, o->attn_mix_bwd(be, s.batch, s.t, s.h, s.d, pw, bq, bdo, bdp, bdq));
+  bget(be, r->dp, bdp, np * 4);
+  bget(be, r->dqkv1, bdq, nq * 4);
+  if (dp_in)
+    CHECK_BE(be, o->upload(be, bdp, dp_in, np * 4));
+  CHECK_BE(be, o->attn_probs_bwd(be, s.batch, s.t, s.h, s.d, pw, bdp, bq, bdq));
+  bget(be, r->ds, bdp, np * 4);
+  bget(be, r->dqkv, bdq, nq * 4);
+done:
+  bfree(be, bq);
+  bfree(be, bdo);
+  bfree(be, bp);
+  bfree(be, bo);
+  bfree(be, bdp);
+  bfree(be, bdq);
+  bfree(be, bpin);
+}
+
+/* Float64 references of the four ops by their definitions in backend.h,
+ * and the bounds their float errors are measured against: the sums of the
+ * magnitudes of each result's terms (any summation order's error scale),
+ * and for the softmax the way score errors carry into the weights. Each
+ * op's reference is computed from the inputs the ops get: qkv and dout,
+ * the CPU's weights p and its dp. */
+typedef struct attn_ref {
+  double *p, *bp;   /* attn_probs */
+  double *o, *bo;   /* attn_mix */
+  double *dp, *bdp; /* attn_mix_bwd's dp */
+  double *dq, *bdq; /* the gradient of qkv (q, k and v parts) */
+  double *ds, *bds; /* attn_probs_bwd's ds */
+} attn_ref;
+
+static void attn_ref_make(attn_ref *a, seq_shape s, const float *qkv, const float *dout,
+                          const float *p, const float *dp) {
+  const int T = s.t, H = s.h, D = s.d, F = H * D, L3 = 3 * F;
+  const size_t nq = seq_qkv(s), no = seq_out(s), np = seq_probs(s);
+  a->p = calloc(np, sizeof(double));
+  a->bp = calloc(np, sizeof(double));
+  a->o = calloc(no, sizeof(double));
+  a->bo = calloc(no, sizeof(double));
+  a->dp = calloc(np, sizeof(double));
+  a->bdp = calloc(np, sizeof(double));
+  a->dq = calloc(nq, sizeof(double));
+  a->bdq = calloc(nq, sizeof(double));
+  a->ds = calloc(np, sizeof(double));
+  a->bds = calloc(np, sizeof(double));
+  double *sc = calloc((size_t)T * T, sizeof(double)), *mag = calloc((size_t)T * T, sizeof(double));
+  const double scale = 1.0 / sqrt((double)D);
+  for (int b = 0; b < s.batch; b++)
+    for (int k = 0; k < H; k++) {
+      const float *q = qkv + (size_t)b * T * L3 + (size_t)k * D, *kk = q + F, *v = q + 2 * F;
+      const float *dob = dout + (size_t)b * T * F + (size_t)k * D;
+      const size_t blk = ((size_t)b * H + k) * T * T;
+      const size_t qrow = (size_t)b * T * L3 + (size_t)k * D;
+      const size_t orow = (size_t)b * T * F + (size_t)k * D;
+      /* attn_probs: the scores, their magnitudes, the softmax. */
+      for (int i = 0; i < T; i++) {
+        double mx = -INFINITY;
+        for (int j = 0; j <= i; j++) {
+          double dot = 0.0, m = 0.0;
+          for (int l = 0; l < D; l++) {
+            dot += (double)q[(size_t)i * L3 + l] * kk[(size_t)j * L3 + l];
+            m += fabs((double)q[(size_t)i * L3 + l] * kk[(size_t)j * L3 + l]);
+          }
+          sc[(size_t)i * T + j] = dot * scale;
+          mag[(size_t)i * T + j] = m * scale;
+          mx = sc[(size_t)i * T + j] > mx ? sc[(size_t)i * T + j] : mx;
+        }
+        double sum = 0.0, pm = 0.0;
+        for (int j = 0; j <= i; j++)
+          sum += exp(sc[(size_t)i * T + j] - mx);
+        for (int j = 0; j <= i; j++) {
+          const double pij = exp(sc[(size_t)i * T + j] - mx) / sum;
+          a->p[blk + (size_t)i * T + j] = pij;
+          pm += pij * mag[(size_t)i * T + j];
+        }
+        /* A score error of e * mag moves p_ij by p_ij (e mag_ij - sum_k
+         * p_ik e mag_ik); exp and the division add a few ulps of p_ij. */
+        for (int j = 0; j <= i; j++)
+          a->bp[blk + (size_t)i * T + j] =
+              a->p[blk + (size_t)i * T + j] * (mag[(size_t)i * T + j] + pm + 1.0);
+      }
+      /* attn_mix from the CPU's p. */
+      const float *pb = p + blk, *dpb = dp + blk;
+      for (int i = 0; i < T; i++)
+        for (int l = 0; l < D; l++) {
+          double acc = 0.0, m = 0.0;
+          for (int j = 0; j < T; j++) {
+            const double t = (double)pb[(size_t)i * T + j] * v[(size_t)j * L3 + l];
+            acc += t;
+            m += fabs(t);
+          }
+          a->o[orow + (size_t)i * F + l] = acc;
+          a->bo[orow + (size_t)i * F + l] = m;
+        }
+      /* attn_mix_bwd: dp = do v^T below the diagonal, dv = p^T do. */
+      for (int i = 0; i < T; i++)
+        for (int j = 0; j <= i; j++) {
+          double acc = 0.0, m = 0.0;
+          for (int l = 0; l < D; l++) {
+            const double t = (double)dob[(size_t)i * F + l] * v[(size_t)j * L3 + l];
+            acc += t;
+            m += fabs(t);
+          }
+          a->dp[blk + (size_t)i * T + j] = acc;
+          a->bdp[blk + (size_t)i * T + j] = m;
+        }
+      for (int j = 0; j < T; j++)
+        for (int l = 0; l < D; l++) {
+          double acc = 0.0, m = 0.0;
+          for (int i = 0; i < T; i++) {
+            const double t = (double)pb[(size_t)i * T + j] * dob[(size_t)i * F + l];
+            acc += t;
+            m += fabs(t);
+          }
+          a->dq[qrow + 2 * (size_t)F + (size_t)j * L3 + l] = acc;
+          a->bdq[qrow + 2 * (size_t)F + (size_t)j * L3 + l] = m;
+        }
+      /* attn_probs_bwd from the CPU's p and dp: ds = p (dp - sum p dp),
+       * then dq = ds k / sqrt(d), dk = ds^T q / sqrt(d). The float ds the
+       * products get is within a few ulps of its bound. */
+      for (int i = 0; i < T; i++) {
+        double dot = 0.0, m = 0.0;
+        for (int j = 0; j <= i; j++) {
+          dot += (double)pb[(size_t)i * T + j] * dpb[(size_t)i * T + j];
+          m += fabs((double)pb[(size_t)i * T + j] * dpb[(size_t)i * T + j]);
+        }
+        for (int j = 0; j <= i; j++) {
+          const double pij = pb[(size_t)i * T + j], dij = dpb[(size_t)i * T + j];
+          a->ds[blk + (size_t)i * T + j] = pij * (dij - dot);
+          a->bds[blk + (size_t)i * T + j] = pij * (fabs(dij) + m);
+        }
+      }
+      for (int i = 0; i < T; i++)
+        for (int l = 0; l < D; l++) {
+          double acc = 0.0, m = 0.0, acck = 0.0, mk = 0.0;
+          for (int j = 0; j < T; j++) {
+            /* dq_i = sum_j ds_ij k_j; dk_i = sum_j ds_ji q_j */
+            const double dij = a->ds[blk + (size_t)i * T + j];
+            const double bij = fabs(dij) + a->bds[blk + (size_t)i * T + j];
+            acc += dij * kk[(size_t)j * L3 + l];
+            m += bij * fabs(kk[(size_t)j * L3 + l]);
+            const double dji = a->ds[blk + (size_t)j * T + i];
+            const double bji = fabs(dji) + a->bds[blk + (size_t)j * T + i];
+            acck += dji * q[(size_t)j * L3 + l];
+            mk += bji * fabs(q[(size_t)j * L3 + l]);
+          }
+          a->dq[qrow + (size_t)i * L3 + l] = acc * scale;
+          a->bdq[qrow + (size_t)i * L3 + l] = m * scale;
+          a->dq[qrow + F + (size_t)i * L3 + l] = acck * scale;
+          a->bdq[qrow + F + (size_t)i * L3 + l] = mk * scale;
+        }
+    }
+  free(sc);
+  free(mag);
+}
+
+static void attn_ref_free(attn_ref *a) {
+  free(a->p);
+  free(a->bp);
+  free(a->o);
+  free(a->bo);
+  free(a->dp);
+  free(a->bdp);
+  free(a->dq);
+  free(a->bdq);
+  free(a->ds);
+  free(a->bds);
+}
+
+/* The parts of dqkv (batch, t, 3f) in [c0, c1) of each row: NaN (not
+ * written) or not, counted. */
+static size_t dqkv_nans(const float *x, seq_shape s, int c0, int c1) {
+  const int L3 = 3 * s.h * s.d;
+  size_t nans = 0;
+  for (size_t r = 0; r < (size_t)s.batch * s.t; r++)
+    for (int c = c0; c < c1; c++)
+      nans += isnan(x[r * L3 + c]) != 0;
+  return nans;
+}
+
+/* Checks one backend's results (the CPU's, or the GPU's on the CPU's
+ * inputs) against the float64 references, at the tolerances of
+ * check_attention. */
+static void attn_check_res(const char *who, seq_shape s, const attn_res *r, const attn_ref *a) {
+  const size_t nq = seq_qkv(s), no = seq_out(s), np = seq_probs(s);
+  const int F = s.h * s.d;
+  char label[160];
+#define ATTN_LABEL(what)                                                                       \
+  snprintf(label, sizeof label, "%s %s (batch %d, t %d, h %d, d %d)", who, what, s.batch, s.t, \
+           s.h, s.d)
+  ATTN_LABEL("attn_probs");
+  check_bound(label, r->p, a->p, a->bp, np, 1e-5);
+  ATTN_LABEL("attn_mix");
+  check_bound(label, r->o, a->o, a->bo, no, 1e-5);
+  ATTN_LABEL("attn_mix_bwd dp");
+  check_bound(label, r->dp, a->dp, a->bdp, np, 1e-5);
+  const size_t qk_unwritten = dqkv_nans(r->dqkv1, s, 0, 2 * F);
+  const size_t v_unwritten = dqkv_nans(r->dqkv1, s, 2 * F, 3 * F);
+  CHECK(qk_unwritten == (size_t)s.batch * s.t * 2 * F && v_unwritten == 0,
+        "%s attn_mix_bwd (batch %d, t %d, h %d, d %d): %zu values' gradients unwritten, %zu of "
+        "the queries' and keys' written (it writes exactly the values' part)",
+        who, s.batch, s.t, s.h, s.d, v_unwritten, (size_t)s.batch * s.t * 2 * F - qk_unwritten);
+  ATTN_LABEL("attn_probs_bwd ds");
+  check_bound(label, r->ds, a->ds, a->bds, np, 1e-6);
+  ATTN_LABEL("dqkv");
+  check_bound(label, r->dqkv, a->dq, a->bdq, nq, 1e-5);
+  /* attn_probs_bwd leaves the values' part as attn_mix_bwd wrote it. */
+  size_t moved = 0;
+  for (size_t r0 = 0; r0 < (size_t)s.batch * s.t; r0++)
+    moved += bitdiff(r->dqkv + r0 * 3 * F + 2 * F, r->dqkv1 + r0 * 3 * F + 2 * F, (size_t)F);
+  CHECK(moved == 0, "%s attn_probs_bwd changed %zu of the values' gradients", who, moved);
+#undef ATTN_LABEL
+}
+
+/* Every attention op on the shapes t 1, 7, 64 x h 1, 4 x d 8, 32 x batch
+ * 1, 3, and two more (t 9 over 5 sequences of 2 heads; t 130, past four
+ * warps' widths), qkv and do random normal (scores of order 1):
+ *   1e-5         attn_probs against float64, relative to p_ij (|s|_ij +
+ *                sum_k p_ik |s|_ik + 1), |s| the score's sum of term
+ *                magnitudes (how a GEMM's error in the scores carries into
+ *                the weights; CUDA's expf is within 2 ulp of glibc's);
+ *                attn_mix, attn_mix_bwd's dp and dv, attn_probs_bwd's dq
+ *                and dk, relative to the sums of their terms' magnitudes
+ *                (dq and dk with ds's error bound in them)
+ *   1e-6         ds, relative to p_ij (|dp_ij| + sum_k |p_ik dp_ik|)
+ *   exact        zeros above the diagonal of p, dp and ds (every output
+ *                starts as NaN, so every element must be written);
+ *                attn_mix_bwd writes exactly the values' part of dqkv,
+ *                attn_probs_bwd the rest; the GPU's results twice
+ * The CPU is checked against float64, and the GPU, given the CPU's
+ * weights (and dp), against the CPU at the same bounds; without a GPU the
+ * CPU half runs. */
+static void check_attention(td_backend *gb) {
+  seq_shape shapes[26];
+  size_t ns = 0;
+  const int t_of[] = {1, 7, 64}, h_of[] = {1, 4}, d_of[] = {8, 32}, batch_of[] = {1, 3};
+  for (int a = 0; a < 3; a++)
+    for (int b = 0; b < 2; b++)
+      for (int c = 0; c < 2; c++)
+        for (int e = 0; e < 2; e++)
+          shapes[ns++] = (seq_shape){batch_of[e], t_of[a], h_of[b], d_of[c]};
+  shapes[ns++] = (seq_shape){5, 9, 2, 8};
+  shapes[ns++] = (seq_shape){2, 130, 3, 16};
+  for (size_t k = 0; k < ns; k++) {
+    const seq_shape s = shapes[k];
+    const size_t nq = seq_qkv(s), no = seq_out(s), np = seq_probs(s);
+    float *qkv = hmalloc(nq), *dout = hmalloc(no);
+    randn(qkv, nq, 1.0f);
+    randn(dout, no, 1.0f);
+    attn_res c, g, g2;
+    attn_res_init(&c, s);
+    attn_chain(cpu, s, qkv, dout, NULL, NULL, &c);
+    attn_ref a;
+    attn_ref_make(&a, s, qkv, dout, c.p, c.dp);
+    attn_check_res("cpu", s, &c, &a);
+    if (gb) {
+      attn_res_init(&g, s);
+      attn_res_init(&g2, s);
+      attn_chain(gb, s, qkv, dout, c.p, c.dp, &g);
+      attn_check_res("gpu", s, &g, &a);
+      /* Against the CPU's own results, at the references' bounds. */
+      double *cd = malloc((nq > np ? nq : np) * sizeof(double));
+      char label[160];
+#define GPU_VS_CPU(what, field, bound, n, tol)                                                 \
+  do {                                                                                         \
+    for (size_t i_ = 0; i_ < (n); i_++)                                                        \
+      cd[i_] = c.field[i_];                                                                    \
+    snprintf(label, sizeof label, "gpu %s against the cpu (batch %d, t %d, h %d, d %d)", what, \
+             s.batch, s.t, s.h, s.d);                                                          \
+    check_bound(label, g.field, cd, a.bound, (n), (tol));                                      \
+  } while (0)
+      GPU_VS_CPU("attn_probs", p, bp, np, 1e-5);
+      GPU_VS_CPU("attn_mix", o, bo, no, 1e-5);
+      GPU_VS_CPU("attn_mix_bwd dp", dp, bdp, np, 1e-5);
+      GPU_VS_CPU("attn_probs_bwd ds", ds, bds, np, 1e-6);
+      GPU_VS_CPU("dqkv", dqkv, bdq, nq, 1e-5);
+#undef GPU_VS_CPU
+      free(cd);
+      attn_chain(gb, s, qkv, dout, c.p, c.dp, &g2);
+      CHECK_BITS("attn_probs run to run", g2.p, g.p, np);
+      CHECK_BITS("attn_mix run to run", g2.o, g.o, no);
+      CHECK_BITS("attn_mix_bwd run to run", g2.dp, g.dp, np);
+      CHECK_BITS("attn_probs_bwd run to run", g2.ds, g.ds, np);
+      CHECK_BITS("dqkv run to run", g2.dqkv, g.dqkv, nq);
+      attn_res_free(&g);
+      attn_res_free(&g2);
+    }
+    attn_ref_free(&a);
+    attn_res_free(&c);
+    free(qkv);
+    free(dout);
+  }
+}
+
+/* Token windows (td_rows {T, 1, T, 1}: example i is T consecutive values
+ * and labels from idx[i], overlapping), tiled windows ({T, T, T, T}) and
+ * overlapping windows whose rows can move as float4 ({8, 4, 8, 4}):
+ * gathered by the GPU, also from an offset in device memory, bit for bit
+ * as the CPU, which equals the definition. */
+static void check_gather_windows(td_backend *gb) {
+  enum { N = 10007, COUNT = 100, OFF = 7 };
+  const td_rows layouts[] = {{64, 1, 64, 1}, {33, 33, 33, 33}, {8, 4, 8, 4}, {1, 1, 1, 1}};
+  float *src = hmalloc(N);
+  int32_t *labels = calloc(N, sizeof *labels);
+  randn(src, N, 1.0f);
+  rand_labels(labels, N, 65);
+  for (size_t t = 0; t < sizeof layouts / sizeof *layouts; t++) {
+    const td_rows l = layouts[t];
+    const uint32_t windows = (uint32_t)((N - l.dim) / l.stride + 1);
+    uint32_t idx[COUNT], bits[COUNT];
+    td_prng_bits(td_prng_fold_in(td_prng_key(13), draws++), bits, COUNT);
+    for (int i = 0; i < COUNT; i++)
+      idx[i] = bits[i] % windows;
+    idx[0] = 0;
+    idx[COUNT - 1] = windows - 1; /* the last window ends at the last value */
+    const size_t nv = COUNT * l.dim, nl = COUNT * l.label_dim;
+    float *want = hmalloc(nv), *cpu_v = hmalloc(nv), *got = hmalloc(nv);
+    int32_t *want_l = calloc(nl, sizeof *want_l), *cpu_l = calloc(nl, sizeof *cpu_l),
+            *got_l = calloc(nl, sizeof *got_l);
+    for (int i = 0; i < COUNT; i++) {
+      for (size_t c = 0; c < l.dim; c++)
+        want[i * l.dim + c] = src[idx[i] * l.stride + c];
+      for (size_t c = 0; c < l.label_dim; c++)
+        want_l[i * l.label_dim + c] = labels[idx[i] * l.label_stride + c];
+    }
+    char label[128];
+    snprintf(label, sizeof label, "cpu gather of windows {%zu, %zu, %zu, %zu}", l.dim, l.stride,
+             l.label_dim, l.label_stride);
+    C->gather(cpu, &l, src, labels, idx, NULL, COUNT, cpu_v, cpu_l);
+    CHECK_BITS(label, cpu_v, want, nv);
+    CHECK(memcmp(cpu_l, want_l, nl * 4) == 0, "%s: labels differ", label);
+    if (gb) {
+      const td_backend_ops *o = gb->ops;
+      const uint32_t off = OFF;
+      float *dsrc = bput(gb, src, N * 4), *dst = o->alloc(gb, nv * 4);
+      int32_t *dl = bput(gb, labels, N * 4), *dstl = o->alloc(gb, nl * 4);
+      uint32_t *didx = bput(gb, idx, sizeof idx), *doff = bput(gb, &off, sizeof off);
+      if (dsrc && dst && dl && dstl && didx && doff) {
+        CHECK_BE(gb, o->fill(gb, dst, nv, NAN));
+        CHECK_BE(gb, o->gather(gb, &l, dsrc, dl, didx, NULL, COUNT, dst, dstl));
+        bget(gb, got, dst, nv * 4);
+        bget(gb, got_l, dstl, nl * 4);
+        snprintf(label, sizeof label, "gpu gather of windows {%zu, %zu, %zu, %zu}", l.dim, l.stride,
+                 l.label_dim, l.label_stride);
+        CHECK_BITS(label, got, cpu_v, nv);
+        CHECK(memcmp(got_l, cpu_l, nl * 4) == 0, "%s: labels differ", label);
+        /* At the offset a step's record gives. */
+        C->gather(cpu, &l, src, labels, idx, &off, COUNT - OFF, cpu_v, cpu_l);
+        CHECK_BE(gb, o->fill(gb, dst, nv, NAN));
+        CHECK_BE(gb, o->gather(gb, &l, dsrc, dl, didx, doff, COUNT - OFF, dst, dstl));
+        bget(gb, got, dst, (COUNT - OFF) * l.dim * 4);
+        bget(gb, got_l, dstl, (COUNT - OFF) * l.label_dim * 4);
+        CHECK_BITS("gpu gather of windows at a device offset", got, cpu_v, (COUNT - OFF) * l.dim);
+        CHECK(memcmp(got_l, cpu_l, (COUNT - OFF) * l.label_dim * 4) == 0,
+              "gpu gather of windows at a device offset: labels differ");
+      }
+      bfree(gb, dsrc);
+      bfree(gb, dst);
+      bfree(gb, dl);
+      bfree(gb, dstl);
+      bfree(gb, didx);
+      bfree(gb, doff);
+    }
+    free(want);
+    free(cpu_v);
+    free(got);
+    free(want_l);
+    free(cpu_l);
+    free(got_l);
+  }
+  free(src);
+  free(labels);
+}
+
+/* An attention layer's forward and backward and an embedding's, recorded
+ * as one graph (after a run op by op has sized the scratch) and replayed:
+ * recording runs nothing, and a replay gives the op-by-op results bit for
+ * bit. */
+enum { SG_B = 3, SG_T = 64, SG_H = 4, SG_D = 32, SG_F = SG_H * SG_D, SG_V = 65 };
+
+typedef struct seq_graph_bufs {
+  const float *qkv, *dout, *ids, *table;
+  float *p, *o, *dp, *dqkv, *y, *dtable;
+} seq_graph_bufs;
+
+static int seq_graph_body(void *arg) {
+  const seq_graph_bufs *b = arg;
+  int rc;
+  if ((rc = G->embed_fwd(gpu, SG_B * SG_T, SG_F, SG_V, b->ids, b->table, b->y)) ||
+      (rc = G->attn_probs(gpu, SG_B, SG_T, SG_H, SG_D, b->qkv, b->p)) ||
+      (rc = G->attn_mix(gpu, SG_B, SG_T, SG_H, SG_D, b->p, b->qkv, b->o)) ||
+      (rc = G->attn_mix_bwd(gpu, SG_B, SG_T, SG_H, SG_D, b->p, b->qkv, b->dout, b->dp, b->dqkv)) ||
+      (rc = G->attn_probs_bwd(gpu, SG_B, SG_T, SG_H, SG_D, b->p, b->dp, b->qkv, b->dqkv)))
+    return rc;
+  return G->embed_bwd(gpu, SG_B * SG_T, SG_F, SG_V, b->ids, b->o, b->dtable);
+}
+
+static void check_seq_graph(void) {
+  if (!G->graph_record)
+    return;
+  const size_t nq = (size_t)SG_B * SG_T * 3 * SG_F, no = (size_t)SG_B * SG_T * SG_F,
+               np = (size_t)SG_B * SG_H * SG_T * SG_T, nt = (size_t)SG_V * SG_F;
+  float *qkv = hmalloc(nq), *dout = hmalloc(no), *ids = hmalloc(SG_B * SG_T), *table = hmalloc(nt);
+  float *ha = hmalloc(nq), *hb = hmalloc(nq);
+  randn(qkv, nq, 1.0f);
+  randn(dout, no, 1.0f);
+  randn(table, nt, 1.0f);
+  for (int r = 0; r < SG_B * SG_T; r++)
+    ids[r] = (float)((r * 7) % (SG_V + 2)); /* with two ids outside */
+  seq_graph_bufs a = {0}, b = {0};
+  a.qkv = b.qkv = gput(qkv, nq * 4);
+  a.dout = b.dout = gput(dout, no * 4);
+  a.ids = b.ids = gput(ids, SG_B * SG_T * 4);
+  a.table = b.table = gput(table, nt * 4);
+  seq_graph_bufs *runs[2] = {&a, &b};
+  for (int k = 0; k < 2; k++) {
+    runs[k]->p = G->alloc(gpu, np * 4);
+    runs[k]->o = G->alloc(gpu, no * 4);
+    runs[k]->dp = G->alloc(gpu, np * 4);
+    runs[k]->dqkv = G->alloc(gpu, nq * 4);
+    runs[k]->y = G->alloc(gpu, no * 4);
+    runs[k]->dtable = G->alloc(gpu, nt * 4);
+  }
+  void *graph = NULL;
+  if (!a.qkv || !a.dout || !a.ids || !a.table || !a.p || !a.o || !a.dp || !a.dqkv || !a.y ||
+      !a.dtable || !b.p || !b.o || !b.dp || !b.dqkv || !b.y || !b.dtable)
+    goto done;
+  CHECK_OK(seq_graph_body(&a));
+  CHECK_OK(G->fill(gpu, b.p, np, NAN));
+  CHECK_OK(G->fill(gpu, b.dtable, nt, NAN));
+  CHECK_OK(G->graph_record(gpu, seq_graph_body, &b, &graph));
+  CHECK(graph != NULL, "graph_record of the sequence ops returned no graph");
+  if (!graph)
+    goto done;
+  gget(hb, b.p, np * 4);
+  size_t ran = 0;
+  for (size_t i = 0; i < np; i++)
+    ran += !isnan(hb[i]);
+  CHECK(ran == 0, "recording the sequence ops ran them: %zu weights written", ran);
+  CHECK_OK(G->graph_replay(gpu, graph));
+  const struct {
+    const char *what;
+    const float *x, *y;
+    size_t n;
+  } bufs[] = {{"p", a.p, b.p, np},         {"o", a.o, b.o, no},
+              {"ds", a.dp, b.dp, np},      {"dqkv", a.dqkv, b.dqkv, nq},
+              {"embedding", a.y, b.y, no}, {"embedding gradient", a.dtable, b.dtable, nt}};
+  for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) {
+    gget(ha, bufs[k].x, bufs[k].n * 4);
+    gget(hb, bufs[k].y, bufs[k].n * 4);
+    char label[96];
+    snprintf(label, sizeof label, "sequence ops replayed against op by op: %s", bufs[k].what);
+    CHECK_BITS(label, hb, ha, bufs[k].n);
+  }
+done:
+  if (graph)
+    G->graph_free(gpu, graph);
+  gfree((void *)a.qkv);
+  gfree((void *)a.dout);
+  gfree((void *)a.ids);
+  gfree((void *)a.table);
+  for (int k = 0; k < 2; k++) {
+    gfree(runs[k]->p);
+    gfree(runs[k]->o);
+    gfree(runs[k]->dp);
+    gfree(runs[k]->dqkv);
+    gfree(runs[k]->y);
+    gfree(runs[k]->dtable);
+  }
+  free(qkv);
+  free(dout);
+  free(ids);
+  free(table);
+  free(ha);
+  free(hb);
+}
+
+/* Bad shapes to the sequence ops: error values naming the op. */
+static void check_seq_errors(void) {
+  float *a = G->alloc(gpu, 64 * sizeof(float));
+  int rc = G->embed_fwd(gpu, -1, 4, 4, a, a, a);
+  CHECK(rc == TD_EINVAL, "embed_fwd with negative rows: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "embed_fwd");
+  rc = G->embed_bwd(gpu, 2, 4, -3, a, a, a);
+  CHECK(rc == TD_EINVAL, "embed_bwd with a negative vocabulary: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "embed_bwd");
+  rc = G->attn_probs(gpu, 1, 2, 0, 4, a, a);
+  CHECK(rc == TD_EINVAL, "attn_probs with no heads: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "attn_probs");
+  rc = G->attn_mix_bwd(gpu, 1, -2, 1, 4, a, a, a, a, a);
+  CHECK(rc == TD_EINVAL, "attn_mix_bwd with negative positions: rc %d", rc);
+  rc = G->attn_probs_bwd(gpu, 1, 2, 1 << 20, 1 << 12, a, a, a, a);
+  CHECK(rc == TD_EINVAL, "attn_probs_bwd past cuBLAS's leading dimension: rc %d", rc);
+  CHECK_STR_CONTAINS(td_cuda_backend_last_error(gpu), "leading dimension");
+  float h[64];
+  CHECK_OK(G->fill(gpu, a, 64, 3.5f));
+  gget(h, a, sizeof h);
+  CHECK(h[0] == 3.5f && h[63] == 3.5f, "the backend after refused calls: %g %g", (double)h[0],
+        (double)h[63]);
+  gfree(a);
+}
+
 /* Bad arguments to the window and normalization ops: error values naming
  * the op, and the backend goes on working. */
 static void check_window_errors(void) {
@@ -2539,6 +3237,9 @@ static int no_gpu(const char *why) {
     check_conv(NULL);
     check_pool(NULL);
     check_cnn_models_compile();
+    check_embed(NULL);
+    check_attention(NULL);
+    check_gather_windows(NULL);
     td_backend_destroy(cpu);
   } else {
     CHECK(0, "CPU backend: %s", err2.msg);
@@ -2595,6 +3296,11 @@ int main(int argc, char **argv) {
   check_pool(gpu);
   check_norm();
   check_window_errors();
+  check_embed(gpu);
+  check_attention(gpu);
+  check_gather_windows(gpu);
+  check_seq_graph();
+  check_seq_errors();
   check_training("relu + dropout + gelu, softmax xent, clip + adamw",
                  "model: {input_shape: [20], loss: SOFTMAX_CROSS_ENTROPY, layers: ["
                  "{dense: {features: 33, kernel_init: HE_NORMAL}}, {relu: {}},"

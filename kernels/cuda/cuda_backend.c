@@ -7,6 +7,7 @@
 #ifdef TRAIND_HAVE_CUDNN
 #include <cudnn.h>
 #endif
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -585,6 +586,89 @@ static int cuda_ln_bwd(td_backend *be, int rows, int cols, const float *x, const
                                   &c->last));
 }
 
+/* --------------------------------------------------------- sequence ops */
+
+static int embed_args(cuda_ctx *c, const char *op, int rows, int cols, int vocab) {
+  if (rows < 0 || cols < 0 || vocab < 0)
+    return invalid(c, op, "negative dimension");
+  ENTER(c);
+  return TD_OK;
+}
+
+static int cuda_embed_fwd(td_backend *be, int rows, int cols, int vocab, const float *ids,
+                          const float *table, float *y) {
+  cuda_ctx *c = be->ctx;
+  int rc = embed_args(c, "embed_fwd", rows, cols, vocab);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_embed_fwd(c->stream, rows, cols, vocab, ids, table, y, &c->last));
+}
+
+/* The sort's buffers are the scratch (sized by the warm-up step). */
+static int cuda_embed_bwd(td_backend *be, int rows, int cols, int vocab, const float *ids,
+                          const float *dy, float *dtable) {
+  cuda_ctx *c = be->ctx;
+  void *s = NULL;
+  int rc = embed_args(c, "embed_bwd", rows, cols, vocab);
+  if (!rc && rows > 0 && vocab > 0 && cols > 0)
+    rc = scratch(c, td_cuda_embed_bwd_scratch(rows, vocab), &s);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_embed_bwd(c->stream, rows, cols, vocab, ids, dy, dtable, s,
+                                     c->scratch_bytes, &c->last));
+}
+
+/* Shapes the attention kernels take: qkv's leading dimension 3 h d must
+ * fit cuBLAS's int. */
+static int attn_args(cuda_ctx *c, const char *op, int batch, int t, int h, int d) {
+  if (batch < 0 || t < 0)
+    return invalid(c, op, "negative dimension");
+  if (h < 1 || d < 1)
+    return invalid(c, op, "heads and head size must be positive");
+  if ((long long)h * d > INT_MAX / 3)
+    return invalid(c, op, "3 * heads * head size exceeds a cuBLAS leading dimension");
+  ENTER(c);
+  return TD_OK;
+}
+
+static int cuda_attn_probs(td_backend *be, int batch, int t, int h, int d, const float *qkv,
+                           float *p) {
+  cuda_ctx *c = be->ctx;
+  int rc = attn_args(c, "attn_probs", batch, t, h, d);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_attn_probs(c->blas, c->stream, batch, t, h, d, qkv, p, &c->last));
+}
+
+static int cuda_attn_mix(td_backend *be, int batch, int t, int h, int d, const float *p,
+                         const float *qkv, float *o) {
+  cuda_ctx *c = be->ctx;
+  int rc = attn_args(c, "attn_mix", batch, t, h, d);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_attn_mix(c->blas, c->stream, batch, t, h, d, p, qkv, o, &c->last));
+}
+
+static int cuda_attn_mix_bwd(td_backend *be, int batch, int t, int h, int d, const float *p,
+                             const float *qkv, const float *dout, float *dp, float *dqkv) {
+  cuda_ctx *c = be->ctx;
+  int rc = attn_args(c, "attn_mix_bwd", batch, t, h, d);
+  if (rc)
+    return rc;
+  return failed(c, td_cuda_attn_mix_bwd(c->blas, c->stream, batch, t, h, d, p, qkv, dout, dp, dqkv,
+                                        &c->last));
+}
+
+static int cuda_attn_probs_bwd(td_backend *be, int batch, int t, int h, int d, const float *p,
+                               float *dp, const float *qkv, float *dqkv) {
+  cuda_ctx *c = be->ctx;
+  int rc = attn_args(c, "attn_probs_bwd", batch, t, h, d);
+  if (rc)
+    return rc;
+  return failed(
+      c, td_cuda_attn_probs_bwd(c->blas, c->stream, batch, t, h, d, p, dp, qkv, dqkv, &c->last));
+}
+
 /* ---------------------------------------------------------------- graphs */
 
 /* The ops body issues are captured from the stream into a graph (nothing
@@ -706,6 +790,12 @@ static const td_backend_ops cuda_ops = {
     .bn_bwd_dx = cuda_bn_bwd_dx,
     .ln_fwd = cuda_ln_fwd,
     .ln_bwd = cuda_ln_bwd,
+    .embed_fwd = cuda_embed_fwd,
+    .embed_bwd = cuda_embed_bwd,
+    .attn_probs = cuda_attn_probs,
+    .attn_mix = cuda_attn_mix,
+    .attn_mix_bwd = cuda_attn_mix_bwd,
+    .attn_probs_bwd = cuda_attn_probs_bwd,
     .sumsq = cuda_sumsq,
     .opt_pass = cuda_opt_pass,
     .step_begin = cuda_step_begin,

@@ -139,6 +139,31 @@ int td_cuda_ln_bwd(cudaStream_t stream, int rows, int cols, const float *x, cons
                    const float *saved, const float *scale, float *dx, float *dscale, float *dbias,
                    void *scratch, td_error *err);
 
+/* seq.cu: backend.h's embed_* and attn_* (the twins of cpu_seq.c).
+ * Embedding backward sorts the rows by id (CUB's stable radix sort) and
+ * adds each id's rows in row order, as the CPU does: no atomics, the CPU's
+ * bits; its scratch is td_cuda_embed_bwd_scratch(rows, vocab) bytes. The
+ * attention launchers run their GEMMs through blas (the backend's cuBLAS
+ * handle, bound to stream): strided batched calls over the (example,
+ * head) views of qkv, no copies and no allocation. */
+size_t td_cuda_embed_bwd_scratch(int rows, int vocab);
+int td_cuda_embed_fwd(cudaStream_t stream, int rows, int cols, int vocab, const float *ids,
+                      const float *table, float *y, td_error *err);
+int td_cuda_embed_bwd(cudaStream_t stream, int rows, int cols, int vocab, const float *ids,
+                      const float *dy, float *dtable, void *scratch, size_t scratch_bytes,
+                      td_error *err);
+struct cublasContext;
+int td_cuda_attn_probs(struct cublasContext *blas, cudaStream_t stream, int batch, int t, int h,
+                       int d, const float *qkv, float *p, td_error *err);
+int td_cuda_attn_mix(struct cublasContext *blas, cudaStream_t stream, int batch, int t, int h,
+                     int d, const float *p, const float *qkv, float *o, td_error *err);
+int td_cuda_attn_mix_bwd(struct cublasContext *blas, cudaStream_t stream, int batch, int t, int h,
+                         int d, const float *p, const float *qkv, const float *dout, float *dp,
+                         float *dqkv, td_error *err);
+int td_cuda_attn_probs_bwd(struct cublasContext *blas, cudaStream_t stream, int batch, int t, int h,
+                           int d, const float *p, float *dp, const float *qkv, float *dqkv,
+                           td_error *err);
+
 #ifdef __cplusplus
 }
 #endif
