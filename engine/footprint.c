@@ -101,19 +101,32 @@ static size_t round_up(size_t b, size_t to) { return (b + to - 1) / to * to; }
  *    256 bands), none for one band;
  *  - xent.cu td_cuda_loss_scratch(rows): two doubles per row;
  *  - reduce.cu td_cuda_sumsq_scratch(n): a double per block of 4096
- *    elements (at most 1024 blocks), over the gradients. */
+ *    elements (at most 1024 blocks), over the gradients;
+ *  - seq.cu td_cuda_embed_bwd_scratch(rows, vocab) of each embed layer:
+ *    four arrays of its rows' uint32 ids and orders, a start per id, and
+ *    CUB's sort storage (bounded as the shuffle's).
+ * Rows are the batch's examples, or their positions for a sequence. */
 static size_t scratch_need(const td_plan *p, uint32_t train_n) {
   const size_t words = round_up((size_t)train_n * sizeof(uint32_t), 256);
   size_t need = 3 * words + round_up(2 * words + train_n + TD_FOOTPRINT_CUB_SLACK, 256);
-  const size_t rows = p->batch;
   for (size_t i = 0; i < p->n_nodes; i++) {
     const td_node *L = &p->nodes[i];
+    const size_t rows = (size_t)p->batch * L->positions;
     size_t bands = (rows + 63) / 64;
     bands = bands < 1 ? 1 : bands > 256 ? 256 : bands;
+    const size_t cols = L->out / L->positions;
     if (L->op == TD_OP_DENSE && L->b_view != TD_NONE && bands > 1 &&
-        bands * L->out * sizeof(double) > need)
-      need = bands * L->out * sizeof(double);
+        bands * cols * sizeof(double) > need)
+      need = bands * cols * sizeof(double);
+    if (L->op == TD_OP_EMBED) {
+      const size_t e = 4 * round_up(rows * sizeof(uint32_t), 256) +
+                       round_up(((size_t)L->vocab + 1) * sizeof(uint32_t), 256) +
+                       round_up(TD_FOOTPRINT_CUB_SLACK, 256);
+      if (e > need)
+        need = e;
+    }
   }
+  const size_t rows = (size_t)p->batch * p->positions;
   size_t loss = 2 * (rows ? rows : 1) * sizeof(double);
   size_t blocks = (p->n_params + 4095) / 4096;
   blocks = blocks < 1 ? 1 : blocks > 1024 ? 1024 : blocks;
