@@ -202,32 +202,9 @@ cat > "$tmp/runner.py" <<'EOF'
 import json, os, resource, subprocess, sys, time
 wait_max, busy_max, result, stdout, stderr = sys.argv[1:6]
 cmd = sys.argv[7:]  # after "--"
-hz = os.sysconf("SC_CLK_TCK")
+from race_quiet import HZ as hz, cpu, jiffies, wait_quiet
 
-def jiffies():
-    """(busy, total) jiffies of all CPUs from /proc/stat's first line."""
-    with open("/proc/stat") as f:
-        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    busy = user + nice + system + irq + softirq + steal  # guest time is inside user
-    return busy, busy + idle + iowait
-
-start = time.monotonic()
-quiet = False
-while True:
-    b0, t0 = jiffies()
-    time.sleep(1.0)  # the window over which the busy fraction is measured
-    b1, t1 = jiffies()
-    busy = (b1 - b0) / max(t1 - t0, 1)
-    if busy < float(busy_max):
-        quiet = True
-        break
-    if time.monotonic() - start >= float(wait_max):
-        break
-wait_sec = time.monotonic() - start
-
-def cpu(who):
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
+quiet, wait_sec, busy = wait_quiet(wait_max, busy_max)
 
 child0, self0 = cpu(resource.RUSAGE_CHILDREN), cpu(resource.RUSAGE_SELF)
 b0, _ = jiffies()
@@ -261,7 +238,7 @@ measure() { # contestant row
     torch) cmd=("$py" bench/race_torch.py "$m" "${data[@]}") ;;
   esac
   XLA_FLAGS="--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=$threads" \
-    "$py" "$tmp/runner.py" "$quiet_wait" "$quiet_busy" "$tmp/run.json" "$tmp/stdout" "$tmp/err.log" \
+    PYTHONPATH=bench "$py" "$tmp/runner.py" "$quiet_wait" "$quiet_busy" "$tmp/run.json" "$tmp/stdout" "$tmp/err.log" \
     -- taskset -c "$cores" "${cmd[@]}" || rc=$?
   [ "$rc" -eq 0 ] && rc="$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["rc"])' "$tmp/run.json")"
   if [ "$rc" -ne 0 ] || ! grep '^{' "$tmp/stdout" | tail -1 > "$tmp/last.json" || [ ! -s "$tmp/last.json" ]; then
