@@ -112,7 +112,7 @@ quiet_wait="${QUIET_WAIT:-180}"
 quiet_busy="${QUIET_BUSY:-0.15}"
 disturbed="${DISTURBED:-0.05}"
 retries="${RETRIES:-2}"
-run_limit="${RUN_LIMIT:-900}"
+run_limit="${RUN_LIMIT:-600}"
 job="${JOB:-config/jobs/shakespeare_char.yaml}"
 out="${OUT:-bench/results/gpt_race-$(date -u +%F).jsonl}"
 summary="${SUMMARY:-${out%.jsonl}.txt}"
@@ -268,6 +268,7 @@ with open(stdout, "wb") as o, open(stderr, "wb") as e:
     signal.alarm(int(limit))
     for line in p.stderr:
         e.write(line)
+        e.flush()  # so that the run can be followed in the file
         m = loss_re.search(line)
         if m and wall_to_target is None:
             try:
