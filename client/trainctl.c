@@ -1161,6 +1161,31 @@ static int save_checkpoint(ctl *c, const char *id, Traind__V1__CheckpointInfo **
   return rc;
 }
 
+/* A running job is checkpointed now, and c->step set to that checkpoint's
+ * step, so that what an export or a sample reads holds its latest
+ * parameters; another job is left as it is. */
+static int checkpoint_if_running(ctl *c, const char *id, const char *clean) {
+  char what[300];
+  Traind__V1__GetJobRequest greq = TRAIND__V1__GET_JOB_REQUEST__INIT;
+  greq.id = (char *)id;
+  Traind__V1__Job *job = NULL;
+  snprintf(what, sizeof what, "get job %s", clean);
+  int rc = unary(c, METHOD("GetJob"), &greq.base, &traind__v1__job__descriptor,
+                 (ProtobufCMessage **)&job, what);
+  if (rc)
+    return rc;
+  int running = job->state == TRAIND__V1__JOB_STATE__RUNNING;
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  if (!running)
+    return 0;
+  Traind__V1__CheckpointInfo *info = NULL;
+  if ((rc = save_checkpoint(c, id, &info)))
+    return rc;
+  c->step = info->step;
+  protobuf_c_message_free_unpacked(&info->base, NULL);
+  return 0;
+}
+
 static int cmd_checkpoint(ctl *c) {
   Traind__V1__CheckpointInfo *info = NULL;
   int rc = save_checkpoint(c, c->args[0], &info);
@@ -1229,23 +1254,9 @@ static int cmd_export(ctl *c) {
   /* A running job is checkpointed first, so that the file holds its
    * latest parameters. */
   if (!c->step && !c->no_save) {
-    Traind__V1__GetJobRequest greq = TRAIND__V1__GET_JOB_REQUEST__INIT;
-    greq.id = (char *)id;
-    Traind__V1__Job *job = NULL;
-    snprintf(what, sizeof what, "get job %s", clean);
-    int rc = unary(c, METHOD("GetJob"), &greq.base, &traind__v1__job__descriptor,
-                   (ProtobufCMessage **)&job, what);
+    int rc = checkpoint_if_running(c, id, clean);
     if (rc)
       return rc;
-    int running = job->state == TRAIND__V1__JOB_STATE__RUNNING;
-    protobuf_c_message_free_unpacked(&job->base, NULL);
-    if (running) {
-      Traind__V1__CheckpointInfo *info = NULL;
-      if ((rc = save_checkpoint(c, id, &info)))
-        return rc;
-      c->step = info->step;
-      protobuf_c_message_free_unpacked(&info->base, NULL);
-    }
   }
   char tmp[4200];
   const char *slash = strrchr(out, '/');
@@ -1318,23 +1329,9 @@ static int cmd_sample(ctl *c) {
   char clean[256], what[300];
   td_view_sanitize(id, clean, sizeof clean);
   if (!c->step) {
-    Traind__V1__GetJobRequest greq = TRAIND__V1__GET_JOB_REQUEST__INIT;
-    greq.id = (char *)id;
-    Traind__V1__Job *job = NULL;
-    snprintf(what, sizeof what, "get job %s", clean);
-    int rc = unary(c, METHOD("GetJob"), &greq.base, &traind__v1__job__descriptor,
-                   (ProtobufCMessage **)&job, what);
+    int rc = checkpoint_if_running(c, id, clean);
     if (rc)
       return rc;
-    int running = job->state == TRAIND__V1__JOB_STATE__RUNNING;
-    protobuf_c_message_free_unpacked(&job->base, NULL);
-    if (running) {
-      Traind__V1__CheckpointInfo *info = NULL;
-      if ((rc = save_checkpoint(c, id, &info)))
-        return rc;
-      c->step = info->step;
-      protobuf_c_message_free_unpacked(&info->base, NULL);
-    }
   }
   Traind__V1__SampleRequest req = TRAIND__V1__SAMPLE_REQUEST__INIT;
   req.id = (char *)id;

@@ -547,6 +547,58 @@ static void h_save(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_log_info("checkpoint requested", "job=%s peer=%s", j->id, td_rpc_peer(call));
 }
 
+/* The checkpoint of job `id` that an export or a sample reads: the newest,
+ * or the one at `step`. When the job is unknown or not the caller's, or
+ * has no such checkpoint, the call is failed (none_code: the status for a
+ * job with no checkpoint yet) and NULL returned. */
+typedef struct ckpt_pick {
+  char path[4200];
+  char file[TD_CKPT_NAME_MAX];
+  int64_t step;
+} ckpt_pick;
+
+static td_job *pick_checkpoint(td_server *s, td_rpc_call *call, const char *id, int64_t step,
+                               int none_code, ckpt_pick *out) {
+  td_job *j = srv_find_job(s, id);
+  if (!j) {
+    srv_fail_not_found(call, id);
+    return NULL;
+  }
+  if (!srv_job_allowed(s, call, j, TD_JOB_EXPORT))
+    return NULL;
+  char dir[4096], msg[512];
+  td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);
+  td_ckpt_file *fs = NULL;
+  size_t n = 0;
+  td_error err = {0};
+  if (td_ckpt_list(dir, &fs, &n, &err)) {
+    td_rpc_fail(call, TD_GRPC_INTERNAL, err.msg);
+    return NULL;
+  }
+  size_t pick = 0;
+  while (step && pick < n && fs[pick].step != step)
+    pick++;
+  if (pick >= n) {
+    if (step)
+      snprintf(msg, sizeof msg,
+               "job %s has no checkpoint at step %lld (it has %zu; the newest "
+               "is at step %lld)",
+               j->id, (long long)step, n, n ? (long long)fs[0].step : 0LL);
+    else
+      snprintf(msg, sizeof msg, "job %s has no checkpoint yet%s", j->id,
+               j->state == TRAIND__V1__JOB_STATE__RUNNING ? "; take one with trainctl checkpoint"
+                                                          : "");
+    free(fs);
+    td_rpc_fail(call, step ? TD_GRPC_NOT_FOUND : none_code, msg);
+    return NULL;
+  }
+  snprintf(out->path, sizeof out->path, "%s/%s", dir, fs[pick].name);
+  snprintf(out->file, sizeof out->file, "%s", fs[pick].name);
+  out->step = fs[pick].step;
+  free(fs);
+  return j;
+}
+
 /* An ExportCheckpoint stream: the file goes out a chunk at a time as the
  * client takes it. */
 typedef struct exporter {
@@ -620,47 +672,17 @@ static void export_cancel(void *arg, td_rpc_call *call) {
 static void h_export(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__ExportCheckpointRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
+  ckpt_pick pk;
+  td_job *j = pick_checkpoint(s, call, req->id, req->step, TD_GRPC_NOT_FOUND, &pk);
+  if (!j)
     return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_EXPORT))
-    return;
-  char dir[4096], path[4200], msg[4400];
-  td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);
-  td_ckpt_file *fs = NULL;
-  size_t n = 0;
-  td_error err = {0};
-  if (td_ckpt_list(dir, &fs, &n, &err)) {
-    td_rpc_fail(call, TD_GRPC_INTERNAL, err.msg);
-    return;
-  }
-  size_t pick = 0;
-  while (req->step && pick < n && fs[pick].step != req->step)
-    pick++;
-  if (pick >= n) {
-    if (req->step)
-      snprintf(msg, sizeof msg,
-               "job %s has no checkpoint at step %lld (it has %zu; the newest "
-               "is at step %lld)",
-               j->id, (long long)req->step, n, n ? (long long)fs[0].step : 0LL);
-    else
-      snprintf(msg, sizeof msg, "job %s has no checkpoint yet%s", j->id,
-               j->state == TRAIND__V1__JOB_STATE__RUNNING ? "; take one with trainctl checkpoint"
-                                                          : "");
-    free(fs);
-    td_rpc_fail(call, TD_GRPC_NOT_FOUND, msg);
-    return;
-  }
+  const char *path = pk.path;
   exporter *x = calloc(1, sizeof *x);
-  snprintf(path, sizeof path, "%s/%s", dir, fs[pick].name);
   if (x) {
-    snprintf(x->file, sizeof x->file, "%s", fs[pick].name);
-    x->step = fs[pick].step;
+    snprintf(x->file, sizeof x->file, "%s", pk.file);
+    x->step = pk.step;
     x->buf = malloc(EXPORT_CHUNK);
   }
-  free(fs);
   if (!x || !x->buf) {
     if (x)
       export_free(x);
@@ -745,43 +767,16 @@ static void sample_done(uv_work_t *req, int status) {
 static void h_sample(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__SampleRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
-    return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_EXPORT))
-    return;
-  char msg[512];
   if (req->tokens > TD_SAMPLE_MAX_TOKENS) {
+    char msg[128];
     snprintf(msg, sizeof msg, "tokens: %u; at most %d per call", req->tokens, TD_SAMPLE_MAX_TOKENS);
     td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, msg);
     return;
   }
-  char dir[4096];
-  td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);
-  td_ckpt_file *fs = NULL;
-  size_t n = 0;
-  td_error err = {0};
-  if (td_ckpt_list(dir, &fs, &n, &err)) {
-    td_rpc_fail(call, TD_GRPC_INTERNAL, err.msg);
+  ckpt_pick pk;
+  td_job *j = pick_checkpoint(s, call, req->id, req->step, TD_GRPC_FAILED_PRECONDITION, &pk);
+  if (!j)
     return;
-  }
-  size_t pick = 0;
-  while (req->step && pick < n && fs[pick].step != req->step)
-    pick++;
-  if (pick >= n) {
-    if (req->step)
-      snprintf(msg, sizeof msg, "job %s has no checkpoint at step %lld", j->id,
-               (long long)req->step);
-    else
-      snprintf(msg, sizeof msg, "job %s has no checkpoint yet to sample from%s", j->id,
-               j->state == TRAIND__V1__JOB_STATE__RUNNING ? "; take one with trainctl checkpoint"
-                                                          : "");
-    free(fs);
-    td_rpc_fail(call, req->step ? TD_GRPC_NOT_FOUND : TD_GRPC_FAILED_PRECONDITION, msg);
-    return;
-  }
   sample_work *w = calloc(1, sizeof *w);
   if (w && !(w->prompt = strdup(req->prompt ? req->prompt : ""))) {
     free(w);
@@ -790,25 +785,24 @@ static void h_sample(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
   if (w) {
     w->req.data = w;
     w->call = call;
-    snprintf(w->path, sizeof w->path, "%s/%s", dir, fs[pick].name);
-    snprintf(w->file, sizeof w->file, "%s", fs[pick].name);
-    w->step = fs[pick].step;
+    snprintf(w->path, sizeof w->path, "%s", pk.path);
+    snprintf(w->file, sizeof w->file, "%s", pk.file);
+    w->step = pk.step;
     w->opts = (td_sample_opts){.prompt = w->prompt,
                                .tokens = req->tokens ? req->tokens : 200,
                                .temperature = req->temperature != 0.0 ? req->temperature : 1.0,
                                .top_k = req->top_k,
                                .seed = req->seed};
   }
-  free(fs);
+  if (w)
+    td_log_info("sampling", "job=%s file=%s tokens=%u peer=%s", j->id, w->file, w->opts.tokens,
+                td_rpc_peer(call));
   if (!w || uv_queue_work(&s->loop, &w->req, sample_run, sample_done) != 0) {
     if (w)
       free(w->prompt);
     free(w);
     td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
-    return;
   }
-  td_log_info("sampling", "job=%s file=%s tokens=%u peer=%s", j->id, w->file, w->opts.tokens,
-              td_rpc_peer(call));
 }
 
 static void h_devices(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {

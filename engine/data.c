@@ -522,44 +522,6 @@ done:
 
 /* ---- HDF5 --------------------------------------------------------------- */
 
-/* A readable name for an HDF5 type: "uint8", "float64", "string", ... */
-static void h5_type_name(hid_t t, char *buf, size_t len) {
-  H5T_class_t c = H5Tget_class(t);
-  size_t sz = H5Tget_size(t);
-  if (c == H5T_INTEGER)
-    snprintf(buf, len, "%sint%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "u" : "", 8 * sz);
-  else if (c == H5T_FLOAT)
-    snprintf(buf, len, "float%zu", 8 * sz);
-  else if (c == H5T_STRING)
-    snprintf(buf, len, "string");
-  else if (c == H5T_COMPOUND)
-    snprintf(buf, len, "compound");
-  else
-    snprintf(buf, len, "HDF5 type class %d", (int)c);
-}
-
-/* The first top-level names in the file, for "no such dataset" messages. */
-static void h5_list_top(hid_t fid, char *buf, size_t len) {
-  H5G_info_t gi;
-  buf[0] = '\0';
-  if (H5Gget_info(fid, &gi) < 0)
-    return;
-  size_t used = 0;
-  for (hsize_t i = 0; i < gi.nlinks && i < 16; i++) {
-    char name[128];
-    /* Names only: no link is traversed. */
-    if (H5Lget_name_by_idx(fid, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
-                           H5P_DEFAULT) < 0)
-      break;
-    int w = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", name);
-    if (w < 0 || (size_t)w >= len - used)
-      break;
-    used += (size_t)w;
-  }
-  if (gi.nlinks > 16 && used + 5 < len)
-    strcpy(buf + used, ", ...");
-}
-
 /* An open dataset with its shape. */
 typedef struct h5_dset {
   hid_t id, space, type;
@@ -585,7 +547,7 @@ static int h5_dset_open(hid_t fid, const char *path, const char *name, const cha
   int rc = td_h5_dopen(fid, path, name, role, &d->id, err);
   if (rc == TD_ENOTFOUND || rc == TD_EINVAL) {
     char top[400];
-    h5_list_top(fid, top, sizeof top);
+    td_h5_list_top(fid, top, sizeof top);
     return td_errorf(err, TD_ENOTFOUND, "'%s' has no dataset '%s' (the %s); the file holds: %s",
                      path, name, role, top[0] ? top : "nothing at the top level");
   }
@@ -705,14 +667,14 @@ static int h5_pair_open(h5_pair *p, const char *path, const char *features, cons
   const size_t sx = H5Tget_size(fx->type);
   p->is_u8 = cx == H5T_INTEGER && sx == 1 && H5Tget_sign(fx->type) == H5T_SGN_NONE;
   if (!p->is_u8 && !(cx == H5T_FLOAT && (sx == 4 || sx == 8))) {
-    h5_type_name(fx->type, tname, sizeof tname);
+    td_h5_type_name(fx->type, tname, sizeof tname);
     rc = td_errorf(err, TD_EDATA,
                    "'%s': features '%s' have type %s; expected uint8, float32 or float64", path,
                    features, tname);
     goto fail;
   }
   if (H5Tget_class(fy->type) != H5T_INTEGER) {
-    h5_type_name(fy->type, tname, sizeof tname);
+    td_h5_type_name(fy->type, tname, sizeof tname);
     rc = td_errorf(err, TD_EDATA, "'%s': labels '%s' have type %s; expected an integer type", path,
                    labels, tname);
     goto fail;

@@ -472,3 +472,41 @@ int td_h5_dopen(hid_t fid, const char *path, const char *name, const char *role,
   *did = d;
   return TD_OK;
 }
+
+/* A readable name for an HDF5 type: "uint8", "float64", "string", ... */
+void td_h5_type_name(hid_t t, char *buf, size_t len) {
+  H5T_class_t c = H5Tget_class(t);
+  size_t sz = H5Tget_size(t);
+  if (c == H5T_INTEGER)
+    snprintf(buf, len, "%sint%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "u" : "", 8 * sz);
+  else if (c == H5T_FLOAT)
+    snprintf(buf, len, "float%zu", 8 * sz);
+  else if (c == H5T_STRING)
+    snprintf(buf, len, "string");
+  else if (c == H5T_COMPOUND)
+    snprintf(buf, len, "compound");
+  else
+    snprintf(buf, len, "HDF5 type class %d", (int)c);
+}
+
+/* The first top-level names in the file, for "no such dataset" messages. */
+void td_h5_list_top(hid_t fid, char *buf, size_t len) {
+  H5G_info_t gi;
+  buf[0] = '\0';
+  if (H5Gget_info(fid, &gi) < 0)
+    return;
+  size_t used = 0;
+  for (hsize_t i = 0; i < gi.nlinks && i < 16; i++) {
+    char name[128];
+    /* Names only: no link is traversed. */
+    if (H5Lget_name_by_idx(fid, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
+                           H5P_DEFAULT) < 0)
+      break;
+    int w = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", name);
+    if (w < 0 || (size_t)w >= len - used)
+      break;
+    used += (size_t)w;
+  }
+  if (gi.nlinks > 16 && used + 5 < len)
+    strcpy(buf + used, ", ...");
+}

@@ -103,4 +103,11 @@ void td_h5_denied_clear(void);
 int td_h5_dopen(hid_t fid, const char *path, const char *name, const char *role, hid_t *did,
                 td_error *err);
 
+/* A readable name for an HDF5 type, for messages: "uint8", "float64",
+ * "string", "compound", ... */
+void td_h5_type_name(hid_t t, char *buf, size_t len);
+/* The first 16 top-level names of the file (", ..." after), for "no such
+ * dataset" messages; no link is traversed. "" when none can be read. */
+void td_h5_list_top(hid_t fid, char *buf, size_t len);
+
 #endif

@@ -1,12 +1,11 @@
 /* Sampling from a language model's checkpoint, one position at a time
  * (sample.h). The compiled plan (at batch 1) gives the program and where
- * each parameter lies; the values of one position are computed here on
- * the host, in float with sums in float as the CPU backend's GEMMs do,
- * and every attention layer keeps the keys and values of the positions
- * before. */
+ * each parameter lies; the values of one position are computed with the
+ * CPU backend's kernels on one row (the same the training step runs),
+ * but for attention, computed here over every attention layer's cache of
+ * the keys and values of the positions before. */
 #include "sample.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,12 +24,12 @@ struct td_sampler {
   int have_state;
   uint32_t *vocab, n_vocab;
   int bytes;
-  uint32_t T;       /* the window */
-  size_t out;       /* the output node */
-  uint32_t *width;  /* (n_nodes) values per position */
-  float **val;      /* (n_nodes) the current position's values */
-  float **kc, **vc; /* (n_nodes) attention: (T, f) keys and values */
-  float *qkv, *mix, *scores, *logits;
+  uint32_t T;                             /* the window */
+  size_t out;                             /* the output node */
+  uint32_t *width;                        /* (n_nodes) values per position */
+  float **val;                            /* (n_nodes) the current position's values */
+  float **kc, **vc;                       /* (n_nodes) attention: (T, f) keys and values */
+  float *qkv, *mix, *z, *scores, *logits; /* z: a pre-activation */
   double *probs;
   uint32_t *order; /* (n_vocab) for top-k */
 };
@@ -39,28 +38,14 @@ static const float *param(const td_sampler *s, size_t view) {
   return view == TD_NONE ? NULL : s->st.params + s->plan->views[view].offset;
 }
 
-static float act(td_act a, float z) {
-  switch (a) {
-  case TD_ACT_RELU:
-    return z > 0.0f ? z : 0.0f;
-  case TD_ACT_GELU_TANH:
-    return 0.5f * z * (1.0f + tanhf(0.7978845608f * (z + 0.044715f * z * z * z)));
-  case TD_ACT_GELU_ERF:
-    return 0.5f * z * (1.0f + erff(z * 0.70710678f));
-  case TD_ACT_TANH:
-    return tanhf(z);
-  case TD_ACT_SIGMOID:
-    return 1.0f / (1.0f + expf(-z));
-  default:
-    return z;
-  }
-}
-
-/* y (cols) = x (rows) w (rows, cols) + b. */
-static void affine(const float *x, const float *w, const float *b, int rows, int cols, float *y) {
-  if (b)
-    memcpy(y, b, (size_t)cols * sizeof *y);
-  cblas_sgemv(CblasRowMajor, CblasTrans, rows, cols, 1.0f, w, cols, x, 1, b ? 1.0f : 0.0f, y, 1);
+/* y (cols) = act(x (rows) w (rows, cols) + b), on the sampler's CPU
+ * backend: the kernels training runs, on one row (the pre-activation in
+ * s->z). y must not be x. */
+static void affine(td_sampler *s, td_act act, const float *x, const float *w, const float *b,
+                   int rows, int cols, float *y) {
+  const td_backend_ops *ops = s->be->ops;
+  ops->gemm(s->be, 0, 0, 1, cols, rows, 1.0f, x, rows, w, cols, 0.0f, s->z, cols);
+  ops->bias_act_fwd(s->be, act, 1, cols, b, s->z, y);
 }
 
 static int supported(const td_node *n, uint32_t T) {
@@ -95,6 +80,7 @@ void td_sampler_free(td_sampler *s) {
   free(s->width);
   free(s->qkv);
   free(s->mix);
+  free(s->z);
   free(s->scores);
   free(s->logits);
   free(s->probs);
@@ -156,11 +142,12 @@ static int setup(td_sampler *s, const char *path, td_error *err) {
     return td_errorf(err, TD_EINTERNAL, "sampling: the model's output is no node's");
   s->qkv = malloc(widest * sizeof *s->qkv);
   s->mix = malloc(widest * sizeof *s->mix);
+  s->z = malloc(widest * sizeof *s->z);
   s->scores = malloc(s->T * sizeof *s->scores);
   s->logits = malloc(p->out_dim * sizeof *s->logits);
   s->probs = malloc(p->out_dim * sizeof *s->probs);
   s->order = malloc(p->out_dim * sizeof *s->order);
-  if (!s->qkv || !s->mix || !s->scores || !s->logits || !s->probs || !s->order)
+  if (!s->qkv || !s->mix || !s->z || !s->scores || !s->logits || !s->probs || !s->order)
     return td_errorf(err, TD_ENOMEM, "sampling: out of memory");
   return TD_OK;
 }
@@ -205,7 +192,7 @@ static void attention(td_sampler *s, size_t i, const float *x, uint32_t t, float
   const td_node *L = &s->plan->nodes[i];
   const int F = (int)L->channels, H = (int)L->heads, D = F / H;
   float *qkv = s->qkv;
-  affine(x, param(s, L->w_view), param(s, L->b_view), F, 3 * F, qkv);
+  affine(s, TD_ACT_NONE, x, param(s, L->w_view), param(s, L->b_view), F, 3 * F, qkv);
   memcpy(s->kc[i] + (size_t)t * F, qkv + F, (size_t)F * sizeof(float));
   memcpy(s->vc[i] + (size_t)t * F, qkv + 2 * F, (size_t)F * sizeof(float));
   float *o = s->mix;
@@ -233,24 +220,24 @@ static void attention(td_sampler *s, size_t i, const float *x, uint32_t t, float
         o[h * D + d] += w * v[d];
     }
   }
-  affine(o, param(s, L->w2_view), param(s, L->b2_view), F, F, y);
+  affine(s, TD_ACT_NONE, o, param(s, L->w2_view), param(s, L->b2_view), F, F, y);
 }
 
 /* The model at position t for token id: every node's values there. */
 static void step(td_sampler *s, uint32_t t, uint32_t id) {
   const td_plan *p = s->plan;
+  const td_backend_ops *ops = s->be->ops;
   for (size_t i = 0; i < p->n_nodes; i++) {
     const td_node *L = &p->nodes[i];
     float *y = s->val[i];
     const uint32_t w = s->width[i];
     const float *x = L->in[0] >= 0 ? s->val[L->in[0]] : NULL;
     switch (L->op) {
-    case TD_OP_EMBED:
-      if (id < L->vocab)
-        memcpy(y, param(s, L->w_view) + (size_t)id * w, w * sizeof *y);
-      else
-        memset(y, 0, w * sizeof *y);
+    case TD_OP_EMBED: {
+      const float fid = (float)id;
+      ops->embed_fwd(s->be, 1, (int)w, (int)L->vocab, &fid, param(s, L->w_view), y);
       break;
+    }
     case TD_OP_POS_EMBED: {
       const float *e = param(s, L->w_view) + (size_t)t * w;
       for (uint32_t c = 0; c < w; c++)
@@ -258,26 +245,17 @@ static void step(td_sampler *s, uint32_t t, uint32_t id) {
       break;
     }
     case TD_OP_LAYER_NORM: {
-      double mean = 0.0, var = 0.0;
-      for (uint32_t c = 0; c < w; c++)
-        mean += x[c];
-      mean /= w;
-      for (uint32_t c = 0; c < w; c++)
-        var += (x[c] - mean) * (x[c] - mean);
-      const float rstd = (float)(1.0 / sqrt(var / w + (double)L->eps));
-      const float *sc = param(s, L->w_view), *b = param(s, L->b_view);
-      for (uint32_t c = 0; c < w; c++)
-        y[c] = ((float)(x[c] - mean) * rstd) * (sc ? sc[c] : 1.0f) + (b ? b[c] : 0.0f);
+      float saved[2];
+      ops->ln_fwd(s->be, 1, (int)w, L->eps, x, param(s, L->w_view), param(s, L->b_view), y, saved);
       break;
     }
     case TD_OP_DENSE:
-      affine(x, param(s, L->w_view), param(s, L->b_view), (int)L->in_features, (int)w, y);
-      for (uint32_t c = 0; c < w; c++)
-        y[c] = act(L->act, y[c]);
+      affine(s, L->act, x, param(s, L->w_view), param(s, L->b_view), (int)L->in_features, (int)w,
+             y);
       break;
     case TD_OP_ACT:
-      for (uint32_t c = 0; c < w; c++)
-        y[c] = act(L->act, x[c]);
+      memcpy(s->z, x, w * sizeof *y);
+      ops->bias_act_fwd(s->be, L->act, 1, (int)w, NULL, s->z, y);
       break;
     case TD_OP_DROPOUT:
       memcpy(y, x, w * sizeof *y);

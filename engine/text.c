@@ -421,41 +421,6 @@ int td_text_shape(const char *path, const td_text_opts *o, td_dataset *train, td
 
 /* ---- HDF5 token ids ------------------------------------------------------- */
 
-/* A readable name for an HDF5 type: "uint16", "float32", "string", ... */
-static void h5_type_name(hid_t t, char *buf, size_t len) {
-  H5T_class_t c = H5Tget_class(t);
-  size_t sz = H5Tget_size(t);
-  if (c == H5T_INTEGER)
-    snprintf(buf, len, "%sint%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "u" : "", 8 * sz);
-  else if (c == H5T_FLOAT)
-    snprintf(buf, len, "float%zu", 8 * sz);
-  else if (c == H5T_STRING)
-    snprintf(buf, len, "string");
-  else
-    snprintf(buf, len, "HDF5 type class %d", (int)c);
-}
-
-/* The first top-level names in the file, for "no such dataset" messages. */
-static void h5_list_top(hid_t fid, char *buf, size_t len) {
-  H5G_info_t gi;
-  buf[0] = '\0';
-  if (H5Gget_info(fid, &gi) < 0)
-    return;
-  size_t used = 0;
-  for (hsize_t i = 0; i < gi.nlinks && i < 16; i++) {
-    char name[128];
-    if (H5Lget_name_by_idx(fid, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
-                           H5P_DEFAULT) < 0)
-      break;
-    int w = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", name);
-    if (w < 0 || (size_t)w >= len - used)
-      break;
-    used += (size_t)w;
-  }
-  if (gi.nlinks > 16 && used + 5 < len)
-    strcpy(buf + used, ", ...");
-}
-
 /* An open dataset of token ids. */
 typedef struct h5_ids {
   const char *name;
@@ -486,7 +451,7 @@ static int h5_ids_open(hid_t fid, const char *path, const char *name, const char
   int rc = td_h5_dopen(fid, path, name, role, &d->id, err);
   if (rc == TD_ENOTFOUND || rc == TD_EINVAL) {
     char top[400];
-    h5_list_top(fid, top, sizeof top);
+    td_h5_list_top(fid, top, sizeof top);
     return td_errorf(err, rc, "'%s' has no dataset '%s' (the %s); the file holds: %s", path, name,
                      role, top[0] ? top : "nothing at the top level");
   }
@@ -515,7 +480,7 @@ static int h5_ids_open(hid_t fid, const char *path, const char *name, const char
   }
   if (H5Tget_class(d->type) != H5T_INTEGER) {
     char tname[64];
-    h5_type_name(d->type, tname, sizeof tname);
+    td_h5_type_name(d->type, tname, sizeof tname);
     return td_errorf(err, TD_EDATA, "'%s': the %s '%s' have type %s; expected an integer type",
                      path, role, name, tname);
   }

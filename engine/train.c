@@ -16,7 +16,7 @@
 static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o, td_error *err);
 
 /* Where a dataset's examples lie, for gather. */
-static td_rows td_dataset_rows(const td_dataset *ds) {
+static td_rows rows_of(const td_dataset *ds) {
   return (td_rows){ds->dim, ds->stride, ds->label_dim, ds->label_stride};
 }
 
@@ -344,7 +344,7 @@ static int step_body(td_replica *r) {
   int rc = ops->step_begin(be, r->table, p->rec_bytes, r->counter, r->cur);
   if (rc)
     rc = td_errorf(err, rc, "step: reading the step table failed");
-  const td_rows rows = td_dataset_rows(&t->train);
+  const td_rows rows = rows_of(&t->train);
   if (!rc &&
       (rc = ops->gather(be, &rows, r->train_x, r->train_y, r->order + (size_t)r->rank * t->shard,
                         &cur->row0, t->shard, a + p->in_off, (int32_t *)(a + p->labels_off))))
@@ -505,7 +505,7 @@ static int task_eval(td_trainer *t, int rank) {
     uint32_t rows = hi - start < t->shard ? hi - start : t->shard;
     /* Rows start..start+rows: the dataset pointer is offset instead of the
      * indices, so the one iota buffer serves every chunk. */
-    const td_rows l = td_dataset_rows(ds);
+    const td_rows l = rows_of(ds);
     int rc = be->ops->gather(be, &l, x + (size_t)start * ds->stride,
                              y + (size_t)start * ds->label_stride, r->iota, NULL, rows,
                              a + p->in_off, (int32_t *)(a + p->labels_off));
@@ -1010,6 +1010,15 @@ void td_trainer_meta(const td_trainer *t, td_ckpt_meta *m) {
   m->seed = t->spec->training->seed;
 }
 
+/* The epoch's training figures over its `taken` steps so far: the mean
+ * batch loss, and the fraction of correct predictions (of every position
+ * of a sequence's). */
+static void train_figures(const td_trainer *t, uint32_t taken, td_epoch_point *ep) {
+  const double predictions = (double)taken * t->batch * t->plan->positions;
+  ep->train_loss = taken ? (float)(t->epoch_loss_sum / taken) : 0.0f;
+  ep->train_accuracy = taken ? (float)(t->epoch_correct_sum / predictions) : 0.0f;
+}
+
 int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *last,
                    td_error *err) {
   static const td_train_hooks none = {0};
@@ -1063,9 +1072,7 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
           t->step_in_epoch < t->steps_per_epoch && t->st.step < t->total_steps) {
         td_epoch_point mid = {.epoch = epoch, .step = t->st.step, .mid_epoch = 1};
         const double v0 = td_mono_sec();
-        mid.train_loss = (float)(t->epoch_loss_sum / t->step_in_epoch);
-        mid.train_accuracy = (float)(t->epoch_correct_sum /
-                                     ((double)t->step_in_epoch * t->batch * t->plan->positions));
+        train_figures(t, t->step_in_epoch, &mid);
         mid.epoch_sec = v0 - e0;
         mid.examples_per_sec = (double)steps * t->batch / (v0 - e0);
         if ((rc = td_trainer_evaluate(t, &t->test, &mid.test_loss, &mid.test_accuracy, err)))
@@ -1090,10 +1097,7 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
     ep.step = t->st.step;
     ep.epoch_sec = e1 - e0;
     ep.examples_per_sec = (double)steps * t->batch / (e1 - e0);
-    ep.train_loss = taken ? (float)(t->epoch_loss_sum / taken) : 0.0f;
-    ep.train_accuracy =
-        taken ? (float)(t->epoch_correct_sum / ((double)taken * t->batch * t->plan->positions))
-              : 0.0f;
+    train_figures(t, taken, &ep);
     int final = epoch == t->epochs || t->st.step >= t->total_steps;
     if (t->has_test && (epoch % t->eval_every == 0 || final)) {
       if ((rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err)))

@@ -70,44 +70,6 @@ def shipped(name):
         return yaml.safe_load(f)
 
 
-def small_gpt(devices=1, steps=20, block=16, features=32, heads=2, data=None):
-    """One block of a GPT, small enough to train in a second. Its attention
-    has no biases: the keys' bias has a gradient of exactly zero (softmax
-    ignores a constant added to every score), so its computed gradient is
-    rounding noise that Adam scales up to full-size steps, different for
-    every summation order."""
-    return {
-        "name": "small-gpt",
-        "model": {
-            "input_shape": [block],
-            "layers": [
-                {"name": "tok", "embed": {"num_embeddings": 128, "features": features}},
-                {"name": "pos", "position_embedding": {}},
-                {"name": "b", "repeat": {"count": 1, "layers": [
-                    {"name": "ln1", "layer_norm": {}},
-                    {"name": "attn", "causal_self_attention": {"num_heads": heads,
-                                                                "use_bias": False}},
-                    {"name": "r1", "add": {}, "inputs": ["b", "attn"]},
-                    {"name": "ln2", "layer_norm": {}},
-                    {"name": "fc", "dense": {"features": 4 * features}},
-                    {"gelu": {}},
-                    {"name": "proj", "dense": {"features": features}},
-                    {"name": "r2", "add": {}, "inputs": ["r1", "proj"]},
-                ]}},
-                {"name": "ln_f", "layer_norm": {}},
-                {"name": "head", "dense": {"features": 128}},
-            ],
-            "loss": "SOFTMAX_CROSS_ENTROPY",
-        },
-        "optimizer": {"chain": [{"clip_by_global_norm": {"max_norm": 1.0}},
-                                {"adamw": {"learning_rate": {"constant": 1e-3}}}]},
-        "dataset": {"text": {"file": data or "shakespeare/shakespeare.txt"},
-                    "test_limit": 64},
-        "training": {"epochs": 1, "batch_size": 8, "seed": 3, "max_steps": steps},
-        "devices": {"count": devices},
-    }
-
-
 def mlp_job():
     return {"name": "mlp", "model": {"input_shape": [784], "layers": [{"dense": {"features": 10}}],
                                      "loss": "SOFTMAX_CROSS_ENTROPY"},
@@ -205,8 +167,8 @@ def char_2000_steps(s):
 @suite.case
 def two_devices(s):
     d = s.daemon(cpu_devices=2)
-    one = run_to_end(s, d, small_gpt(devices=1))
-    two = run_to_end(s, d, small_gpt(devices=2))
+    one = run_to_end(s, d, th.gpt_spec(devices=1))
+    two = run_to_end(s, d, th.gpt_spec(devices=2))
     a, b = params(one.last_checkpoint.path), params(two.last_checkpoint.path)
     check(sorted(a) == sorted(b), "different parameters: %s vs %s", sorted(a), sorted(b))
     worst = 0.0
@@ -229,7 +191,7 @@ def leaves(path):
 @suite.case
 def kill9_bitwise(s):
     d = s.daemon(cpu_devices=1)
-    spec = small_gpt(steps=1500)
+    spec = th.gpt_spec(steps=1500)
     spec["model"]["layers"][2]["repeat"]["layers"][1]["causal_self_attention"][
         "dropout_rate"] = 0.1
     spec["checkpoint"] = {"every_steps": 10}
@@ -281,10 +243,10 @@ def bad_input(s):
     with open(os.path.join(data, "short.txt"), "w") as f:
         f.write("To be, or not to be\n")
     d = s.daemon(cpu_devices=1, data_dirs=[suite.mnist, data])
-    refused_or_failed(s, d, small_gpt(heads=3), "num_heads", "divide")
-    refused_or_failed(s, d, small_gpt(data="empty.txt"), "empty")
-    refused_or_failed(s, d, small_gpt(data="short.txt"), "block")
-    spec = small_gpt()
+    refused_or_failed(s, d, th.gpt_spec(heads=3), "num_heads", "divide")
+    refused_or_failed(s, d, th.gpt_spec(data="empty.txt"), "empty")
+    refused_or_failed(s, d, th.gpt_spec(data="short.txt"), "block")
+    spec = th.gpt_spec()
     spec["model"]["layers"][0]["embed"]["num_embeddings"] = 16
     refused_or_failed(s, d, spec, "num_embeddings")
     # Token ids from HDF5 (a tokenizer's output): one out of range.
@@ -292,7 +254,7 @@ def bad_input(s):
     ids[1234] = 300
     with h5py.File(os.path.join(data, "tokens.h5"), "w") as f:
         f["train"] = ids
-    spec = small_gpt()
+    spec = th.gpt_spec()
     spec["dataset"] = {"hdf5_tokens": {"file": "tokens.h5", "vocab_size": 128},
                        "test_limit": 16}
     refused_or_failed(s, d, spec, "300", "1234", "vocab_size")
@@ -301,7 +263,7 @@ def bad_input(s):
         f["train"] = ids
     run_to_end(s, d, spec)
     # Still serving: a good job runs to the end.
-    run_to_end(s, d, small_gpt(steps=2))
+    run_to_end(s, d, th.gpt_spec(steps=2))
     # Sampling a model that is not a language model.
     j = run_to_end(s, d, mlp_job())
     e = th.rpc_error(d.stub.Sample, pb.SampleRequest(id=j.id, prompt="A"), timeout=60)

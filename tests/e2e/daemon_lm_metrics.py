@@ -75,42 +75,8 @@ LN2 = math.log(2.0)
 BLOCK = 16
 
 
-def small_gpt(devices=1, steps=20, block=BLOCK, features=32, heads=2, data=None):
-    """One block of a GPT, small enough to train in a second (as in
-    daemon_gpt.py)."""
-    return {
-        "name": "small-gpt",
-        "model": {
-            "input_shape": [block],
-            "layers": [
-                {"name": "tok", "embed": {"num_embeddings": 128, "features": features}},
-                {"name": "pos", "position_embedding": {}},
-                {"name": "b", "repeat": {"count": 1, "layers": [
-                    {"name": "ln1", "layer_norm": {}},
-                    {"name": "attn", "causal_self_attention": {"num_heads": heads}},
-                    {"name": "r1", "add": {}, "inputs": ["b", "attn"]},
-                    {"name": "ln2", "layer_norm": {}},
-                    {"name": "fc", "dense": {"features": 4 * features}},
-                    {"gelu": {}},
-                    {"name": "proj", "dense": {"features": features}},
-                    {"name": "r2", "add": {}, "inputs": ["r1", "proj"]},
-                ]}},
-                {"name": "ln_f", "layer_norm": {}},
-                {"name": "head", "dense": {"features": 128}},
-            ],
-            "loss": "SOFTMAX_CROSS_ENTROPY",
-        },
-        "optimizer": {"chain": [{"clip_by_global_norm": {"max_norm": 1.0}},
-                                {"adamw": {"learning_rate": {"constant": 1e-3}}}]},
-        "dataset": {"text": {"file": data or "shakespeare/shakespeare.txt"},
-                    "test_limit": 64},
-        "training": {"epochs": 1, "batch_size": 8, "seed": 3, "max_steps": steps},
-        "devices": {"count": devices},
-    }
-
-
 def lm_job(steps, eval_steps, log_steps=1):
-    spec = small_gpt(steps=steps)
+    spec = th.gpt_spec(steps=steps)
     spec["training"]["eval_every_steps"] = eval_steps
     spec["training"]["log_every_steps"] = log_steps
     return spec

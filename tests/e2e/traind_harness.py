@@ -190,6 +190,44 @@ def reference_spec(source_dir, epochs=1, train_limit=None, test_limit=None, **ex
     return spec
 
 
+def gpt_spec(devices=1, steps=20, block=16, features=32, heads=2, data=None):
+    """One block of a GPT, small enough to train in a second. Its attention
+    has no biases: the keys' bias has a gradient of exactly zero (softmax
+    ignores a constant added to every score), so its computed gradient is
+    rounding noise that Adam scales up to full-size steps, different for
+    every summation order."""
+    return {
+        "name": "small-gpt",
+        "model": {
+            "input_shape": [block],
+            "layers": [
+                {"name": "tok", "embed": {"num_embeddings": 128, "features": features}},
+                {"name": "pos", "position_embedding": {}},
+                {"name": "b", "repeat": {"count": 1, "layers": [
+                    {"name": "ln1", "layer_norm": {}},
+                    {"name": "attn", "causal_self_attention": {"num_heads": heads,
+                                                                "use_bias": False}},
+                    {"name": "r1", "add": {}, "inputs": ["b", "attn"]},
+                    {"name": "ln2", "layer_norm": {}},
+                    {"name": "fc", "dense": {"features": 4 * features}},
+                    {"gelu": {}},
+                    {"name": "proj", "dense": {"features": features}},
+                    {"name": "r2", "add": {}, "inputs": ["r1", "proj"]},
+                ]}},
+                {"name": "ln_f", "layer_norm": {}},
+                {"name": "head", "dense": {"features": 128}},
+            ],
+            "loss": "SOFTMAX_CROSS_ENTROPY",
+        },
+        "optimizer": {"chain": [{"clip_by_global_norm": {"max_norm": 1.0}},
+                                {"adamw": {"learning_rate": {"constant": 1e-3}}}]},
+        "dataset": {"text": {"file": data or "shakespeare/shakespeare.txt"},
+                    "test_limit": 64},
+        "training": {"epochs": 1, "batch_size": 8, "seed": 3, "max_steps": steps},
+        "devices": {"count": devices},
+    }
+
+
 def synthetic_spec(source_dir, epochs=1, file="synthetic.h5", test_file=None, **extra):
     """The reference program's model and optimizer on a synthetic HDF5
     dataset (see make_synthetic): runs without MNIST."""
