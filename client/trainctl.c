@@ -32,6 +32,7 @@
 #include "clock.h"
 #include "context.h"
 #include "credentials.h"
+#include "dp_account.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbjson.h"
 #include "rpc_client.h"
@@ -103,6 +104,7 @@ enum {
   FL_TEMPERATURE,
   FL_TOP_K,
   FL_SEED,
+  FL_EXAMPLES,
   FL_COUNT
 };
 #define CONN_FLAGS                                                                  \
@@ -169,6 +171,8 @@ static const flag_def flag_defs[FL_COUNT] = {
                         "divide the logits by T (default 1; below 1 is more conservative)"},
     [FL_TOP_K] = {"top-k", 0, "K", "draw only among the K likeliest tokens (default: all)"},
     [FL_SEED] = {"seed", 0, "S", "the draws' seed: the same seed gives the same text (default 0)"},
+    [FL_EXAMPLES] = {"examples", 0, "N",
+                     "the training set's examples (default: the job's dataset.train_limit)"},
 };
 
 typedef struct ctl ctl;
@@ -214,6 +218,7 @@ struct ctl {
   uint32_t tokens, top_k;
   double temperature;
   uint64_t seed;
+  uint32_t examples;
   int utf8;
   td_rpc_client *rpc;
 };
@@ -1089,6 +1094,86 @@ static void json_string(FILE *out, const char *s) {
   fputc('"', out);
 }
 
+/* The privacy a planned DP-SGD job would spend, epoch by epoch, from its
+ * file alone: the accountant the daemon runs (engine/dp_account.c). */
+static int cmd_dp_budget(ctl *c) {
+  const char *path = c->args[0];
+  Traind__V1__JobSpec *spec = NULL;
+  int rc = read_job_file(path, &spec);
+  if (rc)
+    return rc;
+  const Traind__V1__Training *tr = spec->training;
+  const Traind__V1__DpSgd *d = tr ? tr->dp_sgd : NULL;
+  uint32_t n = c->examples ? c->examples : spec->dataset ? spec->dataset->train_limit : 0;
+  double rdp[TD_DP_N_ORDERS];
+  td_error err = {0};
+  if (!d) {
+    rc = fail(EXIT_USAGE,
+              "%s: the job has no training.dp_sgd; it spends no privacy budget to "
+              "account for",
+              path);
+  } else if (!n) {
+    rc = fail(EXIT_USAGE,
+              "%s: how many training examples? give --examples N (the job's "
+              "dataset is read by the daemon, not here)",
+              path);
+  } else if (!tr->batch_size || tr->batch_size > n || !tr->epochs) {
+    rc = fail(EXIT_USAGE,
+              "%s: training.batch_size and training.epochs must be set, the batch "
+              "at most the %u examples",
+              path, n);
+  } else if (!(d->target_delta > 0.0 && d->target_delta < 1.0 / n)) {
+    rc = fail(EXIT_USAGE, "%s: training.dp_sgd.target_delta %g must be in (0, 1/%u)", path,
+              d->target_delta, n);
+  } else if (td_dp_rdp_grid((double)tr->batch_size / n, d->noise_multiplier, rdp, &err)) {
+    rc = fail(EXIT_USAGE, "%s: training.dp_sgd: %s", path, err.msg);
+  }
+  if (rc) {
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+    return rc;
+  }
+  const int64_t per_epoch = n / tr->batch_size;
+  int64_t total = per_epoch * tr->epochs;
+  if (tr->max_steps && tr->max_steps < total)
+    total = tr->max_steps;
+  int64_t stop = d->target_epsilon > 0.0 ? td_dp_max_steps(rdp, d->target_delta, d->target_epsilon)
+                                         : TD_DP_STEPS_UNBOUNDED;
+  const int64_t run = stop < total ? stop : total;
+  double order = 0.0;
+  const double eps = td_dp_epsilon_rdp(rdp, run, d->target_delta, TD_DP_CONVERSION_CURRENT, &order);
+  const double classic =
+      td_dp_epsilon_rdp(rdp, run, d->target_delta, TD_DP_CONVERSION_CLASSIC, NULL);
+  if (c->output == OUT_JSON) {
+    printf("{\"examples\": %u, \"sampling_rate\": %.9g, \"steps\": %lld, \"epsilon\": %.9g, "
+           "\"epsilon_classic\": %.9g, \"order\": %g, \"delta\": %g, \"stops_early\": %s, "
+           "\"epochs\": [",
+           n, (double)tr->batch_size / n, (long long)run, eps, classic, order, d->target_delta,
+           stop < total ? "true" : "false");
+    for (uint32_t e = 1; e <= tr->epochs && (int64_t)(e - 1) * per_epoch < run; e++) {
+      int64_t s = (int64_t)e * per_epoch < run ? (int64_t)e * per_epoch : run;
+      printf("%s{\"epoch\": %u, \"step\": %lld, \"epsilon\": %.9g}", e > 1 ? ", " : "", e,
+             (long long)s,
+             td_dp_epsilon_rdp(rdp, s, d->target_delta, TD_DP_CONVERSION_CURRENT, NULL));
+    }
+    printf("]}\n");
+  } else {
+    printf("sampling rate %.6g (batch %u of %u examples, Poisson), noise multiplier %g, delta %g\n",
+           (double)tr->batch_size / n, tr->batch_size, n, d->noise_multiplier, d->target_delta);
+    printf("%lld steps: epsilon %.4g (RDP order %g; %.4g in the classic conversion)\n",
+           (long long)run, eps, order, classic);
+    if (stop < total)
+      printf("target_epsilon %g stops the job after step %lld of %lld\n", d->target_epsilon,
+             (long long)stop, (long long)total);
+    for (uint32_t e = 1; e <= tr->epochs && (int64_t)(e - 1) * per_epoch < run; e++) {
+      int64_t s = (int64_t)e * per_epoch < run ? (int64_t)e * per_epoch : run;
+      printf("  epoch %u  step %lld  epsilon %.4g\n", e, (long long)s,
+             td_dp_epsilon_rdp(rdp, s, d->target_delta, TD_DP_CONVERSION_CURRENT, NULL));
+    }
+  }
+  protobuf_c_message_free_unpacked(&spec->base, NULL);
+  return 0;
+}
+
 static int cmd_version(ctl *c) {
   Traind__V1__DaemonInfo *info = NULL;
   int rc = 0;
@@ -1523,6 +1608,14 @@ static const command commands[] = {
      "Every character of the prompt must be in the model's vocabulary. The same\n"
      "--seed (and options) gives the same text. For a checkpoint file on this\n"
      "machine (trainctl export), 'traind sample FILE' does the same locally.\n"},
+    {"dp-budget", cmd_dp_budget, "JOBFILE [--examples N]", 1, 1, 1u << FL_EXAMPLES,
+     OUT_TABLE | OUT_JSON, "the privacy a DP-SGD job would spend, before submitting it",
+     "Computes, from a job file alone (no daemon is asked), the epsilon a job\n"
+     "with training.dp_sgd would spend after each epoch and at its end, with\n"
+     "the accountant the daemon reports it with (RDP of the Poisson-subsampled\n"
+     "Gaussian mechanism, over Opacus's orders, converted as dp-accounting\n"
+     "does), and where a target_epsilon would stop it. The training set's size\n"
+     "comes from --examples, else from dataset.train_limit.\n"},
     {"devices", cmd_devices, "", 0, 0, 0, OUT_TABLE | OUT_JSON | OUT_YAML | OUT_CSV,
      "list the daemon's devices and the jobs holding them",
      "Lists the devices the daemon can run jobs on and the job holding each.\n"},
@@ -1787,6 +1880,11 @@ static int apply_flag(ctl *c, int id, const char *flag, const char *val) {
     if (parse_uint(val, UINT32_MAX, &u))
       return usage_error(c, "--top-k takes a count (0: all tokens), got '%s'", val);
     c->top_k = (uint32_t)u;
+    return 0;
+  case FL_EXAMPLES:
+    if (parse_uint(val, UINT32_MAX, &u) || u == 0)
+      return usage_error(c, "--examples takes a count (1 or more), got '%s'", val);
+    c->examples = (uint32_t)u;
     return 0;
   case FL_SEED:
     if (parse_uint(val, UINT64_MAX, &u))

@@ -594,6 +594,9 @@ void td_view_job_detail(FILE *out, const Traind__V1__Job *job, double now, int u
       fprintf(out, "throughput:    %s examples/s\n", a);
     }
   }
+  if (m && m->dp)
+    fprintf(out, "privacy:       epsilon %.4g at delta %.3g (DP-SGD, spent so far)\n", m->epsilon,
+            m->delta);
   if (has_test(m) && per_token)
     fprintf(out, "test:          loss %.4f (%.4f %s), accuracy %.2f%%\n", m->test_loss,
             m->test_bits_per_token, unit, m->test_accuracy * 100.0);
@@ -725,6 +728,8 @@ static void point_line(const Traind__V1__EpochPoint *e, uint32_t total_epochs, i
       appendf(buf, cap, &len, " (%.4f %s)", e->test_bits_per_token, unit);
     appendf(buf, cap, &len, " acc %.2f%%", e->test_accuracy * 100.0);
   }
+  if (e->dp)
+    appendf(buf, cap, &len, "  eps %.4g", e->epsilon);
   appendf(buf, cap, &len, "  %.2f s", e->epoch_sec);
   if (e->per_token && e->tokens_per_sec > 0) {
     td_view_count(e->tokens_per_sec, rate, sizeof rate);

@@ -189,6 +189,24 @@ static void token_families(td_prom_buf *b, const td_exporter_view *v) {
   }
 }
 
+/* The privacy the running DP-SGD jobs have spent: epsilon at their delta,
+ * after their last epoch. */
+static void dp_family(td_prom_buf *b, const td_exporter_view *v) {
+  td_prom_family(b, "traind_job_dp_epsilon", TD_PROM_GAUGE,
+                 "The running DP-SGD job's privacy spent: epsilon at the job's delta, after its "
+                 "last epoch.");
+  for (size_t i = 0; i < v->n_jobs; i++) {
+    const td_job *j = v->jobs[i];
+    if (j->state != TRAIND__V1__JOB_STATE__RUNNING)
+      continue;
+    td_metrics_latest l;
+    td_metrics_latest_get((td_metrics *)&j->metrics, &l);
+    td_prom_label lab[3] = {{"job", j->id}, {"name", j->name}, {"owner", j->owner}};
+    if (l.dp)
+      td_prom_sample(b, lab, 3, l.epsilon);
+  }
+}
+
 int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err) {
   observe_steps(e, v);
   td_prom_buf *b = &e->buf;
@@ -229,6 +247,7 @@ int td_exporter_publish(td_exporter *e, const td_exporter_view *v, td_error *err
   job_family(b, v, "traind_job_test_accuracy", "The running job's last test accuracy.", v_test_acc);
   job_family(b, v, "traind_job_test_loss", "The running job's last test loss.", v_test_loss);
   token_families(b, v);
+  dp_family(b, v);
 
   td_prom_family(b, "traind_step_seconds", TD_PROM_HISTOGRAM, "Time of a training step, all jobs.");
   td_prom_histogram(b, NULL, 0, &e->step_sec);

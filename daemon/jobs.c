@@ -233,9 +233,15 @@ void td_job_msg_fill(td_job_msg *m, td_job *j, const char *state_dir) {
     m->metrics.test_bits_per_token = td_metrics_bits(l.test_loss);
     m->metrics.tokens_per_sec = l.tokens_per_sec;
   }
+  if (l.dp) {
+    m->metrics.dp = 1;
+    m->metrics.epsilon = l.epsilon;
+    m->metrics.delta = l.delta;
+  }
   p->metrics = &m->metrics;
   p->error = j->error;
   p->error_code = j->error_code;
+  p->note = j->note;
   p->n_devices = (size_t)j->n_devices;
   p->devices = j->device_names;
   p->compile_ms = j->compile_ms;
@@ -512,6 +518,7 @@ static td_job *job_from_record(Traind__V1__Job *r) {
   j->finished_ns = ts_ns(r->finished);
   snprintf(j->error, sizeof j->error, "%s", r->error ? r->error : "");
   j->error_code = r->error_code;
+  snprintf(j->note, sizeof j->note, "%s", r->note ? r->note : "");
   j->compile_ms = r->compile_ms;
   j->cache_hit = r->compile_cache_hit;
   j->crashes = r->crash_count;

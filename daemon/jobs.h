@@ -64,7 +64,8 @@ typedef struct td_job {
   int64_t created_ns, started_ns, finished_ns; /* wall clock; 0: not yet */
   uint64_t seq;                                /* submission order */
   char error[TD_ERRMSG_MAX];
-  int error_code; /* grpc status code */
+  int error_code;           /* grpc status code */
+  char note[TD_ERRMSG_MAX]; /* how a job that succeeded ended early (Job.note) */
 
   /* Progress, as the worker reported it. */
   int64_t total_steps;

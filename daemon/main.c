@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +253,10 @@ static void print_summary(const td_trainer *t, const run_report *r, const td_epo
     printf(",\"allreduce_ms_per_step\":%.4f", t->allreduce_sec * 1e3 / (double)t->allreduce_steps);
   if (last->evaluated)
     printf(",\"test_loss\":%.6f,\"test_accuracy\":%.6f", last->test_loss, last->test_accuracy);
+  if (last->has_epsilon && isfinite(last->epsilon))
+    printf(",\"dp_epsilon\":%.9g,\"dp_delta\":%.9g", last->epsilon, last->delta);
+  if (t->dp_stop_steps >= 0 && t->st.step == t->dp_stop_steps)
+    printf(",\"dp_stopped_at_target\":true");
   printf("}\n");
 }
 
@@ -585,6 +590,11 @@ static int cmd_run(int argc, char **argv) {
     /* Training that is done but not on disk is a failed run, whatever the
      * write's error. */
     final_lost = trained && rc != TD_OK && rc != TD_ECANCELLED;
+    if (!rc && t.dp_stop_steps >= 0 && t.st.step == t.dp_stop_steps) {
+      char note[TD_ERRMSG_MAX];
+      td_trainer_dp_note(&t, note, sizeof note);
+      fprintf(stderr, "traind: %s\n", note);
+    }
     if (!rc && json)
       print_summary(&t, &report, &last);
   }

@@ -99,6 +99,11 @@ int td_metrics_add_epoch(td_metrics *m, const td_epoch_point *p) {
   }
   l->examples_per_sec = p->examples_per_sec;
   l->tokens_per_sec = l->per_token ? p->examples_per_sec * m->positions : 0.0;
+  if (p->has_epsilon) {
+    l->dp = 1;
+    l->epsilon = p->epsilon;
+    l->delta = p->delta;
+  }
   if (p->evaluated) {
     l->have_eval = 1;
     l->test_loss = p->test_loss;

@@ -36,6 +36,9 @@ typedef struct td_metrics_latest {
    * examples_per_sec times the positions of an example. */
   int per_token;
   double tokens_per_sec;
+  /* A DP-SGD job's privacy spent at the last epoch point. */
+  int dp;
+  double epsilon, delta;
 } td_metrics_latest;
 
 /* A per-token loss in bits: nats / ln 2, rounded once to float so that

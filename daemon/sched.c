@@ -367,6 +367,7 @@ static void on_event(td_server *s, event *e) {
     answer_saves(s, j, UINT64_MAX, TD_GRPC_FAILED_PRECONDITION, msg);
   }
   if (e->rc == TD_OK) {
+    snprintf(j->note, sizeof j->note, "%s", e->msg);
     srv_finish_job(s, j, TRAIND__V1__JOB_STATE__SUCCEEDED, 0, NULL);
   } else if (e->rc == TD_ECANCELLED && stop == TD_STOP_SHUTDOWN && j->n_cancel_calls == 0) {
     /* Interrupted by the daemon's stop: queued again for the next start. */

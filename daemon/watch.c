@@ -97,6 +97,11 @@ static int page_read(page *p, td_job *j, int64_t since_step, int64_t since_epoch
     m->epoch_sec = r->p.epoch_sec;
     m->examples_per_sec = r->p.examples_per_sec;
     m->mid_epoch = r->p.mid_epoch;
+    if (r->p.has_epsilon) {
+      m->dp = 1;
+      m->epsilon = r->p.epsilon;
+      m->delta = r->p.delta;
+    }
     if (per_token) {
       m->per_token = 1;
       m->tokens_per_sec = r->p.examples_per_sec * positions;

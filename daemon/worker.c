@@ -4,6 +4,7 @@
 #include "state.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,6 +105,8 @@ static void w_epoch(void *user, const td_trainer *t, const td_epoch_point *p) {
   tb_scalar(w, "epoch/train_accuracy", p->step, p->train_accuracy, now);
   if (per_token)
     tb_scalar(w, "epoch/train_bits_per_token", p->step, td_metrics_bits(p->train_loss), now);
+  if (p->has_epsilon && isfinite(p->epsilon))
+    tb_scalar(w, "epoch/dp_epsilon", p->step, (float)p->epsilon, now);
   if (p->evaluated) {
     tb_scalar(w, "epoch/test_loss", p->step, p->test_loss, now);
     tb_scalar(w, "epoch/test_accuracy", p->step, p->test_accuracy, now);
@@ -206,6 +209,7 @@ static void *worker_main(void *arg) {
   worker_ctx *w = arg;
   td_job *j = w->job;
   td_error err = {0};
+  char note[TD_ERRMSG_MAX] = "";
   td_trainer t;
   td_trainer_opts o = {.data_roots = (const char *const *)w->roots,
                        .n_data_roots = w->n_roots,
@@ -262,6 +266,8 @@ static void *worker_main(void *arg) {
                         .should_stop = w_stop};
     rc = td_trainer_run(&t, &h, NULL, &err);
     rc = w_last_checkpoint(w, &t, rc, &err);
+    if (!rc && t.dp_stop_steps >= 0 && t.st.step == t.dp_stop_steps)
+      td_trainer_dp_note(&t, note, sizeof note);
     td_trainer_free(&t);
     td_error tb_err = {0};
     if (w->tb && td_tfevents_close(w->tb, &tb_err))
@@ -283,7 +289,7 @@ static void *worker_main(void *arg) {
   done->kind = EV_DONE;
   done->job = j;
   done->rc = rc;
-  snprintf(done->msg, sizeof done->msg, "%s", rc ? err.msg : "");
+  snprintf(done->msg, sizeof done->msg, "%s", rc ? err.msg : note);
   post_event(srv, done);
   return NULL;
 }

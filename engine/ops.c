@@ -135,6 +135,32 @@ static int grad_finish(td_state *st, const td_node *n, int i, size_t cells, td_e
   return TD_OK;
 }
 
+/* Per-example gradients (td_state_backward_dp): the norms' accumulators,
+ * and n's output gradient, `per` values per example, with each example's
+ * rows times its clip factor, in the plan's pe_rows buffer. */
+static double *pe_acc(const td_state *st) { return (double *)(st->arena + st->plan->pe_acc_off); }
+
+static float *pe_scaled(td_state *st, const td_node *n, size_t per, td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  float *a = st->arena, *dst = a + st->plan->pe_rows_off;
+  int rc = ops->row_scale(st->be, (int)st->plan->batch, per, a + n->dy, a + st->plan->pe_factor_off,
+                          dst);
+  if (rc) {
+    td_errorf(err, rc, "%s backend: scaling the per-example gradients of %s failed (%s)", ops->name,
+              n->name, td_strerror(rc));
+    return NULL;
+  }
+  return dst;
+}
+
+/* The bias gradient: the column sums of the (rows, cols) gradient dz. */
+static int colsums(td_state *st, const td_node *n, int rows, int cols, float *dz, float *db,
+                   td_error *err) {
+  const td_backend_ops *ops = st->be->ops;
+  CALL(ops->bias_act_bwd(st->be, TD_ACT_NONE, rows, cols, dz, dz, dz, dz, db), "bias gradient");
+  return TD_OK;
+}
+
 /* How a node is called in messages: "model.layers[3] ('block1')", or
  * "model.layers[3]" for a layer without a name. */
 static const char *node_ref(const td_node *n, char *buf, size_t len) {
@@ -225,15 +251,29 @@ int op_dense_bwd(td_state *st, const td_node *n, td_error *err) {
   const int B = (int)p->batch * (int)n->positions, cols = (int)n->channels;
   const td_view *wv = &p->views[n->w_view];
   float *db = n->b_view == TD_NONE ? NULL : st->grads + p->views[n->b_view].offset;
-  /* dz = dy * act'(z), in place, and db = column sums of dz. */
-  CALL(ops->bias_act_bwd(be, n->act, B, cols, a + n->z, a + n->y, a + n->dy, a + n->dy, db),
-       "bias+activation backward");
+  float *dz = a + n->dy;
+  if (st->pe_phase != 2) {
+    /* dz = dy * act'(z), in place, and db = column sums of dz. */
+    CALL(ops->bias_act_bwd(be, n->act, B, cols, a + n->z, a + n->y, dz, dz,
+                           st->pe_phase ? NULL : db),
+         "bias+activation backward");
+    if (st->pe_phase == 1)
+      CALL(ops->pe_dense(be, (int)p->batch, (int)n->positions, (int)n->in_features, cols,
+                         a + n->x[0], dz, db != NULL, pe_acc(st)),
+           "per-example gradient norms");
+  } else {
+    if (!(dz = pe_scaled(st, n, (size_t)n->positions * cols, err)))
+      return err->code;
+    if (db && colsums(st, n, B, cols, dz, db, err))
+      return err->code;
+  }
   /* dw (in, out) = x^T dz */
-  CALL(ops->gemm(be, 1, 0, (int)n->in_features, cols, B, 1.0f, a + n->x[0], (int)n->in_features,
-                 a + n->dy, cols, 0.0f, st->grads + wv->offset, cols),
-       "weight gradient gemm");
+  if (st->pe_phase != 1)
+    CALL(ops->gemm(be, 1, 0, (int)n->in_features, cols, B, 1.0f, a + n->x[0], (int)n->in_features,
+                   dz, cols, 0.0f, st->grads + wv->offset, cols),
+         "weight gradient gemm");
   /* dx (B, in) = dz w^T, added in when another consumer wrote dx first. */
-  if (n->dx[0] != TD_NONE)
+  if (n->dx[0] != TD_NONE && st->pe_phase != 2)
     CALL(ops->gemm(be, 0, 1, B, (int)n->in_features, cols, 1.0f, a + n->dy, cols,
                    st->params + wv->offset, cols, n->dx_acc[0] ? 1.0f : 0.0f, a + n->dx[0],
                    (int)n->in_features),
@@ -867,12 +907,26 @@ int op_conv_bwd(td_state *st, const td_node *n, td_error *err) {
   float *a = st->arena;
   const int rows = (int)p->batch * n->win.oh * n->win.ow;
   float *db = n->b_view == TD_NONE ? NULL : st->grads + p->views[n->b_view].offset;
-  CALL(ops->bias_act_bwd(st->be, n->act, rows, n->win.oc, a + n->z, a + n->y, a + n->dy, a + n->dy,
-                         db),
-       "bias+activation backward");
-  float *dx = n->dx[0] == TD_NONE ? NULL : grad_target(st, n, 0);
-  KCALL(ops->conv_bwd(st->be, k, a + n->x[0], st->params + p->views[n->w_view].offset, a + n->dy,
-                      dx, st->grads + p->views[n->w_view].offset),
+  float *dz = a + n->dy, *dw = st->grads + p->views[n->w_view].offset;
+  if (st->pe_phase != 2) {
+    CALL(ops->bias_act_bwd(st->be, n->act, rows, n->win.oc, a + n->z, a + n->y, dz, dz,
+                           st->pe_phase ? NULL : db),
+         "bias+activation backward");
+    if (st->pe_phase == 1) {
+      td_window g = n->win; /* the plan's geometry is per example */
+      g.n = (int)p->batch;
+      CALL(ops->pe_conv(st->be, &g, a + n->x[0], dz, db != NULL, pe_acc(st)),
+           "per-example gradient norms");
+    }
+  } else {
+    if (!(dz = pe_scaled(st, n, (size_t)n->out, err)))
+      return err->code;
+    if (db && colsums(st, n, rows, n->win.oc, dz, db, err))
+      return err->code;
+  }
+  float *dx = n->dx[0] == TD_NONE || st->pe_phase == 2 ? NULL : grad_target(st, n, 0);
+  KCALL(ops->conv_bwd(st->be, k, a + n->x[0], st->params + p->views[n->w_view].offset, dz, dx,
+                      st->pe_phase == 1 ? NULL : dw),
         "convolution backward");
   return dx ? grad_finish(st, n, 0, (size_t)p->batch * n->in_features, err) : TD_OK;
 }
@@ -1205,11 +1259,19 @@ int op_layer_norm_bwd(td_state *st, const td_node *n, td_error *err) {
   const td_backend_ops *ops = st->be->ops;
   float *a = st->arena;
   const int C = (int)n->channels, rows = (int)p->batch * (int)(n->out / n->channels);
-  float *dx = n->dx[0] == TD_NONE ? NULL : grad_target(st, n, 0);
-  CALL(ops->ln_bwd(st->be, rows, C, a + n->x[0], a + n->dy, a + n->aux,
-                   param_or_null(st, n->w_view), dx, grad_or_null(st, n->w_view),
-                   grad_or_null(st, n->b_view)),
-       "layer norm backward");
+  float *dx = n->dx[0] == TD_NONE || st->pe_phase == 2 ? NULL : grad_target(st, n, 0);
+  float *dy = a + n->dy;
+  if (st->pe_phase == 1)
+    CALL(ops->pe_layer_norm(st->be, (int)p->batch, rows / (int)p->batch, C, a + n->x[0], dy,
+                            a + n->aux, n->w_view != TD_NONE, n->b_view != TD_NONE, pe_acc(st)),
+         "per-example gradient norms");
+  if (st->pe_phase == 2 && !(dy = pe_scaled(st, n, (size_t)n->out, err)))
+    return err->code;
+  if (dx || st->pe_phase != 1)
+    CALL(ops->ln_bwd(st->be, rows, C, a + n->x[0], dy, a + n->aux, param_or_null(st, n->w_view), dx,
+                     st->pe_phase == 1 ? NULL : grad_or_null(st, n->w_view),
+                     st->pe_phase == 1 ? NULL : grad_or_null(st, n->b_view)),
+         "layer norm backward");
   return dx ? grad_finish(st, n, 0, (size_t)p->batch * n->out, err) : TD_OK;
 }
 
@@ -1292,9 +1354,17 @@ int op_embed_fwd(td_state *st, const td_node *n, const td_run *r, td_error *err)
 
 int op_embed_bwd(td_state *st, const td_node *n, td_error *err) {
   const td_backend_ops *ops = st->be->ops;
-  float *a = st->arena;
+  float *a = st->arena, *dy = a + n->dy;
+  if (st->pe_phase == 1) {
+    CALL(ops->pe_embed(st->be, (int)st->plan->batch, (int)n->positions, (int)n->channels,
+                       a + n->x[0], dy, pe_acc(st)),
+         "per-example gradient norms");
+    return TD_OK;
+  }
+  if (st->pe_phase == 2 && !(dy = pe_scaled(st, n, (size_t)n->out, err)))
+    return err->code;
   CALL(ops->embed_bwd(st->be, (int)(st->plan->batch * n->positions), (int)n->channels,
-                      (int)n->vocab, a + n->x[0], a + n->dy, grad_or_null(st, n->w_view)),
+                      (int)n->vocab, a + n->x[0], dy, grad_or_null(st, n->w_view)),
        "embedding backward");
   return TD_OK;
 }
@@ -1345,9 +1415,23 @@ int op_position_embedding_bwd(td_state *st, const td_node *n, td_error *err) {
   const td_backend_ops *ops = st->be->ops;
   float *a = st->arena;
   const size_t cells = (size_t)st->plan->batch * n->out;
+  if (st->pe_phase == 2) {
+    /* Its gradient is the sum of the scaled output gradients. */
+    float *dy = pe_scaled(st, n, (size_t)n->out, err);
+    return dy ? colsums(st, n, (int)st->plan->batch, (int)n->out, dy, grad_or_null(st, n->w_view),
+                        err)
+              : err->code;
+  }
+  if (st->pe_phase == 1) {
+    CALL(ops->pe_sumsq(st->be, (int)st->plan->batch, n->out, a + n->dy, pe_acc(st)),
+         "per-example gradient norms");
+    if (n->dx[0] == TD_NONE)
+      return TD_OK;
+  }
+  /* With per-example gradients, dy stays as it is for the second pass. */
   float *dx = n->dx[0] == TD_NONE ? a + n->dy : grad_target(st, n, 0);
   CALL(ops->bias_act_bwd(st->be, TD_ACT_NONE, (int)st->plan->batch, (int)n->out, a + n->y, a + n->y,
-                         a + n->dy, dx, grad_or_null(st, n->w_view)),
+                         a + n->dy, dx, st->pe_phase ? NULL : grad_or_null(st, n->w_view)),
        "position embedding backward");
   return n->dx[0] == TD_NONE ? TD_OK : grad_finish(st, n, 0, cells, err);
 }

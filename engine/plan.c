@@ -18,11 +18,12 @@
  * packs fields in a fixed order, so equal messages give equal bytes), the
  * batch and the device set. */
 static uint8_t *make_signature(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
-                               uint32_t batch, const char *device_set, size_t *len) {
+                               uint32_t batch, const char *device_set, unsigned flags,
+                               size_t *len) {
   size_t nm = traind__v1__model__get_packed_size(model);
   size_t no = traind__v1__optimizer__get_packed_size(opt);
   size_t nd = strlen(device_set);
-  size_t n = 3 * sizeof(uint64_t) + sizeof batch + nm + no + nd;
+  size_t n = 3 * sizeof(uint64_t) + sizeof batch + sizeof flags + nm + no + nd;
   uint8_t *sig = malloc(n), *p = sig;
   if (!sig)
     return NULL;
@@ -31,6 +32,8 @@ static uint8_t *make_signature(const Traind__V1__Model *model, const Traind__V1_
   p += sizeof lens;
   memcpy(p, &batch, sizeof batch);
   p += sizeof batch;
+  memcpy(p, &flags, sizeof flags);
+  p += sizeof flags;
   traind__v1__model__pack(model, p);
   p += nm;
   traind__v1__optimizer__pack(opt, p);
@@ -511,6 +514,8 @@ static int place(buf *bs, size_t nb, size_t base, size_t *end_out) {
   return TD_OK;
 }
 
+static int has_params(const td_node *n) { return n->w_view != TD_NONE || n->b_view != TD_NONE; }
+
 /* fanout: whether a value feeds several layers (so that gradients are
  * summed, through the scratch buffer). */
 static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
@@ -536,7 +541,27 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
   p->scratch_off = at;
   if (fanout)
     at += round16(B * widest);
+  /* Per-example gradients: the norms, the clip factors, the row-scaled
+   * output gradient of the widest layer with parameters. */
+  p->pe_acc_off = p->pe_factor_off = p->pe_rows_off = TD_NONE;
+  if (p->per_example) {
+    size_t rows = 0;
+    for (uint32_t k = 0; k < T; k++) {
+      const td_node *m = &c->nodes[c->order[k]];
+      if (has_params(m) && m->out > rows)
+        rows = m->out;
+    }
+    p->pe_acc_off = at;
+    at += round16(2 * B);
+    p->pe_factor_off = at;
+    at += round16(B);
+    p->pe_rows_off = at;
+    at += round16(B * rows);
+  }
   size_t fixed = at;
+  /* With per-example gradients, the parameters' gradients come after the
+   * whole backward pass, at time W: what they read lives to then. */
+  const uint32_t W = 2 * T + 1;
   /* Each value's last read and its gradient's first write, from its
    * consumers: their forward, or their backward when they have one (it
    * reads their inputs and writes the inputs' gradients). */
@@ -556,6 +581,8 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
       if (src < 0)
         continue;
       uint32_t t = m->grad ? 2 * T - k : k;
+      if (p->per_example && m->grad && has_params(m))
+        t = W;
       if (t > last_read[src])
         last_read[src] = t;
       if (2 * T - k < first_grad[src])
@@ -583,8 +610,9 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
       bs[nb++] = (buf){&n->z, cells, fwd, bwd};
     if (n->has_mask)
       bs[nb++] = (buf){&n->mask, cells, fwd, bwd};
+    const int late = p->per_example && n->grad && has_params(n);
     if (n->aux_floats)
-      bs[nb++] = (buf){&n->aux, n->aux_floats, fwd, n->grad ? bwd : fwd};
+      bs[nb++] = (buf){&n->aux, n->aux_floats, fwd, late ? W : n->grad ? bwd : fwd};
     if (n->tmp_floats && n->grad)
       bs[nb++] = (buf){&n->tmp, n->tmp_floats, bwd, bwd};
     if (n->grad) {
@@ -593,7 +621,7 @@ static int plan_arena(td_compile *c, size_t out, int fanout, td_error *err) {
       uint32_t first = id == out_root ? T : first_grad[id];
       if (first > bwd)
         first = bwd;
-      bs[nb++] = (buf){&n->dy, cells, first, bwd};
+      bs[nb++] = (buf){&n->dy, cells, first, late ? W : bwd};
     }
   }
   free(last_read);
@@ -763,6 +791,34 @@ static int compile_graph(td_plan *p, const Traind__V1__Model *m, td_error *err) 
 
 int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
                     uint32_t batch, const char *device_set, td_plan **out, td_error *err) {
+  return td_plan_compile_flags(model, opt, batch, device_set, 0, out, err);
+}
+
+/* The layers with parameters that per-example gradients cover; the others
+ * are refused, saying why. */
+static int check_per_example(const td_plan *p, td_error *err) {
+  for (size_t i = 0; i < p->n_nodes; i++) {
+    const td_node *n = &p->nodes[i];
+    if (n->op == TD_OP_BATCH_NORM)
+      return td_errorf(err, TD_EINVAL,
+                       "%s: batch_norm mixes the examples of a batch (each example's output "
+                       "depends on the others' through the batch statistics), so no example "
+                       "has a gradient of its own to clip; training.dp_sgd needs layer_norm "
+                       "(or no normalization) instead",
+                       n->name);
+    if (n->op == TD_OP_ATTENTION)
+      return td_errorf(err, TD_EUNSUPPORTED,
+                       "%s: causal_self_attention has no per-example gradient norms yet; "
+                       "training.dp_sgd supports dense, conv, layer_norm, embed and "
+                       "position_embedding layers (and the layers without parameters)",
+                       n->name);
+  }
+  return TD_OK;
+}
+
+int td_plan_compile_flags(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
+                          uint32_t batch, const char *device_set, unsigned flags, td_plan **out,
+                          td_error *err) {
   double t0 = td_mono_ms();
   *out = NULL;
   if (!model)
@@ -788,6 +844,7 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
   if (!p)
     return td_errorf(err, TD_ENOMEM, "compile: out of memory");
   p->batch = batch;
+  p->per_example = (flags & TD_PLAN_PER_EXAMPLE) != 0;
   p->in_dim = (uint32_t)in_dim;
   /* More dimensions than a shape holds: the values as one vector. */
   if (model->n_input_shape > TD_MAX_RANK) {
@@ -814,16 +871,20 @@ int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer 
                      "outputs, the last layer has %u",
                      p->out_dim);
   }
+  if (!rc && p->per_example)
+    rc = check_per_example(p, err);
+  if (!rc && p->per_example)
+    p->noise_slot = p->n_keys++;
   if (!rc)
     rc = td_optim_compile(opt, &p->optim, err);
   if (!rc) {
-    /* The step record: slot and row0, the dropout keys, then the passes' scalars
-     * (8-byte aligned: they hold doubles). */
-    p->rec_scalars_off = ((2 + 2 * (size_t)p->n_keys) * sizeof(uint32_t) + 7) & ~(size_t)7;
+    /* The step record: slot, row0 and rows, the keys, then the passes'
+     * scalars (8-byte aligned: they hold doubles). */
+    p->rec_scalars_off = ((3 + 2 * (size_t)p->n_keys) * sizeof(uint32_t) + 7) & ~(size_t)7;
     p->rec_bytes = p->rec_scalars_off + (size_t)p->optim.n_stages * sizeof(td_opt_scalars);
   }
   if (!rc) {
-    p->sig = make_signature(model, opt, batch, device_set ? device_set : "", &p->sig_len);
+    p->sig = make_signature(model, opt, batch, device_set ? device_set : "", flags, &p->sig_len);
     if (!p->sig)
       rc = td_errorf(err, TD_ENOMEM, "compile: out of memory");
   }
@@ -880,11 +941,11 @@ void td_plan_cache_free(td_plan_cache *c) {
 
 int td_plan_cache_get(td_plan_cache *c, const Traind__V1__Model *model,
                       const Traind__V1__Optimizer *opt, uint32_t batch, const char *device_set,
-                      const td_plan **out, int *hit, td_error *err) {
+                      unsigned flags, const td_plan **out, int *hit, td_error *err) {
   /* Compiling is cheap next to a job, so compile outside the lock and
    * keep the first plan if two jobs race on one signature. */
   td_plan *fresh = NULL;
-  int rc = td_plan_compile(model, opt, batch, device_set, &fresh, err);
+  int rc = td_plan_compile_flags(model, opt, batch, device_set, flags, &fresh, err);
   if (rc)
     return rc;
   pthread_mutex_lock(&c->mu);
@@ -1023,6 +1084,11 @@ void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys) {
       keys[2 * n->key_slot + 1] = k.k[1];
     }
   }
+  if (p->per_example) {
+    td_key k = td_prng_fold_in(step_key, 0xffffffffu);
+    keys[2 * p->noise_slot] = k.k[0];
+    keys[2 * p->noise_slot + 1] = k.k[1];
+  }
 }
 
 void td_plan_fill_rec(const td_plan *p, void *rec, uint32_t slot, uint32_t row0, int64_t count,
@@ -1049,6 +1115,12 @@ int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, ui
 
 int td_state_loss(td_state *st, int rows, int with_grad, td_error *err) {
   const td_plan *p = st->plan;
+  return td_state_loss_scaled(st, rows, with_grad, 1.0f / ((float)p->batch * (float)p->positions),
+                              err);
+}
+
+int td_state_loss_scaled(td_state *st, int rows, int with_grad, float grad_scale, td_error *err) {
+  const td_plan *p = st->plan;
   td_backend *be = st->be;
   const td_backend_ops *ops = be->ops;
   float *a = st->arena;
@@ -1058,14 +1130,13 @@ int td_state_loss(td_state *st, int rows, int with_grad, td_error *err) {
   /* Every position of a sequence is a row with its own label; the loss is
    * the mean over the batch's positions. */
   const int R = rows * (int)p->positions;
-  const float per = (float)p->batch * (float)p->positions;
   if (p->loss == TRAIND__V1__LOSS__SOFTMAX_CROSS_ENTROPY)
-    CALL(ops->softmax_xent(be, R, (int)p->out_dim, a + p->out_off, labels, 1.0f / per, dout,
+    CALL(ops->softmax_xent(be, R, (int)p->out_dim, a + p->out_off, labels, grad_scale, dout,
                            sc + TD_SC_LOSS_SUM),
          "softmax cross-entropy");
   else
     CALL(ops->mse_onehot(be, R, (int)p->out_dim, a + p->out_off, labels,
-                         1.0f / (per * (float)p->out_dim), dout, sc + TD_SC_LOSS_SUM),
+                         grad_scale / (float)p->out_dim, dout, sc + TD_SC_LOSS_SUM),
          "mean squared error");
   return TD_OK;
 }
@@ -1081,6 +1152,35 @@ int td_state_backward(td_state *st, td_error *err) {
       return rc;
   }
   return TD_OK;
+}
+
+int td_state_backward_dp(td_state *st, int rows, double scale, double clip, td_error *err) {
+  const td_plan *p = st->plan;
+  td_backend *be = st->be;
+  const td_backend_ops *ops = be->ops;
+  float *a = st->arena;
+  double *acc = (double *)(a + p->pe_acc_off);
+  float *factor = a + p->pe_factor_off;
+  int rc = TD_OK;
+  /* A backend without the ops was refused before; the padding rows' output
+   * gradient is zero from here. */
+  if (rows < (int)p->batch)
+    CALL(ops->fill(be, a + p->dout_off + (size_t)rows * p->positions * p->out_dim,
+                   ((size_t)p->batch - rows) * p->positions * p->out_dim, 0.0f),
+         "zeroing the padding's gradient");
+  CALL(ops->fill(be, (float *)acc, 2 * (size_t)p->batch, 0.0f), "zeroing the norms");
+  st->pe_phase = 1;
+  for (size_t i = p->n_nodes; !rc && i-- > 0;)
+    if (p->nodes[i].grad)
+      rc = td_op_table[p->nodes[i].op].bwd(st, &p->nodes[i], err);
+  if (!rc && (rc = ops->pe_clip(be, (int)p->batch, rows, scale, clip, acc, factor)))
+    rc = td_errorf(err, rc, "per-example clip factors failed");
+  st->pe_phase = 2;
+  for (size_t i = p->n_nodes; !rc && i-- > 0;)
+    if (p->nodes[i].grad && has_params(&p->nodes[i]))
+      rc = td_op_table[p->nodes[i].op].bwd(st, &p->nodes[i], err);
+  st->pe_phase = 0;
+  return rc;
 }
 
 void td_state_finish_collectives(td_state *st) {

@@ -191,6 +191,17 @@ typedef struct td_plan {
   size_t scratch_off; /* (batch, widest layer): a gradient before it is added in (only
                          in a model where a value feeds several layers) */
 
+  /* Per-example gradients (TD_PLAN_PER_EXAMPLE, for DP-SGD): backward
+   * runs the input-gradient chain with each example's squared gradient
+   * norm added up in pe_acc (batch doubles), then the parameters'
+   * gradients from each layer's output gradient with its rows scaled by
+   * pe_factor (batch floats) into pe_rows (the widest such gradient). The
+   * values those need live to the end of backward. noise_slot: the key
+   * slot of the step's Gaussian noise. */
+  int per_example;
+  size_t pe_acc_off, pe_factor_off, pe_rows_off;
+  uint32_t noise_slot;
+
   td_optim optim;
   /* The step record (td_step_record): its size in bytes and where its
    * passes' scalars begin; n_keys dropout keys (one per dropout layer). */
@@ -206,7 +217,8 @@ typedef struct td_plan {
 typedef struct td_step_record {
   uint32_t slot;   /* where the step's metrics go (its index in the epoch) */
   uint32_t row0;   /* its batch's first position in the epoch's order */
-  uint32_t keys[]; /* 2 words per dropout layer, by key_slot */
+  uint32_t rows;   /* DP-SGD: the examples of its batch (Poisson sampling varies them) */
+  uint32_t keys[]; /* 2 words per dropout layer, by key_slot (and the noise's) */
 } td_step_record;
 
 static inline td_opt_scalars *td_rec_scalars(const td_plan *p, void *rec) {
@@ -214,7 +226,8 @@ static inline td_opt_scalars *td_rec_scalars(const td_plan *p, void *rec) {
 }
 
 /* The dropout keys of a step whose key is step_key: fold_in(step_key,
- * spec_index) of each dropout layer at its key slot (2 * n_keys words). */
+ * spec_index) of each dropout layer at its key slot (2 * n_keys words);
+ * with per-example gradients, the noise's fold_in(step_key, 0xffffffff). */
 void td_plan_dropout_keys(const td_plan *p, td_key step_key, uint32_t *keys);
 
 /* Fills the record of update number `count` (updates before it) at slot
@@ -228,6 +241,11 @@ enum { TD_SC_LOSS_SUM = 0, TD_SC_CORRECT, TD_SC_GRAD_SUMSQ, TD_SC_SCRATCH, TD_PL
 
 int td_plan_compile(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
                     uint32_t batch, const char *device_set, td_plan **out, td_error *err);
+/* flags: TD_PLAN_PER_EXAMPLE, or 0 (td_plan_compile). */
+enum { TD_PLAN_PER_EXAMPLE = 1 };
+int td_plan_compile_flags(const Traind__V1__Model *model, const Traind__V1__Optimizer *opt,
+                          uint32_t batch, const char *device_set, unsigned flags, td_plan **out,
+                          td_error *err);
 void td_plan_free(td_plan *p);
 /* Index of the view called name, or TD_NONE. */
 size_t td_plan_find_view(const td_plan *p, const char *name);
@@ -246,7 +264,7 @@ void td_plan_cache_free(td_plan_cache *c); /* every plan must be released */
  * Release it with td_plan_cache_release. */
 int td_plan_cache_get(td_plan_cache *c, const Traind__V1__Model *model,
                       const Traind__V1__Optimizer *opt, uint32_t batch, const char *device_set,
-                      const td_plan **out, int *hit, td_error *err);
+                      unsigned flags, const td_plan **out, int *hit, td_error *err);
 void td_plan_cache_release(td_plan_cache *c, const td_plan *p);
 
 /* A plan bound to a backend, with its buffers. */
@@ -265,6 +283,10 @@ typedef struct td_state {
   float *opt_state;     /* (optim.state_slots * n_params) */
   float *arena;         /* (arena_floats) */
   int64_t step;         /* updates applied so far */
+  /* Backward's pass with per-example gradients: 0 all at once, 1 the
+   * input-gradient chain and the norms, 2 the parameters' gradients from
+   * the row-scaled output gradients. */
+  int pe_phase;
 } td_state;
 
 int td_state_init(td_state *st, const td_plan *plan, td_backend *be, td_error *err);
@@ -287,6 +309,16 @@ int td_state_forward(td_state *st, int rows, int train, const uint32_t *keys, ui
 int td_state_loss(td_state *st, int rows, int with_grad, td_error *err);
 /* Backward over the full batch: fills grads. */
 int td_state_backward(td_state *st, td_error *err);
+/* Backward of a per-example plan (DP-SGD) over the full batch, whose
+ * first `rows` rows are examples (the rest padding, with a zero output
+ * gradient): each example's gradient, whose norm is that of its rows'
+ * share divided by `scale` (the output gradient's factor per example),
+ * clipped to norm `clip`, and the clipped gradients' sum times scale into
+ * grads. The squared norms (times scale^2) stay at pe_acc_off. */
+int td_state_backward_dp(td_state *st, int rows, double scale, double clip, td_error *err);
+/* td_state_loss with the output gradient's scale given: the loss of each
+ * row (position) times grad_scale. */
+int td_state_loss_scaled(td_state *st, int rows, int with_grad, float grad_scale, td_error *err);
 /* A replica whose step failed makes the step's collectives it has not
  * made (with any contents), so that the others do not wait for it. */
 void td_state_finish_collectives(td_state *st);

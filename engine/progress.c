@@ -55,6 +55,8 @@ static void on_epoch(void *user, const td_trainer *t, const td_epoch_point *ep) 
             ep->train_accuracy * 100.0);
   if (ep->evaluated)
     fprintf(p->out, "  test loss %.4f acc %.2f%%", ep->test_loss, ep->test_accuracy * 100.0);
+  if (ep->has_epsilon)
+    fprintf(p->out, "  eps %.4g (delta %g)", ep->epsilon, ep->delta);
   fprintf(p->out, "  %.2f s  %.0f ex/s\n", ep->epoch_sec, ep->examples_per_sec);
   fflush(p->out);
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "dp_account.h"
 #include "log.h"
 #include "text.h"
 
@@ -165,14 +166,196 @@ int td_device_index(const char *id, const char *kind) {
   return (int)v;
 }
 
+/* ---- DP-SGD -------------------------------------------------------------- */
+
+static const Traind__V1__DpSgd *dp_of(const Traind__V1__JobSpec *s) {
+  return s->training ? s->training->dp_sgd : NULL;
+}
+
+static unsigned plan_flags(const Traind__V1__JobSpec *s) {
+  return dp_of(s) ? TD_PLAN_PER_EXAMPLE : 0;
+}
+
+/* training.dp_sgd's own fields (those that need the data wait for it). */
+static int check_dp_spec(const Traind__V1__JobSpec *s, td_error *err) {
+  const Traind__V1__DpSgd *d = dp_of(s);
+  if (!d)
+    return TD_OK;
+  if (!(d->l2_norm_clip > 0.0) || !isfinite(d->l2_norm_clip))
+    return td_errorf(err, TD_EINVAL,
+                     "training.dp_sgd.l2_norm_clip: %g; must be a positive number, the largest "
+                     "norm an example's gradient keeps (1.0 is usual)",
+                     d->l2_norm_clip);
+  if (!(d->noise_multiplier >= 0.0) || !isfinite(d->noise_multiplier))
+    return td_errorf(err, TD_EINVAL,
+                     "training.dp_sgd.noise_multiplier: %g; must be >= 0 (the noise's standard "
+                     "deviation in units of l2_norm_clip, for example 1.1)",
+                     d->noise_multiplier);
+  if (!(d->target_delta > 0.0 && d->target_delta < 1.0))
+    return td_errorf(err, TD_EINVAL,
+                     "training.dp_sgd.target_delta: %g; must be in (0, 1), below 1 / (training "
+                     "examples), for example 1e-5",
+                     d->target_delta);
+  if (!(d->target_epsilon >= 0.0) || !isfinite(d->target_epsilon))
+    return td_errorf(err, TD_EINVAL,
+                     "training.dp_sgd.target_epsilon: %g; must be a positive number, or 0 "
+                     "for no limit",
+                     d->target_epsilon);
+  if (d->target_epsilon > 0.0 && d->noise_multiplier == 0.0)
+    return td_errorf(err, TD_EINVAL,
+                     "training.dp_sgd.target_epsilon: without noise (noise_multiplier 0) every "
+                     "step spends an infinite epsilon; set noise_multiplier");
+  if (d->sampling != TRAIND__V1__DP_SGD__SAMPLING__SAMPLING_UNSPECIFIED &&
+      d->sampling != TRAIND__V1__DP_SGD__SAMPLING__POISSON &&
+      d->sampling != TRAIND__V1__DP_SGD__SAMPLING__SHUFFLE)
+    return td_errorf(err, TD_EINVAL, "training.dp_sgd.sampling: use POISSON or SHUFFLE");
+  return TD_OK;
+}
+
+/* What DP-SGD needs of a compiled plan and its backend. */
+static int check_dp_plan(const td_plan *p, const td_backend *be, td_error *err) {
+  for (int i = 0; i < p->optim.n_stages; i++) {
+    td_opt_pass pass;
+    td_optim_pass_of(&p->optim, i, &pass);
+    if (pass.clip)
+      return td_errorf(err, TD_EINVAL,
+                       "optimizer: clip_by_global_norm clips the whole batch's gradient; with "
+                       "training.dp_sgd each example's gradient is clipped to l2_norm_clip "
+                       "instead: remove clip_by_global_norm from the chain");
+  }
+  const td_backend_ops *o = be ? be->ops : NULL;
+  if (o && (!o->pe_dense || !o->pe_conv || !o->pe_layer_norm || !o->pe_embed || !o->pe_sumsq ||
+            !o->pe_clip || !o->row_scale || !o->gauss_add || !be->host_memory))
+    return td_errorf(err, TD_EUNSUPPORTED,
+                     "training.dp_sgd: the %s backend has no per-example gradient kernels yet; "
+                     "run this job on CPU devices",
+                     o->name);
+  return TD_OK;
+}
+
+/* The most examples a Poisson batch of expected size m = n q can hold: the
+ * least c with P(Binomial(n, q) > c) below 1e-12, from the exact tail. */
+static uint32_t poisson_cap(uint32_t n, double q) {
+  if (q >= 1.0)
+    return n;
+  const double lq = log(q), l1q = log1p(-q);
+  double tail = 0.0;
+  /* Sum the pmf from the top down until it reaches 1e-12; the pmf is
+   * log-concave, so once past the mode from above the terms only grow. */
+  const uint32_t mode = (uint32_t)((n + 1) * q);
+  for (uint32_t k = n; k > mode; k--) {
+    double lp = lgamma(n + 1.0) - lgamma(k + 1.0) - lgamma(n - k + 1.0) + k * lq + (n - k) * l1q;
+    tail += exp(lp);
+    if (tail > 1e-12)
+      return k;
+  }
+  return mode;
+}
+
+/* The examples of step s of the epoch, each of the n in it with
+ * probability q independently: the gaps between them are geometric,
+ * drawn from the step's key. Writes their indices (ascending) to out, up
+ * to cap; returns how many there are (more than cap: the batch does not
+ * fit). */
+static uint32_t poisson_batch(td_key key, uint32_t n, double q, uint32_t cap, uint32_t *out) {
+  const double l1q = log1p(-q);
+  uint32_t count = 0;
+  double at = -1.0;
+  for (uint32_t c = 0;; c++) {
+    uint32_t w[2] = {0, c};
+    td_threefry2x32(key, w);
+    /* u in (0, 1]: 53 bits. */
+    double u = ((double)(((uint64_t)w[0] << 21) | (w[1] >> 11)) + 1.0) * (1.0 / 9007199254740992.0);
+    at += 1.0 + (q >= 1.0 ? 0.0 : floor(log(u) / l1q));
+    if (at >= n)
+      return count;
+    if (count < cap)
+      out[count] = (uint32_t)at;
+    count++;
+  }
+}
+
+double td_trainer_epsilon(const td_trainer *t, int64_t steps) {
+  if (!t->dp)
+    return 0.0;
+  if (t->dp_sigma == 0.0)
+    return INFINITY;
+  return td_dp_epsilon_rdp(t->dp_rdp, steps, t->dp_delta, TD_DP_CONVERSION_CURRENT, NULL);
+}
+
+void td_trainer_dp_note(const td_trainer *t, char *buf, size_t len) {
+  snprintf(buf, len,
+           "stopped after step %lld of %lld: one more step would spend more privacy than "
+           "training.dp_sgd.target_epsilon %g (epsilon %.4g at delta %g now)",
+           (long long)t->dp_stop_steps, (long long)t->steps_per_epoch * t->epochs, t->dp_target,
+           td_trainer_epsilon(t, t->dp_stop_steps), t->dp_delta);
+}
+
+/* DP-SGD's setup once the data is loaded: the checks that need the
+ * training set's size, the Poisson capacity (the plan recompiled for it),
+ * the accountant, and a target epsilon's limit on the steps. */
+static int dp_setup(td_trainer *t, const td_trainer_opts *o, td_error *err) {
+  const Traind__V1__DpSgd *d = dp_of(t->spec);
+  const uint32_t n = t->train.n;
+  t->dp = 1;
+  t->dp_clip = d->l2_norm_clip;
+  t->dp_sigma = d->noise_multiplier;
+  t->dp_delta = d->target_delta;
+  t->dp_target = d->target_epsilon;
+  t->dp_poisson = d->sampling != TRAIND__V1__DP_SGD__SAMPLING__SHUFFLE;
+  t->dp_stop_steps = -1;
+  if (d->target_delta >= 1.0 / n)
+    return td_errorf(err, TD_EINVAL,
+                     "training.dp_sgd.target_delta: %g is not below 1 / %u (the training "
+                     "examples); a delta that large allows revealing an example outright: use "
+                     "at most %.1e",
+                     d->target_delta, n, 0.1 / n);
+  const double q = (double)t->batch / n;
+  if (!(t->dp_rdp = malloc(TD_DP_N_ORDERS * sizeof *t->dp_rdp)))
+    return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+  int rc = td_dp_rdp_grid(q, t->dp_sigma, t->dp_rdp, err);
+  if (rc)
+    return rc;
+  t->cap = t->batch;
+  if (t->dp_poisson) {
+    uint32_t cap = poisson_cap(n, q), r = (uint32_t)t->n_rep;
+    cap = (cap + r - 1) / r * r;
+    if (cap < t->batch)
+      cap = t->batch;
+    t->cap = cap;
+    t->shard = cap / r;
+    td_plan_cache_release(t->cache, t->plan);
+    t->plan = NULL;
+    if ((rc = td_plan_cache_get(t->cache, t->spec->model, t->spec->optimizer, t->shard,
+                                o->device_set ? o->device_set : "cpu:0", TD_PLAN_PER_EXAMPLE,
+                                &t->plan, &t->plan_hit, err)))
+      return rc;
+  }
+  if (t->dp_target > 0.0) {
+    int64_t most = td_dp_max_steps(t->dp_rdp, t->dp_delta, t->dp_target);
+    if (most < 1)
+      return td_errorf(err, TD_EINVAL,
+                       "training.dp_sgd.target_epsilon: %g is spent by the first step already "
+                       "(epsilon %.3g at delta %g); raise it, or the noise_multiplier",
+                       t->dp_target, td_trainer_epsilon(t, 1), t->dp_delta);
+    if (most < t->total_steps) {
+      t->total_steps = most;
+      t->dp_stop_steps = most;
+    }
+  }
+  return TD_OK;
+}
+
 int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, td_error *err) {
   int rc = check_unsupported(spec, o, err);
   if (rc)
     return rc;
   td_plan *p = NULL;
-  rc = td_plan_compile(spec->model, spec->optimizer,
-                       spec->training->batch_size / (uint32_t)td_job_device_count(spec), "cpu:0",
-                       &p, err);
+  rc = td_plan_compile_flags(spec->model, spec->optimizer,
+                             spec->training->batch_size / (uint32_t)td_job_device_count(spec),
+                             "cpu:0", plan_flags(spec), &p, err);
+  if (!rc && dp_of(spec))
+    rc = check_dp_plan(p, NULL, err);
   td_data_files *f = malloc(sizeof *f);
   if (!rc && !f)
     rc = td_errorf(err, TD_ENOMEM, "out of memory");
@@ -227,6 +410,9 @@ static int check_data(const td_trainer *t, const td_dataset *ds, const char *whi
  * silently ignored. */
 static int check_unsupported(const Traind__V1__JobSpec *s, const td_trainer_opts *o,
                              td_error *err) {
+  int rc = check_dp_spec(s, err);
+  if (rc)
+    return rc;
   if (s->devices) {
     const char *kind = or_default(s->devices->kind, "cpu");
     if (strcmp(kind, "cpu") != 0 && strcmp(kind, "gpu") != 0)
@@ -349,11 +535,22 @@ static int step_body(td_replica *r) {
       (rc = ops->gather(be, &rows, r->train_x, r->train_y, r->order + (size_t)r->rank * t->shard,
                         &cur->row0, t->shard, a + p->in_off, (int32_t *)(a + p->labels_off))))
     rc = td_errorf(err, rc, "step: gather failed");
-  if (!rc &&
-      !(rc =
-            td_state_forward(st, (int)t->shard, 1, cur->keys, (uint64_t)r->rank * t->shard, err)) &&
-      !(rc = td_state_loss(st, (int)t->shard, 1, err)))
-    rc = td_state_backward(st, err);
+  if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, cur->keys, (uint64_t)r->rank * t->shard,
+                                     err))) {
+    if (!t->dp) {
+      if (!(rc = td_state_loss(st, (int)t->shard, 1, err)))
+        rc = td_state_backward(st, err);
+    } else {
+      /* DP-SGD: the replica's examples of the step's batch (the rest of its
+       * shard is padding); each example's gradient times n_rep / batch, so
+       * that the replicas' mean is the sum over the batch / batch. */
+      int64_t mine = (int64_t)cur->rows - (int64_t)r->rank * t->shard;
+      int real = mine < 0 ? 0 : mine > t->shard ? (int)t->shard : (int)mine;
+      const double scale = (double)t->n_rep / t->batch;
+      if (!(rc = td_state_loss_scaled(st, real, 1, (float)(scale / p->positions), err)))
+        rc = td_state_backward_dp(st, real, scale, t->dp_clip, err);
+    }
+  }
   if (t->n_rep > 1) {
     /* Every replica joins the allreduces, also after a failure. */
     if (rc)
@@ -367,6 +564,11 @@ static int step_body(td_replica *r) {
     if (!rc && crc)
       rc = td_errorf(err, crc, "step: the gradient allreduce failed");
   }
+  /* DP-SGD's noise, once for the batch: every replica draws the same. */
+  if (!rc && t->dp && t->dp_sigma > 0.0 &&
+      (rc = ops->gauss_add(be, p->n_params, cur->keys + 2 * p->noise_slot,
+                           (float)(t->dp_sigma * t->dp_clip / t->batch), st->grads)))
+    rc = td_errorf(err, rc, "step: adding the noise failed");
   if (!rc && (rc = ops->sumsq(be, p->n_params, st->grads, sc + TD_SC_GRAD_SUMSQ)))
     rc = td_errorf(err, rc, "step: gradient norm failed");
   if (!rc)
@@ -731,10 +933,10 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_tra
     t->cache = &t->own_cache;
   }
   rc = td_plan_cache_get(t->cache, spec->model, spec->optimizer, t->shard,
-                         o->device_set ? o->device_set : "cpu:0", &t->plan, &t->plan_hit, err);
+                         o->device_set ? o->device_set : "cpu:0", plan_flags(spec), &t->plan,
+                         &t->plan_hit, err);
   if (rc)
     goto fail;
-  t->compile_ms = t->plan->compile_ms;
 
   double t0 = td_mono_sec();
   rc = load_data(t, o, err);
@@ -755,18 +957,29 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_tra
   t->total_steps = (int64_t)t->steps_per_epoch * t->epochs;
   if (tr->max_steps && tr->max_steps < t->total_steps)
     t->total_steps = tr->max_steps;
+  t->cap = t->batch;
+  if (tr->dp_sgd && (rc = dp_setup(t, o, err)))
+    goto fail;
+  t->compile_ms = t->plan->compile_ms;
 
-  t->order = malloc((size_t)t->train.n * sizeof *t->order);
+  /* Poisson batches lie at s * cap of the order, padded. */
+  size_t order_n = t->train.n;
+  if (t->dp_poisson && (size_t)t->steps_per_epoch * t->cap > order_n)
+    order_n = (size_t)t->steps_per_epoch * t->cap;
+  t->order = malloc(order_n * sizeof *t->order);
+  t->step_rows = malloc((size_t)t->steps_per_epoch * sizeof *t->step_rows);
   t->iota = malloc((size_t)t->shard * sizeof *t->iota);
   /* 8-byte aligned records: the passes in them hold doubles. */
   t->table = calloc((size_t)t->steps_per_epoch, t->plan->rec_bytes);
-  if (!t->order || !t->iota || !t->table) {
+  if (!t->order || !t->iota || !t->table || !t->step_rows) {
     rc = td_errorf(err, TD_ENOMEM, "trainer: out of memory");
     goto fail;
   }
   for (uint32_t i = 0; i < t->shard; i++)
     t->iota[i] = i;
   if ((rc = replicas_start(t, o, err)))
+    goto fail;
+  if (t->dp && (rc = check_dp_plan(t->plan, t->be, err)))
     goto fail;
   /* Backends that record steps run chunks of them between reads of the
    * metrics; graph_steps steps per long graph. */
@@ -813,6 +1026,10 @@ void td_trainer_free(td_trainer *t) {
   free(t->order);
   free(t->iota);
   free(t->table);
+  free(t->step_rows);
+  free(t->dp_rdp);
+  t->step_rows = NULL;
+  t->dp_rdp = NULL;
   t->order = t->iota = NULL;
   t->table = NULL;
 }
@@ -844,14 +1061,37 @@ static int begin_epoch(td_trainer *t, uint32_t epoch, uint32_t first, td_error *
   const td_plan *p = t->plan;
   td_key key = td_prng_fold_in(t->shuffle_key, epoch - 1);
   int rc = TD_OK;
-  if (t->be->ops->shuffle && !t->be->host_memory) {
+  if (t->dp_poisson) {
+    /* Every step's batch, also those before `first` (their sizes make the
+     * epoch's figures); padded with the batch's first example (or 0). */
+    td_key pk = td_prng_fold_in(td_prng_fold_in(t->shuffle_key, 0xffffffffu), epoch - 1);
+    const double q = (double)t->batch / t->train.n;
+    for (uint32_t s = 0; s < t->steps_per_epoch; s++) {
+      uint32_t *b = t->order + (size_t)s * t->cap;
+      uint32_t k = poisson_batch(td_prng_fold_in(pk, s), t->train.n, q, t->cap, b);
+      if (k > t->cap)
+        return td_errorf(err, TD_EINTERNAL,
+                         "epoch %u, step %u: Poisson sampling drew %u examples, more than the "
+                         "%u a step holds (a chance below 1e-12 per step); run the job with "
+                         "another training.seed",
+                         epoch, s + 1, k, t->cap);
+      for (uint32_t i = k; i < t->cap; i++)
+        b[i] = k ? b[0] : 0;
+      t->step_rows[s] = k;
+    }
+  } else if (t->be->ops->shuffle && !t->be->host_memory) {
     t->shuffle_rounds = td_prng_permutation_keys(key, t->train.n, t->round_keys);
   } else if ((rc = td_prng_permutation(key, t->order, t->train.n))) {
     return td_errorf(err, rc, "epoch %u: shuffling failed", epoch);
   }
-  for (uint32_t s = first; s < t->steps_per_epoch; s++)
-    td_plan_fill_rec(p, (char *)t->table + (size_t)s * p->rec_bytes, s, s * t->batch,
-                     t->st.step + (s - first), t->dropout_key);
+  if (!t->dp_poisson)
+    for (uint32_t s = 0; s < t->steps_per_epoch; s++)
+      t->step_rows[s] = t->batch;
+  for (uint32_t s = first; s < t->steps_per_epoch; s++) {
+    void *rec = (char *)t->table + (size_t)s * p->rec_bytes;
+    td_plan_fill_rec(p, rec, s, s * t->cap, t->st.step + (s - first), t->dropout_key);
+    ((td_step_record *)rec)->rows = t->step_rows[s];
+  }
   if ((rc = run_task(t, task_epoch, err)))
     td_error_prefix(err, "epoch %u", epoch);
   return rc;
@@ -881,7 +1121,8 @@ static int run_chunk(td_trainer *t, uint32_t first, uint32_t count, td_step_poin
     }
     /* Of the averaged gradients: the same on every replica. */
     const float sumsq = t->rep[0].metrics_host[at + TD_SC_GRAD_SUMSQ];
-    float loss = loss_sum / ((float)t->batch * (float)p->positions);
+    const uint32_t rows = t->step_rows[first + i];
+    float loss = rows ? loss_sum / ((float)rows * (float)p->positions) : 0.0f;
     if (p->loss == TRAIND__V1__LOSS__MEAN_SQUARED_ERROR)
       loss /= (float)p->out_dim;
     int64_t step = step0 + i;
@@ -1014,7 +1255,10 @@ void td_trainer_meta(const td_trainer *t, td_ckpt_meta *m) {
  * batch loss, and the fraction of correct predictions (of every position
  * of a sequence's). */
 static void train_figures(const td_trainer *t, uint32_t taken, td_epoch_point *ep) {
-  const double predictions = (double)taken * t->batch * t->plan->positions;
+  double examples = 0.0;
+  for (uint32_t s = 0; s < taken; s++)
+    examples += t->step_rows[s];
+  const double predictions = examples * t->plan->positions;
   ep->train_loss = taken ? (float)(t->epoch_loss_sum / taken) : 0.0f;
   ep->train_accuracy = taken ? (float)(t->epoch_correct_sum / predictions) : 0.0f;
 }
@@ -1073,6 +1317,11 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
         td_epoch_point mid = {.epoch = epoch, .step = t->st.step, .mid_epoch = 1};
         const double v0 = td_mono_sec();
         train_figures(t, t->step_in_epoch, &mid);
+        if (t->dp) {
+          mid.has_epsilon = 1;
+          mid.epsilon = td_trainer_epsilon(t, t->st.step);
+          mid.delta = t->dp_delta;
+        }
         mid.epoch_sec = v0 - e0;
         mid.examples_per_sec = (double)steps * t->batch / (v0 - e0);
         if ((rc = td_trainer_evaluate(t, &t->test, &mid.test_loss, &mid.test_accuracy, err)))
@@ -1098,6 +1347,11 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
     ep.epoch_sec = e1 - e0;
     ep.examples_per_sec = (double)steps * t->batch / (e1 - e0);
     train_figures(t, taken, &ep);
+    if (t->dp) {
+      ep.has_epsilon = 1;
+      ep.epsilon = td_trainer_epsilon(t, t->st.step);
+      ep.delta = t->dp_delta;
+    }
     int final = epoch == t->epochs || t->st.step >= t->total_steps;
     if (t->has_test && (epoch % t->eval_every == 0 || final)) {
       if ((rc = td_trainer_evaluate(t, &t->test, &ep.test_loss, &ep.test_accuracy, err)))

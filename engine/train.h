@@ -41,6 +41,10 @@ typedef struct td_epoch_point {
   double epoch_sec; /* training steps only */
   double eval_sec;
   double examples_per_sec;
+  /* DP-SGD (training.dp_sgd): the privacy spent by the steps so far, epsilon
+   * at delta (infinite without noise). */
+  int has_epsilon;
+  double epsilon, delta;
 } td_epoch_point;
 
 typedef struct td_trainer td_trainer;
@@ -191,7 +195,29 @@ struct td_trainer {
   int (*task)(td_trainer *t, int rank);
   uint32_t task_first, task_count; /* a chunk: its first slot and its steps */
   const td_dataset *task_ds;
+
+  /* DP-SGD (training.dp_sgd; dp 0 without). Each example's gradient is
+   * clipped to dp_clip and Gaussian noise of dp_sigma * dp_clip is added to
+   * the sum, divided by the expected batch `batch`. With Poisson sampling
+   * the plan holds `cap` examples per step (its batch times n_rep) and a
+   * step's batch, step_rows[s] examples at s * cap of the order, is padded
+   * up to it. dp_rdp: one step's Renyi DP at the accountant's orders. A
+   * target epsilon may end the job early: dp_stop_steps, the steps it
+   * allows (total_steps is cut to them), or -1. */
+  int dp, dp_poisson;
+  double dp_clip, dp_sigma, dp_delta, dp_target;
+  uint32_t cap;
+  uint32_t *step_rows;
+  double *dp_rdp;
+  int64_t dp_stop_steps;
 };
+
+/* The privacy a DP-SGD job has spent after `steps` steps (its accountant's
+ * epsilon at training.dp_sgd.target_delta); 0 for a job without DP-SGD. */
+double td_trainer_epsilon(const td_trainer *t, int64_t steps);
+/* Why a DP-SGD job whose target epsilon cut its steps (dp_stop_steps)
+ * stopped there, for its record. */
+void td_trainer_dp_note(const td_trainer *t, char *buf, size_t len);
 
 int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_trainer_opts *o,
                     td_error *err);

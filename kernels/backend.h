@@ -122,6 +122,12 @@ static inline int td_window_out(int in, int lo, int hi, int k, int s, int d) {
 
 typedef struct td_backend td_backend;
 
+/* Whether the squared norm of X^T D, X (p, k) and D (p, f), is cheaper as
+ * the ghost norm (two p x p Gram matrices) than formed (k x f). */
+static inline int td_pe_ghost(int p, int k, int f) {
+  return (double)p * p * (k + f) < (double)p * k * f;
+}
+
 /* Where a dataset's examples lie in its values and labels (gather). */
 typedef struct td_rows {
   size_t dim, stride;             /* values per example, and between examples' first */
@@ -275,6 +281,52 @@ typedef struct td_backend_ops {
                       const float *qkv, const float *dout, float *dp, float *dqkv);
   int (*attn_probs_bwd)(td_backend *be, int batch, int t, int h, int d, const float *p, float *dp,
                         const float *qkv, float *dqkv);
+
+  /* Per-example gradients (DP-SGD), all optional (NULL: the backend refuses
+   * jobs with training.dp_sgd). Each adds, for each of `ex` examples, the
+   * squared norm of that example's share of a layer's parameter gradient
+   * to acc[i] (doubles, backend memory), without forming the per-example
+   * gradients of the batch.
+   *
+   * pe_dense: a dense layer over examples of p rows (p > 1: a sequence's
+   *   positions) of x (ex * p, in) and its output gradient dz (ex * p,
+   *   out). Example i's kernel gradient is X_i^T D_i: for p == 1 its norm^2
+   *   is |x_i|^2 |d_i|^2 (Goodfellow 2015); for p > 1 it is the "ghost
+   *   norm" sum_{t,t'} (x_t . x_t') (d_t . d_t') (Li et al. 2021) or the
+   *   norm of X_i^T D_i formed one example at a time, whichever costs less
+   *   (td_pe_ghost). With bias, |sum_t d_t|^2 is added. */
+  int (*pe_dense)(td_backend *be, int ex, int p, int in, int out, const float *x, const float *dz,
+                  int bias, double *acc);
+  /* pe_conv: a convolution of geometry g (g->n examples): example i's
+   *   kernel gradient is U_i^T D_i, U_i its input unfolded into (oh ow,
+   *   kh kw c) patches and D_i (oh ow, oc) its output gradient; with bias,
+   *   |sum_p d_p|^2. */
+  int (*pe_conv)(td_backend *be, const td_window *g, const float *x, const float *dz, int bias,
+                 double *acc);
+  /* pe_layer_norm: a layer norm over examples of p rows of cols: scale
+   *   gradient sum_t dy_t * xhat_t, bias gradient sum_t dy_t (saved: the
+   *   forward's mean and rstd per row). */
+  int (*pe_layer_norm)(td_backend *be, int ex, int p, int cols, const float *x, const float *dy,
+                       const float *saved, int scale, int bias, double *acc);
+  /* pe_embed: an embedding read by p ids per example: the rows of dy
+   *   summed per distinct id, and their squared norms summed. */
+  int (*pe_embed)(td_backend *be, int ex, int p, int cols, const float *ids, const float *dy,
+                  double *acc);
+  /* pe_sumsq: acc[i] += sum of x[i * per .. (i + 1) * per)^2 (a position
+   *   embedding's gradient is its output gradient). */
+  int (*pe_sumsq)(td_backend *be, int ex, size_t per, const float *x, double *acc);
+  /* factor[i] = min(1, clip / (sqrt(acc[i]) / scale + 1e-6)) for i < rows
+   *   (Opacus's clip factor of a gradient whose norm is sqrt(acc[i]) / scale),
+   *   0 for rows <= i < ex. */
+  int (*pe_clip)(td_backend *be, int ex, int rows, double scale, double clip, const double *acc,
+                 float *factor);
+  /* dst (ex, per) = src's rows, row i times factor[i]. */
+  int (*row_scale)(td_backend *be, int ex, size_t per, const float *src, const float *factor,
+                   float *dst);
+  /* x[i] += stddev * z_i for i < n, z_i standard normal from the counter
+   *   i under key (2 words, backend memory): threefry2x32 of (0, i / 2)
+   *   gives two uniforms, Box-Muller two normals (even i the cosine). */
+  int (*gauss_add)(td_backend *be, size_t n, const uint32_t *key, float stddev, float *x);
 
   /* out[0] = sum of x^2 (accumulated in double, stored as float). */
   int (*sumsq)(td_backend *be, size_t n, const float *x, float *out);

@@ -18,12 +18,18 @@
  *           the gradient of the mean loss for every parameter in its shape,
  *           /stats/<view> the batch norms' running statistics after the
  *           training forward pass (they start at mean 0, variance 1).
+ *           A job with training.dp_sgd runs DP-SGD's backward instead:
+ *           /grads is then the sum over the batch of each example's
+ *           gradient clipped to l2_norm_clip, divided by B (no noise),
+ *           and /pe_norms (float64, (B)) each example's gradient norm
+ *           before clipping.
  *
  * The model is compiled for a batch of B (the rows of /x) on one CPU
  * device with one thread; the forward pass runs in training mode (batch
  * norms use and update batch statistics). Exits 0 on success, 1 with a
  * message on any error, 2 on bad usage. */
 #include <hdf5.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,8 +150,9 @@ static int write_views(hid_t fid, hid_t lcpl, const char *group, const td_view *
 typedef struct ref_output {
   float *output; /* (B, positions, out_dim) */
   float loss_sum;
-  float *grads; /* (n_params) */
-  float *stats; /* (n_stats) */
+  float *grads;     /* (n_params) */
+  float *stats;     /* (n_stats) */
+  double *pe_norms; /* DP-SGD: (B) */
 } ref_output;
 
 static int write_output(const char *path, const td_plan *p, const ref_output *o, td_error *err) {
@@ -160,6 +167,18 @@ static int write_output(const char *path, const td_plan *p, const ref_output *o,
             write_floats(fid, lcpl, "/loss_sum", 0, NULL, &o->loss_sum) ||
             write_views(fid, lcpl, "grads", p->views, p->n_views, o->grads) ||
             write_views(fid, lcpl, "stats", p->stat_views, p->n_stat_views, o->stats);
+  if (!bad && o->pe_norms) {
+    hsize_t nd[1] = {p->batch};
+    hid_t sp = H5Screate_simple(1, nd, NULL);
+    hid_t d =
+        sp < 0 ? -1
+               : H5Dcreate2(fid, "/pe_norms", H5T_IEEE_F64LE, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    bad = d < 0 || H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, o->pe_norms) < 0;
+    if (d >= 0)
+      H5Dclose(d);
+    if (sp >= 0)
+      H5Sclose(sp);
+  }
   if (lcpl >= 0)
     H5Pclose(lcpl);
   if (fid >= 0 && H5Fclose(fid) < 0)
@@ -176,7 +195,7 @@ static int write_output(const char *path, const td_plan *p, const ref_output *o,
 
 /* Forward (training), loss with its gradient, backward; then the results
  * downloaded into o. */
-static int run_step(td_state *st, const ref_input *in, ref_output *o, td_error *err) {
+static int run_step(td_state *st, const ref_input *in, double clip, ref_output *o, td_error *err) {
   const td_plan *p = st->plan;
   const td_backend_ops *ops = st->be->ops;
   const size_t nk = 2 * (size_t)(p->n_keys ? p->n_keys : 1);
@@ -205,8 +224,20 @@ static int run_step(td_state *st, const ref_input *in, ref_output *o, td_error *
     rc = td_errorf(err, TD_EIO, "downloading the output failed");
     goto done;
   }
-  if ((rc = td_state_loss(st, (int)in->rows, 1, err)) || (rc = td_state_backward(st, err)))
+  const double scale = 1.0 / p->batch;
+  if ((rc = td_state_loss(st, (int)in->rows, 1, err)) ||
+      (rc = p->per_example ? td_state_backward_dp(st, (int)in->rows, scale, clip, err)
+                           : td_state_backward(st, err)))
     goto done;
+  if (p->per_example) {
+    if (ops->download(st->be, o->pe_norms, td_state_at(st, p->pe_acc_off),
+                      (size_t)p->batch * sizeof(double))) {
+      rc = td_errorf(err, TD_EIO, "downloading the norms failed");
+      goto done;
+    }
+    for (uint32_t i = 0; i < p->batch; i++)
+      o->pe_norms[i] = sqrt(o->pe_norms[i]) / scale;
+  }
   float scalars[TD_PLAN_SCALARS];
   if (ops->download(st->be, scalars, td_state_at(st, p->scalars_off), sizeof scalars) ||
       ops->download(st->be, o->grads, st->grads, p->n_params * sizeof(float)) ||
@@ -233,8 +264,10 @@ static int run(const char *job, const char *in_path, const char *out_path, td_er
   int rc = td_jobspec_load(job, &spec, err);
   if (!rc)
     rc = read_input(in_path, &in, err);
+  const Traind__V1__DpSgd *dp = spec && spec->training ? spec->training->dp_sgd : NULL;
   if (!rc)
-    rc = td_plan_compile(spec->model, spec->optimizer, in.rows, "cpu:0", &p, err);
+    rc = td_plan_compile_flags(spec->model, spec->optimizer, in.rows, "cpu:0",
+                               dp ? TD_PLAN_PER_EXAMPLE : 0, &p, err);
   if (!rc && in.values != p->in_dim)
     rc = td_errorf(err, TD_EDATA, "'%s': /x has %zu values per example; the model takes %u",
                    in_path, in.values, p->in_dim);
@@ -276,16 +309,18 @@ static int run(const char *job, const char *in_path, const char *out_path, td_er
     o.output = malloc(((size_t)p->batch * p->positions * p->out_dim + 1) * sizeof(float));
     o.grads = malloc((p->n_params + 1) * sizeof(float));
     o.stats = malloc((p->n_stats + 1) * sizeof(float));
-    if (!o.output || !o.grads || !o.stats)
+    o.pe_norms = dp ? malloc(((size_t)p->batch + 1) * sizeof(double)) : NULL;
+    if (!o.output || !o.grads || !o.stats || (dp && !o.pe_norms))
       rc = td_errorf(err, TD_ENOMEM, "out of memory for the results");
   }
   if (!rc)
-    rc = run_step(&st, &in, &o, err);
+    rc = run_step(&st, &in, dp ? dp->l2_norm_clip : 0.0, &o, err);
   if (!rc)
     rc = write_output(out_path, p, &o, err);
   free(o.output);
   free(o.grads);
   free(o.stats);
+  free(o.pe_norms);
   if (have_state)
     td_state_free(&st);
   td_backend_destroy(be);

@@ -16,7 +16,7 @@ int cpu_fail(cpu_ctx *ctx, const char *fmt, ...) {
   return TD_EBACKEND;
 }
 
-double *cpu_doubles(cpu_ctx *ctx, size_t n) {
+double *cpu_scratch(cpu_ctx *ctx, size_t n) {
   if (n > ctx->dbuf_n) {
     double *p = realloc(ctx->dbuf, n * sizeof *p);
     if (!p)
@@ -24,6 +24,12 @@ double *cpu_doubles(cpu_ctx *ctx, size_t n) {
     ctx->dbuf = p;
     ctx->dbuf_n = n;
   }
-  memset(ctx->dbuf, 0, n * sizeof *ctx->dbuf);
   return ctx->dbuf;
+}
+
+double *cpu_doubles(cpu_ctx *ctx, size_t n) {
+  double *p = cpu_scratch(ctx, n);
+  if (p)
+    memset(p, 0, n * sizeof *p);
+  return p;
 }

@@ -44,6 +44,8 @@ static inline void task_rows(int rows, int cols, size_t t, int *r0, int *r1) {
 /* n zeroed doubles of ctx's accumulator buffer (valid until the next call),
  * or NULL when out of memory. */
 double *cpu_doubles(cpu_ctx *ctx, size_t n);
+/* The same buffer, not zeroed: a scratch of n doubles. */
+double *cpu_scratch(cpu_ctx *ctx, size_t n);
 
 /* Records the failure in ctx->last and returns TD_EBACKEND. */
 int cpu_fail(cpu_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -85,5 +87,21 @@ int cpu_attn_mix_bwd(td_backend *be, int batch, int t, int h, int d, const float
                      const float *qkv, const float *dout, float *dp, float *dqkv);
 int cpu_attn_probs_bwd(td_backend *be, int batch, int t, int h, int d, const float *p, float *dp,
                        const float *qkv, float *dqkv);
+
+/* cpu_dp.c: per-example gradient norms, clip factors and noise (DP-SGD) */
+int cpu_pe_dense(td_backend *be, int ex, int p, int in, int out, const float *x, const float *dz,
+                 int bias, double *acc);
+int cpu_pe_conv(td_backend *be, const td_window *g, const float *x, const float *dz, int bias,
+                double *acc);
+int cpu_pe_layer_norm(td_backend *be, int ex, int p, int cols, const float *x, const float *dy,
+                      const float *saved, int scale, int bias, double *acc);
+int cpu_pe_embed(td_backend *be, int ex, int p, int cols, const float *ids, const float *dy,
+                 double *acc);
+int cpu_pe_sumsq(td_backend *be, int ex, size_t per, const float *x, double *acc);
+int cpu_pe_clip(td_backend *be, int ex, int rows, double scale, double clip, const double *acc,
+                float *factor);
+int cpu_row_scale(td_backend *be, int ex, size_t per, const float *src, const float *factor,
+                  float *dst);
+int cpu_gauss_add(td_backend *be, size_t n, const uint32_t *key, float stddev, float *x);
 
 #endif

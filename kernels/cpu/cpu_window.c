@@ -389,6 +389,7 @@ typedef struct win_job {
   int what; /* 0 conv fwd, 1 conv bwd, 2 pool fwd, 3 pool bwd */
   const float *x, *w, *dy;
   float *y, *dx;
+  int dw; /* conv bwd: the weight gradient is wanted */
   _Atomic int rc;
 } win_job;
 
@@ -405,7 +406,8 @@ static void win_task(void *arg, size_t t) {
   }
   case 1: {
     void *wb[3] = {(void *)(j->x + xo), (void *)(j->dy + yo), k->dwt + t * k->w_size};
-    rc = dn_exec(j->ctx, &k->bwd_w[t], wb, NULL);
+    if (j->dw)
+      rc = dn_exec(j->ctx, &k->bwd_w[t], wb, NULL);
     if (!rc && j->dx) {
       void *db[3] = {(void *)(j->dy + yo), (void *)j->w, j->dx + xo};
       rc = dn_exec(j->ctx, &k->bwd_data[t], db, NULL);
@@ -463,9 +465,10 @@ int cpu_conv_fwd(td_backend *be, void *kernel, const float *x, const float *w, f
 int cpu_conv_bwd(td_backend *be, void *kernel, const float *x, const float *w, const float *dy,
                  float *dx, float *dw) {
   dn_kernel *k = kernel;
-  win_job j = {.ctx = be->ctx, .k = k, .what = 1, .x = x, .w = w, .dy = dy, .dx = dx};
+  win_job j = {
+      .ctx = be->ctx, .k = k, .what = 1, .x = x, .w = w, .dy = dy, .dx = dx, .dw = dw != NULL};
   int rc = win_run(&j);
-  if (rc)
+  if (rc || !dw)
     return rc;
   dw_job d = {k, dw};
   cpu_pool_run(((cpu_ctx *)be->ctx)->pool, (k->w_size + DW_GRAIN - 1) / DW_GRAIN, dw_task, &d);
