@@ -12,6 +12,7 @@
 #include "pbjson.h"
 #include "plan.h"
 #include "text.h"
+#include "train.h"
 
 /* The epoch points a job's metric ring keeps (metrics.c EPOCH_CAP). */
 
@@ -322,7 +323,8 @@ int td_job_footprint(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
   f->batch = spec->training->batch_size;
   f->shard = f->batch / (uint32_t)f->replicas;
   td_plan *p = NULL;
-  int rc = td_plan_compile(spec->model, spec->optimizer, f->shard, "cpu:0", &p, err);
+  const unsigned flags = td_job_plan_flags(spec);
+  int rc = td_plan_compile_flags(spec->model, spec->optimizer, f->shard, "cpu:0", flags, &p, err);
   if (rc)
     return rc;
   td_dataset train, test;
@@ -330,6 +332,16 @@ int td_job_footprint(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
   if ((rc = read_shapes(spec, o, &train, &test, raw, err))) {
     td_plan_free(p);
     return rc;
+  }
+  /* DP-SGD's Poisson batches: the plan holds the step's capacity. */
+  const uint32_t cap = td_job_step_capacity(spec, train.n);
+  if (cap != f->batch) {
+    td_plan_free(p);
+    p = NULL;
+    f->shard = cap / (uint32_t)f->replicas;
+    if ((rc = td_plan_compile_flags(spec->model, spec->optimizer, f->shard, "cpu:0", flags, &p,
+                                    err)))
+      return rc;
   }
   /* The worker's copy of the spec as JSON (pbjson_emit, as worker_main). */
   char *json = pbjson_emit(&spec->base, PBJSON_PROTO_NAMES);

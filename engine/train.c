@@ -275,6 +275,18 @@ static uint32_t poisson_batch(td_key key, uint32_t n, double q, uint32_t cap, ui
   }
 }
 
+uint32_t td_job_step_capacity(const Traind__V1__JobSpec *spec, uint32_t n) {
+  const Traind__V1__DpSgd *d = dp_of(spec);
+  const uint32_t b = spec->training->batch_size, r = (uint32_t)td_job_device_count(spec);
+  if (!d || d->sampling == TRAIND__V1__DP_SGD__SAMPLING__SHUFFLE || !n || b > n)
+    return b;
+  uint32_t cap = poisson_cap(n, (double)b / n);
+  cap = (cap + r - 1) / r * r;
+  return cap < b ? b : cap;
+}
+
+unsigned td_job_plan_flags(const Traind__V1__JobSpec *spec) { return plan_flags(spec); }
+
 double td_trainer_epsilon(const td_trainer *t, int64_t steps) {
   if (!t->dp)
     return 0.0;
@@ -318,12 +330,8 @@ static int dp_setup(td_trainer *t, const td_trainer_opts *o, td_error *err) {
     return rc;
   t->cap = t->batch;
   if (t->dp_poisson) {
-    uint32_t cap = poisson_cap(n, q), r = (uint32_t)t->n_rep;
-    cap = (cap + r - 1) / r * r;
-    if (cap < t->batch)
-      cap = t->batch;
-    t->cap = cap;
-    t->shard = cap / r;
+    t->cap = td_job_step_capacity(t->spec, n);
+    t->shard = t->cap / (uint32_t)t->n_rep;
     td_plan_cache_release(t->cache, t->plan);
     t->plan = NULL;
     if ((rc = td_plan_cache_get(t->cache, t->spec->model, t->spec->optimizer, t->shard,

@@ -215,6 +215,11 @@ struct td_trainer {
 /* The privacy a DP-SGD job has spent after `steps` steps (its accountant's
  * epsilon at training.dp_sgd.target_delta); 0 for a job without DP-SGD. */
 double td_trainer_epsilon(const td_trainer *t, int64_t steps);
+/* The examples one step of a job holds over a training set of n: the
+ * batch, or with DP-SGD's Poisson sampling its capacity (a multiple of
+ * the devices); and the flags its plan is compiled with. */
+uint32_t td_job_step_capacity(const Traind__V1__JobSpec *spec, uint32_t n);
+unsigned td_job_plan_flags(const Traind__V1__JobSpec *spec);
 /* Why a DP-SGD job whose target epsilon cut its steps (dp_stop_steps)
  * stopped there, for its record. */
 void td_trainer_dp_note(const td_trainer *t, char *buf, size_t len);
