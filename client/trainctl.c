@@ -35,6 +35,7 @@
 #include "dp_account.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbjson.h"
+#include "png_grid.h"
 #include "rpc_client.h"
 #include "traind/v1/job.pb-c.h"
 #include "traind/v1/trainer.pb-c.h"
@@ -105,6 +106,9 @@ enum {
   FL_TOP_K,
   FL_SEED,
   FL_EXAMPLES,
+  FL_TOP,
+  FL_PNG,
+  FL_COLUMNS,
   FL_COUNT
 };
 #define CONN_FLAGS                                                                  \
@@ -173,6 +177,10 @@ static const flag_def flag_defs[FL_COUNT] = {
     [FL_SEED] = {"seed", 0, "S", "the draws' seed: the same seed gives the same text (default 0)"},
     [FL_EXAMPLES] = {"examples", 0, "N",
                      "the training set's examples (default: the job's dataset.train_limit)"},
+    [FL_TOP] = {"top", 0, "N", "show the N examples with the largest norms (default: 20)"},
+    [FL_PNG] = {"png", 0, "FILE",
+                "also write those examples' inputs, as images in rank order, to FILE (PNG)"},
+    [FL_COLUMNS] = {"columns", 0, "N", "images per row of the PNG (default 10)"},
 };
 
 typedef struct ctl ctl;
@@ -219,6 +227,8 @@ struct ctl {
   double temperature;
   uint64_t seed;
   uint32_t examples;
+  uint32_t top, columns;
+  const char *png;
   int utf8;
   td_rpc_client *rpc;
 };
@@ -1444,6 +1454,107 @@ static int cmd_sample(ctl *c) {
   return rc;
 }
 
+/* The report's examples as a PNG grid, when their inputs are images
+ * (input_shape H x W, or H x W x C with C 1 or 3). */
+static int examples_png(ctl *c, const Traind__V1__GetExamplesResponse *r) {
+  const uint32_t *sh = r->input_shape;
+  const size_t nd = r->n_input_shape;
+  uint32_t h = nd >= 2 ? sh[0] : 0, w = nd >= 2 ? sh[1] : 0, ch = nd == 3 ? sh[2] : 1;
+  if ((nd != 2 && nd != 3) || (ch != 1 && ch != 3))
+    return fail(EXIT_USAGE,
+                "--png: the job's examples are not images (input shape of %zu dimensions; an "
+                "image is H x W or H x W x C with 1 or 3 channels)",
+                nd);
+  const float **img = calloc(r->n_top ? r->n_top : 1, sizeof *img);
+  if (!img)
+    return fail(EXIT_RPC, "out of memory");
+  for (size_t i = 0; i < r->n_top; i++) {
+    if (r->top[i]->n_input != (size_t)h * w * ch) {
+      free(img);
+      return fail(EXIT_RPC, "the daemon sent example %zu with %zu input values, not %u x %u x %u",
+                  i + 1, r->top[i]->n_input, h, w, ch);
+    }
+    img[i] = r->top[i]->input;
+  }
+  char err[512];
+  int rc =
+      td_png_grid(c->png, img, r->n_top, h, w, ch, c->columns ? c->columns : 10, err, sizeof err);
+  free(img);
+  if (rc)
+    return fail(EXIT_USAGE, "--png: %s", err);
+  return 0;
+}
+
+/* The newest epoch's report on a job's examples: their gradient norms'
+ * distribution and the largest. */
+static int cmd_examples(ctl *c) {
+  const char *id = c->args[0];
+  char clean[256], what[300];
+  td_view_sanitize(id, clean, sizeof clean);
+  Traind__V1__GetExamplesRequest req = TRAIND__V1__GET_EXAMPLES_REQUEST__INIT;
+  req.id = (char *)id;
+  req.top = c->top ? c->top : 20;
+  req.with_inputs = c->png != NULL;
+  Traind__V1__GetExamplesResponse *r = NULL;
+  snprintf(what, sizeof what, "get the examples of job %s", clean);
+  int rc = unary(c, METHOD("GetExamples"), &req.base,
+                 &traind__v1__get_examples_response__descriptor, (ProtobufCMessage **)&r, what);
+  if (rc)
+    return rc;
+  if (c->png && r->n_top && (rc = examples_png(c, r))) {
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return rc;
+  }
+  if (c->output != OUT_TABLE) {
+    for (size_t i = 0; i < r->n_top; i++)
+      r->top[i]->n_input = 0; /* the PNG has them */
+    rc = print_message(c, &r->base, 0);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return rc;
+  }
+  printf("epoch %u (step %lld): %llu gradient norms, min %.4g, mean %.4g, max %.4g\n", r->epoch,
+         (long long)r->step, (unsigned long long)r->count, r->min, r->mean, r->max);
+  if (r->l2_norm_clip > 0.0)
+    printf("clipped to %g: %llu of them (%.1f%%)\n", r->l2_norm_clip,
+           (unsigned long long)r->clipped,
+           r->count ? 100.0 * (double)r->clipped / (double)r->count : 0.0);
+  uint64_t most = 0;
+  for (size_t b = 0; b < r->n_bucket_counts; b++)
+    most = r->bucket_counts[b] > most ? r->bucket_counts[b] : most;
+  for (size_t b = 0; b + 1 < r->n_bucket_edges && b < r->n_bucket_counts; b++) {
+    char bar[41];
+    size_t len = most ? (size_t)((r->bucket_counts[b] * 40 + most - 1) / most) : 0;
+    memset(bar, '#', len);
+    bar[len] = 0;
+    printf("  %10.4g - %-10.4g %8llu %s\n", r->bucket_edges[b], r->bucket_edges[b + 1],
+           (unsigned long long)r->bucket_counts[b], bar);
+  }
+  static const char *const header[] = {"RANK", "INDEX", "LABEL", "GRAD NORM", "STEP"};
+  td_table t;
+  rc = td_table_init(&t, 5, header, "rrrrr") ? fail(EXIT_RPC, "out of memory") : 0;
+  for (size_t i = 0; !rc && i < r->n_top; i++) {
+    char rank[24], index[16], label[16], norm[32], step[24];
+    snprintf(rank, sizeof rank, "%zu", i + 1);
+    snprintf(index, sizeof index, "%u", r->top[i]->index);
+    snprintf(label, sizeof label, r->top[i]->label < 0 ? "-" : "%d", r->top[i]->label);
+    snprintf(norm, sizeof norm, "%.6g", r->top[i]->grad_norm);
+    snprintf(step, sizeof step, "%lld", (long long)r->top[i]->step);
+    const char *row[] = {rank, index, label, norm, step};
+    if (td_table_add(&t, row))
+      rc = fail(EXIT_RPC, "out of memory");
+  }
+  if (!rc) {
+    printf("\n");
+    td_table_print(&t, stdout);
+    if (c->png)
+      printf("\nwrote %s: the %zu examples in rank order, %u to a row\n", c->png, r->n_top,
+             c->columns ? c->columns : 10);
+  }
+  td_table_free(&t);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return rc;
+}
+
 /* `config get-contexts`: one row per context, * marking the current one. */
 static int config_get_contexts(ctl *c) {
   const Traind__V1__ClientConfig *cfg = c->file.cfg;
@@ -1608,6 +1719,16 @@ static const command commands[] = {
      "Every character of the prompt must be in the model's vocabulary. The same\n"
      "--seed (and options) gives the same text. For a checkpoint file on this\n"
      "machine (trainctl export), 'traind sample FILE' does the same locally.\n"},
+    {"examples", cmd_examples, "JOB [--top N] [--png FILE] [--columns N]", 1, 1,
+     (1u << FL_TOP) | (1u << FL_PNG) | (1u << FL_COLUMNS), OUT_TABLE | OUT_JSON | OUT_YAML,
+     "show the training examples with the largest gradients",
+     "Shows the newest epoch's report of a job trained with\n"
+     "training.per_example_report: the distribution of its examples' gradient\n"
+     "norms (a histogram of 30 buckets) and the examples with the largest, with\n"
+     "their index in the training set, label, norm and the step that computed\n"
+     "it. --png FILE also writes those examples' inputs, when they are images,\n"
+     "as a grid in rank order (left to right, then down). A job without the\n"
+     "report fails (exit 6), as does one before its first epoch's end (exit 4).\n"},
     {"dp-budget", cmd_dp_budget, "JOBFILE [--examples N]", 1, 1, 1u << FL_EXAMPLES,
      OUT_TABLE | OUT_JSON, "the privacy a DP-SGD job would spend, before submitting it",
      "Computes, from a job file alone (no daemon is asked), the epsilon a job\n"
@@ -1880,6 +2001,19 @@ static int apply_flag(ctl *c, int id, const char *flag, const char *val) {
     if (parse_uint(val, UINT32_MAX, &u))
       return usage_error(c, "--top-k takes a count (0: all tokens), got '%s'", val);
     c->top_k = (uint32_t)u;
+    return 0;
+  case FL_TOP:
+    if (parse_uint(val, 1000, &u) || u == 0)
+      return usage_error(c, "--top takes a count from 1 to 1000, got '%s'", val);
+    c->top = (uint32_t)u;
+    return 0;
+  case FL_COLUMNS:
+    if (parse_uint(val, 1000, &u) || u == 0)
+      return usage_error(c, "--columns takes a count from 1 to 1000, got '%s'", val);
+    c->columns = (uint32_t)u;
+    return 0;
+  case FL_PNG:
+    c->png = val;
     return 0;
   case FL_EXAMPLES:
     if (parse_uint(val, UINT32_MAX, &u) || u == 0)

@@ -306,6 +306,7 @@ static td_role method_role(const char *path, const char **needs) {
       {"/traind.v1.Trainer/GetJob", TD_ROLE_VIEWER},
       {"/traind.v1.Trainer/ListJobs", TD_ROLE_VIEWER},
       {"/traind.v1.Trainer/GetMetrics", TD_ROLE_VIEWER},
+      {"/traind.v1.Trainer/GetExamples", TD_ROLE_VIEWER},
       {"/traind.v1.Trainer/WatchMetrics", TD_ROLE_VIEWER},
       {"/traind.v1.Trainer/ListDevices", TD_ROLE_VIEWER},
       {"/traind.v1.Trainer/GetDaemonInfo", TD_ROLE_VIEWER},

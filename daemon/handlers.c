@@ -897,4 +897,5 @@ const td_rpc_method srv_trainer_methods[SRV_N_TRAINER] = {
     TRAINER("SaveCheckpoint", TD_RPC_UNARY, save_checkpoint_request, h_save),
     TRAINER("ExportCheckpoint", TD_RPC_SERVER_STREAM, export_checkpoint_request, h_export),
     TRAINER("Sample", TD_RPC_UNARY, sample_request, h_sample),
+    TRAINER("GetExamples", TD_RPC_UNARY, get_examples_request, srv_h_examples),
 };

@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "examples.h"
 #include "exporter.h"
 #include "footprint.h"
 #include "health.h"
@@ -34,7 +35,7 @@
 #include "server.h"
 
 #define TRAINER_SERVICE "traind.v1.Trainer"
-#define SRV_N_TRAINER 11 /* the methods of traind.v1.Trainer */
+#define SRV_N_TRAINER 12 /* the methods of traind.v1.Trainer */
 
 /* A worker's report to the loop. */
 typedef enum { EV_STARTED, EV_RESUMED, EV_CHECKPOINT, EV_DONE } event_kind;
@@ -150,6 +151,13 @@ void srv_drop_watch(td_server *s, td_watch *w);
 void srv_on_flush_timer(uv_timer_t *t);
 void srv_h_metrics(void *ctx, td_rpc_call *call, const ProtobufCMessage *req);
 void srv_h_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req);
+
+/* ---- examples.c */
+/* Keeps an epoch's per-example report as the job's (examples/JOB.pb in
+ * the state directory, replaced atomically). */
+int srv_examples_save(const char *state_dir, const char *job_id, const td_example_report *r,
+                      td_error *err);
+void srv_h_examples(void *ctx, td_rpc_call *call, const ProtobufCMessage *req);
 
 /* ---- handlers.c */
 extern const td_rpc_method srv_trainer_methods[SRV_N_TRAINER];

@@ -318,6 +318,27 @@ int td_tfevents_text(td_tfevents *w, const char *tag, int64_t step, const char *
   return write_value(w, &v, step, wall_time, err);
 }
 
+int td_tfevents_histogram(td_tfevents *w, const char *tag, int64_t step, double min, double max,
+                          double num, double sum, double sum_sq, size_t n, const double *limits,
+                          const double *counts, double wall_time, td_error *err) {
+  if (!tag || !tag[0])
+    return td_errorf(err, TD_EINVAL, "a TensorBoard histogram needs a tag");
+  Tensorboard__HistogramProto h = TENSORBOARD__HISTOGRAM_PROTO__INIT;
+  h.min = min;
+  h.max = max;
+  h.num = num;
+  h.sum = sum;
+  h.sum_squares = sum_sq;
+  h.n_bucket_limit = h.n_bucket = n;
+  h.bucket_limit = (double *)limits;
+  h.bucket = (double *)counts;
+  Tensorboard__Summary__Value v = TENSORBOARD__SUMMARY__VALUE__INIT;
+  v.tag = (char *)tag;
+  v.value_case = TENSORBOARD__SUMMARY__VALUE__VALUE_HISTO;
+  v.histo = &h;
+  return write_value(w, &v, step, wall_time, err);
+}
+
 int td_tfevents_flush(td_tfevents *w, td_error *err) {
   if (w->failed)
     return failed_before(w, err);

@@ -59,6 +59,12 @@ int td_tfevents_scalar(td_tfevents *w, const char *tag, int64_t step, float valu
  * renders it as Markdown) at step. */
 int td_tfevents_text(td_tfevents *w, const char *tag, int64_t step, const char *text,
                      double wall_time, td_error *err);
+/* A histogram (TensorBoard's histograms and distributions): n buckets,
+ * counts[i] values in (limits[i - 1], limits[i]]; min, max, the number of
+ * values, their sum and their sum of squares. */
+int td_tfevents_histogram(td_tfevents *w, const char *tag, int64_t step, double min, double max,
+                          double num, double sum, double sum_sq, size_t n, const double *limits,
+                          const double *counts, double wall_time, td_error *err);
 /* Hands buffered records to the file (fflush). */
 int td_tfevents_flush(td_tfevents *w, td_error *err);
 /* Flushes, closes the file and frees w (NULL is a no-op). Returns the first

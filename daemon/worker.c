@@ -92,11 +92,33 @@ static void w_step(void *user, const td_trainer *t, const td_step_point *p) {
   tb_maybe_flush(w, now, 0);
 }
 
+/* The epoch's per-example gradient norms as a histogram; TensorBoard's
+ * buckets are closed above, so each upper edge but the last is taken just
+ * below the next bucket's lower one. */
+static void tb_norms(worker_ctx *w, const td_example_report *r, double now) {
+  double limits[TD_EXAMPLE_BUCKETS], counts[TD_EXAMPLE_BUCKETS];
+  for (int b = 0; b < TD_EXAMPLE_BUCKETS; b++) {
+    limits[b] =
+        b == TD_EXAMPLE_BUCKETS - 1 ? r->edges[b + 1] : nextafter(r->edges[b + 1], -INFINITY);
+    counts[b] = (double)r->counts[b];
+  }
+  td_error err = {0};
+  tb_check(w,
+           td_tfevents_histogram(w->tb, "epoch/grad_norm_per_example", r->step, r->min, r->max,
+                                 (double)r->count, r->sum, r->sum_sq, TD_EXAMPLE_BUCKETS, limits,
+                                 counts, now, &err),
+           &err);
+}
+
 /* An epoch's end, or an evaluation inside one (training.eval_every_steps):
  * both at the step they follow. */
 static void w_epoch(void *user, const td_trainer *t, const td_epoch_point *p) {
   worker_ctx *w = user;
   td_metrics_add_epoch(&w->job->metrics, p);
+  td_error err = {0};
+  if (p->examples && srv_examples_save(w->srv->cfg->state_dir, w->job->id, p->examples, &err))
+    td_log_warn("per-example report not kept", "job=%s epoch=%u err=\"%s\"", w->job->id, p->epoch,
+                err.msg);
   if (!w->tb)
     return;
   double now = td_wall_sec();
@@ -107,6 +129,8 @@ static void w_epoch(void *user, const td_trainer *t, const td_epoch_point *p) {
     tb_scalar(w, "epoch/train_bits_per_token", p->step, td_metrics_bits(p->train_loss), now);
   if (p->has_epsilon && isfinite(p->epsilon))
     tb_scalar(w, "epoch/dp_epsilon", p->step, (float)p->epsilon, now);
+  if (p->examples)
+    tb_norms(w, p->examples, now);
   if (p->evaluated) {
     tb_scalar(w, "epoch/test_loss", p->step, p->test_loss, now);
     tb_scalar(w, "epoch/test_accuracy", p->step, p->test_accuracy, now);

@@ -803,14 +803,16 @@ static int check_per_example(const td_plan *p, td_error *err) {
       return td_errorf(err, TD_EINVAL,
                        "%s: batch_norm mixes the examples of a batch (each example's output "
                        "depends on the others' through the batch statistics), so no example "
-                       "has a gradient of its own to clip; training.dp_sgd needs layer_norm "
-                       "(or no normalization) instead",
+                       "has a gradient of its own (to clip or to report); training.dp_sgd and "
+                       "training.per_example_report need layer_norm (or no normalization) "
+                       "instead",
                        n->name);
     if (n->op == TD_OP_ATTENTION)
       return td_errorf(err, TD_EUNSUPPORTED,
                        "%s: causal_self_attention has no per-example gradient norms yet; "
-                       "training.dp_sgd supports dense, conv, layer_norm, embed and "
-                       "position_embedding layers (and the layers without parameters)",
+                       "training.dp_sgd and training.per_example_report support dense, conv, "
+                       "layer_norm, embed and position_embedding layers (and the layers "
+                       "without parameters)",
                        n->name);
   }
   return TD_OK;

@@ -172,13 +172,22 @@ static const Traind__V1__DpSgd *dp_of(const Traind__V1__JobSpec *s) {
   return s->training ? s->training->dp_sgd : NULL;
 }
 
+static const Traind__V1__PerExampleReport *report_of(const Traind__V1__JobSpec *s) {
+  return s->training ? s->training->per_example_report : NULL;
+}
+
 static unsigned plan_flags(const Traind__V1__JobSpec *s) {
-  return dp_of(s) ? TD_PLAN_PER_EXAMPLE : 0;
+  return dp_of(s) || report_of(s) ? TD_PLAN_PER_EXAMPLE : 0;
 }
 
 /* training.dp_sgd's own fields (those that need the data wait for it). */
 static int check_dp_spec(const Traind__V1__JobSpec *s, td_error *err) {
   const Traind__V1__DpSgd *d = dp_of(s);
+  const Traind__V1__PerExampleReport *r = report_of(s);
+  if (r && r->top_k > TD_EXAMPLE_TOP_MAX)
+    return td_errorf(err, TD_EINVAL,
+                     "training.per_example_report.top_k: %u; must be at most %u (0 means %u)",
+                     r->top_k, TD_EXAMPLE_TOP_MAX, TD_EXAMPLE_TOP_DEFAULT);
   if (!d)
     return TD_OK;
   if (!(d->l2_norm_clip > 0.0) || !isfinite(d->l2_norm_clip))
@@ -212,9 +221,10 @@ static int check_dp_spec(const Traind__V1__JobSpec *s, td_error *err) {
   return TD_OK;
 }
 
-/* What DP-SGD needs of a compiled plan and its backend. */
-static int check_dp_plan(const td_plan *p, const td_backend *be, td_error *err) {
-  for (int i = 0; i < p->optim.n_stages; i++) {
+/* What per-example gradients need of a compiled plan and its backend
+ * (dp: DP-SGD's, which also refuses a global clip; else the report's). */
+static int check_dp_plan(const td_plan *p, const td_backend *be, int dp, td_error *err) {
+  for (int i = 0; dp && i < p->optim.n_stages; i++) {
     td_opt_pass pass;
     td_optim_pass_of(&p->optim, i, &pass);
     if (pass.clip)
@@ -227,9 +237,9 @@ static int check_dp_plan(const td_plan *p, const td_backend *be, td_error *err) 
   if (o && (!o->pe_dense || !o->pe_conv || !o->pe_layer_norm || !o->pe_embed || !o->pe_sumsq ||
             !o->pe_clip || !o->row_scale || !o->gauss_add || !be->host_memory))
     return td_errorf(err, TD_EUNSUPPORTED,
-                     "training.dp_sgd: the %s backend has no per-example gradient kernels yet; "
+                     "%s: the %s backend has no per-example gradient kernels yet; "
                      "run this job on CPU devices",
-                     o->name);
+                     dp ? "training.dp_sgd" : "training.per_example_report", o->name);
   return TD_OK;
 }
 
@@ -362,8 +372,8 @@ int td_trainer_check(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
   rc = td_plan_compile_flags(spec->model, spec->optimizer,
                              spec->training->batch_size / (uint32_t)td_job_device_count(spec),
                              "cpu:0", plan_flags(spec), &p, err);
-  if (!rc && dp_of(spec))
-    rc = check_dp_plan(p, NULL, err);
+  if (!rc && (dp_of(spec) || report_of(spec)))
+    rc = check_dp_plan(p, NULL, dp_of(spec) != NULL, err);
   td_data_files *f = malloc(sizeof *f);
   if (!rc && !f)
     rc = td_errorf(err, TD_ENOMEM, "out of memory");
@@ -545,18 +555,22 @@ static int step_body(td_replica *r) {
     rc = td_errorf(err, rc, "step: gather failed");
   if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, cur->keys, (uint64_t)r->rank * t->shard,
                                      err))) {
-    if (!t->dp) {
+    if (!t->per_example) {
       if (!(rc = td_state_loss(st, (int)t->shard, 1, err)))
         rc = td_state_backward(st, err);
     } else {
-      /* DP-SGD: the replica's examples of the step's batch (the rest of its
-       * shard is padding); each example's gradient times n_rep / batch, so
-       * that the replicas' mean is the sum over the batch / batch. */
+      /* Per-example gradients: the replica's examples of the step's batch
+       * (with Poisson sampling the rest of its shard is padding); each
+       * example's gradient times n_rep / batch, so that the replicas' mean
+       * is the sum over the batch / batch; clipped with DP-SGD only. */
       int64_t mine = (int64_t)cur->rows - (int64_t)r->rank * t->shard;
       int real = mine < 0 ? 0 : mine > t->shard ? (int)t->shard : (int)mine;
       const double scale = (double)t->n_rep / t->batch;
       if (!(rc = td_state_loss_scaled(st, real, 1, (float)(scale / p->positions), err)))
-        rc = td_state_backward_dp(st, real, scale, t->dp_clip, err);
+        rc = td_state_backward_dp(st, real, scale, t->dp ? t->dp_clip : INFINITY, err);
+      if (!rc && t->pe_report &&
+          (rc = ops->record(be, &cur->slot, a + p->pe_acc_off, 2 * (size_t)t->shard, r->pe_norms)))
+        rc = td_errorf(err, rc, "step: recording the per-example norms failed");
     }
   }
   if (t->n_rep > 1) {
@@ -675,6 +689,12 @@ static int task_chunk(td_trainer *t, int rank) {
   if ((rc = ops->download(be, r->metrics_host + (size_t)first * m, r->metrics + (size_t)first * m,
                           (size_t)t->task_count * m * sizeof(float))))
     rc = td_errorf(&r->err, rc, "step: reading the metrics failed");
+  const size_t pe = 2 * (size_t)t->shard;
+  if (!rc && t->pe_report &&
+      (rc = ops->download(be, r->pe_norms_host + (size_t)first * pe,
+                          r->pe_norms + (size_t)first * pe,
+                          (size_t)t->task_count * pe * sizeof(float))))
+    rc = td_errorf(&r->err, rc, "step: reading the per-example norms failed");
   return rc;
 }
 
@@ -778,6 +798,13 @@ static int replica_data(td_trainer *t, td_replica *x, td_error *err) {
     return err->code;
   if (!(x->metrics_host = calloc(steps * TD_STEP_METRICS, sizeof(float))))
     return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+  if (t->pe_report) {
+    const size_t per = steps * 2 * t->shard;
+    if (!(x->pe_norms = replica_alloc(x, per * sizeof(float), "the per-example norms", err)))
+      return err->code;
+    if (!(x->pe_norms_host = calloc(per, sizeof(float))))
+      return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+  }
   if (be->host_memory) {
     x->train_x = t->train.x;
     x->train_y = t->train.y;
@@ -909,6 +936,7 @@ static void replicas_stop(td_trainer *t) {
     for (int k = 0; k < x->n_owned; k++)
       x->be->ops->release(x->be, x->owned[k]);
     free(x->metrics_host);
+    free(x->pe_norms_host);
     td_backend_destroy(x->be);
   }
   free(t->rep);
@@ -968,6 +996,14 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_tra
   t->cap = t->batch;
   if (tr->dp_sgd && (rc = dp_setup(t, o, err)))
     goto fail;
+  t->per_example = t->dp || tr->per_example_report;
+  if (tr->per_example_report) {
+    const uint32_t k = tr->per_example_report->top_k;
+    t->pe_report = 1;
+    if ((rc = td_examples_init(&t->examples, k ? k : TD_EXAMPLE_TOP_DEFAULT,
+                               (size_t)t->steps_per_epoch * t->cap, &t->train, err)))
+      goto fail;
+  }
   t->compile_ms = t->plan->compile_ms;
 
   /* Poisson batches lie at s * cap of the order, padded. */
@@ -987,7 +1023,7 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_tra
     t->iota[i] = i;
   if ((rc = replicas_start(t, o, err)))
     goto fail;
-  if (t->dp && (rc = check_dp_plan(t->plan, t->be, err)))
+  if (t->per_example && (rc = check_dp_plan(t->plan, t->be, t->dp, err)))
     goto fail;
   /* Backends that record steps run chunks of them between reads of the
    * metrics; graph_steps steps per long graph. */
@@ -1036,6 +1072,7 @@ void td_trainer_free(td_trainer *t) {
   free(t->table);
   free(t->step_rows);
   free(t->dp_rdp);
+  td_examples_free(&t->examples);
   t->step_rows = NULL;
   t->dp_rdp = NULL;
   t->order = t->iota = NULL;
@@ -1271,6 +1308,23 @@ static void train_figures(const td_trainer *t, uint32_t taken, td_epoch_point *e
   ep->train_accuracy = taken ? (float)(t->epoch_correct_sum / predictions) : 0.0f;
 }
 
+/* The per-example norms of a chunk's steps (at slots s.., their points) to
+ * the epoch's report: every replica's examples of each step, with their
+ * indices in the training set. */
+static void take_norms(td_trainer *t, uint32_t s, uint32_t done, const td_step_point *points) {
+  const size_t pe = 2 * (size_t)t->shard;
+  const double scale = (double)t->n_rep / t->batch;
+  for (uint32_t i = 0; i < done; i++) {
+    const uint32_t slot = s + i, rows = t->step_rows[slot];
+    for (int r = 0; r < t->n_rep; r++) {
+      const double *acc = (const double *)(t->rep[r].pe_norms_host + (size_t)slot * pe);
+      for (uint32_t k = 0; k < t->shard && (uint64_t)r * t->shard + k < rows; k++)
+        td_examples_add(&t->examples, t->order[(size_t)slot * t->cap + (size_t)r * t->shard + k],
+                        sqrt(acc[k]) / scale, points[i].step);
+    }
+  }
+}
+
 int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *last,
                    td_error *err) {
   static const td_train_hooks none = {0};
@@ -1287,6 +1341,7 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
       break;
     double e0 = td_mono_sec();
     uint32_t steps = 0;
+    td_examples_begin(&t->examples);
     while (t->step_in_epoch < t->steps_per_epoch && t->st.step < t->total_steps) {
       if (hooks->should_stop && hooks->should_stop(hooks->user)) {
         rc = td_errorf(err, TD_ECANCELLED, "cancelled at step %lld", (long long)t->st.step);
@@ -1316,6 +1371,8 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
           hooks->on_step(hooks->user, t, sp);
       }
       t->step_in_epoch = s + done;
+      if (t->pe_report)
+        take_norms(t, s, done, points);
       if (rc)
         break;
       /* An evaluation inside the epoch (training.eval_every_steps): a
@@ -1359,6 +1416,10 @@ int td_trainer_run(td_trainer *t, const td_train_hooks *hooks, td_epoch_point *l
       ep.has_epsilon = 1;
       ep.epsilon = td_trainer_epsilon(t, t->st.step);
       ep.delta = t->dp_delta;
+    }
+    if (t->pe_report) {
+      td_examples_report(&t->examples, &t->train, epoch, t->st.step, t->dp ? t->dp_clip : 0.0);
+      ep.examples = &t->examples.rep;
     }
     int final = epoch == t->epochs || t->st.step >= t->total_steps;
     if (t->has_test && (epoch % t->eval_every == 0 || final)) {

@@ -12,6 +12,7 @@
 #include "collective.h"
 #include "data.h"
 #include "error.h"
+#include "examples.h"
 #include "plan.h"
 #include "prng.h"
 #include "traind/v1/job.pb-c.h"
@@ -45,6 +46,9 @@ typedef struct td_epoch_point {
    * at delta (infinite without noise). */
   int has_epsilon;
   double epsilon, delta;
+  /* training.per_example_report, at an epoch's end: the epoch's report
+   * (the trainer's, valid during on_epoch); NULL otherwise. */
+  const struct td_example_report *examples;
 } td_epoch_point;
 
 typedef struct td_trainer td_trainer;
@@ -115,7 +119,10 @@ typedef struct td_replica {
   uint32_t *counter;
   float *metrics;
   float *metrics_host; /* (steps_per_epoch * TD_STEP_METRICS) read back */
-  void *owned[12];     /* backend allocations to release */
+  /* training.per_example_report: each step's per-example squared norms
+   * (the plan's pe_acc, 2 * shard floats a step) and their copy read back. */
+  float *pe_norms, *pe_norms_host;
+  void *owned[12]; /* backend allocations to release */
   int n_owned;
   /* The recorded step: graph1 one step, graphn graph_steps steps; NULL
    * while not recorded. The first step of a job runs unrecorded (warm-up:
@@ -210,6 +217,12 @@ struct td_trainer {
   uint32_t *step_rows;
   double *dp_rdp;
   int64_t dp_stop_steps;
+  /* Per-example gradient norms (per_example: DP-SGD or the report; the
+   * plan is compiled TD_PLAN_PER_EXAMPLE and steps run its backward). With
+   * training.per_example_report (pe_report) each chunk's norms go to
+   * `examples`, which reports at each epoch's end. */
+  int per_example, pe_report;
+  td_example_acc examples;
 };
 
 /* The privacy a DP-SGD job has spent after `steps` steps (its accountant's

@@ -64,6 +64,8 @@ td_daemon_test(daemon_checkpoint daemon_checkpoint.py "daemon;mnist" 600)
 td_daemon_test(daemon_trainctl daemon_trainctl.py "daemon;mnist" 600)
 td_daemon_test(daemon_cnn daemon_cnn.py "daemon;mnist" 900)
 td_daemon_test(daemon_gpt daemon_gpt.py "daemon;mnist" 900)
+td_daemon_test(daemon_dp daemon_dp.py "daemon;mnist" 900)
+td_daemon_test(daemon_dp_60epochs daemon_dp.py "daemon;mnist;long" 3600 mnist_dp_60_epochs)
 td_daemon_test(daemon_gpt_2000 daemon_gpt.py "daemon;mnist;long" 3600 char_2000_steps)
 td_daemon_test(daemon_cnn_10epochs daemon_cnn.py "daemon;mnist;long" 2400 cnn_10_epochs)
 td_daemon_test(daemon_reference_10epochs daemon_trainctl.py "daemon;mnist;long" 1200

@@ -115,10 +115,11 @@ S = pb.JobState
 C = grpc.StatusCode
 
 TRAINER_METHODS = ("SubmitJob", "GetJob", "ListJobs", "CancelJob", "GetMetrics", "WatchMetrics",
-                   "ListDevices", "GetDaemonInfo", "SaveCheckpoint", "ExportCheckpoint", "Sample")
+                   "ListDevices", "GetDaemonInfo", "SaveCheckpoint", "ExportCheckpoint", "Sample",
+                   "GetExamples")
 HEALTH_METHODS = ("Health/Check", "Health/Watch")
 ALL_METHODS = TRAINER_METHODS + HEALTH_METHODS
-READS = {"GetJob", "GetMetrics", "WatchMetrics"}
+READS = {"GetJob", "GetMetrics", "WatchMetrics", "GetExamples"}
 WRITES = {"CancelJob", "SaveCheckpoint", "ExportCheckpoint", "Sample"}
 DENIALS = (C.PERMISSION_DENIED, C.UNAUTHENTICATED)
 SHORT = {C.OK: "OK", C.PERMISSION_DENIED: "DENIED", C.UNAUTHENTICATED: "UNAUTH",
@@ -477,6 +478,7 @@ def every_rpc(job_id, spec):
         ("SaveCheckpoint", pb.SaveCheckpointRequest(id=job_id)),
         ("ExportCheckpoint", pb.ExportCheckpointRequest(id=job_id)),
         ("Sample", pb.SampleRequest(id=job_id, prompt="A", tokens=1)),
+        ("GetExamples", pb.GetExamplesRequest(id=job_id)),
         ("Health/Check", hpb.HealthCheckRequest(service="")),
         ("Health/Watch", hpb.HealthCheckRequest(service="")),
     ]

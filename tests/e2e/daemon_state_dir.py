@@ -325,6 +325,9 @@ def malformed_ids(s):
                                                        timeout=10)),
         ("ExportCheckpoint", lambda i: list(st.ExportCheckpoint(
             pb.ExportCheckpointRequest(id=i), timeout=10))),
+        ("Sample", lambda i: st.Sample(pb.SampleRequest(id=i, prompt="A", tokens=1),
+                                       timeout=10)),
+        ("GetExamples", lambda i: st.GetExamples(pb.GetExamplesRequest(id=i), timeout=10)),
     )
     bad = ["", "../../victim", "j-", "J-ABC", "j-abc/../x", "j-" + "a" * 30, "x" * 300,
            j.id + "/", j.id.upper(), "j-ab cd", "j-\u00e9"]

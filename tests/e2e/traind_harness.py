@@ -100,6 +100,21 @@ def mnist_root():
     return None
 
 
+def read_idx(path):
+    """An IDX file (gzipped) as numpy uint8: images (n, rows, cols), labels
+    (n,)."""
+    import gzip
+    import numpy as np
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic, n = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:8], "big")
+    if magic == 2051:
+        rows, cols = int.from_bytes(data[8:12], "big"), int.from_bytes(data[12:16], "big")
+        return np.frombuffer(data, np.uint8, n * rows * cols, 16).reshape(n, rows, cols)
+    check(magic == 2049, "%s: IDX magic %d", path, magic)
+    return np.frombuffer(data, np.uint8, n, 8)
+
+
 def require_mnist():
     """The MNIST data root; without one the script exits 77 (skipped), or
     fails when CI=true."""

@@ -53,6 +53,8 @@ def main():
         "GetDaemonInfo": [pb.GetDaemonInfoRequest()],
         "SaveCheckpoint": [pb.SaveCheckpointRequest(id="j-1")],
         "ExportCheckpoint": [pb.ExportCheckpointRequest(id="j-1", step=3)],
+        "Sample": [pb.SampleRequest(id="j-1", prompt="ROMEO:", tokens=5, top_k=3)],
+        "GetExamples": [pb.GetExamplesRequest(id="j-1", top=5, with_inputs=True)],
         "Check": [health.HealthCheckRequest(service="traind.v1.Trainer")],
         "Watch": [health.HealthCheckRequest(service="")],
     }
