@@ -27,7 +27,7 @@ static int report_path(const char *state_dir, const char *job_id, char *out, siz
 
 int srv_examples_save(const char *state_dir, const char *job_id, const td_example_report *r,
                       td_error *err) {
-  char dir[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX + 8];
+  char dir[PATH_MAX], path[PATH_MAX], tmp[2 * PATH_MAX];
   if (snprintf(dir, sizeof dir, "%s/examples", state_dir) >= (int)sizeof dir ||
       report_path(state_dir, job_id, path, sizeof path))
     return td_errorf(err, TD_EINVAL, "the state directory's path is too long");
