@@ -333,12 +333,12 @@ int td_job_footprint(const Traind__V1__JobSpec *spec, const td_trainer_opts *o, 
     td_plan_free(p);
     return rc;
   }
-  /* DP-SGD's Poisson batches: the plan holds the step's capacity. */
-  const uint32_t cap = td_job_step_capacity(spec, train.n);
-  if (cap != f->batch) {
+  /* DP-SGD's Poisson batches: the plan runs micro-batches. */
+  const uint32_t rows = td_job_plan_rows(spec, train.n);
+  if (rows != f->shard) {
     td_plan_free(p);
     p = NULL;
-    f->shard = cap / (uint32_t)f->replicas;
+    f->shard = rows;
     if ((rc = td_plan_compile_flags(spec->model, spec->optimizer, f->shard, "cpu:0", flags, &p,
                                     err)))
       return rc;

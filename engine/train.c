@@ -297,6 +297,21 @@ uint32_t td_job_step_capacity(const Traind__V1__JobSpec *spec, uint32_t n) {
 
 unsigned td_job_plan_flags(const Traind__V1__JobSpec *spec) { return plan_flags(spec); }
 
+/* DP-SGD with Poisson sampling runs a replica's share of a batch (about
+ * batch / replicas examples, varying) in micro-batches of this many rows:
+ * a quarter of the expected share (in multiples of 8, at least 32 or the
+ * share), so that a batch costs about its own size, not the capacity. */
+static uint32_t micro_rows(uint32_t batch, uint32_t replicas) {
+  const uint32_t share = (batch + replicas - 1) / replicas;
+  const uint32_t quarter = (share / 4 + 7) / 8 * 8, least = share < 32 ? share : 32;
+  return quarter > least ? quarter : least;
+}
+
+uint32_t td_job_plan_rows(const Traind__V1__JobSpec *spec, uint32_t n) {
+  const uint32_t b = spec->training->batch_size, r = (uint32_t)td_job_device_count(spec);
+  return td_job_step_capacity(spec, n) == b ? b / r : micro_rows(b, r);
+}
+
 double td_trainer_epsilon(const td_trainer *t, int64_t steps) {
   if (!t->dp)
     return 0.0;
@@ -341,7 +356,7 @@ static int dp_setup(td_trainer *t, const td_trainer_opts *o, td_error *err) {
   t->cap = t->batch;
   if (t->dp_poisson) {
     t->cap = td_job_step_capacity(t->spec, n);
-    t->shard = t->cap / (uint32_t)t->n_rep;
+    t->shard = td_job_plan_rows(t->spec, n);
     td_plan_cache_release(t->cache, t->plan);
     t->plan = NULL;
     if ((rc = td_plan_cache_get(t->cache, t->spec->model, t->spec->optimizer, t->shard,
@@ -535,6 +550,62 @@ static void *replica_main(void *arg) {
  * metrics. Everything it reads that changes from step to step comes from
  * the record in backend memory, and nothing is read back, so the same
  * sequence of ops can be recorded once and replayed. */
+/* The replica's share of a Poisson batch of `rows` examples: [*lo, *hi). */
+static void poisson_share(const td_trainer *t, int rank, uint32_t rows, uint32_t *lo,
+                          uint32_t *hi) {
+  *lo = (uint32_t)((uint64_t)rows * (uint64_t)rank / (uint64_t)t->n_rep);
+  *hi = (uint32_t)((uint64_t)rows * (uint64_t)(rank + 1) / (uint64_t)t->n_rep);
+}
+
+/* DP-SGD's gradients of a Poisson batch: the replica's share in
+ * micro-batches of the plan's rows (the last one padded with a zero
+ * gradient), their clipped sums added up in r->acc, their losses and
+ * correct counts in the scalars block. A host-memory backend only (the
+ * record is read here; DP-SGD is refused elsewhere). */
+static int poisson_grads(td_replica *r) {
+  td_trainer *t = r->owner;
+  const td_plan *p = t->plan;
+  td_state *st = r->st;
+  td_backend *be = r->be;
+  const td_backend_ops *ops = be->ops;
+  float *a = st->arena, *sc = a + p->scalars_off;
+  td_error *err = &r->err;
+  const td_step_record *cur = r->cur;
+  const td_rows rows = rows_of(&t->train);
+  const uint32_t m = t->shard;
+  const double scale = (double)t->n_rep / t->batch;
+  uint32_t lo, hi;
+  poisson_share(t, r->rank, cur->rows, &lo, &hi);
+  double loss = 0.0, correct = 0.0;
+  int rc = TD_OK;
+  if (hi == lo && (rc = ops->fill(be, st->grads, p->n_params, 0.0f)))
+    return td_errorf(err, rc, "step: zeroing the gradients failed");
+  for (uint32_t off = lo; off < hi && !rc; off += m) {
+    const int real = (int)(hi - off < m ? hi - off : m);
+    const uint32_t row0 = cur->row0 + off;
+    if ((rc = ops->gather(be, &rows, r->train_x, r->train_y, r->order, &row0, m, a + p->in_off,
+                          (int32_t *)(a + p->labels_off))))
+      return td_errorf(err, rc, "step: gather failed");
+    if ((rc = td_state_forward(st, (int)m, 1, cur->keys, off, err)) ||
+        (rc = td_state_loss_scaled(st, real, 1, (float)(scale / p->positions), err)) ||
+        (rc = td_state_backward_dp(st, real, scale, t->dp_clip, err)))
+      return rc;
+    loss += sc[TD_SC_LOSS_SUM];
+    correct += sc[TD_SC_CORRECT];
+    if (t->pe_report)
+      memcpy(r->pe_norms_host + ((size_t)cur->slot * t->pe_rows + (off - lo)) * 2,
+             a + p->pe_acc_off, (size_t)real * 2 * sizeof(float));
+    if (hi - lo > m && (rc = off == lo ? ops->copy(be, r->acc, st->grads, p->n_params)
+                                       : ops->add(be, p->n_params, r->acc, st->grads, r->acc)))
+      return td_errorf(err, rc, "step: adding the micro-batches' gradients failed");
+  }
+  if (hi - lo > m && (rc = ops->copy(be, st->grads, r->acc, p->n_params)))
+    return td_errorf(err, rc, "step: adding the micro-batches' gradients failed");
+  sc[TD_SC_LOSS_SUM] = (float)loss;
+  sc[TD_SC_CORRECT] = (float)correct;
+  return TD_OK;
+}
+
 static int step_body(td_replica *r) {
   td_trainer *t = r->owner;
   const td_plan *p = t->plan;
@@ -549,25 +620,25 @@ static int step_body(td_replica *r) {
   if (rc)
     rc = td_errorf(err, rc, "step: reading the step table failed");
   const td_rows rows = rows_of(&t->train);
-  if (!rc &&
-      (rc = ops->gather(be, &rows, r->train_x, r->train_y, r->order + (size_t)r->rank * t->shard,
-                        &cur->row0, t->shard, a + p->in_off, (int32_t *)(a + p->labels_off))))
+  if (!rc && t->dp_poisson)
+    rc = poisson_grads(r);
+  else if (!rc && (rc = ops->gather(be, &rows, r->train_x, r->train_y,
+                                    r->order + (size_t)r->rank * t->shard, &cur->row0, t->shard,
+                                    a + p->in_off, (int32_t *)(a + p->labels_off))))
     rc = td_errorf(err, rc, "step: gather failed");
-  if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, cur->keys, (uint64_t)r->rank * t->shard,
-                                     err))) {
+  else if (!rc && !(rc = td_state_forward(st, (int)t->shard, 1, cur->keys,
+                                          (uint64_t)r->rank * t->shard, err))) {
     if (!t->per_example) {
       if (!(rc = td_state_loss(st, (int)t->shard, 1, err)))
         rc = td_state_backward(st, err);
     } else {
-      /* Per-example gradients: the replica's examples of the step's batch
-       * (with Poisson sampling the rest of its shard is padding); each
-       * example's gradient times n_rep / batch, so that the replicas' mean
-       * is the sum over the batch / batch; clipped with DP-SGD only. */
-      int64_t mine = (int64_t)cur->rows - (int64_t)r->rank * t->shard;
-      int real = mine < 0 ? 0 : mine > t->shard ? (int)t->shard : (int)mine;
+      /* Per-example gradients of a batch of exactly `batch` (Poisson
+       * batches run in poisson_grads): each example's gradient times
+       * n_rep / batch, so that the replicas' mean is the sum over the
+       * batch / batch; clipped with DP-SGD only. */
       const double scale = (double)t->n_rep / t->batch;
-      if (!(rc = td_state_loss_scaled(st, real, 1, (float)(scale / p->positions), err)))
-        rc = td_state_backward_dp(st, real, scale, t->dp ? t->dp_clip : INFINITY, err);
+      if (!(rc = td_state_loss_scaled(st, (int)t->shard, 1, (float)(scale / p->positions), err)))
+        rc = td_state_backward_dp(st, (int)t->shard, scale, t->dp ? t->dp_clip : INFINITY, err);
       if (!rc && t->pe_report &&
           (rc = ops->record(be, &cur->slot, a + p->pe_acc_off, 2 * (size_t)t->shard, r->pe_norms)))
         rc = td_errorf(err, rc, "step: recording the per-example norms failed");
@@ -689,8 +760,8 @@ static int task_chunk(td_trainer *t, int rank) {
   if ((rc = ops->download(be, r->metrics_host + (size_t)first * m, r->metrics + (size_t)first * m,
                           (size_t)t->task_count * m * sizeof(float))))
     rc = td_errorf(&r->err, rc, "step: reading the metrics failed");
-  const size_t pe = 2 * (size_t)t->shard;
-  if (!rc && t->pe_report &&
+  const size_t pe = 2 * (size_t)t->pe_rows;
+  if (!rc && t->pe_report && !t->dp_poisson &&
       (rc = ops->download(be, r->pe_norms_host + (size_t)first * pe,
                           r->pe_norms + (size_t)first * pe,
                           (size_t)t->task_count * pe * sizeof(float))))
@@ -798,9 +869,14 @@ static int replica_data(td_trainer *t, td_replica *x, td_error *err) {
     return err->code;
   if (!(x->metrics_host = calloc(steps * TD_STEP_METRICS, sizeof(float))))
     return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
+  if (t->dp_poisson && !(x->acc = replica_alloc(x, t->plan->n_params * sizeof(float),
+                                                "the micro-batches' gradient sum", err)))
+    return err->code;
   if (t->pe_report) {
-    const size_t per = steps * 2 * t->shard;
-    if (!(x->pe_norms = replica_alloc(x, per * sizeof(float), "the per-example norms", err)))
+    const size_t per = steps * 2 * t->pe_rows;
+    /* Poisson micro-batches write the host's copy themselves. */
+    if (!t->dp_poisson &&
+        !(x->pe_norms = replica_alloc(x, per * sizeof(float), "the per-example norms", err)))
       return err->code;
     if (!(x->pe_norms_host = calloc(per, sizeof(float))))
       return td_errorf(err, TD_ENOMEM, "trainer: out of memory");
@@ -1008,9 +1084,10 @@ int td_trainer_init(td_trainer *t, const Traind__V1__JobSpec *spec, const td_tra
 
   /* Poisson batches lie at s * cap of the order, padded. */
   size_t order_n = t->train.n;
-  if (t->dp_poisson && (size_t)t->steps_per_epoch * t->cap > order_n)
-    order_n = (size_t)t->steps_per_epoch * t->cap;
-  t->order = malloc(order_n * sizeof *t->order);
+  if (t->dp_poisson && (size_t)t->steps_per_epoch * t->cap + t->shard > order_n)
+    order_n = (size_t)t->steps_per_epoch * t->cap + t->shard; /* a last micro-batch's tail */
+  t->order = calloc(order_n, sizeof *t->order);
+  t->pe_rows = t->dp_poisson ? (t->cap + (uint32_t)t->n_rep - 1) / (uint32_t)t->n_rep : t->shard;
   t->step_rows = malloc((size_t)t->steps_per_epoch * sizeof *t->step_rows);
   t->iota = malloc((size_t)t->shard * sizeof *t->iota);
   /* 8-byte aligned records: the passes in them hold doubles. */
@@ -1312,15 +1389,18 @@ static void train_figures(const td_trainer *t, uint32_t taken, td_epoch_point *e
  * the epoch's report: every replica's examples of each step, with their
  * indices in the training set. */
 static void take_norms(td_trainer *t, uint32_t s, uint32_t done, const td_step_point *points) {
-  const size_t pe = 2 * (size_t)t->shard;
+  const size_t pe = 2 * (size_t)t->pe_rows;
   const double scale = (double)t->n_rep / t->batch;
   for (uint32_t i = 0; i < done; i++) {
     const uint32_t slot = s + i, rows = t->step_rows[slot];
     for (int r = 0; r < t->n_rep; r++) {
       const double *acc = (const double *)(t->rep[r].pe_norms_host + (size_t)slot * pe);
-      for (uint32_t k = 0; k < t->shard && (uint64_t)r * t->shard + k < rows; k++)
-        td_examples_add(&t->examples, t->order[(size_t)slot * t->cap + (size_t)r * t->shard + k],
-                        sqrt(acc[k]) / scale, points[i].step);
+      uint32_t lo = (uint32_t)r * t->shard, hi = lo + t->shard;
+      if (t->dp_poisson)
+        poisson_share(t, r, rows, &lo, &hi);
+      for (uint32_t k = lo; k < hi; k++)
+        td_examples_add(&t->examples, t->order[(size_t)slot * t->cap + k],
+                        sqrt(acc[k - lo]) / scale, points[i].step);
     }
   }
 }

@@ -122,6 +122,9 @@ typedef struct td_replica {
   /* training.per_example_report: each step's per-example squared norms
    * (the plan's pe_acc, 2 * shard floats a step) and their copy read back. */
   float *pe_norms, *pe_norms_host;
+  /* DP-SGD with Poisson batches: the sum of a step's micro-batches'
+   * gradients (n_params floats). */
+  float *acc;
   void *owned[12]; /* backend allocations to release */
   int n_owned;
   /* The recorded step: graph1 one step, graphn graph_steps steps; NULL
@@ -205,10 +208,10 @@ struct td_trainer {
 
   /* DP-SGD (training.dp_sgd; dp 0 without). Each example's gradient is
    * clipped to dp_clip and Gaussian noise of dp_sigma * dp_clip is added to
-   * the sum, divided by the expected batch `batch`. With Poisson sampling
-   * the plan holds `cap` examples per step (its batch times n_rep) and a
-   * step's batch, step_rows[s] examples at s * cap of the order, is padded
-   * up to it. dp_rdp: one step's Renyi DP at the accountant's orders. A
+   * the sum, divided by the expected batch `batch`. With Poisson sampling a
+   * step's batch is step_rows[s] examples at s * cap of the order (cap: the
+   * most a batch holds), each replica taking its share in micro-batches of
+   * the plan's `shard` rows (td_job_plan_rows). dp_rdp: one step's Renyi DP at the accountant's orders. A
    * target epsilon may end the job early: dp_stop_steps, the steps it
    * allows (total_steps is cut to them), or -1. */
   int dp, dp_poisson;
@@ -223,6 +226,8 @@ struct td_trainer {
    * `examples`, which reports at each epoch's end. */
   int per_example, pe_report;
   td_example_acc examples;
+  /* The per-example norms a replica records a step (its most examples). */
+  uint32_t pe_rows;
 };
 
 /* The privacy a DP-SGD job has spent after `steps` steps (its accountant's
@@ -232,6 +237,9 @@ double td_trainer_epsilon(const td_trainer *t, int64_t steps);
  * batch, or with DP-SGD's Poisson sampling its capacity (a multiple of
  * the devices); and the flags its plan is compiled with. */
 uint32_t td_job_step_capacity(const Traind__V1__JobSpec *spec, uint32_t n);
+/* The rows a job's plan is compiled for: a replica's shard of the batch,
+ * or with Poisson sampling its micro-batch. */
+uint32_t td_job_plan_rows(const Traind__V1__JobSpec *spec, uint32_t n);
 unsigned td_job_plan_flags(const Traind__V1__JobSpec *spec);
 /* Why a DP-SGD job whose target epsilon cut its steps (dp_stop_steps)
  * stopped there, for its record. */

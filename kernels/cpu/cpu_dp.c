@@ -22,9 +22,21 @@ static void pe_range(int ex, size_t tasks, size_t t, int *i0, int *i1) {
   *i1 = (int)((size_t)ex * (t + 1) / tasks);
 }
 
+/* In double, over 8 partial sums (lane k takes the elements i = k mod 8)
+ * added in a fixed order: the same result at any thread count. */
+typedef double vd4 __attribute__((vector_size(32)));
 static double dot_d(const float *a, const float *b, size_t n) {
-  double s = 0.0;
-  for (size_t i = 0; i < n; i++)
+  vd4 s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vd4 a0 = {a[i], a[i + 1], a[i + 2], a[i + 3]}, b0 = {b[i], b[i + 1], b[i + 2], b[i + 3]};
+    const vd4 a1 = {a[i + 4], a[i + 5], a[i + 6], a[i + 7]},
+              b1 = {b[i + 4], b[i + 5], b[i + 6], b[i + 7]};
+    s0 += a0 * b0;
+    s1 += a1 * b1;
+  }
+  double s = ((s0[0] + s1[0]) + (s0[1] + s1[1])) + ((s0[2] + s1[2]) + (s0[3] + s1[3]));
+  for (; i < n; i++)
     s += (double)a[i] * b[i];
   return s;
 }
@@ -308,6 +320,18 @@ int cpu_row_scale(td_backend *be, int ex, size_t per, const float *src, const fl
 #else
 #define NL 4
 #endif
+#if NL == 16
+#define INTERLEAVE_LO(a, b) \
+  __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+#define INTERLEAVE_HI(a, b) \
+  __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+#elif NL == 8
+#define INTERLEAVE_LO(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11)
+#define INTERLEAVE_HI(a, b) __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15)
+#else
+#define INTERLEAVE_LO(a, b) __builtin_shufflevector(a, b, 0, 4, 1, 5)
+#define INTERLEAVE_HI(a, b) __builtin_shufflevector(a, b, 2, 6, 3, 7)
+#endif
 typedef uint32_t vu __attribute__((vector_size(NL * 4)));
 typedef int32_t vi __attribute__((vector_size(NL * 4)));
 typedef float vf __attribute__((vector_size(NL * 4)));
@@ -421,9 +445,20 @@ static void noise_task(void *arg, size_t t) {
     vf sn, cs;
     sincos2pi_v(u2, &sn, &cs);
     vf z0 = r * cs, z1 = r * sn;
-    size_t end = i + 2 * NL < i1 ? i + 2 * NL : i1;
-    for (size_t k = i; k < end; k++)
-      j->x[k] += ((k - i) & 1) ? z1[(k - i) / 2] : z0[(k - i) / 2];
+    /* Pairs in order: value 2l is z0[l], 2l + 1 is z1[l]. */
+    vf lo = INTERLEAVE_LO(z0, z1), hi = INTERLEAVE_HI(z0, z1);
+    if (i + 2 * NL <= i1) {
+      vf x0, x1;
+      memcpy(&x0, j->x + i, sizeof x0);
+      memcpy(&x1, j->x + i + NL, sizeof x1);
+      x0 += lo;
+      x1 += hi;
+      memcpy(j->x + i, &x0, sizeof x0);
+      memcpy(j->x + i + NL, &x1, sizeof x1);
+    } else {
+      for (size_t k = i; k < i1; k++)
+        j->x[k] += k - i < NL ? lo[k - i] : hi[k - i - NL];
+    }
   }
 }
 
