@@ -543,13 +543,6 @@ static void *replica_main(void *arg) {
   return NULL;
 }
 
-/* Issues one step of the replica: its record from the step table, the
- * gather of its shard of the batch, forward, loss and backward, the
- * allreduce that averages the gradients over the replicas, their squared
- * norm, the optimizer passes and the step's metrics into the epoch's
- * metrics. Everything it reads that changes from step to step comes from
- * the record in backend memory, and nothing is read back, so the same
- * sequence of ops can be recorded once and replayed. */
 /* The replica's share of a Poisson batch of `rows` examples: [*lo, *hi). */
 static void poisson_share(const td_trainer *t, int rank, uint32_t rows, uint32_t *lo,
                           uint32_t *hi) {
@@ -606,6 +599,13 @@ static int poisson_grads(td_replica *r) {
   return TD_OK;
 }
 
+/* Issues one step of the replica: its record from the step table, the
+ * gather of its shard of the batch, forward, loss and backward, the
+ * allreduce that averages the gradients over the replicas, their squared
+ * norm, the optimizer passes and the step's metrics into the epoch's
+ * metrics. Everything it reads that changes from step to step comes from
+ * the record in backend memory, and nothing is read back, so the same
+ * sequence of ops can be recorded once and replayed. */
 static int step_body(td_replica *r) {
   td_trainer *t = r->owner;
   const td_plan *p = t->plan;
