@@ -380,7 +380,10 @@ static int rpc_fail(const ctl *c, const char *what, const td_rpc_status *st) {
   case GRPC_NOT_FOUND:
     hint = is_cmd(c, "submit")   ? "check the dataset paths (trainctl info lists the data dirs)"
            : is_cmd(c, "health") ? "check --service"
-                                 : "'trainctl list' shows the jobs there are";
+           : is_cmd(c, "examples") && strstr(msg, "no per-example report yet")
+               ? "the report comes at the end of the job's first epoch; 'trainctl get' shows "
+                 "its progress"
+               : "'trainctl list' shows the jobs there are";
     break;
   case GRPC_PERMISSION_DENIED:
     hint = is_cmd(c, "submit") ? "dataset paths must lie under the daemon's data dirs "
@@ -1507,7 +1510,7 @@ static int cmd_examples(ctl *c) {
   }
   if (c->output != OUT_TABLE) {
     for (size_t i = 0; i < r->n_top; i++)
-      r->top[i]->n_input = 0; /* the PNG has them */
+      r->top[i]->n_input = 0; /* inputs go to the PNG only */
     rc = print_message(c, &r->base, 0);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     return rc;
@@ -1536,7 +1539,10 @@ static int cmd_examples(ctl *c) {
     char rank[24], index[16], label[16], norm[32], step[24];
     snprintf(rank, sizeof rank, "%zu", i + 1);
     snprintf(index, sizeof index, "%u", r->top[i]->index);
-    snprintf(label, sizeof label, r->top[i]->label < 0 ? "-" : "%d", r->top[i]->label);
+    if (r->top[i]->label < 0)
+      snprintf(label, sizeof label, "-");
+    else
+      snprintf(label, sizeof label, "%d", r->top[i]->label);
     snprintf(norm, sizeof norm, "%.6g", r->top[i]->grad_norm);
     snprintf(step, sizeof step, "%lld", (long long)r->top[i]->step);
     const char *row[] = {rank, index, label, norm, step};
