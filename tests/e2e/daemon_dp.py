@@ -224,6 +224,17 @@ def tb_histograms(d, job_id):
         shutil.rmtree(pbdir, ignore_errors=True)
 
 
+def epoch_points(d, job_id):
+    """The job's epoch points (not those inside an epoch), every page."""
+    epochs, since = [], 0
+    while True:
+        m = d.stub.GetMetrics(pb.GetMetricsRequest(id=job_id, since_step=since), timeout=30)
+        epochs += [e for e in m.epochs if not e.mid_epoch]
+        if not m.more:
+            return epochs
+        since = m.last_step
+
+
 def run_to_end(s, d, spec, timeout=600):
     j = s.submit(d, spec)
     j = s.wait_state(d, j.id, FINAL, timeout)
@@ -254,13 +265,7 @@ def epsilon_reported(s):
     plan = budget(s, spec)
     j = run_to_end(s, d, spec)
     steps_per_epoch = N // BATCH
-    epochs, since = [], 0
-    while True:  # every page
-        m = d.stub.GetMetrics(pb.GetMetricsRequest(id=j.id, since_step=since), timeout=30)
-        epochs += [e for e in m.epochs if not e.mid_epoch]
-        if not m.more:
-            break
-        since = m.last_step
+    epochs = epoch_points(d, j.id)
     check(len(epochs) == 2, "%d epoch points", len(epochs))
     want = reference_eps([steps_per_epoch * (k + 1) for k in range(len(epochs))])
     for e, w, b in zip(epochs, want, plan["epochs"]):
@@ -524,13 +529,7 @@ def mnist_dp_60_epochs(s):
     with open(os.path.join(suite.source_dir, "config/jobs/mnist_dp.yaml")) as f:
         spec = yaml.safe_load(f)
     j = run_to_end(s, d, spec, timeout=3600)
-    epochs, since = [], 0
-    while True:  # every page
-        m = d.stub.GetMetrics(pb.GetMetricsRequest(id=j.id, since_step=since), timeout=30)
-        epochs += [e for e in m.epochs if not e.mid_epoch]
-        if not m.more:
-            break
-        since = m.last_step
+    epochs = epoch_points(d, j.id)
     check(len(epochs) == 60 and all(e.dp for e in epochs), "%d epoch points with epsilon",
           len(epochs))
     steps = 60 * (60000 // 256)
