@@ -125,12 +125,8 @@ static Traind__V1__GetExamplesResponse *load(const char *path) {
 void srv_h_examples(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__GetExamplesRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
-    return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_READ))
+  td_job *j = srv_job_for(s, call, req->id, TD_JOB_READ);
+  if (!j)
     return;
   char msg[PATH_MAX + 256], path[PATH_MAX];
   if (!j->spec->training || !j->spec->training->per_example_report) {
@@ -171,21 +167,13 @@ void srv_h_examples(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) 
              keep, per, REPLY_INPUT_BYTES >> 20, REPLY_INPUT_BYTES / (per * sizeof(float)));
     td_rpc_fail(call, TD_GRPC_INVALID_ARGUMENT, msg);
   } else {
-    size_t all = m->n_top;
+    /* The reply holds the first `keep`; every example stays counted for
+     * the free (a float array is freed whatever its count says). */
+    const size_t all = m->n_top;
     m->n_top = keep;
-    size_t *inputs = calloc(keep ? keep : 1, sizeof *inputs);
-    for (size_t i = 0; inputs && !req->with_inputs && i < keep; i++) {
-      inputs[i] = m->top[i]->n_input;
+    for (size_t i = 0; !req->with_inputs && i < keep; i++)
       m->top[i]->n_input = 0;
-    }
-    if (inputs)
-      td_rpc_reply(call, &m->base);
-    else
-      td_rpc_fail(call, TD_GRPC_RESOURCE_EXHAUSTED, "the daemon is out of memory");
-    /* Back as unpacked, for the free. */
-    for (size_t i = 0; inputs && !req->with_inputs && i < keep; i++)
-      m->top[i]->n_input = inputs[i];
-    free(inputs);
+    td_rpc_reply(call, &m->base);
     m->n_top = all;
   }
   traind__v1__get_examples_response__free_unpacked(m, NULL);

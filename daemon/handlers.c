@@ -376,12 +376,8 @@ static void h_submit(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
 static void h_get(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__GetJobRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
-    return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_READ))
+  td_job *j = srv_job_for(s, call, req->id, TD_JOB_READ);
+  if (!j)
     return;
   srv_reply_job(s, call, j);
 }
@@ -478,12 +474,8 @@ static void h_list(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
 static void h_cancel(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__CancelJobRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
-    return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_WRITE))
+  td_job *j = srv_job_for(s, call, req->id, TD_JOB_WRITE);
+  if (!j)
     return;
   if (td_job_is_final(j)) {
     char msg[128];
@@ -515,12 +507,8 @@ static void h_cancel(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_)
 static void h_save(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__SaveCheckpointRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
-    return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_WRITE))
+  td_job *j = srv_job_for(s, call, req->id, TD_JOB_WRITE);
+  if (!j)
     return;
   if (j->state != TRAIND__V1__JOB_STATE__RUNNING || atomic_load(&j->stop) != TD_STOP_NONE) {
     char msg[512];
@@ -559,12 +547,8 @@ typedef struct ckpt_pick {
 
 static td_job *pick_checkpoint(td_server *s, td_rpc_call *call, const char *id, int64_t step,
                                int none_code, ckpt_pick *out) {
-  td_job *j = srv_find_job(s, id);
-  if (!j) {
-    srv_fail_not_found(call, id);
-    return NULL;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_EXPORT))
+  td_job *j = srv_job_for(s, call, id, TD_JOB_EXPORT);
+  if (!j)
     return NULL;
   char dir[4096], msg[512];
   td_job_ckpt_dir(j, s->cfg->state_dir, dir, sizeof dir);

@@ -79,6 +79,15 @@ int srv_job_allowed(td_server *s, td_rpc_call *call, const td_job *j, td_job_act
   return 0;
 }
 
+td_job *srv_job_for(td_server *s, td_rpc_call *call, const char *id, td_job_action action) {
+  td_job *j = srv_find_job(s, id);
+  if (!j) {
+    srv_fail_not_found(call, id);
+    return NULL;
+  }
+  return srv_job_allowed(s, call, j, action) ? j : NULL;
+}
+
 int srv_job_roots(const td_server *s, const char *owner, char ***roots, size_t *n) {
   return srv_job_roots_narrowed(s, owner, roots, n, NULL);
 }

@@ -116,6 +116,9 @@ void srv_fail_not_found(td_rpc_call *call, const char *id);
 /* Whether the call may do `action` to job j; answers the call with
  * PERMISSION_DENIED and returns 0 when not. */
 int srv_job_allowed(td_server *s, td_rpc_call *call, const td_job *j, td_job_action action);
+/* The job a request names, when the call may do `action` to it; else NULL,
+ * with the call answered (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED). */
+td_job *srv_job_for(td_server *s, td_rpc_call *call, const char *id, td_job_action action);
 /* The data roots job j (or a job of `owner`) may read, as copies: the
  * owner's (auth.h), else the config's. Returns 0, or -1 out of memory. */
 int srv_job_roots(const td_server *s, const char *owner, char ***roots, size_t *n);

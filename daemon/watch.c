@@ -202,12 +202,8 @@ static void on_watch_cancel(void *arg, td_rpc_call *call) {
 void srv_h_metrics(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__GetMetricsRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
-    return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_READ))
+  td_job *j = srv_job_for(s, call, req->id, TD_JOB_READ);
+  if (!j)
     return;
   size_t max = req->max_points ? req->max_points : METRICS_DEFAULT;
   if (max > METRICS_MAX)
@@ -234,12 +230,8 @@ void srv_h_metrics(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
 void srv_h_watch(void *ctx, td_rpc_call *call, const ProtobufCMessage *req_) {
   td_server *s = ctx;
   const Traind__V1__WatchMetricsRequest *req = (const void *)req_;
-  td_job *j = srv_find_job(s, req->id);
-  if (!j) {
-    srv_fail_not_found(call, req->id);
-    return;
-  }
-  if (!srv_job_allowed(s, call, j, TD_JOB_READ))
+  td_job *j = srv_job_for(s, call, req->id, TD_JOB_READ);
+  if (!j)
     return;
   td_watch *w = calloc(1, sizeof *w);
   if (!w) {

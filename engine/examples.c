@@ -102,5 +102,4 @@ void td_examples_report(td_example_acc *a, const td_dataset *train, uint32_t epo
            (size_t)r->dim * sizeof *r->inputs);
     r->n_top++;
   }
-  a->has_report = 1;
 }

@@ -45,8 +45,7 @@ typedef struct td_example_acc {
   size_t n, cap;          /* the epoch's norms so far, and room */
   td_example_norm *norms; /* (cap) */
   uint8_t *seen;          /* (n_train / 8 + 1) bitmap for the top's uniqueness */
-  td_example_report rep;  /* the newest epoch's, once has_report */
-  int has_report;
+  td_example_report rep;  /* the newest epoch's (td_examples_report) */
 } td_example_acc;
 
 /* Room for `cap` norms an epoch and a top of k (1..TD_EXAMPLE_TOP_MAX) of
