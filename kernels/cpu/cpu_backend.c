@@ -1,12 +1,11 @@
-/* The CPU backend: OpenBLAS sgemm plus fused elementwise loops written so
+/* The CPU backend: oneDNN's sgemm plus fused elementwise loops written so
  * that gcc vectorizes them. It is the reference every other backend is
  * tested against, and it is deterministic: the same inputs give bitwise the
  * same outputs run to run and at any thread count. Its parallel loops run
  * on the backend's own pool (cpu_pool.h), split into tasks by shape alone;
- * OpenBLAS runs single-threaded inside those tasks (a GEMM is cut into
+ * the sgemm runs single-threaded inside those tasks (a GEMM is cut into
  * tiles of C, each one sgemm call), and reductions add the tasks' partial
  * sums in task order. */
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -14,10 +13,6 @@
 
 #include "cpu_internal.h"
 #include "prng.h"
-
-/* OpenBLAS's own thread-count control (declared in its cblas.h on Debian,
- * repeated here so the backend also builds against other cblas headers). */
-void openblas_set_num_threads(int num_threads);
 
 static void *cpu_alloc(td_backend *be, size_t bytes) {
   (void)be;
@@ -106,9 +101,7 @@ static void gemm_tile(void *arg, size_t t) {
     c += (size_t)lo * g->ldc;
     m = span;
   }
-  cblas_sgemm(CblasRowMajor, g->trans_a ? CblasTrans : CblasNoTrans,
-              g->trans_b ? CblasTrans : CblasNoTrans, m, n, g->k, g->alpha, a, g->lda, b, g->ldb,
-              g->beta, c, g->ldc);
+  cpu_sgemm(g->trans_a, g->trans_b, m, n, g->k, g->alpha, a, g->lda, b, g->ldb, g->beta, c, g->ldc);
 }
 
 static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int k, float alpha,
@@ -130,8 +123,7 @@ static int cpu_gemm(td_backend *be, int trans_a, int trans_b, int m, int n, int 
   g.tile = tile > 0 ? tile : 1;
   tiles = (size_t)((dim + g.tile - 1) / g.tile);
   if (dim == 0 || tiles <= 1) {
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    cpu_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return TD_OK;
   }
   cpu_pool_run(ctx->pool, tiles, gemm_tile, &g);
@@ -773,9 +765,8 @@ int td_cpu_backend_create(td_backend **out, int threads, td_error *err) {
     return td_errorf(err, TD_ENOMEM, "cpu backend: out of memory");
   }
   ctx->threads = threads > 0 ? threads : omp_get_num_procs();
-  /* OpenBLAS runs in the calling thread, inside the pool's tasks: one
-   * pool per backend does all of its parallel work. */
-  openblas_set_num_threads(1);
+  /* oneDNN runs in the calling thread, inside the pool's tasks: one pool
+   * per backend does all of its parallel work. */
   if (!(ctx->pool = cpu_pool_new(ctx->threads))) {
     free(be);
     free(ctx);

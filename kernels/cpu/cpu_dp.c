@@ -5,7 +5,6 @@
  * its own values alone, so it is the same at any thread count. Then the
  * clip factors, the row scaling of the output gradients, and the Gaussian
  * noise. */
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -60,11 +59,11 @@ static double gram_norm(int p, int k, int f, const float *X, const float *D, flo
   double s = 0.0;
   if (td_pe_ghost(p, k, f)) {
     float *gx = w, *gd = w + (size_t)p * p;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p, p, k, 1.0f, X, k, X, k, 0.0f, gx, p);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p, p, f, 1.0f, D, f, D, f, 0.0f, gd, p);
+    cpu_sgemm(0, 1, p, p, k, 1.0f, X, k, X, k, 0.0f, gx, p);
+    cpu_sgemm(0, 1, p, p, f, 1.0f, D, f, D, f, 0.0f, gd, p);
     s = dot_d(gx, gd, (size_t)p * p);
   } else {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, f, p, 1.0f, X, k, D, f, 0.0f, w, f);
+    cpu_sgemm(1, 0, k, f, p, 1.0f, X, k, D, f, 0.0f, w, f);
     s = dot_d(w, w, (size_t)k * f);
   }
   return s;

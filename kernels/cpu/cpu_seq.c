@@ -4,7 +4,6 @@
  * strided views of qkv and writes only its own rows and columns, so the
  * result does not depend on the thread count. The softmax and its
  * backward sum in double. */
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -111,8 +110,7 @@ static void probs_task(void *arg, size_t task) {
   const int T = j->t;
   float *p = j->pw + v.pt;
   const float scale = 1.0f / sqrtf((float)j->d);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, j->d, scale, v.q, v.ld3, v.k, v.ld3,
-              0.0f, p, T);
+  cpu_sgemm(0, 1, T, T, j->d, scale, v.q, v.ld3, v.k, v.ld3, 0.0f, p, T);
   for (int i = 0; i < T; i++) {
     float *row = p + (size_t)i * T;
     float mx = row[0];
@@ -135,8 +133,8 @@ static void mix_task(void *arg, size_t task) {
   const attn_job *j = arg;
   const attn_view v = attn_view_of(j, task);
   const int T = j->t, f = j->h * j->d;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, j->d, T, 1.0f, j->p + v.pt, T, v.v,
-              v.ld3, 0.0f, j->o + v.row * (size_t)f + v.col, f);
+  cpu_sgemm(0, 0, T, j->d, T, 1.0f, j->p + v.pt, T, v.v, v.ld3, 0.0f,
+            j->o + v.row * (size_t)f + v.col, f);
 }
 
 static void mix_bwd_task(void *arg, size_t task) {
@@ -146,14 +144,12 @@ static void mix_bwd_task(void *arg, size_t task) {
   const float *dout = j->dout + v.row * (size_t)f + v.col;
   float *dp = j->dp + v.pt;
   /* dp = do v^T, zero above the diagonal (those weights are zeros). */
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, j->d, 1.0f, dout, f, v.v, v.ld3, 0.0f,
-              dp, T);
+  cpu_sgemm(0, 1, T, T, j->d, 1.0f, dout, f, v.v, v.ld3, 0.0f, dp, T);
   for (int i = 0; i < T; i++)
     memset(dp + (size_t)i * T + i + 1, 0, (size_t)(T - 1 - i) * sizeof *dp);
   /* dv = p^T do */
   float *dv = j->dqkv + v.row * (size_t)v.ld3 + 2 * f + v.col;
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, j->d, T, 1.0f, j->p + v.pt, T, dout, f,
-              0.0f, dv, v.ld3);
+  cpu_sgemm(1, 0, T, j->d, T, 1.0f, j->p + v.pt, T, dout, f, 0.0f, dv, v.ld3);
 }
 
 static void probs_bwd_task(void *arg, size_t task) {
@@ -178,10 +174,8 @@ static void probs_bwd_task(void *arg, size_t task) {
   float *dq = j->dqkv + v.row * (size_t)v.ld3 + v.col;
   float *dk = dq + f;
   /* dq = ds k / sqrt(d), dk = ds^T q / sqrt(d) */
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, j->d, T, scale, ds, T, v.k, v.ld3, 0.0f,
-              dq, v.ld3);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, j->d, T, scale, ds, T, v.q, v.ld3, 0.0f,
-              dk, v.ld3);
+  cpu_sgemm(0, 0, T, j->d, T, scale, ds, T, v.k, v.ld3, 0.0f, dq, v.ld3);
+  cpu_sgemm(1, 0, T, j->d, T, scale, ds, T, v.q, v.ld3, 0.0f, dk, v.ld3);
 }
 
 static void attn_run(td_backend *be, int batch, cpu_task task, attn_job *j) {
