@@ -12,11 +12,15 @@
  * reverse order, the squared gradient norm, the optimizer's passes; every
  * call is timed on its own, and each figure is the median over the
  * repetitions. Then it times --reps whole steps without the per-op clocks
- * (the step's time), and cblas_sgemm on (128 x 3136) x (3136 x 256), the
- * shape of the CNN's first dense layer, at the same thread count. The
- * GEMM floor is the step's FLOPs at the best rate that sgemm reaches: the
- * time a step of this model would take if all its work ran as fast as
- * this GEMM.
+ * (the step's time), and two GEMM floors on the same backend (its tiled
+ * sgemm on its pool, at the same thread count):
+ *   - the step's own GEMM calls: one step is run with the backend's gemm
+ *     recording every call's shape, then each call is replayed alone on
+ *     buffers of its shape, and the floor is the sum of their medians:
+ *     what the step would take if it did nothing but its GEMMs;
+ *   - the step's FLOPs at the best rate of one large GEMM, (128 x 3136) x
+ *     (3136 x 256), the shape of the CNN's first dense layer: the time a
+ *     step would take if all its work ran as fast as that GEMM.
  *
  * One line per node: its name, its op (with a fused activation), forward
  * and backward milliseconds and GFLOP/s, and its share of the sum. FLOPs
@@ -26,7 +30,6 @@
  * needs no gradient does only the weights'), for other ops half is the
  * forward. Prints everything as plain text on stdout; the timings mean
  * something only on an otherwise idle machine. */
-#include <cblas.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,9 +203,9 @@ static void node_flops(const td_node *n, uint32_t batch, double *fwd, double *bw
 
 static double gflops(double flops, double ms) { return ms > 0 ? flops / (ms * 1e6) : 0.0; }
 
-/* The best and median GFLOP/s of cblas_sgemm at the floor's shape, over
- * reps runs after warmup (OpenBLAS's thread count is the backend's). */
-static int sgemm_rate(int reps, int warmup, double *best, double *med) {
+/* The best and median GFLOP/s of the backend's gemm at the floor's shape,
+ * over reps runs after warmup. */
+static int sgemm_rate(td_backend *be, int reps, int warmup, double *best, double *med) {
   float *x = malloc((size_t)FLOOR_M * FLOOR_K * sizeof *x);
   float *w = malloc((size_t)FLOOR_K * FLOOR_N * sizeof *w);
   float *y = malloc((size_t)FLOOR_M * FLOOR_N * sizeof *y);
@@ -217,8 +220,8 @@ static int sgemm_rate(int reps, int warmup, double *best, double *med) {
   *best = 0.0;
   for (int i = -warmup; i < reps; i++) {
     double t0 = td_mono_ms();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, FLOOR_M, FLOOR_N, FLOOR_K, 1.0f, x,
-                FLOOR_K, w, FLOOR_N, 0.0f, y, FLOOR_N);
+    be->ops->gemm(be, 0, 0, FLOOR_M, FLOOR_N, FLOOR_K, 1.0f, x, FLOOR_K, w, FLOOR_N, 0.0f, y,
+                  FLOOR_N);
     double t = td_mono_ms() - t0;
     if (i >= 0) {
       ms[i] = t;
@@ -229,6 +232,75 @@ static int sgemm_rate(int reps, int warmup, double *best, double *med) {
   *med = gflops(flops, median(ms, (size_t)reps));
   free(x), free(w), free(y), free(ms);
   return TD_OK;
+}
+
+/* ---- the step's own GEMM calls, recorded once and replayed alone */
+
+typedef struct gemm_call {
+  int ta, tb, m, n, k, lda, ldb, ldc;
+  float alpha, beta;
+} gemm_call;
+
+enum { MAX_CALLS = 4096 };
+static gemm_call calls[MAX_CALLS];
+static size_t n_calls;
+static const td_backend_ops *real_ops;
+
+static int recording_gemm(td_backend *be, int ta, int tb, int m, int n, int k, float alpha,
+                          const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                          int ldc) {
+  if (n_calls < MAX_CALLS)
+    calls[n_calls++] = (gemm_call){ta, tb, m, n, k, lda, ldb, ldc, alpha, beta};
+  return real_ops->gemm(be, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* Runs one step with the backend's gemm recording its calls, then times
+ * each call alone (median of reps runs after warmup, on fresh buffers of
+ * its shape); *ms: the sum of the medians, *flops: the calls' FLOPs. */
+static int gemm_alone(prof *pr, int reps, int warmup, size_t *count, double *ms, double *flops,
+                      td_error *err) {
+  td_backend *be = pr->be;
+  td_backend_ops rec = *be->ops;
+  real_ops = be->ops;
+  rec.gemm = recording_gemm;
+  n_calls = 0;
+  be->ops = &rec;
+  int rc = run_step(pr, -1, err);
+  be->ops = real_ops;
+  if (rc)
+    return rc;
+  if (n_calls == MAX_CALLS)
+    return td_errorf(err, TD_EINTERNAL, "more than %d GEMM calls in a step", MAX_CALLS);
+  double *t = malloc((size_t)reps * sizeof *t);
+  if (!t)
+    return td_errorf(err, TD_ENOMEM, "out of memory");
+  *ms = *flops = 0.0;
+  for (size_t i = 0; i < n_calls && !rc; i++) {
+    const gemm_call *g = &calls[i];
+    size_t na = (size_t)(g->ta ? g->k : g->m) * g->lda, nb = (size_t)(g->tb ? g->n : g->k) * g->ldb;
+    size_t nc = (size_t)g->m * g->ldc;
+    float *a = malloc((na ? na : 1) * sizeof *a), *b = malloc((nb ? nb : 1) * sizeof *b);
+    float *c = calloc(nc ? nc : 1, sizeof *c);
+    if (!a || !b || !c) {
+      rc = td_errorf(err, TD_ENOMEM, "out of memory");
+    } else {
+      td_prng_uniform(td_prng_key(5), a, na, -1.0f, 1.0f);
+      td_prng_uniform(td_prng_key(6), b, nb, -1.0f, 1.0f);
+      for (int r = -warmup; r < reps; r++) {
+        double t0 = td_mono_ms();
+        be->ops->gemm(be, g->ta, g->tb, g->m, g->n, g->k, g->alpha, a, g->lda, b, g->ldb, g->beta,
+                      c, g->ldc);
+        if (r >= 0)
+          t[r] = td_mono_ms() - t0;
+      }
+      *ms += median(t, (size_t)reps);
+      *flops += 2.0 * g->m * g->n * (double)g->k;
+    }
+    free(a), free(b), free(c);
+  }
+  *count = n_calls;
+  free(t);
+  return rc;
 }
 
 /* The median of reps compiles of the job's model, in ms. */
@@ -305,8 +377,15 @@ static void prof_free(prof *pr) {
   free(pr->fwd), free(pr->bwd), free(pr->part);
 }
 
-static void report(prof *pr, const prof_args *a, double compile_ms, double step_ms, double best_gf,
-                   double med_gf) {
+typedef struct floors {
+  double best_gf, med_gf;       /* the large GEMM's rates */
+  size_t calls;                 /* the step's GEMM calls */
+  double alone_ms, alone_flops; /* their medians' sum, their FLOPs */
+} floors;
+
+static void report(prof *pr, const prof_args *a, double compile_ms, double step_ms,
+                   const floors *fl) {
+  const double best_gf = fl->best_gf, med_gf = fl->med_gf;
   const td_plan *p = pr->plan;
   const int R = pr->reps;
   double part[N_STEP_PARTS];
@@ -359,7 +438,11 @@ static void report(prof *pr, const prof_args *a, double compile_ms, double step_
          step_ms, R, step_ms > 0 ? sum / step_ms : 0.0);
   printf("flops_run=%.6g (the ops as run; plan step_flops=%.6g) step_GF/s=%.1f\n", flops, p->flops,
          gflops(flops, step_ms));
-  printf("sgemm m=%d k=%d n=%d threads=%d best_GF/s=%.1f median_GF/s=%.1f\n", FLOOR_M, FLOOR_K,
+  printf("gemm_calls=%zu gemm_alone_ms=%.3f (the step's GEMM calls, each timed alone; %.1f "
+         "GF/s) gemm_alone/step=%.2f\n",
+         fl->calls, fl->alone_ms, gflops(fl->alone_flops, fl->alone_ms),
+         step_ms > 0 ? fl->alone_ms / step_ms : 0.0);
+  printf("gemm m=%d k=%d n=%d threads=%d best_GF/s=%.1f median_GF/s=%.1f\n", FLOOR_M, FLOOR_K,
          FLOOR_N, a->threads, best_gf, med_gf);
   /* The floor of the work the step does, and of the plan's count (which
    * includes input gradients that no layer needs). */
@@ -384,7 +467,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   prof pr = {.spec = spec};
-  double compile_ms = 0.0, step_ms = 0.0, best_gf = 0.0, med_gf = 0.0;
+  double compile_ms = 0.0, step_ms = 0.0;
+  floors fl = {0};
   double *steps = malloc((size_t)a.reps * sizeof *steps);
   if (!steps)
     rc = td_errorf(&err, TD_ENOMEM, "out of memory");
@@ -404,10 +488,14 @@ int main(int argc, char **argv) {
   if (!rc)
     step_ms = median(steps, (size_t)a.reps);
   /* The best of many runs: the floor's rate is what the GEMM can reach. */
-  if (!rc && (rc = sgemm_rate(a.reps < 10 ? 30 : 3 * a.reps, a.warmup, &best_gf, &med_gf)))
-    td_errorf(&err, rc, "sgemm: out of memory");
+  if (!rc &&
+      (rc = sgemm_rate(pr.be, a.reps < 10 ? 30 : 3 * a.reps, a.warmup, &fl.best_gf, &fl.med_gf)))
+    td_errorf(&err, rc, "gemm: out of memory");
   if (!rc)
-    report(&pr, &a, compile_ms, step_ms, best_gf, med_gf);
+    rc = gemm_alone(&pr, a.reps < 10 ? 30 : a.reps, a.warmup, &fl.calls, &fl.alone_ms,
+                    &fl.alone_flops, &err);
+  if (!rc)
+    report(&pr, &a, compile_ms, step_ms, &fl);
   else
     fprintf(stderr, "step_profile: %s: %s\n", a.job, err.msg);
   free(steps);
