@@ -376,7 +376,7 @@ struct td_backend {
   int host_memory; /* its memory is host memory: host data can be used in place */
 };
 
-/* The CPU backend (OpenBLAS plus fused loops). threads <= 0 means all cores. */
+/* The CPU backend (oneDNN's sgemm plus fused loops). threads <= 0 means all cores. */
 int td_cpu_backend_create(td_backend **out, int threads, td_error *err);
 void td_backend_destroy(td_backend *be);
 

@@ -48,10 +48,12 @@ double *cpu_doubles(cpu_ctx *ctx, size_t n);
 double *cpu_scratch(cpu_ctx *ctx, size_t n);
 
 /* C = alpha op(A) op(B) + beta C, row-major, in the calling thread alone:
- * oneDNN's dnnl_sgemm (its AVX-512 kernels where the CPU has them; on the
- * MLP rows' GEMMs it is 1.9-2.2x OpenBLAS 0.3.21 with the Haswell kernels
- * and 1.0-1.5x with its SkylakeX kernels, docs/BENCHMARKS.md "SGEMM
- * candidates"). op(X) is X, or X transposed when trans_x is set. */
+ * oneDNN's dnnl_sgemm, which picks its kernels from the CPU's features
+ * (AVX-512 where there is one). Measured on the MLP rows' GEMMs
+ * (docs/BENCHMARKS.md, "SGEMM candidates"), it is about 2x OpenBLAS 0.3.21
+ * on an AVX-512 machine where OpenBLAS runs its Haswell kernels, and level
+ * with OpenBLAS where neither has AVX-512. op(X) is X, or X transposed
+ * when trans_x is set. */
 void cpu_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                const float *b, int ldb, float beta, float *c, int ldc);
 

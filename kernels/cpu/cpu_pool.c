@@ -19,9 +19,15 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Polls before sleeping: about 20-50 us, longer than the gap between two
- * ops of a step, far shorter than a scheduler's time slice. */
-#define SPIN 4000
+/* Polls before sleeping (microseconds): longer than most gaps between two
+ * ops of a step, far shorter than a scheduler's time slice. Next to a busy
+ * process a waiting thread must give its core up soon, so that the thread
+ * it waits for (queued behind the busy one) can move there: the reference
+ * program's epoch on 2 cores with one busy process beside it took 2.4x its
+ * quiet time with 4000 polls, 1.4x with 800, at the same
+ * quiet time (bench/busy_neighbour.py; 1.1x with none, but 1.6x slower
+ * when quiet). */
+#define SPIN 800
 
 struct cpu_pool {
   int threads;

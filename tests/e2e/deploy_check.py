@@ -1298,7 +1298,7 @@ def check_containerfile(text, needed):
     pkgs = apt_packages(" ; ".join(instr(final, "RUN")))
     # The Debian libraries (whatever the binaries link today, see below), and
     # CUDA's runtime, cuBLAS and NCCL for the GPU backend.
-    for want in ("libgrpc", "libprotobuf-c", "libuv1", "libhdf5", "libopenblas", "libyaml",
+    for want in ("libgrpc", "libprotobuf-c", "libuv1", "libhdf5", "libdnnl", "libyaml",
                  "zlib1g", "cuda-cudart-", "libcublas-", "libnccl2"):
         check(any(p.startswith(want) for p in pkgs), "the runtime stage installs no %s", want)
     # A token such as cuda-cudart-$v stands for any package it expands to.
